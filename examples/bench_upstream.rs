@@ -1,0 +1,112 @@
+//! Minimal upstream server for benchmarks (see `bench/compare.sh` and BENCHMARKS.md).
+//!
+//! A hyper 1.x server speaking HTTP/1.1 and h2c (prior knowledge) on one port, on a
+//! single-threaded tokio runtime. Routes:
+//!
+//! - `GET /`      → 200, 13-byte body `Hello, world!`
+//! - `GET /16k`   → 200, 16,384-byte body
+//! - `POST /echo` → 200, the request body streamed back
+//! - anything else → 404
+//!
+//! Usage: `bench_upstream [--listen ADDR]` (default `127.0.0.1:0`). Prints exactly one line,
+//! `listening ADDR` with the bound address, to stdout once the socket is listening.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+const HELLO: &[u8] = b"Hello, world!";
+static BODY_16K: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+
+type ResBody = Either<Full<Bytes>, Incoming>;
+
+fn full(status: StatusCode, body: &'static [u8]) -> Response<ResBody> {
+    let mut res = Response::new(Either::Left(Full::new(Bytes::from_static(body))));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    res
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
+    let res = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => full(StatusCode::OK, HELLO),
+        (&Method::GET, "/16k") => full(StatusCode::OK, &BODY_16K),
+        (&Method::POST, "/echo") => {
+            // Stream the request body straight back; hyper forwards the frames as they arrive.
+            let mut res = Response::new(Either::Right(req.into_body()));
+            res.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            res
+        }
+        _ => full(StatusCode::NOT_FOUND, b"not found"),
+    };
+    Ok(res)
+}
+
+fn parse_args() -> Result<SocketAddr, String> {
+    let mut listen = String::from("127.0.0.1:0");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--listen" {
+            listen = args.next().ok_or("--listen needs an address")?;
+        } else if let Some(v) = arg.strip_prefix("--listen=") {
+            listen = v.to_owned();
+        } else if arg == "-h" || arg == "--help" {
+            println!("usage: bench_upstream [--listen ADDR]   (default 127.0.0.1:0)");
+            std::process::exit(0);
+        } else {
+            return Err(format!("unknown argument: {arg}"));
+        }
+    }
+    listen
+        .parse()
+        .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = parse_args()?;
+    let listener = TcpListener::bind(addr).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening {}", listener.local_addr()?)?;
+        out.flush()?;
+    }
+
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // e.g. EMFILE under an idle-connection test: back off instead of spinning.
+                eprintln!("accept error: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Best effort: a failure only costs latency, not correctness.
+        let _ = stream.set_nodelay(true);
+        let builder = Arc::clone(&builder);
+        tokio::spawn(async move {
+            // Connection errors (peer resets, aborted requests) are normal under load.
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service_fn(handle))
+                .await;
+        });
+    }
+}

@@ -1,0 +1,13 @@
+//! portico: a load balancer, reverse proxy and API gateway in one binary.
+//!
+//! A request crosses these stages, each owned by one module:
+//!
+//! ```text
+//! accept → decode → route → on_request plugins → select → forward → on_response plugins → respond → log
+//! server     server   routing  plugins             balance  proxy      plugins              proxy     observe
+//! ```
+//!
+//! The config is read by [`config`], compiled into an immutable [`runtime::Snapshot`] and
+//! swapped atomically on reload; a request keeps the snapshot it started with.
+
+pub mod config;
