@@ -11,3 +11,4 @@
 //! swapped atomically on reload; a request keeps the snapshot it started with.
 
 pub mod config;
+pub mod routing;
