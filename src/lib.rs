@@ -12,3 +12,9 @@
 
 pub mod config;
 pub mod routing;
+pub mod balance;
+pub mod observe;
+pub mod plugins;
+pub mod pool;
+pub mod proxy;
+pub mod runtime;

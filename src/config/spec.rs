@@ -26,7 +26,7 @@ pub struct Spec {
     /// Named groups of targets, in file order.
     pub upstreams: Vec<(At<String>, UpstreamSpec)>,
     /// Plugins that run on every route, before the route's own.
-    pub plugins: Vec<PluginSpec>,
+    pub plugins: Vec<At<PluginSpec>>,
 }
 
 /// `workers: auto` or a number of threads.
@@ -183,7 +183,7 @@ pub struct RouteSpec {
     pub matches: MatchSpec,
     /// Route plugins, run after global ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub plugins: Vec<PluginSpec>,
+    pub plugins: Vec<At<PluginSpec>>,
     /// Action: forward to this upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<At<String>>,
@@ -228,7 +228,7 @@ pub struct MatchSpec {
     pub methods: Vec<At<String>>,
     /// Headers that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, At<String>>,
     /// Query parameters that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query: BTreeMap<String, String>,
@@ -256,7 +256,7 @@ pub struct RespondSpec {
     pub body: String,
     /// Response headers.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, At<String>>,
 }
 
 fn ok() -> At<u16> {

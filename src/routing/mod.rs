@@ -63,7 +63,8 @@ impl PathMatch {
         }
     }
 
-    fn rank(&self) -> u8 {
+    /// Path specificity: exact 4, template 3, prefix 2, regex 1, none 0.
+    pub fn rank(&self) -> u8 {
         match self {
             PathMatch::Exact(_) => 4,
             PathMatch::Template(_) => 3,

@@ -1,0 +1,70 @@
+//! The access log: one JSON object per request, written by its own thread so that a slow
+//! disk never stalls a worker. Lines that cannot be queued (the writer is 64k lines behind)
+//! are dropped and counted rather than blocking.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+
+/// Where access log lines go.
+#[derive(Debug)]
+pub struct AccessLog {
+    sender: Option<SyncSender<String>>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// A log that writes nothing.
+    pub fn disabled() -> Self {
+        AccessLog {
+            sender: None,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts the writer thread; `path` `-` is standard output.
+    pub fn open(path: &str) -> std::io::Result<Self> {
+        let mut out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        let (sender, receiver) = sync_channel::<String>(65_536);
+        std::thread::Builder::new()
+            .name("portico-access-log".into())
+            .spawn(move || {
+                let mut buffered = std::io::BufWriter::new(&mut out);
+                while let Ok(line) = receiver.recv() {
+                    let _ = buffered.write_all(line.as_bytes());
+                    // Drain what is queued, then flush once.
+                    while let Ok(line) = receiver.try_recv() {
+                        let _ = buffered.write_all(line.as_bytes());
+                    }
+                    let _ = buffered.flush();
+                }
+            })?;
+        Ok(AccessLog {
+            sender: Some(sender),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether lines are written at all.
+    pub fn enabled(&self) -> bool {
+        self.sender.is_some()
+    }
+
+    /// Queues one line (which must end with `\n`).
+    pub fn write(&self, line: String) {
+        if let Some(sender) = &self.sender
+            && let Err(TrySendError::Full(_)) = sender.try_send(line)
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

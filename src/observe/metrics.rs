@@ -1,0 +1,206 @@
+//! Prometheus metrics. Families live for the life of the process; compiled routes hold
+//! resolved handles, so the request path is an atomic add, not a label lookup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `portico_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Route name; empty when no route matched.
+    pub route: String,
+    /// Upstream name; empty when the route answered itself.
+    pub upstream: String,
+    /// Response status.
+    pub status: u16,
+}
+
+/// Labels of `portico_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    /// Route name.
+    pub route: String,
+    /// Upstream name.
+    pub upstream: String,
+}
+
+/// Labels keyed by listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: String,
+}
+
+/// Labels of `portico_config_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 0.25 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
+/// Every metric portico exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily<DurationLabels>,
+    connections: Family<ListenerLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portico");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations: HistogramFamily<DurationLabels> =
+            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("requests", "Requests answered", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            durations.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Open client connections",
+            connections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            connections,
+            reloads,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one route on one listener towards one upstream (`""` for none).
+    pub fn route(&self, listener: &str, route: &str, upstream: &str) -> RouteMetrics {
+        let labels = Arc::new(RequestLabels {
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+            upstream: upstream.to_owned(),
+            status: 0,
+        });
+        let fast = FAST_STATUSES
+            .iter()
+            .map(|&status| {
+                let mut l = (*labels).clone();
+                l.status = status;
+                self.requests.get_or_create(&l).clone()
+            })
+            .collect();
+        let duration = self
+            .durations
+            .get_or_create(&DurationLabels {
+                route: route.to_owned(),
+                upstream: upstream.to_owned(),
+            })
+            .clone();
+        RouteMetrics {
+            labels,
+            fast,
+            duration,
+            requests: self.requests.clone(),
+        }
+    }
+
+    /// Counts a request that no route took.
+    pub fn unrouted(&self, listener: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                listener: listener.to_owned(),
+                route: String::new(),
+                upstream: String::new(),
+                status,
+            })
+            .inc();
+    }
+
+    /// The open-connections gauge of a listener.
+    pub fn connections(&self, listener: &str) -> Gauge {
+        self.connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}
+
+const FAST_STATUSES: [u16; 16] = [
+    200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504,
+];
+
+/// Pre-resolved metric handles for one route.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    labels: Arc<RequestLabels>,
+    fast: Vec<Counter>,
+    duration: Histogram,
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl RouteMetrics {
+    /// Records one answered request.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        match FAST_STATUSES.iter().position(|&s| s == status) {
+            Some(i) => {
+                self.fast[i].inc();
+            }
+            None => {
+                let mut labels = (*self.labels).clone();
+                labels.status = status;
+                self.requests.get_or_create(&labels).inc();
+            }
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}

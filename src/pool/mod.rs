@@ -1,0 +1,303 @@
+//! Upstream connections: one pool per target, split per worker thread.
+//!
+//! A connection is driven by a task on the worker that opened it, so each worker keeps its own
+//! idle list: a request never hands a connection to another thread, and the per-worker lock is
+//! never contended. HTTP/1.1 connections are checked out for one exchange and checked back in
+//! when the response body ends; an HTTP/2 connection is shared by all requests of its worker.
+//! Pools live in a registry keyed by upstream and target, so a reload keeps them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::proxy::body::Body;
+use crate::proxy::error::ProxyError;
+
+std::thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index` (0 is the control thread).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
+/// How many pool slots to make: one per worker plus the control thread.
+static SLOTS: AtomicUsize = AtomicUsize::new(1);
+
+/// Sets the number of worker threads before any pool is made.
+pub fn set_workers(count: usize) {
+    SLOTS.store(count + 1, Ordering::Relaxed);
+}
+
+/// Live state of one target: its addresses, its load and its idle connections.
+#[derive(Debug)]
+pub struct TargetState {
+    /// The address as written in the config (`host:port`).
+    pub address: String,
+    /// Current resolved addresses; empty until a name resolves.
+    pub addrs: ArcSwap<Vec<SocketAddr>>,
+    /// Requests in flight to this target.
+    pub inflight: AtomicUsize,
+    next_addr: AtomicUsize,
+    idle: Box<[Mutex<Vec<Idle>>]>,
+    shared_h2: Box<[Mutex<Option<http2::SendRequest<Body>>>]>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// Settings that may change on reload without dropping a pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Most idle connections per worker.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+}
+
+/// A ready connection for one exchange.
+pub enum Conn {
+    /// An HTTP/1.1 connection; the [`Checkin`] goes with the response body.
+    H1(Checkin),
+    /// A shared HTTP/2 connection.
+    H2(http2::SendRequest<Body>),
+}
+
+/// Returns an HTTP/1.1 connection to its pool.
+pub struct Checkin {
+    target: Arc<TargetState>,
+    worker: usize,
+    sender: Option<http1::SendRequest<Body>>,
+    max_idle: usize,
+}
+
+impl std::fmt::Debug for Checkin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkin").field("target", &self.target.address).finish()
+    }
+}
+
+impl Checkin {
+    /// The exchange is complete: keep the connection for the next request.
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take()
+            && !sender.is_closed()
+            && let Some(slot) = self.target.idle.get(self.worker)
+            && let Ok(mut idle) = slot.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// The connection, to send the request on.
+    pub fn sender(&mut self) -> Option<&mut http1::SendRequest<Body>> {
+        self.sender.as_mut()
+    }
+}
+
+impl TargetState {
+    fn new(address: &str, addrs: Vec<SocketAddr>) -> Self {
+        let slots = SLOTS.load(Ordering::Relaxed);
+        TargetState {
+            address: address.to_owned(),
+            addrs: ArcSwap::from_pointee(addrs),
+            inflight: AtomicUsize::new(0),
+            next_addr: AtomicUsize::new(0),
+            idle: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
+            shared_h2: (0..slots).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// Number of idle HTTP/1.1 connections across workers.
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .iter()
+            .map(|slot| slot.lock().map(|l| l.len()).unwrap_or(0))
+            .sum()
+    }
+
+    fn pick_addr(&self) -> Option<SocketAddr> {
+        let addrs = self.addrs.load();
+        if addrs.is_empty() {
+            return None;
+        }
+        let i = self.next_addr.fetch_add(1, Ordering::Relaxed) % addrs.len();
+        Some(addrs[i])
+    }
+
+    /// A connection for one request, reused when possible.
+    pub async fn connect(
+        self: &Arc<Self>,
+        upstream: &str,
+        http2: bool,
+        settings: PoolSettings,
+    ) -> Result<Conn, ProxyError> {
+        let worker = worker();
+        if http2 {
+            return self.connect_h2(upstream, worker, settings).await;
+        }
+        if let Some(sender) = self.checkout(worker, settings.idle_timeout) {
+            return Ok(Conn::H1(self.checkin(worker, sender, settings)));
+        }
+        let io = self.dial(upstream, settings).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Upstream {
+                upstream: upstream.to_owned(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection ended");
+            }
+        });
+        Ok(Conn::H1(self.checkin(worker, sender, settings)))
+    }
+
+    fn checkin(
+        self: &Arc<Self>,
+        worker: usize,
+        sender: http1::SendRequest<Body>,
+        settings: PoolSettings,
+    ) -> Checkin {
+        Checkin {
+            target: Arc::clone(self),
+            worker,
+            sender: Some(sender),
+            max_idle: settings.max_idle,
+        }
+    }
+
+    fn checkout(&self, worker: usize, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.get(worker)?.lock().ok()?;
+        while let Some(entry) = idle.pop() {
+            if entry.sender.is_closed() || entry.since.elapsed() > idle_timeout {
+                continue;
+            }
+            if entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect_h2(
+        self: &Arc<Self>,
+        upstream: &str,
+        worker: usize,
+        settings: PoolSettings,
+    ) -> Result<Conn, ProxyError> {
+        if let Some(slot) = self.shared_h2.get(worker)
+            && let Ok(shared) = slot.lock()
+            && let Some(sender) = shared.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(Conn::H2(sender.clone()));
+        }
+        let io = self.dial(upstream, settings).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Upstream {
+                upstream: upstream.to_owned(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "upstream h2 connection ended");
+            }
+        });
+        if let Some(slot) = self.shared_h2.get(worker)
+            && let Ok(mut shared) = slot.lock()
+        {
+            *shared = Some(sender.clone());
+        }
+        Ok(Conn::H2(sender))
+    }
+
+    async fn dial(&self, upstream: &str, settings: PoolSettings) -> Result<TokioIo<TcpStream>, ProxyError> {
+        let target = self.pick_addr().ok_or_else(|| ProxyError::NoTarget {
+            upstream: upstream.to_owned(),
+        })?;
+        let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout {
+                upstream: upstream.to_owned(),
+                target,
+            })?
+            .map_err(|source| ProxyError::Connect {
+                upstream: upstream.to_owned(),
+                target,
+                source,
+            })?;
+        // Small writes (request heads) must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+}
+
+/// Every target's state, keyed by upstream name and address; shared across reloads.
+#[derive(Debug, Default)]
+pub struct Registry {
+    targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+}
+
+impl Registry {
+    /// The state of a target, made on first use. An IP literal resolves at once; a name starts
+    /// with no address until the resolver fills it in.
+    pub fn target(&self, upstream: &str, address: &str) -> Arc<TargetState> {
+        let key = (upstream.to_owned(), address.to_owned());
+        let mut targets = match self.targets.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(targets.entry(key).or_insert_with(|| {
+            let addrs = address.parse::<SocketAddr>().map(|a| vec![a]).unwrap_or_default();
+            Arc::new(TargetState::new(address, addrs))
+        }))
+    }
+
+    /// Forgets targets that no config refers to any more.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        if let Ok(mut targets) = self.targets.lock() {
+            targets.retain(|(upstream, address), _| keep(upstream, address));
+        }
+    }
+
+    /// Every target that needs DNS resolution.
+    pub fn named_targets(&self) -> Vec<Arc<TargetState>> {
+        self.targets
+            .lock()
+            .map(|t| {
+                t.values()
+                    .filter(|s| s.address.parse::<SocketAddr>().is_err())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

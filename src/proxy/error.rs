@@ -1,0 +1,149 @@
+//! Every way a request can fail inside portico, with the status and JSON body it gets.
+//!
+//! Errors surface here and only here: the pipeline returns a [`ProxyError`] and
+//! [`ProxyError::into_response`] writes `{"error", "message", "request_id"}`.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::Body;
+
+/// A failed request, as the client will see it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched the request.
+    #[error("no route matched the request")]
+    NoRoute,
+    /// The request is malformed or ambiguous.
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// The request target is longer than the listener allows.
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request head is larger than the listener allows.
+    #[error("the request headers are larger than {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The method is not served by a proxy (CONNECT).
+    #[error("method {0} is not allowed")]
+    MethodNotAllowed(http::Method),
+    /// Every target of the upstream is unavailable (or it has none).
+    #[error("upstream `{upstream}` has no available target")]
+    NoTarget {
+        /// The upstream's name.
+        upstream: String,
+    },
+    /// The TCP connection to the target could not be made.
+    #[error("connecting to upstream `{upstream}` target {target} failed")]
+    Connect {
+        /// The upstream's name.
+        upstream: String,
+        /// The target address.
+        target: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection to the target timed out.
+    #[error("connecting to upstream `{upstream}` target {target} timed out")]
+    ConnectTimeout {
+        /// The upstream's name.
+        upstream: String,
+        /// The target address.
+        target: SocketAddr,
+    },
+    /// The HTTP exchange with the target failed.
+    #[error("upstream `{upstream}` failed to answer")]
+    Upstream {
+        /// The upstream's name.
+        upstream: String,
+        /// The cause.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request body from the client was broken (bad chunking, early close).
+    #[error("the request body could not be read")]
+    ClientBody,
+    /// The target did not answer within the route's timeout.
+    #[error("upstream `{upstream}` did not answer within {timeout:?}")]
+    Timeout {
+        /// The upstream's name.
+        upstream: String,
+        /// The timeout that fired.
+        timeout: std::time::Duration,
+    },
+}
+
+impl ProxyError {
+    /// The status code the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The stable machine-readable code in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BadRequest(_) | ProxyError::ClientBody => "bad_request",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::NoTarget { .. } => "no_healthy_target",
+            ProxyError::Connect { .. } => "upstream_connect_failed",
+            ProxyError::Upstream { .. } => "upstream_failed",
+            ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => "upstream_timeout",
+        }
+    }
+
+    /// Whether the request never reached a target, so sending it again is safe.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } | ProxyError::NoTarget { .. }
+        )
+    }
+
+    /// The JSON error response.
+    pub fn into_response(&self, request_id: &HeaderValue) -> Response<Body> {
+        error_response(self.status(), self.code(), &self.to_string(), request_id)
+    }
+}
+
+/// A JSON error response in portico's format.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": code,
+        "message": message,
+        "request_id": request_id.to_str().unwrap_or_default(),
+    });
+    let mut response = Response::new(Body::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

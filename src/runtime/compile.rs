@@ -1,0 +1,573 @@
+//! Spec → [`Snapshot`]: resolves names, builds matchers, balancers and plugins, and reports
+//! every problem at once with its position.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use regex::Regex;
+
+use super::{
+    Action, Limits, Listener, ListenerRoute, Redirect, Respond, Rewrite, Route, Snapshot, Upstream,
+};
+use crate::balance::{Balancer, smooth_sequence};
+use crate::config::spec::{BalanceSpec, MatchSpec, RouteSpec, UpstreamProtocol, UpstreamSpec, Workers};
+use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
+use crate::observe::Metrics;
+use crate::plugins::{self, PluginChain};
+use crate::pool::{PoolSettings, Registry};
+use crate::routing::{Conditions, HostPattern, PathMatch, RouteTable, path};
+
+/// What compiled tables attach to: live target state and metric families.
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    /// Target state, kept across reloads.
+    pub registry: &'a Registry,
+    /// Metric families.
+    pub metrics: &'a Metrics,
+}
+
+/// Compiles `spec` (read from `file`) into a snapshot, or returns every problem found.
+pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
+    let mut diags = Diagnostics::new(file);
+
+    let workers = match spec.workers {
+        Workers::Count(n) => n,
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+
+    let admin = spec.admin.as_ref().and_then(|admin| {
+        let addr = parse_addr(&admin.listen, &mut diags)?;
+        if !addr.ip().is_loopback() && admin.token.as_deref().is_none_or(str::is_empty) {
+            diags.error(
+                admin.listen.pos,
+                "the admin API listens off loopback, so it needs a `token`",
+            );
+        }
+        Some((addr, admin.token.clone()))
+    });
+
+    let upstreams = compile_upstreams(&spec.upstreams, env, &mut diags);
+    let by_name: HashMap<&str, &Arc<Upstream>> =
+        upstreams.iter().map(|u| (&*u.name, u)).collect();
+
+    let global_plugins = compile_plugins(&spec.plugins, &mut diags);
+
+    // Routes, with their position for table errors.
+    let mut routes: Vec<(Arc<Route>, Option<Conditions>, &RouteSpec)> = Vec::new();
+    let mut route_names: HashMap<&str, Pos> = HashMap::new();
+    for spec_route in &spec.routes {
+        if let Some(first) = route_names.insert(&spec_route.name, spec_route.name.pos) {
+            diags.error(
+                spec_route.name.pos,
+                format!(
+                    "duplicate route name `{}` (first at line {})",
+                    *spec_route.name, first.line
+                ),
+            );
+        }
+        let conditions = compile_match(&spec_route.matches, &mut diags);
+        if let Some(route) = compile_route(spec_route, &by_name, &global_plugins, &mut diags) {
+            routes.push((Arc::new(route), conditions, spec_route));
+        }
+    }
+
+    let listener_names: Vec<&str> = spec.listeners.iter().map(|l| l.name.as_str()).collect();
+    for (route, _, spec_route) in &routes {
+        for name in spec_route.listeners.iter().flatten() {
+            if !listener_names.contains(&name.as_str()) {
+                diags.error(
+                    name.pos,
+                    format!("route `{}` names listener `{}`, which does not exist", route.name, **name),
+                );
+            }
+        }
+    }
+
+    let mut listeners = Vec::new();
+    let mut seen_names: HashMap<&str, Pos> = HashMap::new();
+    let mut seen_addrs: Vec<(SocketAddr, Pos)> = Vec::new();
+    for spec_listener in &spec.listeners {
+        if let Some(first) = seen_names.insert(&spec_listener.name, spec_listener.name.pos) {
+            diags.error(
+                spec_listener.name.pos,
+                format!(
+                    "duplicate listener name `{}` (first at line {})",
+                    *spec_listener.name, first.line
+                ),
+            );
+        }
+        let Some(addr) = parse_addr(&spec_listener.bind, &mut diags) else {
+            continue;
+        };
+        if addr.port() != 0 {
+            if let Some((_, first)) = seen_addrs.iter().find(|(other, _)| overlaps(*other, addr)) {
+                diags.error(
+                    spec_listener.bind.pos,
+                    format!(
+                        "two listeners bind {addr} (the other at line {})",
+                        first.line
+                    ),
+                );
+            }
+            seen_addrs.push((addr, spec_listener.bind.pos));
+        }
+        if let Some((admin_addr, _)) = admin
+            && admin_addr.port() != 0
+            && overlaps(admin_addr, addr)
+        {
+            diags.error(
+                spec_listener.bind.pos,
+                format!("listener binds {addr}, the admin API's address"),
+            );
+        }
+        let limits = &spec_listener.limits;
+        if limits.max_header_size.0 < 1024 {
+            diags.error(spec_listener.bind.pos, "limits.max_header_size must be at least 1KiB");
+        }
+        let name: Arc<str> = Arc::from(spec_listener.name.as_str());
+        let mut attached = Vec::new();
+        let mut conditions = Vec::new();
+        let mut positions = Vec::new();
+        for (route, cond, spec_route) in &routes {
+            let wanted = spec_route
+                .listeners
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| n.as_str() == &*name));
+            let Some(cond) = cond else { continue };
+            if !wanted {
+                continue;
+            }
+            let metrics = match &route.action {
+                Action::Forward { arms, .. } => arms
+                    .iter()
+                    .map(|u| env.metrics.route(&name, &route.name, &u.name))
+                    .collect(),
+                _ => vec![env.metrics.route(&name, &route.name, "")],
+            };
+            attached.push(ListenerRoute {
+                route: Arc::clone(route),
+                metrics,
+            });
+            conditions.push(cond.clone());
+            positions.push(spec_route.name.pos);
+        }
+        let table = match RouteTable::build(conditions) {
+            Ok(table) => table,
+            Err(errors) => {
+                for err in errors {
+                    diags.error(positions[err.route], err.message);
+                }
+                RouteTable::default()
+            }
+        };
+        listeners.push(Listener {
+            name,
+            addr,
+            limits: Limits {
+                max_header_size: limits.max_header_size.bytes(),
+                max_uri_length: limits.max_uri_length.bytes(),
+                header_timeout: limits.header_timeout.0,
+                idle_timeout: limits.idle_timeout.0,
+                max_connections: limits.max_connections.max(1),
+                max_concurrent_streams: limits.max_concurrent_streams.max(1),
+            },
+            routes: attached,
+            table,
+        });
+    }
+
+    diags.finish(Snapshot {
+        spec,
+        listeners,
+        upstreams,
+        workers,
+        admin,
+    })
+}
+
+/// Whether two bind addresses would collide on one port.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.ip().is_unspecified() && a.is_ipv4() == b.is_ipv4())
+            || (b.ip().is_unspecified() && a.is_ipv4() == b.is_ipv4()))
+}
+
+fn parse_addr(text: &At<String>, diags: &mut Diagnostics) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            diags.error(
+                text.pos,
+                format!("invalid address `{}`: expected IP:PORT, like 127.0.0.1:8080", **text),
+            );
+            None
+        }
+    }
+}
+
+fn compile_upstreams(
+    specs: &[(At<String>, UpstreamSpec)],
+    env: Env<'_>,
+    diags: &mut Diagnostics,
+) -> Vec<Arc<Upstream>> {
+    let mut out = Vec::new();
+    for (name, spec) in specs {
+        if spec.targets.is_empty() {
+            diags.error(spec.targets.pos, format!("upstream `{}` has no targets", **name));
+            continue;
+        }
+        let mut ok = true;
+        for target in spec.targets.iter() {
+            if let Err(message) = check_target_address(&target.address) {
+                diags.error(target.address.pos, message);
+                ok = false;
+            }
+            if *target.weight == 0 {
+                diags.error(target.weight.pos, "a target's weight must be at least 1");
+                ok = false;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let weights: Vec<u32> = spec.targets.iter().map(|t| *t.weight).collect();
+        let balancer = match spec.balance {
+            BalanceSpec::RoundRobin => match smooth_sequence(&weights) {
+                Some(sequence) => Balancer::RoundRobin {
+                    sequence,
+                    next: AtomicUsize::new(0),
+                },
+                None => {
+                    diags.error(
+                        spec.targets.pos,
+                        format!(
+                            "the target weights of `{}` are too large (their sum divided by their \
+                             greatest common divisor must be at most {})",
+                            **name,
+                            crate::balance::MAX_WEIGHT_SUM
+                        ),
+                    );
+                    continue;
+                }
+            },
+            BalanceSpec::LeastRequest => Balancer::LeastRequest {
+                weights,
+                next: AtomicUsize::new(0),
+            },
+        };
+        let targets = spec
+            .targets
+            .iter()
+            .map(|t| env.registry.target(name, &t.address))
+            .collect();
+        out.push(Arc::new(Upstream {
+            name: Arc::from(name.as_str()),
+            balancer,
+            targets,
+            http2: spec.protocol == UpstreamProtocol::Http2,
+            pool: PoolSettings {
+                max_idle: spec.pool.max_idle,
+                idle_timeout: spec.pool.idle_timeout.0,
+                connect_timeout: spec.connect_timeout.0,
+            },
+            resolve_every: spec.resolve_every.0,
+        }));
+    }
+    out
+}
+
+/// `IP:PORT` or `NAME:PORT` with a non-zero port.
+fn check_target_address(address: &str) -> Result<(), String> {
+    if address.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("invalid target address `{address}`: expected HOST:PORT, like 10.0.0.5:8080 or api.internal:80");
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0
+        || host.is_empty()
+        || host.parse::<IpAddr>().is_ok()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn compile_plugins(specs: &[At<crate::config::spec::PluginSpec>], diags: &mut Diagnostics) -> PluginChain {
+    let mut chain = Vec::new();
+    for spec in specs {
+        match plugins::build(spec) {
+            Ok(plugin) => chain.push(plugin),
+            Err(message) => diags.error(spec.pos, message),
+        }
+    }
+    PluginChain(chain)
+}
+
+fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions> {
+    let before = diags.list.len();
+    let mut hosts = Vec::new();
+    for host in &spec.hosts {
+        match HostPattern::parse(host) {
+            Ok(h) => hosts.push(h),
+            Err(message) => diags.error(host.pos, message),
+        }
+    }
+    let given: Vec<&At<String>> = [&spec.path, &spec.path_prefix, &spec.path_template, &spec.path_regex]
+        .into_iter()
+        .flatten()
+        .collect();
+    if given.len() > 1 {
+        diags.error(
+            given[1].pos,
+            "a route matches the path one way: give only one of path, path_prefix, path_template, path_regex",
+        );
+    }
+    let check_normal = |text: &At<String>, diags: &mut Diagnostics| -> Option<String> {
+        match path::normalize(text) {
+            Ok(normal) if normal == text.as_str() => Some(normal.into_owned()),
+            Ok(normal) => {
+                diags.error(
+                    text.pos,
+                    format!("path `{}` is not in normal form; requests arrive as `{normal}`", **text),
+                );
+                None
+            }
+            Err(err) => {
+                diags.error(text.pos, format!("invalid path `{}`: {err}", **text));
+                None
+            }
+        }
+    };
+    let path = if let Some(p) = &spec.path {
+        check_normal(p, diags).map(PathMatch::Exact)
+    } else if let Some(p) = &spec.path_prefix {
+        check_normal(p, diags).map(|p| PathMatch::Prefix(p.trim_end_matches('/').to_owned()))
+    } else if let Some(t) = &spec.path_template {
+        if !t.starts_with('/') {
+            diags.error(t.pos, "a path template must start with `/`");
+            None
+        } else {
+            let mut probe = matchit::Router::new();
+            match probe.insert(t.as_str(), ()) {
+                Ok(()) => Some(PathMatch::Template(t.value.clone())),
+                Err(err) => {
+                    diags.error(t.pos, format!("invalid path template `{}`: {err}", **t));
+                    None
+                }
+            }
+        }
+    } else if let Some(r) = &spec.path_regex {
+        match Regex::new(&format!("^(?:{})$", r.as_str())) {
+            Ok(regex) => Some(PathMatch::Regex(regex)),
+            Err(err) => {
+                diags.error(r.pos, format!("invalid path regex: {err}"));
+                None
+            }
+        }
+    } else {
+        Some(PathMatch::Any)
+    };
+    let mut methods = Vec::new();
+    for m in &spec.methods {
+        match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => methods.push(method),
+            Err(_) => diags.error(m.pos, format!("invalid method `{}`", **m)),
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &spec.headers {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => diags.error(value.pos, format!("invalid header condition `{name}: {}`", **value)),
+        }
+    }
+    let query = spec.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if diags.list.len() > before {
+        return None;
+    }
+    Some(Conditions {
+        hosts,
+        path: path?,
+        methods,
+        headers,
+        query,
+    })
+}
+
+fn compile_route(
+    spec: &RouteSpec,
+    upstreams: &HashMap<&str, &Arc<Upstream>>,
+    global: &PluginChain,
+    diags: &mut Diagnostics,
+) -> Option<Route> {
+    let before = diags.list.len();
+    let actions = usize::from(spec.upstream.is_some())
+        + usize::from(spec.split.is_some())
+        + usize::from(spec.respond.is_some())
+        + usize::from(spec.redirect.is_some());
+    if actions != 1 {
+        diags.error(
+            spec.name.pos,
+            format!(
+                "route `{}` must have exactly one action (upstream, split, respond or redirect), found {actions}",
+                *spec.name
+            ),
+        );
+        return None;
+    }
+    let find = |name: &At<String>, diags: &mut Diagnostics| -> Option<Arc<Upstream>> {
+        match upstreams.get(name.as_str()) {
+            Some(u) => Some(Arc::clone(u)),
+            None => {
+                diags.error(name.pos, format!("upstream `{}` is not defined", **name));
+                None
+            }
+        }
+    };
+    let action = if let Some(name) = &spec.upstream {
+        find(name, diags).map(|u| Action::Forward {
+            arms: vec![u],
+            sequence: vec![0],
+            next: AtomicUsize::new(0),
+        })
+    } else if let Some(split) = &spec.split {
+        let mut arms = Vec::new();
+        let mut weights = Vec::new();
+        for arm in split.iter() {
+            if let Some(u) = find(&arm.upstream, diags) {
+                arms.push(u);
+                weights.push(arm.weight);
+            }
+        }
+        if split.is_empty() {
+            diags.error(split.pos, "`split` needs at least one upstream");
+        }
+        match smooth_sequence(&weights) {
+            Some(sequence) if arms.len() == split.len() => Some(Action::Forward {
+                arms,
+                sequence,
+                next: AtomicUsize::new(0),
+            }),
+            Some(_) => None,
+            None => {
+                diags.error(split.pos, "split weights must be at least 1 and not too large");
+                None
+            }
+        }
+    } else if let Some(respond) = &spec.respond {
+        let status = match StatusCode::from_u16(*respond.status) {
+            Ok(s) if s.as_u16() >= 200 => Some(s),
+            _ => {
+                diags.error(respond.status.pos, "respond.status must be between 200 and 599");
+                None
+            }
+        };
+        let headers = compile_headers(&respond.headers, diags);
+        status.map(|status| {
+            Action::Respond(Respond {
+                status,
+                body: Bytes::from(respond.body.clone()),
+                headers,
+            })
+        })
+    } else if let Some(redirect) = &spec.redirect {
+        let status = match *redirect.status {
+            301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(*redirect.status).ok(),
+            _ => {
+                diags.error(redirect.status.pos, "redirect.status must be 301, 302, 303, 307 or 308");
+                None
+            }
+        };
+        if redirect.to.is_empty() {
+            diags.error(redirect.to.pos, "redirect.to must not be empty");
+        }
+        status.map(|status| {
+            Action::Redirect(Redirect {
+                status,
+                to: redirect.to.value.clone(),
+            })
+        })
+    } else {
+        None
+    };
+
+    let rewrite = spec.rewrite.as_ref().and_then(|r| {
+        let given = usize::from(r.strip_prefix.is_some())
+            + usize::from(r.replace_prefix.is_some())
+            + usize::from(r.regex.is_some());
+        if given != 1 {
+            diags.error(spec.name.pos, "rewrite takes exactly one of strip_prefix, replace_prefix, regex");
+            return None;
+        }
+        if let Some(prefix) = &r.strip_prefix {
+            return Some(Rewrite::StripPrefix(prefix.trim_end_matches('/').to_owned()));
+        }
+        if let Some(to) = &r.replace_prefix {
+            let Some(from) = &spec.matches.path_prefix else {
+                diags.error(to.pos, "rewrite.replace_prefix needs match.path_prefix");
+                return None;
+            };
+            return Some(Rewrite::ReplacePrefix {
+                from: from.trim_end_matches('/').to_owned(),
+                to: to.value.clone(),
+            });
+        }
+        let pattern = r.regex.as_ref()?;
+        let Some(replace) = &r.replace else {
+            diags.error(pattern.pos, "rewrite.regex needs rewrite.replace");
+            return None;
+        };
+        match Regex::new(pattern) {
+            Ok(regex) => Some(Rewrite::Regex {
+                regex,
+                replace: replace.clone(),
+            }),
+            Err(err) => {
+                diags.error(pattern.pos, format!("invalid rewrite regex: {err}"));
+                None
+            }
+        }
+    });
+
+    let mut chain = global.0.clone();
+    chain.extend(compile_plugins(&spec.plugins, diags).0);
+
+    if diags.list.len() > before {
+        return None;
+    }
+    Some(Route {
+        name: Arc::from(spec.name.as_str()),
+        action: action?,
+        plugins: PluginChain(chain),
+        rewrite,
+        timeout: spec.timeout.map(|t| t.0),
+    })
+}
+
+fn compile_headers(
+    spec: &std::collections::BTreeMap<String, At<String>>,
+    diags: &mut Diagnostics,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in spec {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => diags.error(value.pos, format!("invalid header `{name}: {}`", **value)),
+        }
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests;

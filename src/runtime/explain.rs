@@ -1,0 +1,1 @@
+//! `portico explain`: what would happen to a request, without sending it.

@@ -1,0 +1,284 @@
+//! The compiled config: immutable tables the request path reads without locks.
+//!
+//! [`compile`] turns a [`Spec`](crate::config::Spec) into a [`Snapshot`] or into every
+//! diagnostic it finds. A running portico holds one snapshot in an `ArcSwap`; a reload
+//! compiles the next one and swaps it in, and each request keeps the snapshot it started with.
+
+pub mod compile;
+pub mod explain;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use regex::Regex;
+
+pub use compile::compile;
+
+use crate::balance::Balancer;
+use crate::config::Spec;
+use crate::observe::RouteMetrics;
+use crate::plugins::PluginChain;
+use crate::pool::{PoolSettings, TargetState};
+use crate::routing::{RequestView, RouteTable};
+
+/// One compiled config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The spec it was compiled from (served, redacted, by `GET /config`).
+    pub spec: Spec,
+    /// Listeners in file order.
+    pub listeners: Vec<Listener>,
+    /// Upstreams by name, in file order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Worker threads wanted.
+    pub workers: usize,
+    /// Admin listener address and token.
+    pub admin: Option<(SocketAddr, Option<String>)>,
+}
+
+impl Snapshot {
+    /// The listener named `name`.
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+
+    /// The upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+}
+
+/// A compiled listener: where it binds, its limits, and its routes.
+#[derive(Debug)]
+pub struct Listener {
+    /// Unique name.
+    pub name: Arc<str>,
+    /// Bind address.
+    pub addr: SocketAddr,
+    /// Limits for new connections and requests.
+    pub limits: Limits,
+    /// Routes attached to this listener, indexed like `table`.
+    pub routes: Vec<ListenerRoute>,
+    /// The route matcher.
+    pub table: RouteTable,
+}
+
+impl Listener {
+    /// The route for a request, if any.
+    pub fn find(&self, view: &RequestView<'_>) -> Option<&ListenerRoute> {
+        self.table.find(view).map(|i| &self.routes[i])
+    }
+}
+
+/// A route as attached to one listener, with that listener's metric handles.
+#[derive(Debug)]
+pub struct ListenerRoute {
+    /// The route.
+    pub route: Arc<Route>,
+    /// Metric handles, one per action arm (one for non-split routes).
+    pub metrics: Vec<RouteMetrics>,
+}
+
+/// Listener limits, resolved from the spec.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes of request head.
+    pub max_header_size: usize,
+    /// Most bytes of request target.
+    pub max_uri_length: usize,
+    /// Time to receive a request head.
+    pub header_timeout: Duration,
+    /// Idle keep-alive time.
+    pub idle_timeout: Duration,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Unique name.
+    pub name: Arc<str>,
+    /// What is done with a matching request.
+    pub action: Action,
+    /// Global then route plugins.
+    pub plugins: PluginChain,
+    /// Path rewrite before forwarding.
+    pub rewrite: Option<Rewrite>,
+    /// Time allowed for the upstream to answer with a response head.
+    pub timeout: Option<Duration>,
+}
+
+/// A route's action.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward to one upstream, or to one of several by weight (`split`).
+    Forward {
+        /// The upstreams; one unless split.
+        arms: Vec<Arc<Upstream>>,
+        /// Smooth weighted order over `arms`.
+        sequence: Vec<u32>,
+        /// Position in `sequence`.
+        next: AtomicUsize,
+    },
+    /// Answer with a fixed response.
+    Respond(Respond),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+}
+
+impl Action {
+    /// For `Forward`, which arm the next request takes.
+    pub fn pick_arm(&self) -> usize {
+        match self {
+            Action::Forward { sequence, next, .. } if sequence.len() > 1 => {
+                sequence[next.fetch_add(1, Ordering::Relaxed) % sequence.len()] as usize
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// A fixed answer.
+#[derive(Debug, Clone)]
+pub struct Respond {
+    /// Status.
+    pub status: StatusCode,
+    /// Body.
+    pub body: Bytes,
+    /// Headers.
+    pub headers: HeaderMap,
+}
+
+/// A redirect answer.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// Status (3xx).
+    pub status: StatusCode,
+    /// `Location` template, with `{path}`, `{query}`, `{uri}`, `{host}`.
+    pub to: String,
+}
+
+impl Redirect {
+    /// The `Location` for a request.
+    pub fn location(&self, host: &str, path: &str, query: Option<&str>) -> String {
+        let uri = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        self.to
+            .replace("{uri}", &uri)
+            .replace("{path}", path)
+            .replace("{query}", query.unwrap_or(""))
+            .replace("{host}", host)
+    }
+}
+
+/// How the path is rewritten before forwarding.
+#[derive(Debug, Clone)]
+pub enum Rewrite {
+    /// Remove this prefix (segment-aware; stored without trailing `/`).
+    StripPrefix(String),
+    /// Replace the route's prefix `from` with `to`.
+    ReplacePrefix {
+        /// The route's `path_prefix`, without trailing `/`.
+        from: String,
+        /// The replacement.
+        to: String,
+    },
+    /// Regex replacement over the path.
+    Regex {
+        /// The pattern.
+        regex: Regex,
+        /// The replacement, with `$1`-style groups.
+        replace: String,
+    },
+}
+
+impl Rewrite {
+    /// The rewritten path; always starts with `/`.
+    pub fn apply<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        let out: Cow<'a, str> = match self {
+            Rewrite::StripPrefix(prefix) => match path.strip_prefix(prefix.as_str()) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => Cow::Borrowed(rest),
+                _ => Cow::Borrowed(path),
+            },
+            Rewrite::ReplacePrefix { from, to } => match path.strip_prefix(from.as_str()) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') || from.is_empty() => {
+                    let to = if rest.starts_with('/') {
+                        to.trim_end_matches('/')
+                    } else {
+                        to.as_str()
+                    };
+                    Cow::Owned(format!("{to}{rest}"))
+                }
+                _ => Cow::Borrowed(path),
+            },
+            Rewrite::Regex { regex, replace } => regex.replace(path, replace.as_str()),
+        };
+        if out.starts_with('/') {
+            out
+        } else {
+            Cow::Owned(format!("/{out}"))
+        }
+    }
+}
+
+/// A compiled upstream.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Unique name.
+    pub name: Arc<str>,
+    /// Target picker.
+    pub balancer: Balancer,
+    /// Targets, indexed like the balancer's.
+    pub targets: Vec<Arc<TargetState>>,
+    /// Speak HTTP/2 (prior knowledge) to targets.
+    pub http2: bool,
+    /// Pool and connect settings.
+    pub pool: PoolSettings,
+    /// DNS re-resolution interval.
+    pub resolve_every: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites() {
+        let strip = Rewrite::StripPrefix("/users".into());
+        assert_eq!(strip.apply("/users/42"), "/42");
+        assert_eq!(strip.apply("/users"), "/");
+        assert_eq!(strip.apply("/usersx"), "/usersx");
+        let replace = Rewrite::ReplacePrefix {
+            from: "/v1".into(),
+            to: "/api/v2/".into(),
+        };
+        assert_eq!(replace.apply("/v1/items"), "/api/v2/items");
+        assert_eq!(replace.apply("/v1"), "/api/v2/");
+        let regex = Rewrite::Regex {
+            regex: Regex::new("^/old/(.*)$").unwrap(),
+            replace: "/new/$1".into(),
+        };
+        assert_eq!(regex.apply("/old/a/b"), "/new/a/b");
+        assert_eq!(regex.apply("/other"), "/other");
+    }
+
+    #[test]
+    fn redirect_location() {
+        let r = Redirect {
+            status: StatusCode::MOVED_PERMANENTLY,
+            to: "https://{host}{uri}".into(),
+        };
+        assert_eq!(r.location("a.com", "/x", Some("q=1")), "https://a.com/x?q=1");
+        assert_eq!(r.location("a.com", "/x", None), "https://a.com/x");
+    }
+}
