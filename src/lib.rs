@@ -18,3 +18,6 @@ pub mod plugins;
 pub mod pool;
 pub mod proxy;
 pub mod runtime;
+pub mod admin;
+pub mod cli;
+pub mod server;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `portico` binary: parses arguments and hands over to [`portico::cli`].
+
+fn main() -> std::process::ExitCode {
+    portico::cli::run()
+}

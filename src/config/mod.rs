@@ -134,6 +134,11 @@ pub fn load_str(
     for (key, value) in entries {
         match key.name.as_str() {
             "workers" => spec.workers = diags.take(value).unwrap_or_default(),
+            "drain_timeout" => {
+                if let Some(t) = diags.take(value) {
+                    spec.drain_timeout = t;
+                }
+            }
             "admin" => spec.admin = diags.take(value),
             "access_log" => spec.access_log = diags.take(value).unwrap_or_default(),
             "listeners" => spec.listeners = take_list(&mut diags, value),
@@ -163,8 +168,8 @@ pub fn load_str(
             other => diags.error(
                 key.pos,
                 format!(
-                    "unknown key `{other}`, expected one of: workers, admin, access_log, \
-                     listeners, routes, upstreams, plugins"
+                    "unknown key `{other}`, expected one of: workers, drain_timeout, admin, \
+                     access_log, listeners, routes, upstreams, plugins"
                 ),
             ),
         }

@@ -11,10 +11,12 @@ use super::de::At;
 use super::units::{Dur, Size};
 
 /// The whole config file.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Spec {
     /// Worker threads.
     pub workers: Workers,
+    /// How long SIGTERM (or a removed listener) waits for in-flight requests.
+    pub drain_timeout: Dur,
     /// The admin listener, if any.
     pub admin: Option<AdminSpec>,
     /// The access log.
@@ -27,6 +29,21 @@ pub struct Spec {
     pub upstreams: Vec<(At<String>, UpstreamSpec)>,
     /// Plugins that run on every route, before the route's own.
     pub plugins: Vec<At<PluginSpec>>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            workers: Workers::Auto,
+            drain_timeout: Dur(std::time::Duration::from_secs(30)),
+            admin: None,
+            access_log: AccessLogSpec::default(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            upstreams: Vec::new(),
+            plugins: Vec::new(),
+        }
+    }
 }
 
 /// `workers: auto` or a number of threads.

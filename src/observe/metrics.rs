@@ -1,7 +1,7 @@
 //! Prometheus metrics. Families live for the life of the process; compiled routes hold
 //! resolved handles, so the request path is an atomic add, not a label lookup.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -120,14 +120,6 @@ impl Metrics {
             upstream: upstream.to_owned(),
             status: 0,
         });
-        let fast = FAST_STATUSES
-            .iter()
-            .map(|&status| {
-                let mut l = (*labels).clone();
-                l.status = status;
-                self.requests.get_or_create(&l).clone()
-            })
-            .collect();
         let duration = self
             .durations
             .get_or_create(&DurationLabels {
@@ -137,7 +129,7 @@ impl Metrics {
             .clone();
         RouteMetrics {
             labels,
-            fast,
+            fast: Arc::new(Default::default()),
             duration,
             requests: self.requests.clone(),
         }
@@ -183,7 +175,8 @@ const FAST_STATUSES: [u16; 16] = [
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
     labels: Arc<RequestLabels>,
-    fast: Vec<Counter>,
+    /// Counters for common statuses, created on first use so unused series stay absent.
+    fast: Arc<[OnceLock<Counter>; FAST_STATUSES.len()]>,
     duration: Histogram,
     requests: Family<RequestLabels, Counter>,
 }
@@ -193,14 +186,20 @@ impl RouteMetrics {
     pub fn record(&self, status: u16, elapsed: Duration) {
         match FAST_STATUSES.iter().position(|&s| s == status) {
             Some(i) => {
-                self.fast[i].inc();
+                self.fast[i]
+                    .get_or_init(|| self.counter(status))
+                    .inc();
             }
             None => {
-                let mut labels = (*self.labels).clone();
-                labels.status = status;
-                self.requests.get_or_create(&labels).inc();
+                self.counter(status).inc();
             }
         }
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn counter(&self, status: u16) -> Counter {
+        let mut labels = (*self.labels).clone();
+        labels.status = status;
+        self.requests.get_or_create(&labels).clone()
     }
 }

@@ -20,6 +20,6 @@ pub struct RequestCtx {
     pub route: Option<std::sync::Arc<str>>,
     /// The chosen upstream, once selected.
     pub upstream: Option<std::sync::Arc<str>>,
-    /// The chosen target address, once connected.
-    pub target: Option<SocketAddr>,
+    /// The chosen target, once selected.
+    pub target: Option<std::sync::Arc<crate::pool::TargetState>>,
 }

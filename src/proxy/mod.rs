@@ -3,3 +3,6 @@
 pub mod body;
 pub mod ctx;
 pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod pipeline;

@@ -1,1 +1,168 @@
-//! `portico explain`: what would happen to a request, without sending it.
+//! `portico explain`: which listener, route, plugins, upstream and target a request would
+//! meet, and why — computed with the same tables the proxy uses, without sending anything.
+
+use std::fmt::Write;
+
+use http::{HeaderMap, Method};
+
+use super::{Action, Snapshot};
+use crate::routing::{Conditions, PathMatch, RequestView, normalize_host, path};
+
+/// A request to explain.
+#[derive(Debug)]
+pub struct Question<'a> {
+    /// Method.
+    pub method: Method,
+    /// Absolute URL, like `http://api.example.com:8080/users/42?x=1`.
+    pub url: &'a str,
+    /// Extra headers; a `Host` here overrides the URL's host.
+    pub headers: HeaderMap,
+}
+
+/// The answer, as lines of text; `Err` when the question itself is malformed.
+pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
+    let uri: http::Uri = q.url.parse().map_err(|e| format!("invalid URL `{}`: {e}", q.url))?;
+    let authority = uri.authority().ok_or_else(|| format!("the URL `{}` needs a host, like http://localhost:8080/", q.url))?;
+    let port = authority.port_u16().unwrap_or(80);
+    let mut out = String::new();
+
+    let by_port = snap.listeners.iter().find(|l| l.addr.port() == port);
+    let (listener, why) = match by_port {
+        Some(l) => (l, format!("its port {port} is the URL's")),
+        None => match snap.listeners.first() {
+            Some(l) => (l, format!("no listener has port {port}; using the first one")),
+            None => return Err("the config has no listeners".into()),
+        },
+    };
+    let _ = writeln!(out, "listener  {} ({}) — {why}", listener.name, listener.addr);
+
+    let host_header = q.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    let host = normalize_host(host_header.unwrap_or(authority.as_str())).into_owned();
+    let raw_path = uri.path();
+    let normal = match path::normalize(raw_path) {
+        Ok(p) => p.into_owned(),
+        Err(err) => {
+            let _ = writeln!(out, "result    400 Bad Request — {err}");
+            return Ok(out);
+        }
+    };
+    let _ = write!(out, "request   {} host={host} path={normal}", q.method);
+    if normal != raw_path {
+        let _ = write!(out, " (normalised from {raw_path})");
+    }
+    out.push('\n');
+
+    let view = RequestView {
+        host: &host,
+        path: &normal,
+        query: uri.query(),
+        method: &q.method,
+        headers: &q.headers,
+    };
+    let winner = listener.table.find(&view);
+    for (i, entry) in listener.routes.iter().enumerate() {
+        let cond = listener.table.conditions(i);
+        let verdict = match why_not(cond, &view) {
+            None if Some(i) == winner => "matches — chosen (most specific)".to_owned(),
+            None => "matches, but a more specific route wins".to_owned(),
+            Some(reason) => format!("no: {reason}"),
+        };
+        let _ = writeln!(out, "  route {:<20} {:<40} {verdict}", entry.route.name, describe(cond));
+    }
+    let Some(index) = winner else {
+        let _ = writeln!(out, "result    404 Not Found — no route matches");
+        return Ok(out);
+    };
+    let route = &listener.routes[index].route;
+    let _ = writeln!(out, "route     {}", route.name);
+    let plugins = route.plugins.names();
+    if plugins.is_empty() {
+        let _ = writeln!(out, "plugins   (none)");
+    } else {
+        let _ = writeln!(out, "plugins   {}", plugins.join(" → "));
+    }
+    match &route.action {
+        Action::Respond(r) => {
+            let _ = writeln!(out, "action    respond {}", r.status);
+        }
+        Action::Redirect(r) => {
+            let _ = writeln!(out, "action    redirect {} to {}", r.status, r.location(&host, &normal, uri.query()));
+        }
+        Action::Forward { arms, sequence, next } => {
+            let arm = sequence[next.load(std::sync::atomic::Ordering::Relaxed) % sequence.len()] as usize;
+            let upstream = &arms[arm];
+            if arms.len() > 1 {
+                let names: Vec<&str> = arms.iter().map(|u| &*u.name).collect();
+                let _ = writeln!(out, "action    split over {}; next goes to {}", names.join(", "), upstream.name);
+            } else {
+                let _ = writeln!(out, "action    forward to upstream {}", upstream.name);
+            }
+            if let Some(rewrite) = &route.rewrite {
+                let _ = writeln!(out, "rewrite   {normal} → {}", rewrite.apply(&normal));
+            }
+            match upstream.balancer.peek(&upstream.targets) {
+                Some(t) => {
+                    let _ = writeln!(out, "target    {} (next pick of {})", upstream.targets[t].address, balance_name(&upstream.balancer));
+                }
+                None => {
+                    let _ = writeln!(out, "target    none available");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn balance_name(b: &crate::balance::Balancer) -> &'static str {
+    match b {
+        crate::balance::Balancer::RoundRobin { .. } => "round_robin",
+        crate::balance::Balancer::LeastRequest { .. } => "least_request",
+    }
+}
+
+fn describe(cond: &Conditions) -> String {
+    let mut parts = Vec::new();
+    if !cond.hosts.is_empty() {
+        let hosts: Vec<String> = cond
+            .hosts
+            .iter()
+            .map(|h| match h {
+                crate::routing::HostPattern::Exact(n) => n.clone(),
+                crate::routing::HostPattern::Suffix(s) => format!("*{s}"),
+            })
+            .collect();
+        parts.push(format!("hosts={}", hosts.join(",")));
+    }
+    match &cond.path {
+        PathMatch::Any => {}
+        PathMatch::Exact(p) => parts.push(format!("path={p}")),
+        PathMatch::Template(t) => parts.push(format!("template={t}")),
+        PathMatch::Prefix(p) => parts.push(format!("prefix={}/", p)),
+        PathMatch::Regex(r) => parts.push(format!("regex={}", r.as_str())),
+    }
+    if !cond.methods.is_empty() {
+        let methods: Vec<&str> = cond.methods.iter().map(Method::as_str).collect();
+        parts.push(format!("methods={}", methods.join(",")));
+    }
+    for (name, value) in &cond.headers {
+        parts.push(format!("header {name}={}", value.to_str().unwrap_or("?")));
+    }
+    for (name, value) in &cond.query {
+        parts.push(format!("query {name}={value}"));
+    }
+    if parts.is_empty() {
+        "(matches everything)".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn why_not(cond: &Conditions, view: &RequestView<'_>) -> Option<String> {
+    if !cond.hosts.is_empty() && !cond.hosts.iter().any(|h| h.matches(view.host)) {
+        return Some(format!("host {} not listed", view.host));
+    }
+    if !cond.path.matches(view.path) {
+        return Some(format!("path {} does not match", view.path));
+    }
+    cond.check_rest(view).err().map(|what| format!("{what} does not match"))
+}

@@ -1,0 +1,147 @@
+//! The command line: `run`, `validate`, `explain`, `version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::observe::Metrics;
+use crate::pool::Registry;
+use crate::runtime::{self, compile::Env, explain};
+
+#[derive(Debug, Parser)]
+#[command(name = "portico", about = "Load balancer, reverse proxy and API gateway", disable_version_flag = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the gateway.
+    Run {
+        /// The config file (YAML or JSON).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Checks a config; prints every error as FILE:LINE:COL: message.
+    Validate {
+        /// The config file (YAML or JSON).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Says what portico would do with a request, without sending it.
+    Explain {
+        /// The config file (YAML or JSON).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Request method, like GET.
+        method: String,
+        /// Absolute URL, like http://localhost:8080/users/42.
+        url: String,
+        /// Extra request headers, `Name: value`.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Prints the version and build features.
+    Version,
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            match crate::server::reload::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    let mut source = std::error::Error::source(&err);
+                    while let Some(cause) = source {
+                        tracing::error!("caused by: {cause}");
+                        source = cause.source();
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { config } => match compile(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Explain { config, method, url, headers } => {
+            let snap = match compile(&config) {
+                Ok(s) => s,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            };
+            let question = match question(&method, &url, &headers) {
+                Ok(q) => q,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match explain::explain(&snap, &question) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Version => {
+            println!("portico {}", env!("CARGO_PKG_VERSION"));
+            println!("features: http1 h2c round_robin least_request");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::config::Diagnostic>> {
+    let registry = Registry::default();
+    let metrics = Metrics::new();
+    let spec = crate::config::load(path)?;
+    runtime::compile(spec, &path.display().to_string(), Env { registry: &registry, metrics: &metrics })
+}
+
+fn question<'a>(method: &str, url: &'a str, headers: &[String]) -> Result<explain::Question<'a>, String> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method `{method}`"))?;
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| format!("invalid header `{h}`: expected `Name: value`"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("invalid header name in `{h}`"))?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("invalid header value in `{h}`"))?;
+        map.append(name, value);
+    }
+    Ok(explain::Question { method, url, headers: map })
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

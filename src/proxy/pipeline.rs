@@ -1,0 +1,280 @@
+//! The request pipeline, one call per stage:
+//! `decode → route → on_request plugins → select → forward → on_response plugins → respond → log`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, Version, header};
+use hyper::body::Incoming;
+
+use super::body::Body;
+use super::ctx::RequestCtx;
+use super::error::ProxyError;
+use super::forward;
+use super::headers::{self, X_REQUEST_ID};
+use crate::plugins::Flow;
+use crate::routing::{RequestView, normalize_host, path};
+use crate::observe::RouteMetrics;
+use crate::runtime::{Action, Listener, ListenerRoute};
+use crate::server::Shared;
+
+/// What the connection knows about where a request came from.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The downstream peer.
+    pub client: SocketAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+}
+
+/// Serves one request; never fails (errors become JSON responses).
+pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    // This request keeps this config until it is done, whatever reloads happen meanwhile.
+    let snap = shared.snapshot.load_full();
+    let (head, body) = req.into_parts();
+    let mut ctx = RequestCtx {
+        request_id: headers::request_id(&head.headers),
+        client: conn.client,
+        start: Instant::now(),
+        listener: Arc::clone(&conn.listener),
+        route: None,
+        upstream: None,
+        target: None,
+    };
+    let method = head.method.clone();
+    let version = head.version;
+    let log_path = shared.access_log.enabled().then(|| head.uri.path().to_owned());
+
+    let outcome = match snap.listener(&conn.listener) {
+        Some(listener) => run(shared, listener, &mut ctx, head, body).await,
+        // The listener was removed by a reload; this connection is draining.
+        None => (Err(ProxyError::NoRoute), None),
+    };
+    let (mut response, metrics) = finish(outcome, &ctx);
+    response.headers_mut().insert(&X_REQUEST_ID, ctx.request_id.clone());
+    let status = response.status().as_u16();
+    let elapsed = ctx.start.elapsed();
+    match metrics {
+        Some(m) => m.record(status, elapsed),
+        None => shared.metrics.unrouted(&conn.listener, status),
+    }
+    if let Some(path) = log_path {
+        shared.access_log.write(access_line(&ctx, &method, version, &path, status, elapsed));
+    }
+    response
+}
+
+type Outcome<'a> = (Result<Response<Body>, ProxyError>, Option<&'a RouteMetrics>);
+
+/// Turns an error into its JSON response, logging server-side failures.
+fn finish<'a>(outcome: Outcome<'a>, ctx: &RequestCtx) -> (Response<Body>, Option<&'a RouteMetrics>) {
+    let (result, metrics) = outcome;
+    let response = result.unwrap_or_else(|err| {
+        if err.status().is_server_error() {
+            tracing::warn!(
+                request_id = ?ctx.request_id,
+                error = %err,
+                cause = ?std::error::Error::source(&err),
+                "request failed"
+            );
+        }
+        err.into_response(&ctx.request_id)
+    });
+    (response, metrics)
+}
+
+async fn run<'s>(
+    shared: &Shared,
+    listener: &'s Listener,
+    ctx: &mut RequestCtx,
+    mut head: http::request::Parts,
+    body: Incoming,
+) -> Outcome<'s> {
+    // decode
+    let host = match decode(listener, &head) {
+        Ok(host) => host,
+        Err(err) => return (Err(err), None),
+    };
+    let normal = match path::normalize(head.uri.path()) {
+        Ok(p) => p.into_owned(),
+        Err(err) => {
+            return (
+                Err(ProxyError::BadRequest(match err {
+                    path::PathError::NotAbsolute => "the request target must be a path starting with `/`",
+                    path::PathError::BadEscape => "the request path has an invalid percent-encoding",
+                    path::PathError::Control => "the request path contains a control character",
+                })),
+                None,
+            );
+        }
+    };
+    let host_name = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host_name = normalize_host(host_name);
+
+    // route
+    let query = head.uri.query().map(str::to_owned);
+    let view = RequestView {
+        host: &host_name,
+        path: &normal,
+        query: query.as_deref(),
+        method: &head.method,
+        headers: &head.headers,
+    };
+    let Some(entry) = listener.find(&view) else {
+        return (Err(ProxyError::NoRoute), None);
+    };
+    let ListenerRoute { route, metrics } = entry;
+    ctx.route = Some(Arc::clone(&route.name));
+
+    // on_request plugins
+    let plugins = &route.plugins;
+    if !plugins.is_empty() {
+        match plugins.on_request(ctx, &mut head) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Respond(response)) => {
+                return (Ok(on_response(plugins, ctx, response)), metrics.first());
+            }
+            Err(err) => return (Err(err), metrics.first()),
+        }
+    }
+
+    let result = match &route.action {
+        Action::Respond(respond) => {
+            let mut response = Response::new(if head.method == Method::HEAD {
+                Body::Empty
+            } else {
+                Body::full(respond.body.clone())
+            });
+            *response.status_mut() = respond.status;
+            *response.headers_mut() = respond.headers.clone();
+            if !respond.body.is_empty() && !response.headers().contains_key(header::CONTENT_TYPE) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            }
+            Ok(response)
+        }
+        Action::Redirect(redirect) => {
+            let location = redirect.location(&host_name, &normal, query.as_deref());
+            match HeaderValue::from_str(&location) {
+                Ok(value) => {
+                    let mut response = Response::new(Body::Empty);
+                    *response.status_mut() = redirect.status;
+                    response.headers_mut().insert(header::LOCATION, value);
+                    Ok(response)
+                }
+                Err(_) => Err(ProxyError::BadRequest("the redirect target is not a valid header value")),
+            }
+        }
+        Action::Forward { arms, .. } => {
+            let arm = route.action.pick_arm();
+            let upstream = &arms[arm];
+            ctx.upstream = Some(Arc::clone(&upstream.name));
+            let path = match &route.rewrite {
+                Some(rewrite) => rewrite.apply(&normal).into_owned(),
+                None => normal.clone(),
+            };
+            let result = forward::forward(
+                shared,
+                ctx,
+                upstream,
+                route.timeout,
+                head,
+                body,
+                forward::Target { host, path: &path, query: query.as_deref() },
+            )
+            .await;
+            return (
+                result.map(|r| on_response(plugins, ctx, r)),
+                metrics.get(arm),
+            );
+        }
+    };
+    (result.map(|r| on_response(plugins, ctx, r)), metrics.first())
+}
+
+fn on_response(plugins: &crate::plugins::PluginChain, ctx: &RequestCtx, response: Response<Body>) -> Response<Body> {
+    if plugins.is_empty() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    plugins.on_response(ctx, &mut parts);
+    Response::from_parts(parts, body)
+}
+
+/// Checks the request head for what a proxy must refuse; returns the host (the `Host` header,
+/// or the URI's authority for HTTP/2 and absolute-form requests).
+fn decode(listener: &Listener, head: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+    if head.method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
+    }
+    let limits = &listener.limits;
+    let target_len = head.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > limits.max_uri_length {
+        return Err(ProxyError::UriTooLong { limit: limits.max_uri_length });
+    }
+    let head_size: usize = head
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if head_size + target_len > limits.max_header_size {
+        return Err(ProxyError::HeadersTooLarge { limit: limits.max_header_size });
+    }
+    // RFC 9112 §6.1: only `chunked` is forwarded faithfully; anything else is refused.
+    if let Some(te) = head.headers.get(header::TRANSFER_ENCODING)
+        && (head.headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1
+            || !te.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(ProxyError::BadRequest("unsupported transfer-encoding"));
+    }
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let authority = head.uri.authority().map(|a| a.as_str());
+    match (head.version, host_header, authority) {
+        // RFC 9112 §3.2.2: an absolute-form target and a different Host is an attack or a bug.
+        (_, Some(h), Some(a)) => {
+            if normalize_host(h.to_str().unwrap_or("")) != normalize_host(a) {
+                return Err(ProxyError::BadRequest("the Host header does not match the request target"));
+            }
+            Ok(Some(h.clone()))
+        }
+        (_, Some(h), None) => Ok(Some(h.clone())),
+        (_, None, Some(a)) => Ok(HeaderValue::from_str(a).ok()),
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+        (Version::HTTP_11, None, None) => Err(ProxyError::BadRequest("missing Host header")),
+        _ => Ok(None),
+    }
+}
+
+fn access_line(ctx: &RequestCtx, method: &Method, version: Version, path: &str, status: u16, elapsed: std::time::Duration) -> String {
+    let mut line = serde_json::json!({
+        "ts": humantime_now(),
+        "request_id": ctx.request_id.to_str().unwrap_or(""),
+        "client": ctx.client.to_string(),
+        "listener": &*ctx.listener,
+        "route": ctx.route.as_deref(),
+        "upstream": ctx.upstream.as_deref(),
+        "target": ctx.target.as_ref().map(|t| t.address.as_str()),
+        "method": method.as_str(),
+        "path": path,
+        "protocol": format!("{version:?}"),
+        "status": status,
+        "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+/// Seconds since the Unix epoch with milliseconds, as a JSON-friendly number string.
+fn humantime_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_millis() as f64) / 1000.0)
+        .unwrap_or(0.0)
+}

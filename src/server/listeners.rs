@@ -1,0 +1,196 @@
+//! Binding listeners on every worker and accepting connections, with per-listener connection
+//! limits and a graceful drain when a listener is removed or portico stops.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use super::conn;
+use crate::proxy::pipeline::ConnInfo;
+
+/// A bound listener: its sockets' accept loops, one per worker.
+#[derive(Debug)]
+pub struct Bound {
+    /// The address as configured (port 0 allowed).
+    pub configured: SocketAddr,
+    /// The address actually bound.
+    pub local: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Every bound listener, by name; owned by the control thread.
+#[derive(Debug, Default)]
+pub struct ListenerSet {
+    /// Bound listeners by name.
+    pub bound: HashMap<Arc<str>, Bound>,
+}
+
+/// Opens `count` sockets on `addr` with `SO_REUSEPORT`; a port 0 is chosen once and shared.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
+}
+
+impl ListenerSet {
+    /// Starts accept loops for already-bound sockets of listener `name`.
+    pub fn start(
+        &mut self,
+        shared: &Arc<Shared>,
+        workers: &[Handle],
+        name: Arc<str>,
+        configured: SocketAddr,
+        sockets: Vec<std::net::TcpListener>,
+        max_connections: usize,
+    ) -> std::io::Result<SocketAddr> {
+        let local = sockets
+            .first()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?
+            .unwrap_or(configured);
+        let (stop, stopped) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(max_connections));
+        let tasks = workers
+            .iter()
+            .zip(sockets)
+            .map(|(handle, socket)| {
+                handle.spawn(accept_loop(
+                    Arc::clone(shared),
+                    Arc::clone(&name),
+                    socket,
+                    stopped.clone(),
+                    Arc::clone(&limit),
+                ))
+            })
+            .collect();
+        tracing::info!(listener = %name, addr = %local, "listening");
+        self.bound.insert(
+            name,
+            Bound {
+                configured,
+                local,
+                stop,
+                tasks,
+            },
+        );
+        Ok(local)
+    }
+
+    /// Stops accepting on `name` and drains its connections in the background.
+    pub fn remove(&mut self, name: &str) -> Option<JoinHandle<()>> {
+        let bound = self.bound.remove(name)?;
+        let _ = bound.stop.send(true);
+        tracing::info!(listener = %name, "listener removed; draining");
+        Some(tokio::spawn(async move {
+            for task in bound.tasks {
+                let _ = task.await;
+            }
+        }))
+    }
+
+    /// Stops every listener and waits for their connections to drain.
+    pub async fn drain_all(&mut self) {
+        let names: Vec<Arc<str>> = self.bound.keys().cloned().collect();
+        let drains: Vec<_> = names.iter().filter_map(|n| self.remove(n)).collect();
+        for drain in drains {
+            let _ = drain.await;
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    socket: std::net::TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    limit: Arc<Semaphore>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(socket) {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::error!(listener = %name, error = %err, "cannot register listener");
+            return;
+        }
+    };
+    let gauge = shared.metrics.connections(&name);
+    let graceful = GracefulShutdown::new();
+    let mut cached: Option<(usize, Builder<TokioExecutor>, Duration)> = None;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, client) = tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        // Settings follow the config in force when the connection arrives.
+        let snap = shared.snapshot.load();
+        let Some(config) = snap.listener(&name) else {
+            continue;
+        };
+        let key = Arc::as_ptr(&*snap) as usize;
+        if cached.as_ref().is_none_or(|(k, _, _)| *k != key) {
+            cached = Some((key, conn::builder(&config.limits), config.limits.idle_timeout));
+        }
+        let Some((_, builder, idle)) = cached.as_ref() else {
+            continue;
+        };
+        let info = ConnInfo {
+            client,
+            listener: Arc::clone(&name),
+        };
+        let served = conn::serve(Arc::clone(&shared), info, stream, builder, *idle, &graceful);
+        let gauge = gauge.clone();
+        gauge.inc();
+        tokio::spawn(async move {
+            served.await;
+            gauge.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drain = shared.snapshot.load().spec.drain_timeout.0;
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = %name, "drain timeout reached; closing remaining connections");
+    }
+}

@@ -1,0 +1,275 @@
+//! The control thread: start-up, SIGHUP reload, SIGTERM drain, and DNS re-resolution.
+//!
+//! A reload validates and compiles the file, binds any new listener, then swaps the snapshot
+//! in one store. Listeners whose name and address are unchanged keep their sockets and their
+//! connections; removed ones stop accepting and drain. Any failure leaves the running config
+//! in place and is logged and kept for the admin API.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::runtime::Handle;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::Shared;
+use super::listeners::{ListenerSet, bind};
+use crate::config;
+use crate::observe::{AccessLog, Metrics};
+use crate::pool::{self, Registry};
+use crate::runtime::{self, Snapshot, compile::Env};
+
+/// Why portico could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is invalid; every problem is listed.
+    #[error("invalid config:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<config::Diagnostic>),
+    /// A socket or thread could not be set up.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// Loads and compiles the file at `path` against live state.
+pub fn load(path: &Path, registry: &Registry, metrics: &Metrics) -> Result<Snapshot, Vec<config::Diagnostic>> {
+    let spec = config::load(path)?;
+    runtime::compile(spec, &path.display().to_string(), Env { registry, metrics })
+}
+
+/// Runs portico on the config at `path` until SIGTERM or SIGINT; returns after draining.
+pub fn run(path: &Path) -> Result<(), StartError> {
+    let registry = Registry::default();
+    let metrics = Metrics::new();
+    // Pools are sized by worker count, which the first compile tells.
+    let probe = load(path, &registry, &metrics).map_err(StartError::Config)?;
+    let workers = probe.workers;
+    pool::set_workers(workers);
+    let registry = Registry::default();
+    let snapshot = load(path, &registry, &metrics).map_err(StartError::Config)?;
+    let access_log = if snapshot.spec.access_log.enabled {
+        AccessLog::open(&snapshot.spec.access_log.path)
+            .map_err(io_error(format!("cannot open access log {}", snapshot.spec.access_log.path)))?
+    } else {
+        AccessLog::disabled()
+    };
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        registry,
+        metrics,
+        access_log,
+        config_path: path.to_owned(),
+        last_reload_error: Mutex::new(None),
+    });
+
+    let (handles, stops) = start_workers(workers)?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_error("cannot start the control runtime"))?;
+    let result = control.block_on(control_loop(Arc::clone(&shared), handles));
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    result
+}
+
+type WorkerStop = tokio::sync::oneshot::Sender<()>;
+
+fn start_workers(count: usize) -> Result<(Vec<Handle>, Vec<WorkerStop>), StartError> {
+    let mut handles = Vec::with_capacity(count);
+    let mut stops = Vec::with_capacity(count);
+    for index in 0..count {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_error("cannot start a worker runtime"))?;
+        handles.push(runtime.handle().clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        std::thread::Builder::new()
+            .name(format!("portico-worker-{index}"))
+            .spawn(move || {
+                pool::set_worker(index + 1);
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(io_error("cannot start a worker thread"))?;
+    }
+    Ok((handles, stops))
+}
+
+async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), StartError> {
+    let mut hangup = signal(SignalKind::hangup()).map_err(io_error("cannot handle SIGHUP"))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(io_error("cannot handle SIGTERM"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_error("cannot handle SIGINT"))?;
+
+    resolve_all(&shared, &mut HashMap::new(), true).await;
+
+    let mut listeners = ListenerSet::default();
+    let snap = shared.snapshot.load_full();
+    for listener in &snap.listeners {
+        let sockets = bind(listener.addr, workers.len())
+            .map_err(io_error(format!("cannot bind listener `{}` to {}", listener.name, listener.addr)))?;
+        listeners
+            .start(
+                &shared,
+                &workers,
+                Arc::clone(&listener.name),
+                listener.addr,
+                sockets,
+                listener.limits.max_connections,
+            )
+            .map_err(io_error(format!("cannot start listener `{}`", listener.name)))?;
+    }
+    if let Some((addr, _)) = snap.admin {
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io_error(format!("cannot bind the admin API to {addr}")))?;
+        let local = socket.local_addr().map_err(io_error("admin address"))?;
+        tracing::info!(addr = %local, "admin listening");
+        tokio::spawn(crate::admin::serve(Arc::clone(&shared), socket));
+    }
+    tracing::info!(workers = workers.len(), "ready");
+
+    let mut resolved: HashMap<(String, String), Instant> = HashMap::new();
+    let mut dns_tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                reload(&shared, &workers, &mut listeners);
+                resolve_all(&shared, &mut resolved, true).await;
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = dns_tick.tick() => resolve_all(&shared, &mut resolved, false).await,
+        }
+    }
+    tracing::info!("draining");
+    listeners.drain_all().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the config file and applies it, or keeps the running one.
+pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut ListenerSet) {
+    match try_reload(shared, workers, listeners) {
+        Ok(()) => {
+            shared.metrics.reload(true);
+            if let Ok(mut last) = shared.last_reload_error.lock() {
+                *last = None;
+            }
+            tracing::info!("config reloaded");
+        }
+        Err(reason) => {
+            shared.metrics.reload(false);
+            tracing::error!("reload refused, the running config stays:\n{reason}");
+            if let Ok(mut last) = shared.last_reload_error.lock() {
+                *last = Some(reason);
+            }
+        }
+    }
+}
+
+fn try_reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut ListenerSet) -> Result<(), String> {
+    let next = load(&shared.config_path, &shared.registry, &shared.metrics).map_err(|diags| {
+        diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    })?;
+    if next.workers != workers.len() {
+        tracing::warn!(
+            running = workers.len(),
+            wanted = next.workers,
+            "a change of `workers` takes effect at the next start"
+        );
+    }
+    // Bind what is new before anything changes, so a failure leaves all as it was.
+    let mut fresh = Vec::new();
+    for listener in &next.listeners {
+        let kept = listeners
+            .bound
+            .get(&listener.name)
+            .is_some_and(|b| b.configured == listener.addr);
+        if !kept {
+            let addr = listener.addr;
+            let sockets = bind(addr, workers.len())
+                .map_err(|err| format!("cannot bind listener `{}` to {addr}: {err}", listener.name))?;
+            fresh.push((Arc::clone(&listener.name), listener.addr, sockets, listener.limits.max_connections));
+        }
+    }
+    let next = Arc::new(next);
+    shared.snapshot.store(Arc::clone(&next));
+
+    let wanted: Vec<&str> = next.listeners.iter().map(|l| &*l.name).collect();
+    let stale: Vec<Arc<str>> = listeners
+        .bound
+        .iter()
+        .filter(|(name, bound)| {
+            !wanted.contains(&&***name)
+                || next.listener(name).is_some_and(|l| l.addr != bound.configured)
+        })
+        .map(|(name, _)| Arc::clone(name))
+        .collect();
+    for name in stale {
+        listeners.remove(&name);
+    }
+    for (name, addr, sockets, max_connections) in fresh {
+        listeners
+            .start(shared, workers, name, addr, sockets, max_connections)
+            .map_err(|err| format!("cannot start listener: {err}"))?;
+    }
+    shared.registry.retain(|upstream, address| {
+        next.upstream(upstream)
+            .is_some_and(|u| u.targets.iter().any(|t| t.address == address))
+    });
+    Ok(())
+}
+
+/// Resolves DNS names of targets that are due (all of them when `force`).
+async fn resolve_all(shared: &Shared, due: &mut HashMap<(String, String), Instant>, force: bool) {
+    let snap = shared.snapshot.load_full();
+    let now = Instant::now();
+    for upstream in &snap.upstreams {
+        for target in &upstream.targets {
+            if target.address.parse::<std::net::SocketAddr>().is_ok() {
+                continue;
+            }
+            let key = (upstream.name.to_string(), target.address.clone());
+            if !force && due.get(&key).is_some_and(|at| *at > now) {
+                continue;
+            }
+            due.insert(key, now + upstream.resolve_every);
+            let lookup = tokio::net::lookup_host(target.address.clone());
+            match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                Ok(Ok(addrs)) => {
+                    let mut addrs: Vec<_> = addrs.collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    if **target.addrs.load() != addrs {
+                        tracing::info!(upstream = %upstream.name, target = %target.address, ?addrs, "target resolved");
+                        target.addrs.store(Arc::new(addrs));
+                    }
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(upstream = %upstream.name, target = %target.address, error = %err, "cannot resolve target; keeping its last addresses");
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %upstream.name, target = %target.address, "resolving target timed out");
+                }
+            }
+        }
+    }
+}
