@@ -203,7 +203,10 @@ impl<'de> Visitor<'de> for RawVisitor {
 
 /// Parses YAML (or JSON, which is a subset of YAML 1.2) into a node tree.
 pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
-    serde_saphyr::from_str::<Node>(text).map_err(|err| {
+    // YAML 1.2 booleans only: `yes`, `on`, `no` stay strings (no "Norway problem").
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|err| {
         let pos = err.location().map(|l| Pos::of(&l)).unwrap_or_default();
         let mut message = err.without_snippet().to_string();
         if let Some(cut) = message.rfind(" at line ") {
@@ -255,6 +258,15 @@ mod tests {
                 Value::Str("s".into())
             ]
         );
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let node = parse("a: yes\nb: on\nc: true\n").unwrap();
+        let map = node.as_map().unwrap();
+        assert_eq!(map[0].1.value, Value::Str("yes".into()));
+        assert_eq!(map[1].1.value, Value::Str("on".into()));
+        assert_eq!(map[2].1.value, Value::Bool(true));
     }
 
     #[test]

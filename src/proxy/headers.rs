@@ -18,14 +18,16 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Fields that describe one connection, never the message (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [&HeaderName; 8] = [
+///
+/// `Trailer` is end-to-end (RFC 9110 §6.6.2) and stays: it announces the trailer fields, and
+/// without it the next hop may drop them.
+static HOP_BY_HOP: [&HeaderName; 7] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &header::PROXY_AUTHENTICATE,
     &header::PROXY_AUTHORIZATION,
     &header::TE,
-    &header::TRAILER,
     &header::TRANSFER_ENCODING,
 ];
 
@@ -210,7 +212,7 @@ mod tests {
     fn hop_names() -> impl Strategy<Value = String> {
         prop::sample::select(vec![
             "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-            "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+            "proxy-authorization", "te", "transfer-encoding", "upgrade",
         ])
         .prop_map(str::to_owned)
     }

@@ -1,0 +1,663 @@
+#!/usr/bin/env bash
+# bench/compare.sh — compare portico with nginx and HAProxy, following /work/shared/BENCHMARKS.md.
+#
+# Method
+#   * Two upstreams (examples/bench_upstream.rs: GET / → 13 B, GET /16k → 16 KiB, POST /echo),
+#     each proxy round-robins over both, keeps an upstream keep-alive pool, logs nothing and
+#     runs one worker (portico `workers: 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`).
+#   * The proxy is pinned to CPU 0; the load generator and both upstreams to CPU 1. req/s is
+#     therefore a per-core figure. When CPU 1 saturates first, compare "req per proxy CPU-s"
+#     (requests completed ÷ CPU seconds the proxy used in the measured window, summed over all
+#     its processes and threads from /proc/PID/stat utime+stime; the "proxy CPU%" column shows
+#     which side was the bottleneck).
+#   * Tests (each: WARMUP s of the same load, then DURATION s measured):
+#       root   wrk -t1 -c50 --latency  GET /
+#       16k    wrk -t1 -c50 --latency  GET /16k
+#       h2c    h2load -t1 -c10 -m5     GET /, HTTP/2 prior knowledge (latency percentiles
+#              from h2load's per-request log)
+#       close  wrk -t1 -c50 --latency -H 'Connection: close'  (a new TCP connection per request)
+#       idle   IDLE_CONNS keep-alive connections each make one GET and then sit idle
+#              (bench/idle.py); figure = (RSS while held − RSS before) / connections held.
+#   * Every (round, test, proxy) run uses a freshly started proxy, so "peak RSS" (VmHWM, summed
+#     over the proxy's processes — for nginx master + worker) belongs to that test alone.
+#   * Runs are interleaved: for each round, for each test, each proxy in turn (A B C A B C ...).
+#     The table shows medians over rounds; "spread" is (max − min) / median of req/CPU-s.
+#     Differences under ~10% are noise.
+#   * All traffic is on 127.0.0.1. Configs and logs live in a mktemp directory that is removed
+#     on exit; every process started here is killed on exit.
+#
+# Environment knobs (defaults in brackets)
+#   ROUNDS [3]  DURATION [10] (s)  WARMUP [2] (s)  IDLE_CONNS [2000]  IDLE_SETTLE [1] (s)
+#   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
+#   PROXIES        ["portico nginx haproxy"]   TESTS ["root 16k h2c close idle"]
+#   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
+#   PORTICO_BIN, UPSTREAM_BIN   override the binaries (imply no cargo build for them)
+#   RESULTS=FILE   also save the raw per-run results (TSV) to FILE
+#
+# Requirements: taskset, wrk, h2load (nghttp2-client), python3, curl; nginx and haproxy are
+# optional (skipped with a message when missing).
+#   apt-get install -y nginx-light haproxy wrk nghttp2-client
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+if [[ ${QUICK:-0} == 1 ]]; then
+    : "${ROUNDS:=1}" "${DURATION:=3}" "${WARMUP:=1}"
+fi
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+IDLE_CONNS=${IDLE_CONNS:-2000}
+IDLE_SETTLE=${IDLE_SETTLE:-1}
+PROXIES=${PROXIES:-portico nginx haproxy}
+TESTS=${TESTS:-root 16k h2c close idle}
+
+PROXY_CPU=0 # CPU for the proxy under test
+LOAD_CPU=1  # CPU for wrk/h2load/idle client and both upstreams
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+for tool in taskset wrk h2load python3 curl; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y wrk nghttp2-client curl util-linux python3)"
+done
+
+# Idle connections need file descriptors, here and in every process we start.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if ((IDLE_CONNS * 2 + 1000 > NOFILE)); then
+    log "warning: IDLE_CONNS=$IDLE_CONNS is high for an open-file limit of $NOFILE"
+fi
+
+# ---------------------------------------------------------------- processes and cleanup
+TMP=$(mktemp -d -t portico-bench.XXXXXX)
+chmod 755 "$TMP" # nginx workers run as an unprivileged user and need its temp dirs
+STARTED=()       # pids of everything we start in the background
+
+descendants() { # PID → PID and all its descendants, one per line
+    local c
+    echo "$1"
+    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        descendants "$c"
+    done
+}
+
+alive() { # PID → 0 while it exists and is not a zombie
+    local stat
+    stat=$(cat /proc/"$1"/stat 2>/dev/null) || return 1
+    [[ ${stat##*) } != Z* ]]
+}
+
+stop_tree() { # PID → TERM it (and descendants), KILL whatever is left after ~3 s, reap it
+    local pid=$1 pids p i left
+    if alive "$pid"; then
+        pids=$(descendants "$pid")
+        kill -TERM $pids 2>/dev/null || true
+        for ((i = 0; i < 60; i++)); do
+            left=0
+            for p in $pids; do alive "$p" && left=1; done
+            ((left)) || break
+            sleep 0.05
+        done
+        kill -KILL $pids 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    # Forget it, so that cleanup never signals a recycled pid.
+    local keep=()
+    for p in "${STARTED[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    STARTED=("${keep[@]}")
+}
+
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do stop_tree "$pid"; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_ports() { # N → N distinct free TCP ports on 127.0.0.1, space-separated
+    python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+wait_port() { # PORT PID [TIMEOUT_S] → 0 once 127.0.0.1:PORT accepts, 1 if PID died or timeout
+    local deadline=$((SECONDS + ${3:-15}))
+    while ((SECONDS < deadline)); do
+        kill -0 "$2" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+wait_line() { # FILE REGEX PID TIMEOUT_S → print the first matching line once it appears
+    local deadline=$((SECONDS + $4)) line
+    while ((SECONDS < deadline)); do
+        if line=$(grep -m1 -E "$2" "$1" 2>/dev/null); then
+            echo "$line"
+            return 0
+        fi
+        kill -0 "$3" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+cpu_ticks() { # PID → utime+stime (clock ticks) summed over the process tree, all threads
+    local p stat total=0
+    local -a f
+    for p in $(descendants "$1"); do
+        stat=$(cat /proc/"$p"/stat 2>/dev/null) || continue
+        # Fields after "pid (comm) ": state=3 … utime=14 stime=15 → words 12 and 13 here.
+        read -r -a f <<<"${stat##*) }"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+mem_kib() { # PID FIELD(VmRSS|VmHWM) → KiB summed over the process tree
+    local p v total=0
+    for p in $(descendants "$1"); do
+        v=$(awk -v f="$2:" '$1 == f { print $2 }' /proc/"$p"/status 2>/dev/null) || true
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+now() { date +%s.%N; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- build and upstreams
+cd "$ROOT"
+PORTICO_OK=1
+if [[ -n ${PORTICO_BIN:-} || -n ${UPSTREAM_BIN:-} || ${SKIP_BUILD:-0} == 1 ]]; then
+    log "not building (SKIP_BUILD/PORTICO_BIN/UPSTREAM_BIN set)"
+else
+    log "cargo build --release --bin portico --example bench_upstream"
+    if ! cargo build --release --bin portico --example bench_upstream >"$TMP/build.log" 2>&1; then
+        tail -n 15 "$TMP/build.log" >&2
+        log "portico does not build; building the upstream alone and skipping portico"
+        PORTICO_OK=0
+        cargo build --release --example bench_upstream >"$TMP/build.log" 2>&1 ||
+            {
+                tail -n 30 "$TMP/build.log" >&2
+                die "cannot build examples/bench_upstream"
+            }
+    fi
+fi
+PORTICO_BIN=${PORTICO_BIN:-$ROOT/target/release/portico}
+UPSTREAM_BIN=${UPSTREAM_BIN:-$ROOT/target/release/examples/bench_upstream}
+[[ -x $UPSTREAM_BIN ]] || die "$UPSTREAM_BIN not found"
+
+UPSTREAM_PORTS=()
+for i in 1 2; do
+    taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen 127.0.0.1:0 \
+        >"$TMP/upstream$i.out" 2>"$TMP/upstream$i.err" &
+    STARTED+=("$!")
+    line=$(wait_line "$TMP/upstream$i.out" '^listening ' "$!" 10) ||
+        die "upstream $i did not start: $(cat "$TMP/upstream$i.err")"
+    UPSTREAM_PORTS+=("${line##*:}")
+done
+U1=${UPSTREAM_PORTS[0]}
+U2=${UPSTREAM_PORTS[1]}
+log "upstreams on 127.0.0.1:$U1 and 127.0.0.1:$U2 (CPU $LOAD_CPU)"
+
+# ---------------------------------------------------------------- proxies
+# Each start_<proxy> writes its config, starts it pinned to PROXY_CPU and sets PROXY_PID,
+# PORT (HTTP/1.1) and PORT_H2 (h2c prior knowledge; may equal PORT).
+
+find_bin() { command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/usr/sbin/$1"; }; }
+
+NGINX=$(find_bin nginx || true)
+HAPROXY=$(find_bin haproxy || true)
+
+start_portico() {
+    PORT=$(free_ports 1)
+    PORT_H2=$PORT # one listener serves HTTP/1.1 and h2c
+    cat >"$TMP/portico.yaml" <<EOF
+workers: 1
+access_log: { enabled: false }
+listeners:
+  - { name: web, bind: 127.0.0.1:$PORT, protocol: http }
+routes:
+  - { name: all, upstream: bench }
+upstreams:
+  bench:
+    balance: round_robin
+    targets: [ { address: 127.0.0.1:$U1 }, { address: 127.0.0.1:$U2 } ]
+EOF
+    taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$TMP/portico.yaml" \
+        >"$TMP/portico.log" 2>&1 &
+    PROXY_PID=$!
+    STARTED+=("$PROXY_PID")
+    PROXY_LOG=$TMP/portico.log
+}
+
+# nginx < 1.25.1 enables (plain-text, prior-knowledge-only) HTTP/2 with `listen ... http2`;
+# 1.25.1+ uses `http2 on;` per server block. Either way h2c gets its own port and server.
+nginx_h2_style() {
+    local v
+    v=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+    if [[ $(printf '%s\n' "$v" 1.25.1 | sort -V | head -n1) == 1.25.1 ]]; then
+        echo directive
+    else
+        echo listen
+    fi
+}
+
+start_nginx() {
+    read -r PORT PORT_H2 < <(free_ports 2)
+    local conns=$((IDLE_CONNS + 1024)) h2_listen h2_on="" location
+    if [[ $(nginx_h2_style) == listen ]]; then
+        h2_listen="listen 127.0.0.1:$PORT_H2 http2;"
+    else
+        h2_listen="listen 127.0.0.1:$PORT_H2;"
+        h2_on="http2 on;"
+    fi
+    location='location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }'
+    cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+worker_rlimit_nofile $NOFILE;
+events { worker_connections $conns; }
+http {
+    access_log off;
+    # nginx closes a client connection after 1000 requests by default; the other proxies do not.
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx-body;
+    proxy_temp_path $TMP/nginx-proxy;
+    fastcgi_temp_path $TMP/nginx-fastcgi;
+    uwsgi_temp_path $TMP/nginx-uwsgi;
+    scgi_temp_path $TMP/nginx-scgi;
+    upstream bench {
+        server 127.0.0.1:$U1;
+        server 127.0.0.1:$U2;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$PORT;
+        $location
+    }
+    server {
+        $h2_listen
+        $h2_on
+        $location
+    }
+}
+EOF
+    taskset -c "$PROXY_CPU" "$NGINX" -e "$TMP/nginx-error.log" -p "$TMP/" -c "$TMP/nginx.conf" \
+        >"$TMP/nginx.log" 2>&1 &
+    PROXY_PID=$!
+    STARTED+=("$PROXY_PID")
+    PROXY_LOG=$TMP/nginx-error.log
+}
+
+start_haproxy() {
+    read -r PORT PORT_H2 < <(free_ports 2)
+    local maxconn=$((IDLE_CONNS + 1024))
+    cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $maxconn
+defaults
+    mode http
+    maxconn $maxconn
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+frontend web
+    bind 127.0.0.1:$PORT
+    bind 127.0.0.1:$PORT_H2 proto h2
+    default_backend bench
+backend bench
+    balance roundrobin
+    server u1 127.0.0.1:$U1
+    server u2 127.0.0.1:$U2
+EOF
+    taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+    PROXY_PID=$!
+    STARTED+=("$PROXY_PID")
+    PROXY_LOG=$TMP/haproxy.log
+}
+
+start_proxy() { # NAME → 0 when listening
+    "start_$1"
+    if wait_port "$PORT" "$PROXY_PID" 15 && wait_port "$PORT_H2" "$PROXY_PID" 5; then
+        return 0
+    fi
+    log "$1 did not start listening; log tail:"
+    tail -n 20 "$PROXY_LOG" >&2 || true
+    stop_tree "$PROXY_PID"
+    return 1
+}
+
+# Which proxies take part.
+ACTIVE=()
+for p in $PROXIES; do
+    case $p in
+    portico)
+        if [[ $PORTICO_OK == 0 ]]; then
+            log "skipping portico: it does not build yet"
+        elif [[ ! -x $PORTICO_BIN ]]; then
+            log "skipping portico: $PORTICO_BIN not found"
+        else ACTIVE+=(portico); fi
+        ;;
+    nginx)
+        if [[ -z $NGINX ]]; then log "skipping nginx: not installed (apt-get install -y nginx-light)"; else ACTIVE+=(nginx); fi
+        ;;
+    haproxy)
+        if [[ -z $HAPROXY ]]; then log "skipping haproxy: not installed (apt-get install -y haproxy)"; else ACTIVE+=(haproxy); fi
+        ;;
+    *) die "unknown proxy '$p' in PROXIES" ;;
+    esac
+done
+((${#ACTIVE[@]} > 0)) || die "no proxy to benchmark"
+[[ -n $NGINX ]] && log "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //'), h2c via $(nginx_h2_style) style"
+[[ -n $HAPROXY ]] && log "haproxy: $("$HAPROXY" -v | head -n1 | cut -d' ' -f1-3)"
+
+# ---------------------------------------------------------------- load generators
+RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors
+IDLE_TSV=$TMP/idle.tsv       # proxy round conns_held rss_before rss_held bytes_per_conn closed hwm_kib
+
+to_ms() { # 601.00us | 1.20ms | 1.01s → milliseconds
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+        printf "%.3f", n }'
+}
+
+# Measure the proxy around a load generator command: sets CPU_S and WALL_S.
+measured() {
+    local c0 c1 t0 t1
+    c0=$(cpu_ticks "$PROXY_PID")
+    t0=$(now)
+    "$@"
+    t1=$(now)
+    c1=$(cpu_ticks "$PROXY_PID")
+    CPU_S=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')
+    WALL_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+}
+
+record() { # TEST PROXY ROUND REQUESTS RPS P50 P99 ERRORS
+    local rpcs cpu_pct hwm
+    hwm=$(mem_kib "$PROXY_PID" VmHWM)
+    rpcs=$(awk -v n="$4" -v c="$CPU_S" 'BEGIN { if (c > 0) printf "%.0f", n / c; else print "nan" }')
+    cpu_pct=$(awk -v c="$CPU_S" -v w="$WALL_S" 'BEGIN { printf "%.0f", 100 * c / w }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" "$cpu_pct" \
+        "$6" "$7" "$hwm" "$8" >>"$RESULTS_TSV"
+    log "$(printf '%-5s %-8s %9.0f req/s %9s req/CPU-s  CPU %3s%%  p50 %6.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s' \
+        "$1" "$2" "$5" "$rpcs" "$cpu_pct" "$6" "$7" "$hwm" "$8")"
+}
+
+run_wrk() { # TEST PROXY ROUND PATH [wrk args...]
+    local test=$1 proxy=$2 round=$3 url="http://127.0.0.1:$PORT$4" out=$TMP/wrk.out
+    shift 4
+    taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${WARMUP}s" "$@" "$url" >/dev/null
+    measured taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${DURATION}s" --latency "$@" "$url" >"$out"
+    local requests rps p50 p99 errors
+    requests=$(awk '/ requests in / { print $1 }' "$out")
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    errors=$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
+                  /Non-2xx or 3xx responses:/ { n += $NF } END { print n + 0 }' "$out")
+    if [[ -z $requests || -z $rps ]]; then
+        log "$test $proxy: could not parse wrk output:"
+        cat "$out" >&2
+        return 1
+    fi
+    record "$test" "$proxy" "$round" "$requests" "$rps" "$p50" "$p99" "$errors"
+}
+
+run_h2load() { # TEST PROXY ROUND
+    local url="http://127.0.0.1:$PORT_H2/" out=$TMP/h2load.out lat=$TMP/h2load.log
+    taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$WARMUP" "$url" >/dev/null
+    rm -f "$lat"
+    measured taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$DURATION" --log-file="$lat" "$url" >"$out"
+    local requests rps errors p50 p99
+    # finished in 3.00s, 47262.00 req/s, ...
+    rps=$(awk '/^finished in/ { print $4 }' "$out")
+    # requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+    requests=$(awk '/^requests:/ { print $8 }' "$out")
+    errors=$(awk '/^requests:/ { print $10 + 0 }' "$out") # "failed" includes non-2xx/3xx
+    if [[ -z $requests || -z $rps ]] || ((requests == 0)); then
+        log "$1 $2: h2load failed:"
+        cat "$out" >&2
+        return 1
+    fi
+    # Per-request log: start (us since epoch) \t status \t duration (us).
+    read -r p50 p99 < <(cut -f3 "$lat" | sort -n | awk '{ v[NR] = $1 } END {
+        i50 = int(NR * 0.50); if (i50 < NR * 0.50) i50++
+        i99 = int(NR * 0.99); if (i99 < NR * 0.99) i99++
+        printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }')
+    record "$1" "$2" "$3" "$requests" "$rps" "$p50" "$p99" "$errors"
+}
+
+run_idle() { # TEST PROXY ROUND
+    local out=$TMP/idle.out before held hwm ok closed ipid bpc line
+    # Warm the proxy (lazy initialisation, first upstream connections) with a few requests.
+    curl -s -o /dev/null -o /dev/null -o /dev/null -o /dev/null \
+        "http://127.0.0.1:$PORT/"{,,,} || true
+    before=$(mem_kib "$PROXY_PID" VmRSS)
+    taskset -c "$LOAD_CPU" python3 "$ROOT/bench/idle.py" --port "$PORT" -n "$IDLE_CONNS" \
+        --connect-timeout 60 --hold 120 >"$out" 2>"$TMP/idle.err" &
+    ipid=$!
+    STARTED+=("$ipid")
+    if ! line=$(wait_line "$out" '^ready ' "$ipid" 90); then
+        log "$1 $2: idle client failed: $(cat "$TMP/idle.err")"
+        stop_tree "$ipid"
+        return 1
+    fi
+    ok=${line#ready }
+    sleep "$IDLE_SETTLE" # let the proxy finish releasing per-request state
+    held=$(mem_kib "$PROXY_PID" VmRSS)
+    hwm=$(mem_kib "$PROXY_PID" VmHWM)
+    kill -TERM "$ipid"
+    wait "$ipid" 2>/dev/null || true
+    closed=$(awk '/^held / { print $3 }' "$out")
+    if ((ok == 0)); then
+        log "$1 $2: no idle connection could be set up"
+        return 1
+    fi
+    bpc=$(((held - before) * 1024 / ok))
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$ok" "$before" "$held" "$bpc" \
+        "${closed:-?}" "$hwm" >>"$IDLE_TSV"
+    log "$(printf 'idle  %-8s %6s conns  RSS %s → %s KiB  %6s bytes/conn  closed by proxy while idle: %s' \
+        "$2" "$ok" "$before" "$held" "$bpc" "${closed:-?}")"
+    if ((ok < IDLE_CONNS)); then log "warning: only $ok of $IDLE_CONNS idle connections set up"; fi
+}
+
+run_test() { # TEST PROXY ROUND
+    case $1 in
+    root) run_wrk "$1" "$2" "$3" / ;;
+    16k) run_wrk "$1" "$2" "$3" /16k ;;
+    close) run_wrk "$1" "$2" "$3" / -H 'Connection: close' ;;
+    h2c) run_h2load "$1" "$2" "$3" ;;
+    idle) run_idle "$1" "$2" "$3" ;;
+    *) die "unknown test '$1' in TESTS" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- main loop
+load=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
+    log "warning: load average is $load — other work on this machine will add noise"
+fi
+log "proxies: ${ACTIVE[*]}; tests: $TESTS; rounds $ROUNDS, ${WARMUP}s warm-up + ${DURATION}s each; idle conns $IDLE_CONNS"
+touch "$RESULTS_TSV" "$IDLE_TSV"
+for ((round = 1; round <= ROUNDS; round++)); do
+    log "---- round $round/$ROUNDS"
+    for test in $TESTS; do
+        for proxy in "${ACTIVE[@]}"; do
+            start_proxy "$proxy" || continue
+            run_test "$test" "$proxy" "$round" || log "$test $proxy: run failed"
+            stop_tree "$PROXY_PID"
+        done
+    done
+done
+
+if [[ -n ${RESULTS:-} ]]; then
+    {
+        printf '# test\tproxy\tround\treq_s\treq_per_cpu_s\tproxy_cpu_pct\tp50_ms\tp99_ms\tpeak_rss_kib\terrors\n'
+        cat "$RESULTS_TSV"
+        printf '# idle\tproxy\tround\tconns\trss_before_kib\trss_held_kib\tbytes_per_conn\tclosed\tpeak_rss_kib\n'
+        sed 's/^/idle\t/' "$IDLE_TSV"
+    } >"$RESULTS"
+    log "raw results saved to $RESULTS"
+fi
+
+# ---------------------------------------------------------------- summary
+python3 - "$RESULTS_TSV" "$IDLE_TSV" "$TESTS" "${ACTIVE[*]}" "$ROUNDS" <<'EOF'
+import sys
+from statistics import median
+
+res_path, idle_path, tests, proxies, rounds = sys.argv[1:]
+tests, proxies = tests.split(), proxies.split()
+
+def rows(path):
+    with open(path) as f:
+        return [line.rstrip("\n").split("\t") for line in f if line.strip()]
+
+def num(s):
+    try:
+        return float(s)
+    except ValueError:
+        return float("nan")
+
+# (test, proxy) -> column -> [values over rounds]
+cols = ["req_s", "rpcs", "cpu", "p50", "p99", "hwm", "errors"]
+data = {}
+for r in rows(res_path):
+    d = data.setdefault((r[0], r[1]), {c: [] for c in cols})
+    for c, v in zip(cols, r[3:]):
+        d[c].append(num(v))
+icols = ["conns", "before", "held", "bpc", "closed", "hwm"]
+idle = {}
+for r in rows(idle_path):
+    d = idle.setdefault(r[0], {c: [] for c in icols})
+    for c, v in zip(icols, r[2:]):
+        d[c].append(num(v))
+
+def med(d, c):
+    vals = [v for v in d[c] if v == v]
+    return median(vals) if vals else float("nan")
+
+def spread(vals):
+    vals = [v for v in vals if v == v]
+    if len(vals) < 2 or median(vals) == 0:
+        return "-"
+    return f"±{50 * (max(vals) - min(vals)) / median(vals):.0f}%"
+
+def f0(v):
+    return "-" if v != v else f"{v:,.0f}"
+
+def f2(v):
+    return "-" if v != v else f"{v:.2f}"
+
+print()
+print(f"Medians over {rounds} round(s); proxy on CPU 0, load generator and upstreams on CPU 1.")
+hdr = ["test", "proxy", "req/s", "req/CPU-s", "spread", "proxy CPU%", "p50 ms", "p99 ms",
+       "peak RSS KiB", "errors"]
+table = []
+for t in tests:
+    if t == "idle":
+        continue
+    for p in proxies:
+        d = data.get((t, p))
+        if not d:
+            continue
+        table.append([t, p, f0(med(d, "req_s")), f0(med(d, "rpcs")), spread(d["rpcs"]),
+                      f0(med(d, "cpu")), f2(med(d, "p50")), f2(med(d, "p99")),
+                      f0(med(d, "hwm")), f0(sum(d["errors"]))])
+if "idle" in tests:
+    for p in proxies:
+        d = idle.get(p)
+        if d:
+            table.append(["idle", p, "-", "-", "-", "-", "-", "-", f0(med(d, "hwm")), "-"])
+
+def show(hdr, table):
+    if not table:
+        return
+    w = [max(len(str(x)) for x in col) for col in zip(hdr, *table)]
+    line = lambda r: "  ".join(str(x).rjust(n) if i > 1 else str(x).ljust(n)
+                               for i, (x, n) in enumerate(zip(r, w)))
+    print(line(hdr))
+    print("  ".join("-" * n for n in w))
+    for r in table:
+        print(line(r))
+    print()
+
+show(hdr, table)
+
+if "idle" in tests and idle:
+    ihdr = ["idle", "proxy", "conns held", "RSS before KiB", "RSS held KiB", "bytes/conn",
+            "spread", "closed early"]
+    itab = []
+    for p in proxies:
+        d = idle.get(p)
+        if d:
+            itab.append(["idle", p, f0(med(d, "conns")), f0(med(d, "before")),
+                         f0(med(d, "held")), f0(med(d, "bpc")), spread(d["bpc"]),
+                         f0(sum(d["closed"]))])
+    show(ihdr, itab)
+
+# Ratios: portico / other. >1 is better for req/CPU-s and req/s, <1 is better for p99 and memory.
+others = [p for p in proxies if p != "portico"]
+if "portico" in proxies and others:
+    rhdr = ["test", "figure"] + [f"portico/{o}" for o in others]
+    rtab = []
+    def ratio(a, b):
+        return "-" if a != a or b != b or b == 0 else f"{a / b:.2f}x"
+    for t in tests:
+        if t == "idle":
+            mp, mo = idle.get("portico"), {o: idle.get(o) for o in others}
+            if mp:
+                rtab.append([t, "bytes/conn"] + [ratio(med(mp, "bpc"), med(mo[o], "bpc"))
+                                                 if mo[o] else "-" for o in others])
+            continue
+        dp = data.get((t, "portico"))
+        if not dp:
+            continue
+        for fig, c in (("req/CPU-s", "rpcs"), ("req/s", "req_s"), ("p99", "p99")):
+            rtab.append([t, fig] + [ratio(med(dp, c), med(data[(t, o)], c))
+                                    if (t, o) in data else "-" for o in others])
+    print("Ratios (req/CPU-s, req/s: higher is better; p99, bytes/conn: lower is better)")
+    show(rhdr, rtab)
+
+    # The bar from BENCHMARKS.md.
+    checks = []
+    def get(t, p, c):
+        d = data.get((t, p))
+        return med(d, c) if d else float("nan")
+    a, b = get("root", "portico", "rpcs"), get("root", "nginx", "rpcs")
+    checks.append(("root req/CPU-s >= 1.2x nginx", a, b, a >= 1.2 * b))
+    a, b = get("h2c", "portico", "rpcs"), get("h2c", "haproxy", "rpcs")
+    checks.append(("h2c req/CPU-s >= 1.0x haproxy", a, b, a >= b))
+    for t in ("root", "16k", "h2c", "close"):
+        a, b = get(t, "portico", "p99"), get(t, "haproxy", "p99")
+        checks.append((f"{t} p99 <= haproxy", a, b, a <= b))
+    if idle.get("portico"):
+        a = med(idle["portico"], "bpc")
+        checks.append(("idle bytes/conn <= 2,000", a, 2000, a <= 2000))
+    print("The bar (BENCHMARKS.md):")
+    for name, a, b, ok in checks:
+        state = "n/a " if a != a or b != b else ("PASS" if ok else "FAIL")
+        print(f"  {state}  {name:32s} portico {a:,.2f} vs {b:,.2f}")
+    print()
+EOF

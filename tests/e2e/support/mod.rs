@@ -1,0 +1,18 @@
+//! Test support: real upstreams, the real binary, real clients. Everything on 127.0.0.1:0.
+
+pub mod client;
+pub mod portico;
+pub mod upstream;
+
+pub use client::{H1, Reply, get, h2_get, raw, statuses};
+pub use portico::{Portico, cli, temp_dir};
+pub use upstream::TestUpstream;
+
+/// Fills `@NAME@` placeholders in a config template.
+pub fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("@{name}@"), value);
+    }
+    out
+}
