@@ -11,7 +11,11 @@ use crate::pool::Registry;
 use crate::runtime::{self, compile::Env, explain};
 
 #[derive(Debug, Parser)]
-#[command(name = "portico", about = "Load balancer, reverse proxy and API gateway", disable_version_flag = true)]
+#[command(
+    name = "portico",
+    about = "Load balancer, reverse proxy and API gateway",
+    disable_version_flag = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,12 @@ pub fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Explain { config, method, url, headers } => {
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+        } => {
             let snap = match compile(&config) {
                 Ok(s) => s,
                 Err(errors) => {
@@ -119,19 +128,39 @@ fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::confi
     let registry = Registry::default();
     let metrics = Metrics::new();
     let spec = crate::config::load(path)?;
-    runtime::compile(spec, &path.display().to_string(), Env { registry: &registry, metrics: &metrics })
+    runtime::compile(
+        spec,
+        &path.display().to_string(),
+        Env {
+            registry: &registry,
+            metrics: &metrics,
+        },
+    )
 }
 
-fn question<'a>(method: &str, url: &'a str, headers: &[String]) -> Result<explain::Question<'a>, String> {
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method `{method}`"))?;
+fn question<'a>(
+    method: &str,
+    url: &'a str,
+    headers: &[String],
+) -> Result<explain::Question<'a>, String> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("invalid method `{method}`"))?;
     let mut map = HeaderMap::new();
     for h in headers {
-        let (name, value) = h.split_once(':').ok_or_else(|| format!("invalid header `{h}`: expected `Name: value`"))?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("invalid header name in `{h}`"))?;
-        let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("invalid header value in `{h}`"))?;
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("invalid header `{h}`: expected `Name: value`"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("invalid header name in `{h}`"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("invalid header value in `{h}`"))?;
         map.append(name, value);
     }
-    Ok(explain::Question { method, url, headers: map })
+    Ok(explain::Question {
+        method,
+        url,
+        headers: map,
+    })
 }
 
 fn init_logging() {

@@ -10,14 +10,14 @@
 //! The config is read by [`config`], compiled into an immutable [`runtime::Snapshot`] and
 //! swapped atomically on reload; a request keeps the snapshot it started with.
 
-pub mod config;
-pub mod routing;
+pub mod admin;
 pub mod balance;
+pub mod cli;
+pub mod config;
 pub mod observe;
 pub mod plugins;
 pub mod pool;
 pub mod proxy;
+pub mod routing;
 pub mod runtime;
-pub mod admin;
-pub mod cli;
 pub mod server;

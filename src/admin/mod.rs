@@ -40,9 +40,10 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(Body::full(Bytes::from(value.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -50,7 +51,10 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let snap = shared.snapshot.load_full();
     if let Some((_, Some(token))) = &snap.admin {
         let expected = format!("Bearer {token}");
-        let given = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
         if !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
             let mut response = error_response(
                 StatusCode::UNAUTHORIZED,
@@ -78,7 +82,9 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             let mut response = Response::new(Body::full(shared.metrics.encode()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             response
         }
@@ -114,9 +120,17 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                         })
                     })
                     .collect();
-                return json(StatusCode::OK, &serde_json::json!({ "upstream": name, "targets": targets }));
+                return json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "upstream": name, "targets": targets }),
+                );
             }
-            error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint", &new_request_id())
+            error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such admin endpoint",
+                &new_request_id(),
+            )
         }
     }
 }

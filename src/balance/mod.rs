@@ -38,7 +38,10 @@ pub fn smooth_sequence(weights: &[u32]) -> Option<Vec<u32>> {
     fn gcd(a: u64, b: u64) -> u64 {
         if b == 0 { a } else { gcd(b, a % b) }
     }
-    let divisor = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w))).max(1);
+    let divisor = weights
+        .iter()
+        .fold(0u64, |g, &w| gcd(g, u64::from(w)))
+        .max(1);
     let reduced: Vec<i64> = weights
         .iter()
         .map(|&w| (u64::from(w) / divisor) as i64)
@@ -117,7 +120,10 @@ mod tests {
     #[test]
     fn nginx_order() {
         // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
-        assert_eq!(smooth_sequence(&[5, 1, 1]).unwrap(), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(
+            smooth_sequence(&[5, 1, 1]).unwrap(),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
         assert_eq!(smooth_sequence(&[2, 4]).unwrap(), vec![1, 0, 1]);
         assert!(smooth_sequence(&[0, 0]).is_none());
         assert!(smooth_sequence(&[u32::MAX, 1]).is_none());

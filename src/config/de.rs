@@ -186,10 +186,7 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'de> {
         seed: T,
     ) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
-            Some(node) => seed
-                .deserialize(node)
-                .map(Some)
-                .map_err(|e| e.at(node.pos)),
+            Some(node) => seed.deserialize(node).map(Some).map_err(|e| e.at(node.pos)),
             None => Ok(None),
         }
     }
@@ -397,7 +394,11 @@ mod tests {
         let node = parse("port: 80\nname: x\nbogus: 1\n").unwrap();
         let err = from_node::<Inner>(&node).unwrap_err();
         assert_eq!(err.pos, Some(Pos { line: 3, col: 1 }));
-        assert!(err.message.contains("unknown key `bogus`"), "{}", err.message);
+        assert!(
+            err.message.contains("unknown key `bogus`"),
+            "{}",
+            err.message
+        );
 
         let node = parse("port: 99999\nname: x\n").unwrap();
         let err = from_node::<Inner>(&node).unwrap_err();

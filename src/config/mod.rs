@@ -253,10 +253,22 @@ bogus: 1
         let errs = load_str("f.yaml", text, &no_env).unwrap_err();
         let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert_eq!(lines.len(), 4, "{lines:#?}");
-        assert!(lines[0].starts_with("f.yaml:2:37: unknown key `protocl`"), "{}", lines[0]);
-        assert!(lines[1].starts_with("f.yaml:6:14: invalid duration `soon`"), "{}", lines[1]);
+        assert!(
+            lines[0].starts_with("f.yaml:2:37: unknown key `protocl`"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("f.yaml:6:14: invalid duration `soon`"),
+            "{}",
+            lines[1]
+        );
         assert!(lines[2].starts_with("f.yaml:12:48:"), "{}", lines[2]);
-        assert!(lines[3].starts_with("f.yaml:13:1: unknown key `bogus`"), "{}", lines[3]);
+        assert!(
+            lines[3].starts_with("f.yaml:13:1: unknown key `bogus`"),
+            "{}",
+            lines[3]
+        );
     }
 
     #[test]
@@ -266,6 +278,9 @@ bogus: 1
         let spec = load_str("f", text, &env).unwrap();
         assert_eq!(spec.admin.unwrap().listen.value, "127.0.0.1:9");
         let errs = load_str("f", "admin: { listen: \"${NOPE}\" }\n", &no_env).unwrap_err();
-        assert_eq!(errs[0].to_string(), "f:1:18: environment variable `NOPE` is not set");
+        assert_eq!(
+            errs[0].to_string(),
+            "f:1:18: environment variable `NOPE` is not set"
+        );
     }
 }

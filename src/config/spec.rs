@@ -93,7 +93,11 @@ pub struct AdminSpec {
     /// Address to listen on, like `127.0.0.1:9901`.
     pub listen: At<String>,
     /// Bearer token; required when `listen` is not a loopback address.
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
     pub token: Option<String>,
 }
 

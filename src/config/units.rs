@@ -48,7 +48,11 @@ fn split_number(text: &str) -> Option<(u64, &str)> {
 impl Dur {
     /// Parses `250ms`, `5s`, `1m`, `2h`, `1d`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid duration `{text}`: expected a number and a unit (ms, s, m, h, d), like `5s`");
+        let bad = || {
+            format!(
+                "invalid duration `{text}`: expected a number and a unit (ms, s, m, h, d), like `5s`"
+            )
+        };
         let (number, unit) = split_number(text).ok_or_else(bad)?;
         let scale = DURATION_UNITS
             .iter()
@@ -68,7 +72,7 @@ impl fmt::Display for Dur {
         let (name, scale) = DURATION_UNITS
             .iter()
             .rev()
-            .find(|(_, scale)| millis % scale == 0 && millis != 0)
+            .find(|(_, scale)| millis.is_multiple_of(*scale) && millis != 0)
             .copied()
             .unwrap_or(("ms", 1));
         write!(f, "{}{name}", millis / scale)
@@ -78,7 +82,11 @@ impl fmt::Display for Dur {
 impl Size {
     /// Parses `512`, `64KiB`, `10MiB`, `1GB`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid size `{text}`: expected a number and a unit (B, KB, MB, GB, KiB, MiB, GiB), like `64KiB`");
+        let bad = || {
+            format!(
+                "invalid size `{text}`: expected a number and a unit (B, KB, MB, GB, KiB, MiB, GiB), like `64KiB`"
+            )
+        };
         let (number, unit) = split_number(text).ok_or_else(bad)?;
         let scale = if unit.is_empty() {
             1
@@ -105,7 +113,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (name, scale) = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
             .into_iter()
-            .find(|(_, scale)| self.0 % scale == 0 && self.0 != 0)
+            .find(|(_, scale)| self.0.is_multiple_of(*scale) && self.0 != 0)
             .unwrap_or(("B", 1));
         write!(f, "{}{name}", self.0 / scale)
     }

@@ -186,9 +186,7 @@ impl RouteMetrics {
     pub fn record(&self, status: u16, elapsed: Duration) {
         match FAST_STATUSES.iter().position(|&s| s == status) {
             Some(i) => {
-                self.fast[i]
-                    .get_or_init(|| self.counter(status))
-                    .inc();
+                self.fast[i].get_or_init(|| self.counter(status)).inc();
             }
             None => {
                 self.counter(status).inc();

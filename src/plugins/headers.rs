@@ -30,10 +30,21 @@ impl HeaderOps {
             remove: spec
                 .remove
                 .iter()
-                .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name `{n}`")))
+                .map(|n| {
+                    HeaderName::from_bytes(n.as_bytes())
+                        .map_err(|_| format!("invalid header name `{n}`"))
+                })
                 .collect::<Result<_, _>>()?,
-            set: spec.set.iter().map(|(n, v)| pair(n, v)).collect::<Result<_, _>>()?,
-            add: spec.add.iter().map(|(n, v)| pair(n, v)).collect::<Result<_, _>>()?,
+            set: spec
+                .set
+                .iter()
+                .map(|(n, v)| pair(n, v))
+                .collect::<Result<_, _>>()?,
+            add: spec
+                .add
+                .iter()
+                .map(|(n, v)| pair(n, v))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -60,7 +71,11 @@ impl Plugin for RequestHeaders {
         "request_headers"
     }
 
-    fn on_request(&self, _ctx: &mut RequestCtx, head: &mut request::Parts) -> Result<Flow, ProxyError> {
+    fn on_request(
+        &self,
+        _ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
         self.0.apply(&mut head.headers);
         Ok(Flow::Continue)
     }

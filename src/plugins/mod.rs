@@ -29,7 +29,11 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
 
     /// Runs in config order, global plugins first.
-    fn on_request(&self, _ctx: &mut RequestCtx, _head: &mut request::Parts) -> Result<Flow, ProxyError> {
+    fn on_request(
+        &self,
+        _ctx: &mut RequestCtx,
+        _head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
         Ok(Flow::Continue)
     }
 
@@ -43,7 +47,11 @@ pub struct PluginChain(pub Vec<Arc<dyn Plugin>>);
 
 impl PluginChain {
     /// Runs `on_request` of each plugin until one answers.
-    pub fn on_request(&self, ctx: &mut RequestCtx, head: &mut request::Parts) -> Result<Flow, ProxyError> {
+    pub fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
         for plugin in &self.0 {
             if let Flow::Respond(response) = plugin.on_request(ctx, head)? {
                 return Ok(Flow::Respond(response));
@@ -73,7 +81,11 @@ impl PluginChain {
 /// Builds a plugin from its spec; the error is a message for the spec's position.
 pub fn build(spec: &PluginSpec) -> Result<Arc<dyn Plugin>, String> {
     Ok(match spec {
-        PluginSpec::RequestHeaders(ops) => Arc::new(headers::RequestHeaders(headers::HeaderOps::compile(ops)?)),
-        PluginSpec::ResponseHeaders(ops) => Arc::new(headers::ResponseHeaders(headers::HeaderOps::compile(ops)?)),
+        PluginSpec::RequestHeaders(ops) => {
+            Arc::new(headers::RequestHeaders(headers::HeaderOps::compile(ops)?))
+        }
+        PluginSpec::ResponseHeaders(ops) => {
+            Arc::new(headers::ResponseHeaders(headers::HeaderOps::compile(ops)?))
+        }
     })
 }

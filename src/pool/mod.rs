@@ -90,7 +90,9 @@ pub struct Checkin {
 
 impl std::fmt::Debug for Checkin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkin").field("target", &self.target.address).finish()
+        f.debug_struct("Checkin")
+            .field("target", &self.target.address)
+            .finish()
     }
 }
 
@@ -239,7 +241,11 @@ impl TargetState {
         Ok(Conn::H2(sender))
     }
 
-    async fn dial(&self, upstream: &str, settings: PoolSettings) -> Result<TokioIo<TcpStream>, ProxyError> {
+    async fn dial(
+        &self,
+        upstream: &str,
+        settings: PoolSettings,
+    ) -> Result<TokioIo<TcpStream>, ProxyError> {
         let target = self.pick_addr().ok_or_else(|| ProxyError::NoTarget {
             upstream: upstream.to_owned(),
         })?;
@@ -276,7 +282,10 @@ impl Registry {
             Err(poisoned) => poisoned.into_inner(),
         };
         Arc::clone(targets.entry(key).or_insert_with(|| {
-            let addrs = address.parse::<SocketAddr>().map(|a| vec![a]).unwrap_or_default();
+            let addrs = address
+                .parse::<SocketAddr>()
+                .map(|a| vec![a])
+                .unwrap_or_default();
             Arc::new(TargetState::new(address, addrs))
         }))
     }

@@ -117,7 +117,9 @@ impl ProxyError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } | ProxyError::NoTarget { .. }
+            ProxyError::Connect { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::NoTarget { .. }
         )
     }
 

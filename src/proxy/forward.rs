@@ -50,29 +50,38 @@ pub async fn forward(
     target: Target<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     // select
-    let index = upstream
-        .balancer
-        .select(&upstream.targets)
-        .ok_or_else(|| ProxyError::NoTarget {
-            upstream: upstream.name.to_string(),
-        })?;
+    let index =
+        upstream
+            .balancer
+            .select(&upstream.targets)
+            .ok_or_else(|| ProxyError::NoTarget {
+                upstream: upstream.name.to_string(),
+            })?;
     let state = &upstream.targets[index];
     ctx.target = Some(Arc::clone(state));
 
     // The head for this hop.
     let client_version = head.version;
-    let wants_upgrade = client_version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE);
+    let wants_upgrade =
+        client_version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE);
     let hop = strip_hop_by_hop(&mut head.headers, wants_upgrade);
     let upgrade = wants_upgrade && hop.connection_upgrade;
     if upgrade {
-        head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         head.headers.remove(header::UPGRADE);
     }
     if hop.te_trailers {
-        head.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        head.headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    set_forwarded(&mut head.headers, ctx.client.ip(), "http", target.host.as_ref());
+    set_forwarded(
+        &mut head.headers,
+        ctx.client.ip(),
+        "http",
+        target.host.as_ref(),
+    );
     append_via(&mut head.headers, client_version);
     head.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     let path_and_query = match target.query {
@@ -119,19 +128,23 @@ pub async fn forward(
     let _inflight = Inflight(state);
     let exchange = exchange(state, upstream, request);
     let (mut response, checkin) = match timeout {
-        Some(limit) => tokio::time::timeout(limit, exchange)
-            .await
-            .map_err(|_| ProxyError::Timeout {
-                upstream: upstream.name.to_string(),
-                timeout: limit,
-            })??,
+        Some(limit) => {
+            tokio::time::timeout(limit, exchange)
+                .await
+                .map_err(|_| ProxyError::Timeout {
+                    upstream: upstream.name.to_string(),
+                    timeout: limit,
+                })??
+        }
         None => exchange.await?,
     };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             // A 101 the client did not ask for cannot be relayed.
-            return Err(ProxyError::BadRequest("the upstream switched protocols unasked"));
+            return Err(ProxyError::BadRequest(
+                "the upstream switched protocols unasked",
+            ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(bridge(client_upgrade, upstream_upgrade));
@@ -178,7 +191,9 @@ async fn exchange(
         match state.connect(name, upstream.http2, upstream.pool).await? {
             Conn::H1(mut checkin) => {
                 let Some(sender) = checkin.sender() else {
-                    return Err(ProxyError::NoTarget { upstream: name.to_owned() });
+                    return Err(ProxyError::NoTarget {
+                        upstream: name.to_owned(),
+                    });
                 };
                 match sender.try_send_request(request).await {
                     Ok(response) => return Ok((response, Some(checkin))),
@@ -197,7 +212,9 @@ async fn exchange(
             }
         }
     }
-    Err(ProxyError::NoTarget { upstream: name.to_owned() })
+    Err(ProxyError::NoTarget {
+        upstream: name.to_owned(),
+    })
 }
 
 fn upstream_error(upstream: &str, source: hyper::Error) -> ProxyError {

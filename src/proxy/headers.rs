@@ -69,7 +69,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> HopInfo 
     if let Some(te) = headers.get(header::TE) {
         info.te_trailers = te
             .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
             .unwrap_or(false);
     }
     for name in HOP_BY_HOP {
@@ -92,7 +95,12 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
 }
 
 /// Sets `X-Forwarded-For` (appending the client), `-Proto` and `-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let client = client.to_canonical().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
@@ -175,7 +183,10 @@ mod tests {
     #[test]
     fn strips_connection_named_fields() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret, upgrade"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret, upgrade"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers, gzip"));
@@ -192,7 +203,12 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(&HeaderValue::from_static("a.com")));
+        set_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            Some(&HeaderValue::from_static("a.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.com");
@@ -211,8 +227,14 @@ mod tests {
 
     fn hop_names() -> impl Strategy<Value = String> {
         prop::sample::select(vec![
-            "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-            "proxy-authorization", "te", "transfer-encoding", "upgrade",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "transfer-encoding",
+            "upgrade",
         ])
         .prop_map(str::to_owned)
     }

@@ -13,9 +13,9 @@ use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::forward;
 use super::headers::{self, X_REQUEST_ID};
+use crate::observe::RouteMetrics;
 use crate::plugins::Flow;
 use crate::routing::{RequestView, normalize_host, path};
-use crate::observe::RouteMetrics;
 use crate::runtime::{Action, Listener, ListenerRoute};
 use crate::server::Shared;
 
@@ -44,7 +44,10 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
     };
     let method = head.method.clone();
     let version = head.version;
-    let log_path = shared.access_log.enabled().then(|| head.uri.path().to_owned());
+    let log_path = shared
+        .access_log
+        .enabled()
+        .then(|| head.uri.path().to_owned());
 
     let outcome = match snap.listener(&conn.listener) {
         Some(listener) => run(shared, listener, &mut ctx, head, body).await,
@@ -52,7 +55,9 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         None => (Err(ProxyError::NoRoute), None),
     };
     let (mut response, metrics) = finish(outcome, &ctx);
-    response.headers_mut().insert(&X_REQUEST_ID, ctx.request_id.clone());
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, ctx.request_id.clone());
     let status = response.status().as_u16();
     let elapsed = ctx.start.elapsed();
     match metrics {
@@ -60,7 +65,9 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         None => shared.metrics.unrouted(&conn.listener, status),
     }
     if let Some(path) = log_path {
-        shared.access_log.write(access_line(&ctx, &method, version, &path, status, elapsed));
+        shared
+            .access_log
+            .write(access_line(&ctx, &method, version, &path, status, elapsed));
     }
     response
 }
@@ -68,7 +75,10 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
 type Outcome<'a> = (Result<Response<Body>, ProxyError>, Option<&'a RouteMetrics>);
 
 /// Turns an error into its JSON response, logging server-side failures.
-fn finish<'a>(outcome: Outcome<'a>, ctx: &RequestCtx) -> (Response<Body>, Option<&'a RouteMetrics>) {
+fn finish<'a>(
+    outcome: Outcome<'a>,
+    ctx: &RequestCtx,
+) -> (Response<Body>, Option<&'a RouteMetrics>) {
     let (result, metrics) = outcome;
     let response = result.unwrap_or_else(|err| {
         if err.status().is_server_error() {
@@ -101,8 +111,12 @@ async fn run<'s>(
         Err(err) => {
             return (
                 Err(ProxyError::BadRequest(match err {
-                    path::PathError::NotAbsolute => "the request target must be a path starting with `/`",
-                    path::PathError::BadEscape => "the request path has an invalid percent-encoding",
+                    path::PathError::NotAbsolute => {
+                        "the request target must be a path starting with `/`"
+                    }
+                    path::PathError::BadEscape => {
+                        "the request path has an invalid percent-encoding"
+                    }
                     path::PathError::Control => "the request path contains a control character",
                 })),
                 None,
@@ -149,9 +163,10 @@ async fn run<'s>(
             *response.status_mut() = respond.status;
             *response.headers_mut() = respond.headers.clone();
             if !respond.body.is_empty() && !response.headers().contains_key(header::CONTENT_TYPE) {
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
             }
             Ok(response)
         }
@@ -164,7 +179,9 @@ async fn run<'s>(
                     response.headers_mut().insert(header::LOCATION, value);
                     Ok(response)
                 }
-                Err(_) => Err(ProxyError::BadRequest("the redirect target is not a valid header value")),
+                Err(_) => Err(ProxyError::BadRequest(
+                    "the redirect target is not a valid header value",
+                )),
             }
         }
         Action::Forward { arms, .. } => {
@@ -182,7 +199,11 @@ async fn run<'s>(
                 route.timeout,
                 head,
                 body,
-                forward::Target { host, path: &path, query: query.as_deref() },
+                forward::Target {
+                    host,
+                    path: &path,
+                    query: query.as_deref(),
+                },
             )
             .await;
             return (
@@ -191,10 +212,17 @@ async fn run<'s>(
             );
         }
     };
-    (result.map(|r| on_response(plugins, ctx, r)), metrics.first())
+    (
+        result.map(|r| on_response(plugins, ctx, r)),
+        metrics.first(),
+    )
 }
 
-fn on_response(plugins: &crate::plugins::PluginChain, ctx: &RequestCtx, response: Response<Body>) -> Response<Body> {
+fn on_response(
+    plugins: &crate::plugins::PluginChain,
+    ctx: &RequestCtx,
+    response: Response<Body>,
+) -> Response<Body> {
     if plugins.is_empty() {
         return response;
     }
@@ -205,14 +233,19 @@ fn on_response(plugins: &crate::plugins::PluginChain, ctx: &RequestCtx, response
 
 /// Checks the request head for what a proxy must refuse; returns the host (the `Host` header,
 /// or the URI's authority for HTTP/2 and absolute-form requests).
-fn decode(listener: &Listener, head: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+fn decode(
+    listener: &Listener,
+    head: &http::request::Parts,
+) -> Result<Option<HeaderValue>, ProxyError> {
     if head.method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
     }
     let limits = &listener.limits;
     let target_len = head.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > limits.max_uri_length {
-        return Err(ProxyError::UriTooLong { limit: limits.max_uri_length });
+        return Err(ProxyError::UriTooLong {
+            limit: limits.max_uri_length,
+        });
     }
     let head_size: usize = head
         .headers
@@ -220,11 +253,18 @@ fn decode(listener: &Listener, head: &http::request::Parts) -> Result<Option<Hea
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     if head_size + target_len > limits.max_header_size {
-        return Err(ProxyError::HeadersTooLarge { limit: limits.max_header_size });
+        return Err(ProxyError::HeadersTooLarge {
+            limit: limits.max_header_size,
+        });
     }
     // RFC 9112 §6.1: only `chunked` is forwarded faithfully; anything else is refused.
     if let Some(te) = head.headers.get(header::TRANSFER_ENCODING)
-        && (head.headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1
+        && (head
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .count()
+            > 1
             || !te.as_bytes().eq_ignore_ascii_case(b"chunked"))
     {
         return Err(ProxyError::BadRequest("unsupported transfer-encoding"));
@@ -239,7 +279,9 @@ fn decode(listener: &Listener, head: &http::request::Parts) -> Result<Option<Hea
         // RFC 9112 §3.2.2: an absolute-form target and a different Host is an attack or a bug.
         (_, Some(h), Some(a)) => {
             if normalize_host(h.to_str().unwrap_or("")) != normalize_host(a) {
-                return Err(ProxyError::BadRequest("the Host header does not match the request target"));
+                return Err(ProxyError::BadRequest(
+                    "the Host header does not match the request target",
+                ));
             }
             Ok(Some(h.clone()))
         }
@@ -251,7 +293,14 @@ fn decode(listener: &Listener, head: &http::request::Parts) -> Result<Option<Hea
     }
 }
 
-fn access_line(ctx: &RequestCtx, method: &Method, version: Version, path: &str, status: u16, elapsed: std::time::Duration) -> String {
+fn access_line(
+    ctx: &RequestCtx,
+    method: &Method,
+    version: Version,
+    path: &str,
+    status: u16,
+    elapsed: std::time::Duration,
+) -> String {
     let mut line = serde_json::json!({
         "ts": humantime_now(),
         "request_id": ctx.request_id.to_str().unwrap_or(""),

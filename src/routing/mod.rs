@@ -301,7 +301,11 @@ impl Candidates {
         // Order for ties: more conditions, then a more specific host, then file order.
         members.sort_by_key(|&i| {
             let cond = &routes[i];
-            (std::cmp::Reverse(cond.count()), std::cmp::Reverse(cond.host_rank()), i)
+            (
+                std::cmp::Reverse(cond.count()),
+                std::cmp::Reverse(cond.host_rank()),
+                i,
+            )
         });
         let mut out = Candidates::default();
         let mut regex_patterns = Vec::new();
@@ -332,7 +336,8 @@ impl Candidates {
             }
         }
         // Longest prefix first; the sort is stable, so ties keep the order above.
-        out.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        out.prefixes
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         if !regex_patterns.is_empty() {
             match RegexSet::new(&regex_patterns) {
                 Ok(set) => out.regexes = Some((set, regex_routes)),

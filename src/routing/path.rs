@@ -117,7 +117,9 @@ fn is_normal(bytes: &[u8]) -> Result<bool, PathError> {
         match byte {
             b'%' => {
                 let (hi, lo) = escape_at(bytes, i)?;
-                if is_unreserved(hi << 4 | lo) || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase) {
+                if is_unreserved(hi << 4 | lo)
+                    || bytes[i + 1..i + 3].iter().any(u8::is_ascii_lowercase)
+                {
                     normal = false;
                 }
                 i += 3;

@@ -3,7 +3,10 @@ use proptest::prelude::*;
 
 fn cond(hosts: &[&str], path: PathMatch) -> Conditions {
     Conditions {
-        hosts: hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(),
+        hosts: hosts
+            .iter()
+            .map(|h| HostPattern::parse(h).unwrap())
+            .collect(),
         path,
         methods: Vec::new(),
         headers: Vec::new(),
@@ -96,10 +99,19 @@ fn methods_headers_query() {
     v2.query = vec![("version".into(), "2 x".into())];
     let table = RouteTable::build(vec![get, beta, v2, cond(&[], PathMatch::Any)]).unwrap();
     let mut headers = HeaderMap::new();
-    assert_eq!(find_with(&table, "", "/api", &Method::GET, &headers, None), Some(0));
-    assert_eq!(find_with(&table, "", "/api", &Method::POST, &headers, None), Some(3));
+    assert_eq!(
+        find_with(&table, "", "/api", &Method::GET, &headers, None),
+        Some(0)
+    );
+    assert_eq!(
+        find_with(&table, "", "/api", &Method::POST, &headers, None),
+        Some(3)
+    );
     headers.insert("x-beta", HeaderValue::from_static("1"));
-    assert_eq!(find_with(&table, "", "/api", &Method::POST, &headers, None), Some(1));
+    assert_eq!(
+        find_with(&table, "", "/api", &Method::POST, &headers, None),
+        Some(1)
+    );
     let q = Some("a=1&version=2+x");
     assert_eq!(
         find_with(&table, "", "/api", &Method::POST, &HeaderMap::new(), q),

@@ -14,7 +14,9 @@ use super::{
     Action, Limits, Listener, ListenerRoute, Redirect, Respond, Rewrite, Route, Snapshot, Upstream,
 };
 use crate::balance::{Balancer, smooth_sequence};
-use crate::config::spec::{BalanceSpec, MatchSpec, RouteSpec, UpstreamProtocol, UpstreamSpec, Workers};
+use crate::config::spec::{
+    BalanceSpec, MatchSpec, RouteSpec, UpstreamProtocol, UpstreamSpec, Workers,
+};
 use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
 use crate::observe::Metrics;
 use crate::plugins::{self, PluginChain};
@@ -51,8 +53,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
     });
 
     let upstreams = compile_upstreams(&spec.upstreams, env, &mut diags);
-    let by_name: HashMap<&str, &Arc<Upstream>> =
-        upstreams.iter().map(|u| (&*u.name, u)).collect();
+    let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (&*u.name, u)).collect();
 
     let global_plugins = compile_plugins(&spec.plugins, &mut diags);
 
@@ -81,7 +82,10 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             if !listener_names.contains(&name.as_str()) {
                 diags.error(
                     name.pos,
-                    format!("route `{}` names listener `{}`, which does not exist", route.name, **name),
+                    format!(
+                        "route `{}` names listener `{}`, which does not exist",
+                        route.name, **name
+                    ),
                 );
             }
         }
@@ -126,7 +130,10 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         }
         let limits = &spec_listener.limits;
         if limits.max_header_size.0 < 1024 {
-            diags.error(spec_listener.bind.pos, "limits.max_header_size must be at least 1KiB");
+            diags.error(
+                spec_listener.bind.pos,
+                "limits.max_header_size must be at least 1KiB",
+            );
         }
         let name: Arc<str> = Arc::from(spec_listener.name.as_str());
         let mut attached = Vec::new();
@@ -203,7 +210,10 @@ fn parse_addr(text: &At<String>, diags: &mut Diagnostics) -> Option<SocketAddr> 
         Err(_) => {
             diags.error(
                 text.pos,
-                format!("invalid address `{}`: expected IP:PORT, like 127.0.0.1:8080", **text),
+                format!(
+                    "invalid address `{}`: expected IP:PORT, like 127.0.0.1:8080",
+                    **text
+                ),
             );
             None
         }
@@ -218,7 +228,10 @@ fn compile_upstreams(
     let mut out = Vec::new();
     for (name, spec) in specs {
         if spec.targets.is_empty() {
-            diags.error(spec.targets.pos, format!("upstream `{}` has no targets", **name));
+            diags.error(
+                spec.targets.pos,
+                format!("upstream `{}` has no targets", **name),
+            );
             continue;
         }
         let mut ok = true;
@@ -286,7 +299,11 @@ fn check_target_address(address: &str) -> Result<(), String> {
     if address.parse::<SocketAddr>().is_ok() {
         return Ok(());
     }
-    let bad = || format!("invalid target address `{address}`: expected HOST:PORT, like 10.0.0.5:8080 or api.internal:80");
+    let bad = || {
+        format!(
+            "invalid target address `{address}`: expected HOST:PORT, like 10.0.0.5:8080 or api.internal:80"
+        )
+    };
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     if port == 0
@@ -301,7 +318,10 @@ fn check_target_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn compile_plugins(specs: &[At<crate::config::spec::PluginSpec>], diags: &mut Diagnostics) -> PluginChain {
+fn compile_plugins(
+    specs: &[At<crate::config::spec::PluginSpec>],
+    diags: &mut Diagnostics,
+) -> PluginChain {
     let mut chain = Vec::new();
     for spec in specs {
         match plugins::build(spec) {
@@ -321,10 +341,15 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
             Err(message) => diags.error(host.pos, message),
         }
     }
-    let given: Vec<&At<String>> = [&spec.path, &spec.path_prefix, &spec.path_template, &spec.path_regex]
-        .into_iter()
-        .flatten()
-        .collect();
+    let given: Vec<&At<String>> = [
+        &spec.path,
+        &spec.path_prefix,
+        &spec.path_template,
+        &spec.path_regex,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if given.len() > 1 {
         diags.error(
             given[1].pos,
@@ -337,7 +362,10 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
             Ok(normal) => {
                 diags.error(
                     text.pos,
-                    format!("path `{}` is not in normal form; requests arrive as `{normal}`", **text),
+                    format!(
+                        "path `{}` is not in normal form; requests arrive as `{normal}`",
+                        **text
+                    ),
                 );
                 None
             }
@@ -385,12 +413,22 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
     }
     let mut headers = Vec::new();
     for (name, value) in &spec.headers {
-        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             (Ok(n), Ok(v)) => headers.push((n, v)),
-            _ => diags.error(value.pos, format!("invalid header condition `{name}: {}`", **value)),
+            _ => diags.error(
+                value.pos,
+                format!("invalid header condition `{name}: {}`", **value),
+            ),
         }
     }
-    let query = spec.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let query = spec
+        .query
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if diags.list.len() > before {
         return None;
     }
@@ -459,7 +497,10 @@ fn compile_route(
             }),
             Some(_) => None,
             None => {
-                diags.error(split.pos, "split weights must be at least 1 and not too large");
+                diags.error(
+                    split.pos,
+                    "split weights must be at least 1 and not too large",
+                );
                 None
             }
         }
@@ -467,7 +508,10 @@ fn compile_route(
         let status = match StatusCode::from_u16(*respond.status) {
             Ok(s) if s.as_u16() >= 200 => Some(s),
             _ => {
-                diags.error(respond.status.pos, "respond.status must be between 200 and 599");
+                diags.error(
+                    respond.status.pos,
+                    "respond.status must be between 200 and 599",
+                );
                 None
             }
         };
@@ -483,7 +527,10 @@ fn compile_route(
         let status = match *redirect.status {
             301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(*redirect.status).ok(),
             _ => {
-                diags.error(redirect.status.pos, "redirect.status must be 301, 302, 303, 307 or 308");
+                diags.error(
+                    redirect.status.pos,
+                    "redirect.status must be 301, 302, 303, 307 or 308",
+                );
                 None
             }
         };
@@ -505,11 +552,16 @@ fn compile_route(
             + usize::from(r.replace_prefix.is_some())
             + usize::from(r.regex.is_some());
         if given != 1 {
-            diags.error(spec.name.pos, "rewrite takes exactly one of strip_prefix, replace_prefix, regex");
+            diags.error(
+                spec.name.pos,
+                "rewrite takes exactly one of strip_prefix, replace_prefix, regex",
+            );
             return None;
         }
         if let Some(prefix) = &r.strip_prefix {
-            return Some(Rewrite::StripPrefix(prefix.trim_end_matches('/').to_owned()));
+            return Some(Rewrite::StripPrefix(
+                prefix.trim_end_matches('/').to_owned(),
+            ));
         }
         if let Some(to) = &r.replace_prefix {
             let Some(from) = &spec.matches.path_prefix else {
@@ -559,7 +611,10 @@ fn compile_headers(
 ) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in spec {
-        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             (Ok(n), Ok(v)) => {
                 headers.append(n, v);
             }

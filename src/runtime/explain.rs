@@ -21,8 +21,16 @@ pub struct Question<'a> {
 
 /// The answer, as lines of text; `Err` when the question itself is malformed.
 pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
-    let uri: http::Uri = q.url.parse().map_err(|e| format!("invalid URL `{}`: {e}", q.url))?;
-    let authority = uri.authority().ok_or_else(|| format!("the URL `{}` needs a host, like http://localhost:8080/", q.url))?;
+    let uri: http::Uri = q
+        .url
+        .parse()
+        .map_err(|e| format!("invalid URL `{}`: {e}", q.url))?;
+    let authority = uri.authority().ok_or_else(|| {
+        format!(
+            "the URL `{}` needs a host, like http://localhost:8080/",
+            q.url
+        )
+    })?;
     let port = authority.port_u16().unwrap_or(80);
     let mut out = String::new();
 
@@ -30,13 +38,23 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
     let (listener, why) = match by_port {
         Some(l) => (l, format!("its port {port} is the URL's")),
         None => match snap.listeners.first() {
-            Some(l) => (l, format!("no listener has port {port}; using the first one")),
+            Some(l) => (
+                l,
+                format!("no listener has port {port}; using the first one"),
+            ),
             None => return Err("the config has no listeners".into()),
         },
     };
-    let _ = writeln!(out, "listener  {} ({}) — {why}", listener.name, listener.addr);
+    let _ = writeln!(
+        out,
+        "listener  {} ({}) — {why}",
+        listener.name, listener.addr
+    );
 
-    let host_header = q.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    let host_header = q
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
     let host = normalize_host(host_header.unwrap_or(authority.as_str())).into_owned();
     let raw_path = uri.path();
     let normal = match path::normalize(raw_path) {
@@ -67,7 +85,12 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
             None => "matches, but a more specific route wins".to_owned(),
             Some(reason) => format!("no: {reason}"),
         };
-        let _ = writeln!(out, "  route {:<20} {:<40} {verdict}", entry.route.name, describe(cond));
+        let _ = writeln!(
+            out,
+            "  route {:<20} {:<40} {verdict}",
+            entry.route.name,
+            describe(cond)
+        );
     }
     let Some(index) = winner else {
         let _ = writeln!(out, "result    404 Not Found — no route matches");
@@ -86,14 +109,29 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
             let _ = writeln!(out, "action    respond {}", r.status);
         }
         Action::Redirect(r) => {
-            let _ = writeln!(out, "action    redirect {} to {}", r.status, r.location(&host, &normal, uri.query()));
+            let _ = writeln!(
+                out,
+                "action    redirect {} to {}",
+                r.status,
+                r.location(&host, &normal, uri.query())
+            );
         }
-        Action::Forward { arms, sequence, next } => {
-            let arm = sequence[next.load(std::sync::atomic::Ordering::Relaxed) % sequence.len()] as usize;
+        Action::Forward {
+            arms,
+            sequence,
+            next,
+        } => {
+            let arm =
+                sequence[next.load(std::sync::atomic::Ordering::Relaxed) % sequence.len()] as usize;
             let upstream = &arms[arm];
             if arms.len() > 1 {
                 let names: Vec<&str> = arms.iter().map(|u| &*u.name).collect();
-                let _ = writeln!(out, "action    split over {}; next goes to {}", names.join(", "), upstream.name);
+                let _ = writeln!(
+                    out,
+                    "action    split over {}; next goes to {}",
+                    names.join(", "),
+                    upstream.name
+                );
             } else {
                 let _ = writeln!(out, "action    forward to upstream {}", upstream.name);
             }
@@ -102,7 +140,12 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
             }
             match upstream.balancer.peek(&upstream.targets) {
                 Some(t) => {
-                    let _ = writeln!(out, "target    {} (next pick of {})", upstream.targets[t].address, balance_name(&upstream.balancer));
+                    let _ = writeln!(
+                        out,
+                        "target    {} (next pick of {})",
+                        upstream.targets[t].address,
+                        balance_name(&upstream.balancer)
+                    );
                 }
                 None => {
                     let _ = writeln!(out, "target    none available");
@@ -164,5 +207,7 @@ fn why_not(cond: &Conditions, view: &RequestView<'_>) -> Option<String> {
     if !cond.path.matches(view.path) {
         return Some(format!("path {} does not match", view.path));
     }
-    cond.check_rest(view).err().map(|what| format!("{what} does not match"))
+    cond.check_rest(view)
+        .err()
+        .map(|what| format!("{what} does not match"))
 }

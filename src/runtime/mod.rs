@@ -278,7 +278,10 @@ mod tests {
             status: StatusCode::MOVED_PERMANENTLY,
             to: "https://{host}{uri}".into(),
         };
-        assert_eq!(r.location("a.com", "/x", Some("q=1")), "https://a.com/x?q=1");
+        assert_eq!(
+            r.location("a.com", "/x", Some("q=1")),
+            "https://a.com/x?q=1"
+        );
         assert_eq!(r.location("a.com", "/x", None), "https://a.com/x");
     }
 }

@@ -36,7 +36,9 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_size + limits.max_uri_length).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(limits.max_header_size + limits.max_uri_length).unwrap_or(u32::MAX),
+        )
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
@@ -72,7 +74,9 @@ pub fn serve(
         }
     });
     let io = TokioIo::new(IdleIo::new(stream, idle_timeout, busy));
-    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
     let watcher = graceful.watch(conn);
     async move {
         if let Err(err) = watcher.await {
@@ -123,7 +127,11 @@ impl IdleIo {
 }
 
 impl AsyncRead for IdleIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -142,7 +150,11 @@ impl AsyncRead for IdleIo {
 }
 
 impl AsyncWrite for IdleIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled
@@ -153,7 +165,11 @@ impl AsyncWrite for IdleIo {
         polled
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled

@@ -170,7 +170,11 @@ async fn accept_loop(
         };
         let key = Arc::as_ptr(&*snap) as usize;
         if cached.as_ref().is_none_or(|(k, _, _)| *k != key) {
-            cached = Some((key, conn::builder(&config.limits), config.limits.idle_timeout));
+            cached = Some((
+                key,
+                conn::builder(&config.limits),
+                config.limits.idle_timeout,
+            ));
         }
         let Some((_, builder, idle)) = cached.as_ref() else {
             continue;
@@ -190,7 +194,10 @@ async fn accept_loop(
     }
     drop(listener);
     let drain = shared.snapshot.load().spec.drain_timeout.0;
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(listener = %name, "drain timeout reached; closing remaining connections");
     }
 }

@@ -45,7 +45,11 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
 }
 
 /// Loads and compiles the file at `path` against live state.
-pub fn load(path: &Path, registry: &Registry, metrics: &Metrics) -> Result<Snapshot, Vec<config::Diagnostic>> {
+pub fn load(
+    path: &Path,
+    registry: &Registry,
+    metrics: &Metrics,
+) -> Result<Snapshot, Vec<config::Diagnostic>> {
     let spec = config::load(path)?;
     runtime::compile(spec, &path.display().to_string(), Env { registry, metrics })
 }
@@ -61,8 +65,10 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     let registry = Registry::default();
     let snapshot = load(path, &registry, &metrics).map_err(StartError::Config)?;
     let access_log = if snapshot.spec.access_log.enabled {
-        AccessLog::open(&snapshot.spec.access_log.path)
-            .map_err(io_error(format!("cannot open access log {}", snapshot.spec.access_log.path)))?
+        AccessLog::open(&snapshot.spec.access_log.path).map_err(io_error(format!(
+            "cannot open access log {}",
+            snapshot.spec.access_log.path
+        )))?
     } else {
         AccessLog::disabled()
     };
@@ -115,16 +121,20 @@ fn start_workers(count: usize) -> Result<(Vec<Handle>, Vec<WorkerStop>), StartEr
 
 async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), StartError> {
     let mut hangup = signal(SignalKind::hangup()).map_err(io_error("cannot handle SIGHUP"))?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(io_error("cannot handle SIGTERM"))?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_error("cannot handle SIGINT"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(io_error("cannot handle SIGTERM"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(io_error("cannot handle SIGINT"))?;
 
     resolve_all(&shared, &mut HashMap::new(), true).await;
 
     let mut listeners = ListenerSet::default();
     let snap = shared.snapshot.load_full();
     for listener in &snap.listeners {
-        let sockets = bind(listener.addr, workers.len())
-            .map_err(io_error(format!("cannot bind listener `{}` to {}", listener.name, listener.addr)))?;
+        let sockets = bind(listener.addr, workers.len()).map_err(io_error(format!(
+            "cannot bind listener `{}` to {}",
+            listener.name, listener.addr
+        )))?;
         listeners
             .start(
                 &shared,
@@ -134,7 +144,10 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
                 sockets,
                 listener.limits.max_connections,
             )
-            .map_err(io_error(format!("cannot start listener `{}`", listener.name)))?;
+            .map_err(io_error(format!(
+                "cannot start listener `{}`",
+                listener.name
+            )))?;
     }
     if let Some((addr, _)) = snap.admin {
         let socket = tokio::net::TcpListener::bind(addr)
@@ -185,9 +198,17 @@ pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Listener
     }
 }
 
-fn try_reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut ListenerSet) -> Result<(), String> {
+fn try_reload(
+    shared: &Arc<Shared>,
+    workers: &[Handle],
+    listeners: &mut ListenerSet,
+) -> Result<(), String> {
     let next = load(&shared.config_path, &shared.registry, &shared.metrics).map_err(|diags| {
-        diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        diags
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     })?;
     if next.workers != workers.len() {
         tracing::warn!(
@@ -205,9 +226,15 @@ fn try_reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Listener
             .is_some_and(|b| b.configured == listener.addr);
         if !kept {
             let addr = listener.addr;
-            let sockets = bind(addr, workers.len())
-                .map_err(|err| format!("cannot bind listener `{}` to {addr}: {err}", listener.name))?;
-            fresh.push((Arc::clone(&listener.name), listener.addr, sockets, listener.limits.max_connections));
+            let sockets = bind(addr, workers.len()).map_err(|err| {
+                format!("cannot bind listener `{}` to {addr}: {err}", listener.name)
+            })?;
+            fresh.push((
+                Arc::clone(&listener.name),
+                listener.addr,
+                sockets,
+                listener.limits.max_connections,
+            ));
         }
     }
     let next = Arc::new(next);
@@ -219,7 +246,9 @@ fn try_reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Listener
         .iter()
         .filter(|(name, bound)| {
             !wanted.contains(&&***name)
-                || next.listener(name).is_some_and(|l| l.addr != bound.configured)
+                || next
+                    .listener(name)
+                    .is_some_and(|l| l.addr != bound.configured)
         })
         .map(|(name, _)| Arc::clone(name))
         .collect();

@@ -27,8 +27,14 @@ fn validate_reports_every_error_with_position() {
     assert_eq!(code, 1);
     let lines: Vec<&str> = stderr.lines().collect();
     // Parse errors of one item do not hide those of the next.
-    assert!(lines[0].starts_with(&format!("{file}:2:37: unknown key `protocl`")), "{stderr}");
-    assert!(lines[1].starts_with(&format!("{file}:5:41: invalid duration `soon`")), "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("{file}:2:37: unknown key `protocl`")),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{file}:5:41: invalid duration `soon`")),
+        "{stderr}"
+    );
     assert_eq!(lines.len(), 2, "{stderr}");
 
     // Once it parses, semantic errors come all at once too.
@@ -53,7 +59,10 @@ upstreams:
         format!("{file}:8:48: a target's weight must be at least 1"),
     ];
     for want in &expected {
-        assert!(stderr.lines().any(|l| l.starts_with(want.as_str())), "missing {want} in\n{stderr}");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(want.as_str())),
+            "missing {want} in\n{stderr}"
+        );
     }
     assert_eq!(stderr.lines().count(), expected.len(), "{stderr}");
 }
@@ -72,7 +81,10 @@ fn validate_accepts_the_quickstart_and_json() {
     );
     let (code, _, stderr) = cli(&["validate", "-c", &json]);
     assert_eq!(code, 0, "{stderr}");
-    let bad_json = write("bad.json", "{\"listeners\": [{\"name\": \"web\", \"bind\": 5, \"x\": 1}]}");
+    let bad_json = write(
+        "bad.json",
+        "{\"listeners\": [{\"name\": \"web\", \"bind\": 5, \"x\": 1}]}",
+    );
     let (code, _, stderr) = cli(&["validate", "-c", &bad_json]);
     assert_eq!(code, 1);
     assert!(stderr.contains(":1:"), "{stderr}");
@@ -80,16 +92,26 @@ fn validate_accepts_the_quickstart_and_json() {
 
 #[test]
 fn env_substitution_and_missing_variables() {
-    let file = write("env.yaml", "listeners:\n  - { name: web, bind: \"${PORTICO_TEST_BIND}\" }\n");
+    let file = write(
+        "env.yaml",
+        "listeners:\n  - { name: web, bind: \"${PORTICO_TEST_BIND}\" }\n",
+    );
     let out = std::process::Command::new(crate::support::portico::BIN)
         .args(["validate", "-c", &file])
         .env("PORTICO_TEST_BIND", "127.0.0.1:0")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, _, stderr) = cli(&["validate", "-c", &file]);
     assert_eq!(code, 1);
-    assert!(stderr.contains(":2:24: environment variable `PORTICO_TEST_BIND` is not set"), "{stderr}");
+    assert!(
+        stderr.contains(":2:24: environment variable `PORTICO_TEST_BIND` is not set"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -105,12 +127,17 @@ fn run_refuses_an_invalid_file() {
 fn run_refuses_a_busy_port() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let config = format!("listeners:\n  - {{ name: web, bind: {addr} }}\nroutes:\n  - {{ name: r, respond: {{ status: 200 }} }}\n");
+    let config = format!(
+        "listeners:\n  - {{ name: web, bind: {addr} }}\nroutes:\n  - {{ name: r, respond: {{ status: 200 }} }}\n"
+    );
     let err = match Portico::try_start(&config) {
         Ok(gw) => panic!("portico started on a busy port {addr}:\n{}", gw.log_text()),
         Err(log) => log,
     };
-    assert!(err.contains(&format!("cannot bind listener `web` to {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot bind listener `web` to {addr}")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -133,17 +160,41 @@ upstreams:
     targets: [ { address: 127.0.0.1:9001 }, { address: 127.0.0.1:9002, weight: 3 } ]
 ",
     );
-    let (code, out, err) = cli(&["explain", "-c", &file, "GET", "http://api.example.com:8080/users/../users/42"]);
+    let (code, out, err) = cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        "http://api.example.com:8080/users/../users/42",
+    ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("listener  web (127.0.0.1:8080) — its port 8080 is the URL's"), "{out}");
-    assert!(out.contains("(normalised from /users/../users/42)"), "{out}");
+    assert!(
+        out.contains("listener  web (127.0.0.1:8080) — its port 8080 is the URL's"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(normalised from /users/../users/42)"),
+        "{out}"
+    );
     assert!(out.contains("route     users"), "{out}");
     assert!(out.contains("plugins   request_headers"), "{out}");
     assert!(out.contains("rewrite   /users/42 → /42"), "{out}");
-    assert!(out.contains("target    127.0.0.1:9002 (next pick of round_robin)"), "{out}");
-    assert!(out.contains("fallback") && out.contains("a more specific route wins"), "{out}");
+    assert!(
+        out.contains("target    127.0.0.1:9002 (next pick of round_robin)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fallback") && out.contains("a more specific route wins"),
+        "{out}"
+    );
 
-    let (code, out, _) = cli(&["explain", "-c", &file, "POST", "http://api.example.com:8080/users/42"]);
+    let (code, out, _) = cli(&[
+        "explain",
+        "-c",
+        &file,
+        "POST",
+        "http://api.example.com:8080/users/42",
+    ]);
     assert_eq!(code, 0);
     assert!(out.contains("no: method does not match"), "{out}");
     assert!(out.contains("route     fallback"), "{out}");

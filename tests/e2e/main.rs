@@ -1,6 +1,6 @@
 //! End-to-end tests: the real `portico` binary between real clients and real upstreams.
 
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, clippy::unwrap_used)]
 
 #[allow(dead_code)]
 mod support;

@@ -83,7 +83,12 @@ async fn round_robin_and_weights() {
 
     let mut seen_b = 0;
     for _ in 0..40 {
-        if client.get("example.com", "/weighted/x").await.header("x-upstream") == Some("B") {
+        if client
+            .get("example.com", "/weighted/x")
+            .await
+            .header("x-upstream")
+            == Some("B")
+        {
             seen_b += 1;
         }
     }
@@ -98,7 +103,9 @@ async fn split_follows_weights() {
         assert_eq!(client.get("example.com", "/split/x").await.status, 200);
     }
     assert_eq!((a.count(), b.count()), (30, 10));
-    let metrics = crate::support::get(gw.admin.as_deref().unwrap(), "/metrics").await.body;
+    let metrics = crate::support::get(gw.admin.as_deref().unwrap(), "/metrics")
+        .await
+        .body;
     assert!(metrics.contains(r#"portico_requests_total{listener="web",route="canary",upstream="only-a",status="200"} 30"#), "{metrics}");
     assert!(metrics.contains(r#"portico_requests_total{listener="web",route="canary",upstream="only-b",status="200"} 10"#), "{metrics}");
 }
@@ -122,12 +129,19 @@ async fn headers_for_the_hop() {
     // Response: hop-by-hop gone, Via and request id present.
     assert_eq!(reply.header("x-request-id"), Some("client-id-1"));
     assert_eq!(reply.header("via"), Some("1.1 portico"));
-    assert!(reply.header("x-hop").is_none(), "a field named in the upstream's Connection leaked");
+    assert!(
+        reply.header("x-hop").is_none(),
+        "a field named in the upstream's Connection leaked"
+    );
     assert!(reply.header("keep-alive").is_none());
     let seen = if a.count() > 0 { a.last() } else { b.last() };
     let h = &seen.headers;
     assert_eq!(h["host"], "Shop.Example.com", "Host is preserved");
-    assert!(!h.contains_key("x-secret") && !h.contains_key("keep-alive") && !h.contains_key("proxy-authorization"));
+    assert!(
+        !h.contains_key("x-secret")
+            && !h.contains_key("keep-alive")
+            && !h.contains_key("proxy-authorization")
+    );
     assert!(!h.contains_key("connection") || h["connection"] == "keep-alive");
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
@@ -145,7 +159,10 @@ async fn headers_for_the_hop() {
     let id = reply.header("x-request-id").unwrap().to_owned();
     assert_eq!(id.len(), 32);
     let seen = [a.seen(), b.seen()].concat();
-    assert!(seen.iter().any(|s| s.headers["x-request-id"] == id.as_str()));
+    assert!(
+        seen.iter()
+            .any(|s| s.headers["x-request-id"] == id.as_str())
+    );
 }
 
 #[tokio::test]
@@ -165,7 +182,10 @@ async fn routes_hosts_rewrites_and_plugins() {
     let reply = client.send(req).await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-route"), Some("api"));
-    let seen = last().into_iter().find(|s| s.uri.path() == "/items").expect("strip_prefix");
+    let seen = last()
+        .into_iter()
+        .find(|s| s.uri.path() == "/items")
+        .expect("strip_prefix");
     assert_eq!(seen.uri.query(), Some("q=1"));
     assert_eq!(seen.headers["x-from-route"], "api");
     assert!(!seen.headers.contains_key("x-drop-me"));
@@ -182,13 +202,19 @@ async fn routes_hosts_rewrites_and_plugins() {
     let reply = client.get("x", "/fixed").await;
     assert_eq!((reply.status, reply.body.as_str()), (201, "made here"));
     assert_eq!(reply.header("x-fixed"), Some("yes"));
-    let head = Request::head("/fixed").header("host", "x").body(Full::default()).unwrap();
+    let head = Request::head("/fixed")
+        .header("host", "x")
+        .body(Full::default())
+        .unwrap();
     let reply = client.send(head).await.unwrap();
     assert_eq!((reply.status, reply.body.as_str()), (201, ""));
 
     let reply = client.get("shop.example.com:8080", "/moved/a?b=c").await;
     assert_eq!(reply.status, 301);
-    assert_eq!(reply.header("location"), Some("https://shop.example.com/moved/a?b=c"));
+    assert_eq!(
+        reply.header("location"),
+        Some("https://shop.example.com/moved/a?b=c")
+    );
 }
 
 #[tokio::test]
@@ -204,15 +230,33 @@ async fn path_normalisation_cannot_reach_a_neighbour() {
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let out = raw(&web, request.as_bytes(), Duration::from_secs(5)).await;
         assert_eq!(statuses(&out), vec![200], "{out}");
-        assert_eq!(out.contains("admin-route"), expect_route_admin, "{path}: {out}");
+        assert_eq!(
+            out.contains("admin-route"),
+            expect_route_admin,
+            "{path}: {out}"
+        );
     }
     // What the router matched is what the upstream receives.
-    let seen: Vec<String> = [a.seen(), b.seen()].concat().iter().map(|s| s.uri.path().to_owned()).collect();
+    let seen: Vec<String> = [a.seen(), b.seen()]
+        .concat()
+        .iter()
+        .map(|s| s.uri.path().to_owned())
+        .collect();
     assert_eq!(seen, vec!["/a/b".to_owned()]);
     // Escaped slashes stay escaped, and bad escapes are refused.
-    let out = raw(&web, b"GET /a/..%2Fadmin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    let out = raw(
+        &web,
+        b"GET /a/..%2Fadmin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(!out.contains("admin-route"), "{out}");
-    let out = raw(&web, b"GET /a/%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    let out = raw(
+        &web,
+        b"GET /a/%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(statuses(&out), vec![400], "{out}");
 }
 
@@ -254,7 +298,11 @@ upstreams:
         assert_eq!(body["request_id"], reply.header("x-request-id").unwrap());
         assert!(body["message"].as_str().unwrap().len() > 5);
         assert_eq!(reply.header("content-type"), Some("application/json"));
-        assert!(started.elapsed() < Duration::from_secs(2), "{path} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path} took {:?}",
+            started.elapsed()
+        );
     }
     // The connection survived every error.
     assert_eq!(client.get("x", "/only").await.status, 200);
@@ -282,7 +330,10 @@ upstreams:
     assert_eq!(reply.version, http::Version::HTTP_2);
     let seen = a.last();
     assert_eq!(seen.version, http::Version::HTTP_11);
-    assert_eq!(seen.headers["host"], "api.test", "the h2 authority becomes Host");
+    assert_eq!(
+        seen.headers["host"], "api.test",
+        "the h2 authority becomes Host"
+    );
     assert_eq!(seen.headers["via"], "2 portico");
 
     let reply = get(&web, "/h2/y").await;
@@ -294,7 +345,9 @@ upstreams:
     let mut tasks = Vec::new();
     for i in 0..20 {
         let web = web.clone();
-        tasks.push(tokio::spawn(async move { h2_get(&web, "api.test", &format!("/h2/{i}")).await.status }));
+        tasks.push(tokio::spawn(async move {
+            h2_get(&web, "api.test", &format!("/h2/{i}")).await.status
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
@@ -314,12 +367,20 @@ async fn pipelining_head_204_304_and_trailers() {
     assert_eq!(statuses(&out), vec![200, 200, 204, 304, 200], "{out}");
     let bodies: Vec<&str> = out.split("HTTP/1.1 ").collect();
     assert!(bodies[1].ends_with(" /p1"), "{}", bodies[1]);
-    assert!(bodies[2].ends_with("\r\n\r\n"), "HEAD has no body: {}", bodies[2]);
+    assert!(
+        bodies[2].ends_with("\r\n\r\n"),
+        "HEAD has no body: {}",
+        bodies[2]
+    );
     assert!(bodies[5].ends_with(" /p5"));
 
     // Trailers pass when the client accepts them.
     let mut client = H1::connect(&web).await;
-    let req = Request::get("/trailers").header("host", "x").header("te", "trailers").body(Full::default()).unwrap();
+    let req = Request::get("/trailers")
+        .header("host", "x")
+        .header("te", "trailers")
+        .body(Full::default())
+        .unwrap();
     let resp = client.send_raw(req).await.unwrap();
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("trailers forwarded");
@@ -334,17 +395,25 @@ async fn expect_100_continue_and_upgrade() {
     let mut stream = tokio::net::TcpStream::connect(&web).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream
-        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
         .await
         .unwrap();
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
     stream.write_all(b"hello").await.unwrap();
     let mut out = String::new();
     while !out.contains("hello") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed early: {out}");
         out.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
@@ -353,15 +422,26 @@ async fn expect_100_continue_and_upgrade() {
     // An upgrade becomes a tunnel to the upstream.
     let mut stream = tokio::net::TcpStream::connect(&web).await.unwrap();
     stream
-        .write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
         .await
         .unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
     stream.write_all(b"ping over the tunnel").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf[..n], b"ping over the tunnel");
 }
 
@@ -379,9 +459,22 @@ async fn metrics_and_access_log() {
     assert_eq!(metrics.status, 200);
     let text = metrics.body;
     assert!(text.contains(r#"portico_requests_total{listener="web",route="everything",upstream="pair",status="200"} 3"#), "{text}");
-    assert!(text.contains(r#"portico_requests_total{listener="web",route="fixed",upstream="",status="201"} 1"#), "{text}");
-    assert!(text.contains(r#"portico_request_duration_seconds_count{route="everything",upstream="pair"} 3"#), "{text}");
-    assert!(text.contains(r#"portico_connections_active{listener="web"}"#), "{text}");
+    assert!(
+        text.contains(
+            r#"portico_requests_total{listener="web",route="fixed",upstream="",status="201"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"portico_request_duration_seconds_count{route="everything",upstream="pair"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"portico_connections_active{listener="web"}"#),
+        "{text}"
+    );
     assert!(!text.contains("status=\"404\"} 0"), "no empty series");
 
     let health = get(&admin, "/health").await;
@@ -389,9 +482,18 @@ async fn metrics_and_access_log() {
     let config = get(&admin, "/config").await.json();
     assert_eq!(config["listeners"][0]["name"], "web");
 
-    assert!(gw.wait_log_count("ACCESS {", 4, Duration::from_secs(5)), "{}", gw.log_text());
-    let line = gw.lines().into_iter().find(|l| l.contains("\"route\":\"fixed\"")).unwrap();
-    let entry: serde_json::Value = serde_json::from_str(line.trim_start_matches("ACCESS ")).unwrap();
+    assert!(
+        gw.wait_log_count("ACCESS {", 4, Duration::from_secs(5)),
+        "{}",
+        gw.log_text()
+    );
+    let line = gw
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("\"route\":\"fixed\""))
+        .unwrap();
+    let entry: serde_json::Value =
+        serde_json::from_str(line.trim_start_matches("ACCESS ")).unwrap();
     assert_eq!(entry["status"], 201);
     assert_eq!(entry["method"], "GET");
     assert_eq!(entry["path"], "/fixed");

@@ -4,9 +4,17 @@ use crate::config::load_str;
 fn compile_text(text: &str) -> Result<Snapshot, Vec<String>> {
     let registry = Registry::default();
     let metrics = Metrics::new();
-    let spec = load_str("c.yaml", text, &|_| None).map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    compile(spec, "c.yaml", Env { registry: &registry, metrics: &metrics })
-        .map_err(|d| d.iter().map(ToString::to_string).collect())
+    let spec = load_str("c.yaml", text, &|_| None)
+        .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    compile(
+        spec,
+        "c.yaml",
+        Env {
+            registry: &registry,
+            metrics: &metrics,
+        },
+    )
+    .map_err(|d| d.iter().map(ToString::to_string).collect())
 }
 
 #[test]
@@ -40,7 +48,10 @@ upstreams:
         "c.yaml:12:27: invalid target address `bad address`",
     ];
     for want in expected {
-        assert!(errors.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errors:#?}");
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errors:#?}"
+        );
     }
     assert_eq!(errors.len(), expected.len(), "{errors:#?}");
 }

@@ -31,7 +31,11 @@ impl Reply {
 
 pub async fn read(resp: Response<Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     Reply {
         status: parts.status.as_u16(),
         headers: parts.headers,
@@ -48,7 +52,9 @@ pub struct H1 {
 impl H1 {
     pub async fn connect(addr: &str) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn.with_upgrades());
         H1 { sender }
     }
@@ -59,13 +65,19 @@ impl H1 {
         Ok(read(resp).await)
     }
 
-    pub async fn send_raw(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, hyper::Error> {
+    pub async fn send_raw(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         self.sender.ready().await?;
         self.sender.send_request(req).await
     }
 
     pub async fn get(&mut self, host: &str, path: &str) -> Reply {
-        let req = Request::get(path).header("host", host).body(Full::default()).unwrap();
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Full::default())
+            .unwrap();
         self.send(req).await.unwrap()
     }
 }
@@ -78,9 +90,10 @@ pub async fn get(addr: &str, path: &str) -> Reply {
 /// One request on a fresh HTTP/2 (prior knowledge) connection.
 pub async fn h2_get(addr: &str, authority: &str, path: &str) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = Request::get(format!("http://{authority}{path}"))
         .body(Empty::<Bytes>::new())

@@ -4,7 +4,7 @@ pub mod client;
 pub mod portico;
 pub mod upstream;
 
-pub use client::{H1, Reply, get, h2_get, raw, statuses};
+pub use client::{H1, get, h2_get, raw, statuses};
 pub use portico::{Portico, cli, temp_dir};
 pub use upstream::TestUpstream;
 

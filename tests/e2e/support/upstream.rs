@@ -27,7 +27,9 @@ pub struct Seen {
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
 fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A test upstream server.
@@ -54,7 +56,9 @@ impl TestUpstream {
         let seen2 = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let seen = Arc::clone(&seen2);
                 let name = name_owned.clone();
                 tokio::spawn(async move {
@@ -69,7 +73,12 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, name: name.to_owned(), seen, task }
+        TestUpstream {
+            addr,
+            name: name.to_owned(),
+            seen,
+            task,
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -81,7 +90,10 @@ impl TestUpstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("the upstream saw no request")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
     }
 
     pub fn count(&self) -> usize {
@@ -162,7 +174,10 @@ async fn answer(name: &str, seen: &Mutex<Vec<Seen>>, mut req: Request<Incoming>)
                     return None;
                 }
                 let n = chunk.len().min(total - sent);
-                Some((Ok::<_, std::io::Error>(Frame::data(chunk.slice(..n))), sent + n))
+                Some((
+                    Ok::<_, std::io::Error>(Frame::data(chunk.slice(..n))),
+                    sent + n,
+                ))
             }
         });
         return Response::new(BodyExt::boxed(StreamBody::new(stream)));
@@ -178,7 +193,9 @@ async fn answer(name: &str, seen: &Mutex<Vec<Seen>>, mut req: Request<Incoming>)
         ];
         return Response::builder()
             .header("trailer", "x-checksum")
-            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))))
+            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))))
             .unwrap();
     }
     if path == "/close" {
