@@ -19,6 +19,9 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous.
     #[error("{0}")]
     BadRequest(&'static str),
+    /// The head had both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1).
+    #[error("the request has both Content-Length and Transfer-Encoding")]
+    AmbiguousFraming,
     /// The request target is longer than the listener allows.
     #[error("the request target is longer than {limit} bytes")]
     UriTooLong {
@@ -86,7 +89,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody | ProxyError::AmbiguousFraming => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -102,7 +107,9 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
-            ProxyError::BadRequest(_) | ProxyError::ClientBody => "bad_request",
+            ProxyError::BadRequest(_) | ProxyError::ClientBody | ProxyError::AmbiguousFraming => {
+                "bad_request"
+            }
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
@@ -121,6 +128,13 @@ impl ProxyError {
                 | ProxyError::ConnectTimeout { .. }
                 | ProxyError::NoTarget { .. }
         )
+    }
+
+    /// Whether the connection must close after this answer, because what follows on it can
+    /// no longer be framed with confidence.
+    pub fn closes_connection(&self) -> bool {
+        // After any malformed request, as nginx does: what follows may be misframed.
+        self.status() == StatusCode::BAD_REQUEST
     }
 
     /// The JSON error response.

@@ -26,6 +26,8 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     /// The listener's name.
     pub listener: Arc<str>,
+    /// State shared with the connection's I/O.
+    pub conn: Arc<crate::server::conn::ConnShared>,
 }
 
 /// Serves one request; never fails (errors become JSON responses).
@@ -50,7 +52,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         .then(|| head.uri.path().to_owned());
 
     let outcome = match snap.listener(&conn.listener) {
-        Some(listener) => run(shared, listener, &mut ctx, head, body).await,
+        Some(listener) => run(shared, conn, listener, &mut ctx, head, body).await,
         // The listener was removed by a reload; this connection is draining.
         None => (Err(ProxyError::NoRoute), None),
     };
@@ -89,19 +91,29 @@ fn finish<'a>(
                 "request failed"
             );
         }
-        err.into_response(&ctx.request_id)
+        let mut response = err.into_response(&ctx.request_id);
+        if err.closes_connection() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     });
     (response, metrics)
 }
 
 async fn run<'s>(
     shared: &Shared,
+    conn: &ConnInfo,
     listener: &'s Listener,
     ctx: &mut RequestCtx,
     mut head: http::request::Parts,
     body: Incoming,
 ) -> Outcome<'s> {
     // decode
+    if head.headers.contains_key(header::TRANSFER_ENCODING) && conn.conn.take_ambiguous() {
+        return (Err(ProxyError::AmbiguousFraming), None);
+    }
     let host = match decode(listener, &head) {
         Ok(host) => host,
         Err(err) => return (Err(err), None),

@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::Shared;
+use super::scan::HeadScan;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::runtime::Limits;
 
@@ -28,7 +29,9 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // Head and idle timeouts are ours (see `IdleIo`): hyper's would also cut idle
+        // keep-alive connections at the head timeout.
+        .header_read_timeout(None)
         .keep_alive(true)
         // Our own check answers 431 in JSON below this; hyper's hard cap sits above it.
         .max_buf_size((limits.max_header_size + limits.max_uri_length + 16 * 1024).max(8192));
@@ -46,7 +49,6 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct ConnState {
     shared: Arc<Shared>,
     info: ConnInfo,
-    busy: Arc<AtomicUsize>,
 }
 
 /// Serves one accepted connection until it closes or drains.
@@ -55,25 +57,27 @@ pub fn serve(
     info: ConnInfo,
     stream: TcpStream,
     builder: &auto::Builder<TokioExecutor>,
-    idle_timeout: Duration,
+    limits: &Limits,
     graceful: &GracefulShutdown,
 ) -> impl Future<Output = ()> + Send + 'static + use<> {
-    let busy = Arc::new(AtomicUsize::new(0));
-    let state = Arc::new(ConnState {
-        shared,
-        info,
-        busy: Arc::clone(&busy),
-    });
+    let conn = Arc::clone(&info.conn);
+    let state = Arc::new(ConnState { shared, info });
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let state = Arc::clone(&state);
         async move {
-            state.busy.fetch_add(1, Ordering::Relaxed);
+            state.info.conn.started.fetch_add(1, Ordering::Relaxed);
+            state.info.conn.busy.fetch_add(1, Ordering::Relaxed);
             let response = handle(&state.shared, &state.info, req).await;
-            state.busy.fetch_sub(1, Ordering::Relaxed);
+            state.info.conn.busy.fetch_sub(1, Ordering::Relaxed);
             Ok::<_, Infallible>(response)
         }
     });
-    let io = TokioIo::new(IdleIo::new(stream, idle_timeout, busy));
+    let io = TokioIo::new(IdleIo::new(
+        stream,
+        limits.idle_timeout,
+        limits.header_timeout,
+        conn,
+    ));
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
@@ -85,42 +89,114 @@ pub fn serve(
     }
 }
 
-/// A stream that fails with `TimedOut` after `idle` without reads or writes while no
-/// request is being processed.
+/// Per-connection state shared by the I/O wrapper and the request service.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    /// Requests being processed on this connection.
+    pub busy: AtomicUsize,
+    /// Requests started on this connection so far.
+    pub started: AtomicUsize,
+    /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
+    pub scan: Mutex<HeadScan>,
+}
+
+impl ConnShared {
+    /// Claims one head that carried both `Content-Length` and `Transfer-Encoding`.
+    pub fn take_ambiguous(&self) -> bool {
+        self.scan
+            .lock()
+            .map(|mut s| s.take_ambiguous())
+            .unwrap_or(false)
+    }
+}
+
+/// The client stream, with portico's timers: a request head must arrive within
+/// `header_timeout` of its first byte, and a connection with no request in progress and no
+/// bytes moving for `idle_timeout` is closed. One clock read per I/O call; the timer is
+/// re-armed lazily.
 pub struct IdleIo {
     inner: TcpStream,
     timer: Pin<Box<Sleep>>,
     idle: Duration,
+    header: Duration,
     last: Instant,
-    busy: Arc<AtomicUsize>,
+    head_started: Option<Instant>,
+    /// `conn.started` when `head_started` was set: a request since means that head is done.
+    head_gen: usize,
+    conn: Arc<ConnShared>,
 }
 
 impl IdleIo {
-    fn new(inner: TcpStream, idle: Duration, busy: Arc<AtomicUsize>) -> Self {
+    fn new(inner: TcpStream, idle: Duration, header: Duration, conn: Arc<ConnShared>) -> Self {
         let now = Instant::now();
         IdleIo {
             inner,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timer: Box::pin(tokio::time::sleep_until(now + idle.min(header))),
             idle,
+            header,
             last: now,
-            busy,
+            // The first request's head is due `header` after the connection opens.
+            head_started: Some(now),
+            head_gen: 0,
+            conn,
         }
     }
 
-    /// Checks the idle timer; re-arms it lazily from the last activity.
+    /// Forgets the head timer once the head it timed became a request.
+    fn settle_head(&mut self) {
+        if self.head_started.is_some() && self.conn.started.load(Ordering::Relaxed) != self.head_gen
+        {
+            self.head_started = None;
+        }
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        self.settle_head();
+        if self.conn.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let idle = self.last + self.idle;
+        Some(match self.head_started {
+            Some(started) => idle.min(started + self.header),
+            None => idle,
+        })
+    }
+
+    /// Checks the timers; re-arms lazily from the last activity.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             let now = Instant::now();
-            let deadline = self.last + self.idle;
-            if deadline > now {
-                self.timer.as_mut().reset(deadline);
-            } else if self.busy.load(Ordering::Relaxed) > 0 {
-                self.timer.as_mut().reset(now + self.idle);
-            } else {
-                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+            match self.deadline() {
+                None => self.timer.as_mut().reset(now + self.idle),
+                Some(deadline) if deadline > now => self.timer.as_mut().reset(deadline),
+                Some(_) => {
+                    let what = if self.head_started.is_some() {
+                        "request head timeout"
+                    } else {
+                        "idle timeout"
+                    };
+                    return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
+                }
+            }
+        }
+    }
+
+    fn received(&mut self, bytes: &[u8]) {
+        let now = Instant::now();
+        self.last = now;
+        self.settle_head();
+        if self.head_started.is_none() && self.conn.busy.load(Ordering::Relaxed) == 0 {
+            self.head_started = Some(now);
+            self.head_gen = self.conn.started.load(Ordering::Relaxed);
+        }
+        if let Ok(mut scan) = self.conn.scan.lock() {
+            scan.feed(bytes);
+            if scan.http2 {
+                // h2 multiplexes: streams, not heads, keep it busy; only idleness counts.
+                self.header = self.idle;
             }
         }
     }
@@ -137,7 +213,7 @@ impl AsyncRead for IdleIo {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
-                    this.last = Instant::now();
+                    this.received(&buf.filled()[before..]);
                 }
                 Poll::Ready(result)
             }

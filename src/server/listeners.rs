@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::Shared;
 use super::conn;
 use crate::proxy::pipeline::ConnInfo;
+use crate::runtime::Limits;
 
 /// A bound listener: its sockets' accept loops, one per worker.
 #[derive(Debug)]
@@ -139,16 +140,8 @@ async fn accept_loop(
     };
     let gauge = shared.metrics.connections(&name);
     let graceful = GracefulShutdown::new();
-    let mut cached: Option<(usize, Builder<TokioExecutor>, Duration)> = None;
+    let mut cached: Option<(usize, Builder<TokioExecutor>, Limits)> = None;
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stopped.changed() => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, client) = tokio::select! {
             biased;
             _ = stopped.changed() => break,
@@ -162,6 +155,15 @@ async fn accept_loop(
                 }
             },
         };
+        // Over the limit, an accepted connection waits here, unserved, until another closes.
+        let permit = tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let _ = stream.set_nodelay(true);
         // Settings follow the config in force when the connection arrives.
         let snap = shared.snapshot.load();
@@ -170,20 +172,24 @@ async fn accept_loop(
         };
         let key = Arc::as_ptr(&*snap) as usize;
         if cached.as_ref().is_none_or(|(k, _, _)| *k != key) {
-            cached = Some((
-                key,
-                conn::builder(&config.limits),
-                config.limits.idle_timeout,
-            ));
+            cached = Some((key, conn::builder(&config.limits), config.limits));
         }
-        let Some((_, builder, idle)) = cached.as_ref() else {
+        let Some((_, builder, limits)) = cached.as_ref() else {
             continue;
         };
         let info = ConnInfo {
             client,
             listener: Arc::clone(&name),
+            conn: Arc::default(),
         };
-        let served = conn::serve(Arc::clone(&shared), info, stream, builder, *idle, &graceful);
+        let served = conn::serve(
+            Arc::clone(&shared),
+            info,
+            stream,
+            builder,
+            limits,
+            &graceful,
+        );
         let gauge = gauge.clone();
         gauge.inc();
         tokio::spawn(async move {

@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod listeners;
 pub mod reload;
+pub mod scan;
 
 use std::path::PathBuf;
 use std::sync::Mutex;

@@ -148,7 +148,13 @@ async fn answer(name: &str, seen: &Mutex<Vec<Seen>>, mut req: Request<Incoming>)
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => total += f.data_ref().map_or(0, |d| d.len()),
-                Err(_) => break,
+                // An incomplete body is not a request the upstream received.
+                Err(_) => {
+                    return Response::builder()
+                        .status(400)
+                        .body(full("broken body"))
+                        .unwrap();
+                }
             }
         }
         seen_req.body_len = total;

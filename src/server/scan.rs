@@ -1,0 +1,136 @@
+//! A cheap watch over the bytes a client sends, for what hyper hides from the proxy.
+//!
+//! hyper resolves a request head with both `Content-Length` and `Transfer-Encoding` by
+//! dropping `Content-Length` (RFC 9112 §6.3), so the pipeline cannot see the conflict. This
+//! scanner notes, for each header block (bytes up to an empty line), whether it held both
+//! fields; a request that arrives with `Transfer-Encoding` then consumes one such note and is
+//! refused with 400. It looks only at the first bytes of each line and skips the rest with
+//! `memchr`, so bodies cost one vectorised search per line.
+
+const CONTENT_LENGTH: &[u8] = b"content-length:";
+const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
+const LONGEST: usize = 18;
+
+/// Scanner state for one connection.
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    prefix: [u8; LONGEST],
+    len: usize,
+    in_prefix: bool,
+    saw_cl: bool,
+    saw_te: bool,
+    /// Header blocks seen with both fields, not yet claimed by a request.
+    pub ambiguous: u32,
+    /// Bytes seen so far (capped), to recognise the HTTP/2 preface.
+    seen: u8,
+    /// The connection speaks HTTP/2: nothing to scan.
+    pub http2: bool,
+}
+
+impl HeadScan {
+    /// Feeds the next bytes read from the client.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        if self.seen == 0 && data.starts_with(b"PRI * HTTP/2") {
+            self.http2 = true;
+        }
+        self.seen = self.seen.saturating_add(1);
+        if self.http2 {
+            return;
+        }
+        loop {
+            if self.in_prefix {
+                while let Some((&byte, rest)) = data.split_first() {
+                    data = rest;
+                    if self.len == 0 && (byte == b'\r' || byte == b'\n') {
+                        // An empty line ends a header block.
+                        if self.saw_cl && self.saw_te {
+                            self.ambiguous = self.ambiguous.saturating_add(1);
+                        }
+                        self.saw_cl = false;
+                        self.saw_te = false;
+                        if byte == b'\n' {
+                            continue;
+                        }
+                        self.in_prefix = false;
+                        break;
+                    }
+                    self.prefix[self.len] = byte.to_ascii_lowercase();
+                    self.len += 1;
+                    let seen = &self.prefix[..self.len];
+                    if seen == CONTENT_LENGTH {
+                        self.saw_cl = true;
+                    } else if seen == TRANSFER_ENCODING {
+                        self.saw_te = true;
+                    } else if CONTENT_LENGTH.starts_with(seen)
+                        || TRANSFER_ENCODING.starts_with(seen)
+                    {
+                        continue;
+                    }
+                    self.in_prefix = false;
+                    break;
+                }
+                if data.is_empty() {
+                    return;
+                }
+            }
+            match memchr::memchr(b'\n', data) {
+                Some(i) => {
+                    data = &data[i + 1..];
+                    self.in_prefix = true;
+                    self.len = 0;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Claims one ambiguous head, if any was seen.
+    pub fn take_ambiguous(&mut self) -> bool {
+        if self.ambiguous > 0 {
+            self.ambiguous -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scan(chunks: &[&[u8]]) -> u32 {
+        let mut s = HeadScan::default();
+        for c in chunks {
+            s.feed(c);
+        }
+        s.ambiguous
+    }
+
+    const BOTH: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+    #[test]
+    fn finds_both_fields_in_one_head() {
+        assert_eq!(scan(&[BOTH]), 1);
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-LENGTH: 4\r\n\r\n"]),
+            1
+        );
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd"]),
+            0
+        );
+        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"]), 0);
+        assert_eq!(scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BOTH]), 0);
+    }
+
+    proptest! {
+        /// However the bytes are split across reads, the answer is the same.
+        #[test]
+        fn splitting_does_not_matter(cut1 in 0usize..BOTH.len(), cut2 in 0usize..BOTH.len()) {
+            let (a, b) = (cut1.min(cut2), cut1.max(cut2));
+            prop_assert_eq!(scan(&[&BOTH[..a], &BOTH[a..b], &BOTH[b..]]), 1);
+        }
+    }
+}
