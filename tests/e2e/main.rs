@@ -8,3 +8,5 @@ mod support;
 mod cli;
 mod edge;
 mod proxy;
+mod reload;
+mod streaming;

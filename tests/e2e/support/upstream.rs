@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 /// What the upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub peer: SocketAddr,
     pub method: Method,
     pub uri: Uri,
     pub version: Version,
@@ -56,7 +57,7 @@ impl TestUpstream {
         let seen2 = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let seen = Arc::clone(&seen2);
@@ -65,7 +66,7 @@ impl TestUpstream {
                     let service = service_fn(move |req| {
                         let seen = Arc::clone(&seen);
                         let name = name.clone();
-                        async move { Ok::<_, Infallible>(answer(&name, &seen, req).await) }
+                        async move { Ok::<_, Infallible>(answer(&name, peer, &seen, req).await) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -101,10 +102,16 @@ impl TestUpstream {
     }
 }
 
-async fn answer(name: &str, seen: &Mutex<Vec<Seen>>, mut req: Request<Incoming>) -> Response<Body> {
+async fn answer(
+    name: &str,
+    peer: SocketAddr,
+    seen: &Mutex<Vec<Seen>>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let record = |body_len| {
         seen.lock().unwrap().push(Seen {
+            peer,
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -139,6 +146,7 @@ async fn answer(name: &str, seen: &Mutex<Vec<Seen>>, mut req: Request<Incoming>)
         let mut total = 0usize;
         let mut body = req.into_body();
         let mut seen_req = Seen {
+            peer,
             method: Method::POST,
             uri: Uri::from_static("/count"),
             version: Version::HTTP_11,

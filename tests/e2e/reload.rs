@@ -1,0 +1,255 @@
+//! SIGHUP reload and SIGTERM drain, with connections open and requests in flight.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{H1, Portico, TestUpstream, fill, get};
+
+const V1: &str = "\
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+  - { name: old, bind: 127.0.0.1:0 }
+routes:
+  - { name: fixed, match: { path: /version }, respond: { status: 200, body: v1 } }
+  - { name: all, upstream: u }
+upstreams:
+  u: { targets: [ { address: '@A@' } ] }
+";
+
+const V2: &str = "\
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+  - { name: new, bind: 127.0.0.1:0 }
+routes:
+  - { name: fixed, match: { path: /version }, respond: { status: 200, body: v2 } }
+  - { name: all, upstream: u }
+upstreams:
+  u: { targets: [ { address: '@A@' } ] }
+";
+
+#[tokio::test]
+async fn reload_swaps_config_and_keeps_connections_and_pools() {
+    let a = TestUpstream::start("A").await;
+    let v1 = fill(V1, &[("A", &a.addr())]);
+    let v2 = fill(V2, &[("A", &a.addr())]);
+    let gw = Portico::start(&v1);
+    let web = gw.addr("web");
+    let old = gw.addr("old");
+    let mut client = H1::connect(&web).await;
+    assert_eq!(client.get("x", "/version").await.body, "v1");
+    let mut on_old = H1::connect(&old).await;
+    assert_eq!(on_old.get("x", "/version").await.body, "v1");
+
+    // An upgraded tunnel opened before the reload.
+    let mut tunnel = tokio::net::TcpStream::connect(&web).await.unwrap();
+    tunnel
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tunnel.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    assert_eq!(client.get("x", "/through").await.status, 200);
+    let pooled_peer = a.last().peer;
+
+    assert!(gw.reload(&v2), "{}", gw.log_text());
+    // Same client connection, new config.
+    assert_eq!(client.get("x", "/version").await.body, "v2");
+    // Same upstream connection: the pool survived.
+    assert_eq!(client.get("x", "/through").await.status, 200);
+    assert_eq!(a.last().peer, pooled_peer);
+    // The tunnel still works.
+    tunnel.write_all(b"still here").await.unwrap();
+    let n = tunnel.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"still here");
+    // The added listener serves; the removed one takes no new connections.
+    assert!(gw.wait_log("listening listener=new", Duration::from_secs(5)));
+    let new_addr = gw
+        .lines()
+        .iter()
+        .find_map(|l| {
+            l.split("listening listener=new addr=")
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .unwrap();
+    assert_eq!(get(&new_addr, "/version").await.body, "v2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if tokio::net::TcpStream::connect(&old).await.is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "removed listener still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(on_old);
+
+    let metrics = get(gw.admin.as_deref().unwrap(), "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"portico_config_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_reload_is_refused_and_the_old_config_stays() {
+    let a = TestUpstream::start("A").await;
+    let gw = Portico::start(&fill(V1, &[("A", &a.addr())]));
+    let web = gw.addr("web");
+    let bad = "listeners:\n  - { name: web, bind: 127.0.0.1:0 }\nroutes:\n  - { name: r, upstream: ghost }\n";
+    assert!(!gw.reload(bad));
+    let log = gw.log_text();
+    assert!(
+        log.contains("portico.yaml:4:26: upstream `ghost` is not defined"),
+        "{log}"
+    );
+    assert_eq!(get(&web, "/version").await.body, "v1");
+    let admin = gw.admin.clone().unwrap();
+    let health = get(&admin, "/health").await.json();
+    assert!(
+        health["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("ghost"),
+        "{health}"
+    );
+    let metrics = get(&admin, "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"portico_config_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_on_the_config_they_started_with() {
+    let a = TestUpstream::start("A").await;
+    let gw = Portico::start(&fill(V1, &[("A", &a.addr())]));
+    let web = gw.addr("web");
+    let web2 = web.clone();
+    let slow = tokio::spawn(async move { get(&web2, "/slow/800").await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.count() == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The new config answers everything itself: the old request must still reach A.
+    let v3 = "listeners:\n  - { name: web, bind: 127.0.0.1:0 }\nroutes:\n  - { name: all, respond: { status: 200, body: v3 } }\n";
+    assert!(gw.reload(v3));
+    assert_eq!(get(&web, "/x").await.body, "v3");
+    let reply = slow.await.unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "slow"));
+}
+
+#[tokio::test]
+async fn reload_under_load_fails_no_request() {
+    let a = TestUpstream::start("A").await;
+    let b = TestUpstream::start("B").await;
+    let template = "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u: { targets: [ { address: '@T@' } ] }
+";
+    let to_a = fill(template, &[("T", &a.addr())]);
+    let to_b = fill(template, &[("T", &b.addr())]);
+    let gw = Portico::start(&to_a);
+    let web = gw.addr("web");
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let (web, failures, done, stop) = (
+            web.clone(),
+            Arc::clone(&failures),
+            Arc::clone(&done),
+            Arc::clone(&stop),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut client = H1::connect(&web).await;
+            // Bounded: at most 5000 requests or until told to stop.
+            for n in 0..5000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                // Half the clients use fresh connections now and then.
+                if i % 2 == 0 && n % 50 == 0 {
+                    client = H1::connect(&web).await;
+                }
+                match client
+                    .send(
+                        http::Request::get("/load")
+                            .header("host", "x")
+                            .body(Default::default())
+                            .unwrap(),
+                    )
+                    .await
+                {
+                    Ok(reply) if reply.status == 200 => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        client = H1::connect(&web).await;
+                    }
+                }
+            }
+        }));
+    }
+    for round in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(gw.reload(if round % 2 == 0 { &to_b } else { &to_a }));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(
+        done.load(Ordering::Relaxed) > 100,
+        "too little load: {}",
+        done.load(Ordering::Relaxed)
+    );
+    assert!(
+        a.count() > 0 && b.count() > 0,
+        "both configs served traffic"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let a = TestUpstream::start("A").await;
+    let mut gw = Portico::start(&fill(V1, &[("A", &a.addr())]));
+    let web = gw.addr("web");
+    let web2 = web.clone();
+    let slow = tokio::spawn(async move { get(&web2, "/slow/700").await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.count() == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gw.terminate(Duration::from_secs(10));
+        (status, gw.log_text())
+    });
+    let reply = slow.await.unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "slow"));
+    let (status, log) = status.await.unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+    assert!(log.contains("draining"), "{log}");
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(&web).await.is_err());
+}
