@@ -14,6 +14,8 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod observe;
 pub mod plugins;
 pub mod pool;

@@ -245,7 +245,7 @@ fn on_response(
 
 /// Checks the request head for what a proxy must refuse; returns the host (the `Host` header,
 /// or the URI's authority for HTTP/2 and absolute-form requests).
-fn decode(
+pub(crate) fn decode(
     listener: &Listener,
     head: &http::request::Parts,
 ) -> Result<Option<HeaderValue>, ProxyError> {

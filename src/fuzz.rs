@@ -1,0 +1,201 @@
+//! Entry points for fuzzing the parsers portico owns, as plain functions over bytes.
+//!
+//! `fuzz/` (a separate crate for `cargo +nightly fuzz`) calls these; on stable, proptest drives
+//! the same functions below, and every saved input under `fuzz/corpus/` is replayed by a normal
+//! test. Each function panics only when an invariant breaks.
+
+use std::sync::OnceLock;
+
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+
+use crate::config;
+use crate::observe::Metrics;
+use crate::pool::Registry;
+use crate::proxy::headers::strip_hop_by_hop;
+use crate::routing::{RequestView, normalize_host, path, query_pairs};
+use crate::runtime::{self, Snapshot, compile::Env};
+use crate::server::scan::HeadScan;
+
+/// Config text → spec → snapshot; must never panic, whatever the text.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let env = |name: &str| (name.len() < 8).then(|| "127.0.0.1:1".to_owned());
+    if let Ok(spec) = config::load_str("fuzz.yaml", text, &env) {
+        let registry = Registry::default();
+        let metrics = Metrics::new();
+        let _ = runtime::compile(spec, "fuzz.yaml", Env { registry: &registry, metrics: &metrics });
+    }
+}
+
+const ROUTES: &str = "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: exact, match: { path: /exact }, respond: { status: 200 } }
+  - { name: tpl, match: { path_template: '/users/{id}', methods: [GET] }, respond: { status: 200 } }
+  - { name: pre, match: { hosts: ['*.example.com'], path_prefix: /api/ }, respond: { status: 200 } }
+  - { name: re, match: { path_regex: '/r/[0-9]+', headers: { x-a: b } }, respond: { status: 200 } }
+  - { name: q, match: { path_prefix: /q, query: { a: b } }, respond: { status: 200 } }
+";
+
+fn table() -> &'static Snapshot {
+    static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
+    SNAPSHOT.get_or_init(|| {
+        let spec = config::load_str("routes.yaml", ROUTES, &|_| None).unwrap_or_default();
+        let registry = Registry::default();
+        let metrics = Metrics::new();
+        // The fixed config above compiles; an empty snapshot would only weaken the fuzzing.
+        runtime::compile(spec, "routes.yaml", Env { registry: &registry, metrics: &metrics })
+            .unwrap_or_else(|_| unreachable!("the fuzz routing table compiles"))
+    })
+}
+
+/// A raw HTTP/1.1 request head through everything portico does with one before forwarding.
+pub fn request_head(data: &[u8]) {
+    // The framing scanner, fed in uneven pieces, agrees with itself.
+    let mut whole = HeadScan::default();
+    whole.feed(data);
+    let mut pieces = HeadScan::default();
+    for chunk in data.chunks(7) {
+        pieces.feed(chunk);
+    }
+    assert_eq!(whole.ambiguous, pieces.ambiguous, "scanner depends on read boundaries");
+
+    // Parse as hyper does (httparse), then build the head hyper would hand over.
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = parsed.parse(data) else {
+        return;
+    };
+    let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
+        return;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return;
+    };
+    let Ok(uri) = target.parse::<Uri>() else {
+        return;
+    };
+    let mut builder = Request::builder().method(method).uri(uri);
+    for h in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) else {
+            return;
+        };
+        builder = builder.header(name, value);
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (mut head, ()) = request.into_parts();
+
+    let snap = table();
+    let Some(listener) = snap.listeners.first() else {
+        return;
+    };
+    let host = crate::proxy::pipeline::decode(listener, &head);
+    if let Ok(normal) = path::normalize(head.uri.path()) {
+        let again = path::normalize(&normal).map(|p| p.into_owned());
+        assert_eq!(again.as_deref(), Ok(&*normal), "normalisation is not idempotent");
+        assert!(normal.starts_with('/'));
+        assert!(!normal.split('/').any(|s| s == ".." || s == "."), "dot segment survived: {normal}");
+        let host = host.ok().flatten();
+        let host = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
+        let view = RequestView {
+            host: &host,
+            path: &normal,
+            query: head.uri.query(),
+            method: &head.method,
+            headers: &head.headers,
+        };
+        if let Some(route) = listener.table.find(&view) {
+            assert!(listener.table.conditions(route).matches(&view), "router chose a route that does not match");
+        }
+    }
+    if let Some(q) = head.uri.query() {
+        let _ = query_pairs(q).count();
+    }
+    let named: Vec<String> = head
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .filter(|t| t != "x-request-id" && t != "host")
+        .collect();
+    strip_hop_by_hop(&mut head.headers, false);
+    for name in ["connection", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authorization"] {
+        assert!(!head.headers.contains_key(name), "{name} survived");
+    }
+    for name in named {
+        if HeaderName::from_bytes(name.as_bytes()).is_ok() {
+            assert!(!head.headers.contains_key(name.as_str()), "{name} (named in Connection) survived");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn replay(target: &str, run: fn(&[u8])) -> usize {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+        let mut count = 0;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let data = std::fs::read(entry.path()).unwrap();
+                run(&data);
+                count += 1;
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn saved_inputs_replay() {
+        assert!(replay("config", config) > 0);
+        assert!(replay("request_head", request_head) > 0);
+    }
+
+    fn head_like() -> impl Strategy<Value = Vec<u8>> {
+        let method = prop::sample::select(vec!["GET", "POST", "HEAD", "CONNECT", "OPTIONS"]);
+        let path = "(/[a-z.%0-9A-F]{0,6}){0,5}(\\?[a-z=&%0-9]{0,12})?";
+        let header = prop::sample::select(vec![
+            "Host: a.example.com", "Host: x", "Content-Length: 4", "Transfer-Encoding: chunked",
+            "Connection: keep-alive, x-a", "x-a: b", "TE: trailers", "Upgrade: websocket",
+            "Connection: upgrade", "Host: A.EXAMPLE.COM.:80", "transfer-encoding: gzip, chunked",
+        ]);
+        (method, path, prop::collection::vec(header, 0..6)).prop_map(|(m, p, hs)| {
+            let p = if p.is_empty() { "/".to_owned() } else { p };
+            let mut text = format!("{m} {p} HTTP/1.1\r\n");
+            for h in hs {
+                text.push_str(h);
+                text.push_str("\r\n");
+            }
+            text.push_str("\r\n");
+            text.into_bytes()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn request_heads_hold_invariants(data in head_like()) {
+            request_head(&data);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
+            request_head(&data);
+            config(&data);
+        }
+
+        #[test]
+        fn config_like_text_never_panics(
+            text in "(listeners|routes|upstreams|workers|admin)?:? ?[-{}\\[\\]a-z0-9:,. ]{0,80}(\n  [-{}\\[\\]a-z0-9:,. ]{0,40}){0,4}"
+        ) {
+            config(text.as_bytes());
+        }
+    }
+}
