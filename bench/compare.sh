@@ -21,6 +21,9 @@
 #   * "other CPU%" is the CPU time used during a run by processes outside the benchmark (from
 #     /proc/stat minus the proxy, the upstreams and the load generator), in % of one CPU. The
 #     machine is shared; runs with more than a few % of it are noisy and get a warning.
+#   * "conns/req" = TCP connections accepted on the machine (/proc/net/snmp PassiveOpens) per
+#     request: ~0 for keep-alive tests and ~1 for `close` when the proxy reuses upstream
+#     connections; one more per request when it does not.
 #   * Every (round, test, proxy) run uses a freshly started proxy, so "peak RSS" (VmHWM, summed
 #     over the proxy's processes — for nginx master + worker) belongs to that test alone.
 #   * Runs are interleaved: for each round, for each test, each proxy in turn (A B C A B C ...).
@@ -377,7 +380,7 @@ done
 [[ -n $HAPROXY ]] && log "haproxy: $("$HAPROXY" -v | head -n1 | cut -d' ' -f1-3)"
 
 # ---------------------------------------------------------------- load generators
-RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct
+RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req
 IDLE_TSV=$TMP/idle.tsv       # proxy round conns_held rss_before rss_held bytes_per_conn closed hwm_kib
 
 to_ms() { # 601.00us | 1.20ms | 1.01s → milliseconds
@@ -399,12 +402,18 @@ known_ticks() {
 }
 # Busy ticks on all CPUs: user + nice + system + irq + softirq (not idle, iowait or steal).
 busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+# TCP connections accepted so far on this machine (clients → proxy and proxy → upstreams).
+passive_opens() {
+    awk '$1 == "Tcp:" && !h { for (i = 2; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1; next }
+         $1 == "Tcp:" { print $c; exit }' /proc/net/snmp
+}
 
 # Run a load generator command and measure the proxy around it. Sets CPU_S (proxy CPU
 # seconds), WALL_S, and OTHER_PCT: CPU time used by processes that are not part of the
 # benchmark (e.g. a compiler), in % of one CPU — anything above a few % means noise.
 measured() {
     local c0 c1 t0 t1 k0 k1 b0 b1
+    OPENS=$(passive_opens)
     c0=$(cpu_ticks "$PROXY_PID")
     k0=$(known_ticks)
     b0=$(busy_ticks)
@@ -414,6 +423,7 @@ measured() {
     b1=$(busy_ticks)
     k1=$(known_ticks)
     c1=$(cpu_ticks "$PROXY_PID")
+    OPENS=$(($(passive_opens) - OPENS))
     CPU_S=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')
     WALL_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     OTHER_PCT=$(awk -v busy=$((b1 - b0)) -v known=$((k1 - k0 + c1 - c0)) -v w="$WALL_S" \
@@ -421,14 +431,15 @@ measured() {
 }
 
 record() { # TEST PROXY ROUND REQUESTS RPS P50 P99 ERRORS
-    local rpcs cpu_pct hwm
+    local rpcs cpu_pct hwm cpr
     hwm=$(mem_kib "$PROXY_PID" VmHWM)
+    cpr=$(awk -v o="$OPENS" -v n="$4" 'BEGIN { printf "%.2f", n > 0 ? o / n : 0 }')
     rpcs=$(awk -v n="$4" -v c="$CPU_S" 'BEGIN { if (c > 0) printf "%.0f", n / c; else print "nan" }')
     cpu_pct=$(awk -v c="$CPU_S" -v w="$WALL_S" 'BEGIN { printf "%.0f", 100 * c / w }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" "$cpu_pct" \
-        "$6" "$7" "$hwm" "$8" "$OTHER_PCT" >>"$RESULTS_TSV"
-    log "$(printf '%-5s %-8s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%' \
-        "$1" "$2" "$5" "$rpcs" "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" "$cpu_pct" \
+        "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr" >>"$RESULTS_TSV"
+    log "$(printf '%-5s %-8s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%  conns/req %s' \
+        "$1" "$2" "$5" "$rpcs" "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr")"
     if ((OTHER_PCT > 5)); then
         log "warning: other processes used ${OTHER_PCT}% of a CPU during this run — it is noisy"
     fi
@@ -543,7 +554,7 @@ done
 
 if [[ -n ${RESULTS:-} ]]; then
     {
-        printf '# test\tproxy\tround\treq_s\treq_per_cpu_s\tproxy_cpu_pct\tp50_ms\tp99_ms\tpeak_rss_kib\terrors\tother_cpu_pct\n'
+        printf '# test\tproxy\tround\treq_s\treq_per_cpu_s\tproxy_cpu_pct\tp50_ms\tp99_ms\tpeak_rss_kib\terrors\tother_cpu_pct\tconns_per_req\n'
         cat "$RESULTS_TSV"
         printf '# idle\tproxy\tround\tconns\trss_before_kib\trss_held_kib\tbytes_per_conn\tclosed\tpeak_rss_kib\n'
         sed 's/^/idle\t/' "$IDLE_TSV"
@@ -570,7 +581,7 @@ def num(s):
         return float("nan")
 
 # (test, proxy) -> column -> [values over rounds]
-cols = ["req_s", "rpcs", "cpu", "p50", "p99", "hwm", "errors", "other"]
+cols = ["req_s", "rpcs", "cpu", "p50", "p99", "hwm", "errors", "other", "cpr"]
 data = {}
 for r in rows(res_path):
     d = data.setdefault((r[0], r[1]), {c: [] for c in cols})
@@ -602,7 +613,7 @@ def f2(v):
 print()
 print(f"Medians over {rounds} round(s); proxy on CPU 0, load generator and upstreams on CPU 1.")
 hdr = ["test", "proxy", "req/s", "req/CPU-s", "spread", "proxy CPU%", "p50 ms", "p99 ms",
-       "peak RSS KiB", "errors", "other CPU%"]
+       "peak RSS KiB", "errors", "other CPU%", "conns/req"]
 table = []
 for t in tests:
     if t == "idle":
@@ -613,12 +624,13 @@ for t in tests:
             continue
         table.append([t, p, f0(med(d, "req_s")), f0(med(d, "rpcs")), spread(d["rpcs"]),
                       f0(med(d, "cpu")), f2(med(d, "p50")), f2(med(d, "p99")),
-                      f0(med(d, "hwm")), f0(sum(d["errors"])), f0(max(d["other"]))])
+                      f0(med(d, "hwm")), f0(sum(d["errors"])), f0(max(d["other"])),
+                      f2(med(d, "cpr"))])
 if "idle" in tests:
     for p in proxies:
         d = idle.get(p)
         if d:
-            table.append(["idle", p, "-", "-", "-", "-", "-", "-", f0(med(d, "hwm")), "-", "-"])
+            table.append(["idle", p, "-", "-", "-", "-", "-", "-", f0(med(d, "hwm")), "-", "-", "-"])
 
 def show(hdr, table):
     if not table:
