@@ -29,6 +29,8 @@ pub struct Target<'a> {
     pub path: &'a str,
     /// The query, untouched.
     pub query: Option<&'a str>,
+    /// The client's target, reused (without copying) when `path` is unchanged.
+    pub original: Option<&'a PathAndQuery>,
 }
 
 struct Inflight<'a>(&'a TargetState);
@@ -84,9 +86,10 @@ pub async fn forward(
     );
     append_via(&mut head.headers, client_version);
     head.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
-    let path_and_query = match target.query {
-        Some(q) => PathAndQuery::try_from(format!("{}?{q}", target.path)),
-        None => PathAndQuery::try_from(target.path),
+    let path_and_query = match (target.original, target.query) {
+        (Some(original), _) if original.path() == target.path => Ok(original.clone()),
+        (_, Some(q)) => PathAndQuery::try_from(format!("{}?{q}", target.path)),
+        (_, None) => PathAndQuery::try_from(target.path),
     }
     .map_err(|_| ProxyError::BadRequest("the request target is invalid"))?;
     if upstream.http2 {

@@ -118,8 +118,10 @@ async fn run<'s>(
         Ok(host) => host,
         Err(err) => return (Err(err), None),
     };
-    let normal = match path::normalize(head.uri.path()) {
-        Ok(p) => p.into_owned(),
+    // A cheap clone (shared bytes), so the normalised path can borrow it while `head` moves on.
+    let uri = head.uri.clone();
+    let normal = match path::normalize(uri.path()) {
+        Ok(p) => p,
         Err(err) => {
             return (
                 Err(ProxyError::BadRequest(match err {
@@ -139,11 +141,11 @@ async fn run<'s>(
     let host_name = normalize_host(host_name);
 
     // route
-    let query = head.uri.query().map(str::to_owned);
+    let query = uri.query();
     let view = RequestView {
         host: &host_name,
         path: &normal,
-        query: query.as_deref(),
+        query,
         method: &head.method,
         headers: &head.headers,
     };
@@ -183,7 +185,7 @@ async fn run<'s>(
             Ok(response)
         }
         Action::Redirect(redirect) => {
-            let location = redirect.location(&host_name, &normal, query.as_deref());
+            let location = redirect.location(&host_name, &normal, query);
             match HeaderValue::from_str(&location) {
                 Ok(value) => {
                     let mut response = Response::new(Body::Empty);
@@ -201,8 +203,8 @@ async fn run<'s>(
             let upstream = &arms[arm];
             ctx.upstream = Some(Arc::clone(&upstream.name));
             let path = match &route.rewrite {
-                Some(rewrite) => rewrite.apply(&normal).into_owned(),
-                None => normal.clone(),
+                Some(rewrite) => rewrite.apply(&normal),
+                None => std::borrow::Cow::Borrowed(&*normal),
             };
             let result = forward::forward(
                 shared,
@@ -214,7 +216,8 @@ async fn run<'s>(
                 forward::Target {
                     host,
                     path: &path,
-                    query: query.as_deref(),
+                    query,
+                    original: uri.path_and_query(),
                 },
             )
             .await;
