@@ -29,6 +29,12 @@
 #   * Runs are interleaved: for each round, for each test, each proxy in turn (A B C A B C ...).
 #     The table shows medians over rounds; "spread" is (max − min) / median of req/CPU-s.
 #     Differences under ~10% are noise.
+#   * Proxy set-up: portico gets one `protocol: http` listener that serves both HTTP/1.1 and h2c.
+#     nginx 1.22 only speaks plain-text HTTP/2 on a `listen ... http2` socket, and then only
+#     HTTP/2 (prior knowledge), so nginx — and HAProxy (`bind ... proto h2`) — get a second
+#     port for h2c. nginx: upstream `keepalive 64`, HTTP/1.1 with `Connection ""` to the
+#     upstreams, and `keepalive_requests` raised from 1000 (its default would close every
+#     client connection after 1000 requests). HAProxy: `http-reuse always`, no logging.
 #   * All traffic is on 127.0.0.1. Configs and logs live in a mktemp directory that is removed
 #     on exit; every process started here is killed on exit.
 #
@@ -37,7 +43,7 @@
 #   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
 #   PROXIES        ["portico nginx haproxy"]   TESTS ["root 16k h2c close idle"]
 #   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
-#   PORTICO_BIN, UPSTREAM_BIN   override the binaries (imply no cargo build for them)
+#   PORTICO_BIN, UPSTREAM_BIN   use these binaries (setting either skips the cargo build)
 #   RESULTS=FILE   also save the raw per-run results (TSV) to FILE
 #
 # Requirements: taskset, wrk, h2load (nghttp2-client), python3, curl; nginx and haproxy are
@@ -74,7 +80,7 @@ done
 # Idle connections need file descriptors, here and in every process we start.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
-if ((IDLE_CONNS * 2 + 1000 > NOFILE)); then
+if ((IDLE_CONNS * 2 + 200 > NOFILE)); then
     log "warning: IDLE_CONNS=$IDLE_CONNS is high for an open-file limit of $NOFILE"
 fi
 
@@ -86,6 +92,7 @@ STARTED=()       # pids of everything we start in the background
 descendants() { # PID → PID and all its descendants, one per line
     local c
     echo "$1"
+    # shellcheck disable=SC2013 # the children files hold space-separated pids
     for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
         descendants "$c"
     done
@@ -98,17 +105,18 @@ alive() { # PID → 0 while it exists and is not a zombie
 }
 
 stop_tree() { # PID → TERM it (and descendants), KILL whatever is left after ~3 s, reap it
-    local pid=$1 pids p i left
+    local pid=$1 p i left
+    local -a pids
     if alive "$pid"; then
-        pids=$(descendants "$pid")
-        kill -TERM $pids 2>/dev/null || true
+        mapfile -t pids < <(descendants "$pid")
+        kill -TERM "${pids[@]}" 2>/dev/null || true
         for ((i = 0; i < 60; i++)); do
             left=0
-            for p in $pids; do alive "$p" && left=1; done
+            for p in "${pids[@]}"; do alive "$p" && left=1; done
             ((left)) || break
             sleep 0.05
         done
-        kill -KILL $pids 2>/dev/null || true
+        kill -KILL "${pids[@]}" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
     # Forget it, so that cleanup never signals a recycled pid.
@@ -135,7 +143,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 wait_port() { # PORT PID [TIMEOUT_S] → 0 once 127.0.0.1:PORT accepts, 1 if PID died or timeout
     local deadline=$((SECONDS + ${3:-15}))
     while ((SECONDS < deadline)); do
-        kill -0 "$2" 2>/dev/null || return 1
+        alive "$2" || return 1
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
         sleep 0.05
     done
@@ -149,7 +157,7 @@ wait_line() { # FILE REGEX PID TIMEOUT_S → print the first matching line once 
             echo "$line"
             return 0
         fi
-        kill -0 "$3" 2>/dev/null || return 1
+        alive "$3" || return 1
         sleep 0.05
     done
     return 1
@@ -316,7 +324,9 @@ EOF
 
 start_haproxy() {
     read -r PORT PORT_H2 < <(free_ports 2)
+    # HAProxy reserves two descriptors per connection; stay inside the open-file limit.
     local maxconn=$((IDLE_CONNS + 1024))
+    ((maxconn <= (NOFILE - 200) / 2)) || maxconn=$(((NOFILE - 200) / 2))
     cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -380,7 +390,7 @@ done
 [[ -n $HAPROXY ]] && log "haproxy: $("$HAPROXY" -v | head -n1 | cut -d' ' -f1-3)"
 
 # ---------------------------------------------------------------- load generators
-RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req
+RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req valid
 IDLE_TSV=$TMP/idle.tsv       # proxy round conns_held rss_before rss_held bytes_per_conn closed hwm_kib
 
 to_ms() { # 601.00us | 1.20ms | 1.01s → milliseconds
@@ -431,17 +441,26 @@ measured() {
 }
 
 record() { # TEST PROXY ROUND REQUESTS RPS P50 P99 ERRORS
-    local rpcs cpu_pct hwm cpr
+    local rpcs cpu_pct hwm cpr valid=1
+    if ! alive "$PROXY_PID"; then
+        log "$1 $2: the proxy exited during the run; not recorded"
+        return 1
+    fi
     hwm=$(mem_kib "$PROXY_PID" VmHWM)
     cpr=$(awk -v o="$OPENS" -v n="$4" 'BEGIN { printf "%.2f", (n > 0 ? o / n : 0) }')
     rpcs=$(awk -v n="$4" -v c="$CPU_S" 'BEGIN { if (c > 0) printf "%.0f", n / c; else print "nan" }')
     cpu_pct=$(awk -v c="$CPU_S" -v w="$WALL_S" 'BEGIN { printf "%.0f", 100 * c / w }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" "$cpu_pct" \
-        "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr" >>"$RESULTS_TSV"
+    # More than 1% failed requests (a broken proxy answers 5xx fast): keep out of the medians.
+    (($8 * 100 <= $4)) || valid=0
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" \
+        "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr" "$valid" >>"$RESULTS_TSV"
     log "$(printf '%-5s %-8s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%  conns/req %s' \
         "$1" "$2" "$5" "$rpcs" "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr")"
     if ((OTHER_PCT > 5)); then
         log "warning: other processes used ${OTHER_PCT}% of a CPU during this run — it is noisy"
+    fi
+    if ((!valid)); then
+        log "warning: $8 of $4 requests failed — run excluded from the medians"
     fi
 }
 
@@ -508,8 +527,11 @@ run_idle() { # TEST PROXY ROUND
     sleep "$IDLE_SETTLE" # let the proxy finish releasing per-request state
     held=$(mem_kib "$PROXY_PID" VmRSS)
     hwm=$(mem_kib "$PROXY_PID" VmHWM)
-    kill -TERM "$ipid"
-    wait "$ipid" 2>/dev/null || true
+    stop_tree "$ipid"
+    if ! alive "$PROXY_PID"; then
+        log "$1 $2: the proxy exited during the run; not recorded"
+        return 1
+    fi
     closed=$(awk '/^held / { print $3 }' "$out")
     if ((ok == 0)); then
         log "$1 $2: no idle connection could be set up"
@@ -545,6 +567,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     log "---- round $round/$ROUNDS"
     for test in $TESTS; do
         for proxy in "${ACTIVE[@]}"; do
+            for pid in "${UPSTREAM_PIDS[@]}"; do
+                alive "$pid" || die "an upstream (pid $pid) exited; was it killed by something else?"
+            done
             start_proxy "$proxy" || continue
             run_test "$test" "$proxy" "$round" || log "$test $proxy: run failed"
             stop_tree "$PROXY_PID"
@@ -554,7 +579,7 @@ done
 
 if [[ -n ${RESULTS:-} ]]; then
     {
-        printf '# test\tproxy\tround\treq_s\treq_per_cpu_s\tproxy_cpu_pct\tp50_ms\tp99_ms\tpeak_rss_kib\terrors\tother_cpu_pct\tconns_per_req\n'
+        printf '# test\tproxy\tround\treq_s\treq_per_cpu_s\tproxy_cpu_pct\tp50_ms\tp99_ms\tpeak_rss_kib\terrors\tother_cpu_pct\tconns_per_req\tvalid\n'
         cat "$RESULTS_TSV"
         printf '# idle\tproxy\tround\tconns\trss_before_kib\trss_held_kib\tbytes_per_conn\tclosed\tpeak_rss_kib\n'
         sed 's/^/idle\t/' "$IDLE_TSV"
@@ -583,7 +608,11 @@ def num(s):
 # (test, proxy) -> column -> [values over rounds]
 cols = ["req_s", "rpcs", "cpu", "p50", "p99", "hwm", "errors", "other", "cpr"]
 data = {}
+excluded = []
 for r in rows(res_path):
+    if r[-1] != "1":
+        excluded.append(f"{r[0]}/{r[1]} round {r[2]} ({r[9]} errors)")
+        continue
     d = data.setdefault((r[0], r[1]), {c: [] for c in cols})
     for c, v in zip(cols, r[3:]):
         d[c].append(num(v))
@@ -705,6 +734,8 @@ if "portico" in proxies and others:
         print(f"  {'PASS' if ok else 'FAIL'}  {name:32s} portico {fmt(a)} vs {fmt(b)}")
     print()
 
+if excluded:
+    print("excluded (more than 1% of requests failed): " + ", ".join(excluded))
 noisy = sum(1 for d in data.values() for v in d["other"] if v > 5)
 if noisy:
     print(f"warning: {noisy} run(s) shared the machine with other work (other CPU% > 5);")

@@ -25,7 +25,14 @@ pub fn config(data: &[u8]) {
     if let Ok(spec) = config::load_str("fuzz.yaml", text, &env) {
         let registry = Registry::default();
         let metrics = Metrics::new();
-        let _ = runtime::compile(spec, "fuzz.yaml", Env { registry: &registry, metrics: &metrics });
+        let _ = runtime::compile(
+            spec,
+            "fuzz.yaml",
+            Env {
+                registry: &registry,
+                metrics: &metrics,
+            },
+        );
     }
 }
 
@@ -47,8 +54,15 @@ fn table() -> &'static Snapshot {
         let registry = Registry::default();
         let metrics = Metrics::new();
         // The fixed config above compiles; an empty snapshot would only weaken the fuzzing.
-        runtime::compile(spec, "routes.yaml", Env { registry: &registry, metrics: &metrics })
-            .unwrap_or_else(|_| unreachable!("the fuzz routing table compiles"))
+        runtime::compile(
+            spec,
+            "routes.yaml",
+            Env {
+                registry: &registry,
+                metrics: &metrics,
+            },
+        )
+        .unwrap_or_else(|_| unreachable!("the fuzz routing table compiles"))
     })
 }
 
@@ -61,7 +75,10 @@ pub fn request_head(data: &[u8]) {
     for chunk in data.chunks(7) {
         pieces.feed(chunk);
     }
-    assert_eq!(whole.ambiguous, pieces.ambiguous, "scanner depends on read boundaries");
+    assert_eq!(
+        whole.ambiguous, pieces.ambiguous,
+        "scanner depends on read boundaries"
+    );
 
     // Parse as hyper does (httparse), then build the head hyper would hand over.
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -80,7 +97,10 @@ pub fn request_head(data: &[u8]) {
     };
     let mut builder = Request::builder().method(method).uri(uri);
     for h in parsed.headers.iter() {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) else {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
             return;
         };
         builder = builder.header(name, value);
@@ -97,9 +117,16 @@ pub fn request_head(data: &[u8]) {
     let host = crate::proxy::pipeline::decode(listener, &head);
     if let Ok(normal) = path::normalize(head.uri.path()) {
         let again = path::normalize(&normal).map(|p| p.into_owned());
-        assert_eq!(again.as_deref(), Ok(&*normal), "normalisation is not idempotent");
+        assert_eq!(
+            again.as_deref(),
+            Ok(&*normal),
+            "normalisation is not idempotent"
+        );
         assert!(normal.starts_with('/'));
-        assert!(!normal.split('/').any(|s| s == ".." || s == "."), "dot segment survived: {normal}");
+        assert!(
+            !normal.split('/').any(|s| s == ".." || s == "."),
+            "dot segment survived: {normal}"
+        );
         let host = host.ok().flatten();
         let host = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
         let view = RequestView {
@@ -110,7 +137,10 @@ pub fn request_head(data: &[u8]) {
             headers: &head.headers,
         };
         if let Some(route) = listener.table.find(&view) {
-            assert!(listener.table.conditions(route).matches(&view), "router chose a route that does not match");
+            assert!(
+                listener.table.conditions(route).matches(&view),
+                "router chose a route that does not match"
+            );
         }
     }
     if let Some(q) = head.uri.query() {
@@ -121,16 +151,30 @@ pub fn request_head(data: &[u8]) {
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
         .filter(|t| t != "x-request-id" && t != "host")
         .collect();
     strip_hop_by_hop(&mut head.headers, false);
-    for name in ["connection", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authorization"] {
+    for name in [
+        "connection",
+        "keep-alive",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+    ] {
         assert!(!head.headers.contains_key(name), "{name} survived");
     }
     for name in named {
         if HeaderName::from_bytes(name.as_bytes()).is_ok() {
-            assert!(!head.headers.contains_key(name.as_str()), "{name} (named in Connection) survived");
+            assert!(
+                !head.headers.contains_key(name.as_str()),
+                "{name} (named in Connection) survived"
+            );
         }
     }
 }
@@ -141,7 +185,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn replay(target: &str, run: fn(&[u8])) -> usize {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
         let mut count = 0;
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
@@ -163,9 +209,17 @@ mod tests {
         let method = prop::sample::select(vec!["GET", "POST", "HEAD", "CONNECT", "OPTIONS"]);
         let path = "(/[a-z.%0-9A-F]{0,6}){0,5}(\\?[a-z=&%0-9]{0,12})?";
         let header = prop::sample::select(vec![
-            "Host: a.example.com", "Host: x", "Content-Length: 4", "Transfer-Encoding: chunked",
-            "Connection: keep-alive, x-a", "x-a: b", "TE: trailers", "Upgrade: websocket",
-            "Connection: upgrade", "Host: A.EXAMPLE.COM.:80", "transfer-encoding: gzip, chunked",
+            "Host: a.example.com",
+            "Host: x",
+            "Content-Length: 4",
+            "Transfer-Encoding: chunked",
+            "Connection: keep-alive, x-a",
+            "x-a: b",
+            "TE: trailers",
+            "Upgrade: websocket",
+            "Connection: upgrade",
+            "Host: A.EXAMPLE.COM.:80",
+            "transfer-encoding: gzip, chunked",
         ]);
         (method, path, prop::collection::vec(header, 0..6)).prop_map(|(m, p, hs)| {
             let p = if p.is_empty() { "/".to_owned() } else { p };

@@ -18,7 +18,6 @@ use super::error::ProxyError;
 use super::headers::{X_REQUEST_ID, append_via, set_forwarded, strip_hop_by_hop};
 use crate::pool::{Checkin, Conn, TargetState};
 use crate::runtime::Upstream;
-use crate::server::Shared;
 
 /// Where the request goes on the upstream side.
 #[derive(Debug)]
@@ -43,7 +42,7 @@ impl Drop for Inflight<'_> {
 
 /// Forwards one request to `upstream` and returns the response to send back.
 pub async fn forward(
-    _shared: &Shared,
+    client_value: &HeaderValue,
     ctx: &mut RequestCtx,
     upstream: &Arc<Upstream>,
     timeout: Option<Duration>,
@@ -80,7 +79,7 @@ pub async fn forward(
     }
     set_forwarded(
         &mut head.headers,
-        ctx.client.ip(),
+        client_value,
         "http",
         target.host.as_ref(),
     );

@@ -44,6 +44,13 @@ pub struct HopInfo {
 /// unless `keep_upgrade`; the caller re-adds `Connection: upgrade` for a real upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> HopInfo {
     let mut info = HopInfo::default();
+    // Most messages carry none of these: one pass over the names instead of eight lookups.
+    let any = headers
+        .keys()
+        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.iter().any(|hop| *hop == name));
+    if !any {
+        return info;
+    }
     // Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -94,22 +101,37 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
     headers.append(header::VIA, value);
 }
 
-/// Sets `X-Forwarded-For` (appending the client), `-Proto` and `-Host`.
+/// The client address as a header value, made once per connection.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    // An IP address always prints as a valid header value.
+    HeaderValue::from_str(&client.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Sets `X-Forwarded-For` (appending the client to every prior entry), `-Proto` and `-Host`.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let client = client.to_canonical().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client,
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let value = if prior.peek().is_none() {
+        // The common case: no copy, no allocation.
+        client.clone()
+    } else {
+        let mut joined: Vec<u8> = Vec::with_capacity(64);
+        for v in prior {
+            let v = v.as_bytes().trim_ascii();
+            if !v.is_empty() {
+                joined.extend_from_slice(v);
+                joined.extend_from_slice(b", ");
+            }
+        }
+        joined.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
-        // Several prior lines fold into the one value above.
-        headers.insert(&X_FORWARDED_FOR, value);
-    }
+    headers.insert(&X_FORWARDED_FOR, value);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
         Some(host) => {
@@ -166,10 +188,10 @@ fn next_random() -> u64 {
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
-    let words = [next_random(), next_random()];
-    for (i, byte) in out.iter_mut().enumerate() {
-        let word = words[i / 16];
-        *byte = HEX[((word >> ((i % 16) * 4)) & 0xf) as usize];
+    let mut bits = u128::from(next_random()) << 64 | u128::from(next_random());
+    for byte in &mut out {
+        *byte = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
     }
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
@@ -203,13 +225,18 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static(" 10.0.0.2 "));
+        let client = client_value("127.0.0.1".parse().unwrap());
         set_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &client,
             "http",
             Some(&HeaderValue::from_static("a.com")),
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+        let mut fresh = HeaderMap::new();
+        set_forwarded(&mut fresh, &client, "http", None);
+        assert_eq!(fresh["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.com");
     }

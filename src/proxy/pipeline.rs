@@ -28,6 +28,8 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     /// State shared with the connection's I/O.
     pub conn: Arc<crate::server::conn::ConnShared>,
+    /// The client address as `X-Forwarded-For` writes it, made once per connection.
+    pub client_value: HeaderValue,
 }
 
 /// Serves one request; never fails (errors become JSON responses).
@@ -52,7 +54,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         .then(|| head.uri.path().to_owned());
 
     let outcome = match snap.listener(&conn.listener) {
-        Some(listener) => run(shared, conn, listener, &mut ctx, head, body).await,
+        Some(listener) => run(conn, listener, &mut ctx, head, body).await,
         // The listener was removed by a reload; this connection is draining.
         None => (Err(ProxyError::NoRoute), None),
     };
@@ -103,7 +105,6 @@ fn finish<'a>(
 }
 
 async fn run<'s>(
-    shared: &Shared,
     conn: &ConnInfo,
     listener: &'s Listener,
     ctx: &mut RequestCtx,
@@ -207,7 +208,7 @@ async fn run<'s>(
                 None => std::borrow::Cow::Borrowed(&*normal),
             };
             let result = forward::forward(
-                shared,
+                &conn.client_value,
                 ctx,
                 upstream,
                 route.timeout,
@@ -262,31 +263,32 @@ pub(crate) fn decode(
             limit: limits.max_uri_length,
         });
     }
-    let head_size: usize = head
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if head_size + target_len > limits.max_header_size {
+    // One pass over the fields: size, Host count, Transfer-Encoding.
+    let mut head_size = target_len;
+    let mut host_header = None;
+    let mut hosts = 0;
+    let mut te_fields = 0;
+    let mut te_chunked = true;
+    for (name, value) in &head.headers {
+        head_size += name.as_str().len() + value.len() + 4;
+        if name == header::HOST {
+            hosts += 1;
+            host_header = Some(value);
+        } else if name == header::TRANSFER_ENCODING {
+            te_fields += 1;
+            te_chunked = value.as_bytes().eq_ignore_ascii_case(b"chunked");
+        }
+    }
+    if head_size > limits.max_header_size {
         return Err(ProxyError::HeadersTooLarge {
             limit: limits.max_header_size,
         });
     }
     // RFC 9112 §6.1: only `chunked` is forwarded faithfully; anything else is refused.
-    if let Some(te) = head.headers.get(header::TRANSFER_ENCODING)
-        && (head
-            .headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .count()
-            > 1
-            || !te.as_bytes().eq_ignore_ascii_case(b"chunked"))
-    {
+    if te_fields > 1 || (te_fields == 1 && !te_chunked) {
         return Err(ProxyError::BadRequest("unsupported transfer-encoding"));
     }
-    let mut hosts = head.headers.get_all(header::HOST).iter();
-    let host_header = hosts.next();
-    if hosts.next().is_some() {
+    if hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     let authority = head.uri.authority().map(|a| a.as_str());

@@ -181,6 +181,7 @@ async fn accept_loop(
             client,
             listener: Arc::clone(&name),
             conn: Arc::default(),
+            client_value: crate::proxy::headers::client_value(client.ip()),
         };
         let served = conn::serve(
             Arc::clone(&shared),
