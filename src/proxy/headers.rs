@@ -47,7 +47,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> HopInfo 
     // Most messages carry none of these: one pass over the names instead of eight lookups.
     let any = headers
         .keys()
-        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.iter().any(|hop| *hop == name));
+        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.contains(&name));
     if !any {
         return info;
     }
