@@ -66,6 +66,8 @@ pub async fn forward(
     let wants_upgrade =
         client_version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE);
     let hop = strip_hop_by_hop(&mut head.headers, wants_upgrade);
+    // Room for the fields added below, so the map grows once rather than field by field.
+    head.headers.reserve(6);
     let upgrade = wants_upgrade && hop.connection_upgrade;
     if upgrade {
         head.headers
