@@ -67,7 +67,9 @@ pub fn serve(
         async move {
             state.info.conn.started.fetch_add(1, Ordering::Relaxed);
             state.info.conn.busy.fetch_add(1, Ordering::Relaxed);
-            let response = handle(&state.shared, &state.info, req).await;
+            // Boxed: hyper keeps room for one request future in every connection, idle or
+            // not; a box makes that room a pointer instead of a few KiB.
+            let response = Box::pin(handle(&state.shared, &state.info, req)).await;
             state.info.conn.busy.fetch_sub(1, Ordering::Relaxed);
             Ok::<_, Infallible>(response)
         }
@@ -268,3 +270,4 @@ impl AsyncWrite for IdleIo {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
