@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod discovery;
 mod edge;
 mod proxy;
 mod reload;
