@@ -59,7 +59,32 @@ async fn reload_swaps_config_and_keeps_connections_and_pools() {
     assert_eq!(client.get("x", "/through").await.status, 200);
     let pooled_peer = a.last().peer;
 
+    // An HTTP/2 connection opened before the reload.
+    let h2_stream = tokio::net::TcpStream::connect(&web).await.unwrap();
+    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2_stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(h2_conn);
+    let h2_get =
+        |h2: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>| {
+            h2.send_request(
+                http::Request::get("http://x/version")
+                    .body(http_body_util::Empty::new())
+                    .unwrap(),
+            )
+        };
+    let reply = crate::support::client::read(h2_get(&mut h2).await.unwrap()).await;
+    assert_eq!(reply.body, "v1");
+
     assert!(gw.reload(&v2), "{}", gw.log_text());
+    let reply = crate::support::client::read(h2_get(&mut h2).await.unwrap()).await;
+    assert_eq!(
+        reply.body, "v2",
+        "the h2 connection survived and sees the new config"
+    );
     // Same client connection, new config.
     assert_eq!(client.get("x", "/version").await.body, "v2");
     // Same upstream connection: the pool survived.
