@@ -72,7 +72,8 @@ pub async fn forward(
     if upgrade {
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if wants_upgrade {
+        // Upgrade without `Connection: upgrade` is not an upgrade (RFC 9110 §7.8).
         head.headers.remove(header::UPGRADE);
     }
     if hop.te_trailers {
