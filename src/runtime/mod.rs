@@ -1,6 +1,6 @@
 //! The compiled config: immutable tables the request path reads without locks.
 //!
-//! [`compile`] turns a [`Spec`](crate::config::Spec) into a [`Snapshot`] or into every
+//! [`compile()`] turns a [`Spec`] into a [`Snapshot`] or into every
 //! diagnostic it finds. A running portico holds one snapshot in an `ArcSwap`; a reload
 //! compiles the next one and swaps it in, and each request keeps the snapshot it started with.
 
