@@ -47,6 +47,9 @@ enum Command {
         /// Extra request headers, `Name: value`.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// The client address, for balancers that hash it.
+        #[arg(long, default_value = "127.0.0.1")]
+        client: std::net::IpAddr,
     },
     /// Prints the version and build features.
     Version,
@@ -88,6 +91,7 @@ pub fn run() -> ExitCode {
             method,
             url,
             headers,
+            client,
         } => {
             let snap = match compile(&config) {
                 Ok(s) => s,
@@ -99,7 +103,10 @@ pub fn run() -> ExitCode {
                 }
             };
             let question = match question(&method, &url, &headers) {
-                Ok(q) => q,
+                Ok(mut q) => {
+                    q.client = client;
+                    q
+                }
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
@@ -118,7 +125,10 @@ pub fn run() -> ExitCode {
         }
         Command::Version => {
             println!("portico {}", env!("CARGO_PKG_VERSION"));
-            println!("features: http1 h2c round_robin least_request");
+            println!(
+                "features: http1 h2c balance(round_robin least_request random p2c_ewma ring_hash maglev ip_hash) \
+                 health(active passive) retries circuit_breaker"
+            );
             ExitCode::SUCCESS
         }
     }
@@ -160,6 +170,7 @@ fn question<'a>(
         method,
         url,
         headers: map,
+        client: std::net::IpAddr::from([127, 0, 0, 1]),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod health;
 pub mod observe;
 pub mod plugins;
 pub mod pool;

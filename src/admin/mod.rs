@@ -79,6 +79,16 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     match path {
         "/metrics" => {
+            // Health is read at scrape time, so the gauge is exact whatever changed it.
+            for upstream in &snap.upstreams {
+                for target in &upstream.targets {
+                    shared.metrics.target_healthy(
+                        &upstream.name,
+                        &target.address,
+                        target.health.available(),
+                    );
+                }
+            }
             let mut response = Response::new(Body::full(shared.metrics.encode()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -108,22 +118,35 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 .and_then(|rest| rest.strip_suffix("/targets"))
                 && let Some(upstream) = snap.upstream(name)
             {
+                let balancer = &upstream.balancer;
                 let targets: Vec<_> = upstream
                     .targets
                     .iter()
-                    .map(|t| {
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let weight = balancer.weights.get(i).copied().unwrap_or(1);
                         serde_json::json!({
                             "address": t.address,
                             "resolved": t.addrs.load().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                            "healthy": t.health.available(),
+                            "active_check_up": t.health.active_up(),
+                            "ejected_for_ms": t.health.ejected_for_ms(),
                             "in_flight": t.inflight.load(Ordering::Relaxed),
+                            "open_connections": t.open.load(Ordering::Relaxed),
                             "idle_connections": t.idle_count(),
+                            "ewma_ms": t.health.ewma_us() as f64 / 1000.0,
+                            "weight": weight,
+                            "effective_weight": f64::from(weight) * t.health.warmth(balancer.slow_start),
                         })
                     })
                     .collect();
-                return json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "upstream": name, "targets": targets }),
-                );
+                let body = serde_json::json!({
+                    "upstream": name,
+                    "balance": balancer.name(),
+                    "in_flight": upstream.state.inflight.load(Ordering::Relaxed),
+                    "targets": targets,
+                });
+                return json(StatusCode::OK, &body);
             }
             error_response(
                 StatusCode::NOT_FOUND,

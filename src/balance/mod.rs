@@ -1,17 +1,25 @@
 //! Stage `select`: which target of an upstream gets the request.
 //!
-//! Every algorithm is lock-free on the request path. Smooth weighted round robin is computed
-//! once per config into a fixed sequence (the order nginx's algorithm produces), and a request
-//! takes the next slot with one atomic add.
+//! Every algorithm is lock-free on the request path and skips targets that health checks or
+//! outlier detection took out. Smooth weighted round robin is computed once per config into a
+//! fixed sequence (the order nginx's algorithm produces), and a request takes the next slot with
+//! one atomic add. Consistent hashing (`ring_hash`, `maglev`, `ip_hash`) is a binary search or a
+//! table index. `p2c_ewma` compares two random targets by latency EWMA × load.
 
+pub mod hash;
+
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use hash::{HashKey, PickCtx};
 
 use crate::pool::TargetState;
 
 /// A compiled balancing algorithm over an upstream's targets.
 #[derive(Debug)]
-pub enum Balancer {
+pub enum Algorithm {
     /// Smooth weighted round robin: `sequence` holds target indexes for one full cycle.
     RoundRobin {
         /// One cycle of picks.
@@ -21,11 +29,40 @@ pub enum Balancer {
     },
     /// Fewest in-flight requests per unit of weight; ties go round robin.
     LeastRequest {
-        /// Weight of each target.
-        weights: Vec<u32>,
         /// Tie breaker.
         next: AtomicUsize,
     },
+    /// Weighted random.
+    Random,
+    /// Power of two choices over peak-EWMA latency × (in-flight + 1) / weight.
+    P2cEwma,
+    /// Consistent hashing on a weighted ring.
+    RingHash {
+        /// The ring.
+        ring: hash::Ring,
+        /// What is hashed.
+        key: HashKey,
+    },
+    /// Maglev consistent hashing.
+    Maglev {
+        /// The lookup table.
+        table: hash::Maglev,
+        /// What is hashed.
+        key: HashKey,
+    },
+}
+
+/// An upstream's balancer: algorithm, weights, slow start and what to do when all are down.
+#[derive(Debug)]
+pub struct Balancer {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// Target weights, indexed like the targets.
+    pub weights: Vec<u32>,
+    /// Ramp for targets that (re)join; zero = none.
+    pub slow_start: Duration,
+    /// When every target is out, spread over all of them instead of answering 503.
+    pub panic: bool,
 }
 
 /// Largest sum of (reduced) weights, so one cycle stays small.
@@ -66,21 +103,95 @@ pub fn smooth_sequence(weights: &[u32]) -> Option<Vec<u32>> {
     Some(sequence)
 }
 
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5eed);
+    h.finish() | 1
+}
+
+/// A fast per-thread pseudo-random number (SplitMix64); for spreading load, not for secrets.
+pub fn random_u64() -> u64 {
+    RNG.with(|cell| {
+        let mut z = cell.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        cell.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+/// `true` with probability `p`.
+pub fn chance(p: f64) -> bool {
+    p >= 1.0 || ((random_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+}
+
 impl Balancer {
-    /// Picks a target index, or `None` when there are no targets.
-    pub fn select(&self, targets: &[Arc<TargetState>]) -> Option<usize> {
-        self.pick(targets, true)
+    /// Picks a target for a request, skipping unavailable ones and those in `exclude` (already
+    /// tried). `None` when nothing is left (the caller answers 503).
+    pub fn select(
+        &self,
+        targets: &[Arc<TargetState>],
+        ctx: &PickCtx<'_>,
+        exclude: &[usize],
+    ) -> Option<usize> {
+        self.pick(targets, ctx, exclude, true)
     }
 
     /// The target [`Balancer::select`] would pick now, without moving on (for `explain`).
-    pub fn peek(&self, targets: &[Arc<TargetState>]) -> Option<usize> {
-        self.pick(targets, false)
+    pub fn peek(&self, targets: &[Arc<TargetState>], ctx: &PickCtx<'_>) -> Option<usize> {
+        self.pick(targets, ctx, &[], false)
     }
 
-    fn pick(&self, targets: &[Arc<TargetState>], advance: bool) -> Option<usize> {
+    /// The algorithm's config name.
+    pub fn name(&self) -> &'static str {
+        match &self.algorithm {
+            Algorithm::RoundRobin { .. } => "round_robin",
+            Algorithm::LeastRequest { .. } => "least_request",
+            Algorithm::Random => "random",
+            Algorithm::P2cEwma => "p2c_ewma",
+            Algorithm::RingHash { .. } => "ring_hash",
+            Algorithm::Maglev { .. } => "maglev",
+        }
+    }
+
+    fn pick(
+        &self,
+        targets: &[Arc<TargetState>],
+        ctx: &PickCtx<'_>,
+        exclude: &[usize],
+        advance: bool,
+    ) -> Option<usize> {
         if targets.is_empty() {
             return None;
         }
+        let healthy = |i: usize| !exclude.contains(&i) && targets[i].health.available();
+        if (0..targets.len()).any(healthy) {
+            self.pick_among(targets, ctx, advance, &healthy)
+        } else if self.panic {
+            // Panic mode: every target is out, so health is ignored rather than failing all.
+            let untried = |i: usize| !exclude.contains(&i);
+            self.pick_among(targets, ctx, advance, &untried)
+        } else {
+            None
+        }
+    }
+
+    fn warmth(&self, target: &TargetState) -> f64 {
+        target.health.warmth(self.slow_start)
+    }
+
+    fn pick_among(
+        &self,
+        targets: &[Arc<TargetState>],
+        ctx: &PickCtx<'_>,
+        advance: bool,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let step = |next: &AtomicUsize| {
             if advance {
                 next.fetch_add(1, Ordering::Relaxed)
@@ -88,66 +199,78 @@ impl Balancer {
                 next.load(Ordering::Relaxed)
             }
         };
-        match self {
-            Balancer::RoundRobin { sequence, next } => {
-                let slot = step(next) % sequence.len();
-                Some(sequence[slot] as usize)
-            }
-            Balancer::LeastRequest { weights, next } => {
-                let start = step(next) % targets.len();
-                let mut best = start;
-                let mut best_load = f64::MAX;
-                for offset in 0..targets.len() {
-                    let i = (start + offset) % targets.len();
-                    let load = targets[i].inflight.load(Ordering::Relaxed) as f64
-                        / f64::from(weights[i].max(1));
-                    if load < best_load {
-                        best = i;
-                        best_load = load;
+        let weight = |i: usize| f64::from(self.weights[i].max(1)) * self.warmth(&targets[i]);
+        match &self.algorithm {
+            Algorithm::RoundRobin { sequence, next } => {
+                // A slot whose target is out (or still warming up, by chance) passes to the next.
+                for _ in 0..sequence.len() {
+                    let t = sequence[step(next) % sequence.len()] as usize;
+                    if usable(t) && (!advance || chance(self.warmth(&targets[t]))) {
+                        return Some(t);
+                    }
+                    if !advance {
+                        break;
                     }
                 }
-                Some(best)
+                (0..targets.len()).find(|&i| usable(i))
             }
+            Algorithm::LeastRequest { next } => {
+                let start = step(next) % targets.len();
+                (0..targets.len())
+                    .map(|offset| (start + offset) % targets.len())
+                    .filter(|&i| usable(i))
+                    .min_by(|&a, &b| {
+                        let cost = |i: usize| {
+                            (targets[i].inflight.load(Ordering::Relaxed) as f64 + 1.0) / weight(i)
+                        };
+                        cost(a).total_cmp(&cost(b))
+                    })
+            }
+            Algorithm::Random => self.random(targets.len(), usable, &weight),
+            Algorithm::P2cEwma => {
+                let a = self.random(targets.len(), usable, &weight)?;
+                let b = self
+                    .random(targets.len(), &|i| usable(i) && i != a, &weight)
+                    .unwrap_or(a);
+                let cost = |i: usize| {
+                    // No sample yet: assume 1 ms, so new targets get tried.
+                    let ewma = match targets[i].health.ewma_us() {
+                        0 => 1_000.0,
+                        us => us as f64,
+                    };
+                    ewma * (targets[i].inflight.load(Ordering::Relaxed) as f64 + 1.0) / weight(i)
+                };
+                Some(if cost(b) < cost(a) { b } else { a })
+            }
+            Algorithm::RingHash { ring, key } => ring.pick(key.hash(ctx), usable),
+            Algorithm::Maglev { table, key } => table.pick(key.hash(ctx), usable),
         }
+    }
+
+    /// A weighted random usable target.
+    fn random(
+        &self,
+        n: usize,
+        usable: &dyn Fn(usize) -> bool,
+        weight: &dyn Fn(usize) -> f64,
+    ) -> Option<usize> {
+        let total: f64 = (0..n).filter(|&i| usable(i)).map(weight).sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut r = (random_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let mut last = None;
+        for i in (0..n).filter(|&i| usable(i)) {
+            let w = weight(i);
+            if r < w {
+                return Some(i);
+            }
+            r -= w;
+            last = Some(i);
+        }
+        last
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn nginx_order() {
-        // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
-        assert_eq!(
-            smooth_sequence(&[5, 1, 1]).unwrap(),
-            vec![0, 0, 1, 0, 2, 0, 0]
-        );
-        assert_eq!(smooth_sequence(&[2, 4]).unwrap(), vec![1, 0, 1]);
-        assert!(smooth_sequence(&[0, 0]).is_none());
-        assert!(smooth_sequence(&[u32::MAX, 1]).is_none());
-    }
-
-    proptest! {
-        /// Each target appears exactly weight/gcd times per cycle, and no window of the cycle
-        /// starves a target for longer than its fair gap.
-        #[test]
-        fn weights_hold(weights in prop::collection::vec(1u32..50, 1..6)) {
-            let seq = smooth_sequence(&weights).unwrap();
-            let g = weights.iter().fold(0u32, |a, &b| { let (mut x, mut y) = (a, b); while y != 0 { (x, y) = (y, x % y); } x });
-            for (i, &w) in weights.iter().enumerate() {
-                let count = seq.iter().filter(|&&t| t as usize == i).count();
-                prop_assert_eq!(count as u32, w / g);
-            }
-            let total = seq.len();
-            for (i, &w) in weights.iter().enumerate() {
-                let share = (w / g) as usize;
-                let positions: Vec<usize> = seq.iter().enumerate().filter(|(_, t)| **t as usize == i).map(|(p, _)| p).collect();
-                for pair in positions.windows(2) {
-                    prop_assert!(pair[1] - pair[0] <= 2 * total / share + 1);
-                }
-            }
-        }
-    }
-}
+mod tests;

@@ -220,9 +220,126 @@ pub struct RouteSpec {
     /// Path rewrite before forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteSpec>,
-    /// Whole-request timeout (to the response head).
+    /// Whole-request timeout (to the response head), across every try.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Dur>,
+    /// Retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Copies of a share of the requests, sent to another upstream and discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSpec>,
+}
+
+/// `mirror:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// Where copies go.
+    pub upstream: At<String>,
+    /// Share of requests copied, 0–100.
+    #[serde(default = "hundred")]
+    pub percent: At<f64>,
+}
+
+fn hundred() -> At<f64> {
+    At {
+        pos: Default::default(),
+        value: 100.0,
+    }
+}
+
+/// `retry:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Most tries in all, the first included.
+    pub attempts: At<u32>,
+    /// What is retried: `connect_failure`, `reset`, `timeout`, or status codes.
+    #[serde(default = "retry_on_default")]
+    pub on: Vec<At<RetryOnSpec>>,
+    /// Time allowed for each try (to the response head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Dur>,
+    /// Wait before retry n: a random time up to `min(max, base × 2^n)`.
+    #[serde(default = "backoff_base")]
+    pub backoff: Dur,
+    /// Cap of the backoff.
+    #[serde(default = "backoff_max")]
+    pub max_backoff: Dur,
+    /// Retries may add at most this percentage of the upstream's requests (per second)…
+    #[serde(default = "twenty")]
+    pub budget_percent: u32,
+    /// …but at least this many retries per second are always allowed.
+    #[serde(default = "three")]
+    pub budget_min: u32,
+    /// Retry non-idempotent methods (POST, PATCH) too.
+    #[serde(default)]
+    pub non_idempotent: bool,
+}
+
+/// One `on:` entry: a condition word or a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RetryOnSpec {
+    /// A named condition.
+    Condition(RetryCondition),
+    /// A response status.
+    Status(u16),
+}
+
+impl<'de> Deserialize<'de> for RetryOnSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if let Ok(code) = text.parse::<u16>() {
+            return if (100..=599).contains(&code) {
+                Ok(RetryOnSpec::Status(code))
+            } else {
+                Err(serde::de::Error::custom(
+                    "a retry status must be between 100 and 599",
+                ))
+            };
+        }
+        match text.as_str() {
+            "connect_failure" => Ok(RetryOnSpec::Condition(RetryCondition::ConnectFailure)),
+            "reset" => Ok(RetryOnSpec::Condition(RetryCondition::Reset)),
+            "timeout" => Ok(RetryOnSpec::Condition(RetryCondition::Timeout)),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown retry condition `{other}`, expected connect_failure, reset, timeout or a status code"
+            ))),
+        }
+    }
+}
+
+/// Named retry conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryCondition {
+    /// The connection could not be made.
+    ConnectFailure,
+    /// The connection broke before a response head arrived.
+    Reset,
+    /// The try timed out.
+    Timeout,
+}
+
+fn retry_on_default() -> Vec<At<RetryOnSpec>> {
+    vec![At {
+        pos: Default::default(),
+        value: RetryOnSpec::Condition(RetryCondition::ConnectFailure),
+    }]
+}
+
+fn backoff_base() -> Dur {
+    Dur(std::time::Duration::from_millis(25))
+}
+
+fn backoff_max() -> Dur {
+    Dur(std::time::Duration::from_millis(250))
+}
+
+fn twenty() -> u32 {
+    20
 }
 
 /// `match:` of a route.
@@ -253,6 +370,9 @@ pub struct MatchSpec {
     /// Query parameters that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query: BTreeMap<String, String>,
+    /// Cookies that must be present with exactly these values (cookie-based canaries).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cookies: BTreeMap<String, String>,
 }
 
 /// One arm of `split:`.
@@ -344,6 +464,179 @@ pub struct UpstreamSpec {
     /// Keep-alive pool.
     #[serde(default)]
     pub pool: PoolSpec,
+    /// What `ring_hash` and `maglev` hash: `client_ip` (default), `path`, `header:NAME`,
+    /// `cookie:NAME`, `query:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<At<String>>,
+    /// A target that joins (or recovers) ramps its weight up over this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<Dur>,
+    /// Sticky sessions by cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickySpec>,
+    /// Active and passive health checking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Limits that answer 503 instead of piling load on the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+}
+
+/// `sticky:` of an upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySpec {
+    /// Cookie name.
+    pub cookie: At<String>,
+    /// Cookie lifetime.
+    #[serde(default = "hour")]
+    pub ttl: Dur,
+}
+
+fn hour() -> Dur {
+    Dur(std::time::Duration::from_secs(3600))
+}
+
+/// `health_check:` of an upstream.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// Probes on a timer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveCheckSpec>,
+    /// Outlier detection from live traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveCheckSpec>,
+    /// When every target is out: spread over all of them (`true`) or answer 503 (`false`).
+    #[serde(default)]
+    pub panic: bool,
+}
+
+/// `health_check.active:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveCheckSpec {
+    /// `http` (default) or `tcp`.
+    #[serde(default, rename = "type")]
+    pub kind: CheckType,
+    /// Path for HTTP checks.
+    #[serde(default = "slash")]
+    pub path: String,
+    /// Method for HTTP checks.
+    #[serde(default = "get")]
+    pub method: At<String>,
+    /// Accepted statuses, like `200-399` (the default) or `200`.
+    #[serde(default = "ok_range")]
+    pub expect_status: At<String>,
+    /// A string the body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// Time between checks.
+    #[serde(default = "five_seconds")]
+    pub interval: Dur,
+    /// Time allowed for a check.
+    #[serde(default = "one_second")]
+    pub timeout: Dur,
+    /// Consecutive successes to come back.
+    #[serde(default = "two")]
+    pub healthy: u32,
+    /// Consecutive failures to go out.
+    #[serde(default = "three")]
+    pub unhealthy: u32,
+    /// Up to this much random delay is added to each interval.
+    #[serde(default)]
+    pub jitter: Dur,
+}
+
+/// `type:` of an active check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckType {
+    /// An HTTP request.
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `health_check.passive:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveCheckSpec {
+    /// Eject after this many consecutive failures (0 = off).
+    pub consecutive_failures: u32,
+    /// Eject when this percentage of requests in `window` failed (0 = off).
+    pub error_rate: u32,
+    /// …with at least this many requests in the window.
+    pub min_requests: u32,
+    /// Error-rate window.
+    pub window: Dur,
+    /// First ejection; doubles with each ejection in a row.
+    pub eject_for: Dur,
+    /// Longest ejection.
+    pub max_eject: Dur,
+    /// Most targets ejected at once, in percent of the upstream's targets.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for PassiveCheckSpec {
+    fn default() -> Self {
+        PassiveCheckSpec {
+            consecutive_failures: 5,
+            error_rate: 0,
+            min_requests: 20,
+            window: Dur(std::time::Duration::from_secs(10)),
+            eject_for: Dur(std::time::Duration::from_secs(30)),
+            max_eject: Dur(std::time::Duration::from_secs(300)),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `circuit_breaker:` of an upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    /// Most requests in flight to the upstream at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<usize>,
+    /// Most open connections to the upstream (all targets and workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+}
+
+fn slash() -> String {
+    "/".to_owned()
+}
+
+fn get() -> At<String> {
+    At {
+        pos: Default::default(),
+        value: "GET".to_owned(),
+    }
+}
+
+fn ok_range() -> At<String> {
+    At {
+        pos: Default::default(),
+        value: "200-399".to_owned(),
+    }
+}
+
+fn five_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+
+fn one_second() -> Dur {
+    Dur(std::time::Duration::from_secs(1))
+}
+
+fn two() -> u32 {
+    2
+}
+
+fn three() -> u32 {
+    3
 }
 
 fn connect_timeout() -> Dur {
@@ -363,6 +656,16 @@ pub enum BalanceSpec {
     RoundRobin,
     /// Fewest requests in flight, relative to weight.
     LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Power of two random choices by latency EWMA × load.
+    P2cEwma,
+    /// Consistent hashing on a ring, by `hash_key`.
+    RingHash,
+    /// Maglev consistent hashing, by `hash_key`.
+    Maglev,
+    /// Consistent hashing by client IP.
+    IpHash,
 }
 
 /// `protocol:` of an upstream.

@@ -40,6 +40,15 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+/// Labels keyed by upstream and target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// Upstream name.
+    pub upstream: String,
+    /// Target address as configured.
+    pub target: String,
+}
+
 /// Labels of `portico_config_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -62,6 +71,7 @@ pub struct Metrics {
     durations: HistogramFamily<DurationLabels>,
     connections: Family<ListenerLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
+    healthy: Family<TargetLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -95,12 +105,20 @@ impl Metrics {
             "Config reloads by result",
             reloads.clone(),
         );
+        let healthy = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "upstream_target_healthy",
+            "1 when the target takes traffic (active checks up, not ejected)",
+            healthy.clone(),
+        );
+
         Metrics {
             registry,
             requests,
             durations,
             connections,
             reloads,
+            healthy,
         }
     }
 
@@ -154,6 +172,16 @@ impl Metrics {
                 listener: listener.to_owned(),
             })
             .clone()
+    }
+
+    /// Sets a target's health gauge.
+    pub fn target_healthy(&self, upstream: &str, target: &str, healthy: bool) {
+        self.healthy
+            .get_or_create(&TargetLabels {
+                upstream: upstream.to_owned(),
+                target: target.to_owned(),
+            })
+            .set(i64::from(healthy));
     }
 
     /// Counts a reload attempt.

@@ -50,6 +50,10 @@ pub struct TargetState {
     pub addrs: ArcSwap<Vec<SocketAddr>>,
     /// Requests in flight to this target.
     pub inflight: AtomicUsize,
+    /// Open connections to this target (all workers).
+    pub open: Arc<AtomicUsize>,
+    /// Health, ejection, slow start and latency.
+    pub health: crate::health::TargetHealth,
     next_addr: AtomicUsize,
     idle: Box<[Mutex<Vec<Idle>>]>,
     shared_h2: Box<[Mutex<Option<http2::SendRequest<Body>>>]>,
@@ -125,6 +129,8 @@ impl TargetState {
             address: address.to_owned(),
             addrs: ArcSwap::from_pointee(addrs),
             inflight: AtomicUsize::new(0),
+            open: Arc::default(),
+            health: crate::health::TargetHealth::default(),
             next_addr: AtomicUsize::new(0),
             idle: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
             shared_h2: (0..slots).map(|_| Mutex::new(None)).collect(),
@@ -170,10 +176,12 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
+        let open = OpenConn::new(&self.open);
         tokio::spawn(async move {
             if let Err(err) = conn.with_upgrades().await {
                 tracing::debug!(error = %err, "upstream connection ended");
             }
+            drop(open);
         });
         Ok(Conn::H1(self.checkin(worker, sender, settings)))
     }
@@ -228,10 +236,12 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
+        let open = OpenConn::new(&self.open);
         tokio::spawn(async move {
             if let Err(err) = conn.await {
                 tracing::debug!(error = %err, "upstream h2 connection ended");
             }
+            drop(open);
         });
         if let Some(slot) = self.shared_h2.get(worker)
             && let Ok(mut shared) = slot.lock()
@@ -266,10 +276,62 @@ impl TargetState {
     }
 }
 
+/// Counts one open connection for as long as it lives.
+struct OpenConn(Arc<AtomicUsize>);
+
+impl OpenConn {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        OpenConn(Arc::clone(count))
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Every target's state, keyed by upstream name and address; shared across reloads.
 #[derive(Debug, Default)]
 pub struct Registry {
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+    upstreams: Mutex<HashMap<String, Arc<UpstreamState>>>,
+}
+
+/// Live state of one upstream (all its targets), kept across reloads.
+#[derive(Debug, Default)]
+pub struct UpstreamState {
+    /// Requests in flight to the upstream.
+    pub inflight: AtomicUsize,
+    budget_second: std::sync::atomic::AtomicU64,
+    budget_requests: std::sync::atomic::AtomicU32,
+    budget_retries: std::sync::atomic::AtomicU32,
+}
+
+impl UpstreamState {
+    fn roll(&self) {
+        let second = crate::health::now_ms() / 1000;
+        if self.budget_second.swap(second, Ordering::Relaxed) != second {
+            self.budget_requests.store(0, Ordering::Relaxed);
+            self.budget_retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a first try, for the retry budget.
+    pub fn count_request(&self) {
+        self.roll();
+        self.budget_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from this second's budget: `percent` of this second's requests, but
+    /// at least `min`. `false` when the budget is spent.
+    pub fn take_retry(&self, percent: u32, min: u32) -> bool {
+        self.roll();
+        let requests = self.budget_requests.load(Ordering::Relaxed);
+        let allowed = (requests.saturating_mul(percent) / 100).max(min);
+        self.budget_retries.fetch_add(1, Ordering::Relaxed) < allowed
+    }
 }
 
 impl Registry {
@@ -281,13 +343,28 @@ impl Registry {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let had_targets = targets.keys().any(|(u, _)| u == upstream);
         Arc::clone(targets.entry(key).or_insert_with(|| {
             let addrs = address
                 .parse::<SocketAddr>()
                 .map(|a| vec![a])
                 .unwrap_or_default();
-            Arc::new(TargetState::new(address, addrs))
+            let state = TargetState::new(address, addrs);
+            if had_targets {
+                // Added by a reload: a slow start ramps it up (when configured).
+                state.health.joined();
+            }
+            Arc::new(state)
         }))
+    }
+
+    /// The live state of upstream `name`, made on first use.
+    pub fn upstream(&self, name: &str) -> Arc<UpstreamState> {
+        let mut upstreams = match self.upstreams.lock() {
+            Ok(u) => u,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(upstreams.entry(name.to_owned()).or_default())
     }
 
     /// Forgets targets that no config refers to any more.

@@ -43,6 +43,14 @@ pub enum ProxyError {
         /// The upstream's name.
         upstream: String,
     },
+    /// The upstream's circuit breaker is open (too many requests or connections).
+    #[error("upstream `{upstream}` is at its {limit} limit")]
+    CircuitOpen {
+        /// The upstream's name.
+        upstream: String,
+        /// Which limit: `max_requests` or `max_connections`.
+        limit: &'static str,
+    },
     /// The TCP connection to the target could not be made.
     #[error("connecting to upstream `{upstream}` target {target} failed")]
     Connect {
@@ -95,7 +103,9 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoTarget { .. } | ProxyError::CircuitOpen { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -114,6 +124,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::NoTarget { .. } => "no_healthy_target",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::Upstream { .. } => "upstream_failed",
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => "upstream_timeout",

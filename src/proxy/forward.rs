@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -16,8 +16,10 @@ use super::body::Body;
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::headers::{X_REQUEST_ID, append_via, set_forwarded, strip_hop_by_hop};
+use crate::balance::PickCtx;
+use crate::health::Outcome;
 use crate::pool::{Checkin, Conn, TargetState};
-use crate::runtime::Upstream;
+use crate::runtime::{RetryPolicy, Route, Upstream};
 
 /// Where the request goes on the upstream side.
 #[derive(Debug)]
@@ -32,34 +34,107 @@ pub struct Target<'a> {
     pub original: Option<&'a PathAndQuery>,
 }
 
-struct Inflight<'a>(&'a TargetState);
+struct Inflight<'a>(&'a std::sync::atomic::AtomicUsize);
 
-impl Drop for Inflight<'_> {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+impl<'a> Inflight<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Inflight(count)
     }
 }
 
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Request methods that are safe to send twice (RFC 9110 §9.2.2).
+fn idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// Why one try failed, as `retry.on` names it.
+fn condition(err: &ProxyError) -> Condition {
+    match err {
+        ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => Condition::ConnectFailure,
+        ProxyError::Timeout { .. } => Condition::Timeout,
+        ProxyError::Upstream { .. } => Condition::Reset,
+        _ => Condition::Other,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Other,
+}
+
+/// The sticky cookie value for a target: a stable hash of its address.
+fn sticky_value(target: &TargetState) -> String {
+    format!(
+        "{:016x}",
+        crate::balance::hash::hash64(target.address.as_bytes())
+    )
+}
+
 /// Forwards one request to `upstream` and returns the response to send back.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     client_value: &HeaderValue,
     ctx: &mut RequestCtx,
     upstream: &Arc<Upstream>,
-    timeout: Option<Duration>,
+    route: &Route,
     mut head: http::request::Parts,
     body: Incoming,
     target: Target<'_>,
 ) -> Result<Response<Body>, ProxyError> {
-    // select
-    let index =
+    // Circuit breaker: refuse rather than queue when the upstream is at its limit.
+    if let Some(max) = upstream.max_requests
+        && upstream.state.inflight.load(Ordering::Relaxed) >= max
+    {
+        return Err(ProxyError::CircuitOpen {
+            upstream: upstream.name.to_string(),
+            limit: "max_requests",
+        });
+    }
+    let _upstream_inflight = Inflight::new(&upstream.state.inflight);
+    upstream.state.count_request();
+
+    // What the balancer may look at, before the head is rewritten for the hop.
+    let pick_ctx_client = ctx.client.ip();
+    let sticky_target = upstream.sticky.as_ref().and_then(|(cookie, _)| {
+        let value = crate::balance::hash::cookie(&head.headers, cookie)?;
         upstream
-            .balancer
-            .select(&upstream.targets)
-            .ok_or_else(|| ProxyError::NoTarget {
-                upstream: upstream.name.to_string(),
-            })?;
-    let state = &upstream.targets[index];
-    ctx.target = Some(Arc::clone(state));
+            .targets
+            .iter()
+            .position(|t| t.health.available() && sticky_value(t) == value)
+    });
+    let first = {
+        let pick = PickCtx {
+            client: pick_ctx_client,
+            headers: &head.headers,
+            path: target.path,
+            query: target.query,
+        };
+        match sticky_target {
+            Some(t) => Some(t),
+            None => upstream.balancer.select(&upstream.targets, &pick, &[]),
+        }
+    };
+    let first = first.ok_or_else(|| ProxyError::NoTarget {
+        upstream: upstream.name.to_string(),
+    })?;
 
     // The head for this hop.
     let client_version = head.version;
@@ -94,56 +169,334 @@ pub async fn forward(
         (_, None) => PathAndQuery::try_from(target.path),
     }
     .map_err(|_| ProxyError::BadRequest("the request target is invalid"))?;
-    if upstream.http2 {
-        head.version = Version::HTTP_2;
-        let authority = target
-            .host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(&state.address);
-        head.uri = Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority"))?;
-        head.headers.remove(header::HOST);
-    } else {
-        head.version = Version::HTTP_11;
-        head.uri = Uri::from(path_and_query);
-        if !head.headers.contains_key(header::HOST) {
-            let host = match &target.host {
-                Some(h) => h.clone(),
-                None => HeaderValue::from_str(&state.address)
-                    .map_err(|_| ProxyError::BadRequest("no Host to send upstream"))?,
-            };
-            head.headers.insert(header::HOST, host);
-        }
-    }
     let client_upgrade = if upgrade {
         head.extensions.remove::<OnUpgrade>()
     } else {
         None
     };
     head.extensions.clear();
-    let request = Request::from_parts(head, Body::stream(body));
 
-    // forward
-    state.inflight.fetch_add(1, Ordering::Relaxed);
-    let _inflight = Inflight(state);
-    let exchange = exchange(state, upstream, request);
-    let (mut response, checkin) = match timeout {
-        Some(limit) => {
-            tokio::time::timeout(limit, exchange)
-                .await
-                .map_err(|_| ProxyError::Timeout {
-                    upstream: upstream.name.to_string(),
-                    timeout: limit,
-                })??
+    // A body can be sent once: with one, only tries that never reached a target are retried.
+    let replayable = body.is_end_stream();
+    if let Some((mirror, share)) = &route.mirror
+        && replayable
+        && crate::balance::chance(*share)
+    {
+        // A copy of the head, on its own task: the primary request never waits for it.
+        let copy = (
+            head.method.clone(),
+            head.headers.clone(),
+            path_and_query.clone(),
+            target.host.clone(),
+        );
+        tokio::spawn(send_mirror(Arc::clone(mirror), copy));
+    }
+    let timeout = route.timeout;
+    let retry = route.retry.as_ref();
+    // Any method may be retried when the try never reached a target; only idempotent ones
+    // (or all, with `non_idempotent`) after a response, a reset or a timeout.
+    let idempotent = retry.is_some_and(|r| r.non_idempotent) || idempotent(&head.method);
+    let attempts = retry.map_or(1, |r| r.attempts);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let saved = (retry.is_some() && replayable && idempotent)
+        .then(|| (head.method.clone(), head.headers.clone()));
+    let mut request = Some(Request::from_parts(head, Body::stream(body)));
+    let mut tried: Vec<usize> = Vec::new();
+    let mut index = first;
+    let mut last_error = None;
+
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            let pick = PickCtx {
+                client: pick_ctx_client,
+                headers: &HeaderMap::new(),
+                path: target.path,
+                query: target.query,
+            };
+            // A target not tried yet if there is one, else any (a lone target gets retried).
+            let next = upstream
+                .balancer
+                .select(&upstream.targets, &pick, &tried)
+                .or_else(|| upstream.balancer.select(&upstream.targets, &pick, &[]));
+            let Some(next) = next else {
+                break;
+            };
+            index = next;
         }
-        None => exchange.await?,
-    };
+        tried.push(index);
+        let state = &upstream.targets[index];
+        ctx.target = Some(Arc::clone(state));
 
+        let mut req = match request.take() {
+            Some(r) => r,
+            None => match &saved {
+                Some((method, headers)) => {
+                    let mut r = Request::new(Body::Empty);
+                    *r.method_mut() = method.clone();
+                    *r.headers_mut() = headers.clone();
+                    r
+                }
+                None => break,
+            },
+        };
+        prepare(
+            &mut req,
+            upstream,
+            state,
+            &path_and_query,
+            target.host.as_ref(),
+        )?;
+
+        // Each try gets the per-try timeout, within what is left of the route's.
+        let per_try = retry.and_then(|r| r.per_try_timeout);
+        let limit = match (per_try, deadline) {
+            (Some(p), Some(d)) => {
+                Some(p.min(d.saturating_duration_since(tokio::time::Instant::now())))
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(d)) => Some(d.saturating_duration_since(tokio::time::Instant::now())),
+            (None, None) => None,
+        };
+        let started = tokio::time::Instant::now();
+        let outcome = {
+            let _inflight = Inflight::new(&state.inflight);
+            if let Some(max) = upstream.max_connections
+                && upstream
+                    .targets
+                    .iter()
+                    .map(|t| t.open.load(Ordering::Relaxed))
+                    .sum::<usize>()
+                    >= max
+                && state.idle_count() == 0
+            {
+                Err((
+                    ProxyError::CircuitOpen {
+                        upstream: upstream.name.to_string(),
+                        limit: "max_connections",
+                    },
+                    Some(req),
+                ))
+            } else {
+                let exchange = exchange(state, upstream, req);
+                match limit {
+                    Some(limit) => match tokio::time::timeout(limit, exchange).await {
+                        Ok(result) => result,
+                        Err(_) => Err((
+                            ProxyError::Timeout {
+                                upstream: upstream.name.to_string(),
+                                timeout: limit,
+                            },
+                            None,
+                        )),
+                    },
+                    None => exchange.await,
+                }
+            }
+        };
+        let more = attempt + 1 < attempts;
+        match outcome {
+            Ok((response, checkin)) => {
+                state.health.observe_latency(started.elapsed());
+                let status = response.status().as_u16();
+                let failed = status >= 500;
+                record(upstream, index, failed);
+                let retry_status =
+                    idempotent && retry.is_some_and(|r| r.on_status.contains(&status));
+                if retry_status
+                    && more
+                    && saved.is_some()
+                    && take_retry(upstream, retry, attempt).await
+                {
+                    tracing::debug!(upstream = %upstream.name, status, "retrying");
+                    last_error = None;
+                    drop((response, checkin));
+                    continue;
+                }
+                return respond(
+                    upstream,
+                    state,
+                    sticky_target != Some(index),
+                    response,
+                    checkin,
+                    client_upgrade,
+                );
+            }
+            Err((err, unsent)) => {
+                let condition = condition(&err);
+                if condition != Condition::Other {
+                    record(upstream, index, true);
+                }
+                let wanted = retry.is_some_and(|r| match condition {
+                    Condition::ConnectFailure => r.on_connect_failure,
+                    Condition::Reset => idempotent && r.on_reset,
+                    Condition::Timeout => idempotent && r.on_timeout,
+                    Condition::Other => false,
+                });
+                // A request that never left can be sent again whatever its body.
+                request = unsent;
+                let can_resend = request.is_some() || saved.is_some();
+                if wanted && more && can_resend && take_retry(upstream, retry, attempt).await {
+                    tracing::debug!(upstream = %upstream.name, error = %err, "retrying");
+                    last_error = Some(err);
+                    continue;
+                }
+                return Err(err);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ProxyError::NoTarget {
+        upstream: upstream.name.to_string(),
+    }))
+}
+
+/// Sends a mirrored copy and discards the answer; failures are only logged at debug level.
+async fn send_mirror(
+    upstream: Arc<Upstream>,
+    (method, headers, path_and_query, host): (
+        http::Method,
+        HeaderMap,
+        PathAndQuery,
+        Option<HeaderValue>,
+    ),
+) {
+    let pick = PickCtx {
+        client: std::net::IpAddr::from([0, 0, 0, 0]),
+        headers: &headers,
+        path: path_and_query.path(),
+        query: path_and_query.query(),
+    };
+    let Some(index) = upstream.balancer.select(&upstream.targets, &pick, &[]) else {
+        return;
+    };
+    let state = &upstream.targets[index];
+    let mut request = Request::new(Body::Empty);
+    *request.method_mut() = method;
+    *request.headers_mut() = headers;
+    if prepare(
+        &mut request,
+        &upstream,
+        state,
+        &path_and_query,
+        host.as_ref(),
+    )
+    .is_err()
+    {
+        return;
+    }
+    let exchange = exchange(state, &upstream, request);
+    match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+        Ok(Ok((response, checkin))) => {
+            let body = match checkin {
+                Some(checkin) => Body::Pooled {
+                    inner: response.into_body(),
+                    checkin: Some(checkin),
+                },
+                None => Body::stream(response.into_body()),
+            };
+            // Drained so the connection can go back to its pool.
+            let _ = http_body_util::BodyExt::collect(body).await;
+        }
+        Ok(Err((err, _))) => {
+            tracing::debug!(upstream = %upstream.name, error = %err, "mirror failed")
+        }
+        Err(_) => tracing::debug!(upstream = %upstream.name, "mirror timed out"),
+    }
+}
+
+/// Waits the backoff and takes a retry from the upstream's budget.
+async fn take_retry(upstream: &Upstream, retry: Option<&RetryPolicy>, attempt: u32) -> bool {
+    let Some(retry) = retry else { return false };
+    if !upstream.state.take_retry(retry.budget.0, retry.budget.1) {
+        tracing::debug!(upstream = %upstream.name, "retry budget spent");
+        return false;
+    }
+    let (base, max) = retry.backoff;
+    if !max.is_zero() {
+        // Full jitter: a random wait up to the capped exponential step.
+        let cap = base
+            .saturating_mul(1 << attempt.min(8))
+            .min(max)
+            .as_micros() as u64;
+        let wait = crate::balance::random_u64() % cap.max(1);
+        tokio::time::sleep(Duration::from_micros(wait)).await;
+    }
+    true
+}
+
+/// Feeds passive outlier detection.
+fn record(upstream: &Upstream, index: usize, failed: bool) {
+    let Some(policy) = &upstream.passive else {
+        return;
+    };
+    let outcome = if failed {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    };
+    let target = &upstream.targets[index];
+    let total = upstream.targets.len();
+    let may_eject = || {
+        let now = crate::health::now_ms();
+        let ejected = upstream
+            .targets
+            .iter()
+            .filter(|t| t.health.ejected(now))
+            .count();
+        (ejected + 1) * 100 <= total * policy.max_ejected_percent as usize
+    };
+    if target.health.record(outcome, policy, may_eject) {
+        tracing::warn!(
+            upstream = %upstream.name,
+            target = %target.address,
+            for_ms = target.health.ejected_for_ms(),
+            "target ejected after failures"
+        );
+    }
+}
+
+/// Sets the version, URI and Host of a request for one target.
+fn prepare(
+    req: &mut Request<Body>,
+    upstream: &Upstream,
+    state: &TargetState,
+    path_and_query: &PathAndQuery,
+    host: Option<&HeaderValue>,
+) -> Result<(), ProxyError> {
+    if upstream.http2 {
+        *req.version_mut() = Version::HTTP_2;
+        let authority = host.and_then(|h| h.to_str().ok()).unwrap_or(&state.address);
+        *req.uri_mut() = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority"))?;
+        req.headers_mut().remove(header::HOST);
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = Uri::from(path_and_query.clone());
+        if !req.headers().contains_key(header::HOST) {
+            let host = match host {
+                Some(h) => h.clone(),
+                None => HeaderValue::from_str(&state.address)
+                    .map_err(|_| ProxyError::BadRequest("no Host to send upstream"))?,
+            };
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    Ok(())
+}
+
+/// Turns the upstream's response into the one sent back: tunnels upgrades, strips hop-by-hop
+/// fields, sets a sticky cookie, and returns the connection to its pool when the body ends.
+fn respond(
+    upstream: &Upstream,
+    state: &TargetState,
+    set_sticky: bool,
+    mut response: Response<Incoming>,
+    checkin: Option<Checkin>,
+    client_upgrade: Option<OnUpgrade>,
+) -> Result<Response<Body>, ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             // A 101 the client did not ask for cannot be relayed.
@@ -167,6 +520,16 @@ pub async fn forward(
     let upstream_version = response.version();
     strip_hop_by_hop(response.headers_mut(), false);
     append_via(response.headers_mut(), upstream_version);
+    if set_sticky && let Some((cookie, ttl)) = &upstream.sticky {
+        let value = format!(
+            "{cookie}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+            sticky_value(state),
+            ttl.as_secs()
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
     let (mut parts, incoming) = response.into_parts();
     parts.version = Version::HTTP_11;
     let body = match checkin {
@@ -189,22 +552,28 @@ async fn exchange(
     state: &Arc<TargetState>,
     upstream: &Upstream,
     request: Request<Body>,
-) -> Result<(Response<Incoming>, Option<Checkin>), ProxyError> {
+) -> Result<(Response<Incoming>, Option<Checkin>), (ProxyError, Option<Request<Body>>)> {
     let name = &*upstream.name;
     let mut request = request;
     for attempt in 0..2 {
-        match state.connect(name, upstream.http2, upstream.pool).await? {
+        let conn = match state.connect(name, upstream.http2, upstream.pool).await {
+            Ok(conn) => conn,
+            // Nothing was sent: the caller may send this request elsewhere.
+            Err(err) => return Err((err, Some(request))),
+        };
+        match conn {
             Conn::H1(mut checkin) => {
                 let Some(sender) = checkin.sender() else {
-                    return Err(ProxyError::NoTarget {
+                    let err = ProxyError::NoTarget {
                         upstream: name.to_owned(),
-                    });
+                    };
+                    return Err((err, Some(request)));
                 };
                 match sender.try_send_request(request).await {
                     Ok(response) => return Ok((response, Some(checkin))),
                     Err(mut err) => match err.take_message() {
                         Some(unsent) if attempt == 0 => request = unsent,
-                        _ => return Err(upstream_error(name, err.into_error())),
+                        unsent => return Err((upstream_error(name, err.into_error()), unsent)),
                     },
                 }
             }
@@ -213,13 +582,14 @@ async fn exchange(
                     .send_request(request)
                     .await
                     .map(|response| (response, None))
-                    .map_err(|err| upstream_error(name, err));
+                    .map_err(|err| (upstream_error(name, err), None));
             }
         }
     }
-    Err(ProxyError::NoTarget {
+    let err = ProxyError::NoTarget {
         upstream: name.to_owned(),
-    })
+    };
+    Err((err, None))
 }
 
 fn upstream_error(upstream: &str, source: hyper::Error) -> ProxyError {

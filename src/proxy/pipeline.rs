@@ -211,7 +211,7 @@ async fn run<'s>(
                 &conn.client_value,
                 ctx,
                 upstream,
-                route.timeout,
+                route,
                 head,
                 body,
                 forward::Target {

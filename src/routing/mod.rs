@@ -96,6 +96,8 @@ pub struct Conditions {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Query parameters (decoded) that must be present with these values.
     pub query: Vec<(String, String)>,
+    /// Cookies that must be present with these values.
+    pub cookies: Vec<(String, String)>,
 }
 
 impl Conditions {
@@ -106,6 +108,7 @@ impl Conditions {
             + usize::from(!self.methods.is_empty())
             + self.headers.len()
             + self.query.len()
+            + self.cookies.len()
     }
 
     fn host_rank(&self) -> usize {
@@ -120,6 +123,11 @@ impl Conditions {
         for (name, value) in &self.headers {
             if !req.headers.get_all(name).iter().any(|v| v == value) {
                 return Err("headers");
+            }
+        }
+        for (name, value) in &self.cookies {
+            if crate::balance::hash::cookie(req.headers, name) != Some(value.as_str()) {
+                return Err("cookies");
             }
         }
         if !self.query.is_empty() {

@@ -11,6 +11,7 @@ fn cond(hosts: &[&str], path: PathMatch) -> Conditions {
         methods: Vec::new(),
         headers: Vec::new(),
         query: Vec::new(),
+        cookies: Vec::new(),
     }
 }
 

@@ -11,13 +11,18 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 use super::{
-    Action, Limits, Listener, ListenerRoute, Redirect, Respond, Rewrite, Route, Snapshot, Upstream,
+    Action, Limits, Listener, ListenerRoute, Redirect, Respond, RetryPolicy, Rewrite, Route,
+    Snapshot, Upstream,
 };
-use crate::balance::{Balancer, smooth_sequence};
+use crate::balance::hash::{Maglev, Ring};
+use crate::balance::{Algorithm, Balancer, HashKey, smooth_sequence};
 use crate::config::spec::{
-    BalanceSpec, MatchSpec, RouteSpec, UpstreamProtocol, UpstreamSpec, Workers,
+    BalanceSpec, CheckType, MatchSpec, RetryCondition, RetryOnSpec, RetrySpec, RouteSpec,
+    UpstreamProtocol, UpstreamSpec, Workers,
 };
 use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
+use crate::health::PassivePolicy;
+use crate::health::active::{ActiveCheck, CheckKind};
 use crate::observe::Metrics;
 use crate::plugins::{self, PluginChain};
 use crate::pool::{PoolSettings, Registry};
@@ -249,49 +254,205 @@ fn compile_upstreams(
             continue;
         }
         let weights: Vec<u32> = spec.targets.iter().map(|t| *t.weight).collect();
-        let balancer = match spec.balance {
-            BalanceSpec::RoundRobin => match smooth_sequence(&weights) {
-                Some(sequence) => Balancer::RoundRobin {
-                    sequence,
-                    next: AtomicUsize::new(0),
-                },
-                None => {
-                    diags.error(
-                        spec.targets.pos,
-                        format!(
-                            "the target weights of `{}` are too large (their sum divided by their \
-                             greatest common divisor must be at most {})",
-                            **name,
-                            crate::balance::MAX_WEIGHT_SUM
-                        ),
-                    );
-                    continue;
-                }
-            },
-            BalanceSpec::LeastRequest => Balancer::LeastRequest {
-                weights,
-                next: AtomicUsize::new(0),
-            },
+        let Some(upstream) = compile_upstream(name, spec, weights, env, diags) else {
+            continue;
         };
-        let targets = spec
-            .targets
-            .iter()
-            .map(|t| env.registry.target(name, &t.address))
-            .collect();
-        out.push(Arc::new(Upstream {
-            name: Arc::from(name.as_str()),
-            balancer,
-            targets,
-            http2: spec.protocol == UpstreamProtocol::Http2,
-            pool: PoolSettings {
-                max_idle: spec.pool.max_idle,
-                idle_timeout: spec.pool.idle_timeout.0,
-                connect_timeout: spec.connect_timeout.0,
-            },
-            resolve_every: spec.resolve_every.0,
-        }));
+        out.push(Arc::new(upstream));
     }
     out
+}
+
+fn compile_upstream(
+    name: &At<String>,
+    spec: &UpstreamSpec,
+    weights: Vec<u32>,
+    env: Env<'_>,
+    diags: &mut Diagnostics,
+) -> Option<Upstream> {
+    let before = diags.list.len();
+    let addresses: Vec<(&str, u32)> = spec
+        .targets
+        .iter()
+        .map(|t| (t.address.as_str(), *t.weight))
+        .collect();
+    let key = match &spec.hash_key {
+        Some(text) => match HashKey::parse(text) {
+            Ok(key) => key,
+            Err(message) => {
+                diags.error(text.pos, message);
+                HashKey::ClientIp
+            }
+        },
+        None => HashKey::ClientIp,
+    };
+    if let Some(text) = &spec.hash_key
+        && !matches!(spec.balance, BalanceSpec::RingHash | BalanceSpec::Maglev)
+    {
+        diags.error(text.pos, "hash_key applies to balance: ring_hash or maglev");
+    }
+    let algorithm = match spec.balance {
+        BalanceSpec::RoundRobin => match smooth_sequence(&weights) {
+            Some(sequence) => Algorithm::RoundRobin {
+                sequence,
+                next: AtomicUsize::new(0),
+            },
+            None => {
+                diags.error(
+                    spec.targets.pos,
+                    format!(
+                        "the target weights of `{}` are too large (their sum divided by their \
+                         greatest common divisor must be at most {})",
+                        **name,
+                        crate::balance::MAX_WEIGHT_SUM
+                    ),
+                );
+                return None;
+            }
+        },
+        BalanceSpec::LeastRequest => Algorithm::LeastRequest {
+            next: AtomicUsize::new(0),
+        },
+        BalanceSpec::Random => Algorithm::Random,
+        BalanceSpec::P2cEwma => Algorithm::P2cEwma,
+        BalanceSpec::RingHash => Algorithm::RingHash {
+            ring: Ring::build(&addresses),
+            key,
+        },
+        BalanceSpec::Maglev => Algorithm::Maglev {
+            table: Maglev::build(&addresses),
+            key,
+        },
+        BalanceSpec::IpHash => Algorithm::RingHash {
+            ring: Ring::build(&addresses),
+            key: HashKey::ClientIp,
+        },
+    };
+    let health = spec.health_check.clone().unwrap_or_default();
+    let active = health.active.as_ref().and_then(|a| {
+        let method = match Method::from_bytes(a.method.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => m,
+            Err(_) => {
+                diags.error(a.method.pos, format!("invalid method `{}`", *a.method));
+                return None;
+            }
+        };
+        let statuses = match crate::health::active::parse_statuses(&a.expect_status) {
+            Ok(s) => s,
+            Err(message) => {
+                diags.error(a.expect_status.pos, message);
+                return None;
+            }
+        };
+        if !a.path.starts_with('/') {
+            diags.error(a.method.pos, "health_check.active.path must start with `/`");
+        }
+        Some(ActiveCheck {
+            kind: match a.kind {
+                CheckType::Http => CheckKind::Http {
+                    method,
+                    path: a.path.clone(),
+                    statuses,
+                    body: a.body_contains.clone(),
+                },
+                CheckType::Tcp => CheckKind::Tcp,
+            },
+            interval: a.interval.0.max(std::time::Duration::from_millis(10)),
+            jitter: a.jitter.0,
+            timeout: a.timeout.0,
+            healthy: a.healthy.max(1),
+            unhealthy: a.unhealthy.max(1),
+        })
+    });
+    let passive = health.passive.as_ref().map(|p| PassivePolicy {
+        consecutive_failures: p.consecutive_failures,
+        error_rate_percent: p.error_rate.min(100),
+        min_requests: p.min_requests,
+        window: p.window.0,
+        eject_for: p.eject_for.0,
+        max_eject: p.max_eject.0.max(p.eject_for.0),
+        max_ejected_percent: p.max_ejected_percent.min(100),
+    });
+    if let Some(sticky) = &spec.sticky
+        && (sticky.cookie.is_empty()
+            || !sticky
+                .cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    {
+        diags.error(
+            sticky.cookie.pos,
+            "a sticky cookie name is letters, digits, `_` and `-`",
+        );
+    }
+    if diags.list.len() > before {
+        return None;
+    }
+    let targets = spec
+        .targets
+        .iter()
+        .map(|t| env.registry.target(name, &t.address))
+        .collect();
+    Some(Upstream {
+        name: Arc::from(name.as_str()),
+        balancer: Balancer {
+            algorithm,
+            weights,
+            slow_start: spec.slow_start.map_or(std::time::Duration::ZERO, |d| d.0),
+            panic: health.panic,
+        },
+        targets,
+        http2: spec.protocol == UpstreamProtocol::Http2,
+        pool: PoolSettings {
+            max_idle: spec.pool.max_idle,
+            idle_timeout: spec.pool.idle_timeout.0,
+            connect_timeout: spec.connect_timeout.0,
+        },
+        resolve_every: spec.resolve_every.0,
+        state: env.registry.upstream(name),
+        passive,
+        active,
+        sticky: spec
+            .sticky
+            .as_ref()
+            .map(|s| (s.cookie.value.clone(), s.ttl.0)),
+        max_requests: spec.circuit_breaker.as_ref().and_then(|c| c.max_requests),
+        max_connections: spec
+            .circuit_breaker
+            .as_ref()
+            .and_then(|c| c.max_connections),
+    })
+}
+
+fn compile_retry(spec: &RetrySpec, diags: &mut Diagnostics) -> Option<RetryPolicy> {
+    if *spec.attempts == 0 {
+        diags.error(
+            spec.attempts.pos,
+            "retry.attempts counts the first try too: at least 1",
+        );
+        return None;
+    }
+    let mut policy = RetryPolicy {
+        attempts: (*spec.attempts).min(10),
+        on_connect_failure: false,
+        on_reset: false,
+        on_timeout: false,
+        on_status: Vec::new(),
+        per_try_timeout: spec.per_try_timeout.map(|d| d.0),
+        backoff: (spec.backoff.0, spec.max_backoff.0.max(spec.backoff.0)),
+        budget: (spec.budget_percent, spec.budget_min),
+        non_idempotent: spec.non_idempotent,
+    };
+    for on in &spec.on {
+        match on.value {
+            RetryOnSpec::Condition(RetryCondition::ConnectFailure) => {
+                policy.on_connect_failure = true
+            }
+            RetryOnSpec::Condition(RetryCondition::Reset) => policy.on_reset = true,
+            RetryOnSpec::Condition(RetryCondition::Timeout) => policy.on_timeout = true,
+            RetryOnSpec::Status(code) => policy.on_status.push(code),
+        }
+    }
+    Some(policy)
 }
 
 /// `IP:PORT` or `NAME:PORT` with a non-zero port.
@@ -424,6 +585,11 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
             ),
         }
     }
+    let cookies = spec
+        .cookies
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let query = spec
         .query
         .iter()
@@ -438,6 +604,7 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
         methods,
         headers,
         query,
+        cookies,
     })
 }
 
@@ -590,6 +757,19 @@ fn compile_route(
         }
     });
 
+    let retry = spec.retry.as_ref().and_then(|r| compile_retry(r, diags));
+    let mirror = spec.mirror.as_ref().and_then(|m| {
+        if !(0.0..=100.0).contains(&*m.percent) {
+            diags.error(m.percent.pos, "mirror.percent must be between 0 and 100");
+        }
+        find(&m.upstream, diags).map(|u| (u, *m.percent / 100.0))
+    });
+    if spec.retry.is_some() && !matches!(action, Some(Action::Forward { .. })) && action.is_some() {
+        diags.error(
+            spec.name.pos,
+            "retry applies to routes that forward (upstream or split)",
+        );
+    }
     let mut chain = global.0.clone();
     chain.extend(compile_plugins(&spec.plugins, diags).0);
 
@@ -602,6 +782,8 @@ fn compile_route(
         plugins: PluginChain(chain),
         rewrite,
         timeout: spec.timeout.map(|t| t.0),
+        retry,
+        mirror,
     })
 }
 

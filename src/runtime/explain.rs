@@ -17,6 +17,8 @@ pub struct Question<'a> {
     pub url: &'a str,
     /// Extra headers; a `Host` here overrides the URL's host.
     pub headers: HeaderMap,
+    /// The client address hashing balancers would see.
+    pub client: std::net::IpAddr,
 }
 
 /// The answer, as lines of text; `Err` when the question itself is malformed.
@@ -138,13 +140,19 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
             if let Some(rewrite) = &route.rewrite {
                 let _ = writeln!(out, "rewrite   {normal} → {}", rewrite.apply(&normal));
             }
-            match upstream.balancer.peek(&upstream.targets) {
+            let pick = crate::balance::PickCtx {
+                client: q.client,
+                headers: &q.headers,
+                path: &normal,
+                query: uri.query(),
+            };
+            match upstream.balancer.peek(&upstream.targets, &pick) {
                 Some(t) => {
                     let _ = writeln!(
                         out,
                         "target    {} (next pick of {})",
                         upstream.targets[t].address,
-                        balance_name(&upstream.balancer)
+                        upstream.balancer.name()
                     );
                 }
                 None => {
@@ -154,13 +162,6 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
         }
     }
     Ok(out)
-}
-
-fn balance_name(b: &crate::balance::Balancer) -> &'static str {
-    match b {
-        crate::balance::Balancer::RoundRobin { .. } => "round_robin",
-        crate::balance::Balancer::LeastRequest { .. } => "least_request",
-    }
 }
 
 fn describe(cond: &Conditions) -> String {
@@ -192,6 +193,9 @@ fn describe(cond: &Conditions) -> String {
     }
     for (name, value) in &cond.query {
         parts.push(format!("query {name}={value}"));
+    }
+    for (name, value) in &cond.cookies {
+        parts.push(format!("cookie {name}={value}"));
     }
     if parts.is_empty() {
         "(matches everything)".into()

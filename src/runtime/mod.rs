@@ -112,8 +112,35 @@ pub struct Route {
     pub plugins: PluginChain,
     /// Path rewrite before forwarding.
     pub rewrite: Option<Rewrite>,
-    /// Time allowed for the upstream to answer with a response head.
+    /// Time allowed for the upstream to answer with a response head, across every try.
     pub timeout: Option<Duration>,
+    /// Retries.
+    pub retry: Option<RetryPolicy>,
+    /// Mirror: the upstream that gets copies, and the share copied (0.0–1.0).
+    pub mirror: Option<(Arc<Upstream>, f64)>,
+}
+
+/// A route's compiled `retry:`.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Most tries in all.
+    pub attempts: u32,
+    /// Retry when the connection could not be made.
+    pub on_connect_failure: bool,
+    /// Retry when the connection broke before a response head.
+    pub on_reset: bool,
+    /// Retry when a try timed out.
+    pub on_timeout: bool,
+    /// Retry on these response statuses.
+    pub on_status: Vec<u16>,
+    /// Time allowed per try.
+    pub per_try_timeout: Option<Duration>,
+    /// Backoff base and cap.
+    pub backoff: (Duration, Duration),
+    /// Retry budget: percent of requests, and a floor per second.
+    pub budget: (u32, u32),
+    /// Retry POST and PATCH too.
+    pub non_idempotent: bool,
 }
 
 /// A route's action.
@@ -246,6 +273,18 @@ pub struct Upstream {
     pub pool: PoolSettings,
     /// DNS re-resolution interval.
     pub resolve_every: Duration,
+    /// Live state shared across reloads (in-flight count, retry budget).
+    pub state: Arc<crate::pool::UpstreamState>,
+    /// Outlier detection, if configured.
+    pub passive: Option<crate::health::PassivePolicy>,
+    /// Active checks, if configured.
+    pub active: Option<crate::health::active::ActiveCheck>,
+    /// Sticky sessions: cookie name and lifetime.
+    pub sticky: Option<(String, Duration)>,
+    /// Circuit breaker: most requests in flight.
+    pub max_requests: Option<usize>,
+    /// Circuit breaker: most open connections.
+    pub max_connections: Option<usize>,
 }
 
 #[cfg(test)]

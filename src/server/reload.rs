@@ -157,6 +157,7 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
         tracing::info!(addr = %local, "admin listening");
         tokio::spawn(crate::admin::serve(Arc::clone(&shared), socket));
     }
+    let mut checks = start_checks(&shared);
     tracing::info!(workers = workers.len(), "ready");
 
     let mut resolved: HashMap<(String, String), Instant> = HashMap::new();
@@ -164,7 +165,12 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                reload(&shared, &workers, &mut listeners);
+                if reload(&shared, &workers, &mut listeners) {
+                    for check in checks.drain(..) {
+                        check.abort();
+                    }
+                    checks = start_checks(&shared);
+                }
                 resolve_all(&shared, &mut resolved, true).await;
             }
             _ = terminate.recv() => break,
@@ -178,8 +184,8 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
     Ok(())
 }
 
-/// Re-reads the config file and applies it, or keeps the running one.
-pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut ListenerSet) {
+/// Re-reads the config file and applies it, or keeps the running one; `true` when applied.
+pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut ListenerSet) -> bool {
     match try_reload(shared, workers, listeners) {
         Ok(()) => {
             shared.metrics.reload(true);
@@ -187,6 +193,7 @@ pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Listener
                 *last = None;
             }
             tracing::info!("config reloaded");
+            true
         }
         Err(reason) => {
             shared.metrics.reload(false);
@@ -194,8 +201,35 @@ pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Listener
             if let Ok(mut last) = shared.last_reload_error.lock() {
                 *last = Some(reason);
             }
+            false
         }
     }
+}
+
+/// Starts the active health checks of the config in force, one task per target.
+fn start_checks(shared: &Shared) -> Vec<tokio::task::JoinHandle<()>> {
+    let snap = shared.snapshot.load_full();
+    let mut tasks = Vec::new();
+    for upstream in &snap.upstreams {
+        let Some(check) = &upstream.active else {
+            continue;
+        };
+        for target in &upstream.targets {
+            let name = Arc::clone(&upstream.name);
+            tasks.push(tokio::spawn(crate::health::active::watch(
+                Arc::clone(target),
+                check.clone(),
+                move |target, up| {
+                    if up {
+                        tracing::info!(upstream = %name, target = %target.address, "target healthy");
+                    } else {
+                        tracing::warn!(upstream = %name, target = %target.address, "target unhealthy");
+                    }
+                },
+            )));
+        }
+    }
+    tasks
 }
 
 fn try_reload(

@@ -10,4 +10,5 @@ mod discovery;
 mod edge;
 mod proxy;
 mod reload;
+mod resilience;
 mod streaming;

@@ -39,11 +39,14 @@ pub struct TestUpstream {
     pub name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// `GET /healthz` answers 200 while this is true, 503 otherwise.
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for TestUpstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
@@ -55,6 +58,10 @@ impl TestUpstream {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let name_owned = name.to_owned();
         let seen2 = Arc::clone(&seen);
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let conns2 = Arc::clone(&conns);
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let healthy2 = Arc::clone(&healthy);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, peer)) = listener.accept().await else {
@@ -62,16 +69,27 @@ impl TestUpstream {
                 };
                 let seen = Arc::clone(&seen2);
                 let name = name_owned.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
+                let healthy = Arc::clone(&healthy2);
+                let conn = tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
                         let seen = Arc::clone(&seen);
                         let name = name.clone();
-                        async move { Ok::<_, Infallible>(answer(&name, peer, &seen, req).await) }
+                        let healthy = healthy.load(std::sync::atomic::Ordering::Relaxed);
+                        async move {
+                            if req.uri().path() == "/healthz" {
+                                let status = if healthy { 200 } else { 503 };
+                                return Ok::<_, Infallible>(
+                                    Response::builder().status(status).body(full("ok")).unwrap(),
+                                );
+                            }
+                            Ok::<_, Infallible>(answer(&name, peer, &seen, req).await)
+                        }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
+                conns2.lock().unwrap().push(conn.abort_handle());
             }
         });
         TestUpstream {
@@ -79,11 +97,26 @@ impl TestUpstream {
             name: name.to_owned(),
             seen,
             task,
+            conns,
+            healthy,
         }
     }
 
     pub fn addr(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Stops listening and cuts every open connection, as a crashed server would.
+    pub fn kill(&self) {
+        self.task.abort();
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy
+            .store(healthy, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
