@@ -603,6 +603,9 @@ pub struct CircuitBreakerSpec {
     /// Most open connections to the upstream (all targets and workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// With `max_connections` reached, most requests that wait for a connection to free up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
 }
 
 fn slash() -> String {

@@ -304,6 +304,8 @@ pub struct Registry {
 pub struct UpstreamState {
     /// Requests in flight to the upstream.
     pub inflight: AtomicUsize,
+    /// Requests waiting for a connection (circuit breaker `max_pending`).
+    pub pending: AtomicUsize,
     budget_second: std::sync::atomic::AtomicU64,
     budget_requests: std::sync::atomic::AtomicU32,
     budget_retries: std::sync::atomic::AtomicU32,

@@ -260,22 +260,8 @@ pub async fn forward(
         let started = tokio::time::Instant::now();
         let outcome = {
             let _inflight = Inflight::new(&state.inflight);
-            if let Some(max) = upstream.max_connections
-                && upstream
-                    .targets
-                    .iter()
-                    .map(|t| t.open.load(Ordering::Relaxed))
-                    .sum::<usize>()
-                    >= max
-                && state.idle_count() == 0
-            {
-                Err((
-                    ProxyError::CircuitOpen {
-                        upstream: upstream.name.to_string(),
-                        limit: "max_connections",
-                    },
-                    Some(req),
-                ))
+            if let Err(err) = connection_slot(upstream, state).await {
+                Err((err, Some(req)))
             } else {
                 let exchange = exchange(state, upstream, req);
                 match limit {
@@ -401,6 +387,42 @@ async fn send_mirror(
         }
         Err(_) => tracing::debug!(upstream = %upstream.name, "mirror timed out"),
     }
+}
+
+/// Circuit breaker on connections: with `max_connections` open and none idle, a request waits
+/// (at most `max_pending` of them, each up to the connect timeout) for one to free up.
+async fn connection_slot(upstream: &Upstream, state: &TargetState) -> Result<(), ProxyError> {
+    let Some(max) = upstream.max_connections else {
+        return Ok(());
+    };
+    let full = || {
+        let open: usize = upstream
+            .targets
+            .iter()
+            .map(|t| t.open.load(Ordering::Relaxed))
+            .sum();
+        open >= max && state.idle_count() == 0
+    };
+    if !full() {
+        return Ok(());
+    }
+    let open_circuit = |limit| ProxyError::CircuitOpen {
+        upstream: upstream.name.to_string(),
+        limit,
+    };
+    let waiters = upstream.max_pending.unwrap_or(0);
+    let _pending = Inflight::new(&upstream.state.pending);
+    if upstream.state.pending.load(Ordering::Relaxed) > waiters {
+        return Err(open_circuit("max_pending"));
+    }
+    let deadline = tokio::time::Instant::now() + upstream.pool.connect_timeout;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if !full() {
+            return Ok(());
+        }
+    }
+    Err(open_circuit("max_connections"))
 }
 
 /// Waits the backoff and takes a retry from the upstream's budget.

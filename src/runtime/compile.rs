@@ -420,6 +420,7 @@ fn compile_upstream(
             .circuit_breaker
             .as_ref()
             .and_then(|c| c.max_connections),
+        max_pending: spec.circuit_breaker.as_ref().and_then(|c| c.max_pending),
     })
 }
 

@@ -285,6 +285,8 @@ pub struct Upstream {
     pub max_requests: Option<usize>,
     /// Circuit breaker: most open connections.
     pub max_connections: Option<usize>,
+    /// Circuit breaker: most requests waiting for a connection.
+    pub max_pending: Option<usize>,
 }
 
 #[cfg(test)]

@@ -541,3 +541,52 @@ upstreams:
         Some("P")
     );
 }
+
+#[tokio::test]
+async fn connection_limit_queues_max_pending_and_refuses_the_rest() {
+    let a = TestUpstream::start("A").await;
+    let gw = Portico::start(&fill(
+        "\
+workers: 1
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u:
+    targets: [ { address: '@A@' } ]
+    circuit_breaker: { max_connections: 1, max_pending: 1 }
+",
+        &[("A", &a.addr())],
+    ));
+    let web = gw.addr("web");
+    let first = {
+        let web = web.clone();
+        tokio::spawn(async move { get(&web, "/slow/600").await.status })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.count() < 1 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = {
+        let web = web.clone();
+        tokio::spawn(async move { get(&web, "/queued").await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = get(&web, "/refused").await;
+    assert_eq!(third.status, 503);
+    assert_eq!(third.json()["error"], "circuit_open");
+    assert!(
+        third.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_pending")
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(
+        second.await.unwrap(),
+        200,
+        "the waiting request got the freed connection"
+    );
+}
