@@ -18,6 +18,20 @@
 #       close  wrk -t1 -c50 --latency -H 'Connection: close'  (a new TCP connection per request)
 #       idle   IDLE_CONNS keep-alive connections each make one GET and then sit idle
 #              (bench/idle.py); figure = (RSS while held − RSS before) / connections held.
+#       slow   (opt-in, not in the default TESTS: it measures portico's balancer, not the
+#              proxies against each other) wrk -t1 -c50 --latency GET / over THREE upstreams,
+#              the third started with `--delay-ms SLOW_DELAY_MS` (every response held 20 ms),
+#              all on CPU 1. portico runs twice, `balance: round_robin` (run "portico-rr") and
+#              `balance: p2c_ewma` ("portico-p2c"); when nginx takes part it runs once with
+#              `least_conn` ("nginx-lc") as a reference; HAProxy sits this test out. Reported:
+#              req/s, p50, p99, the share of requests the slow target served (its bytes
+#              written, /proc/PID/io wchar, ÷ all three upstreams' — every response to GET / is
+#              the same size) and p99(p2c_ewma) / p99(round_robin). Round robin sends a third
+#              of the requests to the slow target, so its p99 is ≥ SLOW_DELAY_MS; p2c_ewma
+#              should learn to avoid it and give a ratio well below 1. If the portico binary
+#              rejects `balance: p2c_ewma` (an older build), the run fails with the log tail
+#              shown and has no result. Run it with `TESTS=slow bash bench/compare.sh`, or add
+#              it to the list: `TESTS="root 16k h2c close idle slow"` (+ 2–3 runs per round).
 #   * "other CPU%" is the CPU time used during a run by processes outside the benchmark (from
 #     /proc/stat minus the proxy, the upstreams and the load generator), in % of one CPU. The
 #     machine is shared; runs with more than a few % of it are noisy and get a warning.
@@ -41,7 +55,8 @@
 # Environment knobs (defaults in brackets)
 #   ROUNDS [3]  DURATION [10] (s)  WARMUP [2] (s)  IDLE_CONNS [2000]  IDLE_SETTLE [1] (s)
 #   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
-#   PROXIES        ["portico nginx haproxy"]   TESTS ["root 16k h2c close idle"]
+#   PROXIES        ["portico nginx haproxy"]   TESTS ["root 16k h2c close idle"]; also: slow
+#   SLOW_DELAY_MS [20]  delay of the slow upstream in the `slow` test
 #   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
 #   PORTICO_BIN, UPSTREAM_BIN   use these binaries (setting either skips the cargo build)
 #   RESULTS=FILE   also save the raw per-run results (TSV) to FILE
@@ -63,6 +78,7 @@ IDLE_CONNS=${IDLE_CONNS:-2000}
 IDLE_SETTLE=${IDLE_SETTLE:-1}
 PROXIES=${PROXIES:-portico nginx haproxy}
 TESTS=${TESTS:-root 16k h2c close idle}
+SLOW_DELAY_MS=${SLOW_DELAY_MS:-20}
 
 PROXY_CPU=0 # CPU for the proxy under test
 LOAD_CPU=1  # CPU for wrk/h2load/idle client and both upstreams
@@ -72,6 +88,7 @@ die() {
     log "error: $*"
     exit 1
 }
+[[ $SLOW_DELAY_MS =~ ^[0-9]+$ ]] || die "SLOW_DELAY_MS must be a whole number of milliseconds"
 
 for tool in taskset wrk h2load python3 curl; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y wrk nghttp2-client curl util-linux python3)"
@@ -211,22 +228,37 @@ UPSTREAM_BIN=${UPSTREAM_BIN:-$ROOT/target/release/examples/bench_upstream}
 
 UPSTREAM_PORTS=()
 UPSTREAM_PIDS=()
-for i in 1 2; do
-    taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen 127.0.0.1:0 \
+start_upstream() { # N [bench_upstream args...] → appends to UPSTREAM_PORTS and UPSTREAM_PIDS
+    local i=$1 line
+    shift
+    taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen 127.0.0.1:0 "$@" \
         >"$TMP/upstream$i.out" 2>"$TMP/upstream$i.err" &
     STARTED+=("$!")
     UPSTREAM_PIDS+=("$!")
     line=$(wait_line "$TMP/upstream$i.out" '^listening ' "$!" 10) ||
         die "upstream $i did not start: $(cat "$TMP/upstream$i.err")"
     UPSTREAM_PORTS+=("${line##*:}")
-done
+}
+start_upstream 1
+start_upstream 2
 U1=${UPSTREAM_PORTS[0]}
 U2=${UPSTREAM_PORTS[1]}
 log "upstreams on 127.0.0.1:$U1 and 127.0.0.1:$U2 (CPU $LOAD_CPU)"
+U3= # the slow upstream, only for the `slow` test
+if [[ " $TESTS " == *" slow "* ]]; then
+    start_upstream 3 --delay-ms "$SLOW_DELAY_MS"
+    U3=${UPSTREAM_PORTS[2]}
+    log "slow upstream ($SLOW_DELAY_MS ms per response) on 127.0.0.1:$U3 (CPU $LOAD_CPU)"
+fi
 
 # ---------------------------------------------------------------- proxies
 # Each start_<proxy> writes its config, starts it pinned to PROXY_CPU and sets PROXY_PID,
-# PORT (HTTP/1.1) and PORT_H2 (h2c prior knowledge; may equal PORT).
+# PORT (HTTP/1.1) and PORT_H2 (h2c prior knowledge; may equal PORT). The upstream ports come
+# from BACKENDS, portico's and nginx's balancing from PORTICO_BALANCE and NGINX_BALANCE; all
+# three are set per run by configure_run.
+BACKENDS=()
+PORTICO_BALANCE=
+NGINX_BALANCE=
 
 find_bin() { command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/usr/sbin/$1"; }; }
 
@@ -236,6 +268,8 @@ HAPROXY=$(find_bin haproxy || true)
 start_portico() {
     PORT=$(free_ports 1)
     PORT_H2=$PORT # one listener serves HTTP/1.1 and h2c
+    local b targets=""
+    for b in "${BACKENDS[@]}"; do targets+="${targets:+, }{ address: 127.0.0.1:$b }"; done
     cat >"$TMP/portico.yaml" <<EOF
 workers: 1
 access_log: { enabled: false }
@@ -245,8 +279,8 @@ routes:
   - { name: all, upstream: bench }
 upstreams:
   bench:
-    balance: round_robin
-    targets: [ { address: 127.0.0.1:$U1 }, { address: 127.0.0.1:$U2 } ]
+    balance: $PORTICO_BALANCE
+    targets: [ $targets ]
 EOF
     taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$TMP/portico.yaml" \
         >"$TMP/portico.log" 2>&1 &
@@ -269,7 +303,8 @@ nginx_h2_style() {
 
 start_nginx() {
     read -r PORT PORT_H2 < <(free_ports 2)
-    local conns=$((IDLE_CONNS + 1024)) h2_listen h2_on="" location
+    local conns=$((IDLE_CONNS + 1024)) h2_listen h2_on="" location servers="" b
+    for b in "${BACKENDS[@]}"; do servers+="server 127.0.0.1:$b; "; done
     if [[ $(nginx_h2_style) == listen ]]; then
         h2_listen="listen 127.0.0.1:$PORT_H2 http2;"
     else
@@ -299,8 +334,8 @@ http {
     uwsgi_temp_path $TMP/nginx-uwsgi;
     scgi_temp_path $TMP/nginx-scgi;
     upstream bench {
-        server 127.0.0.1:$U1;
-        server 127.0.0.1:$U2;
+        $NGINX_BALANCE
+        $servers
         keepalive 64;
         keepalive_requests 1000000;
     }
@@ -386,12 +421,37 @@ for p in $PROXIES; do
     esac
 done
 ((${#ACTIVE[@]} > 0)) || die "no proxy to benchmark"
+
+# The `slow` test's runs: RUN label → proxy and balancing (configure_run).
+SLOW_RUNS=()
+for p in "${ACTIVE[@]}"; do
+    case $p in
+    portico) SLOW_RUNS+=(portico-rr portico-p2c) ;;
+    nginx) SLOW_RUNS+=(nginx-lc) ;;
+    esac
+done
+
+configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BALANCE
+    BACKENDS=("$U1" "$U2")
+    PORTICO_BALANCE=round_robin
+    NGINX_BALANCE=
+    PROXY=$2
+    [[ $1 == slow ]] || return 0
+    BACKENDS+=("$U3")
+    case $2 in
+    portico-rr) PROXY=portico ;;
+    portico-p2c) PROXY=portico PORTICO_BALANCE=p2c_ewma ;;
+    nginx-lc) PROXY=nginx NGINX_BALANCE="least_conn;" ;;
+    *) die "unknown run '$2' for test $1" ;;
+    esac
+}
 [[ -n $NGINX ]] && log "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //'), h2c via $(nginx_h2_style) style"
 [[ -n $HAPROXY ]] && log "haproxy: $("$HAPROXY" -v | head -n1 | cut -d' ' -f1-3)"
 
 # ---------------------------------------------------------------- load generators
 RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req valid
 IDLE_TSV=$TMP/idle.tsv       # proxy round conns_held rss_before rss_held bytes_per_conn closed hwm_kib
+SLOW_TSV=$TMP/slow.tsv       # run round slow_share_pct
 
 to_ms() { # 601.00us | 1.20ms | 1.01s → milliseconds
     awk -v v="$1" 'BEGIN {
@@ -417,12 +477,22 @@ passive_opens() {
     awk '$1 == "Tcp:" && !h { for (i = 2; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1; next }
          $1 == "Tcp:" { print $c; exit }' /proc/net/snmp
 }
+# Bytes each upstream has written so far (/proc/PID/io wchar), in UPSTREAM_PIDS order.
+upstream_wchar() {
+    local pid
+    for pid in "${UPSTREAM_PIDS[@]}"; do
+        awk '$1 == "wchar:" { w = $2 } END { printf "%s ", w + 0 }' /proc/"$pid"/io 2>/dev/null ||
+            printf '0 '
+    done
+}
 
 # Run a load generator command and measure the proxy around it. Sets CPU_S (proxy CPU
 # seconds), WALL_S, and OTHER_PCT: CPU time used by processes that are not part of the
 # benchmark (e.g. a compiler), in % of one CPU — anything above a few % means noise.
+# W0/W1: upstream_wchar before and after.
 measured() {
     local c0 c1 t0 t1 k0 k1 b0 b1
+    W0=$(upstream_wchar)
     OPENS=$(passive_opens)
     c0=$(cpu_ticks "$PROXY_PID")
     k0=$(known_ticks)
@@ -434,6 +504,7 @@ measured() {
     k1=$(known_ticks)
     c1=$(cpu_ticks "$PROXY_PID")
     OPENS=$(($(passive_opens) - OPENS))
+    W1=$(upstream_wchar)
     CPU_S=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')
     WALL_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     OTHER_PCT=$(awk -v busy=$((b1 - b0)) -v known=$((k1 - k0 + c1 - c0)) -v w="$WALL_S" \
@@ -545,9 +616,22 @@ run_idle() { # TEST PROXY ROUND
     if ((ok < IDLE_CONNS)); then log "warning: only $ok of $IDLE_CONNS idle connections set up"; fi
 }
 
+run_slow() { # TEST RUN ROUND → run_wrk, then the slow target's share of the responses
+    run_wrk "$1" "$2" "$3" / || return 1
+    local share
+    # The slow upstream is the last one; every upstream answers GET / with the same bytes.
+    share=$(awk -v a="$W0" -v b="$W1" 'BEGIN {
+        n = split(a, w0, " "); split(b, w1, " ")
+        for (i = 1; i <= n; i++) { d = w1[i] - w0[i]; t += d }
+        if (t > 0) printf "%.1f", 100 * d / t; else print "nan" }')
+    printf '%s\t%s\t%s\n' "$2" "$3" "$share" >>"$SLOW_TSV"
+    log "$(printf 'slow  %-11s slow target served %s%% of the requests' "$2" "$share")"
+}
+
 run_test() { # TEST PROXY ROUND
     case $1 in
     root) run_wrk "$1" "$2" "$3" / ;;
+    slow) run_slow "$1" "$2" "$3" ;;
     16k) run_wrk "$1" "$2" "$3" /16k ;;
     close) run_wrk "$1" "$2" "$3" / -H 'Connection: close' ;;
     h2c) run_h2load "$1" "$2" "$3" ;;
@@ -562,16 +646,26 @@ if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
     log "warning: load average is $load — other work on this machine will add noise"
 fi
 log "proxies: ${ACTIVE[*]}; tests: $TESTS; rounds $ROUNDS, ${WARMUP}s warm-up + ${DURATION}s each; idle conns $IDLE_CONNS"
-touch "$RESULTS_TSV" "$IDLE_TSV"
+if [[ " $TESTS " == *" slow "* ]]; then
+    ((${#SLOW_RUNS[@]} > 0)) || log "slow: needs portico or nginx in PROXIES; skipping it"
+    log "slow: runs ${SLOW_RUNS[*]:-none}; slow upstream delay $SLOW_DELAY_MS ms"
+fi
+touch "$RESULTS_TSV" "$IDLE_TSV" "$SLOW_TSV"
 for ((round = 1; round <= ROUNDS; round++)); do
     log "---- round $round/$ROUNDS"
     for test in $TESTS; do
-        for proxy in "${ACTIVE[@]}"; do
+        runs=("${ACTIVE[@]}")
+        [[ $test == slow ]] && runs=("${SLOW_RUNS[@]}")
+        for run in "${runs[@]}"; do
             for pid in "${UPSTREAM_PIDS[@]}"; do
                 alive "$pid" || die "an upstream (pid $pid) exited; was it killed by something else?"
             done
-            start_proxy "$proxy" || continue
-            run_test "$test" "$proxy" "$round" || log "$test $proxy: run failed"
+            configure_run "$test" "$run"
+            start_proxy "$PROXY" || {
+                log "$test $run: $PROXY did not start; no result"
+                continue
+            }
+            run_test "$test" "$run" "$round" || log "$test $run: run failed"
             stop_tree "$PROXY_PID"
         done
     done
@@ -583,16 +677,19 @@ if [[ -n ${RESULTS:-} ]]; then
         cat "$RESULTS_TSV"
         printf '# idle\tproxy\tround\tconns\trss_before_kib\trss_held_kib\tbytes_per_conn\tclosed\tpeak_rss_kib\n'
         sed 's/^/idle\t/' "$IDLE_TSV"
+        printf '# slow\trun\tround\tslow_target_share_pct\n'
+        sed 's/^/slow\t/' "$SLOW_TSV"
     } >"$RESULTS"
     log "raw results saved to $RESULTS"
 fi
 
 # ---------------------------------------------------------------- summary
-python3 - "$RESULTS_TSV" "$IDLE_TSV" "$TESTS" "${ACTIVE[*]}" "$ROUNDS" <<'EOF'
+python3 - "$RESULTS_TSV" "$IDLE_TSV" "$TESTS" "${ACTIVE[*]}" "$ROUNDS" "$SLOW_TSV" \
+    "$SLOW_DELAY_MS" "${SLOW_RUNS[*]}" <<'EOF'
 import sys
 from statistics import median
 
-res_path, idle_path, tests, proxies, rounds = sys.argv[1:]
+res_path, idle_path, tests, proxies, rounds, slow_path, slow_delay, slow_runs = sys.argv[1:]
 tests, proxies = tests.split(), proxies.split()
 
 def rows(path):
@@ -640,12 +737,14 @@ def f2(v):
     return "-" if v != v else f"{v:.2f}"
 
 print()
-print(f"Medians over {rounds} round(s); proxy on CPU 0, load generator and upstreams on CPU 1.")
+main_tests = [t for t in tests if t != "slow"]  # `slow` has its own section below
+if main_tests:
+    print(f"Medians over {rounds} round(s); proxy on CPU 0, load generator and upstreams on CPU 1.")
 hdr = ["test", "proxy", "req/s", "req/CPU-s", "spread", "proxy CPU%", "p50 ms", "p99 ms",
        "peak RSS KiB", "errors", "other CPU%", "conns/req"]
 table = []
 for t in tests:
-    if t == "idle":
+    if t in ("idle", "slow"):
         continue
     for p in proxies:
         d = data.get((t, p))
@@ -689,12 +788,14 @@ if "idle" in tests and idle:
 
 # Ratios: portico / other. >1 is better for req/CPU-s and req/s, <1 is better for p99 and memory.
 others = [p for p in proxies if p != "portico"]
-if "portico" in proxies and others:
+if "portico" in proxies and others and main_tests:
     rhdr = ["test", "figure"] + [f"portico/{o}" for o in others]
     rtab = []
     def ratio(a, b):
         return "-" if a != a or b != b or b == 0 else f"{a / b:.2f}x"
     for t in tests:
+        if t == "slow":
+            continue
         if t == "idle":
             mp, mo = idle.get("portico"), {o: idle.get(o) for o in others}
             if mp:
@@ -732,6 +833,35 @@ if "portico" in proxies and others:
             continue
         fmt = (lambda v: f"{v:.2f} ms") if "p99" in name else (lambda v: f"{v:,.0f}")
         print(f"  {'PASS' if ok else 'FAIL'}  {name:32s} portico {fmt(a)} vs {fmt(b)}")
+    print()
+
+if "slow" in tests:
+    share = {}
+    for r in rows(slow_path):
+        share.setdefault(r[0], []).append(num(r[2]))
+    balance = {"portico-rr": "round_robin", "portico-p2c": "p2c_ewma", "nginx-lc": "least_conn"}
+    print(f"slow: 3 upstreams, one delays every response by {slow_delay} ms; wrk -t1 -c50 GET /; "
+          f"medians over {rounds} round(s)")
+    shdr = ["run", "balance", "req/s", "p50 ms", "p99 ms", "spread p99", "slow target share",
+            "errors", "other CPU%"]
+    stab = []
+    for run in slow_runs.split():
+        d = data.get(("slow", run))
+        if not d:
+            stab.append([run, balance.get(run, "?"), "no result"] + ["-"] * 6)
+            continue
+        sh = [v for v in share.get(run, []) if v == v]
+        stab.append([run, balance.get(run, "?"), f0(med(d, "req_s")), f2(med(d, "p50")),
+                     f2(med(d, "p99")), spread(d["p99"]),
+                     f"{median(sh):.1f}%" if sh else "-", f0(sum(d["errors"])),
+                     f0(max(d["other"]))])
+    show(shdr, stab)
+    rr, p2c = data.get(("slow", "portico-rr")), data.get(("slow", "portico-p2c"))
+    if rr and p2c and med(rr, "p99") > 0:
+        print(f"p99 p2c_ewma / round_robin = {med(p2c, 'p99') / med(rr, 'p99'):.3f} "
+              f"({med(p2c, 'p99'):.2f} ms / {med(rr, 'p99'):.2f} ms; lower is better)")
+    else:
+        print("p99 p2c_ewma / round_robin = n/a (a portico run has no result; see the log above)")
     print()
 
 if excluded:

@@ -8,8 +8,10 @@
 //! - `POST /echo` → 200, the request body streamed back
 //! - anything else → 404
 //!
-//! Usage: `bench_upstream [--listen ADDR]` (default `127.0.0.1:0`). Prints exactly one line,
-//! `listening ADDR` with the bound address, to stdout once the socket is listening.
+//! Usage: `bench_upstream [--listen ADDR] [--delay-ms N]`. `--listen` defaults to
+//! `127.0.0.1:0`; `--delay-ms N` holds every response for N ms (a `tokio::time::sleep` before
+//! the response is sent) to play a slow target. Prints exactly one line, `listening ADDR` with
+//! the bound address, to stdout once the socket is listening.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -40,7 +42,13 @@ fn full(status: StatusCode, body: &'static [u8]) -> Response<ResBody> {
     res
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    delay: Option<Duration>,
+) -> Result<Response<ResBody>, Infallible> {
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let res = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => full(StatusCode::OK, HELLO),
         (&Method::GET, "/16k") => full(StatusCode::OK, &BODY_16K),
@@ -58,30 +66,52 @@ async fn handle(req: Request<Incoming>) -> Result<Response<ResBody>, Infallible>
     Ok(res)
 }
 
-fn parse_args() -> Result<SocketAddr, String> {
+struct Args {
+    listen: SocketAddr,
+    /// Added before every response; `None` for `--delay-ms 0` or without the flag.
+    delay: Option<Duration>,
+}
+
+fn parse_delay(v: &str) -> Result<Option<Duration>, String> {
+    let ms: u64 = v
+        .parse()
+        .map_err(|e| format!("bad --delay-ms value {v:?}: {e}"))?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut listen = String::from("127.0.0.1:0");
+    let mut delay = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--listen" {
             listen = args.next().ok_or("--listen needs an address")?;
         } else if let Some(v) = arg.strip_prefix("--listen=") {
             listen = v.to_owned();
+        } else if arg == "--delay-ms" {
+            delay = parse_delay(&args.next().ok_or("--delay-ms needs a number")?)?;
+        } else if let Some(v) = arg.strip_prefix("--delay-ms=") {
+            delay = parse_delay(v)?;
         } else if arg == "-h" || arg == "--help" {
-            println!("usage: bench_upstream [--listen ADDR]   (default 127.0.0.1:0)");
+            println!(
+                "usage: bench_upstream [--listen ADDR] [--delay-ms N]   \
+                 (default 127.0.0.1:0, no delay)"
+            );
             std::process::exit(0);
         } else {
             return Err(format!("unknown argument: {arg}"));
         }
     }
-    listen
+    let listen = listen
         .parse()
-        .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
+        .map_err(|e| format!("bad --listen address {listen:?}: {e}"))?;
+    Ok(Args { listen, delay })
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = parse_args()?;
-    let listener = TcpListener::bind(addr).await?;
+    let Args { listen, delay } = parse_args()?;
+    let listener = TcpListener::bind(listen).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening {}", listener.local_addr()?)?;
@@ -105,7 +135,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             // Connection errors (peer resets, aborted requests) are normal under load.
             let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(handle))
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| handle(req, delay)),
+                )
                 .await;
         });
     }

@@ -140,7 +140,7 @@ upstreams:
     let reply = get(&web, "/bare/x").await;
     assert_eq!(reply.status, 504);
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
@@ -149,7 +149,7 @@ upstreams:
         let reply = get(&web, "/r").await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert!(
-            started.elapsed() < Duration::from_millis(1500),
+            started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );
@@ -310,7 +310,7 @@ upstreams:
     let reply = get(&web, "/strict/x").await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"], "no_healthy_target");
-    assert!(started.elapsed() < Duration::from_millis(200));
+    assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(
         get(&web, "/panic").await.status,
         200,
@@ -516,7 +516,7 @@ upstreams:
         let started = Instant::now();
         assert_eq!(client.get("x", "/stuck/x").await.status, 200);
         assert!(
-            started.elapsed() < Duration::from_millis(300),
+            started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
