@@ -148,6 +148,89 @@ pub struct ListenerSpec {
     /// Per-connection and per-request limits.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Certificates and client authentication (`protocol: https`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsSpec>,
+    /// Answer every request with a redirect to https (`protocol: http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_https: Option<RedirectHttpsSpec>,
+    /// `Strict-Transport-Security` on every response (`protocol: https`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<HstsSpec>,
+}
+
+/// `tls:` of a listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// Certificates, chosen by SNI; the first one answers clients without (or with an unknown) SNI.
+    pub certificates: At<Vec<CertificateSpec>>,
+    /// Client certificates (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthSpec>,
+}
+
+/// A certificate chain and its key, PEM files (relative paths are from the config file).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    /// The chain, leaf first.
+    pub cert_file: At<String>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519).
+    pub key_file: At<String>,
+}
+
+/// `client_auth:` of a listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthSpec {
+    /// CAs whose certificates are accepted.
+    pub ca_file: At<String>,
+    /// Refuse handshakes without a certificate (`true`, the default) or let them through.
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+/// `redirect_https:` of an http listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectHttpsSpec {
+    /// The https port in the `Location`.
+    #[serde(default = "https_port")]
+    pub port: u16,
+    /// 301, 302, 307 or 308 (the default: the method is kept).
+    #[serde(default = "permanent")]
+    pub status: At<u16>,
+}
+
+fn https_port() -> u16 {
+    443
+}
+
+fn permanent() -> At<u16> {
+    At {
+        pos: Default::default(),
+        value: 308,
+    }
+}
+
+/// `hsts:` of an https listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsSpec {
+    /// `max-age`.
+    #[serde(default = "year")]
+    pub max_age: Dur,
+    /// `includeSubDomains`.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// `preload`.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn year() -> Dur {
+    Dur(std::time::Duration::from_secs(365 * 86_400))
 }
 
 /// `protocol:` of a listener.
@@ -157,6 +240,8 @@ pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port.
     #[default]
     Http,
+    /// TLS (1.2 and 1.3) with ALPN h2 and http/1.1.
+    Https,
 }
 
 /// `limits:` of a listener; the defaults are safe for a public port.
@@ -480,6 +565,30 @@ pub struct UpstreamSpec {
     /// Limits that answer 503 instead of piling load on the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// TLS towards the targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSpec>,
+}
+
+/// `tls:` of an upstream.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// Server name sent and verified; the target's host name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<At<String>>,
+    /// CAs to trust; the system's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<At<String>>,
+    /// Client certificate for mTLS to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<At<String>>,
+    /// Its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<At<String>>,
+    /// Verify the server certificate (default `true`; `false` is for tests and trusted networks).
+    #[serde(default = "yes")]
+    pub verify: bool,
 }
 
 /// `sticky:` of an upstream.

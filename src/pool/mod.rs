@@ -17,8 +17,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use rustls_pki_types::ServerName;
+
 use crate::proxy::body::Body;
 use crate::proxy::error::ProxyError;
+use crate::tls::UpstreamTls;
 
 std::thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -160,15 +163,34 @@ impl TargetState {
         upstream: &str,
         http2: bool,
         settings: PoolSettings,
+        tls: Option<&UpstreamTls>,
     ) -> Result<Conn, ProxyError> {
         let worker = worker();
         if http2 {
-            return self.connect_h2(upstream, worker, settings).await;
+            return self.connect_h2(upstream, worker, settings, tls).await;
         }
         if let Some(sender) = self.checkout(worker, settings.idle_timeout) {
             return Ok(Conn::H1(self.checkin(worker, sender, settings)));
         }
-        let io = self.dial(upstream, settings).await?;
+        let stream = self.dial(upstream, settings).await?;
+        let sender = match tls {
+            None => self.open_h1(upstream, TokioIo::new(stream)).await?,
+            Some(tls) => {
+                let stream = self.tls_handshake(upstream, tls, stream, settings).await?;
+                self.open_h1(upstream, TokioIo::new(stream)).await?
+            }
+        };
+        Ok(Conn::H1(self.checkin(worker, sender, settings)))
+    }
+
+    async fn open_h1<I>(
+        &self,
+        upstream: &str,
+        io: I,
+    ) -> Result<http1::SendRequest<Body>, ProxyError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -183,7 +205,74 @@ impl TargetState {
             }
             drop(open);
         });
-        Ok(Conn::H1(self.checkin(worker, sender, settings)))
+        Ok(sender)
+    }
+
+    async fn open_h2<I>(
+        &self,
+        upstream: &str,
+        io: I,
+    ) -> Result<http2::SendRequest<Body>, ProxyError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Upstream {
+                upstream: upstream.to_owned(),
+                source,
+            })?;
+        let open = OpenConn::new(&self.open);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "upstream h2 connection ended");
+            }
+            drop(open);
+        });
+        Ok(sender)
+    }
+
+    /// TLS over a fresh TCP connection; SNI is the configured name or the target's host.
+    async fn tls_handshake(
+        &self,
+        upstream: &str,
+        tls: &UpstreamTls,
+        stream: TcpStream,
+        settings: PoolSettings,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let target = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let failed = |source: std::io::Error| ProxyError::Connect {
+            upstream: upstream.to_owned(),
+            target,
+            source,
+        };
+        let name = match &tls.sni {
+            Some(name) => name.clone(),
+            None => {
+                let host = self
+                    .address
+                    .rsplit_once(':')
+                    .map_or(self.address.as_str(), |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                ServerName::try_from(host.to_owned())
+                    .map_err(|e| failed(std::io::Error::other(e)))?
+            }
+        };
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
+        match tokio::time::timeout(settings.connect_timeout, connector.connect(name, stream)).await
+        {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(err)) => Err(failed(err)),
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                upstream: upstream.to_owned(),
+                target,
+            }),
+        }
     }
 
     fn checkin(
@@ -218,6 +307,7 @@ impl TargetState {
         upstream: &str,
         worker: usize,
         settings: PoolSettings,
+        tls: Option<&UpstreamTls>,
     ) -> Result<Conn, ProxyError> {
         if let Some(slot) = self.shared_h2.get(worker)
             && let Ok(shared) = slot.lock()
@@ -226,23 +316,14 @@ impl TargetState {
         {
             return Ok(Conn::H2(sender.clone()));
         }
-        let io = self.dial(upstream, settings).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(io)
-            .await
-            .map_err(|source| ProxyError::Upstream {
-                upstream: upstream.to_owned(),
-                source,
-            })?;
-        let open = OpenConn::new(&self.open);
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "upstream h2 connection ended");
+        let stream = self.dial(upstream, settings).await?;
+        let sender = match tls {
+            None => self.open_h2(upstream, TokioIo::new(stream)).await?,
+            Some(tls) => {
+                let stream = self.tls_handshake(upstream, tls, stream, settings).await?;
+                self.open_h2(upstream, TokioIo::new(stream)).await?
             }
-            drop(open);
-        });
+        };
         if let Some(slot) = self.shared_h2.get(worker)
             && let Ok(mut shared) = slot.lock()
         {
@@ -251,11 +332,7 @@ impl TargetState {
         Ok(Conn::H2(sender))
     }
 
-    async fn dial(
-        &self,
-        upstream: &str,
-        settings: PoolSettings,
-    ) -> Result<TokioIo<TcpStream>, ProxyError> {
+    async fn dial(&self, upstream: &str, settings: PoolSettings) -> Result<TcpStream, ProxyError> {
         let target = self.pick_addr().ok_or_else(|| ProxyError::NoTarget {
             upstream: upstream.to_owned(),
         })?;
@@ -272,7 +349,7 @@ impl TargetState {
             })?;
         // Small writes (request heads) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 }
 

@@ -92,6 +92,7 @@ fn sticky_value(target: &TargetState) -> String {
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     client_value: &HeaderValue,
+    scheme: &'static str,
     ctx: &mut RequestCtx,
     upstream: &Arc<Upstream>,
     route: &Route,
@@ -158,7 +159,7 @@ pub async fn forward(
     set_forwarded(
         &mut head.headers,
         client_value,
-        "http",
+        scheme,
         target.host.as_ref(),
     );
     append_via(&mut head.headers, client_version);
@@ -488,7 +489,11 @@ fn prepare(
         *req.version_mut() = Version::HTTP_2;
         let authority = host.and_then(|h| h.to_str().ok()).unwrap_or(&state.address);
         *req.uri_mut() = Uri::builder()
-            .scheme("http")
+            .scheme(if upstream.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            })
             .authority(authority)
             .path_and_query(path_and_query.clone())
             .build()
@@ -578,7 +583,10 @@ async fn exchange(
     let name = &*upstream.name;
     let mut request = request;
     for attempt in 0..2 {
-        let conn = match state.connect(name, upstream.http2, upstream.pool).await {
+        let conn = match state
+            .connect(name, upstream.http2, upstream.pool, upstream.tls.as_ref())
+            .await
+        {
             Ok(conn) => conn,
             // Nothing was sent: the caller may send this request elsewhere.
             Err(err) => return Err((err, Some(request))),

@@ -8,6 +8,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-client-cert-subject`: the verified client certificate's subject (mTLS).
+pub static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+/// `x-client-cert-san`: its subject alternative names.
+pub static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
 /// `x-forwarded-for`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.

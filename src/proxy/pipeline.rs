@@ -12,7 +12,7 @@ use super::body::Body;
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::forward;
-use super::headers::{self, X_REQUEST_ID};
+use super::headers::{self, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
 use crate::observe::RouteMetrics;
 use crate::plugins::Flow;
 use crate::routing::{RequestView, normalize_host, path};
@@ -30,6 +30,19 @@ pub struct ConnInfo {
     pub conn: Arc<crate::server::conn::ConnShared>,
     /// The client address as `X-Forwarded-For` writes it, made once per connection.
     pub client_value: HeaderValue,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The verified client certificate (mTLS), if any.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+/// A verified client certificate as the upstream sees it.
+#[derive(Debug)]
+pub struct ClientCert {
+    /// `x-client-cert-subject`.
+    pub subject: HeaderValue,
+    /// `x-client-cert-san`: every SAN, comma-separated.
+    pub sans: Option<HeaderValue>,
 }
 
 /// Serves one request; never fails (errors become JSON responses).
@@ -53,7 +66,8 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         .enabled()
         .then(|| head.uri.path().to_owned());
 
-    let outcome = match snap.listener(&conn.listener) {
+    let listener = snap.listener(&conn.listener);
+    let outcome = match listener {
         Some(listener) => run(conn, listener, &mut ctx, head, body).await,
         // The listener was removed by a reload; this connection is draining.
         None => (Err(ProxyError::NoRoute), None),
@@ -62,6 +76,11 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(hsts) = listener.and_then(|l| l.hsts.as_ref()) {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     let status = response.status().as_u16();
     let elapsed = ctx.start.elapsed();
     match metrics {
@@ -141,6 +160,39 @@ async fn run<'s>(
     let host_name = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let host_name = normalize_host(host_name);
 
+    if let Some((port, status)) = listener.redirect_https {
+        // Everything moves to https: same host (without its port), path and query.
+        let port = if port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
+        let target = match uri.query() {
+            Some(q) => format!("https://{host_name}{port}{normal}?{q}"),
+            None => format!("https://{host_name}{port}{normal}"),
+        };
+        return match HeaderValue::from_str(&target) {
+            Ok(location) if !host_name.is_empty() => {
+                let mut response = Response::new(Body::Empty);
+                *response.status_mut() = status;
+                response.headers_mut().insert(header::LOCATION, location);
+                (Ok(response), None)
+            }
+            _ => (Err(ProxyError::BadRequest("no host to redirect to")), None),
+        };
+    }
+
+    // Identity headers are portico's to set: a client's own are never trusted.
+    head.headers.remove(&X_CLIENT_CERT_SUBJECT);
+    head.headers.remove(&X_CLIENT_CERT_SAN);
+    if let Some(cert) = &conn.client_cert {
+        head.headers
+            .insert(&X_CLIENT_CERT_SUBJECT, cert.subject.clone());
+        if let Some(sans) = &cert.sans {
+            head.headers.insert(&X_CLIENT_CERT_SAN, sans.clone());
+        }
+    }
+
     // route
     let query = uri.query();
     let view = RequestView {
@@ -209,6 +261,7 @@ async fn run<'s>(
             };
             let result = forward::forward(
                 &conn.client_value,
+                conn.scheme,
                 ctx,
                 upstream,
                 route,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
@@ -17,8 +18,8 @@ use super::{
 use crate::balance::hash::{Maglev, Ring};
 use crate::balance::{Algorithm, Balancer, HashKey, smooth_sequence};
 use crate::config::spec::{
-    BalanceSpec, CheckType, MatchSpec, RetryCondition, RetryOnSpec, RetrySpec, RouteSpec,
-    UpstreamProtocol, UpstreamSpec, Workers,
+    BalanceSpec, CheckType, ListenerProtocol, ListenerSpec, MatchSpec, RetryCondition, RetryOnSpec,
+    RetrySpec, RouteSpec, UpstreamProtocol, UpstreamSpec, Workers,
 };
 use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
 use crate::health::PassivePolicy;
@@ -96,6 +97,8 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         }
     }
 
+    let base = Path::new(file).parent().unwrap_or(Path::new("."));
+    let mut tls_files = Vec::new();
     let mut listeners = Vec::new();
     let mut seen_names: HashMap<&str, Pos> = HashMap::new();
     let mut seen_addrs: Vec<(SocketAddr, Pos)> = Vec::new();
@@ -140,6 +143,41 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
                 "limits.max_header_size must be at least 1KiB",
             );
         }
+        let listener_tls = compile_listener_tls(spec_listener, base, &mut tls_files, &mut diags);
+        let redirect_https = spec_listener.redirect_https.as_ref().and_then(|r| {
+            if spec_listener.protocol == ListenerProtocol::Https {
+                diags.error(
+                    r.status.pos,
+                    "redirect_https applies to `protocol: http` listeners",
+                );
+            }
+            match *r.status {
+                301 | 302 | 307 | 308 => StatusCode::from_u16(*r.status).ok().map(|s| (r.port, s)),
+                _ => {
+                    diags.error(
+                        r.status.pos,
+                        "redirect_https.status must be 301, 302, 307 or 308",
+                    );
+                    None
+                }
+            }
+        });
+        let hsts = spec_listener.hsts.as_ref().and_then(|h| {
+            if spec_listener.protocol != ListenerProtocol::Https {
+                diags.error(
+                    spec_listener.name.pos,
+                    "hsts applies to `protocol: https` listeners",
+                );
+            }
+            let mut value = format!("max-age={}", h.max_age.0.as_secs());
+            if h.include_subdomains {
+                value.push_str("; includeSubDomains");
+            }
+            if h.preload {
+                value.push_str("; preload");
+            }
+            HeaderValue::from_str(&value).ok()
+        });
         let name: Arc<str> = Arc::from(spec_listener.name.as_str());
         let mut attached = Vec::new();
         let mut conditions = Vec::new();
@@ -189,16 +227,117 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             },
             routes: attached,
             table,
+            tls: listener_tls,
+            redirect_https,
+            hsts,
         });
     }
 
+    for upstream in &spec.upstreams {
+        if let Some(tls) = &upstream.1.tls {
+            for file in [&tls.ca_file, &tls.cert_file, &tls.key_file]
+                .into_iter()
+                .flatten()
+            {
+                tls_files.push(resolve_path(base, file));
+            }
+        }
+    }
     diags.finish(Snapshot {
         spec,
         listeners,
         upstreams,
         workers,
         admin,
+        tls_files,
     })
+}
+
+/// A path from the config, relative to the config file's folder.
+fn resolve_path(base: &Path, file: &str) -> PathBuf {
+    let path = Path::new(file);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+/// The TLS server config of an https listener; every problem is reported at its file's position.
+fn compile_listener_tls(
+    spec: &ListenerSpec,
+    base: &Path,
+    tls_files: &mut Vec<PathBuf>,
+    diags: &mut Diagnostics,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let Some(tls) = &spec.tls else {
+        if spec.protocol == ListenerProtocol::Https {
+            diags.error(
+                spec.name.pos,
+                "an https listener needs `tls: { certificates: [...] }`",
+            );
+        }
+        return None;
+    };
+    if spec.protocol != ListenerProtocol::Https {
+        diags.error(
+            spec.name.pos,
+            "`tls` applies to `protocol: https` listeners",
+        );
+        return None;
+    }
+    if tls.certificates.is_empty() {
+        diags.error(
+            tls.certificates.pos,
+            "an https listener needs at least one certificate",
+        );
+        return None;
+    }
+    let mut loaded = Vec::new();
+    for cert in tls.certificates.iter() {
+        let cert_path = resolve_path(base, &cert.cert_file);
+        let key_path = resolve_path(base, &cert.key_file);
+        tls_files.push(cert_path.clone());
+        tls_files.push(key_path.clone());
+        match crate::tls::load_pair(&cert_path, &key_path) {
+            Ok(c) => loaded.push(c),
+            Err(message) => {
+                let pos = if message.contains("key") && !message.contains("certificate in") {
+                    cert.key_file.pos
+                } else {
+                    cert.cert_file.pos
+                };
+                diags.error(pos, message);
+            }
+        }
+    }
+    let client_auth = match &tls.client_auth {
+        Some(auth) => {
+            let path = resolve_path(base, &auth.ca_file);
+            tls_files.push(path.clone());
+            match crate::tls::roots(&path) {
+                Ok(roots) => Some(crate::tls::ClientAuth {
+                    roots,
+                    required: auth.required,
+                }),
+                Err(message) => {
+                    diags.error(auth.ca_file.pos, message);
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
+    if loaded.len() != tls.certificates.len() {
+        return None;
+    }
+    match crate::tls::server_config(&loaded, client_auth.as_ref()) {
+        Ok(config) => Some(config),
+        Err(message) => {
+            diags.error(tls.certificates.pos, message);
+            None
+        }
+    }
 }
 
 /// Whether two bind addresses would collide on one port.
@@ -384,6 +523,53 @@ fn compile_upstream(
             "a sticky cookie name is letters, digits, `_` and `-`",
         );
     }
+    let tls = spec.tls.as_ref().and_then(|t| {
+        let base = Path::new(diags.file())
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let path = |f: &Option<At<String>>| f.as_ref().map(|f| resolve_path(&base, f));
+        let identity = match (path(&t.cert_file), path(&t.key_file)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                diags.error(
+                    name.pos,
+                    "upstream tls needs both cert_file and key_file, or neither",
+                );
+                return None;
+            }
+        };
+        let sni = match &t.sni {
+            Some(sni) => match rustls_pki_types::ServerName::try_from(sni.value.clone()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    diags.error(sni.pos, format!("invalid server name `{}`", **sni));
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let ca = path(&t.ca_file);
+        let identity_refs = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        match crate::tls::client_config(
+            ca.as_deref(),
+            identity_refs,
+            t.verify,
+            spec.protocol == UpstreamProtocol::Http2,
+        ) {
+            Ok(config) => Some(crate::tls::UpstreamTls { config, sni }),
+            Err(message) => {
+                let pos = t
+                    .ca_file
+                    .as_ref()
+                    .or(t.cert_file.as_ref())
+                    .map_or(name.pos, |f| f.pos);
+                diags.error(pos, message);
+                None
+            }
+        }
+    });
     if diags.list.len() > before {
         return None;
     }
@@ -421,6 +607,7 @@ fn compile_upstream(
             .as_ref()
             .and_then(|c| c.max_connections),
         max_pending: spec.circuit_breaker.as_ref().and_then(|c| c.max_pending),
+        tls,
     })
 }
 

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub workers: usize,
     /// Admin listener address and token.
     pub admin: Option<(SocketAddr, Option<String>)>,
+    /// Certificate and key files in use, watched for changes.
+    pub tls_files: Vec<std::path::PathBuf>,
 }
 
 impl Snapshot {
@@ -66,6 +68,12 @@ pub struct Listener {
     pub routes: Vec<ListenerRoute>,
     /// The route matcher.
     pub table: RouteTable,
+    /// TLS for `protocol: https`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `redirect_https`: port and status.
+    pub redirect_https: Option<(u16, StatusCode)>,
+    /// `Strict-Transport-Security` value for every response.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl Listener {
@@ -287,6 +295,8 @@ pub struct Upstream {
     pub max_connections: Option<usize>,
     /// Circuit breaker: most requests waiting for a connection.
     pub max_pending: Option<usize>,
+    /// TLS towards the targets.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 #[cfg(test)]

@@ -13,9 +13,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::Shared;
@@ -52,14 +51,17 @@ struct ConnState {
 }
 
 /// Serves one accepted connection until it closes or drains.
-pub fn serve(
+pub fn serve<S>(
     shared: Arc<Shared>,
     info: ConnInfo,
-    stream: TcpStream,
+    stream: S,
     builder: &auto::Builder<TokioExecutor>,
     limits: &Limits,
-    graceful: &GracefulShutdown,
-) -> impl Future<Output = ()> + Send + 'static + use<> {
+    watcher: Watcher,
+) -> impl Future<Output = ()> + Send + 'static + use<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn = Arc::clone(&info.conn);
     let state = Arc::new(ConnState { shared, info });
     let service = service_fn(move |req: hyper::Request<Incoming>| {
@@ -83,7 +85,7 @@ pub fn serve(
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    let watcher = graceful.watch(conn);
+    let watcher = watcher.watch(conn);
     async move {
         if let Err(err) = watcher.await {
             tracing::debug!(error = %err, "client connection ended");
@@ -116,8 +118,8 @@ impl ConnShared {
 /// `header_timeout` of its first byte, and a connection with no request in progress and no
 /// bytes moving for `idle_timeout` is closed. One clock read per I/O call; the timer is
 /// re-armed lazily.
-pub struct IdleIo {
-    inner: TcpStream,
+pub struct IdleIo<S> {
+    inner: S,
     timer: Pin<Box<Sleep>>,
     idle: Duration,
     header: Duration,
@@ -128,8 +130,8 @@ pub struct IdleIo {
     conn: Arc<ConnShared>,
 }
 
-impl IdleIo {
-    fn new(inner: TcpStream, idle: Duration, header: Duration, conn: Arc<ConnShared>) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
+    fn new(inner: S, idle: Duration, header: Duration, conn: Arc<ConnShared>) -> Self {
         let now = Instant::now();
         IdleIo {
             inner,
@@ -204,7 +206,7 @@ impl IdleIo {
     }
 }
 
-impl AsyncRead for IdleIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -227,7 +229,7 @@ impl AsyncRead for IdleIo {
     }
 }
 
-impl AsyncWrite for IdleIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::Shared;
 use super::conn;
-use crate::proxy::pipeline::ConnInfo;
+use crate::proxy::pipeline::{ClientCert, ConnInfo};
 use crate::runtime::Limits;
 
 /// A bound listener: its sockets' accept loops, one per worker.
@@ -177,20 +177,61 @@ async fn accept_loop(
         let Some((_, builder, limits)) = cached.as_ref() else {
             continue;
         };
-        let info = ConnInfo {
+        let mut info = ConnInfo {
             client,
             listener: Arc::clone(&name),
             conn: Arc::default(),
             client_value: crate::proxy::headers::client_value(client.ip()),
+            scheme: "http",
+            client_cert: None,
         };
-        let served = conn::serve(
-            Arc::clone(&shared),
-            info,
-            stream,
-            builder,
-            limits,
-            &graceful,
-        );
+        let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &config.tls {
+            None => Box::pin(conn::serve(
+                Arc::clone(&shared),
+                info,
+                stream,
+                builder,
+                limits,
+                graceful.watcher(),
+            )),
+            Some(tls) => {
+                // The handshake runs on the connection's own task, bounded by the head timeout.
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+                let (shared, builder, limits) = (Arc::clone(&shared), builder.clone(), *limits);
+                let watcher = graceful.watcher();
+                Box::pin(async move {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(client = %client, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %client, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    info.scheme = "https";
+                    info.client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| crate::tls::identity(leaf))
+                        .and_then(|id| {
+                            Some(Arc::new(ClientCert {
+                                subject: http::HeaderValue::from_str(&id.subject).ok()?,
+                                sans: (!id.sans.is_empty())
+                                    .then(|| http::HeaderValue::from_str(&id.sans.join(", ")).ok())
+                                    .flatten(),
+                            }))
+                        });
+                    conn::serve(shared, info, stream, &builder, &limits, watcher).await;
+                })
+            }
+        };
         let gauge = gauge.clone();
         gauge.inc();
         tokio::spawn(async move {

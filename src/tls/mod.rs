@@ -1,0 +1,388 @@
+//! TLS with rustls (ring provider): certificates and keys from PEM, certificate choice by SNI,
+//! client certificates (mTLS) and upstream TLS.
+//!
+//! Everything here is built when the config is compiled, so `validate` reports a missing file,
+//! a key that does not match its certificate, or an expired certificate with its position, and
+//! a reload swaps whole `ServerConfig`s: new handshakes use the new certificates while
+//! established connections keep theirs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+/// The one crypto provider portico uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain with its key, and the names it serves.
+#[derive(Debug, Clone)]
+pub struct LoadedCert {
+    /// What rustls serves.
+    pub key: Arc<CertifiedKey>,
+    /// DNS names (lower case; `*.x` for wildcards) from the leaf's SANs, or its CN.
+    pub names: Vec<String>,
+    /// Leaf expiry, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Loads a PEM chain and key; the message says what is wrong, for the config position.
+pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, String> {
+    let certs = load_certs(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
+        rustls_pki_types::pem::Error::Io(io) => {
+            format!("cannot read key file {}: {io}", key_file.display())
+        }
+        other => format!("no usable private key in {}: {other:?}", key_file.display()),
+    })?;
+    let certified =
+        CertifiedKey::from_der(certs.clone(), key, &provider()).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "the key in {} does not match the certificate in {}",
+                key_file.display(),
+                cert_file.display()
+            ),
+            other => format!("unusable key in {}: {other}", key_file.display()),
+        })?;
+    let leaf = identity(&certs[0])
+        .ok_or_else(|| format!("cannot parse the certificate in {}", cert_file.display()))?;
+    let now = now_unix();
+    if leaf.not_after < now {
+        return Err(format!(
+            "the certificate in {} expired ({})",
+            cert_file.display(),
+            leaf.not_after_text
+        ));
+    }
+    if leaf.not_before > now {
+        return Err(format!(
+            "the certificate in {} is not valid yet ({})",
+            cert_file.display(),
+            leaf.not_before_text
+        ));
+    }
+    let mut names: Vec<String> = leaf
+        .dns_names
+        .iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
+    if names.is_empty()
+        && let Some(cn) = &leaf.common_name
+    {
+        names.push(cn.to_ascii_lowercase());
+    }
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        names,
+        not_after: leaf.not_after,
+    })
+}
+
+/// Every certificate in a PEM file.
+pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("cannot read certificate file {}: {e:?}", file.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in {}: {e:?}", file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", file.display()));
+    }
+    Ok(certs)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What a certificate says about its subject.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The subject distinguished name, RFC 4514 style (`CN=alice,O=Example`).
+    pub subject: String,
+    /// The subject's common name.
+    pub common_name: Option<String>,
+    /// DNS names from the SAN extension.
+    pub dns_names: Vec<String>,
+    /// Every SAN as `DNS:x`, `URI:x`, `email:x` or `IP:x`.
+    pub sans: Vec<String>,
+    /// Validity, Unix seconds, and as text.
+    pub not_before: i64,
+    /// See `not_before`.
+    pub not_after: i64,
+    /// Validity start as text.
+    pub not_before_text: String,
+    /// Validity end as text.
+    pub not_after_text: String,
+}
+
+/// Parses the subject, SANs and validity of a DER certificate.
+pub fn identity(der: &[u8]) -> Option<Identity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let common_name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    let mut dns_names = Vec::new();
+    let mut sans = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => {
+                    dns_names.push((*n).to_owned());
+                    sans.push(format!("DNS:{n}"));
+                }
+                GeneralName::URI(u) => sans.push(format!("URI:{u}")),
+                GeneralName::RFC822Name(e) => sans.push(format!("email:{e}")),
+                GeneralName::IPAddress(ip) => {
+                    let text = match ip.len() {
+                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*ip).ok()?).to_string(),
+                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*ip).ok()?).to_string(),
+                        _ => continue,
+                    };
+                    sans.push(format!("IP:{text}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    let validity = cert.validity();
+    Some(Identity {
+        subject: subject.to_string(),
+        common_name,
+        dns_names,
+        sans,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+        not_before_text: validity.not_before.to_string(),
+        not_after_text: validity.not_after.to_string(),
+    })
+}
+
+/// Picks the certificate for a handshake by SNI: exact name, then wildcard, then the default
+/// (the listener's first certificate).
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    /// Indexes `certs` by their names; the first is the default.
+    pub fn new(certs: &[LoadedCert]) -> Option<Self> {
+        let default = Arc::clone(&certs.first()?.key);
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for cert in certs {
+            for name in &cert.names {
+                match name.strip_prefix("*.") {
+                    Some(suffix) => wildcard
+                        .entry(suffix.to_owned())
+                        .or_insert_with(|| Arc::clone(&cert.key)),
+                    None => exact
+                        .entry(name.clone())
+                        .or_insert_with(|| Arc::clone(&cert.key)),
+                };
+            }
+        }
+        Some(SniResolver {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
+    /// The certificate for a server name (or none given).
+    pub fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return Arc::clone(&self.default);
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(key) = self.exact.get(&name) {
+            return Arc::clone(key);
+        }
+        // `*.example.com` covers exactly one label (RFC 6125 §6.4.3).
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(key) = self.wildcard.get(parent)
+        {
+            return Arc::clone(key);
+        }
+        Arc::clone(&self.default)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+/// Client-certificate settings of a listener.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// Trusted CAs.
+    pub roots: Arc<RootCertStore>,
+    /// Handshakes without a certificate fail (`true`) or proceed anonymously (`false`).
+    pub required: bool,
+}
+
+/// A root store from a PEM bundle.
+pub fn roots(file: &Path) -> Result<Arc<RootCertStore>, String> {
+    let mut store = RootCertStore::empty();
+    for cert in load_certs(file)? {
+        store
+            .add(cert)
+            .map_err(|e| format!("unusable CA certificate in {}: {e}", file.display()))?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// The server side of an https listener.
+pub fn server_config(
+    certs: &[LoadedCert],
+    client_auth: Option<&ClientAuth>,
+) -> Result<Arc<ServerConfig>, String> {
+    let resolver =
+        SniResolver::new(certs).ok_or("an https listener needs at least one certificate")?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = match client_auth {
+        Some(auth) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::clone(&auth.roots), provider());
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| e.to_string())?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption: stateless tickets (TLS 1.2 and 1.3) and the default session cache.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    Ok(Arc::new(config))
+}
+
+/// Upstream TLS settings, compiled.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The client config (roots, client certificate, ALPN).
+    pub config: Arc<ClientConfig>,
+    /// SNI and verified name; the target's host when absent.
+    pub sni: Option<ServerName<'static>>,
+}
+
+/// The client side towards an upstream.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    verify: bool,
+    http2: bool,
+) -> Result<Arc<ClientConfig>, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = if !verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+    } else {
+        let roots = match ca_file {
+            Some(file) => roots(file)?,
+            None => {
+                let mut store = RootCertStore::empty();
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = store.add(cert);
+                }
+                Arc::new(store)
+            }
+        };
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let loaded = load_pair(cert, key)?;
+            builder
+                .with_client_auth_cert(loaded.key.cert.clone(), load_key(key)?)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(config))
+}
+
+fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(file)
+        .map_err(|e| format!("no usable private key in {}: {e:?}", file.display()))
+}
+
+/// `verify: false`: accepts any server certificate. For tests and trusted networks only.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
