@@ -27,6 +27,8 @@ pub struct ActiveCheck {
     pub healthy: u32,
     /// Consecutive failures that take a target out.
     pub unhealthy: u32,
+    /// TLS, when the upstream speaks it: checks go over TLS too.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// The probe itself.

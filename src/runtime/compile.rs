@@ -500,6 +500,7 @@ fn compile_upstream(
             timeout: a.timeout.0,
             healthy: a.healthy.max(1),
             unhealthy: a.unhealthy.max(1),
+            tls: None,
         })
     });
     let passive = health.passive.as_ref().map(|p| PassivePolicy {
@@ -573,6 +574,10 @@ fn compile_upstream(
     if diags.list.len() > before {
         return None;
     }
+    let active = active.map(|mut check| {
+        check.tls = tls.clone();
+        check
+    });
     let targets = spec
         .targets
         .iter()

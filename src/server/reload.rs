@@ -161,6 +161,7 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
     tracing::info!(workers = workers.len(), "ready");
 
     let mut resolved: HashMap<(String, String), Instant> = HashMap::new();
+    let mut stamps = file_stamps(&shared.snapshot.load());
     let mut dns_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -171,11 +172,26 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
                     }
                     checks = start_checks(&shared);
                 }
+                stamps = file_stamps(&shared.snapshot.load());
                 resolve_all(&shared, &mut resolved, true).await;
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = dns_tick.tick() => resolve_all(&shared, &mut resolved, false).await,
+            _ = dns_tick.tick() => {
+                resolve_all(&shared, &mut resolved, false).await;
+                // A changed certificate or key file reloads the config: new handshakes use it.
+                let now = file_stamps(&shared.snapshot.load());
+                if now != stamps {
+                    tracing::info!("certificate files changed; reloading");
+                    if reload(&shared, &workers, &mut listeners) {
+                        for check in checks.drain(..) {
+                            check.abort();
+                        }
+                        checks = start_checks(&shared);
+                    }
+                    stamps = file_stamps(&shared.snapshot.load());
+                }
+            }
         }
     }
     tracing::info!("draining");
@@ -204,6 +220,17 @@ pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Listener
             false
         }
     }
+}
+
+/// Modification times (and sizes) of the TLS files the config uses.
+fn file_stamps(snap: &Snapshot) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    snap.tls_files
+        .iter()
+        .map(|f| {
+            let meta = std::fs::metadata(f).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
 }
 
 /// Starts the active health checks of the config in force, one task per target.

@@ -12,3 +12,4 @@ mod proxy;
 mod reload;
 mod resilience;
 mod streaming;
+mod tls;

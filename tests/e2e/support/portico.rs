@@ -53,7 +53,16 @@ impl Portico {
 
     /// Like `start`, but returns the log if portico exits instead of becoming ready.
     pub fn try_start(config: &str) -> Result<Self, String> {
-        let dir = temp_dir("gw");
+        Self::try_start_in(&temp_dir("gw"), config)
+    }
+
+    /// Like `start`, with the config file written in `dir` (for relative paths in it).
+    pub fn start_in(dir: &std::path::Path, config: &str) -> Self {
+        Self::try_start_in(dir, config)
+            .unwrap_or_else(|log| panic!("portico did not become ready:\n{log}"))
+    }
+
+    fn try_start_in(dir: &std::path::Path, config: &str) -> Result<Self, String> {
         let path = dir.join("portico.yaml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(BIN)
