@@ -17,6 +17,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod health;
+pub mod l4;
 pub mod observe;
 pub mod plugins;
 pub mod pool;

@@ -157,6 +157,12 @@ pub struct ListenerSpec {
     /// `Strict-Transport-Security` on every response (`protocol: https`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts: Option<HstsSpec>,
+    /// `tls_passthrough`: server name (exact or `*.suffix`) → upstream.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sni: BTreeMap<String, At<String>>,
+    /// `tls_passthrough`: the upstream for connections no `sni` entry matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<At<String>>,
 }
 
 /// `tls:` of a listener.
@@ -242,6 +248,8 @@ pub enum ListenerProtocol {
     Http,
     /// TLS (1.2 and 1.3) with ALPN h2 and http/1.1.
     Https,
+    /// TLS left untouched: routed by the ClientHello's SNI to `sni` upstreams (layer 4).
+    TlsPassthrough,
 }
 
 /// `limits:` of a listener; the defaults are safe for a public port.

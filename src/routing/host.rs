@@ -46,7 +46,7 @@ impl HostPattern {
     }
 
     /// Specificity: an exact name beats any wildcard, a longer wildcard beats a shorter one.
-    pub(crate) fn rank(&self) -> usize {
+    pub fn rank(&self) -> usize {
         match self {
             HostPattern::Exact(_) => usize::MAX,
             HostPattern::Suffix(suffix) => suffix.len(),

@@ -178,6 +178,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             }
             HeaderValue::from_str(&value).ok()
         });
+        let passthrough = compile_passthrough(spec_listener, &by_name, &mut diags);
         let name: Arc<str> = Arc::from(spec_listener.name.as_str());
         let mut attached = Vec::new();
         let mut conditions = Vec::new();
@@ -188,7 +189,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
                 .as_ref()
                 .is_none_or(|names| names.iter().any(|n| n.as_str() == &*name));
             let Some(cond) = cond else { continue };
-            if !wanted {
+            if !wanted || passthrough.is_some() {
                 continue;
             }
             let metrics = match &route.action {
@@ -230,6 +231,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             tls: listener_tls,
             redirect_https,
             hsts,
+            passthrough,
         });
     }
 
@@ -251,6 +253,51 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         admin,
         tls_files,
     })
+}
+
+/// SNI routing of a `tls_passthrough` listener.
+fn compile_passthrough(
+    spec: &ListenerSpec,
+    upstreams: &HashMap<&str, &Arc<Upstream>>,
+    diags: &mut Diagnostics,
+) -> Option<crate::l4::Passthrough> {
+    if spec.protocol != ListenerProtocol::TlsPassthrough {
+        if !spec.sni.is_empty() || spec.upstream.is_some() {
+            diags.error(
+                spec.name.pos,
+                "`sni` and `upstream` apply to `protocol: tls_passthrough` listeners",
+            );
+        }
+        return None;
+    }
+    let find = |name: &At<String>, diags: &mut Diagnostics| match upstreams.get(name.as_str()) {
+        Some(u) => Some(Arc::clone(u)),
+        None => {
+            diags.error(name.pos, format!("upstream `{}` is not defined", **name));
+            None
+        }
+    };
+    let mut routes = Vec::new();
+    for (pattern, upstream) in &spec.sni {
+        match HostPattern::parse(pattern) {
+            Ok(p) => {
+                if let Some(u) = find(upstream, diags) {
+                    routes.push((p, u));
+                }
+            }
+            Err(message) => diags.error(upstream.pos, message),
+        }
+    }
+    // Exact names first, then longer wildcards before shorter ones.
+    routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.rank()));
+    let default = spec.upstream.as_ref().and_then(|u| find(u, diags));
+    if routes.is_empty() && default.is_none() {
+        diags.error(
+            spec.name.pos,
+            "a tls_passthrough listener needs `sni` entries or an `upstream`",
+        );
+    }
+    Some(crate::l4::Passthrough { routes, default })
 }
 
 /// A path from the config, relative to the config file's folder.

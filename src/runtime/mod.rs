@@ -74,6 +74,8 @@ pub struct Listener {
     pub redirect_https: Option<(u16, StatusCode)>,
     /// `Strict-Transport-Security` value for every response.
     pub hsts: Option<http::HeaderValue>,
+    /// `tls_passthrough` routing; such a listener serves no HTTP routes.
+    pub passthrough: Option<crate::l4::Passthrough>,
 }
 
 impl Listener {

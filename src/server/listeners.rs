@@ -177,6 +177,21 @@ async fn accept_loop(
         let Some((_, builder, limits)) = cached.as_ref() else {
             continue;
         };
+        if config.passthrough.is_some() {
+            // Layer 4: the snapshot travels with the connection, like a request's does.
+            let snap = shared.snapshot.load_full();
+            let (name, timeout) = (Arc::clone(&name), config.limits.header_timeout);
+            let gauge = gauge.clone();
+            gauge.inc();
+            tokio::spawn(async move {
+                if let Some(routes) = snap.listener(&name).and_then(|l| l.passthrough.as_ref()) {
+                    crate::l4::serve(stream, routes, timeout).await;
+                }
+                gauge.dec();
+                drop(permit);
+            });
+            continue;
+        }
         let mut info = ConnInfo {
             client,
             listener: Arc::clone(&name),

@@ -531,3 +531,54 @@ async fn http_redirects_to_https_and_https_sends_hsts() {
         "max-age=86400; includeSubDomains"
     );
 }
+
+#[tokio::test]
+async fn passthrough_routes_by_sni_without_terminating() {
+    let s = setup();
+    let db = s.ca.leaf("db", "db.test", &["db.test"], false, false);
+    let web = s.ca.leaf("web", "web", &["*.web.test"], false, false);
+    let db_up = tls_upstream(&db).await;
+    let web_up = tls_upstream(&web).await;
+    let config = fill(
+        "\
+listeners:
+  - name: pt
+    bind: 127.0.0.1:0
+    protocol: tls_passthrough
+    sni: { db.test: db, '*.web.test': web }
+  - name: pt-default
+    bind: 127.0.0.1:0
+    protocol: tls_passthrough
+    sni: { db.test: db }
+    upstream: web
+upstreams:
+  db: { targets: [ { address: '@DB@' } ] }
+  web: { targets: [ { address: '@WEB@' } ] }
+",
+        &[("DB", &db_up), ("WEB", &web_up)],
+    );
+    let gw = Portico::start(&config);
+    let client = pki::client_config(&s.ca.cert_path(), None, &[b"http/1.1"]);
+    // The certificate the client sees is the upstream's own: portico did not terminate.
+    for (listener, sni, body) in [
+        ("pt", "db.test", "tls HTTP/1.1 sni=db.test"),
+        ("pt", "a.web.test", "tls HTTP/1.1 sni=a.web.test"),
+        (
+            "pt-default",
+            "other.web.test",
+            "tls HTTP/1.1 sni=other.web.test",
+        ),
+    ] {
+        let stream = pki::connect(&gw.addr(listener), sni, Arc::clone(&client))
+            .await
+            .unwrap();
+        let (status, got) = h1_over(stream, "/", &[]).await;
+        assert_eq!((status, got.as_str()), (200, body));
+    }
+    // No route for the name: the connection is closed.
+    assert!(
+        pki::connect(&gw.addr("pt"), "nobody.test", client)
+            .await
+            .is_err()
+    );
+}
