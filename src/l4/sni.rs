@@ -105,7 +105,7 @@ fn client_hello(body: &[u8]) -> Option<Option<String>> {
             continue;
         }
         // server_name: a list of (type, name); type 0 is host_name.
-        let mut list = Reader { data: data };
+        let mut list = Reader { data };
         let mut names = Reader {
             data: list.vec16()?,
         };
