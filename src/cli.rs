@@ -137,6 +137,7 @@ pub fn run() -> ExitCode {
 fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::config::Diagnostic>> {
     let registry = Registry::default();
     let metrics = Metrics::new();
+    let acme = crate::tls::acme::Store::default();
     let spec = crate::config::load(path)?;
     runtime::compile(
         spec,
@@ -144,6 +145,7 @@ fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::confi
         Env {
             registry: &registry,
             metrics: &metrics,
+            acme: &acme,
         },
     )
 }

@@ -25,12 +25,14 @@ pub fn config(data: &[u8]) {
     if let Ok(spec) = config::load_str("fuzz.yaml", text, &env) {
         let registry = Registry::default();
         let metrics = Metrics::new();
+        let acme = crate::tls::acme::Store::default();
         let _ = runtime::compile(
             spec,
             "fuzz.yaml",
             Env {
                 registry: &registry,
                 metrics: &metrics,
+                acme: &acme,
             },
         );
     }
@@ -53,6 +55,7 @@ fn table() -> &'static Snapshot {
         let spec = config::load_str("routes.yaml", ROUTES, &|_| None).unwrap_or_default();
         let registry = Registry::default();
         let metrics = Metrics::new();
+        let acme = crate::tls::acme::Store::default();
         // The fixed config above compiles; an empty snapshot would only weaken the fuzzing.
         runtime::compile(
             spec,
@@ -60,6 +63,7 @@ fn table() -> &'static Snapshot {
             Env {
                 registry: &registry,
                 metrics: &metrics,
+                acme: &acme,
             },
         )
         .unwrap_or_else(|_| unreachable!("the fuzz routing table compiles"))

@@ -170,10 +170,72 @@ pub struct ListenerSpec {
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsSpec {
     /// Certificates, chosen by SNI; the first one answers clients without (or with an unknown) SNI.
+    #[serde(default = "no_certificates")]
     pub certificates: At<Vec<CertificateSpec>>,
+    /// Certificates obtained and renewed automatically from an ACME CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeSpec>,
     /// Client certificates (mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuthSpec>,
+}
+
+fn no_certificates() -> At<Vec<CertificateSpec>> {
+    At {
+        pos: Default::default(),
+        value: Vec::new(),
+    }
+}
+
+/// `tls.acme:` of a listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSpec {
+    /// The CA's directory URL (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory).
+    pub directory: At<String>,
+    /// Contact e-mail for the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Names on the certificate.
+    pub domains: At<Vec<String>>,
+    /// `tls_alpn_01` (default: answered on this listener) or `http_01` (answered by the http
+    /// listener on port 80).
+    #[serde(default)]
+    pub challenge: AcmeChallengeSpec,
+    /// Folder for the account key and certificates (relative to the config file); default
+    /// `acme/<first domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// A CA to trust for the directory's own HTTPS, for private or test CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_ca_file: Option<At<String>>,
+    /// Renew when less than this is left.
+    #[serde(default = "thirty_days")]
+    pub renew_before: Dur,
+    /// How often the certificate is checked.
+    #[serde(default = "twelve_hours")]
+    pub check_every: Dur,
+}
+
+/// `challenge:` of `tls.acme`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AcmeChallengeSpec {
+    /// TLS-ALPN-01 (RFC 8737).
+    #[default]
+    #[serde(rename = "tls_alpn_01")]
+    TlsAlpn01,
+    /// HTTP-01.
+    #[serde(rename = "http_01")]
+    Http01,
+}
+
+fn thirty_days() -> Dur {
+    Dur(std::time::Duration::from_secs(30 * 86_400))
+}
+
+fn twelve_hours() -> Dur {
+    Dur(std::time::Duration::from_secs(12 * 3600))
 }
 
 /// A certificate chain and its key, PEM files (relative paths are from the config file).

@@ -67,7 +67,21 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         .then(|| head.uri.path().to_owned());
 
     let listener = snap.listener(&conn.listener);
+    let acme_token = head
+        .uri
+        .path()
+        .strip_prefix(crate::tls::acme::HTTP01_PREFIX)
+        .and_then(|token| shared.acme.http01(token));
     let outcome = match listener {
+        // An ACME HTTP-01 validation, answered before routing and redirects (RFC 8555 §8.3).
+        Some(_) if acme_token.is_some() => {
+            let mut response = Response::new(Body::full(acme_token.unwrap_or_default()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            (Ok(response), None)
+        }
         Some(listener) => run(conn, listener, &mut ctx, head, body).await,
         // The listener was removed by a reload; this connection is draining.
         None => (Err(ProxyError::NoRoute), None),

@@ -36,6 +36,8 @@ pub struct Env<'a> {
     pub registry: &'a Registry,
     /// Metric families.
     pub metrics: &'a Metrics,
+    /// ACME state, kept across reloads.
+    pub acme: &'a crate::tls::acme::Store,
 }
 
 /// Compiles `spec` (read from `file`) into a snapshot, or returns every problem found.
@@ -143,7 +145,8 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
                 "limits.max_header_size must be at least 1KiB",
             );
         }
-        let listener_tls = compile_listener_tls(spec_listener, base, &mut tls_files, &mut diags);
+        let listener_tls =
+            compile_listener_tls(spec_listener, base, env.acme, &mut tls_files, &mut diags);
         let redirect_https = spec_listener.redirect_https.as_ref().and_then(|r| {
             if spec_listener.protocol == ListenerProtocol::Https {
                 diags.error(
@@ -314,6 +317,7 @@ fn resolve_path(base: &Path, file: &str) -> PathBuf {
 fn compile_listener_tls(
     spec: &ListenerSpec,
     base: &Path,
+    acme_store: &crate::tls::acme::Store,
     tls_files: &mut Vec<PathBuf>,
     diags: &mut Diagnostics,
 ) -> Option<Arc<rustls::ServerConfig>> {
@@ -333,13 +337,47 @@ fn compile_listener_tls(
         );
         return None;
     }
-    if tls.certificates.is_empty() {
+    if tls.certificates.is_empty() && tls.acme.is_none() {
         diags.error(
-            tls.certificates.pos,
-            "an https listener needs at least one certificate",
+            spec.name.pos,
+            "an https listener needs `certificates` or `acme`",
         );
         return None;
     }
+    let acme = tls.acme.as_ref().and_then(|a| {
+        use crate::config::spec::AcmeChallengeSpec;
+        use crate::tls::acme::{Challenge, Settings};
+        if !a.directory.starts_with("https://") && !a.directory.starts_with("http://") {
+            diags.error(a.directory.pos, "acme.directory must be an http(s) URL");
+        }
+        if a.domains.is_empty() {
+            diags.error(a.domains.pos, "acme.domains needs at least one name");
+            return None;
+        }
+        for domain in a.domains.iter() {
+            if HostPattern::parse(domain).is_err() {
+                diags.error(a.domains.pos, format!("invalid domain `{domain}`"));
+                return None;
+            }
+        }
+        let storage = match &a.storage {
+            Some(dir) => resolve_path(base, dir),
+            None => base.join("acme").join(&a.domains[0]),
+        };
+        Some(acme_store.state(Settings {
+            directory: a.directory.value.clone(),
+            email: a.email.clone(),
+            domains: a.domains.value.clone(),
+            challenge: match a.challenge {
+                AcmeChallengeSpec::TlsAlpn01 => Challenge::TlsAlpn01,
+                AcmeChallengeSpec::Http01 => Challenge::Http01,
+            },
+            storage,
+            directory_ca: a.directory_ca_file.as_ref().map(|f| resolve_path(base, f)),
+            renew_before: a.renew_before.0,
+            check_every: a.check_every.0.max(std::time::Duration::from_millis(100)),
+        }))
+    });
     let mut loaded = Vec::new();
     for cert in tls.certificates.iter() {
         let cert_path = resolve_path(base, &cert.cert_file);
@@ -378,7 +416,7 @@ fn compile_listener_tls(
     if loaded.len() != tls.certificates.len() {
         return None;
     }
-    match crate::tls::server_config(&loaded, client_auth.as_ref()) {
+    match crate::tls::server_config(&loaded, client_auth.as_ref(), acme) {
         Ok(config) => Some(config),
         Err(message) => {
             diags.error(tls.certificates.pos, message);

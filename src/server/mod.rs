@@ -34,4 +34,6 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// Why the last reload failed, if it did (served by the admin API).
     pub last_reload_error: Mutex<Option<String>>,
+    /// ACME state and HTTP-01 tokens.
+    pub acme: std::sync::Arc<crate::tls::acme::Store>,
 }

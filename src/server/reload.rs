@@ -21,6 +21,7 @@ use crate::config;
 use crate::observe::{AccessLog, Metrics};
 use crate::pool::{self, Registry};
 use crate::runtime::{self, Snapshot, compile::Env};
+use crate::tls::acme::Store as AcmeStore;
 
 /// Why portico could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +50,15 @@ pub fn load(
     path: &Path,
     registry: &Registry,
     metrics: &Metrics,
+    acme: &AcmeStore,
 ) -> Result<Snapshot, Vec<config::Diagnostic>> {
     let spec = config::load(path)?;
-    runtime::compile(spec, &path.display().to_string(), Env { registry, metrics })
+    let env = Env {
+        registry,
+        metrics,
+        acme,
+    };
+    runtime::compile(spec, &path.display().to_string(), env)
 }
 
 /// Runs portico on the config at `path` until SIGTERM or SIGINT; returns after draining.
@@ -59,11 +66,12 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     let registry = Registry::default();
     let metrics = Metrics::new();
     // Pools are sized by worker count, which the first compile tells.
-    let probe = load(path, &registry, &metrics).map_err(StartError::Config)?;
+    let acme = Arc::new(AcmeStore::default());
+    let probe = load(path, &registry, &metrics, &acme).map_err(StartError::Config)?;
     let workers = probe.workers;
     pool::set_workers(workers);
     let registry = Registry::default();
-    let snapshot = load(path, &registry, &metrics).map_err(StartError::Config)?;
+    let snapshot = load(path, &registry, &metrics, &acme).map_err(StartError::Config)?;
     let access_log = if snapshot.spec.access_log.enabled {
         AccessLog::open(&snapshot.spec.access_log.path).map_err(io_error(format!(
             "cannot open access log {}",
@@ -79,6 +87,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
         access_log,
         config_path: path.to_owned(),
         last_reload_error: Mutex::new(None),
+        acme,
     });
 
     let (handles, stops) = start_workers(workers)?;
@@ -233,10 +242,17 @@ fn file_stamps(snap: &Snapshot) -> Vec<Option<(std::time::SystemTime, u64)>> {
         .collect()
 }
 
-/// Starts the active health checks of the config in force, one task per target.
+/// Starts the active health checks of the config in force, one task per target, and the
+/// certificate maintenance of every ACME listener.
 fn start_checks(shared: &Shared) -> Vec<tokio::task::JoinHandle<()>> {
     let snap = shared.snapshot.load_full();
     let mut tasks = Vec::new();
+    for state in shared.acme.states() {
+        tasks.push(tokio::spawn(crate::tls::acme::maintain(
+            Arc::clone(&shared.acme),
+            state,
+        )));
+    }
     for upstream in &snap.upstreams {
         let Some(check) = &upstream.active else {
             continue;
@@ -264,7 +280,13 @@ fn try_reload(
     workers: &[Handle],
     listeners: &mut ListenerSet,
 ) -> Result<(), String> {
-    let next = load(&shared.config_path, &shared.registry, &shared.metrics).map_err(|diags| {
+    let next = load(
+        &shared.config_path,
+        &shared.registry,
+        &shared.metrics,
+        &shared.acme,
+    )
+    .map_err(|diags| {
         diags
             .iter()
             .map(ToString::to_string)

@@ -1,10 +1,12 @@
 //! TLS with rustls (ring provider): certificates and keys from PEM, certificate choice by SNI,
-//! client certificates (mTLS) and upstream TLS.
+//! client certificates (mTLS), upstream TLS, and ACME ([`acme`]).
 //!
 //! Everything here is built when the config is compiled, so `validate` reports a missing file,
 //! a key that does not match its certificate, or an expired certificate with its position, and
 //! a reload swaps whole `ServerConfig`s: new handshakes use the new certificates while
 //! established connections keep theirs.
+
+pub mod acme;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -177,13 +179,18 @@ pub fn identity(der: &[u8]) -> Option<Identity> {
 pub struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+    default: Option<Arc<CertifiedKey>>,
+    acme: Option<Arc<acme::AcmeState>>,
 }
 
 impl SniResolver {
-    /// Indexes `certs` by their names; the first is the default.
-    pub fn new(certs: &[LoadedCert]) -> Option<Self> {
-        let default = Arc::clone(&certs.first()?.key);
+    /// Indexes `certs` by their names; the first is the default. With `acme`, the issued
+    /// certificate serves every name the configured ones do not.
+    pub fn new(certs: &[LoadedCert], acme: Option<Arc<acme::AcmeState>>) -> Option<Self> {
+        if certs.is_empty() && acme.is_none() {
+            return None;
+        }
+        let default = certs.first().map(|c| Arc::clone(&c.key));
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for cert in certs {
@@ -202,31 +209,45 @@ impl SniResolver {
             exact,
             wildcard,
             default,
+            acme,
         })
     }
 
     /// The certificate for a server name (or none given).
-    pub fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+    pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let fallback = || {
+            self.acme
+                .as_ref()
+                .and_then(|a| a.pick(server_name, false))
+                .or_else(|| self.default.clone())
+        };
         let Some(name) = server_name else {
-            return Arc::clone(&self.default);
+            return fallback();
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(key) = self.exact.get(&name) {
-            return Arc::clone(key);
+            return Some(Arc::clone(key));
         }
         // `*.example.com` covers exactly one label (RFC 6125 §6.4.3).
         if let Some((_, parent)) = name.split_once('.')
             && let Some(key) = self.wildcard.get(parent)
         {
-            return Arc::clone(key);
+            return Some(Arc::clone(key));
         }
-        Arc::clone(&self.default)
+        fallback()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()))
+        let challenge = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == acme::ACME_TLS_ALPN));
+        if challenge {
+            // Only the ACME validation asks for `acme-tls/1` (RFC 8737 §3).
+            return self.acme.as_ref()?.pick(hello.server_name(), true);
+        }
+        self.pick(hello.server_name())
     }
 }
 
@@ -254,9 +275,11 @@ pub fn roots(file: &Path) -> Result<Arc<RootCertStore>, String> {
 pub fn server_config(
     certs: &[LoadedCert],
     client_auth: Option<&ClientAuth>,
+    acme: Option<Arc<acme::AcmeState>>,
 ) -> Result<Arc<ServerConfig>, String> {
+    let with_acme = acme.is_some();
     let resolver =
-        SniResolver::new(certs).ok_or("an https listener needs at least one certificate")?;
+        SniResolver::new(certs, acme).ok_or("an https listener needs at least one certificate")?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
@@ -275,6 +298,9 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if with_acme {
+        config.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
+    }
     // Resumption: stateless tickets (TLS 1.2 and 1.3) and the default session cache.
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
     Ok(Arc::new(config))

@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod acme;
 mod cli;
 mod discovery;
 mod edge;

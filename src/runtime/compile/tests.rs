@@ -4,6 +4,7 @@ use crate::config::load_str;
 fn compile_text(text: &str) -> Result<Snapshot, Vec<String>> {
     let registry = Registry::default();
     let metrics = Metrics::new();
+    let acme = crate::tls::acme::Store::default();
     let spec = load_str("c.yaml", text, &|_| None)
         .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     compile(

@@ -1,0 +1,346 @@
+//! Automatic HTTPS: certificates from an ACME CA (RFC 8555) with the HTTP-01 and TLS-ALPN-01
+//! (RFC 8737) challenges, kept on disk, renewed ahead of expiry.
+//!
+//! Each ACME-enabled listener has an [`AcmeState`] in the process-wide [`Store`], so reloads
+//! keep it. The listener's certificate resolver reads the state on every handshake: the issued
+//! certificate, or the challenge certificate when the CA connects with ALPN `acme-tls/1`.
+//! While a renewal runs, the old certificate keeps being served.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The ALPN protocol of TLS-ALPN-01 validation connections.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The path prefix HTTP-01 challenges are fetched under.
+pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Which challenge proves control of a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A token served over plain HTTP on port 80.
+    Http01,
+    /// A special certificate served over TLS with ALPN `acme-tls/1`.
+    TlsAlpn01,
+}
+
+/// An ACME-enabled listener's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory URL.
+    pub directory: String,
+    /// Contact e-mail.
+    pub email: Option<String>,
+    /// Names on the certificate.
+    pub domains: Vec<String>,
+    /// Challenge type.
+    pub challenge: Challenge,
+    /// Where the account and certificates live.
+    pub storage: PathBuf,
+    /// A CA to trust for the directory's own HTTPS (test CAs such as pebble).
+    pub directory_ca: Option<PathBuf>,
+    /// Renew when the certificate has less than this left.
+    pub renew_before: Duration,
+    /// How often to check.
+    pub check_every: Duration,
+}
+
+/// Live ACME state of one listener.
+#[derive(Debug)]
+pub struct AcmeState {
+    /// Settings in force (replaced by reloads).
+    pub settings: Mutex<Settings>,
+    /// The issued certificate, once there is one.
+    pub cert: ArcSwapOption<CertifiedKey>,
+    /// Its expiry, Unix seconds (0 = none).
+    pub not_after: AtomicI64,
+    /// TLS-ALPN-01 certificates by name, while validation runs.
+    pub alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl AcmeState {
+    /// The certificate for a handshake, if ACME has one for it.
+    pub fn pick(
+        &self,
+        server_name: Option<&str>,
+        alpn_challenge: bool,
+    ) -> Option<Arc<CertifiedKey>> {
+        if alpn_challenge {
+            let name = server_name?.to_ascii_lowercase();
+            return self.alpn.lock().ok()?.get(&name).cloned();
+        }
+        self.cert.load_full()
+    }
+}
+
+/// Every listener's ACME state, plus the HTTP-01 tokens all http listeners answer.
+#[derive(Debug, Default)]
+pub struct Store {
+    states: Mutex<HashMap<PathBuf, Arc<AcmeState>>>,
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+impl Store {
+    /// The state for `settings` (keyed by storage folder), made and loaded from disk on first use.
+    pub fn state(&self, settings: Settings) -> Arc<AcmeState> {
+        let mut states = match self.states.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(state) = states.get(&settings.storage) {
+            if let Ok(mut current) = state.settings.lock() {
+                *current = settings;
+            }
+            return Arc::clone(state);
+        }
+        let state = Arc::new(AcmeState {
+            settings: Mutex::new(settings.clone()),
+            cert: ArcSwapOption::empty(),
+            not_after: AtomicI64::new(0),
+            alpn: Mutex::new(HashMap::new()),
+        });
+        // A certificate from an earlier run is served at once.
+        if let Ok((key, not_after)) = load_stored(&settings.storage) {
+            state.cert.store(Some(key));
+            state.not_after.store(not_after, Ordering::Relaxed);
+        }
+        states.insert(settings.storage.clone(), Arc::clone(&state));
+        state
+    }
+
+    /// Every ACME state (for the renewal tasks).
+    pub fn states(&self) -> Vec<Arc<AcmeState>> {
+        self.states
+            .lock()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The key authorization for an HTTP-01 token, if a validation is running.
+    pub fn http01(&self, token: &str) -> Option<String> {
+        self.tokens.lock().ok()?.get(token).cloned()
+    }
+}
+
+fn load_stored(dir: &Path) -> Result<(Arc<CertifiedKey>, i64), String> {
+    let loaded = super::load_pair(&dir.join("cert.pem"), &dir.join("key.pem"))?;
+    Ok((loaded.key, loaded.not_after))
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Keeps one listener's certificate fresh, forever (until aborted).
+pub async fn maintain(store: Arc<Store>, state: Arc<AcmeState>) {
+    let mut failures = 0u32;
+    loop {
+        let settings = match state.settings.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => return,
+        };
+        let left = state.not_after.load(Ordering::Relaxed) - now_unix();
+        let due = state.cert.load().is_none() || left < settings.renew_before.as_secs() as i64;
+        let wait = if due {
+            match issue(&store, &state, &settings).await {
+                Ok(()) => {
+                    failures = 0;
+                    tracing::info!(domains = ?settings.domains, "certificate issued");
+                    settings.check_every
+                }
+                Err(err) => {
+                    failures += 1;
+                    tracing::warn!(domains = ?settings.domains, error = %err, "certificate order failed; the current certificate stays");
+                    // 2 s, 4 s, ... up to an hour.
+                    Duration::from_secs(1 << failures.min(11)).min(Duration::from_secs(3600))
+                }
+            }
+        } else {
+            settings.check_every
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn account(settings: &Settings) -> Result<Account, String> {
+    let builder = match &settings.directory_ca {
+        Some(ca) => Account::builder_with_root(ca),
+        None => Account::builder(),
+    }
+    .map_err(|e| format!("ACME client: {e}"))?;
+    let path = settings.storage.join("account.json");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(credentials) = serde_json::from_str::<AccountCredentials>(&text)
+    {
+        return builder
+            .from_credentials(credentials)
+            .await
+            .map_err(|e| format!("ACME account: {e}"));
+    }
+    let contact = settings.email.as_ref().map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, credentials) = builder
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            settings.directory.clone(),
+            None,
+        )
+        .await
+        .map_err(|e| format!("ACME account: {e}"))?;
+    let text = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
+    write_private(&path, text.as_bytes())?;
+    Ok(account)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    file.write_all(data)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<(), String> {
+    std::fs::create_dir_all(&settings.storage)
+        .map_err(|e| format!("cannot create {}: {e}", settings.storage.display()))?;
+    let account = account(settings).await?;
+    let identifiers: Vec<Identifier> = settings
+        .domains
+        .iter()
+        .cloned()
+        .map(Identifier::Dns)
+        .collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(|e| format!("new order: {e}"))?;
+    let kind = match settings.challenge {
+        Challenge::Http01 => ChallengeType::Http01,
+        Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+    };
+    let mut tokens = Vec::new();
+    let mut alpn_names = Vec::new();
+    let result = async {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            if authz.status == AuthorizationStatus::Valid {
+                continue;
+            }
+            let mut challenge = authz
+                .challenge(kind.clone())
+                .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
+            let key_auth = challenge.key_authorization();
+            let name = challenge.identifier().to_string().to_ascii_lowercase();
+            match settings.challenge {
+                Challenge::Http01 => {
+                    if let Ok(mut t) = store.tokens.lock() {
+                        t.insert(challenge.token.clone(), key_auth.as_str().to_owned());
+                    }
+                    tokens.push(challenge.token.clone());
+                }
+                Challenge::TlsAlpn01 => {
+                    let cert = alpn_certificate(&name, key_auth.digest().as_ref())?;
+                    if let Ok(mut a) = state.alpn.lock() {
+                        a.insert(name.clone(), cert);
+                    }
+                    alpn_names.push(name);
+                }
+            }
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| format!("challenge: {e}"))?;
+        }
+        let retries = RetryPolicy::new().timeout(Duration::from_secs(90));
+        let status = order
+            .poll_ready(&retries)
+            .await
+            .map_err(|e| format!("validation: {e}"))?;
+        if status != OrderStatus::Ready {
+            return Err(format!("the order ended {status:?}"));
+        }
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain_pem = order
+            .poll_certificate(&retries)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        Ok((key_pem, chain_pem))
+    }
+    .await;
+    // Challenges are answered only while they run.
+    if let Ok(mut t) = store.tokens.lock() {
+        for token in &tokens {
+            t.remove(token);
+        }
+    }
+    if let Ok(mut a) = state.alpn.lock() {
+        for name in &alpn_names {
+            a.remove(name);
+        }
+    }
+    let (key_pem, chain_pem) = result?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate from the CA: {e:?}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("bad key: {e:?}"))?;
+    let certified = CertifiedKey::from_der(chain.clone(), key, &super::provider())
+        .map_err(|e| e.to_string())?;
+    let not_after = chain
+        .first()
+        .and_then(|leaf| super::identity(leaf))
+        .map_or(0, |id| id.not_after);
+    write_private(&settings.storage.join("key.pem"), key_pem.as_bytes())?;
+    write_private(&settings.storage.join("cert.pem"), chain_pem.as_bytes())?;
+    state.cert.store(Some(Arc::new(certified)));
+    state.not_after.store(not_after, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The self-signed certificate that answers a TLS-ALPN-01 validation (RFC 8737 §3).
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+    let signing = super::provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}
