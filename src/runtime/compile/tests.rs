@@ -13,6 +13,7 @@ fn compile_text(text: &str) -> Result<Snapshot, Vec<String>> {
         Env {
             registry: &registry,
             metrics: &metrics,
+            acme: &acme,
         },
     )
     .map_err(|d| d.iter().map(ToString::to_string).collect())
