@@ -582,3 +582,130 @@ upstreams:
             .is_err()
     );
 }
+
+/// A self-signed certificate made by the openssl CLI, with a key of the given algorithm.
+fn openssl_cert(dir: &std::path::Path, name: &str, algorithm: &[&str]) -> (String, String) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ])
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .args(algorithm)
+        .args([
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+        ])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert.display().to_string(), key.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_ecdsa_and_ed25519_keys_and_real_clients() {
+    let s = setup();
+    let dir = &s.dir;
+    let (rsa_cert, rsa_key) = openssl_cert(dir, "rsa.test", &["-newkey", "rsa:2048"]);
+    let (ed_cert, ed_key) = openssl_cert(dir, "ed.test", &["-newkey", "ed25519"]);
+    let client_ca = Ca::new(&temp_dir("curl-client-ca"), "client CA");
+    let bob = client_ca.leaf("bob", "bob", &["bob.example"], true, false);
+    let up = TestUpstream::start("A").await;
+    let config = fill(
+        "\
+listeners:
+  - name: secure
+    bind: 127.0.0.1:0
+    protocol: https
+    tls:
+      certificates:
+        - { cert_file: '@DC@', key_file: '@DK@' }
+        - { cert_file: '@RC@', key_file: '@RK@' }
+        - { cert_file: '@EC@', key_file: '@EK@' }
+      client_auth: { ca_file: '@CCA@', required: false }
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[
+            ("DC", &s.default.cert()),
+            ("DK", &s.default.key()),
+            ("RC", &rsa_cert),
+            ("RK", &rsa_key),
+            ("EC", &ed_cert),
+            ("EK", &ed_key),
+            ("CCA", &client_ca.cert_path().display().to_string()),
+            ("U", &up.addr()),
+        ],
+    );
+    let gw = start_in(dir, &config);
+    let addr = gw.addr("secure");
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let curl = |name: &str, cafile: &str, extra: &[&str]| {
+        let url = format!("https://{name}:{port}/k");
+        let resolve = format!("{name}:{port}:127.0.0.1");
+        let mut args = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            cafile,
+            "--resolve",
+            &resolve,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new("curl")
+                .args(&args)
+                .output()
+                .unwrap()
+        });
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Each key type serves its own name (the self-signed certificates are their own CAs).
+    assert_eq!(curl("rsa.test", &rsa_cert, &[]), "200");
+    assert_eq!(curl("ed.test", &ed_cert, &[]), "200");
+    // Optional client certificates: anonymous passes, a certificate is verified and passed on.
+    assert!(!up.last().headers.contains_key("x-client-cert-subject"));
+    let ca = s.ca.cert_path().display().to_string();
+    assert_eq!(
+        curl(
+            "default.test",
+            &ca,
+            &["--cert", &bob.cert(), "--key", &bob.key()]
+        ),
+        "200"
+    );
+    assert_eq!(up.last().headers["x-client-cert-subject"], "CN=bob");
+
+    // h2load over TLS: every request succeeds.
+    let url = format!("https://127.0.0.1:{port}/h2load");
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new("h2load")
+            .args(["-n", "200", "-c", "4", "-m", "5", &url])
+            .output()
+            .expect("h2load")
+    });
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(report.contains("200 succeeded, 0 failed"), "{report}");
+    assert!(report.contains("Application protocol: h2"), "{report}");
+}
