@@ -198,14 +198,19 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
+        self.drive(conn.with_upgrades());
+        Ok(sender)
+    }
+
+    /// Runs a connection's I/O on this worker, counted as open while it lives.
+    fn drive(&self, conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
         let open = OpenConn::new(&self.open);
         tokio::spawn(async move {
-            if let Err(err) = conn.with_upgrades().await {
+            if let Err(err) = conn.await {
                 tracing::debug!(error = %err, "upstream connection ended");
             }
             drop(open);
         });
-        Ok(sender)
     }
 
     async fn open_h2<I>(
@@ -225,13 +230,7 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
-        let open = OpenConn::new(&self.open);
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "upstream h2 connection ended");
-            }
-            drop(open);
-        });
+        self.drive(conn);
         Ok(sender)
     }
 
