@@ -2,7 +2,8 @@
 # bench/compare.sh — compare portico with nginx and HAProxy, following /work/shared/BENCHMARKS.md.
 #
 # Method
-#   * Two upstreams (examples/bench_upstream.rs: GET / → 13 B, GET /16k → 16 KiB, POST /echo),
+#   * Two upstreams (examples/bench_upstream.rs: GET / → 13 B, GET /16k → 16 KiB, POST /echo;
+#     a third, slow one only for the `slow` test),
 #     each proxy round-robins over both, keeps an upstream keep-alive pool, logs nothing and
 #     runs one worker (portico `workers: 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`).
 #   * The proxy is pinned to CPU 0; the load generator and both upstreams to CPU 1. req/s is
@@ -20,18 +21,27 @@
 #              (bench/idle.py); figure = (RSS while held − RSS before) / connections held.
 #       slow   (opt-in, not in the default TESTS: it measures portico's balancer, not the
 #              proxies against each other) wrk -t1 -c50 --latency GET / over THREE upstreams,
-#              the third started with `--delay-ms SLOW_DELAY_MS` (every response held 20 ms),
+#              the third started with `--delay-ms SLOW_DELAY_MS` (every response held 20 ms by default),
 #              all on CPU 1. portico runs twice, `balance: round_robin` (run "portico-rr") and
 #              `balance: p2c_ewma` ("portico-p2c"); when nginx takes part it runs once with
 #              `least_conn` ("nginx-lc") as a reference; HAProxy sits this test out. Reported:
-#              req/s, p50, p99, the share of requests the slow target served (its bytes
-#              written, /proc/PID/io wchar, ÷ all three upstreams' — every response to GET / is
-#              the same size) and p99(p2c_ewma) / p99(round_robin). Round robin sends a third
-#              of the requests to the slow target, so its p99 is ≥ SLOW_DELAY_MS; p2c_ewma
-#              should learn to avoid it and give a ratio well below 1. If the portico binary
-#              rejects `balance: p2c_ewma` (an older build), the run fails with the log tail
-#              shown and has no result. Run it with `TESTS=slow bash bench/compare.sh`, or add
-#              it to the list: `TESTS="root 16k h2c close idle slow"` (+ 2–3 runs per round).
+#              req/s, p50 and p99 as wrk prints them, the same percentiles per request
+#              ("raw"), the share of requests the slow target served (its bytes written,
+#              /proc/PID/io wchar, ÷ all three upstreams' — every response to GET / is the same
+#              size), and p99(p2c_ewma) / p99(round_robin) for both kinds of p99.
+#              Why two p99s: wrk "corrects" its histogram for coordinated omission — each
+#              latency n ≥ 2e (e = run time ÷ requests per connection, ~1 ms here) also counts
+#              as samples at n − e, n − 2e, … — so the 0.2–0.5% of requests p2c_ewma still
+#              sends to the slow target turn into ~5% of wrk's samples and wrk's p99 stays near
+#              SLOW_DELAY_MS. bench/wrk_raw_latency.lua undoes the correction (its request count
+#              must match wrk's, and it agrees with h2load's per-request log and portico's own
+#              request-duration histogram). Round robin sends a third of the requests to the
+#              slow target, so both its p99s are ≥ SLOW_DELAY_MS; p2c_ewma should give a raw
+#              ratio well below 1. If the portico binary rejects `balance: p2c_ewma` (an older
+#              build), that run fails with the log tail shown and has no result. Run it with
+#              `TESTS=slow bash bench/compare.sh`, or add it to the list:
+#              `TESTS="root 16k h2c close idle slow"` (+ 2–3 runs per round).
+#   * root, 16k and close report wrk's (corrected) percentiles as wrk prints them.
 #   * "other CPU%" is the CPU time used during a run by processes outside the benchmark (from
 #     /proc/stat minus the proxy, the upstreams and the load generator), in % of one CPU. The
 #     machine is shared; runs with more than a few % of it are noisy and get a warning.
@@ -451,7 +461,7 @@ configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BA
 # ---------------------------------------------------------------- load generators
 RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req valid
 IDLE_TSV=$TMP/idle.tsv       # proxy round conns_held rss_before rss_held bytes_per_conn closed hwm_kib
-SLOW_TSV=$TMP/slow.tsv       # run round slow_share_pct
+SLOW_TSV=$TMP/slow.tsv       # run round slow_share_pct raw_p50_ms raw_p99_ms
 
 to_ms() { # 601.00us | 1.20ms | 1.01s → milliseconds
     awk -v v="$1" 'BEGIN {
@@ -616,16 +626,26 @@ run_idle() { # TEST PROXY ROUND
     if ((ok < IDLE_CONNS)); then log "warning: only $ok of $IDLE_CONNS idle connections set up"; fi
 }
 
-run_slow() { # TEST RUN ROUND → run_wrk, then the slow target's share of the responses
-    run_wrk "$1" "$2" "$3" / || return 1
-    local share
+run_slow() { # TEST RUN ROUND → run_wrk, then the slow target's share and raw percentiles
+    WRK_CONNECTIONS=50 run_wrk "$1" "$2" "$3" / -s "$ROOT/bench/wrk_raw_latency.lua" || return 1
+    local share raw_n raw_p50=nan raw_p99=nan requests
+    requests=$(awk '/ requests in / { print $1 }' "$TMP/wrk.out")
+    raw_n=$(awk '$1 == "raw" && $2 == "n" { print $3 }' "$TMP/wrk.out")
+    if [[ $raw_n == "$requests" ]]; then
+        raw_p50=$(awk '$1 == "raw" && $2 == "p50" { printf "%.3f", $3 / 1000 }' "$TMP/wrk.out")
+        raw_p99=$(awk '$1 == "raw" && $2 == "p99" { printf "%.3f", $3 / 1000 }' "$TMP/wrk.out")
+    else
+        log "$1 $2: could not undo wrk's latency correction ($(grep '^raw' "$TMP/wrk.out" | head -n1));" \
+            "raw percentiles n/a"
+    fi
     # The slow upstream is the last one; every upstream answers GET / with the same bytes.
     share=$(awk -v a="$W0" -v b="$W1" 'BEGIN {
         n = split(a, w0, " "); split(b, w1, " ")
         for (i = 1; i <= n; i++) { d = w1[i] - w0[i]; t += d }
         if (t > 0) printf "%.1f", 100 * d / t; else print "nan" }')
-    printf '%s\t%s\t%s\n' "$2" "$3" "$share" >>"$SLOW_TSV"
-    log "$(printf 'slow  %-11s slow target served %s%% of the requests' "$2" "$share")"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$share" "$raw_p50" "$raw_p99" >>"$SLOW_TSV"
+    log "$(printf 'slow  %-11s slow target served %s%% of the requests; per request (raw): p50 %s ms  p99 %s ms' \
+        "$2" "$share" "$raw_p50" "$raw_p99")"
 }
 
 run_test() { # TEST PROXY ROUND
@@ -677,7 +697,7 @@ if [[ -n ${RESULTS:-} ]]; then
         cat "$RESULTS_TSV"
         printf '# idle\tproxy\tround\tconns\trss_before_kib\trss_held_kib\tbytes_per_conn\tclosed\tpeak_rss_kib\n'
         sed 's/^/idle\t/' "$IDLE_TSV"
-        printf '# slow\trun\tround\tslow_target_share_pct\n'
+        printf '# slow\trun\tround\tslow_target_share_pct\traw_p50_ms\traw_p99_ms\n'
         sed 's/^/slow\t/' "$SLOW_TSV"
     } >"$RESULTS"
     log "raw results saved to $RESULTS"
@@ -836,30 +856,42 @@ if "portico" in proxies and others and main_tests:
     print()
 
 if "slow" in tests:
-    share = {}
+    extra = {}  # run -> {"share": [...], "raw50": [...], "raw99": [...]} over rounds
     for r in rows(slow_path):
-        share.setdefault(r[0], []).append(num(r[2]))
+        e = extra.setdefault(r[0], {"share": [], "raw50": [], "raw99": []})
+        for c, v in zip(("share", "raw50", "raw99"), r[2:]):
+            e[c].append(num(v))
     balance = {"portico-rr": "round_robin", "portico-p2c": "p2c_ewma", "nginx-lc": "least_conn"}
     print(f"slow: 3 upstreams, one delays every response by {slow_delay} ms; wrk -t1 -c50 GET /; "
           f"medians over {rounds} round(s)")
-    shdr = ["run", "balance", "req/s", "p50 ms", "p99 ms", "spread p99", "slow target share",
-            "errors", "other CPU%"]
+    print("  wrk p50/p99: as wrk prints them (coordinated-omission corrected); "
+          "raw: per request (bench/wrk_raw_latency.lua)")
+    shdr = ["run", "balance", "req/s", "wrk p50 ms", "wrk p99 ms", "raw p50 ms", "raw p99 ms",
+            "spread raw p99", "slow target share", "errors", "other CPU%"]
     stab = []
     for run in slow_runs.split():
         d = data.get(("slow", run))
         if not d:
-            stab.append([run, balance.get(run, "?"), "no result"] + ["-"] * 6)
+            stab.append([run, balance.get(run, "?"), "no result"] + ["-"] * 8)
             continue
-        sh = [v for v in share.get(run, []) if v == v]
+        e = extra.get(run, {"share": [], "raw50": [], "raw99": []})
+        share = [v for v in e["share"] if v == v]
         stab.append([run, balance.get(run, "?"), f0(med(d, "req_s")), f2(med(d, "p50")),
-                     f2(med(d, "p99")), spread(d["p99"]),
-                     f"{median(sh):.1f}%" if sh else "-", f0(sum(d["errors"])),
-                     f0(max(d["other"]))])
+                     f2(med(d, "p99")), f2(med(e, "raw50")), f2(med(e, "raw99")),
+                     spread(e["raw99"]), f"{median(share):.1f}%" if share else "-",
+                     f0(sum(d["errors"])), f0(max(d["other"]))])
     show(shdr, stab)
     rr, p2c = data.get(("slow", "portico-rr")), data.get(("slow", "portico-p2c"))
-    if rr and p2c and med(rr, "p99") > 0:
-        print(f"p99 p2c_ewma / round_robin = {med(p2c, 'p99') / med(rr, 'p99'):.3f} "
-              f"({med(p2c, 'p99'):.2f} ms / {med(rr, 'p99'):.2f} ms; lower is better)")
+    if rr and p2c:
+        xr, xp = extra.get("portico-rr"), extra.get("portico-p2c")
+        for name, a, b in (("wrk p99", med(p2c, "p99"), med(rr, "p99")),
+                           ("raw p99", med(xp, "raw99") if xp else float("nan"),
+                            med(xr, "raw99") if xr else float("nan"))):
+            if a == a and b == b and b > 0:
+                print(f"{name}: p2c_ewma / round_robin = {a / b:.3f}  ({a:.2f} ms / {b:.2f} ms; "
+                      "lower is better)")
+            else:
+                print(f"{name}: p2c_ewma / round_robin = n/a")
     else:
         print("p99 p2c_ewma / round_robin = n/a (a portico run has no result; see the log above)")
     print()
