@@ -55,7 +55,7 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             .headers()
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        if !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+        if !given.is_some_and(|g| crate::plugins::auth::constant_time_eq(g, expected.as_bytes())) {
             let mut response = error_response(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -156,12 +156,4 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             )
         }
     }
-}
-
-/// Compares without an early exit, so timing does not leak the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

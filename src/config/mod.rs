@@ -144,6 +144,7 @@ pub fn load_str(
             "listeners" => spec.listeners = take_list(&mut diags, value),
             "routes" => spec.routes = take_list(&mut diags, value),
             "plugins" => spec.plugins = take_list(&mut diags, value),
+            "consumers" => spec.consumers = take_list(&mut diags, value),
             "upstreams" => match &value.value {
                 Value::Map(upstreams) => {
                     for (name, body) in upstreams {
@@ -169,7 +170,7 @@ pub fn load_str(
                 key.pos,
                 format!(
                     "unknown key `{other}`, expected one of: workers, drain_timeout, admin, \
-                     access_log, listeners, routes, upstreams, plugins"
+                     access_log, listeners, routes, upstreams, plugins, consumers"
                 ),
             ),
         }

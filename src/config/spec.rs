@@ -29,6 +29,8 @@ pub struct Spec {
     pub upstreams: Vec<(At<String>, UpstreamSpec)>,
     /// Plugins that run on every route, before the route's own.
     pub plugins: Vec<At<PluginSpec>>,
+    /// Who calls the APIs, for authentication plugins.
+    pub consumers: Vec<ConsumerSpec>,
 }
 
 impl Default for Spec {
@@ -42,6 +44,7 @@ impl Default for Spec {
             routes: Vec::new(),
             upstreams: Vec::new(),
             plugins: Vec::new(),
+            consumers: Vec::new(),
         }
     }
 }
@@ -906,6 +909,158 @@ pub enum PluginSpec {
     RequestHeaders(HeaderOpsSpec),
     /// Edits response headers before answering.
     ResponseHeaders(HeaderOpsSpec),
+    /// Authenticates a consumer by API key.
+    KeyAuth(KeyAuthSpec),
+    /// Allows or denies consumers by group.
+    Acl(AclSpec),
+    /// Limits request rates.
+    RateLimit(RateLimitSpec),
+    /// Cross-origin resource sharing: answers preflights, marks responses.
+    Cors(CorsSpec),
+    /// Allows or denies client addresses.
+    IpRestriction(IpRestrictionSpec),
+    /// Refuses request bodies over a size (413).
+    RequestSizeLimit(RequestSizeLimitSpec),
+}
+
+/// `key_auth:` — API keys of `consumers`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAuthSpec {
+    /// Header carrying the key.
+    #[serde(default = "api_key_header")]
+    pub header: String,
+    /// Query parameter carrying the key (off unless given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Remove the key header before forwarding.
+    #[serde(default = "yes")]
+    pub hide_credentials: bool,
+}
+
+fn api_key_header() -> String {
+    "x-api-key".to_owned()
+}
+
+/// `acl:` — by consumer group.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclSpec {
+    /// Groups let through (all when empty).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Groups refused.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// `rate_limit:` — GCRA per key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Requests per `window`, spread evenly.
+    pub limit: At<u32>,
+    /// The window.
+    pub window: Dur,
+    /// Extra requests allowed at once.
+    #[serde(default)]
+    pub burst: u32,
+    /// `ip` (default), `consumer`, `route`, or `header:NAME`.
+    #[serde(default = "by_ip")]
+    pub by: At<String>,
+    /// Most keys tracked at once (memory bound).
+    #[serde(default = "max_keys")]
+    pub max_keys: usize,
+}
+
+fn by_ip() -> At<String> {
+    At {
+        pos: Default::default(),
+        value: "ip".to_owned(),
+    }
+}
+
+fn max_keys() -> usize {
+    100_000
+}
+
+/// `cors:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSpec {
+    /// Allowed origins: exact (`https://app.example.com`), wildcard (`https://*.example.com`) or `*`.
+    pub origins: At<Vec<String>>,
+    /// Allowed methods.
+    #[serde(default = "cors_methods")]
+    pub methods: Vec<String>,
+    /// Allowed request headers; empty = those the preflight asks for.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Response headers exposed to scripts.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Allow credentials (cookies, authorization).
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long browsers may cache a preflight.
+    #[serde(default = "ten_minutes")]
+    pub max_age: Dur,
+}
+
+fn cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn ten_minutes() -> Dur {
+    Dur(std::time::Duration::from_secs(600))
+}
+
+/// `ip_restriction:`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpRestrictionSpec {
+    /// CIDRs let through (all when empty).
+    #[serde(default)]
+    pub allow: Vec<At<String>>,
+    /// CIDRs refused (checked first).
+    #[serde(default)]
+    pub deny: Vec<At<String>>,
+    /// Proxies whose `X-Forwarded-For` is believed: the client is the rightmost address not
+    /// among them.
+    #[serde(default)]
+    pub trusted_proxies: Vec<At<String>>,
+}
+
+/// `request_size_limit:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSizeLimitSpec {
+    /// Largest request body.
+    pub max: Size,
+}
+
+/// One entry of `consumers:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSpec {
+    /// Unique name, sent upstream as `x-consumer-name`.
+    pub name: At<String>,
+    /// API keys (use `${ENV}` for secrets); stored hashed.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "redact_all"
+    )]
+    pub api_keys: Vec<At<String>>,
+    /// Groups, for `acl`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+fn redact_all<S: serde::Serializer>(keys: &[At<String>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(keys.iter().map(|_| "<redacted>"))
 }
 
 /// Header edits: `set` replaces, `add` appends, `remove` deletes; applied remove, set, add.

@@ -49,6 +49,13 @@ pub struct TargetLabels {
     pub target: String,
 }
 
+/// Labels keyed by route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route name.
+    pub route: String,
+}
+
 /// Labels of `portico_config_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -72,6 +79,7 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     healthy: Family<TargetLabels, Gauge>,
+    rate_limited: Family<RouteLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,7 +120,14 @@ impl Metrics {
             healthy.clone(),
         );
 
+        let rate_limited = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by rate_limit",
+            rate_limited.clone(),
+        );
         Metrics {
+            rate_limited,
             registry,
             requests,
             durations,
@@ -182,6 +197,11 @@ impl Metrics {
                 target: target.to_owned(),
             })
             .set(i64::from(healthy));
+    }
+
+    /// The `portico_rate_limited_total` family.
+    pub fn rate_limited_family(&self) -> Family<RouteLabels, Counter> {
+        self.rate_limited.clone()
     }
 
     /// Counts a reload attempt.

@@ -1,10 +1,17 @@
-//! Stages `on_request` and `on_response`: plugins, run in config order (global first).
+//! Stages `on_request` and `on_response`: plugins, in phases, then in config order (global
+//! first).
 //!
 //! A plugin looks at the request and returns a [`Flow`]: go on, or answer now. On the way back
 //! it may edit the response head; `on_response` runs in reverse order, on portico's own answers
-//! too.
+//! too. Phases make the order safe whatever the config says: address rules, size limits and
+//! rate limits by address come first, then CORS preflights, then authentication, then
+//! authorisation and per-consumer limits, then transformations.
 
+pub mod auth;
+pub mod cors;
+pub mod guard;
 pub mod headers;
+pub mod rate_limit;
 
 use std::sync::Arc;
 
@@ -23,10 +30,30 @@ pub enum Flow {
     Respond(http::Response<Body>),
 }
 
+/// When a plugin runs, before config order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Client address, body size, rate limits that need no identity.
+    Access,
+    /// CORS preflights (browsers send no credentials with them).
+    Preflight,
+    /// Who is calling.
+    Authenticate,
+    /// What they may do, and per-consumer limits.
+    Authorize,
+    /// Header and body edits.
+    Transform,
+}
+
 /// One step of request processing, configured from the `plugins:` list.
 pub trait Plugin: Send + Sync + std::fmt::Debug {
     /// The config name, shown by `explain`.
     fn name(&self) -> &'static str;
+
+    /// The phase it runs in.
+    fn phase(&self) -> Phase {
+        Phase::Transform
+    }
 
     /// Runs in config order, global plugins first.
     fn on_request(
@@ -46,6 +73,12 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 pub struct PluginChain(pub Vec<Arc<dyn Plugin>>);
 
 impl PluginChain {
+    /// Orders plugins by phase, keeping config order (global first) within a phase.
+    pub fn new(mut plugins: Vec<Arc<dyn Plugin>>) -> Self {
+        plugins.sort_by_key(|p| p.phase());
+        PluginChain(plugins)
+    }
+
     /// Runs `on_request` of each plugin until one answers.
     pub fn on_request(
         &self,
@@ -78,8 +111,17 @@ impl PluginChain {
     }
 }
 
+/// What plugins are built with: the consumers, and metric families.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildEnv<'a> {
+    /// API keys and groups.
+    pub consumers: &'a Arc<auth::Consumers>,
+    /// Metric families.
+    pub metrics: &'a crate::observe::Metrics,
+}
+
 /// Builds a plugin from its spec; the error is a message for the spec's position.
-pub fn build(spec: &PluginSpec) -> Result<Arc<dyn Plugin>, String> {
+pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
     Ok(match spec {
         PluginSpec::RequestHeaders(ops) => {
             Arc::new(headers::RequestHeaders(headers::HeaderOps::compile(ops)?))
@@ -87,5 +129,11 @@ pub fn build(spec: &PluginSpec) -> Result<Arc<dyn Plugin>, String> {
         PluginSpec::ResponseHeaders(ops) => {
             Arc::new(headers::ResponseHeaders(headers::HeaderOps::compile(ops)?))
         }
+        PluginSpec::KeyAuth(spec) => Arc::new(auth::KeyAuth::new(spec, env.consumers)?),
+        PluginSpec::Acl(spec) => Arc::new(auth::Acl::new(spec)),
+        PluginSpec::RateLimit(spec) => Arc::new(rate_limit::RateLimit::new(spec, env.metrics)?),
+        PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
+        PluginSpec::IpRestriction(spec) => Arc::new(guard::IpRestriction::new(spec)?),
+        PluginSpec::RequestSizeLimit(spec) => Arc::new(guard::RequestSizeLimit(spec.max.0)),
     })
 }

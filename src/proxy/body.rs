@@ -12,6 +12,14 @@ use hyper::body::Incoming;
 
 use crate::pool::Checkin;
 
+/// Errors a body may end with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body went past the route's `request_size_limit`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than {0} bytes")]
+pub struct TooLarge(pub u64);
+
 pin_project_lite::pin_project! {
     /// A request or response body.
     #[project = BodyProj]
@@ -22,6 +30,8 @@ pin_project_lite::pin_project! {
         Full { data: Option<Bytes> },
         /// A body streamed from a peer.
         Stream { #[pin] inner: Incoming },
+        /// A request body that fails once it passes `limit` bytes.
+        Capped { #[pin] inner: Incoming, limit: u64, seen: u64 },
         /// An upstream response body; its connection returns to the pool when it ends.
         Pooled { #[pin] inner: Incoming, checkin: Option<Checkin> },
     }
@@ -46,16 +56,28 @@ impl Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             BodyProj::Empty => Poll::Ready(None),
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyProj::Stream { inner } => inner.poll_frame(cx),
+            BodyProj::Stream { inner } => inner.poll_frame(cx).map_err(Into::into),
+            BodyProj::Capped { inner, limit, seen } => match inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if *seen > *limit {
+                        // An error, never an early end: a cut body must not look complete.
+                        Poll::Ready(Some(Err(Box::new(TooLarge(*limit)))))
+                    } else {
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                }
+                other => other.map_err(Into::into),
+            },
             BodyProj::Pooled { mut inner, checkin } => {
                 let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
@@ -76,7 +98,7 @@ impl http_body::Body for Body {
                     }
                     _ => {}
                 }
-                polled
+                polled.map_err(Into::into)
             }
         }
     }
@@ -85,7 +107,9 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full { data } => data.is_none(),
-            Body::Stream { inner } | Body::Pooled { inner, .. } => inner.is_end_stream(),
+            Body::Stream { inner } | Body::Pooled { inner, .. } | Body::Capped { inner, .. } => {
+                inner.is_end_stream()
+            }
         }
     }
 
@@ -95,7 +119,9 @@ impl http_body::Body for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Body::Stream { inner } | Body::Pooled { inner, .. } => inner.size_hint(),
+            Body::Stream { inner } | Body::Pooled { inner, .. } | Body::Capped { inner, .. } => {
+                inner.size_hint()
+            }
         }
     }
 }

@@ -22,4 +22,12 @@ pub struct RequestCtx {
     pub upstream: Option<std::sync::Arc<str>>,
     /// The chosen target, once selected.
     pub target: Option<std::sync::Arc<crate::pool::TargetState>>,
+    /// The authenticated consumer, once a plugin found one.
+    pub consumer: Option<std::sync::Arc<crate::plugins::auth::Consumer>>,
+    /// The request's `Origin`, when CORS allowed it (for the response headers).
+    pub cors_origin: Option<HeaderValue>,
+    /// The request body may not exceed this many bytes (`request_size_limit`).
+    pub body_limit: Option<u64>,
+    /// `RateLimit-*` values for the response: limit, remaining, seconds to reset.
+    pub rate_limit: Option<(u32, u32, u64)>,
 }

@@ -79,6 +79,12 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The request body is larger than the route allows.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The request body from the client was broken (bad chunking, early close).
     #[error("the request body could not be read")]
     ClientBody,
@@ -101,6 +107,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoTarget { .. } | ProxyError::CircuitOpen { .. } => {
@@ -121,6 +128,7 @@ impl ProxyError {
                 "bad_request"
             }
             ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::NoTarget { .. } => "no_healthy_target",
@@ -145,7 +153,10 @@ impl ProxyError {
     /// no longer be framed with confidence.
     pub fn closes_connection(&self) -> bool {
         // After any malformed request, as nginx does: what follows may be misframed.
-        self.status() == StatusCode::BAD_REQUEST
+        matches!(
+            self.status(),
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+        )
     }
 
     /// The JSON error response.

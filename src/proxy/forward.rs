@@ -97,7 +97,7 @@ pub async fn forward(
     upstream: &Arc<Upstream>,
     route: &Route,
     mut head: http::request::Parts,
-    body: Incoming,
+    body: Body,
     target: Target<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     // Circuit breaker: refuse rather than queue when the upstream is at its limit.
@@ -201,7 +201,7 @@ pub async fn forward(
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let saved = (retry.is_some() && replayable && idempotent)
         .then(|| (head.method.clone(), head.headers.clone()));
-    let mut request = Some(Request::from_parts(head, Body::stream(body)));
+    let mut request = Some(Request::from_parts(head, body));
     let mut tried: Vec<usize> = Vec::new();
     let mut index = first;
     let mut last_error = None;
@@ -625,6 +625,13 @@ async fn exchange(
 fn upstream_error(upstream: &str, source: hyper::Error) -> ProxyError {
     // A failing request body is the client's doing, not the upstream's.
     if source.is_user() {
+        let mut cause = std::error::Error::source(&source);
+        while let Some(err) = cause {
+            if let Some(too_large) = err.downcast_ref::<super::body::TooLarge>() {
+                return ProxyError::PayloadTooLarge { limit: too_large.0 };
+            }
+            cause = err.source();
+        }
         return ProxyError::ClientBody;
     }
     ProxyError::Upstream {

@@ -15,6 +15,7 @@ use super::forward;
 use super::headers::{self, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
 use crate::observe::RouteMetrics;
 use crate::plugins::Flow;
+use crate::plugins::auth::{X_CONSUMER_GROUPS, X_CONSUMER_NAME};
 use crate::routing::{RequestView, normalize_host, path};
 use crate::runtime::{Action, Listener, ListenerRoute};
 use crate::server::Shared;
@@ -58,6 +59,10 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         route: None,
         upstream: None,
         target: None,
+        consumer: None,
+        cors_origin: None,
+        body_limit: None,
+        rate_limit: None,
     };
     let method = head.method.clone();
     let version = head.version;
@@ -233,6 +238,25 @@ async fn run<'s>(
             Err(err) => return (Err(err), metrics.first()),
         }
     }
+
+    // Identity headers are portico's to set: a client's own never reach the upstream.
+    head.headers.remove(&X_CONSUMER_NAME);
+    head.headers.remove(&X_CONSUMER_GROUPS);
+    if let Some(consumer) = &ctx.consumer {
+        head.headers
+            .insert(&X_CONSUMER_NAME, consumer.name_value.clone());
+        if let Some(groups) = &consumer.groups_value {
+            head.headers.insert(&X_CONSUMER_GROUPS, groups.clone());
+        }
+    }
+    let body = match ctx.body_limit {
+        Some(limit) => Body::Capped {
+            inner: body,
+            limit,
+            seen: 0,
+        },
+        None => Body::stream(body),
+    };
 
     let result = match &route.action {
         Action::Respond(respond) => {

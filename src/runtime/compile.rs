@@ -63,7 +63,30 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
     let upstreams = compile_upstreams(&spec.upstreams, env, &mut diags);
     let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (&*u.name, u)).collect();
 
-    let global_plugins = compile_plugins(&spec.plugins, &mut diags);
+    let consumers = match crate::plugins::auth::Consumers::build(&spec.consumers) {
+        Ok(c) => Arc::new(c),
+        Err((pos, message)) => {
+            diags.error(pos, message);
+            Arc::default()
+        }
+    };
+    let mut consumer_names: HashMap<&str, Pos> = HashMap::new();
+    for consumer in &spec.consumers {
+        if let Some(first) = consumer_names.insert(&consumer.name, consumer.name.pos) {
+            diags.error(
+                consumer.name.pos,
+                format!(
+                    "duplicate consumer name `{}` (first at line {})",
+                    *consumer.name, first.line
+                ),
+            );
+        }
+    }
+    let build_env = plugins::BuildEnv {
+        consumers: &consumers,
+        metrics: env.metrics,
+    };
+    let global_plugins = compile_plugins(&spec.plugins, build_env, &mut diags);
 
     // Routes, with their position for table errors.
     let mut routes: Vec<(Arc<Route>, Option<Conditions>, &RouteSpec)> = Vec::new();
@@ -79,7 +102,9 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             );
         }
         let conditions = compile_match(&spec_route.matches, &mut diags);
-        if let Some(route) = compile_route(spec_route, &by_name, &global_plugins, &mut diags) {
+        if let Some(route) =
+            compile_route(spec_route, &by_name, &global_plugins, build_env, &mut diags)
+        {
             routes.push((Arc::new(route), conditions, spec_route));
         }
     }
@@ -759,16 +784,17 @@ fn check_target_address(address: &str) -> Result<(), String> {
 
 fn compile_plugins(
     specs: &[At<crate::config::spec::PluginSpec>],
+    env: plugins::BuildEnv<'_>,
     diags: &mut Diagnostics,
-) -> PluginChain {
+) -> Vec<Arc<dyn plugins::Plugin>> {
     let mut chain = Vec::new();
     for spec in specs {
-        match plugins::build(spec) {
+        match plugins::build(spec, env) {
             Ok(plugin) => chain.push(plugin),
             Err(message) => diags.error(spec.pos, message),
         }
     }
-    PluginChain(chain)
+    chain
 }
 
 fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions> {
@@ -889,7 +915,8 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
 fn compile_route(
     spec: &RouteSpec,
     upstreams: &HashMap<&str, &Arc<Upstream>>,
-    global: &PluginChain,
+    global: &[Arc<dyn plugins::Plugin>],
+    env: plugins::BuildEnv<'_>,
     diags: &mut Diagnostics,
 ) -> Option<Route> {
     let before = diags.list.len();
@@ -1048,8 +1075,8 @@ fn compile_route(
             "retry applies to routes that forward (upstream or split)",
         );
     }
-    let mut chain = global.0.clone();
-    chain.extend(compile_plugins(&spec.plugins, diags).0);
+    let mut chain = global.to_vec();
+    chain.extend(compile_plugins(&spec.plugins, env, diags));
 
     if diags.list.len() > before {
         return None;
@@ -1057,7 +1084,7 @@ fn compile_route(
     Some(Route {
         name: Arc::from(spec.name.as_str()),
         action: action?,
-        plugins: PluginChain(chain),
+        plugins: PluginChain::new(chain),
         rewrite,
         timeout: spec.timeout.map(|t| t.0),
         retry,

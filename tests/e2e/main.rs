@@ -9,6 +9,7 @@ mod acme;
 mod cli;
 mod discovery;
 mod edge;
+mod gateway;
 mod proxy;
 mod reload;
 mod resilience;

@@ -1,0 +1,242 @@
+//! Consumers and who they are: `key_auth` (API keys, stored hashed) and `acl` (groups).
+//!
+//! Failures are answered here, fail-closed: 401 with `WWW-Authenticate` when no valid
+//! credential came, 403 when the consumer may not pass. Error bodies never echo a credential.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, StatusCode, header, request};
+
+use super::{Flow, Phase, Plugin};
+use crate::config::spec::{AclSpec, ConsumerSpec, KeyAuthSpec};
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::error::{ProxyError, error_response};
+
+/// `x-consumer-name`, set for the upstream after authentication.
+pub static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
+/// `x-consumer-groups`, comma-separated.
+pub static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
+
+/// A known caller.
+#[derive(Debug)]
+pub struct Consumer {
+    /// Name.
+    pub name: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// `x-consumer-name` value.
+    pub name_value: HeaderValue,
+    /// `x-consumer-groups` value, when there are groups.
+    pub groups_value: Option<HeaderValue>,
+}
+
+/// Keys by the first bytes of their digest: (full digest, holder).
+type KeyIndex = HashMap<[u8; 8], Vec<([u8; 32], Arc<Consumer>)>>;
+
+/// Every consumer, with API keys indexed by their SHA-256.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    by_key: KeyIndex,
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+impl Consumers {
+    /// Indexes consumers; the error names a problem (a key given twice, a bad name).
+    pub fn build(specs: &[ConsumerSpec]) -> Result<Self, (crate::config::Pos, String)> {
+        let mut by_key = KeyIndex::new();
+        for spec in specs {
+            let name_value = HeaderValue::from_str(&spec.name).map_err(|_| {
+                (
+                    spec.name.pos,
+                    "a consumer name must be printable".to_owned(),
+                )
+            })?;
+            let groups_value = (!spec.groups.is_empty())
+                .then(|| HeaderValue::from_str(&spec.groups.join(",")).ok())
+                .flatten();
+            let consumer = Arc::new(Consumer {
+                name: spec.name.value.clone(),
+                groups: spec.groups.clone(),
+                name_value,
+                groups_value,
+            });
+            for key in &spec.api_keys {
+                if key.len() < 8 {
+                    return Err((
+                        key.pos,
+                        "an API key must have at least 8 characters".to_owned(),
+                    ));
+                }
+                let digest = sha256(key.as_bytes());
+                let mut prefix = [0u8; 8];
+                prefix.copy_from_slice(&digest[..8]);
+                let bucket = by_key.entry(prefix).or_default();
+                if bucket.iter().any(|(d, _)| *d == digest) {
+                    return Err((key.pos, "this API key is given twice".to_owned()));
+                }
+                bucket.push((digest, Arc::clone(&consumer)));
+            }
+        }
+        Ok(Consumers { by_key })
+    }
+
+    /// The consumer holding `key`; the digests are compared in constant time.
+    pub fn by_api_key(&self, key: &[u8]) -> Option<Arc<Consumer>> {
+        let digest = sha256(key);
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&digest[..8]);
+        self.by_key
+            .get(&prefix)?
+            .iter()
+            .find_map(|(d, consumer)| constant_time_eq(d, &digest).then(|| Arc::clone(consumer)))
+    }
+}
+
+/// Compares without an early exit, so timing does not tell how much matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `key_auth`.
+#[derive(Debug)]
+pub struct KeyAuth {
+    header: HeaderName,
+    query: Option<String>,
+    hide: bool,
+    consumers: Arc<Consumers>,
+    challenge: HeaderValue,
+}
+
+impl KeyAuth {
+    /// Checks the header name once.
+    pub fn new(spec: &KeyAuthSpec, consumers: &Arc<Consumers>) -> Result<Self, String> {
+        let header = HeaderName::from_bytes(spec.header.as_bytes())
+            .map_err(|_| format!("invalid header name `{}`", spec.header))?;
+        Ok(KeyAuth {
+            header,
+            query: spec.query.clone(),
+            hide: spec.hide_credentials,
+            consumers: Arc::clone(consumers),
+            challenge: HeaderValue::from_static("Key realm=\"portico\""),
+        })
+    }
+
+    fn unauthorized(&self, ctx: &RequestCtx, message: &str) -> Flow {
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+            &ctx.request_id,
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, self.challenge.clone());
+        Flow::Respond(response)
+    }
+}
+
+impl Plugin for KeyAuth {
+    fn name(&self) -> &'static str {
+        "key_auth"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
+    }
+
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
+        let mut values = head.headers.get_all(&self.header).iter();
+        let from_header = values.next().map(|v| v.as_bytes().to_vec());
+        if values.next().is_some() {
+            return Ok(self.unauthorized(ctx, "more than one API key was sent"));
+        }
+        let from_query = self.query.as_ref().and_then(|name| {
+            head.uri
+                .query()
+                .and_then(|q| crate::routing::query_pairs(q).find(|(k, _)| k == name))
+                .map(|(_, v)| v.into_bytes())
+        });
+        let key = match (from_header, from_query) {
+            (Some(_), Some(_)) => return Ok(self.unauthorized(ctx, "an API key was sent twice")),
+            (Some(k), None) | (None, Some(k)) => k,
+            (None, None) => return Ok(self.unauthorized(ctx, "an API key is required")),
+        };
+        let Some(consumer) = self.consumers.by_api_key(&key) else {
+            return Ok(self.unauthorized(ctx, "the API key is not valid"));
+        };
+        if self.hide {
+            head.headers.remove(&self.header);
+        }
+        ctx.consumer = Some(consumer);
+        Ok(Flow::Continue)
+    }
+}
+
+/// `acl`.
+#[derive(Debug)]
+pub struct Acl {
+    allow: Vec<String>,
+    deny: Vec<String>,
+}
+
+impl Acl {
+    /// From its spec.
+    pub fn new(spec: &AclSpec) -> Self {
+        Acl {
+            allow: spec.allow.clone(),
+            deny: spec.deny.clone(),
+        }
+    }
+}
+
+impl Plugin for Acl {
+    fn name(&self) -> &'static str {
+        "acl"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authorize
+    }
+
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        _head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
+        let forbidden = |message: &str| {
+            Flow::Respond(error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                message,
+                &ctx.request_id,
+            ))
+        };
+        // Without an authenticated consumer there is nothing to allow: fail closed.
+        let Some(consumer) = &ctx.consumer else {
+            return Ok(forbidden("this route needs an authenticated consumer"));
+        };
+        if consumer.groups.iter().any(|g| self.deny.contains(g)) {
+            return Ok(forbidden("the consumer's group may not use this route"));
+        }
+        if !self.allow.is_empty() && !consumer.groups.iter().any(|g| self.allow.contains(g)) {
+            return Ok(forbidden(
+                "the consumer is in no group allowed on this route",
+            ));
+        }
+        Ok(Flow::Continue)
+    }
+}

@@ -1,0 +1,264 @@
+//! `rate_limit`: GCRA (the generic cell rate algorithm) per key, in memory.
+//!
+//! `limit` requests per `window` are spread evenly, one every `window / limit`; `burst` more may
+//! pass at once. In any span of `window`, at most `limit + burst` requests pass. Keys live in
+//! 16 sharded maps; a shard over its share of `max_keys` first forgets keys whose allowance is
+//! full again, then (under a flood of new keys) starts over, so memory stays bounded.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, HeaderValue, StatusCode, header, request, response};
+
+use super::{Flow, Phase, Plugin};
+use crate::config::spec::RateLimitSpec;
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::error::{ProxyError, error_response};
+
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+const SHARDS: usize = 16;
+
+/// What a limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client address.
+    Ip,
+    /// The authenticated consumer (unauthenticated requests share one key).
+    Consumer,
+    /// The route: one budget for everyone.
+    Route,
+    /// A header's value.
+    Header(HeaderName),
+}
+
+/// A compiled `rate_limit`.
+#[derive(Debug)]
+pub struct RateLimit {
+    key: LimitKey,
+    limit: u32,
+    burst: u32,
+    /// Emission interval `window / limit`, in nanoseconds.
+    interval: u64,
+    /// Tolerance `burst × interval`.
+    tolerance: u64,
+    shard_cap: usize,
+    shards: Vec<Mutex<HashMap<String, u64>>>,
+    limited: prometheus_client::metrics::family::Family<
+        crate::observe::metrics::RouteLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+fn now_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+impl RateLimit {
+    /// Checks the spec.
+    pub fn new(spec: &RateLimitSpec, metrics: &crate::observe::Metrics) -> Result<Self, String> {
+        if *spec.limit == 0 {
+            return Err("rate_limit.limit must be at least 1".into());
+        }
+        if spec.window.0.is_zero() {
+            return Err("rate_limit.window must be longer than 0".into());
+        }
+        let key = match spec.by.as_str() {
+            "ip" => LimitKey::Ip,
+            "consumer" => LimitKey::Consumer,
+            "route" => LimitKey::Route,
+            other => match other.strip_prefix("header:") {
+                Some(name) => LimitKey::Header(
+                    HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("invalid header name `{name}`"))?,
+                ),
+                None => {
+                    return Err(format!(
+                        "rate_limit.by `{other}`: expected ip, consumer, route or header:NAME"
+                    ));
+                }
+            },
+        };
+        let interval = (spec.window.0.as_nanos() / u128::from(*spec.limit)).max(1) as u64;
+        Ok(RateLimit {
+            key,
+            limit: *spec.limit,
+            burst: spec.burst,
+            interval,
+            tolerance: interval.saturating_mul(u64::from(spec.burst)),
+            shard_cap: (spec.max_keys / SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            limited: metrics.rate_limited_family(),
+        })
+    }
+
+    fn key(&self, ctx: &RequestCtx, head: &request::Parts) -> String {
+        match &self.key {
+            LimitKey::Ip => ctx.client.ip().to_canonical().to_string(),
+            LimitKey::Consumer => ctx
+                .consumer
+                .as_ref()
+                .map_or_else(String::new, |c| c.name.clone()),
+            LimitKey::Route => String::new(),
+            LimitKey::Header(name) => head
+                .headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// One GCRA step: `Ok(remaining)` or `Err(wait)`.
+    pub fn check(&self, key: &str, now: u64) -> Result<(u32, u64), u64> {
+        let shard = &self.shards[crate::balance::hash::hash64(key.as_bytes()) as usize % SHARDS];
+        let mut map = match shard.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() >= self.shard_cap && !map.contains_key(key) {
+            // Forget keys whose allowance is whole again; under a flood of new keys, start over.
+            map.retain(|_, tat| *tat > now);
+            if map.len() >= self.shard_cap {
+                map.clear();
+            }
+        }
+        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let allow_at = tat.saturating_sub(self.tolerance);
+        if now < allow_at {
+            return Err(allow_at - now);
+        }
+        let next = tat + self.interval;
+        map.insert(key.to_owned(), next);
+        let used = (next - now).div_ceil(self.interval);
+        let remaining = (u64::from(self.burst) + 1).saturating_sub(used) as u32;
+        Ok((remaining, next - now))
+    }
+}
+
+impl Plugin for RateLimit {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn phase(&self) -> Phase {
+        // A limit by consumer needs authentication first; the others run before everything.
+        if self.key == LimitKey::Consumer {
+            Phase::Authorize
+        } else {
+            Phase::Access
+        }
+    }
+
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
+        let key = self.key(ctx, head);
+        match self.check(&key, now_ns()) {
+            Ok((remaining, reset)) => {
+                ctx.rate_limit = Some((
+                    self.limit,
+                    remaining,
+                    Duration::from_nanos(reset).as_secs().max(1),
+                ));
+                Ok(Flow::Continue)
+            }
+            Err(wait) => {
+                let retry_after = Duration::from_nanos(wait).as_secs_f64().ceil().max(1.0) as u64;
+                self.limited
+                    .get_or_create(&crate::observe::metrics::RouteLabels {
+                        route: ctx.route.as_deref().unwrap_or("").to_owned(),
+                    })
+                    .inc();
+                let mut response = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests; see Retry-After",
+                    &ctx.request_id,
+                );
+                let headers = response.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(self.limit));
+                headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(0));
+                headers.insert(&RATELIMIT_RESET, HeaderValue::from(retry_after));
+                Ok(Flow::Respond(response))
+            }
+        }
+    }
+
+    fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
+        if let Some((limit, remaining, reset)) = ctx.rate_limit
+            && !head.headers.contains_key(&RATELIMIT_LIMIT)
+        {
+            head.headers
+                .insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
+            head.headers
+                .insert(&RATELIMIT_REMAINING, HeaderValue::from(remaining));
+            head.headers
+                .insert(&RATELIMIT_RESET, HeaderValue::from(reset));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::At;
+    use crate::config::units::Dur;
+
+    fn limiter(limit: u32, window_ms: u64, burst: u32, max_keys: usize) -> RateLimit {
+        let spec = RateLimitSpec {
+            limit: At {
+                pos: Default::default(),
+                value: limit,
+            },
+            window: Dur(Duration::from_millis(window_ms)),
+            burst,
+            by: At {
+                pos: Default::default(),
+                value: "ip".into(),
+            },
+            max_keys,
+        };
+        RateLimit::new(&spec, &crate::observe::Metrics::new()).unwrap()
+    }
+
+    #[test]
+    fn never_more_than_limit_plus_burst_per_window() {
+        let rl = limiter(10, 1000, 5, 1000);
+        let ms = 1_000_000u64;
+        // Hammer every millisecond for 5 s; count in every sliding 1 s window.
+        let mut passed = Vec::new();
+        for t in 0..5000u64 {
+            for _ in 0..3 {
+                if rl.check("k", 1 + t * ms).is_ok() {
+                    passed.push(t);
+                }
+            }
+        }
+        for start in 0..4000u64 {
+            let n = passed
+                .iter()
+                .filter(|&&t| t >= start && t < start + 1000)
+                .count();
+            assert!(n <= 15, "{n} passed in the window from {start} ms");
+        }
+        // And the long-run rate is the limit.
+        assert!((50..=56).contains(&passed.len()), "{}", passed.len());
+    }
+
+    #[test]
+    fn keys_are_bounded() {
+        let rl = limiter(1, 60_000, 0, 160);
+        for i in 0..10_000 {
+            let _ = rl.check(&format!("key-{i}"), 1);
+        }
+        let total: usize = rl.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= 160, "{total}");
+    }
+}

@@ -1,0 +1,383 @@
+//! Gateway plugins through the real proxy: consumers, key_auth, acl, rate_limit, cors,
+//! ip_restriction, request_size_limit, and the order they run in.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+
+use crate::support::{H1, Portico, TestUpstream, fill, get};
+
+const CONFIG: &str = "\
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+consumers:
+  - { name: alice, api_keys: ['alice-key-123'], groups: [paid] }
+  - { name: bob, api_keys: ['bob-key-4567'], groups: [free] }
+routes:
+  - name: paid
+    match: { path_prefix: /paid/ }
+    plugins: [ { acl: { allow: [paid] } }, { key_auth: {} } ]
+    upstream: u
+  - name: keyed
+    match: { path_prefix: /keyed/ }
+    plugins: [ { key_auth: { query: api_key } } ]
+    upstream: u
+  - name: limited
+    match: { path_prefix: /limited/ }
+    plugins:
+      - cors: { origins: ['https://app.example.com'] }
+      - rate_limit: { limit: 5, window: 2s, by: route }
+    upstream: u
+  - name: browser
+    match: { path_prefix: /browser/ }
+    plugins:
+      - key_auth: {}
+      - cors: { origins: ['https://*.example.com'], credentials: true, expose_headers: [x-upstream] }
+    upstream: u
+  - name: office
+    match: { path_prefix: /office/ }
+    plugins: [ { ip_restriction: { allow: [203.0.113.0/24], trusted_proxies: [127.0.0.0/8] } } ]
+    respond: { status: 200, body: office }
+  - name: blocked
+    match: { path_prefix: /blocked/ }
+    plugins:
+      - cors: { origins: ['*'] }
+      - ip_restriction: { deny: [127.0.0.0/8] }
+    respond: { status: 200, body: never }
+  - name: small
+    match: { path_prefix: /small/ }
+    plugins: [ { request_size_limit: { max: 1KiB } } ]
+    rewrite: { strip_prefix: /small }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+";
+
+async fn start() -> (TestUpstream, Portico) {
+    let up = TestUpstream::start("U").await;
+    let gw = Portico::start(&fill(CONFIG, &[("U", &up.addr())]));
+    (up, gw)
+}
+
+fn req(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut r = Request::get(path).header("host", "x");
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn key_auth_and_acl_fail_closed() {
+    let (up, gw) = start().await;
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let r = c.send(req("/keyed/a", &[])).await.unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Key realm=\"portico\""));
+    assert_eq!(r.json()["error"], "unauthorized");
+    let r = c
+        .send(req("/keyed/a", &[("x-api-key", "guess-key-999")]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(
+        !r.body.contains("guess-key-999"),
+        "the error echoed the key: {}",
+        r.body
+    );
+    let mut twice = req("/keyed/a", &[("x-api-key", "alice-key-123")]);
+    twice
+        .headers_mut()
+        .append("x-api-key", "bob-key-4567".parse().unwrap());
+    assert_eq!(
+        c.send(twice).await.unwrap().status,
+        401,
+        "two keys are ambiguous"
+    );
+    // A key in a place the route does not read is no key.
+    assert_eq!(
+        c.send(req("/paid/a?api_key=alice-key-123", &[]))
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing unauthenticated reached the upstream"
+    );
+
+    let r = c
+        .send(req(
+            "/keyed/a",
+            &[("x-api-key", "alice-key-123"), ("x-consumer-name", "root")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(
+        seen.headers["x-consumer-name"], "alice",
+        "a forged identity header was replaced"
+    );
+    assert_eq!(seen.headers["x-consumer-groups"], "paid");
+    assert!(
+        !seen.headers.contains_key("x-api-key"),
+        "the key was forwarded"
+    );
+    assert_eq!(
+        c.send(req("/keyed/q?api_key=bob-key-4567", &[]))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    assert_eq!(
+        c.send(req("/paid/a", &[("x-api-key", "alice-key-123")]))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let r = c
+        .send(req("/paid/a", &[("x-api-key", "bob-key-4567")]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "forbidden");
+    // No identity at all on a route without auth never passes an acl either.
+    let r = c.send(req("/paid/a", &[])).await.unwrap();
+    assert_eq!(
+        r.status, 401,
+        "authentication runs before the acl whatever the config order"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_hammered_concurrently_lets_only_the_limit_through() {
+    let (up, gw) = start().await;
+    let web = gw.addr("web");
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let web = web.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = H1::connect(&web).await;
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                let r = c.send(req("/limited/x", &[])).await.unwrap();
+                if r.status == 429 {
+                    assert!(r.header("retry-after").is_some());
+                    assert_eq!(r.header("ratelimit-limit"), Some("5"));
+                    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+                    assert_eq!(r.json()["error"], "rate_limited");
+                } else {
+                    assert!(r.header("ratelimit-remaining").is_some());
+                }
+                statuses.push(r.status);
+            }
+            statuses
+        }));
+    }
+    let mut passed = 0;
+    let mut limited = 0;
+    for t in tasks {
+        for s in t.await.unwrap() {
+            match s {
+                200 => passed += 1,
+                429 => limited += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    // 5 per 2 s, spread: within the hammering at most 5 (1 at once + 1 every 400 ms).
+    let allowed = 1 + (elapsed.as_millis() / 400) as usize;
+    assert!(
+        passed >= 1 && passed <= allowed.min(5),
+        "{passed} passed in {elapsed:?}"
+    );
+    assert_eq!(passed + limited, 80);
+    assert_eq!(up.count(), passed);
+    let metrics = get(gw.admin.as_deref().unwrap(), "/metrics").await.body;
+    assert!(
+        metrics.contains(&format!(
+            "portico_rate_limited_total{{route=\"limited\"}} {limited}"
+        )),
+        "{metrics}"
+    );
+
+    // Limits apply before a CORS preflight is answered.
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/limited/x")
+        .header("host", "x")
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .body(Full::default())
+        .unwrap();
+    let r = H1::connect(&web).await.send(preflight).await.unwrap();
+    assert_eq!(r.status, 429, "a limited client got a preflight answer");
+}
+
+#[tokio::test]
+async fn cors_preflights_and_marks_responses() {
+    let (_up, gw) = start().await;
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/browser/x")
+            .header("host", "x")
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "x-api-key, content-type")
+            .body(Full::default())
+            .unwrap()
+    };
+    // The preflight needs no key: browsers send none with it.
+    let r = c.send(preflight("https://app.example.com")).await.unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("x-api-key, content-type")
+    );
+    assert!(
+        r.header("access-control-allow-methods")
+            .unwrap()
+            .contains("PUT")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = c.send(preflight("https://evil.test")).await.unwrap();
+    assert_eq!(r.status, 403);
+    assert!(r.header("access-control-allow-origin").is_none());
+
+    let r = c
+        .send(req(
+            "/browser/x",
+            &[
+                ("origin", "https://shop.example.com"),
+                ("x-api-key", "alice-key-123"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example.com"),
+        "credentials: the origin, never *"
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("x-upstream")
+    );
+    let r = c
+        .send(req(
+            "/browser/x",
+            &[
+                ("origin", "https://evil.test"),
+                ("x-api-key", "alice-key-123"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert!(r.header("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn ip_rules_run_first_and_trust_only_listed_proxies() {
+    let (_up, gw) = start().await;
+    let mut c = H1::connect(&gw.addr("web")).await;
+    // Behind a trusted proxy (the test client is on 127.0.0.1), the forwarded client counts.
+    let r = c
+        .send(req("/office/x", &[("x-forwarded-for", "203.0.113.9")]))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "office"));
+    let r = c
+        .send(req("/office/x", &[("x-forwarded-for", "198.51.100.1")]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    // A denied address is refused before a CORS preflight or a fixed answer.
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/blocked/x")
+        .header("host", "x")
+        .header("origin", "https://a.test")
+        .header("access-control-request-method", "GET")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(c.send(preflight).await.unwrap().status, 403);
+    assert_eq!(c.send(req("/blocked/x", &[])).await.unwrap().status, 403);
+}
+
+#[tokio::test]
+async fn request_size_limit_refuses_declared_and_streamed_bodies() {
+    let (up, gw) = start().await;
+    let web = gw.addr("web");
+    let mut c = H1::connect(&web).await;
+    let big = Request::post("/small/count")
+        .header("host", "x")
+        .body(Full::new(Bytes::from(vec![b'a'; 2000])))
+        .unwrap();
+    let r = c.send(big).await.unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "payload_too_large");
+    let ok = Request::post("/small/count")
+        .header("host", "x")
+        .body(Full::new(Bytes::from(vec![b'a'; 500])))
+        .unwrap();
+    let mut c = H1::connect(&web).await;
+    assert_eq!(c.send(ok).await.unwrap().body, "500");
+
+    // Chunked, no length declared: cut when it passes the limit, never forwarded whole.
+    let stream = tokio::net::TcpStream::connect(&web).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let chunks = (0..8).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'b'; 300]))));
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let r = sender
+        .send_request(
+            Request::post("/small/count")
+                .header("host", "x")
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let _ = r.into_body().collect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        up.seen().iter().all(|s| s.body_len <= 1024),
+        "an oversized body was delivered"
+    );
+}
+
+#[test]
+fn explain_lists_plugins_in_the_order_they_run() {
+    let dir = crate::support::temp_dir("explain-plugins");
+    let file = dir.join("c.yaml");
+    std::fs::write(&file, fill(CONFIG, &[("U", "127.0.0.1:9")])).unwrap();
+    let file = file.display().to_string();
+    let (code, out, err) = crate::support::cli(&["explain", "-c", &file, "GET", "http://x/paid/a"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("plugins   key_auth → acl"), "{out}");
+}
