@@ -921,6 +921,68 @@ pub enum PluginSpec {
     IpRestriction(IpRestrictionSpec),
     /// Refuses request bodies over a size (413).
     RequestSizeLimit(RequestSizeLimitSpec),
+    /// Authenticates a bearer JSON Web Token.
+    Jwt(JwtSpec),
+}
+
+/// `jwt:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    /// Verification keys; each pins its algorithm.
+    #[serde(default)]
+    pub keys: Vec<JwtKeySpec>,
+    /// A JWKS document fetched at start and every `jwks_refresh` (and, at most once a
+    /// minute, when a token names an unknown `kid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<At<String>>,
+    /// How often `jwks_url` is fetched again.
+    #[serde(default = "ten_minutes")]
+    pub jwks_refresh: Dur,
+    /// Accepted `iss` values (any when empty).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (any when empty).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed for `exp` and `nbf`.
+    #[serde(default = "thirty_seconds")]
+    pub leeway: Dur,
+    /// The claim naming the consumer (`sub` by default).
+    #[serde(default = "sub")]
+    pub consumer_claim: String,
+    /// Claims sent upstream as headers: claim → header.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+}
+
+/// One `jwt.keys` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeySpec {
+    /// Matches the token's `kid`; without it, the key serves tokens without `kid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    pub alg: At<String>,
+    /// HMAC secret (use `${ENV}`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
+    pub secret: Option<String>,
+    /// PEM public key (relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<At<String>>,
+}
+
+fn thirty_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+fn sub() -> String {
+    "sub".to_owned()
 }
 
 /// `key_auth:` — API keys of `consumers`.

@@ -38,6 +38,7 @@ type KeyIndex = HashMap<[u8; 8], Vec<([u8; 32], Arc<Consumer>)>>;
 #[derive(Debug, Default)]
 pub struct Consumers {
     by_key: KeyIndex,
+    by_name: HashMap<String, Arc<Consumer>>,
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -51,6 +52,7 @@ impl Consumers {
     /// Indexes consumers; the error names a problem (a key given twice, a bad name).
     pub fn build(specs: &[ConsumerSpec]) -> Result<Self, (crate::config::Pos, String)> {
         let mut by_key = KeyIndex::new();
+        let mut by_name = HashMap::new();
         for spec in specs {
             let name_value = HeaderValue::from_str(&spec.name).map_err(|_| {
                 (
@@ -67,6 +69,7 @@ impl Consumers {
                 name_value,
                 groups_value,
             });
+            by_name.insert(spec.name.value.clone(), Arc::clone(&consumer));
             for key in &spec.api_keys {
                 if key.len() < 8 {
                     return Err((
@@ -84,7 +87,12 @@ impl Consumers {
                 bucket.push((digest, Arc::clone(&consumer)));
             }
         }
-        Ok(Consumers { by_key })
+        Ok(Consumers { by_key, by_name })
+    }
+
+    /// The consumer named `name`.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Consumer>> {
+        self.by_name.get(name).cloned()
     }
 
     /// The consumer holding `key`; the digests are compared in constant time.

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cors;
 pub mod guard;
 pub mod headers;
+pub mod jwt;
 pub mod rate_limit;
 
 use std::sync::Arc;
@@ -118,6 +119,8 @@ pub struct BuildEnv<'a> {
     pub consumers: &'a Arc<auth::Consumers>,
     /// Metric families.
     pub metrics: &'a crate::observe::Metrics,
+    /// The config file's folder, for relative paths.
+    pub base: &'a std::path::Path,
 }
 
 /// Builds a plugin from its spec; the error is a message for the spec's position.
@@ -135,5 +138,6 @@ pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, St
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
         PluginSpec::IpRestriction(spec) => Arc::new(guard::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => Arc::new(guard::RequestSizeLimit(spec.max.0)),
+        PluginSpec::Jwt(spec) => Arc::new(jwt::Jwt::new(spec, env.base, env.consumers)?),
     })
 }

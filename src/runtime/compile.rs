@@ -82,9 +82,14 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             );
         }
     }
+    let config_dir = Path::new(file)
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_owned();
     let build_env = plugins::BuildEnv {
         consumers: &consumers,
         metrics: env.metrics,
+        base: &config_dir,
     };
     let global_plugins = compile_plugins(&spec.plugins, build_env, &mut diags);
 

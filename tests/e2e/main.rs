@@ -10,6 +10,7 @@ mod cli;
 mod discovery;
 mod edge;
 mod gateway;
+mod jwt;
 mod proxy;
 mod reload;
 mod resilience;

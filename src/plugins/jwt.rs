@@ -1,0 +1,361 @@
+//! `jwt`: bearer JSON Web Tokens (RFC 7519) verified against pinned keys.
+//!
+//! Every key names its algorithm, and a token is checked only with a key of exactly its `alg`:
+//! `none` (in any casing) is not an algorithm here, and an RSA public key can never be used as
+//! an HMAC secret. Keys come from the config (secrets, PEM files) and from a JWKS URL refreshed
+//! in the background; an unknown `kid` asks for a refresh at most once a minute and the token is
+//! refused meanwhile.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue, StatusCode, header, request};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use super::auth::Consumer;
+use super::{Flow, Phase, Plugin};
+use crate::config::spec::JwtSpec;
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::error::{ProxyError, error_response};
+
+/// A verification key and the one algorithm it verifies.
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+/// A compiled `jwt`.
+#[derive(Debug)]
+pub struct Jwt {
+    keys: Vec<Key>,
+    fetched: Arc<ArcSwap<Vec<Key>>>,
+    jwks: Option<Jwks>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: u64,
+    consumer_claim: String,
+    claims_to_headers: Vec<(String, HeaderName)>,
+    consumers: Arc<super::auth::Consumers>,
+}
+
+#[derive(Debug)]
+struct Jwks {
+    url: String,
+    refresh: Duration,
+    started: AtomicBool,
+    wake: Arc<tokio::sync::Notify>,
+    last_forced: Arc<AtomicU64>,
+    fetches: Arc<AtomicU64>,
+}
+
+fn algorithm(name: &str) -> Result<Algorithm, String> {
+    if name.eq_ignore_ascii_case("none") {
+        return Err("`none` is not an accepted algorithm".into());
+    }
+    Algorithm::from_str(name).map_err(|_| format!("unknown JWT algorithm `{name}`"))
+}
+
+fn from_jwks(set: &JwkSet) -> Vec<Key> {
+    set.keys
+        .iter()
+        .filter_map(|jwk| {
+            let alg = jwk
+                .common
+                .key_algorithm
+                .and_then(|a| Algorithm::from_str(&a.to_string()).ok())?;
+            Some(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key: DecodingKey::from_jwk(jwk).ok()?,
+            })
+        })
+        .collect()
+}
+
+impl Jwt {
+    /// Loads the keys (PEM paths relative to `base`).
+    pub fn new(
+        spec: &JwtSpec,
+        base: &Path,
+        consumers: &Arc<super::auth::Consumers>,
+    ) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for k in &spec.keys {
+            let alg = algorithm(&k.alg)?;
+            let key = match (&k.secret, &k.public_key_file, alg) {
+                (Some(secret), None, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
+                    if secret.len() < 16 {
+                        return Err("an HMAC secret must have at least 16 bytes".into());
+                    }
+                    DecodingKey::from_secret(secret.as_bytes())
+                }
+                (None, Some(file), _) => {
+                    let path = if Path::new(file.as_str()).is_absolute() {
+                        Path::new(file.as_str()).to_owned()
+                    } else {
+                        base.join(file.as_str())
+                    };
+                    let pem = std::fs::read(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    match alg {
+                        Algorithm::RS256
+                        | Algorithm::RS384
+                        | Algorithm::RS512
+                        | Algorithm::PS256
+                        | Algorithm::PS384
+                        | Algorithm::PS512 => DecodingKey::from_rsa_pem(&pem),
+                        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                        Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                        _ => return Err(format!("{alg:?} takes a `secret`, not a public key")),
+                    }
+                    .map_err(|e| format!("unusable public key in {}: {e}", path.display()))?
+                }
+                _ => {
+                    return Err(format!(
+                        "a {alg:?} key needs {}",
+                        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                            "a `secret`"
+                        } else {
+                            "a `public_key_file`"
+                        }
+                    ));
+                }
+            };
+            keys.push(Key {
+                kid: k.kid.clone(),
+                alg,
+                key,
+            });
+        }
+        if keys.is_empty() && spec.jwks_url.is_none() {
+            return Err("jwt needs `keys` or a `jwks_url`".into());
+        }
+        let claims_to_headers = spec
+            .claims_to_headers
+            .iter()
+            .map(|(claim, h)| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map(|name| (claim.clone(), name))
+                    .map_err(|_| format!("invalid header name `{h}`"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Jwt {
+            keys,
+            fetched: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            jwks: spec.jwks_url.as_ref().map(|url| Jwks {
+                url: url.value.clone(),
+                refresh: spec.jwks_refresh.0.max(Duration::from_secs(1)),
+                started: AtomicBool::new(false),
+                wake: Arc::new(tokio::sync::Notify::new()),
+                last_forced: Arc::new(AtomicU64::new(0)),
+                fetches: Arc::new(AtomicU64::new(0)),
+            }),
+            issuers: spec.issuers.clone(),
+            audiences: spec.audiences.clone(),
+            leeway: spec.leeway.0.as_secs(),
+            consumer_claim: spec.consumer_claim.clone(),
+            claims_to_headers,
+            consumers: Arc::clone(consumers),
+        })
+    }
+
+    /// Starts the JWKS refresher on first use (there is a runtime by then).
+    fn start_refresher(&self) {
+        let Some(jwks) = &self.jwks else { return };
+        if jwks.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (url, refresh, wake, fetched, fetches) = (
+            jwks.url.clone(),
+            jwks.refresh,
+            Arc::clone(&jwks.wake),
+            Arc::clone(&self.fetched),
+            Arc::clone(&jwks.fetches),
+        );
+        tokio::spawn(async move {
+            loop {
+                fetches.fetch_add(1, Ordering::Relaxed);
+                match crate::tls::fetch(&url, Duration::from_secs(5), 1 << 20).await {
+                    Ok(body) => match serde_json::from_slice::<JwkSet>(&body) {
+                        Ok(set) => fetched.store(Arc::new(from_jwks(&set))),
+                        Err(err) => tracing::warn!(url = %url, error = %err, "JWKS is not valid"),
+                    },
+                    Err(err) => {
+                        tracing::warn!(url = %url, error = %err, "cannot fetch JWKS; keeping the keys")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(refresh) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+        });
+    }
+
+    /// Asks for a JWKS refresh, at most once a minute.
+    fn refresh_soon(&self) {
+        let Some(jwks) = &self.jwks else { return };
+        let now = crate::health::now_ms();
+        let last = jwks.last_forced.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 60_000)
+            && jwks
+                .last_forced
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            jwks.wake.notify_one();
+        }
+    }
+
+    /// How many times the JWKS URL was fetched (for tests and the admin API).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.jwks
+            .as_ref()
+            .map_or(0, |j| j.fetches.load(Ordering::Relaxed))
+    }
+
+    fn unauthorized(&self, ctx: &RequestCtx, message: &str) -> Flow {
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+            &ctx.request_id,
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portico\", error=\"invalid_token\""),
+        );
+        Flow::Respond(response)
+    }
+}
+
+impl Plugin for Jwt {
+    fn name(&self) -> &'static str {
+        "jwt"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
+    }
+
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
+        self.start_refresher();
+        let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
+        let value = values.next();
+        if values.next().is_some() {
+            return Ok(self.unauthorized(ctx, "more than one Authorization header"));
+        }
+        let Some(token) = value
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+        else {
+            return Ok(self.unauthorized(ctx, "a bearer token is required"));
+        };
+        let Ok(token_header) = jsonwebtoken::decode_header(token) else {
+            return Ok(self.unauthorized(
+                ctx,
+                "the token is malformed or uses an unaccepted algorithm",
+            ));
+        };
+        let fetched = self.fetched.load();
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .chain(fetched.iter())
+            .filter(|k| match &token_header.kid {
+                Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
+                None => k.kid.is_none() || self.keys.len() + fetched.len() == 1,
+            })
+            .collect();
+        if candidates.is_empty() {
+            if token_header.kid.is_some() {
+                self.refresh_soon();
+            }
+            return Ok(self.unauthorized(ctx, "no key matches the token"));
+        }
+        // The key decides the algorithm: a token claiming another one is refused.
+        let Some(key) = candidates.into_iter().find(|k| k.alg == token_header.alg) else {
+            return Ok(self.unauthorized(ctx, "the token's algorithm does not match its key"));
+        };
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();
+        if self.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.audiences);
+        }
+        if !self.issuers.is_empty() {
+            validation.set_issuer(&self.issuers);
+        }
+        let claims = match jsonwebtoken::decode::<BTreeMap<String, serde_json::Value>>(
+            token,
+            &key.key,
+            &validation,
+        ) {
+            Ok(data) => data.claims,
+            Err(err) => {
+                use jsonwebtoken::errors::ErrorKind;
+                let message = match err.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::ImmatureSignature => "the token is not valid yet",
+                    ErrorKind::InvalidAudience => "the token is not for this audience",
+                    ErrorKind::InvalidIssuer => "the token is from an unaccepted issuer",
+                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                    _ => "the token is not valid",
+                };
+                return Ok(self.unauthorized(ctx, message));
+            }
+        };
+        let claim_text = |name: &str| match claims.get(name) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        if let Some(subject) = claim_text(&self.consumer_claim) {
+            let consumer = self.consumers.by_name(&subject).unwrap_or_else(|| {
+                Arc::new(Consumer {
+                    name_value: HeaderValue::from_str(&subject)
+                        .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+                    name: subject,
+                    groups: Vec::new(),
+                    groups_value: None,
+                })
+            });
+            ctx.consumer = Some(consumer);
+        }
+        for (claim, header) in &self.claims_to_headers {
+            head.headers.remove(header);
+            if let Some(value) = claim_text(claim).and_then(|v| HeaderValue::from_str(&v).ok()) {
+                head.headers.insert(header.clone(), value);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}

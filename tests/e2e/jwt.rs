@@ -1,0 +1,334 @@
+//! `jwt` against forged, expired, misaddressed and well-formed tokens.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+use crate::support::{H1, Portico, TestUpstream, fill, temp_dir};
+
+const SECRET: &str = "a-long-enough-hmac-secret-for-tests";
+
+fn b64url(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(extra: serde_json::Value) -> serde_json::Value {
+    let mut base = serde_json::json!({
+        "sub": "alice", "email": "alice@example.com", "iss": "https://idp.test",
+        "aud": "orders", "exp": now() + 300,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        base[k] = v.clone();
+    }
+    base
+}
+
+fn hs(kid: Option<&str>, claims: &serde_json::Value, secret: &[u8]) -> String {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Keys {
+    dir: std::path::PathBuf,
+    rsa_private: Vec<u8>,
+    rsa_public: Vec<u8>,
+    ec_private: Vec<u8>,
+    ed_private: Vec<u8>,
+}
+
+fn keys() -> Keys {
+    let dir = temp_dir("jwt");
+    let p = |name: &str| dir.join(name).display().to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &p("rsa.key"),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        &p("rsa.key"),
+        "-pubout",
+        "-out",
+        &p("rsa.pub"),
+    ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &p("ec.key"),
+    ]);
+    openssl(&["pkey", "-in", &p("ec.key"), "-pubout", "-out", &p("ec.pub")]);
+    openssl(&["genpkey", "-algorithm", "ED25519", "-out", &p("ed.key")]);
+    openssl(&["pkey", "-in", &p("ed.key"), "-pubout", "-out", &p("ed.pub")]);
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    Keys {
+        rsa_private: read("rsa.key"),
+        rsa_public: read("rsa.pub"),
+        ec_private: read("ec.key"),
+        ed_private: read("ed.key"),
+        dir,
+    }
+}
+
+/// Serves a JWKS document and counts fetches.
+async fn jwks_server(doc: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (doc, counter) = (doc.clone(), Arc::clone(&counter));
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let doc = doc.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(doc),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/jwks.json"), count)
+}
+
+fn bearer(token: &str) -> Request<Full<Bytes>> {
+    Request::get("/api/x")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-user-email", "forged@evil.test")
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_verified_with_pinned_algorithms() {
+    let k = keys();
+    let up = TestUpstream::start("U").await;
+    let jwks_doc = serde_json::json!({"keys": [
+        {"kty": "oct", "kid": "from-jwks", "alg": "HS256", "k": b64url(b"jwks-secret-0123456789abcdef")}
+    ]})
+    .to_string();
+    let (jwks_url, fetches) = jwks_server(jwks_doc).await;
+    let config = fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+consumers:
+  - { name: alice, groups: [paid] }
+routes:
+  - name: api
+    plugins:
+      - jwt:
+          keys:
+            - { alg: HS256, secret: '@SECRET@' }
+            - { kid: rsa-1, alg: RS256, public_key_file: rsa.pub }
+            - { kid: ec-1, alg: ES256, public_key_file: ec.pub }
+            - { kid: ed-1, alg: EdDSA, public_key_file: ed.pub }
+          jwks_url: '@JWKS@'
+          issuers: [https://idp.test]
+          audiences: [orders]
+          leeway: 5s
+          claims_to_headers: { email: x-user-email }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("SECRET", SECRET), ("JWKS", &jwks_url), ("U", &up.addr())],
+    );
+    let gw = Portico::start_in(&k.dir, &config);
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let web = gw.addr("web");
+    let status = |token: String| {
+        let (req, web) = (bearer(&token), web.clone());
+        async move { H1::connect(&web).await.send(req).await.unwrap() }
+    };
+
+    // Valid tokens of every key type.
+    let good = claims(serde_json::json!({}));
+    let r = c
+        .send(bearer(&hs(None, &good, SECRET.as_bytes())))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-consumer-name"], "alice");
+    assert_eq!(seen.headers["x-consumer-groups"], "paid");
+    assert_eq!(
+        seen.headers["x-user-email"], "alice@example.com",
+        "the forged claim header was replaced"
+    );
+    for (kid, alg, key) in [
+        (
+            "rsa-1",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&k.rsa_private).unwrap(),
+        ),
+        (
+            "ec-1",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&k.ec_private).unwrap(),
+        ),
+        (
+            "ed-1",
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&k.ed_private).unwrap(),
+        ),
+    ] {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        let token = encode(&header, &good, &key).unwrap();
+        assert_eq!(status(token).await.status, 200, "{kid}");
+    }
+
+    // `alg: none`, in any casing, with or without a signature.
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let head = b64url(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
+        let body = b64url(good.to_string().as_bytes());
+        for token in [format!("{head}.{body}."), format!("{head}.{body}.c2ln")] {
+            let r = status(token).await;
+            assert_eq!(r.status, 401, "alg {alg}");
+            assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+        }
+    }
+    // The RSA public key used as an HMAC secret, under the RSA key's kid or none.
+    for kid in [Some("rsa-1"), None] {
+        assert_eq!(
+            status(hs(kid, &good, &k.rsa_public)).await.status,
+            401,
+            "HS/RS confusion with kid {kid:?}"
+        );
+    }
+    // Expired, not yet valid, wrong audience, wrong issuer, no exp, wrong secret.
+    for (case, token) in [
+        (
+            "expired",
+            hs(
+                None,
+                &claims(serde_json::json!({"exp": now() - 60})),
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "not yet valid",
+            hs(
+                None,
+                &claims(serde_json::json!({"nbf": now() + 60})),
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "audience",
+            hs(
+                None,
+                &claims(serde_json::json!({"aud": "billing"})),
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "issuer",
+            hs(
+                None,
+                &claims(serde_json::json!({"iss": "https://evil.test"})),
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "no exp",
+            hs(
+                None,
+                &serde_json::json!({"sub": "alice", "aud": "orders", "iss": "https://idp.test"}),
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "wrong secret",
+            hs(None, &good, b"another-secret-of-enough-length"),
+        ),
+        ("garbage", "not.a.token".to_owned()),
+    ] {
+        let r = status(token).await;
+        assert_eq!(r.status, 401, "{case}: {}", r.body);
+        assert!(!r.body.contains(SECRET));
+    }
+    // Two Authorization headers.
+    let mut two = bearer(&hs(None, &good, SECRET.as_bytes()));
+    two.headers_mut()
+        .append("authorization", "Bearer x".parse().unwrap());
+    assert_eq!(c.send(two).await.unwrap().status, 401);
+
+    // A key from the JWKS URL works; unknown kids do not make portico refetch without bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = status(hs(
+            Some("from-jwks"),
+            &good,
+            b"jwks-secret-0123456789abcdef",
+        ))
+        .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the JWKS key never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = fetches.load(Ordering::Relaxed);
+    for i in 0..30 {
+        let r = status(hs(Some(&format!("unknown-{i}")), &good, SECRET.as_bytes())).await;
+        assert_eq!(r.status, 401);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let extra = fetches.load(Ordering::Relaxed) - before;
+    assert!(extra <= 1, "{extra} JWKS fetches for 30 unknown kids");
+}
