@@ -923,6 +923,52 @@ pub enum PluginSpec {
     RequestSizeLimit(RequestSizeLimitSpec),
     /// Authenticates a bearer JSON Web Token.
     Jwt(JwtSpec),
+    /// Authenticates `Authorization: Basic` against consumers' password hashes.
+    BasicAuth(BasicAuthSpec),
+    /// Maps a verified client certificate to a consumer (needs `client_auth` on the listener).
+    MtlsAuth(MtlsAuthSpec),
+    /// Answers with a fixed response (a mock), after the checks before it.
+    Respond(MockSpec),
+}
+
+/// `basic_auth:`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthSpec {
+    /// Realm in `WWW-Authenticate`.
+    #[serde(default = "portico_realm")]
+    pub realm: String,
+    /// Remove `Authorization` before forwarding.
+    #[serde(default = "yes")]
+    pub hide_credentials: bool,
+}
+
+fn portico_realm() -> String {
+    "portico".to_owned()
+}
+
+/// `mtls_auth:`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsAuthSpec {
+    /// Let certificates that match no consumer through as anonymous (default: 401).
+    #[serde(default)]
+    pub allow_unknown: bool,
+}
+
+/// `respond:` plugin — a mock answer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockSpec {
+    /// Status.
+    #[serde(default = "ok")]
+    pub status: At<u16>,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+    /// Headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, At<String>>,
 }
 
 /// `jwt:`.
@@ -1119,6 +1165,27 @@ pub struct ConsumerSpec {
     /// Groups, for `acl`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// Username and password hash (argon2 PHC string or bcrypt) for `basic_auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicCredentialSpec>,
+    /// Client-certificate subject (as in `x-client-cert-subject`) for `mtls_auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_subject: Option<String>,
+}
+
+/// `basic_auth:` of a consumer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredentialSpec {
+    /// User name.
+    pub username: At<String>,
+    /// `$argon2id$...` or `$2b$...`; never the password itself.
+    #[serde(serialize_with = "redact_str")]
+    pub password_hash: At<String>,
+}
+
+fn redact_str<S: serde::Serializer>(_: &At<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
 }
 
 fn redact_all<S: serde::Serializer>(keys: &[At<String>], s: S) -> Result<S::Ok, S::Error> {

@@ -39,6 +39,8 @@ type KeyIndex = HashMap<[u8; 8], Vec<([u8; 32], Arc<Consumer>)>>;
 pub struct Consumers {
     by_key: KeyIndex,
     by_name: HashMap<String, Arc<Consumer>>,
+    by_user: HashMap<String, (Arc<Consumer>, String)>,
+    by_subject: HashMap<String, Arc<Consumer>>,
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -53,6 +55,8 @@ impl Consumers {
     pub fn build(specs: &[ConsumerSpec]) -> Result<Self, (crate::config::Pos, String)> {
         let mut by_key = KeyIndex::new();
         let mut by_name = HashMap::new();
+        let mut by_user = HashMap::new();
+        let mut by_subject = HashMap::new();
         for spec in specs {
             let name_value = HeaderValue::from_str(&spec.name).map_err(|_| {
                 (
@@ -70,6 +74,31 @@ impl Consumers {
                 groups_value,
             });
             by_name.insert(spec.name.value.clone(), Arc::clone(&consumer));
+            if let Some(basic) = &spec.basic_auth {
+                if !basic.password_hash.starts_with("$argon2")
+                    && !basic.password_hash.starts_with("$2")
+                {
+                    return Err((
+                        basic.password_hash.pos,
+                        "password_hash must be an argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) hash".to_owned(),
+                    ));
+                }
+                if by_user
+                    .insert(
+                        basic.username.value.clone(),
+                        (Arc::clone(&consumer), basic.password_hash.value.clone()),
+                    )
+                    .is_some()
+                {
+                    return Err((
+                        basic.username.pos,
+                        "this username is given twice".to_owned(),
+                    ));
+                }
+            }
+            if let Some(subject) = &spec.cert_subject {
+                by_subject.insert(subject.clone(), Arc::clone(&consumer));
+            }
             for key in &spec.api_keys {
                 if key.len() < 8 {
                     return Err((
@@ -87,7 +116,22 @@ impl Consumers {
                 bucket.push((digest, Arc::clone(&consumer)));
             }
         }
-        Ok(Consumers { by_key, by_name })
+        Ok(Consumers {
+            by_key,
+            by_name,
+            by_user,
+            by_subject,
+        })
+    }
+
+    /// The consumer with basic-auth user `user`, and its password hash.
+    pub fn basic(&self, user: &str) -> Option<(Arc<Consumer>, String)> {
+        self.by_user.get(user).cloned()
+    }
+
+    /// The consumer whose certificate subject is `subject`.
+    pub fn by_cert_subject(&self, subject: &str) -> Option<Arc<Consumer>> {
+        self.by_subject.get(subject).cloned()
     }
 
     /// The consumer named `name`.

@@ -8,6 +8,7 @@
 //! authorisation and per-consumer limits, then transformations.
 
 pub mod auth;
+pub mod basic;
 pub mod cors;
 pub mod guard;
 pub mod headers;
@@ -28,6 +29,18 @@ pub enum Flow {
     /// Go on to the next plugin, then the upstream.
     Continue,
     /// Answer now: later plugins and the upstream are skipped.
+    Respond(http::Response<Body>),
+    /// Decide after some work that must not block the worker (a password hash, a lookup);
+    /// the chain awaits it, applies it, and goes on. The hot path never allocates for this:
+    /// only plugins that need it return it.
+    Defer(std::pin::Pin<Box<dyn Future<Output = Deferred> + Send>>),
+}
+
+/// The outcome of a [`Flow::Defer`].
+pub enum Deferred {
+    /// Go on, as this consumer (if any).
+    Continue(Option<Arc<auth::Consumer>>),
+    /// Answer now.
     Respond(http::Response<Body>),
 }
 
@@ -80,18 +93,27 @@ impl PluginChain {
         PluginChain(plugins)
     }
 
-    /// Runs `on_request` of each plugin until one answers.
-    pub fn on_request(
+    /// Runs `on_request` of each plugin until one answers; the answer, if any.
+    pub async fn on_request(
         &self,
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
-    ) -> Result<Flow, ProxyError> {
+    ) -> Result<Option<http::Response<Body>>, ProxyError> {
         for plugin in &self.0 {
-            if let Flow::Respond(response) = plugin.on_request(ctx, head)? {
-                return Ok(Flow::Respond(response));
+            match plugin.on_request(ctx, head)? {
+                Flow::Continue => {}
+                Flow::Respond(response) => return Ok(Some(response)),
+                Flow::Defer(work) => match work.await {
+                    Deferred::Continue(consumer) => {
+                        if consumer.is_some() {
+                            ctx.consumer = consumer;
+                        }
+                    }
+                    Deferred::Respond(response) => return Ok(Some(response)),
+                },
             }
         }
-        Ok(Flow::Continue)
+        Ok(None)
     }
 
     /// Runs `on_response` of each plugin, last first.
@@ -139,5 +161,8 @@ pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, St
         PluginSpec::IpRestriction(spec) => Arc::new(guard::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => Arc::new(guard::RequestSizeLimit(spec.max.0)),
         PluginSpec::Jwt(spec) => Arc::new(jwt::Jwt::new(spec, env.base, env.consumers)?),
+        PluginSpec::BasicAuth(spec) => Arc::new(basic::BasicAuth::new(spec, env.consumers)),
+        PluginSpec::MtlsAuth(spec) => Arc::new(basic::MtlsAuth::new(spec, env.consumers)),
+        PluginSpec::Respond(spec) => Arc::new(basic::Mock::new(spec)?),
     })
 }

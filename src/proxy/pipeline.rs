@@ -14,7 +14,6 @@ use super::error::ProxyError;
 use super::forward;
 use super::headers::{self, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
 use crate::observe::RouteMetrics;
-use crate::plugins::Flow;
 use crate::plugins::auth::{X_CONSUMER_GROUPS, X_CONSUMER_NAME};
 use crate::routing::{RequestView, normalize_host, path};
 use crate::runtime::{Action, Listener, ListenerRoute};
@@ -230,9 +229,9 @@ async fn run<'s>(
     // on_request plugins
     let plugins = &route.plugins;
     if !plugins.is_empty() {
-        match plugins.on_request(ctx, &mut head) {
-            Ok(Flow::Continue) => {}
-            Ok(Flow::Respond(response)) => {
+        match plugins.on_request(ctx, &mut head).await {
+            Ok(None) => {}
+            Ok(Some(response)) => {
                 return (Ok(on_response(plugins, ctx, response)), metrics.first());
             }
             Err(err) => return (Err(err), metrics.first()),

@@ -381,3 +381,139 @@ fn explain_lists_plugins_in_the_order_they_run() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("plugins   key_auth → acl"), "{out}");
 }
+
+#[tokio::test]
+async fn basic_auth_mtls_auth_and_mock() {
+    use argon2::PasswordHasher;
+    let up = TestUpstream::start("U").await;
+    let bcrypt_hash = bcrypt::hash("bob-password", 4).unwrap();
+    let salt = argon2::password_hash::SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
+    let argon_hash = argon2::Argon2::default()
+        .hash_password(b"carol-password", &salt)
+        .unwrap()
+        .to_string();
+    let dir = crate::support::temp_dir("basic");
+    let ca = crate::support::pki::Ca::new(&dir, "test CA");
+    let server = ca.leaf("server", "api.test", &["api.test"], false, false);
+    let client_ca = crate::support::pki::Ca::new(&crate::support::temp_dir("clients"), "client CA");
+    let dave = client_ca.leaf("dave", "dave", &["dave.example"], true, false);
+    let config = fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+  - name: secure
+    bind: 127.0.0.1:0
+    protocol: https
+    tls:
+      certificates: [ { cert_file: '@SC@', key_file: '@SK@' } ]
+      client_auth: { ca_file: '@CCA@', required: false }
+consumers:
+  - { name: bob, basic_auth: { username: bob, password_hash: '@BCRYPT@' } }
+  - { name: carol, basic_auth: { username: carol, password_hash: '@ARGON@' } }
+  - { name: dave, cert_subject: CN=dave }
+routes:
+  - { name: basic, match: { path_prefix: /basic/ }, plugins: [ { basic_auth: {} } ], upstream: u }
+  - { name: mtls, match: { path_prefix: /mtls/ }, plugins: [ { mtls_auth: {} } ], upstream: u }
+  - name: mock
+    match: { path_prefix: /mock/ }
+    plugins: [ { respond: { status: 418, body: teapot } }, { basic_auth: {} } ]
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[
+            ("SC", &server.cert()),
+            ("SK", &server.key()),
+            ("CCA", &client_ca.cert_path().display().to_string()),
+            ("BCRYPT", &bcrypt_hash),
+            ("ARGON", &argon_hash),
+            ("U", &up.addr()),
+        ],
+    );
+    let gw = Portico::start(&config);
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let basic = |user: &str, password: &str| {
+        use std::fmt::Write;
+        let raw = format!("{user}:{password}");
+        // Standard base64 of the pair.
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in raw.as_bytes().chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        let mut header = String::new();
+        let _ = write!(header, "Basic {out}");
+        header
+    };
+    for (user, password) in [("bob", "bob-password"), ("carol", "carol-password")] {
+        let auth = basic(user, password);
+        for _ in 0..2 {
+            // The second time comes from the cache of verified passwords.
+            let r = c
+                .send(req("/basic/x", &[("authorization", &auth)]))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{user}");
+            assert_eq!(up.last().headers["x-consumer-name"], user);
+            assert!(!up.last().headers.contains_key("authorization"));
+        }
+    }
+    let r = c
+        .send(req("/basic/x", &[("authorization", &basic("bob", "nope"))]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .starts_with("Basic realm=\"portico\"")
+    );
+    assert_eq!(c.send(req("/basic/x", &[])).await.unwrap().status, 401);
+
+    // The mock answers only after authentication, whatever the list order says.
+    assert_eq!(c.send(req("/mock/x", &[])).await.unwrap().status, 401);
+    let r = c
+        .send(req(
+            "/mock/x",
+            &[("authorization", &basic("bob", "bob-password"))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (418, "teapot"));
+
+    // mtls_auth: a verified certificate names the consumer; a forged header does not.
+    assert_eq!(
+        c.send(req("/mtls/x", &[("x-client-cert-subject", "CN=dave")]))
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    let client = crate::support::pki::client_config(&ca.cert_path(), Some(&dave), &[b"http/1.1"]);
+    let stream = crate::support::pki::connect(&gw.addr("secure"), "api.test", client)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = sender
+        .send_request(
+            Request::get("/mtls/x")
+                .header("host", "api.test")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-consumer-name"], "dave");
+}

@@ -1,0 +1,329 @@
+//! `basic_auth` (argon2 or bcrypt hashes, verified off the worker, successes cached briefly),
+//! `mtls_auth` (a verified client certificate names the consumer) and `respond` (a mock).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue, StatusCode, header, request};
+
+use super::auth::{Consumer, Consumers};
+use super::{Deferred, Flow, Phase, Plugin};
+use crate::config::spec::{BasicAuthSpec, MockSpec, MtlsAuthSpec};
+use crate::proxy::body::Body;
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::error::{ProxyError, error_response};
+
+/// How long a verified password is remembered (hashes are slow on purpose).
+const CACHE_FOR: Duration = Duration::from_secs(60);
+const CACHE_MAX: usize = 10_000;
+
+/// `basic_auth`.
+#[derive(Debug)]
+pub struct BasicAuth {
+    consumers: Arc<Consumers>,
+    challenge: HeaderValue,
+    hide: bool,
+    /// SHA-256 of `user:password` → (consumer, verified at).
+    cache: Arc<Mutex<Verified>>,
+}
+
+/// Recently verified credentials.
+type Verified = HashMap<[u8; 32], (Arc<Consumer>, Instant)>;
+
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let bytes: Vec<u8> = text.trim_end_matches('=').bytes().collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= u32::from(value(c)?) << (18 - 6 * i);
+        }
+        let take = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
+    }
+    Some(out)
+}
+
+/// Checks a password against an argon2 PHC string or a bcrypt hash.
+pub fn verify_password(password: &[u8], hash: &str) -> bool {
+    use argon2::PasswordVerifier;
+    if hash.starts_with("$argon2") {
+        return argon2::password_hash::PasswordHash::new(hash).is_ok_and(|parsed| {
+            argon2::Argon2::default()
+                .verify_password(password, &parsed)
+                .is_ok()
+        });
+    }
+    if hash.starts_with("$2") {
+        return bcrypt::verify(password, hash).unwrap_or(false);
+    }
+    false
+}
+
+impl BasicAuth {
+    /// From its spec.
+    pub fn new(spec: &BasicAuthSpec, consumers: &Arc<Consumers>) -> Self {
+        let challenge = HeaderValue::from_str(&format!(
+            "Basic realm=\"{}\", charset=\"UTF-8\"",
+            spec.realm
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"portico\""));
+        BasicAuth {
+            consumers: Arc::clone(consumers),
+            challenge,
+            hide: spec.hide_credentials,
+            cache: Arc::default(),
+        }
+    }
+
+    fn unauthorized(
+        challenge: &HeaderValue,
+        request_id: &HeaderValue,
+        message: &str,
+    ) -> http::Response<Body> {
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+            request_id,
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge.clone());
+        response
+    }
+}
+
+impl Plugin for BasicAuth {
+    fn name(&self) -> &'static str {
+        "basic_auth"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
+    }
+
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
+        let refuse = |message: &str| {
+            Ok(Flow::Respond(Self::unauthorized(
+                &self.challenge,
+                &ctx.request_id,
+                message,
+            )))
+        };
+        let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
+        let value = values.next();
+        if values.next().is_some() {
+            return refuse("more than one Authorization header");
+        }
+        let Some(decoded) = value
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+            .and_then(|b64| decode_base64(b64.trim()))
+        else {
+            return refuse("credentials are required");
+        };
+        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+            return refuse("malformed credentials");
+        };
+        let (user, password) = (&decoded[..colon], decoded[colon + 1..].to_vec());
+        let Some((consumer, hash)) = std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| self.consumers.basic(u))
+        else {
+            return refuse("unknown user or wrong password");
+        };
+        if self.hide {
+            head.headers.remove(header::AUTHORIZATION);
+        }
+        let digest = {
+            let d = ring::digest::digest(&ring::digest::SHA256, &decoded);
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        };
+        if let Ok(cache) = self.cache.lock()
+            && let Some((cached, at)) = cache.get(&digest)
+            && at.elapsed() < CACHE_FOR
+        {
+            ctx.consumer = Some(Arc::clone(cached));
+            return Ok(Flow::Continue);
+        }
+        // The hash is slow by design: verify it off the worker thread.
+        let (cache, challenge, request_id) = (
+            Arc::clone(&self.cache),
+            self.challenge.clone(),
+            ctx.request_id.clone(),
+        );
+        Ok(Flow::Defer(Box::pin(async move {
+            let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+                .await
+                .unwrap_or(false);
+            if !ok {
+                return Deferred::Respond(Self::unauthorized(
+                    &challenge,
+                    &request_id,
+                    "unknown user or wrong password",
+                ));
+            }
+            if let Ok(mut cache) = cache.lock() {
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(digest, (Arc::clone(&consumer), Instant::now()));
+            }
+            Deferred::Continue(Some(consumer))
+        })))
+    }
+}
+
+/// `mtls_auth`.
+#[derive(Debug)]
+pub struct MtlsAuth {
+    consumers: Arc<Consumers>,
+    allow_unknown: bool,
+}
+
+impl MtlsAuth {
+    /// From its spec.
+    pub fn new(spec: &MtlsAuthSpec, consumers: &Arc<Consumers>) -> Self {
+        MtlsAuth {
+            consumers: Arc::clone(consumers),
+            allow_unknown: spec.allow_unknown,
+        }
+    }
+}
+
+impl Plugin for MtlsAuth {
+    fn name(&self) -> &'static str {
+        "mtls_auth"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authenticate
+    }
+
+    fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
+        // The pipeline has already replaced any client-sent subject with the verified one.
+        let subject = head
+            .headers
+            .get(&crate::proxy::headers::X_CLIENT_CERT_SUBJECT)
+            .and_then(|v| v.to_str().ok());
+        match subject.and_then(|s| self.consumers.by_cert_subject(s)) {
+            Some(consumer) => {
+                ctx.consumer = Some(consumer);
+                Ok(Flow::Continue)
+            }
+            None if self.allow_unknown && subject.is_some() => Ok(Flow::Continue),
+            None => {
+                let mut response = error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a client certificate of a known consumer is required",
+                    &ctx.request_id,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Mutual"));
+                Ok(Flow::Respond(response))
+            }
+        }
+    }
+}
+
+/// `respond`: a fixed answer (mock), after the plugins before it in the chain's phases.
+#[derive(Debug)]
+pub struct Mock {
+    status: StatusCode,
+    body: bytes::Bytes,
+    headers: HeaderMap,
+}
+
+impl Mock {
+    /// Checks status and headers.
+    pub fn new(spec: &MockSpec) -> Result<Self, String> {
+        let status = StatusCode::from_u16(*spec.status)
+            .ok()
+            .filter(|s| s.as_u16() >= 200)
+            .ok_or("respond.status must be between 200 and 599")?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &spec.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("invalid header name `{name}`"))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|_| format!("invalid value for `{name}`"))?;
+            headers.append(name, value);
+        }
+        Ok(Mock {
+            status,
+            body: bytes::Bytes::from(spec.body.clone()),
+            headers,
+        })
+    }
+}
+
+impl Plugin for Mock {
+    fn name(&self) -> &'static str {
+        "respond"
+    }
+
+    fn on_request(
+        &self,
+        _ctx: &mut RequestCtx,
+        _head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
+        let mut response = http::Response::new(Body::full(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        Ok(Flow::Respond(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_password_hashes() {
+        assert_eq!(decode_base64("YWxpY2U6czNjcmV0").unwrap(), b"alice:s3cret");
+        assert_eq!(decode_base64("YQ==").unwrap(), b"a");
+        assert!(decode_base64("!!").is_none());
+        let bcrypt_hash = bcrypt::hash("s3cret", 4).unwrap();
+        assert!(verify_password(b"s3cret", &bcrypt_hash));
+        assert!(!verify_password(b"wrong", &bcrypt_hash));
+        use argon2::PasswordHasher;
+        let salt = argon2::password_hash::SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
+        let argon = argon2::Argon2::default()
+            .hash_password(b"s3cret", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_password(b"s3cret", &argon));
+        assert!(!verify_password(b"wrong", &argon));
+        assert!(!verify_password(b"s3cret", "plaintext"));
+    }
+}
