@@ -929,6 +929,65 @@ pub enum PluginSpec {
     MtlsAuth(MtlsAuthSpec),
     /// Answers with a fixed response (a mock), after the checks before it.
     Respond(MockSpec),
+    /// Edits the request: headers, query, JSON body fields.
+    RequestTransformer(TransformSpec),
+    /// Edits the response: headers, JSON body fields.
+    ResponseTransformer(TransformSpec),
+}
+
+/// `request_transformer:` / `response_transformer:`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// Header edits (remove, rename, set, add).
+    #[serde(default)]
+    pub headers: FieldOpsSpec,
+    /// Query parameter edits (requests only).
+    #[serde(default)]
+    pub query: FieldOpsSpec,
+    /// JSON body edits; keys are dotted paths (`user.email`).
+    #[serde(default)]
+    pub json: JsonOpsSpec,
+    /// Largest JSON body edited; larger bodies pass unchanged.
+    #[serde(default = "one_mebibyte")]
+    pub max_body: Size,
+}
+
+fn one_mebibyte() -> Size {
+    Size(1 << 20)
+}
+
+/// Edits of named string fields.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldOpsSpec {
+    /// Fields to delete.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Fields to rename: old → new.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Fields to replace.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Fields to append.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+}
+
+/// Edits of JSON body fields.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonOpsSpec {
+    /// Paths to delete.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Paths to rename: old → new.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Paths to set, to strings.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
 }
 
 /// `basic_auth:`.

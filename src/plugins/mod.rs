@@ -14,6 +14,7 @@ pub mod guard;
 pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
+pub mod transform;
 
 use std::sync::Arc;
 
@@ -164,5 +165,9 @@ pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, St
         PluginSpec::BasicAuth(spec) => Arc::new(basic::BasicAuth::new(spec, env.consumers)),
         PluginSpec::MtlsAuth(spec) => Arc::new(basic::MtlsAuth::new(spec, env.consumers)),
         PluginSpec::Respond(spec) => Arc::new(basic::Mock::new(spec)?),
+        PluginSpec::RequestTransformer(spec) => Arc::new(transform::RequestTransformer::new(spec)?),
+        PluginSpec::ResponseTransformer(spec) => {
+            Arc::new(transform::ResponseTransformer::new(spec)?)
+        }
     })
 }

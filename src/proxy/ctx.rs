@@ -30,4 +30,8 @@ pub struct RequestCtx {
     pub body_limit: Option<u64>,
     /// `RateLimit-*` values for the response: limit, remaining, seconds to reset.
     pub rate_limit: Option<(u32, u32, u64)>,
+    /// JSON edits for the request body.
+    pub request_json: Option<std::sync::Arc<crate::plugins::transform::JsonEdit>>,
+    /// JSON edits for the response body.
+    pub response_json: Option<std::sync::Arc<crate::plugins::transform::JsonEdit>>,
 }

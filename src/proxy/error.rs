@@ -85,6 +85,9 @@ pub enum ProxyError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The upstream's response body broke off while portico was reading it whole.
+    #[error("the upstream's response broke off")]
+    BrokenResponse,
     /// The request body from the client was broken (bad chunking, early close).
     #[error("the request body could not be read")]
     ClientBody,
@@ -113,7 +116,9 @@ impl ProxyError {
             ProxyError::NoTarget { .. } | ProxyError::CircuitOpen { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::BrokenResponse => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -134,7 +139,7 @@ impl ProxyError {
             ProxyError::NoTarget { .. } => "no_healthy_target",
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::Connect { .. } => "upstream_connect_failed",
-            ProxyError::Upstream { .. } => "upstream_failed",
+            ProxyError::Upstream { .. } | ProxyError::BrokenResponse => "upstream_failed",
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => "upstream_timeout",
         }
     }

@@ -62,6 +62,8 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         cors_origin: None,
         body_limit: None,
         rate_limit: None,
+        request_json: None,
+        response_json: None,
     };
     let method = head.method.clone();
     let version = head.version;
@@ -256,6 +258,13 @@ async fn run<'s>(
         },
         None => Body::stream(body),
     };
+    let body = match ctx.request_json.clone() {
+        Some(edit) => match edit_request(&mut head, body, &edit).await {
+            Ok(body) => body,
+            Err(err) => return (Err(err), metrics.first()),
+        },
+        None => body,
+    };
 
     let result = match &route.action {
         Action::Respond(respond) => {
@@ -296,6 +305,16 @@ async fn run<'s>(
                 Some(rewrite) => rewrite.apply(&normal),
                 None => std::borrow::Cow::Borrowed(&*normal),
             };
+            // A plugin may have edited the query.
+            let edited = head.uri.query() != query;
+            let edited_query = edited
+                .then(|| head.uri.query().map(str::to_owned))
+                .flatten();
+            let (query, original) = if edited {
+                (edited_query.as_deref(), None)
+            } else {
+                (query, uri.path_and_query())
+            };
             let result = forward::forward(
                 &conn.client_value,
                 conn.scheme,
@@ -308,10 +327,14 @@ async fn run<'s>(
                     host,
                     path: &path,
                     query,
-                    original: uri.path_and_query(),
+                    original,
                 },
             )
             .await;
+            let result = match (result, ctx.response_json.clone()) {
+                (Ok(response), Some(edit)) => edit_response(response, &edit).await,
+                (other, _) => other,
+            };
             return (
                 result.map(|r| on_response(plugins, ctx, r)),
                 metrics.get(arm),
@@ -322,6 +345,64 @@ async fn run<'s>(
         result.map(|r| on_response(plugins, ctx, r)),
         metrics.first(),
     )
+}
+
+/// Buffers a JSON request body (bounded) and applies `request_transformer` edits.
+async fn edit_request(
+    head: &mut http::request::Parts,
+    body: Body,
+    edit: &crate::plugins::transform::JsonEdit,
+) -> Result<Body, ProxyError> {
+    use http_body_util::BodyExt;
+    let collected = http_body_util::Limited::new(body, edit.max)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() || err.is::<super::body::TooLarge>() {
+                ProxyError::PayloadTooLarge {
+                    limit: edit.max as u64,
+                }
+            } else {
+                ProxyError::ClientBody
+            }
+        })?;
+    let bytes = collected.to_bytes();
+    let edited = edit.apply(&bytes).unwrap_or(bytes);
+    head.headers.remove(header::TRANSFER_ENCODING);
+    head.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(edited.len()));
+    Ok(Body::full(edited))
+}
+
+/// Applies `response_transformer` JSON edits to a JSON response of known, bounded size;
+/// anything else passes unchanged.
+async fn edit_response(
+    response: Response<Body>,
+    edit: &crate::plugins::transform::JsonEdit,
+) -> Result<Response<Body>, ProxyError> {
+    use http_body_util::BodyExt;
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if !crate::plugins::transform::is_json(response.headers())
+        || length.is_none_or(|n| n > edit.max)
+    {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    match body.collect().await {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            let edited = edit.apply(&bytes).unwrap_or(bytes);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(edited.len()));
+            Ok(Response::from_parts(parts, Body::full(edited)))
+        }
+        Err(_) => Err(ProxyError::BrokenResponse),
+    }
 }
 
 fn on_response(

@@ -517,3 +517,82 @@ upstreams:
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().headers["x-consumer-name"], "dave");
 }
+
+#[tokio::test]
+async fn transformers_edit_headers_query_and_json_bodies() {
+    let up = TestUpstream::start("U").await;
+    let gw = Portico::start(&fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: edit
+    plugins:
+      - request_transformer:
+          headers: { remove: [x-drop], rename: { x-old: x-new }, set: { x-set: yes-set } }
+          query: { remove: [debug], rename: { q: query }, set: { v: '2' } }
+          json: { remove: [password], rename: { user.mail: user.email }, set: { source: portico } }
+          max_body: 1KiB
+      - response_transformer:
+          headers: { remove: [x-internal], add: { x-edited: 'true' } }
+          json: { remove: [secret], rename: { user.mail: user.email } }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("U", &up.addr())],
+    ));
+    let web = gw.addr("web");
+    let mut c = H1::connect(&web).await;
+    let r = c
+        .send(req(
+            "/q?q=shoes&debug=1&keep=ok",
+            &[("x-drop", "1"), ("x-old", "o")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert!(!seen.headers.contains_key("x-drop"));
+    assert_eq!(seen.headers["x-new"], "o");
+    assert_eq!(seen.headers["x-set"], "yes-set");
+    assert_eq!(seen.uri.query(), Some("query=shoes&keep=ok&v=2"));
+
+    let body = r#"{"password":"p","user":{"mail":"a@b"},"keep":1}"#;
+    let post = Request::post("/echo")
+        .header("host", "x")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let r = c.send(post).await.unwrap();
+    let echoed: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        echoed,
+        serde_json::json!({"user": {"email": "a@b"}, "keep": 1, "source": "portico"})
+    );
+
+    // Responses: JSON fields and headers.
+    let r = c.send(req("/json", &[])).await.unwrap();
+    assert_eq!(r.header("x-edited"), Some("true"));
+    assert!(r.header("x-internal").is_none());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"user": {"email": "a@b"}, "n": 1})
+    );
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+
+    // A JSON request body over max_body is refused, not edited in part.
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000));
+    let post = Request::post("/echo")
+        .header("host", "x")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(big)))
+        .unwrap();
+    assert_eq!(
+        H1::connect(&web).await.send(post).await.unwrap().status,
+        413
+    );
+}

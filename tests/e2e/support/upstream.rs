@@ -245,6 +245,13 @@ async fn answer(
             ))))
             .unwrap();
     }
+    if path == "/json" {
+        return Response::builder()
+            .header("content-type", "application/json")
+            .header("x-internal", "1")
+            .body(full(r#"{"secret":"s","user":{"mail":"a@b"},"n":1}"#))
+            .unwrap();
+    }
     if path == "/close" {
         return Response::builder()
             .header("connection", "close")
