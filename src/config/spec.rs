@@ -933,6 +933,24 @@ pub enum PluginSpec {
     RequestTransformer(TransformSpec),
     /// Edits the response: headers, JSON body fields.
     ResponseTransformer(TransformSpec),
+    /// Checks requests against a JSON Schema (bodies) or an OpenAPI 3 document.
+    RequestValidator(ValidatorSpec),
+}
+
+/// `request_validator:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorSpec {
+    /// JSON Schema for JSON bodies, written inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_schema: Option<serde_json::Value>,
+    /// An OpenAPI 3 document (YAML or JSON, relative to the config file): paths, methods,
+    /// path/query/header parameters and JSON request bodies are checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi_file: Option<At<String>>,
+    /// Largest body checked; larger ones are refused (413).
+    #[serde(default = "one_mebibyte")]
+    pub max_body: Size,
 }
 
 /// `request_transformer:` / `response_transformer:`.

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
 pub mod transform;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -168,6 +169,9 @@ pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, St
         PluginSpec::RequestTransformer(spec) => Arc::new(transform::RequestTransformer::new(spec)?),
         PluginSpec::ResponseTransformer(spec) => {
             Arc::new(transform::ResponseTransformer::new(spec)?)
+        }
+        PluginSpec::RequestValidator(spec) => {
+            Arc::new(validate::RequestValidator::new(spec, env.base)?)
         }
     })
 }

@@ -32,6 +32,8 @@ pub struct RequestCtx {
     pub rate_limit: Option<(u32, u32, u64)>,
     /// JSON edits for the request body.
     pub request_json: Option<std::sync::Arc<crate::plugins::transform::JsonEdit>>,
+    /// A body check of `request_validator`.
+    pub body_check: Option<std::sync::Arc<crate::plugins::validate::BodyCheck>>,
     /// JSON edits for the response body.
     pub response_json: Option<std::sync::Arc<crate::plugins::transform::JsonEdit>>,
 }

@@ -64,6 +64,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         rate_limit: None,
         request_json: None,
         response_json: None,
+        body_check: None,
     };
     let method = head.method.clone();
     let version = head.version;
@@ -257,6 +258,40 @@ async fn run<'s>(
             seen: 0,
         },
         None => Body::stream(body),
+    };
+    let body = match ctx.body_check.clone() {
+        Some(check) => {
+            use http_body_util::BodyExt;
+            let collected = http_body_util::Limited::new(body, check.max())
+                .collect()
+                .await
+                .map_err(|err| {
+                    if err.is::<http_body_util::LengthLimitError>()
+                        || err.is::<super::body::TooLarge>()
+                    {
+                        ProxyError::PayloadTooLarge {
+                            limit: check.max() as u64,
+                        }
+                    } else {
+                        ProxyError::ClientBody
+                    }
+                });
+            let bytes = match collected {
+                Ok(c) => c.to_bytes(),
+                Err(err) => return (Err(err), metrics.first()),
+            };
+            let errors = crate::plugins::validate::RequestValidator::check_body(
+                &check,
+                &head.headers,
+                &bytes,
+            );
+            if !errors.is_empty() {
+                let response = crate::plugins::validate::invalid(ctx, errors);
+                return (Ok(on_response(plugins, ctx, response)), metrics.first());
+            }
+            Body::full(bytes)
+        }
+        None => body,
     };
     let body = match ctx.request_json.clone() {
         Some(edit) => match edit_request(&mut head, body, &edit).await {

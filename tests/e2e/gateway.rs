@@ -596,3 +596,132 @@ upstreams:
         413
     );
 }
+
+#[tokio::test]
+async fn request_validator_checks_bodies_and_openapi_operations() {
+    let up = TestUpstream::start("U").await;
+    let dir = crate::support::temp_dir("openapi");
+    std::fs::write(
+        dir.join("api.yaml"),
+        "\
+openapi: 3.0.3
+info: { title: orders, version: '1' }
+paths:
+  /orders/{id}:
+    parameters:
+      - { name: id, in: path, required: true, schema: { type: integer, minimum: 1 } }
+    get:
+      parameters:
+        - { name: expand, in: query, schema: { type: boolean } }
+        - { name: x-tenant, in: header, required: true, schema: { type: string } }
+  /orders:
+    post:
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: '#/components/schemas/Order' }
+components:
+  schemas:
+    Order:
+      type: object
+      required: [item, quantity]
+      properties:
+        item: { type: string }
+        quantity: { type: integer, minimum: 1 }
+",
+    )
+    .unwrap();
+    let gw = Portico::start_in(
+        &dir,
+        &fill(
+            "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: schema
+    match: { path_prefix: /echo }
+    plugins:
+      - request_validator:
+          body_schema: { type: object, required: [name], properties: { name: { type: string, minLength: 2 } } }
+    upstream: u
+  - name: api
+    plugins: [ { request_validator: { openapi_file: api.yaml } } ]
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+            &[("U", &up.addr())],
+        ),
+    );
+    let web = gw.addr("web");
+    let post = |path: &str, body: &str| {
+        Request::post(path)
+            .header("host", "x")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    };
+    let send = |r: Request<Full<Bytes>>| {
+        let web = web.clone();
+        async move { H1::connect(&web).await.send(r).await.unwrap() }
+    };
+    let r = send(post("/echo", r#"{"name":"ok"}"#)).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, r#"{"name":"ok"}"#),
+        "the checked body is forwarded whole"
+    );
+    let r = send(post("/echo", r#"{"name":1}"#)).await;
+    assert_eq!(r.status, 400);
+    let body = r.json();
+    assert_eq!(body["error"], "request_invalid");
+    assert!(
+        body["errors"][0].as_str().unwrap().contains("/name"),
+        "{body}"
+    );
+    assert_eq!(send(post("/echo", "not json")).await.status, 400);
+
+    // OpenAPI: path parameters, query and header parameters, bodies through $ref.
+    assert_eq!(
+        send(req("/orders/7?expand=true", &[("x-tenant", "t1")]))
+            .await
+            .status,
+        200
+    );
+    for (path, headers, what) in [
+        ("/orders/0", vec![("x-tenant", "t1")], "minimum"),
+        ("/orders/abc", vec![("x-tenant", "t1")], "integer"),
+        (
+            "/orders/7?expand=maybe",
+            vec![("x-tenant", "t1")],
+            "boolean",
+        ),
+        ("/orders/7", vec![], "x-tenant"),
+        ("/nowhere", vec![], "not in the API description"),
+    ] {
+        let r = send(req(path, &headers)).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert!(r.body.contains(what), "{path}: {}", r.body);
+    }
+    let r = send(
+        Request::delete("/orders/7")
+            .header("host", "x")
+            .header("x-tenant", "t")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert!(r.body.contains("not allowed"), "{}", r.body);
+    assert_eq!(
+        send(post("/orders", r#"{"item":"pen","quantity":2}"#))
+            .await
+            .status,
+        200
+    );
+    let r = send(post("/orders", r#"{"item":"pen","quantity":0}"#)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = send(post("/orders", "")).await;
+    assert_eq!(r.status, 400, "a required body is missing: {}", r.body);
+    assert!(up.seen().iter().all(|s| s.uri.path() != "/nowhere"));
+}
