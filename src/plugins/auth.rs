@@ -202,6 +202,10 @@ impl Plugin for KeyAuth {
         "key_auth"
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("401 without a valid API key")
+    }
+
     fn phase(&self) -> Phase {
         Phase::Authenticate
     }
@@ -258,6 +262,10 @@ impl Acl {
 impl Plugin for Acl {
     fn name(&self) -> &'static str {
         "acl"
+    }
+
+    fn stops(&self) -> Option<&'static str> {
+        Some("403 outside the allowed groups")
     }
 
     fn phase(&self) -> Phase {

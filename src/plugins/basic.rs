@@ -113,6 +113,10 @@ impl Plugin for BasicAuth {
         "basic_auth"
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("401 without valid credentials")
+    }
+
     fn phase(&self) -> Phase {
         Phase::Authenticate
     }
@@ -220,6 +224,10 @@ impl Plugin for MtlsAuth {
         "mtls_auth"
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("401 without a known client certificate")
+    }
+
     fn phase(&self) -> Phase {
         Phase::Authenticate
     }
@@ -290,6 +298,10 @@ impl Mock {
 impl Plugin for Mock {
     fn name(&self) -> &'static str {
         "respond"
+    }
+
+    fn stops(&self) -> Option<&'static str> {
+        Some("always answers")
     }
 
     fn on_request(

@@ -128,6 +128,10 @@ impl Plugin for Cors {
         "cors"
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("answers preflights; 403 to foreign origins")
+    }
+
     fn phase(&self) -> Phase {
         Phase::Preflight
     }

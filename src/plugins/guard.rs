@@ -108,6 +108,10 @@ impl Plugin for IpRestriction {
         "ip_restriction"
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("403 for refused addresses")
+    }
+
     fn phase(&self) -> Phase {
         Phase::Access
     }
@@ -140,6 +144,10 @@ pub struct RequestSizeLimit(pub u64);
 impl Plugin for RequestSizeLimit {
     fn name(&self) -> &'static str {
         "request_size_limit"
+    }
+
+    fn stops(&self) -> Option<&'static str> {
+        Some("413 over the size")
     }
 
     fn phase(&self) -> Phase {

@@ -251,6 +251,10 @@ impl Plugin for Jwt {
         "jwt"
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("401 without a valid token")
+    }
+
     fn phase(&self) -> Phase {
         Phase::Authenticate
     }

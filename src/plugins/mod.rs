@@ -71,6 +71,11 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         Phase::Transform
     }
 
+    /// When it answers by itself instead of letting the request on (for `explain`).
+    fn stops(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Runs in config order, global plugins first.
     fn on_request(
         &self,
@@ -133,6 +138,17 @@ impl PluginChain {
     /// Plugin names in order.
     pub fn names(&self) -> Vec<&'static str> {
         self.0.iter().map(|p| p.name()).collect()
+    }
+
+    /// Each plugin with its phase and what would stop a request there.
+    pub fn describe(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|p| match p.stops() {
+                Some(stop) => format!("{} ({:?}): {stop}", p.name(), p.phase()),
+                None => format!("{} ({:?})", p.name(), p.phase()),
+            })
+            .collect()
     }
 }
 

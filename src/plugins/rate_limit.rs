@@ -144,6 +144,10 @@ impl Plugin for RateLimit {
         "rate_limit"
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("429 over the limit")
+    }
+
     fn phase(&self) -> Phase {
         // A limit by consumer needs authentication first; the others run before everything.
         if self.key == LimitKey::Consumer {

@@ -302,6 +302,10 @@ impl Plugin for RequestValidator {
         "request_validator"
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("400 when the request does not match its description")
+    }
+
     fn phase(&self) -> Phase {
         Phase::Authorize
     }

@@ -105,6 +105,9 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
         let _ = writeln!(out, "plugins   (none)");
     } else {
         let _ = writeln!(out, "plugins   {}", plugins.join(" → "));
+        for line in route.plugins.describe() {
+            let _ = writeln!(out, "          {line}");
+        }
     }
     match &route.action {
         Action::Respond(r) => {

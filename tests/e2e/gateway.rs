@@ -380,6 +380,14 @@ fn explain_lists_plugins_in_the_order_they_run() {
     let (code, out, err) = crate::support::cli(&["explain", "-c", &file, "GET", "http://x/paid/a"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("plugins   key_auth → acl"), "{out}");
+    assert!(
+        out.contains("key_auth (Authenticate): 401 without a valid API key"),
+        "{out}"
+    );
+    assert!(
+        out.contains("acl (Authorize): 403 outside the allowed groups"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
