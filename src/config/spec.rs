@@ -194,7 +194,7 @@ fn no_certificates() -> At<Vec<CertificateSpec>> {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeSpec {
-    /// The CA's directory URL (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory).
+    /// The CA's directory URL (for Let's Encrypt, `https://acme-v02.api.letsencrypt.org/directory`).
     pub directory: At<String>,
     /// Contact e-mail for the account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
