@@ -41,7 +41,49 @@
 #              build), that run fails with the log tail shown and has no result. Run it with
 #              `TESTS=slow bash bench/compare.sh`, or add it to the list:
 #              `TESTS="root 16k h2c close idle slow"` (+ 2–3 runs per round).
-#   * root, 16k and close report wrk's (corrected) percentiles as wrk prints them.
+#       TLS tests (opt-in, not in the default TESTS; e.g. `TESTS="tls tls_close" bash
+#       bench/compare.sh`): each proxy terminates TLS on an extra `https` port and proxies to
+#       the same plain-HTTP upstreams as above.
+#       tls        wrk -t1 -c50 --latency  GET / over keep-alive TLS connections (HTTP/1.1;
+#                  wrk offers no ALPN). Handshakes happen only at connect time.
+#       tls_h2     h2load -t1 -c10 -m5 GET / over TLS, HTTP/2 chosen by ALPN (latency
+#                  percentiles from h2load's per-request log, as for h2c).
+#       tls_close  wrk -t1 -c50 --latency -H 'Connection: close' against https://: a new TLS
+#                  connection and a FULL handshake per request, so req/s = handshakes/s and
+#                  req/CPU-s = full handshakes per proxy CPU-second. Stock wrk would resume:
+#                  it reconnects with the same SSL object after SSL_shutdown + SSL_clear, which
+#                  keeps the session (TLS 1.3 ticket), and every proxy here issues tickets. So
+#                  wrk runs with bench/wrk_tls_shim.c preloaded (LD_PRELOAD; built with `cc`
+#                  into the temp dir) and WRK_NO_RESUME=1, which drops the session before each
+#                  reconnect. The servers still send their TLS 1.3 tickets after each
+#                  handshake; that work is part of what is measured. The shim also keeps wrk
+#                  from busy-polling SSL_connect while it waits for the server's handshake
+#                  reply (see the file). wrk's OpenSSL 3.0 client needs ~0.7 ms of CPU per full
+#                  handshake here, so CPU 1 saturates at ~1,400 handshakes/s with the proxy far
+#                  from busy: req/s is then the client's limit, compare req/CPU-s. wrk's latency
+#                  runs from writing the request to the response: it leaves out the TCP connect
+#                  and the server's first flight (its signature), not its ticket work.
+#       tls_resume the same with wrk's own behaviour: the first connection per wrk connection
+#                  is a full handshake, every later one a TLS 1.3 PSK (ECDHE) resumption — if
+#                  the proxy resumes. For tls_close and tls_resume the shim counts full and
+#                  resumed handshakes (SSL_session_reused) in the measured run; both are logged.
+#       Before its first TLS run, `openssl s_client` logs what each proxy negotiates
+#       (protocol, cipher, group), how many TLS 1.3 tickets it sends per handshake and whether
+#       it resumes a session it handed out.
+#       Certificate: one self-signed ECDSA P-256 certificate for localhost/127.0.0.1, made with
+#       the openssl CLI at start-up, used by every proxy (HAProxy reads cert+key from one PEM).
+#       Protocols TLS 1.2 and 1.3, each proxy's default ciphers and groups; with OpenSSL's
+#       client defaults every proxy should negotiate TLSv1.3, TLS_AES_256_GCM_SHA384, X25519
+#       (logged per proxy in round 1). Resumption is each proxy's default:
+#         portico  rustls 0.23 (ring): stateless tickets (TLS 1.2 and 1.3, 2 tickets per TLS 1.3
+#                  handshake, key rotated every 6 h) plus a 256-entry in-memory session cache.
+#         nginx    OpenSSL: `ssl_session_tickets on` (default; ticket key random per start),
+#                  `ssl_session_cache none` (default: no server-side cache); 2 TLS 1.3 tickets.
+#         HAProxy  OpenSSL: tickets on (no `no-tls-tickets`), shared session cache of
+#                  tune.ssl.cachesize = 20000 entries (default); 2 TLS 1.3 tickets.
+#       Only `tls_resume` lets the client use them.
+#   * root, 16k, close and the wrk-based TLS tests report wrk's (corrected) percentiles as wrk
+#     prints them.
 #   * "other CPU%" is the CPU time used during a run by processes outside the benchmark (from
 #     /proc/stat minus the proxy, the upstreams and the load generator), in % of one CPU. The
 #     machine is shared; runs with more than a few % of it are noisy and get a warning.
@@ -65,15 +107,17 @@
 # Environment knobs (defaults in brackets)
 #   ROUNDS [3]  DURATION [10] (s)  WARMUP [2] (s)  IDLE_CONNS [2000]  IDLE_SETTLE [1] (s)
 #   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
-#   PROXIES        ["portico nginx haproxy"]   TESTS ["root 16k h2c close idle"]; also: slow
+#   PROXIES        ["portico nginx haproxy"]   TESTS ["root 16k h2c close idle"];
+#                  also: slow, tls, tls_h2, tls_close, tls_resume
 #   SLOW_DELAY_MS [20]  delay of the slow upstream in the `slow` test
 #   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
 #   PORTICO_BIN, UPSTREAM_BIN   use these binaries (setting either skips the cargo build)
 #   RESULTS=FILE   also save the raw per-run results (TSV) to FILE
 #
 # Requirements: taskset, wrk, h2load (nghttp2-client), python3, curl; nginx and haproxy are
-# optional (skipped with a message when missing).
-#   apt-get install -y nginx-light haproxy wrk nghttp2-client
+# optional (skipped with a message when missing). The TLS tests also need openssl, and
+# tls_close and tls_resume a C compiler (`cc`) for bench/wrk_tls_shim.c.
+#   apt-get install -y nginx-light haproxy wrk nghttp2-client openssl gcc
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -99,6 +143,12 @@ die() {
     exit 1
 }
 [[ $SLOW_DELAY_MS =~ ^[0-9]+$ ]] || die "SLOW_DELAY_MS must be a whole number of milliseconds"
+for test in $TESTS; do
+    case $test in
+    root | 16k | h2c | close | idle | slow | tls | tls_h2 | tls_close | tls_resume) ;;
+    *) die "unknown test '$test' in TESTS" ;;
+    esac
+done
 
 for tool in taskset wrk h2load python3 curl; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y wrk nghttp2-client curl util-linux python3)"
@@ -159,6 +209,29 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- TLS material
+# One self-signed ECDSA P-256 certificate for every proxy; HAProxy wants cert and key in one
+# file. tls_close and tls_resume also need bench/wrk_tls_shim.c, preloaded into wrk: it counts
+# full and resumed handshakes, and for tls_close it keeps wrk from resuming.
+TLS_TESTS=0
+for test in $TESTS; do [[ $test == tls* ]] && TLS_TESTS=1; done
+TLS_SHIM=
+if ((TLS_TESTS)); then
+    command -v openssl >/dev/null || die "the TLS tests need the openssl CLI (apt-get install -y openssl)"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >"$TMP/openssl.log" 2>&1 ||
+        die "cannot make a certificate: $(cat "$TMP/openssl.log")"
+    cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
+    if [[ " $TESTS " == *" tls_close "* || " $TESTS " == *" tls_resume "* ]]; then
+        TLS_SHIM=$TMP/wrk_tls_shim.so
+        command -v cc >/dev/null ||
+            die "tls_close and tls_resume need a C compiler (cc) for bench/wrk_tls_shim.c"
+        cc -O2 -shared -fPIC -o "$TLS_SHIM" "$ROOT/bench/wrk_tls_shim.c" -ldl \
+            >"$TMP/cc.log" 2>&1 || die "cannot build bench/wrk_tls_shim.c: $(cat "$TMP/cc.log")"
+    fi
+fi
 
 free_ports() { # N → N distinct free TCP ports on 127.0.0.1, space-separated
     python3 -c 'import socket, sys
@@ -263,12 +336,15 @@ fi
 
 # ---------------------------------------------------------------- proxies
 # Each start_<proxy> writes its config, starts it pinned to PROXY_CPU and sets PROXY_PID,
-# PORT (HTTP/1.1) and PORT_H2 (h2c prior knowledge; may equal PORT). The upstream ports come
-# from BACKENDS, portico's and nginx's balancing from PORTICO_BALANCE and NGINX_BALANCE; all
-# three are set per run by configure_run.
+# PORT (HTTP/1.1) and PORT_H2 (h2c prior knowledge; may equal PORT). With WITH_TLS=1 it also
+# listens for TLS (HTTP/1.1 and h2 by ALPN) on PORT_TLS, otherwise PORT_TLS is empty. The
+# upstream ports come from BACKENDS, portico's and nginx's balancing from PORTICO_BALANCE and
+# NGINX_BALANCE; all four are set per run by configure_run.
 BACKENDS=()
 PORTICO_BALANCE=
 NGINX_BALANCE=
+WITH_TLS=0
+PORT_TLS=
 
 find_bin() { command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/usr/sbin/$1"; }; }
 
@@ -276,15 +352,25 @@ NGINX=$(find_bin nginx || true)
 HAPROXY=$(find_bin haproxy || true)
 
 start_portico() {
-    PORT=$(free_ports 1)
+    read -r PORT PORT_TLS < <(free_ports 2)
     PORT_H2=$PORT # one listener serves HTTP/1.1 and h2c
-    local b targets=""
+    local b targets="" tls=""
     for b in "${BACKENDS[@]}"; do targets+="${targets:+, }{ address: 127.0.0.1:$b }"; done
+    if ((WITH_TLS)); then
+        tls="
+  - name: tls
+    bind: 127.0.0.1:$PORT_TLS
+    protocol: https
+    tls:
+      certificates: [ { cert_file: $TMP/cert.pem, key_file: $TMP/key.pem } ]"
+    else
+        PORT_TLS=
+    fi
     cat >"$TMP/portico.yaml" <<EOF
 workers: 1
 access_log: { enabled: false }
 listeners:
-  - { name: web, bind: 127.0.0.1:$PORT, protocol: http }
+  - { name: web, bind: 127.0.0.1:$PORT, protocol: http }$tls
 routes:
   - { name: all, upstream: bench }
 upstreams:
@@ -312,20 +398,35 @@ nginx_h2_style() {
 }
 
 start_nginx() {
-    read -r PORT PORT_H2 < <(free_ports 2)
-    local conns=$((IDLE_CONNS + 1024)) h2_listen h2_on="" location servers="" b
+    read -r PORT PORT_H2 PORT_TLS < <(free_ports 3)
+    local conns=$((IDLE_CONNS + 1024)) h2_listen h2_on="" tls_listen location servers="" b tls=""
     for b in "${BACKENDS[@]}"; do servers+="server 127.0.0.1:$b; "; done
     if [[ $(nginx_h2_style) == listen ]]; then
         h2_listen="listen 127.0.0.1:$PORT_H2 http2;"
+        tls_listen="listen 127.0.0.1:$PORT_TLS ssl http2;"
     else
         h2_listen="listen 127.0.0.1:$PORT_H2;"
         h2_on="http2 on;"
+        tls_listen="listen 127.0.0.1:$PORT_TLS ssl;"
     fi
     location='location / {
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }'
+    if ((WITH_TLS)); then
+        # Session tickets and cache as nginx's defaults (tickets on, no shared cache).
+        tls="server {
+        $tls_listen
+        $h2_on
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        $location
+    }"
+    else
+        PORT_TLS=
+    fi
     cat >"$TMP/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -358,6 +459,7 @@ http {
         $h2_on
         $location
     }
+    $tls
 }
 EOF
     taskset -c "$PROXY_CPU" "$NGINX" -e "$TMP/nginx-error.log" -p "$TMP/" -c "$TMP/nginx.conf" \
@@ -368,7 +470,14 @@ EOF
 }
 
 start_haproxy() {
-    read -r PORT PORT_H2 < <(free_ports 2)
+    read -r PORT PORT_H2 PORT_TLS < <(free_ports 3)
+    # TLS: cert + key in one PEM, ALPN h2 and http/1.1, default tickets and session cache.
+    local tls=""
+    if ((WITH_TLS)); then
+        tls="bind 127.0.0.1:$PORT_TLS ssl crt $TMP/haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2"
+    else
+        PORT_TLS=
+    fi
     # HAProxy reserves two descriptors per connection; stay inside the open-file limit.
     local maxconn=$((IDLE_CONNS + 1024))
     ((maxconn <= (NOFILE - 200) / 2)) || maxconn=$(((NOFILE - 200) / 2))
@@ -387,6 +496,7 @@ defaults
 frontend web
     bind 127.0.0.1:$PORT
     bind 127.0.0.1:$PORT_H2 proto h2
+    $tls
     default_backend bench
 backend bench
     balance roundrobin
@@ -401,7 +511,8 @@ EOF
 
 start_proxy() { # NAME → 0 when listening
     "start_$1"
-    if wait_port "$PORT" "$PROXY_PID" 15 && wait_port "$PORT_H2" "$PROXY_PID" 5; then
+    if wait_port "$PORT" "$PROXY_PID" 15 && wait_port "$PORT_H2" "$PROXY_PID" 5 &&
+        { [[ -z $PORT_TLS ]] || wait_port "$PORT_TLS" "$PROXY_PID" 5; }; then
         return 0
     fi
     log "$1 did not start listening; log tail:"
@@ -441,11 +552,13 @@ for p in "${ACTIVE[@]}"; do
     esac
 done
 
-configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BALANCE
+configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BALANCE, WITH_TLS
     BACKENDS=("$U1" "$U2")
     PORTICO_BALANCE=round_robin
     NGINX_BALANCE=
     PROXY=$2
+    WITH_TLS=0
+    [[ $1 == tls* ]] && WITH_TLS=1
     [[ $1 == slow ]] || return 0
     BACKENDS+=("$U3")
     case $2 in
@@ -535,7 +648,7 @@ record() { # TEST PROXY ROUND REQUESTS RPS P50 P99 ERRORS
     (($8 * 100 <= $4)) || valid=0
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" \
         "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr" "$valid" >>"$RESULTS_TSV"
-    log "$(printf '%-5s %-8s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%  conns/req %s' \
+    log "$(printf '%-10s %-8s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%  conns/req %s' \
         "$1" "$2" "$5" "$rpcs" "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr")"
     if ((OTHER_PCT > 5)); then
         log "warning: other processes used ${OTHER_PCT}% of a CPU during this run — it is noisy"
@@ -545,11 +658,33 @@ record() { # TEST PROXY ROUND REQUESTS RPS P50 P99 ERRORS
     fi
 }
 
+# run_wrk and run_h2load send their requests to BASE_URL when it is set (the TLS tests), else
+# to the plain-HTTP port. WRK_SHIM=1: preload bench/wrk_tls_shim.c into wrk and log the
+# handshakes it counted; WRK_NO_RESUME=1 makes it prevent resumption.
+BASE_URL=
+WRK_SHIM=0
+WRK_NO_RESUME=0
+
 run_wrk() { # TEST PROXY ROUND PATH [wrk args...]
-    local test=$1 proxy=$2 round=$3 url="http://127.0.0.1:$PORT$4" out=$TMP/wrk.out
+    local test=$1 proxy=$2 round=$3 url="${BASE_URL:-http://127.0.0.1:$PORT}$4" out=$TMP/wrk.out
+    local stats=$TMP/wrk-tls.stats
+    local -a wrk=(wrk)
+    if ((WRK_SHIM)); then
+        wrk=(env LD_PRELOAD="$TLS_SHIM" WRK_NO_RESUME="$WRK_NO_RESUME" WRK_TLS_STATS="$stats" wrk)
+    fi
     shift 4
-    taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${WARMUP}s" "$@" "$url" >/dev/null
-    measured taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${DURATION}s" --latency "$@" "$url" >"$out"
+    taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c50 -d"${WARMUP}s" "$@" "$url" >/dev/null
+    rm -f "$stats"
+    measured taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c50 -d"${DURATION}s" --latency "$@" "$url" >"$out"
+    if ((WRK_SHIM)); then
+        local full resumed
+        { read -r _ full _ resumed <"$stats"; } 2>/dev/null || { full="?" resumed="?"; }
+        log "$(printf '%-10s %-8s TLS handshakes in the measured run: %s full, %s resumed' \
+            "$test" "$proxy" "$full" "$resumed")"
+        if ((WRK_NO_RESUME)) && [[ $resumed != 0 && $resumed != "?" ]]; then
+            log "warning: $test $proxy: wrk resumed $resumed sessions although told not to"
+        fi
+    fi
     local requests rps p50 p99 errors
     requests=$(awk '/ requests in / { print $1 }' "$out")
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
@@ -566,7 +701,7 @@ run_wrk() { # TEST PROXY ROUND PATH [wrk args...]
 }
 
 run_h2load() { # TEST PROXY ROUND
-    local url="http://127.0.0.1:$PORT_H2/" out=$TMP/h2load.out lat=$TMP/h2load.log
+    local url="${BASE_URL:-http://127.0.0.1:$PORT_H2}/" out=$TMP/h2load.out lat=$TMP/h2load.log
     taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$WARMUP" "$url" >/dev/null
     rm -f "$lat"
     measured taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$DURATION" --log-file="$lat" "$url" >"$out"
@@ -579,6 +714,10 @@ run_h2load() { # TEST PROXY ROUND
     if [[ -z $requests || -z $rps ]] || ((requests == 0)); then
         log "$1 $2: h2load failed:"
         cat "$out" >&2
+        return 1
+    fi
+    if [[ $url == https:* ]] && ! grep -q '^Application protocol: h2$' "$out"; then
+        log "$1 $2: ALPN did not choose h2 ($(grep '^Application protocol' "$out" || echo 'no ALPN line')); not recorded"
         return 1
     fi
     # Per-request log: start (us since epoch) \t status \t duration (us).
@@ -648,7 +787,40 @@ run_slow() { # TEST RUN ROUND → run_wrk, then the slow target's share and raw 
         "$2" "$share" "$raw_p50" "$raw_p99")"
 }
 
+# What the proxy's TLS port negotiates with OpenSSL's client defaults, how many TLS 1.3
+# tickets it sends, and whether it resumes a session it handed out: two `openssl s_client`
+# connections, the second offering the session (ticket) saved by the first. Once per proxy.
+declare -A TLS_PROBED=()
+tls_probe() { # PROXY → log line
+    local sess=$TMP/tls-session.pem out1 out2 proto group resumed tickets
+    local req='GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'
+    rm -f "$sess"
+    out1=$(printf '%b' "$req" | timeout 5 openssl s_client -connect "127.0.0.1:$PORT_TLS" \
+        -servername localhost -sess_out "$sess" -ign_eof 2>&1) || true
+    out2=$(printf '%b' "$req" | timeout 5 openssl s_client -connect "127.0.0.1:$PORT_TLS" \
+        -servername localhost -sess_in "$sess" -ign_eof 2>&1) || true
+    proto=$(sed -n 's/^New, \(.*\), Cipher is \(.*\)/\1 \2/p' <<<"$out1" | head -n1)
+    group=$(sed -n 's/^Server Temp Key: \([^,]*\).*/\1/p' <<<"$out1" | head -n1)
+    tickets=$(grep -c 'New Session Ticket arrived' <<<"$out1") || true
+    if grep -q '^Reused, ' <<<"$out2"; then
+        resumed=yes
+    elif [[ -s $sess ]]; then
+        resumed=no
+    else
+        resumed="no (no session/ticket received)"
+    fi
+    grep -q '^HTTP/1.1 200' <<<"$out1" || log "warning: $1: GET / over TLS did not answer 200"
+    log "tls   $1: ${proto:-handshake failed?} ${group:-?}; TLS 1.3 tickets per handshake: $tickets; resumes: $resumed"
+}
+
 run_test() { # TEST PROXY ROUND
+    case $1 in
+    tls*)
+        local tls_url="https://127.0.0.1:$PORT_TLS"
+        [[ -n ${TLS_PROBED[$2]:-} ]] || tls_probe "$2"
+        TLS_PROBED[$2]=1
+        ;;
+    esac
     case $1 in
     root) run_wrk "$1" "$2" "$3" / ;;
     slow) run_slow "$1" "$2" "$3" ;;
@@ -656,6 +828,14 @@ run_test() { # TEST PROXY ROUND
     close) run_wrk "$1" "$2" "$3" / -H 'Connection: close' ;;
     h2c) run_h2load "$1" "$2" "$3" ;;
     idle) run_idle "$1" "$2" "$3" ;;
+    tls) BASE_URL=$tls_url run_wrk "$1" "$2" "$3" / ;;
+    tls_h2) BASE_URL=$tls_url run_h2load "$1" "$2" "$3" ;;
+    tls_close)
+        BASE_URL=$tls_url WRK_SHIM=1 WRK_NO_RESUME=1 run_wrk "$1" "$2" "$3" / -H 'Connection: close'
+        ;;
+    tls_resume)
+        BASE_URL=$tls_url WRK_SHIM=1 WRK_NO_RESUME=0 run_wrk "$1" "$2" "$3" / -H 'Connection: close'
+        ;;
     *) die "unknown test '$1' in TESTS" ;;
     esac
 }
@@ -829,6 +1009,12 @@ if "portico" in proxies and others and main_tests:
             rtab.append([t, fig] + [ratio(med(dp, c), med(data[(t, o)], c))
                                     if (t, o) in data else "-" for o in others])
     print("Ratios (req/CPU-s, req/s: higher is better; p99, bytes/conn: lower is better)")
+    if "tls_close" in tests:
+        print("  tls_close: one full TLS handshake per request, so req/s = handshakes/s and "
+              "req/CPU-s = handshakes per proxy CPU-s")
+    if "tls_resume" in tests:
+        print("  tls_resume: one TLS handshake per request, resumed (TLS 1.3 PSK) where the proxy "
+              "resumes (see the log)")
     show(rhdr, rtab)
 
     # The bar from BENCHMARKS.md.
@@ -846,14 +1032,18 @@ if "portico" in proxies and others and main_tests:
     if idle.get("portico"):
         a = med(idle["portico"], "bpc")
         checks.append(("idle bytes/conn <= 2,000", a, 2000, a <= 2000))
-    print("The bar (BENCHMARKS.md):")
+    # Only the checks whose test ran (the bar has none for the TLS tests).
+    checks = [c for c in checks if c[0].split()[0] in tests]
+    if checks:
+        print("The bar (BENCHMARKS.md):")
     for name, a, b, ok in checks:
         if a != a or b != b:
             print(f"  n/a   {name}")
             continue
         fmt = (lambda v: f"{v:.2f} ms") if "p99" in name else (lambda v: f"{v:,.0f}")
         print(f"  {'PASS' if ok else 'FAIL'}  {name:32s} portico {fmt(a)} vs {fmt(b)}")
-    print()
+    if checks:
+        print()
 
 if "slow" in tests:
     extra = {}  # run -> {"share": [...], "raw50": [...], "raw99": [...]} over rounds
