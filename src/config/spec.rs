@@ -1055,6 +1055,9 @@ pub struct JwtSpec {
     /// Verification keys; each pins its algorithm.
     #[serde(default)]
     pub keys: Vec<JwtKeySpec>,
+    /// A JWKS document written inline (`{ keys: [...] }`); each key needs `alg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
     /// A JWKS document fetched at start and every `jwks_refresh` (and, at most once a
     /// minute, when a token names an unknown `kid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -144,6 +144,15 @@ impl Jwt {
                 key,
             });
         }
+        if let Some(inline) = &spec.jwks {
+            let set: JwkSet = serde_json::from_value(inline.clone())
+                .map_err(|e| format!("invalid inline JWKS: {e}"))?;
+            let before = keys.len();
+            keys.extend(from_jwks(&set));
+            if keys.len() - before != set.keys.len() {
+                return Err("every inline JWKS key needs a supported `alg`".into());
+            }
+        }
         if keys.is_empty() && spec.jwks_url.is_none() {
             return Err("jwt needs `keys` or a `jwks_url`".into());
         }

@@ -173,6 +173,7 @@ routes:
             - { kid: rsa-1, alg: RS256, public_key_file: rsa.pub }
             - { kid: ec-1, alg: ES256, public_key_file: ec.pub }
             - { kid: ed-1, alg: EdDSA, public_key_file: ed.pub }
+          jwks: { keys: [ { kty: oct, kid: inline-1, alg: HS256, k: '@INLINE@' } ] }
           jwks_url: '@JWKS@'
           issuers: [https://idp.test]
           audiences: [orders]
@@ -182,7 +183,12 @@ routes:
 upstreams:
   u: { targets: [ { address: '@U@' } ] }
 ",
-        &[("SECRET", SECRET), ("JWKS", &jwks_url), ("U", &up.addr())],
+        &[
+            ("SECRET", SECRET),
+            ("JWKS", &jwks_url),
+            ("U", &up.addr()),
+            ("INLINE", &b64url(b"inline-secret-0123456789abcdef")),
+        ],
     );
     let gw = Portico::start_in(&k.dir, &config);
     let mut c = H1::connect(&gw.addr("web")).await;
@@ -228,6 +234,18 @@ upstreams:
         let token = encode(&header, &good, &key).unwrap();
         assert_eq!(status(token).await.status, 200, "{kid}");
     }
+
+    // A key from the inline JWKS.
+    assert_eq!(
+        status(hs(
+            Some("inline-1"),
+            &good,
+            b"inline-secret-0123456789abcdef"
+        ))
+        .await
+        .status,
+        200
+    );
 
     // `alg: none`, in any casing, with or without a signature.
     for alg in ["none", "None", "NONE", "nOnE"] {
