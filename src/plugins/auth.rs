@@ -151,6 +151,24 @@ impl Consumers {
     }
 }
 
+/// A 401 in portico's JSON format with its `WWW-Authenticate` challenge.
+pub fn unauthorized(
+    request_id: &HeaderValue,
+    challenge: &HeaderValue,
+    message: &str,
+) -> http::Response<crate::proxy::body::Body> {
+    let mut response = error_response(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        message,
+        request_id,
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge.clone());
+    response
+}
+
 /// Compares without an early exit, so timing does not tell how much matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -184,16 +202,7 @@ impl KeyAuth {
     }
 
     fn unauthorized(&self, ctx: &RequestCtx, message: &str) -> Flow {
-        let mut response = error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            message,
-            &ctx.request_id,
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, self.challenge.clone());
-        Flow::Respond(response)
+        Flow::Respond(unauthorized(&ctx.request_id, &self.challenge, message))
     }
 }
 

@@ -95,16 +95,7 @@ impl BasicAuth {
         request_id: &HeaderValue,
         message: &str,
     ) -> http::Response<Body> {
-        let mut response = error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            message,
-            request_id,
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge.clone());
-        response
+        super::auth::unauthorized(request_id, challenge, message)
     }
 }
 

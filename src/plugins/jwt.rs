@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderName, HeaderValue, StatusCode, header, request};
+use http::{HeaderName, HeaderValue, header, request};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -22,7 +22,7 @@ use super::auth::Consumer;
 use super::{Flow, Phase, Plugin};
 use crate::config::spec::JwtSpec;
 use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::proxy::error::ProxyError;
 
 /// A verification key and the one algorithm it verifies.
 #[derive(Clone)]
@@ -241,17 +241,13 @@ impl Jwt {
     }
 
     fn unauthorized(&self, ctx: &RequestCtx, message: &str) -> Flow {
-        let mut response = error_response(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            message,
+        static CHALLENGE: HeaderValue =
+            HeaderValue::from_static("Bearer realm=\"portico\", error=\"invalid_token\"");
+        Flow::Respond(super::auth::unauthorized(
             &ctx.request_id,
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"portico\", error=\"invalid_token\""),
-        );
-        Flow::Respond(response)
+            &CHALLENGE,
+            message,
+        ))
     }
 }
 
