@@ -41,6 +41,21 @@
 #              build), that run fails with the log tail shown and has no result. Run it with
 #              `TESTS=slow bash bench/compare.sh`, or add it to the list:
 #              `TESTS="root 16k h2c close idle slow"` (+ 2–3 runs per round).
+#       plugins (opt-in, portico only: it measures what the gateway plugin pipeline costs, not
+#              the proxies against each other) the `root` load — wrk -t1 -c50 --latency GET /,
+#              same two upstreams — with `-H 'x-api-key: bench-key-0123456789'` on every
+#              request. portico runs twice: "portico-plain" with the `root` config, and
+#              "portico-plugins" with one consumer (`api_keys: [bench-key-0123456789]`) and
+#              the route's plugins `key_auth: {}` (header x-api-key, hidden from the upstream)
+#              and `rate_limit: { limit: 100000000, window: 1s, burst: 1000000, by: consumer }`
+#              — a limit no run here can reach, so every request goes through both plugins and
+#              none is refused (a 429 would count as an error). Before each measurement curl
+#              checks the run: portico-plain must answer 200 with the key, portico-plugins 200
+#              with it and 401 without it; otherwise the script stops with an error. Reported:
+#              req/s, req/CPU-s, p50, p99 (wrk's) of both runs, the ratios plugins/plain of
+#              req/CPU-s and p99, and the proxy CPU time the plugins add per request
+#              (1/req-per-CPU-s difference, µs). nginx and HAProxy sit this test out.
+#              `TESTS=plugins PROXIES=portico bash bench/compare.sh` (+ 2 runs per round).
 #       TLS tests (opt-in, not in the default TESTS; e.g. `TESTS="tls tls_close" bash
 #       bench/compare.sh`): each proxy terminates TLS on an extra `https` port and proxies to
 #       the same plain-HTTP upstreams as above.
@@ -108,7 +123,7 @@
 #   ROUNDS [3]  DURATION [10] (s)  WARMUP [2] (s)  IDLE_CONNS [2000]  IDLE_SETTLE [1] (s)
 #   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
 #   PROXIES        ["portico nginx haproxy"]   TESTS ["root 16k h2c close idle"];
-#                  also: slow, tls, tls_h2, tls_close, tls_resume
+#                  also: slow, plugins, tls, tls_h2, tls_close, tls_resume
 #   SLOW_DELAY_MS [20]  delay of the slow upstream in the `slow` test
 #   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
 #   PORTICO_BIN, UPSTREAM_BIN   use these binaries (setting either skips the cargo build)
@@ -145,7 +160,7 @@ die() {
 [[ $SLOW_DELAY_MS =~ ^[0-9]+$ ]] || die "SLOW_DELAY_MS must be a whole number of milliseconds"
 for test in $TESTS; do
     case $test in
-    root | 16k | h2c | close | idle | slow | tls | tls_h2 | tls_close | tls_resume) ;;
+    root | 16k | h2c | close | idle | slow | plugins | tls | tls_h2 | tls_close | tls_resume) ;;
     *) die "unknown test '$test' in TESTS" ;;
     esac
 done
@@ -339,9 +354,12 @@ fi
 # PORT (HTTP/1.1) and PORT_H2 (h2c prior knowledge; may equal PORT). With WITH_TLS=1 it also
 # listens for TLS (HTTP/1.1 and h2 by ALPN) on PORT_TLS, otherwise PORT_TLS is empty. The
 # upstream ports come from BACKENDS, portico's and nginx's balancing from PORTICO_BALANCE and
-# NGINX_BALANCE; all four are set per run by configure_run.
+# NGINX_BALANCE; all four are set per run by configure_run, as is PORTICO_PLUGINS (1: portico
+# gets the `plugins` test's consumer and route plugins).
 BACKENDS=()
 PORTICO_BALANCE=
+PORTICO_PLUGINS=0
+API_KEY=bench-key-0123456789 # the `plugins` test's consumer key, sent by wrk as x-api-key
 NGINX_BALANCE=
 WITH_TLS=0
 PORT_TLS=
@@ -354,8 +372,19 @@ HAPROXY=$(find_bin haproxy || true)
 start_portico() {
     read -r PORT PORT_TLS < <(free_ports 2)
     PORT_H2=$PORT # one listener serves HTTP/1.1 and h2c
-    local b targets="" tls=""
+    local b targets="" tls="" consumers="" route="  - { name: all, upstream: bench }"
     for b in "${BACKENDS[@]}"; do targets+="${targets:+, }{ address: 127.0.0.1:$b }"; done
+    if ((PORTICO_PLUGINS)); then
+        # A rate limit far above anything wrk reaches here: the plugin runs, never refuses.
+        consumers="
+consumers:
+  - { name: bench, api_keys: ['$API_KEY'] }"
+        route="  - name: all
+    plugins:
+      - key_auth: {}
+      - rate_limit: { limit: 100000000, window: 1s, burst: 1000000, by: consumer }
+    upstream: bench"
+    fi
     if ((WITH_TLS)); then
         tls="
   - name: tls
@@ -370,9 +399,9 @@ start_portico() {
 workers: 1
 access_log: { enabled: false }
 listeners:
-  - { name: web, bind: 127.0.0.1:$PORT, protocol: http }$tls
+  - { name: web, bind: 127.0.0.1:$PORT, protocol: http }$tls$consumers
 routes:
-  - { name: all, upstream: bench }
+$route
 upstreams:
   bench:
     balance: $PORTICO_BALANCE
@@ -551,14 +580,27 @@ for p in "${ACTIVE[@]}"; do
     nginx) SLOW_RUNS+=(nginx-lc) ;;
     esac
 done
+# The `plugins` test's runs: portico without and with the plugin pipeline.
+PLUGINS_RUNS=()
+[[ " ${ACTIVE[*]} " == *" portico "* ]] && PLUGINS_RUNS=(portico-plain portico-plugins)
 
-configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BALANCE, WITH_TLS
+configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BALANCE, WITH_TLS,
+    #                                PORTICO_PLUGINS
     BACKENDS=("$U1" "$U2")
     PORTICO_BALANCE=round_robin
     NGINX_BALANCE=
+    PORTICO_PLUGINS=0
     PROXY=$2
     WITH_TLS=0
     [[ $1 == tls* ]] && WITH_TLS=1
+    if [[ $1 == plugins ]]; then
+        case $2 in
+        portico-plain) PROXY=portico ;;
+        portico-plugins) PROXY=portico PORTICO_PLUGINS=1 ;;
+        *) die "unknown run '$2' for test $1" ;;
+        esac
+        return 0
+    fi
     [[ $1 == slow ]] || return 0
     BACKENDS+=("$U3")
     case $2 in
@@ -787,6 +829,38 @@ run_slow() { # TEST RUN ROUND → run_wrk, then the slow target's share and raw 
         "$2" "$share" "$raw_p50" "$raw_p99")"
 }
 
+http_status() { # URL [curl args...] → the status code (000 when there was no answer)
+    local url=$1
+    shift
+    curl -s -o /dev/null -m 5 -w '%{http_code}' "$@" "$url" || true
+}
+
+run_plugins() { # TEST RUN ROUND → check that key_auth does its job, then the `root` load with the key
+    local url="http://127.0.0.1:$PORT/" with without=
+    with=$(http_status "$url" -H "x-api-key: $API_KEY")
+    if ((PORTICO_PLUGINS)); then
+        without=$(http_status "$url")
+        if [[ $with != 200 || $without != 401 ]]; then
+            log "$1 $2: GET / answered $with with the API key and $without without it" \
+                "(want 200 and 401); config and log tail:"
+            cat "$TMP/portico.yaml" >&2
+            tail -n 20 "$PROXY_LOG" >&2 || true
+            die "$1 $2: key_auth does not work as configured; no benchmark of it"
+        fi
+    elif [[ $with != 200 ]]; then
+        log "$1 $2: GET / answered $with (want 200); log tail:"
+        tail -n 20 "$PROXY_LOG" >&2 || true
+        die "$1 $2: portico without plugins does not answer 200"
+    fi
+    log "$1 $2: GET / → $with with the key${without:+, $without without it}"
+    run_wrk "$1" "$2" "$3" / -H "x-api-key: $API_KEY" || return 1
+    local errors
+    errors=$(tail -n1 "$RESULTS_TSV" | cut -f10)
+    if [[ $errors != 0 ]]; then
+        log "warning: $1 $2: $errors requests failed or were not 2xx (429 = the rate limit refused some)"
+    fi
+}
+
 # What the proxy's TLS port negotiates with OpenSSL's client defaults, how many TLS 1.3
 # tickets it sends, and whether it resumes a session it handed out: two `openssl s_client`
 # connections, the second offering the session (ticket) saved by the first. Once per proxy.
@@ -824,6 +898,7 @@ run_test() { # TEST PROXY ROUND
     case $1 in
     root) run_wrk "$1" "$2" "$3" / ;;
     slow) run_slow "$1" "$2" "$3" ;;
+    plugins) run_plugins "$1" "$2" "$3" ;;
     16k) run_wrk "$1" "$2" "$3" /16k ;;
     close) run_wrk "$1" "$2" "$3" / -H 'Connection: close' ;;
     h2c) run_h2load "$1" "$2" "$3" ;;
@@ -850,12 +925,17 @@ if [[ " $TESTS " == *" slow "* ]]; then
     ((${#SLOW_RUNS[@]} > 0)) || log "slow: needs portico or nginx in PROXIES; skipping it"
     log "slow: runs ${SLOW_RUNS[*]:-none}; slow upstream delay $SLOW_DELAY_MS ms"
 fi
+if [[ " $TESTS " == *" plugins "* ]]; then
+    ((${#PLUGINS_RUNS[@]} > 0)) || log "plugins: needs portico in PROXIES; skipping it"
+    log "plugins: runs ${PLUGINS_RUNS[*]:-none}"
+fi
 touch "$RESULTS_TSV" "$IDLE_TSV" "$SLOW_TSV"
 for ((round = 1; round <= ROUNDS; round++)); do
     log "---- round $round/$ROUNDS"
     for test in $TESTS; do
         runs=("${ACTIVE[@]}")
         [[ $test == slow ]] && runs=("${SLOW_RUNS[@]}")
+        [[ $test == plugins ]] && runs=("${PLUGINS_RUNS[@]}")
         for run in "${runs[@]}"; do
             for pid in "${UPSTREAM_PIDS[@]}"; do
                 alive "$pid" || die "an upstream (pid $pid) exited; was it killed by something else?"
@@ -885,11 +965,12 @@ fi
 
 # ---------------------------------------------------------------- summary
 python3 - "$RESULTS_TSV" "$IDLE_TSV" "$TESTS" "${ACTIVE[*]}" "$ROUNDS" "$SLOW_TSV" \
-    "$SLOW_DELAY_MS" "${SLOW_RUNS[*]}" <<'EOF'
+    "$SLOW_DELAY_MS" "${SLOW_RUNS[*]}" "${PLUGINS_RUNS[*]}" <<'EOF'
 import sys
 from statistics import median
 
-res_path, idle_path, tests, proxies, rounds, slow_path, slow_delay, slow_runs = sys.argv[1:]
+res_path, idle_path, tests, proxies, rounds, slow_path, slow_delay, slow_runs, plugins_runs = \
+    sys.argv[1:]
 tests, proxies = tests.split(), proxies.split()
 
 def rows(path):
@@ -937,14 +1018,14 @@ def f2(v):
     return "-" if v != v else f"{v:.2f}"
 
 print()
-main_tests = [t for t in tests if t != "slow"]  # `slow` has its own section below
+main_tests = [t for t in tests if t not in ("slow", "plugins")]  # own sections below
 if main_tests:
     print(f"Medians over {rounds} round(s); proxy on CPU 0, load generator and upstreams on CPU 1.")
 hdr = ["test", "proxy", "req/s", "req/CPU-s", "spread", "proxy CPU%", "p50 ms", "p99 ms",
        "peak RSS KiB", "errors", "other CPU%", "conns/req"]
 table = []
 for t in tests:
-    if t in ("idle", "slow"):
+    if t in ("idle", "slow", "plugins"):
         continue
     for p in proxies:
         d = data.get((t, p))
@@ -994,7 +1075,7 @@ if "portico" in proxies and others and main_tests:
     def ratio(a, b):
         return "-" if a != a or b != b or b == 0 else f"{a / b:.2f}x"
     for t in tests:
-        if t == "slow":
+        if t in ("slow", "plugins"):
             continue
         if t == "idle":
             mp, mo = idle.get("portico"), {o: idle.get(o) for o in others}
@@ -1084,6 +1165,40 @@ if "slow" in tests:
                 print(f"{name}: p2c_ewma / round_robin = n/a")
     else:
         print("p99 p2c_ewma / round_robin = n/a (a portico run has no result; see the log above)")
+    print()
+
+if "plugins" in tests:
+    print("plugins: the root load (wrk -t1 -c50 GET /, x-api-key on every request), portico "
+          f"without and with key_auth + rate_limit (never reached); medians over {rounds} round(s)")
+    phdr = ["run", "req/s", "req/CPU-s", "spread", "proxy CPU%", "p50 ms", "p99 ms",
+            "peak RSS KiB", "errors", "other CPU%"]
+    ptab = []
+    for run in plugins_runs.split():
+        d = data.get(("plugins", run))
+        if not d:
+            ptab.append([run, "no result"] + ["-"] * 8)
+            continue
+        ptab.append([run, f0(med(d, "req_s")), f0(med(d, "rpcs")), spread(d["rpcs"]),
+                     f0(med(d, "cpu")), f2(med(d, "p50")), f2(med(d, "p99")), f0(med(d, "hwm")),
+                     f0(sum(d["errors"])), f0(max(d["other"]))])
+    show(phdr, ptab)
+    plain, plug = data.get(("plugins", "portico-plain")), data.get(("plugins", "portico-plugins"))
+    if plain and plug:
+        for name, c, better, fmt in (("req/CPU-s", "rpcs", "higher", f0),
+                                     ("p99", "p99", "lower", lambda v: f"{f2(v)} ms"),
+                                     ("req/s", "req_s", "higher", f0)):
+            a, b = med(plug, c), med(plain, c)
+            if a == a and b == b and b > 0:
+                print(f"{name:9s} plugins / plain = {a / b:.3f}  ({fmt(a)} / {fmt(b)}; "
+                      f"{better} is better)")
+            else:
+                print(f"{name:9s} plugins / plain = n/a")
+        a, b = med(plug, "rpcs"), med(plain, "rpcs")
+        if a == a and b == b and a > 0 and b > 0:
+            print(f"proxy CPU per request: {1e6 / b:.2f} µs plain, {1e6 / a:.2f} µs with plugins "
+                  f"(+{1e6 / a - 1e6 / b:.2f} µs)")
+    else:
+        print("plugins / plain = n/a (a portico run has no result; see the log above)")
     print()
 
 if excluded:
