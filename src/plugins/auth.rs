@@ -1,17 +1,14 @@
-//! Consumers and who they are: `key_auth` (API keys, stored hashed) and `acl` (groups).
-//!
-//! Failures are answered here, fail-closed: 401 with `WWW-Authenticate` when no valid
-//! credential came, 403 when the consumer may not pass. Error bodies never echo a credential.
+//! Consumers — who calls — and what every authentication plugin shares: the identity
+//! headers portico sets for the upstream, the 401 answer, and constant-time comparison.
+//! Failures fail closed; error bodies never echo a credential.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, StatusCode, header, request};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 
-use super::{Flow, Phase, Plugin};
-use crate::config::spec::{AclSpec, ConsumerSpec, KeyAuthSpec};
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::config::spec::ConsumerSpec;
+use crate::proxy::error::error_response;
 
 /// `x-consumer-name`, set for the upstream after authentication.
 pub static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
@@ -175,137 +172,4 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `key_auth`.
-#[derive(Debug)]
-pub struct KeyAuth {
-    header: HeaderName,
-    query: Option<String>,
-    hide: bool,
-    consumers: Arc<Consumers>,
-    challenge: HeaderValue,
-}
-
-impl KeyAuth {
-    /// Checks the header name once.
-    pub fn new(spec: &KeyAuthSpec, consumers: &Arc<Consumers>) -> Result<Self, String> {
-        let header = HeaderName::from_bytes(spec.header.as_bytes())
-            .map_err(|_| format!("invalid header name `{}`", spec.header))?;
-        Ok(KeyAuth {
-            header,
-            query: spec.query.clone(),
-            hide: spec.hide_credentials,
-            consumers: Arc::clone(consumers),
-            challenge: HeaderValue::from_static("Key realm=\"portico\""),
-        })
-    }
-
-    fn unauthorized(&self, ctx: &RequestCtx, message: &str) -> Flow {
-        Flow::Respond(unauthorized(&ctx.request_id, &self.challenge, message))
-    }
-}
-
-impl Plugin for KeyAuth {
-    fn name(&self) -> &'static str {
-        "key_auth"
-    }
-
-    fn stops(&self) -> Option<&'static str> {
-        Some("401 without a valid API key")
-    }
-
-    fn phase(&self) -> Phase {
-        Phase::Authenticate
-    }
-
-    fn on_request(
-        &self,
-        ctx: &mut RequestCtx,
-        head: &mut request::Parts,
-    ) -> Result<Flow, ProxyError> {
-        let mut values = head.headers.get_all(&self.header).iter();
-        let from_header = values.next().map(|v| v.as_bytes().to_vec());
-        if values.next().is_some() {
-            return Ok(self.unauthorized(ctx, "more than one API key was sent"));
-        }
-        let from_query = self.query.as_ref().and_then(|name| {
-            head.uri
-                .query()
-                .and_then(|q| crate::routing::query_pairs(q).find(|(k, _)| k == name))
-                .map(|(_, v)| v.into_bytes())
-        });
-        let key = match (from_header, from_query) {
-            (Some(_), Some(_)) => return Ok(self.unauthorized(ctx, "an API key was sent twice")),
-            (Some(k), None) | (None, Some(k)) => k,
-            (None, None) => return Ok(self.unauthorized(ctx, "an API key is required")),
-        };
-        let Some(consumer) = self.consumers.by_api_key(&key) else {
-            return Ok(self.unauthorized(ctx, "the API key is not valid"));
-        };
-        if self.hide {
-            head.headers.remove(&self.header);
-        }
-        ctx.consumer = Some(consumer);
-        Ok(Flow::Continue)
-    }
-}
-
-/// `acl`.
-#[derive(Debug)]
-pub struct Acl {
-    allow: Vec<String>,
-    deny: Vec<String>,
-}
-
-impl Acl {
-    /// From its spec.
-    pub fn new(spec: &AclSpec) -> Self {
-        Acl {
-            allow: spec.allow.clone(),
-            deny: spec.deny.clone(),
-        }
-    }
-}
-
-impl Plugin for Acl {
-    fn name(&self) -> &'static str {
-        "acl"
-    }
-
-    fn stops(&self) -> Option<&'static str> {
-        Some("403 outside the allowed groups")
-    }
-
-    fn phase(&self) -> Phase {
-        Phase::Authorize
-    }
-
-    fn on_request(
-        &self,
-        ctx: &mut RequestCtx,
-        _head: &mut request::Parts,
-    ) -> Result<Flow, ProxyError> {
-        let forbidden = |message: &str| {
-            Flow::Respond(error_response(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                message,
-                &ctx.request_id,
-            ))
-        };
-        // Without an authenticated consumer there is nothing to allow: fail closed.
-        let Some(consumer) = &ctx.consumer else {
-            return Ok(forbidden("this route needs an authenticated consumer"));
-        };
-        if consumer.groups.iter().any(|g| self.deny.contains(g)) {
-            return Ok(forbidden("the consumer's group may not use this route"));
-        }
-        if !self.allow.is_empty() && !consumer.groups.iter().any(|g| self.allow.contains(g)) {
-            return Ok(forbidden(
-                "the consumer is in no group allowed on this route",
-            ));
-        }
-        Ok(Flow::Continue)
-    }
 }

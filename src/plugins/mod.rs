@@ -7,13 +7,18 @@
 //! rate limits by address come first, then CORS preflights, then authentication, then
 //! authorisation and per-consumer limits, then transformations.
 
+pub mod acl;
 pub mod auth;
-pub mod basic;
+pub mod basic_auth;
 pub mod cors;
-pub mod guard;
 pub mod headers;
+pub mod ip_restriction;
 pub mod jwt;
+pub mod key_auth;
+pub mod mtls_auth;
 pub mod rate_limit;
+pub mod request_size_limit;
+pub mod respond;
 pub mod transform;
 pub mod validate;
 
@@ -172,16 +177,18 @@ pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, St
         PluginSpec::ResponseHeaders(ops) => {
             Arc::new(headers::ResponseHeaders(headers::HeaderOps::compile(ops)?))
         }
-        PluginSpec::KeyAuth(spec) => Arc::new(auth::KeyAuth::new(spec, env.consumers)?),
-        PluginSpec::Acl(spec) => Arc::new(auth::Acl::new(spec)),
+        PluginSpec::KeyAuth(spec) => Arc::new(key_auth::KeyAuth::new(spec, env.consumers)?),
+        PluginSpec::Acl(spec) => Arc::new(acl::Acl::new(spec)),
         PluginSpec::RateLimit(spec) => Arc::new(rate_limit::RateLimit::new(spec, env.metrics)?),
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
-        PluginSpec::IpRestriction(spec) => Arc::new(guard::IpRestriction::new(spec)?),
-        PluginSpec::RequestSizeLimit(spec) => Arc::new(guard::RequestSizeLimit(spec.max.0)),
+        PluginSpec::IpRestriction(spec) => Arc::new(ip_restriction::IpRestriction::new(spec)?),
+        PluginSpec::RequestSizeLimit(spec) => {
+            Arc::new(request_size_limit::RequestSizeLimit(spec.max.0))
+        }
         PluginSpec::Jwt(spec) => Arc::new(jwt::Jwt::new(spec, env.base, env.consumers)?),
-        PluginSpec::BasicAuth(spec) => Arc::new(basic::BasicAuth::new(spec, env.consumers)),
-        PluginSpec::MtlsAuth(spec) => Arc::new(basic::MtlsAuth::new(spec, env.consumers)),
-        PluginSpec::Respond(spec) => Arc::new(basic::Mock::new(spec)?),
+        PluginSpec::BasicAuth(spec) => Arc::new(basic_auth::BasicAuth::new(spec, env.consumers)),
+        PluginSpec::MtlsAuth(spec) => Arc::new(mtls_auth::MtlsAuth::new(spec, env.consumers)),
+        PluginSpec::Respond(spec) => Arc::new(respond::Mock::new(spec)?),
         PluginSpec::RequestTransformer(spec) => Arc::new(transform::RequestTransformer::new(spec)?),
         PluginSpec::ResponseTransformer(spec) => {
             Arc::new(transform::ResponseTransformer::new(spec)?)

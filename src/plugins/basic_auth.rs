@@ -1,18 +1,18 @@
-//! `basic_auth` (argon2 or bcrypt hashes, verified off the worker, successes cached briefly),
-//! `mtls_auth` (a verified client certificate names the consumer) and `respond` (a mock).
+//! `basic_auth`: `Authorization: Basic` against consumers' argon2 or bcrypt hashes, verified on
+//! a blocking thread, successes cached briefly.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue, StatusCode, header, request};
+use http::{HeaderValue, header, request};
 
 use super::auth::{Consumer, Consumers};
 use super::{Deferred, Flow, Phase, Plugin};
-use crate::config::spec::{BasicAuthSpec, MockSpec, MtlsAuthSpec};
+use crate::config::spec::BasicAuthSpec;
 use crate::proxy::body::Body;
 use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::proxy::error::ProxyError;
 
 /// How long a verified password is remembered (hashes are slow on purpose).
 const CACHE_FOR: Duration = Duration::from_secs(60);
@@ -190,120 +190,6 @@ impl Plugin for BasicAuth {
             }
             Deferred::Continue(Some(consumer))
         })))
-    }
-}
-
-/// `mtls_auth`.
-#[derive(Debug)]
-pub struct MtlsAuth {
-    consumers: Arc<Consumers>,
-    allow_unknown: bool,
-}
-
-impl MtlsAuth {
-    /// From its spec.
-    pub fn new(spec: &MtlsAuthSpec, consumers: &Arc<Consumers>) -> Self {
-        MtlsAuth {
-            consumers: Arc::clone(consumers),
-            allow_unknown: spec.allow_unknown,
-        }
-    }
-}
-
-impl Plugin for MtlsAuth {
-    fn name(&self) -> &'static str {
-        "mtls_auth"
-    }
-
-    fn stops(&self) -> Option<&'static str> {
-        Some("401 without a known client certificate")
-    }
-
-    fn phase(&self) -> Phase {
-        Phase::Authenticate
-    }
-
-    fn on_request(
-        &self,
-        ctx: &mut RequestCtx,
-        head: &mut request::Parts,
-    ) -> Result<Flow, ProxyError> {
-        // The pipeline has already replaced any client-sent subject with the verified one.
-        let subject = head
-            .headers
-            .get(&crate::proxy::headers::X_CLIENT_CERT_SUBJECT)
-            .and_then(|v| v.to_str().ok());
-        match subject.and_then(|s| self.consumers.by_cert_subject(s)) {
-            Some(consumer) => {
-                ctx.consumer = Some(consumer);
-                Ok(Flow::Continue)
-            }
-            None if self.allow_unknown && subject.is_some() => Ok(Flow::Continue),
-            None => {
-                let mut response = error_response(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "a client certificate of a known consumer is required",
-                    &ctx.request_id,
-                );
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Mutual"));
-                Ok(Flow::Respond(response))
-            }
-        }
-    }
-}
-
-/// `respond`: a fixed answer (mock), after the plugins before it in the chain's phases.
-#[derive(Debug)]
-pub struct Mock {
-    status: StatusCode,
-    body: bytes::Bytes,
-    headers: HeaderMap,
-}
-
-impl Mock {
-    /// Checks status and headers.
-    pub fn new(spec: &MockSpec) -> Result<Self, String> {
-        let status = StatusCode::from_u16(*spec.status)
-            .ok()
-            .filter(|s| s.as_u16() >= 200)
-            .ok_or("respond.status must be between 200 and 599")?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &spec.headers {
-            let name = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("invalid header name `{name}`"))?;
-            let value =
-                HeaderValue::from_str(value).map_err(|_| format!("invalid value for `{name}`"))?;
-            headers.append(name, value);
-        }
-        Ok(Mock {
-            status,
-            body: bytes::Bytes::from(spec.body.clone()),
-            headers,
-        })
-    }
-}
-
-impl Plugin for Mock {
-    fn name(&self) -> &'static str {
-        "respond"
-    }
-
-    fn stops(&self) -> Option<&'static str> {
-        Some("always answers")
-    }
-
-    fn on_request(
-        &self,
-        _ctx: &mut RequestCtx,
-        _head: &mut request::Parts,
-    ) -> Result<Flow, ProxyError> {
-        let mut response = http::Response::new(Body::full(self.body.clone()));
-        *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers.clone();
-        Ok(Flow::Respond(response))
     }
 }
 

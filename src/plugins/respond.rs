@@ -1,0 +1,61 @@
+//! `respond`: a fixed answer (a mock), after the checks of earlier phases.
+
+use http::{HeaderMap, HeaderValue, StatusCode, request};
+
+use super::{Flow, Plugin};
+use crate::config::spec::MockSpec;
+use crate::proxy::body::Body;
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::error::ProxyError;
+
+/// `respond`: a fixed answer (mock), after the plugins before it in the chain's phases.
+#[derive(Debug)]
+pub struct Mock {
+    status: StatusCode,
+    body: bytes::Bytes,
+    headers: HeaderMap,
+}
+
+impl Mock {
+    /// Checks status and headers.
+    pub fn new(spec: &MockSpec) -> Result<Self, String> {
+        let status = StatusCode::from_u16(*spec.status)
+            .ok()
+            .filter(|s| s.as_u16() >= 200)
+            .ok_or("respond.status must be between 200 and 599")?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &spec.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("invalid header name `{name}`"))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|_| format!("invalid value for `{name}`"))?;
+            headers.append(name, value);
+        }
+        Ok(Mock {
+            status,
+            body: bytes::Bytes::from(spec.body.clone()),
+            headers,
+        })
+    }
+}
+
+impl Plugin for Mock {
+    fn name(&self) -> &'static str {
+        "respond"
+    }
+
+    fn stops(&self) -> Option<&'static str> {
+        Some("always answers")
+    }
+
+    fn on_request(
+        &self,
+        _ctx: &mut RequestCtx,
+        _head: &mut request::Parts,
+    ) -> Result<Flow, ProxyError> {
+        let mut response = http::Response::new(Body::full(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        Ok(Flow::Respond(response))
+    }
+}
