@@ -116,10 +116,10 @@ pub async fn forward(
     let pick_ctx_client = ctx.client.ip();
     let sticky_target = upstream.sticky.as_ref().and_then(|(cookie, _)| {
         let value = crate::balance::hash::cookie(&head.headers, cookie)?;
-        upstream
-            .targets
-            .iter()
-            .position(|t| t.health.available() && sticky_value(t) == value)
+        let wanted = u64::from_str_radix(value, 16).ok()?;
+        upstream.targets.iter().position(|t| {
+            t.health.available() && crate::balance::hash::hash64(t.address.as_bytes()) == wanted
+        })
     });
     let first = {
         let pick = PickCtx {
