@@ -183,6 +183,21 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
+/// The SNI reader of `tls_passthrough`: never panics, and a complete hello gives a name or none.
+pub fn client_hello(data: &[u8]) {
+    let whole = crate::l4::sni::server_name(data);
+    // Feeding more bytes never turns a finished answer back into "need more".
+    if !matches!(whole, crate::l4::sni::Parsed::NeedMore) {
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(&[0u8; 16]);
+        assert_eq!(
+            crate::l4::sni::server_name(&longer),
+            whole,
+            "trailing bytes changed the answer"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +222,7 @@ mod tests {
     fn saved_inputs_replay() {
         assert!(replay("config", config) > 0);
         assert!(replay("request_head", request_head) > 0);
+        assert!(replay("client_hello", client_hello) > 0);
     }
 
     fn head_like() -> impl Strategy<Value = Vec<u8>> {
@@ -247,6 +263,7 @@ mod tests {
         fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
             request_head(&data);
             config(&data);
+            client_hello(&data);
         }
 
         #[test]
