@@ -159,11 +159,7 @@ async fn in_flight_requests_finish_on_the_config_they_started_with() {
     let web = gw.addr("web");
     let web2 = web.clone();
     let slow = tokio::spawn(async move { get(&web2, "/slow/800").await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.count() == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    a.wait_count(1, Duration::from_secs(5)).await;
     // The new config answers everything itself: the old request must still reach A.
     let v3 = "listeners:\n  - { name: web, bind: 127.0.0.1:0 }\nroutes:\n  - { name: all, respond: { status: 200, body: v3 } }\n";
     assert!(gw.reload(v3));
@@ -261,11 +257,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let web = gw.addr("web");
     let web2 = web.clone();
     let slow = tokio::spawn(async move { get(&web2, "/slow/700").await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.count() == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    a.wait_count(1, Duration::from_secs(5)).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = gw.terminate(Duration::from_secs(10));
         (status, gw.log_text())

@@ -77,18 +77,10 @@ upstreams:
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let runner = tokio::spawn(load(web.clone(), 4, 3000, Arc::clone(&stop)));
     // Let traffic reach both targets, then crash B mid-load.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while b.count() < 50 {
-        assert!(Instant::now() < deadline, "no traffic on B");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    b.wait_count(50, Duration::from_secs(5)).await;
     b.kill();
     let before = a.count();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while a.count() < before + 300 {
-        assert!(Instant::now() < deadline, "traffic stalled after the kill");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    a.wait_count(before + 300, Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = runner.await.unwrap();
     assert_eq!(
@@ -342,11 +334,7 @@ upstreams:
             tokio::spawn(async move { get(&web, "/slow/800").await.status })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.count() < 2 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    a.wait_count(2, Duration::from_secs(5)).await;
     let reply = get(&web, "/third").await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"], "circuit_open");
@@ -496,15 +484,7 @@ upstreams:
         let reply = client.get("x", &format!("/copy/{i}")).await;
         assert_eq!(reply.header("x-upstream"), Some("P"));
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while shadow.count() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "mirror copies missing: {}",
-            shadow.count()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    shadow.wait_count(5, Duration::from_secs(5)).await;
     let copied: Vec<String> = shadow
         .seen()
         .iter()
@@ -564,11 +544,7 @@ upstreams:
         let web = web.clone();
         tokio::spawn(async move { get(&web, "/slow/600").await.status })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.count() < 1 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    a.wait_count(1, Duration::from_secs(5)).await;
     let second = {
         let web = web.clone();
         tokio::spawn(async move { get(&web, "/queued").await.status })

@@ -130,6 +130,20 @@ impl TestUpstream {
             .expect("the upstream saw no request")
     }
 
+    /// Waits (bounded) until the upstream has seen at least `n` requests.
+    pub async fn wait_count(&self, n: usize, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} saw {} requests, not {n}, within {timeout:?}",
+                self.name,
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
