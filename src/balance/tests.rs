@@ -179,6 +179,7 @@ fn unhealthy_targets_are_skipped_and_panic_mode_spreads() {
         eject_for: Duration::from_secs(30),
         max_eject: Duration::from_secs(60),
         max_ejected_percent: 100,
+        connect_only: false,
     };
     assert!(t[1].health.record(Outcome::Failure, &policy, || true));
     let rr = balancer(

@@ -86,9 +86,34 @@ pub struct PassivePolicy {
     pub max_eject: Duration,
     /// Most targets of the upstream that may be ejected at once, in percent.
     pub max_ejected_percent: u32,
+    /// Only failed connections count (any answer is a success): the policy of an upstream
+    /// without `health_check.passive`.
+    pub connect_only: bool,
+}
+
+impl PassivePolicy {
+    /// Without `health_check.passive`: three connections in a row that cannot be made take a
+    /// target out for 5 s, doubling while it stays unreachable (up to 60 s); at most half of
+    /// an upstream's targets are out at once.
+    pub const CONNECT_FAILURES: PassivePolicy = PassivePolicy {
+        consecutive_failures: 3,
+        error_rate_percent: 0,
+        min_requests: 0,
+        window: Duration::from_secs(10),
+        eject_for: Duration::from_secs(5),
+        max_eject: Duration::from_secs(60),
+        max_ejected_percent: 50,
+        connect_only: true,
+    };
 }
 
 impl TargetHealth {
+    /// No failure counted and no ejection to forget: a success has nothing to reset.
+    pub fn clean(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) == 0
+            && self.ejected_until.load(Ordering::Relaxed) == 0
+    }
+
     /// Whether the target may take requests now.
     pub fn available(&self) -> bool {
         self.active_up.load(Ordering::Relaxed) && !self.ejected(now_ms())
@@ -243,6 +268,7 @@ mod tests {
             eject_for: Duration::from_millis(200),
             max_eject: Duration::from_millis(700),
             max_ejected_percent: 100,
+            connect_only: false,
         }
     }
 

@@ -123,6 +123,18 @@ impl Cors {
     }
 }
 
+/// The request's `Origin`, when this route's CORS rules allow it (for the response).
+#[derive(Debug, Clone)]
+struct AllowedOrigin(HeaderValue);
+
+/// A CORS preflight: `OPTIONS` with `Access-Control-Request-Method` (Fetch standard §3.2.2).
+fn is_preflight(head: &request::Parts) -> bool {
+    head.method == Method::OPTIONS
+        && head
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
 impl Plugin for Cors {
     fn name(&self) -> &'static str {
         "cors"
@@ -136,6 +148,17 @@ impl Plugin for Cors {
         Phase::Preflight
     }
 
+    fn observe(&self, ctx: &mut RequestCtx, head: &request::Parts) {
+        // Noted before any plugin may answer, so a 429 or 401 carries the CORS headers too and
+        // the page can read why it was refused.
+        if let Some(origin) = head.headers.get(header::ORIGIN)
+            && !is_preflight(head)
+            && self.allowed(origin)
+        {
+            ctx.slots.insert(AllowedOrigin(origin.clone()));
+        }
+    }
+
     fn on_request(
         &self,
         ctx: &mut RequestCtx,
@@ -144,10 +167,7 @@ impl Plugin for Cors {
         let Some(origin) = head.headers.get(header::ORIGIN).cloned() else {
             return Ok(Flow::Continue);
         };
-        let preflight = head.method == Method::OPTIONS
-            && head
-                .headers
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let preflight = is_preflight(head);
         if !self.allowed(&origin) {
             if preflight {
                 return Ok(Flow::Respond(error_response(
@@ -177,12 +197,11 @@ impl Plugin for Cors {
             headers.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
             return Ok(Flow::Respond(response));
         }
-        ctx.cors_origin = Some(origin);
         Ok(Flow::Continue)
     }
 
     fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
-        if let Some(origin) = &ctx.cors_origin {
+        if let Some(AllowedOrigin(origin)) = ctx.slots.get::<AllowedOrigin>() {
             self.mark(&mut head.headers, origin);
             if let Some(expose) = &self.expose {
                 head.headers

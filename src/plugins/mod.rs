@@ -1,9 +1,17 @@
 //! Stages `on_request` and `on_response`: plugins, in phases, then in config order (global
 //! first).
 //!
-//! A plugin looks at the request and returns a [`Flow`]: go on, or answer now. On the way back
-//! it may edit the response head; `on_response` runs in reverse order, on portico's own answers
-//! too. Phases make the order safe whatever the config says: address rules, size limits and
+//! A plugin has up to five steps, each optional:
+//!
+//! | step | runs | may |
+//! |---|---|---|
+//! | [`Plugin::on_request`] | on the request head, in chain order | edit the head, answer now ([`Flow`]) |
+//! | [`Plugin::request_body`] | once every head step went on | see the body chunk by chunk, or whole (bounded) |
+//! | [`Plugin::on_response`] | on every response head, upstream's or portico's own, last plugin first | edit the head |
+//! | [`Plugin::response_body`] | after the response heads | see the response body, like the request body |
+//! | [`Plugin::log`] | once the response head left | record what happened |
+//!
+//! Phases make the order safe whatever the config says: address rules, size limits and
 //! rate limits by address come first, then CORS preflights, then authentication, then
 //! authorisation and per-consumer limits, then transformations.
 
@@ -24,10 +32,11 @@ pub mod validate;
 
 use std::sync::Arc;
 
-use http::{request, response};
+use bytes::Bytes;
+use http::{HeaderMap, request, response};
 
 use crate::config::spec::PluginSpec;
-use crate::proxy::body::Body;
+use crate::proxy::body::{Body, ChunkFilter};
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::error::ProxyError;
 
@@ -49,6 +58,41 @@ pub enum Deferred {
     Continue(Option<Arc<auth::Consumer>>),
     /// Answer now.
     Respond(http::Response<Body>),
+}
+
+/// What a plugin does with a body it wants to see.
+pub enum BodyFilter {
+    /// Each data chunk as it passes; nothing is buffered.
+    Chunks(Box<dyn ChunkFilter>),
+    /// The whole body, buffered by portico up to `max` bytes. A longer request body is
+    /// refused with 413; a longer response body with 502.
+    Whole {
+        /// Most bytes buffered.
+        max: usize,
+        /// What is done with the body once it is all there.
+        edit: Box<dyn WholeBody>,
+    },
+}
+
+/// A plugin's work on a whole, buffered body.
+pub trait WholeBody: Send {
+    /// Gets the body and the head's fields (to fix `Content-Length` or the content type);
+    /// returns the body to pass on, or an answer that replaces the message.
+    fn apply(
+        self: Box<Self>,
+        ctx: &RequestCtx,
+        headers: &mut HeaderMap,
+        body: Bytes,
+    ) -> Result<Bytes, http::Response<Body>>;
+}
+
+/// What the log step of a plugin sees of a finished exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct LogRecord {
+    /// The status sent to the client.
+    pub status: http::StatusCode,
+    /// Time from the request head to the response head.
+    pub elapsed: std::time::Duration,
 }
 
 /// When a plugin runs, before config order.
@@ -81,7 +125,11 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Runs in config order, global plugins first.
+    /// Before any plugin of the chain may answer: note what the response steps need whatever
+    /// answers the request (`cors` notes an allowed origin, so a 429 carries its headers).
+    fn observe(&self, _ctx: &mut RequestCtx, _head: &request::Parts) {}
+
+    /// The request head, in chain order.
     fn on_request(
         &self,
         _ctx: &mut RequestCtx,
@@ -90,13 +138,37 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         Ok(Flow::Continue)
     }
 
-    /// Runs in reverse order, on portico's own responses too.
+    /// Whether (and how) it sees the request body; asked in chain order once every
+    /// [`Plugin::on_request`] went on. A plugin keeps what it learnt from the head in a typed
+    /// slot of the context ([`RequestCtx::slots`]).
+    fn request_body(&self, _ctx: &mut RequestCtx, _head: &request::Parts) -> Option<BodyFilter> {
+        None
+    }
+
+    /// The response head, last plugin first, on portico's own responses too.
     fn on_response(&self, _ctx: &RequestCtx, _head: &mut response::Parts) {}
+
+    /// Whether (and how) it sees the response body; asked last plugin first, after every
+    /// [`Plugin::on_response`].
+    fn response_body(&self, _ctx: &RequestCtx, _head: &response::Parts) -> Option<BodyFilter> {
+        None
+    }
+
+    /// Once the response head has been sent on its way.
+    fn log(&self, _ctx: &RequestCtx, _record: &LogRecord) {}
 }
 
 /// A route's plugins in the order they run.
 #[derive(Debug, Clone, Default)]
 pub struct PluginChain(pub Vec<Arc<dyn Plugin>>);
+
+/// How the request-body step of a chain ended.
+pub enum BodyStep {
+    /// The body to send on (filtered or rebuilt).
+    Continue(Body),
+    /// A plugin answered instead.
+    Respond(http::Response<Body>),
+}
 
 impl PluginChain {
     /// Orders plugins by phase, keeping config order (global first) within a phase.
@@ -111,6 +183,9 @@ impl PluginChain {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> Result<Option<http::Response<Body>>, ProxyError> {
+        for plugin in &self.0 {
+            plugin.observe(ctx, head);
+        }
         for plugin in &self.0 {
             match plugin.on_request(ctx, head)? {
                 Flow::Continue => {}
@@ -128,10 +203,77 @@ impl PluginChain {
         Ok(None)
     }
 
+    /// The request-body step: each plugin that asks gets the body, in chain order, so a
+    /// whole-body plugin sees what the chunk filters before it passed on.
+    pub async fn request_body(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &mut request::Parts,
+        mut body: Body,
+    ) -> Result<BodyStep, ProxyError> {
+        for plugin in &self.0 {
+            match plugin.request_body(ctx, head) {
+                None => {}
+                Some(BodyFilter::Chunks(filter)) => body = body.filter(filter),
+                Some(BodyFilter::Whole { max, edit }) => {
+                    let bytes = buffer(body, max).await.map_err(|err| match err {
+                        Buffered::TooLarge(limit) => ProxyError::PayloadTooLarge { limit },
+                        Buffered::Broken => ProxyError::ClientBody,
+                    })?;
+                    match edit.apply(ctx, &mut head.headers, bytes) {
+                        Ok(bytes) => {
+                            set_length(&mut head.headers, bytes.len());
+                            body = Body::full(bytes);
+                        }
+                        Err(response) => return Ok(BodyStep::Respond(response)),
+                    }
+                }
+            }
+        }
+        Ok(BodyStep::Continue(body))
+    }
+
     /// Runs `on_response` of each plugin, last first.
     pub fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
         for plugin in self.0.iter().rev() {
             plugin.on_response(ctx, head);
+        }
+    }
+
+    /// The response-body step, last plugin first. A whole-body plugin's answer replaces the
+    /// response (its head steps do not run again).
+    pub async fn response_body(
+        &self,
+        ctx: &RequestCtx,
+        mut head: response::Parts,
+        mut body: Body,
+    ) -> Result<http::Response<Body>, ProxyError> {
+        for plugin in self.0.iter().rev() {
+            match plugin.response_body(ctx, &head) {
+                None => {}
+                Some(BodyFilter::Chunks(filter)) => body = body.filter(filter),
+                Some(BodyFilter::Whole { max, edit }) => {
+                    let bytes = buffer(body, max).await.map_err(|err| match err {
+                        Buffered::TooLarge(limit) => ProxyError::ResponseTooLarge { limit },
+                        Buffered::Broken => ProxyError::BrokenResponse,
+                    })?;
+                    match edit.apply(ctx, &mut head.headers, bytes) {
+                        Ok(bytes) => {
+                            set_length(&mut head.headers, bytes.len());
+                            body = Body::full(bytes);
+                        }
+                        Err(response) => return Ok(response),
+                    }
+                }
+            }
+        }
+        Ok(http::Response::from_parts(head, body))
+    }
+
+    /// Runs `log` of each plugin.
+    pub fn log(&self, ctx: &RequestCtx, record: &LogRecord) {
+        for plugin in &self.0 {
+            plugin.log(ctx, record);
         }
     }
 
@@ -155,6 +297,35 @@ impl PluginChain {
             })
             .collect()
     }
+}
+
+/// Why a body could not be buffered.
+enum Buffered {
+    TooLarge(u64),
+    Broken,
+}
+
+/// Reads a whole body, at most `max` bytes of it.
+async fn buffer(body: Body, max: usize) -> Result<Bytes, Buffered> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => {
+            if err.is::<http_body_util::LengthLimitError>() {
+                Err(Buffered::TooLarge(max as u64))
+            } else if let Some(too_large) = err.downcast_ref::<crate::proxy::body::TooLarge>() {
+                Err(Buffered::TooLarge(too_large.0))
+            } else {
+                Err(Buffered::Broken)
+            }
+        }
+    }
+}
+
+/// A rebuilt body has a known length: say so, and drop any other framing.
+fn set_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
 }
 
 /// What plugins are built with: the consumers, and metric families.

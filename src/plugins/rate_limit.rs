@@ -139,6 +139,14 @@ impl RateLimit {
     }
 }
 
+/// `RateLimit-*` values for the response: limit, remaining, seconds to reset.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    limit: u32,
+    remaining: u32,
+    reset: u64,
+}
+
 impl Plugin for RateLimit {
     fn name(&self) -> &'static str {
         "rate_limit"
@@ -165,11 +173,11 @@ impl Plugin for RateLimit {
         let key = self.key(ctx, head);
         match self.check(&key, now_ns()) {
             Ok((remaining, reset)) => {
-                ctx.rate_limit = Some((
-                    self.limit,
+                ctx.slots.insert(Figures {
+                    limit: self.limit,
                     remaining,
-                    Duration::from_nanos(reset).as_secs().max(1),
-                ));
+                    reset: Duration::from_nanos(reset).as_secs().max(1),
+                });
                 Ok(Flow::Continue)
             }
             Err(wait) => {
@@ -196,7 +204,11 @@ impl Plugin for RateLimit {
     }
 
     fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
-        if let Some((limit, remaining, reset)) = ctx.rate_limit
+        if let Some(&Figures {
+            limit,
+            remaining,
+            reset,
+        }) = ctx.slots.get::<Figures>()
             && !head.headers.contains_key(&RATELIMIT_LIMIT)
         {
             head.headers

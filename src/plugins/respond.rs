@@ -31,6 +31,12 @@ impl Mock {
                 HeaderValue::from_str(value).map_err(|_| format!("invalid value for `{name}`"))?;
             headers.append(name, value);
         }
+        if !spec.body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                crate::runtime::default_content_type(spec.body.as_bytes()),
+            );
+        }
         Ok(Mock {
             status,
             body: bytes::Bytes::from(spec.body.clone()),

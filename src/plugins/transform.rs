@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header, request, response};
 use serde_json::Value;
 
-use super::{Flow, Plugin};
+use super::{BodyFilter, Flow, Plugin, WholeBody};
 use crate::config::spec::{FieldOpsSpec, JsonOpsSpec, TransformSpec};
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::error::ProxyError;
@@ -263,17 +263,36 @@ impl Plugin for RequestTransformer {
 
     fn on_request(
         &self,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
         if !self.headers.is_empty() {
             self.headers.apply(&mut head.headers);
         }
         self.edit_query(head)?;
-        if self.json.is_some() && is_json(&head.headers) {
-            ctx.request_json = self.json.clone();
-        }
         Ok(Flow::Continue)
+    }
+
+    fn request_body(&self, _ctx: &mut RequestCtx, head: &request::Parts) -> Option<BodyFilter> {
+        let edit = self.json.as_ref().filter(|_| is_json(&head.headers))?;
+        Some(BodyFilter::Whole {
+            max: edit.max,
+            edit: Box::new(Edit(Arc::clone(edit))),
+        })
+    }
+}
+
+/// JSON edits applied to one buffered body; a body that is not JSON passes unchanged.
+struct Edit(Arc<JsonEdit>);
+
+impl WholeBody for Edit {
+    fn apply(
+        self: Box<Self>,
+        _ctx: &RequestCtx,
+        _headers: &mut HeaderMap,
+        body: Bytes,
+    ) -> Result<Bytes, http::Response<crate::proxy::body::Body>> {
+        Ok(self.0.apply(&body).unwrap_or(body))
     }
 }
 
@@ -306,19 +325,23 @@ impl Plugin for ResponseTransformer {
         "response_transformer"
     }
 
-    fn on_request(
-        &self,
-        ctx: &mut RequestCtx,
-        _head: &mut request::Parts,
-    ) -> Result<Flow, ProxyError> {
-        if self.json.is_some() {
-            ctx.response_json = self.json.clone();
-        }
-        Ok(Flow::Continue)
-    }
-
     fn on_response(&self, _ctx: &RequestCtx, head: &mut response::Parts) {
         self.headers.apply(&mut head.headers);
+    }
+
+    fn response_body(&self, _ctx: &RequestCtx, head: &response::Parts) -> Option<BodyFilter> {
+        // Only a JSON body of known size within the bound is edited; any other passes as it
+        // streams, unbuffered.
+        let edit = self.json.as_ref().filter(|_| is_json(&head.headers))?;
+        let length = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())?;
+        (length <= edit.max).then(|| BodyFilter::Whole {
+            max: edit.max,
+            edit: Box::new(Edit(Arc::clone(edit))),
+        })
     }
 }
 

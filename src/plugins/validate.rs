@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, request};
 use serde_json::Value;
 
-use super::{Flow, Phase, Plugin};
+use super::{BodyFilter, Flow, Phase, Plugin, WholeBody};
 use crate::config::spec::ValidatorSpec;
 use crate::proxy::body::Body;
 use crate::proxy::ctx::RequestCtx;
@@ -44,8 +44,8 @@ pub struct RequestValidator {
     pub max: usize,
 }
 
-/// What the body check needs, carried by the request context.
-#[derive(Debug)]
+/// What the body check needs, decided from the head.
+#[derive(Debug, Clone)]
 pub struct BodyCheck {
     schema: Arc<Schema>,
     required: bool,
@@ -290,13 +290,6 @@ impl RequestValidator {
     }
 }
 
-impl BodyCheck {
-    /// Largest body checked.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-}
-
 impl Plugin for RequestValidator {
     fn name(&self) -> &'static str {
         "request_validator"
@@ -387,7 +380,53 @@ impl Plugin for RequestValidator {
         if !errors.is_empty() {
             return Ok(Flow::Respond(invalid(ctx, errors)));
         }
-        ctx.body_check = body_check.map(Arc::new);
+        if let Some(check) = body_check {
+            let key = self.key();
+            match ctx.slots.get_mut::<PendingChecks>() {
+                Some(pending) => pending.0.push((key, check)),
+                None => {
+                    ctx.slots.insert(PendingChecks(vec![(key, check)]));
+                }
+            }
+        }
         Ok(Flow::Continue)
+    }
+
+    fn request_body(&self, ctx: &mut RequestCtx, _head: &request::Parts) -> Option<BodyFilter> {
+        let pending = ctx.slots.get_mut::<PendingChecks>()?;
+        let key = self.key();
+        let at = pending.0.iter().position(|(k, _)| *k == key)?;
+        let (_, check) = pending.0.swap_remove(at);
+        Some(BodyFilter::Whole {
+            max: check.max,
+            edit: Box::new(check),
+        })
+    }
+}
+
+impl RequestValidator {
+    /// Tells this validator's pending check from another's in the same chain.
+    fn key(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+}
+
+/// Body checks decided from the head, waiting for the body: one per validator of the chain.
+#[derive(Debug, Clone, Default)]
+struct PendingChecks(Vec<(usize, BodyCheck)>);
+
+impl WholeBody for BodyCheck {
+    fn apply(
+        self: Box<Self>,
+        ctx: &RequestCtx,
+        headers: &mut http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Bytes, http::Response<Body>> {
+        let errors = RequestValidator::check_body(&self, headers, &body);
+        if errors.is_empty() {
+            Ok(body)
+        } else {
+            Err(invalid(ctx, errors))
+        }
     }
 }

@@ -20,6 +20,16 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 #[error("the request body is larger than {0} bytes")]
 pub struct TooLarge(pub u64);
 
+/// Sees each data chunk of a body as it passes: the streaming body phase of a plugin.
+///
+/// A filter that changes the length of the body must remove `Content-Length` from the head
+/// in its head phase; one that refuses the body returns an error, never an early end, so a
+/// cut body cannot look complete to the next hop.
+pub trait ChunkFilter: Send + Sync {
+    /// One data chunk, in order; what comes back is passed on.
+    fn chunk(&mut self, data: Bytes) -> Result<Bytes, BodyError>;
+}
+
 pin_project_lite::pin_project! {
     /// A request or response body.
     #[project = BodyProj]
@@ -30,8 +40,8 @@ pin_project_lite::pin_project! {
         Full { data: Option<Bytes> },
         /// A body streamed from a peer.
         Stream { #[pin] inner: Incoming },
-        /// A request body that fails once it passes `limit` bytes.
-        Capped { #[pin] inner: Incoming, limit: u64, seen: u64 },
+        /// A body whose data chunks pass through plugin filters, in order.
+        Filtered { inner: Box<Body>, filters: Vec<Box<dyn ChunkFilter>> },
         /// An upstream response body; its connection returns to the pool when it ends.
         Pooled { #[pin] inner: Incoming, checkin: Option<Checkin> },
     }
@@ -52,6 +62,33 @@ impl Body {
     pub fn stream(inner: Incoming) -> Self {
         Body::Stream { inner }
     }
+
+    /// This body, with `filter` applied to each data chunk after the filters already there.
+    pub fn filter(self, filter: Box<dyn ChunkFilter>) -> Self {
+        match self {
+            Body::Filtered { inner, mut filters } => {
+                filters.push(filter);
+                Body::Filtered { inner, filters }
+            }
+            other => Body::Filtered {
+                inner: Box::new(other),
+                filters: vec![filter],
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Body::Empty => "Empty",
+            Body::Full { .. } => "Full",
+            Body::Stream { .. } => "Stream",
+            Body::Filtered { .. } => "Filtered",
+            Body::Pooled { .. } => "Pooled",
+        };
+        f.write_str(kind)
+    }
 }
 
 impl http_body::Body for Body {
@@ -66,18 +103,24 @@ impl http_body::Body for Body {
             BodyProj::Empty => Poll::Ready(None),
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Stream { inner } => inner.poll_frame(cx).map_err(Into::into),
-            BodyProj::Capped { inner, limit, seen } => match inner.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    *seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-                    if *seen > *limit {
-                        // An error, never an early end: a cut body must not look complete.
-                        Poll::Ready(Some(Err(Box::new(TooLarge(*limit)))))
-                    } else {
-                        Poll::Ready(Some(Ok(frame)))
-                    }
+            BodyProj::Filtered { inner, filters } => {
+                match Pin::new(inner.as_mut()).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(mut data) => {
+                            for filter in filters.iter_mut() {
+                                data = match filter.chunk(data) {
+                                    Ok(data) => data,
+                                    Err(err) => return Poll::Ready(Some(Err(err))),
+                                };
+                            }
+                            Poll::Ready(Some(Ok(Frame::data(data))))
+                        }
+                        // Trailers pass as they are.
+                        Err(frame) => Poll::Ready(Some(Ok(frame))),
+                    },
+                    other => other,
                 }
-                other => other.map_err(Into::into),
-            },
+            }
             BodyProj::Pooled { mut inner, checkin } => {
                 let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
@@ -107,9 +150,8 @@ impl http_body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Full { data } => data.is_none(),
-            Body::Stream { inner } | Body::Pooled { inner, .. } | Body::Capped { inner, .. } => {
-                inner.is_end_stream()
-            }
+            Body::Stream { inner } | Body::Pooled { inner, .. } => inner.is_end_stream(),
+            Body::Filtered { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -119,9 +161,10 @@ impl http_body::Body for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Body::Stream { inner } | Body::Pooled { inner, .. } | Body::Capped { inner, .. } => {
-                inner.size_hint()
-            }
+            Body::Stream { inner } | Body::Pooled { inner, .. } => inner.size_hint(),
+            // A filter may change the length: only the upper bound of nothing is known.
+            Body::Filtered { inner, .. } if inner.is_end_stream() => SizeHint::with_exact(0),
+            Body::Filtered { .. } => SizeHint::default(),
         }
     }
 }

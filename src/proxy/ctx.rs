@@ -1,11 +1,16 @@
 //! What portico knows about one request while it crosses the pipeline.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderValue;
 
 /// Per-request state shared by the stages and plugins.
+///
+/// It names no plugin: what a plugin must carry from one of its steps to the next (the CORS
+/// origin it allowed, the rate-limit figures for the response) goes in [`RequestCtx::slots`],
+/// under a type private to that plugin.
 #[derive(Debug)]
 pub struct RequestCtx {
     /// The `x-request-id` of this request (the client's, if valid, else a new one).
@@ -15,25 +20,39 @@ pub struct RequestCtx {
     /// When the request head arrived.
     pub start: Instant,
     /// The listener that accepted it.
-    pub listener: std::sync::Arc<str>,
+    pub listener: Arc<str>,
     /// The matched route, once routed.
-    pub route: Option<std::sync::Arc<str>>,
+    pub route: Option<Arc<str>>,
     /// The chosen upstream, once selected.
-    pub upstream: Option<std::sync::Arc<str>>,
-    /// The chosen target, once selected.
-    pub target: Option<std::sync::Arc<crate::pool::TargetState>>,
+    pub upstream: Option<Arc<str>>,
+    /// The chosen target, once selected (the last one tried).
+    pub target: Option<Arc<crate::pool::TargetState>>,
+    /// Tries sent to targets (retries included).
+    pub attempts: u32,
+    /// A retry was wanted but the upstream's retry budget was spent.
+    pub budget_spent: bool,
     /// The authenticated consumer, once a plugin found one.
-    pub consumer: Option<std::sync::Arc<crate::plugins::auth::Consumer>>,
-    /// The request's `Origin`, when CORS allowed it (for the response headers).
-    pub cors_origin: Option<HeaderValue>,
-    /// The request body may not exceed this many bytes (`request_size_limit`).
-    pub body_limit: Option<u64>,
-    /// `RateLimit-*` values for the response: limit, remaining, seconds to reset.
-    pub rate_limit: Option<(u32, u32, u64)>,
-    /// JSON edits for the request body.
-    pub request_json: Option<std::sync::Arc<crate::plugins::transform::JsonEdit>>,
-    /// A body check of `request_validator`.
-    pub body_check: Option<std::sync::Arc<crate::plugins::validate::BodyCheck>>,
-    /// JSON edits for the response body.
-    pub response_json: Option<std::sync::Arc<crate::plugins::transform::JsonEdit>>,
+    pub consumer: Option<Arc<crate::plugins::auth::Consumer>>,
+    /// Typed per-plugin state, one value per type; empty (and unallocated) unless a plugin
+    /// needs it.
+    pub slots: http::Extensions,
+}
+
+impl RequestCtx {
+    /// The state of a request that just arrived.
+    pub fn new(request_id: HeaderValue, client: SocketAddr, listener: Arc<str>) -> Self {
+        RequestCtx {
+            request_id,
+            client,
+            start: Instant::now(),
+            listener,
+            route: None,
+            upstream: None,
+            target: None,
+            attempts: 0,
+            budget_spent: false,
+            consumer: None,
+            slots: http::Extensions::new(),
+        }
+    }
 }

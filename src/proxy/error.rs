@@ -85,6 +85,16 @@ pub enum ProxyError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// A response body that a plugin needs whole is larger than it may buffer.
+    #[error("the upstream's response is larger than {limit} bytes")]
+    ResponseTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A retry was wanted, but the upstream's retry budget was spent; the failure of the last
+    /// try stands.
+    #[error("{0}; not retried: the upstream's retry budget is spent")]
+    BudgetSpent(Box<ProxyError>),
     /// The upstream's response body broke off while portico was reading it whole.
     #[error("the upstream's response broke off")]
     BrokenResponse,
@@ -105,6 +115,8 @@ impl ProxyError {
     /// The status code the client receives.
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::BudgetSpent(inner) => inner.status(),
+            ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) | ProxyError::ClientBody | ProxyError::AmbiguousFraming => {
                 StatusCode::BAD_REQUEST
@@ -128,6 +140,8 @@ impl ProxyError {
     /// The stable machine-readable code in the JSON body.
     pub fn code(&self) -> &'static str {
         match self {
+            ProxyError::BudgetSpent(inner) => inner.code(),
+            ProxyError::ResponseTooLarge { .. } => "upstream_response_too_large",
             ProxyError::NoRoute => "no_route",
             ProxyError::BadRequest(_) | ProxyError::ClientBody | ProxyError::AmbiguousFraming => {
                 "bad_request"

@@ -15,23 +15,31 @@ use hyper_util::rt::TokioIo;
 use super::body::Body;
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
-use super::headers::{X_REQUEST_ID, append_via, set_forwarded, strip_hop_by_hop};
+use super::headers::{HopInfo, X_REQUEST_ID, append_via, set_forwarded, strip_hop_by_hop};
 use crate::balance::PickCtx;
 use crate::health::Outcome;
 use crate::pool::{Checkin, Conn, TargetState};
 use crate::runtime::{RetryPolicy, Route, Upstream};
 
-/// Where the request goes on the upstream side.
+/// What the hop to the upstream needs from the downstream side.
 #[derive(Debug)]
-pub struct Target<'a> {
+pub struct Hop<'a> {
+    /// The client address as `X-Forwarded-For` writes it.
+    pub client_value: &'a HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
     /// The host the client asked for (kept for the upstream).
     pub host: Option<HeaderValue>,
-    /// The normalised (and rewritten) path.
-    pub path: &'a str,
-    /// The query, untouched.
-    pub query: Option<&'a str>,
-    /// The client's target, reused (without copying) when `path` is unchanged.
-    pub original: Option<&'a PathAndQuery>,
+    /// The hop-by-hop fields the client sent (already removed from the head).
+    pub info: HopInfo,
+}
+
+/// The target chosen for the first try.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection {
+    index: usize,
+    /// Chosen by the sticky cookie (so no new cookie is set).
+    sticky: bool,
 }
 
 struct Inflight<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -77,6 +85,8 @@ enum Condition {
     ConnectFailure,
     Reset,
     Timeout,
+    /// A response status the policy lists.
+    Status,
     Other,
 }
 
@@ -88,94 +98,55 @@ fn sticky_value(target: &TargetState) -> String {
     )
 }
 
-/// Forwards one request to `upstream` and returns the response to send back.
-#[allow(clippy::too_many_arguments)]
-pub async fn forward(
-    client_value: &HeaderValue,
-    scheme: &'static str,
-    ctx: &mut RequestCtx,
-    upstream: &Arc<Upstream>,
-    route: &Route,
-    mut head: http::request::Parts,
-    body: Body,
-    target: Target<'_>,
-) -> Result<Response<Body>, ProxyError> {
-    // Circuit breaker: refuse rather than queue when the upstream is at its limit.
-    if let Some(max) = upstream.max_requests
-        && upstream.state.inflight.load(Ordering::Relaxed) >= max
-    {
-        return Err(ProxyError::CircuitOpen {
-            upstream: upstream.name.to_string(),
-            limit: "max_requests",
-        });
-    }
-    let _upstream_inflight = Inflight::new(&upstream.state.inflight);
-    upstream.state.count_request();
-
-    // What the balancer may look at, before the head is rewritten for the hop.
-    let pick_ctx_client = ctx.client.ip();
-    let sticky_target = upstream.sticky.as_ref().and_then(|(cookie, _)| {
+/// Stage `select`: the sticky cookie's target when it is available, else the balancer's pick.
+pub fn select(
+    upstream: &Upstream,
+    ctx: &RequestCtx,
+    head: &http::request::Parts,
+) -> Result<Selection, ProxyError> {
+    let sticky = upstream.sticky.as_ref().and_then(|(cookie, _)| {
         let value = crate::balance::hash::cookie(&head.headers, cookie)?;
         let wanted = u64::from_str_radix(value, 16).ok()?;
         upstream.targets.iter().position(|t| {
             t.health.available() && crate::balance::hash::hash64(t.address.as_bytes()) == wanted
         })
     });
-    let first = {
-        let pick = PickCtx {
-            client: pick_ctx_client,
-            headers: &head.headers,
-            path: target.path,
-            query: target.query,
-        };
-        match sticky_target {
-            Some(t) => Some(t),
-            None => upstream.balancer.select(&upstream.targets, &pick, &[]),
-        }
+    if let Some(index) = sticky {
+        return Ok(Selection {
+            index,
+            sticky: true,
+        });
+    }
+    let pick = PickCtx {
+        client: ctx.client.ip(),
+        headers: &head.headers,
+        path: head.uri.path(),
+        query: head.uri.query(),
     };
-    let first = first.ok_or_else(|| ProxyError::NoTarget {
-        upstream: upstream.name.to_string(),
-    })?;
+    match upstream.balancer.select(&upstream.targets, &pick, &[]) {
+        Some(index) => Ok(Selection {
+            index,
+            sticky: false,
+        }),
+        None => Err(ProxyError::NoTarget {
+            upstream: upstream.name.to_string(),
+        }),
+    }
+}
 
-    // The head for this hop.
-    let client_version = head.version;
-    let wants_upgrade =
-        client_version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE);
-    let hop = strip_hop_by_hop(&mut head.headers, wants_upgrade);
-    // Room for the fields added below, so the map grows once rather than field by field.
-    head.headers.reserve(6);
-    let upgrade = wants_upgrade && hop.connection_upgrade;
-    if upgrade {
-        head.headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if wants_upgrade {
-        // Upgrade without `Connection: upgrade` is not an upgrade (RFC 9110 §7.8).
-        head.headers.remove(header::UPGRADE);
-    }
-    if hop.te_trailers {
-        head.headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    set_forwarded(
-        &mut head.headers,
-        client_value,
-        scheme,
-        target.host.as_ref(),
-    );
-    append_via(&mut head.headers, client_version);
-    head.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
-    let path_and_query = match (target.original, target.query) {
-        (Some(original), _) if original.path() == target.path => Ok(original.clone()),
-        (_, Some(q)) => PathAndQuery::try_from(format!("{}?{q}", target.path)),
-        (_, None) => PathAndQuery::try_from(target.path),
-    }
-    .map_err(|_| ProxyError::BadRequest("the request target is invalid"))?;
-    let client_upgrade = if upgrade {
-        head.extensions.remove::<OnUpgrade>()
-    } else {
-        None
-    };
-    head.extensions.clear();
+/// Stage `forward`: the circuit breaker, the head for the hop, then the tries.
+pub async fn forward(
+    hop: Hop<'_>,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    upstream: &Arc<Upstream>,
+    first: Selection,
+    mut head: http::request::Parts,
+    body: Body,
+) -> Result<Response<Body>, ProxyError> {
+    let _slot = breaker(upstream)?;
+    let client_upgrade = prepare_head(&hop, ctx, &mut head);
+    let path_and_query = upstream_target(route, &head)?;
 
     // A body can be sent once: with one, only tries that never reached a target are retried.
     let replayable = body.is_end_stream();
@@ -188,153 +159,314 @@ pub async fn forward(
             head.method.clone(),
             head.headers.clone(),
             path_and_query.clone(),
-            target.host.clone(),
+            hop.host.clone(),
         );
         tokio::spawn(send_mirror(Arc::clone(mirror), copy));
     }
-    let timeout = route.timeout;
-    let retry = route.retry.as_ref();
+    let policy = route.retry.as_ref().unwrap_or(&DEFAULT_RETRY);
     // Any method may be retried when the try never reached a target; only idempotent ones
     // (or all, with `non_idempotent`) after a response, a reset or a timeout.
-    let idempotent = retry.is_some_and(|r| r.non_idempotent) || idempotent(&head.method);
-    let attempts = retry.map_or(1, |r| r.attempts);
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let saved = (retry.is_some() && replayable && idempotent)
+    let idempotent = policy.non_idempotent || idempotent(&head.method);
+    let saved = (policy.after_sending() && replayable && idempotent)
         .then(|| (head.method.clone(), head.headers.clone()));
-    let mut request = Some(Request::from_parts(head, body));
-    let mut tried: Vec<usize> = Vec::new();
-    let mut index = first;
-    let mut last_error = None;
+    let tries = Tries {
+        upstream,
+        policy,
+        path_and_query,
+        host: hop.host,
+        client: ctx.client.ip(),
+        idempotent,
+        deadline: route.timeout.map(|t| tokio::time::Instant::now() + t),
+        saved,
+    };
+    tries
+        .run(ctx, first, Request::from_parts(head, body), client_upgrade)
+        .await
+}
 
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            let pick = PickCtx {
-                client: pick_ctx_client,
-                headers: &HeaderMap::new(),
-                path: target.path,
-                query: target.query,
-            };
-            // A target not tried yet if there is one, else any (a lone target gets retried).
-            let next = upstream
-                .balancer
-                .select(&upstream.targets, &pick, &tried)
-                .or_else(|| upstream.balancer.select(&upstream.targets, &pick, &[]));
-            let Some(next) = next else {
+/// The circuit breaker on requests: refuse rather than queue when the upstream is at its
+/// limit. The slot is held until the response head is back.
+fn breaker(upstream: &Upstream) -> Result<Inflight<'_>, ProxyError> {
+    if let Some(max) = upstream.max_requests
+        && upstream.state.inflight.load(Ordering::Relaxed) >= max
+    {
+        return Err(ProxyError::CircuitOpen {
+            upstream: upstream.name.to_string(),
+            limit: "max_requests",
+        });
+    }
+    let slot = Inflight::new(&upstream.state.inflight);
+    upstream.state.count_request();
+    Ok(slot)
+}
+
+/// The head for the hop: the client's hop-by-hop fields are gone already (decode removed
+/// them); what this hop needs is added. Returns the client side of an upgrade, if one is
+/// asked for.
+fn prepare_head(
+    hop: &Hop<'_>,
+    ctx: &RequestCtx,
+    head: &mut http::request::Parts,
+) -> Option<OnUpgrade> {
+    let client_version = head.version;
+    // Room for the fields added below, so the map grows once rather than field by field.
+    head.headers.reserve(6);
+    let wants_upgrade = head.headers.contains_key(header::UPGRADE);
+    let upgrade = wants_upgrade && hop.info.connection_upgrade;
+    if upgrade {
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if wants_upgrade {
+        // Upgrade without `Connection: upgrade` is not an upgrade (RFC 9110 §7.8).
+        head.headers.remove(header::UPGRADE);
+    }
+    if hop.info.te_trailers {
+        head.headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    set_forwarded(
+        &mut head.headers,
+        hop.client_value,
+        hop.scheme,
+        hop.host.as_ref(),
+    );
+    append_via(&mut head.headers, client_version);
+    head.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    let client_upgrade = if upgrade {
+        head.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    head.extensions.clear();
+    client_upgrade
+}
+
+/// The path and query the upstream gets: the canonical path after the route's rewrite, and
+/// the query as plugins left it. Without a rewrite the client's target is reused, uncopied.
+fn upstream_target(route: &Route, head: &http::request::Parts) -> Result<PathAndQuery, ProxyError> {
+    let invalid = |_| ProxyError::BadRequest("the request target is invalid");
+    let original = head.uri.path_and_query();
+    let Some(rewrite) = &route.rewrite else {
+        return Ok(original
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")));
+    };
+    let path = rewrite.apply(head.uri.path());
+    match (original, head.uri.query()) {
+        (Some(original), _) if original.path() == path => Ok(original.clone()),
+        (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}")).map_err(invalid),
+        (_, None) => PathAndQuery::try_from(&*path).map_err(invalid),
+    }
+}
+
+/// One request's way through an upstream's targets: what every try needs.
+struct Tries<'a> {
+    upstream: &'a Arc<Upstream>,
+    policy: &'a RetryPolicy,
+    path_and_query: PathAndQuery,
+    host: Option<HeaderValue>,
+    client: std::net::IpAddr,
+    /// Retries after a response, a reset or a timeout are allowed.
+    idempotent: bool,
+    /// The route's timeout, across every try.
+    deadline: Option<tokio::time::Instant>,
+    /// Method and fields kept to send a body-less request again once it has left.
+    saved: Option<(http::Method, HeaderMap)>,
+}
+
+/// The retry policy of a route without `retry:`.
+static DEFAULT_RETRY: RetryPolicy = RetryPolicy::DEFAULT;
+
+/// Most tries of one request (`retry.attempts` is capped to this at compile time).
+const MAX_TRIES: usize = 10;
+
+impl Tries<'_> {
+    /// The retry loop: each try goes to a target not tried yet if there is one.
+    async fn run(
+        &self,
+        ctx: &mut RequestCtx,
+        first: Selection,
+        request: Request<Body>,
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let upstream = self.upstream;
+        let attempts = (self.policy.attempts as usize).clamp(1, MAX_TRIES);
+        // No allocation for the bookkeeping: at most MAX_TRIES targets are tried.
+        let mut tried = [0usize; MAX_TRIES];
+        let mut index = first.index;
+        let mut pending = Some(request);
+        let mut last_error = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                match self.next_target(&tried[..attempt]) {
+                    Some(next) => index = next,
+                    None => break,
+                }
+            }
+            tried[attempt] = index;
+            let state = &upstream.targets[index];
+            ctx.target = Some(Arc::clone(state));
+            ctx.attempts += 1;
+            let Some(mut request) = pending.take().or_else(|| self.replay()) else {
                 break;
             };
-            index = next;
-        }
-        tried.push(index);
-        let state = &upstream.targets[index];
-        ctx.target = Some(Arc::clone(state));
-
-        let mut req = match request.take() {
-            Some(r) => r,
-            None => match &saved {
-                Some((method, headers)) => {
-                    let mut r = Request::new(Body::Empty);
-                    *r.method_mut() = method.clone();
-                    *r.headers_mut() = headers.clone();
-                    r
+            prepare(
+                &mut request,
+                upstream,
+                state,
+                &self.path_and_query,
+                self.host.as_ref(),
+            )?;
+            let started = tokio::time::Instant::now();
+            let more = attempt + 1 < attempts;
+            match self.attempt(state, request).await {
+                Ok((response, checkin)) => {
+                    state.health.observe_latency(started.elapsed());
+                    let status = response.status().as_u16();
+                    record(upstream, index, Observed::Answered { status });
+                    let retry_status = self.idempotent && self.policy.on_status.contains(&status);
+                    if retry_status && more && self.saved.is_some() {
+                        if self.take_retry(Condition::Status, attempt).await {
+                            tracing::debug!(upstream = %upstream.name, status, "retrying");
+                            last_error = None;
+                            continue;
+                        }
+                        ctx.budget_spent = true;
+                    }
+                    return respond(
+                        upstream,
+                        state,
+                        !(first.sticky && index == first.index),
+                        response,
+                        checkin,
+                        client_upgrade,
+                    );
                 }
-                None => break,
-            },
-        };
-        prepare(
-            &mut req,
-            upstream,
-            state,
-            &path_and_query,
-            target.host.as_ref(),
-        )?;
-
-        // Each try gets the per-try timeout, within what is left of the route's.
-        let per_try = retry.and_then(|r| r.per_try_timeout);
-        let limit = match (per_try, deadline) {
-            (Some(p), Some(d)) => {
-                Some(p.min(d.saturating_duration_since(tokio::time::Instant::now())))
-            }
-            (Some(p), None) => Some(p),
-            (None, Some(d)) => Some(d.saturating_duration_since(tokio::time::Instant::now())),
-            (None, None) => None,
-        };
-        let started = tokio::time::Instant::now();
-        let outcome = {
-            let _inflight = Inflight::new(&state.inflight);
-            if let Err(err) = connection_slot(upstream, state).await {
-                Err((err, Some(req)))
-            } else {
-                let exchange = exchange(state, upstream, req);
-                match limit {
-                    Some(limit) => match tokio::time::timeout(limit, exchange).await {
-                        Ok(result) => result,
-                        Err(_) => Err((
-                            ProxyError::Timeout {
-                                upstream: upstream.name.to_string(),
-                                timeout: limit,
-                            },
-                            None,
-                        )),
-                    },
-                    None => exchange.await,
-                }
-            }
-        };
-        let more = attempt + 1 < attempts;
-        match outcome {
-            Ok((response, checkin)) => {
-                state.health.observe_latency(started.elapsed());
-                let status = response.status().as_u16();
-                let failed = status >= 500;
-                record(upstream, index, failed);
-                let retry_status =
-                    idempotent && retry.is_some_and(|r| r.on_status.contains(&status));
-                if retry_status
-                    && more
-                    && saved.is_some()
-                    && take_retry(upstream, retry, attempt).await
-                {
-                    tracing::debug!(upstream = %upstream.name, status, "retrying");
-                    last_error = None;
-                    drop((response, checkin));
-                    continue;
-                }
-                return respond(
-                    upstream,
-                    state,
-                    sticky_target != Some(index),
-                    response,
-                    checkin,
-                    client_upgrade,
-                );
-            }
-            Err((err, unsent)) => {
-                let condition = condition(&err);
-                if condition != Condition::Other {
-                    record(upstream, index, true);
-                }
-                let wanted = retry.is_some_and(|r| match condition {
-                    Condition::ConnectFailure => r.on_connect_failure,
-                    Condition::Reset => idempotent && r.on_reset,
-                    Condition::Timeout => idempotent && r.on_timeout,
-                    Condition::Other => false,
-                });
-                // A request that never left can be sent again whatever its body.
-                request = unsent;
-                let can_resend = request.is_some() || saved.is_some();
-                if wanted && more && can_resend && take_retry(upstream, retry, attempt).await {
+                Err((err, unsent)) => {
+                    let condition = condition(&err);
+                    match condition {
+                        Condition::ConnectFailure => {
+                            record(upstream, index, Observed::NoConnection)
+                        }
+                        Condition::Reset | Condition::Timeout => {
+                            record(upstream, index, Observed::Broke)
+                        }
+                        Condition::Status | Condition::Other => {}
+                    }
+                    // A request that never left can be sent again whatever its body.
+                    pending = unsent;
+                    let can_resend = pending.is_some() || self.saved.is_some();
+                    if !(self.wants(condition) && more && can_resend) {
+                        return Err(err);
+                    }
+                    if !self.take_retry(condition, attempt).await {
+                        ctx.budget_spent = true;
+                        return Err(ProxyError::BudgetSpent(Box::new(err)));
+                    }
                     tracing::debug!(upstream = %upstream.name, error = %err, "retrying");
                     last_error = Some(err);
-                    continue;
                 }
-                return Err(err);
             }
         }
+        Err(last_error.unwrap_or_else(|| ProxyError::NoTarget {
+            upstream: upstream.name.to_string(),
+        }))
     }
-    Err(last_error.unwrap_or_else(|| ProxyError::NoTarget {
-        upstream: upstream.name.to_string(),
-    }))
+
+    /// A target not tried yet if there is one, else any (a lone target gets retried).
+    fn next_target(&self, tried: &[usize]) -> Option<usize> {
+        let pick = PickCtx {
+            client: self.client,
+            headers: &EMPTY_HEADERS,
+            path: self.path_and_query.path(),
+            query: self.path_and_query.query(),
+        };
+        let upstream = self.upstream;
+        upstream
+            .balancer
+            .select(&upstream.targets, &pick, tried)
+            .or_else(|| upstream.balancer.select(&upstream.targets, &pick, &[]))
+    }
+
+    /// The request again, from the saved method and fields (only body-less requests).
+    fn replay(&self) -> Option<Request<Body>> {
+        let (method, headers) = self.saved.as_ref()?;
+        let mut request = Request::new(Body::Empty);
+        *request.method_mut() = method.clone();
+        *request.headers_mut() = headers.clone();
+        Some(request)
+    }
+
+    /// Whether the policy retries after this kind of failure.
+    fn wants(&self, condition: Condition) -> bool {
+        let policy = self.policy;
+        match condition {
+            Condition::ConnectFailure => policy.on_connect_failure,
+            Condition::Reset => self.idempotent && policy.on_reset,
+            Condition::Timeout => self.idempotent && policy.on_timeout,
+            Condition::Status | Condition::Other => false,
+        }
+    }
+
+    /// One try: a connection slot, then the exchange, within the per-try timeout and what is
+    /// left of the route's.
+    async fn attempt(&self, state: &Arc<TargetState>, request: Request<Body>) -> Tried {
+        let upstream = self.upstream;
+        let _inflight = Inflight::new(&state.inflight);
+        if let Err(err) = connection_slot(upstream, state).await {
+            return Err((err, Some(request)));
+        }
+        let left = self
+            .deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let limit = match (self.policy.per_try_timeout, left) {
+            (Some(p), Some(left)) => Some(p.min(left)),
+            (p, left) => p.or(left),
+        };
+        let exchange = exchange(state, upstream, request);
+        match limit {
+            Some(limit) => match tokio::time::timeout(limit, exchange).await {
+                Ok(result) => result,
+                Err(_) => Err((
+                    ProxyError::Timeout {
+                        upstream: upstream.name.to_string(),
+                        timeout: limit,
+                    },
+                    None,
+                )),
+            },
+            None => exchange.await,
+        }
+    }
+
+    /// Waits the backoff and takes a retry from the upstream's budget. A try that never
+    /// connected sent nothing and loaded no target, so it is not counted against the budget:
+    /// the budget bounds the retries that add load to live targets.
+    async fn take_retry(&self, condition: Condition, attempt: usize) -> bool {
+        let (percent, min) = self.policy.budget;
+        if condition != Condition::ConnectFailure && !self.upstream.state.take_retry(percent, min) {
+            tracing::debug!(upstream = %self.upstream.name, "retry budget spent");
+            return false;
+        }
+        let (base, max) = self.policy.backoff;
+        if !max.is_zero() {
+            // Full jitter: a random wait up to the capped exponential step.
+            let cap = base
+                .saturating_mul(1 << attempt.min(8))
+                .min(max)
+                .as_micros() as u64;
+            let wait = crate::balance::random_u64() % cap.max(1);
+            tokio::time::sleep(Duration::from_micros(wait)).await;
+        }
+        true
+    }
 }
+
+/// What one try came to.
+type Tried = Result<(Response<Incoming>, Option<Checkin>), (ProxyError, Option<Request<Body>>)>;
+
+/// Headers the balancer sees on a retry: the request's are gone with it.
+static EMPTY_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
 
 /// Sends a mirrored copy and discards the answer; failures are only logged at debug level.
 async fn send_mirror(
@@ -426,37 +558,32 @@ async fn connection_slot(upstream: &Upstream, state: &TargetState) -> Result<(),
     Err(open_circuit("max_connections"))
 }
 
-/// Waits the backoff and takes a retry from the upstream's budget.
-async fn take_retry(upstream: &Upstream, retry: Option<&RetryPolicy>, attempt: u32) -> bool {
-    let Some(retry) = retry else { return false };
-    if !upstream.state.take_retry(retry.budget.0, retry.budget.1) {
-        tracing::debug!(upstream = %upstream.name, "retry budget spent");
-        return false;
-    }
-    let (base, max) = retry.backoff;
-    if !max.is_zero() {
-        // Full jitter: a random wait up to the capped exponential step.
-        let cap = base
-            .saturating_mul(1 << attempt.min(8))
-            .min(max)
-            .as_micros() as u64;
-        let wait = crate::balance::random_u64() % cap.max(1);
-        tokio::time::sleep(Duration::from_micros(wait)).await;
-    }
-    true
+/// What a try told about its target, for passive outlier detection.
+#[derive(Debug, Clone, Copy)]
+enum Observed {
+    /// It answered with this status.
+    Answered { status: u16 },
+    /// No connection could be made.
+    NoConnection,
+    /// The exchange broke or timed out.
+    Broke,
 }
 
 /// Feeds passive outlier detection.
-fn record(upstream: &Upstream, index: usize, failed: bool) {
+fn record(upstream: &Upstream, index: usize, observed: Observed) {
     let Some(policy) = &upstream.passive else {
         return;
     };
-    let outcome = if failed {
-        Outcome::Failure
-    } else {
-        Outcome::Success
-    };
     let target = &upstream.targets[index];
+    let outcome = match observed {
+        // The default policy only counts targets that cannot be reached; an answer of any
+        // status shows it is there. Most answers find nothing to reset: no write then.
+        Observed::Answered { .. } if policy.connect_only && target.health.clean() => return,
+        Observed::Answered { .. } if policy.connect_only => Outcome::Success,
+        Observed::Broke if policy.connect_only => return,
+        Observed::Answered { status } if status < 500 => Outcome::Success,
+        Observed::Answered { .. } | Observed::Broke | Observed::NoConnection => Outcome::Failure,
+    };
     let total = upstream.targets.len();
     let may_eject = || {
         let now = crate::health::now_ms();

@@ -1,22 +1,25 @@
 //! The request pipeline, one call per stage:
-//! `decode → route → on_request plugins → select → forward → on_response plugins → respond → log`.
+//! `decode → route → request plugins → select → forward → response plugins → respond → log`.
+//!
+//! Every answer leaves through [`exit`]: the upstream's, a plugin's and portico's own errors
+//! alike, so response plugins, `x-request-id`, metrics and the access log see them all.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use super::body::Body;
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
-use super::forward;
-use super::headers::{self, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
+use super::forward::{self, Hop};
+use super::headers::{self, HopInfo, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
 use crate::observe::RouteMetrics;
 use crate::plugins::auth::{X_CONSUMER_GROUPS, X_CONSUMER_NAME};
+use crate::plugins::{BodyStep, LogRecord, PluginChain};
 use crate::routing::{RequestView, normalize_host, path};
-use crate::runtime::{Action, Listener, ListenerRoute};
+use crate::runtime::{Action, Listener, ListenerRoute, Snapshot};
 use crate::server::Shared;
 
 /// What the connection knows about where a request came from.
@@ -45,165 +48,227 @@ pub struct ClientCert {
     pub sans: Option<HeaderValue>,
 }
 
+/// What the stages made of a request, and what the exit needs to finish the answer.
+struct Served<'s> {
+    result: Result<Response<Body>, ProxyError>,
+    /// The chain whose response steps run: the route's, or the global plugins when no route
+    /// was found.
+    plugins: &'s PluginChain,
+    metrics: Option<&'s RouteMetrics>,
+}
+
+impl<'s> Served<'s> {
+    fn new(
+        result: Result<Response<Body>, ProxyError>,
+        plugins: &'s PluginChain,
+        metrics: Option<&'s RouteMetrics>,
+    ) -> Self {
+        Served {
+            result,
+            plugins,
+            metrics,
+        }
+    }
+}
+
+/// What the access log needs of the request head, taken before the head moves on.
+struct LogHead {
+    method: Method,
+    version: Version,
+    path: String,
+}
+
 /// Serves one request; never fails (errors become JSON responses).
 pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
     // This request keeps this config until it is done, whatever reloads happen meanwhile.
     let snap = shared.snapshot.load_full();
     let (head, body) = req.into_parts();
-    let mut ctx = RequestCtx {
-        request_id: headers::request_id(&head.headers),
-        client: conn.client,
-        start: Instant::now(),
-        listener: Arc::clone(&conn.listener),
-        route: None,
-        upstream: None,
-        target: None,
-        consumer: None,
-        cors_origin: None,
-        body_limit: None,
-        rate_limit: None,
-        request_json: None,
-        response_json: None,
-        body_check: None,
-    };
-    let method = head.method.clone();
-    let version = head.version;
-    let log_path = shared
-        .access_log
-        .enabled()
-        .then(|| head.uri.path().to_owned());
-
-    let listener = snap.listener(&conn.listener);
-    let acme_token = head
-        .uri
-        .path()
-        .strip_prefix(crate::tls::acme::HTTP01_PREFIX)
-        .and_then(|token| shared.acme.http01(token));
-    let outcome = match listener {
-        // An ACME HTTP-01 validation, answered before routing and redirects (RFC 8555 §8.3).
-        Some(_) if acme_token.is_some() => {
-            let mut response = Response::new(Body::full(acme_token.unwrap_or_default()));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            (Ok(response), None)
-        }
-        Some(listener) => run(conn, listener, &mut ctx, head, body).await,
-        // The listener was removed by a reload; this connection is draining.
-        None => (Err(ProxyError::NoRoute), None),
-    };
-    let (mut response, metrics) = finish(outcome, &ctx);
-    response
-        .headers_mut()
-        .insert(&X_REQUEST_ID, ctx.request_id.clone());
-    if let Some(hsts) = listener.and_then(|l| l.hsts.as_ref()) {
-        response
-            .headers_mut()
-            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-    }
-    let status = response.status().as_u16();
-    let elapsed = ctx.start.elapsed();
-    match metrics {
-        Some(m) => m.record(status, elapsed),
-        None => shared.metrics.unrouted(&conn.listener, status),
-    }
-    if let Some(path) = log_path {
-        shared
-            .access_log
-            .write(access_line(&ctx, &method, version, &path, status, elapsed));
-    }
-    response
-}
-
-type Outcome<'a> = (Result<Response<Body>, ProxyError>, Option<&'a RouteMetrics>);
-
-/// Turns an error into its JSON response, logging server-side failures.
-fn finish<'a>(
-    outcome: Outcome<'a>,
-    ctx: &RequestCtx,
-) -> (Response<Body>, Option<&'a RouteMetrics>) {
-    let (result, metrics) = outcome;
-    let response = result.unwrap_or_else(|err| {
-        if err.status().is_server_error() {
-            tracing::warn!(
-                request_id = ?ctx.request_id,
-                error = %err,
-                cause = ?std::error::Error::source(&err),
-                "request failed"
-            );
-        }
-        let mut response = err.into_response(&ctx.request_id);
-        if err.closes_connection() {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
+    let mut ctx = RequestCtx::new(
+        headers::request_id(&head.headers),
+        conn.client,
+        Arc::clone(&conn.listener),
+    );
+    let is_head = head.method == Method::HEAD;
+    let log_head = shared.access_log.enabled().then(|| LogHead {
+        method: head.method.clone(),
+        version: head.version,
+        path: head.uri.path().to_owned(),
     });
-    (response, metrics)
+    let listener = snap.listener(&conn.listener);
+    let served = match listener {
+        Some(listener) => serve(shared, conn, &snap, listener, &mut ctx, head, body).await,
+        // The listener was removed by a reload; this connection is draining.
+        None => Served::new(Err(ProxyError::NoRoute), &snap.global, None),
+    };
+    let plugins = served.plugins;
+    let metrics = served.metrics;
+    let response = exit(served, &ctx, listener, is_head).await;
+    log(shared, &ctx, plugins, metrics, log_head, response.status());
+    response
 }
 
-async fn run<'s>(
+/// Every stage up to the answer: decode, route, request plugins, then the route's action.
+async fn serve<'s>(
+    shared: &Shared,
     conn: &ConnInfo,
+    snap: &'s Snapshot,
     listener: &'s Listener,
     ctx: &mut RequestCtx,
     mut head: http::request::Parts,
     body: Incoming,
-) -> Outcome<'s> {
+) -> Served<'s> {
+    let global = &snap.global;
     // decode
-    if head.headers.contains_key(header::TRANSFER_ENCODING) && conn.conn.take_ambiguous() {
-        return (Err(ProxyError::AmbiguousFraming), None);
-    }
-    let host = match decode(listener, &head) {
-        Ok(host) => host,
-        Err(err) => return (Err(err), None),
+    let decoded = match decode_request(listener, conn, &mut head) {
+        Ok(decoded) => decoded,
+        Err(err) => return Served::new(Err(err), global, None),
     };
-    // A cheap clone (shared bytes), so the normalised path can borrow it while `head` moves on.
-    let uri = head.uri.clone();
-    let normal = match path::normalize(uri.path()) {
-        Ok(p) => p,
-        Err(err) => {
-            return (
-                Err(ProxyError::BadRequest(match err {
-                    path::PathError::NotAbsolute => {
-                        "the request target must be a path starting with `/`"
-                    }
-                    path::PathError::BadEscape => {
-                        "the request path has an invalid percent-encoding"
-                    }
-                    path::PathError::Control => "the request path contains a control character",
-                })),
-                None,
-            );
-        }
-    };
-    let host_name = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-    let host_name = normalize_host(host_name);
+    let host_name = decoded
+        .host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(normalize_host)
+        .unwrap_or_default();
 
+    // Answers of the listener itself, before any route.
+    if let Some(response) = acme_answer(shared, &head) {
+        return Served::new(Ok(response), global, None);
+    }
     if let Some((port, status)) = listener.redirect_https {
-        // Everything moves to https: same host (without its port), path and query.
-        let port = if port == 443 {
-            String::new()
-        } else {
-            format!(":{port}")
-        };
-        let target = match uri.query() {
-            Some(q) => format!("https://{host_name}{port}{normal}?{q}"),
-            None => format!("https://{host_name}{port}{normal}"),
-        };
-        return match HeaderValue::from_str(&target) {
-            Ok(location) if !host_name.is_empty() => {
-                let mut response = Response::new(Body::Empty);
-                *response.status_mut() = status;
-                response.headers_mut().insert(header::LOCATION, location);
-                (Ok(response), None)
-            }
-            _ => (Err(ProxyError::BadRequest("no host to redirect to")), None),
-        };
+        return Served::new(
+            redirect_https(&host_name, &head, port, status),
+            global,
+            None,
+        );
     }
 
-    // Identity headers are portico's to set: a client's own are never trusted.
+    // route
+    let view = RequestView {
+        host: &host_name,
+        path: head.uri.path(),
+        query: head.uri.query(),
+        method: &head.method,
+        headers: &head.headers,
+    };
+    let Some(ListenerRoute { route, metrics }) = listener.find(&view) else {
+        // Global plugins still run: address rules and limits hold for unknown paths too.
+        let result = match request_plugins(global, ctx, &mut head, Body::stream(body)).await {
+            Ok(BodyStep::Respond(response)) => Ok(response),
+            Ok(BodyStep::Continue(_)) => Err(ProxyError::NoRoute),
+            Err(err) => Err(err),
+        };
+        return Served::new(result, global, None);
+    };
+    ctx.route = Some(Arc::clone(&route.name));
+    let plugins = &route.plugins;
+
+    // request plugins
+    let body = match request_plugins(plugins, ctx, &mut head, Body::stream(body)).await {
+        Ok(BodyStep::Continue(body)) => body,
+        Ok(BodyStep::Respond(response)) => {
+            return Served::new(Ok(response), plugins, metrics.first());
+        }
+        Err(err) => return Served::new(Err(err), plugins, metrics.first()),
+    };
+    set_consumer_headers(ctx, &mut head);
+
+    // the route's action
+    match &route.action {
+        Action::Respond(respond) => {
+            let response = respond.response(head.method == Method::HEAD);
+            Served::new(Ok(response), plugins, metrics.first())
+        }
+        Action::Redirect(redirect) => {
+            let location = redirect.location(&host_name, head.uri.path(), head.uri.query());
+            let result = HeaderValue::from_str(&location)
+                .map(|location| redirect_to(redirect.status, location))
+                .map_err(|_| {
+                    ProxyError::BadRequest("the redirect target is not a valid header value")
+                });
+            Served::new(result, plugins, metrics.first())
+        }
+        Action::Forward { arms, .. } => {
+            let arm = route.action.pick_arm();
+            let upstream = &arms[arm];
+            ctx.upstream = Some(Arc::clone(&upstream.name));
+            // select
+            let result = match forward::select(upstream, ctx, &head) {
+                Ok(first) => {
+                    let hop = Hop {
+                        client_value: &conn.client_value,
+                        scheme: conn.scheme,
+                        host: decoded.host,
+                        info: decoded.hop,
+                    };
+                    // forward
+                    forward::forward(hop, ctx, route, upstream, first, head, body).await
+                }
+                Err(err) => Err(err),
+            };
+            Served::new(result, plugins, metrics.get(arm))
+        }
+    }
+}
+
+/// What decoding found out about the request head.
+struct Decoded {
+    /// The `Host` header, or the URI's authority for HTTP/2 and absolute-form requests.
+    host: Option<HeaderValue>,
+    /// The hop-by-hop fields the client sent, already removed.
+    hop: HopInfo,
+}
+
+/// Stage `decode`: refuses what a proxy must not forward, puts the path in its canonical
+/// form, and leaves only end-to-end fields of the client's, so that what portico adds later
+/// (identity headers) cannot be removed through `Connection` (RFC 9110 §7.6.1).
+fn decode_request(
+    listener: &Listener,
+    conn: &ConnInfo,
+    head: &mut http::request::Parts,
+) -> Result<Decoded, ProxyError> {
+    if head.headers.contains_key(header::TRANSFER_ENCODING) && conn.conn.take_ambiguous() {
+        return Err(ProxyError::AmbiguousFraming);
+    }
+    let host = decode(listener, head)?;
+    canonical_path(head)?;
+    let wants_upgrade =
+        head.version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE);
+    let hop = headers::strip_hop_by_hop(&mut head.headers, wants_upgrade);
+    set_client_cert_headers(conn, head);
+    Ok(Decoded { host, hop })
+}
+
+/// Replaces the request path by its normalised form, the one routing, plugins and the
+/// upstream all see; the query is kept as it came.
+fn canonical_path(head: &mut http::request::Parts) -> Result<(), ProxyError> {
+    let normal = path::normalize(head.uri.path()).map_err(|err| {
+        ProxyError::BadRequest(match err {
+            path::PathError::NotAbsolute => "the request target must be a path starting with `/`",
+            path::PathError::BadEscape => "the request path has an invalid percent-encoding",
+            path::PathError::Control => "the request path contains a control character",
+        })
+    })?;
+    let std::borrow::Cow::Owned(normal) = normal else {
+        // Already canonical: the common case costs nothing.
+        return Ok(());
+    };
+    let target = match head.uri.query() {
+        Some(query) => format!("{normal}?{query}"),
+        None => normal,
+    };
+    let mut parts = std::mem::take(&mut head.uri).into_parts();
+    parts.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("the request target is invalid"))?,
+    );
+    head.uri = http::Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadRequest("the request target is invalid"))?;
+    Ok(())
+}
+
+/// Identity headers are portico's to set: a client's own are never trusted.
+fn set_client_cert_headers(conn: &ConnInfo, head: &mut http::request::Parts) {
     head.headers.remove(&X_CLIENT_CERT_SUBJECT);
     head.headers.remove(&X_CLIENT_CERT_SAN);
     if let Some(cert) = &conn.client_cert {
@@ -213,35 +278,10 @@ async fn run<'s>(
             head.headers.insert(&X_CLIENT_CERT_SAN, sans.clone());
         }
     }
+}
 
-    // route
-    let query = uri.query();
-    let view = RequestView {
-        host: &host_name,
-        path: &normal,
-        query,
-        method: &head.method,
-        headers: &head.headers,
-    };
-    let Some(entry) = listener.find(&view) else {
-        return (Err(ProxyError::NoRoute), None);
-    };
-    let ListenerRoute { route, metrics } = entry;
-    ctx.route = Some(Arc::clone(&route.name));
-
-    // on_request plugins
-    let plugins = &route.plugins;
-    if !plugins.is_empty() {
-        match plugins.on_request(ctx, &mut head).await {
-            Ok(None) => {}
-            Ok(Some(response)) => {
-                return (Ok(on_response(plugins, ctx, response)), metrics.first());
-            }
-            Err(err) => return (Err(err), metrics.first()),
-        }
-    }
-
-    // Identity headers are portico's to set: a client's own never reach the upstream.
+/// The consumer a plugin found, for the upstream; a client's own copies never reach it.
+fn set_consumer_headers(ctx: &RequestCtx, head: &mut http::request::Parts) {
     head.headers.remove(&X_CONSUMER_NAME);
     head.headers.remove(&X_CONSUMER_GROUPS);
     if let Some(consumer) = &ctx.consumer {
@@ -251,206 +291,149 @@ async fn run<'s>(
             head.headers.insert(&X_CONSUMER_GROUPS, groups.clone());
         }
     }
-    let body = match ctx.body_limit {
-        Some(limit) => Body::Capped {
-            inner: body,
-            limit,
-            seen: 0,
-        },
-        None => Body::stream(body),
-    };
-    let body = match ctx.body_check.clone() {
-        Some(check) => {
-            use http_body_util::BodyExt;
-            let collected = http_body_util::Limited::new(body, check.max())
-                .collect()
-                .await
-                .map_err(|err| {
-                    if err.is::<http_body_util::LengthLimitError>()
-                        || err.is::<super::body::TooLarge>()
-                    {
-                        ProxyError::PayloadTooLarge {
-                            limit: check.max() as u64,
-                        }
-                    } else {
-                        ProxyError::ClientBody
-                    }
-                });
-            let bytes = match collected {
-                Ok(c) => c.to_bytes(),
-                Err(err) => return (Err(err), metrics.first()),
-            };
-            let errors = crate::plugins::validate::RequestValidator::check_body(
-                &check,
-                &head.headers,
-                &bytes,
-            );
-            if !errors.is_empty() {
-                let response = crate::plugins::validate::invalid(ctx, errors);
-                return (Ok(on_response(plugins, ctx, response)), metrics.first());
-            }
-            Body::full(bytes)
-        }
-        None => body,
-    };
-    let body = match ctx.request_json.clone() {
-        Some(edit) => match edit_request(&mut head, body, &edit).await {
-            Ok(body) => body,
-            Err(err) => return (Err(err), metrics.first()),
-        },
-        None => body,
-    };
-
-    let result = match &route.action {
-        Action::Respond(respond) => {
-            let mut response = Response::new(if head.method == Method::HEAD {
-                Body::Empty
-            } else {
-                Body::full(respond.body.clone())
-            });
-            *response.status_mut() = respond.status;
-            *response.headers_mut() = respond.headers.clone();
-            if !respond.body.is_empty() && !response.headers().contains_key(header::CONTENT_TYPE) {
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-            }
-            Ok(response)
-        }
-        Action::Redirect(redirect) => {
-            let location = redirect.location(&host_name, &normal, query);
-            match HeaderValue::from_str(&location) {
-                Ok(value) => {
-                    let mut response = Response::new(Body::Empty);
-                    *response.status_mut() = redirect.status;
-                    response.headers_mut().insert(header::LOCATION, value);
-                    Ok(response)
-                }
-                Err(_) => Err(ProxyError::BadRequest(
-                    "the redirect target is not a valid header value",
-                )),
-            }
-        }
-        Action::Forward { arms, .. } => {
-            let arm = route.action.pick_arm();
-            let upstream = &arms[arm];
-            ctx.upstream = Some(Arc::clone(&upstream.name));
-            let path = match &route.rewrite {
-                Some(rewrite) => rewrite.apply(&normal),
-                None => std::borrow::Cow::Borrowed(&*normal),
-            };
-            // A plugin may have edited the query.
-            let edited = head.uri.query() != query;
-            let edited_query = edited
-                .then(|| head.uri.query().map(str::to_owned))
-                .flatten();
-            let (query, original) = if edited {
-                (edited_query.as_deref(), None)
-            } else {
-                (query, uri.path_and_query())
-            };
-            let result = forward::forward(
-                &conn.client_value,
-                conn.scheme,
-                ctx,
-                upstream,
-                route,
-                head,
-                body,
-                forward::Target {
-                    host,
-                    path: &path,
-                    query,
-                    original,
-                },
-            )
-            .await;
-            let result = match (result, ctx.response_json.clone()) {
-                (Ok(response), Some(edit)) => edit_response(response, &edit).await,
-                (other, _) => other,
-            };
-            return (
-                result.map(|r| on_response(plugins, ctx, r)),
-                metrics.get(arm),
-            );
-        }
-    };
-    (
-        result.map(|r| on_response(plugins, ctx, r)),
-        metrics.first(),
-    )
 }
 
-/// Buffers a JSON request body (bounded) and applies `request_transformer` edits.
-async fn edit_request(
+/// Stage `request plugins`: the head steps, then the body steps.
+async fn request_plugins(
+    plugins: &PluginChain,
+    ctx: &mut RequestCtx,
     head: &mut http::request::Parts,
     body: Body,
-    edit: &crate::plugins::transform::JsonEdit,
-) -> Result<Body, ProxyError> {
-    use http_body_util::BodyExt;
-    let collected = http_body_util::Limited::new(body, edit.max)
-        .collect()
-        .await
-        .map_err(|err| {
-            if err.is::<http_body_util::LengthLimitError>() || err.is::<super::body::TooLarge>() {
-                ProxyError::PayloadTooLarge {
-                    limit: edit.max as u64,
-                }
-            } else {
-                ProxyError::ClientBody
-            }
-        })?;
-    let bytes = collected.to_bytes();
-    let edited = edit.apply(&bytes).unwrap_or(bytes);
-    head.headers.remove(header::TRANSFER_ENCODING);
-    head.headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(edited.len()));
-    Ok(Body::full(edited))
-}
-
-/// Applies `response_transformer` JSON edits to a JSON response of known, bounded size;
-/// anything else passes unchanged.
-async fn edit_response(
-    response: Response<Body>,
-    edit: &crate::plugins::transform::JsonEdit,
-) -> Result<Response<Body>, ProxyError> {
-    use http_body_util::BodyExt;
-    let length = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if !crate::plugins::transform::is_json(response.headers())
-        || length.is_none_or(|n| n > edit.max)
-    {
-        return Ok(response);
-    }
-    let (mut parts, body) = response.into_parts();
-    match body.collect().await {
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            let edited = edit.apply(&bytes).unwrap_or(bytes);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(edited.len()));
-            Ok(Response::from_parts(parts, Body::full(edited)))
-        }
-        Err(_) => Err(ProxyError::BrokenResponse),
-    }
-}
-
-fn on_response(
-    plugins: &crate::plugins::PluginChain,
-    ctx: &RequestCtx,
-    response: Response<Body>,
-) -> Response<Body> {
+) -> Result<BodyStep, ProxyError> {
     if plugins.is_empty() {
-        return response;
+        return Ok(BodyStep::Continue(body));
     }
-    let (mut parts, body) = response.into_parts();
-    plugins.on_response(ctx, &mut parts);
-    Response::from_parts(parts, body)
+    if let Some(response) = plugins.on_request(ctx, head).await? {
+        return Ok(BodyStep::Respond(response));
+    }
+    plugins.request_body(ctx, head, body).await
+}
+
+/// An ACME HTTP-01 validation, answered before routing and redirects (RFC 8555 §8.3).
+fn acme_answer(shared: &Shared, head: &http::request::Parts) -> Option<Response<Body>> {
+    let token = head
+        .uri
+        .path()
+        .strip_prefix(crate::tls::acme::HTTP01_PREFIX)
+        .and_then(|token| shared.acme.http01(token))?;
+    let mut response = Response::new(Body::full(token));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(response)
+}
+
+/// `redirect_https`: everything moves to https, same host (without its port), path and query.
+fn redirect_https(
+    host_name: &str,
+    head: &http::request::Parts,
+    port: u16,
+    status: StatusCode,
+) -> Result<Response<Body>, ProxyError> {
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let path = head.uri.path();
+    let target = match head.uri.query() {
+        Some(q) => format!("https://{host_name}{port}{path}?{q}"),
+        None => format!("https://{host_name}{port}{path}"),
+    };
+    match HeaderValue::from_str(&target) {
+        Ok(location) if !host_name.is_empty() => Ok(redirect_to(status, location)),
+        _ => Err(ProxyError::BadRequest("no host to redirect to")),
+    }
+}
+
+fn redirect_to(status: StatusCode, location: HeaderValue) -> Response<Body> {
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+}
+
+/// Stages `response plugins` and `respond`: the one way out for every answer. Errors become
+/// their JSON response first, so response plugins run on them too.
+async fn exit(
+    served: Served<'_>,
+    ctx: &RequestCtx,
+    listener: Option<&Listener>,
+    is_head: bool,
+) -> Response<Body> {
+    let Served {
+        result, plugins, ..
+    } = served;
+    let (mut response, close) = match result {
+        Ok(response) => (response, false),
+        Err(err) => (error_answer(&err, ctx), err.closes_connection()),
+    };
+    if !plugins.is_empty() {
+        let (mut parts, body) = response.into_parts();
+        plugins.on_response(ctx, &mut parts);
+        response = if is_head || !may_have_body(parts.status) {
+            Response::from_parts(parts, body)
+        } else {
+            match plugins.response_body(ctx, parts, body).await {
+                Ok(response) => response,
+                Err(err) => error_answer(&err, ctx),
+            }
+        };
+    }
+    let headers = response.headers_mut();
+    headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(hsts) = listener.and_then(|l| l.hsts.as_ref()) {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Whether a response with this status carries a body at all (RFC 9110 §6.4.1).
+fn may_have_body(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// The JSON answer for an error, logging server-side failures.
+fn error_answer(err: &ProxyError, ctx: &RequestCtx) -> Response<Body> {
+    if err.status().is_server_error() {
+        tracing::warn!(
+            request_id = ?ctx.request_id,
+            error = %err,
+            cause = ?std::error::Error::source(err),
+            "request failed"
+        );
+    }
+    err.into_response(&ctx.request_id)
+}
+
+/// Stage `log`: metrics, the access-log line, and the plugins' log steps.
+fn log(
+    shared: &Shared,
+    ctx: &RequestCtx,
+    plugins: &PluginChain,
+    metrics: Option<&RouteMetrics>,
+    log_head: Option<LogHead>,
+    status: StatusCode,
+) {
+    let elapsed = ctx.start.elapsed();
+    match metrics {
+        Some(m) => m.record(status.as_u16(), elapsed),
+        None => shared.metrics.unrouted(&ctx.listener, status.as_u16()),
+    }
+    if let Some(head) = log_head {
+        shared
+            .access_log
+            .write(access_line(ctx, &head, status.as_u16(), elapsed));
+    }
+    if !plugins.is_empty() {
+        plugins.log(ctx, &LogRecord { status, elapsed });
+    }
 }
 
 /// Checks the request head for what a proxy must refuse; returns the host (the `Host` header,
@@ -518,9 +501,7 @@ pub(crate) fn decode(
 
 fn access_line(
     ctx: &RequestCtx,
-    method: &Method,
-    version: Version,
-    path: &str,
+    head: &LogHead,
     status: u16,
     elapsed: std::time::Duration,
 ) -> String {
@@ -532,13 +513,20 @@ fn access_line(
         "route": ctx.route.as_deref(),
         "upstream": ctx.upstream.as_deref(),
         "target": ctx.target.as_ref().map(|t| t.address.as_str()),
-        "method": method.as_str(),
-        "path": path,
-        "protocol": format!("{version:?}"),
+        "attempts": ctx.attempts,
+        "consumer": ctx.consumer.as_ref().map(|c| c.name.as_str()),
+        "method": head.method.as_str(),
+        "path": head.path,
+        "protocol": format!("{:?}", head.version),
         "status": status,
         "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-    })
-    .to_string();
+    });
+    if ctx.budget_spent
+        && let Some(fields) = line.as_object_mut()
+    {
+        fields.insert("retry_budget_spent".into(), serde_json::Value::Bool(true));
+    }
+    let mut line = line.to_string();
     line.push('\n');
     line
 }

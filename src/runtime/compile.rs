@@ -285,6 +285,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         workers,
         admin,
         tls_files,
+        global: PluginChain::new(global_plugins),
     })
 }
 
@@ -626,7 +627,10 @@ fn compile_upstream(
         eject_for: p.eject_for.0,
         max_eject: p.max_eject.0.max(p.eject_for.0),
         max_ejected_percent: p.max_ejected_percent.min(100),
+        connect_only: false,
     });
+    // Without a passive policy, targets that cannot be reached are still taken out.
+    let passive = passive.or(Some(PassivePolicy::CONNECT_FAILURES));
     if let Some(sticky) = &spec.sticky
         && (sticky.cookie.is_empty()
             || !sticky
@@ -992,7 +996,13 @@ fn compile_route(
                 None
             }
         };
-        let headers = compile_headers(&respond.headers, diags);
+        let mut headers = compile_headers(&respond.headers, diags);
+        if !respond.body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                super::default_content_type(respond.body.as_bytes()),
+            );
+        }
         status.map(|status| {
             Action::Respond(Respond {
                 status,

@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub admin: Option<(SocketAddr, Option<String>)>,
     /// Certificate and key files in use, watched for changes.
     pub tls_files: Vec<std::path::PathBuf>,
+    /// The global plugins alone, for requests that match no route.
+    pub global: PluginChain,
 }
 
 impl Snapshot {
@@ -153,6 +155,27 @@ pub struct RetryPolicy {
     pub non_idempotent: bool,
 }
 
+impl RetryPolicy {
+    /// The policy of a route without `retry:`: a try whose connection could not be made goes
+    /// to another target once. Nothing was sent, so this is safe for any method.
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        attempts: 2,
+        on_connect_failure: true,
+        on_reset: false,
+        on_timeout: false,
+        on_status: Vec::new(),
+        per_try_timeout: None,
+        backoff: (Duration::ZERO, Duration::ZERO),
+        budget: (20, 3),
+        non_idempotent: false,
+    };
+
+    /// Whether it retries requests that already left (so their head must be kept).
+    pub fn after_sending(&self) -> bool {
+        self.on_reset || self.on_timeout || !self.on_status.is_empty()
+    }
+}
+
 /// A route's action.
 #[derive(Debug)]
 pub enum Action {
@@ -192,6 +215,31 @@ pub struct Respond {
     pub body: Bytes,
     /// Headers.
     pub headers: HeaderMap,
+}
+
+impl Respond {
+    /// The answer; without its body for a HEAD request (RFC 9110 §9.3.2). The content type
+    /// was settled at compile time.
+    pub fn response(&self, head_request: bool) -> http::Response<crate::proxy::body::Body> {
+        let body = if head_request {
+            crate::proxy::body::Body::Empty
+        } else {
+            crate::proxy::body::Body::full(self.body.clone())
+        };
+        let mut response = http::Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        response
+    }
+}
+
+/// The content type of a fixed body that names none: JSON when it parses as JSON, else text.
+pub fn default_content_type(body: &[u8]) -> http::HeaderValue {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        http::HeaderValue::from_static("application/json")
+    } else {
+        http::HeaderValue::from_static("text/plain; charset=utf-8")
+    }
 }
 
 /// A redirect answer.
