@@ -83,7 +83,7 @@ pub trait WholeBody: Send {
         ctx: &RequestCtx,
         headers: &mut HeaderMap,
         body: Bytes,
-    ) -> Result<Bytes, http::Response<Body>>;
+    ) -> Result<Bytes, Box<http::Response<Body>>>;
 }
 
 /// What the log step of a plugin sees of a finished exchange.
@@ -225,7 +225,7 @@ impl PluginChain {
                             set_length(&mut head.headers, bytes.len());
                             body = Body::full(bytes);
                         }
-                        Err(response) => return Ok(BodyStep::Respond(response)),
+                        Err(response) => return Ok(BodyStep::Respond(*response)),
                     }
                 }
             }
@@ -262,7 +262,7 @@ impl PluginChain {
                             set_length(&mut head.headers, bytes.len());
                             body = Body::full(bytes);
                         }
-                        Err(response) => return Ok(response),
+                        Err(response) => return Ok(*response),
                     }
                 }
             }

@@ -291,7 +291,7 @@ impl WholeBody for Edit {
         _ctx: &RequestCtx,
         _headers: &mut HeaderMap,
         body: Bytes,
-    ) -> Result<Bytes, http::Response<crate::proxy::body::Body>> {
+    ) -> Result<Bytes, Box<http::Response<crate::proxy::body::Body>>> {
         Ok(self.0.apply(&body).unwrap_or(body))
     }
 }

@@ -421,12 +421,12 @@ impl WholeBody for BodyCheck {
         ctx: &RequestCtx,
         headers: &mut http::HeaderMap,
         body: Bytes,
-    ) -> Result<Bytes, http::Response<Body>> {
+    ) -> Result<Bytes, Box<http::Response<Body>>> {
         let errors = RequestValidator::check_body(&self, headers, &body);
         if errors.is_empty() {
             Ok(body)
         } else {
-            Err(invalid(ctx, errors))
+            Err(Box::new(invalid(ctx, errors)))
         }
     }
 }
