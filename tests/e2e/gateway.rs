@@ -697,6 +697,10 @@ upstreams:
             .status,
         200
     );
+    // The validator checks the path the upstream gets: the normalised one.
+    let r = send(req("/v1/../orders/%37?expand=true", &[("x-tenant", "t1")])).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().uri.path(), "/orders/7");
     for (path, headers, what) in [
         ("/orders/0", vec![("x-tenant", "t1")], "minimum"),
         ("/orders/abc", vec![("x-tenant", "t1")], "integer"),

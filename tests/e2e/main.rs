@@ -9,6 +9,7 @@ mod acme;
 mod cli;
 mod discovery;
 mod edge;
+mod exit;
 mod gateway;
 mod jwt;
 mod proxy;
