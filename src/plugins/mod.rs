@@ -369,3 +369,6 @@ pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, St
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

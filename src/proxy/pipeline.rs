@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use hyper::body::Incoming;
 
 use super::body::Body;
 use super::ctx::RequestCtx;
@@ -79,7 +78,10 @@ struct LogHead {
 }
 
 /// Serves one request; never fails (errors become JSON responses).
-pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+///
+/// The body is portico's own type, so the pipeline runs the same with a request read from
+/// a socket ([`Body::stream`]) and with one made in process ([`Body::full`]).
+pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>) -> Response<Body> {
     // This request keeps this config until it is done, whatever reloads happen meanwhile.
     let snap = shared.snapshot.load_full();
     let (head, body) = req.into_parts();
@@ -115,7 +117,7 @@ async fn serve<'s>(
     listener: &'s Listener,
     ctx: &mut RequestCtx,
     mut head: http::request::Parts,
-    body: Incoming,
+    body: Body,
 ) -> Served<'s> {
     let global = &snap.global;
     // decode
@@ -152,7 +154,7 @@ async fn serve<'s>(
     };
     let Some(ListenerRoute { route, metrics }) = listener.find(&view) else {
         // Global plugins still run: address rules and limits hold for unknown paths too.
-        let result = match request_plugins(global, ctx, &mut head, Body::stream(body)).await {
+        let result = match request_plugins(global, ctx, &mut head, body).await {
             Ok(BodyStep::Respond(response)) => Ok(response),
             Ok(BodyStep::Continue(_)) => Err(ProxyError::NoRoute),
             Err(err) => Err(err),
@@ -163,7 +165,7 @@ async fn serve<'s>(
     let plugins = &route.plugins;
 
     // request plugins
-    let body = match request_plugins(plugins, ctx, &mut head, Body::stream(body)).await {
+    let body = match request_plugins(plugins, ctx, &mut head, body).await {
         Ok(BodyStep::Continue(body)) => body,
         Ok(BodyStep::Respond(response)) => {
             return Served::new(Ok(response), plugins, metrics.first());
@@ -538,3 +540,6 @@ fn humantime_now() -> f64 {
         .map(|d| (d.as_millis() as f64) / 1000.0)
         .unwrap_or(0.0)
 }
+
+#[cfg(test)]
+mod tests;

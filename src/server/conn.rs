@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Shared;
 use super::scan::HeadScan;
+use crate::proxy::body::Body;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::runtime::Limits;
 
@@ -71,7 +72,8 @@ where
             state.info.conn.busy.fetch_add(1, Ordering::Relaxed);
             // Boxed: hyper keeps room for one request future in every connection, idle or
             // not; a box makes that room a pointer instead of a few KiB.
-            let response = Box::pin(handle(&state.shared, &state.info, req)).await;
+            let response =
+                Box::pin(handle(&state.shared, &state.info, req.map(Body::stream))).await;
             state.info.conn.busy.fetch_sub(1, Ordering::Relaxed);
             Ok::<_, Infallible>(response)
         }

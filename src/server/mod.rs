@@ -37,3 +37,26 @@ pub struct Shared {
     /// ACME state and HTTP-01 tokens.
     pub acme: std::sync::Arc<crate::tls::acme::Store>,
 }
+
+impl Shared {
+    /// The state of a portico serving `snapshot`, compiled with `registry`, `metrics` and
+    /// `acme`.
+    pub fn new(
+        snapshot: Snapshot,
+        registry: Registry,
+        metrics: Metrics,
+        access_log: AccessLog,
+        config_path: PathBuf,
+        acme: std::sync::Arc<crate::tls::acme::Store>,
+    ) -> Self {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            metrics,
+            access_log,
+            config_path,
+            last_reload_error: Mutex::new(None),
+            acme,
+        }
+    }
+}

@@ -8,10 +8,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use tokio::runtime::Handle;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -80,15 +79,14 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     } else {
         AccessLog::disabled()
     };
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(snapshot),
+    let shared = Arc::new(Shared::new(
+        snapshot,
         registry,
         metrics,
         access_log,
-        config_path: path.to_owned(),
-        last_reload_error: Mutex::new(None),
+        path.to_owned(),
         acme,
-    });
+    ));
 
     let (handles, stops) = start_workers(workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
