@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::runtime::Handle;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Shared;
@@ -35,6 +34,82 @@ pub struct Bound {
 pub struct ListenerSet {
     /// Bound listeners by name.
     pub bound: HashMap<Arc<str>, Bound>,
+}
+
+/// Where a listener's connections are in their life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serving.
+    Run,
+    /// The listener stopped: finish what is in flight, then close (HTTP/2: GOAWAY).
+    Drain,
+    /// The drain timeout passed: close now.
+    Stop,
+}
+
+/// A connection's view of its listener's phase; while it lives, the drain waits for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Lifecycle {
+    phase: watch::Receiver<Phase>,
+    _alive: mpsc::Sender<std::convert::Infallible>,
+}
+
+impl Lifecycle {
+    /// The phase now.
+    pub(crate) fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Waits for the next change of phase; a listener gone without a word is `Stop`.
+    pub(crate) async fn changed(&mut self) -> Phase {
+        match self.phase.changed().await {
+            Ok(()) => *self.phase.borrow_and_update(),
+            Err(_) => Phase::Stop,
+        }
+    }
+}
+
+/// The listener side of [`Lifecycle`]: tells every connection the phase and waits for them.
+struct Connections {
+    phase: watch::Sender<Phase>,
+    alive: mpsc::Sender<std::convert::Infallible>,
+    gone: mpsc::Receiver<std::convert::Infallible>,
+}
+
+impl Connections {
+    fn new() -> Self {
+        let (alive, gone) = mpsc::channel(1);
+        Connections {
+            phase: watch::Sender::new(Phase::Run),
+            alive,
+            gone,
+        }
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            phase: self.phase.subscribe(),
+            _alive: self.alive.clone(),
+        }
+    }
+
+    /// Drains for up to `timeout`, then closes whatever is left.
+    async fn drain(self, name: &str, timeout: Duration) {
+        let Connections {
+            phase,
+            alive,
+            mut gone,
+        } = self;
+        drop(alive);
+        phase.send_replace(Phase::Drain);
+        // `recv` returns `None` once every connection's `Lifecycle` is dropped.
+        if tokio::time::timeout(timeout, gone.recv()).await.is_err() {
+            tracing::warn!(listener = %name, "drain timeout reached; closing remaining connections");
+            phase.send_replace(Phase::Stop);
+            // Each connection returns at its next poll; bounded all the same.
+            let _ = tokio::time::timeout(Duration::from_secs(1), gone.recv()).await;
+        }
+    }
 }
 
 /// Opens `count` sockets on `addr` with `SO_REUSEPORT`; a port 0 is chosen once and shared.
@@ -139,7 +214,7 @@ async fn accept_loop(
         }
     };
     let gauge = shared.metrics.connections(&name);
-    let graceful = GracefulShutdown::new();
+    let connections = Connections::new();
     let mut cached: Option<(usize, Builder<TokioExecutor>, Limits)> = None;
     loop {
         let (stream, client) = tokio::select! {
@@ -207,13 +282,13 @@ async fn accept_loop(
                 stream,
                 builder,
                 limits,
-                graceful.watcher(),
+                connections.lifecycle(),
             )),
             Some(tls) => {
                 // The handshake runs on the connection's own task, bounded by the head timeout.
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
                 let (shared, builder, limits) = (Arc::clone(&shared), builder.clone(), *limits);
-                let watcher = graceful.watcher();
+                let lifecycle = connections.lifecycle();
                 Box::pin(async move {
                     let handshake =
                         tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
@@ -243,7 +318,7 @@ async fn accept_loop(
                                     .flatten(),
                             }))
                         });
-                    conn::serve(shared, info, stream, &builder, &limits, watcher).await;
+                    conn::serve(shared, info, stream, &builder, &limits, lifecycle).await;
                 })
             }
         };
@@ -257,10 +332,5 @@ async fn accept_loop(
     }
     drop(listener);
     let drain = shared.snapshot.load().spec.drain_timeout.0;
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(listener = %name, "drain timeout reached; closing remaining connections");
-    }
+    connections.drain(&name, drain).await;
 }
