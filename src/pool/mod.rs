@@ -234,6 +234,22 @@ impl TargetState {
         Ok(sender)
     }
 
+    /// The name TLS sends and verifies: the configured SNI, or the target's host.
+    pub(crate) fn server_name(
+        &self,
+        tls: &UpstreamTls,
+    ) -> Result<ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {
+        if let Some(name) = &tls.sni {
+            return Ok(name.clone());
+        }
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_owned())
+    }
+
     /// TLS over a fresh TCP connection; SNI is the configured name or the target's host.
     async fn tls_handshake(
         &self,
@@ -250,18 +266,9 @@ impl TargetState {
             target,
             source,
         };
-        let name = match &tls.sni {
-            Some(name) => name.clone(),
-            None => {
-                let host = self
-                    .address
-                    .rsplit_once(':')
-                    .map_or(self.address.as_str(), |(h, _)| h);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                ServerName::try_from(host.to_owned())
-                    .map_err(|e| failed(std::io::Error::other(e)))?
-            }
-        };
+        let name = self
+            .server_name(tls)
+            .map_err(|e| failed(std::io::Error::other(e)))?;
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
         match tokio::time::timeout(settings.connect_timeout, connector.connect(name, stream)).await
         {
