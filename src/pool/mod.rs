@@ -5,6 +5,13 @@
 //! never contended. HTTP/1.1 connections are checked out for one exchange and checked back in
 //! when the response body ends; an HTTP/2 connection is shared by all requests of its worker.
 //! Pools live in a registry keyed by upstream and target, so a reload keeps them.
+//!
+//! An idle HTTP/1.1 connection is closed once it has been idle for the pool's `idle_timeout`
+//! (see [`idle`]); every check-in and close wakes the upstream's waiters for a free
+//! connection (see [`breaker`]).
+
+pub(crate) mod breaker;
+mod idle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,12 +23,14 @@ use arc_swap::ArcSwap;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use rustls_pki_types::ServerName;
 
 use crate::proxy::body::Body;
 use crate::proxy::error::ProxyError;
 use crate::tls::UpstreamTls;
+use idle::Lease;
 
 std::thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -57,6 +66,8 @@ pub struct TargetState {
     pub open: Arc<AtomicUsize>,
     /// Health, ejection, slow start and latency.
     pub health: crate::health::TargetHealth,
+    /// The upstream's "a connection was checked in or closed" signal.
+    freed: Arc<Notify>,
     next_addr: AtomicUsize,
     idle: Box<[Mutex<Vec<Idle>>]>,
     shared_h2: Box<[Mutex<Option<http2::SendRequest<Body>>>]>,
@@ -66,6 +77,7 @@ pub struct TargetState {
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
+    lease: Arc<Lease>,
 }
 
 /// Settings that may change on reload without dropping a pool.
@@ -92,7 +104,8 @@ pub struct Checkin {
     target: Arc<TargetState>,
     worker: usize,
     sender: Option<http1::SendRequest<Body>>,
-    max_idle: usize,
+    lease: Arc<Lease>,
+    settings: PoolSettings,
 }
 
 impl std::fmt::Debug for Checkin {
@@ -110,13 +123,19 @@ impl Checkin {
             && !sender.is_closed()
             && let Some(slot) = self.target.idle.get(self.worker)
             && let Ok(mut idle) = slot.lock()
-            && idle.len() < self.max_idle
+            && idle.len() < self.settings.max_idle
         {
+            // Idle from now: its driver closes it after `idle_timeout` unless taken first.
+            self.lease.check_in(self.settings.idle_timeout);
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
+                lease: Arc::clone(&self.lease),
             });
+            drop(idle);
+            self.target.freed.notify_waiters();
         }
+        // Not kept: dropping the sender closes the connection, and its close wakes waiters.
     }
 
     /// The connection, to send the request on.
@@ -126,7 +145,7 @@ impl Checkin {
 }
 
 impl TargetState {
-    fn new(address: &str, addrs: Vec<SocketAddr>) -> Self {
+    fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<Notify>) -> Self {
         let slots = SLOTS.load(Ordering::Relaxed);
         TargetState {
             address: address.to_owned(),
@@ -134,6 +153,7 @@ impl TargetState {
             inflight: AtomicUsize::new(0),
             open: Arc::default(),
             health: crate::health::TargetHealth::default(),
+            freed,
             next_addr: AtomicUsize::new(0),
             idle: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
             shared_h2: (0..slots).map(|_| Mutex::new(None)).collect(),
@@ -169,25 +189,25 @@ impl TargetState {
         if http2 {
             return self.connect_h2(upstream, worker, settings, tls).await;
         }
-        if let Some(sender) = self.checkout(worker, settings.idle_timeout) {
-            return Ok(Conn::H1(self.checkin(worker, sender, settings)));
+        if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout) {
+            return Ok(Conn::H1(self.checkin(worker, sender, lease, settings)));
         }
         let stream = self.dial(upstream, settings).await?;
-        let sender = match tls {
+        let (sender, lease) = match tls {
             None => self.open_h1(upstream, TokioIo::new(stream)).await?,
             Some(tls) => {
                 let stream = self.tls_handshake(upstream, tls, stream, settings).await?;
                 self.open_h1(upstream, TokioIo::new(stream)).await?
             }
         };
-        Ok(Conn::H1(self.checkin(worker, sender, settings)))
+        Ok(Conn::H1(self.checkin(worker, sender, lease, settings)))
     }
 
     async fn open_h1<I>(
         &self,
         upstream: &str,
         io: I,
-    ) -> Result<http1::SendRequest<Body>, ProxyError>
+    ) -> Result<(http1::SendRequest<Body>, Arc<Lease>), ProxyError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -198,15 +218,31 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
-        self.drive(conn.with_upgrades());
-        Ok(sender)
+        let lease = Arc::new(Lease::new());
+        self.drive(conn.with_upgrades(), Some(Arc::clone(&lease)));
+        Ok((sender, lease))
     }
 
-    /// Runs a connection's I/O on this worker, counted as open while it lives.
-    fn drive(&self, conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
-        let open = OpenConn::new(&self.open);
+    /// Runs a connection's I/O on this worker, counted as open while it lives; with a lease,
+    /// until it has been idle for its timeout (dropping the connection closes it).
+    fn drive(
+        &self,
+        conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+        lease: Option<Arc<Lease>>,
+    ) {
+        let open = OpenConn::new(&self.open, &self.freed);
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            let ended = match lease {
+                None => conn.await,
+                Some(lease) => tokio::select! {
+                    ended = conn => ended,
+                    () = lease.expired() => {
+                        tracing::debug!("idle upstream connection closed");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(err) = ended {
                 tracing::debug!(error = %err, "upstream connection ended");
             }
             drop(open);
@@ -230,7 +266,7 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
-        self.drive(conn);
+        self.drive(conn, None);
         Ok(sender)
     }
 
@@ -285,24 +321,34 @@ impl TargetState {
         self: &Arc<Self>,
         worker: usize,
         sender: http1::SendRequest<Body>,
+        lease: Arc<Lease>,
         settings: PoolSettings,
     ) -> Checkin {
         Checkin {
             target: Arc::clone(self),
             worker,
             sender: Some(sender),
-            max_idle: settings.max_idle,
+            lease,
+            settings,
         }
     }
 
-    fn checkout(&self, worker: usize, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+    fn checkout(
+        &self,
+        worker: usize,
+        idle_timeout: Duration,
+    ) -> Option<(http1::SendRequest<Body>, Arc<Lease>)> {
         let mut idle = self.idle.get(worker)?.lock().ok()?;
         while let Some(entry) = idle.pop() {
             if entry.sender.is_closed() || entry.since.elapsed() > idle_timeout {
                 continue;
             }
+            // Lost the race with its idle close: that one is closing, try the next.
+            if !entry.lease.check_out() {
+                continue;
+            }
             if entry.sender.is_ready() {
-                return Some(entry.sender);
+                return Some((entry.sender, entry.lease));
             }
         }
         None
@@ -359,19 +405,27 @@ impl TargetState {
     }
 }
 
-/// Counts one open connection for as long as it lives.
-struct OpenConn(Arc<AtomicUsize>);
+/// Counts one open connection for as long as it lives; its close wakes the upstream's
+/// waiters for a free connection.
+struct OpenConn {
+    open: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
 
 impl OpenConn {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        OpenConn(Arc::clone(count))
+    fn new(open: &Arc<AtomicUsize>, freed: &Arc<Notify>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenConn {
+            open: Arc::clone(open),
+            freed: Arc::clone(freed),
+        }
     }
 }
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.freed.notify_waiters();
     }
 }
 
@@ -389,6 +443,8 @@ pub struct UpstreamState {
     pub inflight: AtomicUsize,
     /// Requests waiting for a connection (circuit breaker `max_pending`).
     pub pending: AtomicUsize,
+    /// Notified when a connection to any of its targets is checked in or closes.
+    freed: Arc<Notify>,
     budget_second: std::sync::atomic::AtomicU64,
     budget_requests: std::sync::atomic::AtomicU32,
     budget_retries: std::sync::atomic::AtomicU32,
@@ -423,6 +479,7 @@ impl Registry {
     /// The state of a target, made on first use. An IP literal resolves at once; a name starts
     /// with no address until the resolver fills it in.
     pub fn target(&self, upstream: &str, address: &str) -> Arc<TargetState> {
+        let freed = Arc::clone(&self.upstream(upstream).freed);
         let key = (upstream.to_owned(), address.to_owned());
         let mut targets = match self.targets.lock() {
             Ok(t) => t,
@@ -434,7 +491,7 @@ impl Registry {
                 .parse::<SocketAddr>()
                 .map(|a| vec![a])
                 .unwrap_or_default();
-            let state = TargetState::new(address, addrs);
+            let state = TargetState::new(address, addrs, freed);
             if had_targets {
                 // Added by a reload: a slow start ramps it up (when configured).
                 state.health.joined();
