@@ -113,7 +113,20 @@ impl Connections {
 }
 
 /// Opens `count` sockets on `addr` with `SO_REUSEPORT`; a port 0 is chosen once and shared.
-pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+///
+/// `SO_REUSEPORT` lets portico's workers share one address, but it would also let a second
+/// portico (same user) bind it and silently take part of the traffic. So unless `ours` (the
+/// address is already held by a listener of this process, as in a reload that renames it), a
+/// probe bind without `SO_REUSEPORT` goes first: it fails while any other socket listens on
+/// the address, as a second nginx would.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    count: usize,
+    ours: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if !ours {
+        probe(addr)?;
+    }
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
@@ -131,6 +144,28 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
         sockets.push(listener);
     }
     Ok(sockets)
+}
+
+/// Fails with `AddrInUse` when another socket listens on `addr`. `SO_REUSEADDR` without
+/// `SO_REUSEPORT` conflicts with any listening socket on the address but not with
+/// connections left in TIME_WAIT by an earlier run. A port 0 is always free.
+fn probe(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // The probe socket closes on return, before the real ones bind.
+    match socket.bind(&addr.into()) {
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{addr} is already in use by another process"),
+        )),
+        other => other,
+    }
 }
 
 impl ListenerSet {

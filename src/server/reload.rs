@@ -140,7 +140,7 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
     let mut listeners = ListenerSet::default();
     let snap = shared.snapshot.load_full();
     for listener in &snap.listeners {
-        let sockets = bind(listener.addr, workers.len()).map_err(io_error(format!(
+        let sockets = bind(listener.addr, workers.len(), false).map_err(io_error(format!(
             "cannot bind listener `{}` to {}",
             listener.name, listener.addr
         )))?;
@@ -309,7 +309,12 @@ fn try_reload(
             .is_some_and(|b| b.configured == listener.addr);
         if !kept {
             let addr = listener.addr;
-            let sockets = bind(addr, workers.len()).map_err(|err| {
+            // A port this process already listens on (a listener renamed or moved between
+            // addresses of one port) is shared with itself, not probed.
+            let ours = listeners.bound.values().any(|b| {
+                b.local.port() == addr.port() && b.local.is_ipv4() == addr.is_ipv4()
+            });
+            let sockets = bind(addr, workers.len(), ours).map_err(|err| {
                 format!("cannot bind listener `{}` to {addr}: {err}", listener.name)
             })?;
             fresh.push((
