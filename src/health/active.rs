@@ -121,15 +121,18 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
 }
 
 /// Sends the check request over a fresh connection in HTTP/1.1 or HTTP/2.
-async fn exchange<I>(io: I, http2: bool, request: Request<Empty<Bytes>>) -> Option<Response<Incoming>>
+async fn exchange<I>(
+    io: I,
+    http2: bool,
+    request: Request<Empty<Bytes>>,
+) -> Option<Response<Incoming>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     if http2 {
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .ok()?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .ok()?;
         tokio::spawn(conn);
         sender.send_request(request).await.ok()
     } else {

@@ -127,7 +127,11 @@ mod tests {
         }
         assert!(peak.load(Ordering::Relaxed) <= MAX, "{peak:?}");
         assert!(granted.load(Ordering::Relaxed) > 0);
-        assert_eq!(count.load(Ordering::Relaxed), 0, "every slot was given back");
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            0,
+            "every slot was given back"
+        );
     }
 
     #[test]

@@ -529,3 +529,6 @@ impl Registry {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -311,9 +311,10 @@ fn try_reload(
             let addr = listener.addr;
             // A port this process already listens on (a listener renamed or moved between
             // addresses of one port) is shared with itself, not probed.
-            let ours = listeners.bound.values().any(|b| {
-                b.local.port() == addr.port() && b.local.is_ipv4() == addr.is_ipv4()
-            });
+            let ours = listeners
+                .bound
+                .values()
+                .any(|b| b.local.port() == addr.port() && b.local.is_ipv4() == addr.is_ipv4());
             let sockets = bind(addr, workers.len(), ours).map_err(|err| {
                 format!("cannot bind listener `{}` to {addr}: {err}", listener.name)
             })?;

@@ -205,7 +205,17 @@ mod tests {
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
-        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0, 0, 0, 0, 1];
+        let mut out = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            0,
+            0,
+            0,
+            0,
+            1,
+        ];
         out.extend_from_slice(payload);
         out
     }
@@ -213,7 +223,10 @@ mod tests {
     #[test]
     fn pings_are_not_use_other_frames_are() {
         let mut client = FrameScan::client();
-        assert!(client.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "the preface is use");
+        assert!(
+            client.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            "the preface is use"
+        );
         assert!(!client.feed(&frame(PING, b"12345678")));
         assert!(client.feed(&frame(0x0, b"data")));
         let mut server = FrameScan::server();

@@ -151,23 +151,15 @@ upstreams:
         "health checks the upstream answered",
     )
     .await;
-    assert_eq!(
-        gw.count_lines("target unhealthy"),
-        0,
-        "{}",
-        gw.log_text()
-    );
+    assert_eq!(gw.count_lines("target unhealthy"), 0, "{}", gw.log_text());
     let reply = get(&gw.addr("web"), "/x").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 #[tokio::test]
 async fn active_checks_speak_tls_to_a_tls_upstream() {
-    checks_in_the_upstreams_protocol(
-        Speaks::TlsH1,
-        "    tls: { sni: up.test, ca_file: '@CA@' }",
-    )
-    .await;
+    checks_in_the_upstreams_protocol(Speaks::TlsH1, "    tls: { sni: up.test, ca_file: '@CA@' }")
+        .await;
 }
 
 #[tokio::test]
@@ -333,7 +325,12 @@ async fn h2_connection_with_a_reset_stream_closes_at_the_idle_timeout() {
         "closed too early: {:?}",
         closed - reset
     );
-    assert!(goaway, "the idle h2 connection was cut without a GOAWAY after {:?}:\n{}", closed - reset, gw.log_text());
+    assert!(
+        goaway,
+        "the idle h2 connection was cut without a GOAWAY after {:?}:\n{}",
+        closed - reset,
+        gw.log_text()
+    );
 }
 
 #[tokio::test]
@@ -358,7 +355,12 @@ async fn idle_h2_connection_closes_at_the_idle_timeout_despite_pings() {
         "closed too early: {:?}",
         closed - opened
     );
-    assert!(goaway, "the idle h2 connection was cut without a GOAWAY after {:?}:\n{}", closed - opened, gw.log_text());
+    assert!(
+        goaway,
+        "the idle h2 connection was cut without a GOAWAY after {:?}:\n{}",
+        closed - opened,
+        gw.log_text()
+    );
 }
 
 #[tokio::test]
@@ -423,7 +425,11 @@ upstreams:
     assert_eq!(get(&web, "/a").await.status, 200);
     // Reused while fresh.
     assert_eq!(get(&web, "/b").await.status, 200);
-    assert_eq!(accepted.load(Ordering::Relaxed), 1, "the pool did not reuse");
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "the pool did not reuse"
+    );
     let deadline = Instant::now() + Duration::from_secs(3);
     while open.load(Ordering::Relaxed) > 0 {
         assert!(
