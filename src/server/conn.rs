@@ -101,9 +101,15 @@ where
         let mut conn = std::pin::pin!(conn);
         let mut closing = false;
         loop {
-            if !closing && lifecycle.phase() == Phase::Drain {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+            // Also checked here: a TLS handshake may end after the listener changed phase.
+            match lifecycle.phase() {
+                Phase::Run => {}
+                Phase::Drain if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Phase::Drain => {}
+                Phase::Stop => return,
             }
             tokio::select! {
                 result = conn.as_mut() => {
