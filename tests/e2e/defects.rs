@@ -530,3 +530,35 @@ upstreams:
     );
     assert_eq!(get(&web, "/renamed").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_removed_listeners_connections_close_at_the_drain_timeout() {
+    let up = TestUpstream::start("slow").await;
+    let config = "\
+drain_timeout: 300ms
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+@OLD@
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u: { targets: [ { address: '@UP@' } ] }
+";
+    let old = "  - { name: old, bind: 127.0.0.1:0 }";
+    let gw = Portico::start(&fill(config, &[("OLD", old), ("UP", &up.addr())]));
+    let mut client = RawH2::connect(&gw.addr("old")).await;
+    client.send(&get_headers("/slow/10000")).await;
+    up.wait_count(1, Duration::from_secs(5)).await;
+    assert!(gw.reload(&fill(config, &[("OLD", ""), ("UP", &up.addr())])));
+    let removed = Instant::now();
+    let (goaway, closed) = client
+        .until_closed(removed + Duration::from_secs(4), None)
+        .await;
+    assert!(goaway, "a draining h2 connection got no GOAWAY");
+    let closed = closed.expect("a connection outlived its removed listener's drain timeout");
+    assert!(
+        closed - removed >= Duration::from_millis(200),
+        "{:?}",
+        closed - removed
+    );
+}
