@@ -6,11 +6,12 @@
 //! when the response body ends; an HTTP/2 connection is shared by all requests of its worker.
 //! Pools live in a registry keyed by upstream and target, so a reload keeps them.
 //!
-//! An idle HTTP/1.1 connection is closed once it has been idle for the pool's `idle_timeout`
-//! (see [`idle`]); every check-in and close wakes the upstream's waiters for a free
+//! An idle connection is closed once it has been idle for the pool's `idle_timeout` (see
+//! [`idle`] for HTTP/1.1, [`h2idle`] for a shared HTTP/2 connection); every check-in and close wakes the upstream's waiters for a free
 //! connection (see [`breaker`]).
 
 pub(crate) mod breaker;
+mod h2idle;
 mod idle;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use rustls_pki_types::ServerName;
 use crate::proxy::body::Body;
 use crate::proxy::error::ProxyError;
 use crate::tls::UpstreamTls;
+use h2idle::{Activity, Tracked};
 use idle::Lease;
 
 std::thread_local! {
@@ -70,8 +72,11 @@ pub struct TargetState {
     freed: Arc<Notify>,
     next_addr: AtomicUsize,
     idle: Box<[Mutex<Vec<Idle>>]>,
-    shared_h2: Box<[Mutex<Option<http2::SendRequest<Body>>>]>,
+    shared_h2: Box<[Mutex<Option<SharedH2>>]>,
 }
+
+/// A worker's shared HTTP/2 connection and what its driver reads of its use.
+type SharedH2 = (http2::SendRequest<Body>, Arc<Activity>);
 
 #[derive(Debug)]
 struct Idle {
@@ -219,28 +224,31 @@ impl TargetState {
                 source,
             })?;
         let lease = Arc::new(Lease::new());
-        self.drive(conn.with_upgrades(), Some(Arc::clone(&lease)));
+        self.drive(conn.with_upgrades(), Expiry::Lease(Arc::clone(&lease)));
         Ok((sender, lease))
     }
 
-    /// Runs a connection's I/O on this worker, counted as open while it lives; with a lease,
-    /// until it has been idle for its timeout (dropping the connection closes it).
+    /// Runs a connection's I/O on this worker, counted as open while it lives, until it has
+    /// been idle for its timeout (dropping the connection closes it).
     fn drive(
         &self,
         conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
-        lease: Option<Arc<Lease>>,
+        expiry: Expiry,
     ) {
         let open = OpenConn::new(&self.open, &self.freed);
         tokio::spawn(async move {
-            let ended = match lease {
-                None => conn.await,
-                Some(lease) => tokio::select! {
-                    ended = conn => ended,
-                    () = lease.expired() => {
-                        tracing::debug!("idle upstream connection closed");
-                        Ok(())
-                    }
-                },
+            let idle = async {
+                match expiry {
+                    Expiry::Lease(lease) => lease.expired().await,
+                    Expiry::Streams(activity) => activity.expired().await,
+                }
+            };
+            let ended = tokio::select! {
+                ended = conn => ended,
+                () = idle => {
+                    tracing::debug!("idle upstream connection closed");
+                    Ok(())
+                }
             };
             if let Err(err) = ended {
                 tracing::debug!(error = %err, "upstream connection ended");
@@ -253,10 +261,12 @@ impl TargetState {
         &self,
         upstream: &str,
         io: I,
+        activity: Arc<Activity>,
     ) -> Result<http2::SendRequest<Body>, ProxyError>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -266,7 +276,7 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
-        self.drive(conn, None);
+        self.drive(conn, Expiry::Streams(activity));
         Ok(sender)
     }
 
@@ -363,23 +373,31 @@ impl TargetState {
     ) -> Result<Conn, ProxyError> {
         if let Some(slot) = self.shared_h2.get(worker)
             && let Ok(shared) = slot.lock()
-            && let Some(sender) = shared.as_ref()
+            && let Some((sender, activity)) = shared.as_ref()
             && !sender.is_closed()
         {
+            // Before the request opens its stream: the connection is not idle from now.
+            activity.handed_out(settings.idle_timeout);
             return Ok(Conn::H2(sender.clone()));
         }
         let stream = self.dial(upstream, settings).await?;
+        let activity = Arc::new(Activity::default());
+        activity.handed_out(settings.idle_timeout);
         let sender = match tls {
-            None => self.open_h2(upstream, TokioIo::new(stream)).await?,
+            None => {
+                self.open_h2(upstream, stream, Arc::clone(&activity))
+                    .await?
+            }
             Some(tls) => {
                 let stream = self.tls_handshake(upstream, tls, stream, settings).await?;
-                self.open_h2(upstream, TokioIo::new(stream)).await?
+                self.open_h2(upstream, stream, Arc::clone(&activity))
+                    .await?
             }
         };
         if let Some(slot) = self.shared_h2.get(worker)
             && let Ok(mut shared) = slot.lock()
         {
-            *shared = Some(sender.clone());
+            *shared = Some((sender.clone(), activity));
         }
         Ok(Conn::H2(sender))
     }
@@ -403,6 +421,14 @@ impl TargetState {
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
+}
+
+/// How a connection's driver knows it has been idle long enough.
+enum Expiry {
+    /// HTTP/1.1: checked in and not taken again.
+    Lease(Arc<Lease>),
+    /// Shared HTTP/2: no open stream and no hand-out.
+    Streams(Arc<Activity>),
 }
 
 /// Counts one open connection for as long as it lives; its close wakes the upstream's

@@ -378,8 +378,9 @@ async fn h2_connection_in_use_stays_open_past_the_idle_timeout() {
 
 // --- Idle upstream connections ---
 
-/// An HTTP/1.1 upstream that counts its open connections (no idle timeout of its own).
-async fn counting_upstream() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+/// An upstream (HTTP/1.1, or HTTP/2 only) that counts its open connections and has no idle
+/// timeout of its own; `/slow` answers after 800 ms.
+async fn counting_upstream(h2: bool) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let open = Arc::new(AtomicUsize::new(0));
@@ -391,12 +392,24 @@ async fn counting_upstream() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
             accepted2.fetch_add(1, Ordering::Relaxed);
             let open = Arc::clone(&open2);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("hi"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(800)).await;
+                        }
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("hi"))))
+                    },
+                );
+                let io = TokioIo::new(tcp);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                }
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -404,9 +417,10 @@ async fn counting_upstream() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     (addr, open, accepted)
 }
 
-#[tokio::test]
-async fn idle_upstream_connections_close_after_the_pool_idle_timeout() {
-    let (addr, open, accepted) = counting_upstream().await;
+/// One request, reuse, a request slower than the idle timeout on the same connection, then
+/// the idle close within a bounded time, and a fresh connection afterwards.
+async fn idle_upstream_connection_closes(protocol: &str) {
+    let (addr, open, accepted) = counting_upstream(protocol == "http2").await;
     // One worker: one pool, so the second request must reuse the first connection.
     let config = fill(
         "\
@@ -416,15 +430,15 @@ listeners:
 routes:
   - { name: all, upstream: u }
 upstreams:
-  u: { targets: [ { address: '@UP@' } ], pool: { idle_timeout: 300ms } }
+  u: { protocol: @PROTO@, targets: [ { address: '@UP@' } ], pool: { idle_timeout: 300ms } }
 ",
-        &[("UP", &addr)],
+        &[("UP", &addr), ("PROTO", protocol)],
     );
     let gw = Portico::start(&config);
     let web = gw.addr("web");
     assert_eq!(get(&web, "/a").await.status, 200);
-    // Reused while fresh.
-    assert_eq!(get(&web, "/b").await.status, 200);
+    // Reused while fresh, and not cut while a request takes longer than the idle timeout.
+    assert_eq!(get(&web, "/slow").await.status, 200);
     assert_eq!(
         accepted.load(Ordering::Relaxed),
         1,
@@ -441,6 +455,16 @@ upstreams:
     // And the pool opens a new one afterwards.
     assert_eq!(get(&web, "/c").await.status, 200);
     assert_eq!(accepted.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_the_pool_idle_timeout() {
+    idle_upstream_connection_closes("http1").await;
+}
+
+#[tokio::test]
+async fn idle_shared_h2_upstream_connections_close_after_the_pool_idle_timeout() {
+    idle_upstream_connection_closes("http2").await;
 }
 
 // --- A second process on a bound address ---
