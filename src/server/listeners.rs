@@ -169,6 +169,14 @@ fn probe(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 impl ListenerSet {
+    /// Whether a listener of this process already listens on `addr`'s port (same family):
+    /// binding next to it is sharing with ourselves, so no probe.
+    pub(crate) fn holds_port(&self, addr: SocketAddr) -> bool {
+        self.bound
+            .values()
+            .any(|b| b.local.port() == addr.port() && b.local.is_ipv4() == addr.is_ipv4())
+    }
+
     /// Starts accept loops for already-bound sockets of listener `name`.
     pub fn start(
         &mut self,
