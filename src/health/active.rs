@@ -87,32 +87,23 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
             .header(http::header::USER_AGENT, "portico-health-check")
             .body(Empty::<Bytes>::new())
             .ok()?;
-        let response = match &check.tls {
-            None => exchange(TokioIo::new(stream), check.http2, request).await?,
+        let wants_body = body.is_some();
+        let (status, bytes) = match &check.tls {
+            None => exchange(TokioIo::new(stream), check.http2, request, wants_body).await?,
             Some(tls) => {
                 let name = target.server_name(tls).ok()?;
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
                 let stream = connector.connect(name, stream).await.ok()?;
-                exchange(TokioIo::new(stream), check.http2, request).await?
+                exchange(TokioIo::new(stream), check.http2, request, wants_body).await?
             }
         };
-        let status = response.status();
         let in_range = (statuses.0..=statuses.1).contains(&status.as_u16());
-        match body {
-            None => Some(in_range),
-            Some(needle) => {
-                // Bounded: a health page larger than 64 KiB is a failed check.
-                let bytes = Limited::new(response.into_body(), 64 * 1024)
-                    .collect()
-                    .await
-                    .ok()?
-                    .to_bytes();
-                let found = bytes
-                    .windows(needle.len().max(1))
-                    .any(|w| w == needle.as_bytes());
-                Some(in_range && found)
-            }
-        }
+        let found = body.as_ref().is_none_or(|needle| {
+            bytes
+                .windows(needle.len().max(1))
+                .any(|w| w == needle.as_bytes())
+        });
+        Some(in_range && found)
     };
     matches!(
         tokio::time::timeout(check.timeout, attempt).await,
@@ -120,12 +111,14 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
     )
 }
 
-/// Sends the check request over a fresh connection in HTTP/1.1 or HTTP/2.
+/// Sends the check request over a fresh connection in HTTP/1.1 or HTTP/2; the status, and
+/// the body when `read_body` (read while the connection's sender is still held).
 async fn exchange<I>(
     io: I,
     http2: bool,
     request: Request<Empty<Bytes>>,
-) -> Option<Response<Incoming>>
+    read_body: bool,
+) -> Option<(StatusCode, Bytes)>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -134,12 +127,32 @@ where
             .await
             .ok()?;
         tokio::spawn(conn);
-        sender.send_request(request).await.ok()
+        let response = sender.send_request(request).await.ok()?;
+        let read = read(response, read_body).await;
+        drop(sender);
+        read
     } else {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
         tokio::spawn(conn);
-        sender.send_request(request).await.ok()
+        let response = sender.send_request(request).await.ok()?;
+        let read = read(response, read_body).await;
+        drop(sender);
+        read
     }
+}
+
+async fn read(response: Response<Incoming>, read_body: bool) -> Option<(StatusCode, Bytes)> {
+    let status = response.status();
+    if !read_body {
+        return Some((status, Bytes::new()));
+    }
+    // Bounded: a health page larger than 64 KiB is a failed check.
+    let bytes = Limited::new(response.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    Some((status, bytes))
 }
 
 /// Checks one target forever (until aborted); reports transitions through `on_change`.

@@ -132,7 +132,7 @@ routes:
 upstreams:
   u:
     targets: [ { address: '@UP@' } ]
-    health_check: { active: { path: /healthz, interval: 50ms, timeout: 1s, healthy: 1, unhealthy: 1 } }
+    health_check: { active: { path: /healthz, body_contains: 'HTTP/', interval: 50ms, timeout: 1s, healthy: 1, unhealthy: 1 } }
 @EXTRA@
 ",
         &[
