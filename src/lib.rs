@@ -12,6 +12,8 @@
 
 pub mod admin;
 pub mod balance;
+#[doc(hidden)]
+pub mod bench;
 pub mod cli;
 pub mod config;
 #[doc(hidden)]

@@ -1,13 +1,19 @@
 //! Active health checks: each target is probed on its own timer, on the control thread, over a
 //! fresh connection (so a check never borrows a pooled one and never waits behind traffic).
+//!
+//! A check speaks what the traffic speaks: TLS when the upstream has `tls` (same roots, client
+//! certificate, SNI and ALPN), and HTTP/2 when it is an `http2` upstream (prior knowledge over
+//! cleartext, ALPN `h2` over TLS). An upstream that only speaks those would otherwise fail
+//! every check while serving traffic fine.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::pool::TargetState;
@@ -29,6 +35,8 @@ pub struct ActiveCheck {
     pub unhealthy: u32,
     /// TLS, when the upstream speaks it: checks go over TLS too.
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// The upstream speaks HTTP/2: checks do too.
+    pub http2: bool,
 }
 
 /// The probe itself.
@@ -65,40 +73,86 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
         else {
             return Some(true);
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
-        let request = Request::builder()
-            .method(method.clone())
-            .uri(path.as_str())
-            .header(http::header::HOST, target.address.as_str())
+        let request = Request::builder().method(method.clone());
+        let request = if check.http2 {
+            // HTTP/2 carries the authority in the request (RFC 9113 §8.3.1).
+            let scheme = if check.tls.is_some() { "https" } else { "http" };
+            request.uri(format!("{scheme}://{}{path}", target.address))
+        } else {
+            request
+                .uri(path.as_str())
+                .header(http::header::HOST, target.address.as_str())
+        };
+        let request = request
             .header(http::header::USER_AGENT, "portico-health-check")
             .body(Empty::<Bytes>::new())
             .ok()?;
-        let response = sender.send_request(request).await.ok()?;
-        let status = response.status();
-        let in_range = (statuses.0..=statuses.1).contains(&status.as_u16());
-        match body {
-            None => Some(in_range),
-            Some(needle) => {
-                // Bounded: a health page larger than 64 KiB is a failed check.
-                let bytes = Limited::new(response.into_body(), 64 * 1024)
-                    .collect()
-                    .await
-                    .ok()?
-                    .to_bytes();
-                let found = bytes
-                    .windows(needle.len().max(1))
-                    .any(|w| w == needle.as_bytes());
-                Some(in_range && found)
+        let wants_body = body.is_some();
+        let (status, bytes) = match &check.tls {
+            None => exchange(TokioIo::new(stream), check.http2, request, wants_body).await?,
+            Some(tls) => {
+                let name = target.server_name(tls).ok()?;
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+                let stream = connector.connect(name, stream).await.ok()?;
+                exchange(TokioIo::new(stream), check.http2, request, wants_body).await?
             }
-        }
+        };
+        let in_range = (statuses.0..=statuses.1).contains(&status.as_u16());
+        let found = body.as_ref().is_none_or(|needle| {
+            bytes
+                .windows(needle.len().max(1))
+                .any(|w| w == needle.as_bytes())
+        });
+        Some(in_range && found)
     };
     matches!(
         tokio::time::timeout(check.timeout, attempt).await,
         Ok(Some(true))
     )
+}
+
+/// Sends the check request over a fresh connection in HTTP/1.1 or HTTP/2; the status, and
+/// the body when `read_body` (read while the connection's sender is still held).
+async fn exchange<I>(
+    io: I,
+    http2: bool,
+    request: Request<Empty<Bytes>>,
+    read_body: bool,
+) -> Option<(StatusCode, Bytes)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if http2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let response = sender.send_request(request).await.ok()?;
+        let read = read(response, read_body).await;
+        drop(sender);
+        read
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+        tokio::spawn(conn);
+        let response = sender.send_request(request).await.ok()?;
+        let read = read(response, read_body).await;
+        drop(sender);
+        read
+    }
+}
+
+async fn read(response: Response<Incoming>, read_body: bool) -> Option<(StatusCode, Bytes)> {
+    let status = response.status();
+    if !read_body {
+        return Some((status, Bytes::new()));
+    }
+    // Bounded: a health page larger than 64 KiB is a failed check.
+    let bytes = Limited::new(response.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    Some((status, bytes))
 }
 
 /// Checks one target forever (until aborted); reports transitions through `on_change`.

@@ -5,6 +5,14 @@
 //! never contended. HTTP/1.1 connections are checked out for one exchange and checked back in
 //! when the response body ends; an HTTP/2 connection is shared by all requests of its worker.
 //! Pools live in a registry keyed by upstream and target, so a reload keeps them.
+//!
+//! An idle connection is closed once it has been idle for the pool's `idle_timeout` (see
+//! [`idle`] for HTTP/1.1, [`h2idle`] for a shared HTTP/2 connection); every check-in and close wakes the upstream's waiters for a free
+//! connection (see [`breaker`]).
+
+pub(crate) mod breaker;
+mod h2idle;
+mod idle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,12 +24,15 @@ use arc_swap::ArcSwap;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use rustls_pki_types::ServerName;
 
 use crate::proxy::body::Body;
 use crate::proxy::error::ProxyError;
 use crate::tls::UpstreamTls;
+use h2idle::{Activity, Tracked};
+use idle::Lease;
 
 std::thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -57,15 +68,21 @@ pub struct TargetState {
     pub open: Arc<AtomicUsize>,
     /// Health, ejection, slow start and latency.
     pub health: crate::health::TargetHealth,
+    /// The upstream's "a connection was checked in or closed" signal.
+    freed: Arc<Notify>,
     next_addr: AtomicUsize,
     idle: Box<[Mutex<Vec<Idle>>]>,
-    shared_h2: Box<[Mutex<Option<http2::SendRequest<Body>>>]>,
+    shared_h2: Box<[Mutex<Option<SharedH2>>]>,
 }
+
+/// A worker's shared HTTP/2 connection and what its driver reads of its use.
+type SharedH2 = (http2::SendRequest<Body>, Arc<Activity>);
 
 #[derive(Debug)]
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
+    lease: Arc<Lease>,
 }
 
 /// Settings that may change on reload without dropping a pool.
@@ -92,7 +109,8 @@ pub struct Checkin {
     target: Arc<TargetState>,
     worker: usize,
     sender: Option<http1::SendRequest<Body>>,
-    max_idle: usize,
+    lease: Arc<Lease>,
+    settings: PoolSettings,
 }
 
 impl std::fmt::Debug for Checkin {
@@ -110,13 +128,19 @@ impl Checkin {
             && !sender.is_closed()
             && let Some(slot) = self.target.idle.get(self.worker)
             && let Ok(mut idle) = slot.lock()
-            && idle.len() < self.max_idle
+            && idle.len() < self.settings.max_idle
         {
+            // Idle from now: its driver closes it after `idle_timeout` unless taken first.
+            self.lease.check_in(self.settings.idle_timeout);
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
+                lease: Arc::clone(&self.lease),
             });
+            drop(idle);
+            self.target.freed.notify_waiters();
         }
+        // Not kept: dropping the sender closes the connection, and its close wakes waiters.
     }
 
     /// The connection, to send the request on.
@@ -126,7 +150,7 @@ impl Checkin {
 }
 
 impl TargetState {
-    fn new(address: &str, addrs: Vec<SocketAddr>) -> Self {
+    fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<Notify>) -> Self {
         let slots = SLOTS.load(Ordering::Relaxed);
         TargetState {
             address: address.to_owned(),
@@ -134,6 +158,7 @@ impl TargetState {
             inflight: AtomicUsize::new(0),
             open: Arc::default(),
             health: crate::health::TargetHealth::default(),
+            freed,
             next_addr: AtomicUsize::new(0),
             idle: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
             shared_h2: (0..slots).map(|_| Mutex::new(None)).collect(),
@@ -169,25 +194,25 @@ impl TargetState {
         if http2 {
             return self.connect_h2(upstream, worker, settings, tls).await;
         }
-        if let Some(sender) = self.checkout(worker, settings.idle_timeout) {
-            return Ok(Conn::H1(self.checkin(worker, sender, settings)));
+        if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout) {
+            return Ok(Conn::H1(self.checkin(worker, sender, lease, settings)));
         }
         let stream = self.dial(upstream, settings).await?;
-        let sender = match tls {
+        let (sender, lease) = match tls {
             None => self.open_h1(upstream, TokioIo::new(stream)).await?,
             Some(tls) => {
                 let stream = self.tls_handshake(upstream, tls, stream, settings).await?;
                 self.open_h1(upstream, TokioIo::new(stream)).await?
             }
         };
-        Ok(Conn::H1(self.checkin(worker, sender, settings)))
+        Ok(Conn::H1(self.checkin(worker, sender, lease, settings)))
     }
 
     async fn open_h1<I>(
         &self,
         upstream: &str,
         io: I,
-    ) -> Result<http1::SendRequest<Body>, ProxyError>
+    ) -> Result<(http1::SendRequest<Body>, Arc<Lease>), ProxyError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -198,15 +223,34 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
-        self.drive(conn.with_upgrades());
-        Ok(sender)
+        let lease = Arc::new(Lease::new());
+        self.drive(conn.with_upgrades(), Expiry::Lease(Arc::clone(&lease)));
+        Ok((sender, lease))
     }
 
-    /// Runs a connection's I/O on this worker, counted as open while it lives.
-    fn drive(&self, conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
-        let open = OpenConn::new(&self.open);
+    /// Runs a connection's I/O on this worker, counted as open while it lives, until it has
+    /// been idle for its timeout (dropping the connection closes it).
+    fn drive(
+        &self,
+        conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+        expiry: Expiry,
+    ) {
+        let open = OpenConn::new(&self.open, &self.freed);
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            let idle = async {
+                match expiry {
+                    Expiry::Lease(lease) => lease.expired().await,
+                    Expiry::Streams(activity) => activity.expired().await,
+                }
+            };
+            let ended = tokio::select! {
+                ended = conn => ended,
+                () = idle => {
+                    tracing::debug!("idle upstream connection closed");
+                    Ok(())
+                }
+            };
+            if let Err(err) = ended {
                 tracing::debug!(error = %err, "upstream connection ended");
             }
             drop(open);
@@ -217,10 +261,12 @@ impl TargetState {
         &self,
         upstream: &str,
         io: I,
+        activity: Arc<Activity>,
     ) -> Result<http2::SendRequest<Body>, ProxyError>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -230,8 +276,24 @@ impl TargetState {
                 upstream: upstream.to_owned(),
                 source,
             })?;
-        self.drive(conn);
+        self.drive(conn, Expiry::Streams(activity));
         Ok(sender)
+    }
+
+    /// The name TLS sends and verifies: the configured SNI, or the target's host.
+    pub(crate) fn server_name(
+        &self,
+        tls: &UpstreamTls,
+    ) -> Result<ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {
+        if let Some(name) = &tls.sni {
+            return Ok(name.clone());
+        }
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_owned())
     }
 
     /// TLS over a fresh TCP connection; SNI is the configured name or the target's host.
@@ -250,18 +312,9 @@ impl TargetState {
             target,
             source,
         };
-        let name = match &tls.sni {
-            Some(name) => name.clone(),
-            None => {
-                let host = self
-                    .address
-                    .rsplit_once(':')
-                    .map_or(self.address.as_str(), |(h, _)| h);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                ServerName::try_from(host.to_owned())
-                    .map_err(|e| failed(std::io::Error::other(e)))?
-            }
-        };
+        let name = self
+            .server_name(tls)
+            .map_err(|e| failed(std::io::Error::other(e)))?;
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
         match tokio::time::timeout(settings.connect_timeout, connector.connect(name, stream)).await
         {
@@ -278,24 +331,34 @@ impl TargetState {
         self: &Arc<Self>,
         worker: usize,
         sender: http1::SendRequest<Body>,
+        lease: Arc<Lease>,
         settings: PoolSettings,
     ) -> Checkin {
         Checkin {
             target: Arc::clone(self),
             worker,
             sender: Some(sender),
-            max_idle: settings.max_idle,
+            lease,
+            settings,
         }
     }
 
-    fn checkout(&self, worker: usize, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+    fn checkout(
+        &self,
+        worker: usize,
+        idle_timeout: Duration,
+    ) -> Option<(http1::SendRequest<Body>, Arc<Lease>)> {
         let mut idle = self.idle.get(worker)?.lock().ok()?;
         while let Some(entry) = idle.pop() {
             if entry.sender.is_closed() || entry.since.elapsed() > idle_timeout {
                 continue;
             }
+            // Lost the race with its idle close: that one is closing, try the next.
+            if !entry.lease.check_out() {
+                continue;
+            }
             if entry.sender.is_ready() {
-                return Some(entry.sender);
+                return Some((entry.sender, entry.lease));
             }
         }
         None
@@ -310,23 +373,31 @@ impl TargetState {
     ) -> Result<Conn, ProxyError> {
         if let Some(slot) = self.shared_h2.get(worker)
             && let Ok(shared) = slot.lock()
-            && let Some(sender) = shared.as_ref()
+            && let Some((sender, activity)) = shared.as_ref()
             && !sender.is_closed()
         {
+            // Before the request opens its stream: the connection is not idle from now.
+            activity.handed_out(settings.idle_timeout);
             return Ok(Conn::H2(sender.clone()));
         }
         let stream = self.dial(upstream, settings).await?;
+        let activity = Arc::new(Activity::default());
+        activity.handed_out(settings.idle_timeout);
         let sender = match tls {
-            None => self.open_h2(upstream, TokioIo::new(stream)).await?,
+            None => {
+                self.open_h2(upstream, stream, Arc::clone(&activity))
+                    .await?
+            }
             Some(tls) => {
                 let stream = self.tls_handshake(upstream, tls, stream, settings).await?;
-                self.open_h2(upstream, TokioIo::new(stream)).await?
+                self.open_h2(upstream, stream, Arc::clone(&activity))
+                    .await?
             }
         };
         if let Some(slot) = self.shared_h2.get(worker)
             && let Ok(mut shared) = slot.lock()
         {
-            *shared = Some(sender.clone());
+            *shared = Some((sender.clone(), activity));
         }
         Ok(Conn::H2(sender))
     }
@@ -352,19 +423,35 @@ impl TargetState {
     }
 }
 
-/// Counts one open connection for as long as it lives.
-struct OpenConn(Arc<AtomicUsize>);
+/// How a connection's driver knows it has been idle long enough.
+enum Expiry {
+    /// HTTP/1.1: checked in and not taken again.
+    Lease(Arc<Lease>),
+    /// Shared HTTP/2: no open stream and no hand-out.
+    Streams(Arc<Activity>),
+}
+
+/// Counts one open connection for as long as it lives; its close wakes the upstream's
+/// waiters for a free connection.
+struct OpenConn {
+    open: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
 
 impl OpenConn {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        OpenConn(Arc::clone(count))
+    fn new(open: &Arc<AtomicUsize>, freed: &Arc<Notify>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenConn {
+            open: Arc::clone(open),
+            freed: Arc::clone(freed),
+        }
     }
 }
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.freed.notify_waiters();
     }
 }
 
@@ -382,6 +469,8 @@ pub struct UpstreamState {
     pub inflight: AtomicUsize,
     /// Requests waiting for a connection (circuit breaker `max_pending`).
     pub pending: AtomicUsize,
+    /// Notified when a connection to any of its targets is checked in or closes.
+    freed: Arc<Notify>,
     budget_second: std::sync::atomic::AtomicU64,
     budget_requests: std::sync::atomic::AtomicU32,
     budget_retries: std::sync::atomic::AtomicU32,
@@ -416,6 +505,7 @@ impl Registry {
     /// The state of a target, made on first use. An IP literal resolves at once; a name starts
     /// with no address until the resolver fills it in.
     pub fn target(&self, upstream: &str, address: &str) -> Arc<TargetState> {
+        let freed = Arc::clone(&self.upstream(upstream).freed);
         let key = (upstream.to_owned(), address.to_owned());
         let mut targets = match self.targets.lock() {
             Ok(t) => t,
@@ -427,7 +517,7 @@ impl Registry {
                 .parse::<SocketAddr>()
                 .map(|a| vec![a])
                 .unwrap_or_default();
-            let state = TargetState::new(address, addrs);
+            let state = TargetState::new(address, addrs, freed);
             if had_targets {
                 // Added by a reload: a slow start ramps it up (when configured).
                 state.health.joined();
@@ -465,3 +555,6 @@ impl Registry {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests;

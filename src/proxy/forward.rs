@@ -18,6 +18,7 @@ use super::error::ProxyError;
 use super::headers::{HopInfo, X_REQUEST_ID, append_via, set_forwarded, strip_hop_by_hop};
 use crate::balance::PickCtx;
 use crate::health::Outcome;
+use crate::pool::breaker::Slot;
 use crate::pool::{Checkin, Conn, TargetState};
 use crate::runtime::{RetryPolicy, Route, Upstream};
 
@@ -185,17 +186,16 @@ pub async fn forward(
 }
 
 /// The circuit breaker on requests: refuse rather than queue when the upstream is at its
-/// limit. The slot is held until the response head is back.
-fn breaker(upstream: &Upstream) -> Result<Inflight<'_>, ProxyError> {
-    if let Some(max) = upstream.max_requests
-        && upstream.state.inflight.load(Ordering::Relaxed) >= max
-    {
-        return Err(ProxyError::CircuitOpen {
+/// limit. The slot is taken atomically (a burst cannot overshoot `max_requests`) and held
+/// until the response head is back.
+fn breaker(upstream: &Upstream) -> Result<Slot<'_>, ProxyError> {
+    let slot = upstream
+        .state
+        .try_request(upstream.max_requests)
+        .ok_or_else(|| ProxyError::CircuitOpen {
             upstream: upstream.name.to_string(),
             limit: "max_requests",
-        });
-    }
-    let slot = Inflight::new(&upstream.state.inflight);
+        })?;
     upstream.state.count_request();
     Ok(slot)
 }
@@ -543,17 +543,16 @@ async fn connection_slot(upstream: &Upstream, state: &TargetState) -> Result<(),
         upstream: upstream.name.to_string(),
         limit,
     };
-    let waiters = upstream.max_pending.unwrap_or(0);
-    let _pending = Inflight::new(&upstream.state.pending);
-    if upstream.state.pending.load(Ordering::Relaxed) > waiters {
+    let Some(_pending) = upstream
+        .state
+        .try_pending(upstream.max_pending.unwrap_or(0))
+    else {
         return Err(open_circuit("max_pending"));
-    }
+    };
+    // Woken when a connection of the upstream is checked in or closes; no polling.
     let deadline = tokio::time::Instant::now() + upstream.pool.connect_timeout;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        if !full() {
-            return Ok(());
-        }
+    if upstream.state.wait_for_connection(deadline, full).await {
+        return Ok(());
     }
     Err(open_circuit("max_connections"))
 }

@@ -617,6 +617,7 @@ fn compile_upstream(
             healthy: a.healthy.max(1),
             unhealthy: a.unhealthy.max(1),
             tls: None,
+            http2: false,
         })
     });
     let passive = health.passive.as_ref().map(|p| PassivePolicy {
@@ -693,8 +694,10 @@ fn compile_upstream(
     if diags.list.len() > before {
         return None;
     }
+    // Checks speak the upstream's protocol: TLS and HTTP/2 as its traffic does.
     let active = active.map(|mut check| {
         check.tls = tls.clone();
+        check.http2 = spec.protocol == UpstreamProtocol::Http2;
         check
     });
     let targets = spec

@@ -1,5 +1,9 @@
 //! One client connection: hyper's HTTP/1.1 + h2c server with portico's limits, and an idle
 //! timer that costs one clock read per I/O call.
+//!
+//! An idle HTTP/1.1 connection is closed; an idle HTTP/2 connection is shut down gracefully
+//! (GOAWAY, RFC 9113 §6.8), and PING frames do not count as use: keep-alive pings, ours or the
+//! client's, must not keep an idle connection open forever.
 
 use std::convert::Infallible;
 use std::io;
@@ -13,12 +17,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::Shared;
-use super::scan::HeadScan;
+use super::listeners::{Lifecycle, Phase};
+use super::scan::{FrameScan, HeadScan};
 use crate::proxy::body::Body;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::runtime::Limits;
@@ -42,8 +47,14 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(
             u32::try_from(limits.max_header_size + limits.max_uri_length).unwrap_or(u32::MAX),
         )
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        // Dead peers are found within the idle timeout; pings are not use (see `IdleIo`).
+        .keep_alive_interval(Some(keep_alive_interval(limits.idle_timeout)));
     builder
+}
+
+/// HTTP/2 keep-alive PING interval: half the idle timeout, at most 30 s.
+fn keep_alive_interval(idle: Duration) -> Duration {
+    (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(30))
 }
 
 struct ConnState {
@@ -51,14 +62,14 @@ struct ConnState {
     info: ConnInfo,
 }
 
-/// Serves one accepted connection until it closes or drains.
-pub fn serve<S>(
+/// Serves one accepted connection until it closes, idles out, or its listener drains.
+pub(crate) fn serve<S>(
     shared: Arc<Shared>,
     info: ConnInfo,
     stream: S,
     builder: &auto::Builder<TokioExecutor>,
     limits: &Limits,
-    watcher: Watcher,
+    mut lifecycle: Lifecycle,
 ) -> impl Future<Output = ()> + Send + 'static + use<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -68,16 +79,17 @@ where
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let state = Arc::clone(&state);
         async move {
-            state.info.conn.started.fetch_add(1, Ordering::Relaxed);
-            state.info.conn.busy.fetch_add(1, Ordering::Relaxed);
+            // A guard, not a pair of calls: hyper drops this future when an HTTP/2 client
+            // resets the stream (RST_STREAM, RFC 9113 §6.4), and the count must come down.
+            let _busy = Busy::enter(&state.info.conn);
             // Boxed: hyper keeps room for one request future in every connection, idle or
             // not; a box makes that room a pointer instead of a few KiB.
             let response =
                 Box::pin(handle(&state.shared, &state.info, req.map(Body::stream))).await;
-            state.info.conn.busy.fetch_sub(1, Ordering::Relaxed);
             Ok::<_, Infallible>(response)
         }
     });
+    let idle = Arc::clone(&conn);
     let io = TokioIo::new(IdleIo::new(
         stream,
         limits.idle_timeout,
@@ -87,11 +99,57 @@ where
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    let watcher = watcher.watch(conn);
     async move {
-        if let Err(err) = watcher.await {
-            tracing::debug!(error = %err, "client connection ended");
+        let mut conn = std::pin::pin!(conn);
+        let mut closing = false;
+        loop {
+            // Also checked here: a TLS handshake may end after the listener changed phase.
+            match lifecycle.phase() {
+                Phase::Run => {}
+                Phase::Drain if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Phase::Drain => {}
+                Phase::Stop => return,
+            }
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "client connection ended");
+                    }
+                    return;
+                }
+                () = idle.idle.notified(), if !closing => {
+                    // HTTP/2 went idle: GOAWAY, then hyper closes once no stream is open.
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                phase = lifecycle.changed() => {
+                    if phase == Phase::Stop {
+                        // The drain timeout passed: dropping the connection closes it.
+                        return;
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Counts one request in progress on a connection, for as long as its future lives.
+struct Busy<'a>(&'a ConnShared);
+
+impl<'a> Busy<'a> {
+    fn enter(conn: &'a ConnShared) -> Self {
+        conn.started.fetch_add(1, Ordering::Relaxed);
+        conn.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(conn)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -104,6 +162,8 @@ pub struct ConnShared {
     pub started: AtomicUsize,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
     pub scan: Mutex<HeadScan>,
+    /// Woken when an HTTP/2 connection has been idle for the idle timeout.
+    idle: Notify,
 }
 
 impl ConnShared {
@@ -119,7 +179,8 @@ impl ConnShared {
 /// The client stream, with portico's timers: a request head must arrive within
 /// `header_timeout` of its first byte, and a connection with no request in progress and no
 /// bytes moving for `idle_timeout` is closed. One clock read per I/O call; the timer is
-/// re-armed lazily.
+/// re-armed lazily. On HTTP/2 only frames other than PING are use, and idleness asks for a
+/// graceful shutdown first; the connection is cut if it is still open `idle_timeout` later.
 pub struct IdleIo<S> {
     inner: S,
     timer: Pin<Box<Sleep>>,
@@ -130,6 +191,15 @@ pub struct IdleIo<S> {
     /// `conn.started` when `head_started` was set: a request since means that head is done.
     head_gen: usize,
     conn: Arc<ConnShared>,
+    /// Frame boundaries both ways, once the connection is known to speak HTTP/2.
+    frames: Option<H2Frames>,
+    /// When an idle HTTP/2 connection was asked to shut down.
+    closing: Option<Instant>,
+}
+
+struct H2Frames {
+    read: FrameScan,
+    write: FrameScan,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
@@ -145,6 +215,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             head_started: Some(now),
             head_gen: 0,
             conn,
+            frames: None,
+            closing: None,
         }
     }
 
@@ -160,6 +232,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
         self.settle_head();
         if self.conn.busy.load(Ordering::Relaxed) > 0 {
             return None;
+        }
+        if let Some(closing) = self.closing {
+            return Some(closing + self.idle);
         }
         let idle = self.last + self.idle;
         Some(match self.head_started {
@@ -178,6 +253,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             match self.deadline() {
                 None => self.timer.as_mut().reset(now + self.idle),
                 Some(deadline) if deadline > now => self.timer.as_mut().reset(deadline),
+                Some(_) if self.frames.is_some() && self.closing.is_none() => {
+                    // Idle HTTP/2: `serve` sends GOAWAY; the timer now guards the close.
+                    self.closing = Some(now);
+                    self.conn.idle.notify_one();
+                }
                 Some(_) => {
                     let what = if self.head_started.is_some() {
                         "request head timeout"
@@ -192,6 +272,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
 
     fn received(&mut self, bytes: &[u8]) {
         let now = Instant::now();
+        if let Some(frames) = &mut self.frames {
+            if frames.read.feed(bytes) {
+                self.last = now;
+            }
+            return;
+        }
         self.last = now;
         self.settle_head();
         if self.head_started.is_none() && self.conn.busy.load(Ordering::Relaxed) == 0 {
@@ -202,8 +288,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             scan.feed(bytes);
             if scan.http2 {
                 // h2 multiplexes: streams, not heads, keep it busy; only idleness counts.
-                self.header = self.idle;
+                let mut read = FrameScan::client();
+                read.feed(bytes);
+                self.frames = Some(H2Frames {
+                    read,
+                    write: FrameScan::server(),
+                });
+                self.head_started = None;
             }
+        }
+    }
+
+    /// Notes `n` bytes written from `bufs`.
+    fn sent(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
+        if n == 0 {
+            return;
+        }
+        let Some(frames) = &mut self.frames else {
+            self.last = Instant::now();
+            return;
+        };
+        let mut used = false;
+        for buf in bufs {
+            if n == 0 {
+                break;
+            }
+            let take = buf.len().min(n);
+            used |= frames.write.feed(&buf[..take]);
+            n -= take;
+        }
+        if used {
+            self.last = Instant::now();
         }
     }
 }
@@ -239,10 +354,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            this.last = Instant::now();
+        if let Poll::Ready(Ok(n)) = polled {
+            this.sent(&[io::IoSlice::new(buf)], n);
         }
         polled
     }
@@ -254,10 +367,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            this.last = Instant::now();
+        if let Poll::Ready(Ok(n)) = polled {
+            this.sent(bufs, n);
         }
         polled
     }

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::runtime::Handle;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Shared;
@@ -37,8 +36,97 @@ pub struct ListenerSet {
     pub bound: HashMap<Arc<str>, Bound>,
 }
 
+/// Where a listener's connections are in their life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serving.
+    Run,
+    /// The listener stopped: finish what is in flight, then close (HTTP/2: GOAWAY).
+    Drain,
+    /// The drain timeout passed: close now.
+    Stop,
+}
+
+/// A connection's view of its listener's phase; while it lives, the drain waits for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Lifecycle {
+    phase: watch::Receiver<Phase>,
+    _alive: mpsc::Sender<std::convert::Infallible>,
+}
+
+impl Lifecycle {
+    /// The phase now.
+    pub(crate) fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Waits for the next change of phase; a listener gone without a word is `Stop`.
+    pub(crate) async fn changed(&mut self) -> Phase {
+        match self.phase.changed().await {
+            Ok(()) => *self.phase.borrow_and_update(),
+            Err(_) => Phase::Stop,
+        }
+    }
+}
+
+/// The listener side of [`Lifecycle`]: tells every connection the phase and waits for them.
+struct Connections {
+    phase: watch::Sender<Phase>,
+    alive: mpsc::Sender<std::convert::Infallible>,
+    gone: mpsc::Receiver<std::convert::Infallible>,
+}
+
+impl Connections {
+    fn new() -> Self {
+        let (alive, gone) = mpsc::channel(1);
+        Connections {
+            phase: watch::Sender::new(Phase::Run),
+            alive,
+            gone,
+        }
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            phase: self.phase.subscribe(),
+            _alive: self.alive.clone(),
+        }
+    }
+
+    /// Drains for up to `timeout`, then closes whatever is left.
+    async fn drain(self, name: &str, timeout: Duration) {
+        let Connections {
+            phase,
+            alive,
+            mut gone,
+        } = self;
+        drop(alive);
+        phase.send_replace(Phase::Drain);
+        // `recv` returns `None` once every connection's `Lifecycle` is dropped.
+        if tokio::time::timeout(timeout, gone.recv()).await.is_err() {
+            tracing::warn!(listener = %name, "drain timeout reached; closing remaining connections");
+            phase.send_replace(Phase::Stop);
+            // Each connection returns at its next poll; bounded all the same.
+            let _ = tokio::time::timeout(Duration::from_secs(1), gone.recv()).await;
+        }
+    }
+}
+
 /// Opens `count` sockets on `addr` with `SO_REUSEPORT`; a port 0 is chosen once and shared.
-pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+///
+/// `SO_REUSEPORT` lets portico's workers share one address, but it would also let a second
+/// portico (same user) bind it and silently take part of the traffic. So unless `ours` (the
+/// address is already held by a listener of this process, as in a reload that renames it), a
+/// probe bind without `SO_REUSEPORT` goes first: it fails while any other socket listens on
+/// the address, as a second nginx would.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    count: usize,
+    ours: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if !ours {
+        probe(addr)?;
+    }
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
@@ -58,7 +146,37 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
     Ok(sockets)
 }
 
+/// Fails with `AddrInUse` when another socket listens on `addr`. `SO_REUSEADDR` without
+/// `SO_REUSEPORT` conflicts with any listening socket on the address but not with
+/// connections left in TIME_WAIT by an earlier run. A port 0 is always free.
+fn probe(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // The probe socket closes on return, before the real ones bind.
+    match socket.bind(&addr.into()) {
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{addr} is already in use by another process"),
+        )),
+        other => other,
+    }
+}
+
 impl ListenerSet {
+    /// Whether a listener of this process already listens on `addr`'s port (same family):
+    /// binding next to it is sharing with ourselves, so no probe.
+    pub(crate) fn holds_port(&self, addr: SocketAddr) -> bool {
+        self.bound
+            .values()
+            .any(|b| b.local.port() == addr.port() && b.local.is_ipv4() == addr.is_ipv4())
+    }
+
     /// Starts accept loops for already-bound sockets of listener `name`.
     pub fn start(
         &mut self,
@@ -139,7 +257,7 @@ async fn accept_loop(
         }
     };
     let gauge = shared.metrics.connections(&name);
-    let graceful = GracefulShutdown::new();
+    let connections = Connections::new();
     let mut cached: Option<(usize, Builder<TokioExecutor>, Limits)> = None;
     loop {
         let (stream, client) = tokio::select! {
@@ -207,13 +325,13 @@ async fn accept_loop(
                 stream,
                 builder,
                 limits,
-                graceful.watcher(),
+                connections.lifecycle(),
             )),
             Some(tls) => {
                 // The handshake runs on the connection's own task, bounded by the head timeout.
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
                 let (shared, builder, limits) = (Arc::clone(&shared), builder.clone(), *limits);
-                let watcher = graceful.watcher();
+                let lifecycle = connections.lifecycle();
                 Box::pin(async move {
                     let handshake =
                         tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
@@ -243,7 +361,7 @@ async fn accept_loop(
                                     .flatten(),
                             }))
                         });
-                    conn::serve(shared, info, stream, &builder, &limits, watcher).await;
+                    conn::serve(shared, info, stream, &builder, &limits, lifecycle).await;
                 })
             }
         };
@@ -257,10 +375,5 @@ async fn accept_loop(
     }
     drop(listener);
     let drain = shared.snapshot.load().spec.drain_timeout.0;
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(listener = %name, "drain timeout reached; closing remaining connections");
-    }
+    connections.drain(&name, drain).await;
 }

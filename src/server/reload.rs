@@ -138,7 +138,8 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
     let mut listeners = ListenerSet::default();
     let snap = shared.snapshot.load_full();
     for listener in &snap.listeners {
-        let sockets = bind(listener.addr, workers.len()).map_err(io_error(format!(
+        let ours = listeners.holds_port(listener.addr);
+        let sockets = bind(listener.addr, workers.len(), ours).map_err(io_error(format!(
             "cannot bind listener `{}` to {}",
             listener.name, listener.addr
         )))?;
@@ -307,7 +308,9 @@ fn try_reload(
             .is_some_and(|b| b.configured == listener.addr);
         if !kept {
             let addr = listener.addr;
-            let sockets = bind(addr, workers.len()).map_err(|err| {
+            // A listener renamed, or moved between addresses of one port, shares with itself.
+            let ours = listeners.holds_port(addr);
+            let sockets = bind(addr, workers.len(), ours).map_err(|err| {
                 format!("cannot bind listener `{}` to {addr}: {err}", listener.name)
             })?;
             fresh.push((

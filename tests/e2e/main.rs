@@ -7,6 +7,7 @@ mod support;
 
 mod acme;
 mod cli;
+mod defects;
 mod discovery;
 mod edge;
 mod exit;

@@ -1,0 +1,104 @@
+//! Entry points for the micro-benchmarks in `benches/`: route lookup, header rules, balancer
+//! picks and one whole request through the pipeline in process. Not a stable API.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Request, Response};
+
+use crate::balance::PickCtx;
+use crate::observe::{AccessLog, Metrics};
+use crate::pool::Registry;
+use crate::proxy::body::Body;
+use crate::proxy::pipeline::{ConnInfo, handle};
+use crate::routing::RequestView;
+use crate::runtime::compile::Env;
+use crate::server::Shared;
+use crate::tls::acme::Store;
+
+pub use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
+
+/// A compiled config served in process, as if from one connection of 127.0.0.1.
+#[derive(Debug)]
+pub struct Gateway {
+    shared: Shared,
+    conn: ConnInfo,
+}
+
+impl Gateway {
+    /// Compiles `yaml`; panics with the diagnostics when it is not valid.
+    pub fn new(yaml: &str) -> Self {
+        let spec = match crate::config::load_str("bench.yaml", yaml, &|_| None) {
+            Ok(spec) => spec,
+            Err(diags) => panic!("invalid config: {diags:?}"),
+        };
+        let registry = Registry::default();
+        let metrics = Metrics::new();
+        let acme = Arc::new(Store::default());
+        let env = Env {
+            registry: &registry,
+            metrics: &metrics,
+            acme: &acme,
+        };
+        let snapshot = match crate::runtime::compile(spec, "bench.yaml", env) {
+            Ok(snapshot) => snapshot,
+            Err(diags) => panic!("invalid config: {diags:?}"),
+        };
+        let listener: Arc<str> = match snapshot.listeners.first() {
+            Some(l) => Arc::clone(&l.name),
+            None => Arc::from("web"),
+        };
+        let client = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+        let conn = ConnInfo {
+            client,
+            listener,
+            conn: Arc::default(),
+            client_value: crate::proxy::headers::client_value(client.ip()),
+            scheme: "http",
+            client_cert: None,
+        };
+        let shared = Shared::new(
+            snapshot,
+            registry,
+            metrics,
+            AccessLog::disabled(),
+            "bench.yaml".into(),
+            acme,
+        );
+        Gateway { shared, conn }
+    }
+
+    /// The whole pipeline for one request.
+    pub async fn request(&self, request: Request<Body>) -> Response<Body> {
+        handle(&self.shared, &self.conn, request).await
+    }
+
+    /// The route the first listener picks for a request (the routing stage alone).
+    pub fn route(&self, method: &Method, host: &str, path: &str, headers: &HeaderMap) -> bool {
+        let snap = self.shared.snapshot.load();
+        let Some(listener) = snap.listeners.first() else {
+            return false;
+        };
+        let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+        let view = RequestView {
+            host,
+            path,
+            query,
+            method,
+            headers,
+        };
+        listener.find(&view).is_some()
+    }
+
+    /// A balancer pick of upstream `name` for a client (the select stage alone).
+    pub fn pick(&self, name: &str, client: std::net::IpAddr, headers: &HeaderMap) -> Option<usize> {
+        let snap = self.shared.snapshot.load();
+        let upstream = snap.upstream(name)?;
+        let ctx = PickCtx {
+            client,
+            headers,
+            path: "/",
+            query: None,
+        };
+        upstream.balancer.select(&upstream.targets, &ctx, &[])
+    }
+}
