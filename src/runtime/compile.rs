@@ -21,7 +21,8 @@ use crate::config::spec::{
     BalanceSpec, CheckType, ListenerProtocol, ListenerSpec, MatchSpec, RetryCondition, RetryOnSpec,
     RetrySpec, RouteSpec, UpstreamProtocol, UpstreamSpec, Workers,
 };
-use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
+use crate::config::suggest::closest;
+use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec, Unparsed};
 use crate::health::PassivePolicy;
 use crate::health::active::{ActiveCheck, CheckKind};
 use crate::observe::Metrics;
@@ -38,6 +39,62 @@ pub struct Env<'a> {
     pub metrics: &'a Metrics,
     /// ACME state, kept across reloads.
     pub acme: &'a crate::tls::acme::Store,
+}
+
+/// Reads the file at `path` and compiles it. What parsed is compiled even when something did
+/// not, so the errors of both steps come at once.
+pub fn load(path: &Path, env: Env<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
+    let (spec, errors) = crate::config::read(path);
+    compile_read(spec, errors, &path.display().to_string(), env)
+}
+
+/// Compiles what `config::read` returned; its `errors` come first in the answer.
+pub(crate) fn compile_read(
+    spec: Spec,
+    mut errors: Vec<Diagnostic>,
+    file: &str,
+    env: Env<'_>,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    match compile(spec, file, env) {
+        Ok(snap) if errors.is_empty() => return Ok(snap),
+        Ok(snap) => errors.extend(snap.warnings.iter().cloned()),
+        Err(more) => errors.extend(more),
+    }
+    crate::config::sort_diagnostics(&mut errors);
+    Err(errors)
+}
+
+/// The upstreams a config declares, and those of them that compiled.
+struct Upstreams<'a> {
+    compiled: HashMap<&'a str, &'a Arc<Upstream>>,
+    declared: Vec<&'a str>,
+    unparsed: &'a Unparsed,
+}
+
+impl Upstreams<'_> {
+    /// The upstream a reference names. A declared upstream that did not compile has its own
+    /// error already, so naming it is not reported again.
+    fn find(&self, name: &At<String>, diags: &mut Diagnostics) -> Option<Arc<Upstream>> {
+        if let Some(u) = self.compiled.get(name.as_str()) {
+            return Some(Arc::clone(u));
+        }
+        if !self.declared.contains(&name.as_str()) && !self.unparsed.declares("upstreams", name) {
+            diags.error(
+                name.pos,
+                format!(
+                    "upstream `{}` is not defined{}",
+                    **name,
+                    did_you_mean(name, self.declared.iter().copied())
+                ),
+            );
+        }
+        None
+    }
+}
+
+/// `: did you mean `x`?` when a candidate is close to `word`, else nothing.
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(word, candidates).map_or_else(String::new, |near| format!(": did you mean `{near}`?"))
 }
 
 /// Compiles `spec` (read from `file`) into a snapshot, or returns every problem found.
@@ -61,7 +118,11 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
     });
 
     let upstreams = compile_upstreams(&spec.upstreams, env, &mut diags);
-    let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (&*u.name, u)).collect();
+    let by_name = Upstreams {
+        compiled: upstreams.iter().map(|u| (&*u.name, u)).collect(),
+        declared: spec.upstreams.iter().map(|(n, _)| n.as_str()).collect(),
+        unparsed: &spec.unparsed,
+    };
 
     let consumers = match crate::plugins::auth::Consumers::build(&spec.consumers) {
         Ok(c) => Arc::new(c),
@@ -115,19 +176,25 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
     }
 
     let listener_names: Vec<&str> = spec.listeners.iter().map(|l| l.name.as_str()).collect();
-    for (route, _, spec_route) in &routes {
+    for spec_route in &spec.routes {
         for name in spec_route.listeners.iter().flatten() {
-            if !listener_names.contains(&name.as_str()) {
+            if !listener_names.contains(&name.as_str())
+                && !spec.unparsed.declares("listeners", name)
+            {
                 diags.error(
                     name.pos,
                     format!(
-                        "route `{}` names listener `{}`, which does not exist",
-                        route.name, **name
+                        "route `{}` names listener `{}`, which does not exist{}",
+                        *spec_route.name,
+                        **name,
+                        did_you_mean(name, listener_names.iter().copied())
                     ),
                 );
             }
         }
     }
+    // Per route: the listeners it attaches to, and the first earlier identical route on each.
+    let mut shadows: HashMap<usize, (usize, Vec<Option<usize>>)> = HashMap::new();
 
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
     let mut tls_files = Vec::new();
@@ -216,7 +283,8 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         let mut attached = Vec::new();
         let mut conditions = Vec::new();
         let mut positions = Vec::new();
-        for (route, cond, spec_route) in &routes {
+        let mut keys: Vec<(usize, MatchKey)> = Vec::new();
+        for (index, (route, cond, spec_route)) in routes.iter().enumerate() {
             let wanted = spec_route
                 .listeners
                 .as_ref()
@@ -238,6 +306,14 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             });
             conditions.push(cond.clone());
             positions.push(spec_route.name.pos);
+            let key = MatchKey::of(&spec_route.matches);
+            let earlier = keys.iter().find(|(_, k)| *k == key).map(|(i, _)| *i);
+            shadows
+                .entry(index)
+                .or_insert_with(|| (index, Vec::new()))
+                .1
+                .push(earlier);
+            keys.push((index, key));
         }
         let table = match RouteTable::build(conditions) {
             Ok(table) => table,
@@ -268,6 +344,37 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         });
     }
 
+    // A route every one of whose listeners has an identical route before it never matches:
+    // the table breaks ties by file order.
+    let mut shadowed: Vec<(usize, usize)> = shadows
+        .into_values()
+        .filter_map(|(index, earlier)| {
+            let first = (*earlier.first()?)?;
+            earlier
+                .iter()
+                .all(Option::is_some)
+                .then_some((index, first))
+        })
+        .collect();
+    shadowed.sort_unstable();
+    for (index, first) in shadowed {
+        let (route, _, spec_route) = &routes[index];
+        let (winner, _, winner_spec) = &routes[first];
+        diags.warning(
+            spec_route.name.pos,
+            format!(
+                "route `{}` can never match: route `{}` (line {}) comes first with the same \
+                 listeners and match conditions",
+                route.name, winner.name, winner_spec.name.pos.line
+            ),
+        );
+    }
+
+    // An item that parsed only in part has its own errors already; errors about it as a
+    // whole (reported at its name) may be about what was dropped.
+    let partial = &spec.unparsed.partial;
+    diags.list.retain(|d| !partial.contains(&d.pos));
+
     for upstream in &spec.upstreams {
         if let Some(tls) = &upstream.1.tls {
             for file in [&tls.ca_file, &tls.cert_file, &tls.key_file]
@@ -278,20 +385,79 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             }
         }
     }
-    diags.finish(Snapshot {
+    let ((), warnings) = diags.finish(())?;
+    Ok(Snapshot {
         spec,
         listeners,
         upstreams,
         workers,
         admin,
         tls_files,
+        warnings,
     })
+}
+
+/// A route's match conditions in canonical form: routes with equal keys match the same
+/// requests (host and method case, set order and a prefix's trailing `/` do not count).
+#[derive(Debug, PartialEq, Eq)]
+struct MatchKey {
+    hosts: Vec<String>,
+    path: Option<(u8, String)>,
+    methods: Vec<String>,
+    headers: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+    cookies: Vec<(String, String)>,
+}
+
+impl MatchKey {
+    fn of(spec: &MatchSpec) -> Self {
+        let mut hosts: Vec<String> = spec
+            .hosts
+            .iter()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let path = if let Some(p) = &spec.path {
+            Some((0, p.value.clone()))
+        } else if let Some(p) = &spec.path_prefix {
+            Some((1, p.trim_end_matches('/').to_owned()))
+        } else if let Some(t) = &spec.path_template {
+            Some((2, t.value.clone()))
+        } else {
+            spec.path_regex.as_ref().map(|r| (3, r.value.clone()))
+        };
+        let mut methods: Vec<String> = spec
+            .methods
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        methods.sort_unstable();
+        methods.dedup();
+        let mut headers: Vec<(String, String)> = spec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.value.clone()))
+            .collect();
+        headers.sort_unstable();
+        let pairs = |map: &std::collections::BTreeMap<String, String>| {
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        MatchKey {
+            hosts,
+            path,
+            methods,
+            headers,
+            query: pairs(&spec.query),
+            cookies: pairs(&spec.cookies),
+        }
+    }
 }
 
 /// SNI routing of a `tls_passthrough` listener.
 fn compile_passthrough(
     spec: &ListenerSpec,
-    upstreams: &HashMap<&str, &Arc<Upstream>>,
+    upstreams: &Upstreams<'_>,
     diags: &mut Diagnostics,
 ) -> Option<crate::l4::Passthrough> {
     if spec.protocol != ListenerProtocol::TlsPassthrough {
@@ -303,13 +469,7 @@ fn compile_passthrough(
         }
         return None;
     }
-    let find = |name: &At<String>, diags: &mut Diagnostics| match upstreams.get(name.as_str()) {
-        Some(u) => Some(Arc::clone(u)),
-        None => {
-            diags.error(name.pos, format!("upstream `{}` is not defined", **name));
-            None
-        }
-    };
+    let find = |name: &At<String>, diags: &mut Diagnostics| upstreams.find(name, diags);
     let mut routes = Vec::new();
     for (pattern, upstream) in &spec.sni {
         match HostPattern::parse(pattern) {
@@ -324,7 +484,8 @@ fn compile_passthrough(
     // Exact names first, then longer wildcards before shorter ones.
     routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.rank()));
     let default = spec.upstream.as_ref().and_then(|u| find(u, diags));
-    if routes.is_empty() && default.is_none() {
+    // Judged on what was written: an entry naming a broken upstream has its own error.
+    if spec.sni.is_empty() && spec.upstream.is_none() {
         diags.error(
             spec.name.pos,
             "a tls_passthrough listener needs `sni` entries or an `upstream`",
@@ -919,7 +1080,7 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
 
 fn compile_route(
     spec: &RouteSpec,
-    upstreams: &HashMap<&str, &Arc<Upstream>>,
+    upstreams: &Upstreams<'_>,
     global: &[Arc<dyn plugins::Plugin>],
     env: plugins::BuildEnv<'_>,
     diags: &mut Diagnostics,
@@ -939,15 +1100,7 @@ fn compile_route(
         );
         return None;
     }
-    let find = |name: &At<String>, diags: &mut Diagnostics| -> Option<Arc<Upstream>> {
-        match upstreams.get(name.as_str()) {
-            Some(u) => Some(Arc::clone(u)),
-            None => {
-                diags.error(name.pos, format!("upstream `{}` is not defined", **name));
-                None
-            }
-        }
-    };
+    let find = |name: &At<String>, diags: &mut Diagnostics| upstreams.find(name, diags);
     let action = if let Some(name) = &spec.upstream {
         find(name, diags).map(|u| Action::Forward {
             arms: vec![u],

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use regex::Regex;
 
-pub use compile::compile;
+pub use compile::{compile, load};
 
 use crate::balance::Balancer;
 use crate::config::Spec;
@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub admin: Option<(SocketAddr, Option<String>)>,
     /// Certificate and key files in use, watched for changes.
     pub tls_files: Vec<std::path::PathBuf>,
+    /// What the config does that is likely not meant (a route that can never match).
+    pub warnings: Vec<crate::config::Diagnostic>,
 }
 
 impl Snapshot {
@@ -215,6 +217,20 @@ impl Redirect {
             .replace("{path}", path)
             .replace("{query}", query.unwrap_or(""))
             .replace("{host}", host)
+    }
+}
+
+/// Where a `redirect_https` listener sends a request: same host (without its port), path and
+/// query, on https at `port` (left out when it is 443).
+pub fn https_location(port: u16, host: &str, path: &str, query: Option<&str>) -> String {
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    match query {
+        Some(q) => format!("https://{host}{port}{path}?{q}"),
+        None => format!("https://{host}{port}{path}"),
     }
 }
 

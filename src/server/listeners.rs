@@ -26,6 +26,8 @@ pub struct Bound {
     pub configured: SocketAddr,
     /// The address actually bound.
     pub local: SocketAddr,
+    /// The connection limit it was started with; a reload keeps it.
+    pub max_connections: usize,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -95,6 +97,7 @@ impl ListenerSet {
             Bound {
                 configured,
                 local,
+                max_connections,
                 stop,
                 tasks,
             },
