@@ -577,13 +577,13 @@ fn compile_listener_tls(
         tls_files.push(key_path.clone());
         match crate::tls::load_pair(&cert_path, &key_path) {
             Ok(c) => loaded.push(c),
-            Err(message) => {
-                let pos = if message.contains("key") && !message.contains("certificate in") {
+            Err(err) => {
+                let pos = if err.in_key_file() {
                     cert.key_file.pos
                 } else {
                     cert.cert_file.pos
                 };
-                diags.error(pos, message);
+                diags.error(pos, err.to_string());
             }
         }
     }

@@ -36,40 +36,73 @@ pub struct LoadedCert {
     pub not_after: i64,
 }
 
-/// Loads a PEM chain and key; the message says what is wrong, for the config position.
-pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, String> {
-    let certs = load_certs(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
-        rustls_pki_types::pem::Error::Io(io) => {
-            format!("cannot read key file {}: {io}", key_file.display())
-        }
-        other => format!("no usable private key in {}: {other:?}", key_file.display()),
+/// Why a certificate chain and its key cannot be used, and so which of the two files a
+/// diagnostic points at.
+#[derive(Debug, thiserror::Error)]
+pub enum PairError {
+    /// The certificate file is unreadable or holds no usable certificate, or the leaf is not
+    /// valid now.
+    #[error("{0}")]
+    Certificate(String),
+    /// The key file is unreadable or holds no usable key.
+    #[error("{0}")]
+    Key(String),
+    /// The key is not the one of the certificate.
+    #[error("the key in {} does not match the certificate in {}", .key.display(), .cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+    },
+}
+
+impl PairError {
+    /// Whether the key file, rather than the certificate file, is the one to look at.
+    pub fn in_key_file(&self) -> bool {
+        matches!(self, PairError::Key(_) | PairError::Mismatch { .. })
+    }
+}
+
+/// Loads a PEM chain and key.
+pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairError> {
+    let certs = load_certs(cert_file).map_err(PairError::Certificate)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        PairError::Key(match e {
+            rustls_pki_types::pem::Error::Io(io) => {
+                format!("cannot read key file {}: {io}", key_file.display())
+            }
+            other => format!("no usable private key in {}: {other:?}", key_file.display()),
+        })
     })?;
     let certified =
         CertifiedKey::from_der(certs.clone(), key, &provider()).map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => format!(
-                "the key in {} does not match the certificate in {}",
-                key_file.display(),
-                cert_file.display()
-            ),
-            other => format!("unusable key in {}: {other}", key_file.display()),
+            rustls::Error::InconsistentKeys(_) => PairError::Mismatch {
+                cert: cert_file.to_owned(),
+                key: key_file.to_owned(),
+            },
+            other => PairError::Key(format!("unusable key in {}: {other}", key_file.display())),
         })?;
-    let leaf = identity(&certs[0])
-        .ok_or_else(|| format!("cannot parse the certificate in {}", cert_file.display()))?;
+    let leaf = identity(&certs[0]).ok_or_else(|| {
+        PairError::Certificate(format!(
+            "cannot parse the certificate in {}",
+            cert_file.display()
+        ))
+    })?;
     let now = now_unix();
     if leaf.not_after < now {
-        return Err(format!(
+        return Err(PairError::Certificate(format!(
             "the certificate in {} expired ({})",
             cert_file.display(),
             leaf.not_after_text
-        ));
+        )));
     }
     if leaf.not_before > now {
-        return Err(format!(
+        return Err(PairError::Certificate(format!(
             "the certificate in {} is not valid yet ({})",
             cert_file.display(),
             leaf.not_before_text
-        ));
+        )));
     }
     let mut names: Vec<String> = leaf
         .dns_names
@@ -344,7 +377,7 @@ pub fn client_config(
     };
     let mut config = match identity {
         Some((cert, key)) => {
-            let loaded = load_pair(cert, key)?;
+            let loaded = load_pair(cert, key).map_err(|e| e.to_string())?;
             builder
                 .with_client_auth_cert(loaded.key.cert.clone(), load_key(key)?)
                 .map_err(|e| e.to_string())?
