@@ -314,7 +314,16 @@ pub fn read_str(
                     spec.drain_timeout = t;
                 }
             }
-            "admin" => spec.admin = diags.take(value),
+            "admin" => {
+                spec.admin = diags.take_lenient(value).map(|(admin, partial)| {
+                    let admin: spec::AdminSpec = admin;
+                    if partial {
+                        // A mistyped `token` must not also read as "needs a token".
+                        unparsed.partial.push(admin.listen.pos);
+                    }
+                    admin
+                })
+            }
             "access_log" => spec.access_log = diags.take(value).unwrap_or_default(),
             "listeners" => {
                 let list = take_list(&mut diags, value, "listeners", &mut unparsed);
@@ -599,6 +608,23 @@ upstreams:
                 Pos { line: 10, col: 3 },
             ]
         );
+    }
+
+    #[test]
+    fn a_mistyped_admin_token_is_one_error() {
+        let registry = crate::pool::Registry::default();
+        let metrics = crate::observe::Metrics::new();
+        let acme = crate::tls::acme::Store::default();
+        let env = crate::runtime::compile::Env {
+            registry: &registry,
+            metrics: &metrics,
+            acme: &acme,
+        };
+        let text = "admin: { listen: 0.0.0.0:9901, tokn: t }\n";
+        let (spec, errors) = read_str("f", text, &no_env);
+        let all = crate::runtime::compile::compile_read(spec, errors, "f", env).unwrap_err();
+        let lines: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(lines, ["f:1:32: unknown key `tokn`: did you mean `token`?"]);
     }
 
     #[test]

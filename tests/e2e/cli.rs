@@ -402,12 +402,12 @@ fn explain_says_what_redirect_and_passthrough_listeners_do() {
 
 #[tokio::test]
 async fn reload_reports_settings_that_need_a_restart() {
-    let config = |workers: usize| {
+    let config = |workers: usize, extra: &str, limits: &str| {
         format!(
-            "workers: {workers}\nadmin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: web, bind: 127.0.0.1:0 }}\nroutes:\n  - {{ name: r, respond: {{ status: 200 }} }}\n"
+            "workers: {workers}\n{extra}admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: web, bind: 127.0.0.1:0{limits} }}\nroutes:\n  - {{ name: r, respond: {{ status: 200 }} }}\n"
         )
     };
-    let gw = Portico::start(&config(2));
+    let gw = Portico::start(&config(2, "", ""));
     let admin = gw.admin.clone().unwrap();
     let health = crate::support::get(&admin, "/health").await.json();
     assert_eq!(
@@ -416,9 +416,10 @@ async fn reload_reports_settings_that_need_a_restart() {
         "{health}"
     );
 
-    assert!(gw.reload(&config(4)));
+    assert!(gw.reload(&config(4, "", "")));
     assert!(
-        gw.log_text().contains("workers: 2 -> 4"),
+        gw.log_text()
+            .contains("applied, except what needs a restart: workers: 2 -> 4"),
         "{}",
         gw.log_text()
     );
@@ -429,8 +430,25 @@ async fn reload_reports_settings_that_need_a_restart() {
         "{health}"
     );
 
+    let more = config(
+        4,
+        "access_log: { enabled: false }\n",
+        ", limits: { max_connections: 50 }",
+    );
+    assert!(gw.reload(&more));
+    let health = crate::support::get(&admin, "/health").await.json();
+    assert_eq!(
+        health["restart_required"],
+        serde_json::json!([
+            "workers: 2 -> 4",
+            "access_log: - -> off",
+            "listener `web` max_connections: 10000 -> 50"
+        ]),
+        "{health}"
+    );
+
     // Back to what runs: nothing is pending any more.
-    assert!(gw.reload(&config(2)));
+    assert!(gw.reload(&config(2, "", "")));
     let health = crate::support::get(&admin, "/health").await.json();
     assert_eq!(
         health["restart_required"],
