@@ -21,14 +21,14 @@ use crate::config::spec::{
     BalanceSpec, CheckType, ListenerProtocol, ListenerSpec, MatchSpec, RetryCondition, RetryOnSpec,
     RetrySpec, RouteSpec, UpstreamProtocol, UpstreamSpec, Workers,
 };
-use crate::config::suggest::closest;
-use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec, Unparsed};
+use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
 use crate::health::PassivePolicy;
 use crate::health::active::{ActiveCheck, CheckKind};
 use crate::observe::Metrics;
 use crate::plugins::{self, PluginChain};
 use crate::pool::{PoolSettings, Registry};
 use crate::routing::{Conditions, HostPattern, PathMatch, RouteTable, path};
+use checks::{Shadows, Upstreams, did_you_mean};
 
 /// What compiled tables attach to: live target state and metric families.
 #[derive(Debug, Clone, Copy)]
@@ -62,39 +62,6 @@ pub(crate) fn compile_read(
     }
     crate::config::sort_diagnostics(&mut errors);
     Err(errors)
-}
-
-/// The upstreams a config declares, and those of them that compiled.
-struct Upstreams<'a> {
-    compiled: HashMap<&'a str, &'a Arc<Upstream>>,
-    declared: Vec<&'a str>,
-    unparsed: &'a Unparsed,
-}
-
-impl Upstreams<'_> {
-    /// The upstream a reference names. A declared upstream that did not compile has its own
-    /// error already, so naming it is not reported again.
-    fn find(&self, name: &At<String>, diags: &mut Diagnostics) -> Option<Arc<Upstream>> {
-        if let Some(u) = self.compiled.get(name.as_str()) {
-            return Some(Arc::clone(u));
-        }
-        if !self.declared.contains(&name.as_str()) && !self.unparsed.declares("upstreams", name) {
-            diags.error(
-                name.pos,
-                format!(
-                    "upstream `{}` is not defined{}",
-                    **name,
-                    did_you_mean(name, self.declared.iter().copied())
-                ),
-            );
-        }
-        None
-    }
-}
-
-/// `: did you mean `x`?` when a candidate is close to `word`, else nothing.
-fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
-    closest(word, candidates).map_or_else(String::new, |near| format!(": did you mean `{near}`?"))
 }
 
 /// Compiles `spec` (read from `file`) into a snapshot, or returns every problem found.
@@ -193,8 +160,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             }
         }
     }
-    // Per route: the listeners it attaches to, and the first earlier identical route on each.
-    let mut shadows: HashMap<usize, (usize, Vec<Option<usize>>)> = HashMap::new();
+    let mut shadows = Shadows::default();
 
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
     let mut tls_files = Vec::new();
@@ -283,7 +249,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         let mut attached = Vec::new();
         let mut conditions = Vec::new();
         let mut positions = Vec::new();
-        let mut keys: Vec<(usize, MatchKey)> = Vec::new();
+        shadows.next_listener();
         for (index, (route, cond, spec_route)) in routes.iter().enumerate() {
             let wanted = spec_route
                 .listeners
@@ -306,14 +272,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             });
             conditions.push(cond.clone());
             positions.push(spec_route.name.pos);
-            let key = MatchKey::of(&spec_route.matches);
-            let earlier = keys.iter().find(|(_, k)| *k == key).map(|(i, _)| *i);
-            shadows
-                .entry(index)
-                .or_insert_with(|| (index, Vec::new()))
-                .1
-                .push(earlier);
-            keys.push((index, key));
+            shadows.attach(index, &spec_route.matches);
         }
         let table = match RouteTable::build(conditions) {
             Ok(table) => table,
@@ -344,31 +303,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         });
     }
 
-    // A route every one of whose listeners has an identical route before it never matches:
-    // the table breaks ties by file order.
-    let mut shadowed: Vec<(usize, usize)> = shadows
-        .into_values()
-        .filter_map(|(index, earlier)| {
-            let first = (*earlier.first()?)?;
-            earlier
-                .iter()
-                .all(Option::is_some)
-                .then_some((index, first))
-        })
-        .collect();
-    shadowed.sort_unstable();
-    for (index, first) in shadowed {
-        let (route, _, spec_route) = &routes[index];
-        let (winner, _, winner_spec) = &routes[first];
-        diags.warning(
-            spec_route.name.pos,
-            format!(
-                "route `{}` can never match: route `{}` (line {}) comes first with the same \
-                 listeners and match conditions",
-                route.name, winner.name, winner_spec.name.pos.line
-            ),
-        );
-    }
+    shadows.report(|i| (&*routes[i].0.name, routes[i].2.name.pos), &mut diags);
 
     // An item that parsed only in part has its own errors already; errors about it as a
     // whole (reported at its name) may be about what was dropped.
@@ -395,63 +330,6 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         tls_files,
         warnings,
     })
-}
-
-/// A route's match conditions in canonical form: routes with equal keys match the same
-/// requests (host and method case, set order and a prefix's trailing `/` do not count).
-#[derive(Debug, PartialEq, Eq)]
-struct MatchKey {
-    hosts: Vec<String>,
-    path: Option<(u8, String)>,
-    methods: Vec<String>,
-    headers: Vec<(String, String)>,
-    query: Vec<(String, String)>,
-    cookies: Vec<(String, String)>,
-}
-
-impl MatchKey {
-    fn of(spec: &MatchSpec) -> Self {
-        let mut hosts: Vec<String> = spec
-            .hosts
-            .iter()
-            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-            .collect();
-        hosts.sort_unstable();
-        hosts.dedup();
-        let path = if let Some(p) = &spec.path {
-            Some((0, p.value.clone()))
-        } else if let Some(p) = &spec.path_prefix {
-            Some((1, p.trim_end_matches('/').to_owned()))
-        } else if let Some(t) = &spec.path_template {
-            Some((2, t.value.clone()))
-        } else {
-            spec.path_regex.as_ref().map(|r| (3, r.value.clone()))
-        };
-        let mut methods: Vec<String> = spec
-            .methods
-            .iter()
-            .map(|m| m.to_ascii_uppercase())
-            .collect();
-        methods.sort_unstable();
-        methods.dedup();
-        let mut headers: Vec<(String, String)> = spec
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.value.clone()))
-            .collect();
-        headers.sort_unstable();
-        let pairs = |map: &std::collections::BTreeMap<String, String>| {
-            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
-        MatchKey {
-            hosts,
-            path,
-            methods,
-            headers,
-            query: pairs(&spec.query),
-            cookies: pairs(&spec.cookies),
-        }
-    }
 }
 
 /// SNI routing of a `tls_passthrough` listener.
@@ -1269,5 +1147,6 @@ fn compile_headers(
     headers
 }
 
+mod checks;
 #[cfg(test)]
 mod tests;
