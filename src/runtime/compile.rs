@@ -714,13 +714,15 @@ fn compile_upstream(
             spec.protocol == UpstreamProtocol::Http2,
         ) {
             Ok(config) => Some(crate::tls::UpstreamTls { config, sni }),
-            Err(message) => {
-                let pos = t
-                    .ca_file
-                    .as_ref()
-                    .or(t.cert_file.as_ref())
-                    .map_or(name.pos, |f| f.pos);
-                diags.error(pos, message);
+            Err(err) => {
+                use crate::tls::ClientTlsError;
+                let file = match &err {
+                    ClientTlsError::Ca(_) => t.ca_file.as_ref(),
+                    ClientTlsError::Identity(e) if e.in_key_file() => t.key_file.as_ref(),
+                    ClientTlsError::Identity(_) => t.cert_file.as_ref(),
+                    ClientTlsError::Setup(_) => None,
+                };
+                diags.error(file.map_or(name.pos, |f| f.pos), err.to_string());
                 None
             }
         }

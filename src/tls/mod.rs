@@ -64,6 +64,20 @@ impl PairError {
     }
 }
 
+/// Why an upstream's TLS client config cannot be built, and so which setting to point at.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    /// The `ca_file` is unusable.
+    #[error("{0}")]
+    Ca(String),
+    /// The client certificate (`cert_file`) or its key (`key_file`) is unusable.
+    #[error(transparent)]
+    Identity(#[from] PairError),
+    /// rustls refused the settings.
+    #[error("cannot set up upstream TLS: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
 /// Loads a PEM chain and key.
 pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairError> {
     let certs = load_certs(cert_file).map_err(PairError::Certificate)?;
@@ -354,17 +368,17 @@ pub fn client_config(
     identity: Option<(&Path, &Path)>,
     verify: bool,
     http2: bool,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, ClientTlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?;
+        .map_err(ClientTlsError::Setup)?;
     let builder = if !verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
     } else {
         let roots = match ca_file {
-            Some(file) => roots(file)?,
+            Some(file) => roots(file).map_err(ClientTlsError::Ca)?,
             None => {
                 let mut store = RootCertStore::empty();
                 for cert in rustls_native_certs::load_native_certs().certs {
@@ -377,10 +391,11 @@ pub fn client_config(
     };
     let mut config = match identity {
         Some((cert, key)) => {
-            let loaded = load_pair(cert, key).map_err(|e| e.to_string())?;
+            let loaded = load_pair(cert, key)?;
+            let key = load_key(key).map_err(|e| ClientTlsError::Identity(PairError::Key(e)))?;
             builder
-                .with_client_auth_cert(loaded.key.cert.clone(), load_key(key)?)
-                .map_err(|e| e.to_string())?
+                .with_client_auth_cert(loaded.key.cert.clone(), key)
+                .map_err(ClientTlsError::Setup)?
         }
         None => builder.with_no_client_auth(),
     };
@@ -466,7 +481,7 @@ pub async fn fetch(
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
         let response = if https {
-            let config = client_config(None, None, true, false)?;
+            let config = client_config(None, None, true, false).map_err(|e| e.to_string())?;
             let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)

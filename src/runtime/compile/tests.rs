@@ -202,3 +202,22 @@ routes:
     assert_eq!(snap.listener("a").unwrap().routes.len(), 1);
     assert_eq!(snap.listener("b").unwrap().routes.len(), 2);
 }
+
+#[test]
+fn upstream_tls_errors_point_at_the_file_at_fault() {
+    // `verify: false` leaves `ca_file` unread: a missing client certificate is the error.
+    let errors = compile_text(
+        "\
+upstreams:
+  u:
+    targets: [ { address: 127.0.0.1:1 } ]
+    tls: { verify: false, ca_file: ca.pem, cert_file: no-such-client.pem, key_file: no-such.key }
+",
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("c.yaml:4:55: cannot read certificate file"),
+        "{errors:#?}"
+    );
+}
