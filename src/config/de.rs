@@ -335,9 +335,19 @@ impl<'de> de::EnumAccess<'de> for EnumAccess<'de> {
         self,
         seed: V,
     ) -> Result<(V::Value, Variant<'de>), DeError> {
+        // Written `{ kind: settings }`, the kind is a key to the user.
         let variant = seed
             .deserialize(self.key.name.as_str().into_deserializer())
-            .map_err(|e: DeError| e.at(self.key.pos))?;
+            .map_err(|e: DeError| match e.kind {
+                DeErrorKind::UnknownValue { value, expected } => {
+                    DeError::new(DeErrorKind::UnknownKey {
+                        key: value,
+                        expected,
+                    })
+                }
+                _ => e,
+            })
+            .map_err(|e| e.at(self.key.pos))?;
         Ok((
             variant,
             Variant {
@@ -517,6 +527,14 @@ mod tests {
         assert_eq!(err.pos, Some(Pos { line: 3, col: 7 }));
         assert!(err.to_string().contains("plain, fancy"), "{err}");
         assert_eq!(err.path, vec![Step::Key("kind".into())]);
+
+        let node = parse("port: 1\nname: x\nkind: { fanci: { level: 3 } }\n").unwrap();
+        let err = from_node::<Inner>(&node).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown key `fanci`: did you mean `fancy`?"
+        );
+        assert_eq!(err.pos, Some(Pos { line: 3, col: 9 }));
 
         let node = parse("port: 1\nname: x\nkind: { fancy: { levl: 3 } }\n").unwrap();
         let err = from_node::<Inner>(&node).unwrap_err();
