@@ -7,7 +7,7 @@
 pub mod de;
 pub mod node;
 pub mod spec;
-pub mod suggest;
+pub(crate) mod suggest;
 pub mod units;
 
 use std::borrow::Cow;
