@@ -128,25 +128,37 @@ impl Diagnostics {
     fn take_lenient<T: DeserializeOwned>(&mut self, node: &Node) -> Option<(T, bool)> {
         let mut current = Cow::Borrowed(node);
         let mut removed: Vec<Vec<Step>> = Vec::new();
+        // Unknown keys with the key they were likely meant to be, by the mapping they are in.
+        let mut mistyped: Vec<(Vec<Step>, &'static str)> = Vec::new();
         // Each round drops one node, so there are at most as many rounds as nodes.
         for _ in 0..=count_nodes(node) {
             let err = match de::from_node::<T>(&current) {
                 Ok(value) => return Some((value, !removed.is_empty())),
                 Err(err) => err,
             };
-            // An error that only exists because of what was dropped is not the user's.
+            // An error that only exists because of what was dropped is not the user's, and a
+            // key missing next to an unknown key that was taken for it is the same mistake.
             let ours = match &err.kind {
-                DeErrorKind::MissingKey(key) => removed.iter().any(|r| {
-                    r.len() == err.path.len() + 1
-                        && r.starts_with(&err.path)
-                        && r.last() == Some(&Step::Key((*key).to_owned()))
-                }),
+                DeErrorKind::MissingKey(key) => {
+                    let mut path = err.path.clone();
+                    path.push(Step::Key((*key).to_owned()));
+                    removed.contains(&path)
+                        || mistyped
+                            .iter()
+                            .any(|(at, near)| *at == err.path && near == key)
+                }
                 _ => removed
                     .iter()
                     .any(|r| r.len() > err.path.len() && r.starts_with(&err.path)),
             };
             if !ours {
                 self.error(err.pos.unwrap_or(node.pos), err.to_string());
+            }
+            if let DeErrorKind::UnknownKey { key, expected } = &err.kind
+                && let Some(near) = suggest::closest(key, expected.iter().copied())
+            {
+                let parent = err.path[..err.path.len().saturating_sub(1)].to_vec();
+                mistyped.push((parent, near));
             }
             if err.path.is_empty() || !remove(current.to_mut(), &err.path) {
                 return None;
@@ -579,7 +591,6 @@ upstreams:
             lines,
             [
                 "f:2:47: unknown value `htps`: did you mean `https`?",
-                "f:3:5: missing key `bind`",
                 "f:3:17: unknown key `bnd`: did you mean `bind`?",
                 "f:5:29: unknown key `timeot`: did you mean `timeout`?",
                 "f:5:60: unknown key `hostz`: did you mean `hosts`?",

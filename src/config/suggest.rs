@@ -4,7 +4,10 @@
 ///
 /// Close enough: at most one edit for words of up to four characters, else a third of the
 /// word's length (rounded down), so `protocl` finds `protocol` and `web` does not find `db`.
-pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
