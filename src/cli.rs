@@ -29,11 +29,15 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Checks a config; prints every error as FILE:LINE:COL: message.
+    /// Checks a config; prints every error as FILE:LINE:COL: message, and warnings as
+    /// FILE:LINE:COL: warning: message.
     Validate {
         /// The config file (YAML or JSON).
         #[arg(short, long)]
         config: PathBuf,
+        /// Warnings fail validation too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Says what portico would do with a request, without sending it.
     Explain {
@@ -74,8 +78,14 @@ pub fn run() -> ExitCode {
                 }
             }
         }
-        Command::Validate { config } => match compile(&config) {
-            Ok(_) => {
+        Command::Validate { config, strict } => match compile(&config) {
+            Ok(snap) => {
+                for w in &snap.warnings {
+                    eprintln!("{w}");
+                }
+                if strict && !snap.warnings.is_empty() {
+                    return ExitCode::FAILURE;
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }
@@ -138,10 +148,8 @@ fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::confi
     let registry = Registry::default();
     let metrics = Metrics::new();
     let acme = crate::tls::acme::Store::default();
-    let spec = crate::config::load(path)?;
-    runtime::compile(
-        spec,
-        &path.display().to_string(),
+    runtime::load(
+        path,
         Env {
             registry: &registry,
             metrics: &metrics,

@@ -100,9 +100,18 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         }
         "/health" => {
             let last_error = shared.last_reload_error.lock().ok().and_then(|e| e.clone());
+            let restart: Vec<String> = shared
+                .restart_required
+                .lock()
+                .map(|list| list.clone())
+                .unwrap_or_default();
             json(
                 StatusCode::OK,
-                &serde_json::json!({ "status": "ok", "last_reload_error": last_error }),
+                &serde_json::json!({
+                    "status": "ok",
+                    "last_reload_error": last_error,
+                    "restart_required": restart,
+                }),
             )
         }
         "/config" => match serde_json::to_value(&snap.spec) {

@@ -8,66 +8,146 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
 use super::node::{Key, Node, Pos, Value};
+use super::suggest::closest;
+
+/// What is wrong with a value, as serde found it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeErrorKind {
+    /// A key the type does not have.
+    #[error("unknown key `{key}`{}", hint(key, expected))]
+    UnknownKey {
+        /// The key as written.
+        key: String,
+        /// The keys allowed here.
+        expected: &'static [&'static str],
+    },
+    /// A word that names none of the choices.
+    #[error("unknown value `{value}`{}", hint(value, expected))]
+    UnknownValue {
+        /// The word as written.
+        value: String,
+        /// The choices.
+        expected: &'static [&'static str],
+    },
+    /// A required key is absent.
+    #[error("missing key `{0}`")]
+    MissingKey(&'static str),
+    /// A value of the wrong kind.
+    #[error("expected {expected}, found {found}")]
+    InvalidType {
+        /// What the type wanted.
+        expected: String,
+        /// What the file has.
+        found: &'static str,
+    },
+    /// A value the type itself refused (an invalid duration, a zero worker count).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What serde says a type expects, in the file's words rather than Rust's.
+fn plain(expected: String) -> String {
+    if expected.starts_with("struct ") || expected.starts_with("map") {
+        "a mapping".to_owned()
+    } else if expected.starts_with("a sequence") || expected.starts_with("tuple") {
+        "a list".to_owned()
+    } else {
+        expected
+    }
+}
+
+/// `: did you mean `x`?` for a likely typo, else the list of what is allowed.
+fn hint(word: &str, expected: &[&str]) -> String {
+    if expected.is_empty() {
+        return ": no keys are allowed here".to_owned();
+    }
+    match closest(word, expected.iter().copied()) {
+        Some(near) => format!(": did you mean `{near}`?"),
+        None => format!(", expected one of: {}", expected.join(", ")),
+    }
+}
+
+/// One step from the node given to [`from_node`] towards the node an error is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The value of this key of a mapping.
+    Key(String),
+    /// This item of a list.
+    Index(usize),
+}
 
 /// A deserialization error at a position in the file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind}")]
 pub struct DeError {
     /// Where the problem is; `None` until the error bubbles up through a node.
     pub pos: Option<Pos>,
+    /// The way from the node given to [`from_node`] to the entry at fault, outermost first;
+    /// empty when the fault is that node itself (a missing key, a wrong kind).
+    pub path: Vec<Step>,
     /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for DeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for DeError {}
-
-impl de::Error for DeError {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError {
-            pos: None,
-            message: msg.to_string(),
-        }
-    }
-
-    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        let message = if expected.is_empty() {
-            format!("unknown key `{field}`: no keys are allowed here")
-        } else {
-            format!(
-                "unknown key `{field}`, expected one of: {}",
-                expected.join(", ")
-            )
-        };
-        DeError { pos: None, message }
-    }
-
-    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
-        DeError {
-            pos: None,
-            message: format!(
-                "unknown value `{variant}`, expected one of: {}",
-                expected.join(", ")
-            ),
-        }
-    }
-
-    fn missing_field(field: &'static str) -> Self {
-        DeError {
-            pos: None,
-            message: format!("missing key `{field}`"),
-        }
-    }
+    pub kind: DeErrorKind,
 }
 
 impl DeError {
+    fn new(kind: DeErrorKind) -> Self {
+        DeError {
+            pos: None,
+            path: Vec::new(),
+            kind,
+        }
+    }
+
     fn at(mut self, pos: Pos) -> Self {
         self.pos.get_or_insert(pos);
         self
+    }
+
+    /// Records that the error came from inside `step` (called from the inside out).
+    fn within(mut self, step: Step) -> Self {
+        self.path.insert(0, step);
+        self
+    }
+}
+
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        DeError::new(DeErrorKind::Invalid(msg.to_string()))
+    }
+
+    fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        let found = match unexp {
+            de::Unexpected::Bool(_) => "a boolean",
+            de::Unexpected::Unsigned(_) | de::Unexpected::Signed(_) => "an integer",
+            de::Unexpected::Float(_) => "a number",
+            de::Unexpected::Str(_) | de::Unexpected::Char(_) => "a string",
+            de::Unexpected::Unit | de::Unexpected::Option => "null",
+            de::Unexpected::Seq => "a list",
+            de::Unexpected::Map => "a mapping",
+            _ => "another kind of value",
+        };
+        DeError::new(DeErrorKind::InvalidType {
+            expected: plain(exp.to_string()),
+            found,
+        })
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        DeError::new(DeErrorKind::UnknownKey {
+            key: field.to_owned(),
+            expected,
+        })
+    }
+
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        DeError::new(DeErrorKind::UnknownValue {
+            value: variant.to_owned(),
+            expected,
+        })
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        DeError::new(DeErrorKind::MissingKey(field))
     }
 }
 
@@ -77,10 +157,11 @@ pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, DeError> {
 }
 
 fn invalid_type(node: &Node, exp: &dyn de::Expected) -> DeError {
-    DeError {
-        pos: Some(node.pos),
-        message: format!("expected {exp}, found {}", node.value.kind()),
-    }
+    DeError::new(DeErrorKind::InvalidType {
+        expected: plain(exp.to_string()),
+        found: node.value.kind(),
+    })
+    .at(node.pos)
 }
 
 impl<'de> de::Deserializer<'de> for &'de Node {
@@ -96,6 +177,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
             Value::Str(s) => visitor.visit_str(s),
             Value::Seq(items) => visitor.visit_seq(SeqAccess {
                 items: items.iter(),
+                index: 0,
             }),
             Value::Map(entries) => visitor.visit_map(MapAccess::new(entries)),
         };
@@ -158,10 +240,9 @@ impl<'de> de::Deserializer<'de> for &'de Node {
                 key: &entries[0].0,
                 value: &entries[0].1,
             }),
-            Value::Map(_) => Err(DeError {
-                pos: None,
-                message: "expected a mapping with exactly one key naming the kind".into(),
-            }),
+            Value::Map(_) => Err(DeError::new(DeErrorKind::Invalid(
+                "expected a mapping with exactly one key naming the kind".into(),
+            ))),
             _ => Err(invalid_type(self, &visitor)),
         }
         .map_err(|e| e.at(self.pos))
@@ -176,6 +257,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
 
 struct SeqAccess<'de> {
     items: std::slice::Iter<'de, Node>,
+    index: usize,
 }
 
 impl<'de> de::SeqAccess<'de> for SeqAccess<'de> {
@@ -185,8 +267,13 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, DeError> {
+        let index = self.index;
+        self.index += 1;
         match self.items.next() {
-            Some(node) => seed.deserialize(node).map(Some).map_err(|e| e.at(node.pos)),
+            Some(node) => seed
+                .deserialize(node)
+                .map(Some)
+                .map_err(|e| e.at(node.pos).within(Step::Index(index))),
             None => Ok(None),
         }
     }
@@ -194,7 +281,7 @@ impl<'de> de::SeqAccess<'de> for SeqAccess<'de> {
 
 struct MapAccess<'de> {
     entries: std::slice::Iter<'de, (Key, Node)>,
-    value: Option<&'de Node>,
+    value: Option<(&'de Key, &'de Node)>,
 }
 
 impl<'de> MapAccess<'de> {
@@ -216,20 +303,22 @@ impl<'de> de::MapAccess<'de> for MapAccess<'de> {
         let Some((key, value)) = self.entries.next() else {
             return Ok(None);
         };
-        self.value = Some(value);
+        self.value = Some((key, value));
         // The derived visitor raises `unknown_field` while the key is being read, so an error
         // here is always about this key.
         seed.deserialize(key.name.as_str().into_deserializer())
             .map(Some)
-            .map_err(|e: DeError| e.at(key.pos))
+            .map_err(|e: DeError| e.at(key.pos).within(Step::Key(key.name.clone())))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let node = self.value.take().ok_or_else(|| DeError {
-            pos: None,
-            message: "value requested before its key".into(),
+        let (key, node) = self.value.take().ok_or_else(|| {
+            DeError::new(DeErrorKind::Invalid(
+                "value requested before its key".into(),
+            ))
         })?;
-        seed.deserialize(node).map_err(|e| e.at(node.pos))
+        seed.deserialize(node)
+            .map_err(|e| e.at(node.pos).within(Step::Key(key.name.clone())))
     }
 }
 
@@ -240,38 +329,63 @@ struct EnumAccess<'de> {
 
 impl<'de> de::EnumAccess<'de> for EnumAccess<'de> {
     type Error = DeError;
-    type Variant = &'de Node;
+    type Variant = Variant<'de>;
 
     fn variant_seed<V: DeserializeSeed<'de>>(
         self,
         seed: V,
-    ) -> Result<(V::Value, &'de Node), DeError> {
+    ) -> Result<(V::Value, Variant<'de>), DeError> {
+        // Written `{ kind: settings }`, the kind is a key to the user.
         let variant = seed
             .deserialize(self.key.name.as_str().into_deserializer())
-            .map_err(|e: DeError| e.at(self.key.pos))?;
-        Ok((variant, self.value))
+            .map_err(|e: DeError| match e.kind {
+                DeErrorKind::UnknownValue { value, expected } => {
+                    DeError::new(DeErrorKind::UnknownKey {
+                        key: value,
+                        expected,
+                    })
+                }
+                _ => e,
+            })
+            .map_err(|e| e.at(self.key.pos))?;
+        Ok((
+            variant,
+            Variant {
+                key: self.key,
+                node: self.value,
+            },
+        ))
     }
 }
 
-impl<'de> de::VariantAccess<'de> for &'de Node {
+/// The settings of a kind written `{ kind: settings }`; errors inside are under the kind's key.
+struct Variant<'de> {
+    key: &'de Key,
+    node: &'de Node,
+}
+
+impl<'de> de::VariantAccess<'de> for Variant<'de> {
     type Error = DeError;
 
     fn unit_variant(self) -> Result<(), DeError> {
-        match self.value {
+        match self.node.value {
             Value::Null => Ok(()),
-            _ => Err(DeError {
-                pos: Some(self.pos),
-                message: "this kind takes no settings".into(),
-            }),
+            _ => Err(
+                DeError::new(DeErrorKind::Invalid("this kind takes no settings".into()))
+                    .at(self.node.pos)
+                    .within(Step::Key(self.key.name.clone())),
+            ),
         }
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DeError> {
-        seed.deserialize(self).map_err(|e| e.at(self.pos))
+        seed.deserialize(self.node)
+            .map_err(|e| e.at(self.node.pos).within(Step::Key(self.key.name.clone())))
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
-        de::Deserializer::deserialize_seq(self, visitor)
+        de::Deserializer::deserialize_seq(self.node, visitor)
+            .map_err(|e| e.within(Step::Key(self.key.name.clone())))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -279,7 +393,8 @@ impl<'de> de::VariantAccess<'de> for &'de Node {
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DeError> {
-        de::Deserializer::deserialize_map(self, visitor)
+        de::Deserializer::deserialize_map(self.node, visitor)
+            .map_err(|e| e.within(Step::Key(self.key.name.clone())))
     }
 }
 
@@ -378,7 +493,7 @@ mod tests {
     }
 
     #[derive(Debug, Deserialize, PartialEq)]
-    #[serde(rename_all = "snake_case")]
+    #[serde(rename_all = "snake_case", deny_unknown_fields)]
     enum Kind {
         Plain,
         Fancy { level: u8 },
@@ -394,11 +509,8 @@ mod tests {
         let node = parse("port: 80\nname: x\nbogus: 1\n").unwrap();
         let err = from_node::<Inner>(&node).unwrap_err();
         assert_eq!(err.pos, Some(Pos { line: 3, col: 1 }));
-        assert!(
-            err.message.contains("unknown key `bogus`"),
-            "{}",
-            err.message
-        );
+        assert!(err.to_string().contains("unknown key `bogus`"), "{err}");
+        assert_eq!(err.path, vec![Step::Key("bogus".into())]);
 
         let node = parse("port: 99999\nname: x\n").unwrap();
         let err = from_node::<Inner>(&node).unwrap_err();
@@ -407,11 +519,31 @@ mod tests {
         let node = parse("name: x\n").unwrap();
         let err = from_node::<Inner>(&node).unwrap_err();
         assert_eq!(err.pos, Some(Pos { line: 1, col: 1 }));
-        assert!(err.message.contains("missing key `port`"));
+        assert!(err.to_string().contains("missing key `port`"));
+        assert!(err.path.is_empty());
 
         let node = parse("port: 1\nname: x\nkind: weird\n").unwrap();
         let err = from_node::<Inner>(&node).unwrap_err();
         assert_eq!(err.pos, Some(Pos { line: 3, col: 7 }));
-        assert!(err.message.contains("plain, fancy"), "{}", err.message);
+        assert!(err.to_string().contains("plain, fancy"), "{err}");
+        assert_eq!(err.path, vec![Step::Key("kind".into())]);
+
+        let node = parse("port: 1\nname: x\nkind: { fanci: { level: 3 } }\n").unwrap();
+        let err = from_node::<Inner>(&node).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown key `fanci`: did you mean `fancy`?"
+        );
+        assert_eq!(err.pos, Some(Pos { line: 3, col: 9 }));
+
+        let node = parse("port: 1\nname: x\nkind: { fancy: { levl: 3 } }\n").unwrap();
+        let err = from_node::<Inner>(&node).unwrap_err();
+        assert_eq!(err.to_string(), "unknown key `levl`: did you mean `level`?");
+        let path = vec![
+            Step::Key("kind".into()),
+            Step::Key("fancy".into()),
+            Step::Key("levl".into()),
+        ];
+        assert_eq!(err.path, path);
     }
 }

@@ -31,6 +31,9 @@ pub struct Spec {
     pub plugins: Vec<At<PluginSpec>>,
     /// Who calls the APIs, for authentication plugins.
     pub consumers: Vec<ConsumerSpec>,
+    /// What did not parse (empty for a valid file); never part of the config itself.
+    #[serde(skip)]
+    pub unparsed: super::Unparsed,
 }
 
 impl Default for Spec {
@@ -45,6 +48,7 @@ impl Default for Spec {
             upstreams: Vec::new(),
             plugins: Vec::new(),
             consumers: Vec::new(),
+            unparsed: super::Unparsed::default(),
         }
     }
 }

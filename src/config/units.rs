@@ -35,6 +35,25 @@ const SIZE_UNITS: &[(&str, u64)] = &[
     ("GiB", 1 << 30),
 ];
 
+/// Why a duration or size was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// Not a number followed by a known unit.
+    #[error("invalid duration `{0}`: expected a number and a unit (ms, s, m, h, d), like `5s`")]
+    BadDuration(String),
+    /// Not a number followed by a known unit.
+    #[error(
+        "invalid size `{0}`: expected a number and a unit (B, KB, MB, GB, KiB, MiB, GiB), like `64KiB`"
+    )]
+    BadSize(String),
+    /// More milliseconds than fit in 64 bits.
+    #[error("duration `{0}` is too large")]
+    DurationTooLarge(String),
+    /// More bytes than fit in 64 bits.
+    #[error("size `{0}` is too large")]
+    SizeTooLarge(String),
+}
+
 fn split_number(text: &str) -> Option<(u64, &str)> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
@@ -47,12 +66,8 @@ fn split_number(text: &str) -> Option<(u64, &str)> {
 
 impl Dur {
     /// Parses `250ms`, `5s`, `1m`, `2h`, `1d`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid duration `{text}`: expected a number and a unit (ms, s, m, h, d), like `5s`"
-            )
-        };
+    pub fn parse(text: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError::BadDuration(text.to_owned());
         let (number, unit) = split_number(text).ok_or_else(bad)?;
         let scale = DURATION_UNITS
             .iter()
@@ -61,7 +76,7 @@ impl Dur {
             .ok_or_else(bad)?;
         let millis = number
             .checked_mul(scale)
-            .ok_or_else(|| format!("duration `{text}` is too large"))?;
+            .ok_or_else(|| UnitError::DurationTooLarge(text.to_owned()))?;
         Ok(Dur(Duration::from_millis(millis)))
     }
 }
@@ -81,12 +96,8 @@ impl fmt::Display for Dur {
 
 impl Size {
     /// Parses `512`, `64KiB`, `10MiB`, `1GB`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid size `{text}`: expected a number and a unit (B, KB, MB, GB, KiB, MiB, GiB), like `64KiB`"
-            )
-        };
+    pub fn parse(text: &str) -> Result<Self, UnitError> {
+        let bad = || UnitError::BadSize(text.to_owned());
         let (number, unit) = split_number(text).ok_or_else(bad)?;
         let scale = if unit.is_empty() {
             1
@@ -100,7 +111,7 @@ impl Size {
         number
             .checked_mul(scale)
             .map(Size)
-            .ok_or_else(|| format!("size `{text}` is too large"))
+            .ok_or_else(|| UnitError::SizeTooLarge(text.to_owned()))
     }
 
     /// The size as a `usize`, saturating on 32-bit targets.

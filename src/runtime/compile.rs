@@ -28,6 +28,7 @@ use crate::observe::Metrics;
 use crate::plugins::{self, PluginChain};
 use crate::pool::{PoolSettings, Registry};
 use crate::routing::{Conditions, HostPattern, PathMatch, RouteTable, path};
+use checks::{Shadows, Upstreams, did_you_mean};
 
 /// What compiled tables attach to: live target state and metric families.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,29 @@ pub struct Env<'a> {
     pub metrics: &'a Metrics,
     /// ACME state, kept across reloads.
     pub acme: &'a crate::tls::acme::Store,
+}
+
+/// Reads the file at `path` and compiles it. What parsed is compiled even when something did
+/// not, so the errors of both steps come at once.
+pub fn load(path: &Path, env: Env<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
+    let (spec, errors) = crate::config::read(path);
+    compile_read(spec, errors, &path.display().to_string(), env)
+}
+
+/// Compiles what `config::read` returned; its `errors` come first in the answer.
+pub(crate) fn compile_read(
+    spec: Spec,
+    mut errors: Vec<Diagnostic>,
+    file: &str,
+    env: Env<'_>,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    match compile(spec, file, env) {
+        Ok(snap) if errors.is_empty() => return Ok(snap),
+        Ok(snap) => errors.extend(snap.warnings.iter().cloned()),
+        Err(more) => errors.extend(more),
+    }
+    crate::config::sort_diagnostics(&mut errors);
+    Err(errors)
 }
 
 /// Compiles `spec` (read from `file`) into a snapshot, or returns every problem found.
@@ -61,7 +85,11 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
     });
 
     let upstreams = compile_upstreams(&spec.upstreams, env, &mut diags);
-    let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (&*u.name, u)).collect();
+    let by_name = Upstreams {
+        compiled: upstreams.iter().map(|u| (&*u.name, u)).collect(),
+        declared: spec.upstreams.iter().map(|(n, _)| n.as_str()).collect(),
+        unparsed: &spec.unparsed,
+    };
 
     let consumers = match crate::plugins::auth::Consumers::build(&spec.consumers) {
         Ok(c) => Arc::new(c),
@@ -115,19 +143,24 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
     }
 
     let listener_names: Vec<&str> = spec.listeners.iter().map(|l| l.name.as_str()).collect();
-    for (route, _, spec_route) in &routes {
+    for spec_route in &spec.routes {
         for name in spec_route.listeners.iter().flatten() {
-            if !listener_names.contains(&name.as_str()) {
+            if !listener_names.contains(&name.as_str())
+                && !spec.unparsed.declares("listeners", name)
+            {
                 diags.error(
                     name.pos,
                     format!(
-                        "route `{}` names listener `{}`, which does not exist",
-                        route.name, **name
+                        "route `{}` names listener `{}`, which does not exist{}",
+                        *spec_route.name,
+                        **name,
+                        did_you_mean(name, listener_names.iter().copied())
                     ),
                 );
             }
         }
     }
+    let mut shadows = Shadows::default();
 
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
     let mut tls_files = Vec::new();
@@ -216,7 +249,8 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         let mut attached = Vec::new();
         let mut conditions = Vec::new();
         let mut positions = Vec::new();
-        for (route, cond, spec_route) in &routes {
+        shadows.next_listener();
+        for (index, (route, cond, spec_route)) in routes.iter().enumerate() {
             let wanted = spec_route
                 .listeners
                 .as_ref()
@@ -238,6 +272,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             });
             conditions.push(cond.clone());
             positions.push(spec_route.name.pos);
+            shadows.attach(index, &spec_route.matches);
         }
         let table = match RouteTable::build(conditions) {
             Ok(table) => table,
@@ -268,6 +303,13 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         });
     }
 
+    shadows.report(|i| (&*routes[i].0.name, routes[i].2.name.pos), &mut diags);
+
+    // An item that parsed only in part has its own errors already; errors about it as a
+    // whole (reported at its name) may be about what was dropped.
+    let partial = &spec.unparsed.partial;
+    diags.list.retain(|d| !partial.contains(&d.pos));
+
     for upstream in &spec.upstreams {
         if let Some(tls) = &upstream.1.tls {
             for file in [&tls.ca_file, &tls.cert_file, &tls.key_file]
@@ -278,7 +320,8 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             }
         }
     }
-    diags.finish(Snapshot {
+    let ((), warnings) = diags.finish(())?;
+    Ok(Snapshot {
         spec,
         listeners,
         upstreams,
@@ -286,13 +329,14 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         admin,
         tls_files,
         global: PluginChain::new(global_plugins),
+        warnings,
     })
 }
 
 /// SNI routing of a `tls_passthrough` listener.
 fn compile_passthrough(
     spec: &ListenerSpec,
-    upstreams: &HashMap<&str, &Arc<Upstream>>,
+    upstreams: &Upstreams<'_>,
     diags: &mut Diagnostics,
 ) -> Option<crate::l4::Passthrough> {
     if spec.protocol != ListenerProtocol::TlsPassthrough {
@@ -304,13 +348,7 @@ fn compile_passthrough(
         }
         return None;
     }
-    let find = |name: &At<String>, diags: &mut Diagnostics| match upstreams.get(name.as_str()) {
-        Some(u) => Some(Arc::clone(u)),
-        None => {
-            diags.error(name.pos, format!("upstream `{}` is not defined", **name));
-            None
-        }
-    };
+    let find = |name: &At<String>, diags: &mut Diagnostics| upstreams.find(name, diags);
     let mut routes = Vec::new();
     for (pattern, upstream) in &spec.sni {
         match HostPattern::parse(pattern) {
@@ -325,7 +363,8 @@ fn compile_passthrough(
     // Exact names first, then longer wildcards before shorter ones.
     routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.rank()));
     let default = spec.upstream.as_ref().and_then(|u| find(u, diags));
-    if routes.is_empty() && default.is_none() {
+    // Judged on what was written: an entry naming a broken upstream has its own error.
+    if spec.sni.is_empty() && spec.upstream.is_none() {
         diags.error(
             spec.name.pos,
             "a tls_passthrough listener needs `sni` entries or an `upstream`",
@@ -417,13 +456,13 @@ fn compile_listener_tls(
         tls_files.push(key_path.clone());
         match crate::tls::load_pair(&cert_path, &key_path) {
             Ok(c) => loaded.push(c),
-            Err(message) => {
-                let pos = if message.contains("key") && !message.contains("certificate in") {
+            Err(err) => {
+                let pos = if err.in_key_file() {
                     cert.key_file.pos
                 } else {
                     cert.cert_file.pos
                 };
-                diags.error(pos, message);
+                diags.error(pos, err.to_string());
             }
         }
     }
@@ -680,13 +719,15 @@ fn compile_upstream(
             spec.protocol == UpstreamProtocol::Http2,
         ) {
             Ok(config) => Some(crate::tls::UpstreamTls { config, sni }),
-            Err(message) => {
-                let pos = t
-                    .ca_file
-                    .as_ref()
-                    .or(t.cert_file.as_ref())
-                    .map_or(name.pos, |f| f.pos);
-                diags.error(pos, message);
+            Err(err) => {
+                use crate::tls::ClientTlsError;
+                let file = match &err {
+                    ClientTlsError::Ca(_) => t.ca_file.as_ref(),
+                    ClientTlsError::Identity(e) if e.in_key_file() => t.key_file.as_ref(),
+                    ClientTlsError::Identity(_) => t.cert_file.as_ref(),
+                    ClientTlsError::Setup(_) => None,
+                };
+                diags.error(file.map_or(name.pos, |f| f.pos), err.to_string());
                 None
             }
         }
@@ -926,7 +967,7 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
 
 fn compile_route(
     spec: &RouteSpec,
-    upstreams: &HashMap<&str, &Arc<Upstream>>,
+    upstreams: &Upstreams<'_>,
     global: &[Arc<dyn plugins::Plugin>],
     env: plugins::BuildEnv<'_>,
     diags: &mut Diagnostics,
@@ -946,15 +987,7 @@ fn compile_route(
         );
         return None;
     }
-    let find = |name: &At<String>, diags: &mut Diagnostics| -> Option<Arc<Upstream>> {
-        match upstreams.get(name.as_str()) {
-            Some(u) => Some(Arc::clone(u)),
-            None => {
-                diags.error(name.pos, format!("upstream `{}` is not defined", **name));
-                None
-            }
-        }
-    };
+    let find = |name: &At<String>, diags: &mut Diagnostics| upstreams.find(name, diags);
     let action = if let Some(name) = &spec.upstream {
         find(name, diags).map(|u| Action::Forward {
             arms: vec![u],
@@ -1129,5 +1162,6 @@ fn compile_headers(
     headers
 }
 
+mod checks;
 #[cfg(test)]
 mod tests;

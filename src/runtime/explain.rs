@@ -33,7 +33,14 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
             q.url
         )
     })?;
-    let port = authority.port_u16().unwrap_or(80);
+    // The port a client would connect to: the URL's, else its scheme's default.
+    let port = authority
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
     let mut out = String::new();
 
     let by_port = snap.listeners.iter().find(|l| l.addr.port() == port);
@@ -53,6 +60,11 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
         listener.name, listener.addr
     );
 
+    if let Some(passthrough) = &listener.passthrough {
+        explain_passthrough(&mut out, passthrough, authority.host(), q);
+        return Ok(out);
+    }
+
     let host_header = q
         .headers
         .get(http::header::HOST)
@@ -71,6 +83,16 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
         let _ = write!(out, " (normalised from {raw_path})");
     }
     out.push('\n');
+
+    if let Some((port, status)) = listener.redirect_https {
+        let location = super::https_location(port, &host, &normal, uri.query());
+        let _ = writeln!(
+            out,
+            "action    redirect {status} to {location} — the listener sends every request to \
+             https (ACME HTTP-01 challenges excepted); routes are not consulted"
+        );
+        return Ok(out);
+    }
 
     let view = RequestView {
         host: &host,
@@ -149,35 +171,92 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
                 path: &normal,
                 query: uri.query(),
             };
-            match upstream.balancer.peek(&upstream.targets, &pick) {
-                Some(t) => {
-                    let _ = writeln!(
-                        out,
-                        "target    {} (next pick of {})",
-                        upstream.targets[t].address,
-                        upstream.balancer.name()
-                    );
-                }
-                None => {
-                    let _ = writeln!(out, "target    none available");
-                }
-            }
+            target_line(&mut out, upstream, &pick);
         }
     }
     Ok(out)
 }
 
+/// A `tls_passthrough` listener: no HTTP, the ClientHello's server name picks the upstream.
+fn explain_passthrough(
+    out: &mut String,
+    passthrough: &crate::l4::Passthrough,
+    host: &str,
+    q: &Question<'_>,
+) {
+    // The client sends the URL's host as SNI (RFC 6066 §3); a Host header never reaches us.
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    let _ = writeln!(
+        out,
+        "tls       passthrough: not terminated, routed by the server name (SNI) {name}"
+    );
+    let entry = passthrough.routes.iter().find(|(p, _)| p.matches(&name));
+    let upstream = match (entry, &passthrough.default) {
+        (Some((pattern, upstream)), _) => {
+            let _ = writeln!(
+                out,
+                "sni       {name} matches entry {} — chosen",
+                describe_host(pattern)
+            );
+            upstream
+        }
+        (None, Some(upstream)) => {
+            let _ = writeln!(
+                out,
+                "sni       {name} matches no entry; the listener's `upstream` takes it"
+            );
+            upstream
+        }
+        (None, None) => {
+            let _ = writeln!(
+                out,
+                "result    connection closed — no sni entry matches {name} and the listener has no `upstream`"
+            );
+            return;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "action    pass the TLS bytes through to upstream {}",
+        upstream.name
+    );
+    let headers = HeaderMap::new();
+    let pick = crate::balance::PickCtx {
+        client: q.client,
+        headers: &headers,
+        path: "/",
+        query: None,
+    };
+    target_line(out, upstream, &pick);
+}
+
+fn target_line(out: &mut String, upstream: &super::Upstream, pick: &crate::balance::PickCtx<'_>) {
+    match upstream.balancer.peek(&upstream.targets, pick) {
+        Some(t) => {
+            let _ = writeln!(
+                out,
+                "target    {} (next pick of {})",
+                upstream.targets[t].address,
+                upstream.balancer.name()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "target    none available");
+        }
+    }
+}
+
+fn describe_host(pattern: &crate::routing::HostPattern) -> String {
+    match pattern {
+        crate::routing::HostPattern::Exact(n) => n.clone(),
+        crate::routing::HostPattern::Suffix(s) => format!("*{s}"),
+    }
+}
+
 fn describe(cond: &Conditions) -> String {
     let mut parts = Vec::new();
     if !cond.hosts.is_empty() {
-        let hosts: Vec<String> = cond
-            .hosts
-            .iter()
-            .map(|h| match h {
-                crate::routing::HostPattern::Exact(n) => n.clone(),
-                crate::routing::HostPattern::Suffix(s) => format!("*{s}"),
-            })
-            .collect();
+        let hosts: Vec<String> = cond.hosts.iter().map(describe_host).collect();
         parts.push(format!("hosts={}", hosts.join(",")));
     }
     match &cond.path {

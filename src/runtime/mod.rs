@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use regex::Regex;
 
-pub use compile::compile;
+pub use compile::{compile, load};
 
 use crate::balance::Balancer;
 use crate::config::Spec;
@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub tls_files: Vec<std::path::PathBuf>,
     /// The global plugins alone, for requests that match no route.
     pub global: PluginChain,
+    /// What the config does that is likely not meant (a route that can never match).
+    pub warnings: Vec<crate::config::Diagnostic>,
 }
 
 impl Snapshot {
@@ -263,6 +265,20 @@ impl Redirect {
             .replace("{path}", path)
             .replace("{query}", query.unwrap_or(""))
             .replace("{host}", host)
+    }
+}
+
+/// Where a `redirect_https` listener sends a request: same host (without its port), path and
+/// query, on https at `port` (left out when it is 443).
+pub fn https_location(port: u16, host: &str, path: &str, query: Option<&str>) -> String {
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    match query {
+        Some(q) => format!("https://{host}{port}{path}?{q}"),
+        None => format!("https://{host}{port}{path}"),
     }
 }
 

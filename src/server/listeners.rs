@@ -25,6 +25,8 @@ pub struct Bound {
     pub configured: SocketAddr,
     /// The address actually bound.
     pub local: SocketAddr,
+    /// The connection limit it was started with; a reload keeps it.
+    pub max_connections: usize,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -213,6 +215,7 @@ impl ListenerSet {
             Bound {
                 configured,
                 local,
+                max_connections,
                 stop,
                 tasks,
             },

@@ -34,6 +34,11 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// Why the last reload failed, if it did (served by the admin API).
     pub last_reload_error: Mutex<Option<String>>,
+    /// Settings as they were at start, which a reload does not change.
+    pub started: reload::Started,
+    /// Changed settings that wait for a restart, like `workers: 2 -> 4` (served by the admin
+    /// API); empty when the file and the running process agree.
+    pub restart_required: Mutex<Vec<String>>,
     /// ACME state and HTTP-01 tokens.
     pub acme: std::sync::Arc<crate::tls::acme::Store>,
 }
@@ -49,7 +54,13 @@ impl Shared {
         config_path: PathBuf,
         acme: std::sync::Arc<crate::tls::acme::Store>,
     ) -> Self {
+        let started = reload::Started {
+            access_log: snapshot.spec.access_log.clone(),
+            admin: snapshot.admin.as_ref().map(|(addr, _)| *addr),
+        };
         Shared {
+            started,
+            restart_required: Mutex::new(Vec::new()),
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,

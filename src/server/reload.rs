@@ -39,6 +39,16 @@ pub enum StartError {
     },
 }
 
+/// Settings read once at start: a reload that changes them is reported as waiting for a
+/// restart, never applied half-way.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The access log that was opened.
+    pub access_log: crate::config::spec::AccessLogSpec,
+    /// The admin API's configured address, if it was started.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     let what = what.into();
     move |source| StartError::Io { what, source }
@@ -51,13 +61,19 @@ pub fn load(
     metrics: &Metrics,
     acme: &AcmeStore,
 ) -> Result<Snapshot, Vec<config::Diagnostic>> {
-    let spec = config::load(path)?;
     let env = Env {
         registry,
         metrics,
         acme,
     };
-    runtime::compile(spec, &path.display().to_string(), env)
+    runtime::load(path, env)
+}
+
+/// Logs what the config does that is likely not meant; it runs all the same.
+fn log_warnings(snap: &Snapshot) {
+    for warning in &snap.warnings {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Runs portico on the config at `path` until SIGTERM or SIGINT; returns after draining.
@@ -71,6 +87,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     pool::set_workers(workers);
     let registry = Registry::default();
     let snapshot = load(path, &registry, &metrics, &acme).map_err(StartError::Config)?;
+    log_warnings(&snapshot);
     let access_log = if snapshot.spec.access_log.enabled {
         AccessLog::open(&snapshot.spec.access_log.path).map_err(io_error(format!(
             "cannot open access log {}",
@@ -292,13 +309,7 @@ fn try_reload(
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    if next.workers != workers.len() {
-        tracing::warn!(
-            running = workers.len(),
-            wanted = next.workers,
-            "a change of `workers` takes effect at the next start"
-        );
-    }
+    let pending = restart_required(&shared.started, workers.len(), listeners, &next);
     // Bind what is new before anything changes, so a failure leaves all as it was.
     let mut fresh = Vec::new();
     for listener in &next.listeners {
@@ -323,6 +334,16 @@ fn try_reload(
     }
     let next = Arc::new(next);
     shared.snapshot.store(Arc::clone(&next));
+    log_warnings(&next);
+    if !pending.is_empty() {
+        tracing::warn!(
+            "applied, except what needs a restart: {}",
+            pending.join("; ")
+        );
+    }
+    if let Ok(mut list) = shared.restart_required.lock() {
+        *list = pending;
+    }
 
     let wanted: Vec<&str> = next.listeners.iter().map(|l| &*l.name).collect();
     let stale: Vec<Arc<str>> = listeners
@@ -349,6 +370,53 @@ fn try_reload(
             .is_some_and(|u| u.targets.iter().any(|t| t.address == address))
     });
     Ok(())
+}
+
+/// Settings of `next` that differ from what runs and that only a restart applies: the
+/// worker count, the access log, the admin address, and the connection limit of a listener
+/// that keeps its socket. Each as `setting: running -> wanted`.
+fn restart_required(
+    started: &Started,
+    workers: usize,
+    listeners: &ListenerSet,
+    next: &Snapshot,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if next.workers != workers {
+        out.push(format!("workers: {workers} -> {}", next.workers));
+    }
+    let log = |a: &crate::config::spec::AccessLogSpec| {
+        if a.enabled {
+            a.path.clone()
+        } else {
+            "off".to_owned()
+        }
+    };
+    let (running, wanted) = (log(&started.access_log), log(&next.spec.access_log));
+    if running != wanted {
+        out.push(format!("access_log: {running} -> {wanted}"));
+    }
+    let admin = next.admin.as_ref().map(|(addr, _)| *addr);
+    if admin != started.admin {
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
+        out.push(format!(
+            "admin.listen: {} -> {}",
+            show(started.admin),
+            show(admin)
+        ));
+    }
+    for listener in &next.listeners {
+        if let Some(bound) = listeners.bound.get(&listener.name)
+            && bound.configured == listener.addr
+            && bound.max_connections != listener.limits.max_connections
+        {
+            out.push(format!(
+                "listener `{}` max_connections: {} -> {}",
+                listener.name, bound.max_connections, listener.limits.max_connections
+            ));
+        }
+    }
+    out
 }
 
 /// Resolves DNS names of targets that are due (all of them when `force`).

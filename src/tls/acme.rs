@@ -135,7 +135,8 @@ impl Store {
 }
 
 fn load_stored(dir: &Path) -> Result<(Arc<CertifiedKey>, i64), String> {
-    let loaded = super::load_pair(&dir.join("cert.pem"), &dir.join("key.pem"))?;
+    let loaded =
+        super::load_pair(&dir.join("cert.pem"), &dir.join("key.pem")).map_err(|e| e.to_string())?;
     Ok((loaded.key, loaded.not_after))
 }
 

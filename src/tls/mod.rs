@@ -36,40 +36,87 @@ pub struct LoadedCert {
     pub not_after: i64,
 }
 
-/// Loads a PEM chain and key; the message says what is wrong, for the config position.
-pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, String> {
-    let certs = load_certs(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
-        rustls_pki_types::pem::Error::Io(io) => {
-            format!("cannot read key file {}: {io}", key_file.display())
-        }
-        other => format!("no usable private key in {}: {other:?}", key_file.display()),
+/// Why a certificate chain and its key cannot be used, and so which of the two files a
+/// diagnostic points at.
+#[derive(Debug, thiserror::Error)]
+pub enum PairError {
+    /// The certificate file is unreadable or holds no usable certificate, or the leaf is not
+    /// valid now.
+    #[error("{0}")]
+    Certificate(String),
+    /// The key file is unreadable or holds no usable key.
+    #[error("{0}")]
+    Key(String),
+    /// The key is not the one of the certificate.
+    #[error("the key in {} does not match the certificate in {}", .key.display(), .cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+    },
+}
+
+impl PairError {
+    /// Whether the key file, rather than the certificate file, is the one to look at.
+    pub fn in_key_file(&self) -> bool {
+        matches!(self, PairError::Key(_) | PairError::Mismatch { .. })
+    }
+}
+
+/// Why an upstream's TLS client config cannot be built, and so which setting to point at.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    /// The `ca_file` is unusable.
+    #[error("{0}")]
+    Ca(String),
+    /// The client certificate (`cert_file`) or its key (`key_file`) is unusable.
+    #[error(transparent)]
+    Identity(#[from] PairError),
+    /// rustls refused the settings.
+    #[error("cannot set up upstream TLS: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
+/// Loads a PEM chain and key.
+pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairError> {
+    let certs = load_certs(cert_file).map_err(PairError::Certificate)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        PairError::Key(match e {
+            rustls_pki_types::pem::Error::Io(io) => {
+                format!("cannot read key file {}: {io}", key_file.display())
+            }
+            other => format!("no usable private key in {}: {other:?}", key_file.display()),
+        })
     })?;
     let certified =
         CertifiedKey::from_der(certs.clone(), key, &provider()).map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => format!(
-                "the key in {} does not match the certificate in {}",
-                key_file.display(),
-                cert_file.display()
-            ),
-            other => format!("unusable key in {}: {other}", key_file.display()),
+            rustls::Error::InconsistentKeys(_) => PairError::Mismatch {
+                cert: cert_file.to_owned(),
+                key: key_file.to_owned(),
+            },
+            other => PairError::Key(format!("unusable key in {}: {other}", key_file.display())),
         })?;
-    let leaf = identity(&certs[0])
-        .ok_or_else(|| format!("cannot parse the certificate in {}", cert_file.display()))?;
+    let leaf = identity(&certs[0]).ok_or_else(|| {
+        PairError::Certificate(format!(
+            "cannot parse the certificate in {}",
+            cert_file.display()
+        ))
+    })?;
     let now = now_unix();
     if leaf.not_after < now {
-        return Err(format!(
+        return Err(PairError::Certificate(format!(
             "the certificate in {} expired ({})",
             cert_file.display(),
             leaf.not_after_text
-        ));
+        )));
     }
     if leaf.not_before > now {
-        return Err(format!(
+        return Err(PairError::Certificate(format!(
             "the certificate in {} is not valid yet ({})",
             cert_file.display(),
             leaf.not_before_text
-        ));
+        )));
     }
     let mut names: Vec<String> = leaf
         .dns_names
@@ -321,17 +368,17 @@ pub fn client_config(
     identity: Option<(&Path, &Path)>,
     verify: bool,
     http2: bool,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, ClientTlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?;
+        .map_err(ClientTlsError::Setup)?;
     let builder = if !verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
     } else {
         let roots = match ca_file {
-            Some(file) => roots(file)?,
+            Some(file) => roots(file).map_err(ClientTlsError::Ca)?,
             None => {
                 let mut store = RootCertStore::empty();
                 for cert in rustls_native_certs::load_native_certs().certs {
@@ -345,9 +392,10 @@ pub fn client_config(
     let mut config = match identity {
         Some((cert, key)) => {
             let loaded = load_pair(cert, key)?;
+            let key = load_key(key).map_err(|e| ClientTlsError::Identity(PairError::Key(e)))?;
             builder
-                .with_client_auth_cert(loaded.key.cert.clone(), load_key(key)?)
-                .map_err(|e| e.to_string())?
+                .with_client_auth_cert(loaded.key.cert.clone(), key)
+                .map_err(ClientTlsError::Setup)?
         }
         None => builder.with_no_client_auth(),
     };
@@ -433,7 +481,7 @@ pub async fn fetch(
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
         let response = if https {
-            let config = client_config(None, None, true, false)?;
+            let config = client_config(None, None, true, false).map_err(|e| e.to_string())?;
             let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)

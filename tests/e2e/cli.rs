@@ -26,16 +26,20 @@ fn validate_reports_every_error_with_position() {
     let (code, _, stderr) = cli(&["validate", "--config", &file]);
     assert_eq!(code, 1);
     let lines: Vec<&str> = stderr.lines().collect();
-    // Parse errors of one item do not hide those of the next.
-    assert!(
-        lines[0].starts_with(&format!("{file}:2:37: unknown key `protocl`")),
-        "{stderr}"
-    );
-    assert!(
-        lines[1].starts_with(&format!("{file}:5:41: invalid duration `soon`")),
-        "{stderr}"
-    );
-    assert_eq!(lines.len(), 2, "{stderr}");
+    // Parse errors of one item hide neither those of the next nor what compile finds in the
+    // parts that did parse.
+    let expected = [
+        format!("{file}:2:37: unknown key `protocl`: did you mean `protocol`?"),
+        format!("{file}:3:13: duplicate listener name `web` (first at line 2)"),
+        format!("{file}:5:26: upstream `nope` is not defined"),
+        format!("{file}:5:41: invalid duration `soon`"),
+        format!("{file}:6:26: upstream `missing` is not defined"),
+        format!("{file}:9:48: a target's weight must be at least 1"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, want) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(want.as_str()), "{want} in\n{stderr}");
+    }
 
     // Once it parses, semantic errors come all at once too.
     let file = write(
@@ -205,4 +209,250 @@ fn version_prints() {
     let (code, out, _) = cli(&["version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("portico "), "{out}");
+}
+
+#[test]
+fn validate_reports_shape_and_semantic_errors_of_one_route_together() {
+    // An unknown key in a route does not hide that the same route names a missing upstream.
+    let file = write(
+        "both.yaml",
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: r, upstream: missing_pool, timeot: 5s }
+upstreams:
+  pool:
+    targets: [ { address: 127.0.0.1:1 } ]
+",
+    );
+    let (code, _, stderr) = cli(&["validate", "-c", &file]);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{file}:4:26: upstream `missing_pool` is not defined"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{file}:4:40: unknown key `timeot`")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_suggests_close_keys_and_names() {
+    let file = write(
+        "typos.yaml",
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0, protocl: http }
+routes:
+  - { name: r, listeners: [wbe], upstream: users }
+  - { name: s, upstream: user }
+upstreams:
+  users:
+    balance: round_robbin
+    targets: [ { address: 127.0.0.1:1 } ]
+",
+    );
+    let (code, _, stderr) = cli(&["validate", "-c", &file]);
+    assert_eq!(code, 1, "{stderr}");
+    let expected = [
+        format!("{file}:2:37: unknown key `protocl`: did you mean `protocol`?"),
+        format!(
+            "{file}:4:28: route `r` names listener `wbe`, which does not exist: did you mean `web`?"
+        ),
+        format!("{file}:5:26: upstream `user` is not defined: did you mean `users`?"),
+        format!("{file}:8:14: unknown value `round_robbin`: did you mean `round_robin`?"),
+    ];
+    for want in &expected {
+        assert!(
+            stderr.lines().any(|l| l == want.as_str()),
+            "missing {want} in\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn one_bad_target_is_reported_once() {
+    let file = write(
+        "target.yaml",
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: a, match: { path_prefix: /a/ }, upstream: u }
+  - { name: b, match: { path_prefix: /b/ }, upstream: u }
+upstreams:
+  u:
+    targets: [ { address: 127.0.0.1:1 }, { address: 'not an address' } ]
+",
+    );
+    let (code, _, stderr) = cli(&["validate", "-c", &file]);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{file}:8:53: invalid target address `not an address`"
+        )),
+        "{stderr}"
+    );
+}
+
+const SHADOWED: &str = "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: first, match: { hosts: [a.example.com], path_prefix: /api/, methods: [GET] }, respond: { status: 200 } }
+  - { name: second, match: { methods: [get], path_prefix: /api, hosts: [A.example.com] }, respond: { status: 201 } }
+  - { name: other, match: { path_prefix: /api/ }, respond: { status: 202 } }
+";
+
+#[test]
+fn validate_warns_about_shadowed_routes_and_strict_fails_on_warnings() {
+    let file = write("shadow.yaml", SHADOWED);
+    let (code, stdout, stderr) = cli(&["validate", "-c", &file]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{file}:5:13: warning: route `second` can never match: route `first` (line 4)"
+        )),
+        "{stderr}"
+    );
+    let (code, _, strict) = cli(&["validate", "--strict", "-c", &file]);
+    assert_eq!(code, 1, "{strict}");
+    assert!(strict.contains("warning: route `second`"), "{strict}");
+}
+
+#[test]
+fn run_logs_warnings() {
+    let gw = Portico::start(SHADOWED);
+    assert!(
+        gw.wait_log(
+            "warning: route `second` can never match",
+            std::time::Duration::from_secs(5)
+        ),
+        "{}",
+        gw.log_text()
+    );
+}
+
+const EDGE: &str = "\
+listeners:
+  - { name: web, bind: 127.0.0.1:8080 }
+  - { name: plain, bind: 127.0.0.1:80, redirect_https: { port: 8443, status: 301 } }
+  - name: pass
+    bind: 127.0.0.1:443
+    protocol: tls_passthrough
+    sni: { db.example.com: db, \"*.apps.example.com\": apps }
+    upstream: fallback
+routes:
+  - { name: all, respond: { status: 200 } }
+upstreams:
+  db: { targets: [ { address: 127.0.0.1:5432 } ] }
+  apps: { targets: [ { address: 127.0.0.1:9000 } ] }
+  fallback: { targets: [ { address: 127.0.0.1:9999 } ] }
+";
+
+#[test]
+fn explain_says_what_redirect_and_passthrough_listeners_do() {
+    let file = write("edge.yaml", EDGE);
+    let (code, out, err) = cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        "http://shop.example.com/cart?x=1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listener  plain (127.0.0.1:80)"), "{out}");
+    assert!(
+        out.contains("redirect 301 Moved Permanently to https://shop.example.com:8443/cart?x=1"),
+        "{out}"
+    );
+    assert!(!out.contains("404"), "{out}");
+
+    // https without a port is port 443: the passthrough listener, routed by SNI.
+    let (code, out, err) = cli(&["explain", "-c", &file, "GET", "https://db.example.com/"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listener  pass (127.0.0.1:443)"), "{out}");
+    assert!(
+        out.contains("sni       db.example.com matches entry db.example.com"),
+        "{out}"
+    );
+    assert!(out.contains("upstream db"), "{out}");
+    assert!(out.contains("target    127.0.0.1:5432"), "{out}");
+    assert!(!out.contains("404"), "{out}");
+
+    let (code, out, err) = cli(&["explain", "-c", &file, "GET", "https://x.apps.example.com/"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("matches entry *.apps.example.com"), "{out}");
+    assert!(out.contains("upstream apps"), "{out}");
+    let (code, out, err) = cli(&["explain", "-c", &file, "GET", "https://other.example.org/"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("upstream fallback"), "{out}");
+}
+
+#[tokio::test]
+async fn reload_reports_settings_that_need_a_restart() {
+    let config = |workers: usize, extra: &str, limits: &str| {
+        format!(
+            "workers: {workers}\n{extra}admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: web, bind: 127.0.0.1:0{limits} }}\nroutes:\n  - {{ name: r, respond: {{ status: 200 }} }}\n"
+        )
+    };
+    let gw = Portico::start(&config(2, "", ""));
+    let admin = gw.admin.clone().unwrap();
+    let health = crate::support::get(&admin, "/health").await.json();
+    assert_eq!(
+        health["restart_required"],
+        serde_json::json!([]),
+        "{health}"
+    );
+
+    assert!(gw.reload(&config(4, "", "")));
+    assert!(
+        gw.log_text()
+            .contains("applied, except what needs a restart: workers: 2 -> 4"),
+        "{}",
+        gw.log_text()
+    );
+    let health = crate::support::get(&admin, "/health").await.json();
+    assert_eq!(
+        health["restart_required"],
+        serde_json::json!(["workers: 2 -> 4"]),
+        "{health}"
+    );
+
+    let more = config(
+        4,
+        "access_log: { enabled: false }\n",
+        ", limits: { max_connections: 50 }",
+    );
+    assert!(gw.reload(&more));
+    let health = crate::support::get(&admin, "/health").await.json();
+    assert_eq!(
+        health["restart_required"],
+        serde_json::json!([
+            "workers: 2 -> 4",
+            "access_log: - -> off",
+            "listener `web` max_connections: 10000 -> 50"
+        ]),
+        "{health}"
+    );
+
+    // Back to what runs: nothing is pending any more.
+    assert!(gw.reload(&config(2, "", "")));
+    let health = crate::support::get(&admin, "/health").await.json();
+    assert_eq!(
+        health["restart_required"],
+        serde_json::json!([]),
+        "{health}"
+    );
 }

@@ -283,7 +283,8 @@ listeners:
         "{stderr}"
     );
     assert!(
-        stderr.contains(&format!("{file}:8:")) && stderr.contains("does not match the certificate"),
+        stderr.contains(&format!("{file}:8:41: the key in"))
+            && stderr.contains("does not match the certificate"),
         "{stderr}"
     );
     assert!(

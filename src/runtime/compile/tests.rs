@@ -19,6 +19,127 @@ fn compile_text(text: &str) -> Result<Snapshot, Vec<String>> {
     .map_err(|d| d.iter().map(ToString::to_string).collect())
 }
 
+/// Reads and compiles like `portico validate`: errors and warnings, as printed.
+fn check_text(text: &str) -> Vec<String> {
+    let registry = Registry::default();
+    let metrics = Metrics::new();
+    let acme = crate::tls::acme::Store::default();
+    let (spec, errors) = crate::config::read_str("c.yaml", text, &|_| None);
+    let env = Env {
+        registry: &registry,
+        metrics: &metrics,
+        acme: &acme,
+    };
+    match compile_read(spec, errors, "c.yaml", env) {
+        Ok(snap) => snap.warnings.iter().map(ToString::to_string).collect(),
+        Err(all) => all.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn a_broken_upstream_is_reported_once_not_at_every_reference() {
+    let lines = check_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+  - { name: pass, bind: 127.0.0.1:0, protocol: tls_passthrough, upstream: u }
+routes:
+  - { name: a, match: { path: /a }, upstream: u }
+  - { name: b, match: { path: /b }, split: [ { upstream: u, weight: 1 }, { upstream: v, weight: 1 } ] }
+  - { name: c, match: { path: /c }, upstream: v, mirror: { upstream: w } }
+upstreams:
+  u: { targets: [ { address: 'bad address' } ] }
+  v: { targets: [ { address: 127.0.0.1:1 } ] }
+  w: { targets: [] , balance: nope }
+",
+    );
+    assert_eq!(
+        lines,
+        [
+            "c.yaml:9:30: invalid target address `bad address`: expected HOST:PORT, like 10.0.0.5:8080 or api.internal:80",
+            "c.yaml:11:17: upstream `w` has no targets",
+            "c.yaml:11:31: unknown value `nope`, expected one of: round_robin, least_request, random, p2c_ewma, ring_hash, maglev, ip_hash",
+        ],
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn unknown_names_get_a_suggestion() {
+    let lines = check_text(
+        "\
+listeners:
+  - { name: public, bind: 127.0.0.1:0 }
+routes:
+  - { name: a, listeners: [pubic], upstream: orders }
+  - { name: b, listeners: [nothing_like_it], upstream: order }
+  - { name: c, upstream: zzz }
+upstreams:
+  orders: { targets: [ { address: 127.0.0.1:1 } ] }
+",
+    );
+    assert_eq!(
+        lines,
+        [
+            "c.yaml:4:28: route `a` names listener `pubic`, which does not exist: did you mean `public`?",
+            "c.yaml:5:28: route `b` names listener `nothing_like_it`, which does not exist",
+            "c.yaml:5:56: upstream `order` is not defined: did you mean `orders`?",
+            "c.yaml:6:26: upstream `zzz` is not defined",
+        ],
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn whole_item_checks_are_skipped_for_an_item_that_parsed_in_part() {
+    // `upstrem` is a typo: "needs exactly one action, found 0" would only repeat it.
+    let lines = check_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0, limits: { max_conections: 5 } }
+  - { name: gone, bind: 127.0.0.1:0, tls: 5 }
+routes:
+  - { name: a, upstrem: u }
+  - { name: b, listeners: [web, gone], respond: { status: 200 } }
+upstreams:
+  u: { targets: [ { address: 127.0.0.1:1 } ] }
+",
+    );
+    assert_eq!(
+        lines,
+        [
+            "c.yaml:2:47: unknown key `max_conections`: did you mean `max_connections`?",
+            "c.yaml:3:43: expected a mapping, found an integer",
+            "c.yaml:5:16: unknown key `upstrem`: did you mean `upstream`?",
+        ],
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn identical_earlier_routes_shadow_later_ones() {
+    let lines = check_text(
+        "\
+listeners:
+  - { name: a, bind: 127.0.0.1:0 }
+  - { name: b, bind: 127.0.0.1:0 }
+routes:
+  - { name: one, listeners: [a], match: { path: /x, headers: { X-K: v } }, respond: { status: 200 } }
+  - { name: two, match: { path: /x, headers: { x-k: v } }, respond: { status: 200 } }
+  - { name: three, listeners: [b, a], match: { headers: { x-k: v }, path: /x }, respond: { status: 200 } }
+  - { name: four, match: { path: /x, methods: [GET] }, respond: { status: 200 } }
+",
+    );
+    // `two` still matches on `b`; `three` is behind `one` on `a` and `two` on `b`.
+    assert_eq!(
+        lines,
+        [
+            "c.yaml:7:13: warning: route `three` can never match: route `one` (line 5) comes first with the same listeners and match conditions",
+        ],
+        "{lines:#?}"
+    );
+}
+
 #[test]
 fn semantic_errors_are_all_reported() {
     let errors = compile_text(
@@ -80,4 +201,23 @@ routes:
     .unwrap();
     assert_eq!(snap.listener("a").unwrap().routes.len(), 1);
     assert_eq!(snap.listener("b").unwrap().routes.len(), 2);
+}
+
+#[test]
+fn upstream_tls_errors_point_at_the_file_at_fault() {
+    // `verify: false` leaves `ca_file` unread: a missing client certificate is the error.
+    let errors = compile_text(
+        "\
+upstreams:
+  u:
+    targets: [ { address: 127.0.0.1:1 } ]
+    tls: { verify: false, ca_file: ca.pem, cert_file: no-such-client.pem, key_file: no-such.key }
+",
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("c.yaml:4:55: cannot read certificate file"),
+        "{errors:#?}"
+    );
 }
