@@ -52,6 +52,8 @@ pub struct Jwt {
     leeway: u64,
     consumer_claim: String,
     claims_to_headers: Vec<(String, HeaderName)>,
+    /// `exp` and the configured `required_claims`.
+    required: std::collections::HashSet<String>,
     consumers: Arc<super::auth::Consumers>,
 }
 
@@ -181,6 +183,9 @@ impl Jwt {
             leeway: spec.leeway.0.as_secs(),
             consumer_claim: spec.consumer_claim.clone(),
             claims_to_headers,
+            required: std::iter::once("exp".to_owned())
+                .chain(spec.required_claims.iter().cloned())
+                .collect(),
             consumers: Arc::clone(consumers),
         })
     }
@@ -240,6 +245,7 @@ impl Jwt {
             .map_or(0, |j| j.fetches.load(Ordering::Relaxed))
     }
 
+    /// A 401 for a presented token that is not acceptable (RFC 6750 §3.1 `invalid_token`).
     fn unauthorized(&self, ctx: &RequestCtx, message: &str) -> Flow {
         static CHALLENGE: HeaderValue =
             HeaderValue::from_static("Bearer realm=\"portico\", error=\"invalid_token\"");
@@ -247,6 +253,17 @@ impl Jwt {
             &ctx.request_id,
             &CHALLENGE,
             message,
+        ))
+    }
+
+    /// A 401 for a request without bearer credentials: RFC 6750 §3.1 says the challenge then
+    /// carries no error code, since nothing was presented that could be invalid.
+    fn challenge(&self, ctx: &RequestCtx) -> Flow {
+        static CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"portico\"");
+        Flow::Respond(super::auth::unauthorized(
+            &ctx.request_id,
+            &CHALLENGE,
+            "a bearer token is required",
         ))
     }
 }
@@ -283,7 +300,7 @@ impl Plugin for Jwt {
             })
             .map(str::trim)
         else {
-            return Ok(self.unauthorized(ctx, "a bearer token is required"));
+            return Ok(self.challenge(ctx));
         };
         let Ok(token_header) = jsonwebtoken::decode_header(token) else {
             return Ok(self.unauthorized(
@@ -314,7 +331,9 @@ impl Plugin for Jwt {
         let mut validation = Validation::new(key.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
-        validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();
+        // jsonwebtoken checks the registered claims it knows (RFC 7519 §4.1); the others are
+        // checked below, once the claims are decoded.
+        validation.required_spec_claims = self.required.clone();
         if self.audiences.is_empty() {
             validation.validate_aud = false;
         } else {
@@ -342,6 +361,13 @@ impl Plugin for Jwt {
                 return Ok(self.unauthorized(ctx, message));
             }
         };
+        if self
+            .required
+            .iter()
+            .any(|name| claims.get(name).is_none_or(serde_json::Value::is_null))
+        {
+            return Ok(self.unauthorized(ctx, "the token lacks a required claim"));
+        }
         let claim_text = |name: &str| match claims.get(name) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),

@@ -350,3 +350,84 @@ upstreams:
     let extra = fetches.load(Ordering::Relaxed) - before;
     assert!(extra <= 1, "{extra} JWKS fetches for 30 unknown kids");
 }
+
+#[tokio::test]
+async fn no_token_gets_a_bare_challenge_and_required_claims_are_enforced() {
+    let up = TestUpstream::start("U").await;
+    let config = fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: strict
+    match: { path_prefix: /strict/ }
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ], required_claims: [sub, email] }
+    upstream: u
+  - name: lax
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ] }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("SECRET", SECRET), ("U", &up.addr())],
+    );
+    let gw = Portico::start(&config);
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let get = |path: &str, auth: Option<String>| {
+        let mut r = Request::get(path).header("host", "x");
+        if let Some(auth) = auth {
+            r = r.header("authorization", auth);
+        }
+        r.body(Full::default()).unwrap()
+    };
+
+    // RFC 6750 §3.1: no credentials (or another scheme) means no error code.
+    for auth in [None, Some("Basic YWxpY2U6cHc=".to_owned())] {
+        let r = c.send(get("/api/x", auth.clone())).await.unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"portico\""),
+            "{auth:?}"
+        );
+    }
+    // A presented token that fails is `invalid_token`.
+    let r = c
+        .send(get("/api/x", Some("Bearer not.a.token".to_owned())))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\", error=\"invalid_token\"")
+    );
+
+    let no_sub = serde_json::json!({"email": "a@example.com", "exp": now() + 300});
+    let token = hs(None, &no_sub, SECRET.as_bytes());
+    // Without `required_claims`, only `exp` is required.
+    let r = c
+        .send(get("/lax/x", Some(format!("Bearer {token}"))))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c
+        .send(get("/strict/x", Some(format!("Bearer {token}"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 401,
+        "a token without `sub` on a route requiring it"
+    );
+    assert!(r.body.contains("required claim"), "{}", r.body);
+    let full = claims(serde_json::json!({}));
+    let r = c
+        .send(get(
+            "/strict/x",
+            Some(format!("Bearer {}", hs(None, &full, SECRET.as_bytes()))),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+}
