@@ -138,6 +138,7 @@ fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::confi
     let registry = Registry::default();
     let metrics = Metrics::new();
     let acme = crate::tls::acme::Store::default();
+    let states = crate::runtime::state::PluginStates::default();
     let spec = crate::config::load(path)?;
     runtime::compile(
         spec,
@@ -146,6 +147,7 @@ fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::confi
             registry: &registry,
             metrics: &metrics,
             acme: &acme,
+            states: &states,
         },
     )
 }

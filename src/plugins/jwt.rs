@@ -5,12 +5,16 @@
 //! an HMAC secret. Keys come from the config (secrets, PEM files) and from a JWKS URL refreshed
 //! in the background; an unknown `kid` asks for a refresh at most once a minute and the token is
 //! refused meanwhile.
+//!
+//! The JWKS keys are fetched once before the snapshot first serves (start-up and reload wait
+//! for it, bounded by the fetch timeout), and they are kept across reloads that leave the
+//! plugin as it was; the refresher belongs to those keys and stops when no config uses them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,6 +27,12 @@ use super::{Flow, Phase, Plugin};
 use crate::config::spec::JwtSpec;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::error::ProxyError;
+use crate::runtime::background::{self, BackgroundTask};
+use crate::runtime::state::{Kept, StartWork};
+
+/// Time allowed for one JWKS fetch, the first one (which start-up and reloads wait for)
+/// included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A verification key and the one algorithm it verifies.
 #[derive(Clone)]
@@ -45,8 +55,7 @@ impl std::fmt::Debug for Key {
 #[derive(Debug)]
 pub struct Jwt {
     keys: Vec<Key>,
-    fetched: Arc<ArcSwap<Vec<Key>>>,
-    jwks: Option<Jwks>,
+    jwks: Option<Arc<Jwks>>,
     issuers: Vec<String>,
     audiences: Vec<String>,
     leeway: u64,
@@ -57,14 +66,58 @@ pub struct Jwt {
     consumers: Arc<super::auth::Consumers>,
 }
 
+/// The keys of a `jwks_url`, kept across reloads, and their refresher.
 #[derive(Debug)]
 struct Jwks {
     url: String,
     refresh: Duration,
-    started: AtomicBool,
+    keys: Arc<ArcSwap<Vec<Key>>>,
     wake: Arc<tokio::sync::Notify>,
-    last_forced: Arc<AtomicU64>,
+    last_forced: AtomicU64,
     fetches: Arc<AtomicU64>,
+    live_tasks: prometheus_client::metrics::gauge::Gauge,
+    refresher: OnceLock<BackgroundTask>,
+}
+
+impl Kept for Jwks {
+    fn start(self: Arc<Self>) -> StartWork {
+        Box::pin(async move {
+            fetch(&self.url, &self.keys, &self.fetches).await;
+            let (url, refresh, wake, keys, fetches) = (
+                self.url.clone(),
+                self.refresh,
+                Arc::clone(&self.wake),
+                Arc::clone(&self.keys),
+                Arc::clone(&self.fetches),
+            );
+            // The task holds the key cache, not `self`: dropping the last `Jwks` drops the
+            // handle and so stops the task.
+            let task = background::spawn(&self.live_tasks, async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(refresh) => {}
+                        () = wake.notified() => {}
+                    }
+                    fetch(&url, &keys, &fetches).await;
+                }
+            });
+            let _ = self.refresher.set(task);
+        })
+    }
+}
+
+/// Fetches the JWKS at `url` into `keys`; on failure the keys stay as they were.
+async fn fetch(url: &str, keys: &ArcSwap<Vec<Key>>, fetches: &AtomicU64) {
+    fetches.fetch_add(1, Ordering::Relaxed);
+    match crate::tls::fetch(url, FETCH_TIMEOUT, 1 << 20).await {
+        Ok(body) => match serde_json::from_slice::<JwkSet>(&body) {
+            Ok(set) => keys.store(Arc::new(from_jwks(&set))),
+            Err(err) => tracing::warn!(url = %url, error = %err, "JWKS is not valid"),
+        },
+        Err(err) => {
+            tracing::warn!(url = %url, error = %err, "cannot fetch JWKS; keeping the keys")
+        }
+    }
 }
 
 fn algorithm(name: &str) -> Result<Algorithm, String> {
@@ -93,11 +146,8 @@ fn from_jwks(set: &JwkSet) -> Vec<Key> {
 
 impl Jwt {
     /// Loads the keys (PEM paths relative to `base`).
-    pub fn new(
-        spec: &JwtSpec,
-        base: &Path,
-        consumers: &Arc<super::auth::Consumers>,
-    ) -> Result<Self, String> {
+    pub fn new(spec: &JwtSpec, env: super::BuildEnv<'_>) -> Result<Self, String> {
+        let base = env.base;
         let mut keys = Vec::new();
         for k in &spec.keys {
             let alg = algorithm(&k.alg)?;
@@ -169,14 +219,17 @@ impl Jwt {
             .collect::<Result<_, _>>()?;
         Ok(Jwt {
             keys,
-            fetched: Arc::new(ArcSwap::from_pointee(Vec::new())),
-            jwks: spec.jwks_url.as_ref().map(|url| Jwks {
-                url: url.value.clone(),
-                refresh: spec.jwks_refresh.0.max(Duration::from_secs(1)),
-                started: AtomicBool::new(false),
-                wake: Arc::new(tokio::sync::Notify::new()),
-                last_forced: Arc::new(AtomicU64::new(0)),
-                fetches: Arc::new(AtomicU64::new(0)),
+            jwks: spec.jwks_url.as_ref().map(|url| {
+                env.state.keep(|| Jwks {
+                    url: url.value.clone(),
+                    refresh: spec.jwks_refresh.0.max(Duration::from_secs(1)),
+                    keys: Arc::new(ArcSwap::from_pointee(Vec::new())),
+                    wake: Arc::new(tokio::sync::Notify::new()),
+                    last_forced: AtomicU64::new(0),
+                    fetches: Arc::new(AtomicU64::new(0)),
+                    live_tasks: env.metrics.background_tasks().clone(),
+                    refresher: OnceLock::new(),
+                })
             }),
             issuers: spec.issuers.clone(),
             audiences: spec.audiences.clone(),
@@ -186,41 +239,8 @@ impl Jwt {
             required: std::iter::once("exp".to_owned())
                 .chain(spec.required_claims.iter().cloned())
                 .collect(),
-            consumers: Arc::clone(consumers),
+            consumers: Arc::clone(env.consumers),
         })
-    }
-
-    /// Starts the JWKS refresher on first use (there is a runtime by then).
-    fn start_refresher(&self) {
-        let Some(jwks) = &self.jwks else { return };
-        if jwks.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (url, refresh, wake, fetched, fetches) = (
-            jwks.url.clone(),
-            jwks.refresh,
-            Arc::clone(&jwks.wake),
-            Arc::clone(&self.fetched),
-            Arc::clone(&jwks.fetches),
-        );
-        tokio::spawn(async move {
-            loop {
-                fetches.fetch_add(1, Ordering::Relaxed);
-                match crate::tls::fetch(&url, Duration::from_secs(5), 1 << 20).await {
-                    Ok(body) => match serde_json::from_slice::<JwkSet>(&body) {
-                        Ok(set) => fetched.store(Arc::new(from_jwks(&set))),
-                        Err(err) => tracing::warn!(url = %url, error = %err, "JWKS is not valid"),
-                    },
-                    Err(err) => {
-                        tracing::warn!(url = %url, error = %err, "cannot fetch JWKS; keeping the keys")
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(refresh) => {}
-                    _ = wake.notified() => {}
-                }
-            }
-        });
     }
 
     /// Asks for a JWKS refresh, at most once a minute.
@@ -286,7 +306,6 @@ impl Plugin for Jwt {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
-        self.start_refresher();
         let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
         let value = values.next();
         if values.next().is_some() {
@@ -308,7 +327,8 @@ impl Plugin for Jwt {
                 "the token is malformed or uses an unaccepted algorithm",
             ));
         };
-        let fetched = self.fetched.load();
+        let guard = self.jwks.as_ref().map(|jwks| jwks.keys.load());
+        let fetched: &[Key] = guard.as_ref().map_or(&[], |keys| keys.as_slice());
         let candidates: Vec<&Key> = self
             .keys
             .iter()

@@ -4,8 +4,10 @@
 //! diagnostic it finds. A running portico holds one snapshot in an `ArcSwap`; a reload
 //! compiles the next one and swaps it in, and each request keeps the snapshot it started with.
 
+pub mod background;
 pub mod compile;
 pub mod explain;
+pub mod state;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -41,6 +43,13 @@ pub struct Snapshot {
     pub admin: Option<(SocketAddr, Option<String>)>,
     /// Certificate and key files in use, watched for changes.
     pub tls_files: Vec<std::path::PathBuf>,
+    /// Plugin state this compile made; started and kept when the snapshot is started.
+    pub fresh: Vec<state::Fresh>,
+    /// ACME listeners' state and the settings this config gives them, applied when the
+    /// snapshot is started.
+    pub acme: Vec<(Arc<crate::tls::acme::AcmeState>, crate::tls::acme::Settings)>,
+    /// Tasks the snapshot runs while it lives (active health checks).
+    pub background: Vec<background::BackgroundTask>,
 }
 
 impl Snapshot {

@@ -36,4 +36,6 @@ pub struct Shared {
     pub last_reload_error: Mutex<Option<String>>,
     /// ACME state and HTTP-01 tokens.
     pub acme: std::sync::Arc<crate::tls::acme::Store>,
+    /// Plugin state (rate-limit buckets, JWKS keys), kept across reloads.
+    pub states: crate::runtime::state::PluginStates,
 }

@@ -13,7 +13,7 @@ use crate::support::{H1, Portico, TestUpstream, fill, temp_dir};
 
 const SECRET: &str = "a-long-enough-hmac-secret-for-tests";
 
-fn b64url(data: &[u8]) -> String {
+pub(crate) fn b64url(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
@@ -26,14 +26,14 @@ fn b64url(data: &[u8]) -> String {
     out
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-fn claims(extra: serde_json::Value) -> serde_json::Value {
+pub(crate) fn claims(extra: serde_json::Value) -> serde_json::Value {
     let mut base = serde_json::json!({
         "sub": "alice", "email": "alice@example.com", "iss": "https://idp.test",
         "aud": "orders", "exp": now() + 300,
@@ -44,7 +44,7 @@ fn claims(extra: serde_json::Value) -> serde_json::Value {
     base
 }
 
-fn hs(kid: Option<&str>, claims: &serde_json::Value, secret: &[u8]) -> String {
+pub(crate) fn hs(kid: Option<&str>, claims: &serde_json::Value, secret: &[u8]) -> String {
     let mut header = Header::new(Algorithm::HS256);
     header.kid = kid.map(str::to_owned);
     encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
@@ -113,7 +113,7 @@ fn keys() -> Keys {
 }
 
 /// Serves a JWKS document and counts fetches.
-async fn jwks_server(doc: String) -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn jwks_server(doc: String) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let count = Arc::new(AtomicUsize::new(0));
@@ -430,4 +430,92 @@ upstreams:
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+const JWKS_SECRET: &[u8] = b"jwks-secret-0123456789abcdef";
+
+/// A config whose only key comes from `jwks_url`.
+fn jwks_only(url: &str, upstream: &str, leeway: &str) -> String {
+    fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: api
+    plugins:
+      - jwt: { jwks_url: '@JWKS@', leeway: @LEEWAY@ }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("JWKS", url), ("U", upstream), ("LEEWAY", leeway)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_keys_serve_the_first_request_after_start_and_after_reloads() {
+    let up = TestUpstream::start("U").await;
+    let doc = serde_json::json!({"keys": [
+        {"kty": "oct", "kid": "k1", "alg": "HS256", "k": b64url(JWKS_SECRET)}
+    ]})
+    .to_string();
+    let (url, fetches) = jwks_server(doc).await;
+    let gw = Portico::start(&jwks_only(&url, &up.addr(), "5s"));
+    let token = hs(Some("k1"), &claims(serde_json::json!({})), JWKS_SECRET);
+    let web = gw.addr("web");
+    let first = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
+    assert_eq!(
+        first.status, 200,
+        "the first request after start: {}",
+        first.body
+    );
+    assert_eq!(fetches.load(Ordering::Relaxed), 1);
+
+    // An unchanged jwt keeps its keys: no refetch, no gap.
+    let gw_reload = |config: String| {
+        let gw = &gw;
+        move || gw.reload(&config)
+    };
+    assert!(tokio::task::block_in_place(gw_reload(
+        jwks_only(&url, &up.addr(), "5s") + "# touched\n"
+    )));
+    let r = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
+    assert_eq!(r.status, 200, "right after a reload: {}", r.body);
+    assert_eq!(
+        fetches.load(Ordering::Relaxed),
+        1,
+        "an unchanged jwt refetched"
+    );
+
+    // A changed jwt fetches before it serves.
+    assert!(tokio::task::block_in_place(gw_reload(jwks_only(
+        &url,
+        &up.addr(),
+        "10s"
+    ))));
+    let r = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
+    assert_eq!(r.status, 200, "right after a changed jwt: {}", r.body);
+    assert_eq!(fetches.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_url_does_not_stop_the_start() {
+    let up = TestUpstream::start("U").await;
+    // A port nothing listens on: the fetch fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = Portico::start(&jwks_only(&url, &up.addr(), "5s"));
+    assert!(
+        gw.log_text().contains("cannot fetch JWKS"),
+        "{}",
+        gw.log_text()
+    );
+    let token = hs(Some("k1"), &claims(serde_json::json!({})), JWKS_SECRET);
+    let r = H1::connect(&gw.addr("web"))
+        .await
+        .send(bearer(&token))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
 }

@@ -14,6 +14,7 @@ fn compile_text(text: &str) -> Result<Snapshot, Vec<String>> {
             registry: &registry,
             metrics: &metrics,
             acme: &acme,
+            states: &Default::default(),
         },
     )
     .map_err(|d| d.iter().map(ToString::to_string).collect())
