@@ -437,8 +437,18 @@ fn compile_listener_tls(
             renew_before: a.renew_before.0,
             check_every: a.check_every.0.max(std::time::Duration::from_millis(100)),
         };
-        let state = acme_store.state(&settings);
-        acme_listeners.push((Arc::clone(&state), settings));
+        // Two listeners sharing a storage folder share one state (and one renewal).
+        let state = match acme_listeners
+            .iter()
+            .find(|(_, s)| s.storage == settings.storage)
+        {
+            Some((state, _)) => Arc::clone(state),
+            None => {
+                let state = acme_store.state(&settings);
+                acme_listeners.push((Arc::clone(&state), settings));
+                state
+            }
+        };
         Some(state)
     });
     let mut loaded = Vec::new();

@@ -394,3 +394,56 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Stri
         signing,
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path, domain: &str) -> Settings {
+        Settings {
+            directory: "http://127.0.0.1:9/directory".into(),
+            email: None,
+            domains: vec![domain.into()],
+            challenge: Challenge::Http01,
+            storage: dir.to_owned(),
+            directory_ca: None,
+            renew_before: Duration::from_secs(30 * 86400),
+            check_every: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_started_config_changes_acme_state() {
+        let dir = std::env::temp_dir().join(format!("portico-acme-unit-{}", std::process::id()));
+        let store = Arc::new(Store::default());
+        let live = prometheus_client::metrics::gauge::Gauge::default();
+
+        // Compiled, never started: nothing in the store, no renewal.
+        let unstarted = store.state(&settings(&dir, "a.test"));
+        assert_eq!((store.live(), live.get()), (0, 0));
+        drop(unstarted);
+
+        let first = store.state(&settings(&dir, "a.test"));
+        store.start(vec![(Arc::clone(&first), settings(&dir, "a.test"))], &live);
+        assert_eq!((store.live(), live.get()), (1, 1));
+
+        // A refused reload with other settings finds the state and leaves its settings.
+        let again = store.state(&settings(&dir, "b.test"));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.settings.lock().unwrap().domains, ["a.test"]);
+        drop(again);
+
+        // The listener is gone: its state and its renewal go too.
+        drop(first);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while live.get() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the renewal outlived its state"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.live(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -414,6 +414,25 @@ async fn fifty_reloads_keep_tasks_memory_keys_and_limits() {
         rss_after < rss_before + 16 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB over 50 reloads"
     );
+
+    // Without the ACME listener, its renewal goes with it; without the jwt, its refresher.
+    let mut fewer = config(51);
+    let secure = fewer.find("  - name: secure").unwrap();
+    let routes = fewer.find("routes:").unwrap();
+    fewer.replace_range(secure..routes, "");
+    assert!(tokio::task::block_in_place(|| gw.reload(&fewer)));
+    assert_eq!(
+        wait_tasks(&admin, 4.0).await,
+        4.0,
+        "the ACME renewal outlived its listener"
+    );
+    let fewer = fewer.replace("plugins: [ { jwt: { jwks_url: '", "# '");
+    assert!(tokio::task::block_in_place(|| gw.reload(&fewer)), "{fewer}");
+    assert_eq!(
+        wait_tasks(&admin, 3.0).await,
+        3.0,
+        "the JWKS refresher outlived its jwt"
+    );
 }
 
 /// `/metrics` without the reload counter, which a refused reload does move.
