@@ -223,7 +223,16 @@ impl Jwt {
                 env.state.keep(|| Jwks {
                     url: url.value.clone(),
                     refresh: spec.jwks_refresh.0.max(Duration::from_secs(1)),
-                    keys: Arc::new(ArcSwap::from_pointee(Vec::new())),
+                    // A changed jwt of the same URL starts from the keys served so far, so a
+                    // failing first fetch does not leave it without keys.
+                    keys: Arc::new(ArcSwap::new(
+                        env.state
+                            .live::<Jwks>()
+                            .iter()
+                            .find(|old| old.url == url.value)
+                            .map(|old| old.keys.load_full())
+                            .unwrap_or_default(),
+                    )),
                     wake: Arc::new(tokio::sync::Notify::new()),
                     last_forced: AtomicU64::new(0),
                     fetches: Arc::new(AtomicU64::new(0)),

@@ -133,6 +133,19 @@ impl<'a> StateScope<'a> {
         }
     }
 
+    /// Every live state of type `T`, whatever its identity: a changed plugin may seed its new
+    /// state from its old one (a changed `jwt` keeps serving the keys of its URL).
+    pub fn live<T: Kept>(&self) -> Vec<Arc<T>> {
+        let map = match self.states.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.values()
+            .filter_map(Weak::upgrade)
+            .filter_map(|state| state.downcast::<T>().ok())
+            .collect()
+    }
+
     /// The plugin's kept state: the live one of the same identity, or a new one from `make`.
     pub fn keep<T: Kept>(&self, make: impl FnOnce() -> T) -> Arc<T> {
         let Some(key) = self.key else {

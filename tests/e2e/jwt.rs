@@ -114,21 +114,43 @@ fn keys() -> Keys {
 
 /// Serves a JWKS document and counts fetches.
 pub(crate) async fn jwks_server(doc: String) -> (String, Arc<AtomicUsize>) {
+    let (url, count, _) = jwks_server_with_switch(doc).await;
+    (url, count)
+}
+
+/// Like `jwks_server`; while the flag is set, it answers 503.
+pub(crate) async fn jwks_server_with_switch(
+    doc: String,
+) -> (String, Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>) {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, count) = serve_jwks(doc, Arc::clone(&down)).await;
+    (url, count, down)
+}
+
+async fn serve_jwks(
+    doc: String,
+    down: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let count = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&count);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (doc, counter) = (doc.clone(), Arc::clone(&counter));
+            let (doc, counter, down) = (doc.clone(), Arc::clone(&counter), Arc::clone(&down));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |_req| {
                     counter.fetch_add(1, Ordering::Relaxed);
                     let doc = doc.clone();
+                    let status = if down.load(Ordering::Relaxed) {
+                        503
+                    } else {
+                        200
+                    };
                     async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(doc),
-                        )))
+                        let mut response = http::Response::new(Full::new(Bytes::from(doc)));
+                        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -459,7 +481,7 @@ async fn jwks_keys_serve_the_first_request_after_start_and_after_reloads() {
         {"kty": "oct", "kid": "k1", "alg": "HS256", "k": b64url(JWKS_SECRET)}
     ]})
     .to_string();
-    let (url, fetches) = jwks_server(doc).await;
+    let (url, fetches, down) = jwks_server_with_switch(doc).await;
     let gw = Portico::start(&jwks_only(&url, &up.addr(), "5s"));
     let token = hs(Some("k1"), &claims(serde_json::json!({})), JWKS_SECRET);
     let web = gw.addr("web");
@@ -496,6 +518,17 @@ async fn jwks_keys_serve_the_first_request_after_start_and_after_reloads() {
     let r = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
     assert_eq!(r.status, 200, "right after a changed jwt: {}", r.body);
     assert_eq!(fetches.load(Ordering::Relaxed), 2);
+
+    // A changed jwt whose first fetch fails keeps the keys its URL served so far.
+    down.store(true, Ordering::Relaxed);
+    assert!(tokio::task::block_in_place(gw_reload(jwks_only(
+        &url,
+        &up.addr(),
+        "15s"
+    ))));
+    assert_eq!(fetches.load(Ordering::Relaxed), 3);
+    let r = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
+    assert_eq!(r.status, 200, "a failed fetch dropped the keys: {}", r.body);
 }
 
 #[tokio::test]
