@@ -101,7 +101,8 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
     )
 }
 
-/// Checks one target forever (until aborted); reports transitions through `on_change`.
+/// Checks one target until the task is stopped (its owner, the snapshot, is dropped); reports
+/// transitions through `on_change`.
 pub async fn watch(
     target: Arc<TargetState>,
     check: ActiveCheck,
