@@ -225,10 +225,11 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
     loop {
         tokio::select! {
             _ = hangup.recv() => {
+                let started = std::time::SystemTime::now();
                 if reload(&shared, &workers, &mut listeners).await {
                     resolve_now.notify_one();
                 }
-                stamps = file_stamps(&shared.snapshot.load());
+                stamps = stamps_after(&shared.snapshot.load(), started);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -237,10 +238,11 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
                 let now = file_stamps(&shared.snapshot.load());
                 if now != stamps {
                     tracing::info!("certificate files changed; reloading");
+                    let started = std::time::SystemTime::now();
                     if reload(&shared, &workers, &mut listeners).await {
                         resolve_now.notify_one();
                     }
-                    stamps = file_stamps(&shared.snapshot.load());
+                    stamps = stamps_after(&shared.snapshot.load(), started);
                 }
             }
         }
@@ -271,6 +273,24 @@ pub async fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Li
             false
         }
     }
+}
+
+/// The stamps to compare the next look with, after a reload that began at `started`.
+///
+/// A file written while the reload read it (a certificate copied before its key, say) may
+/// have been compiled half-old; its stamp is then left out, so the next look sees a change
+/// and reloads again. File times are coarse, so "while" reaches a second back.
+fn stamps_after(
+    snap: &Snapshot,
+    started: std::time::SystemTime,
+) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    let recent = started
+        .checked_sub(Duration::from_secs(1))
+        .unwrap_or(started);
+    file_stamps(snap)
+        .into_iter()
+        .map(|stamp| stamp.filter(|(modified, _)| *modified < recent))
+        .collect()
 }
 
 /// Modification times (and sizes) of the TLS files the config uses.
