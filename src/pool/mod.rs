@@ -497,3 +497,38 @@ impl Registry {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_enter_nothing_and_commit_makes_the_entries_a_configs() {
+        let registry = Registry::new(2);
+        let a = registry.target("u", "10.0.0.1:80");
+        let state = registry.upstream("u");
+        assert!(
+            !Arc::ptr_eq(&a, &registry.target("u", "10.0.0.1:80")),
+            "a lookup entered a target"
+        );
+        assert_eq!(
+            a.idle.len(),
+            3,
+            "one pool slot per worker and the control thread"
+        );
+
+        registry.commit([("u", &state, std::slice::from_ref(&a))]);
+        assert!(Arc::ptr_eq(&a, &registry.target("u", "10.0.0.1:80")));
+        assert!(Arc::ptr_eq(&state, &registry.upstream("u")));
+
+        // A config compiled but never put in force (a refused reload) changes nothing.
+        let b = registry.target("u", "10.0.0.2:80");
+        assert!(Arc::ptr_eq(&a, &registry.target("u", "10.0.0.1:80")));
+        assert!(!Arc::ptr_eq(&b, &registry.target("u", "10.0.0.2:80")));
+
+        // The next config in force drops what it no longer names.
+        registry.commit([("u", &state, std::slice::from_ref(&b))]);
+        assert!(!Arc::ptr_eq(&a, &registry.target("u", "10.0.0.1:80")));
+        assert!(Arc::ptr_eq(&b, &registry.target("u", "10.0.0.2:80")));
+    }
+}
