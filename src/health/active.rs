@@ -1,8 +1,10 @@
 //! Active health checks: each target is probed on its own timer, on the control thread, over a
 //! fresh connection (so a check never borrows a pooled one and never waits behind traffic).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -101,21 +103,24 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
     )
 }
 
-/// Checks one target until the task is stopped (its owner, the snapshot, is dropped); reports
-/// transitions through `on_change`.
+/// Checks one target, with the settings in `check` at each probe, until the target's state
+/// goes (or the task is stopped); reports transitions through `on_change`.
+///
+/// The task holds the target only while it probes: the target's state owns the task, not the
+/// other way round.
 pub async fn watch(
-    target: Arc<TargetState>,
-    check: ActiveCheck,
+    target: Weak<TargetState>,
+    check: Arc<ArcSwap<ActiveCheck>>,
     on_change: impl Fn(&TargetState, bool) + Send,
 ) {
     loop {
-        let ok = probe(&target, &check).await;
-        if let Some(up) = target
-            .health
-            .record_check(ok, check.healthy, check.unhealthy)
-        {
-            on_change(&target, up);
+        let Some(live) = target.upgrade() else { return };
+        let check = check.load_full();
+        let ok = probe(&live, &check).await;
+        if let Some(up) = live.health.record_check(ok, check.healthy, check.unhealthy) {
+            on_change(&live, up);
         }
+        drop(live);
         let jitter = if check.jitter.is_zero() {
             Duration::ZERO
         } else {

@@ -1,9 +1,11 @@
 //! Background tasks owned by what needs them.
 //!
-//! A JWKS refresher, an active health check or an ACME renewal runs for as long as the
-//! snapshot (or the kept state) that started it is alive: its [`BackgroundTask`] handle is
-//! held there, and dropping the handle stops the task at its next await. Compiling never
-//! spawns one; a snapshot starts its tasks only when it is about to serve.
+//! A JWKS refresher, an active health check or an ACME renewal runs for as long as the state
+//! that needs it is alive (the kept JWKS keys, the target's state, the ACME state): its
+//! [`BackgroundTask`] handle is held there, and dropping the handle stops the task at its
+//! next await. The task itself holds only what it works on, or a weak reference to its owner,
+//! so the owner can go. Compiling never spawns one; a snapshot starts its tasks only when it
+//! is about to serve.
 
 use std::future::Future;
 

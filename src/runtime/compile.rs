@@ -311,7 +311,6 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         tls_files,
         fresh,
         acme,
-        background: Vec::new(),
     })
 }
 

@@ -48,8 +48,6 @@ pub struct Snapshot {
     /// ACME listeners' state and the settings this config gives them, applied when the
     /// snapshot is started.
     pub acme: Vec<(Arc<crate::tls::acme::AcmeState>, crate::tls::acme::Settings)>,
-    /// Tasks the snapshot runs while it lives (active health checks).
-    pub background: Vec<background::BackgroundTask>,
 }
 
 impl Snapshot {

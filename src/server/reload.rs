@@ -123,7 +123,7 @@ pub fn run(path: &Path) -> Result<(), StartError> {
 
 /// Makes a compiled snapshot ready to serve: its new plugin state is started (a first JWKS
 /// fetch, bounded) and kept, its ACME listeners get their settings and renewal tasks, and its
-/// active health checks start. The snapshot owns the checks; they stop when it goes.
+/// targets' active health checks start or take their new settings.
 async fn start_snapshot(
     next: &mut Snapshot,
     states: &PluginStates,
@@ -132,7 +132,7 @@ async fn start_snapshot(
 ) {
     states.start(std::mem::take(&mut next.fresh)).await;
     acme.start(std::mem::take(&mut next.acme), metrics.background_tasks());
-    next.background = health_checks(next, metrics);
+    health_checks(next, metrics);
 }
 
 /// The target registry becomes that of the config in force.
@@ -304,32 +304,31 @@ fn file_stamps(snap: &Snapshot) -> Vec<Option<(std::time::SystemTime, u64)>> {
         .collect()
 }
 
-/// The active health checks of a snapshot, one task per target.
-fn health_checks(snap: &Snapshot, metrics: &Metrics) -> Vec<BackgroundTask> {
-    let mut tasks = Vec::new();
+/// Puts a snapshot's active health checks in place: one task per target, owned by the
+/// target's state, so a kept target keeps its task (with the new settings) across reloads.
+fn health_checks(snap: &Snapshot, metrics: &Metrics) {
     for upstream in &snap.upstreams {
-        let Some(check) = &upstream.active else {
-            continue;
-        };
         for target in &upstream.targets {
+            let Some(check) = &upstream.active else {
+                target.health.stop_checks();
+                continue;
+            };
             let name = Arc::clone(&upstream.name);
-            tasks.push(background::spawn(
-                metrics.background_tasks(),
-                crate::health::active::watch(
-                    Arc::clone(target),
-                    check.clone(),
-                    move |target, up| {
+            let weak = Arc::downgrade(target);
+            target.health.check_with(check.clone(), |settings| {
+                background::spawn(
+                    metrics.background_tasks(),
+                    crate::health::active::watch(weak, settings, move |target, up| {
                         if up {
                             tracing::info!(upstream = %name, target = %target.address, "target healthy");
                         } else {
                             tracing::warn!(upstream = %name, target = %target.address, "target unhealthy");
                         }
-                    },
-                ),
-            ));
+                    }),
+                )
+            });
         }
     }
-    tasks
 }
 
 async fn try_reload(

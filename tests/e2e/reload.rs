@@ -384,6 +384,14 @@ async fn fifty_reloads_keep_tasks_memory_keys_and_limits() {
     // The DNS resolver, two health checks, one JWKS refresher, one ACME renewal.
     assert_eq!(wait_tasks(&admin, 5.0).await, 5.0);
     let rss_before = rss_kib(gw.pid());
+    let probes = |up: &TestUpstream| {
+        up.seen()
+            .iter()
+            .filter(|s| s.uri.path() == "/health")
+            .count()
+    };
+    let probes_before = probes(&a);
+    let started = Instant::now();
 
     for version in 1..=50 {
         assert!(
@@ -394,6 +402,14 @@ async fn fifty_reloads_keep_tasks_memory_keys_and_limits() {
         assert_eq!(c.get("x", "/version").await.body, format!("v{version}"));
         assert_eq!(jwt_get().await, 200, "reload {version}");
     }
+    // A kept target keeps its check task: no fresh probe per reload, only the 200 ms cadence.
+    let cadence = (started.elapsed().as_millis() / 200) as usize;
+    assert!(
+        probes(&a) - probes_before <= cadence + 3,
+        "{} probes in {:?}: each reload restarted the checks",
+        probes(&a) - probes_before,
+        started.elapsed()
+    );
     assert_eq!(
         c.get("x", "/limited/4").await.status,
         429,
@@ -432,6 +448,13 @@ async fn fifty_reloads_keep_tasks_memory_keys_and_limits() {
         wait_tasks(&admin, 3.0).await,
         3.0,
         "the JWKS refresher outlived its jwt"
+    );
+    let fewer = fewer.replace("    health_check:", "    # health_check:");
+    assert!(tokio::task::block_in_place(|| gw.reload(&fewer)), "{fewer}");
+    assert_eq!(
+        wait_tasks(&admin, 1.0).await,
+        1.0,
+        "health checks outlived their config"
     );
 }
 
