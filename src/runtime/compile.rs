@@ -735,10 +735,18 @@ fn compile_upstream(
         check.tls = tls.clone();
         check
     });
+    // A target written twice is one target (one pool, one in-flight count), as it is once
+    // the registry holds it.
+    let mut made: HashMap<&str, Arc<crate::pool::TargetState>> = HashMap::new();
     let targets = spec
         .targets
         .iter()
-        .map(|t| env.registry.target(name, &t.address))
+        .map(|t| {
+            Arc::clone(
+                made.entry(t.address.as_str())
+                    .or_insert_with(|| env.registry.target(name, &t.address)),
+            )
+        })
         .collect();
     Some(Upstream {
         name: Arc::from(name.as_str()),
