@@ -48,14 +48,25 @@ upstreams:
     )
 }
 
-static GATEWAY: LazyLock<Gateway> = LazyLock::new(|| Gateway::new(&config()));
+static GATEWAY: LazyLock<Gateway> = LazyLock::new(|| {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    rt.block_on(Gateway::start(&config()))
+});
 
 fn browser_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in [
         ("host", "api.example.com"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
-        ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
         ("accept-encoding", "gzip, deflate, br"),
         ("accept-language", "en-US,en;q=0.5"),
         ("cookie", "session=abcdef0123456789; theme=dark"),
@@ -72,7 +83,12 @@ mod route {
     #[divan::bench(args = ["/svc39/orders", "/api/v20/users/42", "/hello", "/files/readme.txt", "/missing"])]
     fn lookup(path: &str) -> bool {
         let headers = HeaderMap::new();
-        GATEWAY.route(&Method::GET, "api.example.com", divan::black_box(path), &headers)
+        GATEWAY.route(
+            &Method::GET,
+            "api.example.com",
+            divan::black_box(path),
+            &headers,
+        )
     }
 }
 

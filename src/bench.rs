@@ -1,5 +1,6 @@
-//! Entry points for the micro-benchmarks in `benches/`: route lookup, header rules, balancer
-//! picks and one whole request through the pipeline in process. Not a stable API.
+//! portico in process, for the micro-benchmarks in `benches/` and the pipeline's own tests:
+//! route lookup, header rules, balancer picks and whole requests without a socket. Not a
+//! stable API.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use crate::proxy::body::Body;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::routing::RequestView;
 use crate::runtime::compile::Env;
+use crate::runtime::state::PluginStates;
 use crate::server::Shared;
 use crate::tls::acme::Store;
 
@@ -25,8 +27,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Compiles `yaml`; panics with the diagnostics when it is not valid.
-    pub fn new(yaml: &str) -> Self {
+    /// Compiles `yaml` and starts it as `portico run` would (plugin state such as a first
+    /// JWKS fetch included); panics with the diagnostics when it is not valid.
+    pub async fn start(yaml: &str) -> Self {
         let spec = match crate::config::load_str("bench.yaml", yaml, &|_| None) {
             Ok(spec) => spec,
             Err(diags) => panic!("invalid config: {diags:?}"),
@@ -34,15 +37,18 @@ impl Gateway {
         let registry = Registry::default();
         let metrics = Metrics::new();
         let acme = Arc::new(Store::default());
+        let states = PluginStates::default();
         let env = Env {
             registry: &registry,
             metrics: &metrics,
             acme: &acme,
+            states: &states,
         };
-        let snapshot = match crate::runtime::compile(spec, "bench.yaml", env) {
+        let mut snapshot = match crate::runtime::compile(spec, "bench.yaml", env) {
             Ok(snapshot) => snapshot,
             Err(diags) => panic!("invalid config: {diags:?}"),
         };
+        states.start(std::mem::take(&mut snapshot.fresh)).await;
         let listener: Arc<str> = match snapshot.listeners.first() {
             Some(l) => Arc::clone(&l.name),
             None => Arc::from("web"),
@@ -63,6 +69,7 @@ impl Gateway {
             AccessLog::disabled(),
             "bench.yaml".into(),
             acme,
+            states,
         );
         Gateway { shared, conn }
     }
@@ -78,7 +85,9 @@ impl Gateway {
         let Some(listener) = snap.listeners.first() else {
             return false;
         };
-        let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+        let (path, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
         let view = RequestView {
             host,
             path,

@@ -33,6 +33,7 @@ pub fn config(data: &[u8]) {
                 registry: &registry,
                 metrics: &metrics,
                 acme: &acme,
+                states: &Default::default(),
             },
         );
     }
@@ -64,6 +65,7 @@ fn table() -> &'static Snapshot {
                 registry: &registry,
                 metrics: &metrics,
                 acme: &acme,
+                states: &Default::default(),
             },
         )
         .unwrap_or_else(|_| unreachable!("the fuzz routing table compiles"))

@@ -42,8 +42,9 @@ proptest! {
 }
 
 fn targets(registry: &Registry, n: usize) -> Vec<Arc<TargetState>> {
+    let freed = registry.upstream("u").freed.clone();
     (0..n)
-        .map(|i| registry.target("u", &format!("10.0.0.{i}:80")))
+        .map(|i| registry.target("u", &format!("10.0.0.{i}:80"), &freed))
         .collect()
 }
 

@@ -626,10 +626,12 @@ upstreams:
         let registry = crate::pool::Registry::default();
         let metrics = crate::observe::Metrics::new();
         let acme = crate::tls::acme::Store::default();
+        let states = crate::runtime::state::PluginStates::default();
         let env = crate::runtime::compile::Env {
             registry: &registry,
             metrics: &metrics,
             acme: &acme,
+            states: &states,
         };
         let text = "admin: { listen: 0.0.0.0:9901, tokn: t }\n";
         let (spec, errors) = read_str("f", text, &no_env);

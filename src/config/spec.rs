@@ -1084,6 +1084,10 @@ pub struct JwtSpec {
     /// Claims sent upstream as headers: claim → header.
     #[serde(default)]
     pub claims_to_headers: BTreeMap<String, String>,
+    /// Claims a token must carry besides `exp` (always required), such as `sub`; none by
+    /// default.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
 }
 
 /// One `jwt.keys` entry.

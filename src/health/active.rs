@@ -6,8 +6,10 @@
 //! cleartext, ALPN `h2` over TLS). An upstream that only speaks those would otherwise fail
 //! every check while serving traffic fine.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -155,20 +157,24 @@ async fn read(response: Response<Incoming>, read_body: bool) -> Option<(StatusCo
     Some((status, bytes))
 }
 
-/// Checks one target forever (until aborted); reports transitions through `on_change`.
+/// Checks one target, with the settings in `check` at each probe, until the target's state
+/// goes (or the task is stopped); reports transitions through `on_change`.
+///
+/// The task holds the target only while it probes: the target's state owns the task, not the
+/// other way round.
 pub async fn watch(
-    target: Arc<TargetState>,
-    check: ActiveCheck,
+    target: Weak<TargetState>,
+    check: Arc<ArcSwap<ActiveCheck>>,
     on_change: impl Fn(&TargetState, bool) + Send,
 ) {
     loop {
-        let ok = probe(&target, &check).await;
-        if let Some(up) = target
-            .health
-            .record_check(ok, check.healthy, check.unhealthy)
-        {
-            on_change(&target, up);
+        let Some(live) = target.upgrade() else { return };
+        let check = check.load_full();
+        let ok = probe(&live, &check).await;
+        if let Some(up) = live.health.record_check(ok, check.healthy, check.unhealthy) {
+            on_change(&live, up);
         }
+        drop(live);
         let jitter = if check.jitter.is_zero() {
             Duration::ZERO
         } else {

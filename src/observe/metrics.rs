@@ -1,5 +1,6 @@
 //! Prometheus metrics. Families live for the life of the process; compiled routes hold
-//! resolved handles, so the request path is an atomic add, not a label lookup.
+//! handles resolved on first use, so the request path is an atomic add, not a label lookup,
+//! and compiling a config (even one a reload then refuses) adds no series.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -80,6 +81,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     healthy: Family<TargetLabels, Gauge>,
     rate_limited: Family<RouteLabels, Counter>,
+    background_tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -126,7 +128,14 @@ impl Metrics {
             "Requests refused by rate_limit",
             rate_limited.clone(),
         );
+        let background_tasks = Gauge::default();
+        registry.register(
+            "background_tasks",
+            "Live background tasks (JWKS refreshers, active health checks, ACME renewals)",
+            background_tasks.clone(),
+        );
         Metrics {
+            background_tasks,
             rate_limited,
             registry,
             requests,
@@ -153,19 +162,18 @@ impl Metrics {
             upstream: upstream.to_owned(),
             status: 0,
         });
-        let duration = self
-            .durations
-            .get_or_create(&DurationLabels {
-                route: route.to_owned(),
-                upstream: upstream.to_owned(),
-            })
-            .clone();
         RouteMetrics {
             labels,
             fast: Arc::new(Default::default()),
-            duration,
+            duration: Arc::new(OnceLock::new()),
+            durations: self.durations.clone(),
             requests: self.requests.clone(),
         }
+    }
+
+    /// The live background task gauge, which [`crate::runtime::background::spawn`] moves.
+    pub fn background_tasks(&self) -> &Gauge {
+        &self.background_tasks
     }
 
     /// Counts a request that no route took.
@@ -225,7 +233,9 @@ pub struct RouteMetrics {
     labels: Arc<RequestLabels>,
     /// Counters for common statuses, created on first use so unused series stay absent.
     fast: Arc<[OnceLock<Counter>; FAST_STATUSES.len()]>,
-    duration: Histogram,
+    /// The duration series, created on first use like the counters.
+    duration: Arc<OnceLock<Histogram>>,
+    durations: HistogramFamily<DurationLabels>,
     requests: Family<RequestLabels, Counter>,
 }
 
@@ -240,7 +250,16 @@ impl RouteMetrics {
                 self.counter(status).inc();
             }
         }
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration
+            .get_or_init(|| {
+                self.durations
+                    .get_or_create(&DurationLabels {
+                        route: self.labels.route.clone(),
+                        upstream: self.labels.upstream.clone(),
+                    })
+                    .clone()
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     fn counter(&self, status: u16) -> Counter {

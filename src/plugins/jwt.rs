@@ -5,12 +5,16 @@
 //! an HMAC secret. Keys come from the config (secrets, PEM files) and from a JWKS URL refreshed
 //! in the background; an unknown `kid` asks for a refresh at most once a minute and the token is
 //! refused meanwhile.
+//!
+//! The JWKS keys are fetched once before the snapshot first serves (start-up and reload wait
+//! for it, bounded by the fetch timeout), and they are kept across reloads that leave the
+//! plugin as it was; the refresher belongs to those keys and stops when no config uses them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,6 +27,12 @@ use super::{Flow, Phase, Plugin};
 use crate::config::spec::JwtSpec;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::error::ProxyError;
+use crate::runtime::background::{self, BackgroundTask};
+use crate::runtime::state::{Kept, StartWork};
+
+/// Time allowed for one JWKS fetch, the first one (which start-up and reloads wait for)
+/// included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A verification key and the one algorithm it verifies.
 #[derive(Clone)]
@@ -45,24 +55,69 @@ impl std::fmt::Debug for Key {
 #[derive(Debug)]
 pub struct Jwt {
     keys: Vec<Key>,
-    fetched: Arc<ArcSwap<Vec<Key>>>,
-    jwks: Option<Jwks>,
+    jwks: Option<Arc<Jwks>>,
     issuers: Vec<String>,
     audiences: Vec<String>,
     leeway: u64,
     consumer_claim: String,
     claims_to_headers: Vec<(String, HeaderName)>,
+    /// `exp` and the configured `required_claims`.
+    required: std::collections::HashSet<String>,
     consumers: Arc<super::auth::Consumers>,
 }
 
+/// The keys of a `jwks_url`, kept across reloads, and their refresher.
 #[derive(Debug)]
 struct Jwks {
     url: String,
     refresh: Duration,
-    started: AtomicBool,
+    keys: Arc<ArcSwap<Vec<Key>>>,
     wake: Arc<tokio::sync::Notify>,
-    last_forced: Arc<AtomicU64>,
+    last_forced: AtomicU64,
     fetches: Arc<AtomicU64>,
+    live_tasks: prometheus_client::metrics::gauge::Gauge,
+    refresher: OnceLock<BackgroundTask>,
+}
+
+impl Kept for Jwks {
+    fn start(self: Arc<Self>) -> StartWork {
+        Box::pin(async move {
+            fetch(&self.url, &self.keys, &self.fetches).await;
+            let (url, refresh, wake, keys, fetches) = (
+                self.url.clone(),
+                self.refresh,
+                Arc::clone(&self.wake),
+                Arc::clone(&self.keys),
+                Arc::clone(&self.fetches),
+            );
+            // The task holds the key cache, not `self`: dropping the last `Jwks` drops the
+            // handle and so stops the task.
+            let task = background::spawn(&self.live_tasks, async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(refresh) => {}
+                        () = wake.notified() => {}
+                    }
+                    fetch(&url, &keys, &fetches).await;
+                }
+            });
+            let _ = self.refresher.set(task);
+        })
+    }
+}
+
+/// Fetches the JWKS at `url` into `keys`; on failure the keys stay as they were.
+async fn fetch(url: &str, keys: &ArcSwap<Vec<Key>>, fetches: &AtomicU64) {
+    fetches.fetch_add(1, Ordering::Relaxed);
+    match crate::tls::fetch(url, FETCH_TIMEOUT, 1 << 20).await {
+        Ok(body) => match serde_json::from_slice::<JwkSet>(&body) {
+            Ok(set) => keys.store(Arc::new(from_jwks(&set))),
+            Err(err) => tracing::warn!(url = %url, error = %err, "JWKS is not valid"),
+        },
+        Err(err) => {
+            tracing::warn!(url = %url, error = %err, "cannot fetch JWKS; keeping the keys")
+        }
+    }
 }
 
 fn algorithm(name: &str) -> Result<Algorithm, String> {
@@ -91,11 +146,8 @@ fn from_jwks(set: &JwkSet) -> Vec<Key> {
 
 impl Jwt {
     /// Loads the keys (PEM paths relative to `base`).
-    pub fn new(
-        spec: &JwtSpec,
-        base: &Path,
-        consumers: &Arc<super::auth::Consumers>,
-    ) -> Result<Self, String> {
+    pub fn new(spec: &JwtSpec, env: super::BuildEnv<'_>) -> Result<Self, String> {
+        let base = env.base;
         let mut keys = Vec::new();
         for k in &spec.keys {
             let alg = algorithm(&k.alg)?;
@@ -167,55 +219,37 @@ impl Jwt {
             .collect::<Result<_, _>>()?;
         Ok(Jwt {
             keys,
-            fetched: Arc::new(ArcSwap::from_pointee(Vec::new())),
-            jwks: spec.jwks_url.as_ref().map(|url| Jwks {
-                url: url.value.clone(),
-                refresh: spec.jwks_refresh.0.max(Duration::from_secs(1)),
-                started: AtomicBool::new(false),
-                wake: Arc::new(tokio::sync::Notify::new()),
-                last_forced: Arc::new(AtomicU64::new(0)),
-                fetches: Arc::new(AtomicU64::new(0)),
+            jwks: spec.jwks_url.as_ref().map(|url| {
+                env.state.keep(|| Jwks {
+                    url: url.value.clone(),
+                    refresh: spec.jwks_refresh.0.max(Duration::from_secs(1)),
+                    // A changed jwt of the same URL starts from the keys served so far, so a
+                    // failing first fetch does not leave it without keys.
+                    keys: Arc::new(ArcSwap::new(
+                        env.state
+                            .live::<Jwks>()
+                            .iter()
+                            .find(|old| old.url == url.value)
+                            .map(|old| old.keys.load_full())
+                            .unwrap_or_default(),
+                    )),
+                    wake: Arc::new(tokio::sync::Notify::new()),
+                    last_forced: AtomicU64::new(0),
+                    fetches: Arc::new(AtomicU64::new(0)),
+                    live_tasks: env.metrics.background_tasks().clone(),
+                    refresher: OnceLock::new(),
+                })
             }),
             issuers: spec.issuers.clone(),
             audiences: spec.audiences.clone(),
             leeway: spec.leeway.0.as_secs(),
             consumer_claim: spec.consumer_claim.clone(),
             claims_to_headers,
-            consumers: Arc::clone(consumers),
+            required: std::iter::once("exp".to_owned())
+                .chain(spec.required_claims.iter().cloned())
+                .collect(),
+            consumers: Arc::clone(env.consumers),
         })
-    }
-
-    /// Starts the JWKS refresher on first use (there is a runtime by then).
-    fn start_refresher(&self) {
-        let Some(jwks) = &self.jwks else { return };
-        if jwks.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (url, refresh, wake, fetched, fetches) = (
-            jwks.url.clone(),
-            jwks.refresh,
-            Arc::clone(&jwks.wake),
-            Arc::clone(&self.fetched),
-            Arc::clone(&jwks.fetches),
-        );
-        tokio::spawn(async move {
-            loop {
-                fetches.fetch_add(1, Ordering::Relaxed);
-                match crate::tls::fetch(&url, Duration::from_secs(5), 1 << 20).await {
-                    Ok(body) => match serde_json::from_slice::<JwkSet>(&body) {
-                        Ok(set) => fetched.store(Arc::new(from_jwks(&set))),
-                        Err(err) => tracing::warn!(url = %url, error = %err, "JWKS is not valid"),
-                    },
-                    Err(err) => {
-                        tracing::warn!(url = %url, error = %err, "cannot fetch JWKS; keeping the keys")
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(refresh) => {}
-                    _ = wake.notified() => {}
-                }
-            }
-        });
     }
 
     /// Asks for a JWKS refresh, at most once a minute.
@@ -240,6 +274,7 @@ impl Jwt {
             .map_or(0, |j| j.fetches.load(Ordering::Relaxed))
     }
 
+    /// A 401 for a presented token that is not acceptable (RFC 6750 §3.1 `invalid_token`).
     fn unauthorized(&self, ctx: &RequestCtx, message: &str) -> Flow {
         static CHALLENGE: HeaderValue =
             HeaderValue::from_static("Bearer realm=\"portico\", error=\"invalid_token\"");
@@ -247,6 +282,17 @@ impl Jwt {
             &ctx.request_id,
             &CHALLENGE,
             message,
+        ))
+    }
+
+    /// A 401 for a request without bearer credentials: RFC 6750 §3.1 says the challenge then
+    /// carries no error code, since nothing was presented that could be invalid.
+    fn challenge(&self, ctx: &RequestCtx) -> Flow {
+        static CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"portico\"");
+        Flow::Respond(super::auth::unauthorized(
+            &ctx.request_id,
+            &CHALLENGE,
+            "a bearer token is required",
         ))
     }
 }
@@ -269,7 +315,6 @@ impl Plugin for Jwt {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
-        self.start_refresher();
         let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
         let value = values.next();
         if values.next().is_some() {
@@ -283,7 +328,7 @@ impl Plugin for Jwt {
             })
             .map(str::trim)
         else {
-            return Ok(self.unauthorized(ctx, "a bearer token is required"));
+            return Ok(self.challenge(ctx));
         };
         let Ok(token_header) = jsonwebtoken::decode_header(token) else {
             return Ok(self.unauthorized(
@@ -291,7 +336,8 @@ impl Plugin for Jwt {
                 "the token is malformed or uses an unaccepted algorithm",
             ));
         };
-        let fetched = self.fetched.load();
+        let guard = self.jwks.as_ref().map(|jwks| jwks.keys.load());
+        let fetched: &[Key] = guard.as_ref().map_or(&[], |keys| keys.as_slice());
         let candidates: Vec<&Key> = self
             .keys
             .iter()
@@ -314,7 +360,9 @@ impl Plugin for Jwt {
         let mut validation = Validation::new(key.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
-        validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();
+        // jsonwebtoken checks the registered claims it knows (RFC 7519 §4.1); the others are
+        // checked below, once the claims are decoded.
+        validation.required_spec_claims = self.required.clone();
         if self.audiences.is_empty() {
             validation.validate_aud = false;
         } else {
@@ -342,6 +390,13 @@ impl Plugin for Jwt {
                 return Ok(self.unauthorized(ctx, message));
             }
         };
+        if self
+            .required
+            .iter()
+            .any(|name| claims.get(name).is_none_or(serde_json::Value::is_null))
+        {
+            return Ok(self.unauthorized(ctx, "the token lacks a required claim"));
+        }
         let claim_text = |name: &str| match claims.get(name) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),

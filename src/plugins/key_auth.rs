@@ -39,6 +39,42 @@ impl KeyAuth {
     }
 }
 
+/// Removes every `name=…` pair (compared decoded) from the query, keeping the other pairs as
+/// written and in their order; a query left empty goes away with its `?`.
+fn hide_query_parameter(uri: &mut http::Uri, name: &str) {
+    let Some(query) = uri.query() else { return };
+    let pairs: Vec<&str> = query.split('&').collect();
+    let kept: Vec<&str> = pairs
+        .iter()
+        .copied()
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            pair.is_empty()
+                || crate::routing::query_pairs(key)
+                    .next()
+                    .is_none_or(|(k, _)| k != name)
+        })
+        .collect();
+    if kept.len() == pairs.len() {
+        return;
+    }
+    let kept = kept.join("&");
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{kept}", uri.path())
+    };
+    let mut parts = uri.clone().into_parts();
+    // Built from a valid path and a subset of a valid query, so it parses again; should it
+    // not, the URI stays as it was rather than failing the request.
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(path_and_query) {
+        parts.path_and_query = Some(pq);
+        if let Ok(next) = http::Uri::from_parts(parts) {
+            *uri = next;
+        }
+    }
+}
+
 impl Plugin for KeyAuth {
     fn name(&self) -> &'static str {
         "key_auth"
@@ -78,8 +114,32 @@ impl Plugin for KeyAuth {
         };
         if self.hide {
             head.headers.remove(&self.header);
+            if let Some(name) = &self.query {
+                hide_query_parameter(&mut head.uri, name);
+            }
         }
         ctx.consumer = Some(consumer);
         Ok(Flow::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hide_query_parameter;
+
+    fn hidden(uri: &str) -> String {
+        let mut uri: http::Uri = uri.parse().unwrap();
+        hide_query_parameter(&mut uri, "api_key");
+        uri.to_string()
+    }
+
+    #[test]
+    fn only_the_key_parameter_goes() {
+        assert_eq!(hidden("/a?x=1&api_key=k&y=2&x=3"), "/a?x=1&y=2&x=3");
+        assert_eq!(hidden("/a?api%5Fkey=k&api_key=j"), "/a");
+        assert_eq!(hidden("/a?api_key"), "/a");
+        assert_eq!(hidden("/a?api_keys=k"), "/a?api_keys=k");
+        assert_eq!(hidden("/a?x=1&&api_key=k"), "/a?x=1&");
+        assert_eq!(hidden("/a"), "/a");
     }
 }

@@ -341,6 +341,8 @@ pub struct BuildEnv<'a> {
     pub metrics: &'a crate::observe::Metrics,
     /// The config file's folder, for relative paths.
     pub base: &'a std::path::Path,
+    /// State kept across reloads, under this plugin's identity.
+    pub state: crate::runtime::state::StateScope<'a>,
 }
 
 /// Builds a plugin from its spec; the error is a message for the spec's position.
@@ -354,13 +356,13 @@ pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, St
         }
         PluginSpec::KeyAuth(spec) => Arc::new(key_auth::KeyAuth::new(spec, env.consumers)?),
         PluginSpec::Acl(spec) => Arc::new(acl::Acl::new(spec)),
-        PluginSpec::RateLimit(spec) => Arc::new(rate_limit::RateLimit::new(spec, env.metrics)?),
+        PluginSpec::RateLimit(spec) => Arc::new(rate_limit::RateLimit::new(spec, env)?),
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
         PluginSpec::IpRestriction(spec) => Arc::new(ip_restriction::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => {
             Arc::new(request_size_limit::RequestSizeLimit(spec.max.0))
         }
-        PluginSpec::Jwt(spec) => Arc::new(jwt::Jwt::new(spec, env.base, env.consumers)?),
+        PluginSpec::Jwt(spec) => Arc::new(jwt::Jwt::new(spec, env)?),
         PluginSpec::BasicAuth(spec) => Arc::new(basic_auth::BasicAuth::new(spec, env.consumers)),
         PluginSpec::MtlsAuth(spec) => Arc::new(mtls_auth::MtlsAuth::new(spec, env.consumers)),
         PluginSpec::Respond(spec) => Arc::new(respond::Mock::new(spec)?),

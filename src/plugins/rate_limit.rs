@@ -3,10 +3,11 @@
 //! `limit` requests per `window` are spread evenly, one every `window / limit`; `burst` more may
 //! pass at once. In any span of `window`, at most `limit + burst` requests pass. Keys live in
 //! 16 sharded maps; a shard over its share of `max_keys` first forgets keys whose allowance is
-//! full again, then (under a flood of new keys) starts over, so memory stays bounded.
+//! full again, then (under a flood of new keys) starts over, so memory stays bounded. The
+//! buckets are kept across reloads while the plugin's spec and place stay the same.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, StatusCode, header, request, response};
@@ -46,12 +47,18 @@ pub struct RateLimit {
     /// Tolerance `burst × interval`.
     tolerance: u64,
     shard_cap: usize,
-    shards: Vec<Mutex<HashMap<String, u64>>>,
+    shards: Arc<Buckets>,
     limited: prometheus_client::metrics::family::Family<
         crate::observe::metrics::RouteLabels,
         prometheus_client::metrics::counter::Counter,
     >,
 }
+
+/// Each key's theoretical arrival time, in shards; kept across reloads.
+#[derive(Debug)]
+struct Buckets(Vec<Mutex<HashMap<String, u64>>>);
+
+impl crate::runtime::state::Kept for Buckets {}
 
 fn now_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -60,7 +67,7 @@ fn now_ns() -> u64 {
 
 impl RateLimit {
     /// Checks the spec.
-    pub fn new(spec: &RateLimitSpec, metrics: &crate::observe::Metrics) -> Result<Self, String> {
+    pub fn new(spec: &RateLimitSpec, env: super::BuildEnv<'_>) -> Result<Self, String> {
         if *spec.limit == 0 {
             return Err("rate_limit.limit must be at least 1".into());
         }
@@ -91,8 +98,10 @@ impl RateLimit {
             interval,
             tolerance: interval.saturating_mul(u64::from(spec.burst)),
             shard_cap: (spec.max_keys / SHARDS).max(1),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            limited: metrics.rate_limited_family(),
+            shards: env
+                .state
+                .keep(|| Buckets((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect())),
+            limited: env.metrics.rate_limited_family(),
         })
     }
 
@@ -114,7 +123,7 @@ impl RateLimit {
 
     /// One GCRA step: `Ok(remaining)` or `Err(wait)`.
     pub fn check(&self, key: &str, now: u64) -> Result<(u32, u64), u64> {
-        let shard = &self.shards[crate::balance::hash::hash64(key.as_bytes()) as usize % SHARDS];
+        let shard = &self.shards.0[crate::balance::hash::hash64(key.as_bytes()) as usize % SHARDS];
         let mut map = match shard.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -241,7 +250,16 @@ mod tests {
             },
             max_keys,
         };
-        RateLimit::new(&spec, &crate::observe::Metrics::new()).unwrap()
+        let metrics = crate::observe::Metrics::new();
+        let states = crate::runtime::state::PluginStates::default();
+        let fresh = Mutex::new(Vec::new());
+        let env = crate::plugins::BuildEnv {
+            consumers: &Arc::default(),
+            metrics: &metrics,
+            base: std::path::Path::new("."),
+            state: crate::runtime::state::StateScope::new(&states, &fresh),
+        };
+        RateLimit::new(&spec, env).unwrap()
     }
 
     #[test]
@@ -274,7 +292,7 @@ mod tests {
         for i in 0..10_000 {
             let _ = rl.check(&format!("key-{i}"), 1);
         }
-        let total: usize = rl.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        let total: usize = rl.shards.0.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= 160, "{total}");
     }
 }

@@ -47,14 +47,6 @@ fn worker() -> usize {
     WORKER.with(std::cell::Cell::get)
 }
 
-/// How many pool slots to make: one per worker plus the control thread.
-static SLOTS: AtomicUsize = AtomicUsize::new(1);
-
-/// Sets the number of worker threads before any pool is made.
-pub fn set_workers(count: usize) {
-    SLOTS.store(count + 1, Ordering::Relaxed);
-}
-
 /// Live state of one target: its addresses, its load and its idle connections.
 #[derive(Debug)]
 pub struct TargetState {
@@ -150,8 +142,8 @@ impl Checkin {
 }
 
 impl TargetState {
-    fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<Notify>) -> Self {
-        let slots = SLOTS.load(Ordering::Relaxed);
+    /// `slots`: one per worker plus the control thread; `freed` is the upstream's.
+    fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<Notify>, slots: usize) -> Self {
         TargetState {
             address: address.to_owned(),
             addrs: ArcSwap::from_pointee(addrs),
@@ -456,10 +448,23 @@ impl Drop for OpenConn {
 }
 
 /// Every target's state, keyed by upstream name and address; shared across reloads.
-#[derive(Debug, Default)]
+///
+/// Compiling only looks entries up (a new target gets state outside the registry); the
+/// entries become exactly those of a config when it is put in force ([`Registry::commit`]),
+/// so a refused reload leaves the registry as it was.
+#[derive(Debug)]
 pub struct Registry {
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
     upstreams: Mutex<HashMap<String, Arc<UpstreamState>>>,
+    /// Pool slots per target: one per worker plus the control thread.
+    slots: usize,
+}
+
+impl Default for Registry {
+    /// A registry for the control thread alone (validation, tests).
+    fn default() -> Self {
+        Registry::new(0)
+    }
 }
 
 /// Live state of one upstream (all its targets), kept across reloads.
@@ -470,7 +475,7 @@ pub struct UpstreamState {
     /// Requests waiting for a connection (circuit breaker `max_pending`).
     pub pending: AtomicUsize,
     /// Notified when a connection to any of its targets is checked in or closes.
-    freed: Arc<Notify>,
+    pub(crate) freed: Arc<Notify>,
     budget_second: std::sync::atomic::AtomicU64,
     budget_requests: std::sync::atomic::AtomicU32,
     budget_retries: std::sync::atomic::AtomicU32,
@@ -502,43 +507,71 @@ impl UpstreamState {
 }
 
 impl Registry {
-    /// The state of a target, made on first use. An IP literal resolves at once; a name starts
-    /// with no address until the resolver fills it in.
-    pub fn target(&self, upstream: &str, address: &str) -> Arc<TargetState> {
-        let freed = Arc::clone(&self.upstream(upstream).freed);
-        let key = (upstream.to_owned(), address.to_owned());
-        let mut targets = match self.targets.lock() {
+    /// A registry whose pools have a slot for each of `workers` worker threads.
+    pub fn new(workers: usize) -> Self {
+        Registry {
+            targets: Mutex::default(),
+            upstreams: Mutex::default(),
+            slots: workers + 1,
+        }
+    }
+
+    /// The live state of a target, or new state (not entered: see [`Registry::commit`]). An
+    /// IP literal resolves at once; a name starts with no address until the resolver fills
+    /// it in.
+    /// `freed` is the upstream state's wake-up for connection waiters (see
+    /// [`UpstreamState::wait_for_connection`]).
+    pub fn target(&self, upstream: &str, address: &str, freed: &Arc<Notify>) -> Arc<TargetState> {
+        let targets = match self.targets.lock() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if let Some(live) = targets.get(&(upstream.to_owned(), address.to_owned())) {
+            return Arc::clone(live);
+        }
         let had_targets = targets.keys().any(|(u, _)| u == upstream);
-        Arc::clone(targets.entry(key).or_insert_with(|| {
-            let addrs = address
-                .parse::<SocketAddr>()
-                .map(|a| vec![a])
-                .unwrap_or_default();
-            let state = TargetState::new(address, addrs, freed);
-            if had_targets {
-                // Added by a reload: a slow start ramps it up (when configured).
-                state.health.joined();
-            }
-            Arc::new(state)
-        }))
+        let addrs = address
+            .parse::<SocketAddr>()
+            .map(|a| vec![a])
+            .unwrap_or_default();
+        let state = TargetState::new(address, addrs, Arc::clone(freed), self.slots);
+        if had_targets {
+            // Added by a reload: a slow start ramps it up (when configured).
+            state.health.joined();
+        }
+        Arc::new(state)
     }
 
-    /// The live state of upstream `name`, made on first use.
+    /// The live state of upstream `name`, or new state (not entered).
     pub fn upstream(&self, name: &str) -> Arc<UpstreamState> {
-        let mut upstreams = match self.upstreams.lock() {
+        let upstreams = match self.upstreams.lock() {
             Ok(u) => u,
             Err(poisoned) => poisoned.into_inner(),
         };
-        Arc::clone(upstreams.entry(name.to_owned()).or_default())
+        upstreams.get(name).map(Arc::clone).unwrap_or_default()
     }
 
-    /// Forgets targets that no config refers to any more.
-    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
-        if let Ok(mut targets) = self.targets.lock() {
-            targets.retain(|(upstream, address), _| keep(upstream, address));
+    /// Makes the entries those of the config now in force: `upstreams` with their targets.
+    pub fn commit<'a>(
+        &self,
+        upstreams: impl IntoIterator<Item = (&'a str, &'a Arc<UpstreamState>, &'a [Arc<TargetState>])>,
+    ) {
+        let mut targets = HashMap::new();
+        let mut states = HashMap::new();
+        for (name, state, list) in upstreams {
+            states.insert(name.to_owned(), Arc::clone(state));
+            for target in list {
+                targets.insert(
+                    (name.to_owned(), target.address.clone()),
+                    Arc::clone(target),
+                );
+            }
+        }
+        if let Ok(mut t) = self.targets.lock() {
+            *t = targets;
+        }
+        if let Ok(mut u) = self.upstreams.lock() {
+            *u = states;
         }
     }
 

@@ -57,7 +57,8 @@ async fn until(what: &str, deadline: Duration, done: impl Fn() -> bool) {
 async fn an_idle_connection_closes_after_the_idle_timeout_and_one_in_use_does_not() {
     let (addr, server_open) = server().await;
     let registry = Registry::default();
-    let target = registry.target("u", &addr);
+    let upstream = registry.upstream("u");
+    let target = registry.target("u", &addr, &upstream.freed);
     let Ok(Conn::H1(checkin)) = target
         .connect("u", false, settings(Duration::from_millis(100)), None)
         .await
@@ -80,7 +81,7 @@ async fn a_check_in_and_a_close_wake_a_waiter_for_a_connection() {
     let (addr, _) = server().await;
     let registry = Registry::default();
     let upstream = registry.upstream("u");
-    let target = registry.target("u", &addr);
+    let target = registry.target("u", &addr, &upstream.freed);
     let connect = || target.connect("u", false, settings(Duration::from_secs(60)), None);
     let Ok(Conn::H1(first)) = connect().await else {
         panic!("no HTTP/1.1 connection");
@@ -107,4 +108,50 @@ async fn a_check_in_and_a_close_wake_a_waiter_for_a_connection() {
         async { drop(second) },
     );
     assert!(free && waited.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn lookups_enter_nothing_and_commit_makes_the_entries_a_configs() {
+    let registry = Registry::new(2);
+    let freed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let a = registry.target("u", "10.0.0.1:80", &freed);
+    let state = registry.upstream("u");
+    assert!(
+        !Arc::ptr_eq(&a, &registry.target("u", "10.0.0.1:80", &freed)),
+        "a lookup entered a target"
+    );
+    assert_eq!(
+        a.idle.len(),
+        3,
+        "one pool slot per worker and the control thread"
+    );
+
+    registry.commit([("u", &state, std::slice::from_ref(&a))]);
+    assert!(Arc::ptr_eq(
+        &a,
+        &registry.target("u", "10.0.0.1:80", &freed)
+    ));
+    assert!(Arc::ptr_eq(&state, &registry.upstream("u")));
+
+    // A config compiled but never put in force (a refused reload) changes nothing.
+    let b = registry.target("u", "10.0.0.2:80", &freed);
+    assert!(Arc::ptr_eq(
+        &a,
+        &registry.target("u", "10.0.0.1:80", &freed)
+    ));
+    assert!(!Arc::ptr_eq(
+        &b,
+        &registry.target("u", "10.0.0.2:80", &freed)
+    ));
+
+    // The next config in force drops what it no longer names.
+    registry.commit([("u", &state, std::slice::from_ref(&b))]);
+    assert!(!Arc::ptr_eq(
+        &a,
+        &registry.target("u", "10.0.0.1:80", &freed)
+    ));
+    assert!(Arc::ptr_eq(
+        &b,
+        &registry.target("u", "10.0.0.2:80", &freed)
+    ));
 }

@@ -1,5 +1,10 @@
 //! Spec → [`Snapshot`]: resolves names, builds matchers, balancers and plugins, and reports
 //! every problem at once with its position.
+//!
+//! Compiling is a function of the spec and of what live state it finds: it looks up target
+//! state, plugin state and ACME state but adds none, registers no metric series and starts no
+//! task. What a new config needs is handed over in the snapshot and made live when the
+//! snapshot is started (`server::reload`), so a refused reload leaves everything as it was.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +44,16 @@ pub struct Env<'a> {
     pub metrics: &'a Metrics,
     /// ACME state, kept across reloads.
     pub acme: &'a crate::tls::acme::Store,
+    /// Plugin state, kept across reloads.
+    pub states: &'a crate::runtime::state::PluginStates,
+}
+
+/// Worker threads `workers:` asks for.
+pub fn worker_count(workers: &Workers) -> usize {
+    match workers {
+        Workers::Count(n) => *n,
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
 }
 
 /// Reads the file at `path` and compiles it. What parsed is compiled even when something did
@@ -68,10 +83,7 @@ pub(crate) fn compile_read(
 pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
     let mut diags = Diagnostics::new(file);
 
-    let workers = match spec.workers {
-        Workers::Count(n) => n,
-        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let workers = worker_count(&spec.workers);
 
     let admin = spec.admin.as_ref().and_then(|admin| {
         let addr = parse_addr(&admin.listen, &mut diags)?;
@@ -114,12 +126,14 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         .parent()
         .unwrap_or(Path::new("."))
         .to_owned();
+    let fresh = std::sync::Mutex::new(Vec::new());
     let build_env = plugins::BuildEnv {
         consumers: &consumers,
         metrics: env.metrics,
         base: &config_dir,
+        state: crate::runtime::state::StateScope::new(env.states, &fresh),
     };
-    let global_plugins = compile_plugins(&spec.plugins, build_env, &mut diags);
+    let global_plugins = compile_plugins(&spec.plugins, "global", build_env, &mut diags);
 
     // Routes, with their position for table errors.
     let mut routes: Vec<(Arc<Route>, Option<Conditions>, &RouteSpec)> = Vec::new();
@@ -164,6 +178,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
 
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
     let mut tls_files = Vec::new();
+    let mut acme = Vec::new();
     let mut listeners = Vec::new();
     let mut seen_names: HashMap<&str, Pos> = HashMap::new();
     let mut seen_addrs: Vec<(SocketAddr, Pos)> = Vec::new();
@@ -208,8 +223,13 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
                 "limits.max_header_size must be at least 1KiB",
             );
         }
-        let listener_tls =
-            compile_listener_tls(spec_listener, base, env.acme, &mut tls_files, &mut diags);
+        let listener_tls = compile_listener_tls(
+            spec_listener,
+            base,
+            (env.acme, &mut acme),
+            &mut tls_files,
+            &mut diags,
+        );
         let redirect_https = spec_listener.redirect_https.as_ref().and_then(|r| {
             if spec_listener.protocol == ListenerProtocol::Https {
                 diags.error(
@@ -320,6 +340,10 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             }
         }
     }
+    let fresh = match fresh.into_inner() {
+        Ok(f) => f,
+        Err(poisoned) => poisoned.into_inner(),
+    };
     let ((), warnings) = diags.finish(())?;
     Ok(Snapshot {
         spec,
@@ -330,6 +354,8 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
         tls_files,
         global: PluginChain::new(global_plugins),
         warnings,
+        fresh,
+        acme,
     })
 }
 
@@ -387,7 +413,10 @@ fn resolve_path(base: &Path, file: &str) -> PathBuf {
 fn compile_listener_tls(
     spec: &ListenerSpec,
     base: &Path,
-    acme_store: &crate::tls::acme::Store,
+    (acme_store, acme_listeners): (
+        &crate::tls::acme::Store,
+        &mut Vec<(Arc<crate::tls::acme::AcmeState>, crate::tls::acme::Settings)>,
+    ),
     tls_files: &mut Vec<PathBuf>,
     diags: &mut Diagnostics,
 ) -> Option<Arc<rustls::ServerConfig>> {
@@ -434,7 +463,7 @@ fn compile_listener_tls(
             Some(dir) => resolve_path(base, dir),
             None => base.join("acme").join(&a.domains[0]),
         };
-        Some(acme_store.state(Settings {
+        let settings = Settings {
             directory: a.directory.value.clone(),
             email: a.email.clone(),
             domains: a.domains.value.clone(),
@@ -446,7 +475,20 @@ fn compile_listener_tls(
             directory_ca: a.directory_ca_file.as_ref().map(|f| resolve_path(base, f)),
             renew_before: a.renew_before.0,
             check_every: a.check_every.0.max(std::time::Duration::from_millis(100)),
-        }))
+        };
+        // Two listeners sharing a storage folder share one state (and one renewal).
+        let state = match acme_listeners
+            .iter()
+            .find(|(_, s)| s.storage == settings.storage)
+        {
+            Some((state, _)) => Arc::clone(state),
+            None => {
+                let state = acme_store.state(&settings);
+                acme_listeners.push((Arc::clone(&state), settings));
+                state
+            }
+        };
+        Some(state)
     });
     let mut loaded = Vec::new();
     for cert in tls.certificates.iter() {
@@ -741,10 +783,19 @@ fn compile_upstream(
         check.http2 = spec.protocol == UpstreamProtocol::Http2;
         check
     });
+    // A target written twice is one target (one pool, one in-flight count), as it is once
+    // the registry holds it.
+    let mut made: HashMap<&str, Arc<crate::pool::TargetState>> = HashMap::new();
+    let state = env.registry.upstream(name);
     let targets = spec
         .targets
         .iter()
-        .map(|t| env.registry.target(name, &t.address))
+        .map(|t| {
+            Arc::clone(
+                made.entry(t.address.as_str())
+                    .or_insert_with(|| env.registry.target(name, &t.address, &state.freed)),
+            )
+        })
         .collect();
     Some(Upstream {
         name: Arc::from(name.as_str()),
@@ -762,7 +813,7 @@ fn compile_upstream(
             connect_timeout: spec.connect_timeout.0,
         },
         resolve_every: spec.resolve_every.0,
-        state: env.registry.upstream(name),
+        state,
         passive,
         active,
         sticky: spec
@@ -835,13 +886,26 @@ fn check_target_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Builds the plugins of `owner`'s list (`global` or `route NAME`); each gets the state kept
+/// for its identity: owner, how many of its kind come before it, and its spec.
 fn compile_plugins(
     specs: &[At<crate::config::spec::PluginSpec>],
+    owner: &str,
     env: plugins::BuildEnv<'_>,
     diags: &mut Diagnostics,
 ) -> Vec<Arc<dyn plugins::Plugin>> {
     let mut chain = Vec::new();
-    for spec in specs {
+    for (i, spec) in specs.iter().enumerate() {
+        let kind = std::mem::discriminant(&spec.value);
+        let nth = specs[..i]
+            .iter()
+            .filter(|s| std::mem::discriminant(&s.value) == kind)
+            .count();
+        let key = crate::runtime::state::StateKey::new(owner, nth, spec);
+        let env = plugins::BuildEnv {
+            state: env.state.with_key(&key),
+            ..env
+        };
         match plugins::build(spec, env) {
             Ok(plugin) => chain.push(plugin),
             Err(message) => diags.error(spec.pos, message),
@@ -1127,7 +1191,8 @@ fn compile_route(
         );
     }
     let mut chain = global.to_vec();
-    chain.extend(compile_plugins(&spec.plugins, env, diags));
+    let owner = format!("route {}", *spec.name);
+    chain.extend(compile_plugins(&spec.plugins, &owner, env, diags));
 
     if diags.list.len() > before {
         return None;

@@ -4,8 +4,10 @@
 //! diagnostic it finds. A running portico holds one snapshot in an `ArcSwap`; a reload
 //! compiles the next one and swaps it in, and each request keeps the snapshot it started with.
 
+pub mod background;
 pub mod compile;
 pub mod explain;
+pub mod state;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -45,6 +47,11 @@ pub struct Snapshot {
     pub global: PluginChain,
     /// What the config does that is likely not meant (a route that can never match).
     pub warnings: Vec<crate::config::Diagnostic>,
+    /// Plugin state this compile made; started and kept when the snapshot is started.
+    pub fresh: Vec<state::Fresh>,
+    /// ACME listeners' state and the settings this config gives them, applied when the
+    /// snapshot is started.
+    pub acme: Vec<(Arc<crate::tls::acme::AcmeState>, crate::tls::acme::Settings)>,
 }
 
 impl Snapshot {

@@ -41,11 +41,13 @@ pub struct Shared {
     pub restart_required: Mutex<Vec<String>>,
     /// ACME state and HTTP-01 tokens.
     pub acme: std::sync::Arc<crate::tls::acme::Store>,
+    /// Plugin state (rate-limit buckets, JWKS keys), kept across reloads.
+    pub states: crate::runtime::state::PluginStates,
 }
 
 impl Shared {
-    /// The state of a portico serving `snapshot`, compiled with `registry`, `metrics` and
-    /// `acme`.
+    /// The state of a portico serving `snapshot`, compiled with `registry`, `metrics`, `acme`
+    /// and `states`.
     pub fn new(
         snapshot: Snapshot,
         registry: Registry,
@@ -53,6 +55,7 @@ impl Shared {
         access_log: AccessLog,
         config_path: PathBuf,
         acme: std::sync::Arc<crate::tls::acme::Store>,
+        states: crate::runtime::state::PluginStates,
     ) -> Self {
         let started = reload::Started {
             access_log: snapshot.spec.access_log.clone(),
@@ -68,6 +71,7 @@ impl Shared {
             config_path,
             last_reload_error: Mutex::new(None),
             acme,
+            states,
         }
     }
 }

@@ -1,9 +1,13 @@
 //! The control thread: start-up, SIGHUP reload, SIGTERM drain, and DNS re-resolution.
 //!
-//! A reload validates and compiles the file, binds any new listener, then swaps the snapshot
-//! in one store. Listeners whose name and address are unchanged keep their sockets and their
-//! connections; removed ones stop accepting and drain. Any failure leaves the running config
-//! in place and is logged and kept for the admin API.
+//! A reload validates and compiles the file, binds any new listener, starts the new snapshot
+//! (first JWKS fetches, kept state entered, renewals and health checks started), then swaps
+//! it in one store. Listeners whose name and address are unchanged keep their sockets and
+//! their connections; removed ones stop accepting and drain. Any failure leaves the running
+//! config in place and is logged and kept for the admin API; since compiling changes no live
+//! state, a refused reload leaves nothing behind.
+//!
+//! DNS names are resolved by a task of their own, so a slow resolver never delays a signal.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,6 +23,8 @@ use super::listeners::{ListenerSet, bind};
 use crate::config;
 use crate::observe::{AccessLog, Metrics};
 use crate::pool::{self, Registry};
+use crate::runtime::background::{self, BackgroundTask};
+use crate::runtime::state::PluginStates;
 use crate::runtime::{self, Snapshot, compile::Env};
 use crate::tls::acme::Store as AcmeStore;
 
@@ -54,17 +60,19 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Io { what, source }
 }
 
-/// Loads and compiles the file at `path` against live state.
+/// Loads and compiles the file at `path` against live state, changing none of it.
 pub fn load(
     path: &Path,
     registry: &Registry,
     metrics: &Metrics,
     acme: &AcmeStore,
+    states: &PluginStates,
 ) -> Result<Snapshot, Vec<config::Diagnostic>> {
     let env = Env {
         registry,
         metrics,
         acme,
+        states,
     };
     runtime::load(path, env)
 }
@@ -78,15 +86,14 @@ fn log_warnings(snap: &Snapshot) {
 
 /// Runs portico on the config at `path` until SIGTERM or SIGINT; returns after draining.
 pub fn run(path: &Path) -> Result<(), StartError> {
-    let registry = Registry::default();
+    // Pools are sized by worker count, which the spec tells before anything is compiled
+    // (errors, if any, are reported by the compile below, all at once).
+    let workers = runtime::compile::worker_count(&config::read(path).0.workers);
+    let registry = Registry::new(workers);
     let metrics = Metrics::new();
-    // Pools are sized by worker count, which the first compile tells.
     let acme = Arc::new(AcmeStore::default());
-    let probe = load(path, &registry, &metrics, &acme).map_err(StartError::Config)?;
-    let workers = probe.workers;
-    pool::set_workers(workers);
-    let registry = Registry::default();
-    let snapshot = load(path, &registry, &metrics, &acme).map_err(StartError::Config)?;
+    let states = PluginStates::default();
+    let snapshot = load(path, &registry, &metrics, &acme, &states).map_err(StartError::Config)?;
     log_warnings(&snapshot);
     let access_log = if snapshot.spec.access_log.enabled {
         AccessLog::open(&snapshot.spec.access_log.path).map_err(io_error(format!(
@@ -96,25 +103,54 @@ pub fn run(path: &Path) -> Result<(), StartError> {
     } else {
         AccessLog::disabled()
     };
-    let shared = Arc::new(Shared::new(
-        snapshot,
-        registry,
-        metrics,
-        access_log,
-        path.to_owned(),
-        acme,
-    ));
-
-    let (handles, stops) = start_workers(workers)?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io_error("cannot start the control runtime"))?;
-    let result = control.block_on(control_loop(Arc::clone(&shared), handles));
+    let (handles, stops) = start_workers(workers)?;
+    let result = control.block_on(async move {
+        let mut snapshot = snapshot;
+        start_snapshot(&mut snapshot, &states, &acme, &metrics).await;
+        let shared = Arc::new(Shared::new(
+            snapshot,
+            registry,
+            metrics,
+            access_log,
+            path.to_owned(),
+            acme,
+            states,
+        ));
+        commit_registry(&shared);
+        control_loop(shared, handles).await
+    });
     for stop in stops {
         let _ = stop.send(());
     }
     result
+}
+
+/// Makes a compiled snapshot ready to serve: its new plugin state is started (a first JWKS
+/// fetch, bounded) and kept, its ACME listeners get their settings and renewal tasks, and its
+/// targets' active health checks start or take their new settings.
+async fn start_snapshot(
+    next: &mut Snapshot,
+    states: &PluginStates,
+    acme: &Arc<AcmeStore>,
+    metrics: &Metrics,
+) {
+    states.start(std::mem::take(&mut next.fresh)).await;
+    acme.start(std::mem::take(&mut next.acme), metrics.background_tasks());
+    health_checks(next, metrics);
+}
+
+/// The target registry becomes that of the config in force.
+fn commit_registry(shared: &Shared) {
+    let snap = shared.snapshot.load_full();
+    shared.registry.commit(
+        snap.upstreams
+            .iter()
+            .map(|u| (&*u.name, &u.state, u.targets.as_slice())),
+    );
 }
 
 type WorkerStop = tokio::sync::oneshot::Sender<()>;
@@ -150,7 +186,15 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(io_error("cannot handle SIGINT"))?;
 
-    resolve_all(&shared, &mut HashMap::new(), true).await;
+    // Names are resolved before the listeners open, but a signal is heard meanwhile.
+    let resolve_now = Arc::new(tokio::sync::Notify::new());
+    let (first_pass, resolved) = tokio::sync::oneshot::channel();
+    let _resolver = spawn_resolver(Arc::clone(&shared), Arc::clone(&resolve_now), first_pass);
+    tokio::select! {
+        _ = resolved => {}
+        _ = terminate.recv() => return Ok(()),
+        _ = interrupt.recv() => return Ok(()),
+    }
 
     let mut listeners = ListenerSet::default();
     let snap = shared.snapshot.load_full();
@@ -182,39 +226,32 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
         tracing::info!(addr = %local, "admin listening");
         tokio::spawn(crate::admin::serve(Arc::clone(&shared), socket));
     }
-    let mut checks = start_checks(&shared);
+    drop(snap);
     tracing::info!(workers = workers.len(), "ready");
 
-    let mut resolved: HashMap<(String, String), Instant> = HashMap::new();
     let mut stamps = file_stamps(&shared.snapshot.load());
-    let mut dns_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut file_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                if reload(&shared, &workers, &mut listeners) {
-                    for check in checks.drain(..) {
-                        check.abort();
-                    }
-                    checks = start_checks(&shared);
+                let started = std::time::SystemTime::now();
+                if reload(&shared, &workers, &mut listeners).await {
+                    resolve_now.notify_one();
                 }
-                stamps = file_stamps(&shared.snapshot.load());
-                resolve_all(&shared, &mut resolved, true).await;
+                stamps = stamps_after(&shared.snapshot.load(), started);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = dns_tick.tick() => {
-                resolve_all(&shared, &mut resolved, false).await;
+            _ = file_tick.tick() => {
                 // A changed certificate or key file reloads the config: new handshakes use it.
                 let now = file_stamps(&shared.snapshot.load());
                 if now != stamps {
                     tracing::info!("certificate files changed; reloading");
-                    if reload(&shared, &workers, &mut listeners) {
-                        for check in checks.drain(..) {
-                            check.abort();
-                        }
-                        checks = start_checks(&shared);
+                    let started = std::time::SystemTime::now();
+                    if reload(&shared, &workers, &mut listeners).await {
+                        resolve_now.notify_one();
                     }
-                    stamps = file_stamps(&shared.snapshot.load());
+                    stamps = stamps_after(&shared.snapshot.load(), started);
                 }
             }
         }
@@ -226,8 +263,8 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
 }
 
 /// Re-reads the config file and applies it, or keeps the running one; `true` when applied.
-pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut ListenerSet) -> bool {
-    match try_reload(shared, workers, listeners) {
+pub async fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut ListenerSet) -> bool {
+    match try_reload(shared, workers, listeners).await {
         Ok(()) => {
             shared.metrics.reload(true);
             if let Ok(mut last) = shared.last_reload_error.lock() {
@@ -247,6 +284,24 @@ pub fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Listener
     }
 }
 
+/// The stamps to compare the next look with, after a reload that began at `started`.
+///
+/// A file written while the reload read it (a certificate copied before its key, say) may
+/// have been compiled half-old; its stamp is then left out, so the next look sees a change
+/// and reloads again. File times are coarse, so "while" reaches a second back.
+fn stamps_after(
+    snap: &Snapshot,
+    started: std::time::SystemTime,
+) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    let recent = started
+        .checked_sub(Duration::from_secs(1))
+        .unwrap_or(started);
+    file_stamps(snap)
+        .into_iter()
+        .map(|stamp| stamp.filter(|(modified, _)| *modified < recent))
+        .collect()
+}
+
 /// Modification times (and sizes) of the TLS files the config uses.
 fn file_stamps(snap: &Snapshot) -> Vec<Option<(std::time::SystemTime, u64)>> {
     snap.tls_files
@@ -258,49 +313,44 @@ fn file_stamps(snap: &Snapshot) -> Vec<Option<(std::time::SystemTime, u64)>> {
         .collect()
 }
 
-/// Starts the active health checks of the config in force, one task per target, and the
-/// certificate maintenance of every ACME listener.
-fn start_checks(shared: &Shared) -> Vec<tokio::task::JoinHandle<()>> {
-    let snap = shared.snapshot.load_full();
-    let mut tasks = Vec::new();
-    for state in shared.acme.states() {
-        tasks.push(tokio::spawn(crate::tls::acme::maintain(
-            Arc::clone(&shared.acme),
-            state,
-        )));
-    }
+/// Puts a snapshot's active health checks in place: one task per target, owned by the
+/// target's state, so a kept target keeps its task (with the new settings) across reloads.
+fn health_checks(snap: &Snapshot, metrics: &Metrics) {
     for upstream in &snap.upstreams {
-        let Some(check) = &upstream.active else {
-            continue;
-        };
         for target in &upstream.targets {
+            let Some(check) = &upstream.active else {
+                target.health.stop_checks();
+                continue;
+            };
             let name = Arc::clone(&upstream.name);
-            tasks.push(tokio::spawn(crate::health::active::watch(
-                Arc::clone(target),
-                check.clone(),
-                move |target, up| {
-                    if up {
-                        tracing::info!(upstream = %name, target = %target.address, "target healthy");
-                    } else {
-                        tracing::warn!(upstream = %name, target = %target.address, "target unhealthy");
-                    }
-                },
-            )));
+            let weak = Arc::downgrade(target);
+            target.health.check_with(check.clone(), |settings| {
+                background::spawn(
+                    metrics.background_tasks(),
+                    crate::health::active::watch(weak, settings, move |target, up| {
+                        if up {
+                            tracing::info!(upstream = %name, target = %target.address, "target healthy");
+                        } else {
+                            tracing::warn!(upstream = %name, target = %target.address, "target unhealthy");
+                        }
+                    }),
+                )
+            });
         }
     }
-    tasks
 }
 
-fn try_reload(
+async fn try_reload(
     shared: &Arc<Shared>,
     workers: &[Handle],
     listeners: &mut ListenerSet,
 ) -> Result<(), String> {
-    let next = load(
+    let mut next = load(
         &shared.config_path,
         &shared.registry,
         &shared.metrics,
         &shared.acme,
+        &shared.states,
     )
     .map_err(|diags| {
         diags
@@ -332,8 +382,10 @@ fn try_reload(
             ));
         }
     }
+    start_snapshot(&mut next, &shared.states, &shared.acme, &shared.metrics).await;
     let next = Arc::new(next);
     shared.snapshot.store(Arc::clone(&next));
+    commit_registry(shared);
     log_warnings(&next);
     if !pending.is_empty() {
         tracing::warn!(
@@ -365,10 +417,6 @@ fn try_reload(
             .start(shared, workers, name, addr, sockets, max_connections)
             .map_err(|err| format!("cannot start listener: {err}"))?;
     }
-    shared.registry.retain(|upstream, address| {
-        next.upstream(upstream)
-            .is_some_and(|u| u.targets.iter().any(|t| t.address == address))
-    });
     Ok(())
 }
 
@@ -419,7 +467,31 @@ fn restart_required(
     out
 }
 
-/// Resolves DNS names of targets that are due (all of them when `force`).
+/// Resolves DNS names of targets on its own task: every second the names that are due, and
+/// all of them after a reload. `first_pass` is told when the first round is done.
+fn spawn_resolver(
+    shared: Arc<Shared>,
+    now: Arc<tokio::sync::Notify>,
+    first_pass: tokio::sync::oneshot::Sender<()>,
+) -> BackgroundTask {
+    let live = shared.metrics.background_tasks().clone();
+    background::spawn(&live, async move {
+        let mut due: HashMap<(String, String), Instant> = HashMap::new();
+        resolve_all(&shared, &mut due, true).await;
+        let _ = first_pass.send(());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let force = tokio::select! {
+                _ = tick.tick() => false,
+                () = now.notified() => true,
+            };
+            resolve_all(&shared, &mut due, force).await;
+        }
+    })
+}
+
+/// Resolves DNS names of targets that are due (all of them when `force`); each lookup runs on
+/// a blocking thread and is given up after 5 s.
 async fn resolve_all(shared: &Shared, due: &mut HashMap<(String, String), Instant>, force: bool) {
     let snap = shared.snapshot.load_full();
     let now = Instant::now();

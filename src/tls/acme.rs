@@ -1,15 +1,20 @@
 //! Automatic HTTPS: certificates from an ACME CA (RFC 8555) with the HTTP-01 and TLS-ALPN-01
 //! (RFC 8737) challenges, kept on disk, renewed ahead of expiry.
 //!
-//! Each ACME-enabled listener has an [`AcmeState`] in the process-wide [`Store`], so reloads
-//! keep it. The listener's certificate resolver reads the state on every handshake: the issued
-//! certificate, or the challenge certificate when the CA connects with ALPN `acme-tls/1`.
-//! While a renewal runs, the old certificate keeps being served.
+//! Each ACME-enabled listener has an [`AcmeState`], found again by storage folder through the
+//! [`Store`], so reloads keep it. The listener's certificate resolver reads the state on every
+//! handshake: the issued certificate, or the challenge certificate when the CA connects with
+//! ALPN `acme-tls/1`. While a renewal runs, the old certificate keeps being served.
+//!
+//! Compiling only looks states up: a new one is made outside the store, and a config's
+//! settings are applied, the state entered in the store and its renewal task started only
+//! when that config is about to serve ([`Store::start`]). The store holds weak references
+//! and the renewal task belongs to the state, so a listener removed by a reload takes its
+//! state and its task with it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -57,17 +62,26 @@ pub struct Settings {
     pub check_every: Duration,
 }
 
+/// An issued certificate and its expiry, swapped as one so they always match.
+#[derive(Debug)]
+pub struct Issued {
+    /// The certificate chain and key.
+    pub key: Arc<CertifiedKey>,
+    /// The leaf's expiry, Unix seconds.
+    pub not_after: i64,
+}
+
 /// Live ACME state of one listener.
 #[derive(Debug)]
 pub struct AcmeState {
-    /// Settings in force (replaced by reloads).
+    /// Settings in force (replaced when a reloaded config starts).
     pub settings: Mutex<Settings>,
     /// The issued certificate, once there is one.
-    pub cert: ArcSwapOption<CertifiedKey>,
-    /// Its expiry, Unix seconds (0 = none).
-    pub not_after: AtomicI64,
+    pub cert: ArcSwapOption<Issued>,
     /// TLS-ALPN-01 certificates by name, while validation runs.
     pub alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// The renewal task, started once; it stops when the state goes.
+    renewal: OnceLock<crate::runtime::background::BackgroundTask>,
 }
 
 impl AcmeState {
@@ -81,51 +95,76 @@ impl AcmeState {
             let name = server_name?.to_ascii_lowercase();
             return self.alpn.lock().ok()?.get(&name).cloned();
         }
-        self.cert.load_full()
+        self.cert
+            .load()
+            .as_ref()
+            .map(|issued| Arc::clone(&issued.key))
     }
 }
 
 /// Every listener's ACME state, plus the HTTP-01 tokens all http listeners answer.
 #[derive(Debug, Default)]
 pub struct Store {
-    states: Mutex<HashMap<PathBuf, Arc<AcmeState>>>,
+    states: Mutex<HashMap<PathBuf, Weak<AcmeState>>>,
     tokens: Mutex<HashMap<String, String>>,
 }
 
 impl Store {
-    /// The state for `settings` (keyed by storage folder), made and loaded from disk on first use.
-    pub fn state(&self, settings: Settings) -> Arc<AcmeState> {
+    /// The live state kept in `storage`, or a new one loaded from disk (not yet in the store:
+    /// a config that is never started leaves the store as it was).
+    pub fn state(&self, settings: &Settings) -> Arc<AcmeState> {
+        let live = self
+            .states
+            .lock()
+            .ok()
+            .and_then(|states| states.get(&settings.storage).and_then(Weak::upgrade));
+        if let Some(state) = live {
+            return state;
+        }
+        // A certificate from an earlier run is served at once.
+        let cert = load_stored(&settings.storage)
+            .ok()
+            .map(|(key, not_after)| Arc::new(Issued { key, not_after }));
+        Arc::new(AcmeState {
+            settings: Mutex::new(settings.clone()),
+            cert: ArcSwapOption::new(cert),
+            alpn: Mutex::new(HashMap::new()),
+            renewal: OnceLock::new(),
+        })
+    }
+
+    /// A config is about to serve: applies its settings, keeps its states, starts renewals
+    /// not running yet, and forgets states no config uses.
+    pub fn start(
+        self: &Arc<Self>,
+        wanted: Vec<(Arc<AcmeState>, Settings)>,
+        live_tasks: &prometheus_client::metrics::gauge::Gauge,
+    ) {
         let mut states = match self.states.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(state) = states.get(&settings.storage) {
+        states.retain(|_, state| state.strong_count() > 0);
+        for (state, settings) in wanted {
+            states.insert(settings.storage.clone(), Arc::downgrade(&state));
             if let Ok(mut current) = state.settings.lock() {
                 *current = settings;
             }
-            return Arc::clone(state);
+            state.renewal.get_or_init(|| {
+                crate::runtime::background::spawn(
+                    live_tasks,
+                    maintain(Arc::clone(self), Arc::downgrade(&state)),
+                )
+            });
         }
-        let state = Arc::new(AcmeState {
-            settings: Mutex::new(settings.clone()),
-            cert: ArcSwapOption::empty(),
-            not_after: AtomicI64::new(0),
-            alpn: Mutex::new(HashMap::new()),
-        });
-        // A certificate from an earlier run is served at once.
-        if let Ok((key, not_after)) = load_stored(&settings.storage) {
-            state.cert.store(Some(key));
-            state.not_after.store(not_after, Ordering::Relaxed);
-        }
-        states.insert(settings.storage.clone(), Arc::clone(&state));
-        state
     }
 
-    /// Every ACME state (for the renewal tasks).
-    pub fn states(&self) -> Vec<Arc<AcmeState>> {
+    /// How many ACME states are alive.
+    pub fn live(&self) -> usize {
         self.states
             .lock()
-            .map(|s| s.values().cloned().collect())
-            .unwrap_or_default()
+            .map(|s| s.values().filter(|s| s.strong_count() > 0).count())
+            .unwrap_or(0)
     }
 
     /// The key authorization for an HTTP-01 token, if a validation is running.
@@ -146,18 +185,26 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Keeps one listener's certificate fresh, forever (until aborted).
-pub async fn maintain(store: Arc<Store>, state: Arc<AcmeState>) {
+/// Keeps one listener's certificate fresh for as long as its state lives.
+///
+/// The task holds the state only while it works on it, so the state (and with it the task's
+/// handle) goes when the last config using it does.
+async fn maintain(store: Arc<Store>, state: Weak<AcmeState>) {
     let mut failures = 0u32;
     loop {
-        let settings = match state.settings.lock() {
+        let Some(live) = state.upgrade() else { return };
+        let settings = match live.settings.lock() {
             Ok(s) => s.clone(),
             Err(_) => return,
         };
-        let left = state.not_after.load(Ordering::Relaxed) - now_unix();
-        let due = state.cert.load().is_none() || left < settings.renew_before.as_secs() as i64;
+        let left = live
+            .cert
+            .load()
+            .as_ref()
+            .map(|issued| issued.not_after - now_unix());
+        let due = left.is_none_or(|left| left < settings.renew_before.as_secs() as i64);
         let wait = if due {
-            match issue(&store, &state, &settings).await {
+            match issue(&store, &live, &settings).await {
                 Ok(()) => {
                     failures = 0;
                     tracing::info!(domains = ?settings.domains, "certificate issued");
@@ -173,6 +220,7 @@ pub async fn maintain(store: Arc<Store>, state: Arc<AcmeState>) {
         } else {
             settings.check_every
         };
+        drop(live);
         tokio::time::sleep(wait).await;
     }
 }
@@ -323,8 +371,10 @@ async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<
         .map_or(0, |id| id.not_after);
     write_private(&settings.storage.join("key.pem"), key_pem.as_bytes())?;
     write_private(&settings.storage.join("cert.pem"), chain_pem.as_bytes())?;
-    state.cert.store(Some(Arc::new(certified)));
-    state.not_after.store(not_after, Ordering::Relaxed);
+    state.cert.store(Some(Arc::new(Issued {
+        key: Arc::new(certified),
+        not_after,
+    })));
     Ok(())
 }
 
@@ -344,4 +394,57 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, Stri
         vec![cert.der().clone()],
         signing,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path, domain: &str) -> Settings {
+        Settings {
+            directory: "http://127.0.0.1:9/directory".into(),
+            email: None,
+            domains: vec![domain.into()],
+            challenge: Challenge::Http01,
+            storage: dir.to_owned(),
+            directory_ca: None,
+            renew_before: Duration::from_secs(30 * 86400),
+            check_every: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_started_config_changes_acme_state() {
+        let dir = std::env::temp_dir().join(format!("portico-acme-unit-{}", std::process::id()));
+        let store = Arc::new(Store::default());
+        let live = prometheus_client::metrics::gauge::Gauge::default();
+
+        // Compiled, never started: nothing in the store, no renewal.
+        let unstarted = store.state(&settings(&dir, "a.test"));
+        assert_eq!((store.live(), live.get()), (0, 0));
+        drop(unstarted);
+
+        let first = store.state(&settings(&dir, "a.test"));
+        store.start(vec![(Arc::clone(&first), settings(&dir, "a.test"))], &live);
+        assert_eq!((store.live(), live.get()), (1, 1));
+
+        // A refused reload with other settings finds the state and leaves its settings.
+        let again = store.state(&settings(&dir, "b.test"));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.settings.lock().unwrap().domains, ["a.test"]);
+        drop(again);
+
+        // The listener is gone: its state and its renewal go too.
+        drop(first);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while live.get() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the renewal outlived its state"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.live(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -161,6 +161,36 @@ async fn key_auth_and_acl_fail_closed() {
 }
 
 #[tokio::test]
+async fn key_auth_hides_a_query_key_and_keeps_the_other_parameters() {
+    let (up, gw) = start().await;
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let r = c
+        .send(req("/keyed/q?a=1&api_key=bob-key-4567&b=x%20y&a=3", &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last().uri.query(),
+        Some("a=1&b=x%20y&a=3"),
+        "only the key parameter is removed, the rest keep their order"
+    );
+    // Percent-encoded, the parameter name is still the key's.
+    let r = c
+        .send(req("/keyed/q?api%5Fkey=bob-key-4567&z=9", &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri.query(), Some("z=9"));
+    let r = c
+        .send(req("/keyed/q?api_key=bob-key-4567", &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri.path(), "/keyed/q");
+    assert_eq!(up.last().uri.query(), None, "no empty `?` is left");
+}
+
+#[tokio::test]
 async fn rate_limit_hammered_concurrently_lets_only_the_limit_through() {
     let (up, gw) = start().await;
     let web = gw.addr("web");

@@ -13,7 +13,7 @@ use crate::support::{H1, Portico, TestUpstream, fill, temp_dir};
 
 const SECRET: &str = "a-long-enough-hmac-secret-for-tests";
 
-fn b64url(data: &[u8]) -> String {
+pub(crate) fn b64url(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
@@ -26,14 +26,14 @@ fn b64url(data: &[u8]) -> String {
     out
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-fn claims(extra: serde_json::Value) -> serde_json::Value {
+pub(crate) fn claims(extra: serde_json::Value) -> serde_json::Value {
     let mut base = serde_json::json!({
         "sub": "alice", "email": "alice@example.com", "iss": "https://idp.test",
         "aud": "orders", "exp": now() + 300,
@@ -44,7 +44,7 @@ fn claims(extra: serde_json::Value) -> serde_json::Value {
     base
 }
 
-fn hs(kid: Option<&str>, claims: &serde_json::Value, secret: &[u8]) -> String {
+pub(crate) fn hs(kid: Option<&str>, claims: &serde_json::Value, secret: &[u8]) -> String {
     let mut header = Header::new(Algorithm::HS256);
     header.kid = kid.map(str::to_owned);
     encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
@@ -113,22 +113,44 @@ fn keys() -> Keys {
 }
 
 /// Serves a JWKS document and counts fetches.
-async fn jwks_server(doc: String) -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn jwks_server(doc: String) -> (String, Arc<AtomicUsize>) {
+    let (url, count, _) = jwks_server_with_switch(doc).await;
+    (url, count)
+}
+
+/// Like `jwks_server`; while the flag is set, it answers 503.
+pub(crate) async fn jwks_server_with_switch(
+    doc: String,
+) -> (String, Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>) {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, count) = serve_jwks(doc, Arc::clone(&down)).await;
+    (url, count, down)
+}
+
+async fn serve_jwks(
+    doc: String,
+    down: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let count = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&count);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (doc, counter) = (doc.clone(), Arc::clone(&counter));
+            let (doc, counter, down) = (doc.clone(), Arc::clone(&counter), Arc::clone(&down));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |_req| {
                     counter.fetch_add(1, Ordering::Relaxed);
                     let doc = doc.clone();
+                    let status = if down.load(Ordering::Relaxed) {
+                        503
+                    } else {
+                        200
+                    };
                     async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(doc),
-                        )))
+                        let mut response = http::Response::new(Full::new(Bytes::from(doc)));
+                        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -349,4 +371,184 @@ upstreams:
     tokio::time::sleep(Duration::from_millis(300)).await;
     let extra = fetches.load(Ordering::Relaxed) - before;
     assert!(extra <= 1, "{extra} JWKS fetches for 30 unknown kids");
+}
+
+#[tokio::test]
+async fn no_token_gets_a_bare_challenge_and_required_claims_are_enforced() {
+    let up = TestUpstream::start("U").await;
+    let config = fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: strict
+    match: { path_prefix: /strict/ }
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ], required_claims: [sub, email] }
+    upstream: u
+  - name: lax
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ] }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("SECRET", SECRET), ("U", &up.addr())],
+    );
+    let gw = Portico::start(&config);
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let get = |path: &str, auth: Option<String>| {
+        let mut r = Request::get(path).header("host", "x");
+        if let Some(auth) = auth {
+            r = r.header("authorization", auth);
+        }
+        r.body(Full::default()).unwrap()
+    };
+
+    // RFC 6750 §3.1: no credentials (or another scheme) means no error code.
+    for auth in [None, Some("Basic YWxpY2U6cHc=".to_owned())] {
+        let r = c.send(get("/api/x", auth.clone())).await.unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"portico\""),
+            "{auth:?}"
+        );
+    }
+    // A presented token that fails is `invalid_token`.
+    let r = c
+        .send(get("/api/x", Some("Bearer not.a.token".to_owned())))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\", error=\"invalid_token\"")
+    );
+
+    let no_sub = serde_json::json!({"email": "a@example.com", "exp": now() + 300});
+    let token = hs(None, &no_sub, SECRET.as_bytes());
+    // Without `required_claims`, only `exp` is required.
+    let r = c
+        .send(get("/lax/x", Some(format!("Bearer {token}"))))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c
+        .send(get("/strict/x", Some(format!("Bearer {token}"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 401,
+        "a token without `sub` on a route requiring it"
+    );
+    assert!(r.body.contains("required claim"), "{}", r.body);
+    let full = claims(serde_json::json!({}));
+    let r = c
+        .send(get(
+            "/strict/x",
+            Some(format!("Bearer {}", hs(None, &full, SECRET.as_bytes()))),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+const JWKS_SECRET: &[u8] = b"jwks-secret-0123456789abcdef";
+
+/// A config whose only key comes from `jwks_url`.
+fn jwks_only(url: &str, upstream: &str, leeway: &str) -> String {
+    fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: api
+    plugins:
+      - jwt: { jwks_url: '@JWKS@', leeway: @LEEWAY@ }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("JWKS", url), ("U", upstream), ("LEEWAY", leeway)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_keys_serve_the_first_request_after_start_and_after_reloads() {
+    let up = TestUpstream::start("U").await;
+    let doc = serde_json::json!({"keys": [
+        {"kty": "oct", "kid": "k1", "alg": "HS256", "k": b64url(JWKS_SECRET)}
+    ]})
+    .to_string();
+    let (url, fetches, down) = jwks_server_with_switch(doc).await;
+    let gw = Portico::start(&jwks_only(&url, &up.addr(), "5s"));
+    let token = hs(Some("k1"), &claims(serde_json::json!({})), JWKS_SECRET);
+    let web = gw.addr("web");
+    let first = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
+    assert_eq!(
+        first.status, 200,
+        "the first request after start: {}",
+        first.body
+    );
+    assert_eq!(fetches.load(Ordering::Relaxed), 1);
+
+    // An unchanged jwt keeps its keys: no refetch, no gap.
+    let gw_reload = |config: String| {
+        let gw = &gw;
+        move || gw.reload(&config)
+    };
+    assert!(tokio::task::block_in_place(gw_reload(
+        jwks_only(&url, &up.addr(), "5s") + "# touched\n"
+    )));
+    let r = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
+    assert_eq!(r.status, 200, "right after a reload: {}", r.body);
+    assert_eq!(
+        fetches.load(Ordering::Relaxed),
+        1,
+        "an unchanged jwt refetched"
+    );
+
+    // A changed jwt fetches before it serves.
+    assert!(tokio::task::block_in_place(gw_reload(jwks_only(
+        &url,
+        &up.addr(),
+        "10s"
+    ))));
+    let r = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
+    assert_eq!(r.status, 200, "right after a changed jwt: {}", r.body);
+    assert_eq!(fetches.load(Ordering::Relaxed), 2);
+
+    // A changed jwt whose first fetch fails keeps the keys its URL served so far.
+    down.store(true, Ordering::Relaxed);
+    assert!(tokio::task::block_in_place(gw_reload(jwks_only(
+        &url,
+        &up.addr(),
+        "15s"
+    ))));
+    assert_eq!(fetches.load(Ordering::Relaxed), 3);
+    let r = H1::connect(&web).await.send(bearer(&token)).await.unwrap();
+    assert_eq!(r.status, 200, "a failed fetch dropped the keys: {}", r.body);
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_url_does_not_stop_the_start() {
+    let up = TestUpstream::start("U").await;
+    // A port nothing listens on: the fetch fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = Portico::start(&jwks_only(&url, &up.addr(), "5s"));
+    assert!(
+        gw.log_text().contains("cannot fetch JWKS"),
+        "{}",
+        gw.log_text()
+    );
+    let token = hs(Some("k1"), &claims(serde_json::json!({})), JWKS_SECRET);
+    let r = H1::connect(&gw.addr("web"))
+        .await
+        .send(bearer(&token))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
 }

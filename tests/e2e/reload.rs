@@ -270,3 +270,262 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(&web).await.is_err());
 }
+
+/// A config with everything that keeps state or runs in the background: a jwt with a JWKS
+/// URL, a rate limit, active health checks and an ACME listener (its CA unreachable, so its
+/// renewal task keeps retrying).
+const STATEFUL: &str = "\
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+  - name: secure
+    bind: 127.0.0.1:0
+    protocol: https
+    tls:
+      acme: { directory: 'http://127.0.0.1:@CA_PORT@/dir', domains: [a.test], storage: '@ACME@', check_every: 1h }
+routes:
+  - name: jwt
+    match: { path_prefix: /jwt/ }
+    plugins: [ { jwt: { jwks_url: '@JWKS@' } } ]
+    upstream: u
+  - name: limited
+    match: { path_prefix: /limited/ }
+    plugins: [ { rate_limit: { limit: 1, window: 1h, burst: 1, by: route } } ]
+    upstream: u
+  - { name: version, match: { path: /version }, respond: { status: 200, body: '@VERSION@' } }
+upstreams:
+  u:
+    targets: [ { address: '@A@' }, { address: '@B@' } ]
+    health_check: { active: { path: /health, interval: 200ms } }
+";
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Polls `/metrics` until the background task gauge reads `want` (bounded).
+async fn wait_tasks(admin: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metric(
+            &get(admin, "/metrics").await.body,
+            "portico_background_tasks",
+        );
+        if now == Some(want) || Instant::now() >= deadline {
+            return now.unwrap_or(-1.0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_keep_tasks_memory_keys_and_limits() {
+    let a = TestUpstream::start("A").await;
+    let b = TestUpstream::start("B").await;
+    let secret = b"jwks-secret-0123456789abcdef";
+    let doc = serde_json::json!({"keys": [
+        {"kty": "oct", "kid": "k1", "alg": "HS256", "k": crate::jwt::b64url(secret)}
+    ]})
+    .to_string();
+    let (jwks, fetches) = crate::jwt::jwks_server(doc).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ca_port = closed.local_addr().unwrap().port().to_string();
+    drop(closed);
+    let dir = crate::support::temp_dir("reloads");
+    let acme = dir.join("acme").display().to_string();
+    let config = |version: usize| {
+        fill(
+            STATEFUL,
+            &[
+                ("A", &a.addr()),
+                ("B", &b.addr()),
+                ("JWKS", &jwks),
+                ("CA_PORT", &ca_port),
+                ("ACME", &acme),
+                ("VERSION", &format!("v{version}")),
+            ],
+        )
+    };
+    let gw = Portico::start_in(&dir, &config(0));
+    let (web, admin) = (gw.addr("web"), gw.admin.clone().unwrap());
+    let token = crate::jwt::hs(
+        Some("k1"),
+        &crate::jwt::claims(serde_json::json!({})),
+        secret,
+    );
+    let jwt_get = || {
+        let web = web.clone();
+        let req = http::Request::get("/jwt/x")
+            .header("host", "x")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Default::default())
+            .unwrap();
+        async move { H1::connect(&web).await.send(req).await.unwrap().status }
+    };
+    assert_eq!(jwt_get().await, 200);
+    let mut c = H1::connect(&web).await;
+    assert_eq!(c.get("x", "/limited/1").await.status, 200);
+    assert_eq!(c.get("x", "/limited/2").await.status, 200);
+    assert_eq!(c.get("x", "/limited/3").await.status, 429);
+
+    // The DNS resolver, two health checks, one JWKS refresher, one ACME renewal.
+    assert_eq!(wait_tasks(&admin, 5.0).await, 5.0);
+    let rss_before = rss_kib(gw.pid());
+    let probes = |up: &TestUpstream| {
+        up.seen()
+            .iter()
+            .filter(|s| s.uri.path() == "/health")
+            .count()
+    };
+    let probes_before = probes(&a);
+    let started = Instant::now();
+
+    for version in 1..=50 {
+        assert!(
+            tokio::task::block_in_place(|| gw.reload(&config(version))),
+            "{}",
+            gw.log_text()
+        );
+        assert_eq!(c.get("x", "/version").await.body, format!("v{version}"));
+        assert_eq!(jwt_get().await, 200, "reload {version}");
+    }
+    // A kept target keeps its check task: no fresh probe per reload, only the 200 ms cadence.
+    let cadence = (started.elapsed().as_millis() / 200) as usize;
+    assert!(
+        probes(&a) - probes_before <= cadence + 3,
+        "{} probes in {:?}: each reload restarted the checks",
+        probes(&a) - probes_before,
+        started.elapsed()
+    );
+    assert_eq!(
+        c.get("x", "/limited/4").await.status,
+        429,
+        "the exhausted limit was reset by a reload"
+    );
+    assert_eq!(
+        fetches.load(Ordering::Relaxed),
+        1,
+        "the JWKS was fetched again"
+    );
+    assert_eq!(
+        wait_tasks(&admin, 5.0).await,
+        5.0,
+        "background tasks leaked"
+    );
+    let rss_after = rss_kib(gw.pid());
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB over 50 reloads"
+    );
+
+    // Without the ACME listener, its renewal goes with it; without the jwt, its refresher.
+    let mut fewer = config(51);
+    let secure = fewer.find("  - name: secure").unwrap();
+    let routes = fewer.find("routes:").unwrap();
+    fewer.replace_range(secure..routes, "");
+    assert!(tokio::task::block_in_place(|| gw.reload(&fewer)));
+    assert_eq!(
+        wait_tasks(&admin, 4.0).await,
+        4.0,
+        "the ACME renewal outlived its listener"
+    );
+    let fewer = fewer.replace("plugins: [ { jwt: { jwks_url: '", "# '");
+    assert!(tokio::task::block_in_place(|| gw.reload(&fewer)), "{fewer}");
+    assert_eq!(
+        wait_tasks(&admin, 3.0).await,
+        3.0,
+        "the JWKS refresher outlived its jwt"
+    );
+    let fewer = fewer.replace("    health_check:", "    # health_check:");
+    assert!(tokio::task::block_in_place(|| gw.reload(&fewer)), "{fewer}");
+    assert_eq!(
+        wait_tasks(&admin, 1.0).await,
+        1.0,
+        "health checks outlived their config"
+    );
+}
+
+/// `/metrics` without the reload counter, which a refused reload does move.
+fn series(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.contains("config_reloads") && !l.starts_with('#'))
+        .map(|l| l.rsplit_once(' ').map_or(l, |(name, _)| name).to_owned())
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_leaves_metric_series_and_tasks_as_they_were() {
+    let a = TestUpstream::start("A").await;
+    let good = fill(
+        "\
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u: { targets: [ { address: '@A@' } ] }
+",
+        &[("A", &a.addr())],
+    );
+    // New routes, a checked upstream and a JWKS URL, refused for a dangling reference.
+    let bad = fill(
+        "\
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: all, upstream: u }
+  - name: fresh
+    match: { path_prefix: /fresh/ }
+    plugins: [ { jwt: { jwks_url: 'http://127.0.0.1:9/jwks.json' } } ]
+    upstream: checked
+  - { name: broken, upstream: ghost }
+upstreams:
+  u: { targets: [ { address: '@A@' } ] }
+  checked:
+    targets: [ { address: '@A@' } ]
+    health_check: { active: { path: /health, interval: 100ms } }
+",
+        &[("A", &a.addr())],
+    );
+    let gw = Portico::start(&good);
+    let admin = gw.admin.clone().unwrap();
+    assert_eq!(get(&gw.addr("web"), "/x").await.status, 200);
+    let before = get(&admin, "/metrics").await.body;
+    // The DNS resolver alone.
+    assert_eq!(
+        metric(&before, "portico_background_tasks"),
+        Some(1.0),
+        "{before}"
+    );
+    assert!(!tokio::task::block_in_place(|| gw.reload(&bad)));
+    let after = get(&admin, "/metrics").await.body;
+    assert_eq!(series(&before), series(&after), "{after}");
+    assert_eq!(metric(&after, "portico_background_tasks"), Some(1.0));
+    assert_eq!(
+        gw.count_lines("target healthy"),
+        0,
+        "a refused config ran checks"
+    );
+    assert!(
+        !gw.log_text().contains("JWKS"),
+        "a refused config fetched keys"
+    );
+}

@@ -1,52 +1,15 @@
 //! The pipeline in process: a `Request` in, a `Response` out, no socket.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::{ConnInfo, handle};
-use crate::observe::{AccessLog, Metrics};
-use crate::pool::Registry;
+use crate::bench::Gateway;
 use crate::proxy::body::Body;
-use crate::runtime::compile::Env;
-use crate::server::Shared;
-use crate::tls::acme::Store;
 
 /// A portico serving `yaml`, without sockets.
-pub(crate) fn gateway(yaml: &str) -> Shared {
-    let spec = crate::config::load_str("test.yaml", yaml, &|_| None).expect("a valid config");
-    let registry = Registry::default();
-    let metrics = Metrics::new();
-    let acme = Arc::new(Store::default());
-    let env = Env {
-        registry: &registry,
-        metrics: &metrics,
-        acme: &acme,
-    };
-    let snapshot = crate::runtime::compile(spec, "test.yaml", env).expect("it compiles");
-    Shared::new(
-        snapshot,
-        registry,
-        metrics,
-        AccessLog::disabled(),
-        "test.yaml".into(),
-        acme,
-    )
-}
-
-/// A connection from 127.0.0.1 on listener `web`.
-pub(crate) fn conn() -> ConnInfo {
-    let client = "127.0.0.1:40000".parse().expect("an address");
-    ConnInfo {
-        client,
-        listener: Arc::from("web"),
-        conn: Arc::default(),
-        client_value: crate::proxy::headers::client_value(client.ip()),
-        scheme: "http",
-        client_cert: None,
-    }
+async fn gateway(yaml: &str) -> Gateway {
+    Gateway::start(yaml).await
 }
 
 pub(crate) fn request(
@@ -67,8 +30,8 @@ pub(crate) fn request(
         .expect("a valid request")
 }
 
-async fn send(shared: &Shared, req: Request<Body>) -> (Response<()>, String) {
-    let response = handle(shared, &conn(), req).await;
+async fn send(gw: &Gateway, req: Request<Body>) -> (Response<()>, String) {
+    let response = gw.request(req).await;
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.expect("a whole body").to_bytes();
     (
@@ -102,7 +65,7 @@ routes:
 
 #[tokio::test]
 async fn a_fixed_answer_leaves_through_the_exit() {
-    let gw = gateway(CONFIG);
+    let gw = gateway(CONFIG).await;
     let (head, body) = send(&gw, request("GET", "/hello", &[], "")).await;
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(body, r#"{"hello": "world"}"#);
@@ -113,7 +76,7 @@ async fn a_fixed_answer_leaves_through_the_exit() {
 
 #[tokio::test]
 async fn a_client_request_id_is_kept() {
-    let gw = gateway(CONFIG);
+    let gw = gateway(CONFIG).await;
     let (head, _) = send(
         &gw,
         request("GET", "/hello", &[("x-request-id", "abc-123")], ""),
@@ -124,7 +87,7 @@ async fn a_client_request_id_is_kept() {
 
 #[tokio::test]
 async fn no_route_is_a_json_404_with_global_plugins() {
-    let gw = gateway(CONFIG);
+    let gw = gateway(CONFIG).await;
     let (head, body) = send(&gw, request("GET", "/nowhere", &[], "")).await;
     assert_eq!(head.status(), StatusCode::NOT_FOUND);
     assert_eq!(head.headers()["x-global"], "seen");
@@ -138,7 +101,7 @@ async fn no_route_is_a_json_404_with_global_plugins() {
 
 #[tokio::test]
 async fn plugin_refusals_get_response_plugins() {
-    let gw = gateway(CONFIG);
+    let gw = gateway(CONFIG).await;
     let (head, _) = send(&gw, request("GET", "/keyed/a", &[], "")).await;
     assert_eq!(head.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(head.headers()["x-route"], "keyed");
@@ -153,7 +116,7 @@ async fn plugin_refusals_get_response_plugins() {
 
 #[tokio::test]
 async fn the_body_step_answers_before_the_action() {
-    let gw = gateway(CONFIG);
+    let gw = gateway(CONFIG).await;
     let json = [("content-type", "application/json")];
     let (head, body) = send(&gw, request("POST", "/checked", &json, r#"{"x": 1}"#)).await;
     assert_eq!(head.status(), StatusCode::BAD_REQUEST, "{body}");
@@ -165,7 +128,7 @@ async fn the_body_step_answers_before_the_action() {
 
 #[tokio::test]
 async fn malformed_heads_are_refused_and_close() {
-    let gw = gateway(CONFIG);
+    let gw = gateway(CONFIG).await;
     let mut req = request("GET", "/hello", &[], "");
     req.headers_mut()
         .append("host", http::HeaderValue::from_static("other.test"));
@@ -176,7 +139,7 @@ async fn malformed_heads_are_refused_and_close() {
 
 #[tokio::test]
 async fn the_path_is_canonical_before_routing() {
-    let gw = gateway(CONFIG);
+    let gw = gateway(CONFIG).await;
     let (head, _) = send(&gw, request("GET", "/a/../hel%6co", &[], "")).await;
     assert_eq!(head.status(), StatusCode::OK);
 }

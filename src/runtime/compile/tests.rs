@@ -14,6 +14,7 @@ fn compile_text(text: &str) -> Result<Snapshot, Vec<String>> {
             registry: &registry,
             metrics: &metrics,
             acme: &acme,
+            states: &Default::default(),
         },
     )
     .map_err(|d| d.iter().map(ToString::to_string).collect())
@@ -24,11 +25,13 @@ fn check_text(text: &str) -> Vec<String> {
     let registry = Registry::default();
     let metrics = Metrics::new();
     let acme = crate::tls::acme::Store::default();
+    let states = crate::runtime::state::PluginStates::default();
     let (spec, errors) = crate::config::read_str("c.yaml", text, &|_| None);
     let env = Env {
         registry: &registry,
         metrics: &metrics,
         acme: &acme,
+        states: &states,
     };
     match compile_read(spec, errors, "c.yaml", env) {
         Ok(snap) => snap.warnings.iter().map(ToString::to_string).collect(),
