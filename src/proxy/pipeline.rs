@@ -163,20 +163,7 @@ async fn run<'s>(
     let uri = head.uri.clone();
     let normal = match path::normalize(uri.path()) {
         Ok(p) => p,
-        Err(err) => {
-            return (
-                Err(ProxyError::BadRequest(match err {
-                    path::PathError::NotAbsolute => {
-                        "the request target must be a path starting with `/`"
-                    }
-                    path::PathError::BadEscape => {
-                        "the request path has an invalid percent-encoding"
-                    }
-                    path::PathError::Control => "the request path contains a control character",
-                })),
-                None,
-            );
-        }
+        Err(err) => return (Err(ProxyError::BadRequest(err.reason())), None),
     };
     let host_name = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let host_name = normalize_host(host_name);
@@ -228,6 +215,19 @@ async fn run<'s>(
     };
     let ListenerRoute { route, metrics } = entry;
     ctx.route = Some(Arc::clone(&route.name));
+    // The route's path policy may refuse the path, or forward a form that keeps `%2F` or
+    // `;params` (routing/path.rs); by default the upstream gets what was matched.
+    let same_route = |kept: &str| {
+        let kept = RequestView { path: kept, ..view };
+        listener
+            .find(&kept)
+            .is_some_and(|e| Arc::ptr_eq(&e.route, route))
+    };
+    let normal = match route.path_policy.apply(uri.path(), same_route) {
+        Ok(Some(kept)) => std::borrow::Cow::Owned(kept),
+        Ok(None) => normal,
+        Err(err) => return (Err(ProxyError::BadRequest(err.reason())), metrics.first()),
+    };
 
     // on_request plugins
     let plugins = &route.plugins;

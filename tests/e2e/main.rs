@@ -11,6 +11,7 @@ mod discovery;
 mod edge;
 mod gateway;
 mod jwt;
+mod paths;
 mod proxy;
 mod reload;
 mod resilience;
