@@ -229,7 +229,9 @@ pub fn path(data: &[u8]) {
             );
             let again = match policy.apply(&kept, |_| true) {
                 Ok(Some(again)) => again,
-                Ok(None) => path::normalize(&kept).map(|p| p.into_owned()).unwrap_or_default(),
+                Ok(None) => path::normalize(&kept)
+                    .map(|p| p.into_owned())
+                    .unwrap_or_default(),
                 Err(err) => err.to_string(),
             };
             assert_eq!(again, kept, "kept form is not stable");

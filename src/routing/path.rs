@@ -171,7 +171,13 @@ impl PathPolicy {
         };
         if keep_slash {
             // The upstream reads `%2F` as data: the path it sees must be this route's too.
-            let view = canonical(raw, Mode { keep_params: false, ..mode })?;
+            let view = canonical(
+                raw,
+                Mode {
+                    keep_params: false,
+                    ..mode
+                },
+            )?;
             if !same_route(&view) {
                 return Err(PathError::Ambiguous);
             }
@@ -301,7 +307,8 @@ fn canonical(path: &str, mode: Mode) -> Result<String, PathError> {
                     starts.push(out.len());
                     out.push(b'/');
                     out.extend_from_slice(name);
-                    if let Some(params) = segment.params.filter(|p| mode.keep_params && !p.is_empty())
+                    if let Some(params) =
+                        segment.params.filter(|p| mode.keep_params && !p.is_empty())
                     {
                         out.push(b';');
                         out.extend_from_slice(&params);

@@ -170,7 +170,10 @@ async fn encoded_separators_and_params_route_as_the_backend_resolves() {
             ("/private;x/data;y", Routed("private", "/private/data")),
             ("/private\\data", Routed("private", "/private/data")),
             ("/a/..;/private/data", Routed("private", "/private/data")),
-            ("/private/./data/..%2Fmore", Routed("private", "/private/more")),
+            (
+                "/private/./data/..%2Fmore",
+                Routed("private", "/private/more"),
+            ),
         ],
     )
     .await;

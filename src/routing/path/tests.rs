@@ -138,8 +138,8 @@ fn keep_and_reject() {
 /// Paths built from the characters that matter here, in both cases.
 fn tricky_path() -> impl Strategy<Value = String> {
     let piece = prop::sample::select(vec![
-        "/", "//", "\\", ".", "..", ";", "=", "a", "B", "%2F", "%2f", "%5C", "%5c", "%2E",
-        "%2e", "%3B", "%25", "%7E", "%41", "%C3%A9", "é", "~", "-",
+        "/", "//", "\\", ".", "..", ";", "=", "a", "B", "%2F", "%2f", "%5C", "%5c", "%2E", "%2e",
+        "%3B", "%25", "%7E", "%41", "%C3%A9", "é", "~", "-",
     ]);
     prop::collection::vec(piece, 0..16).prop_map(|pieces| format!("/{}", pieces.concat()))
 }
@@ -149,11 +149,7 @@ fn assert_canonical(path: &str) -> Result<(), TestCaseError> {
     prop_assert!(!path.contains("//"), "{}", path);
     prop_assert!(!path.contains('\\') && !path.contains(';'), "{}", path);
     let upper = path.to_ascii_uppercase();
-    prop_assert!(
-        !upper.contains("%2F") && !upper.contains("%5C"),
-        "{}",
-        path
-    );
+    prop_assert!(!upper.contains("%2F") && !upper.contains("%5C"), "{}", path);
     for segment in path.split('/') {
         prop_assert!(segment != "." && segment != "..", "{}", path);
     }
