@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::support::{H1, Portico, TestUpstream, fill};
+use crate::support::{H1, Portico, TestUpstream, cli, fill, temp_dir};
 
 const ROUTES: &str = "\
 listeners:
@@ -217,4 +217,33 @@ async fn path_policy_keeps_or_refuses_per_route() {
         ],
     )
     .await;
+}
+
+#[test]
+fn explain_shows_the_canonical_and_the_kept_path() {
+    let config = fill(ROUTES, &[("U", "127.0.0.1:9"), ("EXTRA", POLICIES)]);
+    let file = temp_dir("paths").join("portico.yaml");
+    std::fs::write(&file, config).unwrap();
+    let file = file.display().to_string();
+    let explain = |path: &str| {
+        let (code, out, err) = cli(&["explain", "-c", &file, "GET", &format!("http://x{path}")]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let out = explain("/a/..%2fadmin");
+    assert!(
+        out.contains("path=/admin (normalised from /a/..%2fadmin)"),
+        "{out}"
+    );
+    assert!(out.contains("route     public"), "{out}");
+    let out = explain("/files/a%2fb");
+    assert!(out.contains("route     files"), "{out}");
+    assert!(
+        out.contains("path      forwarded as /files/a%2Fb (path_policy)"),
+        "{out}"
+    );
+    let out = explain("/strict/a;b");
+    assert!(out.contains("result    400 Bad Request"), "{out}");
+    let out = explain("/%2e%2e/private");
+    assert!(out.contains("result    400 Bad Request"), "{out}");
 }
