@@ -228,6 +228,21 @@ async fn run<'s>(
         Ok(None) => normal,
         Err(err) => return (Err(ProxyError::BadRequest(err.reason())), metrics.first()),
     };
+    // Plugins that read the path (request_validator) see the form that is forwarded.
+    if *normal != *uri.path() {
+        let mut parts = head.uri.clone().into_parts();
+        let target = match query {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal.to_string(),
+        };
+        // Only bytes of the client's own target are used, so both steps succeed.
+        if let Ok(path_and_query) = http::uri::PathAndQuery::try_from(target) {
+            parts.path_and_query = Some(path_and_query);
+            if let Ok(canonical) = http::Uri::from_parts(parts) {
+                head.uri = canonical;
+            }
+        }
+    }
 
     // on_request plugins
     let plugins = &route.plugins;

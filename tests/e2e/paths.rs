@@ -247,3 +247,63 @@ fn explain_shows_the_canonical_and_the_kept_path() {
     let out = explain("/%2e%2e/private");
     assert!(out.contains("result    400 Bad Request"), "{out}");
 }
+
+#[tokio::test]
+async fn plugins_see_the_path_that_is_forwarded() {
+    let up = TestUpstream::start("U").await;
+    let dir = temp_dir("paths-openapi");
+    std::fs::write(
+        dir.join("api.yaml"),
+        "\
+openapi: 3.0.3
+info: { title: pets, version: '1' }
+paths:
+  /pets/{name}:
+    get:
+      parameters:
+        - { name: name, in: path, required: true, schema: { type: string, pattern: '^[a-z]+$' } }
+  /notes/{text}:
+    get:
+      parameters:
+        - { name: text, in: path, required: true, schema: { type: string } }
+",
+    )
+    .unwrap();
+    let config = format!(
+        "\
+listeners:
+  - {{ name: web, bind: 127.0.0.1:0 }}
+routes:
+  - name: api
+    plugins: [ {{ request_validator: {{ openapi_file: api.yaml }} }} ]
+    upstream: u
+upstreams:
+  u: {{ targets: [ {{ address: '{}' }} ] }}
+",
+        up.addr()
+    );
+    let gw = Portico::start_in(&dir, &config);
+    let web = gw.addr("web");
+    let get = |path: &'static str| {
+        let web = web.clone();
+        async move {
+            let request = Request::get(path)
+                .header("host", "x")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            H1::connect(&web).await.send(request).await.unwrap()
+        }
+    };
+    // Parameters are checked without their `;params`, as the upstream gets them.
+    let reply = get("/pets/rex;v=1").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "U /pets/rex"));
+    // The validator checks `/admin`, which the upstream would get, not one `/notes/{text}`.
+    let reply = get("/notes/x%2F..%2F..%2Fadmin").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "request_invalid", "{}", reply.body);
+    let reply = get("/notes/hello%20world").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "U /notes/hello%20world")
+    );
+}
