@@ -175,9 +175,12 @@ async fn run<'s>(
         } else {
             format!(":{port}")
         };
+        // The client's own path (checked above): the https side resolves it under the route's
+        // path policy, which may keep `%2F`.
+        let path = uri.path();
         let target = match uri.query() {
-            Some(q) => format!("https://{host_name}{port}{normal}?{q}"),
-            None => format!("https://{host_name}{port}{normal}"),
+            Some(q) => format!("https://{host_name}{port}{path}?{q}"),
+            None => format!("https://{host_name}{port}{path}"),
         };
         return match HeaderValue::from_str(&target) {
             Ok(location) if !host_name.is_empty() => {
@@ -229,7 +232,7 @@ async fn run<'s>(
         Err(err) => return (Err(ProxyError::BadRequest(err.reason())), metrics.first()),
     };
     // Plugins that read the path (request_validator) see the form that is forwarded.
-    if *normal != *uri.path() {
+    if matches!(normal, std::borrow::Cow::Owned(_)) {
         let mut parts = head.uri.clone().into_parts();
         let target = match query {
             Some(q) => format!("{normal}?{q}"),

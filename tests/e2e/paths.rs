@@ -307,3 +307,30 @@ upstreams:
         (200, "U /notes/hello%20world")
     );
 }
+
+#[tokio::test]
+async fn the_https_redirect_keeps_the_path_for_the_https_side_to_resolve() {
+    let gw = Portico::start(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0, redirect_https: { port: 8443 } }
+routes:
+  - { name: files, path_policy: { encoded_slash: keep }, respond: { status: 200 } }
+",
+    );
+    let web = gw.addr("web");
+    let location = |path: &'static str| {
+        let web = web.clone();
+        async move {
+            let reply = H1::connect(&web).await.get("x", path).await;
+            (reply.status, reply.header("location").map(str::to_owned))
+        }
+    };
+    // `%2F` may be data to the route behind the https listener: it is not decoded here.
+    assert_eq!(
+        location("/files/a%2Fb;v=1?q=%2F").await,
+        (308, Some("https://x:8443/files/a%2Fb;v=1?q=%2F".to_owned()))
+    );
+    // What no listener would serve is refused before redirecting.
+    assert_eq!(location("/%2e%2e/x").await, (400, None));
+}
