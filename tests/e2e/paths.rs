@@ -21,6 +21,12 @@ routes:
     match: { path_prefix: /private/ }
     plugins: [ { key_auth: {} }, { response_headers: { add: { x-route: private } } } ]
     upstream: u
+  - name: limited
+    match: { path_prefix: /limited/ }
+    plugins:
+      - rate_limit: { limit: 1, window: 1h, burst: 1, by: route }
+      - response_headers: { add: { x-route: limited } }
+    upstream: u
   - name: public
     match: { path_prefix: / }
     plugins: [ { response_headers: { add: { x-route: public } } } ]
@@ -162,6 +168,15 @@ async fn encoded_separators_and_params_route_as_the_backend_resolves() {
         ],
     )
     .await;
+    // One budget for `/limited/`, however the path is spelled.
+    let limited = [
+        outcome(&web, "/limited;x/a", None).await,
+        outcome(&web, "/limited%2Fb", None).await,
+        outcome(&web, "/limited\\c", None).await,
+    ];
+    assert_eq!(limited[0], "routed by limited, upstream saw /limited/a");
+    assert_eq!(limited[1], "routed by limited, upstream saw /limited/b");
+    assert!(limited[2].starts_with("429 from limited"), "{limited:?}");
     check(
         &web,
         Some("alice-key-123"),
