@@ -220,31 +220,14 @@ async fn run<'s>(
     ctx.route = Some(Arc::clone(&route.name));
     // The route's path policy may refuse the path, or forward a form that keeps `%2F` or
     // `;params` (routing/path.rs); by default the upstream gets what was matched.
-    let same_route = |kept: &str| {
-        let kept = RequestView { path: kept, ..view };
-        listener
-            .find(&kept)
-            .is_some_and(|e| Arc::ptr_eq(&e.route, route))
-    };
-    let normal = match route.path_policy.apply(uri.path(), same_route) {
+    let normal = match path_policy(listener, route, view, uri.path()) {
         Ok(Some(kept)) => std::borrow::Cow::Owned(kept),
         Ok(None) => normal,
-        Err(err) => return (Err(ProxyError::BadRequest(err.reason())), metrics.first()),
+        Err(err) => return (Err(err), metrics.first()),
     };
     // Plugins that read the path (request_validator) see the form that is forwarded.
-    if matches!(normal, std::borrow::Cow::Owned(_)) {
-        let mut parts = head.uri.clone().into_parts();
-        let target = match query {
-            Some(q) => format!("{normal}?{q}"),
-            None => normal.to_string(),
-        };
-        // Only bytes of the client's own target are used, so both steps succeed.
-        if let Ok(path_and_query) = http::uri::PathAndQuery::try_from(target) {
-            parts.path_and_query = Some(path_and_query);
-            if let Ok(canonical) = http::Uri::from_parts(parts) {
-                head.uri = canonical;
-            }
-        }
+    if let std::borrow::Cow::Owned(path) = &normal {
+        set_path(&mut head.uri, path);
     }
 
     // on_request plugins
@@ -398,6 +381,42 @@ async fn run<'s>(
         result.map(|r| on_response(plugins, ctx, r)),
         metrics.first(),
     )
+}
+
+/// Applies `route`'s path policy to the client's path; `Some` is the form to forward instead
+/// of the canonical one.
+fn path_policy(
+    listener: &Listener,
+    route: &Arc<crate::runtime::Route>,
+    view: RequestView<'_>,
+    raw: &str,
+) -> Result<Option<String>, ProxyError> {
+    let same_route = |kept: &str| {
+        let kept = RequestView { path: kept, ..view };
+        listener
+            .find(&kept)
+            .is_some_and(|e| Arc::ptr_eq(&e.route, route))
+    };
+    route
+        .path_policy
+        .apply(raw, same_route)
+        .map_err(|err| ProxyError::BadRequest(err.reason()))
+}
+
+/// Replaces the path of `uri`, keeping its scheme, authority and query.
+fn set_path(uri: &mut http::Uri, path: &str) {
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    // The path is made of bytes of the client's own target, so both steps succeed.
+    if let Ok(path_and_query) = http::uri::PathAndQuery::try_from(target) {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(replaced) = http::Uri::from_parts(parts) {
+            *uri = replaced;
+        }
+    }
 }
 
 /// Buffers a JSON request body (bounded) and applies `request_transformer` edits.
