@@ -31,30 +31,23 @@ use std::borrow::Cow;
 
 /// Why a path was refused; each is a 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.reason())]
 pub enum PathError {
     /// The path does not start with `/`.
-    #[error("the request target must be a path starting with `/`")]
     NotAbsolute,
     /// A `%` not followed by two hex digits.
-    #[error("the request path has an invalid percent-encoding")]
     BadEscape,
     /// An encoded NUL or a control character.
-    #[error("the request path contains a control character")]
     Control,
     /// A `..` segment that would climb above `/`.
-    #[error("the request path climbs above the root")]
     AboveRoot,
     /// `%2F` or `%5C` on a route whose policy refuses them.
-    #[error("the request path contains an encoded `/` or `\\`, which this route refuses")]
     EncodedSlash,
     /// A raw `\` on a route whose policy refuses it.
-    #[error("the request path contains `\\`, which this route refuses")]
     Backslash,
     /// `;params` on a route whose policy refuses them.
-    #[error("the request path contains `;` parameters, which this route refuses")]
     MatrixParams,
     /// The path means different routes with `%2F` kept and with `%2F` decoded.
-    #[error("the request path reaches another route when its encoded `/` is decoded")]
     Ambiguous,
 }
 
