@@ -121,13 +121,13 @@ pub struct PathPolicy {
 
 /// What a raw path holds that the canonical form resolves away.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Found {
+struct Found {
     /// `%2F` or `%5C`, either case.
-    pub encoded_slash: bool,
+    encoded_slash: bool,
     /// A raw `\`.
-    pub backslash: bool,
+    backslash: bool,
     /// A raw `;`.
-    pub params: bool,
+    params: bool,
 }
 
 impl PathPolicy {
