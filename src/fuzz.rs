@@ -185,6 +185,62 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
+/// Path normalisation and every route path policy: the canonical form is stable and holds no
+/// separator, parameter or dot-segment a backend could read differently.
+pub fn path(data: &[u8]) {
+    use path::{Backslash, EncodedSlash, MatrixParams, PathPolicy};
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(normal) = path::normalize(raw) else {
+        return;
+    };
+    let canonical = |p: &str| {
+        let upper = p.to_ascii_uppercase();
+        p.starts_with('/')
+            && !p.contains("//")
+            && !p.contains('\\')
+            && !p.contains(';')
+            && !upper.contains("%2F")
+            && !upper.contains("%5C")
+            && !p.split('/').any(|s| s == "." || s == "..")
+    };
+    assert!(canonical(&normal), "not canonical: {raw} -> {normal}");
+    assert_eq!(
+        path::normalize(&normal).as_deref(),
+        Ok(&*normal),
+        "normalisation is not idempotent"
+    );
+    for encoded_slash in [EncodedSlash::Keep, EncodedSlash::Reject] {
+        for matrix_params in [MatrixParams::Strip, MatrixParams::Keep] {
+            let policy = PathPolicy {
+                encoded_slash,
+                backslash: Backslash::Decode,
+                matrix_params,
+            };
+            let Ok(Some(kept)) = policy.apply(raw, |_| true) else {
+                continue;
+            };
+            assert!(kept.starts_with('/') && !kept.contains("//") && !kept.contains('\\'));
+            assert!(
+                !kept
+                    .split('/')
+                    .map(|s| s.split(';').next().unwrap_or(""))
+                    .any(|s| s == "." || s == ".."),
+                "dot segment kept: {raw} -> {kept}"
+            );
+            let again = match policy.apply(&kept, |_| true) {
+                Ok(Some(again)) => again,
+                Ok(None) => path::normalize(&kept)
+                    .map(|p| p.into_owned())
+                    .unwrap_or_default(),
+                Err(err) => err.to_string(),
+            };
+            assert_eq!(again, kept, "kept form is not stable");
+        }
+    }
+}
+
 /// The SNI reader of `tls_passthrough`: never panics, and a complete hello gives a name or none.
 pub fn client_hello(data: &[u8]) {
     let whole = crate::l4::sni::server_name(data);
@@ -225,6 +281,7 @@ mod tests {
         assert!(replay("config", config) > 0);
         assert!(replay("request_head", request_head) > 0);
         assert!(replay("client_hello", client_hello) > 0);
+        assert!(replay("path", path) > 0);
     }
 
     fn head_like() -> impl Strategy<Value = Vec<u8>> {
@@ -262,10 +319,20 @@ mod tests {
         }
 
         #[test]
+        fn paths_hold_invariants(
+            pieces in prop::collection::vec(prop::sample::select(vec![
+                "/", "\\", ".", "..", ";", "a", "%2F", "%2f", "%5C", "%5c", "%2e", "%3B", "%25", "é",
+            ]), 0..16)
+        ) {
+            path(format!("/{}", pieces.concat()).as_bytes());
+        }
+
+        #[test]
         fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
             request_head(&data);
             config(&data);
             client_hello(&data);
+            path(&data);
         }
 
         #[test]

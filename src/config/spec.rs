@@ -382,6 +382,9 @@ pub struct RouteSpec {
     /// Path rewrite before forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteSpec>,
+    /// What the upstream is told about `%2F`, `\\` and `;params`; decoded and stripped by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_policy: Option<At<PathPolicySpec>>,
     /// Whole-request timeout (to the response head), across every try.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Dur>,
@@ -391,6 +394,58 @@ pub struct RouteSpec {
     /// Copies of a share of the requests, sent to another upstream and discarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSpec>,
+}
+
+/// `path_policy:` of a route (docs/config.md, "Path normalisation").
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathPolicySpec {
+    /// `%2F` and `%5C`: `decode` (default), `keep` or `reject`.
+    #[serde(default)]
+    pub encoded_slash: EncodedSlashSpec,
+    /// A raw `\\`: `decode` (default) or `reject`.
+    #[serde(default)]
+    pub backslash: BackslashSpec,
+    /// `;params` in segments: `strip` (default), `keep` or `reject`.
+    #[serde(default)]
+    pub matrix_params: MatrixParamsSpec,
+}
+
+/// `path_policy.encoded_slash`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashSpec {
+    /// A separator, matched and forwarded as `/`.
+    #[default]
+    Decode,
+    /// Data: forwarded escaped.
+    Keep,
+    /// 400.
+    Reject,
+}
+
+/// `path_policy.backslash`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackslashSpec {
+    /// A separator, matched and forwarded as `/`.
+    #[default]
+    Decode,
+    /// 400.
+    Reject,
+}
+
+/// `path_policy.matrix_params`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatrixParamsSpec {
+    /// Never matched, not forwarded.
+    #[default]
+    Strip,
+    /// Never matched, forwarded on their segment.
+    Keep,
+    /// 400.
+    Reject,
 }
 
 /// `mirror:` of a route.

@@ -137,11 +137,10 @@ async fn serve<'s>(
         return Served::new(Ok(response), global, None);
     }
     if let Some((port, status)) = listener.redirect_https {
-        return Served::new(
-            redirect_https(&host_name, &head, port, status),
-            global,
-            None,
-        );
+        // The client's own path (checked): the https side resolves it under the route's
+        // path policy, which may keep `%2F`.
+        let uri = decoded.raw.as_ref().unwrap_or(&head.uri);
+        return Served::new(redirect_https(&host_name, uri, port, status), global, None);
     }
 
     // route
@@ -163,6 +162,11 @@ async fn serve<'s>(
     };
     ctx.route = Some(Arc::clone(&route.name));
     let plugins = &route.plugins;
+    if let Err(err) =
+        apply_path_policy(listener, route, decoded.raw.as_ref(), &mut head, &host_name)
+    {
+        return Served::new(Err(err), plugins, metrics.first());
+    }
 
     // request plugins
     let body = match request_plugins(plugins, ctx, &mut head, body).await {
@@ -218,6 +222,8 @@ struct Decoded {
     host: Option<HeaderValue>,
     /// The hop-by-hop fields the client sent, already removed.
     hop: HopInfo,
+    /// The client's target, when its path was not canonical.
+    raw: Option<http::Uri>,
 }
 
 /// Stage `decode`: refuses what a proxy must not forward, puts the path in its canonical
@@ -232,41 +238,75 @@ fn decode_request(
         return Err(ProxyError::AmbiguousFraming);
     }
     let host = decode(listener, head)?;
-    canonical_path(head)?;
+    let raw = canonical_path(head)?;
     let wants_upgrade =
         head.version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE);
     let hop = headers::strip_hop_by_hop(&mut head.headers, wants_upgrade);
     set_client_cert_headers(conn, head);
-    Ok(Decoded { host, hop })
+    Ok(Decoded { host, hop, raw })
 }
 
-/// Replaces the request path by its normalised form, the one routing, plugins and the
-/// upstream all see; the query is kept as it came.
-fn canonical_path(head: &mut http::request::Parts) -> Result<(), ProxyError> {
-    let normal = path::normalize(head.uri.path()).map_err(|err| {
-        ProxyError::BadRequest(match err {
-            path::PathError::NotAbsolute => "the request target must be a path starting with `/`",
-            path::PathError::BadEscape => "the request path has an invalid percent-encoding",
-            path::PathError::Control => "the request path contains a control character",
-        })
-    })?;
+/// Replaces the request path by its canonical form (routing/path.rs), the one routing,
+/// plugins and, by default, the upstream see; the query is kept as it came. Returns the
+/// client's own target when it differed, for the route's path policy and `redirect_https`.
+fn canonical_path(head: &mut http::request::Parts) -> Result<Option<http::Uri>, ProxyError> {
+    let normal =
+        path::normalize(head.uri.path()).map_err(|err| ProxyError::BadRequest(err.reason()))?;
     let std::borrow::Cow::Owned(normal) = normal else {
         // Already canonical: the common case costs nothing.
-        return Ok(());
+        return Ok(None);
     };
-    let target = match head.uri.query() {
-        Some(query) => format!("{normal}?{query}"),
-        None => normal,
+    // A cheap clone (shared bytes).
+    let raw = head.uri.clone();
+    set_path(&mut head.uri, &normal)?;
+    Ok(Some(raw))
+}
+
+/// Replaces the path of `uri`, keeping its scheme, authority and query.
+fn set_path(uri: &mut http::Uri, path: &str) -> Result<(), ProxyError> {
+    const INVALID: ProxyError = ProxyError::BadRequest("the request target is invalid");
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     };
-    let mut parts = std::mem::take(&mut head.uri).into_parts();
-    parts.path_and_query = Some(
-        target
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("the request target is invalid"))?,
-    );
-    head.uri = http::Uri::from_parts(parts)
-        .map_err(|_| ProxyError::BadRequest("the request target is invalid"))?;
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(target.parse().map_err(|_| INVALID)?);
+    *uri = http::Uri::from_parts(parts).map_err(|_| INVALID)?;
     Ok(())
+}
+
+/// Stage `route`, second half: the route's path policy may refuse the client's path, or
+/// forward a form that keeps `%2F` or `;params` (routing/path.rs). Only a path that was not
+/// canonical as it came has anything to keep.
+fn apply_path_policy(
+    listener: &Listener,
+    route: &Arc<crate::runtime::Route>,
+    raw: Option<&http::Uri>,
+    head: &mut http::request::Parts,
+    host: &str,
+) -> Result<(), ProxyError> {
+    let Some(raw) = raw else { return Ok(()) };
+    let view = RequestView {
+        host,
+        path: head.uri.path(),
+        query: head.uri.query(),
+        method: &head.method,
+        headers: &head.headers,
+    };
+    let same_route = |kept: &str| {
+        let kept = RequestView { path: kept, ..view };
+        listener
+            .find(&kept)
+            .is_some_and(|e| Arc::ptr_eq(&e.route, route))
+    };
+    let kept = route
+        .path_policy
+        .apply(raw.path(), same_route)
+        .map_err(|err| ProxyError::BadRequest(err.reason()))?;
+    match kept {
+        Some(kept) => set_path(&mut head.uri, &kept),
+        None => Ok(()),
+    }
 }
 
 /// Identity headers are portico's to set: a client's own are never trusted.
@@ -329,7 +369,7 @@ fn acme_answer(shared: &Shared, head: &http::request::Parts) -> Option<Response<
 /// `redirect_https`: everything moves to https, same host (without its port), path and query.
 fn redirect_https(
     host_name: &str,
-    head: &http::request::Parts,
+    uri: &http::Uri,
     port: u16,
     status: StatusCode,
 ) -> Result<Response<Body>, ProxyError> {
@@ -338,8 +378,8 @@ fn redirect_https(
     } else {
         format!(":{port}")
     };
-    let path = head.uri.path();
-    let target = match head.uri.query() {
+    let path = uri.path();
+    let target = match uri.query() {
         Some(q) => format!("https://{host_name}{port}{path}?{q}"),
         None => format!("https://{host_name}{port}{path}"),
     };

@@ -23,8 +23,9 @@ use super::{
 use crate::balance::hash::{Maglev, Ring};
 use crate::balance::{Algorithm, Balancer, HashKey, smooth_sequence};
 use crate::config::spec::{
-    BalanceSpec, CheckType, ListenerProtocol, ListenerSpec, MatchSpec, RetryCondition, RetryOnSpec,
-    RetrySpec, RouteSpec, UpstreamProtocol, UpstreamSpec, Workers,
+    BackslashSpec, BalanceSpec, CheckType, EncodedSlashSpec, ListenerProtocol, ListenerSpec,
+    MatchSpec, MatrixParamsSpec, RetryCondition, RetryOnSpec, RetrySpec, RouteSpec,
+    UpstreamProtocol, UpstreamSpec, Workers,
 };
 use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
 use crate::health::PassivePolicy;
@@ -32,6 +33,7 @@ use crate::health::active::{ActiveCheck, CheckKind};
 use crate::observe::Metrics;
 use crate::plugins::{self, PluginChain};
 use crate::pool::{PoolSettings, Registry};
+use crate::routing::path::{Backslash, EncodedSlash, MatrixParams, PathPolicy};
 use crate::routing::{Conditions, HostPattern, PathMatch, RouteTable, path};
 use checks::{Shadows, Upstreams, did_you_mean};
 
@@ -1177,6 +1179,7 @@ fn compile_route(
         }
     });
 
+    let path_policy = compile_path_policy(spec, diags);
     let retry = spec.retry.as_ref().and_then(|r| compile_retry(r, diags));
     let mirror = spec.mirror.as_ref().and_then(|m| {
         if !(0.0..=100.0).contains(&*m.percent) {
@@ -1202,10 +1205,40 @@ fn compile_route(
         action: action?,
         plugins: PluginChain::new(chain),
         rewrite,
+        path_policy,
         timeout: spec.timeout.map(|t| t.0),
         retry,
         mirror,
     })
+}
+
+fn compile_path_policy(spec: &RouteSpec, diags: &mut Diagnostics) -> PathPolicy {
+    let Some(policy) = &spec.path_policy else {
+        return PathPolicy::default();
+    };
+    if policy.matrix_params == MatrixParamsSpec::Keep && spec.rewrite.is_some() {
+        // A rewrite works on the matched path; the kept form may carry `;params` in the prefix.
+        diags.error(
+            policy.pos,
+            "path_policy.matrix_params: keep cannot be combined with rewrite",
+        );
+    }
+    PathPolicy {
+        encoded_slash: match policy.encoded_slash {
+            EncodedSlashSpec::Decode => EncodedSlash::Decode,
+            EncodedSlashSpec::Keep => EncodedSlash::Keep,
+            EncodedSlashSpec::Reject => EncodedSlash::Reject,
+        },
+        backslash: match policy.backslash {
+            BackslashSpec::Decode => Backslash::Decode,
+            BackslashSpec::Reject => Backslash::Reject,
+        },
+        matrix_params: match policy.matrix_params {
+            MatrixParamsSpec::Strip => MatrixParams::Strip,
+            MatrixParamsSpec::Keep => MatrixParams::Keep,
+            MatrixParamsSpec::Reject => MatrixParams::Reject,
+        },
+    }
 }
 
 fn compile_headers(

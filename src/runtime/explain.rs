@@ -122,6 +122,22 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
     };
     let route = &listener.routes[index].route;
     let _ = writeln!(out, "route     {}", route.name);
+    // The route's path policy, as the proxy applies it (routing/path.rs).
+    let same_route = |kept: &str| {
+        let kept = RequestView { path: kept, ..view };
+        listener.table.find(&kept) == Some(index)
+    };
+    let normal = match route.path_policy.apply(raw_path, same_route) {
+        Ok(Some(kept)) => {
+            let _ = writeln!(out, "path      forwarded as {kept} (path_policy)");
+            kept
+        }
+        Ok(None) => normal,
+        Err(err) => {
+            let _ = writeln!(out, "result    400 Bad Request — {err}");
+            return Ok(out);
+        }
+    };
     let plugins = route.plugins.names();
     if plugins.is_empty() {
         let _ = writeln!(out, "plugins   (none)");

@@ -133,6 +133,8 @@ pub struct Route {
     pub plugins: PluginChain,
     /// Path rewrite before forwarding.
     pub rewrite: Option<Rewrite>,
+    /// What the upstream is told about `%2F`, `\\` and `;params` in the path.
+    pub path_policy: crate::routing::path::PathPolicy,
     /// Time allowed for the upstream to answer with a response head, across every try.
     pub timeout: Option<Duration>,
     /// Retries.

@@ -13,6 +13,7 @@ mod edge;
 mod exit;
 mod gateway;
 mod jwt;
+mod paths;
 mod proxy;
 mod reload;
 mod resilience;

@@ -224,3 +224,62 @@ upstreams:
         "{errors:#?}"
     );
 }
+
+#[test]
+fn path_policy_compiles_into_the_route() {
+    use crate::routing::path::{Backslash, EncodedSlash, MatrixParams, PathPolicy};
+    let snap = compile_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: files
+    match: { path_prefix: /files/ }
+    path_policy: { encoded_slash: keep, backslash: reject, matrix_params: reject }
+    respond: { status: 200 }
+  - { name: plain, respond: { status: 200 } }
+",
+    )
+    .unwrap();
+    let routes = &snap.listeners[0].routes;
+    assert_eq!(
+        routes[0].route.path_policy,
+        PathPolicy {
+            encoded_slash: EncodedSlash::Keep,
+            backslash: Backslash::Reject,
+            matrix_params: MatrixParams::Reject,
+        }
+    );
+    assert_eq!(routes[1].route.path_policy, PathPolicy::default());
+
+    let errors = compile_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: shop
+    match: { path_prefix: /shop/ }
+    path_policy: { matrix_params: keep }
+    rewrite: { strip_prefix: /shop }
+    respond: { status: 200 }
+",
+    )
+    .unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("c.yaml:6:18: path_policy.matrix_params: keep")),
+        "{errors:#?}"
+    );
+    let errors = compile_text(
+        "\
+routes:
+  - { name: bad, path_policy: { encoded_slash: maybe }, respond: { status: 200 } }
+",
+    )
+    .unwrap_err();
+    assert!(
+        errors[0].contains("unknown value `maybe`, expected one of: decode, keep, reject"),
+        "{errors:#?}"
+    );
+}
