@@ -13,8 +13,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-use crate::proxy::body::Body;
-use crate::proxy::error::error_response;
+use crate::body::Body;
+use crate::error::error_response;
 use crate::proxy::headers::new_request_id;
 use crate::server::Shared;
 
@@ -135,7 +135,7 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                     .map(|(i, t)| {
                         let weight = balancer.weights.get(i).copied().unwrap_or(1);
                         serde_json::json!({
-                            "address": t.address,
+                            "address": &*t.address,
                             "resolved": t.addrs.load().iter().map(ToString::to_string).collect::<Vec<_>>(),
                             "healthy": t.health.available(),
                             "active_check_up": t.health.active_up(),

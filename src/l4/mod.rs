@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::balance::PickCtx;
+use crate::view::RequestView;
 use crate::routing::HostPattern;
 use crate::runtime::Upstream;
 
@@ -72,8 +72,10 @@ pub async fn serve(mut client: TcpStream, routes: &Passthrough, hello_timeout: D
         return;
     };
     let headers = http::HeaderMap::new();
-    let pick = PickCtx {
+    let pick = RequestView {
         client: peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
+        host: "",
+        method: &http::Method::GET,
         headers: &headers,
         path: "/",
         query: None,

@@ -6,9 +6,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request, response
 
 use super::{Flow, Phase, Plugin};
 use crate::config::spec::CorsSpec;
-use crate::proxy::body::Body;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::body::Body;
+use crate::ctx::RequestCtx;
+use crate::error::{ProxyError, error_response};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum OriginRule {

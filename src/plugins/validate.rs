@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use super::{BodyFilter, Flow, Phase, Plugin, WholeBody};
 use crate::config::spec::ValidatorSpec;
-use crate::proxy::body::Body;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::body::Body;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 type Schema = jsonschema::Validator;
 

@@ -95,6 +95,7 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
     }
 
     let view = RequestView {
+        client: q.client,
         host: &host,
         path: &normal,
         query: uri.query(),
@@ -181,8 +182,10 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
             if let Some(rewrite) = &route.rewrite {
                 let _ = writeln!(out, "rewrite   {normal} → {}", rewrite.apply(&normal));
             }
-            let pick = crate::balance::PickCtx {
+            let pick = crate::balance::RequestView {
                 client: q.client,
+                host: "",
+                method: &http::Method::GET,
                 headers: &q.headers,
                 path: &normal,
                 query: uri.query(),
@@ -237,8 +240,10 @@ fn explain_passthrough(
         upstream.name
     );
     let headers = HeaderMap::new();
-    let pick = crate::balance::PickCtx {
+    let pick = crate::balance::RequestView {
         client: q.client,
+        host: "",
+        method: &http::Method::GET,
         headers: &headers,
         path: "/",
         query: None,
@@ -246,7 +251,7 @@ fn explain_passthrough(
     target_line(out, upstream, &pick);
 }
 
-fn target_line(out: &mut String, upstream: &super::Upstream, pick: &crate::balance::PickCtx<'_>) {
+fn target_line(out: &mut String, upstream: &super::Upstream, pick: &crate::balance::RequestView<'_>) {
     match upstream.balancer.peek(&upstream.targets, pick) {
         Some(t) => {
             let _ = writeln!(

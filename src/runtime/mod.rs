@@ -231,11 +231,11 @@ pub struct Respond {
 impl Respond {
     /// The answer; without its body for a HEAD request (RFC 9110 §9.3.2). The content type
     /// was settled at compile time.
-    pub fn response(&self, head_request: bool) -> http::Response<crate::proxy::body::Body> {
+    pub fn response(&self, head_request: bool) -> http::Response<crate::body::Body> {
         let body = if head_request {
-            crate::proxy::body::Body::Empty
+            crate::body::Body::Empty
         } else {
-            crate::proxy::body::Body::full(self.body.clone())
+            crate::body::Body::full(self.body.clone())
         };
         let mut response = http::Response::new(body);
         *response.status_mut() = self.status;

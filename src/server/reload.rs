@@ -500,12 +500,12 @@ async fn resolve_all(shared: &Shared, due: &mut HashMap<(String, String), Instan
             if target.address.parse::<std::net::SocketAddr>().is_ok() {
                 continue;
             }
-            let key = (upstream.name.to_string(), target.address.clone());
+            let key = (upstream.name.to_string(), target.address.to_string());
             if !force && due.get(&key).is_some_and(|at| *at > now) {
                 continue;
             }
             due.insert(key, now + upstream.resolve_every);
-            let lookup = tokio::net::lookup_host(target.address.clone());
+            let lookup = tokio::net::lookup_host(target.address.to_string());
             match tokio::time::timeout(Duration::from_secs(5), lookup).await {
                 Ok(Ok(addrs)) => {
                     let mut addrs: Vec<_> = addrs.collect();
