@@ -14,7 +14,7 @@ use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::routing::RequestView;
 use crate::runtime::compile::Env;
 use crate::runtime::state::PluginStates;
-use crate::server::Shared;
+use crate::runtime::Shared;
 use crate::tls::acme::Store;
 
 pub use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};

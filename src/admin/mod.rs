@@ -16,7 +16,7 @@ use hyper_util::server::conn::auto;
 use crate::body::Body;
 use crate::error::error_response;
 use crate::proxy::headers::new_request_id;
-use crate::server::Shared;
+use crate::runtime::Shared;
 
 /// Accepts admin connections until the process ends.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {

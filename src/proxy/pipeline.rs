@@ -19,7 +19,7 @@ use crate::plugins::auth::{X_CONSUMER_GROUPS, X_CONSUMER_NAME};
 use crate::plugins::{BodyStep, LogRecord, PluginChain};
 use crate::routing::{RequestView, normalize_host, path};
 use crate::runtime::{Action, Listener, ListenerRoute, Snapshot};
-use crate::server::Shared;
+use crate::runtime::Shared;
 
 /// What the connection knows about where a request came from.
 #[derive(Debug, Clone)]

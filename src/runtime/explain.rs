@@ -199,7 +199,7 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
 /// A `tls_passthrough` listener: no HTTP, the ClientHello's server name picks the upstream.
 fn explain_passthrough(
     out: &mut String,
-    passthrough: &crate::l4::Passthrough,
+    passthrough: &crate::runtime::Passthrough,
     host: &str,
     q: &Question<'_>,
 ) {

@@ -45,15 +45,6 @@ pub enum StartError {
     },
 }
 
-/// Settings read once at start: a reload that changes them is reported as waiting for a
-/// restart, never applied half-way.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// The access log that was opened.
-    pub access_log: crate::config::spec::AccessLogSpec,
-    /// The admin API's configured address, if it was started.
-    pub admin: Option<std::net::SocketAddr>,
-}
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     let what = what.into();
@@ -424,7 +415,7 @@ async fn try_reload(
 /// worker count, the access log, the admin address, and the connection limit of a listener
 /// that keeps its socket. Each as `setting: running -> wanted`.
 fn restart_required(
-    started: &Started,
+    started: &crate::runtime::Started,
     workers: usize,
     listeners: &ListenerSet,
     next: &Snapshot,
