@@ -6,15 +6,14 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request, Response};
 
-
+use crate::body::Body;
 use crate::observe::{AccessLog, Metrics};
 use crate::pool::Registry;
-use crate::body::Body;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::routing::RequestView;
+use crate::runtime::Shared;
 use crate::runtime::compile::Env;
 use crate::runtime::state::PluginStates;
-use crate::runtime::Shared;
 use crate::tls::acme::Store;
 
 pub use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-
 /// Errors a body may end with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 

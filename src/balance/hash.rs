@@ -100,7 +100,6 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
-
 /// A weighted hash ring: `POINTS_PER_WEIGHT` points per unit of weight per target.
 #[derive(Debug, Clone)]
 pub struct Ring {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use hash::HashKey;
 pub use crate::view::RequestView;
+pub use hash::HashKey;
 
 use crate::pool::TargetState;
 

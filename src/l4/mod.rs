@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::view::RequestView;
 use crate::runtime::Passthrough;
+use crate::view::RequestView;
 
 /// The most a ClientHello may take before it is refused.
 const MAX_HELLO: usize = 16 * 1024;

@@ -9,8 +9,8 @@ use http::{HeaderValue, header, request};
 
 use super::auth::{Consumer, Consumers};
 use super::{Deferred, Flow, Phase, Plugin};
-use crate::config::spec::BasicAuthSpec;
 use crate::body::Body;
+use crate::config::spec::BasicAuthSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 

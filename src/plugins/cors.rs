@@ -5,8 +5,8 @@
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request, response};
 
 use super::{Flow, Phase, Plugin};
-use crate::config::spec::CorsSpec;
 use crate::body::Body;
+use crate::config::spec::CorsSpec;
 use crate::ctx::RequestCtx;
 use crate::error::{ProxyError, error_response};
 

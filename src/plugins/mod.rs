@@ -35,8 +35,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, request, response};
 
-use crate::config::spec::PluginSpec;
 use crate::body::{Body, ChunkFilter};
+use crate::config::spec::PluginSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 

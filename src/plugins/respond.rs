@@ -3,8 +3,8 @@
 use http::{HeaderMap, HeaderValue, StatusCode, request};
 
 use super::{Flow, Plugin};
-use crate::config::spec::MockSpec;
 use crate::body::Body;
+use crate::config::spec::MockSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 

@@ -12,8 +12,8 @@ use http::{HeaderValue, Method, StatusCode, header, request};
 use serde_json::Value;
 
 use super::{BodyFilter, Flow, Phase, Plugin, WholeBody};
-use crate::config::spec::ValidatorSpec;
 use crate::body::Body;
+use crate::config::spec::ValidatorSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 

@@ -9,17 +9,17 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 
+use super::forward::{self, Hop};
+use super::headers::{self, HopInfo, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
 use crate::body::Body;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
-use super::forward::{self, Hop};
-use super::headers::{self, HopInfo, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
 use crate::observe::RouteMetrics;
 use crate::plugins::auth::{X_CONSUMER_GROUPS, X_CONSUMER_NAME};
 use crate::plugins::{BodyStep, LogRecord, PluginChain};
 use crate::routing::{RequestView, normalize_host, path};
-use crate::runtime::{Action, Listener, ListenerRoute, Snapshot};
 use crate::runtime::Shared;
+use crate::runtime::{Action, Listener, ListenerRoute, Snapshot};
 
 /// What the connection knows about where a request came from.
 #[derive(Debug, Clone)]
@@ -163,9 +163,14 @@ async fn serve<'s>(
     };
     ctx.route = Some(Arc::clone(&route.name));
     let plugins = &route.plugins;
-    if let Err(err) =
-        apply_path_policy(listener, route, decoded.raw.as_ref(), &mut head, &host_name, ctx.client.ip())
-    {
+    if let Err(err) = apply_path_policy(
+        listener,
+        route,
+        decoded.raw.as_ref(),
+        &mut head,
+        &host_name,
+        ctx.client.ip(),
+    ) {
         return Served::new(Err(err), plugins, metrics.first());
     }
 

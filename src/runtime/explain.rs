@@ -251,7 +251,11 @@ fn explain_passthrough(
     target_line(out, upstream, &pick);
 }
 
-fn target_line(out: &mut String, upstream: &super::Upstream, pick: &crate::balance::RequestView<'_>) {
+fn target_line(
+    out: &mut String,
+    upstream: &super::Upstream,
+    pick: &crate::balance::RequestView<'_>,
+) {
     match upstream.balancer.peek(&upstream.targets, pick) {
         Some(t) => {
             let _ = writeln!(

@@ -45,7 +45,6 @@ pub enum StartError {
     },
 }
 
-
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     let what = what.into();
     move |source| StartError::Io { what, source }
