@@ -11,6 +11,7 @@
 //! swapped atomically on reload; a request keeps the snapshot it started with.
 
 pub mod admin;
+pub mod background;
 pub mod balance;
 #[doc(hidden)]
 pub mod bench;
@@ -28,6 +29,7 @@ pub mod observe;
 pub mod plugins;
 pub mod pool;
 pub mod proxy;
+pub mod random;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -1,5 +1,6 @@
 //! The request as routing, balancing and `explain` look at it: one borrowed view, made once
-//! per request, with the path and host already in their canonical forms. A leaf.
+//! per request, with the path and host already in their canonical forms, and the readers of
+//! its cookie and query. A leaf.
 
 use std::net::IpAddr;
 
@@ -20,4 +21,47 @@ pub struct RequestView<'a> {
     pub method: &'a Method,
     /// Request headers.
     pub headers: &'a HeaderMap,
+}
+
+/// The value of cookie `name` in the request's `Cookie` fields (RFC 6265 §5.4).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Decoded `key=value` pairs of a query string (`+` is a space, as in forms).
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_component(k), decode_component(v))
+    })
+}
+
+fn decode_component(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    // Two hex digits make at most 255.
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -7,8 +7,6 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
-
 use crate::view::RequestView;
 
 /// A stable 64-bit hash of `bytes`.
@@ -82,23 +80,13 @@ impl HashKey {
             }
             HashKey::Query(name) => req
                 .query
-                .and_then(|q| crate::routing::query_pairs(q).find(|(k, _)| k == name))
+                .and_then(|q| crate::view::query_pairs(q).find(|(k, _)| k == name))
                 .map_or_else(client, |(_, v)| hash64(v.as_bytes())),
         }
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` fields (RFC 6265 §5.4).
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
-}
+pub use crate::view::cookie;
 
 /// A weighted hash ring: `POINTS_PER_WEIGHT` points per unit of weight per target.
 #[derive(Debug, Clone)]
@@ -312,7 +300,7 @@ mod tests {
 
     #[test]
     fn keys_and_cookies() {
-        let mut headers = HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         headers.insert("cookie", "a=1; session=\"abc\"; b=2".parse().unwrap());
         assert_eq!(cookie(&headers, "session"), Some("abc"));
         assert_eq!(cookie(&headers, "nope"), None);

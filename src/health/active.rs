@@ -179,7 +179,7 @@ pub async fn watch(
             Duration::ZERO
         } else {
             Duration::from_millis(
-                crate::balance::random_u64() % (check.jitter.as_millis() as u64 + 1),
+                crate::random::random_u64() % (check.jitter.as_millis() as u64 + 1),
             )
         };
         tokio::time::sleep(check.interval + jitter).await;

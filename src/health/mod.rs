@@ -50,7 +50,7 @@ pub struct TargetHealth {
 #[derive(Debug)]
 struct Checker {
     check: Arc<arc_swap::ArcSwap<active::ActiveCheck>>,
-    _task: crate::runtime::background::BackgroundTask,
+    _task: crate::background::BackgroundTask,
 }
 
 impl Default for TargetHealth {
@@ -133,7 +133,7 @@ impl TargetHealth {
         check: active::ActiveCheck,
         start: impl FnOnce(
             Arc<arc_swap::ArcSwap<active::ActiveCheck>>,
-        ) -> crate::runtime::background::BackgroundTask,
+        ) -> crate::background::BackgroundTask,
     ) {
         let mut slot = match self.checker.lock() {
             Ok(s) => s,

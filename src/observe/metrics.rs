@@ -171,7 +171,7 @@ impl Metrics {
         }
     }
 
-    /// The live background task gauge, which [`crate::runtime::background::spawn`] moves.
+    /// The live background task gauge, which [`crate::background::spawn`] moves.
     pub fn background_tasks(&self) -> &Gauge {
         &self.background_tasks
     }

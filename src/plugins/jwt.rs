@@ -24,10 +24,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::auth::Consumer;
 use super::{Flow, Phase, Plugin};
+use crate::background::{self, BackgroundTask};
 use crate::config::spec::JwtSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
-use crate::runtime::background::{self, BackgroundTask};
 use crate::runtime::state::{Kept, StartWork};
 
 /// Time allowed for one JWKS fetch, the first one (which start-up and reloads wait for)

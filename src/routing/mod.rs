@@ -18,7 +18,7 @@ use regex::{Regex, RegexSet};
 
 pub use host::{HostPattern, normalize_host};
 
-pub use crate::view::RequestView;
+pub use crate::view::{RequestView, query_pairs};
 
 /// How a route matches the path.
 #[derive(Debug, Clone)]
@@ -113,7 +113,7 @@ impl Conditions {
             }
         }
         for (name, value) in &self.cookies {
-            if crate::balance::hash::cookie(req.headers, name) != Some(value.as_str()) {
+            if crate::view::cookie(req.headers, name) != Some(value.as_str()) {
                 return Err("cookies");
             }
         }
@@ -134,37 +134,6 @@ impl Conditions {
             && self.path.matches(req.path)
             && self.check_rest(req).is_ok()
     }
-}
-
-/// Decoded `key=value` pairs of a query string (`+` is a space, as in forms).
-pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode_component(k), decode_component(v))
-    })
-}
-
-fn decode_component(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    // Two hex digits make at most 255.
-                    out.push((hi * 16 + lo) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An error building a table: the route index and what is wrong.

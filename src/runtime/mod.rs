@@ -4,7 +4,6 @@
 //! diagnostic it finds. A running portico holds one snapshot in an `ArcSwap`; a reload
 //! compiles the next one and swaps it in, and each request keeps the snapshot it started with.
 
-pub mod background;
 pub mod compile;
 pub mod explain;
 pub mod shared;

@@ -20,10 +20,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Shared;
 use super::listeners::{ListenerSet, bind};
+use crate::background::{self, BackgroundTask};
 use crate::config;
 use crate::observe::{AccessLog, Metrics};
 use crate::pool::{self, Registry};
-use crate::runtime::background::{self, BackgroundTask};
 use crate::runtime::state::PluginStates;
 use crate::runtime::{self, Snapshot, compile::Env};
 use crate::tls::acme::Store as AcmeStore;

@@ -81,7 +81,7 @@ pub struct AcmeState {
     /// TLS-ALPN-01 certificates by name, while validation runs.
     pub alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     /// The renewal task, started once; it stops when the state goes.
-    renewal: OnceLock<crate::runtime::background::BackgroundTask>,
+    renewal: OnceLock<crate::background::BackgroundTask>,
 }
 
 impl AcmeState {
@@ -151,7 +151,7 @@ impl Store {
                 *current = settings;
             }
             state.renewal.get_or_init(|| {
-                crate::runtime::background::spawn(
+                crate::background::spawn(
                     live_tasks,
                     maintain(Arc::clone(self), Arc::downgrade(&state)),
                 )
