@@ -515,6 +515,13 @@ pub(crate) fn decode(
             limit: limits.max_header_size,
         });
     }
+    // HTTP/1 only: HTTP/2 clients may split `Cookie` into one field per cookie (RFC 9113
+    // §8.2.3), and its header block is bounded by size alone.
+    if head.version < Version::HTTP_2 && head.headers.len() > super::error::MAX_HEADER_FIELDS {
+        return Err(ProxyError::TooManyHeaders {
+            limit: super::error::MAX_HEADER_FIELDS,
+        });
+    }
     // RFC 9112 §6.1: only `chunked` is forwarded faithfully; anything else is refused.
     if te_fields > 1 || (te_fields == 1 && !te_chunked) {
         return Err(ProxyError::BadRequest("unsupported transfer-encoding"));
