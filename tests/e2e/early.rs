@@ -377,3 +377,49 @@ upstreams:
     assert_json("over TLS", &got, 400, "bad_request");
     assert_eq!(a.count(), 0);
 }
+
+/// A malformed head pipelined behind a long streamed answer the client reads slowly: the
+/// answer arrives whole and unchanged, then a 400 (portico's JSON one, or, when hyper wrote
+/// it together with the end of the answer, hyper's plain one), then the connection closes.
+#[tokio::test]
+async fn malformed_behind_a_long_answer_never_corrupts_it() {
+    let (_a, gw) = start().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(gw.addr("web").parse().unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /big/4000000 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nX Bad: v\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection stayed open"),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let at = text.rfind("HTTP/1.1 400 Bad Request\r\n").expect("no 400");
+    let (first, second) = text.split_at(at);
+    let (head, body) = first.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(body.ends_with("\r\n0\r\n\r\n"), "the answer was cut");
+    // Chunk sizes are hex digits: every `x` is body.
+    assert_eq!(body.bytes().filter(|b| *b == b'x').count(), 4_000_000);
+    if second.contains("application/json") {
+        assert_json(
+            "behind a long answer",
+            &(second.to_owned(), true),
+            400,
+            "bad_request",
+        );
+    } else {
+        assert!(second.ends_with(" GMT\r\n\r\n"), "{second}");
+    }
+}
