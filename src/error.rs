@@ -10,6 +10,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
 
+/// The most header lines an HTTP/1 request may carry; more is [`ProxyError::TooManyHeaders`].
+pub const MAX_HEADER_FIELDS: usize = 100;
+
 /// A failed request, as the client will see it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -32,6 +35,12 @@ pub enum ProxyError {
     #[error("the request headers are larger than {limit} bytes")]
     HeadersTooLarge {
         /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request has more header fields than [`MAX_HEADER_FIELDS`].
+    #[error("the request has more than {limit} header fields")]
+    TooManyHeaders {
+        /// The limit.
         limit: usize,
     },
     /// The method is not served by a proxy (CONNECT).
@@ -123,7 +132,9 @@ impl ProxyError {
             }
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } | ProxyError::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoTarget { .. } | ProxyError::CircuitOpen { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -148,7 +159,9 @@ impl ProxyError {
             }
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
-            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
+            ProxyError::HeadersTooLarge { .. } | ProxyError::TooManyHeaders { .. } => {
+                "headers_too_large"
+            }
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::NoTarget { .. } => "no_healthy_target",
             ProxyError::CircuitOpen { .. } => "circuit_open",

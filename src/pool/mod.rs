@@ -7,8 +7,8 @@
 //! Pools live in a registry keyed by upstream and target, so a reload keeps them.
 //!
 //! An idle connection is closed once it has been idle for the pool's `idle_timeout` (see
-//! [`idle`] for HTTP/1.1, [`h2idle`] for a shared HTTP/2 connection); every check-in and close wakes the upstream's waiters for a free
-//! connection (see [`breaker`]).
+//! `idle` for HTTP/1.1, `h2idle` for a shared HTTP/2 connection); every check-in and close wakes the upstream's waiters for a free
+//! connection (see `breaker`).
 
 pub(crate) mod breaker;
 mod h2idle;
@@ -521,7 +521,7 @@ impl Registry {
     /// IP literal resolves at once; a name starts with no address until the resolver fills
     /// it in.
     /// `freed` is the upstream state's wake-up for connection waiters (see
-    /// [`UpstreamState::wait_for_connection`]).
+    /// `UpstreamState::wait_for_connection`).
     pub fn target(&self, upstream: &str, address: &str, freed: &Arc<Notify>) -> Arc<TargetState> {
         let targets = match self.targets.lock() {
             Ok(t) => t,

@@ -1,7 +1,7 @@
 //! The request pipeline, one call per stage:
 //! `decode → route → request plugins → select → forward → response plugins → respond → log`.
 //!
-//! Every answer leaves through [`exit`]: the upstream's, a plugin's and portico's own errors
+//! Every answer leaves through `exit`: the upstream's, a plugin's and portico's own errors
 //! alike, so response plugins, `x-request-id`, metrics and the access log see them all.
 
 use std::net::SocketAddr;
@@ -521,6 +521,13 @@ pub(crate) fn decode(
     if head_size > limits.max_header_size {
         return Err(ProxyError::HeadersTooLarge {
             limit: limits.max_header_size,
+        });
+    }
+    // HTTP/1 only: HTTP/2 clients may split `Cookie` into one field per cookie (RFC 9113
+    // §8.2.3), and its header block is bounded by size alone.
+    if head.version < Version::HTTP_2 && head.headers.len() > crate::error::MAX_HEADER_FIELDS {
+        return Err(ProxyError::TooManyHeaders {
+            limit: crate::error::MAX_HEADER_FIELDS,
         });
     }
     // RFC 9112 §6.1: only `chunked` is forwarded faithfully; anything else is refused.

@@ -4,15 +4,24 @@
 //! An idle HTTP/1.1 connection is closed; an idle HTTP/2 connection is shut down gracefully
 //! (GOAWAY, RFC 9113 §6.8), and PING frames do not count as use: keep-alive pings, ours or the
 //! client's, must not keep an idle connection open forever.
+//!
+//! hyper answers some malformed HTTP/1.1 heads itself, before the service sees them; `IdleIo`
+//! rewrites those answers into portico's JSON ones when it can tell them apart for certain
+//! (see `early` and `IdleIo::poll_early`).
+
+mod early;
 
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::StatusCode;
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,9 +33,17 @@ use tokio::time::{Instant, Sleep};
 use super::Shared;
 use super::listeners::{Lifecycle, Phase};
 use super::scan::{FrameScan, HeadScan};
-use crate::body::Body;
+use crate::body::{Body, BodyError};
+use crate::error::MAX_HEADER_FIELDS;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::runtime::Limits;
+
+/// hyper's cap on header lines in one HTTP/1.1 head. Above portico's own limit
+/// ([`MAX_HEADER_FIELDS`]), so a head a little over it gets portico's
+/// JSON 431; a flood past this cap gets hyper's 431, rewritten by `IdleIo`. hyper keeps room
+/// for this many lines on every head it parses (64 bytes each), so it stays modest.
+const HYPER_MAX_HEADERS: usize = 256;
+const _: () = assert!(HYPER_MAX_HEADERS > MAX_HEADER_FIELDS);
 
 /// Builds hyper's server settings from a listener's limits.
 pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -38,6 +55,7 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // keep-alive connections at the head timeout.
         .header_read_timeout(None)
         .keep_alive(true)
+        .max_headers(HYPER_MAX_HEADERS)
         // Our own check answers 431 in JSON below this; hyper's hard cap sits above it.
         .max_buf_size((limits.max_header_size + limits.max_uri_length + 16 * 1024).max(8192));
     builder
@@ -86,7 +104,12 @@ where
             // not; a box makes that room a pointer instead of a few KiB.
             let response =
                 Box::pin(handle(&state.shared, &state.info, req.map(Body::stream))).await;
-            Ok::<_, Infallible>(response)
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // What follows is the tunnel's, never hyper's answer to rewrite.
+                state.info.conn.upgraded.store(true, Ordering::Relaxed);
+            }
+            let conn = Arc::clone(&state.info.conn);
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, conn }))
         }
     });
     let idle = Arc::clone(&conn);
@@ -153,6 +176,42 @@ impl Drop for Busy<'_> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A response body that counts itself done when hyper drops it: by then hyper has put all
+    /// of the response into its write buffer (or given up on the connection).
+    struct Tracked {
+        #[pin]
+        body: Body,
+        conn: Arc<ConnShared>,
+    }
+
+    impl PinnedDrop for Tracked {
+        fn drop(this: Pin<&mut Self>) {
+            this.conn.finished.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Per-connection state shared by the I/O wrapper and the request service.
 #[derive(Debug, Default)]
 pub struct ConnShared {
@@ -160,6 +219,10 @@ pub struct ConnShared {
     pub busy: AtomicUsize,
     /// Requests started on this connection so far.
     pub started: AtomicUsize,
+    /// Responses hyper is done with (their bodies dropped).
+    finished: AtomicUsize,
+    /// A response switched protocols: the bytes after it are a tunnel's.
+    upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
     pub scan: Mutex<HeadScan>,
     /// Woken when an HTTP/2 connection has been idle for the idle timeout.
@@ -195,6 +258,19 @@ pub struct IdleIo<S> {
     frames: Option<H2Frames>,
     /// When an idle HTTP/2 connection was asked to shut down.
     closing: Option<Instant>,
+    /// hyper's next write may be its own answer to a malformed head (see `poll_early`): the
+    /// `started` count when that became so.
+    early: Option<usize>,
+    /// portico's answer being written in place of hyper's.
+    replacing: Option<Replacing>,
+}
+
+/// portico's answer in place of hyper's canned one, as far as it is written.
+struct Replacing {
+    bytes: Vec<u8>,
+    written: usize,
+    /// The length of hyper's answer, reported as written once ours is.
+    replaced: usize,
 }
 
 struct H2Frames {
@@ -217,6 +293,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             conn,
             frames: None,
             closing: None,
+            // Nothing written and no request started: hyper's first write may be its own.
+            early: Some(0),
+            replacing: None,
         }
     }
 
@@ -323,6 +402,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
+    /// Whether nothing but hyper itself can write next on this HTTP/1.1 connection: every
+    /// response of the service so far (`started` of them) was wholly in hyper's write buffer
+    /// when hyper flushed it empty, and no request started since.
+    fn hyper_alone(&self, started: usize) -> bool {
+        self.frames.is_none()
+            && !self.conn.upgraded.load(Ordering::Relaxed)
+            && self.conn.started.load(Ordering::Relaxed) == started
+            && self.conn.finished.load(Ordering::Relaxed) == started
+    }
+
+    /// Replaces hyper's canned answer to a malformed head by portico's JSON one.
+    ///
+    /// hyper writes that answer only when a head fails to parse, and then closes. It is
+    /// recognised only as the whole of the first write after hyper flushed its buffer empty
+    /// with every response of the service wholly out and no request started since (or, at
+    /// the start, before anything was written): then no byte of it can be the service's. Any
+    /// other write, recognised or not, ends the chance until the next such flush. Returns
+    /// `None` to pass `bufs` through untouched.
+    fn poll_early(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.replacing.is_none() {
+            let started = self.early.take()?;
+            let offered: usize = bufs.iter().map(|b| b.len()).sum();
+            if offered > early::LONGEST || !self.hyper_alone(started) {
+                return None;
+            }
+            let mut flat = [0u8; early::LONGEST];
+            let mut len = 0;
+            for buf in bufs {
+                flat[len..len + buf.len()].copy_from_slice(buf);
+                len += buf.len();
+            }
+            let (which, date) = early::recognise(&flat[..len])?;
+            let (status, bytes) = early::answer(which, date);
+            tracing::debug!(status = status.as_u16(), "malformed request head refused");
+            self.replacing = Some(Replacing {
+                bytes,
+                written: 0,
+                replaced: len,
+            });
+        }
+        let replacing = self.replacing.as_mut()?;
+        while replacing.written < replacing.bytes.len() {
+            let rest = &replacing.bytes[replacing.written..];
+            match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    replacing.written += n;
+                    self.last = Instant::now();
+                }
+                Poll::Ready(Err(err)) => return Some(Poll::Ready(Err(err))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        // hyper offers the same bytes again after a pending write; never report more.
+        let offered: usize = bufs.iter().map(|b| b.len()).sum();
+        let replaced = replacing.replaced.min(offered);
+        self.replacing = None;
+        Some(Poll::Ready(Ok(replaced)))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -353,9 +500,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let bufs = [io::IoSlice::new(buf)];
+        if let Some(polled) = this.poll_early(cx, &bufs) {
+            return polled;
+        }
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            this.sent(&[io::IoSlice::new(buf)], n);
+            this.sent(&bufs, n);
         }
         polled
     }
@@ -366,6 +517,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(polled) = this.poll_early(cx, bufs) {
+            return polled;
+        }
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
             this.sent(bufs, n);
@@ -378,7 +532,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        // hyper's HTTP/1.1 connection flushes its transport only once its own write buffer
+        // is empty: if every response so far is done, its next write is its own.
+        let started = this.conn.started.load(Ordering::Relaxed);
+        if this.replacing.is_none() && this.hyper_alone(started) {
+            this.early = Some(started);
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

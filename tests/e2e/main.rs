@@ -9,6 +9,7 @@ mod acme;
 mod cli;
 mod defects;
 mod discovery;
+mod early;
 mod edge;
 mod exit;
 mod gateway;
