@@ -107,8 +107,8 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
 
     let consumers = match crate::plugins::auth::Consumers::build(&spec.consumers) {
         Ok(c) => Arc::new(c),
-        Err((pos, message)) => {
-            diags.error(pos, message);
+        Err(err) => {
+            diags.error(err.pos(), err.to_string());
             Arc::default()
         }
     };
@@ -910,7 +910,7 @@ fn compile_plugins(
         };
         match plugins::build(spec, env) {
             Ok(plugin) => chain.push(plugin),
-            Err(message) => diags.error(spec.pos, message),
+            Err(err) => diags.error(spec.pos, err.to_string()),
         }
     }
     chain

@@ -283,3 +283,29 @@ routes:
         "{errors:#?}"
     );
 }
+
+#[test]
+fn plugin_and_consumer_errors_sit_at_their_spec() {
+    let errors = compile_text(
+        "\
+consumers:
+  - { name: a, api_keys: [short] }
+routes:
+  - name: r
+    respond: { status: 200 }
+    plugins:
+      - rate_limit: { limit: 0, window: 1s }
+      - cors: { origins: [example.com] }
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "c.yaml:2:27: an API key must have at least 8 characters",
+            "c.yaml:7:9: rate_limit.limit must be at least 1",
+            "c.yaml:8:9: invalid origin `example.com`: expected like https://app.example.com",
+        ],
+        "{errors:#?}"
+    );
+}
