@@ -209,7 +209,7 @@ pub struct ParseError {
     pub pos: Pos,
     /// What the parser found.
     #[source]
-    source: serde_saphyr::Error,
+    source: Box<serde_saphyr::Error>,
 }
 
 /// The parser's message without its position (the diagnostic prints `pos` in front), and with
@@ -233,7 +233,7 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
     options.strict_booleans = true;
     serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|source| ParseError {
         pos: source.location().map(|l| Pos::of(&l)).unwrap_or_default(),
-        source,
+        source: Box::new(source),
     })
 }
 
