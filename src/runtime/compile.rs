@@ -519,8 +519,8 @@ fn compile_listener_tls(
                     roots,
                     required: auth.required,
                 }),
-                Err(message) => {
-                    diags.error(auth.ca_file.pos, message);
+                Err(err) => {
+                    diags.error(auth.ca_file.pos, err.to_string());
                     return None;
                 }
             }
@@ -532,8 +532,8 @@ fn compile_listener_tls(
     }
     match crate::tls::server_config(&loaded, client_auth.as_ref(), acme) {
         Ok(config) => Some(config),
-        Err(message) => {
-            diags.error(tls.certificates.pos, message);
+        Err(err) => {
+            diags.error(tls.certificates.pos, err.to_string());
             None
         }
     }
