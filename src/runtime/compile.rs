@@ -300,7 +300,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             Ok(table) => table,
             Err(errors) => {
                 for err in errors {
-                    diags.error(positions[err.route], err.message);
+                    diags.error(positions[err.route], err.to_string());
                 }
                 RouteTable::default()
             }
