@@ -309,3 +309,32 @@ routes:
         "{errors:#?}"
     );
 }
+
+#[test]
+fn malformed_questions_are_errors() {
+    use crate::runtime::explain::{Question, QuestionError, explain};
+    let snap = compile_text("routes: []\n").unwrap();
+    let ask = |url| {
+        explain(
+            &snap,
+            &Question {
+                method: http::Method::GET,
+                url,
+                headers: http::HeaderMap::new(),
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+            },
+        )
+        .unwrap_err()
+    };
+    let err = ask("/users");
+    assert!(matches!(err, QuestionError::NoHost(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the URL `/users` needs a host, like http://localhost:8080/"
+    );
+    assert!(matches!(ask("http://a b/"), QuestionError::Url { .. }));
+    assert_eq!(
+        ask("http://api.example/").to_string(),
+        "the config has no listeners"
+    );
+}
