@@ -215,15 +215,15 @@ pub struct ParseError {
 /// The parser's message without its position (the diagnostic prints `pos` in front), and with
 /// a duplicate key said the way the config loader says it.
 fn message(err: &serde_saphyr::Error) -> String {
-    let mut message = err.without_snippet().to_string();
-    if let Some(cut) = message.rfind(" at line ") {
-        message.truncate(cut);
+    use serde_saphyr::MessageFormatter;
+    match err.without_snippet() {
+        serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
+            format!("duplicate key `{key}`")
+        }
+        other => serde_saphyr::DefaultMessageFormatter
+            .format_message(other)
+            .into_owned(),
     }
-    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split(',').next().unwrap_or(rest);
-        message = format!("duplicate key `{key}`");
-    }
-    message
 }
 
 /// Parses YAML (or JSON, which is a subset of YAML 1.2) into a node tree.
@@ -240,6 +240,13 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_leave_the_position_to_the_diagnostic() {
+        let err = parse("a: {b: 1\n").unwrap_err();
+        assert_eq!(err.to_string(), "unclosed bracket '{'");
+        assert_eq!(err.pos.line, 1);
+    }
 
     #[test]
     fn keeps_positions() {
