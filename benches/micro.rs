@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderValue, Method, Request};
 use portico::bench::{Gateway, set_forwarded, strip_hop_by_hop};
-use portico::proxy::body::Body;
+use portico::body::Body;
 
 fn main() {
     divan::main();

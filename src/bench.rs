@@ -6,15 +6,14 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request, Response};
 
-use crate::balance::PickCtx;
+use crate::body::Body;
 use crate::observe::{AccessLog, Metrics};
 use crate::pool::Registry;
-use crate::proxy::body::Body;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::routing::RequestView;
+use crate::runtime::Shared;
 use crate::runtime::compile::Env;
 use crate::runtime::state::PluginStates;
-use crate::server::Shared;
 use crate::tls::acme::Store;
 
 pub use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
@@ -89,6 +88,7 @@ impl Gateway {
             .split_once('?')
             .map_or((path, None), |(p, q)| (p, Some(q)));
         let view = RequestView {
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
             host,
             path,
             query,
@@ -102,8 +102,10 @@ impl Gateway {
     pub fn pick(&self, name: &str, client: std::net::IpAddr, headers: &HeaderMap) -> Option<usize> {
         let snap = self.shared.snapshot.load();
         let upstream = snap.upstream(name)?;
-        let ctx = PickCtx {
+        let ctx = RequestView {
             client,
+            host: "",
+            method: &http::Method::GET,
             headers,
             path: "/",
             query: None,

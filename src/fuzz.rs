@@ -136,6 +136,7 @@ pub fn request_head(data: &[u8]) {
         let host = host.ok().flatten();
         let host = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
         let view = RequestView {
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
             host: &host,
             path: &normal,
             query: head.uri.query(),

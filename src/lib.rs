@@ -14,8 +14,12 @@ pub mod admin;
 pub mod balance;
 #[doc(hidden)]
 pub mod bench;
+pub mod body;
 pub mod cli;
 pub mod config;
+pub mod consumer;
+pub mod ctx;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod health;
@@ -28,3 +32,4 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod view;

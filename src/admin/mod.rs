@@ -13,10 +13,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-use crate::proxy::body::Body;
-use crate::proxy::error::error_response;
+use crate::body::Body;
+use crate::error::error_response;
 use crate::proxy::headers::new_request_id;
-use crate::server::Shared;
+use crate::runtime::Shared;
 
 /// Accepts admin connections until the process ends.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
@@ -135,7 +135,7 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                     .map(|(i, t)| {
                         let weight = balancer.weights.get(i).copied().unwrap_or(1);
                         serde_json::json!({
-                            "address": t.address,
+                            "address": &*t.address,
                             "resolved": t.addrs.load().iter().map(ToString::to_string).collect::<Vec<_>>(),
                             "healthy": t.health.available(),
                             "active_check_up": t.health.active_up(),

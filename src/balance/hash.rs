@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
+use crate::view::RequestView;
+
 /// A stable 64-bit hash of `bytes`.
 pub fn hash64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -64,7 +66,7 @@ impl HashKey {
 
     /// The hash of this key for a request; a missing header, cookie or parameter hashes the
     /// client address instead, so such requests still spread and stay put per client.
-    pub fn hash(&self, req: &PickCtx<'_>) -> u64 {
+    pub fn hash(&self, req: &RequestView<'_>) -> u64 {
         let client = || match req.client {
             IpAddr::V4(ip) => hash64(&ip.octets()),
             IpAddr::V6(ip) => hash64(&ip.octets()),
@@ -97,19 +99,6 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
-}
-
-/// What a balancer may look at in a request.
-#[derive(Debug, Clone, Copy)]
-pub struct PickCtx<'a> {
-    /// The downstream client's address.
-    pub client: IpAddr,
-    /// Request headers.
-    pub headers: &'a HeaderMap,
-    /// The normalised path.
-    pub path: &'a str,
-    /// The raw query.
-    pub query: Option<&'a str>,
 }
 
 /// A weighted hash ring: `POINTS_PER_WEIGHT` points per unit of weight per target.
@@ -337,8 +326,10 @@ mod tests {
             HashKey::parse("body").unwrap_err().to_string(),
             "invalid hash_key `body`: expected client_ip, path, header:NAME, cookie:NAME or query:NAME"
         );
-        let ctx = PickCtx {
+        let ctx = RequestView {
             client: "10.1.2.3".parse().unwrap(),
+            host: "",
+            method: &http::Method::GET,
             headers: &headers,
             path: "/p",
             query: Some("u=7"),

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use hash::{HashKey, PickCtx};
+pub use crate::view::RequestView;
+pub use hash::HashKey;
 
 use crate::pool::TargetState;
 
@@ -136,14 +137,14 @@ impl Balancer {
     pub fn select(
         &self,
         targets: &[Arc<TargetState>],
-        ctx: &PickCtx<'_>,
+        ctx: &RequestView<'_>,
         exclude: &[usize],
     ) -> Option<usize> {
         self.pick(targets, ctx, exclude, true)
     }
 
     /// The target [`Balancer::select`] would pick now, without moving on (for `explain`).
-    pub fn peek(&self, targets: &[Arc<TargetState>], ctx: &PickCtx<'_>) -> Option<usize> {
+    pub fn peek(&self, targets: &[Arc<TargetState>], ctx: &RequestView<'_>) -> Option<usize> {
         self.pick(targets, ctx, &[], false)
     }
 
@@ -162,7 +163,7 @@ impl Balancer {
     fn pick(
         &self,
         targets: &[Arc<TargetState>],
-        ctx: &PickCtx<'_>,
+        ctx: &RequestView<'_>,
         exclude: &[usize],
         advance: bool,
     ) -> Option<usize> {
@@ -188,7 +189,7 @@ impl Balancer {
     fn pick_among(
         &self,
         targets: &[Arc<TargetState>],
-        ctx: &PickCtx<'_>,
+        ctx: &RequestView<'_>,
         advance: bool,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {

@@ -57,9 +57,11 @@ fn balancer(algorithm: Algorithm, weights: Vec<u32>) -> Balancer {
     }
 }
 
-fn ctx<'a>(headers: &'a HeaderMap, client: IpAddr) -> PickCtx<'a> {
-    PickCtx {
+fn ctx<'a>(headers: &'a HeaderMap, client: IpAddr) -> RequestView<'a> {
+    RequestView {
         client,
+        host: "",
+        method: &http::Method::GET,
         headers,
         path: "/",
         query: None,
@@ -92,7 +94,7 @@ fn every_algorithm_spreads_by_weight() {
     let addrs: Vec<(&str, u32)> = t
         .iter()
         .zip(&weights)
-        .map(|(t, w)| (t.address.as_str(), *w))
+        .map(|(t, w)| (&*t.address, *w))
         .collect();
     let algorithms = vec![
         Algorithm::RoundRobin {
@@ -128,7 +130,7 @@ fn every_algorithm_spreads_by_weight() {
 fn hashing_keeps_a_client_on_one_target() {
     let registry = Registry::default();
     let t = targets(&registry, 4);
-    let addrs: Vec<(&str, u32)> = t.iter().map(|t| (t.address.as_str(), 1)).collect();
+    let addrs: Vec<(&str, u32)> = t.iter().map(|t| (&*t.address, 1)).collect();
     let b = balancer(
         Algorithm::Maglev {
             table: hash::Maglev::build(&addrs),

@@ -83,7 +83,7 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
         } else {
             request
                 .uri(path.as_str())
-                .header(http::header::HOST, target.address.as_str())
+                .header(http::header::HOST, &*target.address)
         };
         let request = request
             .header(http::header::USER_AGENT, "portico-health-check")

@@ -3,39 +3,13 @@
 
 pub mod sni;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::balance::PickCtx;
-use crate::routing::HostPattern;
-use crate::runtime::Upstream;
-
-/// A compiled passthrough listener's routing.
-#[derive(Debug)]
-pub struct Passthrough {
-    /// SNI patterns in precedence order (exact names before wildcards, longer wildcards first).
-    pub routes: Vec<(HostPattern, Arc<Upstream>)>,
-    /// Where connections without a matching SNI go; closed when absent.
-    pub default: Option<Arc<Upstream>>,
-}
-
-impl Passthrough {
-    /// The upstream for a server name.
-    pub fn route(&self, server_name: Option<&str>) -> Option<&Arc<Upstream>> {
-        let name = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
-        name.as_deref()
-            .and_then(|n| {
-                self.routes
-                    .iter()
-                    .find(|(p, _)| p.matches(n))
-                    .map(|(_, u)| u)
-            })
-            .or(self.default.as_ref())
-    }
-}
+use crate::runtime::Passthrough;
+use crate::view::RequestView;
 
 /// The most a ClientHello may take before it is refused.
 const MAX_HELLO: usize = 16 * 1024;
@@ -72,8 +46,10 @@ pub async fn serve(mut client: TcpStream, routes: &Passthrough, hello_timeout: D
         return;
     };
     let headers = http::HeaderMap::new();
-    let pick = PickCtx {
+    let pick = RequestView {
         client: peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
+        host: "",
+        method: &http::Method::GET,
         headers: &headers,
         path: "/",
         query: None,

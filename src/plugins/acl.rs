@@ -4,8 +4,8 @@ use http::{StatusCode, request};
 
 use super::{Flow, Phase, Plugin};
 use crate::config::spec::AclSpec;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::ctx::RequestCtx;
+use crate::error::{ProxyError, error_response};
 
 /// `acl`.
 #[derive(Debug)]

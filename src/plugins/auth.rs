@@ -8,25 +8,14 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
 use crate::config::spec::ConsumerSpec;
-use crate::proxy::error::error_response;
+use crate::error::error_response;
 
 /// `x-consumer-name`, set for the upstream after authentication.
 pub static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
 /// `x-consumer-groups`, comma-separated.
 pub static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 
-/// A known caller.
-#[derive(Debug)]
-pub struct Consumer {
-    /// Name.
-    pub name: String,
-    /// Groups.
-    pub groups: Vec<String>,
-    /// `x-consumer-name` value.
-    pub name_value: HeaderValue,
-    /// `x-consumer-groups` value, when there are groups.
-    pub groups_value: Option<HeaderValue>,
-}
+pub use crate::consumer::Consumer;
 
 /// Keys by the first bytes of their digest: (full digest, holder).
 type KeyIndex = HashMap<[u8; 8], Vec<([u8; 32], Arc<Consumer>)>>;
@@ -173,7 +162,7 @@ pub fn unauthorized(
     request_id: &HeaderValue,
     challenge: &HeaderValue,
     message: &str,
-) -> http::Response<crate::proxy::body::Body> {
+) -> http::Response<crate::body::Body> {
     let mut response = error_response(
         StatusCode::UNAUTHORIZED,
         "unauthorized",

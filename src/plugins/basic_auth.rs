@@ -9,10 +9,10 @@ use http::{HeaderValue, header, request};
 
 use super::auth::{Consumer, Consumers};
 use super::{Deferred, Flow, Phase, Plugin};
+use crate::body::Body;
 use crate::config::spec::BasicAuthSpec;
-use crate::proxy::body::Body;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 /// How long a verified password is remembered (hashes are slow on purpose).
 const CACHE_FOR: Duration = Duration::from_secs(60);

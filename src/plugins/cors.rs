@@ -5,10 +5,10 @@
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request, response};
 
 use super::{BuildError, Flow, Phase, Plugin};
+use crate::body::Body;
 use crate::config::spec::CorsSpec;
-use crate::proxy::body::Body;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::ctx::RequestCtx;
+use crate::error::{ProxyError, error_response};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum OriginRule {

@@ -4,8 +4,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, request, response};
 
 use super::{BuildError, Flow, Plugin};
 use crate::config::spec::HeaderOpsSpec;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 /// Compiled header edits, applied in the order remove, set, add.
 #[derive(Debug, Clone, Default)]

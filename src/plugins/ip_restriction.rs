@@ -8,8 +8,8 @@ use http::{StatusCode, request};
 use super::{BuildError, Flow, Phase, Plugin};
 use crate::config::At;
 use crate::config::spec::IpRestrictionSpec;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::ctx::RequestCtx;
+use crate::error::{ProxyError, error_response};
 
 /// An address block, like `10.0.0.0/8` or `::1/128` (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

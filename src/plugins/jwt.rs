@@ -25,8 +25,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use super::auth::Consumer;
 use super::{BuildError, Flow, Phase, Plugin};
 use crate::config::spec::JwtSpec;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 use crate::runtime::background::{self, BackgroundTask};
 use crate::runtime::state::{Kept, StartWork};
 

@@ -7,8 +7,8 @@ use http::{HeaderName, HeaderValue, request};
 use super::auth::{Consumers, unauthorized};
 use super::{Flow, Phase, Plugin};
 use crate::config::spec::KeyAuthSpec;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 /// `key_auth`.
 #[derive(Debug)]

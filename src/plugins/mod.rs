@@ -35,10 +35,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, request, response};
 
+use crate::body::{Body, ChunkFilter};
 use crate::config::spec::PluginSpec;
-use crate::proxy::body::{Body, ChunkFilter};
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 /// What a plugin decides after looking at a request.
 // A verdict lives on the stack for one call: boxing the answer would cost an allocation for
@@ -317,7 +317,7 @@ async fn buffer(body: Body, max: usize) -> Result<Bytes, Buffered> {
         Err(err) => {
             if err.is::<http_body_util::LengthLimitError>() {
                 Err(Buffered::TooLarge(max as u64))
-            } else if let Some(too_large) = err.downcast_ref::<crate::proxy::body::TooLarge>() {
+            } else if let Some(too_large) = err.downcast_ref::<crate::body::TooLarge>() {
                 Err(Buffered::TooLarge(too_large.0))
             } else {
                 Err(Buffered::Broken)

@@ -7,8 +7,8 @@ use http::{HeaderValue, StatusCode, header, request};
 use super::auth::Consumers;
 use super::{Flow, Phase, Plugin};
 use crate::config::spec::MtlsAuthSpec;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::ctx::RequestCtx;
+use crate::error::{ProxyError, error_response};
 
 /// `mtls_auth`.
 #[derive(Debug)]

@@ -14,8 +14,8 @@ use http::{HeaderName, HeaderValue, StatusCode, header, request, response};
 
 use super::{BuildError, Flow, Phase, Plugin};
 use crate::config::spec::RateLimitSpec;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::{ProxyError, error_response};
+use crate::ctx::RequestCtx;
+use crate::error::{ProxyError, error_response};
 
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");

@@ -4,9 +4,9 @@ use bytes::Bytes;
 use http::{header, request};
 
 use super::{BodyFilter, Flow, Phase, Plugin};
-use crate::proxy::body::{BodyError, ChunkFilter, TooLarge};
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::body::{BodyError, ChunkFilter, TooLarge};
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 /// `request_size_limit`: a declared length over the limit is refused at once; a streamed body
 /// fails when it passes the limit.

@@ -3,10 +3,10 @@
 use http::{HeaderMap, HeaderValue, StatusCode, request};
 
 use super::{Flow, Plugin};
+use crate::body::Body;
 use crate::config::spec::MockSpec;
-use crate::proxy::body::Body;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 /// `respond`: a fixed answer (mock), after the plugins before it in the chain's phases.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode, request};
 use http_body_util::BodyExt;
 
 use super::*;
-use crate::proxy::body::BodyError;
+use crate::body::BodyError;
 
 fn ctx() -> RequestCtx {
     RequestCtx::new(

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::{BodyFilter, BuildError, Flow, Plugin, WholeBody};
 use crate::config::spec::{FieldOpsSpec, JsonOpsSpec, TransformSpec};
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 /// Compiled header edits: remove, rename, set, add.
 #[derive(Debug, Clone, Default)]
@@ -294,7 +294,7 @@ impl WholeBody for Edit {
         _ctx: &RequestCtx,
         _headers: &mut HeaderMap,
         body: Bytes,
-    ) -> Result<Bytes, Box<http::Response<crate::proxy::body::Body>>> {
+    ) -> Result<Bytes, Box<http::Response<crate::body::Body>>> {
         Ok(self.0.apply(&body).unwrap_or(body))
     }
 }

@@ -12,10 +12,10 @@ use http::{HeaderValue, Method, StatusCode, header, request};
 use serde_json::Value;
 
 use super::{BodyFilter, BuildError, Flow, Phase, Plugin, WholeBody};
+use crate::body::Body;
 use crate::config::spec::ValidatorSpec;
-use crate::proxy::body::Body;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::error::ProxyError;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 
 type Schema = jsonschema::Validator;
 

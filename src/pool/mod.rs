@@ -28,8 +28,8 @@ use tokio::sync::Notify;
 
 use rustls_pki_types::ServerName;
 
-use crate::proxy::body::Body;
-use crate::proxy::error::ProxyError;
+use crate::body::Body;
+use crate::error::ProxyError;
 use crate::tls::UpstreamTls;
 use h2idle::{Activity, Tracked};
 use idle::Lease;
@@ -51,7 +51,7 @@ fn worker() -> usize {
 #[derive(Debug)]
 pub struct TargetState {
     /// The address as written in the config (`host:port`).
-    pub address: String,
+    pub address: Arc<str>,
     /// Current resolved addresses; empty until a name resolves.
     pub addrs: ArcSwap<Vec<SocketAddr>>,
     /// Requests in flight to this target.
@@ -113,6 +113,12 @@ impl std::fmt::Debug for Checkin {
     }
 }
 
+impl crate::body::Checkin for Checkin {
+    fn release(self: Box<Self>) {
+        Checkin::release(*self);
+    }
+}
+
 impl Checkin {
     /// The exchange is complete: keep the connection for the next request.
     pub fn release(mut self) {
@@ -145,7 +151,7 @@ impl TargetState {
     /// `slots`: one per worker plus the control thread; `freed` is the upstream's.
     fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<Notify>, slots: usize) -> Self {
         TargetState {
-            address: address.to_owned(),
+            address: Arc::from(address),
             addrs: ArcSwap::from_pointee(addrs),
             inflight: AtomicUsize::new(0),
             open: Arc::default(),
@@ -283,7 +289,7 @@ impl TargetState {
         let host = self
             .address
             .rsplit_once(':')
-            .map_or(self.address.as_str(), |(h, _)| h);
+            .map_or(&*self.address, |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         ServerName::try_from(host.to_owned())
     }
@@ -562,7 +568,7 @@ impl Registry {
             states.insert(name.to_owned(), Arc::clone(state));
             for target in list {
                 targets.insert(
-                    (name.to_owned(), target.address.clone()),
+                    (name.to_owned(), target.address.to_string()),
                     Arc::clone(target),
                 );
             }

@@ -12,15 +12,15 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::Body;
-use super::ctx::RequestCtx;
-use super::error::ProxyError;
 use super::headers::{HopInfo, X_REQUEST_ID, append_via, set_forwarded, strip_hop_by_hop};
-use crate::balance::PickCtx;
+use crate::body::Body;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 use crate::health::Outcome;
 use crate::pool::breaker::Slot;
 use crate::pool::{Checkin, Conn, TargetState};
 use crate::runtime::{RetryPolicy, Route, Upstream};
+use crate::view::RequestView;
 
 /// What the hop to the upstream needs from the downstream side.
 #[derive(Debug)]
@@ -118,8 +118,10 @@ pub fn select(
             sticky: true,
         });
     }
-    let pick = PickCtx {
+    let pick = RequestView {
         client: ctx.client.ip(),
+        host: "",
+        method: &head.method,
         headers: &head.headers,
         path: head.uri.path(),
         query: head.uri.query(),
@@ -305,7 +307,7 @@ impl Tries<'_> {
             }
             tried[attempt] = index;
             let state = &upstream.targets[index];
-            ctx.target = Some(Arc::clone(state));
+            ctx.target = Some(Arc::clone(&state.address));
             ctx.attempts += 1;
             let Some(mut request) = pending.take().or_else(|| self.replay()) else {
                 break;
@@ -375,8 +377,10 @@ impl Tries<'_> {
 
     /// A target not tried yet if there is one, else any (a lone target gets retried).
     fn next_target(&self, tried: &[usize]) -> Option<usize> {
-        let pick = PickCtx {
+        let pick = RequestView {
             client: self.client,
+            host: "",
+            method: &http::Method::GET,
             headers: &EMPTY_HEADERS,
             path: self.path_and_query.path(),
             query: self.path_and_query.query(),
@@ -478,8 +482,10 @@ async fn send_mirror(
         Option<HeaderValue>,
     ),
 ) {
-    let pick = PickCtx {
+    let pick = RequestView {
         client: std::net::IpAddr::from([0, 0, 0, 0]),
+        host: "",
+        method: &http::Method::GET,
         headers: &headers,
         path: path_and_query.path(),
         query: path_and_query.query(),
@@ -506,10 +512,7 @@ async fn send_mirror(
     match tokio::time::timeout(Duration::from_secs(30), exchange).await {
         Ok(Ok((response, checkin))) => {
             let body = match checkin {
-                Some(checkin) => Body::Pooled {
-                    inner: response.into_body(),
-                    checkin: Some(checkin),
-                },
+                Some(checkin) => Body::pooled(response.into_body(), checkin),
                 None => Body::stream(response.into_body()),
             };
             // Drained so the connection can go back to its pool.
@@ -690,10 +693,7 @@ fn respond(
             checkin.release();
             Body::stream(incoming)
         }
-        Some(checkin) => Body::Pooled {
-            inner: incoming,
-            checkin: Some(checkin),
-        },
+        Some(checkin) => Body::pooled(incoming, checkin),
         None => Body::stream(incoming),
     };
     Ok(Response::from_parts(parts, body))
@@ -753,7 +753,7 @@ fn upstream_error(upstream: &str, source: hyper::Error) -> ProxyError {
     if source.is_user() {
         let mut cause = std::error::Error::source(&source);
         while let Some(err) = cause {
-            if let Some(too_large) = err.downcast_ref::<super::body::TooLarge>() {
+            if let Some(too_large) = err.downcast_ref::<crate::body::TooLarge>() {
                 return ProxyError::PayloadTooLarge { limit: too_large.0 };
             }
             cause = err.source();

@@ -9,17 +9,17 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 
-use super::body::Body;
-use super::ctx::RequestCtx;
-use super::error::ProxyError;
 use super::forward::{self, Hop};
 use super::headers::{self, HopInfo, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
+use crate::body::Body;
+use crate::ctx::RequestCtx;
+use crate::error::ProxyError;
 use crate::observe::RouteMetrics;
 use crate::plugins::auth::{X_CONSUMER_GROUPS, X_CONSUMER_NAME};
 use crate::plugins::{BodyStep, LogRecord, PluginChain};
 use crate::routing::{RequestView, normalize_host, path};
+use crate::runtime::Shared;
 use crate::runtime::{Action, Listener, ListenerRoute, Snapshot};
-use crate::server::Shared;
 
 /// What the connection knows about where a request came from.
 #[derive(Debug, Clone)]
@@ -145,6 +145,7 @@ async fn serve<'s>(
 
     // route
     let view = RequestView {
+        client: ctx.client.ip(),
         host: &host_name,
         path: head.uri.path(),
         query: head.uri.query(),
@@ -162,9 +163,14 @@ async fn serve<'s>(
     };
     ctx.route = Some(Arc::clone(&route.name));
     let plugins = &route.plugins;
-    if let Err(err) =
-        apply_path_policy(listener, route, decoded.raw.as_ref(), &mut head, &host_name)
-    {
+    if let Err(err) = apply_path_policy(
+        listener,
+        route,
+        decoded.raw.as_ref(),
+        &mut head,
+        &host_name,
+        ctx.client.ip(),
+    ) {
         return Served::new(Err(err), plugins, metrics.first());
     }
 
@@ -284,9 +290,11 @@ fn apply_path_policy(
     raw: Option<&http::Uri>,
     head: &mut http::request::Parts,
     host: &str,
+    client: std::net::IpAddr,
 ) -> Result<(), ProxyError> {
     let Some(raw) = raw else { return Ok(()) };
     let view = RequestView {
+        client,
         host,
         path: head.uri.path(),
         query: head.uri.query(),
@@ -554,7 +562,7 @@ fn access_line(
         "listener": &*ctx.listener,
         "route": ctx.route.as_deref(),
         "upstream": ctx.upstream.as_deref(),
-        "target": ctx.target.as_ref().map(|t| t.address.as_str()),
+        "target": ctx.target.as_deref(),
         "attempts": ctx.attempts,
         "consumer": ctx.consumer.as_ref().map(|c| c.name.as_str()),
         "method": head.method.as_str(),

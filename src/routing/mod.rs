@@ -13,25 +13,12 @@ pub mod path;
 
 use std::collections::HashMap;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use regex::{Regex, RegexSet};
 
 pub use host::{HostPattern, normalize_host};
 
-/// The parts of a request the router looks at; `host` and `path` are already normalised.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
-    /// Lower-case host without port or trailing dot; empty when the request had none.
-    pub host: &'a str,
-    /// Normalised path (see [`path::normalize`]).
-    pub path: &'a str,
-    /// Raw query string, without `?`.
-    pub query: Option<&'a str>,
-    /// Request method.
-    pub method: &'a Method,
-    /// Request headers.
-    pub headers: &'a HeaderMap,
-}
+pub use crate::view::RequestView;
 
 /// How a route matches the path.
 #[derive(Debug, Clone)]

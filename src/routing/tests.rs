@@ -1,4 +1,5 @@
 use super::*;
+use http::HeaderMap;
 use proptest::prelude::*;
 
 fn cond(hosts: &[&str], path: PathMatch) -> Conditions {
@@ -32,6 +33,7 @@ fn find_with(
     query: Option<&str>,
 ) -> Option<usize> {
     table.find(&RequestView {
+        client: std::net::IpAddr::from([127, 0, 0, 1]),
         host,
         path,
         query,
@@ -185,7 +187,7 @@ proptest! {
         let Ok(table) = RouteTable::build(routes.clone()) else { return Ok(()); };
         let method = if post { Method::POST } else { Method::GET };
         let headers = HeaderMap::new();
-        let req = RequestView { host, path, query: None, method: &method, headers: &headers };
+        let req = RequestView { client: std::net::IpAddr::from([127, 0, 0, 1]), host, path, query: None, method: &method, headers: &headers };
         let key = |c: &Conditions| {
             let prefix_len = match &c.path { PathMatch::Prefix(p) => p.len(), _ => 0 };
             (c.path.rank(), prefix_len, c.count(), c.host_rank())

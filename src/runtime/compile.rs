@@ -366,7 +366,7 @@ fn compile_passthrough(
     spec: &ListenerSpec,
     upstreams: &Upstreams<'_>,
     diags: &mut Diagnostics,
-) -> Option<crate::l4::Passthrough> {
+) -> Option<crate::runtime::Passthrough> {
     if spec.protocol != ListenerProtocol::TlsPassthrough {
         if !spec.sni.is_empty() || spec.upstream.is_some() {
             diags.error(
@@ -398,7 +398,7 @@ fn compile_passthrough(
             "a tls_passthrough listener needs `sni` entries or an `upstream`",
         );
     }
-    Some(crate::l4::Passthrough { routes, default })
+    Some(crate::runtime::Passthrough { routes, default })
 }
 
 /// A path from the config, relative to the config file's folder.

@@ -112,6 +112,7 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionErro
     }
 
     let view = RequestView {
+        client: q.client,
         host: &host,
         path: &normal,
         query: uri.query(),
@@ -198,8 +199,10 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionErro
             if let Some(rewrite) = &route.rewrite {
                 let _ = writeln!(out, "rewrite   {normal} → {}", rewrite.apply(&normal));
             }
-            let pick = crate::balance::PickCtx {
+            let pick = crate::balance::RequestView {
                 client: q.client,
+                host: "",
+                method: &http::Method::GET,
                 headers: &q.headers,
                 path: &normal,
                 query: uri.query(),
@@ -213,7 +216,7 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionErro
 /// A `tls_passthrough` listener: no HTTP, the ClientHello's server name picks the upstream.
 fn explain_passthrough(
     out: &mut String,
-    passthrough: &crate::l4::Passthrough,
+    passthrough: &crate::runtime::Passthrough,
     host: &str,
     q: &Question<'_>,
 ) {
@@ -254,8 +257,10 @@ fn explain_passthrough(
         upstream.name
     );
     let headers = HeaderMap::new();
-    let pick = crate::balance::PickCtx {
+    let pick = crate::balance::RequestView {
         client: q.client,
+        host: "",
+        method: &http::Method::GET,
         headers: &headers,
         path: "/",
         query: None,
@@ -263,7 +268,11 @@ fn explain_passthrough(
     target_line(out, upstream, &pick);
 }
 
-fn target_line(out: &mut String, upstream: &super::Upstream, pick: &crate::balance::PickCtx<'_>) {
+fn target_line(
+    out: &mut String,
+    upstream: &super::Upstream,
+    pick: &crate::balance::RequestView<'_>,
+) {
     match upstream.balancer.peek(&upstream.targets, pick) {
         Some(t) => {
             let _ = writeln!(

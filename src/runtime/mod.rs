@@ -7,6 +7,7 @@
 pub mod background;
 pub mod compile;
 pub mod explain;
+pub mod shared;
 pub mod state;
 
 use std::borrow::Cow;
@@ -20,13 +21,14 @@ use http::{HeaderMap, StatusCode};
 use regex::Regex;
 
 pub use compile::{compile, load};
+pub use shared::{Shared, Started};
 
 use crate::balance::Balancer;
 use crate::config::Spec;
 use crate::observe::RouteMetrics;
 use crate::plugins::PluginChain;
 use crate::pool::{PoolSettings, TargetState};
-use crate::routing::{RequestView, RouteTable};
+use crate::routing::{HostPattern, RequestView, RouteTable};
 
 /// One compiled config.
 #[derive(Debug)]
@@ -86,7 +88,7 @@ pub struct Listener {
     /// `Strict-Transport-Security` value for every response.
     pub hsts: Option<http::HeaderValue>,
     /// `tls_passthrough` routing; such a listener serves no HTTP routes.
-    pub passthrough: Option<crate::l4::Passthrough>,
+    pub passthrough: Option<Passthrough>,
 }
 
 impl Listener {
@@ -231,11 +233,11 @@ pub struct Respond {
 impl Respond {
     /// The answer; without its body for a HEAD request (RFC 9110 §9.3.2). The content type
     /// was settled at compile time.
-    pub fn response(&self, head_request: bool) -> http::Response<crate::proxy::body::Body> {
+    pub fn response(&self, head_request: bool) -> http::Response<crate::body::Body> {
         let body = if head_request {
-            crate::proxy::body::Body::Empty
+            crate::body::Body::Empty
         } else {
-            crate::proxy::body::Body::full(self.body.clone())
+            crate::body::Body::full(self.body.clone())
         };
         let mut response = http::Response::new(body);
         *response.status_mut() = self.status;
@@ -409,5 +411,29 @@ mod tests {
             "https://a.com/x?q=1"
         );
         assert_eq!(r.location("a.com", "/x", None), "https://a.com/x");
+    }
+}
+
+/// A compiled passthrough listener's routing.
+#[derive(Debug)]
+pub struct Passthrough {
+    /// SNI patterns in precedence order (exact names before wildcards, longer wildcards first).
+    pub routes: Vec<(HostPattern, Arc<Upstream>)>,
+    /// Where connections without a matching SNI go; closed when absent.
+    pub default: Option<Arc<Upstream>>,
+}
+
+impl Passthrough {
+    /// The upstream for a server name.
+    pub fn route(&self, server_name: Option<&str>) -> Option<&Arc<Upstream>> {
+        let name = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        name.as_deref()
+            .and_then(|n| {
+                self.routes
+                    .iter()
+                    .find(|(p, _)| p.matches(n))
+                    .map(|(_, u)| u)
+            })
+            .or(self.default.as_ref())
     }
 }

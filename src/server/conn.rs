@@ -24,7 +24,7 @@ use tokio::time::{Instant, Sleep};
 use super::Shared;
 use super::listeners::{Lifecycle, Phase};
 use super::scan::{FrameScan, HeadScan};
-use crate::proxy::body::Body;
+use crate::body::Body;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::runtime::Limits;
 

@@ -67,16 +67,6 @@ pub enum ReloadError {
     Start(#[source] io::Error),
 }
 
-/// Settings read once at start: a reload that changes them is reported as waiting for a
-/// restart, never applied half-way.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// The access log that was opened.
-    pub access_log: crate::config::spec::AccessLogSpec,
-    /// The admin API's configured address, if it was started.
-    pub admin: Option<std::net::SocketAddr>,
-}
-
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     let what = what.into();
     move |source| StartError::Io { what, source }
@@ -442,7 +432,7 @@ async fn try_reload(
 /// worker count, the access log, the admin address, and the connection limit of a listener
 /// that keeps its socket. Each as `setting: running -> wanted`.
 fn restart_required(
-    started: &Started,
+    started: &crate::runtime::Started,
     workers: usize,
     listeners: &ListenerSet,
     next: &Snapshot,
@@ -518,12 +508,12 @@ async fn resolve_all(shared: &Shared, due: &mut HashMap<(String, String), Instan
             if target.address.parse::<std::net::SocketAddr>().is_ok() {
                 continue;
             }
-            let key = (upstream.name.to_string(), target.address.clone());
+            let key = (upstream.name.to_string(), target.address.to_string());
             if !force && due.get(&key).is_some_and(|at| *at > now) {
                 continue;
             }
             due.insert(key, now + upstream.resolve_every);
-            let lookup = tokio::net::lookup_host(target.address.clone());
+            let lookup = tokio::net::lookup_host(target.address.to_string());
             match tokio::time::timeout(Duration::from_secs(5), lookup).await {
                 Ok(Ok(addrs)) => {
                     let mut addrs: Vec<_> = addrs.collect();

@@ -5,7 +5,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::bench::Gateway;
-use crate::proxy::body::Body;
+use crate::body::Body;
 
 /// A portico serving `yaml`, without sockets.
 async fn gateway(yaml: &str) -> Gateway {

@@ -1,7 +1,8 @@
 //! The one body type portico sends both ways: streamed from a peer, or made here.
 //!
-//! An enum rather than a boxed trait object: no allocation per message, and the upstream
-//! connection goes back to its pool the moment its response body ends.
+//! An enum rather than a boxed trait object: no allocation per message for the common kinds,
+//! and the upstream connection goes back to its pool the moment its response body ends. A
+//! leaf: it names nothing else of portico, so every stage can use it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,8 +11,6 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::pool::Checkin;
-
 /// Errors a body may end with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -19,6 +18,13 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 #[error("the request body is larger than {0} bytes")]
 pub struct TooLarge(pub u64);
+
+/// What an upstream response body hands back when it ends: its connection, to the pool.
+/// Dropped without [`Checkin::release`] (a broken body), the connection is closed.
+pub trait Checkin: Send + Sync {
+    /// The body ended cleanly: the connection may serve the next request.
+    fn release(self: Box<Self>);
+}
 
 /// Sees each data chunk of a body as it passes: the streaming body phase of a plugin.
 ///
@@ -43,7 +49,7 @@ pin_project_lite::pin_project! {
         /// A body whose data chunks pass through plugin filters, in order.
         Filtered { inner: Box<Body>, filters: Vec<Box<dyn ChunkFilter>> },
         /// An upstream response body; its connection returns to the pool when it ends.
-        Pooled { #[pin] inner: Incoming, checkin: Option<Checkin> },
+        Pooled { #[pin] inner: Incoming, checkin: Option<Box<dyn Checkin>> },
     }
 }
 
@@ -61,6 +67,14 @@ impl Body {
     /// A body streamed from a peer.
     pub fn stream(inner: Incoming) -> Self {
         Body::Stream { inner }
+    }
+
+    /// An upstream response body whose connection goes back with `checkin` when it ends.
+    pub fn pooled(inner: Incoming, checkin: impl Checkin + 'static) -> Self {
+        Body::Pooled {
+            inner,
+            checkin: Some(Box::new(checkin)),
+        }
     }
 
     /// This body, with `filter` applied to each data chunk after the filters already there.

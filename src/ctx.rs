@@ -1,4 +1,5 @@
-//! What portico knows about one request while it crosses the pipeline.
+//! What portico knows about one request while it crosses the pipeline. A leaf: plugins and
+//! the pipeline share it, and it names neither.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,14 +26,14 @@ pub struct RequestCtx {
     pub route: Option<Arc<str>>,
     /// The chosen upstream, once selected.
     pub upstream: Option<Arc<str>>,
-    /// The chosen target, once selected (the last one tried).
-    pub target: Option<Arc<crate::pool::TargetState>>,
+    /// The chosen target's address, once selected (the last one tried).
+    pub target: Option<Arc<str>>,
     /// Tries sent to targets (retries included).
     pub attempts: u32,
     /// A retry was wanted but the upstream's retry budget was spent.
     pub budget_spent: bool,
     /// The authenticated consumer, once a plugin found one.
-    pub consumer: Option<Arc<crate::plugins::auth::Consumer>>,
+    pub consumer: Option<Arc<crate::consumer::Consumer>>,
     /// Typed per-plugin state, one value per type; empty (and unallocated) unless a plugin
     /// needs it.
     pub slots: http::Extensions,

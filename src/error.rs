@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::body::Body;
+use crate::body::Body;
 
 /// A failed request, as the client will see it.
 #[derive(Debug, thiserror::Error)]

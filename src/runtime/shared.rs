@@ -1,0 +1,78 @@
+//! What every worker and the control thread share while portico runs: the config in force,
+//! target and plugin state kept across reloads, metrics, the access log, ACME state.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use arc_swap::ArcSwap;
+
+use crate::observe::{AccessLog, Metrics};
+use crate::pool::Registry;
+use crate::runtime::Snapshot;
+
+/// State shared by every worker and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    /// The config in force; requests load it once and keep it.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Target state, kept across reloads.
+    pub registry: Registry,
+    /// Metric families.
+    pub metrics: Metrics,
+    /// The access log.
+    pub access_log: AccessLog,
+    /// The config file, re-read on reload.
+    pub config_path: PathBuf,
+    /// Why the last reload failed, if it did (served by the admin API).
+    pub last_reload_error: Mutex<Option<String>>,
+    /// Settings as they were at start, which a reload does not change.
+    pub started: Started,
+    /// Changed settings that wait for a restart, like `workers: 2 -> 4` (served by the admin
+    /// API); empty when the file and the running process agree.
+    pub restart_required: Mutex<Vec<String>>,
+    /// ACME state and HTTP-01 tokens.
+    pub acme: std::sync::Arc<crate::tls::acme::Store>,
+    /// Plugin state (rate-limit buckets, JWKS keys), kept across reloads.
+    pub states: crate::runtime::state::PluginStates,
+}
+
+impl Shared {
+    /// The state of a portico serving `snapshot`, compiled with `registry`, `metrics`, `acme`
+    /// and `states`.
+    pub fn new(
+        snapshot: Snapshot,
+        registry: Registry,
+        metrics: Metrics,
+        access_log: AccessLog,
+        config_path: PathBuf,
+        acme: std::sync::Arc<crate::tls::acme::Store>,
+        states: crate::runtime::state::PluginStates,
+    ) -> Self {
+        let started = Started {
+            access_log: snapshot.spec.access_log.clone(),
+            admin: snapshot.admin.as_ref().map(|(addr, _)| *addr),
+        };
+        Shared {
+            started,
+            restart_required: Mutex::new(Vec::new()),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            metrics,
+            access_log,
+            config_path,
+            last_reload_error: Mutex::new(None),
+            acme,
+            states,
+        }
+    }
+}
+
+/// Settings read once at start: a reload that changes them is reported as waiting for a
+/// restart, never applied half-way.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The access log that was opened.
+    pub access_log: crate::config::spec::AccessLogSpec,
+    /// The admin API's configured address, if it was started.
+    pub admin: Option<std::net::SocketAddr>,
+}
