@@ -29,7 +29,6 @@ use tokio::sync::Notify;
 use rustls_pki_types::ServerName;
 
 use crate::body::Body;
-use crate::error::ProxyError;
 use crate::tls::UpstreamTls;
 use h2idle::{Activity, Tracked};
 use idle::Lease;
@@ -147,6 +146,33 @@ impl Checkin {
     }
 }
 
+/// Why no connection to a target could be had. The request path turns it into the client's
+/// error, with the upstream's name.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The target's name has not resolved to an address (yet).
+    #[error("the target has no address")]
+    NoAddress,
+    /// The TCP connection (or the TLS handshake over it) failed.
+    #[error("connecting to {target} failed")]
+    Connect {
+        /// The address tried.
+        target: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection was not made within the connect timeout.
+    #[error("connecting to {target} timed out")]
+    Timeout {
+        /// The address tried.
+        target: SocketAddr,
+    },
+    /// The HTTP handshake on a new connection failed.
+    #[error("the HTTP handshake failed")]
+    Handshake(#[source] hyper::Error),
+}
+
 impl TargetState {
     /// `slots`: one per worker plus the control thread; `freed` is the upstream's.
     fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<Notify>, slots: usize) -> Self {
@@ -183,24 +209,23 @@ impl TargetState {
     /// A connection for one request, reused when possible.
     pub async fn connect(
         self: &Arc<Self>,
-        upstream: &str,
         http2: bool,
         settings: PoolSettings,
         tls: Option<&UpstreamTls>,
-    ) -> Result<Conn, ProxyError> {
+    ) -> Result<Conn, ConnectError> {
         let worker = worker();
         if http2 {
-            return self.connect_h2(upstream, worker, settings, tls).await;
+            return self.connect_h2(worker, settings, tls).await;
         }
         if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout) {
             return Ok(Conn::H1(self.checkin(worker, sender, lease, settings)));
         }
-        let stream = self.dial(upstream, settings).await?;
+        let stream = self.dial(settings).await?;
         let (sender, lease) = match tls {
-            None => self.open_h1(upstream, TokioIo::new(stream)).await?,
+            None => self.open_h1(TokioIo::new(stream)).await?,
             Some(tls) => {
-                let stream = self.tls_handshake(upstream, tls, stream, settings).await?;
-                self.open_h1(upstream, TokioIo::new(stream)).await?
+                let stream = self.tls_handshake(tls, stream, settings).await?;
+                self.open_h1(TokioIo::new(stream)).await?
             }
         };
         Ok(Conn::H1(self.checkin(worker, sender, lease, settings)))
@@ -208,19 +233,15 @@ impl TargetState {
 
     async fn open_h1<I>(
         &self,
-        upstream: &str,
         io: I,
-    ) -> Result<(http1::SendRequest<Body>, Arc<Lease>), ProxyError>
+    ) -> Result<(http1::SendRequest<Body>, Arc<Lease>), ConnectError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|source| ProxyError::Upstream {
-                upstream: upstream.to_owned(),
-                source,
-            })?;
+            .map_err(ConnectError::Handshake)?;
         let lease = Arc::new(Lease::new());
         self.drive(conn.with_upgrades(), Expiry::Lease(Arc::clone(&lease)));
         Ok((sender, lease))
@@ -257,10 +278,9 @@ impl TargetState {
 
     async fn open_h2<I>(
         &self,
-        upstream: &str,
         io: I,
         activity: Arc<Activity>,
-    ) -> Result<http2::SendRequest<Body>, ProxyError>
+    ) -> Result<http2::SendRequest<Body>, ConnectError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -270,10 +290,7 @@ impl TargetState {
             .keep_alive_interval(Duration::from_secs(30))
             .handshake(io)
             .await
-            .map_err(|source| ProxyError::Upstream {
-                upstream: upstream.to_owned(),
-                source,
-            })?;
+            .map_err(ConnectError::Handshake)?;
         self.drive(conn, Expiry::Streams(activity));
         Ok(sender)
     }
@@ -297,19 +314,14 @@ impl TargetState {
     /// TLS over a fresh TCP connection; SNI is the configured name or the target's host.
     async fn tls_handshake(
         &self,
-        upstream: &str,
         tls: &UpstreamTls,
         stream: TcpStream,
         settings: PoolSettings,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
         let target = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let failed = |source: std::io::Error| ProxyError::Connect {
-            upstream: upstream.to_owned(),
-            target,
-            source,
-        };
+        let failed = |source: std::io::Error| ConnectError::Connect { target, source };
         let name = self
             .server_name(tls)
             .map_err(|e| failed(std::io::Error::other(e)))?;
@@ -318,10 +330,7 @@ impl TargetState {
         {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(err)) => Err(failed(err)),
-            Err(_) => Err(ProxyError::ConnectTimeout {
-                upstream: upstream.to_owned(),
-                target,
-            }),
+            Err(_) => Err(ConnectError::Timeout { target }),
         }
     }
 
@@ -364,11 +373,10 @@ impl TargetState {
 
     async fn connect_h2(
         self: &Arc<Self>,
-        upstream: &str,
         worker: usize,
         settings: PoolSettings,
         tls: Option<&UpstreamTls>,
-    ) -> Result<Conn, ProxyError> {
+    ) -> Result<Conn, ConnectError> {
         if let Some(slot) = self.shared_h2.get(worker)
             && let Ok(shared) = slot.lock()
             && let Some((sender, activity)) = shared.as_ref()
@@ -378,18 +386,14 @@ impl TargetState {
             activity.handed_out(settings.idle_timeout);
             return Ok(Conn::H2(sender.clone()));
         }
-        let stream = self.dial(upstream, settings).await?;
+        let stream = self.dial(settings).await?;
         let activity = Arc::new(Activity::default());
         activity.handed_out(settings.idle_timeout);
         let sender = match tls {
-            None => {
-                self.open_h2(upstream, stream, Arc::clone(&activity))
-                    .await?
-            }
+            None => self.open_h2(stream, Arc::clone(&activity)).await?,
             Some(tls) => {
-                let stream = self.tls_handshake(upstream, tls, stream, settings).await?;
-                self.open_h2(upstream, stream, Arc::clone(&activity))
-                    .await?
+                let stream = self.tls_handshake(tls, stream, settings).await?;
+                self.open_h2(stream, Arc::clone(&activity)).await?
             }
         };
         if let Some(slot) = self.shared_h2.get(worker)
@@ -400,21 +404,12 @@ impl TargetState {
         Ok(Conn::H2(sender))
     }
 
-    async fn dial(&self, upstream: &str, settings: PoolSettings) -> Result<TcpStream, ProxyError> {
-        let target = self.pick_addr().ok_or_else(|| ProxyError::NoTarget {
-            upstream: upstream.to_owned(),
-        })?;
+    async fn dial(&self, settings: PoolSettings) -> Result<TcpStream, ConnectError> {
+        let target = self.pick_addr().ok_or(ConnectError::NoAddress)?;
         let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target))
             .await
-            .map_err(|_| ProxyError::ConnectTimeout {
-                upstream: upstream.to_owned(),
-                target,
-            })?
-            .map_err(|source| ProxyError::Connect {
-                upstream: upstream.to_owned(),
-                target,
-                source,
-            })?;
+            .map_err(|_| ConnectError::Timeout { target })?
+            .map_err(|source| ConnectError::Connect { target, source })?;
         // Small writes (request heads) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         Ok(stream)

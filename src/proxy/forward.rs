@@ -710,8 +710,9 @@ async fn exchange(
     let mut request = request;
     for attempt in 0..2 {
         let conn = match state
-            .connect(name, upstream.http2, upstream.pool, upstream.tls.as_ref())
+            .connect(upstream.http2, upstream.pool, upstream.tls.as_ref())
             .await
+            .map_err(|err| connect_error(name, err))
         {
             Ok(conn) => conn,
             // Nothing was sent: the caller may send this request elsewhere.
@@ -746,6 +747,22 @@ async fn exchange(
         upstream: name.to_owned(),
     };
     Err((err, None))
+}
+
+/// The pool's failure, as the client's error.
+fn connect_error(upstream: &str, err: crate::pool::ConnectError) -> ProxyError {
+    use crate::pool::ConnectError;
+    let upstream = upstream.to_owned();
+    match err {
+        ConnectError::NoAddress => ProxyError::NoTarget { upstream },
+        ConnectError::Connect { target, source } => ProxyError::Connect {
+            upstream,
+            target,
+            source,
+        },
+        ConnectError::Timeout { target } => ProxyError::ConnectTimeout { upstream, target },
+        ConnectError::Handshake(source) => ProxyError::Upstream { upstream, source },
+    }
 }
 
 fn upstream_error(upstream: &str, source: hyper::Error) -> ProxyError {
