@@ -41,14 +41,15 @@ pub enum HashKey {
     Query(String),
 }
 
+/// A `hash_key` that is none of the known keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid hash_key `{0}`: expected client_ip, path, header:NAME, cookie:NAME or query:NAME")]
+pub struct HashKeyError(String);
+
 impl HashKey {
     /// Parses `client_ip`, `path`, `header:NAME`, `cookie:NAME` or `query:NAME`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid hash_key `{text}`: expected client_ip, path, header:NAME, cookie:NAME or query:NAME"
-            )
-        };
+    pub fn parse(text: &str) -> Result<Self, HashKeyError> {
+        let bad = || HashKeyError(text.to_owned());
         Ok(match text.split_once(':') {
             None if text == "client_ip" => HashKey::ClientIp,
             None if text == "path" => HashKey::Path,
@@ -309,7 +310,10 @@ mod tests {
             HashKey::Header("x-user".parse().unwrap())
         );
         assert!(HashKey::parse("header:").is_err());
-        assert!(HashKey::parse("body").is_err());
+        assert_eq!(
+            HashKey::parse("body").unwrap_err().to_string(),
+            "invalid hash_key `body`: expected client_ip, path, header:NAME, cookie:NAME or query:NAME"
+        );
         let ctx = RequestView {
             client: "10.1.2.3".parse().unwrap(),
             host: "",

@@ -299,8 +299,8 @@ pub fn read_str(
     let mut spec = Spec::default();
     let mut root = match node::parse(text) {
         Ok(root) => root,
-        Err((pos, message)) => {
-            diags.error(pos, message);
+        Err(err) => {
+            diags.error(err.pos, err.to_string());
             return (spec, diags.list);
         }
     };

@@ -201,28 +201,52 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
 }
 
+/// A document that is not YAML: where the parser stopped, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", message(source))]
+pub struct ParseError {
+    /// Where the parser stopped (line 0 when it could not tell).
+    pub pos: Pos,
+    /// What the parser found.
+    #[source]
+    source: Box<serde_saphyr::Error>,
+}
+
+/// The parser's message without its position (the diagnostic prints `pos` in front), and with
+/// a duplicate key said the way the config loader says it.
+fn message(err: &serde_saphyr::Error) -> String {
+    use serde_saphyr::MessageFormatter;
+    match err.without_snippet() {
+        serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
+            format!("duplicate key `{key}`")
+        }
+        other => serde_saphyr::DefaultMessageFormatter
+            .format_message(other)
+            .into_owned(),
+    }
+}
+
 /// Parses YAML (or JSON, which is a subset of YAML 1.2) into a node tree.
-pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
+pub fn parse(text: &str) -> Result<Node, ParseError> {
     // YAML 1.2 booleans only: `yes`, `on`, `no` stay strings (no "Norway problem").
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
-    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|err| {
-        let pos = err.location().map(|l| Pos::of(&l)).unwrap_or_default();
-        let mut message = err.without_snippet().to_string();
-        if let Some(cut) = message.rfind(" at line ") {
-            message.truncate(cut);
-        }
-        if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
-            let key = rest.split(',').next().unwrap_or(rest);
-            message = format!("duplicate key `{key}`");
-        }
-        (pos, message)
+    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|source| ParseError {
+        pos: source.location().map(|l| Pos::of(&l)).unwrap_or_default(),
+        source: Box::new(source),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_leave_the_position_to_the_diagnostic() {
+        let err = parse("a: {b: 1\n").unwrap_err();
+        assert_eq!(err.to_string(), "unclosed bracket '{'");
+        assert_eq!(err.pos.line, 1);
+    }
 
     #[test]
     fn keeps_positions() {
@@ -271,14 +295,15 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_errors() {
-        let (pos, msg) = parse("a: 1\na: 2\n").unwrap_err();
-        assert!(msg.contains("duplicate key `a`"), "{msg}");
-        assert_eq!(pos.line, 2);
+        let err = parse("a: 1\na: 2\n").unwrap_err();
+        assert_eq!(err.to_string(), "duplicate key `a`");
+        assert_eq!(err.pos.line, 2);
     }
 
     #[test]
     fn syntax_errors_have_positions() {
-        let (pos, _) = parse("a: [1, 2\nb: 3\n").unwrap_err();
-        assert!(pos.line >= 1);
+        let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.pos.line >= 1);
+        assert!(!err.to_string().contains(" at line "), "{err}");
     }
 }

@@ -186,9 +186,14 @@ pub async fn watch(
     }
 }
 
+/// An `expect_status` that is not a status or a range of statuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid status range `{0}`: expected like 200-399")]
+pub struct StatusRangeError(String);
+
 /// Parses an accepted status range: `200`, `200-399`.
-pub fn parse_statuses(text: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("invalid status range `{text}`: expected like 200-399");
+pub fn parse_statuses(text: &str) -> Result<(u16, u16), StatusRangeError> {
+    let bad = || StatusRangeError(text.to_owned());
     let (lo, hi) = match text.split_once('-') {
         Some((lo, hi)) => (lo.trim(), hi.trim()),
         None => (text.trim(), text.trim()),
@@ -200,4 +205,19 @@ pub fn parse_statuses(text: &str) -> Result<(u16, u16), String> {
     }
     let _ = StatusCode::from_u16(lo).map_err(|_| bad())?;
     Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(parse_statuses("200-399"), Ok((200, 399)));
+        assert_eq!(parse_statuses("204"), Ok((204, 204)));
+        assert_eq!(
+            parse_statuses("399-200").unwrap_err().to_string(),
+            "invalid status range `399-200`: expected like 200-399"
+        );
+    }
 }

@@ -36,20 +36,49 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Why the consumers cannot be indexed; each error knows the position it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsumerError {
+    /// A name that cannot go in the consumer header.
+    #[error("a consumer name must be printable")]
+    Name(crate::config::Pos),
+    /// A password hash that is neither argon2 nor bcrypt.
+    #[error("password_hash must be an argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) hash")]
+    PasswordHash(crate::config::Pos),
+    /// A basic-auth username two consumers share.
+    #[error("this username is given twice")]
+    DuplicateUser(crate::config::Pos),
+    /// An API key shorter than 8 characters.
+    #[error("an API key must have at least 8 characters")]
+    ShortKey(crate::config::Pos),
+    /// An API key given twice.
+    #[error("this API key is given twice")]
+    DuplicateKey(crate::config::Pos),
+}
+
+impl ConsumerError {
+    /// The position in the config the error is about.
+    pub fn pos(&self) -> crate::config::Pos {
+        match self {
+            ConsumerError::Name(pos)
+            | ConsumerError::PasswordHash(pos)
+            | ConsumerError::DuplicateUser(pos)
+            | ConsumerError::ShortKey(pos)
+            | ConsumerError::DuplicateKey(pos) => *pos,
+        }
+    }
+}
+
 impl Consumers {
     /// Indexes consumers; the error names a problem (a key given twice, a bad name).
-    pub fn build(specs: &[ConsumerSpec]) -> Result<Self, (crate::config::Pos, String)> {
+    pub fn build(specs: &[ConsumerSpec]) -> Result<Self, ConsumerError> {
         let mut by_key = KeyIndex::new();
         let mut by_name = HashMap::new();
         let mut by_user = HashMap::new();
         let mut by_subject = HashMap::new();
         for spec in specs {
-            let name_value = HeaderValue::from_str(&spec.name).map_err(|_| {
-                (
-                    spec.name.pos,
-                    "a consumer name must be printable".to_owned(),
-                )
-            })?;
+            let name_value = HeaderValue::from_str(&spec.name)
+                .map_err(|_| ConsumerError::Name(spec.name.pos))?;
             let groups_value = (!spec.groups.is_empty())
                 .then(|| HeaderValue::from_str(&spec.groups.join(",")).ok())
                 .flatten();
@@ -64,10 +93,7 @@ impl Consumers {
                 if !basic.password_hash.starts_with("$argon2")
                     && !basic.password_hash.starts_with("$2")
                 {
-                    return Err((
-                        basic.password_hash.pos,
-                        "password_hash must be an argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) hash".to_owned(),
-                    ));
+                    return Err(ConsumerError::PasswordHash(basic.password_hash.pos));
                 }
                 if by_user
                     .insert(
@@ -76,10 +102,7 @@ impl Consumers {
                     )
                     .is_some()
                 {
-                    return Err((
-                        basic.username.pos,
-                        "this username is given twice".to_owned(),
-                    ));
+                    return Err(ConsumerError::DuplicateUser(basic.username.pos));
                 }
             }
             if let Some(subject) = &spec.cert_subject {
@@ -87,17 +110,14 @@ impl Consumers {
             }
             for key in &spec.api_keys {
                 if key.len() < 8 {
-                    return Err((
-                        key.pos,
-                        "an API key must have at least 8 characters".to_owned(),
-                    ));
+                    return Err(ConsumerError::ShortKey(key.pos));
                 }
                 let digest = sha256(key.as_bytes());
                 let mut prefix = [0u8; 8];
                 prefix.copy_from_slice(&digest[..8]);
                 let bucket = by_key.entry(prefix).or_default();
                 if bucket.iter().any(|(d, _)| *d == digest) {
-                    return Err((key.pos, "this API key is given twice".to_owned()));
+                    return Err(ConsumerError::DuplicateKey(key.pos));
                 }
                 bucket.push((digest, Arc::clone(&consumer)));
             }

@@ -4,7 +4,7 @@
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request, response};
 
-use super::{Flow, Phase, Plugin};
+use super::{BuildError, Flow, Phase, Plugin};
 use crate::body::Body;
 use crate::config::spec::CorsSpec;
 use crate::ctx::RequestCtx;
@@ -22,12 +22,12 @@ enum OriginRule {
 }
 
 impl OriginRule {
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, BuildError> {
         if text == "*" {
             return Ok(OriginRule::Any);
         }
-        let (scheme, host) = text.split_once("://").ok_or_else(|| {
-            format!("invalid origin `{text}`: expected like https://app.example.com")
+        let (scheme, host) = text.split_once("://").ok_or_else(|| BuildError::Origin {
+            origin: text.to_owned(),
         })?;
         match host.strip_prefix("*.") {
             Some(suffix) => Ok(OriginRule::Suffix {
@@ -63,25 +63,25 @@ pub struct Cors {
     max_age: HeaderValue,
 }
 
-fn join(list: &[String]) -> Result<Option<HeaderValue>, String> {
+fn join(list: &[String]) -> Result<Option<HeaderValue>, BuildError> {
     if list.is_empty() {
         return Ok(None);
     }
     HeaderValue::from_str(&list.join(", "))
         .map(Some)
-        .map_err(|_| "invalid header list".into())
+        .map_err(BuildError::HeaderList)
 }
 
 impl Cors {
     /// Checks origins and lists.
-    pub fn new(spec: &CorsSpec) -> Result<Self, String> {
+    pub fn new(spec: &CorsSpec) -> Result<Self, BuildError> {
         let origins = spec
             .origins
             .iter()
             .map(|o| OriginRule::parse(o))
             .collect::<Result<Vec<_>, _>>()?;
         if origins.is_empty() {
-            return Err("cors.origins needs at least one origin".into());
+            return Err(BuildError::NoOrigins);
         }
         Ok(Cors {
             origins,

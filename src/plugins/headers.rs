@@ -2,7 +2,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, request, response};
 
-use super::{Flow, Plugin};
+use super::{BuildError, Flow, Plugin};
 use crate::config::spec::HeaderOpsSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
@@ -15,24 +15,25 @@ pub struct HeaderOps {
     add: Vec<(HeaderName, HeaderValue)>,
 }
 
-fn pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let name = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("invalid header name `{name}`"))?;
-    let value =
-        HeaderValue::from_str(value).map_err(|_| format!("invalid value for header `{name}`"))?;
+fn pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), BuildError> {
+    let name =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|e| BuildError::header_name(name, e))?;
+    let value = HeaderValue::from_str(value).map_err(|source| BuildError::HeaderValue {
+        name: name.to_string(),
+        source,
+    })?;
     Ok((name, value))
 }
 
 impl HeaderOps {
     /// Checks names and values once, at compile time.
-    pub fn compile(spec: &HeaderOpsSpec) -> Result<Self, String> {
+    pub fn compile(spec: &HeaderOpsSpec) -> Result<Self, BuildError> {
         Ok(HeaderOps {
             remove: spec
                 .remove
                 .iter()
                 .map(|n| {
-                    HeaderName::from_bytes(n.as_bytes())
-                        .map_err(|_| format!("invalid header name `{n}`"))
+                    HeaderName::from_bytes(n.as_bytes()).map_err(|e| BuildError::header_name(n, e))
                 })
                 .collect::<Result<_, _>>()?,
             set: spec

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use http::{StatusCode, request};
 
-use super::{Flow, Phase, Plugin};
+use super::{BuildError, Flow, Phase, Plugin};
 use crate::config::At;
 use crate::config::spec::IpRestrictionSpec;
 use crate::ctx::RequestCtx;
@@ -20,8 +20,10 @@ pub struct Cidr {
 
 impl Cidr {
     /// Parses `ADDR` or `ADDR/PREFIX`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid address block `{text}`: expected like 10.0.0.0/8");
+    pub fn parse(text: &str) -> Result<Self, BuildError> {
+        let bad = || BuildError::AddressBlock {
+            block: text.to_owned(),
+        };
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
@@ -58,7 +60,7 @@ impl Cidr {
     }
 }
 
-fn parse_all(list: &[At<String>]) -> Result<Vec<Cidr>, String> {
+fn parse_all(list: &[At<String>]) -> Result<Vec<Cidr>, BuildError> {
     list.iter().map(|c| Cidr::parse(c)).collect()
 }
 
@@ -95,7 +97,7 @@ pub struct IpRestriction {
 
 impl IpRestriction {
     /// Parses the blocks.
-    pub fn new(spec: &IpRestrictionSpec) -> Result<Self, String> {
+    pub fn new(spec: &IpRestrictionSpec) -> Result<Self, BuildError> {
         Ok(IpRestriction {
             allow: parse_all(&spec.allow)?,
             deny: parse_all(&spec.deny)?,

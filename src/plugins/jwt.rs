@@ -23,7 +23,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::auth::Consumer;
-use super::{Flow, Phase, Plugin};
+use super::{BuildError, Flow, Phase, Plugin};
 use crate::background::{self, BackgroundTask};
 use crate::config::spec::JwtSpec;
 use crate::ctx::RequestCtx;
@@ -120,11 +120,13 @@ async fn fetch(url: &str, keys: &ArcSwap<Vec<Key>>, fetches: &AtomicU64) {
     }
 }
 
-fn algorithm(name: &str) -> Result<Algorithm, String> {
+fn algorithm(name: &str) -> Result<Algorithm, BuildError> {
     if name.eq_ignore_ascii_case("none") {
-        return Err("`none` is not an accepted algorithm".into());
+        return Err(BuildError::NoneAlgorithm);
     }
-    Algorithm::from_str(name).map_err(|_| format!("unknown JWT algorithm `{name}`"))
+    Algorithm::from_str(name).map_err(|_| BuildError::Algorithm {
+        name: name.to_owned(),
+    })
 }
 
 fn from_jwks(set: &JwkSet) -> Vec<Key> {
@@ -146,7 +148,7 @@ fn from_jwks(set: &JwkSet) -> Vec<Key> {
 
 impl Jwt {
     /// Loads the keys (PEM paths relative to `base`).
-    pub fn new(spec: &JwtSpec, env: super::BuildEnv<'_>) -> Result<Self, String> {
+    pub fn new(spec: &JwtSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
         let base = env.base;
         let mut keys = Vec::new();
         for k in &spec.keys {
@@ -154,7 +156,7 @@ impl Jwt {
             let key = match (&k.secret, &k.public_key_file, alg) {
                 (Some(secret), None, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
                     if secret.len() < 16 {
-                        return Err("an HMAC secret must have at least 16 bytes".into());
+                        return Err(BuildError::ShortSecret);
                     }
                     DecodingKey::from_secret(secret.as_bytes())
                 }
@@ -164,8 +166,10 @@ impl Jwt {
                     } else {
                         base.join(file.as_str())
                     };
-                    let pem = std::fs::read(&path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    let pem = match std::fs::read(&path) {
+                        Ok(pem) => pem,
+                        Err(source) => return Err(BuildError::Read { path, source }),
+                    };
                     match alg {
                         Algorithm::RS256
                         | Algorithm::RS384
@@ -175,19 +179,15 @@ impl Jwt {
                         | Algorithm::PS512 => DecodingKey::from_rsa_pem(&pem),
                         Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
                         Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                        _ => return Err(format!("{alg:?} takes a `secret`, not a public key")),
+                        _ => return Err(BuildError::SecretOnly { alg }),
                     }
-                    .map_err(|e| format!("unusable public key in {}: {e}", path.display()))?
+                    .map_err(|source| BuildError::PublicKey { path, source })?
                 }
                 _ => {
-                    return Err(format!(
-                        "a {alg:?} key needs {}",
-                        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                            "a `secret`"
-                        } else {
-                            "a `public_key_file`"
-                        }
-                    ));
+                    return Err(BuildError::KeyMaterial {
+                        alg,
+                        hmac: matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512),
+                    });
                 }
             };
             keys.push(Key {
@@ -197,16 +197,16 @@ impl Jwt {
             });
         }
         if let Some(inline) = &spec.jwks {
-            let set: JwkSet = serde_json::from_value(inline.clone())
-                .map_err(|e| format!("invalid inline JWKS: {e}"))?;
+            let set: JwkSet =
+                serde_json::from_value(inline.clone()).map_err(BuildError::InlineJwks)?;
             let before = keys.len();
             keys.extend(from_jwks(&set));
             if keys.len() - before != set.keys.len() {
-                return Err("every inline JWKS key needs a supported `alg`".into());
+                return Err(BuildError::JwksAlgorithm);
             }
         }
         if keys.is_empty() && spec.jwks_url.is_none() {
-            return Err("jwt needs `keys` or a `jwks_url`".into());
+            return Err(BuildError::NoKeys);
         }
         let claims_to_headers = spec
             .claims_to_headers
@@ -214,7 +214,7 @@ impl Jwt {
             .map(|(claim, h)| {
                 HeaderName::from_bytes(h.as_bytes())
                     .map(|name| (claim.clone(), name))
-                    .map_err(|_| format!("invalid header name `{h}`"))
+                    .map_err(|e| BuildError::header_name(h, e))
             })
             .collect::<Result<_, _>>()?;
         Ok(Jwt {

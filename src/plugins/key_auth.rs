@@ -22,9 +22,9 @@ pub struct KeyAuth {
 
 impl KeyAuth {
     /// Checks the header name once.
-    pub fn new(spec: &KeyAuthSpec, consumers: &Arc<Consumers>) -> Result<Self, String> {
+    pub fn new(spec: &KeyAuthSpec, consumers: &Arc<Consumers>) -> Result<Self, super::BuildError> {
         let header = HeaderName::from_bytes(spec.header.as_bytes())
-            .map_err(|_| format!("invalid header name `{}`", spec.header))?;
+            .map_err(|e| super::BuildError::header_name(&spec.header, e))?;
         Ok(KeyAuth {
             header,
             query: spec.query.clone(),

@@ -345,8 +345,172 @@ pub struct BuildEnv<'a> {
     pub state: crate::runtime::state::StateScope<'a>,
 }
 
-/// Builds a plugin from its spec; the error is a message for the spec's position.
-pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, String> {
+/// Why a plugin spec cannot be built; the message is shown at the spec's position.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A header name that is not a token (RFC 9110 §5.1).
+    #[error("invalid header name `{name}`")]
+    HeaderName {
+        /// The name as written.
+        name: String,
+        /// What `http` found.
+        #[source]
+        source: http::header::InvalidHeaderName,
+    },
+    /// A `request_headers` / `response_headers` value that is not a field value.
+    #[error("invalid value for header `{name}`")]
+    HeaderValue {
+        /// The header the value is for.
+        name: String,
+        /// What `http` found.
+        #[source]
+        source: http::header::InvalidHeaderValue,
+    },
+    /// A field value in `respond` or a transformer that is not a field value.
+    #[error("invalid value for `{name}`")]
+    Value {
+        /// The field the value is for.
+        name: String,
+        /// What `http` found.
+        #[source]
+        source: http::header::InvalidHeaderValue,
+    },
+    /// A `cors` origin without a scheme.
+    #[error("invalid origin `{origin}`: expected like https://app.example.com")]
+    Origin {
+        /// The origin as written.
+        origin: String,
+    },
+    /// A `cors` method or header list that does not make a field value.
+    #[error("invalid header list")]
+    HeaderList(#[source] http::header::InvalidHeaderValue),
+    /// `cors.origins` is empty.
+    #[error("cors.origins needs at least one origin")]
+    NoOrigins,
+    /// An `ip_restriction` block that is not `ADDR` or `ADDR/PREFIX`.
+    #[error("invalid address block `{block}`: expected like 10.0.0.0/8")]
+    AddressBlock {
+        /// The block as written.
+        block: String,
+    },
+    /// `rate_limit.limit` is 0.
+    #[error("rate_limit.limit must be at least 1")]
+    ZeroLimit,
+    /// `rate_limit.window` is 0.
+    #[error("rate_limit.window must be longer than 0")]
+    ZeroWindow,
+    /// `rate_limit.by` is none of the known keys.
+    #[error("rate_limit.by `{by}`: expected ip, consumer, route or header:NAME")]
+    LimitKey {
+        /// The key as written.
+        by: String,
+    },
+    /// `respond.status` is not a final status.
+    #[error("respond.status must be between 200 and 599")]
+    Status,
+    /// A `response_transformer` that edits the query.
+    #[error("a response has no query to edit")]
+    ResponseQuery,
+    /// A `jwt` key with algorithm `none`.
+    #[error("`none` is not an accepted algorithm")]
+    NoneAlgorithm,
+    /// A `jwt` key algorithm that is not known.
+    #[error("unknown JWT algorithm `{name}`")]
+    Algorithm {
+        /// The algorithm as written.
+        name: String,
+    },
+    /// A `jwt` HMAC secret shorter than 16 bytes.
+    #[error("an HMAC secret must have at least 16 bytes")]
+    ShortSecret,
+    /// A key file (or document) that cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file, resolved against the config's folder.
+        path: std::path::PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A public key file given for an HMAC algorithm.
+    #[error("{alg:?} takes a `secret`, not a public key")]
+    SecretOnly {
+        /// The key's algorithm.
+        alg: jsonwebtoken::Algorithm,
+    },
+    /// A PEM public key that does not fit its algorithm.
+    #[error("unusable public key in {}: {source}", path.display())]
+    PublicKey {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What `jsonwebtoken` found.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// A `jwt` key without the material its algorithm needs.
+    #[error("a {alg:?} key needs {}", if *hmac { "a `secret`" } else { "a `public_key_file`" })]
+    KeyMaterial {
+        /// The key's algorithm.
+        alg: jsonwebtoken::Algorithm,
+        /// Whether the algorithm takes a secret.
+        hmac: bool,
+    },
+    /// An inline JWKS that is not a key set.
+    #[error("invalid inline JWKS: {0}")]
+    InlineJwks(#[source] serde_json::Error),
+    /// An inline JWKS key without a supported `alg`.
+    #[error("every inline JWKS key needs a supported `alg`")]
+    JwksAlgorithm,
+    /// A `jwt` with nothing to check signatures with.
+    #[error("jwt needs `keys` or a `jwks_url`")]
+    NoKeys,
+    /// A `request_validator` schema that is not a JSON Schema.
+    #[error("invalid JSON Schema: {0}")]
+    Schema(#[source] Box<jsonschema::ValidationError<'static>>),
+    /// An OpenAPI document that is not YAML or JSON.
+    #[error("{}:{}: {source}", path.display(), source.pos)]
+    Document {
+        /// The document.
+        path: std::path::PathBuf,
+        /// Where and why it does not parse.
+        #[source]
+        source: crate::config::node::ParseError,
+    },
+    /// A document without `openapi: 3...`.
+    #[error("{} is not an OpenAPI 3 document", path.display())]
+    NotOpenApi {
+        /// The document.
+        path: std::path::PathBuf,
+    },
+    /// An OpenAPI document without `paths`.
+    #[error("the document has no `paths`")]
+    NoPaths,
+    /// An OpenAPI path template the router does not take.
+    #[error("path `{template}`: {source}")]
+    PathTemplate {
+        /// The template as written.
+        template: String,
+        /// What the router found.
+        #[source]
+        source: matchit::InsertError,
+    },
+    /// A `request_validator` with nothing to check.
+    #[error("request_validator needs `body_schema` or `openapi_file`")]
+    NothingToValidate,
+}
+
+impl BuildError {
+    /// An invalid header name, kept with the text it was built from.
+    pub(crate) fn header_name(name: &str, source: http::header::InvalidHeaderName) -> Self {
+        BuildError::HeaderName {
+            name: name.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Builds a plugin from its spec; the error is shown at the spec's position.
+pub fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plugin>, BuildError> {
     Ok(match spec {
         PluginSpec::RequestHeaders(ops) => {
             Arc::new(headers::RequestHeaders(headers::HeaderOps::compile(ops)?))

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, StatusCode, header, request, response};
 
-use super::{Flow, Phase, Plugin};
+use super::{BuildError, Flow, Phase, Plugin};
 use crate::config::spec::RateLimitSpec;
 use crate::ctx::RequestCtx;
 use crate::error::{ProxyError, error_response};
@@ -67,12 +67,12 @@ fn now_ns() -> u64 {
 
 impl RateLimit {
     /// Checks the spec.
-    pub fn new(spec: &RateLimitSpec, env: super::BuildEnv<'_>) -> Result<Self, String> {
+    pub fn new(spec: &RateLimitSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
         if *spec.limit == 0 {
-            return Err("rate_limit.limit must be at least 1".into());
+            return Err(BuildError::ZeroLimit);
         }
         if spec.window.0.is_zero() {
-            return Err("rate_limit.window must be longer than 0".into());
+            return Err(BuildError::ZeroWindow);
         }
         let key = match spec.by.as_str() {
             "ip" => LimitKey::Ip,
@@ -81,12 +81,12 @@ impl RateLimit {
             other => match other.strip_prefix("header:") {
                 Some(name) => LimitKey::Header(
                     HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|_| format!("invalid header name `{name}`"))?,
+                        .map_err(|e| BuildError::header_name(name, e))?,
                 ),
                 None => {
-                    return Err(format!(
-                        "rate_limit.by `{other}`: expected ip, consumer, route or header:NAME"
-                    ));
+                    return Err(BuildError::LimitKey {
+                        by: other.to_owned(),
+                    });
                 }
             },
         };

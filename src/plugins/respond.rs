@@ -18,17 +18,20 @@ pub struct Mock {
 
 impl Mock {
     /// Checks status and headers.
-    pub fn new(spec: &MockSpec) -> Result<Self, String> {
+    pub fn new(spec: &MockSpec) -> Result<Self, super::BuildError> {
         let status = StatusCode::from_u16(*spec.status)
             .ok()
             .filter(|s| s.as_u16() >= 200)
-            .ok_or("respond.status must be between 200 and 599")?;
+            .ok_or(super::BuildError::Status)?;
         let mut headers = HeaderMap::new();
         for (name, value) in &spec.headers {
             let name = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("invalid header name `{name}`"))?;
+                .map_err(|e| super::BuildError::header_name(name, e))?;
             let value =
-                HeaderValue::from_str(value).map_err(|_| format!("invalid value for `{name}`"))?;
+                HeaderValue::from_str(value).map_err(|source| super::BuildError::Value {
+                    name: name.to_string(),
+                    source,
+                })?;
             headers.append(name, value);
         }
         if !spec.body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {

@@ -185,3 +185,27 @@ fn log_steps_run_once_each() {
     );
     assert_eq!(bracket.logged.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn build_errors_say_what_the_user_wrote() {
+    let mut spec = crate::config::spec::HeaderOpsSpec::default();
+    spec.set.insert("x-ok".into(), "bad\nvalue".into());
+    let err = headers::HeaderOps::compile(&spec).unwrap_err();
+    assert_eq!(err.to_string(), "invalid value for header `x-ok`");
+    assert!(std::error::Error::source(&err).is_some());
+
+    spec.remove.push("bad name".into());
+    let err = headers::HeaderOps::compile(&spec).unwrap_err();
+    assert_eq!(err.to_string(), "invalid header name `bad name`");
+
+    let err = ip_restriction::Cidr::parse("10.0.0.0/33").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid address block `10.0.0.0/33`: expected like 10.0.0.0/8"
+    );
+    let err = BuildError::KeyMaterial {
+        alg: jsonwebtoken::Algorithm::RS256,
+        hmac: false,
+    };
+    assert_eq!(err.to_string(), "a RS256 key needs a `public_key_file`");
+}

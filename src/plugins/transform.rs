@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header, request, response};
 use serde_json::Value;
 
-use super::{BodyFilter, Flow, Plugin, WholeBody};
+use super::{BodyFilter, BuildError, Flow, Plugin, WholeBody};
 use crate::config::spec::{FieldOpsSpec, JsonOpsSpec, TransformSpec};
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
@@ -25,23 +25,26 @@ struct HeaderEdits {
     add: Vec<(HeaderName, HeaderValue)>,
 }
 
-fn name(text: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("invalid header name `{text}`"))
+fn name(text: &str) -> Result<HeaderName, BuildError> {
+    HeaderName::from_bytes(text.as_bytes()).map_err(|e| BuildError::header_name(text, e))
 }
 
-fn pairs(map: &BTreeMap<String, String>) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+fn pairs(map: &BTreeMap<String, String>) -> Result<Vec<(HeaderName, HeaderValue)>, BuildError> {
     map.iter()
         .map(|(k, v)| {
             Ok((
                 name(k)?,
-                HeaderValue::from_str(v).map_err(|_| format!("invalid value for `{k}`"))?,
+                HeaderValue::from_str(v).map_err(|source| BuildError::Value {
+                    name: k.clone(),
+                    source,
+                })?,
             ))
         })
         .collect()
 }
 
 impl HeaderEdits {
-    fn compile(spec: &FieldOpsSpec) -> Result<Self, String> {
+    fn compile(spec: &FieldOpsSpec) -> Result<Self, BuildError> {
         Ok(HeaderEdits {
             remove: spec
                 .remove
@@ -52,7 +55,7 @@ impl HeaderEdits {
                 .rename
                 .iter()
                 .map(|(a, b)| Ok((name(a)?, name(b)?)))
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, BuildError>>()?,
             set: pairs(&spec.set)?,
             add: pairs(&spec.add)?,
         })
@@ -203,7 +206,7 @@ pub struct RequestTransformer {
 
 impl RequestTransformer {
     /// Checks names and values once.
-    pub fn new(spec: &TransformSpec) -> Result<Self, String> {
+    pub fn new(spec: &TransformSpec) -> Result<Self, BuildError> {
         Ok(RequestTransformer {
             headers: HeaderEdits::compile(&spec.headers)?,
             query: spec.query.clone(),
@@ -305,13 +308,13 @@ pub struct ResponseTransformer {
 
 impl ResponseTransformer {
     /// Checks names and values once.
-    pub fn new(spec: &TransformSpec) -> Result<Self, String> {
+    pub fn new(spec: &TransformSpec) -> Result<Self, BuildError> {
         if !spec.query.remove.is_empty()
             || !spec.query.set.is_empty()
             || !spec.query.add.is_empty()
             || !spec.query.rename.is_empty()
         {
-            return Err("a response has no query to edit".into());
+            return Err(BuildError::ResponseQuery);
         }
         Ok(ResponseTransformer {
             headers: HeaderEdits::compile(&spec.headers)?,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, request};
 use serde_json::Value;
 
-use super::{BodyFilter, Flow, Phase, Plugin, WholeBody};
+use super::{BodyFilter, BuildError, Flow, Phase, Plugin, WholeBody};
 use crate::body::Body;
 use crate::config::spec::ValidatorSpec;
 use crate::ctx::RequestCtx;
@@ -52,10 +52,10 @@ pub struct BodyCheck {
     max: usize,
 }
 
-fn compile(schema: &Value) -> Result<Arc<Schema>, String> {
+fn compile(schema: &Value) -> Result<Arc<Schema>, BuildError> {
     jsonschema::validator_for(schema)
         .map(Arc::new)
-        .map_err(|e| format!("invalid JSON Schema: {e}"))
+        .map_err(|e| BuildError::Schema(Box::new(e)))
 }
 
 /// Replaces local `$ref`s with what they point at (depth-limited: cycles stop at 32).
@@ -103,25 +103,31 @@ fn to_json(node: &crate::config::node::Node) -> Value {
     }
 }
 
-fn load_openapi(path: &Path) -> Result<matchit::Router<Vec<Arc<Operation>>>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let node = crate::config::node::parse(&text)
-        .map_err(|(pos, msg)| format!("{}:{pos}: {msg}", path.display()))?;
+fn load_openapi(path: &Path) -> Result<matchit::Router<Vec<Arc<Operation>>>, BuildError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BuildError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let node = crate::config::node::parse(&text).map_err(|source| BuildError::Document {
+        path: path.to_owned(),
+        source,
+    })?;
     let doc = to_json(&node);
     if !doc
         .get("openapi")
         .and_then(Value::as_str)
         .is_some_and(|v| v.starts_with('3'))
     {
-        return Err(format!("{} is not an OpenAPI 3 document", path.display()));
+        return Err(BuildError::NotOpenApi {
+            path: path.to_owned(),
+        });
     }
     let doc = inline(&doc, &doc, 0);
     let mut router = matchit::Router::new();
     let paths = doc
         .get("paths")
         .and_then(Value::as_object)
-        .ok_or("the document has no `paths`")?;
+        .ok_or(BuildError::NoPaths)?;
     for (template, item) in paths {
         let shared: Vec<Value> = item
             .get("parameters")
@@ -189,7 +195,10 @@ fn load_openapi(path: &Path) -> Result<matchit::Router<Vec<Arc<Operation>>>, Str
         }
         router
             .insert(template.as_str(), operations)
-            .map_err(|e| format!("path `{template}`: {e}"))?;
+            .map_err(|source| BuildError::PathTemplate {
+                template: template.clone(),
+                source,
+            })?;
     }
     Ok(router)
 }
@@ -248,7 +257,7 @@ pub fn invalid(ctx: &RequestCtx, errors: Vec<String>) -> http::Response<Body> {
 
 impl RequestValidator {
     /// Compiles the schema or loads the document (relative to `base`).
-    pub fn new(spec: &ValidatorSpec, base: &Path) -> Result<Self, String> {
+    pub fn new(spec: &ValidatorSpec, base: &Path) -> Result<Self, BuildError> {
         let body = spec.body_schema.as_ref().map(compile).transpose()?;
         let routes = match &spec.openapi_file {
             Some(file) => {
@@ -262,7 +271,7 @@ impl RequestValidator {
             None => None,
         };
         if body.is_none() && routes.is_none() {
-            return Err("request_validator needs `body_schema` or `openapi_file`".into());
+            return Err(BuildError::NothingToValidate);
         }
         Ok(RequestValidator {
             body,

@@ -2,6 +2,17 @@
 
 use std::borrow::Cow;
 
+/// A host condition that is not a name or a `*.` wildcard.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// A `*` elsewhere than in a leading `*.`, or nothing after it.
+    #[error("invalid wildcard host `{0}`")]
+    Wildcard(String),
+    /// Empty, or a character no host name has.
+    #[error("invalid host `{0}`: expected a name like `api.example.com` or `*.example.com`")]
+    Name(String),
+}
+
 /// A route's host condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
@@ -14,11 +25,11 @@ pub enum HostPattern {
 
 impl HostPattern {
     /// Parses `api.example.com` or `*.example.com`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, HostError> {
         let normal = normalize_host(text).into_owned();
         if let Some(suffix) = normal.strip_prefix("*.") {
             if suffix.is_empty() || suffix.contains('*') {
-                return Err(format!("invalid wildcard host `{text}`"));
+                return Err(HostError::Wildcard(text.to_owned()));
             }
             return Ok(HostPattern::Suffix(format!(".{suffix}")));
         }
@@ -28,9 +39,7 @@ impl HostPattern {
                 b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
             })
         {
-            return Err(format!(
-                "invalid host `{text}`: expected a name like `api.example.com` or `*.example.com`"
-            ));
+            return Err(HostError::Name(text.to_owned()));
         }
         Ok(HostPattern::Exact(normal))
     }
@@ -96,7 +105,14 @@ mod tests {
         assert!(w.matches("a.b.example.com"));
         assert!(!w.matches("example.com"));
         assert!(!w.matches("badexample.com"));
-        assert!(HostPattern::parse("a.*.com").is_err());
+        assert_eq!(
+            HostPattern::parse("a.*.com").unwrap_err().to_string(),
+            "invalid host `a.*.com`: expected a name like `api.example.com` or `*.example.com`"
+        );
+        assert_eq!(
+            HostPattern::parse("*.a*").unwrap_err().to_string(),
+            "invalid wildcard host `*.a*`"
+        );
         assert!(HostPattern::parse("").is_err());
     }
 }

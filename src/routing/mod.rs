@@ -137,12 +137,31 @@ impl Conditions {
 }
 
 /// An error building a table: the route index and what is wrong.
-#[derive(Debug, Clone)]
+#[derive(Debug, thiserror::Error)]
+#[error("{problem}")]
 pub struct TableError {
     /// Index of the route (in the order given to [`RouteTable::build`]).
     pub route: usize,
     /// What is wrong.
-    pub message: String,
+    #[source]
+    pub problem: TableProblem,
+}
+
+/// What keeps a route out of the table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableProblem {
+    /// A path template the router refuses (it conflicts with another, or is malformed).
+    #[error("path template `{template}` cannot be routed: {source}")]
+    Template {
+        /// The template as written.
+        template: String,
+        /// What the router found.
+        #[source]
+        source: matchit::InsertError,
+    },
+    /// A path regex that does not compile.
+    #[error("invalid path regex: {0}")]
+    Regex(#[source] regex::Error),
 }
 
 #[derive(Debug, Default)]
@@ -210,7 +229,8 @@ impl RouteTable {
         let any_host = Candidates::build(&routes, any_members.collect(), &mut errors);
         if !errors.is_empty() {
             errors.sort_by_key(|e| e.route);
-            errors.dedup_by(|a, b| a.route == b.route && a.message == b.message);
+            // Each host table builds the routes without a host again: one error per route.
+            errors.dedup_by(|a, b| a.route == b.route && a.to_string() == b.to_string());
             return Err(errors);
         }
         Ok(RouteTable {
@@ -295,7 +315,10 @@ impl Candidates {
             if let Err(err) = out.templates.insert(template.as_str(), list.clone()) {
                 errors.push(TableError {
                     route: list[0],
-                    message: format!("path template `{template}` cannot be routed: {err}"),
+                    problem: TableProblem::Template {
+                        template: template.clone(),
+                        source: err,
+                    },
                 });
             }
         }
@@ -307,7 +330,7 @@ impl Candidates {
                 Ok(set) => out.regexes = Some((set, regex_routes)),
                 Err(err) => errors.push(TableError {
                     route: regex_routes[0],
-                    message: format!("invalid path regex: {err}"),
+                    problem: TableProblem::Regex(err),
                 }),
             }
         }

@@ -205,3 +205,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn table_errors_name_their_route() {
+    let errors = RouteTable::build(vec![
+        cond(&[], PathMatch::Template("/a/{x}".into())),
+        cond(&["h.example"], PathMatch::Any),
+        cond(&[], PathMatch::Template("/a/{y}".into())),
+    ])
+    .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].route, 2);
+    assert!(matches!(errors[0].problem, TableProblem::Template { .. }));
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("path template `/a/{y}` cannot be routed: "),
+        "{}",
+        errors[0]
+    );
+}

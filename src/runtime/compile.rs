@@ -107,8 +107,8 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
 
     let consumers = match crate::plugins::auth::Consumers::build(&spec.consumers) {
         Ok(c) => Arc::new(c),
-        Err((pos, message)) => {
-            diags.error(pos, message);
+        Err(err) => {
+            diags.error(err.pos(), err.to_string());
             Arc::default()
         }
     };
@@ -300,7 +300,7 @@ pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Dia
             Ok(table) => table,
             Err(errors) => {
                 for err in errors {
-                    diags.error(positions[err.route], err.message);
+                    diags.error(positions[err.route], err.to_string());
                 }
                 RouteTable::default()
             }
@@ -385,7 +385,7 @@ fn compile_passthrough(
                     routes.push((p, u));
                 }
             }
-            Err(message) => diags.error(upstream.pos, message),
+            Err(err) => diags.error(upstream.pos, err.to_string()),
         }
     }
     // Exact names first, then longer wildcards before shorter ones.
@@ -519,8 +519,8 @@ fn compile_listener_tls(
                     roots,
                     required: auth.required,
                 }),
-                Err(message) => {
-                    diags.error(auth.ca_file.pos, message);
+                Err(err) => {
+                    diags.error(auth.ca_file.pos, err.to_string());
                     return None;
                 }
             }
@@ -532,8 +532,8 @@ fn compile_listener_tls(
     }
     match crate::tls::server_config(&loaded, client_auth.as_ref(), acme) {
         Ok(config) => Some(config),
-        Err(message) => {
-            diags.error(tls.certificates.pos, message);
+        Err(err) => {
+            diags.error(tls.certificates.pos, err.to_string());
             None
         }
     }
@@ -579,8 +579,8 @@ fn compile_upstreams(
         }
         let mut ok = true;
         for target in spec.targets.iter() {
-            if let Err(message) = check_target_address(&target.address) {
-                diags.error(target.address.pos, message);
+            if let Err(err) = check_target_address(&target.address) {
+                diags.error(target.address.pos, err.to_string());
                 ok = false;
             }
             if *target.weight == 0 {
@@ -616,8 +616,8 @@ fn compile_upstream(
     let key = match &spec.hash_key {
         Some(text) => match HashKey::parse(text) {
             Ok(key) => key,
-            Err(message) => {
-                diags.error(text.pos, message);
+            Err(err) => {
+                diags.error(text.pos, err.to_string());
                 HashKey::ClientIp
             }
         },
@@ -676,8 +676,8 @@ fn compile_upstream(
         };
         let statuses = match crate::health::active::parse_statuses(&a.expect_status) {
             Ok(s) => s,
-            Err(message) => {
-                diags.error(a.expect_status.pos, message);
+            Err(err) => {
+                diags.error(a.expect_status.pos, err.to_string());
                 return None;
             }
         };
@@ -864,16 +864,17 @@ fn compile_retry(spec: &RetrySpec, diags: &mut Diagnostics) -> Option<RetryPolic
     Some(policy)
 }
 
+/// A target address that is neither `IP:PORT` nor `NAME:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid target address `{0}`: expected HOST:PORT, like 10.0.0.5:8080 or api.internal:80")]
+struct TargetAddressError(String);
+
 /// `IP:PORT` or `NAME:PORT` with a non-zero port.
-fn check_target_address(address: &str) -> Result<(), String> {
+fn check_target_address(address: &str) -> Result<(), TargetAddressError> {
     if address.parse::<SocketAddr>().is_ok() {
         return Ok(());
     }
-    let bad = || {
-        format!(
-            "invalid target address `{address}`: expected HOST:PORT, like 10.0.0.5:8080 or api.internal:80"
-        )
-    };
+    let bad = || TargetAddressError(address.to_owned());
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     if port == 0
@@ -910,7 +911,7 @@ fn compile_plugins(
         };
         match plugins::build(spec, env) {
             Ok(plugin) => chain.push(plugin),
-            Err(message) => diags.error(spec.pos, message),
+            Err(err) => diags.error(spec.pos, err.to_string()),
         }
     }
     chain
@@ -922,7 +923,7 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
     for host in &spec.hosts {
         match HostPattern::parse(host) {
             Ok(h) => hosts.push(h),
-            Err(message) => diags.error(host.pos, message),
+            Err(err) => diags.error(host.pos, err.to_string()),
         }
     }
     let given: Vec<&At<String>> = [

@@ -21,18 +21,35 @@ pub struct Question<'a> {
     pub client: std::net::IpAddr,
 }
 
+/// A question that cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QuestionError {
+    /// The URL does not parse.
+    #[error("invalid URL `{url}`: {source}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What `http` found.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// The URL has no host, so no listener or route can be picked.
+    #[error("the URL `{0}` needs a host, like http://localhost:8080/")]
+    NoHost(String),
+    /// Nothing listens.
+    #[error("the config has no listeners")]
+    NoListeners,
+}
+
 /// The answer, as lines of text; `Err` when the question itself is malformed.
-pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
-    let uri: http::Uri = q
-        .url
-        .parse()
-        .map_err(|e| format!("invalid URL `{}`: {e}", q.url))?;
-    let authority = uri.authority().ok_or_else(|| {
-        format!(
-            "the URL `{}` needs a host, like http://localhost:8080/",
-            q.url
-        )
+pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionError> {
+    let uri: http::Uri = q.url.parse().map_err(|source| QuestionError::Url {
+        url: q.url.to_owned(),
+        source,
     })?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| QuestionError::NoHost(q.url.to_owned()))?;
     // The port a client would connect to: the URL's, else its scheme's default.
     let port = authority
         .port_u16()
@@ -51,7 +68,7 @@ pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, String> {
                 l,
                 format!("no listener has port {port}; using the first one"),
             ),
-            None => return Err("the config has no listeners".into()),
+            None => return Err(QuestionError::NoListeners),
         },
     };
     let _ = writeln!(

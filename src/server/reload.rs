@@ -45,6 +45,28 @@ pub enum StartError {
     },
 }
 
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config is invalid; every problem is listed, one a line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<config::Diagnostic>),
+    /// A new listener's address could not be bound.
+    #[error("cannot bind listener `{name}` to {addr}: {source}")]
+    Bind {
+        /// The listener.
+        name: Arc<str>,
+        /// Its address.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// A bound listener could not start accepting.
+    #[error("cannot start listener: {0}")]
+    Start(#[source] io::Error),
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     let what = what.into();
     move |source| StartError::Io { what, source }
@@ -267,7 +289,7 @@ pub async fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut Li
             shared.metrics.reload(false);
             tracing::error!("reload refused, the running config stays:\n{reason}");
             if let Ok(mut last) = shared.last_reload_error.lock() {
-                *last = Some(reason);
+                *last = Some(reason.to_string());
             }
             false
         }
@@ -334,7 +356,7 @@ async fn try_reload(
     shared: &Arc<Shared>,
     workers: &[Handle],
     listeners: &mut ListenerSet,
-) -> Result<(), String> {
+) -> Result<(), ReloadError> {
     let mut next = load(
         &shared.config_path,
         &shared.registry,
@@ -342,13 +364,7 @@ async fn try_reload(
         &shared.acme,
         &shared.states,
     )
-    .map_err(|diags| {
-        diags
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    .map_err(ReloadError::Config)?;
     let pending = restart_required(&shared.started, workers.len(), listeners, &next);
     // Bind what is new before anything changes, so a failure leaves all as it was.
     let mut fresh = Vec::new();
@@ -361,8 +377,10 @@ async fn try_reload(
             let addr = listener.addr;
             // A listener renamed, or moved between addresses of one port, shares with itself.
             let ours = listeners.holds_port(addr);
-            let sockets = bind(addr, workers.len(), ours).map_err(|err| {
-                format!("cannot bind listener `{}` to {addr}: {err}", listener.name)
+            let sockets = bind(addr, workers.len(), ours).map_err(|source| ReloadError::Bind {
+                name: Arc::clone(&listener.name),
+                addr,
+                source,
             })?;
             fresh.push((
                 Arc::clone(&listener.name),
@@ -405,7 +423,7 @@ async fn try_reload(
     for (name, addr, sockets, max_connections) in fresh {
         listeners
             .start(shared, workers, name, addr, sockets, max_connections)
-            .map_err(|err| format!("cannot start listener: {err}"))?;
+            .map_err(ReloadError::Start)?;
     }
     Ok(())
 }

@@ -173,9 +173,89 @@ impl Store {
     }
 }
 
-fn load_stored(dir: &Path) -> Result<(Arc<CertifiedKey>, i64), String> {
-    let loaded =
-        super::load_pair(&dir.join("cert.pem"), &dir.join("key.pem")).map_err(|e| e.to_string())?;
+/// Why a certificate order (or a step of it) failed; the current certificate stays.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    /// The directory cannot be reached or read.
+    #[error("ACME client: {0}")]
+    Client(#[source] instant_acme::Error),
+    /// The account cannot be loaded or created.
+    #[error("ACME account: {0}")]
+    Account(#[source] instant_acme::Error),
+    /// The account credentials do not serialize.
+    #[error(transparent)]
+    Credentials(#[from] serde_json::Error),
+    /// The storage folder cannot be created.
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file in the storage folder cannot be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA refused the order.
+    #[error("new order: {0}")]
+    NewOrder(#[source] instant_acme::Error),
+    /// An authorization cannot be fetched.
+    #[error("authorization: {0}")]
+    Authorization(#[source] instant_acme::Error),
+    /// The CA does not offer the configured challenge.
+    #[error("the CA offers no {0:?} challenge")]
+    NoChallenge(ChallengeType),
+    /// A challenge cannot be set ready.
+    #[error("challenge: {0}")]
+    Challenge(#[source] instant_acme::Error),
+    /// The order did not become ready.
+    #[error("validation: {0}")]
+    Validation(#[source] instant_acme::Error),
+    /// The order ended in another state than ready.
+    #[error("the order ended {0:?}")]
+    OrderEnded(OrderStatus),
+    /// The order cannot be finalized.
+    #[error("finalize: {0}")]
+    Finalize(#[source] instant_acme::Error),
+    /// The certificate cannot be downloaded.
+    #[error("certificate: {0}")]
+    Certificate(#[source] instant_acme::Error),
+    /// The chain from the CA is not PEM.
+    #[error("bad certificate from the CA: {0:?}")]
+    BadChain(#[source] rustls_pki_types::pem::Error),
+    /// The key from the order is not PEM.
+    #[error("bad key: {0:?}")]
+    BadKey(#[source] rustls_pki_types::pem::Error),
+    /// rustls cannot use the key (or it does not match the chain).
+    #[error(transparent)]
+    Key(#[from] rustls::Error),
+    /// The TLS-ALPN-01 certificate cannot be made.
+    #[error(transparent)]
+    AlpnCertificate(#[from] rcgen::Error),
+    /// The TLS-ALPN-01 key is not in a form rustls reads.
+    #[error("{0}")]
+    AlpnKey(&'static str),
+    /// The certificate stored by an earlier run is unusable.
+    #[error(transparent)]
+    Stored(#[from] super::PairError),
+}
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> AcmeError + '_ {
+    move |source| AcmeError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn load_stored(dir: &Path) -> Result<(Arc<CertifiedKey>, i64), AcmeError> {
+    let loaded = super::load_pair(&dir.join("cert.pem"), &dir.join("key.pem"))?;
     Ok((loaded.key, loaded.not_after))
 }
 
@@ -225,12 +305,12 @@ async fn maintain(store: Arc<Store>, state: Weak<AcmeState>) {
     }
 }
 
-async fn account(settings: &Settings) -> Result<Account, String> {
+async fn account(settings: &Settings) -> Result<Account, AcmeError> {
     let builder = match &settings.directory_ca {
         Some(ca) => Account::builder_with_root(ca),
         None => Account::builder(),
     }
-    .map_err(|e| format!("ACME client: {e}"))?;
+    .map_err(AcmeError::Client)?;
     let path = settings.storage.join("account.json");
     if let Ok(text) = std::fs::read_to_string(&path)
         && let Ok(credentials) = serde_json::from_str::<AccountCredentials>(&text)
@@ -238,7 +318,7 @@ async fn account(settings: &Settings) -> Result<Account, String> {
         return builder
             .from_credentials(credentials)
             .await
-            .map_err(|e| format!("ACME account: {e}"));
+            .map_err(AcmeError::Account);
     }
     let contact = settings.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -253,13 +333,13 @@ async fn account(settings: &Settings) -> Result<Account, String> {
             None,
         )
         .await
-        .map_err(|e| format!("ACME account: {e}"))?;
-    let text = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
+        .map_err(AcmeError::Account)?;
+    let text = serde_json::to_string(&credentials)?;
     write_private(&path, text.as_bytes())?;
     Ok(account)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+fn write_private(path: &Path, data: &[u8]) -> Result<(), AcmeError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -269,15 +349,16 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    file.write_all(data)
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(write_error(&tmp))?;
+    file.write_all(data).map_err(write_error(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(write_error(path))
 }
 
-async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<(), String> {
-    std::fs::create_dir_all(&settings.storage)
-        .map_err(|e| format!("cannot create {}: {e}", settings.storage.display()))?;
+async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<(), AcmeError> {
+    std::fs::create_dir_all(&settings.storage).map_err(|source| AcmeError::CreateDir {
+        path: settings.storage.clone(),
+        source,
+    })?;
     let account = account(settings).await?;
     let identifiers: Vec<Identifier> = settings
         .domains
@@ -288,7 +369,7 @@ async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
         .await
-        .map_err(|e| format!("new order: {e}"))?;
+        .map_err(AcmeError::NewOrder)?;
     let kind = match settings.challenge {
         Challenge::Http01 => ChallengeType::Http01,
         Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
@@ -298,13 +379,13 @@ async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<
     let result = async {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            let mut authz = authz.map_err(AcmeError::Authorization)?;
             if authz.status == AuthorizationStatus::Valid {
                 continue;
             }
             let mut challenge = authz
                 .challenge(kind.clone())
-                .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
+                .ok_or_else(|| AcmeError::NoChallenge(kind.clone()))?;
             let key_auth = challenge.key_authorization();
             let name = challenge.identifier().to_string().to_ascii_lowercase();
             match settings.challenge {
@@ -322,27 +403,21 @@ async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<
                     alpn_names.push(name);
                 }
             }
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| format!("challenge: {e}"))?;
+            challenge.set_ready().await.map_err(AcmeError::Challenge)?;
         }
         let retries = RetryPolicy::new().timeout(Duration::from_secs(90));
         let status = order
             .poll_ready(&retries)
             .await
-            .map_err(|e| format!("validation: {e}"))?;
+            .map_err(AcmeError::Validation)?;
         if status != OrderStatus::Ready {
-            return Err(format!("the order ended {status:?}"));
+            return Err(AcmeError::OrderEnded(status));
         }
-        let key_pem = order
-            .finalize()
-            .await
-            .map_err(|e| format!("finalize: {e}"))?;
+        let key_pem = order.finalize().await.map_err(AcmeError::Finalize)?;
         let chain_pem = order
             .poll_certificate(&retries)
             .await
-            .map_err(|e| format!("certificate: {e}"))?;
+            .map_err(AcmeError::Certificate)?;
         Ok((key_pem, chain_pem))
     }
     .await;
@@ -360,11 +435,9 @@ async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<
     let (key_pem, chain_pem) = result?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad certificate from the CA: {e:?}"))?;
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("bad key: {e:?}"))?;
-    let certified = CertifiedKey::from_der(chain.clone(), key, &super::provider())
-        .map_err(|e| e.to_string())?;
+        .map_err(AcmeError::BadChain)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(AcmeError::BadKey)?;
+    let certified = CertifiedKey::from_der(chain.clone(), key, &super::provider())?;
     let not_after = chain
         .first()
         .and_then(|leaf| super::identity(leaf))
@@ -379,17 +452,13 @@ async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<
 }
 
 /// The self-signed certificate that answers a TLS-ALPN-01 validation (RFC 8737 §3).
-fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let mut params =
-        rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(|e| e.to_string())?;
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, AcmeError> {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
-    let signing = super::provider()
-        .key_provider
-        .load_private_key(key_der)
-        .map_err(|e| e.to_string())?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(AcmeError::AlpnKey)?;
+    let signing = super::provider().key_provider.load_private_key(key_der)?;
     Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
         signing,

@@ -9,7 +9,7 @@
 pub mod acme;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -36,17 +36,107 @@ pub struct LoadedCert {
     pub not_after: i64,
 }
 
+/// Why a PEM file gives no usable certificate or key.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// The certificate file cannot be opened.
+    #[error("cannot read certificate file {}: {source:?}", path.display())]
+    ReadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        #[source]
+        source: PemFileError,
+    },
+    /// A PEM section that does not decode.
+    #[error("bad PEM in {}: {source:?}", path.display())]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        #[source]
+        source: PemFileError,
+    },
+    /// A PEM file without a `CERTIFICATE` section.
+    #[error("no certificate in {}", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file cannot be opened.
+    #[error("cannot read key file {}: {source}", path.display())]
+    ReadKey {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file without a private key section.
+    #[error("no usable private key in {}: {source:?}", path.display())]
+    NoKey {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        #[source]
+        source: PemFileError,
+    },
+    /// A private key rustls cannot sign with.
+    #[error("unusable key in {}: {source}", path.display())]
+    UnusableKey {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+    /// A leaf certificate that does not parse as X.509.
+    #[error("cannot parse the certificate in {}", path.display())]
+    Unparsable {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A leaf past its `notAfter`.
+    #[error("the certificate in {} expired ({when})", path.display())]
+    Expired {
+        /// The file.
+        path: PathBuf,
+        /// `notAfter`, as the certificate says it.
+        when: String,
+    },
+    /// A leaf before its `notBefore`.
+    #[error("the certificate in {} is not valid yet ({when})", path.display())]
+    NotYetValid {
+        /// The file.
+        path: PathBuf,
+        /// `notBefore`, as the certificate says it.
+        when: String,
+    },
+    /// A CA certificate the root store refuses.
+    #[error("unusable CA certificate in {}: {source}", path.display())]
+    Ca {
+        /// The bundle.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// What the PEM reader reports.
+pub type PemFileError = rustls_pki_types::pem::Error;
+
 /// Why a certificate chain and its key cannot be used, and so which of the two files a
 /// diagnostic points at.
 #[derive(Debug, thiserror::Error)]
 pub enum PairError {
     /// The certificate file is unreadable or holds no usable certificate, or the leaf is not
     /// valid now.
-    #[error("{0}")]
-    Certificate(String),
+    #[error(transparent)]
+    Certificate(PemError),
     /// The key file is unreadable or holds no usable key.
-    #[error("{0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(PemError),
     /// The key is not the one of the certificate.
     #[error("the key in {} does not match the certificate in {}", .key.display(), .cert.display())]
     Mismatch {
@@ -68,8 +158,8 @@ impl PairError {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientTlsError {
     /// The `ca_file` is unusable.
-    #[error("{0}")]
-    Ca(String),
+    #[error(transparent)]
+    Ca(PemError),
     /// The client certificate (`cert_file`) or its key (`key_file`) is unusable.
     #[error(transparent)]
     Identity(#[from] PairError),
@@ -82,11 +172,10 @@ pub enum ClientTlsError {
 pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairError> {
     let certs = load_certs(cert_file).map_err(PairError::Certificate)?;
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        let path = key_file.to_owned();
         PairError::Key(match e {
-            rustls_pki_types::pem::Error::Io(io) => {
-                format!("cannot read key file {}: {io}", key_file.display())
-            }
-            other => format!("no usable private key in {}: {other:?}", key_file.display()),
+            PemFileError::Io(source) => PemError::ReadKey { path, source },
+            source => PemError::NoKey { path, source },
         })
     })?;
     let certified =
@@ -95,28 +184,28 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairEr
                 cert: cert_file.to_owned(),
                 key: key_file.to_owned(),
             },
-            other => PairError::Key(format!("unusable key in {}: {other}", key_file.display())),
+            source => PairError::Key(PemError::UnusableKey {
+                path: key_file.to_owned(),
+                source,
+            }),
         })?;
     let leaf = identity(&certs[0]).ok_or_else(|| {
-        PairError::Certificate(format!(
-            "cannot parse the certificate in {}",
-            cert_file.display()
-        ))
+        PairError::Certificate(PemError::Unparsable {
+            path: cert_file.to_owned(),
+        })
     })?;
     let now = now_unix();
     if leaf.not_after < now {
-        return Err(PairError::Certificate(format!(
-            "the certificate in {} expired ({})",
-            cert_file.display(),
-            leaf.not_after_text
-        )));
+        return Err(PairError::Certificate(PemError::Expired {
+            path: cert_file.to_owned(),
+            when: leaf.not_after_text,
+        }));
     }
     if leaf.not_before > now {
-        return Err(PairError::Certificate(format!(
-            "the certificate in {} is not valid yet ({})",
-            cert_file.display(),
-            leaf.not_before_text
-        )));
+        return Err(PairError::Certificate(PemError::NotYetValid {
+            path: cert_file.to_owned(),
+            when: leaf.not_before_text,
+        }));
     }
     let mut names: Vec<String> = leaf
         .dns_names
@@ -136,13 +225,21 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairEr
 }
 
 /// Every certificate in a PEM file.
-pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
-        .map_err(|e| format!("cannot read certificate file {}: {e:?}", file.display()))?
+        .map_err(|source| PemError::ReadCertificate {
+            path: file.to_owned(),
+            source,
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad PEM in {}: {e:?}", file.display()))?;
+        .map_err(|source| PemError::BadPem {
+            path: file.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("no certificate in {}", file.display()));
+        return Err(PemError::NoCertificate {
+            path: file.to_owned(),
+        });
     }
     Ok(certs)
 }
@@ -308,14 +405,29 @@ pub struct ClientAuth {
 }
 
 /// A root store from a PEM bundle.
-pub fn roots(file: &Path) -> Result<Arc<RootCertStore>, String> {
+pub fn roots(file: &Path) -> Result<Arc<RootCertStore>, PemError> {
     let mut store = RootCertStore::empty();
     for cert in load_certs(file)? {
-        store
-            .add(cert)
-            .map_err(|e| format!("unusable CA certificate in {}: {e}", file.display()))?;
+        store.add(cert).map_err(|source| PemError::Ca {
+            path: file.to_owned(),
+            source,
+        })?;
     }
     Ok(Arc::new(store))
+}
+
+/// Why an https listener's server config cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    /// Neither certificates nor ACME.
+    #[error("an https listener needs at least one certificate")]
+    NoCertificate,
+    /// The client-certificate verifier refused its roots.
+    #[error(transparent)]
+    ClientAuth(#[from] rustls::server::VerifierBuilderError),
+    /// rustls refused the settings.
+    #[error(transparent)]
+    Setup(#[from] rustls::Error),
 }
 
 /// The server side of an https listener.
@@ -323,13 +435,11 @@ pub fn server_config(
     certs: &[LoadedCert],
     client_auth: Option<&ClientAuth>,
     acme: Option<Arc<acme::AcmeState>>,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<Arc<ServerConfig>, ServerTlsError> {
     let with_acme = acme.is_some();
-    let resolver =
-        SniResolver::new(certs, acme).ok_or("an https listener needs at least one certificate")?;
+    let resolver = SniResolver::new(certs, acme).ok_or(ServerTlsError::NoCertificate)?;
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?;
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match client_auth {
         Some(auth) => {
             let verifier =
@@ -339,7 +449,7 @@ pub fn server_config(
             } else {
                 verifier.allow_unauthenticated()
             };
-            builder.with_client_cert_verifier(verifier.build().map_err(|e| e.to_string())?)
+            builder.with_client_cert_verifier(verifier.build()?)
         }
         None => builder.with_no_client_auth(),
     };
@@ -349,7 +459,7 @@ pub fn server_config(
         config.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
     }
     // Resumption: stateless tickets (TLS 1.2 and 1.3) and the default session cache.
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
 }
 
@@ -407,9 +517,11 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(file)
-        .map_err(|e| format!("no usable private key in {}: {e:?}", file.display()))
+fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_file(file).map_err(|source| PemError::NoKey {
+        path: file.to_owned(),
+        source,
+    })
 }
 
 /// `verify: false`: accepts any server certificate. For tests and trusted networks only.
@@ -461,62 +573,83 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
+/// Why a small document could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL does not parse.
+    #[error("invalid URL: {0}")]
+    Url(#[source] http::uri::InvalidUri),
+    /// The URL has no host to connect to.
+    #[error("the URL has no host")]
+    NoHost,
+    /// The host is not a name TLS can verify.
+    #[error(transparent)]
+    Name(#[from] rustls_pki_types::InvalidDnsNameError),
+    /// Connecting, or the TLS handshake, failed.
+    #[error(transparent)]
+    Connect(#[from] std::io::Error),
+    /// The request could not be built.
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    /// The client TLS config could not be built.
+    #[error(transparent)]
+    Tls(#[from] ClientTlsError),
+    /// The HTTP exchange failed.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    /// The server answered, but not with success.
+    #[error("status {0}")]
+    Status(http::StatusCode),
+    /// The body broke off or is larger than allowed.
+    #[error(transparent)]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+}
+
 /// GETs `url` (http or https, system trust store), for small documents such as a JWKS.
 pub async fn fetch(
     url: &str,
     timeout: std::time::Duration,
     max: usize,
-) -> Result<bytes::Bytes, String> {
+) -> Result<bytes::Bytes, FetchError> {
     use http_body_util::BodyExt;
-    let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
-    let host = uri.host().ok_or("the URL has no host")?.to_owned();
+    let uri: http::Uri = url.parse().map_err(FetchError::Url)?;
+    let host = uri.host().ok_or(FetchError::NoHost)?.to_owned();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
         let request = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
             .header(http::header::HOST, host.as_str())
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
         let response = if https {
-            let config = client_config(None, None, true, false).map_err(|e| e.to_string())?;
-            let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+            let config = client_config(None, None, true, false)?;
+            let name = ServerName::try_from(host.clone())?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
             tokio::spawn(conn);
-            sender
-                .send_request(request)
-                .await
-                .map_err(|e| e.to_string())?
+            sender.send_request(request).await?
         } else {
             let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
-            sender
-                .send_request(request)
-                .await
-                .map_err(|e| e.to_string())?
+            sender.send_request(request).await?
         };
         if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
+            return Err(FetchError::Status(response.status()));
         }
         http_body_util::Limited::new(response.into_body(), max)
             .collect()
             .await
             .map(|c| c.to_bytes())
-            .map_err(|e| e.to_string())
+            .map_err(FetchError::Body)
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|_| "timed out".to_owned())?
+        .map_err(|_| FetchError::Timeout)?
 }

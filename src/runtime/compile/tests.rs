@@ -283,3 +283,58 @@ routes:
         "{errors:#?}"
     );
 }
+
+#[test]
+fn plugin_and_consumer_errors_sit_at_their_spec() {
+    let errors = compile_text(
+        "\
+consumers:
+  - { name: a, api_keys: [short] }
+routes:
+  - name: r
+    respond: { status: 200 }
+    plugins:
+      - rate_limit: { limit: 0, window: 1s }
+      - cors: { origins: [example.com] }
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "c.yaml:2:27: an API key must have at least 8 characters",
+            "c.yaml:7:9: rate_limit.limit must be at least 1",
+            "c.yaml:8:9: invalid origin `example.com`: expected like https://app.example.com",
+        ],
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn malformed_questions_are_errors() {
+    use crate::runtime::explain::{Question, QuestionError, explain};
+    let snap = compile_text("routes: []\n").unwrap();
+    let ask = |url| {
+        explain(
+            &snap,
+            &Question {
+                method: http::Method::GET,
+                url,
+                headers: http::HeaderMap::new(),
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+            },
+        )
+        .unwrap_err()
+    };
+    let err = ask("/users");
+    assert!(matches!(err, QuestionError::NoHost(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the URL `/users` needs a host, like http://localhost:8080/"
+    );
+    assert!(matches!(ask("http://a b/"), QuestionError::Url { .. }));
+    assert_eq!(
+        ask("http://api.example/").to_string(),
+        "the config has no listeners"
+    );
+}
