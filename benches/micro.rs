@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderValue, Method, Request};
-use portico::bench::{Gateway, set_forwarded, strip_hop_by_hop};
-use portico::body::Body;
+use portico::bench::{Body, Gateway, set_forwarded, strip_hop_by_hop};
 
 fn main() {
     divan::main();

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 /// A running background task; dropping it stops the task.
 #[derive(Debug)]
-pub struct BackgroundTask {
+pub(crate) struct BackgroundTask {
     _stop: oneshot::Sender<()>,
 }
 
@@ -30,7 +30,10 @@ impl Drop for Counted {
 /// Spawns `work` on the current runtime, counted in `live` while it runs.
 ///
 /// Must be called from within a tokio runtime (the control thread's).
-pub fn spawn(live: &Gauge, work: impl Future<Output = ()> + Send + 'static) -> BackgroundTask {
+pub(crate) fn spawn(
+    live: &Gauge,
+    work: impl Future<Output = ()> + Send + 'static,
+) -> BackgroundTask {
     let (stop, stopped) = oneshot::channel::<()>();
     live.inc();
     let counted = Counted(live.clone());

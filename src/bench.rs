@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request, Response};
 
-use crate::body::Body;
 use crate::observe::{AccessLog, Metrics};
 use crate::pool::Registry;
 use crate::proxy::pipeline::{ConnInfo, handle};
@@ -16,6 +15,7 @@ use crate::runtime::compile::Env;
 use crate::runtime::state::PluginStates;
 use crate::tls::acme::Store;
 
+pub use crate::body::Body;
 pub use crate::proxy::headers::{set_forwarded, strip_hop_by_hop};
 
 /// A compiled config served in process, as if from one connection of 127.0.0.1.

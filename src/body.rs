@@ -12,16 +12,16 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 /// Errors a body may end with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body went past the route's `request_size_limit`.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body is larger than {0} bytes")]
-pub struct TooLarge(pub u64);
+pub(crate) struct TooLarge(pub u64);
 
 /// What an upstream response body hands back when it ends: its connection, to the pool.
 /// Dropped without [`Checkin::release`] (a broken body), the connection is closed.
-pub trait Checkin: Send + Sync {
+pub(crate) trait Checkin: Send + Sync {
     /// The body ended cleanly: the connection may serve the next request.
     fn release(self: Box<Self>);
 }
@@ -31,7 +31,7 @@ pub trait Checkin: Send + Sync {
 /// A filter that changes the length of the body must remove `Content-Length` from the head
 /// in its head phase; one that refuses the body returns an error, never an early end, so a
 /// cut body cannot look complete to the next hop.
-pub trait ChunkFilter: Send + Sync {
+pub(crate) trait ChunkFilter: Send + Sync {
     /// One data chunk, in order; what comes back is passed on.
     fn chunk(&mut self, data: Bytes) -> Result<Bytes, BodyError>;
 }
@@ -65,12 +65,12 @@ impl Body {
     }
 
     /// A body streamed from a peer.
-    pub fn stream(inner: Incoming) -> Self {
+    pub(crate) fn stream(inner: Incoming) -> Self {
         Body::Stream { inner }
     }
 
     /// An upstream response body whose connection goes back with `checkin` when it ends.
-    pub fn pooled(inner: Incoming, checkin: impl Checkin + 'static) -> Self {
+    pub(crate) fn pooled(inner: Incoming, checkin: impl Checkin + 'static) -> Self {
         Body::Pooled {
             inner,
             checkin: Some(Box::new(checkin)),
@@ -78,7 +78,7 @@ impl Body {
     }
 
     /// This body, with `filter` applied to each data chunk after the filters already there.
-    pub fn filter(self, filter: Box<dyn ChunkFilter>) -> Self {
+    pub(crate) fn filter(self, filter: Box<dyn ChunkFilter>) -> Self {
         match self {
             Body::Filtered { inner, mut filters } => {
                 filters.push(filter);

@@ -6,13 +6,13 @@ use http::HeaderValue;
 
 /// A known caller.
 #[derive(Debug)]
-pub struct Consumer {
+pub(crate) struct Consumer {
     /// Name.
-    pub name: String,
+    pub(crate) name: String,
     /// Groups.
-    pub groups: Vec<String>,
+    pub(crate) groups: Vec<String>,
     /// `x-consumer-name` value.
-    pub name_value: HeaderValue,
+    pub(crate) name_value: HeaderValue,
     /// `x-consumer-groups` value, when there are groups.
-    pub groups_value: Option<HeaderValue>,
+    pub(crate) groups_value: Option<HeaderValue>,
 }

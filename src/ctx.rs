@@ -13,35 +13,35 @@ use http::HeaderValue;
 /// origin it allowed, the rate-limit figures for the response) goes in [`RequestCtx::slots`],
 /// under a type private to that plugin.
 #[derive(Debug)]
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     /// The `x-request-id` of this request (the client's, if valid, else a new one).
-    pub request_id: HeaderValue,
+    pub(crate) request_id: HeaderValue,
     /// The downstream peer.
-    pub client: SocketAddr,
+    pub(crate) client: SocketAddr,
     /// When the request head arrived.
-    pub start: Instant,
+    pub(crate) start: Instant,
     /// The listener that accepted it.
-    pub listener: Arc<str>,
+    pub(crate) listener: Arc<str>,
     /// The matched route, once routed.
-    pub route: Option<Arc<str>>,
+    pub(crate) route: Option<Arc<str>>,
     /// The chosen upstream, once selected.
-    pub upstream: Option<Arc<str>>,
+    pub(crate) upstream: Option<Arc<str>>,
     /// The chosen target's address, once selected (the last one tried).
-    pub target: Option<Arc<str>>,
+    pub(crate) target: Option<Arc<str>>,
     /// Tries sent to targets (retries included).
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// A retry was wanted but the upstream's retry budget was spent.
-    pub budget_spent: bool,
+    pub(crate) budget_spent: bool,
     /// The authenticated consumer, once a plugin found one.
-    pub consumer: Option<Arc<crate::consumer::Consumer>>,
+    pub(crate) consumer: Option<Arc<crate::consumer::Consumer>>,
     /// Typed per-plugin state, one value per type; empty (and unallocated) unless a plugin
     /// needs it.
-    pub slots: http::Extensions,
+    pub(crate) slots: http::Extensions,
 }
 
 impl RequestCtx {
     /// The state of a request that just arrived.
-    pub fn new(request_id: HeaderValue, client: SocketAddr, listener: Arc<str>) -> Self {
+    pub(crate) fn new(request_id: HeaderValue, client: SocketAddr, listener: Arc<str>) -> Self {
         RequestCtx {
             request_id,
             client,

@@ -11,11 +11,11 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::body::Body;
 
 /// The most header lines an HTTP/1 request may carry; more is [`ProxyError::TooManyHeaders`].
-pub const MAX_HEADER_FIELDS: usize = 100;
+pub(crate) const MAX_HEADER_FIELDS: usize = 100;
 
 /// A failed request, as the client will see it.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// No route matched the request.
     #[error("no route matched the request")]
     NoRoute,
@@ -122,7 +122,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The status code the client receives.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::BudgetSpent(inner) => inner.status(),
             ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
@@ -149,7 +149,7 @@ impl ProxyError {
     }
 
     /// The stable machine-readable code in the JSON body.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ProxyError::BudgetSpent(inner) => inner.code(),
             ProxyError::ResponseTooLarge { .. } => "upstream_response_too_large",
@@ -171,19 +171,9 @@ impl ProxyError {
         }
     }
 
-    /// Whether the request never reached a target, so sending it again is safe.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect { .. }
-                | ProxyError::ConnectTimeout { .. }
-                | ProxyError::NoTarget { .. }
-        )
-    }
-
     /// Whether the connection must close after this answer, because what follows on it can
     /// no longer be framed with confidence.
-    pub fn closes_connection(&self) -> bool {
+    pub(crate) fn closes_connection(&self) -> bool {
         // After any malformed request, as nginx does: what follows may be misframed.
         matches!(
             self.status(),
@@ -192,13 +182,13 @@ impl ProxyError {
     }
 
     /// The JSON error response.
-    pub fn into_response(&self, request_id: &HeaderValue) -> Response<Body> {
+    pub(crate) fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
         error_response(self.status(), self.code(), &self.to_string(), request_id)
     }
 }
 
 /// A JSON error response in portico's format.
-pub fn error_response(
+pub(crate) fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,

@@ -3,35 +3,52 @@
 //! A request crosses these stages, each owned by one module:
 //!
 //! ```text
-//! accept → decode → route → on_request plugins → select → forward → on_response plugins → respond → log
-//! server     server   routing  plugins             balance  proxy      plugins              proxy     observe
+//! accept → decode → route → request plugins → select → forward → response plugins → respond → log
+//! server   proxy    routing  plugins           balance  proxy     plugins            proxy     proxy
 //! ```
 //!
-//! The config is read by [`config`], compiled into an immutable [`runtime::Snapshot`] and
-//! swapped atomically on reload; a request keeps the snapshot it started with.
+//! `proxy::pipeline::handle` is that list, one call per stage; every answer (the upstream's, a
+//! plugin's, portico's own errors) leaves through its one exit. Plugins have head, body and log
+//! steps (`plugins::Plugin`).
+//!
+//! The config is read by `config`, compiled by `runtime::compile` into an immutable
+//! `runtime::Snapshot`, and swapped atomically on reload; a request keeps the snapshot it
+//! started with.
+//!
+//! Modules depend one way, from the leaves up; everything is `pub(crate)`, and only `cli`
+//! (for the binary), `bench` and `fuzz` are public:
+//!
+//! ```text
+//! leaves     body  ctx  error  consumer  view  random  background   (import nothing of ours)
+//! state      observe  tls  health  pool                             (pool: its own ConnectError)
+//! choice     routing  balance  plugins
+//! compiled   config → runtime (compile, Snapshot, Shared, explain)
+//! request    proxy (pipeline, forward, headers) → l4
+//! process    server (listeners, connections, reload) → admin → cli
+//! ```
 
-pub mod admin;
-pub mod background;
-pub mod balance;
+pub(crate) mod admin;
+pub(crate) mod background;
+pub(crate) mod balance;
 #[doc(hidden)]
 pub mod bench;
-pub mod body;
+pub(crate) mod body;
 pub mod cli;
-pub mod config;
-pub mod consumer;
-pub mod ctx;
-pub mod error;
+pub(crate) mod config;
+pub(crate) mod consumer;
+pub(crate) mod ctx;
+pub(crate) mod error;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod health;
-pub mod l4;
-pub mod observe;
-pub mod plugins;
-pub mod pool;
-pub mod proxy;
-pub mod random;
-pub mod routing;
-pub mod runtime;
-pub mod server;
-pub mod tls;
-pub mod view;
+pub(crate) mod health;
+pub(crate) mod l4;
+pub(crate) mod observe;
+pub(crate) mod plugins;
+pub(crate) mod pool;
+pub(crate) mod proxy;
+pub(crate) mod random;
+pub(crate) mod routing;
+pub(crate) mod runtime;
+pub(crate) mod server;
+pub(crate) mod tls;
+pub(crate) mod view;

@@ -15,7 +15,7 @@ fn seed() -> u64 {
 }
 
 /// A fast per-thread pseudo-random number (SplitMix64); for spreading load, not for secrets.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     RNG.with(|cell| {
         let mut z = cell.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
         cell.set(z);
@@ -26,6 +26,6 @@ pub fn random_u64() -> u64 {
 }
 
 /// `true` with probability `p`.
-pub fn chance(p: f64) -> bool {
+pub(crate) fn chance(p: f64) -> bool {
     p >= 1.0 || ((random_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
 }

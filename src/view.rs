@@ -8,23 +8,23 @@ use http::{HeaderMap, Method};
 
 /// The parts of a request that decide where it goes.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
+pub(crate) struct RequestView<'a> {
     /// The downstream client's address (for `ip_hash` and `hash_key: client_ip`).
-    pub client: IpAddr,
+    pub(crate) client: IpAddr,
     /// Lower-case host without port or trailing dot; empty when the request had none.
-    pub host: &'a str,
+    pub(crate) host: &'a str,
     /// Canonical path (see `routing::path::normalize`).
-    pub path: &'a str,
+    pub(crate) path: &'a str,
     /// Raw query string, without `?`.
-    pub query: Option<&'a str>,
+    pub(crate) query: Option<&'a str>,
     /// Request method.
-    pub method: &'a Method,
+    pub(crate) method: &'a Method,
     /// Request headers.
-    pub headers: &'a HeaderMap,
+    pub(crate) headers: &'a HeaderMap,
 }
 
 /// The value of cookie `name` in the request's `Cookie` fields (RFC 6265 §5.4).
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -36,7 +36,7 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Decoded `key=value` pairs of a query string (`+` is a space, as in forms).
-pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (decode_component(k), decode_component(v))

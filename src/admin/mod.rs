@@ -19,7 +19,7 @@ use crate::proxy::headers::new_request_id;
 use crate::runtime::Shared;
 
 /// Accepts admin connections until the process ends.
-pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use crate::view::RequestView;
 
 /// A stable 64-bit hash of `bytes`.
-pub fn hash64(bytes: &[u8]) -> u64 {
+pub(crate) fn hash64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -28,7 +28,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// What a hashing balancer hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
+pub(crate) enum HashKey {
     /// The client's IP address.
     ClientIp,
     /// The request path.
@@ -44,11 +44,11 @@ pub enum HashKey {
 /// A `hash_key` that is none of the known keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid hash_key `{0}`: expected client_ip, path, header:NAME, cookie:NAME or query:NAME")]
-pub struct HashKeyError(String);
+pub(crate) struct HashKeyError(String);
 
 impl HashKey {
     /// Parses `client_ip`, `path`, `header:NAME`, `cookie:NAME` or `query:NAME`.
-    pub fn parse(text: &str) -> Result<Self, HashKeyError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, HashKeyError> {
         let bad = || HashKeyError(text.to_owned());
         Ok(match text.split_once(':') {
             None if text == "client_ip" => HashKey::ClientIp,
@@ -64,7 +64,7 @@ impl HashKey {
 
     /// The hash of this key for a request; a missing header, cookie or parameter hashes the
     /// client address instead, so such requests still spread and stay put per client.
-    pub fn hash(&self, req: &RequestView<'_>) -> u64 {
+    pub(crate) fn hash(&self, req: &RequestView<'_>) -> u64 {
         let client = || match req.client {
             IpAddr::V4(ip) => hash64(&ip.octets()),
             IpAddr::V6(ip) => hash64(&ip.octets()),
@@ -87,21 +87,21 @@ impl HashKey {
     }
 }
 
-pub use crate::view::cookie;
+pub(crate) use crate::view::cookie;
 
 /// A weighted hash ring: `POINTS_PER_WEIGHT` points per unit of weight per target.
 #[derive(Debug, Clone)]
-pub struct Ring {
+pub(crate) struct Ring {
     points: Vec<(u64, u32)>,
 }
 
 /// Points each unit of weight puts on the ring; more points, smoother shares.
-pub const POINTS_PER_WEIGHT: u32 = 160;
+pub(crate) const POINTS_PER_WEIGHT: u32 = 160;
 
 impl Ring {
     /// Builds the ring; a point's position depends only on its target's address and number, so
     /// adding or removing a target moves only the keys on that target's arcs.
-    pub fn build(targets: &[(&str, u32)]) -> Self {
+    pub(crate) fn build(targets: &[(&str, u32)]) -> Self {
         let mut points = Vec::new();
         for (index, (address, weight)) in targets.iter().enumerate() {
             let count = weight.saturating_mul(POINTS_PER_WEIGHT).min(100_000);
@@ -115,7 +115,7 @@ impl Ring {
     }
 
     /// The targets clockwise from `hash`, first one first; `usable` filters.
-    pub fn pick(&self, hash: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    pub(crate) fn pick(&self, hash: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
         if self.points.is_empty() {
             return None;
         }
@@ -130,16 +130,16 @@ impl Ring {
 /// Maglev's lookup table (Eisenbud et al., NSDI 2016), weighted by repeating each target's
 /// turn `weight` times per round.
 #[derive(Debug, Clone)]
-pub struct Maglev {
+pub(crate) struct Maglev {
     table: Vec<u32>,
 }
 
 /// Table size: a prime well above 100 × the number of targets.
-pub const MAGLEV_SIZE: usize = 65_537;
+pub(crate) const MAGLEV_SIZE: usize = 65_537;
 
 impl Maglev {
     /// Fills the table from each target's permutation (offset and skip from its address).
-    pub fn build(targets: &[(&str, u32)]) -> Self {
+    pub(crate) fn build(targets: &[(&str, u32)]) -> Self {
         let m = MAGLEV_SIZE as u64;
         if targets.is_empty() {
             return Maglev { table: Vec::new() };
@@ -178,7 +178,7 @@ impl Maglev {
 
     /// The target for `hash`; when it is not usable, the table is probed further with a
     /// second hash so each key still lands on a stable alternative.
-    pub fn pick(&self, hash: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    pub(crate) fn pick(&self, hash: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }

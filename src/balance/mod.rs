@@ -6,20 +6,20 @@
 //! one atomic add. Consistent hashing (`ring_hash`, `maglev`, `ip_hash`) is a binary search or a
 //! table index. `p2c_ewma` compares two random targets by latency EWMA × load.
 
-pub mod hash;
+pub(crate) mod hash;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use crate::view::RequestView;
-pub use hash::HashKey;
+pub(crate) use crate::view::RequestView;
+pub(crate) use hash::HashKey;
 
 use crate::pool::TargetState;
 
 /// A compiled balancing algorithm over an upstream's targets.
 #[derive(Debug)]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     /// Smooth weighted round robin: `sequence` holds target indexes for one full cycle.
     RoundRobin {
         /// One cycle of picks.
@@ -54,24 +54,24 @@ pub enum Algorithm {
 
 /// An upstream's balancer: algorithm, weights, slow start and what to do when all are down.
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     /// The algorithm.
-    pub algorithm: Algorithm,
+    pub(crate) algorithm: Algorithm,
     /// Target weights, indexed like the targets.
-    pub weights: Vec<u32>,
+    pub(crate) weights: Vec<u32>,
     /// Ramp for targets that (re)join; zero = none.
-    pub slow_start: Duration,
+    pub(crate) slow_start: Duration,
     /// When every target is out, spread over all of them instead of answering 503.
-    pub panic: bool,
+    pub(crate) panic: bool,
 }
 
 /// Largest sum of (reduced) weights, so one cycle stays small.
-pub const MAX_WEIGHT_SUM: u64 = 1_000_000;
+pub(crate) const MAX_WEIGHT_SUM: u64 = 1_000_000;
 
 /// The smooth weighted round robin order for one cycle: `weights` divided by their gcd, each
 /// step adds every weight to its running total and picks the largest, which then gives back
 /// the sum (nginx's algorithm). Returns `None` when the cycle would exceed [`MAX_WEIGHT_SUM`].
-pub fn smooth_sequence(weights: &[u32]) -> Option<Vec<u32>> {
+pub(crate) fn smooth_sequence(weights: &[u32]) -> Option<Vec<u32>> {
     fn gcd(a: u64, b: u64) -> u64 {
         if b == 0 { a } else { gcd(b, a % b) }
     }
@@ -103,12 +103,12 @@ pub fn smooth_sequence(weights: &[u32]) -> Option<Vec<u32>> {
     Some(sequence)
 }
 
-pub use crate::random::{chance, random_u64};
+pub(crate) use crate::random::{chance, random_u64};
 
 impl Balancer {
     /// Picks a target for a request, skipping unavailable ones and those in `exclude` (already
     /// tried). `None` when nothing is left (the caller answers 503).
-    pub fn select(
+    pub(crate) fn select(
         &self,
         targets: &[Arc<TargetState>],
         ctx: &RequestView<'_>,
@@ -118,12 +118,16 @@ impl Balancer {
     }
 
     /// The target [`Balancer::select`] would pick now, without moving on (for `explain`).
-    pub fn peek(&self, targets: &[Arc<TargetState>], ctx: &RequestView<'_>) -> Option<usize> {
+    pub(crate) fn peek(
+        &self,
+        targets: &[Arc<TargetState>],
+        ctx: &RequestView<'_>,
+    ) -> Option<usize> {
         self.pick(targets, ctx, &[], false)
     }
 
     /// The algorithm's config name.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match &self.algorithm {
             Algorithm::RoundRobin { .. } => "round_robin",
             Algorithm::LeastRequest { .. } => "least_request",

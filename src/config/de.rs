@@ -12,7 +12,7 @@ use super::suggest::closest;
 
 /// What is wrong with a value, as serde found it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DeErrorKind {
+pub(crate) enum DeErrorKind {
     /// A key the type does not have.
     #[error("unknown key `{key}`{}", hint(key, expected))]
     UnknownKey {
@@ -69,7 +69,7 @@ fn hint(word: &str, expected: &[&str]) -> String {
 
 /// One step from the node given to [`from_node`] towards the node an error is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// The value of this key of a mapping.
     Key(String),
     /// This item of a list.
@@ -79,14 +79,14 @@ pub enum Step {
 /// A deserialization error at a position in the file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{kind}")]
-pub struct DeError {
+pub(crate) struct DeError {
     /// Where the problem is; `None` until the error bubbles up through a node.
-    pub pos: Option<Pos>,
+    pub(crate) pos: Option<Pos>,
     /// The way from the node given to [`from_node`] to the entry at fault, outermost first;
     /// empty when the fault is that node itself (a missing key, a wrong kind).
-    pub path: Vec<Step>,
+    pub(crate) path: Vec<Step>,
     /// What is wrong.
-    pub kind: DeErrorKind,
+    pub(crate) kind: DeErrorKind,
 }
 
 impl DeError {
@@ -152,7 +152,7 @@ impl de::Error for DeError {
 }
 
 /// Deserializes `T` from a node; the error carries a position.
-pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, DeError> {
+pub(crate) fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, DeError> {
     T::deserialize(node).map_err(|e| e.at(node.pos))
 }
 
@@ -404,11 +404,11 @@ const POSITIONED: &str = "$portico::At";
 /// A value together with the position of the node it came from, for errors found after
 /// deserialization (a dangling reference, a duplicate name).
 #[derive(Debug, Clone, PartialEq)]
-pub struct At<T> {
+pub(crate) struct At<T> {
     /// Where the value was written.
-    pub pos: Pos,
+    pub(crate) pos: Pos,
     /// The value.
-    pub value: T,
+    pub(crate) value: T,
 }
 
 impl<T> std::ops::Deref for At<T> {

@@ -4,11 +4,11 @@
 //! [`Diagnostic`] printed `FILE:LINE:COL: message`. Checks that need the whole file (names,
 //! references) happen later, in `runtime::compile`, with the same diagnostics.
 
-pub mod de;
-pub mod node;
-pub mod spec;
+pub(crate) mod de;
+pub(crate) mod node;
+pub(crate) mod spec;
 pub(crate) mod suggest;
-pub mod units;
+pub(crate) mod units;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,16 +16,16 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-pub use de::At;
-pub use node::Pos;
-pub use spec::Spec;
+pub(crate) use de::At;
+pub(crate) use node::Pos;
+pub(crate) use spec::Spec;
 
 use de::{DeErrorKind, Step};
 use node::{Node, Value};
 
 /// How bad a [`Diagnostic`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
+pub(crate) enum Severity {
     /// The config is refused.
     Error,
     /// The config works, but likely not as meant (`validate --strict` refuses it).
@@ -34,15 +34,15 @@ pub enum Severity {
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
+pub(crate) struct Diagnostic {
     /// The file, as the user named it.
-    pub file: String,
+    pub(crate) file: String,
     /// Where in the file.
-    pub pos: Pos,
+    pub(crate) pos: Pos,
     /// Error or warning.
-    pub severity: Severity,
+    pub(crate) severity: Severity,
     /// What is wrong, in words a user can act on.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for Diagnostic {
@@ -56,17 +56,17 @@ impl fmt::Display for Diagnostic {
 
 /// Collects diagnostics for one file.
 #[derive(Debug)]
-pub struct Diagnostics {
+pub(crate) struct Diagnostics {
     file: String,
     /// The errors found so far.
-    pub list: Vec<Diagnostic>,
+    pub(crate) list: Vec<Diagnostic>,
     /// The warnings found so far.
-    pub warnings: Vec<Diagnostic>,
+    pub(crate) warnings: Vec<Diagnostic>,
 }
 
 impl Diagnostics {
     /// An empty list for `file`.
-    pub fn new(file: impl Into<String>) -> Self {
+    pub(crate) fn new(file: impl Into<String>) -> Self {
         Diagnostics {
             file: file.into(),
             list: Vec::new(),
@@ -75,7 +75,7 @@ impl Diagnostics {
     }
 
     /// Records a problem at `pos`.
-    pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, pos: Pos, message: impl Into<String>) {
         self.list.push(Diagnostic {
             file: self.file.clone(),
             pos,
@@ -85,7 +85,7 @@ impl Diagnostics {
     }
 
     /// Records a warning at `pos`.
-    pub fn warning(&mut self, pos: Pos, message: impl Into<String>) {
+    pub(crate) fn warning(&mut self, pos: Pos, message: impl Into<String>) {
         self.warnings.push(Diagnostic {
             file: self.file.clone(),
             pos,
@@ -95,13 +95,13 @@ impl Diagnostics {
     }
 
     /// The file these diagnostics are about.
-    pub fn file(&self) -> &str {
+    pub(crate) fn file(&self) -> &str {
         &self.file
     }
 
     /// `Ok` with `value` and the warnings if no error was recorded, else every error and
     /// warning; both in file order.
-    pub fn finish<T>(self, value: T) -> Result<(T, Vec<Diagnostic>), Vec<Diagnostic>> {
+    pub(crate) fn finish<T>(self, value: T) -> Result<(T, Vec<Diagnostic>), Vec<Diagnostic>> {
         let Diagnostics {
             mut list,
             mut warnings,
@@ -170,7 +170,7 @@ impl Diagnostics {
 }
 
 /// Puts diagnostics in file order (an error before a warning at the same place), once each.
-pub fn sort_diagnostics(list: &mut Vec<Diagnostic>) {
+pub(crate) fn sort_diagnostics(list: &mut Vec<Diagnostic>) {
     list.sort_by_key(|d| (d.pos, d.severity));
     list.dedup();
 }
@@ -220,24 +220,24 @@ fn remove(node: &mut Node, path: &[Step]) -> bool {
 /// What [`read_str`] could not read in full, so that `compile` neither reports it a second
 /// time nor reports what only follows from its absence.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Unparsed {
+pub(crate) struct Unparsed {
     /// Listeners whose entry did not parse: routes naming them are not reported.
-    pub listeners: Vec<String>,
+    pub(crate) listeners: Vec<String>,
     /// Upstreams whose entry did not parse: references to them are not reported.
-    pub upstreams: Vec<String>,
+    pub(crate) upstreams: Vec<String>,
     /// Consumers whose entry did not parse.
-    pub consumers: Vec<String>,
+    pub(crate) consumers: Vec<String>,
     /// Sections (`listeners`, `upstreams`, `consumers`) that were not a list or mapping at
     /// all: no reference into them is checked.
-    pub sections: Vec<&'static str>,
+    pub(crate) sections: Vec<&'static str>,
     /// The name positions of items that parsed only in part: errors there are about the item
     /// as a whole (like "needs exactly one action") and may be about what was dropped.
-    pub partial: Vec<Pos>,
+    pub(crate) partial: Vec<Pos>,
 }
 
 impl Unparsed {
     /// Whether `name` in `section` was declared but could not be read.
-    pub fn declares(&self, section: &str, name: &str) -> bool {
+    pub(crate) fn declares(&self, section: &str, name: &str) -> bool {
         let names = match section {
             "listeners" => &self.listeners,
             "upstreams" => &self.upstreams,
@@ -248,13 +248,8 @@ impl Unparsed {
     }
 }
 
-/// Reads and checks the file at `path`.
-pub fn load(path: &Path) -> Result<Spec, Vec<Diagnostic>> {
-    strict(read(path))
-}
-
 /// Reads the file at `path` as far as it goes: the spec of what parsed, and every error.
-pub fn read(path: &Path) -> (Spec, Vec<Diagnostic>) {
+pub(crate) fn read(path: &Path) -> (Spec, Vec<Diagnostic>) {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => read_str(&file, &text, &|name| std::env::var(name).ok()),
@@ -271,7 +266,7 @@ pub fn read(path: &Path) -> (Spec, Vec<Diagnostic>) {
 }
 
 /// Checks config `text`, naming it `file` in diagnostics; `env` answers `${NAME}`.
-pub fn load_str(
+pub(crate) fn load_str(
     file: &str,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
@@ -290,7 +285,7 @@ fn strict((spec, errors): (Spec, Vec<Diagnostic>)) -> Result<Spec, Vec<Diagnosti
 /// Reads config `text` as far as it goes: every item, and every key of an item, that parses
 /// is kept (and recorded in [`Spec::unparsed`] when something around it was not), and every
 /// error is returned in file order.
-pub fn read_str(
+pub(crate) fn read_str(
     file: &str,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,

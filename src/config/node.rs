@@ -12,11 +12,11 @@ use serde_saphyr::Spanned;
 
 /// A 1-based line and column in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Pos {
+pub(crate) struct Pos {
     /// 1-based line.
-    pub line: u32,
+    pub(crate) line: u32,
     /// 1-based column.
-    pub col: u32,
+    pub(crate) col: u32,
 }
 
 impl fmt::Display for Pos {
@@ -36,16 +36,16 @@ impl Pos {
 
 /// One value of the document and where it starts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
+pub(crate) struct Node {
     /// Where the value starts.
-    pub pos: Pos,
+    pub(crate) pos: Pos,
     /// The value.
-    pub value: Value,
+    pub(crate) value: Value,
 }
 
 /// The value of a [`Node`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     /// `null`, `~` or an empty value.
     Null,
     /// `true` or `false`.
@@ -66,16 +66,16 @@ pub enum Value {
 
 /// A mapping key and where it stands.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Key {
+pub(crate) struct Key {
     /// Where the key starts.
-    pub pos: Pos,
+    pub(crate) pos: Pos,
     /// The key text.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 impl Value {
     /// What the value is, for error messages.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Value::Null => "null",
             Value::Bool(_) => "a boolean",
@@ -90,7 +90,7 @@ impl Value {
 
 impl Node {
     /// The entries of a mapping node, if it is one.
-    pub fn as_map(&self) -> Option<&[(Key, Node)]> {
+    pub(crate) fn as_map(&self) -> Option<&[(Key, Node)]> {
         match &self.value {
             Value::Map(entries) => Some(entries),
             _ => None,
@@ -204,9 +204,9 @@ impl<'de> Visitor<'de> for RawVisitor {
 /// A document that is not YAML: where the parser stopped, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", message(source))]
-pub struct ParseError {
+pub(crate) struct ParseError {
     /// Where the parser stopped (line 0 when it could not tell).
-    pub pos: Pos,
+    pub(crate) pos: Pos,
     /// What the parser found.
     #[source]
     source: Box<serde_saphyr::Error>,
@@ -227,7 +227,7 @@ fn message(err: &serde_saphyr::Error) -> String {
 }
 
 /// Parses YAML (or JSON, which is a subset of YAML 1.2) into a node tree.
-pub fn parse(text: &str) -> Result<Node, ParseError> {
+pub(crate) fn parse(text: &str) -> Result<Node, ParseError> {
     // YAML 1.2 booleans only: `yes`, `on`, `no` stay strings (no "Norway problem").
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;

@@ -12,28 +12,28 @@ use super::units::{Dur, Size};
 
 /// The whole config file.
 #[derive(Debug, Clone, Serialize)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// Worker threads.
-    pub workers: Workers,
+    pub(crate) workers: Workers,
     /// How long SIGTERM (or a removed listener) waits for in-flight requests.
-    pub drain_timeout: Dur,
+    pub(crate) drain_timeout: Dur,
     /// The admin listener, if any.
-    pub admin: Option<AdminSpec>,
+    pub(crate) admin: Option<AdminSpec>,
     /// The access log.
-    pub access_log: AccessLogSpec,
+    pub(crate) access_log: AccessLogSpec,
     /// Where portico accepts traffic.
-    pub listeners: Vec<ListenerSpec>,
+    pub(crate) listeners: Vec<ListenerSpec>,
     /// How requests are matched and what is done with them.
-    pub routes: Vec<RouteSpec>,
+    pub(crate) routes: Vec<RouteSpec>,
     /// Named groups of targets, in file order.
-    pub upstreams: Vec<(At<String>, UpstreamSpec)>,
+    pub(crate) upstreams: Vec<(At<String>, UpstreamSpec)>,
     /// Plugins that run on every route, before the route's own.
-    pub plugins: Vec<At<PluginSpec>>,
+    pub(crate) plugins: Vec<At<PluginSpec>>,
     /// Who calls the APIs, for authentication plugins.
-    pub consumers: Vec<ConsumerSpec>,
+    pub(crate) consumers: Vec<ConsumerSpec>,
     /// What did not parse (empty for a valid file); never part of the config itself.
     #[serde(skip)]
-    pub unparsed: super::Unparsed,
+    pub(crate) unparsed: super::Unparsed,
 }
 
 impl Default for Spec {
@@ -55,7 +55,7 @@ impl Default for Spec {
 
 /// `workers: auto` or a number of threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Workers {
+pub(crate) enum Workers {
     /// One per CPU the process may use.
     #[default]
     Auto,
@@ -96,16 +96,16 @@ impl Serialize for Workers {
 /// `admin:` — the admin API and `/metrics`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminSpec {
+pub(crate) struct AdminSpec {
     /// Address to listen on, like `127.0.0.1:9901`.
-    pub listen: At<String>,
+    pub(crate) listen: At<String>,
     /// Bearer token; required when `listen` is not a loopback address.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "redact"
     )]
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 fn redact<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -115,13 +115,13 @@ fn redact<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Er
 /// `access_log:` — one JSON line per request.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AccessLogSpec {
+pub(crate) struct AccessLogSpec {
     /// Whether requests are logged at all.
     #[serde(default = "yes")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// `-` (standard output, the default) or a file path to append to.
     #[serde(default = "dash")]
-    pub path: String,
+    pub(crate) path: String,
 }
 
 impl Default for AccessLogSpec {
@@ -144,47 +144,47 @@ fn dash() -> String {
 /// One entry of `listeners:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerSpec {
+pub(crate) struct ListenerSpec {
     /// Unique name, used by routes and metrics.
-    pub name: At<String>,
+    pub(crate) name: At<String>,
     /// `IP:PORT` to bind.
-    pub bind: At<String>,
+    pub(crate) bind: At<String>,
     /// What is spoken on the socket.
     #[serde(default)]
-    pub protocol: ListenerProtocol,
+    pub(crate) protocol: ListenerProtocol,
     /// Per-connection and per-request limits.
     #[serde(default)]
-    pub limits: LimitsSpec,
+    pub(crate) limits: LimitsSpec,
     /// Certificates and client authentication (`protocol: https`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ListenerTlsSpec>,
+    pub(crate) tls: Option<ListenerTlsSpec>,
     /// Answer every request with a redirect to https (`protocol: http`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirect_https: Option<RedirectHttpsSpec>,
+    pub(crate) redirect_https: Option<RedirectHttpsSpec>,
     /// `Strict-Transport-Security` on every response (`protocol: https`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hsts: Option<HstsSpec>,
+    pub(crate) hsts: Option<HstsSpec>,
     /// `tls_passthrough`: server name (exact or `*.suffix`) → upstream.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sni: BTreeMap<String, At<String>>,
+    pub(crate) sni: BTreeMap<String, At<String>>,
     /// `tls_passthrough`: the upstream for connections no `sni` entry matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<At<String>>,
+    pub(crate) upstream: Option<At<String>>,
 }
 
 /// `tls:` of a listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerTlsSpec {
+pub(crate) struct ListenerTlsSpec {
     /// Certificates, chosen by SNI; the first one answers clients without (or with an unknown) SNI.
     #[serde(default = "no_certificates")]
-    pub certificates: At<Vec<CertificateSpec>>,
+    pub(crate) certificates: At<Vec<CertificateSpec>>,
     /// Certificates obtained and renewed automatically from an ACME CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acme: Option<AcmeSpec>,
+    pub(crate) acme: Option<AcmeSpec>,
     /// Client certificates (mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_auth: Option<ClientAuthSpec>,
+    pub(crate) client_auth: Option<ClientAuthSpec>,
 }
 
 fn no_certificates() -> At<Vec<CertificateSpec>> {
@@ -197,37 +197,37 @@ fn no_certificates() -> At<Vec<CertificateSpec>> {
 /// `tls.acme:` of a listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AcmeSpec {
+pub(crate) struct AcmeSpec {
     /// The CA's directory URL (for Let's Encrypt, `https://acme-v02.api.letsencrypt.org/directory`).
-    pub directory: At<String>,
+    pub(crate) directory: At<String>,
     /// Contact e-mail for the account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
+    pub(crate) email: Option<String>,
     /// Names on the certificate.
-    pub domains: At<Vec<String>>,
+    pub(crate) domains: At<Vec<String>>,
     /// `tls_alpn_01` (default: answered on this listener) or `http_01` (answered by the http
     /// listener on port 80).
     #[serde(default)]
-    pub challenge: AcmeChallengeSpec,
+    pub(crate) challenge: AcmeChallengeSpec,
     /// Folder for the account key and certificates (relative to the config file); default
     /// `acme/<first domain>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage: Option<String>,
+    pub(crate) storage: Option<String>,
     /// A CA to trust for the directory's own HTTPS, for private or test CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub directory_ca_file: Option<At<String>>,
+    pub(crate) directory_ca_file: Option<At<String>>,
     /// Renew when less than this is left.
     #[serde(default = "thirty_days")]
-    pub renew_before: Dur,
+    pub(crate) renew_before: Dur,
     /// How often the certificate is checked.
     #[serde(default = "twelve_hours")]
-    pub check_every: Dur,
+    pub(crate) check_every: Dur,
 }
 
 /// `challenge:` of `tls.acme`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AcmeChallengeSpec {
+pub(crate) enum AcmeChallengeSpec {
     /// TLS-ALPN-01 (RFC 8737).
     #[default]
     #[serde(rename = "tls_alpn_01")]
@@ -248,34 +248,34 @@ fn twelve_hours() -> Dur {
 /// A certificate chain and its key, PEM files (relative paths are from the config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct CertificateSpec {
+pub(crate) struct CertificateSpec {
     /// The chain, leaf first.
-    pub cert_file: At<String>,
+    pub(crate) cert_file: At<String>,
     /// The private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519).
-    pub key_file: At<String>,
+    pub(crate) key_file: At<String>,
 }
 
 /// `client_auth:` of a listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClientAuthSpec {
+pub(crate) struct ClientAuthSpec {
     /// CAs whose certificates are accepted.
-    pub ca_file: At<String>,
+    pub(crate) ca_file: At<String>,
     /// Refuse handshakes without a certificate (`true`, the default) or let them through.
     #[serde(default = "yes")]
-    pub required: bool,
+    pub(crate) required: bool,
 }
 
 /// `redirect_https:` of an http listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedirectHttpsSpec {
+pub(crate) struct RedirectHttpsSpec {
     /// The https port in the `Location`.
     #[serde(default = "https_port")]
-    pub port: u16,
+    pub(crate) port: u16,
     /// 301, 302, 307 or 308 (the default: the method is kept).
     #[serde(default = "permanent")]
-    pub status: At<u16>,
+    pub(crate) status: At<u16>,
 }
 
 fn https_port() -> u16 {
@@ -292,16 +292,16 @@ fn permanent() -> At<u16> {
 /// `hsts:` of an https listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct HstsSpec {
+pub(crate) struct HstsSpec {
     /// `max-age`.
     #[serde(default = "year")]
-    pub max_age: Dur,
+    pub(crate) max_age: Dur,
     /// `includeSubDomains`.
     #[serde(default)]
-    pub include_subdomains: bool,
+    pub(crate) include_subdomains: bool,
     /// `preload`.
     #[serde(default)]
-    pub preload: bool,
+    pub(crate) preload: bool,
 }
 
 fn year() -> Dur {
@@ -311,7 +311,7 @@ fn year() -> Dur {
 /// `protocol:` of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ListenerProtocol {
+pub(crate) enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port.
     #[default]
     Http,
@@ -324,19 +324,19 @@ pub enum ListenerProtocol {
 /// `limits:` of a listener; the defaults are safe for a public port.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LimitsSpec {
+pub(crate) struct LimitsSpec {
     /// Most bytes of request head (request line and headers); beyond it: 431.
-    pub max_header_size: Size,
+    pub(crate) max_header_size: Size,
     /// Most bytes of request target; beyond it: 414.
-    pub max_uri_length: Size,
+    pub(crate) max_uri_length: Size,
     /// Time allowed to receive a whole request head (slowloris guard).
-    pub header_timeout: Dur,
+    pub(crate) header_timeout: Dur,
     /// A keep-alive connection with no request for this long is closed.
-    pub idle_timeout: Dur,
+    pub(crate) idle_timeout: Dur,
     /// Most open client connections on this listener; more wait in the backlog.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Most concurrent HTTP/2 streams per client connection.
-    pub max_concurrent_streams: u32,
+    pub(crate) max_concurrent_streams: u32,
 }
 
 impl Default for LimitsSpec {
@@ -355,66 +355,66 @@ impl Default for LimitsSpec {
 /// One entry of `routes:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteSpec {
+pub(crate) struct RouteSpec {
     /// Unique name, used by metrics, logs and `explain`.
-    pub name: At<String>,
+    pub(crate) name: At<String>,
     /// Listeners this route attaches to; all http listeners when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listeners: Option<Vec<At<String>>>,
+    pub(crate) listeners: Option<Vec<At<String>>>,
     /// Conditions; a route without `match` matches every request.
     #[serde(default, rename = "match")]
-    pub matches: MatchSpec,
+    pub(crate) matches: MatchSpec,
     /// Route plugins, run after global ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub plugins: Vec<At<PluginSpec>>,
+    pub(crate) plugins: Vec<At<PluginSpec>>,
     /// Action: forward to this upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<At<String>>,
+    pub(crate) upstream: Option<At<String>>,
     /// Action: forward to one of several upstreams by weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split: Option<At<Vec<SplitSpec>>>,
+    pub(crate) split: Option<At<Vec<SplitSpec>>>,
     /// Action: answer directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub respond: Option<RespondSpec>,
+    pub(crate) respond: Option<RespondSpec>,
     /// Action: answer with a redirect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirect: Option<RedirectSpec>,
+    pub(crate) redirect: Option<RedirectSpec>,
     /// Path rewrite before forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewrite: Option<RewriteSpec>,
+    pub(crate) rewrite: Option<RewriteSpec>,
     /// What the upstream is told about `%2F`, `\\` and `;params`; decoded and stripped by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_policy: Option<At<PathPolicySpec>>,
+    pub(crate) path_policy: Option<At<PathPolicySpec>>,
     /// Whole-request timeout (to the response head), across every try.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
     /// Retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetrySpec>,
+    pub(crate) retry: Option<RetrySpec>,
     /// Copies of a share of the requests, sent to another upstream and discarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<MirrorSpec>,
+    pub(crate) mirror: Option<MirrorSpec>,
 }
 
 /// `path_policy:` of a route (docs/config.md, "Path normalisation").
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct PathPolicySpec {
+pub(crate) struct PathPolicySpec {
     /// `%2F` and `%5C`: `decode` (default), `keep` or `reject`.
     #[serde(default)]
-    pub encoded_slash: EncodedSlashSpec,
+    pub(crate) encoded_slash: EncodedSlashSpec,
     /// A raw `\\`: `decode` (default) or `reject`.
     #[serde(default)]
-    pub backslash: BackslashSpec,
+    pub(crate) backslash: BackslashSpec,
     /// `;params` in segments: `strip` (default), `keep` or `reject`.
     #[serde(default)]
-    pub matrix_params: MatrixParamsSpec,
+    pub(crate) matrix_params: MatrixParamsSpec,
 }
 
 /// `path_policy.encoded_slash`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EncodedSlashSpec {
+pub(crate) enum EncodedSlashSpec {
     /// A separator, matched and forwarded as `/`.
     #[default]
     Decode,
@@ -427,7 +427,7 @@ pub enum EncodedSlashSpec {
 /// `path_policy.backslash`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BackslashSpec {
+pub(crate) enum BackslashSpec {
     /// A separator, matched and forwarded as `/`.
     #[default]
     Decode,
@@ -438,7 +438,7 @@ pub enum BackslashSpec {
 /// `path_policy.matrix_params`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MatrixParamsSpec {
+pub(crate) enum MatrixParamsSpec {
     /// Never matched, not forwarded.
     #[default]
     Strip,
@@ -451,12 +451,12 @@ pub enum MatrixParamsSpec {
 /// `mirror:` of a route.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MirrorSpec {
+pub(crate) struct MirrorSpec {
     /// Where copies go.
-    pub upstream: At<String>,
+    pub(crate) upstream: At<String>,
     /// Share of requests copied, 0–100.
     #[serde(default = "hundred")]
-    pub percent: At<f64>,
+    pub(crate) percent: At<f64>,
 }
 
 fn hundred() -> At<f64> {
@@ -469,36 +469,36 @@ fn hundred() -> At<f64> {
 /// `retry:` of a route.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RetrySpec {
+pub(crate) struct RetrySpec {
     /// Most tries in all, the first included.
-    pub attempts: At<u32>,
+    pub(crate) attempts: At<u32>,
     /// What is retried: `connect_failure`, `reset`, `timeout`, or status codes.
     #[serde(default = "retry_on_default")]
-    pub on: Vec<At<RetryOnSpec>>,
+    pub(crate) on: Vec<At<RetryOnSpec>>,
     /// Time allowed for each try (to the response head).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_try_timeout: Option<Dur>,
+    pub(crate) per_try_timeout: Option<Dur>,
     /// Wait before retry n: a random time up to `min(max, base × 2^n)`.
     #[serde(default = "backoff_base")]
-    pub backoff: Dur,
+    pub(crate) backoff: Dur,
     /// Cap of the backoff.
     #[serde(default = "backoff_max")]
-    pub max_backoff: Dur,
+    pub(crate) max_backoff: Dur,
     /// Retries may add at most this percentage of the upstream's requests (per second)…
     #[serde(default = "twenty")]
-    pub budget_percent: u32,
+    pub(crate) budget_percent: u32,
     /// …but at least this many retries per second are always allowed.
     #[serde(default = "three")]
-    pub budget_min: u32,
+    pub(crate) budget_min: u32,
     /// Retry non-idempotent methods (POST, PATCH) too.
     #[serde(default)]
-    pub non_idempotent: bool,
+    pub(crate) non_idempotent: bool,
 }
 
 /// One `on:` entry: a condition word or a status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub enum RetryOnSpec {
+pub(crate) enum RetryOnSpec {
     /// A named condition.
     Condition(RetryCondition),
     /// A response status.
@@ -531,7 +531,7 @@ impl<'de> Deserialize<'de> for RetryOnSpec {
 /// Named retry conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RetryCondition {
+pub(crate) enum RetryCondition {
     /// The connection could not be made.
     ConnectFailure,
     /// The connection broke before a response head arrived.
@@ -562,59 +562,59 @@ fn twenty() -> u32 {
 /// `match:` of a route.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MatchSpec {
+pub(crate) struct MatchSpec {
     /// Host names, exact or `*.suffix`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<At<String>>,
+    pub(crate) hosts: Vec<At<String>>,
     /// Exact path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<At<String>>,
+    pub(crate) path: Option<At<String>>,
     /// Path prefix, matched on segment boundaries when it ends with `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_prefix: Option<At<String>>,
+    pub(crate) path_prefix: Option<At<String>>,
     /// Path template like `/users/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_template: Option<At<String>>,
+    pub(crate) path_template: Option<At<String>>,
     /// Path regular expression, anchored at both ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_regex: Option<At<String>>,
+    pub(crate) path_regex: Option<At<String>>,
     /// Methods, like `GET`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<At<String>>,
+    pub(crate) methods: Vec<At<String>>,
     /// Headers that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, At<String>>,
+    pub(crate) headers: BTreeMap<String, At<String>>,
     /// Query parameters that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub query: BTreeMap<String, String>,
+    pub(crate) query: BTreeMap<String, String>,
     /// Cookies that must be present with exactly these values (cookie-based canaries).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub cookies: BTreeMap<String, String>,
+    pub(crate) cookies: BTreeMap<String, String>,
 }
 
 /// One arm of `split:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct SplitSpec {
+pub(crate) struct SplitSpec {
     /// Upstream name.
-    pub upstream: At<String>,
+    pub(crate) upstream: At<String>,
     /// Relative weight.
-    pub weight: u32,
+    pub(crate) weight: u32,
 }
 
 /// `respond:` — a fixed answer.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RespondSpec {
+pub(crate) struct RespondSpec {
     /// Status code.
     #[serde(default = "ok")]
-    pub status: At<u16>,
+    pub(crate) status: At<u16>,
     /// Body text.
     #[serde(default)]
-    pub body: String,
+    pub(crate) body: String,
     /// Response headers.
     #[serde(default)]
-    pub headers: BTreeMap<String, At<String>>,
+    pub(crate) headers: BTreeMap<String, At<String>>,
 }
 
 fn ok() -> At<u16> {
@@ -627,12 +627,12 @@ fn ok() -> At<u16> {
 /// `redirect:` — an answer with `Location`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedirectSpec {
+pub(crate) struct RedirectSpec {
     /// Target; `{path}`, `{query}`, `{uri}` (path and query) and `{host}` are replaced.
-    pub to: At<String>,
+    pub(crate) to: At<String>,
     /// 301, 302, 303, 307 or 308.
     #[serde(default = "found")]
-    pub status: At<u16>,
+    pub(crate) status: At<u16>,
 }
 
 fn found() -> At<u16> {
@@ -645,93 +645,93 @@ fn found() -> At<u16> {
 /// `rewrite:` — the path the upstream receives.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RewriteSpec {
+pub(crate) struct RewriteSpec {
     /// Removes this prefix from the path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strip_prefix: Option<At<String>>,
+    pub(crate) strip_prefix: Option<At<String>>,
     /// Replaces the route's `path_prefix` with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replace_prefix: Option<At<String>>,
+    pub(crate) replace_prefix: Option<At<String>>,
     /// Regular expression over the path; with `replace`, `$1`-style groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<At<String>>,
+    pub(crate) regex: Option<At<String>>,
     /// Replacement for `regex`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replace: Option<String>,
+    pub(crate) replace: Option<String>,
 }
 
 /// One entry of `upstreams:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamSpec {
+pub(crate) struct UpstreamSpec {
     /// How a target is picked.
     #[serde(default)]
-    pub balance: BalanceSpec,
+    pub(crate) balance: BalanceSpec,
     /// Where requests go.
-    pub targets: At<Vec<TargetSpec>>,
+    pub(crate) targets: At<Vec<TargetSpec>>,
     /// Protocol spoken to targets.
     #[serde(default)]
-    pub protocol: UpstreamProtocol,
+    pub(crate) protocol: UpstreamProtocol,
     /// Time allowed to establish a TCP connection.
     #[serde(default = "connect_timeout")]
-    pub connect_timeout: Dur,
+    pub(crate) connect_timeout: Dur,
     /// How often DNS names in target addresses are resolved again.
     #[serde(default = "resolve_every")]
-    pub resolve_every: Dur,
+    pub(crate) resolve_every: Dur,
     /// Keep-alive pool.
     #[serde(default)]
-    pub pool: PoolSpec,
+    pub(crate) pool: PoolSpec,
     /// What `ring_hash` and `maglev` hash: `client_ip` (default), `path`, `header:NAME`,
     /// `cookie:NAME`, `query:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash_key: Option<At<String>>,
+    pub(crate) hash_key: Option<At<String>>,
     /// A target that joins (or recovers) ramps its weight up over this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slow_start: Option<Dur>,
+    pub(crate) slow_start: Option<Dur>,
     /// Sticky sessions by cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sticky: Option<StickySpec>,
+    pub(crate) sticky: Option<StickySpec>,
     /// Active and passive health checking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheckSpec>,
+    pub(crate) health_check: Option<HealthCheckSpec>,
     /// Limits that answer 503 instead of piling load on the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    pub(crate) circuit_breaker: Option<CircuitBreakerSpec>,
     /// TLS towards the targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<UpstreamTlsSpec>,
+    pub(crate) tls: Option<UpstreamTlsSpec>,
 }
 
 /// `tls:` of an upstream.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamTlsSpec {
+pub(crate) struct UpstreamTlsSpec {
     /// Server name sent and verified; the target's host name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sni: Option<At<String>>,
+    pub(crate) sni: Option<At<String>>,
     /// CAs to trust; the system's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<At<String>>,
+    pub(crate) ca_file: Option<At<String>>,
     /// Client certificate for mTLS to the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<At<String>>,
+    pub(crate) cert_file: Option<At<String>>,
     /// Its key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<At<String>>,
+    pub(crate) key_file: Option<At<String>>,
     /// Verify the server certificate (default `true`; `false` is for tests and trusted networks).
     #[serde(default = "yes")]
-    pub verify: bool,
+    pub(crate) verify: bool,
 }
 
 /// `sticky:` of an upstream.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct StickySpec {
+pub(crate) struct StickySpec {
     /// Cookie name.
-    pub cookie: At<String>,
+    pub(crate) cookie: At<String>,
     /// Cookie lifetime.
     #[serde(default = "hour")]
-    pub ttl: Dur,
+    pub(crate) ttl: Dur,
 }
 
 fn hour() -> Dur {
@@ -741,58 +741,58 @@ fn hour() -> Dur {
 /// `health_check:` of an upstream.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct HealthCheckSpec {
+pub(crate) struct HealthCheckSpec {
     /// Probes on a timer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active: Option<ActiveCheckSpec>,
+    pub(crate) active: Option<ActiveCheckSpec>,
     /// Outlier detection from live traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passive: Option<PassiveCheckSpec>,
+    pub(crate) passive: Option<PassiveCheckSpec>,
     /// When every target is out: spread over all of them (`true`) or answer 503 (`false`).
     #[serde(default)]
-    pub panic: bool,
+    pub(crate) panic: bool,
 }
 
 /// `health_check.active:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ActiveCheckSpec {
+pub(crate) struct ActiveCheckSpec {
     /// `http` (default) or `tcp`.
     #[serde(default, rename = "type")]
-    pub kind: CheckType,
+    pub(crate) kind: CheckType,
     /// Path for HTTP checks.
     #[serde(default = "slash")]
-    pub path: String,
+    pub(crate) path: String,
     /// Method for HTTP checks.
     #[serde(default = "get")]
-    pub method: At<String>,
+    pub(crate) method: At<String>,
     /// Accepted statuses, like `200-399` (the default) or `200`.
     #[serde(default = "ok_range")]
-    pub expect_status: At<String>,
+    pub(crate) expect_status: At<String>,
     /// A string the body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_contains: Option<String>,
+    pub(crate) body_contains: Option<String>,
     /// Time between checks.
     #[serde(default = "five_seconds")]
-    pub interval: Dur,
+    pub(crate) interval: Dur,
     /// Time allowed for a check.
     #[serde(default = "one_second")]
-    pub timeout: Dur,
+    pub(crate) timeout: Dur,
     /// Consecutive successes to come back.
     #[serde(default = "two")]
-    pub healthy: u32,
+    pub(crate) healthy: u32,
     /// Consecutive failures to go out.
     #[serde(default = "three")]
-    pub unhealthy: u32,
+    pub(crate) unhealthy: u32,
     /// Up to this much random delay is added to each interval.
     #[serde(default)]
-    pub jitter: Dur,
+    pub(crate) jitter: Dur,
 }
 
 /// `type:` of an active check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CheckType {
+pub(crate) enum CheckType {
     /// An HTTP request.
     #[default]
     Http,
@@ -803,21 +803,21 @@ pub enum CheckType {
 /// `health_check.passive:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PassiveCheckSpec {
+pub(crate) struct PassiveCheckSpec {
     /// Eject after this many consecutive failures (0 = off).
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// Eject when this percentage of requests in `window` failed (0 = off).
-    pub error_rate: u32,
+    pub(crate) error_rate: u32,
     /// …with at least this many requests in the window.
-    pub min_requests: u32,
+    pub(crate) min_requests: u32,
     /// Error-rate window.
-    pub window: Dur,
+    pub(crate) window: Dur,
     /// First ejection; doubles with each ejection in a row.
-    pub eject_for: Dur,
+    pub(crate) eject_for: Dur,
     /// Longest ejection.
-    pub max_eject: Dur,
+    pub(crate) max_eject: Dur,
     /// Most targets ejected at once, in percent of the upstream's targets.
-    pub max_ejected_percent: u32,
+    pub(crate) max_ejected_percent: u32,
 }
 
 impl Default for PassiveCheckSpec {
@@ -837,16 +837,16 @@ impl Default for PassiveCheckSpec {
 /// `circuit_breaker:` of an upstream.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct CircuitBreakerSpec {
+pub(crate) struct CircuitBreakerSpec {
     /// Most requests in flight to the upstream at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests: Option<usize>,
+    pub(crate) max_requests: Option<usize>,
     /// Most open connections to the upstream (all targets and workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
+    pub(crate) max_connections: Option<usize>,
     /// With `max_connections` reached, most requests that wait for a connection to free up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_pending: Option<usize>,
+    pub(crate) max_pending: Option<usize>,
 }
 
 fn slash() -> String {
@@ -894,7 +894,7 @@ fn resolve_every() -> Dur {
 /// `balance:` of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BalanceSpec {
+pub(crate) enum BalanceSpec {
     /// Smooth weighted round robin, as nginx does it.
     #[default]
     RoundRobin,
@@ -915,7 +915,7 @@ pub enum BalanceSpec {
 /// `protocol:` of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum UpstreamProtocol {
+pub(crate) enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive.
     #[default]
     Http1,
@@ -926,11 +926,11 @@ pub enum UpstreamProtocol {
 /// `pool:` of an upstream.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PoolSpec {
+pub(crate) struct PoolSpec {
     /// Most idle connections kept per target and worker.
-    pub max_idle: usize,
+    pub(crate) max_idle: usize,
     /// An idle connection unused for this long is closed.
-    pub idle_timeout: Dur,
+    pub(crate) idle_timeout: Dur,
 }
 
 impl Default for PoolSpec {
@@ -945,12 +945,12 @@ impl Default for PoolSpec {
 /// One entry of `targets:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct TargetSpec {
+pub(crate) struct TargetSpec {
     /// `IP:PORT` or `NAME:PORT`.
-    pub address: At<String>,
+    pub(crate) address: At<String>,
     /// Relative weight.
     #[serde(default = "one")]
-    pub weight: At<u32>,
+    pub(crate) weight: At<u32>,
 }
 
 fn one() -> At<u32> {
@@ -963,7 +963,7 @@ fn one() -> At<u32> {
 /// One entry of a `plugins:` list: a mapping with one key naming the plugin.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum PluginSpec {
+pub(crate) enum PluginSpec {
     /// Edits request headers before forwarding.
     RequestHeaders(HeaderOpsSpec),
     /// Edits response headers before answering.
@@ -999,35 +999,35 @@ pub enum PluginSpec {
 /// `request_validator:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ValidatorSpec {
+pub(crate) struct ValidatorSpec {
     /// JSON Schema for JSON bodies, written inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_schema: Option<serde_json::Value>,
+    pub(crate) body_schema: Option<serde_json::Value>,
     /// An OpenAPI 3 document (YAML or JSON, relative to the config file): paths, methods,
     /// path/query/header parameters and JSON request bodies are checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub openapi_file: Option<At<String>>,
+    pub(crate) openapi_file: Option<At<String>>,
     /// Largest body checked; larger ones are refused (413).
     #[serde(default = "one_mebibyte")]
-    pub max_body: Size,
+    pub(crate) max_body: Size,
 }
 
 /// `request_transformer:` / `response_transformer:`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct TransformSpec {
+pub(crate) struct TransformSpec {
     /// Header edits (remove, rename, set, add).
     #[serde(default)]
-    pub headers: FieldOpsSpec,
+    pub(crate) headers: FieldOpsSpec,
     /// Query parameter edits (requests only).
     #[serde(default)]
-    pub query: FieldOpsSpec,
+    pub(crate) query: FieldOpsSpec,
     /// JSON body edits; keys are dotted paths (`user.email`).
     #[serde(default)]
-    pub json: JsonOpsSpec,
+    pub(crate) json: JsonOpsSpec,
     /// Largest JSON body edited; larger bodies pass unchanged.
     #[serde(default = "one_mebibyte")]
-    pub max_body: Size,
+    pub(crate) max_body: Size,
 }
 
 fn one_mebibyte() -> Size {
@@ -1037,46 +1037,46 @@ fn one_mebibyte() -> Size {
 /// Edits of named string fields.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FieldOpsSpec {
+pub(crate) struct FieldOpsSpec {
     /// Fields to delete.
     #[serde(default)]
-    pub remove: Vec<String>,
+    pub(crate) remove: Vec<String>,
     /// Fields to rename: old → new.
     #[serde(default)]
-    pub rename: BTreeMap<String, String>,
+    pub(crate) rename: BTreeMap<String, String>,
     /// Fields to replace.
     #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    pub(crate) set: BTreeMap<String, String>,
     /// Fields to append.
     #[serde(default)]
-    pub add: BTreeMap<String, String>,
+    pub(crate) add: BTreeMap<String, String>,
 }
 
 /// Edits of JSON body fields.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct JsonOpsSpec {
+pub(crate) struct JsonOpsSpec {
     /// Paths to delete.
     #[serde(default)]
-    pub remove: Vec<String>,
+    pub(crate) remove: Vec<String>,
     /// Paths to rename: old → new.
     #[serde(default)]
-    pub rename: BTreeMap<String, String>,
+    pub(crate) rename: BTreeMap<String, String>,
     /// Paths to set, to strings.
     #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    pub(crate) set: BTreeMap<String, String>,
 }
 
 /// `basic_auth:`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct BasicAuthSpec {
+pub(crate) struct BasicAuthSpec {
     /// Realm in `WWW-Authenticate`.
     #[serde(default = "portico_realm")]
-    pub realm: String,
+    pub(crate) realm: String,
     /// Remove `Authorization` before forwarding.
     #[serde(default = "yes")]
-    pub hide_credentials: bool,
+    pub(crate) hide_credentials: bool,
 }
 
 fn portico_realm() -> String {
@@ -1086,84 +1086,84 @@ fn portico_realm() -> String {
 /// `mtls_auth:`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MtlsAuthSpec {
+pub(crate) struct MtlsAuthSpec {
     /// Let certificates that match no consumer through as anonymous (default: 401).
     #[serde(default)]
-    pub allow_unknown: bool,
+    pub(crate) allow_unknown: bool,
 }
 
 /// `respond:` plugin — a mock answer.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MockSpec {
+pub(crate) struct MockSpec {
     /// Status.
     #[serde(default = "ok")]
-    pub status: At<u16>,
+    pub(crate) status: At<u16>,
     /// Body.
     #[serde(default)]
-    pub body: String,
+    pub(crate) body: String,
     /// Headers.
     #[serde(default)]
-    pub headers: BTreeMap<String, At<String>>,
+    pub(crate) headers: BTreeMap<String, At<String>>,
 }
 
 /// `jwt:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct JwtSpec {
+pub(crate) struct JwtSpec {
     /// Verification keys; each pins its algorithm.
     #[serde(default)]
-    pub keys: Vec<JwtKeySpec>,
+    pub(crate) keys: Vec<JwtKeySpec>,
     /// A JWKS document written inline (`{ keys: [...] }`); each key needs `alg`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks: Option<serde_json::Value>,
+    pub(crate) jwks: Option<serde_json::Value>,
     /// A JWKS document fetched at start and every `jwks_refresh` (and, at most once a
     /// minute, when a token names an unknown `kid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_url: Option<At<String>>,
+    pub(crate) jwks_url: Option<At<String>>,
     /// How often `jwks_url` is fetched again.
     #[serde(default = "ten_minutes")]
-    pub jwks_refresh: Dur,
+    pub(crate) jwks_refresh: Dur,
     /// Accepted `iss` values (any when empty).
     #[serde(default)]
-    pub issuers: Vec<String>,
+    pub(crate) issuers: Vec<String>,
     /// Accepted `aud` values (any when empty).
     #[serde(default)]
-    pub audiences: Vec<String>,
+    pub(crate) audiences: Vec<String>,
     /// Clock skew allowed for `exp` and `nbf`.
     #[serde(default = "thirty_seconds")]
-    pub leeway: Dur,
+    pub(crate) leeway: Dur,
     /// The claim naming the consumer (`sub` by default).
     #[serde(default = "sub")]
-    pub consumer_claim: String,
+    pub(crate) consumer_claim: String,
     /// Claims sent upstream as headers: claim → header.
     #[serde(default)]
-    pub claims_to_headers: BTreeMap<String, String>,
+    pub(crate) claims_to_headers: BTreeMap<String, String>,
     /// Claims a token must carry besides `exp` (always required), such as `sub`; none by
     /// default.
     #[serde(default)]
-    pub required_claims: Vec<String>,
+    pub(crate) required_claims: Vec<String>,
 }
 
 /// One `jwt.keys` entry.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct JwtKeySpec {
+pub(crate) struct JwtKeySpec {
     /// Matches the token's `kid`; without it, the key serves tokens without `kid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
+    pub(crate) kid: Option<String>,
     /// HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
-    pub alg: At<String>,
+    pub(crate) alg: At<String>,
     /// HMAC secret (use `${ENV}`).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "redact"
     )]
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
     /// PEM public key (relative to the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key_file: Option<At<String>>,
+    pub(crate) public_key_file: Option<At<String>>,
 }
 
 fn thirty_seconds() -> Dur {
@@ -1177,16 +1177,16 @@ fn sub() -> String {
 /// `key_auth:` — API keys of `consumers`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeyAuthSpec {
+pub(crate) struct KeyAuthSpec {
     /// Header carrying the key.
     #[serde(default = "api_key_header")]
-    pub header: String,
+    pub(crate) header: String,
     /// Query parameter carrying the key (off unless given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<String>,
+    pub(crate) query: Option<String>,
     /// Remove the key header before forwarding.
     #[serde(default = "yes")]
-    pub hide_credentials: bool,
+    pub(crate) hide_credentials: bool,
 }
 
 fn api_key_header() -> String {
@@ -1196,32 +1196,32 @@ fn api_key_header() -> String {
 /// `acl:` — by consumer group.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AclSpec {
+pub(crate) struct AclSpec {
     /// Groups let through (all when empty).
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub(crate) allow: Vec<String>,
     /// Groups refused.
     #[serde(default)]
-    pub deny: Vec<String>,
+    pub(crate) deny: Vec<String>,
 }
 
 /// `rate_limit:` — GCRA per key.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RateLimitSpec {
+pub(crate) struct RateLimitSpec {
     /// Requests per `window`, spread evenly.
-    pub limit: At<u32>,
+    pub(crate) limit: At<u32>,
     /// The window.
-    pub window: Dur,
+    pub(crate) window: Dur,
     /// Extra requests allowed at once.
     #[serde(default)]
-    pub burst: u32,
+    pub(crate) burst: u32,
     /// `ip` (default), `consumer`, `route`, or `header:NAME`.
     #[serde(default = "by_ip")]
-    pub by: At<String>,
+    pub(crate) by: At<String>,
     /// Most keys tracked at once (memory bound).
     #[serde(default = "max_keys")]
-    pub max_keys: usize,
+    pub(crate) max_keys: usize,
 }
 
 fn by_ip() -> At<String> {
@@ -1238,24 +1238,24 @@ fn max_keys() -> usize {
 /// `cors:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct CorsSpec {
+pub(crate) struct CorsSpec {
     /// Allowed origins: exact (`https://app.example.com`), wildcard (`https://*.example.com`) or `*`.
-    pub origins: At<Vec<String>>,
+    pub(crate) origins: At<Vec<String>>,
     /// Allowed methods.
     #[serde(default = "cors_methods")]
-    pub methods: Vec<String>,
+    pub(crate) methods: Vec<String>,
     /// Allowed request headers; empty = those the preflight asks for.
     #[serde(default)]
-    pub headers: Vec<String>,
+    pub(crate) headers: Vec<String>,
     /// Response headers exposed to scripts.
     #[serde(default)]
-    pub expose_headers: Vec<String>,
+    pub(crate) expose_headers: Vec<String>,
     /// Allow credentials (cookies, authorization).
     #[serde(default)]
-    pub credentials: bool,
+    pub(crate) credentials: bool,
     /// How long browsers may cache a preflight.
     #[serde(default = "ten_minutes")]
-    pub max_age: Dur,
+    pub(crate) max_age: Dur,
 }
 
 fn cors_methods() -> Vec<String> {
@@ -1271,60 +1271,60 @@ fn ten_minutes() -> Dur {
 /// `ip_restriction:`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct IpRestrictionSpec {
+pub(crate) struct IpRestrictionSpec {
     /// CIDRs let through (all when empty).
     #[serde(default)]
-    pub allow: Vec<At<String>>,
+    pub(crate) allow: Vec<At<String>>,
     /// CIDRs refused (checked first).
     #[serde(default)]
-    pub deny: Vec<At<String>>,
+    pub(crate) deny: Vec<At<String>>,
     /// Proxies whose `X-Forwarded-For` is believed: the client is the rightmost address not
     /// among them.
     #[serde(default)]
-    pub trusted_proxies: Vec<At<String>>,
+    pub(crate) trusted_proxies: Vec<At<String>>,
 }
 
 /// `request_size_limit:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RequestSizeLimitSpec {
+pub(crate) struct RequestSizeLimitSpec {
     /// Largest request body.
-    pub max: Size,
+    pub(crate) max: Size,
 }
 
 /// One entry of `consumers:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConsumerSpec {
+pub(crate) struct ConsumerSpec {
     /// Unique name, sent upstream as `x-consumer-name`.
-    pub name: At<String>,
+    pub(crate) name: At<String>,
     /// API keys (use `${ENV}` for secrets); stored hashed.
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
         serialize_with = "redact_all"
     )]
-    pub api_keys: Vec<At<String>>,
+    pub(crate) api_keys: Vec<At<String>>,
     /// Groups, for `acl`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
+    pub(crate) groups: Vec<String>,
     /// Username and password hash (argon2 PHC string or bcrypt) for `basic_auth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub basic_auth: Option<BasicCredentialSpec>,
+    pub(crate) basic_auth: Option<BasicCredentialSpec>,
     /// Client-certificate subject (as in `x-client-cert-subject`) for `mtls_auth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_subject: Option<String>,
+    pub(crate) cert_subject: Option<String>,
 }
 
 /// `basic_auth:` of a consumer.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct BasicCredentialSpec {
+pub(crate) struct BasicCredentialSpec {
     /// User name.
-    pub username: At<String>,
+    pub(crate) username: At<String>,
     /// `$argon2id$...` or `$2b$...`; never the password itself.
     #[serde(serialize_with = "redact_str")]
-    pub password_hash: At<String>,
+    pub(crate) password_hash: At<String>,
 }
 
 fn redact_str<S: serde::Serializer>(_: &At<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -1338,14 +1338,14 @@ fn redact_all<S: serde::Serializer>(keys: &[At<String>], s: S) -> Result<S::Ok, 
 /// Header edits: `set` replaces, `add` appends, `remove` deletes; applied remove, set, add.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct HeaderOpsSpec {
+pub(crate) struct HeaderOpsSpec {
     /// Headers to replace.
     #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    pub(crate) set: BTreeMap<String, String>,
     /// Headers to append.
     #[serde(default)]
-    pub add: BTreeMap<String, String>,
+    pub(crate) add: BTreeMap<String, String>,
     /// Header names to delete.
     #[serde(default)]
-    pub remove: Vec<String>,
+    pub(crate) remove: Vec<String>,
 }

@@ -10,12 +10,12 @@ use serde::{Deserialize, Deserializer};
 
 /// A duration written as `<number><unit>`; units: `ms`, `s`, `m`, `h`, `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Dur(pub Duration);
+pub(crate) struct Dur(pub Duration);
 
 /// A byte size written as `<number><unit>`; units: `B`, `KB`, `MB`, `GB` (powers of 1000) and
 /// `KiB`, `MiB`, `GiB` (powers of 1024). A bare integer is bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Size(pub u64);
+pub(crate) struct Size(pub u64);
 
 const DURATION_UNITS: &[(&str, u64)] = &[
     ("ms", 1),
@@ -37,7 +37,7 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 
 /// Why a duration or size was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UnitError {
+pub(crate) enum UnitError {
     /// Not a number followed by a known unit.
     #[error("invalid duration `{0}`: expected a number and a unit (ms, s, m, h, d), like `5s`")]
     BadDuration(String),
@@ -66,7 +66,7 @@ fn split_number(text: &str) -> Option<(u64, &str)> {
 
 impl Dur {
     /// Parses `250ms`, `5s`, `1m`, `2h`, `1d`.
-    pub fn parse(text: &str) -> Result<Self, UnitError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, UnitError> {
         let bad = || UnitError::BadDuration(text.to_owned());
         let (number, unit) = split_number(text).ok_or_else(bad)?;
         let scale = DURATION_UNITS
@@ -96,7 +96,7 @@ impl fmt::Display for Dur {
 
 impl Size {
     /// Parses `512`, `64KiB`, `10MiB`, `1GB`.
-    pub fn parse(text: &str) -> Result<Self, UnitError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, UnitError> {
         let bad = || UnitError::BadSize(text.to_owned());
         let (number, unit) = split_number(text).ok_or_else(bad)?;
         let scale = if unit.is_empty() {
@@ -115,7 +115,7 @@ impl Size {
     }
 
     /// The size as a `usize`, saturating on 32-bit targets.
-    pub fn bytes(self) -> usize {
+    pub(crate) fn bytes(self) -> usize {
         usize::try_from(self.0).unwrap_or(usize::MAX)
     }
 }

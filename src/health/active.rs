@@ -22,28 +22,28 @@ use crate::pool::TargetState;
 
 /// What an active check does.
 #[derive(Debug, Clone)]
-pub struct ActiveCheck {
+pub(crate) struct ActiveCheck {
     /// HTTP request or bare TCP connect.
-    pub kind: CheckKind,
+    pub(crate) kind: CheckKind,
     /// Time between checks of one target.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Up to this much is added to each interval, at random, so checks do not align.
-    pub jitter: Duration,
+    pub(crate) jitter: Duration,
     /// Time allowed for one check.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Consecutive successes that bring a target back.
-    pub healthy: u32,
+    pub(crate) healthy: u32,
     /// Consecutive failures that take a target out.
-    pub unhealthy: u32,
+    pub(crate) unhealthy: u32,
     /// TLS, when the upstream speaks it: checks go over TLS too.
-    pub tls: Option<crate::tls::UpstreamTls>,
+    pub(crate) tls: Option<crate::tls::UpstreamTls>,
     /// The upstream speaks HTTP/2: checks do too.
-    pub http2: bool,
+    pub(crate) http2: bool,
 }
 
 /// The probe itself.
 #[derive(Debug, Clone)]
-pub enum CheckKind {
+pub(crate) enum CheckKind {
     /// `METHOD path` must answer a status in `statuses` (and contain `body` when given).
     Http {
         /// Method.
@@ -60,7 +60,7 @@ pub enum CheckKind {
 }
 
 /// Probes `target` once; `true` when healthy.
-pub async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
+pub(crate) async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
     let Some(addr) = target.addrs.load().first().copied() else {
         return false;
     };
@@ -162,7 +162,7 @@ async fn read(response: Response<Incoming>, read_body: bool) -> Option<(StatusCo
 ///
 /// The task holds the target only while it probes: the target's state owns the task, not the
 /// other way round.
-pub async fn watch(
+pub(crate) async fn watch(
     target: Weak<TargetState>,
     check: Arc<ArcSwap<ActiveCheck>>,
     on_change: impl Fn(&TargetState, bool) + Send,
@@ -189,10 +189,10 @@ pub async fn watch(
 /// An `expect_status` that is not a status or a range of statuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid status range `{0}`: expected like 200-399")]
-pub struct StatusRangeError(String);
+pub(crate) struct StatusRangeError(String);
 
 /// Parses an accepted status range: `200`, `200-399`.
-pub fn parse_statuses(text: &str) -> Result<(u16, u16), StatusRangeError> {
+pub(crate) fn parse_statuses(text: &str) -> Result<(u16, u16), StatusRangeError> {
     let bad = || StatusRangeError(text.to_owned());
     let (lo, hi) = match text.split_once('-') {
         Some((lo, hi)) => (lo.trim(), hi.trim()),

@@ -7,14 +7,14 @@
 //! reload that keeps the target hands the running check its new settings, and the task stops
 //! when the checks are configured away or the target's state goes.
 
-pub mod active;
+pub(crate) mod active;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Milliseconds since the process started (monotonic); 0 is never a real time.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     start.elapsed().as_millis() as u64 + 1
@@ -22,7 +22,7 @@ pub fn now_ms() -> u64 {
 
 /// Health and load signals of one target.
 #[derive(Debug)]
-pub struct TargetHealth {
+pub(crate) struct TargetHealth {
     /// The active checks' verdict; `true` until they say otherwise (or when there are none).
     active_up: AtomicBool,
     /// Consecutive active results in the current direction (successes when down, failures when up).
@@ -74,7 +74,7 @@ impl Default for TargetHealth {
 
 /// How a request ended, as passive detection sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A response that does not count against the target.
     Success,
     /// Connection failure, reset, timeout or a 5xx the upstream counts as failure.
@@ -83,31 +83,31 @@ pub enum Outcome {
 
 /// Passive outlier detection settings of an upstream.
 #[derive(Debug, Clone, Copy)]
-pub struct PassivePolicy {
+pub(crate) struct PassivePolicy {
     /// Eject after this many consecutive failures (0 = off).
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// Eject when the error rate in `window` reaches this percentage (0 = off)…
-    pub error_rate_percent: u32,
+    pub(crate) error_rate_percent: u32,
     /// …over at least this many requests.
-    pub min_requests: u32,
+    pub(crate) min_requests: u32,
     /// The error-rate window.
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// First ejection time; doubles with each ejection in a row, up to `max_eject`.
-    pub eject_for: Duration,
+    pub(crate) eject_for: Duration,
     /// Longest ejection.
-    pub max_eject: Duration,
+    pub(crate) max_eject: Duration,
     /// Most targets of the upstream that may be ejected at once, in percent.
-    pub max_ejected_percent: u32,
+    pub(crate) max_ejected_percent: u32,
     /// Only failed connections count (any answer is a success): the policy of an upstream
     /// without `health_check.passive`.
-    pub connect_only: bool,
+    pub(crate) connect_only: bool,
 }
 
 impl PassivePolicy {
     /// Without `health_check.passive`: three connections in a row that cannot be made take a
     /// target out for 5 s, doubling while it stays unreachable (up to 60 s); at most half of
     /// an upstream's targets are out at once.
-    pub const CONNECT_FAILURES: PassivePolicy = PassivePolicy {
+    pub(crate) const CONNECT_FAILURES: PassivePolicy = PassivePolicy {
         consecutive_failures: 3,
         error_rate_percent: 0,
         min_requests: 0,
@@ -121,14 +121,14 @@ impl PassivePolicy {
 
 impl TargetHealth {
     /// No failure counted and no ejection to forget: a success has nothing to reset.
-    pub fn clean(&self) -> bool {
+    pub(crate) fn clean(&self) -> bool {
         self.failures.load(Ordering::Relaxed) == 0
             && self.ejected_until.load(Ordering::Relaxed) == 0
     }
 
     /// Checks the target actively with `check`: the running task takes the new settings at
     /// its next probe, or `start` starts one with the settings it is handed.
-    pub fn check_with(
+    pub(crate) fn check_with(
         &self,
         check: active::ActiveCheck,
         start: impl FnOnce(
@@ -154,7 +154,7 @@ impl TargetHealth {
 
     /// The config has no active check for the target any more: the task stops and the
     /// checks' verdict no longer holds the target out.
-    pub fn stop_checks(&self) {
+    pub(crate) fn stop_checks(&self) {
         let stopped = match self.checker.lock() {
             Ok(mut s) => s.take(),
             Err(poisoned) => poisoned.into_inner().take(),
@@ -166,23 +166,28 @@ impl TargetHealth {
     }
 
     /// Whether the target may take requests now.
-    pub fn available(&self) -> bool {
+    pub(crate) fn available(&self) -> bool {
         self.active_up.load(Ordering::Relaxed) && !self.ejected(now_ms())
     }
 
     /// Whether passive detection has the target out at `now`.
-    pub fn ejected(&self, now: u64) -> bool {
+    pub(crate) fn ejected(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && now < until
     }
 
     /// The active checks' verdict.
-    pub fn active_up(&self) -> bool {
+    pub(crate) fn active_up(&self) -> bool {
         self.active_up.load(Ordering::Relaxed)
     }
 
     /// Records one active check result; returns the new state when it flips.
-    pub fn record_check(&self, ok: bool, healthy_after: u32, unhealthy_after: u32) -> Option<bool> {
+    pub(crate) fn record_check(
+        &self,
+        ok: bool,
+        healthy_after: u32,
+        unhealthy_after: u32,
+    ) -> Option<bool> {
         let up = self.active_up.load(Ordering::Relaxed);
         if ok == up {
             self.active_streak.store(0, Ordering::Relaxed);
@@ -203,7 +208,7 @@ impl TargetHealth {
 
     /// Records a request outcome; returns `true` when this outcome ejects the target.
     /// `may_eject` answers whether the upstream's `max_ejected_percent` allows one more.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         outcome: Outcome,
         policy: &PassivePolicy,
@@ -259,7 +264,7 @@ impl TargetHealth {
 
     /// Folds one latency sample into the peak EWMA (as Finagle and Linkerd do: a slower sample
     /// is taken at once, faster ones decay in with a 10 s time constant).
-    pub fn observe_latency(&self, latency: Duration) {
+    pub(crate) fn observe_latency(&self, latency: Duration) {
         const TAU_MS: f64 = 10_000.0;
         let now = now_ms();
         let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -275,13 +280,13 @@ impl TargetHealth {
     }
 
     /// The current latency EWMA in microseconds (0 = no sample yet).
-    pub fn ewma_us(&self) -> u64 {
+    pub(crate) fn ewma_us(&self) -> u64 {
         self.ewma_us.load(Ordering::Relaxed)
     }
 
     /// The slow-start share of the target's weight now: ramps from 10% to 100% over `ramp`
     /// after it (re)joined; 1.0 without slow start.
-    pub fn warmth(&self, ramp: Duration) -> f64 {
+    pub(crate) fn warmth(&self, ramp: Duration) -> f64 {
         if ramp.is_zero() {
             return 1.0;
         }
@@ -294,12 +299,12 @@ impl TargetHealth {
     }
 
     /// Marks the target as new, for slow start (a target added by a reload).
-    pub fn joined(&self) {
+    pub(crate) fn joined(&self) {
         self.up_since.store(now_ms(), Ordering::Relaxed);
     }
 
     /// Remaining ejection in milliseconds (0 when not ejected).
-    pub fn ejected_for_ms(&self) -> u64 {
+    pub(crate) fn ejected_for_ms(&self) -> u64 {
         self.ejected_until
             .load(Ordering::Relaxed)
             .saturating_sub(now_ms())

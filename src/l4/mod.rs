@@ -1,7 +1,7 @@
 //! Layer 4: `tls_passthrough` listeners, which route TLS connections by the SNI in the
 //! ClientHello without terminating them, and copy bytes both ways.
 
-pub mod sni;
+pub(crate) mod sni;
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ const MAX_HELLO: usize = 16 * 1024;
 
 /// Serves one passthrough connection: reads the ClientHello (within `hello_timeout`), picks
 /// the upstream and target, and splices the two connections.
-pub async fn serve(mut client: TcpStream, routes: &Passthrough, hello_timeout: Duration) {
+pub(crate) async fn serve(mut client: TcpStream, routes: &Passthrough, hello_timeout: Duration) {
     let peer = client.peer_addr().ok();
     let mut buf = Vec::with_capacity(1024);
     let read_hello = async {

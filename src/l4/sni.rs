@@ -4,7 +4,7 @@
 
 /// What the bytes so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// Not a whole ClientHello yet.
     NeedMore,
     /// Not a TLS ClientHello.
@@ -49,7 +49,7 @@ impl<'a> Reader<'a> {
 
 /// Reads the SNI from the start of a TLS connection. Handshake messages split over several
 /// records are joined first.
-pub fn server_name(bytes: &[u8]) -> Parsed {
+pub(crate) fn server_name(bytes: &[u8]) -> Parsed {
     // Join handshake records until the ClientHello is complete.
     let mut handshake = Vec::new();
     let mut rest = bytes;

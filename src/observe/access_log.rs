@@ -8,14 +8,14 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 /// Where access log lines go.
 #[derive(Debug)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     sender: Option<SyncSender<String>>,
     dropped: AtomicU64,
 }
 
 impl AccessLog {
     /// A log that writes nothing.
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         AccessLog {
             sender: None,
             dropped: AtomicU64::new(0),
@@ -23,7 +23,7 @@ impl AccessLog {
     }
 
     /// Starts the writer thread; `path` `-` is standard output.
-    pub fn open(path: &str) -> std::io::Result<Self> {
+    pub(crate) fn open(path: &str) -> std::io::Result<Self> {
         let mut out: Box<dyn Write + Send> = if path == "-" {
             Box::new(std::io::stdout())
         } else {
@@ -55,12 +55,12 @@ impl AccessLog {
     }
 
     /// Whether lines are written at all.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.sender.is_some()
     }
 
     /// Queues one line (which must end with `\n`).
-    pub fn write(&self, line: String) {
+    pub(crate) fn write(&self, line: String) {
         if let Some(sender) = &self.sender
             && let Err(TrySendError::Full(_)) = sender.try_send(line)
         {

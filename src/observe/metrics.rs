@@ -14,54 +14,54 @@ use prometheus_client::registry::Registry;
 
 /// Labels of `portico_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     /// Listener name.
-    pub listener: String,
+    pub(crate) listener: String,
     /// Route name; empty when no route matched.
-    pub route: String,
+    pub(crate) route: String,
     /// Upstream name; empty when the route answered itself.
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// Response status.
-    pub status: u16,
+    pub(crate) status: u16,
 }
 
 /// Labels of `portico_request_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DurationLabels {
+pub(crate) struct DurationLabels {
     /// Route name.
-    pub route: String,
+    pub(crate) route: String,
     /// Upstream name.
-    pub upstream: String,
+    pub(crate) upstream: String,
 }
 
 /// Labels keyed by listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
+pub(crate) struct ListenerLabels {
     /// Listener name.
-    pub listener: String,
+    pub(crate) listener: String,
 }
 
 /// Labels keyed by upstream and target.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TargetLabels {
+pub(crate) struct TargetLabels {
     /// Upstream name.
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// Target address as configured.
-    pub target: String,
+    pub(crate) target: String,
 }
 
 /// Labels keyed by route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     /// Route name.
-    pub route: String,
+    pub(crate) route: String,
 }
 
 /// Labels of `portico_config_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
+pub(crate) struct ResultLabels {
     /// `success` or `failure`.
-    pub result: String,
+    pub(crate) result: String,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -73,7 +73,7 @@ fn duration_histogram() -> Histogram {
 
 /// Every metric portico exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily<DurationLabels>,
@@ -92,7 +92,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Creates and registers every family.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("portico");
         let requests = Family::<RequestLabels, Counter>::default();
         let durations: HistogramFamily<DurationLabels> =
@@ -147,7 +147,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -155,7 +155,7 @@ impl Metrics {
     }
 
     /// Handles for one route on one listener towards one upstream (`""` for none).
-    pub fn route(&self, listener: &str, route: &str, upstream: &str) -> RouteMetrics {
+    pub(crate) fn route(&self, listener: &str, route: &str, upstream: &str) -> RouteMetrics {
         let labels = Arc::new(RequestLabels {
             listener: listener.to_owned(),
             route: route.to_owned(),
@@ -172,12 +172,12 @@ impl Metrics {
     }
 
     /// The live background task gauge, which [`crate::background::spawn`] moves.
-    pub fn background_tasks(&self) -> &Gauge {
+    pub(crate) fn background_tasks(&self) -> &Gauge {
         &self.background_tasks
     }
 
     /// Counts a request that no route took.
-    pub fn unrouted(&self, listener: &str, status: u16) {
+    pub(crate) fn unrouted(&self, listener: &str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels {
                 listener: listener.to_owned(),
@@ -189,7 +189,7 @@ impl Metrics {
     }
 
     /// The open-connections gauge of a listener.
-    pub fn connections(&self, listener: &str) -> Gauge {
+    pub(crate) fn connections(&self, listener: &str) -> Gauge {
         self.connections
             .get_or_create(&ListenerLabels {
                 listener: listener.to_owned(),
@@ -198,7 +198,7 @@ impl Metrics {
     }
 
     /// Sets a target's health gauge.
-    pub fn target_healthy(&self, upstream: &str, target: &str, healthy: bool) {
+    pub(crate) fn target_healthy(&self, upstream: &str, target: &str, healthy: bool) {
         self.healthy
             .get_or_create(&TargetLabels {
                 upstream: upstream.to_owned(),
@@ -208,12 +208,12 @@ impl Metrics {
     }
 
     /// The `portico_rate_limited_total` family.
-    pub fn rate_limited_family(&self) -> Family<RouteLabels, Counter> {
+    pub(crate) fn rate_limited_family(&self) -> Family<RouteLabels, Counter> {
         self.rate_limited.clone()
     }
 
     /// Counts a reload attempt.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads
             .get_or_create(&ResultLabels {
@@ -229,7 +229,7 @@ const FAST_STATUSES: [u16; 16] = [
 
 /// Pre-resolved metric handles for one route.
 #[derive(Debug, Clone)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     labels: Arc<RequestLabels>,
     /// Counters for common statuses, created on first use so unused series stay absent.
     fast: Arc<[OnceLock<Counter>; FAST_STATUSES.len()]>,
@@ -241,7 +241,7 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Records one answered request.
-    pub fn record(&self, status: u16, elapsed: Duration) {
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
         match FAST_STATUSES.iter().position(|&s| s == status) {
             Some(i) => {
                 self.fast[i].get_or_init(|| self.counter(status)).inc();

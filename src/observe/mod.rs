@@ -1,7 +1,7 @@
 //! Stage `log`: metrics and the access log.
 
-pub mod access_log;
-pub mod metrics;
+pub(crate) mod access_log;
+pub(crate) mod metrics;
 
-pub use access_log::AccessLog;
-pub use metrics::{Metrics, RouteMetrics};
+pub(crate) use access_log::AccessLog;
+pub(crate) use metrics::{Metrics, RouteMetrics};

@@ -9,14 +9,14 @@ use crate::error::{ProxyError, error_response};
 
 /// `acl`.
 #[derive(Debug)]
-pub struct Acl {
+pub(crate) struct Acl {
     allow: Vec<String>,
     deny: Vec<String>,
 }
 
 impl Acl {
     /// From its spec.
-    pub fn new(spec: &AclSpec) -> Self {
+    pub(crate) fn new(spec: &AclSpec) -> Self {
         Acl {
             allow: spec.allow.clone(),
             deny: spec.deny.clone(),

@@ -11,18 +11,18 @@ use crate::config::spec::ConsumerSpec;
 use crate::error::error_response;
 
 /// `x-consumer-name`, set for the upstream after authentication.
-pub static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
+pub(crate) static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
 /// `x-consumer-groups`, comma-separated.
-pub static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
+pub(crate) static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 
-pub use crate::consumer::Consumer;
+pub(crate) use crate::consumer::Consumer;
 
 /// Keys by the first bytes of their digest: (full digest, holder).
 type KeyIndex = HashMap<[u8; 8], Vec<([u8; 32], Arc<Consumer>)>>;
 
 /// Every consumer, with API keys indexed by their SHA-256.
 #[derive(Debug, Default)]
-pub struct Consumers {
+pub(crate) struct Consumers {
     by_key: KeyIndex,
     by_name: HashMap<String, Arc<Consumer>>,
     by_user: HashMap<String, (Arc<Consumer>, String)>,
@@ -38,7 +38,7 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// Why the consumers cannot be indexed; each error knows the position it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConsumerError {
+pub(crate) enum ConsumerError {
     /// A name that cannot go in the consumer header.
     #[error("a consumer name must be printable")]
     Name(crate::config::Pos),
@@ -58,7 +58,7 @@ pub enum ConsumerError {
 
 impl ConsumerError {
     /// The position in the config the error is about.
-    pub fn pos(&self) -> crate::config::Pos {
+    pub(crate) fn pos(&self) -> crate::config::Pos {
         match self {
             ConsumerError::Name(pos)
             | ConsumerError::PasswordHash(pos)
@@ -71,7 +71,7 @@ impl ConsumerError {
 
 impl Consumers {
     /// Indexes consumers; the error names a problem (a key given twice, a bad name).
-    pub fn build(specs: &[ConsumerSpec]) -> Result<Self, ConsumerError> {
+    pub(crate) fn build(specs: &[ConsumerSpec]) -> Result<Self, ConsumerError> {
         let mut by_key = KeyIndex::new();
         let mut by_name = HashMap::new();
         let mut by_user = HashMap::new();
@@ -131,22 +131,22 @@ impl Consumers {
     }
 
     /// The consumer with basic-auth user `user`, and its password hash.
-    pub fn basic(&self, user: &str) -> Option<(Arc<Consumer>, String)> {
+    pub(crate) fn basic(&self, user: &str) -> Option<(Arc<Consumer>, String)> {
         self.by_user.get(user).cloned()
     }
 
     /// The consumer whose certificate subject is `subject`.
-    pub fn by_cert_subject(&self, subject: &str) -> Option<Arc<Consumer>> {
+    pub(crate) fn by_cert_subject(&self, subject: &str) -> Option<Arc<Consumer>> {
         self.by_subject.get(subject).cloned()
     }
 
     /// The consumer named `name`.
-    pub fn by_name(&self, name: &str) -> Option<Arc<Consumer>> {
+    pub(crate) fn by_name(&self, name: &str) -> Option<Arc<Consumer>> {
         self.by_name.get(name).cloned()
     }
 
     /// The consumer holding `key`; the digests are compared in constant time.
-    pub fn by_api_key(&self, key: &[u8]) -> Option<Arc<Consumer>> {
+    pub(crate) fn by_api_key(&self, key: &[u8]) -> Option<Arc<Consumer>> {
         let digest = sha256(key);
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&digest[..8]);
@@ -158,7 +158,7 @@ impl Consumers {
 }
 
 /// A 401 in portico's JSON format with its `WWW-Authenticate` challenge.
-pub fn unauthorized(
+pub(crate) fn unauthorized(
     request_id: &HeaderValue,
     challenge: &HeaderValue,
     message: &str,
@@ -176,7 +176,7 @@ pub fn unauthorized(
 }
 
 /// Compares without an early exit, so timing does not tell how much matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

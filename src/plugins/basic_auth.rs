@@ -20,7 +20,7 @@ const CACHE_MAX: usize = 10_000;
 
 /// `basic_auth`.
 #[derive(Debug)]
-pub struct BasicAuth {
+pub(crate) struct BasicAuth {
     consumers: Arc<Consumers>,
     challenge: HeaderValue,
     hide: bool,
@@ -59,7 +59,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Checks a password against an argon2 PHC string or a bcrypt hash.
-pub fn verify_password(password: &[u8], hash: &str) -> bool {
+pub(crate) fn verify_password(password: &[u8], hash: &str) -> bool {
     use argon2::PasswordVerifier;
     if hash.starts_with("$argon2") {
         return argon2::password_hash::PasswordHash::new(hash).is_ok_and(|parsed| {
@@ -76,7 +76,7 @@ pub fn verify_password(password: &[u8], hash: &str) -> bool {
 
 impl BasicAuth {
     /// From its spec.
-    pub fn new(spec: &BasicAuthSpec, consumers: &Arc<Consumers>) -> Self {
+    pub(crate) fn new(spec: &BasicAuthSpec, consumers: &Arc<Consumers>) -> Self {
         let challenge = HeaderValue::from_str(&format!(
             "Basic realm=\"{}\", charset=\"UTF-8\"",
             spec.realm

@@ -54,7 +54,7 @@ impl OriginRule {
 
 /// A compiled `cors`.
 #[derive(Debug)]
-pub struct Cors {
+pub(crate) struct Cors {
     origins: Vec<OriginRule>,
     methods: HeaderValue,
     headers: Option<HeaderValue>,
@@ -74,7 +74,7 @@ fn join(list: &[String]) -> Result<Option<HeaderValue>, BuildError> {
 
 impl Cors {
     /// Checks origins and lists.
-    pub fn new(spec: &CorsSpec) -> Result<Self, BuildError> {
+    pub(crate) fn new(spec: &CorsSpec) -> Result<Self, BuildError> {
         let origins = spec
             .origins
             .iter()

@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 
 /// Compiled header edits, applied in the order remove, set, add.
 #[derive(Debug, Clone, Default)]
-pub struct HeaderOps {
+pub(crate) struct HeaderOps {
     remove: Vec<HeaderName>,
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
@@ -27,7 +27,7 @@ fn pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), BuildError
 
 impl HeaderOps {
     /// Checks names and values once, at compile time.
-    pub fn compile(spec: &HeaderOpsSpec) -> Result<Self, BuildError> {
+    pub(crate) fn compile(spec: &HeaderOpsSpec) -> Result<Self, BuildError> {
         Ok(HeaderOps {
             remove: spec
                 .remove
@@ -50,7 +50,7 @@ impl HeaderOps {
     }
 
     /// Applies the edits.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
         }
@@ -65,7 +65,7 @@ impl HeaderOps {
 
 /// Edits the request headers sent upstream.
 #[derive(Debug)]
-pub struct RequestHeaders(pub HeaderOps);
+pub(crate) struct RequestHeaders(pub HeaderOps);
 
 impl Plugin for RequestHeaders {
     fn name(&self) -> &'static str {
@@ -84,7 +84,7 @@ impl Plugin for RequestHeaders {
 
 /// Edits the response headers sent to the client.
 #[derive(Debug)]
-pub struct ResponseHeaders(pub HeaderOps);
+pub(crate) struct ResponseHeaders(pub HeaderOps);
 
 impl Plugin for ResponseHeaders {
     fn name(&self) -> &'static str {

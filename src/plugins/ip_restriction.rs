@@ -13,14 +13,14 @@ use crate::error::{ProxyError, error_response};
 
 /// An address block, like `10.0.0.0/8` or `::1/128` (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     net: IpAddr,
     prefix: u8,
 }
 
 impl Cidr {
     /// Parses `ADDR` or `ADDR/PREFIX`.
-    pub fn parse(text: &str) -> Result<Self, BuildError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, BuildError> {
         let bad = || BuildError::AddressBlock {
             block: text.to_owned(),
         };
@@ -41,7 +41,7 @@ impl Cidr {
     }
 
     /// Whether `ip` lies in the block (IPv4-mapped IPv6 counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.net, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
@@ -66,7 +66,7 @@ fn parse_all(list: &[At<String>]) -> Result<Vec<Cidr>, BuildError> {
 
 /// The client address: the peer, or — when the peer is a trusted proxy — the rightmost
 /// `X-Forwarded-For` entry that is not one.
-pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> IpAddr {
     if !trusted.iter().any(|c| c.contains(peer)) {
         return peer;
     }
@@ -89,7 +89,7 @@ pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> I
 
 /// `ip_restriction`.
 #[derive(Debug)]
-pub struct IpRestriction {
+pub(crate) struct IpRestriction {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     trusted: Vec<Cidr>,
@@ -97,7 +97,7 @@ pub struct IpRestriction {
 
 impl IpRestriction {
     /// Parses the blocks.
-    pub fn new(spec: &IpRestrictionSpec) -> Result<Self, BuildError> {
+    pub(crate) fn new(spec: &IpRestrictionSpec) -> Result<Self, BuildError> {
         Ok(IpRestriction {
             allow: parse_all(&spec.allow)?,
             deny: parse_all(&spec.deny)?,

@@ -53,7 +53,7 @@ impl std::fmt::Debug for Key {
 
 /// A compiled `jwt`.
 #[derive(Debug)]
-pub struct Jwt {
+pub(crate) struct Jwt {
     keys: Vec<Key>,
     jwks: Option<Arc<Jwks>>,
     issuers: Vec<String>,
@@ -148,7 +148,7 @@ fn from_jwks(set: &JwkSet) -> Vec<Key> {
 
 impl Jwt {
     /// Loads the keys (PEM paths relative to `base`).
-    pub fn new(spec: &JwtSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
+    pub(crate) fn new(spec: &JwtSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
         let base = env.base;
         let mut keys = Vec::new();
         for k in &spec.keys {
@@ -265,13 +265,6 @@ impl Jwt {
         {
             jwks.wake.notify_one();
         }
-    }
-
-    /// How many times the JWKS URL was fetched (for tests and the admin API).
-    pub fn jwks_fetches(&self) -> u64 {
-        self.jwks
-            .as_ref()
-            .map_or(0, |j| j.fetches.load(Ordering::Relaxed))
     }
 
     /// A 401 for a presented token that is not acceptable (RFC 6750 §3.1 `invalid_token`).

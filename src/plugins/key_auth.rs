@@ -12,7 +12,7 @@ use crate::error::ProxyError;
 
 /// `key_auth`.
 #[derive(Debug)]
-pub struct KeyAuth {
+pub(crate) struct KeyAuth {
     header: HeaderName,
     query: Option<String>,
     hide: bool,
@@ -22,7 +22,10 @@ pub struct KeyAuth {
 
 impl KeyAuth {
     /// Checks the header name once.
-    pub fn new(spec: &KeyAuthSpec, consumers: &Arc<Consumers>) -> Result<Self, super::BuildError> {
+    pub(crate) fn new(
+        spec: &KeyAuthSpec,
+        consumers: &Arc<Consumers>,
+    ) -> Result<Self, super::BuildError> {
         let header = HeaderName::from_bytes(spec.header.as_bytes())
             .map_err(|e| super::BuildError::header_name(&spec.header, e))?;
         Ok(KeyAuth {

@@ -12,14 +12,14 @@ use crate::error::{ProxyError, error_response};
 
 /// `mtls_auth`.
 #[derive(Debug)]
-pub struct MtlsAuth {
+pub(crate) struct MtlsAuth {
     consumers: Arc<Consumers>,
     allow_unknown: bool,
 }
 
 impl MtlsAuth {
     /// From its spec.
-    pub fn new(spec: &MtlsAuthSpec, consumers: &Arc<Consumers>) -> Self {
+    pub(crate) fn new(spec: &MtlsAuthSpec, consumers: &Arc<Consumers>) -> Self {
         MtlsAuth {
             consumers: Arc::clone(consumers),
             allow_unknown: spec.allow_unknown,

@@ -25,7 +25,7 @@ const SHARDS: usize = 16;
 
 /// What a limit counts by.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LimitKey {
+pub(crate) enum LimitKey {
     /// The client address.
     Ip,
     /// The authenticated consumer (unauthenticated requests share one key).
@@ -38,7 +38,7 @@ pub enum LimitKey {
 
 /// A compiled `rate_limit`.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     key: LimitKey,
     limit: u32,
     burst: u32,
@@ -67,7 +67,7 @@ fn now_ns() -> u64 {
 
 impl RateLimit {
     /// Checks the spec.
-    pub fn new(spec: &RateLimitSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
+    pub(crate) fn new(spec: &RateLimitSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
         if *spec.limit == 0 {
             return Err(BuildError::ZeroLimit);
         }
@@ -122,7 +122,7 @@ impl RateLimit {
     }
 
     /// One GCRA step: `Ok(remaining)` or `Err(wait)`.
-    pub fn check(&self, key: &str, now: u64) -> Result<(u32, u64), u64> {
+    pub(crate) fn check(&self, key: &str, now: u64) -> Result<(u32, u64), u64> {
         let shard = &self.shards.0[crate::balance::hash::hash64(key.as_bytes()) as usize % SHARDS];
         let mut map = match shard.lock() {
             Ok(m) => m,

@@ -11,7 +11,7 @@ use crate::error::ProxyError;
 /// `request_size_limit`: a declared length over the limit is refused at once; a streamed body
 /// fails when it passes the limit.
 #[derive(Debug)]
-pub struct RequestSizeLimit(pub u64);
+pub(crate) struct RequestSizeLimit(pub u64);
 
 impl Plugin for RequestSizeLimit {
     fn name(&self) -> &'static str {

@@ -10,7 +10,7 @@ use crate::error::ProxyError;
 
 /// `respond`: a fixed answer (mock), after the plugins before it in the chain's phases.
 #[derive(Debug)]
-pub struct Mock {
+pub(crate) struct Mock {
     status: StatusCode,
     body: bytes::Bytes,
     headers: HeaderMap,
@@ -18,7 +18,7 @@ pub struct Mock {
 
 impl Mock {
     /// Checks status and headers.
-    pub fn new(spec: &MockSpec) -> Result<Self, super::BuildError> {
+    pub(crate) fn new(spec: &MockSpec) -> Result<Self, super::BuildError> {
         let status = StatusCode::from_u16(*spec.status)
             .ok()
             .filter(|s| s.as_u16() >= 200)

@@ -90,8 +90,10 @@ impl Plugin for Bracket {
             edit: Box::new(BracketEdit),
         })
     }
-    fn log(&self, _: &RequestCtx, _: &LogRecord) {
-        self.logged.fetch_add(1, Ordering::Relaxed);
+    fn log(&self, _: &RequestCtx, record: &LogRecord) {
+        if record.status == StatusCode::OK && record.elapsed > std::time::Duration::ZERO {
+            self.logged.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -93,12 +93,12 @@ impl HeaderEdits {
 
 /// JSON body edits over dotted paths.
 #[derive(Debug, Clone, Default)]
-pub struct JsonEdit {
+pub(crate) struct JsonEdit {
     remove: Vec<Vec<String>>,
     rename: Vec<(Vec<String>, Vec<String>)>,
     set: Vec<(Vec<String>, String)>,
     /// Largest body edited.
-    pub max: usize,
+    pub(crate) max: usize,
 }
 
 fn path(text: &str) -> Vec<String> {
@@ -150,7 +150,7 @@ impl JsonEdit {
     }
 
     /// Edits a JSON document; anything that is not JSON is returned unchanged.
-    pub fn apply(&self, body: &Bytes) -> Option<Bytes> {
+    pub(crate) fn apply(&self, body: &Bytes) -> Option<Bytes> {
         let mut value: Value = serde_json::from_slice(body).ok()?;
         for p in &self.remove {
             take(&mut value, p);
@@ -168,7 +168,7 @@ impl JsonEdit {
 }
 
 /// Whether a content type is JSON (`application/json`, `application/*+json`).
-pub fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -198,7 +198,7 @@ fn encode_component(text: &str) -> String {
 
 /// `request_transformer`.
 #[derive(Debug)]
-pub struct RequestTransformer {
+pub(crate) struct RequestTransformer {
     headers: HeaderEdits,
     query: FieldOpsSpec,
     json: Option<Arc<JsonEdit>>,
@@ -206,7 +206,7 @@ pub struct RequestTransformer {
 
 impl RequestTransformer {
     /// Checks names and values once.
-    pub fn new(spec: &TransformSpec) -> Result<Self, BuildError> {
+    pub(crate) fn new(spec: &TransformSpec) -> Result<Self, BuildError> {
         Ok(RequestTransformer {
             headers: HeaderEdits::compile(&spec.headers)?,
             query: spec.query.clone(),
@@ -301,14 +301,14 @@ impl WholeBody for Edit {
 
 /// `response_transformer`.
 #[derive(Debug)]
-pub struct ResponseTransformer {
+pub(crate) struct ResponseTransformer {
     headers: HeaderEdits,
     json: Option<Arc<JsonEdit>>,
 }
 
 impl ResponseTransformer {
     /// Checks names and values once.
-    pub fn new(spec: &TransformSpec) -> Result<Self, BuildError> {
+    pub(crate) fn new(spec: &TransformSpec) -> Result<Self, BuildError> {
         if !spec.query.remove.is_empty()
             || !spec.query.set.is_empty()
             || !spec.query.add.is_empty()

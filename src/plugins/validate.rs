@@ -37,16 +37,16 @@ struct Param {
 
 /// A compiled `request_validator`.
 #[derive(Debug)]
-pub struct RequestValidator {
+pub(crate) struct RequestValidator {
     body: Option<Arc<Schema>>,
     routes: Option<matchit::Router<Vec<Arc<Operation>>>>,
     /// Largest body checked.
-    pub max: usize,
+    pub(crate) max: usize,
 }
 
 /// What the body check needs, decided from the head.
 #[derive(Debug, Clone)]
-pub struct BodyCheck {
+pub(crate) struct BodyCheck {
     schema: Arc<Schema>,
     required: bool,
     max: usize,
@@ -239,7 +239,7 @@ fn errors_of(schema: &Schema, value: &Value, prefix: &str) -> Vec<String> {
 }
 
 /// The 400 answer listing what is wrong.
-pub fn invalid(ctx: &RequestCtx, errors: Vec<String>) -> http::Response<Body> {
+pub(crate) fn invalid(ctx: &RequestCtx, errors: Vec<String>) -> http::Response<Body> {
     let body = serde_json::json!({
         "error": "request_invalid",
         "message": "the request does not match its description",
@@ -257,7 +257,7 @@ pub fn invalid(ctx: &RequestCtx, errors: Vec<String>) -> http::Response<Body> {
 
 impl RequestValidator {
     /// Compiles the schema or loads the document (relative to `base`).
-    pub fn new(spec: &ValidatorSpec, base: &Path) -> Result<Self, BuildError> {
+    pub(crate) fn new(spec: &ValidatorSpec, base: &Path) -> Result<Self, BuildError> {
         let body = spec.body_schema.as_ref().map(compile).transpose()?;
         let routes = match &spec.openapi_file {
             Some(file) => {
@@ -281,7 +281,11 @@ impl RequestValidator {
     }
 
     /// Checks the body held in `bytes` against `check`; the errors, if any.
-    pub fn check_body(check: &BodyCheck, headers: &http::HeaderMap, bytes: &Bytes) -> Vec<String> {
+    pub(crate) fn check_body(
+        check: &BodyCheck,
+        headers: &http::HeaderMap,
+        bytes: &Bytes,
+    ) -> Vec<String> {
         if bytes.is_empty() {
             return if check.required {
                 vec!["body: a request body is required".into()]

@@ -38,7 +38,7 @@ std::thread_local! {
 }
 
 /// Marks the current thread as worker `index` (0 is the control thread).
-pub fn set_worker(index: usize) {
+pub(crate) fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
@@ -48,17 +48,17 @@ fn worker() -> usize {
 
 /// Live state of one target: its addresses, its load and its idle connections.
 #[derive(Debug)]
-pub struct TargetState {
+pub(crate) struct TargetState {
     /// The address as written in the config (`host:port`).
-    pub address: Arc<str>,
+    pub(crate) address: Arc<str>,
     /// Current resolved addresses; empty until a name resolves.
-    pub addrs: ArcSwap<Vec<SocketAddr>>,
+    pub(crate) addrs: ArcSwap<Vec<SocketAddr>>,
     /// Requests in flight to this target.
-    pub inflight: AtomicUsize,
+    pub(crate) inflight: AtomicUsize,
     /// Open connections to this target (all workers).
-    pub open: Arc<AtomicUsize>,
+    pub(crate) open: Arc<AtomicUsize>,
     /// Health, ejection, slow start and latency.
-    pub health: crate::health::TargetHealth,
+    pub(crate) health: crate::health::TargetHealth,
     /// The upstream's "a connection was checked in or closed" signal.
     freed: Arc<Notify>,
     next_addr: AtomicUsize,
@@ -78,17 +78,17 @@ struct Idle {
 
 /// Settings that may change on reload without dropping a pool.
 #[derive(Debug, Clone, Copy)]
-pub struct PoolSettings {
+pub(crate) struct PoolSettings {
     /// Most idle connections per worker.
-    pub max_idle: usize,
+    pub(crate) max_idle: usize,
     /// Idle connections older than this are closed.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// TCP connect timeout.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
 }
 
 /// A ready connection for one exchange.
-pub enum Conn {
+pub(crate) enum Conn {
     /// An HTTP/1.1 connection; the [`Checkin`] goes with the response body.
     H1(Checkin),
     /// A shared HTTP/2 connection.
@@ -96,7 +96,7 @@ pub enum Conn {
 }
 
 /// Returns an HTTP/1.1 connection to its pool.
-pub struct Checkin {
+pub(crate) struct Checkin {
     target: Arc<TargetState>,
     worker: usize,
     sender: Option<http1::SendRequest<Body>>,
@@ -120,7 +120,7 @@ impl crate::body::Checkin for Checkin {
 
 impl Checkin {
     /// The exchange is complete: keep the connection for the next request.
-    pub fn release(mut self) {
+    pub(crate) fn release(mut self) {
         if let Some(sender) = self.sender.take()
             && !sender.is_closed()
             && let Some(slot) = self.target.idle.get(self.worker)
@@ -141,7 +141,7 @@ impl Checkin {
     }
 
     /// The connection, to send the request on.
-    pub fn sender(&mut self) -> Option<&mut http1::SendRequest<Body>> {
+    pub(crate) fn sender(&mut self) -> Option<&mut http1::SendRequest<Body>> {
         self.sender.as_mut()
     }
 }
@@ -149,7 +149,7 @@ impl Checkin {
 /// Why no connection to a target could be had. The request path turns it into the client's
 /// error, with the upstream's name.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The target's name has not resolved to an address (yet).
     #[error("the target has no address")]
     NoAddress,
@@ -190,7 +190,7 @@ impl TargetState {
     }
 
     /// Number of idle HTTP/1.1 connections across workers.
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         self.idle
             .iter()
             .map(|slot| slot.lock().map(|l| l.len()).unwrap_or(0))
@@ -207,7 +207,7 @@ impl TargetState {
     }
 
     /// A connection for one request, reused when possible.
-    pub async fn connect(
+    pub(crate) async fn connect(
         self: &Arc<Self>,
         http2: bool,
         settings: PoolSettings,
@@ -454,7 +454,7 @@ impl Drop for OpenConn {
 /// entries become exactly those of a config when it is put in force ([`Registry::commit`]),
 /// so a refused reload leaves the registry as it was.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
     upstreams: Mutex<HashMap<String, Arc<UpstreamState>>>,
     /// Pool slots per target: one per worker plus the control thread.
@@ -470,11 +470,11 @@ impl Default for Registry {
 
 /// Live state of one upstream (all its targets), kept across reloads.
 #[derive(Debug, Default)]
-pub struct UpstreamState {
+pub(crate) struct UpstreamState {
     /// Requests in flight to the upstream.
-    pub inflight: AtomicUsize,
+    pub(crate) inflight: AtomicUsize,
     /// Requests waiting for a connection (circuit breaker `max_pending`).
-    pub pending: AtomicUsize,
+    pub(crate) pending: AtomicUsize,
     /// Notified when a connection to any of its targets is checked in or closes.
     pub(crate) freed: Arc<Notify>,
     budget_second: std::sync::atomic::AtomicU64,
@@ -492,14 +492,14 @@ impl UpstreamState {
     }
 
     /// Counts a first try, for the retry budget.
-    pub fn count_request(&self) {
+    pub(crate) fn count_request(&self) {
         self.roll();
         self.budget_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from this second's budget: `percent` of this second's requests, but
     /// at least `min`. `false` when the budget is spent.
-    pub fn take_retry(&self, percent: u32, min: u32) -> bool {
+    pub(crate) fn take_retry(&self, percent: u32, min: u32) -> bool {
         self.roll();
         let requests = self.budget_requests.load(Ordering::Relaxed);
         let allowed = (requests.saturating_mul(percent) / 100).max(min);
@@ -509,7 +509,7 @@ impl UpstreamState {
 
 impl Registry {
     /// A registry whose pools have a slot for each of `workers` worker threads.
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         Registry {
             targets: Mutex::default(),
             upstreams: Mutex::default(),
@@ -522,7 +522,12 @@ impl Registry {
     /// it in.
     /// `freed` is the upstream state's wake-up for connection waiters (see
     /// `UpstreamState::wait_for_connection`).
-    pub fn target(&self, upstream: &str, address: &str, freed: &Arc<Notify>) -> Arc<TargetState> {
+    pub(crate) fn target(
+        &self,
+        upstream: &str,
+        address: &str,
+        freed: &Arc<Notify>,
+    ) -> Arc<TargetState> {
         let targets = match self.targets.lock() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
@@ -544,7 +549,7 @@ impl Registry {
     }
 
     /// The live state of upstream `name`, or new state (not entered).
-    pub fn upstream(&self, name: &str) -> Arc<UpstreamState> {
+    pub(crate) fn upstream(&self, name: &str) -> Arc<UpstreamState> {
         let upstreams = match self.upstreams.lock() {
             Ok(u) => u,
             Err(poisoned) => poisoned.into_inner(),
@@ -553,7 +558,7 @@ impl Registry {
     }
 
     /// Makes the entries those of the config now in force: `upstreams` with their targets.
-    pub fn commit<'a>(
+    pub(crate) fn commit<'a>(
         &self,
         upstreams: impl IntoIterator<Item = (&'a str, &'a Arc<UpstreamState>, &'a [Arc<TargetState>])>,
     ) {
@@ -574,19 +579,6 @@ impl Registry {
         if let Ok(mut u) = self.upstreams.lock() {
             *u = states;
         }
-    }
-
-    /// Every target that needs DNS resolution.
-    pub fn named_targets(&self) -> Vec<Arc<TargetState>> {
-        self.targets
-            .lock()
-            .map(|t| {
-                t.values()
-                    .filter(|s| s.address.parse::<SocketAddr>().is_err())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 

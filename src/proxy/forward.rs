@@ -24,20 +24,20 @@ use crate::view::RequestView;
 
 /// What the hop to the upstream needs from the downstream side.
 #[derive(Debug)]
-pub struct Hop<'a> {
+pub(crate) struct Hop<'a> {
     /// The client address as `X-Forwarded-For` writes it.
-    pub client_value: &'a HeaderValue,
+    pub(crate) client_value: &'a HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub scheme: &'static str,
+    pub(crate) scheme: &'static str,
     /// The host the client asked for (kept for the upstream).
-    pub host: Option<HeaderValue>,
+    pub(crate) host: Option<HeaderValue>,
     /// The hop-by-hop fields the client sent (already removed from the head).
-    pub info: HopInfo,
+    pub(crate) info: HopInfo,
 }
 
 /// The target chosen for the first try.
 #[derive(Debug, Clone, Copy)]
-pub struct Selection {
+pub(crate) struct Selection {
     index: usize,
     /// Chosen by the sticky cookie (so no new cookie is set).
     sticky: bool,
@@ -100,7 +100,7 @@ fn sticky_value(target: &TargetState) -> String {
 }
 
 /// Stage `select`: the sticky cookie's target when it is available, else the balancer's pick.
-pub fn select(
+pub(crate) fn select(
     upstream: &Upstream,
     ctx: &RequestCtx,
     head: &http::request::Parts,
@@ -138,7 +138,7 @@ pub fn select(
 }
 
 /// Stage `forward`: the circuit breaker, the head for the hop, then the tries.
-pub async fn forward(
+pub(crate) async fn forward(
     hop: Hop<'_>,
     ctx: &mut RequestCtx,
     route: &Route,

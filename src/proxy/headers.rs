@@ -7,17 +7,18 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `x-client-cert-subject`: the verified client certificate's subject (mTLS).
-pub static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+pub(crate) static X_CLIENT_CERT_SUBJECT: HeaderName =
+    HeaderName::from_static("x-client-cert-subject");
 /// `x-client-cert-san`: its subject alternative names.
-pub static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
+pub(crate) static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
 /// `x-forwarded-for`.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `x-forwarded-host`.
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -39,9 +40,9 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HopInfo {
     /// The client accepts trailers (`TE: trailers`).
-    pub te_trailers: bool,
+    pub(crate) te_trailers: bool,
     /// `Connection` listed `upgrade`.
-    pub connection_upgrade: bool,
+    pub(crate) connection_upgrade: bool,
 }
 
 /// Removes hop-by-hop fields and every field named in `Connection`. `Upgrade` is removed
@@ -96,7 +97,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> HopInfo 
 }
 
 /// Appends a `Via` entry for this hop: `1.1 portico` (RFC 9110 §7.6.3).
-pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
+pub(crate) fn append_via(headers: &mut HeaderMap, version: http::Version) {
     let value = match version {
         http::Version::HTTP_2 => HeaderValue::from_static("2 portico"),
         http::Version::HTTP_10 => HeaderValue::from_static("1.0 portico"),
@@ -106,7 +107,7 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
 }
 
 /// The client address as a header value, made once per connection.
-pub fn client_value(client: IpAddr) -> HeaderValue {
+pub(crate) fn client_value(client: IpAddr) -> HeaderValue {
     // An IP address always prints as a valid header value.
     HeaderValue::from_str(&client.to_canonical().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
@@ -148,7 +149,7 @@ pub fn set_forwarded(
 }
 
 /// The client's request id if it is sane (1–128 of `[A-Za-z0-9._:-]`), else a new one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let bytes = v.as_bytes();
         if !bytes.is_empty()
@@ -189,7 +190,7 @@ fn next_random() -> u64 {
 }
 
 /// A fresh 32-hex-digit request id.
-pub fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
     let mut bits = u128::from(next_random()) << 64 | u128::from(next_random());

@@ -1,5 +1,5 @@
 //! Stages `forward` and `respond`: the request pipeline and everything it sends upstream.
 
-pub mod forward;
-pub mod headers;
-pub mod pipeline;
+pub(crate) mod forward;
+pub(crate) mod headers;
+pub(crate) mod pipeline;

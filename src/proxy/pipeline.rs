@@ -23,28 +23,28 @@ use crate::runtime::{Action, Listener, ListenerRoute, Snapshot};
 
 /// What the connection knows about where a request came from.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// The downstream peer.
-    pub client: SocketAddr,
+    pub(crate) client: SocketAddr,
     /// The listener's name.
-    pub listener: Arc<str>,
+    pub(crate) listener: Arc<str>,
     /// State shared with the connection's I/O.
-    pub conn: Arc<crate::server::conn::ConnShared>,
+    pub(crate) conn: Arc<crate::server::conn::ConnShared>,
     /// The client address as `X-Forwarded-For` writes it, made once per connection.
-    pub client_value: HeaderValue,
+    pub(crate) client_value: HeaderValue,
     /// `http` or `https`.
-    pub scheme: &'static str,
+    pub(crate) scheme: &'static str,
     /// The verified client certificate (mTLS), if any.
-    pub client_cert: Option<Arc<ClientCert>>,
+    pub(crate) client_cert: Option<Arc<ClientCert>>,
 }
 
 /// A verified client certificate as the upstream sees it.
 #[derive(Debug)]
-pub struct ClientCert {
+pub(crate) struct ClientCert {
     /// `x-client-cert-subject`.
-    pub subject: HeaderValue,
+    pub(crate) subject: HeaderValue,
     /// `x-client-cert-san`: every SAN, comma-separated.
-    pub sans: Option<HeaderValue>,
+    pub(crate) sans: Option<HeaderValue>,
 }
 
 /// What the stages made of a request, and what the exit needs to finish the answer.
@@ -81,7 +81,7 @@ struct LogHead {
 ///
 /// The body is portico's own type, so the pipeline runs the same with a request read from
 /// a socket ([`Body::stream`]) and with one made in process ([`Body::full`]).
-pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>) -> Response<Body> {
+pub(crate) async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>) -> Response<Body> {
     // This request keeps this config until it is done, whatever reloads happen meanwhile.
     let snap = shared.snapshot.load_full();
     let (head, body) = req.into_parts();
@@ -459,7 +459,7 @@ fn error_answer(err: &ProxyError, ctx: &RequestCtx) -> Response<Body> {
             "request failed"
         );
     }
-    err.into_response(&ctx.request_id)
+    err.to_response(&ctx.request_id)
 }
 
 /// Stage `log`: metrics, the access-log line, and the plugins' log steps.

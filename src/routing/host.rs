@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 /// A host condition that is not a name or a `*.` wildcard.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
+pub(crate) enum HostError {
     /// A `*` elsewhere than in a leading `*.`, or nothing after it.
     #[error("invalid wildcard host `{0}`")]
     Wildcard(String),
@@ -15,7 +15,7 @@ pub enum HostError {
 
 /// A route's host condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
+pub(crate) enum HostPattern {
     /// This exact name.
     Exact(String),
     /// Any name ending with this suffix, which starts with `.` (written `*.example.com`).
@@ -25,7 +25,7 @@ pub enum HostPattern {
 
 impl HostPattern {
     /// Parses `api.example.com` or `*.example.com`.
-    pub fn parse(text: &str) -> Result<Self, HostError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, HostError> {
         let normal = normalize_host(text).into_owned();
         if let Some(suffix) = normal.strip_prefix("*.") {
             if suffix.is_empty() || suffix.contains('*') {
@@ -45,7 +45,7 @@ impl HostPattern {
     }
 
     /// Whether a normalised host matches.
-    pub fn matches(&self, host: &str) -> bool {
+    pub(crate) fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(name) => name == host,
             HostPattern::Suffix(suffix) => {
@@ -55,7 +55,7 @@ impl HostPattern {
     }
 
     /// Specificity: an exact name beats any wildcard, a longer wildcard beats a shorter one.
-    pub fn rank(&self) -> usize {
+    pub(crate) fn rank(&self) -> usize {
         match self {
             HostPattern::Exact(_) => usize::MAX,
             HostPattern::Suffix(suffix) => suffix.len(),
@@ -65,7 +65,7 @@ impl HostPattern {
 
 /// Lower-cases, strips the port and one trailing dot: `API.Example.com.:8080` → `api.example.com`.
 /// Borrows when nothing changes.
-pub fn normalize_host(raw: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_host(raw: &str) -> Cow<'_, str> {
     let without_port = if raw.starts_with('[') {
         // IPv6 literal: keep through `]`.
         match raw.find(']') {

@@ -8,21 +8,21 @@
 //! beats a wildcard, and then file order decides. No request-time sorting, one hash lookup for
 //! the host and one for an exact path.
 
-pub mod host;
-pub mod path;
+pub(crate) mod host;
+pub(crate) mod path;
 
 use std::collections::HashMap;
 
 use http::{HeaderName, HeaderValue, Method};
 use regex::{Regex, RegexSet};
 
-pub use host::{HostPattern, normalize_host};
+pub(crate) use host::{HostPattern, normalize_host};
 
-pub use crate::view::{RequestView, query_pairs};
+pub(crate) use crate::view::{RequestView, query_pairs};
 
 /// How a route matches the path.
 #[derive(Debug, Clone)]
-pub enum PathMatch {
+pub(crate) enum PathMatch {
     /// Any path.
     Any,
     /// Exactly this path.
@@ -37,7 +37,7 @@ pub enum PathMatch {
 
 impl PathMatch {
     /// Whether `path` matches, for checks outside the table (explain, tests).
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Any => true,
             PathMatch::Exact(p) => p == path,
@@ -51,7 +51,8 @@ impl PathMatch {
     }
 
     /// Path specificity: exact 4, template 3, prefix 2, regex 1, none 0.
-    pub fn rank(&self) -> u8 {
+    #[cfg(test)]
+    pub(crate) fn rank(&self) -> u8 {
         match self {
             PathMatch::Exact(_) => 4,
             PathMatch::Template(_) => 3,
@@ -63,7 +64,7 @@ impl PathMatch {
 }
 
 /// A segment-aware prefix test: `/users` matches `/users` and `/users/42`, not `/users2`.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
         None => false,
@@ -72,24 +73,24 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// Everything a route asks of a request.
 #[derive(Debug, Clone)]
-pub struct Conditions {
+pub(crate) struct Conditions {
     /// Host patterns; empty = any host.
-    pub hosts: Vec<HostPattern>,
+    pub(crate) hosts: Vec<HostPattern>,
     /// Path condition.
-    pub path: PathMatch,
+    pub(crate) path: PathMatch,
     /// Methods; empty = any method.
-    pub methods: Vec<Method>,
+    pub(crate) methods: Vec<Method>,
     /// Headers that must be present with these values.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// Query parameters (decoded) that must be present with these values.
-    pub query: Vec<(String, String)>,
+    pub(crate) query: Vec<(String, String)>,
     /// Cookies that must be present with these values.
-    pub cookies: Vec<(String, String)>,
+    pub(crate) cookies: Vec<(String, String)>,
 }
 
 impl Conditions {
     /// How many conditions the route states; more beat fewer.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         usize::from(!self.hosts.is_empty())
             + usize::from(!matches!(self.path, PathMatch::Any))
             + usize::from(!self.methods.is_empty())
@@ -103,7 +104,7 @@ impl Conditions {
     }
 
     /// Whether the conditions other than host and path hold; the first failing one is named.
-    pub fn check_rest(&self, req: &RequestView<'_>) -> Result<(), &'static str> {
+    pub(crate) fn check_rest(&self, req: &RequestView<'_>) -> Result<(), &'static str> {
         if !self.methods.is_empty() && !self.methods.contains(req.method) {
             return Err("method");
         }
@@ -129,7 +130,7 @@ impl Conditions {
     }
 
     /// Whether every condition holds.
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(req.host)))
             && self.path.matches(req.path)
             && self.check_rest(req).is_ok()
@@ -139,17 +140,17 @@ impl Conditions {
 /// An error building a table: the route index and what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{problem}")]
-pub struct TableError {
+pub(crate) struct TableError {
     /// Index of the route (in the order given to [`RouteTable::build`]).
-    pub route: usize,
+    pub(crate) route: usize,
     /// What is wrong.
     #[source]
-    pub problem: TableProblem,
+    pub(crate) problem: TableProblem,
 }
 
 /// What keeps a route out of the table.
 #[derive(Debug, thiserror::Error)]
-pub enum TableProblem {
+pub(crate) enum TableProblem {
     /// A path template the router refuses (it conflicts with another, or is malformed).
     #[error("path template `{template}` cannot be routed: {source}")]
     Template {
@@ -176,7 +177,7 @@ struct Candidates {
 
 /// The compiled routes of one listener.
 #[derive(Debug, Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     conditions: Vec<Conditions>,
     exact_hosts: HashMap<String, Candidates>,
     wildcard_hosts: HashMap<String, Candidates>,
@@ -186,7 +187,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds a table over `routes`, whose positions are the indexes [`RouteTable::find`]
     /// returns. Routes earlier in the list win ties.
-    pub fn build(routes: Vec<Conditions>) -> Result<Self, Vec<TableError>> {
+    pub(crate) fn build(routes: Vec<Conditions>) -> Result<Self, Vec<TableError>> {
         let mut errors = Vec::new();
         let mut exact_names: Vec<&str> = Vec::new();
         let mut wildcard_suffixes: Vec<&str> = Vec::new();
@@ -242,23 +243,13 @@ impl RouteTable {
     }
 
     /// The index of the most specific route that matches, if any.
-    pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
+    pub(crate) fn find(&self, req: &RequestView<'_>) -> Option<usize> {
         self.candidates(req.host).find(&self.conditions, req)
     }
 
     /// The conditions of route `index`.
-    pub fn conditions(&self, index: usize) -> &Conditions {
+    pub(crate) fn conditions(&self, index: usize) -> &Conditions {
         &self.conditions[index]
-    }
-
-    /// How many routes the table holds.
-    pub fn len(&self) -> usize {
-        self.conditions.len()
-    }
-
-    /// Whether the table holds no route.
-    pub fn is_empty(&self) -> bool {
-        self.conditions.is_empty()
     }
 
     fn candidates(&self, host: &str) -> &Candidates {

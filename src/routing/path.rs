@@ -32,7 +32,7 @@ use std::borrow::Cow;
 /// Why a path was refused; each is a 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.reason())]
-pub enum PathError {
+pub(crate) enum PathError {
     /// The path does not start with `/`.
     NotAbsolute,
     /// A `%` not followed by two hex digits.
@@ -53,7 +53,7 @@ pub enum PathError {
 
 impl PathError {
     /// The client-facing message (the JSON body's `message`).
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             PathError::NotAbsolute => "the request target must be a path starting with `/`",
             PathError::BadEscape => "the request path has an invalid percent-encoding",
@@ -75,7 +75,7 @@ impl PathError {
 
 /// What a route does with `%2F` and `%5C`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum EncodedSlash {
+pub(crate) enum EncodedSlash {
     /// Separators, like `/` (the default): matched and forwarded as `/`.
     #[default]
     Decode,
@@ -88,7 +88,7 @@ pub enum EncodedSlash {
 
 /// What a route does with a raw `\`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Backslash {
+pub(crate) enum Backslash {
     /// A separator, like `/` (the default), as browsers and Windows servers read it.
     #[default]
     Decode,
@@ -98,7 +98,7 @@ pub enum Backslash {
 
 /// What a route does with `;params` in path segments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum MatrixParams {
+pub(crate) enum MatrixParams {
     /// Dropped from the forwarded path (the default): the upstream sees what was matched.
     #[default]
     Strip,
@@ -110,13 +110,13 @@ pub enum MatrixParams {
 
 /// A route's `path_policy`: what its upstream is told about separators and parameters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PathPolicy {
+pub(crate) struct PathPolicy {
     /// `%2F` and `%5C`.
-    pub encoded_slash: EncodedSlash,
+    pub(crate) encoded_slash: EncodedSlash,
     /// A raw `\`.
-    pub backslash: Backslash,
+    pub(crate) backslash: Backslash,
     /// `;params`.
-    pub matrix_params: MatrixParams,
+    pub(crate) matrix_params: MatrixParams,
 }
 
 /// What a raw path holds that the canonical form resolves away.
@@ -135,7 +135,7 @@ impl PathPolicy {
     /// canonical form. `None`: forward the canonical form. `Some(path)`: forward this form,
     /// which keeps what the policy keeps. `same_route` says whether a path (with `%2F` kept as
     /// data) still reaches this route.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         raw: &str,
         same_route: impl FnOnce(&str) -> bool,
@@ -181,7 +181,7 @@ impl PathPolicy {
 
 /// The canonical form of `path`; borrows it when it is canonical already (the common case, no
 /// allocation).
-pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);

@@ -39,19 +39,19 @@ use checks::{Shadows, Upstreams, did_you_mean};
 
 /// What compiled tables attach to: live target state and metric families.
 #[derive(Debug, Clone, Copy)]
-pub struct Env<'a> {
+pub(crate) struct Env<'a> {
     /// Target state, kept across reloads.
-    pub registry: &'a Registry,
+    pub(crate) registry: &'a Registry,
     /// Metric families.
-    pub metrics: &'a Metrics,
+    pub(crate) metrics: &'a Metrics,
     /// ACME state, kept across reloads.
-    pub acme: &'a crate::tls::acme::Store,
+    pub(crate) acme: &'a crate::tls::acme::Store,
     /// Plugin state, kept across reloads.
-    pub states: &'a crate::runtime::state::PluginStates,
+    pub(crate) states: &'a crate::runtime::state::PluginStates,
 }
 
 /// Worker threads `workers:` asks for.
-pub fn worker_count(workers: &Workers) -> usize {
+pub(crate) fn worker_count(workers: &Workers) -> usize {
     match workers {
         Workers::Count(n) => *n,
         Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -60,7 +60,7 @@ pub fn worker_count(workers: &Workers) -> usize {
 
 /// Reads the file at `path` and compiles it. What parsed is compiled even when something did
 /// not, so the errors of both steps come at once.
-pub fn load(path: &Path, env: Env<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
+pub(crate) fn load(path: &Path, env: Env<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
     let (spec, errors) = crate::config::read(path);
     compile_read(spec, errors, &path.display().to_string(), env)
 }
@@ -82,7 +82,7 @@ pub(crate) fn compile_read(
 }
 
 /// Compiles `spec` (read from `file`) into a snapshot, or returns every problem found.
-pub fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
+pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
     let mut diags = Diagnostics::new(file);
 
     let workers = worker_count(&spec.workers);

@@ -10,20 +10,20 @@ use crate::routing::{Conditions, PathMatch, RequestView, normalize_host, path};
 
 /// A request to explain.
 #[derive(Debug)]
-pub struct Question<'a> {
+pub(crate) struct Question<'a> {
     /// Method.
-    pub method: Method,
+    pub(crate) method: Method,
     /// Absolute URL, like `http://api.example.com:8080/users/42?x=1`.
-    pub url: &'a str,
+    pub(crate) url: &'a str,
     /// Extra headers; a `Host` here overrides the URL's host.
-    pub headers: HeaderMap,
+    pub(crate) headers: HeaderMap,
     /// The client address hashing balancers would see.
-    pub client: std::net::IpAddr,
+    pub(crate) client: std::net::IpAddr,
 }
 
 /// A question that cannot be answered.
 #[derive(Debug, thiserror::Error)]
-pub enum QuestionError {
+pub(crate) enum QuestionError {
     /// The URL does not parse.
     #[error("invalid URL `{url}`: {source}")]
     Url {
@@ -42,7 +42,7 @@ pub enum QuestionError {
 }
 
 /// The answer, as lines of text; `Err` when the question itself is malformed.
-pub fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionError> {
+pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionError> {
     let uri: http::Uri = q.url.parse().map_err(|source| QuestionError::Url {
         url: q.url.to_owned(),
         source,

@@ -12,34 +12,34 @@ use crate::runtime::Snapshot;
 
 /// State shared by every worker and the control thread.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The config in force; requests load it once and keep it.
-    pub snapshot: ArcSwap<Snapshot>,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Target state, kept across reloads.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// Metric families.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// The access log.
-    pub access_log: AccessLog,
+    pub(crate) access_log: AccessLog,
     /// The config file, re-read on reload.
-    pub config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     /// Why the last reload failed, if it did (served by the admin API).
-    pub last_reload_error: Mutex<Option<String>>,
+    pub(crate) last_reload_error: Mutex<Option<String>>,
     /// Settings as they were at start, which a reload does not change.
-    pub started: Started,
+    pub(crate) started: Started,
     /// Changed settings that wait for a restart, like `workers: 2 -> 4` (served by the admin
     /// API); empty when the file and the running process agree.
-    pub restart_required: Mutex<Vec<String>>,
+    pub(crate) restart_required: Mutex<Vec<String>>,
     /// ACME state and HTTP-01 tokens.
-    pub acme: std::sync::Arc<crate::tls::acme::Store>,
+    pub(crate) acme: std::sync::Arc<crate::tls::acme::Store>,
     /// Plugin state (rate-limit buckets, JWKS keys), kept across reloads.
-    pub states: crate::runtime::state::PluginStates,
+    pub(crate) states: crate::runtime::state::PluginStates,
 }
 
 impl Shared {
     /// The state of a portico serving `snapshot`, compiled with `registry`, `metrics`, `acme`
     /// and `states`.
-    pub fn new(
+    pub(crate) fn new(
         snapshot: Snapshot,
         registry: Registry,
         metrics: Metrics,
@@ -70,9 +70,9 @@ impl Shared {
 /// Settings read once at start: a reload that changes them is reported as waiting for a
 /// restart, never applied half-way.
 #[derive(Debug, Clone)]
-pub struct Started {
+pub(crate) struct Started {
     /// The access log that was opened.
-    pub access_log: crate::config::spec::AccessLogSpec,
+    pub(crate) access_log: crate::config::spec::AccessLogSpec,
     /// The admin API's configured address, if it was started.
-    pub admin: Option<std::net::SocketAddr>,
+    pub(crate) admin: Option<std::net::SocketAddr>,
 }

@@ -17,10 +17,10 @@ use crate::config::spec::PluginSpec;
 
 /// Work a state does once before the first snapshot using it serves (a first fetch), and
 /// the background tasks it then owns.
-pub type StartWork = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type StartWork = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// State a plugin keeps across reloads.
-pub trait Kept: Any + Send + Sync {
+pub(crate) trait Kept: Any + Send + Sync {
     /// Called once, before the first snapshot using this state serves.
     fn start(self: Arc<Self>) -> StartWork {
         Box::pin(async {})
@@ -29,7 +29,7 @@ pub trait Kept: Any + Send + Sync {
 
 /// Who a plugin is, across reloads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StateKey {
+pub(crate) struct StateKey {
     /// `global` or `route NAME`.
     owner: String,
     /// Which plugin of this kind in its list (0 for the first).
@@ -40,7 +40,7 @@ pub struct StateKey {
 
 impl StateKey {
     /// The key of the `nth` plugin of its kind, with spec `spec`, in `owner`'s list.
-    pub fn new(owner: &str, nth: usize, spec: &PluginSpec) -> Self {
+    pub(crate) fn new(owner: &str, nth: usize, spec: &PluginSpec) -> Self {
         // A spec serialises to JSON without fail: plain data, string keys.
         let json = serde_json::to_vec(spec).unwrap_or_default();
         let digest = ring::digest::digest(&ring::digest::SHA256, &json);
@@ -57,7 +57,7 @@ impl StateKey {
 type AnyState = Arc<dyn Any + Send + Sync>;
 
 /// A state made by a compile, not yet in the store.
-pub struct Fresh {
+pub(crate) struct Fresh {
     key: StateKey,
     any: AnyState,
     kept: Arc<dyn Kept>,
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Fresh {
 
 /// Every live plugin state, by identity.
 #[derive(Debug, Default)]
-pub struct PluginStates {
+pub(crate) struct PluginStates {
     map: Mutex<HashMap<StateKey, Weak<dyn Any + Send + Sync>>>,
 }
 
@@ -85,7 +85,7 @@ impl PluginStates {
     }
 
     /// Starts fresh states and adds them to the store; forgets states nothing uses.
-    pub async fn start(&self, fresh: Vec<Fresh>) {
+    pub(crate) async fn start(&self, fresh: Vec<Fresh>) {
         futures_util::future::join_all(fresh.iter().map(|f| Arc::clone(&f.kept).start())).await;
         let mut map = match self.map.lock() {
             Ok(m) => m,
@@ -98,7 +98,8 @@ impl PluginStates {
     }
 
     /// How many states are alive (for tests).
-    pub fn live(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> usize {
         self.map
             .lock()
             .map(|m| m.values().filter(|s| s.strong_count() > 0).count())
@@ -109,7 +110,7 @@ impl PluginStates {
 /// What one plugin's constructor sees of the store: its key, the store, and where a compile
 /// collects what it made.
 #[derive(Debug, Clone, Copy)]
-pub struct StateScope<'a> {
+pub(crate) struct StateScope<'a> {
     states: &'a PluginStates,
     key: Option<&'a StateKey>,
     fresh: &'a Mutex<Vec<Fresh>>,
@@ -117,7 +118,7 @@ pub struct StateScope<'a> {
 
 impl<'a> StateScope<'a> {
     /// A scope over `states`, collecting new state into `fresh`; no key yet.
-    pub fn new(states: &'a PluginStates, fresh: &'a Mutex<Vec<Fresh>>) -> Self {
+    pub(crate) fn new(states: &'a PluginStates, fresh: &'a Mutex<Vec<Fresh>>) -> Self {
         StateScope {
             states,
             key: None,
@@ -126,7 +127,7 @@ impl<'a> StateScope<'a> {
     }
 
     /// The same scope for the plugin with identity `key`.
-    pub fn with_key(self, key: &'a StateKey) -> Self {
+    pub(crate) fn with_key(self, key: &'a StateKey) -> Self {
         StateScope {
             key: Some(key),
             ..self
@@ -135,7 +136,7 @@ impl<'a> StateScope<'a> {
 
     /// Every live state of type `T`, whatever its identity: a changed plugin may seed its new
     /// state from its old one (a changed `jwt` keeps serving the keys of its URL).
-    pub fn live<T: Kept>(&self) -> Vec<Arc<T>> {
+    pub(crate) fn live<T: Kept>(&self) -> Vec<Arc<T>> {
         let map = match self.states.map.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -147,7 +148,7 @@ impl<'a> StateScope<'a> {
     }
 
     /// The plugin's kept state: the live one of the same identity, or a new one from `make`.
-    pub fn keep<T: Kept>(&self, make: impl FnOnce() -> T) -> Arc<T> {
+    pub(crate) fn keep<T: Kept>(&self, make: impl FnOnce() -> T) -> Arc<T> {
         let Some(key) = self.key else {
             return Arc::new(make());
         };

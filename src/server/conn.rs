@@ -46,7 +46,7 @@ const HYPER_MAX_HEADERS: usize = 256;
 const _: () = assert!(HYPER_MAX_HEADERS > MAX_HEADER_FIELDS);
 
 /// Builds hyper's server settings from a listener's limits.
-pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -214,24 +214,24 @@ impl http_body::Body for Tracked {
 
 /// Per-connection state shared by the I/O wrapper and the request service.
 #[derive(Debug, Default)]
-pub struct ConnShared {
+pub(crate) struct ConnShared {
     /// Requests being processed on this connection.
-    pub busy: AtomicUsize,
+    pub(crate) busy: AtomicUsize,
     /// Requests started on this connection so far.
-    pub started: AtomicUsize,
+    pub(crate) started: AtomicUsize,
     /// Responses hyper is done with (their bodies dropped).
     finished: AtomicUsize,
     /// A response switched protocols: the bytes after it are a tunnel's.
     upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
-    pub scan: Mutex<HeadScan>,
+    pub(crate) scan: Mutex<HeadScan>,
     /// Woken when an HTTP/2 connection has been idle for the idle timeout.
     idle: Notify,
 }
 
 impl ConnShared {
     /// Claims one head that carried both `Content-Length` and `Transfer-Encoding`.
-    pub fn take_ambiguous(&self) -> bool {
+    pub(crate) fn take_ambiguous(&self) -> bool {
         self.scan
             .lock()
             .map(|mut s| s.take_ambiguous())
@@ -244,7 +244,7 @@ impl ConnShared {
 /// bytes moving for `idle_timeout` is closed. One clock read per I/O call; the timer is
 /// re-armed lazily. On HTTP/2 only frames other than PING are use, and idleness asks for a
 /// graceful shutdown first; the connection is cut if it is still open `idle_timeout` later.
-pub struct IdleIo<S> {
+pub(crate) struct IdleIo<S> {
     inner: S,
     timer: Pin<Box<Sleep>>,
     idle: Duration,

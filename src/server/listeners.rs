@@ -20,22 +20,22 @@ use crate::runtime::Limits;
 
 /// A bound listener: its sockets' accept loops, one per worker.
 #[derive(Debug)]
-pub struct Bound {
+pub(crate) struct Bound {
     /// The address as configured (port 0 allowed).
-    pub configured: SocketAddr,
+    pub(crate) configured: SocketAddr,
     /// The address actually bound.
-    pub local: SocketAddr,
+    pub(crate) local: SocketAddr,
     /// The connection limit it was started with; a reload keeps it.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// Every bound listener, by name; owned by the control thread.
 #[derive(Debug, Default)]
-pub struct ListenerSet {
+pub(crate) struct ListenerSet {
     /// Bound listeners by name.
-    pub bound: HashMap<Arc<str>, Bound>,
+    pub(crate) bound: HashMap<Arc<str>, Bound>,
 }
 
 /// Where a listener's connections are in their life.
@@ -180,7 +180,7 @@ impl ListenerSet {
     }
 
     /// Starts accept loops for already-bound sockets of listener `name`.
-    pub fn start(
+    pub(crate) fn start(
         &mut self,
         shared: &Arc<Shared>,
         workers: &[Handle],
@@ -224,7 +224,7 @@ impl ListenerSet {
     }
 
     /// Stops accepting on `name` and drains its connections in the background.
-    pub fn remove(&mut self, name: &str) -> Option<JoinHandle<()>> {
+    pub(crate) fn remove(&mut self, name: &str) -> Option<JoinHandle<()>> {
         let bound = self.bound.remove(name)?;
         let _ = bound.stop.send(true);
         tracing::info!(listener = %name, "listener removed; draining");
@@ -236,7 +236,7 @@ impl ListenerSet {
     }
 
     /// Stops every listener and waits for their connections to drain.
-    pub async fn drain_all(&mut self) {
+    pub(crate) async fn drain_all(&mut self) {
         let names: Vec<Arc<str>> = self.bound.keys().cloned().collect();
         let drains: Vec<_> = names.iter().filter_map(|n| self.remove(n)).collect();
         for drain in drains {

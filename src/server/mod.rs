@@ -5,9 +5,9 @@
 //! requests and its upstream connections stay on one thread. The main thread runs the control
 //! runtime: signals, reload, DNS, and the admin API.
 
-pub mod conn;
-pub mod listeners;
-pub mod reload;
-pub mod scan;
+pub(crate) mod conn;
+pub(crate) mod listeners;
+pub(crate) mod reload;
+pub(crate) mod scan;
 
-pub use crate::runtime::{Shared, Started};
+pub(crate) use crate::runtime::Shared;

@@ -30,7 +30,7 @@ use crate::tls::acme::Store as AcmeStore;
 
 /// Why portico could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     /// The config is invalid; every problem is listed.
     #[error("invalid config:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<config::Diagnostic>),
@@ -47,7 +47,7 @@ pub enum StartError {
 
 /// Why a reload was refused; the running config stays.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     /// The new config is invalid; every problem is listed, one a line.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<config::Diagnostic>),
@@ -73,7 +73,7 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
 }
 
 /// Loads and compiles the file at `path` against live state, changing none of it.
-pub fn load(
+pub(crate) fn load(
     path: &Path,
     registry: &Registry,
     metrics: &Metrics,
@@ -97,7 +97,7 @@ fn log_warnings(snap: &Snapshot) {
 }
 
 /// Runs portico on the config at `path` until SIGTERM or SIGINT; returns after draining.
-pub fn run(path: &Path) -> Result<(), StartError> {
+pub(crate) fn run(path: &Path) -> Result<(), StartError> {
     // Pools are sized by worker count, which the spec tells before anything is compiled
     // (errors, if any, are reported by the compile below, all at once).
     let workers = runtime::compile::worker_count(&config::read(path).0.workers);
@@ -275,7 +275,11 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
 }
 
 /// Re-reads the config file and applies it, or keeps the running one; `true` when applied.
-pub async fn reload(shared: &Arc<Shared>, workers: &[Handle], listeners: &mut ListenerSet) -> bool {
+pub(crate) async fn reload(
+    shared: &Arc<Shared>,
+    workers: &[Handle],
+    listeners: &mut ListenerSet,
+) -> bool {
     match try_reload(shared, workers, listeners).await {
         Ok(()) => {
             shared.metrics.reload(true);

@@ -13,23 +13,23 @@ const LONGEST: usize = 18;
 
 /// Scanner state for one connection.
 #[derive(Debug, Default)]
-pub struct HeadScan {
+pub(crate) struct HeadScan {
     prefix: [u8; LONGEST],
     len: usize,
     in_prefix: bool,
     saw_cl: bool,
     saw_te: bool,
     /// Header blocks seen with both fields, not yet claimed by a request.
-    pub ambiguous: u32,
+    pub(crate) ambiguous: u32,
     /// Bytes seen so far (capped), to recognise the HTTP/2 preface.
     seen: u8,
     /// The connection speaks HTTP/2: nothing to scan.
-    pub http2: bool,
+    pub(crate) http2: bool,
 }
 
 impl HeadScan {
     /// Feeds the next bytes read from the client.
-    pub fn feed(&mut self, mut data: &[u8]) {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
         if self.seen == 0 && data.starts_with(b"PRI * HTTP/2") {
             self.http2 = true;
         }
@@ -85,7 +85,7 @@ impl HeadScan {
     }
 
     /// Claims one ambiguous head, if any was seen.
-    pub fn take_ambiguous(&mut self) -> bool {
+    pub(crate) fn take_ambiguous(&mut self) -> bool {
         if self.ambiguous > 0 {
             self.ambiguous -= 1;
             true

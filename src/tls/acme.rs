@@ -27,14 +27,14 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The ALPN protocol of TLS-ALPN-01 validation connections.
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// The path prefix HTTP-01 challenges are fetched under.
-pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+pub(crate) const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Which challenge proves control of a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Challenge {
+pub(crate) enum Challenge {
     /// A token served over plain HTTP on port 80.
     Http01,
     /// A special certificate served over TLS with ALPN `acme-tls/1`.
@@ -43,50 +43,50 @@ pub enum Challenge {
 
 /// An ACME-enabled listener's settings.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Directory URL.
-    pub directory: String,
+    pub(crate) directory: String,
     /// Contact e-mail.
-    pub email: Option<String>,
+    pub(crate) email: Option<String>,
     /// Names on the certificate.
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// Challenge type.
-    pub challenge: Challenge,
+    pub(crate) challenge: Challenge,
     /// Where the account and certificates live.
-    pub storage: PathBuf,
+    pub(crate) storage: PathBuf,
     /// A CA to trust for the directory's own HTTPS (test CAs such as pebble).
-    pub directory_ca: Option<PathBuf>,
+    pub(crate) directory_ca: Option<PathBuf>,
     /// Renew when the certificate has less than this left.
-    pub renew_before: Duration,
+    pub(crate) renew_before: Duration,
     /// How often to check.
-    pub check_every: Duration,
+    pub(crate) check_every: Duration,
 }
 
 /// An issued certificate and its expiry, swapped as one so they always match.
 #[derive(Debug)]
-pub struct Issued {
+pub(crate) struct Issued {
     /// The certificate chain and key.
-    pub key: Arc<CertifiedKey>,
+    pub(crate) key: Arc<CertifiedKey>,
     /// The leaf's expiry, Unix seconds.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
 }
 
 /// Live ACME state of one listener.
 #[derive(Debug)]
-pub struct AcmeState {
+pub(crate) struct AcmeState {
     /// Settings in force (replaced when a reloaded config starts).
-    pub settings: Mutex<Settings>,
+    pub(crate) settings: Mutex<Settings>,
     /// The issued certificate, once there is one.
-    pub cert: ArcSwapOption<Issued>,
+    pub(crate) cert: ArcSwapOption<Issued>,
     /// TLS-ALPN-01 certificates by name, while validation runs.
-    pub alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    pub(crate) alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     /// The renewal task, started once; it stops when the state goes.
     renewal: OnceLock<crate::background::BackgroundTask>,
 }
 
 impl AcmeState {
     /// The certificate for a handshake, if ACME has one for it.
-    pub fn pick(
+    pub(crate) fn pick(
         &self,
         server_name: Option<&str>,
         alpn_challenge: bool,
@@ -104,7 +104,7 @@ impl AcmeState {
 
 /// Every listener's ACME state, plus the HTTP-01 tokens all http listeners answer.
 #[derive(Debug, Default)]
-pub struct Store {
+pub(crate) struct Store {
     states: Mutex<HashMap<PathBuf, Weak<AcmeState>>>,
     tokens: Mutex<HashMap<String, String>>,
 }
@@ -112,7 +112,7 @@ pub struct Store {
 impl Store {
     /// The live state kept in `storage`, or a new one loaded from disk (not yet in the store:
     /// a config that is never started leaves the store as it was).
-    pub fn state(&self, settings: &Settings) -> Arc<AcmeState> {
+    pub(crate) fn state(&self, settings: &Settings) -> Arc<AcmeState> {
         let live = self
             .states
             .lock()
@@ -135,7 +135,7 @@ impl Store {
 
     /// A config is about to serve: applies its settings, keeps its states, starts renewals
     /// not running yet, and forgets states no config uses.
-    pub fn start(
+    pub(crate) fn start(
         self: &Arc<Self>,
         wanted: Vec<(Arc<AcmeState>, Settings)>,
         live_tasks: &prometheus_client::metrics::gauge::Gauge,
@@ -160,7 +160,8 @@ impl Store {
     }
 
     /// How many ACME states are alive.
-    pub fn live(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> usize {
         self.states
             .lock()
             .map(|s| s.values().filter(|s| s.strong_count() > 0).count())
@@ -168,14 +169,14 @@ impl Store {
     }
 
     /// The key authorization for an HTTP-01 token, if a validation is running.
-    pub fn http01(&self, token: &str) -> Option<String> {
+    pub(crate) fn http01(&self, token: &str) -> Option<String> {
         self.tokens.lock().ok()?.get(token).cloned()
     }
 }
 
 /// Why a certificate order (or a step of it) failed; the current certificate stays.
 #[derive(Debug, thiserror::Error)]
-pub enum AcmeError {
+pub(crate) enum AcmeError {
     /// The directory cannot be reached or read.
     #[error("ACME client: {0}")]
     Client(#[source] instant_acme::Error),

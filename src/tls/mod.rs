@@ -6,7 +6,7 @@
 //! a reload swaps whole `ServerConfig`s: new handshakes use the new certificates while
 //! established connections keep theirs.
 
-pub mod acme;
+pub(crate) mod acme;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,24 +21,24 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// The one crypto provider portico uses.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A certificate chain with its key, and the names it serves.
 #[derive(Debug, Clone)]
-pub struct LoadedCert {
+pub(crate) struct LoadedCert {
     /// What rustls serves.
-    pub key: Arc<CertifiedKey>,
+    pub(crate) key: Arc<CertifiedKey>,
     /// DNS names (lower case; `*.x` for wildcards) from the leaf's SANs, or its CN.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// Leaf expiry, Unix seconds.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
 }
 
 /// Why a PEM file gives no usable certificate or key.
 #[derive(Debug, thiserror::Error)]
-pub enum PemError {
+pub(crate) enum PemError {
     /// The certificate file cannot be opened.
     #[error("cannot read certificate file {}: {source:?}", path.display())]
     ReadCertificate {
@@ -124,12 +124,12 @@ pub enum PemError {
 }
 
 /// What the PEM reader reports.
-pub type PemFileError = rustls_pki_types::pem::Error;
+pub(crate) type PemFileError = rustls_pki_types::pem::Error;
 
 /// Why a certificate chain and its key cannot be used, and so which of the two files a
 /// diagnostic points at.
 #[derive(Debug, thiserror::Error)]
-pub enum PairError {
+pub(crate) enum PairError {
     /// The certificate file is unreadable or holds no usable certificate, or the leaf is not
     /// valid now.
     #[error(transparent)]
@@ -149,14 +149,14 @@ pub enum PairError {
 
 impl PairError {
     /// Whether the key file, rather than the certificate file, is the one to look at.
-    pub fn in_key_file(&self) -> bool {
+    pub(crate) fn in_key_file(&self) -> bool {
         matches!(self, PairError::Key(_) | PairError::Mismatch { .. })
     }
 }
 
 /// Why an upstream's TLS client config cannot be built, and so which setting to point at.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientTlsError {
+pub(crate) enum ClientTlsError {
     /// The `ca_file` is unusable.
     #[error(transparent)]
     Ca(PemError),
@@ -169,7 +169,7 @@ pub enum ClientTlsError {
 }
 
 /// Loads a PEM chain and key.
-pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairError> {
+pub(crate) fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairError> {
     let certs = load_certs(cert_file).map_err(PairError::Certificate)?;
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
         let path = key_file.to_owned();
@@ -225,7 +225,7 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert, PairEr
 }
 
 /// Every certificate in a PEM file.
-pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+pub(crate) fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
         .map_err(|source| PemError::ReadCertificate {
             path: file.to_owned(),
@@ -252,27 +252,27 @@ fn now_unix() -> i64 {
 
 /// What a certificate says about its subject.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The subject distinguished name, RFC 4514 style (`CN=alice,O=Example`).
-    pub subject: String,
+    pub(crate) subject: String,
     /// The subject's common name.
-    pub common_name: Option<String>,
+    pub(crate) common_name: Option<String>,
     /// DNS names from the SAN extension.
-    pub dns_names: Vec<String>,
+    pub(crate) dns_names: Vec<String>,
     /// Every SAN as `DNS:x`, `URI:x`, `email:x` or `IP:x`.
-    pub sans: Vec<String>,
+    pub(crate) sans: Vec<String>,
     /// Validity, Unix seconds, and as text.
-    pub not_before: i64,
+    pub(crate) not_before: i64,
     /// See `not_before`.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
     /// Validity start as text.
-    pub not_before_text: String,
+    pub(crate) not_before_text: String,
     /// Validity end as text.
-    pub not_after_text: String,
+    pub(crate) not_after_text: String,
 }
 
 /// Parses the subject, SANs and validity of a DER certificate.
-pub fn identity(der: &[u8]) -> Option<Identity> {
+pub(crate) fn identity(der: &[u8]) -> Option<Identity> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
@@ -320,7 +320,7 @@ pub fn identity(der: &[u8]) -> Option<Identity> {
 /// Picks the certificate for a handshake by SNI: exact name, then wildcard, then the default
 /// (the listener's first certificate).
 #[derive(Debug)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
@@ -330,7 +330,7 @@ pub struct SniResolver {
 impl SniResolver {
     /// Indexes `certs` by their names; the first is the default. With `acme`, the issued
     /// certificate serves every name the configured ones do not.
-    pub fn new(certs: &[LoadedCert], acme: Option<Arc<acme::AcmeState>>) -> Option<Self> {
+    pub(crate) fn new(certs: &[LoadedCert], acme: Option<Arc<acme::AcmeState>>) -> Option<Self> {
         if certs.is_empty() && acme.is_none() {
             return None;
         }
@@ -358,7 +358,7 @@ impl SniResolver {
     }
 
     /// The certificate for a server name (or none given).
-    pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub(crate) fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let fallback = || {
             self.acme
                 .as_ref()
@@ -397,15 +397,15 @@ impl ResolvesServerCert for SniResolver {
 
 /// Client-certificate settings of a listener.
 #[derive(Debug, Clone)]
-pub struct ClientAuth {
+pub(crate) struct ClientAuth {
     /// Trusted CAs.
-    pub roots: Arc<RootCertStore>,
+    pub(crate) roots: Arc<RootCertStore>,
     /// Handshakes without a certificate fail (`true`) or proceed anonymously (`false`).
-    pub required: bool,
+    pub(crate) required: bool,
 }
 
 /// A root store from a PEM bundle.
-pub fn roots(file: &Path) -> Result<Arc<RootCertStore>, PemError> {
+pub(crate) fn roots(file: &Path) -> Result<Arc<RootCertStore>, PemError> {
     let mut store = RootCertStore::empty();
     for cert in load_certs(file)? {
         store.add(cert).map_err(|source| PemError::Ca {
@@ -418,7 +418,7 @@ pub fn roots(file: &Path) -> Result<Arc<RootCertStore>, PemError> {
 
 /// Why an https listener's server config cannot be built.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerTlsError {
+pub(crate) enum ServerTlsError {
     /// Neither certificates nor ACME.
     #[error("an https listener needs at least one certificate")]
     NoCertificate,
@@ -431,7 +431,7 @@ pub enum ServerTlsError {
 }
 
 /// The server side of an https listener.
-pub fn server_config(
+pub(crate) fn server_config(
     certs: &[LoadedCert],
     client_auth: Option<&ClientAuth>,
     acme: Option<Arc<acme::AcmeState>>,
@@ -465,15 +465,15 @@ pub fn server_config(
 
 /// Upstream TLS settings, compiled.
 #[derive(Debug, Clone)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     /// The client config (roots, client certificate, ALPN).
-    pub config: Arc<ClientConfig>,
+    pub(crate) config: Arc<ClientConfig>,
     /// SNI and verified name; the target's host when absent.
-    pub sni: Option<ServerName<'static>>,
+    pub(crate) sni: Option<ServerName<'static>>,
 }
 
 /// The client side towards an upstream.
-pub fn client_config(
+pub(crate) fn client_config(
     ca_file: Option<&Path>,
     identity: Option<(&Path, &Path)>,
     verify: bool,
@@ -575,7 +575,7 @@ impl ServerCertVerifier for NoVerification {
 
 /// Why a small document could not be fetched.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     /// The URL does not parse.
     #[error("invalid URL: {0}")]
     Url(#[source] http::uri::InvalidUri),
@@ -609,7 +609,7 @@ pub enum FetchError {
 }
 
 /// GETs `url` (http or https, system trust store), for small documents such as a JWKS.
-pub async fn fetch(
+pub(crate) async fn fetch(
     url: &str,
     timeout: std::time::Duration,
     max: usize,
