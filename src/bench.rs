@@ -7,12 +7,12 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, Request, Response};
 
 use crate::observe::{AccessLog, Metrics};
+use crate::plugins::state::PluginStates;
 use crate::pool::Registry;
 use crate::proxy::pipeline::{ConnInfo, handle};
 use crate::routing::RequestView;
 use crate::runtime::Shared;
 use crate::runtime::compile::Env;
-use crate::runtime::state::PluginStates;
 use crate::tls::acme::Store;
 
 pub use crate::body::Body;
@@ -56,7 +56,7 @@ impl Gateway {
         let conn = ConnInfo {
             client,
             listener,
-            conn: Arc::default(),
+            framing: None,
             client_value: crate::proxy::headers::client_value(client.ip()),
             scheme: "http",
             client_cert: None,

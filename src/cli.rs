@@ -148,7 +148,7 @@ fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::confi
     let registry = Registry::default();
     let metrics = Metrics::new();
     let acme = crate::tls::acme::Store::default();
-    let states = crate::runtime::state::PluginStates::default();
+    let states = crate::plugins::state::PluginStates::default();
     runtime::load(
         path,
         Env {

@@ -621,7 +621,7 @@ upstreams:
         let registry = crate::pool::Registry::default();
         let metrics = crate::observe::Metrics::new();
         let acme = crate::tls::acme::Store::default();
-        let states = crate::runtime::state::PluginStates::default();
+        let states = crate::plugins::state::PluginStates::default();
         let env = crate::runtime::compile::Env {
             registry: &registry,
             metrics: &metrics,

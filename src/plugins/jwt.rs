@@ -28,7 +28,7 @@ use crate::background::{self, BackgroundTask};
 use crate::config::spec::JwtSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
-use crate::runtime::state::{Kept, StartWork};
+use crate::plugins::state::{Kept, StartWork};
 
 /// Time allowed for one JWKS fetch, the first one (which start-up and reloads wait for)
 /// included.

@@ -27,6 +27,7 @@ pub(crate) mod mtls_auth;
 pub(crate) mod rate_limit;
 pub(crate) mod request_size_limit;
 pub(crate) mod respond;
+pub(crate) mod state;
 pub(crate) mod transform;
 pub(crate) mod validate;
 
@@ -349,7 +350,7 @@ pub(crate) struct BuildEnv<'a> {
     /// The config file's folder, for relative paths.
     pub(crate) base: &'a std::path::Path,
     /// State kept across reloads, under this plugin's identity.
-    pub(crate) state: crate::runtime::state::StateScope<'a>,
+    pub(crate) state: crate::plugins::state::StateScope<'a>,
 }
 
 /// Why a plugin spec cannot be built; the message is shown at the spec's position.

@@ -48,7 +48,7 @@ impl Plugin for MtlsAuth {
         // The pipeline has already replaced any client-sent subject with the verified one.
         let subject = head
             .headers
-            .get(&crate::proxy::headers::X_CLIENT_CERT_SUBJECT)
+            .get(&crate::consumer::X_CLIENT_CERT_SUBJECT)
             .and_then(|v| v.to_str().ok());
         match subject.and_then(|s| self.consumers.by_cert_subject(s)) {
             Some(consumer) => {

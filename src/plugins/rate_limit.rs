@@ -58,7 +58,7 @@ pub(crate) struct RateLimit {
 #[derive(Debug)]
 struct Buckets(Vec<Mutex<HashMap<String, u64>>>);
 
-impl crate::runtime::state::Kept for Buckets {}
+impl crate::plugins::state::Kept for Buckets {}
 
 fn now_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -251,13 +251,13 @@ mod tests {
             max_keys,
         };
         let metrics = crate::observe::Metrics::new();
-        let states = crate::runtime::state::PluginStates::default();
+        let states = crate::plugins::state::PluginStates::default();
         let fresh = Mutex::new(Vec::new());
         let env = crate::plugins::BuildEnv {
             consumers: &Arc::default(),
             metrics: &metrics,
             base: std::path::Path::new("."),
-            state: crate::runtime::state::StateScope::new(&states, &fresh),
+            state: crate::plugins::state::StateScope::new(&states, &fresh),
         };
         RateLimit::new(&spec, env).unwrap()
     }

@@ -37,7 +37,7 @@ impl Mock {
         if !spec.body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
             headers.insert(
                 http::header::CONTENT_TYPE,
-                crate::runtime::default_content_type(spec.body.as_bytes()),
+                default_content_type(spec.body.as_bytes()),
             );
         }
         Ok(Mock {
@@ -66,5 +66,14 @@ impl Plugin for Mock {
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
         Ok(Flow::Respond(response))
+    }
+}
+
+/// The content type of a fixed body that names none: JSON when it parses as JSON, else text.
+pub(crate) fn default_content_type(body: &[u8]) -> http::HeaderValue {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        http::HeaderValue::from_static("application/json")
+    } else {
+        http::HeaderValue::from_static("text/plain; charset=utf-8")
     }
 }

@@ -8,11 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// `x-client-cert-subject`: the verified client certificate's subject (mTLS).
-pub(crate) static X_CLIENT_CERT_SUBJECT: HeaderName =
-    HeaderName::from_static("x-client-cert-subject");
-/// `x-client-cert-san`: its subject alternative names.
-pub(crate) static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
+pub(crate) use crate::consumer::{X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT};
 /// `x-forwarded-for`.
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.

@@ -28,14 +28,21 @@ pub(crate) struct ConnInfo {
     pub(crate) client: SocketAddr,
     /// The listener's name.
     pub(crate) listener: Arc<str>,
-    /// State shared with the connection's I/O.
-    pub(crate) conn: Arc<crate::server::conn::ConnShared>,
+    /// What the connection's byte scanner saw of request framing; none in process.
+    pub(crate) framing: Option<Arc<dyn Framing>>,
     /// The client address as `X-Forwarded-For` writes it, made once per connection.
     pub(crate) client_value: HeaderValue,
     /// `http` or `https`.
     pub(crate) scheme: &'static str,
     /// The verified client certificate (mTLS), if any.
     pub(crate) client_cert: Option<Arc<ClientCert>>,
+}
+
+/// The connection's view of the raw request bytes, which hyper does not give the pipeline:
+/// whether a head carried both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1).
+pub(crate) trait Framing: Send + Sync + std::fmt::Debug {
+    /// Claims one head that carried both.
+    fn take_ambiguous(&self) -> bool;
 }
 
 /// A verified client certificate as the upstream sees it.
@@ -240,7 +247,9 @@ fn decode_request(
     conn: &ConnInfo,
     head: &mut http::request::Parts,
 ) -> Result<Decoded, ProxyError> {
-    if head.headers.contains_key(header::TRANSFER_ENCODING) && conn.conn.take_ambiguous() {
+    if head.headers.contains_key(header::TRANSFER_ENCODING)
+        && conn.framing.as_ref().is_some_and(|f| f.take_ambiguous())
+    {
         return Err(ProxyError::AmbiguousFraming);
     }
     let host = decode(listener, head)?;

@@ -47,7 +47,7 @@ pub(crate) struct Env<'a> {
     /// ACME state, kept across reloads.
     pub(crate) acme: &'a crate::tls::acme::Store,
     /// Plugin state, kept across reloads.
-    pub(crate) states: &'a crate::runtime::state::PluginStates,
+    pub(crate) states: &'a crate::plugins::state::PluginStates,
 }
 
 /// Worker threads `workers:` asks for.
@@ -133,7 +133,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         consumers: &consumers,
         metrics: env.metrics,
         base: &config_dir,
-        state: crate::runtime::state::StateScope::new(env.states, &fresh),
+        state: crate::plugins::state::StateScope::new(env.states, &fresh),
     };
     let global_plugins = compile_plugins(&spec.plugins, "global", build_env, &mut diags);
 
@@ -904,7 +904,7 @@ fn compile_plugins(
             .iter()
             .filter(|s| std::mem::discriminant(&s.value) == kind)
             .count();
-        let key = crate::runtime::state::StateKey::new(owner, nth, spec);
+        let key = crate::plugins::state::StateKey::new(owner, nth, spec);
         let env = plugins::BuildEnv {
             state: env.state.with_key(&key),
             ..env
@@ -1103,7 +1103,7 @@ fn compile_route(
         if !respond.body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
             headers.insert(
                 http::header::CONTENT_TYPE,
-                super::default_content_type(respond.body.as_bytes()),
+                crate::plugins::respond::default_content_type(respond.body.as_bytes()),
             );
         }
         status.map(|status| {

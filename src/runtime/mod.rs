@@ -7,7 +7,6 @@
 pub(crate) mod compile;
 pub(crate) mod explain;
 pub(crate) mod shared;
-pub(crate) mod state;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -49,7 +48,7 @@ pub(crate) struct Snapshot {
     /// What the config does that is likely not meant (a route that can never match).
     pub(crate) warnings: Vec<crate::config::Diagnostic>,
     /// Plugin state this compile made; started and kept when the snapshot is started.
-    pub(crate) fresh: Vec<state::Fresh>,
+    pub(crate) fresh: Vec<crate::plugins::state::Fresh>,
     /// ACME listeners' state and the settings this config gives them, applied when the
     /// snapshot is started.
     pub(crate) acme: Vec<(Arc<crate::tls::acme::AcmeState>, crate::tls::acme::Settings)>,
@@ -242,15 +241,6 @@ impl Respond {
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
         response
-    }
-}
-
-/// The content type of a fixed body that names none: JSON when it parses as JSON, else text.
-pub(crate) fn default_content_type(body: &[u8]) -> http::HeaderValue {
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-        http::HeaderValue::from_static("application/json")
-    } else {
-        http::HeaderValue::from_static("text/plain; charset=utf-8")
     }
 }
 

@@ -33,7 +33,7 @@ pub(crate) struct Shared {
     /// ACME state and HTTP-01 tokens.
     pub(crate) acme: std::sync::Arc<crate::tls::acme::Store>,
     /// Plugin state (rate-limit buckets, JWKS keys), kept across reloads.
-    pub(crate) states: crate::runtime::state::PluginStates,
+    pub(crate) states: crate::plugins::state::PluginStates,
 }
 
 impl Shared {
@@ -46,7 +46,7 @@ impl Shared {
         access_log: AccessLog,
         config_path: PathBuf,
         acme: std::sync::Arc<crate::tls::acme::Store>,
-        states: crate::runtime::state::PluginStates,
+        states: crate::plugins::state::PluginStates,
     ) -> Self {
         let started = Started {
             access_log: snapshot.spec.access_log.clone(),

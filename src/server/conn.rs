@@ -35,7 +35,7 @@ use super::listeners::{Lifecycle, Phase};
 use super::scan::{FrameScan, HeadScan};
 use crate::body::{Body, BodyError};
 use crate::error::MAX_HEADER_FIELDS;
-use crate::proxy::pipeline::{ConnInfo, handle};
+use crate::proxy::pipeline::{ConnInfo, Framing, handle};
 use crate::runtime::Limits;
 
 /// hyper's cap on header lines in one HTTP/1.1 head. Above portico's own limit
@@ -78,6 +78,7 @@ fn keep_alive_interval(idle: Duration) -> Duration {
 struct ConnState {
     shared: Arc<Shared>,
     info: ConnInfo,
+    conn: Arc<ConnShared>,
 }
 
 /// Serves one accepted connection until it closes, idles out, or its listener drains.
@@ -92,23 +93,29 @@ pub(crate) fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::clone(&info.conn);
-    let state = Arc::new(ConnState { shared, info });
+    let conn = Arc::new(ConnShared::default());
+    let mut info = info;
+    info.framing = Some(Arc::clone(&conn) as Arc<dyn Framing>);
+    let state = Arc::new(ConnState {
+        shared,
+        info,
+        conn: Arc::clone(&conn),
+    });
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let state = Arc::clone(&state);
         async move {
             // A guard, not a pair of calls: hyper drops this future when an HTTP/2 client
             // resets the stream (RST_STREAM, RFC 9113 §6.4), and the count must come down.
-            let _busy = Busy::enter(&state.info.conn);
+            let _busy = Busy::enter(&state.conn);
             // Boxed: hyper keeps room for one request future in every connection, idle or
             // not; a box makes that room a pointer instead of a few KiB.
             let response =
                 Box::pin(handle(&state.shared, &state.info, req.map(Body::stream))).await;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // What follows is the tunnel's, never hyper's answer to rewrite.
-                state.info.conn.upgraded.store(true, Ordering::Relaxed);
+                state.conn.upgraded.store(true, Ordering::Relaxed);
             }
-            let conn = Arc::clone(&state.info.conn);
+            let conn = Arc::clone(&state.conn);
             Ok::<_, Infallible>(response.map(|body| Tracked { body, conn }))
         }
     });
@@ -229,9 +236,8 @@ pub(crate) struct ConnShared {
     idle: Notify,
 }
 
-impl ConnShared {
-    /// Claims one head that carried both `Content-Length` and `Transfer-Encoding`.
-    pub(crate) fn take_ambiguous(&self) -> bool {
+impl Framing for ConnShared {
+    fn take_ambiguous(&self) -> bool {
         self.scan
             .lock()
             .map(|mut s| s.take_ambiguous())

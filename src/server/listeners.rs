@@ -316,7 +316,7 @@ async fn accept_loop(
         let mut info = ConnInfo {
             client,
             listener: Arc::clone(&name),
-            conn: Arc::default(),
+            framing: None,
             client_value: crate::proxy::headers::client_value(client.ip()),
             scheme: "http",
             client_cert: None,

@@ -23,8 +23,8 @@ use super::listeners::{ListenerSet, bind};
 use crate::background::{self, BackgroundTask};
 use crate::config;
 use crate::observe::{AccessLog, Metrics};
+use crate::plugins::state::PluginStates;
 use crate::pool::{self, Registry};
-use crate::runtime::state::PluginStates;
 use crate::runtime::{self, Snapshot, compile::Env};
 use crate::tls::acme::Store as AcmeStore;
 

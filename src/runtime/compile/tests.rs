@@ -25,7 +25,7 @@ fn check_text(text: &str) -> Vec<String> {
     let registry = Registry::default();
     let metrics = Metrics::new();
     let acme = crate::tls::acme::Store::default();
-    let states = crate::runtime::state::PluginStates::default();
+    let states = crate::plugins::state::PluginStates::default();
     let (spec, errors) = crate::config::read_str("c.yaml", text, &|_| None);
     let env = Env {
         registry: &registry,
