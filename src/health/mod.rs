@@ -1,16 +1,14 @@
-//! Target health: active checks, passive outlier detection, slow start, and the latency EWMA
-//! that `p2c_ewma` reads.
+//! Target health: the verdict of active checks, passive outlier detection, slow start, and
+//! the latency EWMA that `p2c_ewma` reads.
 //!
 //! All state is atomics on [`TargetHealth`], which lives with the target's pool in the registry,
 //! so it survives reloads. The request path reads it lock-free: [`TargetHealth::available`] is
-//! two atomic loads and a clock read. The target's active check task belongs to it too: a
-//! reload that keeps the target hands the running check its new settings, and the task stops
-//! when the checks are configured away or the target's state goes.
+//! two atomic loads and a clock read. The active checks themselves (probes over the target's
+//! protocol, the task that runs them) are the pool's (`pool::check`); this module only keeps
+//! their verdict, and imports nothing else of portico.
 
-pub(crate) mod active;
-
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Milliseconds since the process started (monotonic); 0 is never a real time.
@@ -42,15 +40,6 @@ pub(crate) struct TargetHealth {
     /// Peak EWMA of response-head latency, in microseconds, and when it was last updated (ms).
     ewma_us: AtomicU64,
     ewma_stamp: AtomicU64,
-    /// The running active check, while the config in force has one.
-    checker: Mutex<Option<Checker>>,
-}
-
-/// A target's active check task and the settings it reads before each probe.
-#[derive(Debug)]
-struct Checker {
-    check: Arc<arc_swap::ArcSwap<active::ActiveCheck>>,
-    _task: crate::background::BackgroundTask,
 }
 
 impl Default for TargetHealth {
@@ -67,7 +56,6 @@ impl Default for TargetHealth {
             up_since: AtomicU64::new(0),
             ewma_us: AtomicU64::new(0),
             ewma_stamp: AtomicU64::new(0),
-            checker: Mutex::new(None),
         }
     }
 }
@@ -126,43 +114,10 @@ impl TargetHealth {
             && self.ejected_until.load(Ordering::Relaxed) == 0
     }
 
-    /// Checks the target actively with `check`: the running task takes the new settings at
-    /// its next probe, or `start` starts one with the settings it is handed.
-    pub(crate) fn check_with(
-        &self,
-        check: active::ActiveCheck,
-        start: impl FnOnce(
-            Arc<arc_swap::ArcSwap<active::ActiveCheck>>,
-        ) -> crate::background::BackgroundTask,
-    ) {
-        let mut slot = match self.checker.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        match &*slot {
-            Some(running) => running.check.store(Arc::new(check)),
-            None => {
-                let shared = Arc::new(arc_swap::ArcSwap::from_pointee(check));
-                let task = start(Arc::clone(&shared));
-                *slot = Some(Checker {
-                    check: shared,
-                    _task: task,
-                });
-            }
-        }
-    }
-
-    /// The config has no active check for the target any more: the task stops and the
-    /// checks' verdict no longer holds the target out.
-    pub(crate) fn stop_checks(&self) {
-        let stopped = match self.checker.lock() {
-            Ok(mut s) => s.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if stopped.is_some() {
-            self.active_up.store(true, Ordering::Relaxed);
-            self.active_streak.store(0, Ordering::Relaxed);
-        }
+    /// The active checks are configured away: their verdict no longer holds the target out.
+    pub(crate) fn forget_checks(&self) {
+        self.active_up.store(true, Ordering::Relaxed);
+        self.active_streak.store(0, Ordering::Relaxed);
     }
 
     /// Whether the target may take requests now.

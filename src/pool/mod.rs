@@ -11,6 +11,7 @@
 //! connection (see `breaker`).
 
 pub(crate) mod breaker;
+pub(crate) mod check;
 mod h2idle;
 mod idle;
 
@@ -59,6 +60,8 @@ pub(crate) struct TargetState {
     pub(crate) open: Arc<AtomicUsize>,
     /// Health, ejection, slow start and latency.
     pub(crate) health: crate::health::TargetHealth,
+    /// The running active check, while the config in force has one.
+    checker: Mutex<Option<Checker>>,
     /// The upstream's "a connection was checked in or closed" signal.
     freed: Arc<Notify>,
     next_addr: AtomicUsize,
@@ -173,7 +176,50 @@ pub(crate) enum ConnectError {
     Handshake(#[source] hyper::Error),
 }
 
+/// A target's active check task and the settings it reads before each probe.
+#[derive(Debug)]
+struct Checker {
+    check: Arc<ArcSwap<check::ActiveCheck>>,
+    _task: crate::background::BackgroundTask,
+}
+
 impl TargetState {
+    /// Checks the target actively with `check`: the running task takes the new settings at
+    /// its next probe, or `start` starts one with the settings it is handed.
+    pub(crate) fn check_with(
+        &self,
+        check: check::ActiveCheck,
+        start: impl FnOnce(Arc<ArcSwap<check::ActiveCheck>>) -> crate::background::BackgroundTask,
+    ) {
+        let mut slot = match self.checker.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*slot {
+            Some(running) => running.check.store(Arc::new(check)),
+            None => {
+                let shared = Arc::new(ArcSwap::from_pointee(check));
+                let task = start(Arc::clone(&shared));
+                *slot = Some(Checker {
+                    check: shared,
+                    _task: task,
+                });
+            }
+        }
+    }
+
+    /// The config has no active check for the target any more: the task stops and the
+    /// checks' verdict no longer holds the target out.
+    pub(crate) fn stop_checks(&self) {
+        let stopped = match self.checker.lock() {
+            Ok(mut s) => s.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if stopped.is_some() {
+            self.health.forget_checks();
+        }
+    }
+
     /// `slots`: one per worker plus the control thread; `freed` is the upstream's.
     fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<Notify>, slots: usize) -> Self {
         TargetState {
@@ -182,6 +228,7 @@ impl TargetState {
             inflight: AtomicUsize::new(0),
             open: Arc::default(),
             health: crate::health::TargetHealth::default(),
+            checker: Mutex::new(None),
             freed,
             next_addr: AtomicUsize::new(0),
             idle: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),

@@ -29,9 +29,9 @@ use crate::config::spec::{
 };
 use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
 use crate::health::PassivePolicy;
-use crate::health::active::{ActiveCheck, CheckKind};
 use crate::observe::Metrics;
 use crate::plugins::{self, PluginChain};
+use crate::pool::check::{ActiveCheck, CheckKind};
 use crate::pool::{PoolSettings, Registry};
 use crate::routing::path::{Backslash, EncodedSlash, MatrixParams, PathPolicy};
 use crate::routing::{Conditions, HostPattern, PathMatch, RouteTable, path};
@@ -674,7 +674,7 @@ fn compile_upstream(
                 return None;
             }
         };
-        let statuses = match crate::health::active::parse_statuses(&a.expect_status) {
+        let statuses = match crate::pool::check::parse_statuses(&a.expect_status) {
             Ok(s) => s,
             Err(err) => {
                 diags.error(a.expect_status.pos, err.to_string());

@@ -352,7 +352,7 @@ pub(crate) struct Upstream {
     /// Outlier detection, if configured.
     pub(crate) passive: Option<crate::health::PassivePolicy>,
     /// Active checks, if configured.
-    pub(crate) active: Option<crate::health::active::ActiveCheck>,
+    pub(crate) active: Option<crate::pool::check::ActiveCheck>,
     /// Sticky sessions: cookie name and lifetime.
     pub(crate) sticky: Option<(String, Duration)>,
     /// Circuit breaker: most requests in flight.

@@ -335,15 +335,15 @@ fn health_checks(snap: &Snapshot, metrics: &Metrics) {
     for upstream in &snap.upstreams {
         for target in &upstream.targets {
             let Some(check) = &upstream.active else {
-                target.health.stop_checks();
+                target.stop_checks();
                 continue;
             };
             let name = Arc::clone(&upstream.name);
             let weak = Arc::downgrade(target);
-            target.health.check_with(check.clone(), |settings| {
+            target.check_with(check.clone(), |settings| {
                 background::spawn(
                     metrics.background_tasks(),
-                    crate::health::active::watch(weak, settings, move |target, up| {
+                    crate::pool::check::watch(weak, settings, move |target, up| {
                         if up {
                             tracing::info!(upstream = %name, target = %target.address, "target healthy");
                         } else {

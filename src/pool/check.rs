@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::pool::TargetState;
+use super::TargetState;
 
 /// What an active check does.
 #[derive(Debug, Clone)]
