@@ -15,16 +15,17 @@
 //! `runtime::Snapshot`, and swapped atomically on reload; a request keeps the snapshot it
 //! started with.
 //!
-//! Modules depend one way, from the leaves up; everything is `pub(crate)`, and only `cli`
-//! (for the binary), `bench` and `fuzz` are public:
+//! Modules depend one way, from the leaves up, and a test (`layers`) fails on an import
+//! against that order; everything is `pub(crate)`, and only `cli` (for the binary), `bench`
+//! and `fuzz` are public:
 //!
 //! ```text
-//! leaves     body  ctx  error  consumer  view  random  background   (import nothing of ours)
-//! state      observe  tls  health  pool                             (pool: its own ConnectError)
+//! leaves     body ctx error consumer view random background config health   (import nothing of ours but leaves)
+//! state      observe  tls  pool                                            (pool: its own ConnectError, active checks)
 //! choice     routing  balance  plugins
-//! compiled   config → runtime (compile, Snapshot, Shared, explain)
-//! request    proxy (pipeline, forward, headers) → l4
-//! process    server (listeners, connections, reload) → admin → cli
+//! compiled   runtime (compile, Snapshot, Shared, explain)
+//! request    proxy (pipeline, forward, headers)  l4
+//! process    admin  server  cli
 //! ```
 
 pub(crate) mod admin;
@@ -42,6 +43,8 @@ pub(crate) mod error;
 pub mod fuzz;
 pub(crate) mod health;
 pub(crate) mod l4;
+#[cfg(test)]
+mod layers;
 pub(crate) mod observe;
 pub(crate) mod plugins;
 pub(crate) mod pool;
