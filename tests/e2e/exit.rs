@@ -254,3 +254,45 @@ upstreams:
     assert!(gw.wait_log("\"retry_budget_spent\":true", Duration::from_secs(5)));
     assert_eq!(up.count(), 1, "no retry was sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_across_workers_never_passes_max_requests() {
+    let up = TestUpstream::start("U").await;
+    let gw = Portico::start(&fill(
+        "\
+workers: 2
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u:
+    targets: [ { address: '@U@' } ]
+    circuit_breaker: { max_requests: 3 }
+",
+        &[("U", &up.addr())],
+    ));
+    let web = gw.addr("web");
+    // Forty clients at once, each on its own connection (so both workers take some), each
+    // request held 1.5 s by the upstream: at most three may be in flight.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(40));
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            let (web, barrier) = (web.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let mut c = H1::connect(&web).await;
+                barrier.wait().await;
+                c.get("x", "/slow/1500").await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.push(c.await.unwrap());
+    }
+    let passed = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(passed <= 3, "{passed} requests passed a limit of 3: {statuses:?}");
+    assert!(passed >= 1, "{statuses:?}");
+    assert!(statuses.iter().all(|&s| s == 200 || s == 503), "{statuses:?}");
+    assert!(up.count() <= 3);
+}
