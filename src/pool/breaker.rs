@@ -4,7 +4,7 @@
 //! compare-exchange loop: a burst of concurrent requests can never push the count past `max`
 //! (a load followed by an increment lets every request of a burst pass the check first).
 //! [`UpstreamState::wait_for_connection`] sleeps until a connection of the upstream is checked
-//! in or closes, woken by the upstream's [`Notify`], instead of polling.
+//! in or closes, woken by the upstream's `Freed` wake-up, instead of polling.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -66,11 +66,42 @@ impl UpstreamState {
     }
 }
 
-/// The wait itself, on any `Notify`: registers before each check, so a wake-up between the
-/// check and the sleep is not lost.
-async fn wait_until_free(freed: &Notify, deadline: Instant, full: impl Fn() -> bool) -> bool {
+/// The wake-up of requests waiting for a connection of an upstream. Check-ins and closes
+/// call [`Freed::notify_waiters`] on every request, so it costs one atomic load while nobody
+/// waits (a `Notify` alone would take a lock each time).
+#[derive(Debug, Default)]
+pub(crate) struct Freed {
+    waiting: AtomicUsize,
+    notify: Notify,
+}
+
+impl Freed {
+    /// A connection was checked in or closed: wakes every waiter, if there is one.
+    pub(crate) fn notify_waiters(&self) {
+        // SeqCst with the waiter's increment: either this sees the waiter, or the waiter's
+        // check after its increment sees the freed connection.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Counts one waiter while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The wait itself: registers before each check, so a wake-up between the check and the
+/// sleep is not lost.
+async fn wait_until_free(freed: &Freed, deadline: Instant, full: impl Fn() -> bool) -> bool {
+    freed.waiting.fetch_add(1, Ordering::SeqCst);
+    let _waiting = Waiting(&freed.waiting);
     loop {
-        let notified = freed.notified();
+        let notified = freed.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if !full() {

@@ -1,75 +1,75 @@
 //! The idle timeout of a pooled HTTP/1.1 connection.
 //!
 //! Each connection has a [`Lease`] shared by its driver task and whoever holds it (a request,
-//! or the idle list). Checking in marks it idle and wakes the driver, which closes the
-//! connection once it has stayed idle for the pool's `idle_timeout`. Checking out and the
-//! close race on one compare-exchange, so a connection is never closed under a request nor
-//! handed out after its close.
+//! or the idle list). Checking in marks it idle with the time; the driver, on its own timer,
+//! closes the connection once it has stayed idle for the pool's `idle_timeout`. Checking out
+//! and the close race on one compare-exchange, so a connection is never closed under a request
+//! nor handed out after its close.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use crate::health::now_ms;
 
+/// A request (or the code handing it out) has the connection.
 const IN_USE: u8 = 0;
+/// In the idle list since `idle_since_ms`.
 const IDLE: u8 = 1;
+/// Closed by its idle timeout: never handed out again.
 const CLOSED: u8 = 2;
 
-/// Who has a pooled connection right now.
+/// Who has a pooled connection right now, and since when it is idle.
 #[derive(Debug)]
 pub(crate) struct Lease {
     state: AtomicU8,
-    /// The idle timeout in force when it was last checked in, in milliseconds.
+    /// When it was last checked in ([`now_ms`]).
+    idle_since_ms: AtomicU64,
+    /// The pool's idle timeout as of the last check-in.
     timeout_ms: AtomicU64,
-    /// Wakes the driver when the connection is checked in.
-    checked_in: Notify,
 }
 
 impl Lease {
-    /// A lease for a new connection, in use by the request that opened it.
+    /// A lease held by the request that opened the connection.
     pub(crate) fn new() -> Self {
         Lease {
             state: AtomicU8::new(IN_USE),
+            idle_since_ms: AtomicU64::new(0),
             timeout_ms: AtomicU64::new(0),
-            checked_in: Notify::new(),
         }
     }
 
-    /// The connection goes to the idle list; it closes after `timeout` unless taken first.
+    /// Back in the idle list: the idle time starts now. Stores only, no wake-up: the driver
+    /// looks at the lease on its own timer, so the request path pays no task switch for it.
     pub(crate) fn check_in(&self, timeout: Duration) {
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         self.timeout_ms.store(ms, Ordering::Relaxed);
-        if self
+        self.idle_since_ms.store(now_ms(), Ordering::Relaxed);
+        let _ = self
             .state
-            .compare_exchange(IN_USE, IDLE, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.checked_in.notify_one();
-        }
+            .compare_exchange(IN_USE, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Takes an idle connection for a request; `false` when it has been closed.
+    /// Takes an idle connection for a request; `false` when its idle close won the race.
     pub(crate) fn check_out(&self) -> bool {
         self.state
             .compare_exchange(IDLE, IN_USE, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
-    /// Resolves when the connection has been idle for its timeout, and marks it closed: the
-    /// driver then drops the connection.
+    /// Resolves once the connection has been idle for its timeout (and is marked closed).
+    /// Wakes at most once per timeout while the connection is in use, and once when the idle
+    /// time of its last check-in runs out.
     pub(crate) async fn expired(&self) {
         loop {
-            let checked_in = self.checked_in.notified();
-            tokio::pin!(checked_in);
-            // Registered before the state is read, so a check-in in between still wakes us.
-            checked_in.as_mut().enable();
-            if self.state.load(Ordering::Acquire) != IDLE {
-                checked_in.await;
-                continue;
-            }
-            let timeout = Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed));
-            tokio::select! {
-                () = tokio::time::sleep(timeout) => {
+            // Before the first check-in no timeout is known yet: look again in a second.
+            let timeout = match self.timeout_ms.load(Ordering::Relaxed) {
+                0 => 1_000,
+                ms => ms,
+            };
+            let wait = if self.state.load(Ordering::Acquire) == IDLE {
+                let idle_for =
+                    now_ms().saturating_sub(self.idle_since_ms.load(Ordering::Relaxed));
+                if idle_for >= timeout {
                     if self
                         .state
                         .compare_exchange(IDLE, CLOSED, Ordering::AcqRel, Ordering::Acquire)
@@ -77,10 +77,15 @@ impl Lease {
                     {
                         return;
                     }
+                    // Checked out meanwhile: in use now.
+                    timeout
+                } else {
+                    timeout - idle_for
                 }
-                // Taken and checked in again meanwhile: the idle time starts over.
-                () = &mut checked_in => {}
-            }
+            } else {
+                timeout
+            };
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
         }
     }
 }

@@ -25,7 +25,6 @@ use arc_swap::ArcSwap;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use rustls_pki_types::ServerName;
 
@@ -63,7 +62,7 @@ pub(crate) struct TargetState {
     /// The running active check, while the config in force has one.
     checker: Mutex<Option<Checker>>,
     /// The upstream's "a connection was checked in or closed" signal.
-    freed: Arc<Notify>,
+    freed: Arc<breaker::Freed>,
     next_addr: AtomicUsize,
     idle: Box<[Mutex<Vec<Idle>>]>,
     shared_h2: Box<[Mutex<Option<SharedH2>>]>,
@@ -221,7 +220,7 @@ impl TargetState {
     }
 
     /// `slots`: one per worker plus the control thread; `freed` is the upstream's.
-    fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<Notify>, slots: usize) -> Self {
+    fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<breaker::Freed>, slots: usize) -> Self {
         TargetState {
             address: Arc::from(address),
             addrs: ArcSwap::from_pointee(addrs),
@@ -475,11 +474,11 @@ enum Expiry {
 /// waiters for a free connection.
 struct OpenConn {
     open: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
+    freed: Arc<breaker::Freed>,
 }
 
 impl OpenConn {
-    fn new(open: &Arc<AtomicUsize>, freed: &Arc<Notify>) -> Self {
+    fn new(open: &Arc<AtomicUsize>, freed: &Arc<breaker::Freed>) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
         OpenConn {
             open: Arc::clone(open),
@@ -523,7 +522,7 @@ pub(crate) struct UpstreamState {
     /// Requests waiting for a connection (circuit breaker `max_pending`).
     pub(crate) pending: AtomicUsize,
     /// Notified when a connection to any of its targets is checked in or closes.
-    pub(crate) freed: Arc<Notify>,
+    pub(crate) freed: Arc<breaker::Freed>,
     budget_second: std::sync::atomic::AtomicU64,
     budget_requests: std::sync::atomic::AtomicU32,
     budget_retries: std::sync::atomic::AtomicU32,
@@ -573,7 +572,7 @@ impl Registry {
         &self,
         upstream: &str,
         address: &str,
-        freed: &Arc<Notify>,
+        freed: &Arc<breaker::Freed>,
     ) -> Arc<TargetState> {
         let targets = match self.targets.lock() {
             Ok(t) => t,

@@ -113,7 +113,7 @@ async fn a_check_in_and_a_close_wake_a_waiter_for_a_connection() {
 #[test]
 fn lookups_enter_nothing_and_commit_makes_the_entries_a_configs() {
     let registry = Registry::new(2);
-    let freed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let freed = std::sync::Arc::new(super::breaker::Freed::default());
     let a = registry.target("u", "10.0.0.1:80", &freed);
     let state = registry.upstream("u");
     assert!(
