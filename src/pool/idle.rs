@@ -67,8 +67,7 @@ impl Lease {
                 ms => ms,
             };
             let wait = if self.state.load(Ordering::Acquire) == IDLE {
-                let idle_for =
-                    now_ms().saturating_sub(self.idle_since_ms.load(Ordering::Relaxed));
+                let idle_for = now_ms().saturating_sub(self.idle_since_ms.load(Ordering::Relaxed));
                 if idle_for >= timeout {
                     if self
                         .state

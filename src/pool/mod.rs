@@ -220,7 +220,12 @@ impl TargetState {
     }
 
     /// `slots`: one per worker plus the control thread; `freed` is the upstream's.
-    fn new(address: &str, addrs: Vec<SocketAddr>, freed: Arc<breaker::Freed>, slots: usize) -> Self {
+    fn new(
+        address: &str,
+        addrs: Vec<SocketAddr>,
+        freed: Arc<breaker::Freed>,
+        slots: usize,
+    ) -> Self {
         TargetState {
             address: Arc::from(address),
             addrs: ArcSwap::from_pointee(addrs),
@@ -252,6 +257,19 @@ impl TargetState {
         Some(addrs[i])
     }
 
+    /// The worker's shared HTTP/2 connection, when it is open.
+    fn shared_h2_conn(&self, worker: usize, settings: PoolSettings) -> Option<Conn> {
+        let slot = self.shared_h2.get(worker)?;
+        let shared = slot.lock().ok()?;
+        let (sender, activity) = shared.as_ref()?;
+        if sender.is_closed() {
+            return None;
+        }
+        // Before the request opens its stream: the connection is not idle from now.
+        activity.handed_out(settings.idle_timeout);
+        Some(Conn::H2(sender.clone()))
+    }
+
     /// A connection for one request, reused when possible.
     pub(crate) async fn connect(
         self: &Arc<Self>,
@@ -261,11 +279,26 @@ impl TargetState {
     ) -> Result<Conn, ConnectError> {
         let worker = worker();
         if http2 {
-            return self.connect_h2(worker, settings, tls).await;
+            if let Some(conn) = self.shared_h2_conn(worker, settings) {
+                return Ok(conn);
+            }
+            // Boxed, as below: the setup's state (dial, TLS, handshake) is large, and it would
+            // otherwise be part of every request's future, copied with it.
+            return Box::pin(self.connect_h2(worker, settings, tls)).await;
         }
         if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout) {
             return Ok(Conn::H1(self.checkin(worker, sender, lease, settings)));
         }
+        Box::pin(self.open_new_h1(worker, settings, tls)).await
+    }
+
+    /// A new HTTP/1.1 connection: dial, TLS when configured, handshake.
+    async fn open_new_h1(
+        self: &Arc<Self>,
+        worker: usize,
+        settings: PoolSettings,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<Conn, ConnectError> {
         let stream = self.dial(settings).await?;
         let (sender, lease) = match tls {
             None => self.open_h1(TokioIo::new(stream)).await?,
@@ -423,14 +456,8 @@ impl TargetState {
         settings: PoolSettings,
         tls: Option<&UpstreamTls>,
     ) -> Result<Conn, ConnectError> {
-        if let Some(slot) = self.shared_h2.get(worker)
-            && let Ok(shared) = slot.lock()
-            && let Some((sender, activity)) = shared.as_ref()
-            && !sender.is_closed()
-        {
-            // Before the request opens its stream: the connection is not idle from now.
-            activity.handed_out(settings.idle_timeout);
-            return Ok(Conn::H2(sender.clone()));
+        if let Some(conn) = self.shared_h2_conn(worker, settings) {
+            return Ok(conn);
         }
         let stream = self.dial(settings).await?;
         let activity = Arc::new(Activity::default());

@@ -138,16 +138,20 @@ pub(crate) fn select(
 }
 
 /// Stage `forward`: the circuit breaker, the head for the hop, then the tries.
-pub(crate) async fn forward(
+///
+/// The breaker and the head are settled here, without waiting; the caller then awaits
+/// [`Tries::run`]. Not one async function for both: every level of nested futures is copied
+/// whole when it starts, and this one would carry the request twice.
+pub(crate) fn forward<'a>(
     hop: Hop<'_>,
-    ctx: &mut RequestCtx,
-    route: &Route,
-    upstream: &Arc<Upstream>,
+    ctx: &RequestCtx,
+    route: &'a Route,
+    upstream: &'a Arc<Upstream>,
     first: Selection,
     mut head: http::request::Parts,
     body: Body,
-) -> Result<Response<Body>, ProxyError> {
-    let _slot = breaker(upstream)?;
+) -> Result<Tries<'a>, ProxyError> {
+    let slot = breaker(upstream)?;
     let client_upgrade = prepare_head(&hop, ctx, &mut head);
     let path_and_query = upstream_target(route, &head)?;
 
@@ -172,7 +176,7 @@ pub(crate) async fn forward(
     let idempotent = policy.non_idempotent || idempotent(&head.method);
     let saved = (policy.after_sending() && replayable && idempotent)
         .then(|| (head.method.clone(), head.headers.clone()));
-    let tries = Tries {
+    Ok(Tries {
         upstream,
         policy,
         path_and_query,
@@ -181,10 +185,11 @@ pub(crate) async fn forward(
         idempotent,
         deadline: route.timeout.map(|t| tokio::time::Instant::now() + t),
         saved,
-    };
-    tries
-        .run(ctx, first, Request::from_parts(head, body), client_upgrade)
-        .await
+        first,
+        request: Request::from_parts(head, body),
+        client_upgrade,
+        _slot: slot,
+    })
 }
 
 /// The circuit breaker on requests: refuse rather than queue when the upstream is at its
@@ -262,7 +267,7 @@ fn upstream_target(route: &Route, head: &http::request::Parts) -> Result<PathAnd
 }
 
 /// One request's way through an upstream's targets: what every try needs.
-struct Tries<'a> {
+pub(crate) struct Tries<'a> {
     upstream: &'a Arc<Upstream>,
     policy: &'a RetryPolicy,
     path_and_query: PathAndQuery,
@@ -274,6 +279,14 @@ struct Tries<'a> {
     deadline: Option<tokio::time::Instant>,
     /// Method and fields kept to send a body-less request again once it has left.
     saved: Option<(http::Method, HeaderMap)>,
+    /// The target of the first try.
+    first: Selection,
+    /// The request, ready for the hop.
+    request: Request<Body>,
+    /// The client side of an upgrade, when one is asked for.
+    client_upgrade: Option<OnUpgrade>,
+    /// The circuit breaker's request slot, held until the response head is back.
+    _slot: Slot<'a>,
 }
 
 /// The retry policy of a route without `retry:`.
@@ -284,13 +297,10 @@ const MAX_TRIES: usize = 10;
 
 impl Tries<'_> {
     /// The retry loop: each try goes to a target not tried yet if there is one.
-    async fn run(
-        &self,
-        ctx: &mut RequestCtx,
-        first: Selection,
-        request: Request<Body>,
-        client_upgrade: Option<OnUpgrade>,
-    ) -> Result<Response<Body>, ProxyError> {
+    pub(crate) async fn run(mut self, ctx: &mut RequestCtx) -> Result<Response<Body>, ProxyError> {
+        let first = self.first;
+        let request = std::mem::replace(&mut self.request, Request::new(Body::Empty));
+        let client_upgrade = self.client_upgrade.take();
         let upstream = self.upstream;
         let attempts = (self.policy.attempts as usize).clamp(1, MAX_TRIES);
         // No allocation for the bookkeeping: at most MAX_TRIES targets are tried.
@@ -328,7 +338,7 @@ impl Tries<'_> {
                     record(upstream, index, Observed::Answered { status });
                     let retry_status = self.idempotent && self.policy.on_status.contains(&status);
                     if retry_status && more && self.saved.is_some() {
-                        if self.take_retry(Condition::Status, attempt).await {
+                        if Box::pin(self.take_retry(Condition::Status, attempt)).await {
                             tracing::debug!(upstream = %upstream.name, status, "retrying");
                             last_error = None;
                             continue;
@@ -361,7 +371,7 @@ impl Tries<'_> {
                     if !(self.wants(condition) && more && can_resend) {
                         return Err(err);
                     }
-                    if !self.take_retry(condition, attempt).await {
+                    if !Box::pin(self.take_retry(condition, attempt)).await {
                         ctx.budget_spent = true;
                         return Err(ProxyError::BudgetSpent(Box::new(err)));
                     }
@@ -417,7 +427,11 @@ impl Tries<'_> {
     async fn attempt(&self, state: &Arc<TargetState>, request: Request<Body>) -> Tried {
         let upstream = self.upstream;
         let _inflight = Inflight::new(&state.inflight);
-        if let Err(err) = connection_slot(upstream, state).await {
+        // Boxed: the wait is rare (only at `max_connections`), and its state would otherwise
+        // be part of every request's future.
+        if upstream.max_connections.is_some()
+            && let Err(err) = Box::pin(connection_slot(upstream, state)).await
+        {
             return Err((err, Some(request)));
         }
         let left = self

@@ -220,7 +220,10 @@ async fn serve<'s>(
                         info: decoded.hop,
                     };
                     // forward
-                    forward::forward(hop, ctx, route, upstream, first, head, body).await
+                    match forward::forward(hop, ctx, route, upstream, first, head, body) {
+                        Ok(tries) => tries.run(ctx).await,
+                        Err(err) => Err(err),
+                    }
                 }
                 Err(err) => Err(err),
             };
@@ -362,10 +365,15 @@ async fn request_plugins(
     if plugins.is_empty() {
         return Ok(BodyStep::Continue(body));
     }
-    if let Some(response) = plugins.on_request(ctx, head).await? {
-        return Ok(BodyStep::Respond(response));
-    }
-    plugins.request_body(ctx, head, body).await
+    // Boxed: the steps' state would otherwise be part of every request's future, plugins or
+    // not, and copied with it; a route with plugins pays one allocation instead.
+    Box::pin(async {
+        if let Some(response) = plugins.on_request(ctx, head).await? {
+            return Ok(BodyStep::Respond(response));
+        }
+        plugins.request_body(ctx, head, body).await
+    })
+    .await
 }
 
 /// An ACME HTTP-01 validation, answered before routing and redirects (RFC 8555 §8.3).
@@ -434,7 +442,7 @@ async fn exit(
         response = if is_head || !may_have_body(parts.status) {
             Response::from_parts(parts, body)
         } else {
-            match plugins.response_body(ctx, parts, body).await {
+            match Box::pin(plugins.response_body(ctx, parts, body)).await {
                 Ok(response) => response,
                 Err(err) => error_answer(&err, ctx),
             }

@@ -291,8 +291,14 @@ upstreams:
         statuses.push(c.await.unwrap());
     }
     let passed = statuses.iter().filter(|&&s| s == 200).count();
-    assert!(passed <= 3, "{passed} requests passed a limit of 3: {statuses:?}");
+    assert!(
+        passed <= 3,
+        "{passed} requests passed a limit of 3: {statuses:?}"
+    );
     assert!(passed >= 1, "{statuses:?}");
-    assert!(statuses.iter().all(|&s| s == 200 || s == 503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 503),
+        "{statuses:?}"
+    );
     assert!(up.count() <= 3);
 }

@@ -143,3 +143,15 @@ async fn the_path_is_canonical_before_routing() {
     let (head, _) = send(&gw, request("GET", "/a/../hel%6co", &[], "")).await;
     assert_eq!(head.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_request_future_stays_small() {
+    // Every level of nested futures is copied whole when it starts, so their size is paid on
+    // every request: a measured regression (13 KiB, 12% fewer requests per CPU-second) came
+    // from connection setup living inside it. Setup and plugin steps are boxed; this keeps
+    // the rest in view.
+    let gw = gateway(CONFIG).await;
+    let future = gw.request(request("GET", "/hello", &[], ""));
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 8 * 1024, "the request future is {size} bytes");
+}
