@@ -336,8 +336,19 @@ async fn accept_loop(
                 let (shared, builder, limits) = (Arc::clone(&shared), builder.clone(), *limits);
                 let lifecycle = connections.lifecycle();
                 Box::pin(async move {
-                    let handshake =
-                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                    let deadline = tokio::time::Instant::now() + limits.header_timeout;
+                    // A plain HTTP request on this port gets a hint instead of a closed
+                    // connection (as nginx's 497 does): a TLS record starts with 0x16, an
+                    // HTTP request with a method's capital letter.
+                    let mut first = [0u8; 1];
+                    if let Ok(Ok(1)) =
+                        tokio::time::timeout_at(deadline, stream.peek(&mut first)).await
+                        && first[0].is_ascii_uppercase()
+                    {
+                        plain_http_hint(stream).await;
+                        return;
+                    }
+                    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
                     let stream = match handshake.await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(err)) => {
@@ -379,4 +390,28 @@ async fn accept_loop(
     drop(listener);
     let drain = shared.snapshot.load().spec.drain_timeout.0;
     connections.drain(&name, drain).await;
+}
+
+/// Answers a plain HTTP request sent to an HTTPS port with a JSON 400 that says so, then
+/// closes. The request itself is read (up to a bound) and discarded first, so the client sees
+/// the answer rather than a reset.
+async fn plain_http_hint(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 4096];
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_millis(100), stream.read(&mut buf)).await;
+    let id = crate::proxy::headers::new_request_id();
+    let id = id.to_str().unwrap_or_default();
+    let body = serde_json::json!({
+        "error": "plain_http_on_https",
+        "message": "this port speaks HTTPS: send the request with https://",
+        "request_id": id,
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nx-request-id: {id}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }

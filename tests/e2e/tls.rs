@@ -710,3 +710,28 @@ upstreams:
     assert!(report.contains("200 succeeded, 0 failed"), "{report}");
     assert!(report.contains("Application protocol: h2"), "{report}");
 }
+
+#[tokio::test]
+async fn plain_http_on_an_https_port_gets_a_hint() {
+    let s = setup();
+    let up = TestUpstream::start("A").await;
+    let gw = start_in(&s.dir, &https_config(&s, &up.addr(), ""));
+    let addr = gw.addr("secure");
+    let answer = crate::support::raw(
+        &addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("\"error\":\"plain_http_on_https\""),
+        "{answer}"
+    );
+    assert!(answer.contains("x-request-id: "), "{answer}");
+    assert_eq!(up.count(), 0);
+    // TLS on the same port still works.
+    let config = pki::client_config(&s.ca.cert_path(), None, &[b"http/1.1"]);
+    let tls = pki::connect(&addr, "a.test", config).await.unwrap();
+    assert!(pki::peer_names(&tls).iter().any(|n| n == "a.test"));
+}
