@@ -340,6 +340,26 @@ fn set_length(headers: &mut HeaderMap, len: usize) {
     headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
 }
 
+/// Every plugin name the config accepts (`portico version` lists them; a test checks the
+/// list against the config parser).
+pub(crate) const NAMES: &[&str] = &[
+    "request_headers",
+    "response_headers",
+    "key_auth",
+    "acl",
+    "rate_limit",
+    "cors",
+    "ip_restriction",
+    "request_size_limit",
+    "jwt",
+    "basic_auth",
+    "mtls_auth",
+    "respond",
+    "request_transformer",
+    "response_transformer",
+    "request_validator",
+];
+
 /// What plugins are built with: the consumers, and metric families.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BuildEnv<'a> {

@@ -211,3 +211,24 @@ fn build_errors_say_what_the_user_wrote() {
     };
     assert_eq!(err.to_string(), "a RS256 key needs a `public_key_file`");
 }
+
+#[test]
+fn the_name_list_is_what_the_config_accepts() {
+    for name in NAMES {
+        let text = format!("plugins: [ {{ {name}: {{}} }} ]\n");
+        let (_, errors) = crate::config::read_str("p.yaml", &text, &|_| None);
+        assert!(
+            errors.iter().all(|e| !e.to_string().contains("unknown")),
+            "{name}: {errors:?}"
+        );
+    }
+    // And nothing is missing: the parser's own list of names is this one.
+    let (_, errors) = crate::config::read_str("p.yaml", "plugins: [ { nosuch: {} } ]\n", &|_| None);
+    let message = errors.iter().map(ToString::to_string).collect::<String>();
+    let listed = message
+        .split("expected one of: ")
+        .nth(1)
+        .unwrap_or_default()
+        .trim();
+    assert_eq!(listed.split(", ").collect::<Vec<_>>(), NAMES, "{message}");
+}

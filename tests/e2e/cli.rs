@@ -209,6 +209,16 @@ fn version_prints() {
     let (code, out, _) = cli(&["version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("portico "), "{out}");
+    for wanted in [
+        "tls: rustls, ring",
+        "ACME",
+        "h2c",
+        "plugins: ",
+        "jwt",
+        "request_validator",
+    ] {
+        assert!(out.contains(wanted), "{wanted} missing: {out}");
+    }
 }
 
 #[test]
