@@ -1213,9 +1213,9 @@ pub(crate) struct RateLimitSpec {
     pub(crate) limit: At<u32>,
     /// The window.
     pub(crate) window: Dur,
-    /// Extra requests allowed at once.
-    #[serde(default)]
-    pub(crate) burst: u32,
+    /// The bucket's capacity: requests allowed at once (default: `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) burst: Option<u32>,
     /// `ip` (default), `consumer`, `route`, or `header:NAME`.
     #[serde(default = "by_ip")]
     pub(crate) by: At<String>,

@@ -427,6 +427,9 @@ pub(crate) enum BuildError {
     /// `rate_limit.window` is 0.
     #[error("rate_limit.window must be longer than 0")]
     ZeroWindow,
+    /// `rate_limit.burst` of 0.
+    #[error("rate_limit.burst is the bucket's capacity: at least 1")]
+    ZeroBurst,
     /// `rate_limit.by` is none of the known keys.
     #[error("rate_limit.by `{by}`: expected ip, consumer, route or header:NAME")]
     LimitKey {

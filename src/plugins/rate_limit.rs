@@ -1,7 +1,9 @@
 //! `rate_limit`: GCRA (the generic cell rate algorithm) per key, in memory.
 //!
-//! `limit` requests per `window` are spread evenly, one every `window / limit`; `burst` more may
-//! pass at once. In any span of `window`, at most `limit + burst` requests pass. Keys live in
+//! A bucket of `burst` requests (the `limit` unless given) refilled at `limit` per `window`,
+//! one every `window / limit`: `limit: 5, window: 10s` lets 5 through at once, then one every
+//! 2 s, so a client that waits a whole window has its 5 again. In any span of `window` at most
+//! `burst + limit - 1` requests pass (`2 × limit - 1` by default, at the window's edges). Keys live in
 //! 16 sharded maps; a shard over its share of `max_keys` first forgets keys whose allowance is
 //! full again, then (under a flood of new keys) starts over, so memory stays bounded. The
 //! buckets are kept across reloads while the plugin's spec and place stay the same.
@@ -20,6 +22,7 @@ use crate::error::{ProxyError, error_response};
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 const SHARDS: usize = 16;
 
@@ -41,10 +44,14 @@ pub(crate) enum LimitKey {
 pub(crate) struct RateLimit {
     key: LimitKey,
     limit: u32,
+    /// The bucket's capacity.
     burst: u32,
+    /// `RateLimit-Policy`: the configured policy, e.g. `5;w=10` (IETF httpapi ratelimit
+    /// headers).
+    policy: HeaderValue,
     /// Emission interval `window / limit`, in nanoseconds.
     interval: u64,
-    /// Tolerance `burst × interval`.
+    /// Tolerance `(burst - 1) × interval`.
     tolerance: u64,
     shard_cap: usize,
     shards: Arc<Buckets>,
@@ -90,13 +97,24 @@ impl RateLimit {
                 }
             },
         };
+        let burst = spec.burst.unwrap_or(*spec.limit);
+        if burst == 0 {
+            return Err(BuildError::ZeroBurst);
+        }
         let interval = (spec.window.0.as_nanos() / u128::from(*spec.limit)).max(1) as u64;
+        let window = spec.window.0.as_secs().max(1);
+        let policy = if burst == *spec.limit {
+            format!("{};w={window}", *spec.limit)
+        } else {
+            format!("{};w={window};burst={burst}", *spec.limit)
+        };
         Ok(RateLimit {
             key,
             limit: *spec.limit,
-            burst: spec.burst,
+            burst,
+            policy: HeaderValue::from_str(&policy).map_err(|_| BuildError::ZeroBurst)?,
             interval,
-            tolerance: interval.saturating_mul(u64::from(spec.burst)),
+            tolerance: interval.saturating_mul(u64::from(burst - 1)),
             shard_cap: (spec.max_keys / SHARDS).max(1),
             shards: env
                 .state
@@ -143,17 +161,18 @@ impl RateLimit {
         let next = tat + self.interval;
         map.insert(key.to_owned(), next);
         let used = (next - now).div_ceil(self.interval);
-        let remaining = (u64::from(self.burst) + 1).saturating_sub(used) as u32;
+        let remaining = u64::from(self.burst).saturating_sub(used) as u32;
         Ok((remaining, next - now))
     }
 }
 
 /// `RateLimit-*` values for the response: limit, remaining, seconds to reset.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Figures {
     limit: u32,
     remaining: u32,
     reset: u64,
+    policy: HeaderValue,
 }
 
 impl Plugin for RateLimit {
@@ -186,6 +205,7 @@ impl Plugin for RateLimit {
                     limit: self.limit,
                     remaining,
                     reset: Duration::from_nanos(reset).as_secs().max(1),
+                    policy: self.policy.clone(),
                 });
                 Ok(Flow::Continue)
             }
@@ -205,6 +225,7 @@ impl Plugin for RateLimit {
                 let headers = response.headers_mut();
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                 headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(self.limit));
+                headers.insert(&RATELIMIT_POLICY, self.policy.clone());
                 headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(0));
                 headers.insert(&RATELIMIT_RESET, HeaderValue::from(retry_after));
                 Ok(Flow::Respond(response))
@@ -213,19 +234,21 @@ impl Plugin for RateLimit {
     }
 
     fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
-        if let Some(&Figures {
+        if let Some(Figures {
             limit,
             remaining,
             reset,
+            policy,
         }) = ctx.slots.get::<Figures>()
             && !head.headers.contains_key(&RATELIMIT_LIMIT)
         {
             head.headers
-                .insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
+                .insert(&RATELIMIT_LIMIT, HeaderValue::from(*limit));
             head.headers
-                .insert(&RATELIMIT_REMAINING, HeaderValue::from(remaining));
+                .insert(&RATELIMIT_REMAINING, HeaderValue::from(*remaining));
             head.headers
-                .insert(&RATELIMIT_RESET, HeaderValue::from(reset));
+                .insert(&RATELIMIT_RESET, HeaderValue::from(*reset));
+            head.headers.insert(&RATELIMIT_POLICY, policy.clone());
         }
     }
 }
@@ -236,7 +259,7 @@ mod tests {
     use crate::config::At;
     use crate::config::units::Dur;
 
-    fn limiter(limit: u32, window_ms: u64, burst: u32, max_keys: usize) -> RateLimit {
+    fn limiter(limit: u32, window_ms: u64, burst: Option<u32>, max_keys: usize) -> RateLimit {
         let spec = RateLimitSpec {
             limit: At {
                 pos: Default::default(),
@@ -263,8 +286,8 @@ mod tests {
     }
 
     #[test]
-    fn never_more_than_limit_plus_burst_per_window() {
-        let rl = limiter(10, 1000, 5, 1000);
+    fn never_more_than_burst_plus_limit_per_window() {
+        let rl = limiter(10, 1000, Some(5), 1000);
         let ms = 1_000_000u64;
         // Hammer every millisecond for 5 s; count in every sliding 1 s window.
         let mut passed = Vec::new();
@@ -280,15 +303,36 @@ mod tests {
                 .iter()
                 .filter(|&&t| t >= start && t < start + 1000)
                 .count();
-            assert!(n <= 15, "{n} passed in the window from {start} ms");
+            assert!(n <= 14, "{n} passed in the window from {start} ms");
         }
-        // And the long-run rate is the limit.
-        assert!((50..=56).contains(&passed.len()), "{}", passed.len());
+        // The bucket, then the long-run rate: 5 + 10 per second.
+        assert!((54..=56).contains(&passed.len()), "{}", passed.len());
+    }
+
+    #[test]
+    fn five_per_ten_seconds_means_five_at_once_then_one_every_two() {
+        let rl = limiter(5, 10_000, None, 1000);
+        let s = 1_000_000_000u64;
+        let t0 = 1;
+        let remaining: Vec<u32> = (0..5)
+            .map(|_| rl.check("k", t0).expect("within the bucket").0)
+            .collect();
+        assert_eq!(remaining, [4, 3, 2, 1, 0]);
+        let wait = rl.check("k", t0).expect_err("the sixth at once is refused");
+        assert_eq!(wait, 2 * s, "the next one comes back after window / limit");
+        assert!(rl.check("k", t0 + 2 * s - 1).is_err());
+        assert!(rl.check("k", t0 + 2 * s).is_ok());
+        assert!(rl.check("k", t0 + 2 * s).is_err());
+        // A client that waits a whole window has its five again.
+        let later = t0 + 2 * s + 10 * s;
+        assert_eq!((0..6).filter(|_| rl.check("k", later).is_ok()).count(), 5);
+        assert_eq!(rl.policy, "5;w=10");
+        assert_eq!(limiter(5, 10_000, Some(2), 10).policy, "5;w=10;burst=2");
     }
 
     #[test]
     fn keys_are_bounded() {
-        let rl = limiter(1, 60_000, 0, 160);
+        let rl = limiter(1, 60_000, None, 160);
         for i in 0..10_000 {
             let _ = rl.check(&format!("key-{i}"), 1);
         }

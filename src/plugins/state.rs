@@ -191,7 +191,7 @@ mod tests {
                 value: limit,
             },
             window: crate::config::units::Dur(std::time::Duration::from_secs(1)),
-            burst: 0,
+            burst: None,
             by: At {
                 pos: Default::default(),
                 value: "ip".into(),

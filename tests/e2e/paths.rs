@@ -24,7 +24,7 @@ routes:
   - name: limited
     match: { path_prefix: /limited/ }
     plugins:
-      - rate_limit: { limit: 1, window: 1h, burst: 1, by: route }
+      - rate_limit: { limit: 1, window: 1h, burst: 2, by: route }
       - response_headers: { add: { x-route: limited } }
     upstream: u
   - name: public

@@ -290,7 +290,7 @@ routes:
     upstream: u
   - name: limited
     match: { path_prefix: /limited/ }
-    plugins: [ { rate_limit: { limit: 1, window: 1h, burst: 1, by: route } } ]
+    plugins: [ { rate_limit: { limit: 1, window: 1h, burst: 2, by: route } } ]
     upstream: u
   - { name: version, match: { path: /version }, respond: { status: 200, body: '@VERSION@' } }
 upstreams:
