@@ -181,6 +181,11 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
     let mut tls_files = Vec::new();
     let mut acme = Vec::new();
+    // A lint for a file that reads and compiles cleanly so far: with a route that did not
+    // parse whole, "not used" would only repeat its error.
+    if diags.list.is_empty() && spec.unparsed.partial.is_empty() {
+        checks::unused_upstreams(&spec, &mut diags);
+    }
     let mut listeners = Vec::new();
     let mut seen_names: HashMap<&str, Pos> = HashMap::new();
     let mut seen_addrs: Vec<(SocketAddr, Pos)> = Vec::new();
@@ -913,6 +918,7 @@ fn compile_plugins(
             Ok(plugin) => chain.push(plugin),
             Err(err) => diags.error(spec.pos, err.to_string()),
         }
+        checks::plugin_warnings(spec, diags);
     }
     chain
 }

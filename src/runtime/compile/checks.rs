@@ -163,3 +163,72 @@ impl MatchKey {
         }
     }
 }
+
+/// Warnings about a plugin's settings that are valid but likely not meant.
+pub(super) fn plugin_warnings(spec: &At<crate::config::spec::PluginSpec>, diags: &mut Diagnostics) {
+    let crate::config::spec::PluginSpec::Cors(cors) = &spec.value else {
+        return;
+    };
+    for origin in cors.origins.iter() {
+        if origin == "*" {
+            if cors.credentials {
+                diags.warning(
+                    cors.origins.pos,
+                    "cors origin `*` with `credentials: true` lets every site make credentialed \
+                     calls: list the origins instead",
+                );
+            }
+            continue;
+        }
+        // An Origin is scheme, host and port only (RFC 6454 §6.1): a path never matches.
+        let rest = origin.split_once("://").map_or(origin.as_str(), |(_, r)| r);
+        if rest.contains('/') {
+            diags.warning(
+                cors.origins.pos,
+                format!(
+                    "cors origin `{origin}` can never match: browsers send an origin without a \
+                     path or trailing slash (`{}`)",
+                    origin
+                        .trim_end_matches('/')
+                        .split('/')
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                ),
+            );
+        }
+    }
+}
+
+/// A warning for each upstream no route, split, mirror or listener names.
+pub(super) fn unused_upstreams(spec: &crate::config::Spec, diags: &mut Diagnostics) {
+    let mut used: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for route in &spec.routes {
+        if let Some(u) = &route.upstream {
+            used.insert(u.as_str());
+        }
+        if let Some(split) = &route.split {
+            used.extend(split.iter().map(|arm| arm.upstream.as_str()));
+        }
+        if let Some(mirror) = &route.mirror {
+            used.insert(mirror.upstream.as_str());
+        }
+    }
+    for listener in &spec.listeners {
+        if let Some(u) = &listener.upstream {
+            used.insert(u.as_str());
+        }
+        used.extend(listener.sni.values().map(|u| u.as_str()));
+    }
+    for (name, _) in &spec.upstreams {
+        if !used.contains(name.as_str()) {
+            diags.warning(
+                name.pos,
+                format!(
+                    "upstream `{}` is not used by any route or listener",
+                    name.as_str()
+                ),
+            );
+        }
+    }
+}

@@ -338,3 +338,40 @@ fn malformed_questions_are_errors() {
         "the config has no listeners"
     );
 }
+
+#[test]
+fn likely_mistakes_are_warnings() {
+    let lines = check_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: app
+    upstream: used
+    plugins:
+      - cors: { origins: ['https://app.example.com/', 'https://ok.example.com'] }
+      - cors: { origins: ['*'], credentials: true }
+upstreams:
+  used: { targets: [ { address: 127.0.0.1:1 } ] }
+  spare: { targets: [ { address: 127.0.0.1:2 } ] }
+",
+    );
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("c.yaml:7:")
+            && l.contains("`https://app.example.com/` can never match")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("c.yaml:8:") && l.contains("credentials")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("c.yaml:11:3: warning: upstream `spare` is not used")),
+        "{lines:#?}"
+    );
+}
