@@ -1314,6 +1314,9 @@ pub(crate) struct ConsumerSpec {
     /// Client-certificate subject (as in `x-client-cert-subject`) for `mtls_auth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cert_subject: Option<String>,
+    /// Plugins run for this consumer once a request is authenticated as it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) plugins: Vec<At<PluginSpec>>,
 }
 
 /// `basic_auth:` of a consumer.

@@ -172,7 +172,11 @@ pub(crate) trait Plugin: Send + Sync + std::fmt::Debug {
 
 /// A route's plugins in the order they run.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PluginChain(pub Vec<Arc<dyn Plugin>>);
+pub(crate) struct PluginChain(pub Vec<Arc<dyn Plugin>>, pub ConsumerPlugins);
+
+/// The plugins consumers carry, by consumer name; shared by every chain of a config.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConsumerPlugins(pub Arc<std::collections::HashMap<String, Vec<Arc<dyn Plugin>>>>);
 
 /// How the request-body step of a chain ended.
 pub(crate) enum BodyStep {
@@ -186,7 +190,54 @@ impl PluginChain {
     /// Orders plugins by phase, keeping config order (global first) within a phase.
     pub(crate) fn new(mut plugins: Vec<Arc<dyn Plugin>>) -> Self {
         plugins.sort_by_key(|p| p.phase());
-        PluginChain(plugins)
+        PluginChain(plugins, ConsumerPlugins::default())
+    }
+
+    /// The same, with the plugins consumers carry (run once the request is authenticated).
+    pub(crate) fn with_consumers(
+        plugins: Vec<Arc<dyn Plugin>>,
+        consumers: ConsumerPlugins,
+    ) -> Self {
+        let mut chain = PluginChain::new(plugins);
+        chain.1 = consumers;
+        chain
+    }
+
+    /// The authenticated consumer's own plugins, if it has any.
+    fn consumer_plugins(&self, ctx: &RequestCtx) -> Option<&[Arc<dyn Plugin>]> {
+        if self.1.0.is_empty() {
+            return None;
+        }
+        let consumer = ctx.consumer.as_ref()?;
+        self.1
+            .0
+            .get(&consumer.name)
+            .map(Vec::as_slice)
+            .filter(|p| !p.is_empty())
+    }
+
+    /// The plugins in force for this request: the chain's, with the consumer's after
+    /// authentication. A consumer's plugin replaces one of the chain's of the same name that
+    /// runs after authentication (phase by phase, config order within one). Allocates only
+    /// for a consumer that carries plugins.
+    fn steps<'a>(&'a self, ctx: &RequestCtx) -> std::borrow::Cow<'a, [Arc<dyn Plugin>]> {
+        match self.consumer_plugins(ctx) {
+            None => std::borrow::Cow::Borrowed(&self.0),
+            Some(own) => {
+                let mut all: Vec<Arc<dyn Plugin>> = self
+                    .0
+                    .iter()
+                    .filter(|p| {
+                        p.phase() <= Phase::Authenticate
+                            || !own.iter().any(|o| o.name() == p.name())
+                    })
+                    .cloned()
+                    .collect();
+                all.extend(own.iter().cloned());
+                all.sort_by_key(|p| p.phase());
+                std::borrow::Cow::Owned(all)
+            }
+        }
     }
 
     /// Runs `on_request` of each plugin until one answers; the answer, if any.
@@ -198,18 +249,24 @@ impl PluginChain {
         for plugin in &self.0 {
             plugin.observe(ctx, head);
         }
-        for plugin in &self.0 {
-            match plugin.on_request(ctx, head)? {
-                Flow::Continue => {}
-                Flow::Respond(response) => return Ok(Some(response)),
-                Flow::Defer(work) => match work.await {
-                    Deferred::Continue(consumer) => {
-                        if consumer.is_some() {
-                            ctx.consumer = consumer;
-                        }
-                    }
-                    Deferred::Respond(response) => return Ok(Some(response)),
-                },
+        // Up to authentication, the chain's own plugins; then, once the consumer is known,
+        // what is in force for it (its own plugins included).
+        let authenticated = self
+            .0
+            .iter()
+            .position(|p| p.phase() > Phase::Authenticate)
+            .unwrap_or(self.0.len());
+        for plugin in &self.0[..authenticated] {
+            if let Some(response) = run_on_request(plugin, ctx, head).await? {
+                return Ok(Some(response));
+            }
+        }
+        let steps = self.steps(ctx);
+        for plugin in steps.iter().filter(|p| {
+            p.phase() > Phase::Authenticate || !self.0.iter().any(|q| Arc::ptr_eq(p, q))
+        }) {
+            if let Some(response) = run_on_request(plugin, ctx, head).await? {
+                return Ok(Some(response));
             }
         }
         Ok(None)
@@ -223,7 +280,8 @@ impl PluginChain {
         head: &mut request::Parts,
         mut body: Body,
     ) -> Result<BodyStep, ProxyError> {
-        for plugin in &self.0 {
+        let steps = self.steps(ctx);
+        for plugin in steps.iter() {
             match plugin.request_body(ctx, head) {
                 None => {}
                 Some(BodyFilter::Chunks(filter)) => body = body.filter(filter),
@@ -247,7 +305,7 @@ impl PluginChain {
 
     /// Runs `on_response` of each plugin, last first.
     pub(crate) fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
-        for plugin in self.0.iter().rev() {
+        for plugin in self.steps(ctx).iter().rev() {
             plugin.on_response(ctx, head);
         }
     }
@@ -260,7 +318,8 @@ impl PluginChain {
         mut head: response::Parts,
         mut body: Body,
     ) -> Result<http::Response<Body>, ProxyError> {
-        for plugin in self.0.iter().rev() {
+        let steps = self.steps(ctx);
+        for plugin in steps.iter().rev() {
             match plugin.response_body(ctx, &head) {
                 None => {}
                 Some(BodyFilter::Chunks(filter)) => body = body.filter(filter),
@@ -284,19 +343,39 @@ impl PluginChain {
 
     /// Runs `log` of each plugin.
     pub(crate) fn log(&self, ctx: &RequestCtx, record: &LogRecord) {
-        for plugin in &self.0 {
+        for plugin in self.steps(ctx).iter() {
             plugin.log(ctx, record);
         }
     }
 
-    /// Whether the chain is empty (the request path skips it entirely).
+    /// Whether the chain is empty and no consumer carries plugins (the request path skips
+    /// it entirely).
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.0.is_empty()
     }
 
     /// Plugin names in order.
     pub(crate) fn names(&self) -> Vec<&'static str> {
         self.0.iter().map(|p| p.name()).collect()
+    }
+
+    /// Each consumer that carries plugins, with them, in name order (for `explain`).
+    pub(crate) fn describe_consumers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .1
+            .0
+            .iter()
+            .filter(|(_, plugins)| !plugins.is_empty())
+            .map(|(name, plugins)| {
+                let names: Vec<&str> = plugins.iter().map(|p| p.name()).collect();
+                format!(
+                    "{name}: {} (after authentication; same-named plugins give way)",
+                    names.join(" → ")
+                )
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Each plugin with its phase and what would stop a request there.
@@ -308,6 +387,27 @@ impl PluginChain {
                 None => format!("{} ({:?})", p.name(), p.phase()),
             })
             .collect()
+    }
+}
+
+/// One plugin's head step, its deferred work awaited; the answer, if it gives one.
+async fn run_on_request(
+    plugin: &Arc<dyn Plugin>,
+    ctx: &mut RequestCtx,
+    head: &mut request::Parts,
+) -> Result<Option<http::Response<Body>>, ProxyError> {
+    match plugin.on_request(ctx, head)? {
+        Flow::Continue => Ok(None),
+        Flow::Respond(response) => Ok(Some(response)),
+        Flow::Defer(work) => match work.await {
+            Deferred::Continue(consumer) => {
+                if consumer.is_some() {
+                    ctx.consumer = consumer;
+                }
+                Ok(None)
+            }
+            Deferred::Respond(response) => Ok(Some(response)),
+        },
     }
 }
 

@@ -104,7 +104,7 @@ async fn text(body: Body) -> String {
 
 #[tokio::test]
 async fn request_body_steps_run_in_chain_order() {
-    let chain = PluginChain(vec![Arc::new(Upper), Arc::new(Bracket::default())]);
+    let chain = PluginChain::new(vec![Arc::new(Upper), Arc::new(Bracket::default())]);
     let mut head = head();
     let step = chain
         .request_body(&mut ctx(), &mut head, Body::full("abc"))
@@ -121,7 +121,7 @@ async fn request_body_steps_run_in_chain_order() {
     assert_eq!(head.headers["content-length"], "5");
 
     // The other order: the chunk filter sees the rebuilt body.
-    let chain = PluginChain(vec![Arc::new(Bracket::default()), Arc::new(Upper)]);
+    let chain = PluginChain::new(vec![Arc::new(Bracket::default()), Arc::new(Upper)]);
     let BodyStep::Continue(body) = chain
         .request_body(&mut ctx(), &mut head, Body::full("abc"))
         .await
@@ -134,7 +134,7 @@ async fn request_body_steps_run_in_chain_order() {
 
 #[tokio::test]
 async fn a_whole_body_step_may_answer_or_refuse_a_large_body() {
-    let chain = PluginChain(vec![Arc::new(Bracket::default())]);
+    let chain = PluginChain::new(vec![Arc::new(Bracket::default())]);
     let step = chain
         .request_body(&mut ctx(), &mut head(), Body::full("NO"))
         .await
@@ -164,7 +164,7 @@ async fn a_whole_body_step_may_answer_or_refuse_a_large_body() {
 
 #[tokio::test]
 async fn response_body_steps_run_last_plugin_first() {
-    let chain = PluginChain(vec![Arc::new(Bracket::default()), Arc::new(Upper)]);
+    let chain = PluginChain::new(vec![Arc::new(Bracket::default()), Arc::new(Upper)]);
     let (parts, _) = http::Response::new(()).into_parts();
     let response = chain
         .response_body(&ctx(), parts, Body::full("ok"))
@@ -177,7 +177,7 @@ async fn response_body_steps_run_last_plugin_first() {
 #[test]
 fn log_steps_run_once_each() {
     let bracket = Arc::new(Bracket::default());
-    let chain = PluginChain(vec![Arc::new(Upper), bracket.clone()]);
+    let chain = PluginChain::new(vec![Arc::new(Upper), bracket.clone()]);
     chain.log(
         &ctx(),
         &LogRecord {

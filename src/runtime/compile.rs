@@ -136,6 +136,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         state: crate::plugins::state::StateScope::new(env.states, &fresh),
     };
     let global_plugins = compile_plugins(&spec.plugins, "global", build_env, &mut diags);
+    let consumer_plugins = compile_consumer_plugins(&spec.consumers, build_env, &mut diags);
 
     // Routes, with their position for table errors.
     let mut routes: Vec<(Arc<Route>, Option<Conditions>, &RouteSpec)> = Vec::new();
@@ -151,9 +152,13 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             );
         }
         let conditions = compile_match(&spec_route.matches, &mut diags);
-        if let Some(route) =
-            compile_route(spec_route, &by_name, &global_plugins, build_env, &mut diags)
-        {
+        if let Some(route) = compile_route(
+            spec_route,
+            &by_name,
+            (&global_plugins, &consumer_plugins),
+            build_env,
+            &mut diags,
+        ) {
             routes.push((Arc::new(route), conditions, spec_route));
         }
     }
@@ -359,7 +364,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         workers,
         admin,
         tls_files,
-        global: PluginChain::new(global_plugins),
+        global: PluginChain::with_consumers(global_plugins, consumer_plugins),
         warnings,
         fresh,
         acme,
@@ -896,6 +901,40 @@ fn check_target_address(address: &str) -> Result<(), TargetAddressError> {
 
 /// Builds the plugins of `owner`'s list (`global` or `route NAME`); each gets the state kept
 /// for its identity: owner, how many of its kind come before it, and its spec.
+/// The plugins each consumer carries. A consumer's `rate_limit` counts by consumer unless its
+/// `by` says otherwise: the limit is that consumer's.
+fn compile_consumer_plugins(
+    specs: &[crate::config::spec::ConsumerSpec],
+    env: plugins::BuildEnv<'_>,
+    diags: &mut Diagnostics,
+) -> plugins::ConsumerPlugins {
+    let mut map = HashMap::new();
+    for consumer in specs.iter().filter(|c| !c.plugins.is_empty()) {
+        let scoped: Vec<At<crate::config::spec::PluginSpec>> = consumer
+            .plugins
+            .iter()
+            .map(|p| match &p.value {
+                crate::config::spec::PluginSpec::RateLimit(limit)
+                    if limit.by.pos == Pos::default() =>
+                {
+                    let mut limit = limit.clone();
+                    limit.by.value = "consumer".to_owned();
+                    At {
+                        pos: p.pos,
+                        value: crate::config::spec::PluginSpec::RateLimit(limit),
+                    }
+                }
+                _ => p.clone(),
+            })
+            .collect();
+        let owner = format!("consumer {}", *consumer.name);
+        let mut chain = compile_plugins(&scoped, &owner, env, diags);
+        chain.sort_by_key(|p| p.phase());
+        map.insert(consumer.name.to_string(), chain);
+    }
+    plugins::ConsumerPlugins(Arc::new(map))
+}
+
 fn compile_plugins(
     specs: &[At<crate::config::spec::PluginSpec>],
     owner: &str,
@@ -1041,7 +1080,7 @@ fn compile_match(spec: &MatchSpec, diags: &mut Diagnostics) -> Option<Conditions
 fn compile_route(
     spec: &RouteSpec,
     upstreams: &Upstreams<'_>,
-    global: &[Arc<dyn plugins::Plugin>],
+    (global, consumers): (&[Arc<dyn plugins::Plugin>], &plugins::ConsumerPlugins),
     env: plugins::BuildEnv<'_>,
     diags: &mut Diagnostics,
 ) -> Option<Route> {
@@ -1210,7 +1249,7 @@ fn compile_route(
     Some(Route {
         name: Arc::from(spec.name.as_str()),
         action: action?,
-        plugins: PluginChain::new(chain),
+        plugins: PluginChain::with_consumers(chain, consumers.clone()),
         rewrite,
         path_policy,
         timeout: spec.timeout.map(|t| t.0),

@@ -165,6 +165,9 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             let _ = writeln!(out, "          {line}");
         }
     }
+    for line in route.plugins.describe_consumers() {
+        let _ = writeln!(out, "consumer  {line}");
+    }
     match &route.action {
         Action::Respond(r) => {
             let _ = writeln!(out, "action    respond {}", r.status);

@@ -466,3 +466,26 @@ async fn reload_reports_settings_that_need_a_restart() {
         "{health}"
     );
 }
+
+#[test]
+fn explain_lists_the_consumers_that_carry_plugins() {
+    let file = write(
+        "consumers.yaml",
+        "\
+listeners: [ { name: web, bind: 127.0.0.1:8080 } ]
+consumers:
+  - { name: alice, api_keys: ['alice-key-123'], plugins: [ { rate_limit: { limit: 5, window: 10s } } ] }
+  - { name: bob, api_keys: ['bob-key-4567'] }
+routes:
+  - { name: r, plugins: [ { key_auth: {} } ], respond: { status: 200 } }
+",
+    );
+    let (code, out, err) = cli(&["explain", "-c", &file, "GET", "http://localhost:8080/"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("consumer  alice: rate_limit (after authentication"),
+        "{out}"
+    );
+    assert!(!out.contains("bob:"), "{out}");
+    assert!(!out.contains("alice-key-123"), "a key was printed: {out}");
+}

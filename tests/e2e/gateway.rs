@@ -768,3 +768,77 @@ upstreams:
     assert_eq!(r.status, 400, "a required body is missing: {}", r.body);
     assert!(up.seen().iter().all(|s| s.uri.path() != "/nowhere"));
 }
+
+#[tokio::test]
+async fn consumers_carry_their_own_limits_and_headers() {
+    let up = TestUpstream::start("U").await;
+    let gw = Portico::start(&fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+consumers:
+  - name: alice
+    api_keys: ['alice-key-123']
+    plugins:
+      - rate_limit: { limit: 2, window: 1m }
+      - request_headers: { set: { x-tier: gold } }
+  - name: bob
+    api_keys: ['bob-key-4567']
+    plugins: [ { rate_limit: { limit: 4, window: 1m } } ]
+  - { name: carol, api_keys: ['carol-key-890'] }
+routes:
+  - name: tiered
+    plugins:
+      - key_auth: {}
+      - rate_limit: { limit: 1, window: 1m, by: consumer }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("U", &up.addr())],
+    ));
+    let web = gw.addr("web");
+    let mut c = H1::connect(&web).await;
+    let passed = |key: &'static str| {
+        let web = web.clone();
+        async move {
+            let mut c = H1::connect(&web).await;
+            let mut statuses = Vec::new();
+            for _ in 0..6 {
+                statuses.push(c.send(req("/x", &[("x-api-key", key)])).await.unwrap());
+            }
+            statuses
+        }
+    };
+    // Each consumer's own limit replaces the route's: 2 for alice, 4 for bob, the route's 1
+    // for carol, who carries none. Counted separately.
+    let alice = passed("alice-key-123").await;
+    let bob = passed("bob-key-4567").await;
+    let carol = passed("carol-key-890").await;
+    let ok = |r: &[crate::support::client::Reply]| r.iter().filter(|r| r.status == 200).count();
+    assert_eq!((ok(&alice), ok(&bob), ok(&carol)), (2, 4, 1));
+    assert_eq!(alice[0].header("ratelimit-policy"), Some("2;w=60"));
+    assert_eq!(alice[0].header("ratelimit-remaining"), Some("1"));
+    assert_eq!(bob[5].status, 429);
+    assert_eq!(carol[0].header("ratelimit-policy"), Some("1;w=60"));
+    // Alice's own header plugin ran for her requests only.
+    let tiers: Vec<Option<String>> = up
+        .seen()
+        .iter()
+        .map(|s| {
+            s.headers
+                .get("x-tier")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        tiers
+            .iter()
+            .filter(|t| t.as_deref() == Some("gold"))
+            .count(),
+        2
+    );
+    assert_eq!(tiers.len(), 7);
+    // Without a key, authentication refuses before any consumer plugin runs.
+    assert_eq!(c.send(req("/x", &[])).await.unwrap().status, 401);
+}
