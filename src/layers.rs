@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "ctx",
         "error",
         "view",
+        "h2frame",
         "config",
         "health",
     ],

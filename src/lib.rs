@@ -41,6 +41,7 @@ pub(crate) mod ctx;
 pub(crate) mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub(crate) mod h2frame;
 pub(crate) mod health;
 pub(crate) mod l4;
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::h2frame::{Frames, Piece};
 use crate::health::now_ms;
 
 const DATA: u8 = 0x0;
@@ -61,38 +62,6 @@ impl Activity {
                 tokio::time::sleep(Duration::from_millis(timeout.max(1))).await;
             } else {
                 tokio::time::sleep(Duration::from_millis(due - now)).await;
-            }
-        }
-    }
-}
-
-/// Frame-header reader for one direction.
-#[derive(Debug, Default)]
-struct Frames {
-    header: [u8; 9],
-    have: usize,
-    skip: usize,
-}
-
-impl Frames {
-    /// Feeds bytes; calls `frame(type, flags, stream)` for each complete frame header.
-    fn feed(&mut self, mut data: &[u8], mut frame: impl FnMut(u8, u8, u32)) {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                continue;
-            }
-            let n = (9 - self.have).min(data.len());
-            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
-            self.have += n;
-            data = &data[n..];
-            if self.have == 9 {
-                let [a, b, c, kind, flags, s0, s1, s2, s3] = self.header;
-                self.skip = (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c);
-                self.have = 0;
-                frame(kind, flags, u32::from_be_bytes([s0 & 0x7f, s1, s2, s3]));
             }
         }
     }
@@ -160,8 +129,15 @@ impl<S> Tracked<S> {
         let streams = &mut self.streams;
         let mut changed = false;
         for buf in bufs {
-            frames.feed(buf, |kind, flags, stream| {
-                changed |= streams.frame(local, kind, flags, stream);
+            frames.feed(buf, |piece| {
+                if let Piece::Header {
+                    kind,
+                    flags,
+                    stream,
+                } = piece
+                {
+                    changed |= streams.frame(local, kind, flags, stream);
+                }
             });
         }
         if changed {
@@ -251,8 +227,15 @@ mod tests {
     }
 
     fn feed(streams: &mut Streams, frames: &mut Frames, local: bool, bytes: &[u8]) {
-        frames.feed(bytes, |kind, flags, stream| {
-            streams.frame(local, kind, flags, stream);
+        frames.feed(bytes, |piece| {
+            if let Piece::Header {
+                kind,
+                flags,
+                stream,
+            } = piece
+            {
+                streams.frame(local, kind, flags, stream);
+            }
         });
     }
 

@@ -97,69 +97,47 @@ impl HeadScan {
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 const PREFACE_LEN: usize = 24;
-/// Frame header length (RFC 9113 §4.1).
-const FRAME_HEADER: usize = 9;
 /// PING frame type (RFC 9113 §6.7).
 const PING: u8 = 0x6;
 
 /// Follows HTTP/2 frame boundaries in one direction of a connection and tells whether the
 /// bytes carried anything but PINGs. Keep-alive PINGs (portico's own and the client's) must
-/// not keep an idle connection open; every other frame is use. Costs a few comparisons per
-/// frame: payloads are skipped by length.
+/// not keep an idle connection open; every other frame is use.
 #[derive(Debug)]
 pub(crate) struct FrameScan {
-    header: [u8; FRAME_HEADER],
-    have: usize,
-    /// Bytes of the current payload (or of the preface) still to skip.
-    skip: usize,
-    /// The payload being skipped belongs to a frame that counts as use.
-    skipping_use: bool,
+    frames: crate::h2frame::Frames,
+    /// The payload being read belongs to a frame that counts as use.
+    in_use: bool,
 }
 
 impl FrameScan {
     /// For what a client sends: its preface comes first.
     pub(crate) fn client() -> Self {
         FrameScan {
-            header: [0; FRAME_HEADER],
-            have: 0,
-            skip: PREFACE_LEN,
-            skipping_use: true,
+            frames: crate::h2frame::Frames::skipping(PREFACE_LEN),
+            in_use: true,
         }
     }
 
     /// For what the server sends: frames from the first byte.
     pub(crate) fn server() -> Self {
         FrameScan {
-            skip: 0,
-            ..Self::client()
+            frames: crate::h2frame::Frames::default(),
+            in_use: true,
         }
     }
 
     /// Feeds the next bytes; `true` when they carried (part of) a frame other than PING.
-    pub(crate) fn feed(&mut self, mut data: &[u8]) -> bool {
+    pub(crate) fn feed(&mut self, data: &[u8]) -> bool {
         let mut used = false;
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                used |= self.skipping_use;
-                continue;
+        let in_use = &mut self.in_use;
+        self.frames.feed(data, |piece| match piece {
+            crate::h2frame::Piece::Header { kind, .. } => {
+                *in_use = kind != PING;
+                used |= *in_use;
             }
-            let n = (FRAME_HEADER - self.have).min(data.len());
-            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
-            self.have += n;
-            data = &data[n..];
-            if self.have == FRAME_HEADER {
-                let [a, b, c, kind, ..] = self.header;
-                let len = (usize::from(a) << 16) | (usize::from(b) << 8) | usize::from(c);
-                let counts = kind != PING;
-                used |= counts;
-                self.skip = len;
-                self.skipping_use = counts;
-                self.have = 0;
-            }
-        }
+            crate::h2frame::Piece::Payload => used |= *in_use,
+        });
         used
     }
 }
