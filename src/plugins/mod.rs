@@ -172,7 +172,10 @@ pub(crate) trait Plugin: Send + Sync + std::fmt::Debug {
 
 /// A route's plugins in the order they run.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PluginChain(pub Vec<Arc<dyn Plugin>>, pub ConsumerPlugins);
+pub(crate) struct PluginChain(pub Vec<Arc<dyn Plugin>>, pub ConsumerPlugins, Merged);
+
+/// Per consumer that carries plugins: the chain in force for it, merged at compile time.
+type Merged = Arc<std::collections::HashMap<String, Vec<Arc<dyn Plugin>>>>;
 
 /// The plugins consumers carry, by consumer name; shared by every chain of a config.
 #[derive(Debug, Clone, Default)]
@@ -190,7 +193,7 @@ impl PluginChain {
     /// Orders plugins by phase, keeping config order (global first) within a phase.
     pub(crate) fn new(mut plugins: Vec<Arc<dyn Plugin>>) -> Self {
         plugins.sort_by_key(|p| p.phase());
-        PluginChain(plugins, ConsumerPlugins::default())
+        PluginChain(plugins, ConsumerPlugins::default(), Merged::default())
     }
 
     /// The same, with the plugins consumers carry (run once the request is authenticated).
@@ -199,45 +202,45 @@ impl PluginChain {
         consumers: ConsumerPlugins,
     ) -> Self {
         let mut chain = PluginChain::new(plugins);
+        let merged = consumers
+            .0
+            .iter()
+            .filter(|(_, own)| !own.is_empty())
+            .map(|(name, own)| (name.clone(), chain.merge(own)))
+            .collect();
         chain.1 = consumers;
+        chain.2 = Arc::new(merged);
         chain
     }
 
-    /// The authenticated consumer's own plugins, if it has any.
-    fn consumer_plugins(&self, ctx: &RequestCtx) -> Option<&[Arc<dyn Plugin>]> {
-        if self.1.0.is_empty() {
-            return None;
-        }
-        let consumer = ctx.consumer.as_ref()?;
-        self.1
+    /// The chain's plugins with a consumer's own: a consumer's plugin replaces one of the
+    /// chain's of the same name that runs after authentication; by phase, config order
+    /// within one (the chain's first).
+    fn merge(&self, own: &[Arc<dyn Plugin>]) -> Vec<Arc<dyn Plugin>> {
+        let mut all: Vec<Arc<dyn Plugin>> = self
             .0
-            .get(&consumer.name)
-            .map(Vec::as_slice)
-            .filter(|p| !p.is_empty())
+            .iter()
+            .filter(|p| {
+                p.phase() <= Phase::Authenticate || !own.iter().any(|o| o.name() == p.name())
+            })
+            .cloned()
+            .collect();
+        all.extend(own.iter().cloned());
+        all.sort_by_key(|p| p.phase());
+        all
     }
 
-    /// The plugins in force for this request: the chain's, with the consumer's after
-    /// authentication. A consumer's plugin replaces one of the chain's of the same name that
-    /// runs after authentication (phase by phase, config order within one). Allocates only
-    /// for a consumer that carries plugins.
-    fn steps<'a>(&'a self, ctx: &RequestCtx) -> std::borrow::Cow<'a, [Arc<dyn Plugin>]> {
-        match self.consumer_plugins(ctx) {
-            None => std::borrow::Cow::Borrowed(&self.0),
-            Some(own) => {
-                let mut all: Vec<Arc<dyn Plugin>> = self
-                    .0
-                    .iter()
-                    .filter(|p| {
-                        p.phase() <= Phase::Authenticate
-                            || !own.iter().any(|o| o.name() == p.name())
-                    })
-                    .cloned()
-                    .collect();
-                all.extend(own.iter().cloned());
-                all.sort_by_key(|p| p.phase());
-                std::borrow::Cow::Owned(all)
-            }
+    /// The plugins in force for this request: the chain's, or, once the request is
+    /// authenticated as a consumer that carries plugins, the chain merged with them at
+    /// compile time.
+    fn steps(&self, ctx: &RequestCtx) -> &[Arc<dyn Plugin>] {
+        if self.2.is_empty() {
+            return &self.0;
         }
+        ctx.consumer
+            .as_ref()
+            .and_then(|c| self.2.get(&c.name))
+            .map_or(&self.0, Vec::as_slice)
     }
 
     /// Runs `on_request` of each plugin until one answers; the answer, if any.
