@@ -9,7 +9,7 @@
 //! rewrites those answers into portico's JSON ones when it can tell them apart for certain
 //! (see `early` and `IdleIo::poll_early`).
 
-mod early;
+pub(super) mod early;
 
 use std::convert::Infallible;
 use std::io;

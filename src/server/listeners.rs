@@ -400,18 +400,12 @@ async fn plain_http_hint(mut stream: tokio::net::TcpStream) {
     let mut buf = [0u8; 4096];
     let _ =
         tokio::time::timeout(std::time::Duration::from_millis(100), stream.read(&mut buf)).await;
-    let id = crate::proxy::headers::new_request_id();
-    let id = id.to_str().unwrap_or_default();
-    let body = serde_json::json!({
-        "error": "plain_http_on_https",
-        "message": "this port speaks HTTPS: send the request with https://",
-        "request_id": id,
-    })
-    .to_string();
-    let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nx-request-id: {id}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    let answer = super::conn::early::json_answer(
+        b"400 Bad Request",
+        "plain_http_on_https",
+        "this port speaks HTTPS: send the request with https://",
+        None,
     );
-    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.write_all(&answer).await;
     let _ = stream.shutdown().await;
 }

@@ -64,6 +64,18 @@ pub(super) fn recognise(bytes: &[u8]) -> Option<(usize, &[u8])> {
 /// a fresh `x-request-id`, and `connection: close` (hyper closes after it, as before).
 pub(super) fn answer(which: usize, date: &[u8]) -> (StatusCode, Vec<u8>) {
     let (status, line, code, message) = CANNED[which];
+    (status, json_answer(line, code, message, Some(date)))
+}
+
+/// portico's JSON error answer as raw HTTP/1.1 bytes, for answers written on the socket
+/// before hyper (or TLS) takes the connection: `line` is the status line's code and reason, a
+/// fresh `x-request-id`, `connection: close`.
+pub(in crate::server) fn json_answer(
+    line: &[u8],
+    code: &str,
+    message: &str,
+    date: Option<&[u8]>,
+) -> Vec<u8> {
     let id = crate::proxy::headers::new_request_id();
     let id = id.to_str().unwrap_or_default();
     let body =
@@ -75,11 +87,13 @@ pub(super) fn answer(which: usize, date: &[u8]) -> (StatusCode, Vec<u8>) {
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b"\r\nconnection: close\r\ncontent-length: ");
     out.extend_from_slice(body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\ndate: ");
-    out.extend_from_slice(date);
+    if let Some(date) = date {
+        out.extend_from_slice(b"\r\ndate: ");
+        out.extend_from_slice(date);
+    }
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body.as_bytes());
-    (status, out)
+    out
 }
 
 #[cfg(test)]
