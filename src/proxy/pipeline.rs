@@ -398,16 +398,7 @@ fn redirect_https(
     port: u16,
     status: StatusCode,
 ) -> Result<Response<Body>, ProxyError> {
-    let port = if port == 443 {
-        String::new()
-    } else {
-        format!(":{port}")
-    };
-    let path = uri.path();
-    let target = match uri.query() {
-        Some(q) => format!("https://{host_name}{port}{path}?{q}"),
-        None => format!("https://{host_name}{port}{path}"),
-    };
+    let target = crate::runtime::https_location(port, host_name, uri.path(), uri.query());
     match HeaderValue::from_str(&target) {
         Ok(location) if !host_name.is_empty() => Ok(redirect_to(status, location)),
         _ => Err(ProxyError::BadRequest("no host to redirect to")),
