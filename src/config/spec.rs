@@ -974,6 +974,8 @@ pub(crate) enum PluginSpec {
     Acl(AclSpec),
     /// Limits request rates.
     RateLimit(RateLimitSpec),
+    /// Caps requests per fixed window of wall-clock time (hours, days).
+    Quota(QuotaSpec),
     /// Cross-origin resource sharing: answers preflights, marks responses.
     Cors(CorsSpec),
     /// Allows or denies client addresses.
@@ -1222,6 +1224,30 @@ pub(crate) struct RateLimitSpec {
     /// Most keys tracked at once (memory bound).
     #[serde(default = "max_keys")]
     pub(crate) max_keys: usize,
+}
+
+/// `quota:` — a count per key over fixed windows of wall-clock time.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QuotaSpec {
+    /// Requests allowed per `period`.
+    pub(crate) limit: At<u32>,
+    /// The window, a whole number of seconds: counts start again at each multiple of it
+    /// since 1970-01-01 00:00 UTC (`1d` at midnight UTC, `1h` on the hour).
+    pub(crate) period: Dur,
+    /// `consumer` (default), `ip`, `route`, or `header:NAME`.
+    #[serde(default = "by_consumer")]
+    pub(crate) by: At<String>,
+    /// Most keys counted at once (memory bound); past it, new keys share one count.
+    #[serde(default = "max_keys")]
+    pub(crate) max_keys: usize,
+}
+
+fn by_consumer() -> At<String> {
+    At {
+        pos: Default::default(),
+        value: "consumer".to_owned(),
+    }
 }
 
 fn by_ip() -> At<String> {

@@ -24,6 +24,7 @@ pub(crate) mod ip_restriction;
 pub(crate) mod jwt;
 pub(crate) mod key_auth;
 pub(crate) mod mtls_auth;
+pub(crate) mod quota;
 pub(crate) mod rate_limit;
 pub(crate) mod request_size_limit;
 pub(crate) mod respond;
@@ -451,6 +452,7 @@ pub(crate) const NAMES: &[&str] = &[
     "key_auth",
     "acl",
     "rate_limit",
+    "quota",
     "cors",
     "ip_restriction",
     "request_size_limit",
@@ -533,12 +535,18 @@ pub(crate) enum BuildError {
     /// `rate_limit.burst` of 0.
     #[error("rate_limit.burst is the bucket's capacity: at least 1")]
     ZeroBurst,
-    /// `rate_limit.by` is none of the known keys.
-    #[error("rate_limit.by `{by}`: expected ip, consumer, route or header:NAME")]
+    /// `rate_limit.by` or `quota.by` is none of the known keys.
+    #[error("by `{by}`: expected ip, consumer, route or header:NAME")]
     LimitKey {
         /// The key as written.
         by: String,
     },
+    /// `quota.limit` is 0.
+    #[error("quota.limit must be at least 1")]
+    ZeroQuota,
+    /// `quota.period` is not a whole number of seconds above 0.
+    #[error("quota.period must be a whole number of seconds, at least 1s")]
+    QuotaPeriod,
     /// `respond.status` is not a final status.
     #[error("respond.status must be between 200 and 599")]
     Status,
@@ -655,6 +663,7 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
         PluginSpec::KeyAuth(spec) => Arc::new(key_auth::KeyAuth::new(spec, env.consumers)?),
         PluginSpec::Acl(spec) => Arc::new(acl::Acl::new(spec)),
         PluginSpec::RateLimit(spec) => Arc::new(rate_limit::RateLimit::new(spec, env)?),
+        PluginSpec::Quota(spec) => Arc::new(quota::Quota::new(spec, env)?),
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
         PluginSpec::IpRestriction(spec) => Arc::new(ip_restriction::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => {

@@ -39,6 +39,54 @@ pub(crate) enum LimitKey {
     Header(HeaderName),
 }
 
+impl LimitKey {
+    /// `ip`, `consumer`, `route` or `header:NAME`, as `by:` says.
+    pub(crate) fn parse(by: &str) -> Result<Self, BuildError> {
+        Ok(match by {
+            "ip" => LimitKey::Ip,
+            "consumer" => LimitKey::Consumer,
+            "route" => LimitKey::Route,
+            other => match other.strip_prefix("header:") {
+                Some(name) => LimitKey::Header(
+                    HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|e| BuildError::header_name(name, e))?,
+                ),
+                None => {
+                    return Err(BuildError::LimitKey {
+                        by: other.to_owned(),
+                    });
+                }
+            },
+        })
+    }
+
+    /// What this request counts as.
+    pub(crate) fn of(&self, ctx: &RequestCtx, head: &request::Parts) -> String {
+        match self {
+            LimitKey::Ip => ctx.client.ip().to_canonical().to_string(),
+            LimitKey::Consumer => ctx
+                .consumer
+                .as_ref()
+                .map_or_else(String::new, |c| c.name.clone()),
+            LimitKey::Route => String::new(),
+            LimitKey::Header(name) => head
+                .headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A limit by consumer needs authentication first; the others run before everything.
+    pub(crate) fn phase(&self) -> Phase {
+        if *self == LimitKey::Consumer {
+            Phase::Authorize
+        } else {
+            Phase::Access
+        }
+    }
+}
+
 /// A compiled `rate_limit`.
 #[derive(Debug)]
 pub(crate) struct RateLimit {
@@ -55,11 +103,14 @@ pub(crate) struct RateLimit {
     tolerance: u64,
     shard_cap: usize,
     shards: Arc<Buckets>,
-    limited: prometheus_client::metrics::family::Family<
-        crate::observe::metrics::RouteLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
+    limited: Limited,
 }
+
+/// `portico_rate_limited_total`, by route.
+pub(super) type Limited = prometheus_client::metrics::family::Family<
+    crate::observe::metrics::RouteLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 /// Each key's theoretical arrival time, in shards; kept across reloads.
 #[derive(Debug)]
@@ -81,22 +132,7 @@ impl RateLimit {
         if spec.window.0.is_zero() {
             return Err(BuildError::ZeroWindow);
         }
-        let key = match spec.by.as_str() {
-            "ip" => LimitKey::Ip,
-            "consumer" => LimitKey::Consumer,
-            "route" => LimitKey::Route,
-            other => match other.strip_prefix("header:") {
-                Some(name) => LimitKey::Header(
-                    HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|e| BuildError::header_name(name, e))?,
-                ),
-                None => {
-                    return Err(BuildError::LimitKey {
-                        by: other.to_owned(),
-                    });
-                }
-            },
-        };
+        let key = LimitKey::parse(&spec.by)?;
         let burst = spec.burst.unwrap_or(*spec.limit);
         if burst == 0 {
             return Err(BuildError::ZeroBurst);
@@ -121,22 +157,6 @@ impl RateLimit {
                 .keep(|| Buckets((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect())),
             limited: env.metrics.rate_limited_family(),
         })
-    }
-
-    fn key(&self, ctx: &RequestCtx, head: &request::Parts) -> String {
-        match &self.key {
-            LimitKey::Ip => ctx.client.ip().to_canonical().to_string(),
-            LimitKey::Consumer => ctx
-                .consumer
-                .as_ref()
-                .map_or_else(String::new, |c| c.name.clone()),
-            LimitKey::Route => String::new(),
-            LimitKey::Header(name) => head
-                .headers
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default(),
-        }
     }
 
     /// One GCRA step: `Ok(remaining)` or `Err(wait)`.
@@ -166,13 +186,76 @@ impl RateLimit {
     }
 }
 
-/// `RateLimit-*` values for the response: limit, remaining, seconds to reset.
+/// `RateLimit-*` values for the response: limit, remaining, seconds to reset, and every
+/// policy in force. With several limits (a rate and a quota, say) the figures are the
+/// tightest one's and `RateLimit-Policy` lists them all.
 #[derive(Debug, Clone)]
-struct Figures {
+pub(super) struct Figures {
+    pub(super) limit: u32,
+    pub(super) remaining: u32,
+    pub(super) reset: u64,
+    pub(super) policy: HeaderValue,
+}
+
+impl Figures {
+    /// Records one limit's figures for the response.
+    pub(super) fn note(self, ctx: &mut RequestCtx) {
+        let Some(held) = ctx.slots.get_mut::<Figures>() else {
+            ctx.slots.insert(self);
+            return;
+        };
+        let policy = [held.policy.as_bytes(), b", ", self.policy.as_bytes()].concat();
+        let policy = HeaderValue::from_bytes(&policy).unwrap_or_else(|_| held.policy.clone());
+        if (self.remaining, std::cmp::Reverse(self.reset))
+            < (held.remaining, std::cmp::Reverse(held.reset))
+        {
+            *held = self;
+        }
+        held.policy = policy;
+    }
+
+    /// Writes the figures on a response (unless an upstream sent its own).
+    pub(super) fn write(ctx: &RequestCtx, head: &mut response::Parts) {
+        if let Some(figures) = ctx.slots.get::<Figures>()
+            && !head.headers.contains_key(&RATELIMIT_LIMIT)
+        {
+            let headers = &mut head.headers;
+            headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(figures.limit));
+            headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(figures.remaining));
+            headers.insert(&RATELIMIT_RESET, HeaderValue::from(figures.reset));
+            headers.insert(&RATELIMIT_POLICY, figures.policy.clone());
+        }
+    }
+}
+
+/// The 429 of a limit: `Retry-After`, the `RateLimit-*` fields, and a count in
+/// `portico_rate_limited_total`.
+pub(super) fn refuse(
+    ctx: &RequestCtx,
+    limited: &Limited,
+    (code, message): (&'static str, &'static str),
     limit: u32,
-    remaining: u32,
-    reset: u64,
-    policy: HeaderValue,
+    policy: &HeaderValue,
+    retry_after: u64,
+) -> http::Response<crate::body::Body> {
+    limited
+        .get_or_create(&crate::observe::metrics::RouteLabels {
+            route: ctx.route.as_deref().unwrap_or("").to_owned(),
+        })
+        .inc();
+    let mut response = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        code,
+        message,
+        &ctx.request_id,
+    );
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
+    headers.insert(&RATELIMIT_POLICY, policy.clone());
+    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(0));
+    headers.insert(&RATELIMIT_RESET, HeaderValue::from(retry_after));
+    response
 }
 
 impl Plugin for RateLimit {
@@ -185,12 +268,7 @@ impl Plugin for RateLimit {
     }
 
     fn phase(&self) -> Phase {
-        // A limit by consumer needs authentication first; the others run before everything.
-        if self.key == LimitKey::Consumer {
-            Phase::Authorize
-        } else {
-            Phase::Access
-        }
+        self.key.phase()
     }
 
     fn on_request(
@@ -198,58 +276,34 @@ impl Plugin for RateLimit {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
-        let key = self.key(ctx, head);
+        let key = self.key.of(ctx, head);
         match self.check(&key, now_ns()) {
             Ok((remaining, reset)) => {
-                ctx.slots.insert(Figures {
+                Figures {
                     limit: self.limit,
                     remaining,
                     reset: Duration::from_nanos(reset).as_secs().max(1),
                     policy: self.policy.clone(),
-                });
+                }
+                .note(ctx);
                 Ok(Flow::Continue)
             }
             Err(wait) => {
                 let retry_after = Duration::from_nanos(wait).as_secs_f64().ceil().max(1.0) as u64;
-                self.limited
-                    .get_or_create(&crate::observe::metrics::RouteLabels {
-                        route: ctx.route.as_deref().unwrap_or("").to_owned(),
-                    })
-                    .inc();
-                let mut response = error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many requests; see Retry-After",
-                    &ctx.request_id,
-                );
-                let headers = response.headers_mut();
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(self.limit));
-                headers.insert(&RATELIMIT_POLICY, self.policy.clone());
-                headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(0));
-                headers.insert(&RATELIMIT_RESET, HeaderValue::from(retry_after));
-                Ok(Flow::Respond(response))
+                Ok(Flow::Respond(refuse(
+                    ctx,
+                    &self.limited,
+                    ("rate_limited", "too many requests; see Retry-After"),
+                    self.limit,
+                    &self.policy,
+                    retry_after,
+                )))
             }
         }
     }
 
     fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
-        if let Some(Figures {
-            limit,
-            remaining,
-            reset,
-            policy,
-        }) = ctx.slots.get::<Figures>()
-            && !head.headers.contains_key(&RATELIMIT_LIMIT)
-        {
-            head.headers
-                .insert(&RATELIMIT_LIMIT, HeaderValue::from(*limit));
-            head.headers
-                .insert(&RATELIMIT_REMAINING, HeaderValue::from(*remaining));
-            head.headers
-                .insert(&RATELIMIT_RESET, HeaderValue::from(*reset));
-            head.headers.insert(&RATELIMIT_POLICY, policy.clone());
-        }
+        Figures::write(ctx, head);
     }
 }
 

@@ -842,3 +842,84 @@ upstreams:
     // Without a key, authentication refuses before any consumer plugin runs.
     assert_eq!(c.send(req("/x", &[])).await.unwrap().status, 401);
 }
+
+#[tokio::test]
+async fn daily_quotas_count_exactly_per_consumer_and_survive_a_reload() {
+    let up = TestUpstream::start("U").await;
+    let config = fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+consumers:
+  - name: alice
+    api_keys: ['alice-key-123']
+    plugins: [ { quota: { limit: 3, period: 1d } } ]
+  - name: bob
+    api_keys: ['bob-key-4567']
+    plugins:
+      - quota: { limit: 5, period: 1d }
+      - rate_limit: { limit: 2, window: 1h }
+routes:
+  - name: metered
+    plugins: [ { key_auth: {} } ]
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("U", &up.addr())],
+    );
+    let gw = Portico::start(&config);
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let mut alice = Vec::new();
+    for _ in 0..5 {
+        alice.push(
+            c.send(req("/x", &[("x-api-key", "alice-key-123")]))
+                .await
+                .unwrap(),
+        );
+    }
+    let statuses: Vec<u16> = alice.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let remaining: Vec<&str> = alice[..3]
+        .iter()
+        .map(|r| r.header("ratelimit-remaining").unwrap())
+        .collect();
+    assert_eq!(remaining, ["2", "1", "0"]);
+    assert_eq!(alice[0].header("ratelimit-policy"), Some("3;w=86400"));
+    let refused = &alice[3];
+    assert_eq!(refused.json()["error"], "quota_exceeded");
+    // The quota comes back at midnight UTC, not a window after the first request.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry.abs_diff(to_midnight) <= 2, "{retry} vs {to_midnight}");
+    assert_eq!(
+        refused.header("ratelimit-reset"),
+        Some(retry.to_string().as_str())
+    );
+
+    // Bob carries a rate and a quota: the tighter one's figures, both policies.
+    let first = c
+        .send(req("/x", &[("x-api-key", "bob-key-4567")]))
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some("5;w=86400, 2;w=3600")
+    );
+    assert_eq!(first.header("ratelimit-limit"), Some("2"));
+    assert_eq!(first.header("ratelimit-remaining"), Some("1"));
+
+    // A reload of the same config keeps the counts: alice stays refused.
+    assert!(gw.reload(&config));
+    let after = c
+        .send(req("/x", &[("x-api-key", "alice-key-123")]))
+        .await
+        .unwrap();
+    assert_eq!(after.status, 429);
+    assert_eq!(up.seen().len(), 4);
+}
