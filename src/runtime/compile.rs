@@ -190,6 +190,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     // parse whole, "not used" would only repeat its error.
     if diags.list.is_empty() && spec.unparsed.partial.is_empty() {
         checks::unused_upstreams(&spec, &mut diags);
+        lints::lint(&spec, &mut diags);
     }
     let mut listeners = Vec::new();
     let mut seen_names: HashMap<&str, Pos> = HashMap::new();
@@ -1307,5 +1308,6 @@ fn compile_headers(
 }
 
 mod checks;
+mod lints;
 #[cfg(test)]
 mod tests;

@@ -375,3 +375,112 @@ upstreams:
         "{lines:#?}"
     );
 }
+
+#[test]
+fn consumers_no_plugin_can_authenticate_are_warned_about() {
+    let lines = check_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+consumers:
+  - { name: keyed, api_keys: ['keyed-key-12345'] }
+  - { name: basic, basic_auth: { username: b, password_hash: '$2b$04$abcdefghijklmnopqrstuu5Qwq8cBr4XKkXcVVsyS1vCNXRpyXuZe' } }
+  - { name: bare }
+routes:
+  - { name: app, upstream: u, plugins: [ { key_auth: {} } ] }
+upstreams:
+  u: { targets: [ { address: 127.0.0.1:1 } ] }
+",
+    );
+    assert_eq!(
+        lines,
+        [
+            "c.yaml:5:13: warning: consumer `basic` can never be authenticated: its \
+             `basic_auth` would need a `basic_auth` plugin, and no route or global list has one",
+            "c.yaml:6:13: warning: consumer `bare` can never be authenticated: it has no \
+             credentials (`api_keys`, `basic_auth`, `cert_subject`) and no `jwt` plugin names \
+             consumers",
+        ],
+        "{lines:#?}"
+    );
+    // A jwt plugin may name any consumer by its claim.
+    let with_jwt = check_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+consumers:
+  - { name: bare }
+plugins: [ { jwt: { keys: [ { alg: HS256, secret: 0123456789abcdef0123 } ] } } ]
+routes:
+  - { name: app, upstream: u }
+upstreams:
+  u: { targets: [ { address: 127.0.0.1:1 } ] }
+",
+    );
+    assert!(with_jwt.is_empty(), "{with_jwt:#?}");
+}
+
+#[test]
+fn a_limit_by_the_key_header_warns_when_keys_also_come_in_the_query() {
+    let lines = check_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+consumers:
+  - { name: a, api_keys: ['a-key-1234567890'] }
+routes:
+  - name: header
+    match: { path_prefix: /h }
+    plugins: [ { key_auth: {} }, { rate_limit: { limit: 5, window: 1s, by: 'header:X-Api-Key' } } ]
+    upstream: u
+  - name: query
+    match: { path_prefix: /q }
+    plugins: [ { key_auth: { query: api_key } } ]
+    upstream: u
+upstreams:
+  u: { targets: [ { address: 127.0.0.1:1 } ] }
+",
+    );
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("c.yaml:8:")
+            && lines[0].contains("rate_limit counts by header `X-Api-Key`")
+            && lines[0].contains("(line 12)")
+            && lines[0].contains("query parameter `api_key`"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn an_active_check_on_a_client_path_is_warned_about() {
+    let config = |path: &str| {
+        format!(
+            "\
+listeners:
+  - {{ name: web, bind: 127.0.0.1:0 }}
+routes:
+  - name: users
+    match: {{ path_prefix: /users }}
+    rewrite: {{ strip_prefix: /users }}
+    upstream: users
+upstreams:
+  users:
+    targets: [ {{ address: 127.0.0.1:1 }} ]
+    health_check: {{ active: {{ path: {path} }} }}
+"
+        )
+    };
+    let lines = check_text(&config("/users/healthz"));
+    assert_eq!(
+        lines,
+        [
+            "c.yaml:9:3: warning: the active check of upstream `users` asks targets for \
+          `/users/healthz`, the path as clients send it: route `users` removes `/users` \
+          before forwarding, so a client's `/users/healthz` reaches targets as `/healthz`; \
+          checks go to targets directly, unrewritten"
+        ],
+        "{lines:#?}"
+    );
+    assert!(check_text(&config("/healthz")).is_empty());
+    assert!(check_text(&config("/usersfoo")).is_empty());
+}
