@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the test peers the suite starts
-# (curl, openssl, pebble, h2load) when they are missing, then `cargo test`.
+# (curl, openssl, pebble, h2load; grpcio for the gRPC tests) when they are missing, then
+# `cargo test`.
 # Extra arguments go to `cargo test` (for example a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ command -v openssl >/dev/null || need+=(openssl)
 # The ACME tests run against Debian's pebble (a test CA).
 command -v pebble >/dev/null || need+=(pebble)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v python3 >/dev/null || need+=(python3 python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then
@@ -24,6 +26,13 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" apt-get install -y -qq "${need[@]}"
+fi
+
+# The gRPC tests run a real gRPC server and client: grpcio, with grpcio-tools for protoc.
+if ! python3 -c "import grpc, grpc_tools" 2>/dev/null; then
+  echo "installing test peers: grpcio grpcio-tools (pip)" >&2
+  python3 -m pip install --quiet grpcio grpcio-tools ||
+    python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
 fi
 
 cargo test --locked "$@"

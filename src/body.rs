@@ -50,7 +50,17 @@ pin_project_lite::pin_project! {
         Filtered { inner: Box<Body>, filters: Vec<Box<dyn ChunkFilter>> },
         /// An upstream response body; its connection returns to the pool when it ends.
         Pooled { #[pin] inner: Incoming, checkin: Option<Box<dyn Checkin>> },
+        /// A body whose end (with its trailers, if any) someone waits for.
+        Watched { inner: Box<Body>, watch: Option<Box<dyn Watch>> },
     }
+}
+
+/// Told once when a watched body ends, with its trailers if it has any. A body dropped
+/// before its end (the client went away) or broken never calls it: the watcher's own
+/// `Drop` sees to that case.
+pub(crate) trait Watch: Send + Sync {
+    /// The body ended.
+    fn end(self: Box<Self>, trailers: Option<&http::HeaderMap>);
 }
 
 impl Body {
@@ -77,6 +87,14 @@ impl Body {
         }
     }
 
+    /// This body, with `watch` told when it ends.
+    pub(crate) fn watch(self, watch: Box<dyn Watch>) -> Self {
+        Body::Watched {
+            inner: Box::new(self),
+            watch: Some(watch),
+        }
+    }
+
     /// This body, with `filter` applied to each data chunk after the filters already there.
     pub(crate) fn filter(self, filter: Box<dyn ChunkFilter>) -> Self {
         match self {
@@ -100,6 +118,7 @@ impl std::fmt::Debug for Body {
             Body::Stream { .. } => "Stream",
             Body::Filtered { .. } => "Filtered",
             Body::Pooled { .. } => "Pooled",
+            Body::Watched { .. } => "Watched",
         };
         f.write_str(kind)
     }
@@ -135,6 +154,32 @@ impl http_body::Body for Body {
                     other => other,
                 }
             }
+            BodyProj::Watched { inner, watch } => {
+                let polled = Pin::new(inner.as_mut()).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            if let Some(watch) = watch.take() {
+                                watch.end(Some(trailers));
+                            }
+                        } else if inner.is_end_stream()
+                            && let Some(watch) = watch.take()
+                        {
+                            watch.end(None);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(watch) = watch.take() {
+                            watch.end(None);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        watch.take();
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
             BodyProj::Pooled { mut inner, checkin } => {
                 let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
@@ -165,7 +210,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full { data } => data.is_none(),
             Body::Stream { inner } | Body::Pooled { inner, .. } => inner.is_end_stream(),
-            Body::Filtered { inner, .. } => inner.is_end_stream(),
+            Body::Filtered { inner, .. } | Body::Watched { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -179,6 +224,7 @@ impl http_body::Body for Body {
             // A filter may change the length: only the upper bound of nothing is known.
             Body::Filtered { inner, .. } if inner.is_end_stream() => SizeHint::with_exact(0),
             Body::Filtered { .. } => SizeHint::default(),
+            Body::Watched { inner, .. } => inner.size_hint(),
         }
     }
 }

@@ -111,7 +111,7 @@ pub(crate) enum ProxyError {
     #[error("the request body could not be read")]
     ClientBody,
     /// The target did not answer within the route's timeout.
-    #[error("upstream `{upstream}` did not answer within {timeout:?}")]
+    #[error("upstream `{upstream}` did not answer within {}ms", timeout.as_micros().div_ceil(1000))]
     Timeout {
         /// The upstream's name.
         upstream: String,
@@ -187,10 +187,20 @@ impl ProxyError {
     }
 }
 
+/// What marks an answer as portico's own error (JSON here; a gRPC status for gRPC calls):
+/// its code and message, kept in the response's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnError {
+    /// The `error` code of the JSON body.
+    pub(crate) code: &'static str,
+    /// The message of the JSON body.
+    pub(crate) message: Box<str>,
+}
+
 /// A JSON error response in portico's format.
 pub(crate) fn error_response(
     status: StatusCode,
-    code: &str,
+    code: &'static str,
     message: &str,
     request_id: &HeaderValue,
 ) -> Response<Body> {
@@ -205,5 +215,9 @@ pub(crate) fn error_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response.extensions_mut().insert(OwnError {
+        code,
+        message: message.into(),
+    });
     response
 }

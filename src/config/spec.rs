@@ -757,7 +757,7 @@ pub(crate) struct HealthCheckSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ActiveCheckSpec {
-    /// `http` (default) or `tcp`.
+    /// `http` (default), `tcp` or `grpc`.
     #[serde(default, rename = "type")]
     pub(crate) kind: CheckType,
     /// Path for HTTP checks.
@@ -772,6 +772,9 @@ pub(crate) struct ActiveCheckSpec {
     /// A string the body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) body_contains: Option<String>,
+    /// For `type: grpc`: the service asked about (`""`, the server as a whole, by default).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) service: String,
     /// Time between checks.
     #[serde(default = "five_seconds")]
     pub(crate) interval: Dur,
@@ -798,6 +801,8 @@ pub(crate) enum CheckType {
     Http,
     /// A TCP connect.
     Tcp,
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`) over HTTP/2.
+    Grpc,
 }
 
 /// `health_check.passive:`.

@@ -3,6 +3,7 @@
 //! are dropped and counted rather than blocking.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
@@ -10,7 +11,23 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 #[derive(Debug)]
 pub(crate) struct AccessLog {
     sender: Option<SyncSender<String>>,
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
+}
+
+/// A way to write lines later, from whatever outlives the request (the end of a body).
+#[derive(Debug, Clone)]
+pub(crate) struct LogHandle {
+    sender: SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogHandle {
+    /// Queues one line (which must end with `\n`).
+    pub(crate) fn write(&self, line: String) {
+        if let Err(TrySendError::Full(_)) = self.sender.try_send(line) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl AccessLog {
@@ -18,7 +35,7 @@ impl AccessLog {
     pub(crate) fn disabled() -> Self {
         AccessLog {
             sender: None,
-            dropped: AtomicU64::new(0),
+            dropped: Arc::default(),
         }
     }
 
@@ -50,7 +67,15 @@ impl AccessLog {
             })?;
         Ok(AccessLog {
             sender: Some(sender),
-            dropped: AtomicU64::new(0),
+            dropped: Arc::default(),
+        })
+    }
+
+    /// A handle to write with later, if lines are written at all.
+    pub(crate) fn handle(&self) -> Option<LogHandle> {
+        self.sender.as_ref().map(|sender| LogHandle {
+            sender: sender.clone(),
+            dropped: Arc::clone(&self.dropped),
         })
     }
 

@@ -81,7 +81,19 @@ pub(crate) struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     healthy: Family<TargetLabels, Gauge>,
     rate_limited: Family<RouteLabels, Counter>,
+    grpc: Family<GrpcLabels, Counter>,
     background_tasks: Gauge,
+}
+
+/// Labels of `portico_grpc_responses_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GrpcLabels {
+    /// The route's name (`""` when none matched).
+    pub(crate) route: String,
+    /// The upstream's name (`""` for portico's own answers without one).
+    pub(crate) upstream: String,
+    /// The call's `grpc-status` (`""` when the call ended without one).
+    pub(crate) grpc_status: String,
 }
 
 impl Default for Metrics {
@@ -125,8 +137,14 @@ impl Metrics {
         let rate_limited = Family::<RouteLabels, Counter>::default();
         registry.register(
             "rate_limited",
-            "Requests refused by rate_limit",
+            "Requests refused by rate_limit or quota",
             rate_limited.clone(),
+        );
+        let grpc = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_responses",
+            "gRPC calls ended, by grpc-status",
+            grpc.clone(),
         );
         let background_tasks = Gauge::default();
         registry.register(
@@ -137,6 +155,7 @@ impl Metrics {
         Metrics {
             background_tasks,
             rate_limited,
+            grpc,
             registry,
             requests,
             durations,
@@ -169,6 +188,11 @@ impl Metrics {
             durations: self.durations.clone(),
             requests: self.requests.clone(),
         }
+    }
+
+    /// `portico_grpc_responses_total`.
+    pub(crate) fn grpc_family(&self) -> Family<GrpcLabels, Counter> {
+        self.grpc.clone()
     }
 
     /// The live background task gauge, which [`crate::background::spawn`] moves.

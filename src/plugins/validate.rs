@@ -240,6 +240,7 @@ fn errors_of(schema: &Schema, value: &Value, prefix: &str) -> Vec<String> {
 
 /// The 400 answer listing what is wrong.
 pub(crate) fn invalid(ctx: &RequestCtx, errors: Vec<String>) -> http::Response<Body> {
+    let message = errors.join("; ");
     let body = serde_json::json!({
         "error": "request_invalid",
         "message": "the request does not match its description",
@@ -252,6 +253,10 @@ pub(crate) fn invalid(ctx: &RequestCtx, errors: Vec<String>) -> http::Response<B
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response.extensions_mut().insert(crate::error::OwnError {
+        code: "request_invalid",
+        message: message.into(),
+    });
     response
 }
 

@@ -170,6 +170,7 @@ pub(crate) fn forward<'a>(
         );
         tokio::spawn(send_mirror(Arc::clone(mirror), copy));
     }
+    let deadline = deadline(route, &mut head.headers);
     let policy = route.retry.as_ref().unwrap_or(&DEFAULT_RETRY);
     // Any method may be retried when the try never reached a target; only idempotent ones
     // (or all, with `non_idempotent`) after a response, a reset or a timeout.
@@ -183,13 +184,42 @@ pub(crate) fn forward<'a>(
         host: hop.host,
         client: ctx.client.ip(),
         idempotent,
-        deadline: route.timeout.map(|t| tokio::time::Instant::now() + t),
+        deadline,
         saved,
         first,
         request: Request::from_parts(head, body),
         client_upgrade,
         _slot: slot,
     })
+}
+
+/// When the request must have its response head: after the route's `timeout`; for a gRPC
+/// call, by its `grpc-timeout` if that comes first. A gRPC call's upstream is told the
+/// deadline as its `grpc-timeout`.
+fn deadline(route: &Route, headers: &mut HeaderMap) -> Option<tokio::time::Instant> {
+    let now = tokio::time::Instant::now();
+    let route_deadline = route.timeout.map(|t| now + t);
+    if !super::grpc::is_grpc(headers) {
+        return route_deadline;
+    }
+    let asked = super::grpc::timeout(headers).map(|t| now + t);
+    let deadline = match (route_deadline, asked) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match deadline {
+        Some(at) => {
+            headers.insert(
+                &super::grpc::GRPC_TIMEOUT,
+                super::grpc::timeout_value(at - now),
+            );
+        }
+        // An unparsable value is not passed on as if it were a deadline.
+        None => {
+            headers.remove(&super::grpc::GRPC_TIMEOUT);
+        }
+    }
+    deadline
 }
 
 /// The circuit breaker on requests: refuse rather than queue when the upstream is at its

@@ -98,6 +98,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>)
         Arc::clone(&conn.listener),
     );
     let is_head = head.method == Method::HEAD;
+    let grpc = super::grpc::is_grpc(&head.headers);
     let log_head = shared.access_log.enabled().then(|| LogHead {
         method: head.method.clone(),
         version: head.version,
@@ -111,8 +112,20 @@ pub(crate) async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>)
     };
     let plugins = served.plugins;
     let metrics = served.metrics;
-    let response = exit(served, &ctx, listener, is_head).await;
-    log(shared, &ctx, plugins, metrics, log_head, response.status());
+    let response = exit(served, &ctx, listener, is_head, grpc).await;
+    let fields = log(
+        shared,
+        &ctx,
+        plugins,
+        metrics,
+        log_head,
+        response.status(),
+        grpc,
+    );
+    if grpc {
+        // A gRPC call's outcome is in its trailers: its line is written when it ends.
+        return super::grpc::watch(response, shared, &ctx, fields);
+    }
     response
 }
 
@@ -413,12 +426,14 @@ fn redirect_to(status: StatusCode, location: HeaderValue) -> Response<Body> {
 }
 
 /// Stages `response plugins` and `respond`: the one way out for every answer. Errors become
-/// their JSON response first, so response plugins run on them too.
+/// their JSON response first (for a gRPC call, portico's own answers become gRPC statuses),
+/// so response plugins run on them too.
 async fn exit(
     served: Served<'_>,
     ctx: &RequestCtx,
     listener: Option<&Listener>,
     is_head: bool,
+    grpc: bool,
 ) -> Response<Body> {
     let Served {
         result, plugins, ..
@@ -427,6 +442,9 @@ async fn exit(
         Ok(response) => (response, false),
         Err(err) => (error_answer(&err, ctx), err.closes_connection()),
     };
+    if grpc {
+        response = super::grpc::answer(response);
+    }
     if !plugins.is_empty() {
         let (mut parts, body) = response.into_parts();
         plugins.on_response(ctx, &mut parts);
@@ -435,6 +453,7 @@ async fn exit(
         } else {
             match Box::pin(plugins.response_body(ctx, parts, body)).await {
                 Ok(response) => response,
+                Err(err) if grpc => super::grpc::answer(error_answer(&err, ctx)),
                 Err(err) => error_answer(&err, ctx),
             }
         };
@@ -470,7 +489,8 @@ fn error_answer(err: &ProxyError, ctx: &RequestCtx) -> Response<Body> {
     err.to_response(&ctx.request_id)
 }
 
-/// Stage `log`: metrics, the access-log line, and the plugins' log steps.
+/// Stage `log`: metrics, the access-log line, and the plugins' log steps. For a gRPC call
+/// the line's fields are handed back, to be written when the call ends.
 fn log(
     shared: &Shared,
     ctx: &RequestCtx,
@@ -478,20 +498,35 @@ fn log(
     metrics: Option<&RouteMetrics>,
     log_head: Option<LogHead>,
     status: StatusCode,
-) {
+    grpc: bool,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
     let elapsed = ctx.start.elapsed();
     match metrics {
         Some(m) => m.record(status.as_u16(), elapsed),
         None => shared.metrics.unrouted(&ctx.listener, status.as_u16()),
     }
-    if let Some(head) = log_head {
-        shared
-            .access_log
-            .write(access_line(ctx, &head, status.as_u16(), elapsed));
-    }
     if !plugins.is_empty() {
         plugins.log(ctx, &LogRecord { status, elapsed });
     }
+    let mut fields = access_fields(ctx, &log_head?, status.as_u16());
+    if grpc {
+        return Some(fields);
+    }
+    fields.insert("duration_ms".into(), duration_ms(elapsed).into());
+    shared.access_log.write(line(&fields));
+    None
+}
+
+/// Milliseconds with three decimals, as the access log gives durations.
+pub(super) fn duration_ms(elapsed: std::time::Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
+/// One access-log line of these fields.
+pub(super) fn line(fields: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut line = serde_json::to_string(fields).unwrap_or_default();
+    line.push('\n');
+    line
 }
 
 /// Checks the request head for what a proxy must refuse; returns the host (the `Host` header,
@@ -564,13 +599,13 @@ pub(crate) fn decode(
     }
 }
 
-fn access_line(
+/// The access-log fields of a request, but its duration.
+fn access_fields(
     ctx: &RequestCtx,
     head: &LogHead,
     status: u16,
-    elapsed: std::time::Duration,
-) -> String {
-    let mut line = serde_json::json!({
+) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(mut fields) = serde_json::json!({
         "ts": humantime_now(),
         "request_id": ctx.request_id.to_str().unwrap_or(""),
         "client": ctx.client.to_string(),
@@ -584,16 +619,13 @@ fn access_line(
         "path": head.path,
         "protocol": format!("{:?}", head.version),
         "status": status,
-        "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-    });
-    if ctx.budget_spent
-        && let Some(fields) = line.as_object_mut()
-    {
+    }) else {
+        return serde_json::Map::new();
+    };
+    if ctx.budget_spent {
         fields.insert("retry_budget_spent".into(), serde_json::Value::Bool(true));
     }
-    let mut line = line.to_string();
-    line.push('\n');
-    line
+    fields
 }
 
 /// Seconds since the Unix epoch with milliseconds, as a JSON-friendly number string.

@@ -704,6 +704,9 @@ fn compile_upstream(
                     body: a.body_contains.clone(),
                 },
                 CheckType::Tcp => CheckKind::Tcp,
+                CheckType::Grpc => CheckKind::Grpc {
+                    service: a.service.clone(),
+                },
             },
             interval: a.interval.0.max(std::time::Duration::from_millis(10)),
             jitter: a.jitter.0,

@@ -1,0 +1,290 @@
+//! gRPC through the real proxy with real gRPC peers (grpcio, tests/e2e/grpc/peers.py) on both
+//! ends: every streaming kind, trailers, deadlines, portico's own answers as gRPC statuses,
+//! gRPC health checks, and grpc-status in the access log and metrics.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Portico, fill, get};
+
+const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/grpc/peers.py");
+
+/// A grpcio Echo server (with grpc.health.v1) on 127.0.0.1:0; it exits when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start() -> Self {
+        let mut child = Command::new("python3")
+            .args([PEERS, "server"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio and grpcio-tools (scripts/test.sh installs them)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().expect("the server prints its port");
+        Server {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes `calls` (see peers.py) with a grpcio client; one result per call.
+fn calls(addr: &str, calls: Value) -> Vec<Value> {
+    let out = Command::new("python3")
+        .args([PEERS, "client", addr, &calls.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn access_lines(gw: &Portico, path: &str) -> Vec<Value> {
+    gw.lines()
+        .iter()
+        .filter_map(|l| l.strip_prefix("ACCESS "))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["path"] == path)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_kind_of_call_passes_with_its_trailers_and_status() {
+    let server = Server::start();
+    let gw = Portico::start(&fill(
+        "\
+admin: { listen: 127.0.0.1:0 }
+listeners: [ { name: web, bind: 127.0.0.1:0 } ]
+routes:
+  - { name: echo, match: { path_prefix: /test.Echo/ }, upstream: echo }
+upstreams:
+  echo: { protocol: http2, targets: [ { address: '@S@' } ] }
+",
+        &[("S", &server.addr)],
+    ));
+    let web = gw.addr("web");
+    let results = calls(
+        &web,
+        json!([
+            { "kind": "unary", "text": "hi", "n": 7, "timeout": null },
+            { "kind": "unary", "text": "fail" },
+            { "kind": "client_stream", "n": 4 },
+            { "kind": "server_stream", "text": "x", "n": 5 },
+            { "kind": "bidi", "n": 3 },
+        ]),
+    );
+    assert_eq!(results[0]["code"], "OK");
+    assert_eq!(results[0]["text"], "echo:hi");
+    assert_eq!(results[0]["n"], 7);
+    assert_eq!(
+        results[0]["trailers"]["x-trailer"], "yes",
+        "trailers relayed"
+    );
+    assert_eq!(results[0]["remaining_ms"], -1, "no deadline was asked for");
+    assert_eq!(results[1]["code"], "NOT_FOUND");
+    assert_eq!(results[1]["details"], "no such thing");
+    assert_eq!(results[2]["text"], "0,1,2,3");
+    assert_eq!(results[3]["items"], json!([0, 1, 2, 3, 4]));
+    assert_eq!(results[4]["items"], json!(["re:0", "re:1", "re:2"]));
+
+    // The access log has each call's grpc-status, read from its trailers.
+    assert!(gw.wait_log_count("ACCESS", 5, Duration::from_secs(5)));
+    let unary = access_lines(&gw, "/test.Echo/Unary");
+    let mut statuses: Vec<i64> = unary
+        .iter()
+        .map(|l| l["grpc_status"].as_i64().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [0, 5]);
+    assert_eq!(access_lines(&gw, "/test.Echo/Bidi")[0]["grpc_status"], 0);
+    let metrics = get(gw.admin.as_ref().unwrap(), "/metrics").await.body;
+    assert!(
+        metrics.contains(
+            "portico_grpc_responses_total{route=\"echo\",upstream=\"echo\",grpc_status=\"0\"} 4"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "portico_grpc_responses_total{route=\"echo\",upstream=\"echo\",grpc_status=\"5\"} 1"
+    ));
+}
+
+#[tokio::test]
+async fn portico_answers_grpc_calls_with_grpc_statuses_and_deadlines() {
+    let server = Server::start();
+    let gw = Portico::start(&fill(
+        "\
+listeners: [ { name: web, bind: 127.0.0.1:0 } ]
+consumers: [ { name: a, api_keys: ['a-key-1234567890'] } ]
+routes:
+  - { name: echo, match: { path_prefix: /test.Echo/ }, upstream: echo }
+  - { name: capped, match: { path_prefix: /capped.Echo/ }, upstream: echo, timeout: 1s,
+      rewrite: { regex: '^/capped', replace: '/test' } }
+  - { name: keyed, match: { path_prefix: /keyed.Echo/ }, upstream: echo,
+      plugins: [ { key_auth: {} } ], rewrite: { regex: '^/keyed', replace: '/test' } }
+  - { name: limited, match: { path_prefix: /limited.Echo/ }, upstream: echo,
+      plugins: [ { rate_limit: { limit: 1, window: 1m, by: route } } ],
+      rewrite: { regex: '^/limited', replace: '/test' } }
+  - { name: dead, match: { path_prefix: /dead.Echo/ }, upstream: dead }
+upstreams:
+  echo: { protocol: http2, targets: [ { address: '@S@' } ] }
+  dead: { protocol: http2, targets: [ { address: '127.0.0.1:1' } ] }
+",
+        &[("S", &server.addr)],
+    ));
+    let web = gw.addr("web");
+    let started = Instant::now();
+    let results = calls(
+        &web,
+        json!([
+            // The client's deadline reaches the upstream.
+            { "kind": "unary", "text": "hi", "timeout": 0.8 },
+            // The route's timeout caps a longer one, and is sent on.
+            { "kind": "unary", "path": "/capped.Echo/Unary", "text": "hi", "timeout": 30 },
+            // Past the route's timeout: portico's DEADLINE_EXCEEDED, not a hang.
+            { "kind": "unary", "path": "/capped.Echo/Unary", "text": "slow", "timeout": 30 },
+            { "kind": "unary", "path": "/keyed.Echo/Unary" },
+            { "kind": "unary", "path": "/keyed.Echo/Unary",
+              "metadata": { "x-api-key": "a-key-1234567890" } },
+            { "kind": "unary", "path": "/limited.Echo/Unary" },
+            { "kind": "unary", "path": "/limited.Echo/Unary" },
+            { "kind": "unary", "path": "/dead.Echo/Unary" },
+            { "kind": "unary", "path": "/nowhere.Echo/Unary" },
+        ]),
+    );
+    let codes: Vec<&str> = results
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "OK",
+            "OK",
+            "DEADLINE_EXCEEDED",
+            "UNAUTHENTICATED",
+            "OK",
+            "OK",
+            "RESOURCE_EXHAUSTED",
+            "UNAVAILABLE",
+            "UNIMPLEMENTED",
+        ],
+        "{results:#?}"
+    );
+    let left = |i: usize| results[i]["remaining_ms"].as_i64().unwrap();
+    assert!((1..=800).contains(&left(0)), "{}", left(0));
+    assert!((1..=1000).contains(&left(1)), "{}", left(1));
+    assert!(
+        results[2]["details"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within"),
+        "{results:#?}"
+    );
+    assert_eq!(results[3]["details"], "an API key is required");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // portico's own answers are logged with the status they carried.
+    assert!(gw.wait_log_count("ACCESS", 9, Duration::from_secs(5)));
+    let keyed = access_lines(&gw, "/keyed.Echo/Unary");
+    let mut statuses: Vec<i64> = keyed
+        .iter()
+        .map(|l| l["grpc_status"].as_i64().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [0, 16]);
+}
+
+#[tokio::test]
+async fn grpc_health_checks_follow_the_servers_serving_status() {
+    let server = Server::start();
+    let gw = Portico::start(&fill(
+        "\
+admin: { listen: 127.0.0.1:0 }
+listeners: [ { name: web, bind: 127.0.0.1:0 } ]
+routes:
+  - { name: echo, match: { path_prefix: /test.Echo/ }, upstream: echo }
+upstreams:
+  echo:
+    protocol: http2
+    targets: [ { address: '@S@' } ]
+    health_check:
+      active: { type: grpc, interval: 100ms, timeout: 1s, healthy: 1, unhealthy: 1 }
+",
+        &[("S", &server.addr)],
+    ));
+    let admin = gw.admin.clone().unwrap();
+    let healthy = |want: bool| {
+        let admin = admin.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let targets = get(&admin, "/upstreams/echo/targets").await.json();
+                if targets["targets"][0]["active_check_up"] == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    assert!(healthy(true).await, "SERVING brings the target up");
+    // The server says NOT_SERVING from now on: the check takes the target out.
+    let sick = calls(
+        &gw.addr("web"),
+        json!([{ "kind": "unary", "text": "sick" }]),
+    );
+    assert_eq!(sick[0]["code"], "OK");
+    assert!(healthy(false).await, "NOT_SERVING takes the target out");
+    let refused = calls(&gw.addr("web"), json!([{ "kind": "unary", "text": "x" }]));
+    assert_eq!(refused[0]["code"], "UNAVAILABLE");
+    // Straight to the server: SERVING again, and the target comes back.
+    calls(&server.addr, json!([{ "kind": "unary", "text": "well" }]));
+    assert!(healthy(true).await, "SERVING again brings it back");
+}
+
+#[tokio::test]
+async fn a_stream_the_client_cancels_is_logged_as_cancelled() {
+    let server = Server::start();
+    let gw = Portico::start(&fill(
+        "\
+listeners: [ { name: web, bind: 127.0.0.1:0 } ]
+routes:
+  - { name: echo, match: { path_prefix: /test.Echo/ }, upstream: echo }
+upstreams:
+  echo: { protocol: http2, targets: [ { address: '@S@' } ] }
+",
+        &[("S", &server.addr)],
+    ));
+    let results = calls(
+        &gw.addr("web"),
+        json!([{ "kind": "server_stream", "text": "trickle", "n": 100, "cancel_after": 2 }]),
+    );
+    assert_eq!(results[0]["items"], json!([0, 1]));
+    assert!(gw.wait_log("ACCESS", Duration::from_secs(10)));
+    let line = &access_lines(&gw, "/test.Echo/ServerStream")[0];
+    assert_eq!(line["grpc_status"], 1, "{line}");
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+}
