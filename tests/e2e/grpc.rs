@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Portico, fill, get};
+use crate::support::pki::Ca;
+use crate::support::{Portico, fill, get, temp_dir};
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/grpc/peers.py");
 
@@ -20,8 +21,18 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Over TLS with this certificate and key.
+    fn start_tls(cert: &str, key: &str) -> Self {
+        Self::start_with(&[cert, key])
+    }
+
+    fn start_with(tls: &[&str]) -> Self {
         let mut child = Command::new("python3")
             .args([PEERS, "server"])
+            .args(tls)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -47,8 +58,14 @@ impl Drop for Server {
 
 /// Makes `calls` (see peers.py) with a grpcio client; one result per call.
 fn calls(addr: &str, calls: Value) -> Vec<Value> {
+    calls_tls(addr, calls, &[])
+}
+
+/// The same over TLS: `[CA file, server name]`.
+fn calls_tls(addr: &str, calls: Value, tls: &[&str]) -> Vec<Value> {
     let out = Command::new("python3")
         .args([PEERS, "client", addr, &calls.to_string()])
+        .args(tls)
         .output()
         .unwrap();
     assert!(
@@ -287,4 +304,71 @@ upstreams:
     let line = &access_lines(&gw, "/test.Echo/ServerStream")[0];
     assert_eq!(line["grpc_status"], 1, "{line}");
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn calls_cross_tls_on_both_sides() {
+    let dir = temp_dir("grpc-tls");
+    let ca = Ca::new(&dir, "test CA");
+    let front = ca.leaf("front", "api.test", &["api.test"], false, false);
+    let back = ca.leaf("back", "echo.test", &["echo.test"], false, false);
+    let server = Server::start_tls(&back.cert(), &back.key());
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    let gw = Portico::start(&fill(
+        "\
+listeners:
+  - name: secure
+    bind: 127.0.0.1:0
+    protocol: https
+    tls: { certificates: [ { cert_file: '@FC@', key_file: '@FK@' } ] }
+routes:
+  - { name: echo, match: { path_prefix: /test.Echo/ }, upstream: echo }
+upstreams:
+  echo:
+    protocol: http2
+    targets: [ { address: 'localhost:@P@' } ]
+    tls: { sni: echo.test, ca_file: '@CA@' }
+    health_check: { active: { type: grpc, interval: 100ms, healthy: 1, unhealthy: 1 } }
+",
+        &[
+            ("FC", &front.cert()),
+            ("FK", &front.key()),
+            ("P", &port),
+            ("CA", &ca.cert_path().display().to_string()),
+        ],
+    ));
+    let ca_file = ca.cert_path().display().to_string();
+    let results = calls_tls(
+        &gw.addr("secure"),
+        json!([
+            { "kind": "unary", "text": "hi" },
+            { "kind": "server_stream", "text": "x", "n": 3 },
+            { "kind": "bidi", "n": 2 },
+            { "kind": "unary", "path": "/other.Echo/Unary" },
+        ]),
+        &[&ca_file, "api.test"],
+    );
+    assert_eq!(results[0]["text"], "echo:hi", "{results:#?}");
+    assert_eq!(results[0]["trailers"]["x-trailer"], "yes");
+    assert_eq!(results[1]["items"], json!([0, 1, 2]));
+    assert_eq!(results[2]["items"], json!(["re:0", "re:1"]));
+    assert_eq!(results[3]["code"], "UNIMPLEMENTED");
+    // The gRPC health check speaks TLS to the target too: NOT_SERVING takes it out, and
+    // only a check that got SERVING over TLS brings it back.
+    calls_tls(
+        &gw.addr("secure"),
+        json!([{ "kind": "unary", "text": "sick" }]),
+        &[&ca_file, "api.test"],
+    );
+    assert!(gw.wait_log("target unhealthy", Duration::from_secs(10)));
+    calls_tls(
+        &server.addr,
+        json!([{ "kind": "unary", "text": "well" }]),
+        &[&ca_file, "echo.test"],
+    );
+    assert!(
+        gw.wait_log("target healthy", Duration::from_secs(10)),
+        "{}",
+        gw.log_text()
+    );
 }

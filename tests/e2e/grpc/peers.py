@@ -1,8 +1,9 @@
 """Real gRPC peers (grpcio) for the e2e tests.
 
-`python3 peers.py server` starts an Echo server (and the standard grpc.health.v1 service,
-answered by hand) on 127.0.0.1:0 and prints its port. `python3 peers.py client ADDR CALLS`
-makes the calls given as JSON and prints one JSON result per call.
+`python3 peers.py server [CERT KEY]` starts an Echo server (and the standard grpc.health.v1
+service, answered by hand) on 127.0.0.1:0, over TLS when given a certificate, and prints its
+port. `python3 peers.py client ADDR CALLS [CA NAME]` makes the calls given as JSON (over TLS
+trusting CA, for server name NAME, when given) and prints one JSON result per call.
 """
 
 import json
@@ -64,13 +65,17 @@ def health_check(request, ctx):
     return b"\x08\x01" if SERVING["value"] else b"\x08\x02"
 
 
-def server():
+def server(tls):
     s = grpc.server(futures.ThreadPoolExecutor(16))
     rpc.add_EchoServicer_to_server(Echo(), s)
     s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "grpc.health.v1.Health",
         {"Check": grpc.unary_unary_rpc_method_handler(health_check)}),))
-    port = s.add_insecure_port("127.0.0.1:0")
+    if tls:
+        cert, key = (open(f, "rb").read() for f in tls)
+        port = s.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    else:
+        port = s.add_insecure_port("127.0.0.1:0")
     s.start()
     print(port, flush=True)
     # Ends with its parent: stdin closes when the test drops the process.
@@ -78,8 +83,14 @@ def server():
     s.wait_for_termination()
 
 
-def client(addr, calls):
-    channel = grpc.insecure_channel(addr)
+def client(addr, calls, tls):
+    if tls:
+        ca, name = tls
+        creds = grpc.ssl_channel_credentials(open(ca, "rb").read())
+        channel = grpc.secure_channel(addr, creds,
+                                      options=(("grpc.ssl_target_name_override", name),))
+    else:
+        channel = grpc.insecure_channel(addr)
     stub = rpc.EchoStub(channel)
     for call in calls:
         kind, text, n = call["kind"], call.get("text", ""), call.get("n", 0)
@@ -119,6 +130,6 @@ def client(addr, calls):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        server()
+        server(sys.argv[2:4])
     else:
-        client(sys.argv[2], json.loads(sys.argv[3]))
+        client(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4:6])
