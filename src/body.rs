@@ -34,6 +34,32 @@ pub(crate) trait Checkin: Send + Sync {
 pub(crate) trait ChunkFilter: Send + Sync {
     /// One data chunk, in order; what comes back is passed on.
     fn chunk(&mut self, data: Bytes) -> Result<Bytes, BodyError>;
+
+    /// Whether the filter wants [`ChunkFilter::end`]: the body is then never taken as ended
+    /// before its end has gone through the filter.
+    fn wants_end(&self) -> bool {
+        false
+    }
+
+    /// The body's end: its trailers (`None` when it has none). Returns data to send before
+    /// the end, and the trailers to send (by default, those that came).
+    fn end(
+        &mut self,
+        trailers: Option<http::HeaderMap>,
+    ) -> Result<(Bytes, Option<http::HeaderMap>), BodyError> {
+        Ok((Bytes::new(), trailers))
+    }
+}
+
+/// What a filtered body still has to send once its inner body ended.
+#[derive(Default)]
+pub(crate) struct Ending {
+    /// Whether the filters have seen the end.
+    done: bool,
+    /// Trailers to send after the data the filters added.
+    trailers: Option<http::HeaderMap>,
+    /// Whether any filter wants to see the end.
+    wanted: bool,
 }
 
 pin_project_lite::pin_project! {
@@ -47,7 +73,7 @@ pin_project_lite::pin_project! {
         /// A body streamed from a peer.
         Stream { #[pin] inner: Incoming },
         /// A body whose data chunks pass through plugin filters, in order.
-        Filtered { inner: Box<Body>, filters: Vec<Box<dyn ChunkFilter>> },
+        Filtered { inner: Box<Body>, filters: Vec<Box<dyn ChunkFilter>>, ending: Ending },
         /// An upstream response body; its connection returns to the pool when it ends.
         Pooled { #[pin] inner: Incoming, checkin: Option<Box<dyn Checkin>> },
         /// A body whose end (with its trailers, if any) someone waits for.
@@ -97,14 +123,28 @@ impl Body {
 
     /// This body, with `filter` applied to each data chunk after the filters already there.
     pub(crate) fn filter(self, filter: Box<dyn ChunkFilter>) -> Self {
+        let wanted = filter.wants_end();
         match self {
-            Body::Filtered { inner, mut filters } => {
+            Body::Filtered {
+                inner,
+                mut filters,
+                mut ending,
+            } => {
                 filters.push(filter);
-                Body::Filtered { inner, filters }
+                ending.wanted |= wanted;
+                Body::Filtered {
+                    inner,
+                    filters,
+                    ending,
+                }
             }
             other => Body::Filtered {
                 inner: Box::new(other),
                 filters: vec![filter],
+                ending: Ending {
+                    wanted,
+                    ..Ending::default()
+                },
             },
         }
     }
@@ -136,8 +176,15 @@ impl http_body::Body for Body {
             BodyProj::Empty => Poll::Ready(None),
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Stream { inner } => inner.poll_frame(cx).map_err(Into::into),
-            BodyProj::Filtered { inner, filters } => {
-                match Pin::new(inner.as_mut()).poll_frame(cx) {
+            BodyProj::Filtered {
+                inner,
+                filters,
+                ending,
+            } => {
+                if ending.done {
+                    return Poll::Ready(ending.trailers.take().map(|t| Ok(Frame::trailers(t))));
+                }
+                let trailers = match Pin::new(inner.as_mut()).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                         Ok(mut data) => {
                             for filter in filters.iter_mut() {
@@ -146,13 +193,49 @@ impl http_body::Body for Body {
                                     Err(err) => return Poll::Ready(Some(Err(err))),
                                 };
                             }
-                            Poll::Ready(Some(Ok(Frame::data(data))))
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
-                        // Trailers pass as they are.
-                        Err(frame) => Poll::Ready(Some(Ok(frame))),
+                        Err(frame) => match frame.into_trailers() {
+                            Ok(trailers) => Some(trailers),
+                            // No other kind of frame exists.
+                            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                        },
                     },
-                    other => other,
+                    Poll::Ready(None) => None,
+                    other => return other,
+                };
+                if !ending.wanted {
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                 }
+                // The end goes through every filter, with what the ones before it added.
+                ending.done = true;
+                let mut data = Bytes::new();
+                let mut trailers = trailers;
+                for filter in filters.iter_mut() {
+                    if !data.is_empty() {
+                        data = match filter.chunk(data) {
+                            Ok(data) => data,
+                            Err(err) => return Poll::Ready(Some(Err(err))),
+                        };
+                    }
+                    let (more, left) = match filter.end(trailers) {
+                        Ok(end) => end,
+                        Err(err) => return Poll::Ready(Some(Err(err))),
+                    };
+                    trailers = left;
+                    if !more.is_empty() {
+                        data = if data.is_empty() {
+                            more
+                        } else {
+                            [data, more].concat().into()
+                        };
+                    }
+                }
+                if data.is_empty() {
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                }
+                ending.trailers = trailers;
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
             BodyProj::Watched { inner, watch } => {
                 let polled = Pin::new(inner.as_mut()).poll_frame(cx);
@@ -210,7 +293,14 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full { data } => data.is_none(),
             Body::Stream { inner } | Body::Pooled { inner, .. } => inner.is_end_stream(),
-            Body::Filtered { inner, .. } | Body::Watched { inner, .. } => inner.is_end_stream(),
+            Body::Filtered { inner, ending, .. } => {
+                if ending.done {
+                    ending.trailers.is_none()
+                } else {
+                    !ending.wanted && inner.is_end_stream()
+                }
+            }
+            Body::Watched { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -222,7 +312,9 @@ impl http_body::Body for Body {
             }
             Body::Stream { inner } | Body::Pooled { inner, .. } => inner.size_hint(),
             // A filter may change the length: only the upper bound of nothing is known.
-            Body::Filtered { inner, .. } if inner.is_end_stream() => SizeHint::with_exact(0),
+            Body::Filtered { inner, ending, .. } if !ending.wanted && inner.is_end_stream() => {
+                SizeHint::with_exact(0)
+            }
             Body::Filtered { .. } => SizeHint::default(),
             Body::Watched { inner, .. } => inner.size_hint(),
         }

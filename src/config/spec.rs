@@ -1001,7 +1001,14 @@ pub(crate) enum PluginSpec {
     ResponseTransformer(TransformSpec),
     /// Checks requests against a JSON Schema (bodies) or an OpenAPI 3 document.
     RequestValidator(ValidatorSpec),
+    /// Lets gRPC-Web clients (browsers) call gRPC upstreams.
+    GrpcWeb(GrpcWebSpec),
 }
+
+/// `grpc_web:` — no settings (`grpc_web: {}`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrpcWebSpec {}
 
 /// `request_validator:`.
 #[derive(Debug, Clone, Deserialize, Serialize)]

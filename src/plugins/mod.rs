@@ -19,6 +19,7 @@ pub(crate) mod acl;
 pub(crate) mod auth;
 pub(crate) mod basic_auth;
 pub(crate) mod cors;
+pub(crate) mod grpc_web;
 pub(crate) mod headers;
 pub(crate) mod ip_restriction;
 pub(crate) mod jwt;
@@ -463,6 +464,7 @@ pub(crate) const NAMES: &[&str] = &[
     "request_transformer",
     "response_transformer",
     "request_validator",
+    "grpc_web",
 ];
 
 /// What plugins are built with: the consumers, and metric families.
@@ -664,6 +666,7 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
         PluginSpec::Acl(spec) => Arc::new(acl::Acl::new(spec)),
         PluginSpec::RateLimit(spec) => Arc::new(rate_limit::RateLimit::new(spec, env)?),
         PluginSpec::Quota(spec) => Arc::new(quota::Quota::new(spec, env)?),
+        PluginSpec::GrpcWeb(_) => Arc::new(grpc_web::GrpcWeb),
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
         PluginSpec::IpRestriction(spec) => Arc::new(ip_restriction::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => {

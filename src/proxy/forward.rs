@@ -199,7 +199,7 @@ pub(crate) fn forward<'a>(
 fn deadline(route: &Route, headers: &mut HeaderMap) -> Option<tokio::time::Instant> {
     let now = tokio::time::Instant::now();
     let route_deadline = route.timeout.map(|t| now + t);
-    if !super::grpc::is_grpc(headers) {
+    if super::grpc::call(headers).is_none() {
         return route_deadline;
     }
     let asked = super::grpc::timeout(headers).map(|t| now + t);

@@ -19,10 +19,28 @@ use prometheus_client::metrics::family::Family;
 use crate::body::{Body, Watch};
 use crate::error::OwnError;
 use crate::observe::metrics::GrpcLabels;
+use crate::plugins::grpc_web::{Mode, TrailerStatus};
 
 pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// What kind of gRPC call a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// gRPC itself.
+    Grpc,
+    /// gRPC-Web, binary or text.
+    Web(Mode),
+}
+
+/// The gRPC call a request is, if any, by its `content-type`.
+pub(crate) fn call(headers: &HeaderMap) -> Option<Call> {
+    if is_grpc(headers) {
+        return Some(Call::Grpc);
+    }
+    crate::plugins::grpc_web::mode(headers).map(Call::Web)
+}
 
 /// Whether a request is a gRPC call: `application/grpc`, alone or with a `+format` or
 /// parameters (gRPC-Web's `application/grpc-web` is not).
@@ -136,7 +154,7 @@ fn message_value(message: &str) -> HeaderValue {
 /// For a gRPC call: one of portico's own answers as a trailers-only gRPC response (the
 /// answer's other fields, such as `WWW-Authenticate`, `Retry-After` and `RateLimit-*`,
 /// stay). Answers from the upstream pass as they are.
-pub(crate) fn answer(response: Response<Body>) -> Response<Body> {
+pub(crate) fn answer(response: Response<Body>, call: Call) -> Response<Body> {
     let Some(own) = response.extensions().get::<OwnError>() else {
         return response;
     };
@@ -148,7 +166,11 @@ pub(crate) fn answer(response: Response<Body>) -> Response<Body> {
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
+        HeaderValue::from_static(match call {
+            Call::Grpc => "application/grpc",
+            Call::Web(Mode::Binary) => "application/grpc-web+proto",
+            Call::Web(Mode::Text) => "application/grpc-web-text+proto",
+        }),
     );
     headers.insert(&GRPC_STATUS, HeaderValue::from(status as u16));
     headers.insert(&GRPC_MESSAGE, message);
@@ -164,6 +186,8 @@ struct CallEnd {
     route: Option<std::sync::Arc<str>>,
     upstream: Option<std::sync::Arc<str>>,
     start: std::time::Instant,
+    /// Where a gRPC-Web answer's status goes, its trailers having become a frame.
+    web_status: Option<TrailerStatus>,
     done: bool,
 }
 
@@ -172,7 +196,11 @@ impl CallEnd {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let status = status.and_then(|v| v.to_str().ok()).unwrap_or("");
+        let web = self.web_status.as_ref().and_then(|w| w.0.get()).cloned();
+        let status = status
+            .or(web.as_ref())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         self.counter
             .get_or_create(&GrpcLabels {
                 route: self.route.as_deref().unwrap_or("").to_owned(),
@@ -225,6 +253,7 @@ pub(crate) fn watch(
         route: ctx.route.clone(),
         upstream: ctx.upstream.clone(),
         start: ctx.start,
+        web_status: ctx.slots.get::<TrailerStatus>().cloned(),
         done: false,
     };
     if let Some(status) = response.headers().get(&GRPC_STATUS) {
@@ -321,7 +350,7 @@ mod tests {
             "too many requests; see Retry-After",
             &rid,
         );
-        let answer = answer(limited);
+        let answer = answer(limited, Call::Grpc);
         assert_eq!(answer.status(), StatusCode::OK);
         assert_eq!(answer.headers()["grpc-status"], "8");
         assert_eq!(answer.headers()["content-type"], "application/grpc");
@@ -354,7 +383,7 @@ mod tests {
     }
 
     fn answer_is_untouched(response: Response<Body>) -> bool {
-        let out = answer(response);
+        let out = answer(response, Call::Grpc);
         out.headers().get("grpc-status").is_none() && out.status() == StatusCode::OK
     }
 }

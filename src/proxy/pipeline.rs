@@ -98,7 +98,7 @@ pub(crate) async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>)
         Arc::clone(&conn.listener),
     );
     let is_head = head.method == Method::HEAD;
-    let grpc = super::grpc::is_grpc(&head.headers);
+    let grpc = super::grpc::call(&head.headers);
     let log_head = shared.access_log.enabled().then(|| LogHead {
         method: head.method.clone(),
         version: head.version,
@@ -120,9 +120,9 @@ pub(crate) async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>)
         metrics,
         log_head,
         response.status(),
-        grpc,
+        grpc.is_some(),
     );
-    if grpc {
+    if grpc.is_some() {
         // A gRPC call's outcome is in its trailers: its line is written when it ends.
         return super::grpc::watch(response, shared, &ctx, fields);
     }
@@ -433,7 +433,7 @@ async fn exit(
     ctx: &RequestCtx,
     listener: Option<&Listener>,
     is_head: bool,
-    grpc: bool,
+    grpc: Option<super::grpc::Call>,
 ) -> Response<Body> {
     let Served {
         result, plugins, ..
@@ -442,8 +442,8 @@ async fn exit(
         Ok(response) => (response, false),
         Err(err) => (error_answer(&err, ctx), err.closes_connection()),
     };
-    if grpc {
-        response = super::grpc::answer(response);
+    if let Some(call) = grpc {
+        response = super::grpc::answer(response, call);
     }
     if !plugins.is_empty() {
         let (mut parts, body) = response.into_parts();
@@ -453,8 +453,10 @@ async fn exit(
         } else {
             match Box::pin(plugins.response_body(ctx, parts, body)).await {
                 Ok(response) => response,
-                Err(err) if grpc => super::grpc::answer(error_answer(&err, ctx)),
-                Err(err) => error_answer(&err, ctx),
+                Err(err) => match grpc {
+                    Some(call) => super::grpc::answer(error_answer(&err, ctx), call),
+                    None => error_answer(&err, ctx),
+                },
             }
         };
     }
