@@ -14,6 +14,7 @@ mod edge;
 mod exit;
 mod gateway;
 mod jwt;
+mod levels;
 mod paths;
 mod proxy;
 mod reload;

@@ -6,7 +6,13 @@ use std::fmt::Write;
 use http::{HeaderMap, Method};
 
 use super::{Action, Snapshot};
+use crate::config::secret::{Credentials, REDACTED};
 use crate::routing::{Conditions, PathMatch, RequestView, normalize_host, path};
+
+mod plugins;
+mod settings;
+#[cfg(test)]
+mod tests;
 
 /// A request to explain.
 #[derive(Debug)]
@@ -17,7 +23,7 @@ pub(crate) struct Question<'a> {
     pub(crate) url: &'a str,
     /// Extra headers; a `Host` here overrides the URL's host.
     pub(crate) headers: HeaderMap,
-    /// The client address hashing balancers would see.
+    /// The peer address: what hashing balancers, `ip_restriction` and limits by ip see.
     pub(crate) client: std::net::IpAddr,
 }
 
@@ -59,6 +65,8 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             80
         });
     let mut out = String::new();
+    let secrets = Credentials::of(&snap.spec);
+    let query = uri.query().map(|q| secrets.redact_query(q));
 
     let by_port = snap.listeners.iter().find(|l| l.addr.port() == port);
     let (listener, why) = match by_port {
@@ -102,7 +110,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
     out.push('\n');
 
     if let Some((port, status)) = listener.redirect_https {
-        let location = super::https_location(port, &host, &normal, uri.query());
+        let location = super::https_location(port, &host, &normal, query.as_deref());
         let _ = writeln!(
             out,
             "action    redirect {status} to {location} — the listener sends every request to \
@@ -131,7 +139,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             out,
             "  route {:<20} {:<40} {verdict}",
             entry.route.name,
-            describe(cond)
+            describe(cond, &secrets)
         );
     }
     let Some(index) = winner else {
@@ -156,17 +164,9 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             return Ok(out);
         }
     };
-    let plugins = route.plugins.names();
-    if plugins.is_empty() {
-        let _ = writeln!(out, "plugins   (none)");
-    } else {
-        let _ = writeln!(out, "plugins   {}", plugins.join(" → "));
-        for line in route.plugins.describe() {
-            let _ = writeln!(out, "          {line}");
-        }
-    }
-    for line in route.plugins.describe_consumers() {
-        let _ = writeln!(out, "consumer  {line}");
+    match plugins::explain(&route.plugins, q, &uri, &mut out, &secrets) {
+        plugins::Outcome::Stopped => return Ok(out),
+        plugins::Outcome::Passed => {}
     }
     match &route.action {
         Action::Respond(r) => {
@@ -177,7 +177,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
                 out,
                 "action    redirect {} to {}",
                 r.status,
-                r.location(&host, &normal, uri.query())
+                r.location(&host, &normal, query.as_deref())
             );
         }
         Action::Forward {
@@ -211,6 +211,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
                 query: uri.query(),
             };
             target_line(&mut out, upstream, &pick);
+            settings::explain(&mut out, route, upstream, &snap.spec);
         }
     }
     Ok(out)
@@ -298,7 +299,7 @@ fn describe_host(pattern: &crate::routing::HostPattern) -> String {
     }
 }
 
-fn describe(cond: &Conditions) -> String {
+fn describe(cond: &Conditions, secrets: &Credentials) -> String {
     let mut parts = Vec::new();
     if !cond.hosts.is_empty() {
         let hosts: Vec<String> = cond.hosts.iter().map(describe_host).collect();
@@ -315,13 +316,26 @@ fn describe(cond: &Conditions) -> String {
         let methods: Vec<&str> = cond.methods.iter().map(Method::as_str).collect();
         parts.push(format!("methods={}", methods.join(",")));
     }
+    // A value on a credential name is a secret: shown as <redacted>, and `why_not` says only
+    // whether it matches.
     for (name, value) in &cond.headers {
-        parts.push(format!("header {name}={}", value.to_str().unwrap_or("?")));
+        let value = if secrets.header(name.as_str()) {
+            REDACTED
+        } else {
+            value.to_str().unwrap_or("?")
+        };
+        parts.push(format!("header {name}={value}"));
     }
     for (name, value) in &cond.query {
+        let value = if secrets.query(name) { REDACTED } else { value };
         parts.push(format!("query {name}={value}"));
     }
     for (name, value) in &cond.cookies {
+        let value = if secrets.cookie(name) {
+            REDACTED
+        } else {
+            value
+        };
         parts.push(format!("cookie {name}={value}"));
     }
     if parts.is_empty() {
