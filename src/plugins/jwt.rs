@@ -364,7 +364,11 @@ impl Plugin for Jwt {
                 (_, None) => {}
             }
         }
-        notes.push(format!("claims: {}", shown.join(" ")));
+        if shown.is_empty() {
+            notes.push("claims: none that portico uses".to_owned());
+        } else {
+            notes.push(format!("claims: {}", shown.join(" ")));
+        }
         let static_key = self.keys.iter().any(|k| {
             k.alg == token_header.alg
                 && match &token_header.kid {

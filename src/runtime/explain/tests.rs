@@ -216,6 +216,10 @@ routes:
         "127.0.0.1",
     );
     assert!(
+        out.contains("credentials for user carol; the password is checked"),
+        "{out}"
+    );
+    assert!(
         out.contains("→ passes: authenticated as consumer carol"),
         "{out}"
     );
@@ -614,4 +618,27 @@ routes:
         out.contains("counts by consumer bob; policy 1;w=60"),
         "{out}"
     );
+}
+
+#[test]
+fn a_certificate_subject_can_be_given_as_its_header() {
+    let snap = snapshot(
+        "\
+listeners: [ { name: web, bind: 127.0.0.1:8080 } ]
+consumers: [ { name: frank, cert_subject: 'CN=frank' } ]
+routes: [ { name: m, plugins: [ { mtls_auth: {} } ], respond: { status: 200 } } ]
+",
+    );
+    let out = ask(
+        &snap,
+        "GET",
+        "http://localhost:8080/",
+        &[("x-client-cert-subject", "CN=frank")],
+        "127.0.0.1",
+    );
+    assert!(out.contains("certificate subject CN=frank"), "{out}");
+    assert!(out.contains("authenticated as consumer frank"), "{out}");
+    let out = ask(&snap, "GET", "http://localhost:8080/", &[], "127.0.0.1");
+    assert!(out.contains("no client certificate"), "{out}");
+    assert!(out.contains("answers 401 Unauthorized"), "{out}");
 }
