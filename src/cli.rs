@@ -53,7 +53,12 @@ enum Command {
         headers: Vec<String>,
         /// The peer (client) address: what hashing balancers, `ip_restriction` and limits by
         /// ip see; `--client` is the same.
-        #[arg(long = "peer", visible_alias = "client", default_value = "127.0.0.1")]
+        #[arg(
+            long = "peer",
+            visible_alias = "client",
+            value_name = "IP",
+            default_value = "127.0.0.1"
+        )]
         client: std::net::IpAddr,
     },
     /// Prints the version and build features.

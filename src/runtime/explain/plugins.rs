@@ -76,11 +76,15 @@ async fn evaluate(
     secrets: &Credentials,
 ) -> Outcome {
     let base = chain.in_force(None);
-    let _ = writeln!(
-        out,
-        "plugins   {} (by phase; level in brackets)",
-        names(base.placed())
-    );
+    if base.steps().is_empty() {
+        let _ = writeln!(out, "plugins   (none before a consumer is known)");
+    } else {
+        let _ = writeln!(
+            out,
+            "plugins   {} (by phase; level in brackets)",
+            names(base.placed())
+        );
+    }
     let scoped = chain.scoped_consumers();
     if !scoped.is_empty() {
         let _ = writeln!(
