@@ -50,12 +50,12 @@ pub(crate) enum QuestionError {
 /// The answer, as lines of text; `Err` when the question itself is malformed.
 pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionError> {
     let uri: http::Uri = q.url.parse().map_err(|source| QuestionError::Url {
-        url: q.url.to_owned(),
+        url: shown_url(q.url),
         source,
     })?;
     let authority = uri
         .authority()
-        .ok_or_else(|| QuestionError::NoHost(q.url.to_owned()))?;
+        .ok_or_else(|| QuestionError::NoHost(shown_url(q.url)))?;
     // The port a client would connect to: the URL's, else its scheme's default.
     let port = authority
         .port_u16()
@@ -94,7 +94,8 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok());
-    let host = normalize_host(host_header.unwrap_or(authority.as_str())).into_owned();
+    // The authority's host only: a `user:password@` part is never sent as the Host.
+    let host = normalize_host(host_header.unwrap_or(authority.host())).into_owned();
     let raw_path = uri.path();
     let normal = match path::normalize(raw_path) {
         Ok(p) => p.into_owned(),
@@ -215,6 +216,22 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         }
     }
     Ok(out)
+}
+
+/// A URL as error messages show it: without a `user:password@` part or a query, either of
+/// which may hold a credential.
+fn shown_url(url: &str) -> String {
+    let (mut base, query) = match url.split_once('?') {
+        Some((base, _)) => (base.to_owned(), "?<query not shown>"),
+        None => (url.to_owned(), ""),
+    };
+    if let Some(start) = base.find("://").map(|i| i + 3) {
+        let end = base[start..].find('/').map_or(base.len(), |i| start + i);
+        if let Some(at) = base[start..end].rfind('@') {
+            base.replace_range(start..=start + at, "");
+        }
+    }
+    base + query
 }
 
 /// A `tls_passthrough` listener: no HTTP, the ClientHello's server name picks the upstream.

@@ -642,3 +642,37 @@ routes: [ { name: m, plugins: [ { mtls_auth: {} } ], respond: { status: 200 } } 
     assert!(out.contains("no client certificate"), "{out}");
     assert!(out.contains("answers 401 Unauthorized"), "{out}");
 }
+
+#[test]
+fn urls_lose_their_credentials() {
+    let snap = snapshot(KEYS);
+    let out = ask(
+        &snap,
+        "GET",
+        "http://bob:hunter2@localhost:8080/keys/1",
+        &[],
+        "127.0.0.1",
+    );
+    assert!(
+        out.contains("request   GET host=localhost path=/keys/1"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+    for url in [
+        "http://bob:hunter2@localhost:8080/a b?api_key=sesame-1",
+        "/keys/1?api_key=sesame-1",
+    ] {
+        let q = Question {
+            method: Method::GET,
+            url,
+            headers: HeaderMap::new(),
+            client: "127.0.0.1".parse().unwrap(),
+        };
+        let err = explain(&snap, &q).unwrap_err().to_string();
+        assert!(err.contains("?<query not shown>"), "{err}");
+        assert!(
+            !err.contains("sesame-1") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+}
