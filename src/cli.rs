@@ -51,8 +51,14 @@ enum Command {
         /// Extra request headers, `Name: value`.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
-        /// The client address, for balancers that hash it.
-        #[arg(long, default_value = "127.0.0.1")]
+        /// The peer (client) address: what hashing balancers, `ip_restriction` and limits by
+        /// ip see; `--client` is the same.
+        #[arg(
+            long = "peer",
+            visible_alias = "client",
+            value_name = "IP",
+            default_value = "127.0.0.1"
+        )]
         client: std::net::IpAddr,
     },
     /// Prints the version and build features.
@@ -176,11 +182,12 @@ fn question<'a>(
     for h in headers {
         let (name, value) = h
             .split_once(':')
-            .ok_or_else(|| format!("invalid header `{h}`: expected `Name: value`"))?;
+            .ok_or_else(|| "invalid header: expected `Name: value`".to_owned())?;
         let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| format!("invalid header name in `{h}`"))?;
+            .map_err(|_| format!("invalid header name `{}`", name.trim()))?;
+        // The value may be a credential: never repeated.
         let value = HeaderValue::from_str(value.trim())
-            .map_err(|_| format!("invalid header value in `{h}`"))?;
+            .map_err(|_| format!("invalid value for header `{name}`"))?;
         map.append(name, value);
     }
     Ok(explain::Question {

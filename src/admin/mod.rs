@@ -115,7 +115,11 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             )
         }
         "/config" => match serde_json::to_value(&snap.spec) {
-            Ok(value) => json(StatusCode::OK, &value),
+            Ok(mut value) => {
+                // Route matchers on credential headers and parameters hold secrets too.
+                crate::config::secret::Credentials::of(&snap.spec).redact(&mut value);
+                json(StatusCode::OK, &value)
+            }
             Err(err) => json(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &serde_json::json!({ "error": "internal", "message": err.to_string() }),

@@ -306,7 +306,7 @@ impl<'de> de::MapAccess<'de> for MapAccess<'de> {
         self.value = Some((key, value));
         // The derived visitor raises `unknown_field` while the key is being read, so an error
         // here is always about this key.
-        seed.deserialize(key.name.as_str().into_deserializer())
+        seed.deserialize(KeyDeserializer(key))
             .map(Some)
             .map_err(|e: DeError| e.at(key.pos).within(Step::Key(key.name.clone())))
     }
@@ -319,6 +319,80 @@ impl<'de> de::MapAccess<'de> for MapAccess<'de> {
         })?;
         seed.deserialize(node)
             .map_err(|e| e.at(node.pos).within(Step::Key(key.name.clone())))
+    }
+}
+
+/// A mapping key: its text, or, asked for an [`At`], its text and position (so a map keyed
+/// by names can say where a wrong name stands).
+struct KeyDeserializer<'de>(&'de Key);
+
+impl<'de> de::Deserializer<'de> for KeyDeserializer<'de> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_borrowed_str(&self.0.name)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        if name == POSITIONED {
+            visitor.visit_seq(KeyPositioned {
+                key: self.0,
+                step: 0,
+            })
+        } else {
+            visitor.visit_newtype_struct(self)
+        }
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        de::Deserializer::deserialize_enum(
+            self.0.name.as_str().into_deserializer(),
+            name,
+            variants,
+            visitor,
+        )
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct seq tuple
+        tuple_struct map struct identifier ignored_any
+    }
+}
+
+/// `(line, col, text)` of a key, for [`At`].
+struct KeyPositioned<'de> {
+    key: &'de Key,
+    step: u8,
+}
+
+impl<'de> de::SeqAccess<'de> for KeyPositioned<'de> {
+    type Error = DeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
+        self.step += 1;
+        match self.step {
+            1 => seed
+                .deserialize(self.key.pos.line.into_deserializer())
+                .map(Some),
+            2 => seed
+                .deserialize(self.key.pos.col.into_deserializer())
+                .map(Some),
+            3 => seed.deserialize(KeyDeserializer(self.key)).map(Some),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -402,8 +476,8 @@ impl<'de> de::VariantAccess<'de> for Variant<'de> {
 const POSITIONED: &str = "$portico::At";
 
 /// A value together with the position of the node it came from, for errors found after
-/// deserialization (a dangling reference, a duplicate name).
-#[derive(Debug, Clone, PartialEq)]
+/// deserialization (a dangling reference, a duplicate name). Ordered by position, then value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct At<T> {
     /// Where the value was written.
     pub(crate) pos: Pos,

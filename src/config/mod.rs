@@ -6,6 +6,7 @@
 
 pub(crate) mod de;
 pub(crate) mod node;
+pub(crate) mod secret;
 pub(crate) mod spec;
 pub(crate) mod suggest;
 pub(crate) mod units;

@@ -364,9 +364,14 @@ pub(crate) struct RouteSpec {
     /// Conditions; a route without `match` matches every request.
     #[serde(default, rename = "match")]
     pub(crate) matches: MatchSpec,
-    /// Route plugins, run after global ones.
+    /// Route plugins, run after global ones within a phase; each replaces the global plugins
+    /// of its name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) plugins: Vec<At<PluginSpec>>,
+    /// Plugins for one consumer on this route only, by consumer name; they take precedence
+    /// over the consumer's own plugins, which take precedence over the route's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) consumer_plugins: BTreeMap<At<String>, Vec<At<PluginSpec>>>,
     /// Action: forward to this upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,

@@ -29,6 +29,28 @@ impl Plugin for Acl {
         "acl"
     }
 
+    fn explain(
+        &self,
+        ctx: &mut RequestCtx,
+        _head: &request::Parts,
+        _secrets: &crate::config::secret::Credentials,
+    ) -> super::Explained {
+        let rule = format!(
+            "allow [{}] deny [{}]",
+            self.allow.join(", "),
+            self.deny.join(", ")
+        );
+        let note = match &ctx.consumer {
+            Some(c) => format!(
+                "consumer {} in groups [{}]; {rule}",
+                c.name,
+                c.groups.join(", ")
+            ),
+            None => format!("no consumer; {rule}"),
+        };
+        super::Explained::Run(vec![note])
+    }
+
     fn stops(&self) -> Option<&'static str> {
         Some("403 outside the allowed groups")
     }

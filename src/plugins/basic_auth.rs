@@ -104,6 +104,35 @@ impl Plugin for BasicAuth {
         "basic_auth"
     }
 
+    fn explain(
+        &self,
+        _ctx: &mut RequestCtx,
+        head: &request::Parts,
+        _secrets: &crate::config::secret::Credentials,
+    ) -> super::Explained {
+        let user = head
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+            .and_then(|b64| decode_base64(b64.trim()))
+            .and_then(|decoded| {
+                let colon = decoded.iter().position(|&b| b == b':')?;
+                Some(String::from_utf8_lossy(&decoded[..colon]).into_owned())
+            });
+        let note = match user {
+            Some(user) => format!(
+                "credentials for user {user}; the password is checked against the consumer's \
+                 hash (not shown)"
+            ),
+            None => "no basic credentials sent".to_owned(),
+        };
+        super::Explained::Run(vec![note])
+    }
+
     fn stops(&self) -> Option<&'static str> {
         Some("401 without valid credentials")
     }

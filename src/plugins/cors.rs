@@ -140,6 +140,34 @@ impl Plugin for Cors {
         "cors"
     }
 
+    fn explain(
+        &self,
+        _ctx: &mut RequestCtx,
+        head: &request::Parts,
+        _secrets: &crate::config::secret::Credentials,
+    ) -> super::Explained {
+        let note = match head.headers.get(header::ORIGIN) {
+            None => "no Origin: not a CORS request".to_owned(),
+            Some(value) => {
+                let origin = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                let allowed = if self.allowed(value) {
+                    "allowed"
+                } else {
+                    "not allowed"
+                };
+                if is_preflight(head) {
+                    format!("preflight from {origin}: origin {allowed}")
+                } else {
+                    format!(
+                        "request from {origin} (not a preflight: OPTIONS with \
+                         Access-Control-Request-Method): origin {allowed}"
+                    )
+                }
+            }
+        };
+        super::Explained::Run(vec![note])
+    }
+
     fn stops(&self) -> Option<&'static str> {
         Some("answers preflights; 403 to foreign origins")
     }

@@ -111,6 +111,22 @@ impl Plugin for IpRestriction {
         "ip_restriction"
     }
 
+    fn explain(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &request::Parts,
+        _secrets: &crate::config::secret::Credentials,
+    ) -> super::Explained {
+        let peer = ctx.client.ip();
+        let ip = client_ip(peer, &head.headers, &self.trusted);
+        let note = if ip == peer {
+            format!("client {ip} (the peer)")
+        } else {
+            format!("client {ip} (from X-Forwarded-For: the peer {peer} is a trusted proxy)")
+        };
+        super::Explained::Run(vec![note])
+    }
+
     fn stops(&self) -> Option<&'static str> {
         Some("403 for refused addresses")
     }

@@ -295,6 +295,112 @@ impl Plugin for Jwt {
         "jwt"
     }
 
+    fn explain(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &request::Parts,
+        _secrets: &crate::config::secret::Credentials,
+    ) -> super::Explained {
+        let Some(token) = head
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+        else {
+            return super::Explained::Run(vec!["no bearer token sent".to_owned()]);
+        };
+        let Ok(token_header) = jsonwebtoken::decode_header(token) else {
+            return super::Explained::Run(Vec::new());
+        };
+        let mut notes = vec![format!(
+            "token alg {:?}{} (token and signature not shown)",
+            token_header.alg,
+            token_header
+                .kid
+                .as_deref()
+                .map_or_else(String::new, |kid| format!(", kid {kid}"))
+        )];
+        // The claims as the token states them; whether they hold is the request step's call.
+        let mut unverified = Validation::new(token_header.alg);
+        unverified.insecure_disable_signature_validation();
+        unverified.validate_exp = false;
+        unverified.validate_aud = false;
+        unverified.required_spec_claims.clear();
+        let claims = jsonwebtoken::decode::<BTreeMap<String, serde_json::Value>>(
+            token,
+            &DecodingKey::from_secret(&[]),
+            &unverified,
+        )
+        .map(|data| data.claims)
+        .unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut shown: Vec<String> = Vec::new();
+        let mut used: Vec<&str> = vec![self.consumer_claim.as_str(), "iss", "aud", "exp", "nbf"];
+        used.extend(self.required.iter().map(String::as_str));
+        used.extend(self.claims_to_headers.iter().map(|(c, _)| c.as_str()));
+        let mut seen = std::collections::HashSet::new();
+        for name in used {
+            if !seen.insert(name) {
+                continue;
+            }
+            match (name, claims.get(name)) {
+                ("exp" | "nbf", Some(serde_json::Value::Number(n))) => {
+                    let at = n.as_u64().unwrap_or(0);
+                    let when = if at >= now {
+                        format!("in {} s", at - now)
+                    } else {
+                        format!("{} s ago", now - at)
+                    };
+                    shown.push(format!("{name}={at} ({when})"));
+                }
+                (_, Some(value)) => shown.push(format!("{name}={value}")),
+                (_, None) if self.required.contains(name) => shown.push(format!("{name} missing")),
+                (_, None) => {}
+            }
+        }
+        if shown.is_empty() {
+            notes.push("claims: none that portico uses".to_owned());
+        } else {
+            notes.push(format!("claims: {}", shown.join(" ")));
+        }
+        let static_key = self.keys.iter().any(|k| {
+            k.alg == token_header.alg
+                && match &token_header.kid {
+                    Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
+                    None => true,
+                }
+        });
+        if let Some(jwks) = &self.jwks
+            && !static_key
+        {
+            notes.push(format!(
+                "its key would come from jwks_url {}, which is not fetched offline: the \
+                 signature, exp, nbf, iss and aud are not verified here",
+                jwks.url
+            ));
+            if let Some(serde_json::Value::String(subject)) = claims.get(&self.consumer_claim) {
+                let consumer = self.consumers.by_name(subject).unwrap_or_else(|| {
+                    Arc::new(Consumer {
+                        name_value: HeaderValue::from_str(subject)
+                            .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+                        name: subject.clone(),
+                        groups: Vec::new(),
+                        groups_value: None,
+                    })
+                });
+                ctx.consumer = Some(consumer);
+            }
+            return super::Explained::Offline(notes);
+        }
+        super::Explained::Run(notes)
+    }
+
     fn stops(&self) -> Option<&'static str> {
         Some("401 without a valid token")
     }

@@ -83,6 +83,36 @@ impl Plugin for KeyAuth {
         "key_auth"
     }
 
+    fn explain(
+        &self,
+        _ctx: &mut RequestCtx,
+        head: &request::Parts,
+        _secrets: &crate::config::secret::Credentials,
+    ) -> super::Explained {
+        let mut found = Vec::new();
+        if head.headers.contains_key(&self.header) {
+            found.push(format!("header {}", self.header));
+        }
+        if let Some(name) = &self.query
+            && head
+                .uri
+                .query()
+                .is_some_and(|q| crate::routing::query_pairs(q).any(|(k, _)| k == *name))
+        {
+            found.push(format!("query parameter {name}"));
+        }
+        let read = match &self.query {
+            Some(q) => format!("header {} or query parameter {q}", self.header),
+            None => format!("header {}", self.header),
+        };
+        let note = if found.is_empty() {
+            format!("reads the key from {read}: none sent")
+        } else {
+            format!("key sent in {} (value not shown)", found.join(" and "))
+        };
+        super::Explained::Run(vec![note])
+    }
+
     fn stops(&self) -> Option<&'static str> {
         Some("401 without a valid API key")
     }

@@ -18,6 +18,7 @@
 pub(crate) mod acl;
 pub(crate) mod auth;
 pub(crate) mod basic_auth;
+mod chain;
 pub(crate) mod cors;
 pub(crate) mod grpc_web;
 pub(crate) mod headers;
@@ -42,6 +43,8 @@ use crate::body::{Body, ChunkFilter};
 use crate::config::spec::PluginSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
+
+pub(crate) use chain::{BodyStep, ConsumerPlugins, InForce, Level, PluginChain, run_on_request};
 
 /// What a plugin decides after looking at a request.
 // A verdict lives on the stack for one call: boxing the answer would cost an allocation for
@@ -170,279 +173,28 @@ pub(crate) trait Plugin: Send + Sync + std::fmt::Debug {
 
     /// Once the response head has been sent on its way.
     fn log(&self, _ctx: &RequestCtx, _record: &LogRecord) {}
-}
 
-/// A route's plugins in the order they run.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PluginChain(pub Vec<Arc<dyn Plugin>>, pub ConsumerPlugins, Merged);
-
-/// Per consumer that carries plugins: the chain in force for it, merged at compile time.
-type Merged = Arc<std::collections::HashMap<String, Vec<Arc<dyn Plugin>>>>;
-
-/// The plugins consumers carry, by consumer name; shared by every chain of a config.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ConsumerPlugins(pub Arc<std::collections::HashMap<String, Vec<Arc<dyn Plugin>>>>);
-
-/// How the request-body step of a chain ended.
-pub(crate) enum BodyStep {
-    /// The body to send on (filtered or rebuilt).
-    Continue(Body),
-    /// A plugin answered instead.
-    Respond(http::Response<Body>),
-}
-
-impl PluginChain {
-    /// Orders plugins by phase, keeping config order (global first) within a phase.
-    pub(crate) fn new(mut plugins: Vec<Arc<dyn Plugin>>) -> Self {
-        plugins.sort_by_key(|p| p.phase());
-        PluginChain(plugins, ConsumerPlugins::default(), Merged::default())
-    }
-
-    /// The same, with the plugins consumers carry (run once the request is authenticated).
-    pub(crate) fn with_consumers(
-        plugins: Vec<Arc<dyn Plugin>>,
-        consumers: ConsumerPlugins,
-    ) -> Self {
-        let mut chain = PluginChain::new(plugins);
-        let merged = consumers
-            .0
-            .iter()
-            .filter(|(_, own)| !own.is_empty())
-            .map(|(name, own)| (name.clone(), chain.merge(own)))
-            .collect();
-        chain.1 = consumers;
-        chain.2 = Arc::new(merged);
-        chain
-    }
-
-    /// The chain's plugins with a consumer's own: a consumer's plugin replaces one of the
-    /// chain's of the same name that runs after authentication; by phase, config order
-    /// within one (the chain's first).
-    fn merge(&self, own: &[Arc<dyn Plugin>]) -> Vec<Arc<dyn Plugin>> {
-        let mut all: Vec<Arc<dyn Plugin>> = self
-            .0
-            .iter()
-            .filter(|p| {
-                p.phase() <= Phase::Authenticate || !own.iter().any(|o| o.name() == p.name())
-            })
-            .cloned()
-            .collect();
-        all.extend(own.iter().cloned());
-        all.sort_by_key(|p| p.phase());
-        all
-    }
-
-    /// The plugins in force for this request: the chain's, or, once the request is
-    /// authenticated as a consumer that carries plugins, the chain merged with them at
-    /// compile time.
-    fn steps(&self, ctx: &RequestCtx) -> &[Arc<dyn Plugin>] {
-        if self.2.is_empty() {
-            return &self.0;
-        }
-        ctx.consumer
-            .as_ref()
-            .and_then(|c| self.2.get(&c.name))
-            .map_or(&self.0, Vec::as_slice)
-    }
-
-    /// Runs `on_request` of each plugin until one answers; the answer, if any.
-    pub(crate) async fn on_request(
+    /// For `explain`, before [`Plugin::on_request`] runs on the same request: what the plugin
+    /// finds in it besides its verdict (the key a limit counts by, where a credential is
+    /// read). Never a secret: names in `secrets` are shown without their values.
+    fn explain(
         &self,
-        ctx: &mut RequestCtx,
-        head: &mut request::Parts,
-    ) -> Result<Option<http::Response<Body>>, ProxyError> {
-        for plugin in &self.0 {
-            plugin.observe(ctx, head);
-        }
-        // Up to authentication, the chain's own plugins; then, once the consumer is known,
-        // what is in force for it (its own plugins included).
-        let authenticated = self
-            .0
-            .iter()
-            .position(|p| p.phase() > Phase::Authenticate)
-            .unwrap_or(self.0.len());
-        for plugin in &self.0[..authenticated] {
-            if let Some(response) = run_on_request(plugin, ctx, head).await? {
-                return Ok(Some(response));
-            }
-        }
-        let steps = self.steps(ctx);
-        for plugin in steps.iter().filter(|p| {
-            p.phase() > Phase::Authenticate || !self.0.iter().any(|q| Arc::ptr_eq(p, q))
-        }) {
-            if let Some(response) = run_on_request(plugin, ctx, head).await? {
-                return Ok(Some(response));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The request-body step: each plugin that asks gets the body, in chain order, so a
-    /// whole-body plugin sees what the chunk filters before it passed on.
-    pub(crate) async fn request_body(
-        &self,
-        ctx: &mut RequestCtx,
-        head: &mut request::Parts,
-        mut body: Body,
-    ) -> Result<BodyStep, ProxyError> {
-        let steps = self.steps(ctx);
-        for plugin in steps.iter() {
-            match plugin.request_body(ctx, head) {
-                None => {}
-                Some(BodyFilter::Chunks(filter)) => body = body.filter(filter),
-                Some(BodyFilter::Whole { max, edit }) => {
-                    let bytes = buffer(body, max).await.map_err(|err| match err {
-                        Buffered::TooLarge(limit) => ProxyError::PayloadTooLarge { limit },
-                        Buffered::Broken => ProxyError::ClientBody,
-                    })?;
-                    match edit.apply(ctx, &mut head.headers, bytes) {
-                        Ok(bytes) => {
-                            set_length(&mut head.headers, bytes.len());
-                            body = Body::full(bytes);
-                        }
-                        Err(response) => return Ok(BodyStep::Respond(*response)),
-                    }
-                }
-            }
-        }
-        Ok(BodyStep::Continue(body))
-    }
-
-    /// Runs `on_response` of each plugin, last first.
-    pub(crate) fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
-        for plugin in self.steps(ctx).iter().rev() {
-            plugin.on_response(ctx, head);
-        }
-    }
-
-    /// The response-body step, last plugin first. A whole-body plugin's answer replaces the
-    /// response (its head steps do not run again).
-    pub(crate) async fn response_body(
-        &self,
-        ctx: &RequestCtx,
-        mut head: response::Parts,
-        mut body: Body,
-    ) -> Result<http::Response<Body>, ProxyError> {
-        let steps = self.steps(ctx);
-        for plugin in steps.iter().rev() {
-            match plugin.response_body(ctx, &head) {
-                None => {}
-                Some(BodyFilter::Chunks(filter)) => body = body.filter(filter),
-                Some(BodyFilter::Whole { max, edit }) => {
-                    let bytes = buffer(body, max).await.map_err(|err| match err {
-                        Buffered::TooLarge(limit) => ProxyError::ResponseTooLarge { limit },
-                        Buffered::Broken => ProxyError::BrokenResponse,
-                    })?;
-                    match edit.apply(ctx, &mut head.headers, bytes) {
-                        Ok(bytes) => {
-                            set_length(&mut head.headers, bytes.len());
-                            body = Body::full(bytes);
-                        }
-                        Err(response) => return Ok(*response),
-                    }
-                }
-            }
-        }
-        Ok(http::Response::from_parts(head, body))
-    }
-
-    /// Runs `log` of each plugin.
-    pub(crate) fn log(&self, ctx: &RequestCtx, record: &LogRecord) {
-        for plugin in self.steps(ctx).iter() {
-            plugin.log(ctx, record);
-        }
-    }
-
-    /// Whether the chain is empty and no consumer carries plugins (the request path skips
-    /// it entirely).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty() && self.1.0.is_empty()
-    }
-
-    /// Plugin names in order.
-    pub(crate) fn names(&self) -> Vec<&'static str> {
-        self.0.iter().map(|p| p.name()).collect()
-    }
-
-    /// Each consumer that carries plugins, with them, in name order (for `explain`).
-    pub(crate) fn describe_consumers(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .1
-            .0
-            .iter()
-            .filter(|(_, plugins)| !plugins.is_empty())
-            .map(|(name, plugins)| {
-                let names: Vec<&str> = plugins.iter().map(|p| p.name()).collect();
-                format!(
-                    "{name}: {} (after authentication; same-named plugins give way)",
-                    names.join(" → ")
-                )
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// Each plugin with its phase and what would stop a request there.
-    pub(crate) fn describe(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .map(|p| match p.stops() {
-                Some(stop) => format!("{} ({:?}): {stop}", p.name(), p.phase()),
-                None => format!("{} ({:?})", p.name(), p.phase()),
-            })
-            .collect()
+        _ctx: &mut RequestCtx,
+        _head: &request::Parts,
+        _secrets: &crate::config::secret::Credentials,
+    ) -> Explained {
+        Explained::Run(Vec::new())
     }
 }
 
-/// One plugin's head step, its deferred work awaited; the answer, if it gives one.
-async fn run_on_request(
-    plugin: &Arc<dyn Plugin>,
-    ctx: &mut RequestCtx,
-    head: &mut request::Parts,
-) -> Result<Option<http::Response<Body>>, ProxyError> {
-    match plugin.on_request(ctx, head)? {
-        Flow::Continue => Ok(None),
-        Flow::Respond(response) => Ok(Some(response)),
-        Flow::Defer(work) => match work.await {
-            Deferred::Continue(consumer) => {
-                if consumer.is_some() {
-                    ctx.consumer = consumer;
-                }
-                Ok(None)
-            }
-            Deferred::Respond(response) => Ok(Some(response)),
-        },
-    }
-}
-
-/// Why a body could not be buffered.
-enum Buffered {
-    TooLarge(u64),
-    Broken,
-}
-
-/// Reads a whole body, at most `max` bytes of it.
-async fn buffer(body: Body, max: usize) -> Result<Bytes, Buffered> {
-    use http_body_util::BodyExt;
-    match http_body_util::Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) => {
-            if err.is::<http_body_util::LengthLimitError>() {
-                Err(Buffered::TooLarge(max as u64))
-            } else if let Some(too_large) = err.downcast_ref::<crate::body::TooLarge>() {
-                Err(Buffered::TooLarge(too_large.0))
-            } else {
-                Err(Buffered::Broken)
-            }
-        }
-    }
-}
-
-/// A rebuilt body has a known length: say so, and drop any other framing.
-fn set_length(headers: &mut HeaderMap, len: usize) {
-    headers.remove(http::header::TRANSFER_ENCODING);
-    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+/// What `explain` learns from a plugin before its verdict.
+#[derive(Debug)]
+pub(crate) enum Explained {
+    /// These notes; then the plugin's request step gives the verdict.
+    Run(Vec<String>),
+    /// The verdict cannot be known offline (keys behind a URL): these notes say why and what
+    /// is known; the plugin has set on the context what would follow if the request passes.
+    Offline(Vec<String>),
 }
 
 /// Every plugin name the config accepts (`portico version` lists them; a test checks the

@@ -263,6 +263,36 @@ impl Plugin for RateLimit {
         "rate_limit"
     }
 
+    fn explain(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &request::Parts,
+        secrets: &crate::config::secret::Credentials,
+    ) -> super::Explained {
+        let key = match &self.key {
+            LimitKey::Ip => format!("counts by ip {}", ctx.client.ip().to_canonical()),
+            LimitKey::Consumer => match &ctx.consumer {
+                Some(c) => format!("counts by consumer {}", c.name),
+                None => "counts by consumer: none authenticated, so one key shared by all \
+                         unauthenticated requests"
+                    .to_owned(),
+            },
+            LimitKey::Route => "counts by route: one budget for every client".to_owned(),
+            LimitKey::Header(name) if secrets.header(name.as_str()) => {
+                format!("counts by header {name} (its value, a credential, is not shown)")
+            }
+            LimitKey::Header(name) => match head.headers.get(name) {
+                Some(value) => format!(
+                    "counts by header {name} = {}",
+                    String::from_utf8_lossy(value.as_bytes())
+                ),
+                None => format!("counts by header {name}: absent, so one shared key"),
+            },
+        };
+        let policy = String::from_utf8_lossy(self.policy.as_bytes());
+        super::Explained::Run(vec![format!("{key}; policy {policy} (RateLimit-Policy)")])
+    }
+
     fn stops(&self) -> Option<&'static str> {
         Some("429 over the limit")
     }

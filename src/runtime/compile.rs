@@ -135,7 +135,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         base: &config_dir,
         state: crate::plugins::state::StateScope::new(env.states, &fresh),
     };
-    let global_plugins = compile_plugins(&spec.plugins, "global", build_env, &mut diags);
+    let global_plugins = compile_plugins(&spec.plugins, "global", build_env, &mut diags, false);
     let consumer_plugins = compile_consumer_plugins(&spec.consumers, build_env, &mut diags);
 
     // Routes, with their position for table errors.
@@ -156,6 +156,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             spec_route,
             &by_name,
             (&global_plugins, &consumer_plugins),
+            (&consumer_names, &spec.unparsed),
             build_env,
             &mut diags,
         ) {
@@ -365,7 +366,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         workers,
         admin,
         tls_files,
-        global: PluginChain::with_consumers(global_plugins, consumer_plugins),
+        global: PluginChain::build(&global_plugins, &[], &consumer_plugins, &HashMap::new()),
         warnings,
         fresh,
         acme,
@@ -903,10 +904,7 @@ fn check_target_address(address: &str) -> Result<(), TargetAddressError> {
     Ok(())
 }
 
-/// Builds the plugins of `owner`'s list (`global` or `route NAME`); each gets the state kept
-/// for its identity: owner, how many of its kind come before it, and its spec.
-/// The plugins each consumer carries. A consumer's `rate_limit` counts by consumer unless its
-/// `by` says otherwise: the limit is that consumer's.
+/// The plugins each consumer carries.
 fn compile_consumer_plugins(
     specs: &[crate::config::spec::ConsumerSpec],
     env: plugins::BuildEnv<'_>,
@@ -914,36 +912,50 @@ fn compile_consumer_plugins(
 ) -> plugins::ConsumerPlugins {
     let mut map = HashMap::new();
     for consumer in specs.iter().filter(|c| !c.plugins.is_empty()) {
-        let scoped: Vec<At<crate::config::spec::PluginSpec>> = consumer
-            .plugins
-            .iter()
-            .map(|p| match &p.value {
-                crate::config::spec::PluginSpec::RateLimit(limit)
-                    if limit.by.pos == Pos::default() =>
-                {
-                    let mut limit = limit.clone();
-                    limit.by.value = "consumer".to_owned();
-                    At {
-                        pos: p.pos,
-                        value: crate::config::spec::PluginSpec::RateLimit(limit),
-                    }
-                }
-                _ => p.clone(),
-            })
-            .collect();
         let owner = format!("consumer {}", *consumer.name);
-        let mut chain = compile_plugins(&scoped, &owner, env, diags);
-        chain.sort_by_key(|p| p.phase());
+        let chain = compile_scoped_plugins(&consumer.plugins, &owner, env, diags);
         map.insert(consumer.name.to_string(), chain);
     }
     plugins::ConsumerPlugins(Arc::new(map))
 }
 
+/// Plugins for one consumer (its own, or a route's for it). A `rate_limit` counts by consumer
+/// unless its `by` says otherwise: the limit is that consumer's. A plugin that runs before
+/// authentication is refused: it would run before anyone knows the consumer.
+fn compile_scoped_plugins(
+    specs: &[At<crate::config::spec::PluginSpec>],
+    owner: &str,
+    env: plugins::BuildEnv<'_>,
+    diags: &mut Diagnostics,
+) -> Vec<Arc<dyn plugins::Plugin>> {
+    let scoped: Vec<At<crate::config::spec::PluginSpec>> = specs
+        .iter()
+        .map(|p| match &p.value {
+            crate::config::spec::PluginSpec::RateLimit(limit) if limit.by.pos == Pos::default() => {
+                let mut limit = limit.clone();
+                limit.by.value = "consumer".to_owned();
+                At {
+                    pos: p.pos,
+                    value: crate::config::spec::PluginSpec::RateLimit(limit),
+                }
+            }
+            _ => p.clone(),
+        })
+        .collect();
+    let mut chain = compile_plugins(&scoped, owner, env, diags, true);
+    chain.sort_by_key(|p| p.phase());
+    chain
+}
+
+/// Builds the plugins of `owner`'s list (`global` or `route NAME`); each gets the state kept
+/// for its identity: owner, how many of its kind come before it, and its spec. `scoped`
+/// plugins apply to one consumer: those that run before authentication are refused.
 fn compile_plugins(
     specs: &[At<crate::config::spec::PluginSpec>],
     owner: &str,
     env: plugins::BuildEnv<'_>,
     diags: &mut Diagnostics,
+    scoped: bool,
 ) -> Vec<Arc<dyn plugins::Plugin>> {
     let mut chain = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
@@ -958,6 +970,17 @@ fn compile_plugins(
             ..env
         };
         match plugins::build(spec, env) {
+            Ok(plugin) if scoped && plugin.phase() <= plugins::Phase::Authenticate => {
+                diags.error(
+                    spec.pos,
+                    format!(
+                        "`{}` runs before authentication ({:?} phase), so it cannot apply to \
+                         one consumer; put it in the route's or the global `plugins`",
+                        plugin.name(),
+                        plugin.phase()
+                    ),
+                );
+            }
             Ok(plugin) => chain.push(plugin),
             Err(err) => diags.error(spec.pos, err.to_string()),
         }
@@ -1085,6 +1108,7 @@ fn compile_route(
     spec: &RouteSpec,
     upstreams: &Upstreams<'_>,
     (global, consumers): (&[Arc<dyn plugins::Plugin>], &plugins::ConsumerPlugins),
+    (consumer_names, unparsed): (&HashMap<&str, Pos>, &crate::config::Unparsed),
     env: plugins::BuildEnv<'_>,
     diags: &mut Diagnostics,
 ) -> Option<Route> {
@@ -1243,9 +1267,27 @@ fn compile_route(
             "retry applies to routes that forward (upstream or split)",
         );
     }
-    let mut chain = global.to_vec();
     let owner = format!("route {}", *spec.name);
-    chain.extend(compile_plugins(&spec.plugins, &owner, env, diags));
+    let own = compile_plugins(&spec.plugins, &owner, env, diags, false);
+    let mut on_route = HashMap::new();
+    for (consumer, list) in &spec.consumer_plugins {
+        if !consumer_names.contains_key(consumer.as_str())
+            && !unparsed.declares("consumers", consumer)
+        {
+            diags.error(
+                consumer.pos,
+                format!(
+                    "consumer_plugins names consumer `{}`, which does not exist{}",
+                    **consumer,
+                    checks::did_you_mean(consumer, consumer_names.keys().copied())
+                ),
+            );
+            continue;
+        }
+        let owner = format!("route {} consumer {}", *spec.name, **consumer);
+        let chain = compile_scoped_plugins(list, &owner, env, diags);
+        on_route.insert(consumer.value.clone(), chain);
+    }
 
     if diags.list.len() > before {
         return None;
@@ -1253,7 +1295,7 @@ fn compile_route(
     Some(Route {
         name: Arc::from(spec.name.as_str()),
         action: action?,
-        plugins: PluginChain::with_consumers(chain, consumers.clone()),
+        plugins: PluginChain::build(global, &own, consumers, &on_route),
         rewrite,
         path_policy,
         timeout: spec.timeout.map(|t| t.0),
@@ -1312,5 +1354,7 @@ fn compile_headers(
 
 mod checks;
 mod lints;
+#[cfg(test)]
+mod precedence_tests;
 #[cfg(test)]
 mod tests;

@@ -129,7 +129,7 @@ pub(crate) struct Route {
     pub(crate) name: Arc<str>,
     /// What is done with a matching request.
     pub(crate) action: Action,
-    /// Global then route plugins.
+    /// Global, route and consumer-scoped plugins, merged by precedence.
     pub(crate) plugins: PluginChain,
     /// Path rewrite before forwarding.
     pub(crate) rewrite: Option<Rewrite>,

@@ -483,9 +483,151 @@ routes:
     let (code, out, err) = cli(&["explain", "-c", &file, "GET", "http://localhost:8080/"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("consumer  alice: rate_limit (after authentication"),
+        out.contains("consumers with plugins of their own here: alice"),
         "{out}"
     );
-    assert!(!out.contains("bob:"), "{out}");
+    assert!(!out.contains("bob"), "{out}");
     assert!(!out.contains("alice-key-123"), "a key was printed: {out}");
+    // With her key, the plugins in force for her.
+    let (code, out, err) = cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        "http://localhost:8080/",
+        "-H",
+        "x-api-key: alice-key-123",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("consumer  alice: in force after authentication: rate_limit [consumer alice]"),
+        "{out}"
+    );
+    assert!(!out.contains("alice-key-123"), "a key was printed: {out}");
+}
+
+/// Standard base64, padded (RFC 4648 §4).
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn explain_names_the_consumer_of_a_key_a_password_and_a_token_and_prints_none() {
+    const KEY: &str = "alice-key-123456";
+    const PASSWORD: &str = "bob-password-9";
+    const SECRET: &str = "carol-hmac-secret-0123";
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    let file = write(
+        "secrets.yaml",
+        &format!(
+            "\
+listeners: [ {{ name: web, bind: 127.0.0.1:8080 }} ]
+consumers:
+  - {{ name: alice, api_keys: ['{KEY}'] }}
+  - {{ name: bob, basic_auth: {{ username: bob, password_hash: '{hash}' }} }}
+  - {{ name: carol }}
+routes:
+  - name: keyed
+    match: {{ path_prefix: /keyed/, headers: {{ x-api-key: '{KEY}' }} }}
+    plugins: [ {{ key_auth: {{}} }} ]
+    respond: {{ status: 200 }}
+  - name: basic
+    match: {{ path_prefix: /basic/ }}
+    plugins: [ {{ basic_auth: {{}} }} ]
+    respond: {{ status: 200 }}
+  - name: token
+    match: {{ path_prefix: /token/ }}
+    plugins: [ {{ jwt: {{ keys: [ {{ alg: HS256, secret: '{SECRET}' }} ] }} }} ]
+    respond: {{ status: 200 }}
+"
+        ),
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": "carol", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let signature = token.rsplit('.').next().unwrap().to_owned();
+    let basic = base64(format!("bob:{PASSWORD}").as_bytes());
+    let cases = [
+        ("/keyed/a", format!("x-api-key: {KEY}"), "alice"),
+        ("/basic/a", format!("Authorization: Basic {basic}"), "bob"),
+        (
+            "/token/a",
+            format!("Authorization: Bearer {token}"),
+            "carol",
+        ),
+    ];
+    for (path, header, consumer) in &cases {
+        let url = format!("http://localhost:8080{path}");
+        let (code, out, err) = cli(&["explain", "-c", &file, "GET", &url, "-H", header]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("→ passes: authenticated as consumer {consumer}")),
+            "{out}"
+        );
+        assert!(out.contains("action    respond 200"), "{out}");
+        for secret in [KEY, PASSWORD, SECRET, &token, &signature, &basic, &hash] {
+            assert!(!out.contains(secret), "{secret} in stdout: {out}");
+            assert!(!err.contains(secret), "{secret} in stderr: {err}");
+        }
+    }
+    // The route matcher on the key header: shown redacted, decided without the value.
+    let (_, out, _) = cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        "http://localhost:8080/keyed/a",
+        "-H",
+        "x-api-key: wrong-key-0000",
+    ]);
+    assert!(out.contains("header x-api-key=<redacted>"), "{out}");
+    assert!(out.contains("no: headers does not match"), "{out}");
+    assert!(
+        !out.contains(KEY) && !out.contains("wrong-key-0000"),
+        "{out}"
+    );
+    // A wrong password: why it gets 401, without the password.
+    let wrong = base64(b"bob:guess-guess");
+    let (_, out, err) = cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        "http://localhost:8080/basic/a",
+        "-H",
+        &format!("Authorization: Basic {wrong}"),
+        "--peer",
+        "192.0.2.1",
+    ]);
+    assert!(
+        out.contains("answers 401 Unauthorized — unknown user or wrong password"),
+        "{out}{err}"
+    );
+    assert!(
+        !out.contains("guess-guess") && !out.contains(&wrong),
+        "{out}"
+    );
 }

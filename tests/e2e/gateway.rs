@@ -408,17 +408,35 @@ fn explain_lists_plugins_in_the_order_they_run() {
     let file = dir.join("c.yaml");
     std::fs::write(&file, fill(CONFIG, &[("U", "127.0.0.1:9")])).unwrap();
     let file = file.display().to_string();
-    let (code, out, err) = crate::support::cli(&["explain", "-c", &file, "GET", "http://x/paid/a"]);
+    let (code, out, err) = crate::support::cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        "http://x/paid/a",
+        "-H",
+        "x-api-key: alice-key-123",
+    ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("plugins   key_auth → acl"), "{out}");
     assert!(
-        out.contains("key_auth (Authenticate): 401 without a valid API key"),
+        out.contains("plugins   key_auth [route] → acl [route]"),
         "{out}"
     );
     assert!(
-        out.contains("acl (Authorize): 403 outside the allowed groups"),
+        out.contains("key_auth [route] (Authenticate; 401 without a valid API key)"),
         "{out}"
     );
+    assert!(
+        out.contains("acl [route] (Authorize; 403 outside the allowed groups)"),
+        "{out}"
+    );
+    // Without a key the request stops at key_auth: acl is not reached.
+    let (_, out, _) = crate::support::cli(&["explain", "-c", &file, "GET", "http://x/paid/a"]);
+    assert!(
+        out.contains("result    401 Unauthorized from key_auth [route]"),
+        "{out}"
+    );
+    assert!(!out.contains("  acl [route]"), "{out}");
 }
 
 #[tokio::test]

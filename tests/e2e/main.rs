@@ -15,6 +15,7 @@ mod exit;
 mod gateway;
 mod grpc;
 mod jwt;
+mod levels;
 mod paths;
 mod proxy;
 mod reload;

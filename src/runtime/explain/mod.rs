@@ -6,7 +6,13 @@ use std::fmt::Write;
 use http::{HeaderMap, Method};
 
 use super::{Action, Snapshot};
+use crate::config::secret::{Credentials, REDACTED};
 use crate::routing::{Conditions, PathMatch, RequestView, normalize_host, path};
+
+mod plugins;
+mod settings;
+#[cfg(test)]
+mod tests;
 
 /// A request to explain.
 #[derive(Debug)]
@@ -17,7 +23,7 @@ pub(crate) struct Question<'a> {
     pub(crate) url: &'a str,
     /// Extra headers; a `Host` here overrides the URL's host.
     pub(crate) headers: HeaderMap,
-    /// The client address hashing balancers would see.
+    /// The peer address: what hashing balancers, `ip_restriction` and limits by ip see.
     pub(crate) client: std::net::IpAddr,
 }
 
@@ -44,12 +50,12 @@ pub(crate) enum QuestionError {
 /// The answer, as lines of text; `Err` when the question itself is malformed.
 pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionError> {
     let uri: http::Uri = q.url.parse().map_err(|source| QuestionError::Url {
-        url: q.url.to_owned(),
+        url: shown_url(q.url),
         source,
     })?;
     let authority = uri
         .authority()
-        .ok_or_else(|| QuestionError::NoHost(q.url.to_owned()))?;
+        .ok_or_else(|| QuestionError::NoHost(shown_url(q.url)))?;
     // The port a client would connect to: the URL's, else its scheme's default.
     let port = authority
         .port_u16()
@@ -59,6 +65,8 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             80
         });
     let mut out = String::new();
+    let secrets = Credentials::of(&snap.spec);
+    let query = uri.query().map(|q| secrets.redact_query(q));
 
     let by_port = snap.listeners.iter().find(|l| l.addr.port() == port);
     let (listener, why) = match by_port {
@@ -86,7 +94,8 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok());
-    let host = normalize_host(host_header.unwrap_or(authority.as_str())).into_owned();
+    // The authority's host only: a `user:password@` part is never sent as the Host.
+    let host = normalize_host(host_header.unwrap_or(authority.host())).into_owned();
     let raw_path = uri.path();
     let normal = match path::normalize(raw_path) {
         Ok(p) => p.into_owned(),
@@ -102,7 +111,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
     out.push('\n');
 
     if let Some((port, status)) = listener.redirect_https {
-        let location = super::https_location(port, &host, &normal, uri.query());
+        let location = super::https_location(port, &host, &normal, query.as_deref());
         let _ = writeln!(
             out,
             "action    redirect {status} to {location} — the listener sends every request to \
@@ -131,7 +140,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             out,
             "  route {:<20} {:<40} {verdict}",
             entry.route.name,
-            describe(cond)
+            describe(cond, &secrets)
         );
     }
     let Some(index) = winner else {
@@ -156,17 +165,9 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             return Ok(out);
         }
     };
-    let plugins = route.plugins.names();
-    if plugins.is_empty() {
-        let _ = writeln!(out, "plugins   (none)");
-    } else {
-        let _ = writeln!(out, "plugins   {}", plugins.join(" → "));
-        for line in route.plugins.describe() {
-            let _ = writeln!(out, "          {line}");
-        }
-    }
-    for line in route.plugins.describe_consumers() {
-        let _ = writeln!(out, "consumer  {line}");
+    match plugins::explain(&route.plugins, q, &uri, &mut out, &secrets) {
+        plugins::Outcome::Stopped => return Ok(out),
+        plugins::Outcome::Passed => {}
     }
     match &route.action {
         Action::Respond(r) => {
@@ -177,7 +178,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
                 out,
                 "action    redirect {} to {}",
                 r.status,
-                r.location(&host, &normal, uri.query())
+                r.location(&host, &normal, query.as_deref())
             );
         }
         Action::Forward {
@@ -211,9 +212,26 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
                 query: uri.query(),
             };
             target_line(&mut out, upstream, &pick);
+            settings::explain(&mut out, route, upstream, &snap.spec);
         }
     }
     Ok(out)
+}
+
+/// A URL as error messages show it: without a `user:password@` part or a query, either of
+/// which may hold a credential.
+fn shown_url(url: &str) -> String {
+    let (mut base, query) = match url.split_once('?') {
+        Some((base, _)) => (base.to_owned(), "?<query not shown>"),
+        None => (url.to_owned(), ""),
+    };
+    if let Some(start) = base.find("://").map(|i| i + 3) {
+        let end = base[start..].find('/').map_or(base.len(), |i| start + i);
+        if let Some(at) = base[start..end].rfind('@') {
+            base.replace_range(start..=start + at, "");
+        }
+    }
+    base + query
 }
 
 /// A `tls_passthrough` listener: no HTTP, the ClientHello's server name picks the upstream.
@@ -298,7 +316,7 @@ fn describe_host(pattern: &crate::routing::HostPattern) -> String {
     }
 }
 
-fn describe(cond: &Conditions) -> String {
+fn describe(cond: &Conditions, secrets: &Credentials) -> String {
     let mut parts = Vec::new();
     if !cond.hosts.is_empty() {
         let hosts: Vec<String> = cond.hosts.iter().map(describe_host).collect();
@@ -315,13 +333,26 @@ fn describe(cond: &Conditions) -> String {
         let methods: Vec<&str> = cond.methods.iter().map(Method::as_str).collect();
         parts.push(format!("methods={}", methods.join(",")));
     }
+    // A value on a credential name is a secret: shown as <redacted>, and `why_not` says only
+    // whether it matches.
     for (name, value) in &cond.headers {
-        parts.push(format!("header {name}={}", value.to_str().unwrap_or("?")));
+        let value = if secrets.header(name.as_str()) {
+            REDACTED
+        } else {
+            value.to_str().unwrap_or("?")
+        };
+        parts.push(format!("header {name}={value}"));
     }
     for (name, value) in &cond.query {
+        let value = if secrets.query(name) { REDACTED } else { value };
         parts.push(format!("query {name}={value}"));
     }
     for (name, value) in &cond.cookies {
+        let value = if secrets.cookie(name) {
+            REDACTED
+        } else {
+            value
+        };
         parts.push(format!("cookie {name}={value}"));
     }
     if parts.is_empty() {
