@@ -5,11 +5,17 @@
 use crate::config::spec::{ConsumerSpec, PluginSpec, RouteSpec};
 use crate::config::{At, Diagnostics, Spec};
 
-/// Every plugin a config writes: global, on routes, on consumers.
+/// Every plugin a config writes: global, on routes (for everyone and per consumer), on
+/// consumers.
 fn all_plugins(spec: &Spec) -> impl Iterator<Item = &At<PluginSpec>> {
     spec.plugins
         .iter()
         .chain(spec.routes.iter().flat_map(|r| r.plugins.iter()))
+        .chain(
+            spec.routes
+                .iter()
+                .flat_map(|r| r.consumer_plugins.values().flatten()),
+        )
         .chain(spec.consumers.iter().flat_map(|c| c.plugins.iter()))
 }
 
