@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `explain`, `version`.
+//! The command line: `run`, `validate`, `explain`, `schema`, `version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +55,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1")]
         client: std::net::IpAddr,
     },
+    /// Prints the JSON Schema (draft 2020-12) of the config file, for editors and tools.
+    Schema,
     /// Prints the version and build features.
     Version,
 }
@@ -132,6 +134,10 @@ pub fn run() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Schema => {
+            print!("{}", crate::config::schema::text());
+            ExitCode::SUCCESS
         }
         Command::Version => {
             println!("portico {}", env!("CARGO_PKG_VERSION"));
