@@ -398,7 +398,8 @@ pub(crate) struct RouteSpec {
     /// Action: answer with a redirect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) redirect: Option<RedirectSpec>,
-    /// How the path is rewritten before forwarding.
+    /// How the path is rewritten before forwarding: exactly one of `strip_prefix`,
+    /// `replace_prefix` and `regex` (with `replace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rewrite: Option<RewriteSpec>,
     /// What the upstream is told about `%2F`, a raw backslash and `;params`; by default they
@@ -586,6 +587,14 @@ fn twenty() -> u32 {
 /// `match:` of a route.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = { "anyOf": [
+    { "required": ["path", "path_prefix"] },
+    { "required": ["path", "path_template"] },
+    { "required": ["path", "path_regex"] },
+    { "required": ["path_prefix", "path_template"] },
+    { "required": ["path_prefix", "path_regex"] },
+    { "required": ["path_template", "path_regex"] },
+] }))]
 pub(crate) struct MatchSpec {
     /// Host names, exact or `*.suffix`; case, port and a trailing dot are ignored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1044,7 +1053,8 @@ pub(crate) enum PluginSpec {
 #[serde(deny_unknown_fields)]
 #[schemars(extend("anyOf" = [{ "required": ["body_schema"] }, { "required": ["openapi_file"] }]))]
 pub(crate) struct ValidatorSpec {
-    /// A JSON Schema that JSON request bodies must match, written inline.
+    /// A JSON Schema that JSON request bodies must match, written inline. A
+    /// `request_validator` needs `body_schema`, `openapi_file` or both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) body_schema: Option<serde_json::Value>,
     /// An OpenAPI 3 document (YAML or JSON, relative to the config file): paths, methods,
@@ -1153,11 +1163,17 @@ pub(crate) struct MockSpec {
     pub(crate) headers: BTreeMap<String, At<String>>,
 }
 
-/// `jwt:`.
+/// `jwt:` — needs `keys`, keys in an inline `jwks`, or a `jwks_url`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [
+    { "required": ["keys"], "properties": { "keys": { "minItems": 1 } } },
+    { "required": ["jwks"], "properties": { "jwks": { "required": ["keys"], "properties": { "keys": { "minItems": 1 } } } } },
+    { "required": ["jwks_url"] },
+]))]
 pub(crate) struct JwtSpec {
-    /// Verification keys; each pins its algorithm. `jwt` needs `keys` or `jwks_url`.
+    /// Verification keys; each pins its algorithm. A `jwt` needs a key here or in `jwks`, or a
+    /// `jwks_url`.
     #[serde(default)]
     pub(crate) keys: Vec<JwtKeySpec>,
     /// A JWKS document written inline (`{ keys: [...] }`); each key needs `alg`.
@@ -1270,6 +1286,7 @@ pub(crate) struct RateLimitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) burst: Option<u32>,
     /// What is counted apart: `ip` (the client address), `consumer`, `route` or `header:NAME`.
+    /// In a consumer's `plugins` the default is `consumer`.
     #[schemars(pattern(r"^(?:ip|consumer|route|header:.+)$"))]
     #[serde(default = "by_ip")]
     pub(crate) by: At<String>,

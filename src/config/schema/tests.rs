@@ -113,17 +113,69 @@ fn defaults_are_the_loaders() {
     );
 }
 
+/// The YAML files under `dir` and its folders.
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every key's schema, with the path it is found at.
+fn keys<'a>(
+    schema: &'a serde_json::Value,
+    at: &str,
+    out: &mut Vec<(String, &'a serde_json::Value)>,
+) {
+    if let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (key, property) in properties {
+            out.push((format!("{at}.{key}"), property));
+        }
+    }
+}
+
+#[test]
+fn every_key_has_a_description_and_a_valid_default() {
+    let root = schema();
+    let defs = root["$defs"].as_object().unwrap();
+    let mut all = Vec::new();
+    keys(&root, "", &mut all);
+    for (name, def) in defs {
+        keys(def, name, &mut all);
+    }
+    for (at, property) in all {
+        let described = property.get("description").and_then(|d| d.as_str());
+        assert!(
+            described.is_some_and(|d| !d.trim().is_empty()),
+            "{at} has no doc comment: write one, it is the key's description in \
+             docs/reference.md and in editors"
+        );
+        let Some(default) = property.get("default") else {
+            continue;
+        };
+        let mut own = property.clone();
+        own["$defs"] = root["$defs"].clone();
+        let check = jsonschema::draft202012::new(&own).unwrap();
+        let errors: Vec<String> = check.iter_errors(default).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{at}: the default {default} is refused: {errors:?}"
+        );
+    }
+}
+
 #[test]
 fn every_example_validates() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let validator = validator();
-    let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "yaml" && e != "yml") {
-            continue;
-        }
-        seen += 1;
+    let mut files = Vec::new();
+    yaml_files(&dir, &mut files);
+    let seen = files.len();
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let errors = schema_errors(&validator, &text);
         assert!(
@@ -247,6 +299,21 @@ const BAD: &[(&str, &str, &str)] = &[
         "jwt algorithm",
         "plugins: [ { jwt: { keys: [ { alg: none, secret: 0123456789abcdef } ] } } ]\n",
         "none",
+    ),
+    (
+        "two path conditions",
+        "routes: [ { name: r, respond: {}, match: { path: /a, path_prefix: /b } } ]\n",
+        "only one of path",
+    ),
+    (
+        "jwt without keys",
+        "plugins: [ { jwt: { issuers: [x] } } ]\n",
+        "jwt needs `keys`",
+    ),
+    (
+        "jwt with an empty key set",
+        "plugins: [ { jwt: { keys: [], jwks: { keys: [] } } } ]\n",
+        "jwt needs `keys`",
     ),
     (
         "number from the environment",
