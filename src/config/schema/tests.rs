@@ -318,7 +318,7 @@ const BAD: &[(&str, &str, &str)] = &[
     (
         "number from the environment",
         "plugins: [ { rate_limit: { limit: \"${LIMIT}\", window: 1s } } ]\n",
-        "",
+        "found a string",
     ),
 ];
 
