@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `explain`, `version`.
+//! The command line: `run`, `validate`, `explain`, `schema`, `version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,8 @@ enum Command {
         )]
         client: std::net::IpAddr,
     },
+    /// Prints the JSON Schema (draft 2020-12) of the config file, for editors and tools.
+    Schema,
     /// Prints the version and build features.
     Version,
 }
@@ -138,6 +140,10 @@ pub fn run() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Schema => {
+            print!("{}", crate::config::schema::text());
+            ExitCode::SUCCESS
         }
         Command::Version => {
             println!("portico {}", env!("CARGO_PKG_VERSION"));

@@ -13,6 +13,41 @@ use crate::body::Body;
 /// The most header lines an HTTP/1 request may carry; more is [`ProxyError::TooManyHeaders`].
 pub(crate) const MAX_HEADER_FIELDS: usize = 100;
 
+/// Every `error` code portico's JSON answers carry, with its status: the proxy's own
+/// ([`ProxyError::code`]), the plugins', the early answers written on the raw socket, and the
+/// admin API's. docs/config.md's errors table lists each one; a test checks that table and that
+/// every code the sources pass to a JSON answer builder is here with the same status.
+pub(crate) const ERROR_CODES: &[(&str, u16)] = &[
+    ("bad_request", 400),
+    ("plain_http_on_https", 400),
+    ("request_invalid", 400),
+    ("unauthorized", 401),
+    ("forbidden", 403),
+    ("cors_forbidden", 403),
+    ("no_route", 404),
+    ("not_found", 404),
+    ("method_not_allowed", 405),
+    ("payload_too_large", 413),
+    ("uri_too_long", 414),
+    ("rate_limited", 429),
+    ("quota_exceeded", 429),
+    ("headers_too_large", 431),
+    ("internal", 500),
+    ("upstream_connect_failed", 502),
+    ("upstream_failed", 502),
+    ("upstream_response_too_large", 502),
+    ("no_healthy_target", 503),
+    ("circuit_open", 503),
+    ("upstream_timeout", 504),
+];
+
+/// Whether `code` is in [`ERROR_CODES`] with `status`.
+pub(crate) fn is_listed(status: StatusCode, code: &str) -> bool {
+    ERROR_CODES
+        .iter()
+        .any(|(c, s)| *c == code && *s == status.as_u16())
+}
+
 /// A failed request, as the client will see it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
@@ -204,6 +239,10 @@ pub(crate) fn error_response(
     message: &str,
     request_id: &HeaderValue,
 ) -> Response<Body> {
+    debug_assert!(
+        is_listed(status, code),
+        "`{code}` ({status}) is not in ERROR_CODES"
+    );
     let body = serde_json::json!({
         "error": code,
         "message": message,
@@ -221,3 +260,6 @@ pub(crate) fn error_response(
     });
     response
 }
+
+#[cfg(test)]
+mod tests;

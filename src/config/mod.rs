@@ -6,6 +6,9 @@
 
 pub(crate) mod de;
 pub(crate) mod node;
+#[cfg(test)]
+mod reference;
+pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
 pub(crate) mod suggest;

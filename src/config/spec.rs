@@ -5,31 +5,35 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::de::At;
 use super::units::{Dur, Size};
 
 /// The whole config file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(default, deny_unknown_fields)]
 pub(crate) struct Spec {
-    /// Worker threads.
+    /// Worker threads: `auto` is one per CPU the process may use. Read at start only.
     pub(crate) workers: Workers,
     /// How long SIGTERM (or a removed listener) waits for in-flight requests.
     pub(crate) drain_timeout: Dur,
-    /// The admin listener, if any.
+    /// The admin API and `/metrics`; off when absent.
     pub(crate) admin: Option<AdminSpec>,
-    /// The access log.
+    /// The access log: one JSON line per request. Read at start only.
     pub(crate) access_log: AccessLogSpec,
     /// Where portico accepts traffic.
     pub(crate) listeners: Vec<ListenerSpec>,
     /// How requests are matched and what is done with them.
     pub(crate) routes: Vec<RouteSpec>,
-    /// Named groups of targets, in file order.
+    /// Upstreams by name: each a group of targets that routes forward to.
+    #[schemars(with = "BTreeMap<String, UpstreamSpec>", extend("default" = {}))]
     pub(crate) upstreams: Vec<(At<String>, UpstreamSpec)>,
-    /// Plugins that run on every route, before the route's own.
+    /// Global plugins: they run on every route, before the route's own, and alone on a
+    /// request that matches no route.
     pub(crate) plugins: Vec<At<PluginSpec>>,
-    /// Who calls the APIs, for authentication plugins.
+    /// Who calls the APIs: the identities authentication plugins map requests to.
     pub(crate) consumers: Vec<ConsumerSpec>,
     /// What did not parse (empty for a valid file); never part of the config itself.
     #[serde(skip)]
@@ -94,12 +98,13 @@ impl Serialize for Workers {
 }
 
 /// `admin:` — the admin API and `/metrics`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminSpec {
-    /// Address to listen on, like `127.0.0.1:9901`.
+    /// `IP:PORT` to listen on, like `127.0.0.1:9901`. Read at start only.
     pub(crate) listen: At<String>,
-    /// Bearer token; required when `listen` is not a loopback address.
+    /// Bearer token every admin request must carry (`Authorization: Bearer TOKEN`); required
+    /// when `listen` is not a loopback address. Use `${ENV}`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -113,13 +118,13 @@ fn redact<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Er
 }
 
 /// `access_log:` — one JSON line per request.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AccessLogSpec {
     /// Whether requests are logged at all.
     #[serde(default = "yes")]
     pub(crate) enabled: bool,
-    /// `-` (standard output, the default) or a file path to append to.
+    /// `-` (standard output) or a file path to append to.
     #[serde(default = "dash")]
     pub(crate) path: String,
 }
@@ -142,12 +147,12 @@ fn dash() -> String {
 }
 
 /// One entry of `listeners:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListenerSpec {
-    /// Unique name, used by routes and metrics.
+    /// Unique name, used by routes (`listeners:`) and metrics.
     pub(crate) name: At<String>,
-    /// `IP:PORT` to bind.
+    /// `IP:PORT` to bind, like `0.0.0.0:8080`; two listeners may not share an address.
     pub(crate) bind: At<String>,
     /// What is spoken on the socket.
     #[serde(default)]
@@ -164,16 +169,17 @@ pub(crate) struct ListenerSpec {
     /// `Strict-Transport-Security` on every response (`protocol: https`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) hsts: Option<HstsSpec>,
-    /// `tls_passthrough`: server name (exact or `*.suffix`) → upstream.
+    /// `tls_passthrough` only: a mapping of server name (exact or `*.suffix`) to upstream name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) sni: BTreeMap<String, At<String>>,
-    /// `tls_passthrough`: the upstream for connections no `sni` entry matches.
+    /// `tls_passthrough` only: the upstream for connections no `sni` entry matches; without
+    /// it they are closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,
 }
 
 /// `tls:` of a listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListenerTlsSpec {
     /// Certificates, chosen by SNI; the first one answers clients without (or with an unknown) SNI.
@@ -195,18 +201,19 @@ fn no_certificates() -> At<Vec<CertificateSpec>> {
 }
 
 /// `tls.acme:` of a listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AcmeSpec {
     /// The CA's directory URL (for Let's Encrypt, `https://acme-v02.api.letsencrypt.org/directory`).
+    #[schemars(pattern(r"^https?://"))]
     pub(crate) directory: At<String>,
     /// Contact e-mail for the account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) email: Option<String>,
-    /// Names on the certificate.
+    /// Names on the certificate; at least one.
+    #[schemars(length(min = 1))]
     pub(crate) domains: At<Vec<String>>,
-    /// `tls_alpn_01` (default: answered on this listener) or `http_01` (answered by the http
-    /// listener on port 80).
+    /// How the CA checks that portico holds the names.
     #[serde(default)]
     pub(crate) challenge: AcmeChallengeSpec,
     /// Folder for the account key and certificates (relative to the config file); default
@@ -216,23 +223,23 @@ pub(crate) struct AcmeSpec {
     /// A CA to trust for the directory's own HTTPS, for private or test CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) directory_ca_file: Option<At<String>>,
-    /// Renew when less than this is left.
+    /// Renew when less than this is left of the certificate's validity.
     #[serde(default = "thirty_days")]
     pub(crate) renew_before: Dur,
-    /// How often the certificate is checked.
+    /// How often the certificate's remaining validity is checked.
     #[serde(default = "twelve_hours")]
     pub(crate) check_every: Dur,
 }
 
 /// `challenge:` of `tls.acme`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum AcmeChallengeSpec {
-    /// TLS-ALPN-01 (RFC 8737).
+    /// TLS-ALPN-01 (RFC 8737), answered by this listener.
     #[default]
     #[serde(rename = "tls_alpn_01")]
     TlsAlpn01,
-    /// HTTP-01.
+    /// HTTP-01, answered by the http listeners (the CA asks on port 80).
     #[serde(rename = "http_01")]
     Http01,
 }
@@ -246,7 +253,7 @@ fn twelve_hours() -> Dur {
 }
 
 /// A certificate chain and its key, PEM files (relative paths are from the config file).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CertificateSpec {
     /// The chain, leaf first.
@@ -256,24 +263,26 @@ pub(crate) struct CertificateSpec {
 }
 
 /// `client_auth:` of a listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientAuthSpec {
     /// CAs whose certificates are accepted.
     pub(crate) ca_file: At<String>,
-    /// Refuse handshakes without a certificate (`true`, the default) or let them through.
+    /// Refuse handshakes without a certificate (`true`) or let them through, without the
+    /// `x-client-cert-*` headers (`false`).
     #[serde(default = "yes")]
     pub(crate) required: bool,
 }
 
 /// `redirect_https:` of an http listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RedirectHttpsSpec {
-    /// The https port in the `Location`.
+    /// The https port written in the `Location` (left out when it is 443).
     #[serde(default = "https_port")]
     pub(crate) port: u16,
-    /// 301, 302, 307 or 308 (the default: the method is kept).
+    /// Redirect status: 301, 302, 307 or 308 (308 and 307 keep the method).
+    #[schemars(extend("enum" = [301, 302, 307, 308]))]
     #[serde(default = "permanent")]
     pub(crate) status: At<u16>,
 }
@@ -290,16 +299,16 @@ fn permanent() -> At<u16> {
 }
 
 /// `hsts:` of an https listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HstsSpec {
-    /// `max-age`.
+    /// `max-age`: how long browsers remember to use https only.
     #[serde(default = "year")]
     pub(crate) max_age: Dur,
-    /// `includeSubDomains`.
+    /// Add `includeSubDomains`.
     #[serde(default)]
     pub(crate) include_subdomains: bool,
-    /// `preload`.
+    /// Add `preload`.
     #[serde(default)]
     pub(crate) preload: bool,
 }
@@ -309,7 +318,7 @@ fn year() -> Dur {
 }
 
 /// `protocol:` of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port.
@@ -322,18 +331,20 @@ pub(crate) enum ListenerProtocol {
 }
 
 /// `limits:` of a listener; the defaults are safe for a public port.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct LimitsSpec {
-    /// Most bytes of request head (request line and headers); beyond it: 431.
+    /// Most bytes of request head (request line and headers), at least `1KiB`; beyond it: 431.
     pub(crate) max_header_size: Size,
-    /// Most bytes of request target; beyond it: 414.
+    /// Most bytes of request target (path and query); beyond it: 414.
     pub(crate) max_uri_length: Size,
     /// Time allowed to receive a whole request head (slowloris guard).
     pub(crate) header_timeout: Dur,
-    /// A keep-alive connection with no request for this long is closed.
+    /// A connection with no request in progress and no bytes moving for this long is closed
+    /// (HTTP/2: after a GOAWAY).
     pub(crate) idle_timeout: Dur,
-    /// Most open client connections on this listener; more wait in the backlog.
+    /// Most open client connections on this listener; more wait in the backlog, accepted but
+    /// unserved.
     pub(crate) max_connections: usize,
     /// Most concurrent HTTP/2 streams per client connection.
     pub(crate) max_concurrent_streams: u32,
@@ -353,47 +364,59 @@ impl Default for LimitsSpec {
 }
 
 /// One entry of `routes:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    { "required": ["upstream"] },
+    { "required": ["split"] },
+    { "required": ["respond"] },
+    { "required": ["redirect"] },
+]))]
 pub(crate) struct RouteSpec {
     /// Unique name, used by metrics, logs and `explain`.
     pub(crate) name: At<String>,
-    /// Listeners this route attaches to; all http listeners when absent.
+    /// Names of the listeners this route attaches to; every http and https listener when
+    /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) listeners: Option<Vec<At<String>>>,
     /// Conditions; a route without `match` matches every request.
     #[serde(default, rename = "match")]
     pub(crate) matches: MatchSpec,
-    /// Route plugins, run after global ones within a phase; each replaces the global plugins
-    /// of its name.
+    /// The route's plugins, run after the global ones within a phase; each replaces the
+    /// global plugins of its name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) plugins: Vec<At<PluginSpec>>,
-    /// Plugins for one consumer on this route only, by consumer name; they take precedence
-    /// over the consumer's own plugins, which take precedence over the route's.
+    /// Plugins for one consumer on this route only, by consumer name (a mapping: consumer
+    /// name → plugin list); they take precedence over the consumer's own plugins, which take
+    /// precedence over the route's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) consumer_plugins: BTreeMap<At<String>, Vec<At<PluginSpec>>>,
-    /// Action: forward to this upstream.
+    /// Action: forward to the upstream of this name. A route has exactly one action:
+    /// `upstream`, `split`, `respond` or `redirect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,
-    /// Action: forward to one of several upstreams by weight.
+    /// Action: forward to one of several upstreams, in smooth weighted order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) split: Option<At<Vec<SplitSpec>>>,
-    /// Action: answer directly.
+    /// Action: answer directly with a fixed response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) respond: Option<RespondSpec>,
     /// Action: answer with a redirect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) redirect: Option<RedirectSpec>,
-    /// Path rewrite before forwarding.
+    /// How the path is rewritten before forwarding: exactly one of `strip_prefix`,
+    /// `replace_prefix` and `regex` (with `replace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rewrite: Option<RewriteSpec>,
-    /// What the upstream is told about `%2F`, `\\` and `;params`; decoded and stripped by default.
+    /// What the upstream is told about `%2F`, a raw backslash and `;params`; by default they
+    /// are decoded and stripped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) path_policy: Option<At<PathPolicySpec>>,
-    /// Whole-request timeout (to the response head), across every try.
+    /// Time allowed to the upstream's response head, across every try; then 504. None by
+    /// default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) timeout: Option<Dur>,
-    /// Retries.
+    /// Retries. Without it a route retries once on connection failures only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) retry: Option<RetrySpec>,
     /// Copies of a share of the requests, sent to another upstream and discarded.
@@ -402,64 +425,65 @@ pub(crate) struct RouteSpec {
 }
 
 /// `path_policy:` of a route (docs/config.md, "Path normalisation").
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PathPolicySpec {
-    /// `%2F` and `%5C`: `decode` (default), `keep` or `reject`.
+    /// What `%2F` and `%5C` are.
     #[serde(default)]
     pub(crate) encoded_slash: EncodedSlashSpec,
-    /// A raw `\\`: `decode` (default) or `reject`.
+    /// What a raw backslash is.
     #[serde(default)]
     pub(crate) backslash: BackslashSpec,
-    /// `;params` in segments: `strip` (default), `keep` or `reject`.
+    /// What becomes of `;params` in path segments.
     #[serde(default)]
     pub(crate) matrix_params: MatrixParamsSpec,
 }
 
 /// `path_policy.encoded_slash`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum EncodedSlashSpec {
-    /// A separator, matched and forwarded as `/`.
+    /// a separator, matched and forwarded as `/`.
     #[default]
     Decode,
-    /// Data: forwarded escaped.
+    /// data: forwarded escaped.
     Keep,
-    /// 400.
+    /// the request gets 400.
     Reject,
 }
 
 /// `path_policy.backslash`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum BackslashSpec {
-    /// A separator, matched and forwarded as `/`.
+    /// a separator, matched and forwarded as `/`.
     #[default]
     Decode,
-    /// 400.
+    /// the request gets 400.
     Reject,
 }
 
 /// `path_policy.matrix_params`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum MatrixParamsSpec {
-    /// Never matched, not forwarded.
+    /// never matched, not forwarded.
     #[default]
     Strip,
-    /// Never matched, forwarded on their segment.
+    /// never matched, forwarded on their segment (not with `rewrite`).
     Keep,
-    /// 400.
+    /// the request gets 400.
     Reject,
 }
 
 /// `mirror:` of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MirrorSpec {
-    /// Where copies go.
+    /// The upstream the copies go to.
     pub(crate) upstream: At<String>,
-    /// Share of requests copied, 0–100.
+    /// Share of requests copied, in percent (0 to 100).
+    #[schemars(range(min = 0, max = 100))]
     #[serde(default = "hundred")]
     pub(crate) percent: At<f64>,
 }
@@ -472,30 +496,32 @@ fn hundred() -> At<f64> {
 }
 
 /// `retry:` of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetrySpec {
-    /// Most tries in all, the first included.
+    /// Most tries in all, the first included: at least 1; more than 10 count as 10.
+    #[schemars(range(min = 1))]
     pub(crate) attempts: At<u32>,
-    /// What is retried: `connect_failure`, `reset`, `timeout`, or status codes.
+    /// What is retried: `connect_failure`, `reset`, `timeout`, or response statuses.
     #[serde(default = "retry_on_default")]
     pub(crate) on: Vec<At<RetryOnSpec>>,
     /// Time allowed for each try (to the response head).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) per_try_timeout: Option<Dur>,
-    /// Wait before retry n: a random time up to `min(max, base × 2^n)`.
+    /// Base of the wait before retry n: a random time up to `min(max_backoff, backoff × 2^n)`.
     #[serde(default = "backoff_base")]
     pub(crate) backoff: Dur,
-    /// Cap of the backoff.
+    /// Longest wait between tries.
     #[serde(default = "backoff_max")]
     pub(crate) max_backoff: Dur,
-    /// Retries may add at most this percentage of the upstream's requests (per second)…
+    /// Retries after a reset, a timeout or a listed status may add at most this percentage
+    /// of the upstream's requests per second (but see `budget_min`).
     #[serde(default = "twenty")]
     pub(crate) budget_percent: u32,
-    /// …but at least this many retries per second are always allowed.
+    /// Retries per second always allowed, whatever `budget_percent` says.
     #[serde(default = "three")]
     pub(crate) budget_min: u32,
-    /// Retry non-idempotent methods (POST, PATCH) too.
+    /// Retry non-idempotent methods (POST, PATCH) too; a request body is never sent again.
     #[serde(default)]
     pub(crate) non_idempotent: bool,
 }
@@ -565,19 +591,29 @@ fn twenty() -> u32 {
 }
 
 /// `match:` of a route.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = { "anyOf": [
+    { "required": ["path", "path_prefix"] },
+    { "required": ["path", "path_template"] },
+    { "required": ["path", "path_regex"] },
+    { "required": ["path_prefix", "path_template"] },
+    { "required": ["path_prefix", "path_regex"] },
+    { "required": ["path_template", "path_regex"] },
+] }))]
 pub(crate) struct MatchSpec {
-    /// Host names, exact or `*.suffix`.
+    /// Host names, exact or `*.suffix`; case, port and a trailing dot are ignored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) hosts: Vec<At<String>>,
-    /// Exact path.
+    /// Exact path. A route matches the path one way: at most one of `path`, `path_prefix`,
+    /// `path_template`, `path_regex`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) path: Option<At<String>>,
-    /// Path prefix, matched on segment boundaries when it ends with `/`.
+    /// Path prefix, matched on segment boundaries: `/users` and `/users/` match `/users` and
+    /// `/users/42`, never `/users2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) path_prefix: Option<At<String>>,
-    /// Path template like `/users/{id}`.
+    /// Path template: `{name}` is one segment, `{*rest}` the remainder, like `/users/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) path_template: Option<At<String>>,
     /// Path regular expression, anchored at both ends.
@@ -586,38 +622,41 @@ pub(crate) struct MatchSpec {
     /// Methods, like `GET`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) methods: Vec<At<String>>,
-    /// Headers that must be present with exactly these values.
+    /// A mapping of header name to the exact value it must have.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) headers: BTreeMap<String, At<String>>,
-    /// Query parameters that must be present with exactly these values.
+    /// A mapping of query parameter to the exact (decoded) value it must have.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) query: BTreeMap<String, String>,
-    /// Cookies that must be present with exactly these values (cookie-based canaries).
+    /// A mapping of cookie name to the exact value it must have (cookie-based canaries).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) cookies: BTreeMap<String, String>,
 }
 
 /// One arm of `split:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SplitSpec {
     /// Upstream name.
     pub(crate) upstream: At<String>,
-    /// Relative weight.
+    /// Relative weight, at least 1.
+    #[schemars(range(min = 1))]
     pub(crate) weight: u32,
 }
 
 /// `respond:` — a fixed answer.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RespondSpec {
-    /// Status code.
+    /// Status, 200 to 599.
+    #[schemars(range(min = 200, max = 599))]
     #[serde(default = "ok")]
     pub(crate) status: At<u16>,
-    /// Body text.
+    /// Body text; sent as `application/json` when it parses as JSON and `headers` has no
+    /// `content-type`, else as `text/plain; charset=utf-8`.
     #[serde(default)]
     pub(crate) body: String,
-    /// Response headers.
+    /// A mapping of response header name to value.
     #[serde(default)]
     pub(crate) headers: BTreeMap<String, At<String>>,
 }
@@ -630,12 +669,13 @@ fn ok() -> At<u16> {
 }
 
 /// `redirect:` — an answer with `Location`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RedirectSpec {
     /// Target; `{path}`, `{query}`, `{uri}` (path and query) and `{host}` are replaced.
     pub(crate) to: At<String>,
-    /// 301, 302, 303, 307 or 308.
+    /// Redirect status: 301, 302, 303, 307 or 308.
+    #[schemars(extend("enum" = [301, 302, 303, 307, 308]))]
     #[serde(default = "found")]
     pub(crate) status: At<u16>,
 }
@@ -647,37 +687,46 @@ fn found() -> At<u16> {
     }
 }
 
-/// `rewrite:` — the path the upstream receives.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `rewrite:` — the path the upstream receives; exactly one of `strip_prefix`,
+/// `replace_prefix`, `regex`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend(
+    "oneOf" = [
+        { "required": ["strip_prefix"] },
+        { "required": ["replace_prefix"] },
+        { "required": ["regex"] },
+    ],
+    "dependentRequired" = { "regex": ["replace"] },
+))]
 pub(crate) struct RewriteSpec {
-    /// Removes this prefix from the path.
+    /// Removes this prefix from the path: `/users` turns `/users/42` into `/42`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) strip_prefix: Option<At<String>>,
-    /// Replaces the route's `path_prefix` with this.
+    /// Replaces the route's `match.path_prefix` with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) replace_prefix: Option<At<String>>,
     /// Regular expression over the path; with `replace`, `$1`-style groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) regex: Option<At<String>>,
-    /// Replacement for `regex`.
+    /// Replacement for `regex`, with `$1`-style groups; required with `regex`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) replace: Option<String>,
 }
 
 /// One entry of `upstreams:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamSpec {
     /// How a target is picked.
     #[serde(default)]
     pub(crate) balance: BalanceSpec,
-    /// Where requests go.
+    /// Where requests go; at least one.
     pub(crate) targets: At<Vec<TargetSpec>>,
     /// Protocol spoken to targets.
     #[serde(default)]
     pub(crate) protocol: UpstreamProtocol,
-    /// Time allowed to establish a TCP connection.
+    /// Time allowed to establish a TCP connection; then 504.
     #[serde(default = "connect_timeout")]
     pub(crate) connect_timeout: Dur,
     /// How often DNS names in target addresses are resolved again.
@@ -686,11 +735,12 @@ pub(crate) struct UpstreamSpec {
     /// Keep-alive pool.
     #[serde(default)]
     pub(crate) pool: PoolSpec,
-    /// What `ring_hash` and `maglev` hash: `client_ip` (default), `path`, `header:NAME`,
+    /// What `ring_hash` and `maglev` hash: `client_ip` (when absent), `path`, `header:NAME`,
     /// `cookie:NAME`, `query:NAME`.
+    #[schemars(pattern(r"^(?:client_ip|path|(?:header|cookie|query):.+)$"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) hash_key: Option<At<String>>,
-    /// A target that joins (or recovers) ramps its weight up over this long.
+    /// A target that joins (or recovers) ramps from 10% to 100% of its weight over this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) slow_start: Option<Dur>,
     /// Sticky sessions by cookie.
@@ -708,8 +758,9 @@ pub(crate) struct UpstreamSpec {
 }
 
 /// `tls:` of an upstream.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("dependentRequired" = { "cert_file": ["key_file"], "key_file": ["cert_file"] }))]
 pub(crate) struct UpstreamTlsSpec {
     /// Server name sent and verified; the target's host name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -717,10 +768,10 @@ pub(crate) struct UpstreamTlsSpec {
     /// CAs to trust; the system's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ca_file: Option<At<String>>,
-    /// Client certificate for mTLS to the upstream.
+    /// Client certificate (PEM) for mTLS to the upstream; needs `key_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cert_file: Option<At<String>>,
-    /// Its key.
+    /// The client certificate's key (PEM); needs `cert_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) key_file: Option<At<String>>,
     /// Verify the server certificate (default `true`; `false` is for tests and trusted networks).
@@ -729,10 +780,10 @@ pub(crate) struct UpstreamTlsSpec {
 }
 
 /// `sticky:` of an upstream.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StickySpec {
-    /// Cookie name.
+    /// Cookie name: letters, digits, `_` and `-`.
     pub(crate) cookie: At<String>,
     /// Cookie lifetime.
     #[serde(default = "hour")]
@@ -744,7 +795,7 @@ fn hour() -> Dur {
 }
 
 /// `health_check:` of an upstream.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HealthCheckSpec {
     /// Probes on a timer.
@@ -759,19 +810,19 @@ pub(crate) struct HealthCheckSpec {
 }
 
 /// `health_check.active:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ActiveCheckSpec {
-    /// `http` (default), `tcp` or `grpc`.
+    /// What a check is: `http` (default), `tcp` or `grpc`.
     #[serde(default, rename = "type")]
     pub(crate) kind: CheckType,
-    /// Path for HTTP checks.
+    /// Path for HTTP checks; starts with `/`.
     #[serde(default = "slash")]
     pub(crate) path: String,
     /// Method for HTTP checks.
     #[serde(default = "get")]
     pub(crate) method: At<String>,
-    /// Accepted statuses, like `200-399` (the default) or `200`.
+    /// Accepted statuses: a status like `200` or a range like `200-399`.
     #[serde(default = "ok_range")]
     pub(crate) expect_status: At<String>,
     /// A string the body must contain.
@@ -798,7 +849,7 @@ pub(crate) struct ActiveCheckSpec {
 }
 
 /// `type:` of an active check.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum CheckType {
     /// An HTTP request.
@@ -811,18 +862,18 @@ pub(crate) enum CheckType {
 }
 
 /// `health_check.passive:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct PassiveCheckSpec {
-    /// Eject after this many consecutive failures (0 = off).
+    /// Eject after this many failures in a row (0 turns it off).
     pub(crate) consecutive_failures: u32,
-    /// Eject when this percentage of requests in `window` failed (0 = off).
+    /// Eject when this percentage of the requests in `window` failed (0 turns it off).
     pub(crate) error_rate: u32,
-    /// …with at least this many requests in the window.
+    /// Fewest requests in `window` for `error_rate` to apply.
     pub(crate) min_requests: u32,
     /// Error-rate window.
     pub(crate) window: Dur,
-    /// First ejection; doubles with each ejection in a row.
+    /// Length of the first ejection; it doubles with each ejection in a row.
     pub(crate) eject_for: Dur,
     /// Longest ejection.
     pub(crate) max_eject: Dur,
@@ -845,16 +896,17 @@ impl Default for PassiveCheckSpec {
 }
 
 /// `circuit_breaker:` of an upstream.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CircuitBreakerSpec {
-    /// Most requests in flight to the upstream at once.
+    /// Most requests in flight to the upstream at once; more get 503 (no limit when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_requests: Option<usize>,
-    /// Most open connections to the upstream (all targets and workers).
+    /// Most open connections to the upstream, all targets and workers (no limit when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_connections: Option<usize>,
-    /// With `max_connections` reached, most requests that wait for a connection to free up.
+    /// With `max_connections` reached, most requests that wait for a connection to free up
+    /// (none when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_pending: Option<usize>,
 }
@@ -902,7 +954,7 @@ fn resolve_every() -> Dur {
 }
 
 /// `balance:` of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum BalanceSpec {
     /// Smooth weighted round robin, as nginx does it.
@@ -923,7 +975,7 @@ pub(crate) enum BalanceSpec {
 }
 
 /// `protocol:` of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive.
@@ -934,7 +986,7 @@ pub(crate) enum UpstreamProtocol {
 }
 
 /// `pool:` of an upstream.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct PoolSpec {
     /// Most idle connections kept per target and worker.
@@ -953,12 +1005,13 @@ impl Default for PoolSpec {
 }
 
 /// One entry of `targets:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TargetSpec {
-    /// `IP:PORT` or `NAME:PORT`.
+    /// `IP:PORT` or `NAME:PORT`; names are resolved every `resolve_every`.
     pub(crate) address: At<String>,
-    /// Relative weight.
+    /// Relative weight, at least 1.
+    #[schemars(range(min = 1))]
     #[serde(default = "one")]
     pub(crate) weight: At<u32>,
 }
@@ -971,7 +1024,7 @@ fn one() -> At<u32> {
 }
 
 /// One entry of a `plugins:` list: a mapping with one key naming the plugin.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum PluginSpec {
     /// Edits request headers before forwarding.
@@ -1011,15 +1064,17 @@ pub(crate) enum PluginSpec {
 }
 
 /// `grpc_web:` — no settings (`grpc_web: {}`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GrpcWebSpec {}
 
-/// `request_validator:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `request_validator:` — needs `body_schema` or `openapi_file`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [{ "required": ["body_schema"] }, { "required": ["openapi_file"] }]))]
 pub(crate) struct ValidatorSpec {
-    /// JSON Schema for JSON bodies, written inline.
+    /// A JSON Schema that JSON request bodies must match, written inline. A
+    /// `request_validator` needs `body_schema`, `openapi_file` or both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) body_schema: Option<serde_json::Value>,
     /// An OpenAPI 3 document (YAML or JSON, relative to the config file): paths, methods,
@@ -1032,7 +1087,7 @@ pub(crate) struct ValidatorSpec {
 }
 
 /// `request_transformer:` / `response_transformer:`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TransformSpec {
     /// Header edits (remove, rename, set, add).
@@ -1041,7 +1096,7 @@ pub(crate) struct TransformSpec {
     /// Query parameter edits (requests only).
     #[serde(default)]
     pub(crate) query: FieldOpsSpec,
-    /// JSON body edits; keys are dotted paths (`user.email`).
+    /// JSON body edits; field names are dotted paths (`user.email`).
     #[serde(default)]
     pub(crate) json: JsonOpsSpec,
     /// Largest JSON body edited; larger bodies pass unchanged.
@@ -1054,40 +1109,40 @@ fn one_mebibyte() -> Size {
 }
 
 /// Edits of named string fields.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FieldOpsSpec {
     /// Fields to delete.
     #[serde(default)]
     pub(crate) remove: Vec<String>,
-    /// Fields to rename: old → new.
+    /// A mapping of old field name to new name.
     #[serde(default)]
     pub(crate) rename: BTreeMap<String, String>,
-    /// Fields to replace.
+    /// A mapping of field name to the value that replaces it (set when absent).
     #[serde(default)]
     pub(crate) set: BTreeMap<String, String>,
-    /// Fields to append.
+    /// A mapping of field name to a value appended to it.
     #[serde(default)]
     pub(crate) add: BTreeMap<String, String>,
 }
 
 /// Edits of JSON body fields.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct JsonOpsSpec {
     /// Paths to delete.
     #[serde(default)]
     pub(crate) remove: Vec<String>,
-    /// Paths to rename: old → new.
+    /// A mapping of old dotted path to new path.
     #[serde(default)]
     pub(crate) rename: BTreeMap<String, String>,
-    /// Paths to set, to strings.
+    /// A mapping of dotted path to the string value it is set to.
     #[serde(default)]
     pub(crate) set: BTreeMap<String, String>,
 }
 
 /// `basic_auth:`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BasicAuthSpec {
     /// Realm in `WWW-Authenticate`.
@@ -1103,34 +1158,42 @@ fn portico_realm() -> String {
 }
 
 /// `mtls_auth:`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MtlsAuthSpec {
-    /// Let certificates that match no consumer through as anonymous (default: 401).
+    /// Let certificates that match no consumer through, without a consumer (`false`: 401).
     #[serde(default)]
     pub(crate) allow_unknown: bool,
 }
 
 /// `respond:` plugin — a mock answer.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MockSpec {
-    /// Status.
+    /// Status, 200 to 599.
+    #[schemars(range(min = 200, max = 599))]
     #[serde(default = "ok")]
     pub(crate) status: At<u16>,
-    /// Body.
+    /// Body text; sent as `application/json` when it parses as JSON and `headers` has no
+    /// `content-type`.
     #[serde(default)]
     pub(crate) body: String,
-    /// Headers.
+    /// A mapping of response header name to value.
     #[serde(default)]
     pub(crate) headers: BTreeMap<String, At<String>>,
 }
 
-/// `jwt:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `jwt:` — needs `keys`, keys in an inline `jwks`, or a `jwks_url`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [
+    { "required": ["keys"], "properties": { "keys": { "minItems": 1 } } },
+    { "required": ["jwks"], "properties": { "jwks": { "required": ["keys"], "properties": { "keys": { "minItems": 1 } } } } },
+    { "required": ["jwks_url"] },
+]))]
 pub(crate) struct JwtSpec {
-    /// Verification keys; each pins its algorithm.
+    /// Verification keys; each pins its algorithm. A `jwt` needs a key here or in `jwks`, or a
+    /// `jwks_url`.
     #[serde(default)]
     pub(crate) keys: Vec<JwtKeySpec>,
     /// A JWKS document written inline (`{ keys: [...] }`); each key needs `alg`.
@@ -1149,13 +1212,14 @@ pub(crate) struct JwtSpec {
     /// Accepted `aud` values (any when empty).
     #[serde(default)]
     pub(crate) audiences: Vec<String>,
-    /// Clock skew allowed for `exp` and `nbf`.
+    /// Clock skew allowed when checking `exp` and `nbf`.
     #[serde(default = "thirty_seconds")]
     pub(crate) leeway: Dur,
-    /// The claim naming the consumer (`sub` by default).
+    /// The claim whose value is the consumer's name.
     #[serde(default = "sub")]
     pub(crate) consumer_claim: String,
-    /// Claims sent upstream as headers: claim → header.
+    /// A mapping of claim name to the header name its value is sent upstream in; a client's
+    /// own headers of these names are removed.
     #[serde(default)]
     pub(crate) claims_to_headers: BTreeMap<String, String>,
     /// Claims a token must carry besides `exp` (always required), such as `sub`; none by
@@ -1165,22 +1229,26 @@ pub(crate) struct JwtSpec {
 }
 
 /// One `jwt.keys` entry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct JwtKeySpec {
     /// Matches the token's `kid`; without it, the key serves tokens without `kid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) kid: Option<String>,
-    /// HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    /// The algorithm tokens must use with this key: HS256/384/512, RS256/384/512,
+    /// PS256/384/512, ES256/384 or EdDSA.
+    #[schemars(extend("enum" = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]))]
     pub(crate) alg: At<String>,
-    /// HMAC secret (use `${ENV}`).
+    /// HMAC secret for the HS algorithms, at least 16 bytes (use `${ENV}`).
+    #[schemars(pattern(r"^(?:.{16,}|.*\$\{.+\}.*)$"))]
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "redact"
     )]
     pub(crate) secret: Option<String>,
-    /// PEM public key (relative to the config file).
+    /// PEM public key file for the RS, PS, ES and EdDSA algorithms (relative to the config
+    /// file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) public_key_file: Option<At<String>>,
 }
@@ -1194,7 +1262,7 @@ fn sub() -> String {
 }
 
 /// `key_auth:` — API keys of `consumers`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyAuthSpec {
     /// Header carrying the key.
@@ -1203,7 +1271,7 @@ pub(crate) struct KeyAuthSpec {
     /// Query parameter carrying the key (off unless given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) query: Option<String>,
-    /// Remove the key header before forwarding.
+    /// Remove the key header (and the key's query parameter) before forwarding.
     #[serde(default = "yes")]
     pub(crate) hide_credentials: bool,
 }
@@ -1213,49 +1281,55 @@ fn api_key_header() -> String {
 }
 
 /// `acl:` — by consumer group.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AclSpec {
-    /// Groups let through (all when empty).
+    /// Consumer groups let through (all when empty).
     #[serde(default)]
     pub(crate) allow: Vec<String>,
-    /// Groups refused.
+    /// Consumer groups refused.
     #[serde(default)]
     pub(crate) deny: Vec<String>,
 }
 
 /// `rate_limit:` — GCRA per key.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RateLimitSpec {
-    /// Requests per `window`, spread evenly.
+    /// Requests per `window`, at least 1: the bucket refills at `limit` per `window`.
+    #[schemars(range(min = 1))]
     pub(crate) limit: At<u32>,
-    /// The window.
+    /// The window `limit` refers to; longer than 0.
     pub(crate) window: Dur,
-    /// The bucket's capacity: requests allowed at once (default: `limit`).
+    /// The bucket's capacity: requests allowed at once, at least 1 (`limit` when absent).
+    #[schemars(range(min = 1))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) burst: Option<u32>,
-    /// `ip` (default), `consumer`, `route`, or `header:NAME`.
+    /// What is counted apart: `ip` (the client address), `consumer`, `route` or `header:NAME`.
+    /// In a consumer's `plugins` the default is `consumer`.
+    #[schemars(pattern(r"^(?:ip|consumer|route|header:.+)$"))]
     #[serde(default = "by_ip")]
     pub(crate) by: At<String>,
-    /// Most keys tracked at once (memory bound).
+    /// Most keys tracked at once (a memory bound).
     #[serde(default = "max_keys")]
     pub(crate) max_keys: usize,
 }
 
 /// `quota:` — a count per key over fixed windows of wall-clock time.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct QuotaSpec {
-    /// Requests allowed per `period`.
+    /// Requests allowed per `period`, at least 1; nothing refills before the period ends.
+    #[schemars(range(min = 1))]
     pub(crate) limit: At<u32>,
-    /// The window, a whole number of seconds: counts start again at each multiple of it
-    /// since 1970-01-01 00:00 UTC (`1d` at midnight UTC, `1h` on the hour).
+    /// The period, a whole number of seconds (at least `1s`): counts start again at each
+    /// multiple of it since 1970-01-01 00:00 UTC (`1d` at midnight UTC, `1h` on the hour).
     pub(crate) period: Dur,
-    /// `consumer` (default), `ip`, `route`, or `header:NAME`.
+    /// What is counted apart: `consumer` (default), `ip`, `route` or `header:NAME`.
+    #[schemars(pattern(r"^(?:ip|consumer|route|header:.+)$"))]
     #[serde(default = "by_consumer")]
     pub(crate) by: At<String>,
-    /// Most keys counted at once (memory bound); past it, new keys share one count.
+    /// Most keys counted at once (a memory bound); past it, new keys share one count.
     #[serde(default = "max_keys")]
     pub(crate) max_keys: usize,
 }
@@ -1279,21 +1353,23 @@ fn max_keys() -> usize {
 }
 
 /// `cors:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CorsSpec {
-    /// Allowed origins: exact (`https://app.example.com`), wildcard (`https://*.example.com`) or `*`.
+    /// Allowed origins: exact (`https://app.example.com`), wildcard (`https://*.example.com`)
+    /// or `*`; at least one.
+    #[schemars(length(min = 1))]
     pub(crate) origins: At<Vec<String>>,
     /// Allowed methods.
     #[serde(default = "cors_methods")]
     pub(crate) methods: Vec<String>,
-    /// Allowed request headers; empty = those the preflight asks for.
+    /// Allowed request headers; when empty, those the preflight asks for.
     #[serde(default)]
     pub(crate) headers: Vec<String>,
     /// Response headers exposed to scripts.
     #[serde(default)]
     pub(crate) expose_headers: Vec<String>,
-    /// Allow credentials (cookies, authorization).
+    /// Allow credentials (cookies, authorization); the request's origin is echoed, never `*`.
     #[serde(default)]
     pub(crate) credentials: bool,
     /// How long browsers may cache a preflight.
@@ -1312,13 +1388,13 @@ fn ten_minutes() -> Dur {
 }
 
 /// `ip_restriction:`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IpRestrictionSpec {
-    /// CIDRs let through (all when empty).
+    /// Address blocks (CIDR, like `10.0.0.0/8`) let through (all when empty).
     #[serde(default)]
     pub(crate) allow: Vec<At<String>>,
-    /// CIDRs refused (checked first).
+    /// Address blocks refused (checked first).
     #[serde(default)]
     pub(crate) deny: Vec<At<String>>,
     /// Proxies whose `X-Forwarded-For` is believed: the client is the rightmost address not
@@ -1328,27 +1404,28 @@ pub(crate) struct IpRestrictionSpec {
 }
 
 /// `request_size_limit:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RequestSizeLimitSpec {
-    /// Largest request body.
+    /// Largest request body; larger ones get 413.
     pub(crate) max: Size,
 }
 
 /// One entry of `consumers:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConsumerSpec {
     /// Unique name, sent upstream as `x-consumer-name`.
     pub(crate) name: At<String>,
-    /// API keys (use `${ENV}` for secrets); stored hashed.
+    /// API keys for `key_auth`, at least 8 characters each (use `${ENV}`); stored hashed.
+    #[schemars(inner(pattern(r"^(?:.{8,}|.*\$\{.+\}.*)$")))]
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
         serialize_with = "redact_all"
     )]
     pub(crate) api_keys: Vec<At<String>>,
-    /// Groups, for `acl`.
+    /// Groups, for `acl`; sent upstream as `x-consumer-groups`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) groups: Vec<String>,
     /// Username and password hash (argon2 PHC string or bcrypt) for `basic_auth`.
@@ -1357,18 +1434,19 @@ pub(crate) struct ConsumerSpec {
     /// Client-certificate subject (as in `x-client-cert-subject`) for `mtls_auth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cert_subject: Option<String>,
-    /// Plugins run for this consumer once a request is authenticated as it.
+    /// Plugins run for this consumer once a request is authenticated as it; each replaces a
+    /// route's or global plugin of the same name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) plugins: Vec<At<PluginSpec>>,
 }
 
 /// `basic_auth:` of a consumer.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BasicCredentialSpec {
     /// User name.
     pub(crate) username: At<String>,
-    /// `$argon2id$...` or `$2b$...`; never the password itself.
+    /// An argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) hash; never the password itself.
     #[serde(serialize_with = "redact_str")]
     pub(crate) password_hash: At<String>,
 }
@@ -1382,13 +1460,13 @@ fn redact_all<S: serde::Serializer>(keys: &[At<String>], s: S) -> Result<S::Ok, 
 }
 
 /// Header edits: `set` replaces, `add` appends, `remove` deletes; applied remove, set, add.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HeaderOpsSpec {
-    /// Headers to replace.
+    /// A mapping of header name to the value that replaces it.
     #[serde(default)]
     pub(crate) set: BTreeMap<String, String>,
-    /// Headers to append.
+    /// A mapping of header name to a value added to it.
     #[serde(default)]
     pub(crate) add: BTreeMap<String, String>,
     /// Header names to delete.

@@ -17,7 +17,7 @@ pub(crate) struct Dur(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) struct Size(pub u64);
 
-const DURATION_UNITS: &[(&str, u64)] = &[
+pub(super) const DURATION_UNITS: &[(&str, u64)] = &[
     ("ms", 1),
     ("s", 1_000),
     ("m", 60_000),
@@ -25,7 +25,7 @@ const DURATION_UNITS: &[(&str, u64)] = &[
     ("d", 86_400_000),
 ];
 
-const SIZE_UNITS: &[(&str, u64)] = &[
+pub(super) const SIZE_UNITS: &[(&str, u64)] = &[
     ("B", 1),
     ("KB", 1_000),
     ("MB", 1_000_000),

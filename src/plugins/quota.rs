@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderValue, request, response};
+use http::{HeaderValue, StatusCode, request, response};
 
 use super::rate_limit::{Figures, LimitKey, Limited, refuse};
 use super::{BuildError, Flow, Phase, Plugin};
 use crate::config::spec::QuotaSpec;
 use crate::ctx::RequestCtx;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, error_response};
 
 const SHARDS: usize = 16;
 
@@ -143,9 +143,11 @@ impl Plugin for Quota {
             Err(left) => Ok(Flow::Respond(refuse(
                 ctx,
                 &self.limited,
-                (
+                error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
                     "quota_exceeded",
                     "quota used up for this period; see Retry-After",
+                    &ctx.request_id,
                 ),
                 self.limit,
                 &self.policy,

@@ -228,12 +228,12 @@ impl Figures {
     }
 }
 
-/// The 429 of a limit: `Retry-After`, the `RateLimit-*` fields, and a count in
+/// A limit's 429 (`response`) with `Retry-After` and the `RateLimit-*` fields, counted in
 /// `portico_rate_limited_total`.
 pub(super) fn refuse(
     ctx: &RequestCtx,
     limited: &Limited,
-    (code, message): (&'static str, &'static str),
+    mut response: http::Response<crate::body::Body>,
     limit: u32,
     policy: &HeaderValue,
     retry_after: u64,
@@ -243,12 +243,6 @@ pub(super) fn refuse(
             route: ctx.route.as_deref().unwrap_or("").to_owned(),
         })
         .inc();
-    let mut response = error_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        code,
-        message,
-        &ctx.request_id,
-    );
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
@@ -323,7 +317,12 @@ impl Plugin for RateLimit {
                 Ok(Flow::Respond(refuse(
                     ctx,
                     &self.limited,
-                    ("rate_limited", "too many requests; see Retry-After"),
+                    error_response(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many requests; see Retry-After",
+                        &ctx.request_id,
+                    ),
                     self.limit,
                     &self.policy,
                     retry_after,

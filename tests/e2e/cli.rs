@@ -1,4 +1,4 @@
-//! `validate`, `run` on bad files, `explain`, `version`.
+//! `validate`, `run` on bad files, `explain`, `schema`, `version`.
 
 use crate::support::{Portico, cli, temp_dir};
 
@@ -630,4 +630,31 @@ routes:
         !out.contains("guess-guess") && !out.contains(&wrong),
         "{out}"
     );
+}
+
+#[test]
+fn schema_prints_the_config_schema() {
+    let (code, out, _) = cli(&["schema"]);
+    assert_eq!(code, 0);
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(schema["$id"], "https://portico.dev/schema/config.json");
+    // The quickstart validates against what the binary prints.
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/quickstart.yaml"
+    ))
+    .unwrap();
+    let config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&config)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let typo: serde_json::Value = serde_json::json!({ "listners": [] });
+    assert!(!validator.is_valid(&typo));
 }

@@ -76,6 +76,14 @@ pub(in crate::server) fn json_answer(
     message: &str,
     date: Option<&[u8]>,
 ) -> Vec<u8> {
+    debug_assert!(
+        std::str::from_utf8(&line[..line.len().min(3)])
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .is_some_and(|s| crate::error::is_listed(s, code)),
+        "`{code}` is not in ERROR_CODES with this status"
+    );
     let id = crate::proxy::headers::new_request_id();
     let id = id.to_str().unwrap_or_default();
     let body =
