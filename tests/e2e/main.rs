@@ -13,6 +13,7 @@ mod early;
 mod edge;
 mod exit;
 mod gateway;
+mod guides;
 mod jwt;
 mod paths;
 mod proxy;
