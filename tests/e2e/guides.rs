@@ -354,6 +354,7 @@ async fn api_keys_guide() {
     assert_eq!(r.body, "api /orders");
     assert_eq!(r.header("ratelimit-limit"), Some("5"));
     assert_eq!(r.header("ratelimit-remaining"), Some("4"));
+    assert_eq!(r.header("ratelimit-reset"), Some("2"));
     assert_eq!(r.header("ratelimit-policy"), Some("5;w=10"));
     let seen = api.last();
     assert_eq!(seen.headers["x-consumer-name"], "alice");
@@ -375,6 +376,7 @@ async fn api_keys_guide() {
     assert_eq!(r.header("retry-after"), Some("2"));
     assert_eq!(r.header("ratelimit-limit"), Some("5"));
     assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(r.header("ratelimit-reset"), Some("2"));
     assert_eq!(r.header("ratelimit-policy"), Some("5;w=10"));
     assert_eq!(r.json()["error"], "rate_limited");
 
@@ -407,6 +409,27 @@ async fn api_keys_guide() {
     let config = get(gw.admin.as_deref().unwrap(), "/config").await;
     assert!(config.body.contains("<redacted>"), "{}", config.body);
     assert!(!config.body.contains(alice) && !config.body.contains(bob));
+    let out = Command::new(BIN)
+        .arg("explain")
+        .arg("-c")
+        .arg(Path::new(ROOT).join("examples/api-keys.yaml"))
+        .args(["GET", "http://localhost:8080/api/orders", "-H"])
+        .arg(format!("x-api-key: {bob}"))
+        .envs(ENV.iter().copied())
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{explained}");
+    for line in [
+        "plugins   key_auth → rate_limit",
+        "consumer  alice: rate_limit (after authentication; same-named plugins give way)",
+        "consumer  bob: rate_limit (after authentication; same-named plugins give way)",
+        "action    forward to upstream api",
+        "rewrite   /api/orders → /orders",
+    ] {
+        assert!(explained.contains(line), "{line}\n{explained}");
+    }
+    assert!(!explained.contains(alice) && !explained.contains(bob));
 }
 
 /// One request over TLS with SNI `example.com`, trusting `ca`, speaking `alpn`.
