@@ -658,6 +658,16 @@ async fn jwt_cors_guide() {
     assert_eq!(seen.headers["x-user-id"], "alice");
     assert_eq!(seen.headers["x-user-email"], "alice@example.com");
     assert_eq!(seen.headers["x-consumer-name"], "alice");
+    assert_eq!(seen.headers["authorization"], bearer.as_str());
+    // A client cannot set the claim headers itself.
+    send(
+        &web,
+        "GET",
+        "/api/orders",
+        &[("authorization", &bearer), ("x-user-id", "mallory")],
+    )
+    .await;
+    assert_eq!(api.last().headers["x-user-id"], "alice");
 
     // Step 3: what 401s look like.
     let r = send(&web, "GET", "/api/orders", &[origin]).await;
@@ -704,7 +714,7 @@ async fn jwt_cors_guide() {
     .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "cors_forbidden");
-    assert_eq!(api.count(), 1);
+    assert_eq!(api.count(), 2);
 }
 
 #[tokio::test]
