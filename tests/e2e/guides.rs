@@ -331,6 +331,21 @@ async fn api_keys_guide() {
     let web = gw.addr("web");
     let (alice, bob) = (env("ALICE_KEY"), env("BOB_KEY"));
 
+    // Step 0: an unset key is an error at its position.
+    let out = Command::new(BIN)
+        .current_dir(ROOT)
+        .args(["validate", "-c", "examples/api-keys.yaml"])
+        .envs(ENV.iter().copied().filter(|(k, _)| *k != "ALICE_KEY"))
+        .env_remove("ALICE_KEY")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("examples/api-keys.yaml:15:16: environment variable `ALICE_KEY` is not set"),
+        "{text}"
+    );
+
     // Step 1: no key, a wrong key.
     let r = send(&web, "GET", "/api/orders", &[]).await;
     assert_eq!(r.status, 401);
