@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use crate::support::pki::{self, Ca};
 use crate::support::{Portico, fill, temp_dir};
 
-struct Pebble {
+pub(crate) struct Pebble {
     children: Vec<Child>,
-    directory: String,
+    pub(crate) directory: String,
     management: u16,
 }
 
@@ -24,7 +24,7 @@ impl Drop for Pebble {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -40,7 +40,12 @@ fn wait_port(port: u16) {
     }
 }
 
-fn start_pebble(dir: &std::path::Path, ca: &Ca, http_port: u16, tls_port: u16) -> Pebble {
+pub(crate) fn start_pebble(
+    dir: &std::path::Path,
+    ca: &Ca,
+    http_port: u16,
+    tls_port: u16,
+) -> Pebble {
     let server = ca.leaf(
         "pebble",
         "localhost",
@@ -108,7 +113,7 @@ fn start_pebble(dir: &std::path::Path, ca: &Ca, http_port: u16, tls_port: u16) -
 }
 
 /// The root that pebble signs with (new at every start), as a PEM file.
-fn pebble_root(pebble: &Pebble, dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn pebble_root(pebble: &Pebble, dir: &std::path::Path) -> std::path::PathBuf {
     let out = Command::new("curl")
         .args([
             "-sfk",

@@ -14,6 +14,7 @@ mod edge;
 mod exit;
 mod gateway;
 mod grpc;
+mod guides;
 mod jwt;
 mod levels;
 mod paths;

@@ -62,13 +62,28 @@ impl Portico {
             .unwrap_or_else(|log| panic!("portico did not become ready:\n{log}"))
     }
 
+    /// Like `start_in`, with environment variables set for the process (`${NAME}` in the file).
+    pub fn start_in_env(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::try_start_in_env(dir, config, env)
+            .unwrap_or_else(|log| panic!("portico did not become ready:\n{log}"))
+    }
+
     fn try_start_in(dir: &std::path::Path, config: &str) -> Result<Self, String> {
+        Self::try_start_in_env(dir, config, &[])
+    }
+
+    fn try_start_in_env(
+        dir: &std::path::Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let path = dir.join("portico.yaml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

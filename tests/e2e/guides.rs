@@ -1,0 +1,866 @@
+//! The task guides (docs/guides/) and the example files they are built around: every example
+//! validates, every guide's example runs through the binary and does what the guide shows, and
+//! a guide that shows a whole example shows it exactly as the file is.
+//!
+//! An example runs as written except for a few explicit textual substitutions: its listener
+//! binds become `127.0.0.1:0` (the bound ports are read from the log) and its upstream
+//! addresses become real test upstreams, whose answers are those of examples/demo_app.py
+//! (`NAME PATH` with `x-upstream: NAME`, `ok` on `/healthz`, a JSON body on `/json`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::client::Reply;
+use crate::support::pki::{self, Ca};
+use crate::support::portico::BIN;
+use crate::support::{H1, Portico, TestUpstream, get, temp_dir};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The environment variables the examples name, as a user would export them.
+const ENV: &[(&str, &str)] = &[
+    ("ALICE_KEY", "alice-4f1c2a9e8b7d6c5a"),
+    ("BOB_KEY", "bob-9a8b7c6d5e4f3a2b"),
+    ("JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!"),
+];
+
+fn env(name: &str) -> &'static str {
+    ENV.iter().find(|(k, _)| *k == name).unwrap().1
+}
+
+/// Every `examples/*.yaml`, sorted.
+fn example_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(ROOT).join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every page of docs/guides/, and the README (which shows examples/my-app.yaml).
+fn guide_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(ROOT).join("docs/guides"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.sort();
+    files.push(Path::new(ROOT).join("README.md"));
+    files
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join("examples").join(name)).unwrap()
+}
+
+/// The example's text with each `from` replaced by its `to`. Every `from` must occur, so a
+/// changed example fails here instead of running with a stale address.
+fn substitute(text: &str, subs: &[(String, String)]) -> String {
+    let mut out = text.to_owned();
+    for (from, to) in subs {
+        assert!(out.contains(from), "the example no longer says `{from}`");
+        out = out.replace(from, to);
+    }
+    out
+}
+
+/// The usual substitutions: every bind and the admin address to port 0, and upstream
+/// addresses to test upstreams.
+fn ephemeral(binds: &[&str], upstreams: &[(&str, &TestUpstream)]) -> Vec<(String, String)> {
+    let mut subs = Vec::new();
+    for bind in binds {
+        subs.push((format!("bind: {bind}"), "bind: 127.0.0.1:0".to_owned()));
+    }
+    for (address, up) in upstreams {
+        subs.push((
+            format!("address: {address}"),
+            format!("address: {}", up.addr()),
+        ));
+    }
+    subs
+}
+
+/// The admin API on port 0 too.
+fn admin_ephemeral() -> (String, String) {
+    (
+        "listen: 127.0.0.1:9901".to_owned(),
+        "listen: 127.0.0.1:0".to_owned(),
+    )
+}
+
+/// Writes what the TLS examples read from next to them: certs/example.com.pem and .key, for
+/// example.com and www.example.com, signed by a fresh CA (returned).
+fn certificates(dir: &Path) -> Ca {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = Ca::new(&certs, "guide CA");
+    ca.leaf(
+        "example.com",
+        "example.com",
+        &["example.com", "www.example.com"],
+        false,
+        false,
+    );
+    ca
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost:8080");
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(Full::default()).unwrap()
+}
+
+async fn send(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    H1::connect(addr)
+        .await
+        .send(request(method, path, headers))
+        .await
+        .unwrap()
+}
+
+#[test]
+fn every_example_validates_strictly() {
+    let files = example_files();
+    assert!(files.len() >= 8, "examples found: {files:?}");
+    for file in files {
+        let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+        // In a folder of its own with the certificate files the TLS examples read.
+        let dir = temp_dir("validate");
+        certificates(&dir);
+        let copy = dir.join(&name);
+        std::fs::copy(&file, &copy).unwrap();
+        let out = Command::new(BIN)
+            .args(["validate", "--strict", "--config"])
+            .arg(&copy)
+            .envs(ENV.iter().copied())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success() && !stdout.contains("warning") && !stderr.contains("warning"),
+            "examples/{name} does not validate with --strict:\n{stdout}{stderr}"
+        );
+    }
+}
+
+/// The ```yaml blocks of a markdown page.
+fn yaml_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match &mut current {
+            None if line.trim_start() == "```yaml" => current = Some(String::new()),
+            Some(block) if line.trim_start() == "```" => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn guides_name_every_example_and_show_whole_files_exactly() {
+    let guides: Vec<(PathBuf, String)> = guide_files()
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect();
+    for file in example_files() {
+        let name = format!("examples/{}", file.file_name().unwrap().to_str().unwrap());
+        assert!(
+            guides.iter().any(|(_, text)| text.contains(&name)),
+            "no guide in docs/guides/ mentions {name}"
+        );
+    }
+    // A block that opens with `# examples/NAME.yaml` claims to be that whole file.
+    let mut whole = 0;
+    for (path, text) in &guides {
+        for block in yaml_blocks(text) {
+            let Some(rest) = block.strip_prefix("# examples/") else {
+                continue;
+            };
+            let name = rest.split(':').next().unwrap().trim();
+            let file = std::fs::read_to_string(Path::new(ROOT).join("examples").join(name))
+                .unwrap_or_else(|e| panic!("{} shows examples/{name}: {e}", path.display()));
+            assert_eq!(
+                block.trim_end(),
+                file.trim_end(),
+                "{} shows examples/{name}, but not as the file is",
+                path.display()
+            );
+            whole += 1;
+        }
+    }
+    assert!(
+        whole >= 8,
+        "only {whole} whole example files shown in the guides"
+    );
+}
+
+#[tokio::test]
+async fn my_app_example_forwards_to_the_app() {
+    let app = TestUpstream::start("my-app").await;
+    let config = substitute(
+        &example("my-app.yaml"),
+        &ephemeral(&["0.0.0.0:8080"], &[("127.0.0.1:3000", &app)]),
+    );
+    let gw = Portico::start_in(&temp_dir("my-app"), &config);
+    let reply = get(&gw.addr("web"), "/hello").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "my-app /hello");
+    assert_eq!(reply.header("via"), Some("1.1 portico"));
+    assert!(reply.header("x-request-id").is_some());
+
+    // While the health check fails, requests get 503 at once.
+    app.set_healthy(false);
+    assert!(
+        gw.wait_log("target unhealthy", Duration::from_secs(30)),
+        "{}",
+        gw.log_text()
+    );
+    let reply = get(&gw.addr("web"), "/hello").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "no_healthy_target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancing_guide() {
+    let app1 = TestUpstream::start("app1").await;
+    let app2 = TestUpstream::start("app2").await;
+    let mut subs = ephemeral(
+        &["127.0.0.1:8080"],
+        &[("127.0.0.1:9001", &app1), ("127.0.0.1:9002", &app2)],
+    );
+    subs.push(admin_ephemeral());
+    let config = substitute(&example("load-balancing.yaml"), &subs);
+    let gw = Portico::start_in(&temp_dir("lb"), &config);
+    let web = gw.addr("web");
+    let admin = gw.admin.clone().unwrap();
+
+    // Step 1: requests go to both instances.
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        let r = get(&web, "/").await;
+        assert_eq!(r.status, 200);
+        bodies.push(r.body);
+    }
+    assert!(bodies.contains(&"app1 /".to_owned()), "{bodies:?}");
+    assert!(bodies.contains(&"app2 /".to_owned()), "{bodies:?}");
+    let targets = get(&admin, "/upstreams/app/targets").await.json();
+    assert_eq!(targets["balance"], "least_request");
+    for t in targets["targets"].as_array().unwrap() {
+        assert_eq!(t["healthy"], true, "{targets}");
+    }
+
+    // Step 2: app2 dies; every request still succeeds, on app1.
+    app2.kill();
+    for _ in 0..10 {
+        let r = get(&web, "/").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body, "app1 /");
+    }
+
+    // Step 3: the admin API shows app2 down: ejected by the passive check at once, then
+    // reported down by the active check as well.
+    let app2_state = |targets: &serde_json::Value| {
+        targets["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["address"] == app2.addr())
+            .cloned()
+            .unwrap()
+    };
+    let state = app2_state(&get(&admin, "/upstreams/app/targets").await.json());
+    assert_eq!(state["healthy"], false, "{state}");
+    assert!(state["ejected_for_ms"].as_u64().unwrap() > 0, "{state}");
+    assert!(
+        gw.wait_log("target ejected after failures", Duration::from_secs(1)),
+        "{}",
+        gw.log_text()
+    );
+    assert!(
+        gw.wait_log("target unhealthy", Duration::from_secs(10)),
+        "{}",
+        gw.log_text()
+    );
+    let state = app2_state(&get(&admin, "/upstreams/app/targets").await.json());
+    assert_eq!(state["active_check_up"], false, "{state}");
+    // The retried requests say so in the access log.
+    assert!(
+        gw.lines()
+            .iter()
+            .any(|l| l.starts_with("ACCESS") && l.contains("\"attempts\":2")),
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[tokio::test]
+async fn api_keys_guide() {
+    let api = TestUpstream::start("api").await;
+    let mut subs = ephemeral(&["127.0.0.1:8080"], &[("127.0.0.1:9001", &api)]);
+    subs.push(admin_ephemeral());
+    let config = substitute(&example("api-keys.yaml"), &subs);
+    let gw = Portico::start_in_env(&temp_dir("keys"), &config, ENV);
+    let web = gw.addr("web");
+    let (alice, bob) = (env("ALICE_KEY"), env("BOB_KEY"));
+
+    // Step 0: an unset key is an error at its position.
+    let out = Command::new(BIN)
+        .current_dir(ROOT)
+        .args(["validate", "-c", "examples/api-keys.yaml"])
+        .envs(ENV.iter().copied().filter(|(k, _)| *k != "ALICE_KEY"))
+        .env_remove("ALICE_KEY")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("examples/api-keys.yaml:15:16: environment variable `ALICE_KEY` is not set"),
+        "{text}"
+    );
+
+    // Step 1: no key, a wrong key.
+    let r = send(&web, "GET", "/api/orders", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Key realm=\"portico\""));
+    assert_eq!(r.json()["error"], "unauthorized");
+    assert_eq!(r.json()["message"], "an API key is required");
+    let r = send(
+        &web,
+        "GET",
+        "/api/orders",
+        &[("x-api-key", "wrong-key-123")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "the API key is not valid");
+    assert_eq!(api.count(), 0);
+
+    // Step 2: alice's first request, and what the API receives.
+    let r = send(&web, "GET", "/api/orders", &[("x-api-key", alice)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "api /orders");
+    assert_eq!(r.header("ratelimit-limit"), Some("5"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("4"));
+    assert_eq!(r.header("ratelimit-reset"), Some("2"));
+    assert_eq!(r.header("ratelimit-policy"), Some("5;w=10"));
+    let seen = api.last();
+    assert_eq!(seen.headers["x-consumer-name"], "alice");
+    assert_eq!(seen.headers["x-consumer-groups"], "paid");
+    assert!(seen.headers.get("x-api-key").is_none());
+
+    // Step 3: four more pass, then 429 with Retry-After.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            send(&web, "GET", "/api/orders", &[("x-api-key", alice)])
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    let r = send(&web, "GET", "/api/orders", &[("x-api-key", alice)]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(r.header("ratelimit-limit"), Some("5"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(r.header("ratelimit-reset"), Some("2"));
+    assert_eq!(r.header("ratelimit-policy"), Some("5;w=10"));
+    assert_eq!(r.json()["error"], "rate_limited");
+
+    // Step 4: bob has his own, smaller limit.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(send(&web, "GET", "/api/orders", &[("x-api-key", bob)]).await);
+    }
+    assert_eq!(
+        statuses.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 200, 429]
+    );
+    assert_eq!(statuses[0].header("ratelimit-policy"), Some("2;w=10"));
+    assert_eq!(statuses[2].header("retry-after"), Some("5"));
+
+    // Step 5: the paid-only route.
+    let r = send(&web, "GET", "/reports/daily", &[("x-api-key", bob)]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "forbidden");
+    assert_eq!(
+        r.json()["message"],
+        "the consumer is in no group allowed on this route"
+    );
+    // alice is allowed, but her limit holds on every route: it is spent.
+    let r = send(&web, "GET", "/reports/daily", &[("x-api-key", alice)]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("ratelimit-policy"), Some("5;w=10"));
+
+    // Step 6: the keys never show in the admin API.
+    let config = get(gw.admin.as_deref().unwrap(), "/config").await;
+    assert!(config.body.contains("<redacted>"), "{}", config.body);
+    assert!(!config.body.contains(alice) && !config.body.contains(bob));
+    let out = Command::new(BIN)
+        .arg("explain")
+        .arg("-c")
+        .arg(Path::new(ROOT).join("examples/api-keys.yaml"))
+        .args(["GET", "http://localhost:8080/api/orders", "-H"])
+        .arg(format!("x-api-key: {bob}"))
+        .envs(ENV.iter().copied())
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{explained}");
+    for line in [
+        "plugins   key_auth [route] → rate_limit [route] (by phase; level in brackets)",
+        "          consumers with plugins of their own here: alice, bob",
+        "          → passes: authenticated as consumer bob",
+        "consumer  bob: in force after authentication: rate_limit [consumer bob]",
+        "replaced  rate_limit [route] by the rate_limit [consumer bob] in force",
+        "          counts by consumer bob; policy 2;w=10 (RateLimit-Policy)",
+        "action    forward to upstream api",
+        "rewrite   /api/orders → /orders",
+    ] {
+        assert!(explained.contains(line), "{line}\n{explained}");
+    }
+    assert!(!explained.contains(alice) && !explained.contains(bob));
+}
+
+/// One request over TLS with SNI `example.com`, trusting `ca`, speaking `alpn`.
+async fn over_tls(addr: &str, ca: &Path, alpn: &[u8], path: &str) -> Reply {
+    let client = pki::client_config(ca, None, &[alpn]);
+    let stream = pki::connect(addr, "example.com", client).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+    let io = TokioIo::new(stream);
+    let resp = if alpn == b"h2" {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://example.com{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "example.com")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await.unwrap()
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version: parts.version,
+    }
+}
+
+#[tokio::test]
+async fn https_guide_with_certificate_files() {
+    let app = TestUpstream::start("app").await;
+    let dir = temp_dir("https");
+    let ca = certificates(&dir);
+    let config = substitute(
+        &example("https.yaml"),
+        &ephemeral(
+            &["127.0.0.1:8443", "127.0.0.1:8080"],
+            &[("127.0.0.1:9001", &app)],
+        ),
+    );
+    let gw = Portico::start_in(&dir, &config);
+    let (secure, web) = (gw.addr("secure"), gw.addr("web"));
+
+    // Step 1: plain HTTP is redirected, path and query kept.
+    let r = H1::connect(&web)
+        .await
+        .get("example.com:8080", "/orders?id=7")
+        .await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://example.com:8443/orders?id=7")
+    );
+
+    // Step 2: HTTPS over HTTP/2, with HSTS; and over HTTP/1.1.
+    let r = over_tls(&secure, &ca.cert_path(), b"h2", "/orders?id=7").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.body, "app /orders?id=7");
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    assert_eq!(app.last().headers["x-forwarded-proto"], "https");
+    let r = over_tls(&secure, &ca.cert_path(), b"http/1.1", "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_11);
+
+    // Step 3: plain HTTP sent to the HTTPS port gets a hint.
+    let r = get(&secure, "/").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "plain_http_on_https");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_guide_with_acme() {
+    use crate::acme::{free_port, pebble_root, start_pebble};
+    let app = TestUpstream::start("app").await;
+    for challenge in ["tls_alpn_01", "http_01"] {
+        let dir = temp_dir("guide-acme");
+        let directory_ca = Ca::new(&dir, "directory CA");
+        let (http_port, tls_port) = (free_port(), free_port());
+        let pebble = start_pebble(&dir, &directory_ca, http_port, tls_port);
+        let mut subs = vec![
+            (
+                "bind: 0.0.0.0:443".to_owned(),
+                format!("bind: 127.0.0.1:{tls_port}"),
+            ),
+            (
+                "bind: 0.0.0.0:80".to_owned(),
+                format!("bind: 127.0.0.1:{http_port}"),
+            ),
+            (
+                "directory: https://acme-v02.api.letsencrypt.org/directory".to_owned(),
+                format!(
+                    "directory: '{}'\n        directory_ca_file: '{}'",
+                    pebble.directory,
+                    directory_ca.cert_path().display()
+                ),
+            ),
+            (
+                "address: 127.0.0.1:9001".to_owned(),
+                format!("address: {}", app.addr()),
+            ),
+        ];
+        if challenge == "http_01" {
+            subs.push((
+                "challenge: tls_alpn_01".to_owned(),
+                "challenge: http_01".to_owned(),
+            ));
+        }
+        let config = substitute(&example("https-acme.yaml"), &subs);
+        let gw = Portico::start_in(&dir, &config);
+        assert!(
+            gw.wait_log("certificate issued", Duration::from_secs(90)),
+            "{challenge}: {}",
+            gw.log_text()
+        );
+        let root = pebble_root(&pebble, &dir);
+        let client = pki::client_config(&root, None, &[b"h2"]);
+        let stream = pki::connect(&gw.addr("secure"), "www.example.com", Arc::clone(&client))
+            .await
+            .unwrap();
+        let mut names = pki::peer_names(&stream);
+        names.sort();
+        assert_eq!(names, ["example.com", "www.example.com"], "{challenge}");
+        drop(stream);
+        let r = over_tls(&gw.addr("secure"), &root, b"h2", "/").await;
+        assert_eq!(r.status, 200, "{challenge}");
+        assert_eq!(r.body, "app /");
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=31536000")
+        );
+        assert!(dir.join("acme/example.com/cert.pem").exists());
+        let r = H1::connect(&gw.addr("web"))
+            .await
+            .get("example.com", "/login")
+            .await;
+        assert_eq!(r.status, 308);
+        assert_eq!(r.header("location"), Some("https://example.com/login"));
+    }
+}
+
+#[tokio::test]
+async fn jwt_cors_guide() {
+    use crate::jwt::{hs, now};
+    let api = TestUpstream::start("api").await;
+    let config = substitute(
+        &example("jwt-cors.yaml"),
+        &ephemeral(&["127.0.0.1:8080"], &[("127.0.0.1:9001", &api)]),
+    );
+    let gw = Portico::start_in_env(&temp_dir("jwt-cors"), &config, ENV);
+    let web = gw.addr("web");
+    let secret = env("JWT_SECRET").as_bytes();
+    let claims = |exp: u64, aud: &str| {
+        serde_json::json!({
+            "sub": "alice", "email": "alice@example.com",
+            "iss": "https://auth.example.com", "aud": aud, "exp": exp,
+        })
+    };
+    let token = hs(None, &claims(now() + 3600, "orders-api"), secret);
+    let bearer = format!("Bearer {token}");
+    let origin = ("origin", "https://app.example.com");
+
+    // Step 1: the browser's preflight.
+    let r = send(
+        &web,
+        "OPTIONS",
+        "/api/orders",
+        &[
+            origin,
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization, content-type",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, POST, PUT, DELETE")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization, content-type")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    assert_eq!(api.count(), 0, "a preflight never reaches the API");
+
+    // Step 2: the call with a token.
+    let r = send(
+        &web,
+        "GET",
+        "/api/orders",
+        &[origin, ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "api /orders");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("x-request-id")
+    );
+    let seen = api.last();
+    assert_eq!(seen.headers["x-user-id"], "alice");
+    assert_eq!(seen.headers["x-user-email"], "alice@example.com");
+    assert_eq!(seen.headers["x-consumer-name"], "alice");
+    assert_eq!(seen.headers["authorization"], bearer.as_str());
+    // A client cannot set the claim headers itself.
+    send(
+        &web,
+        "GET",
+        "/api/orders",
+        &[("authorization", &bearer), ("x-user-id", "mallory")],
+    )
+    .await;
+    assert_eq!(api.last().headers["x-user-id"], "alice");
+
+    // Step 3: what 401s look like.
+    let r = send(&web, "GET", "/api/orders", &[origin]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\"")
+    );
+    assert_eq!(r.json()["message"], "a bearer token is required");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com"),
+        "the page can read the 401"
+    );
+    let invalid = "Bearer realm=\"portico\", error=\"invalid_token\"";
+    let tampered = format!("{bearer}x");
+    let expired = format!(
+        "Bearer {}",
+        hs(None, &claims(now() - 3600, "orders-api"), secret)
+    );
+    let elsewhere = format!(
+        "Bearer {}",
+        hs(None, &claims(now() + 3600, "billing"), secret)
+    );
+    for auth in [&tampered, &expired, &elsewhere] {
+        let r = send(&web, "GET", "/api/orders", &[("authorization", auth)]).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("www-authenticate"), Some(invalid));
+        assert_eq!(r.json()["error"], "unauthorized");
+    }
+    let r = send(&web, "GET", "/api/orders", &[("authorization", &expired)]).await;
+    assert_eq!(r.json()["message"], "the token has expired");
+
+    // Step 4: another site's preflight.
+    let r = send(
+        &web,
+        "OPTIONS",
+        "/api/orders",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "cors_forbidden");
+    assert_eq!(api.count(), 2);
+}
+
+#[tokio::test]
+async fn rewrites_and_mocks_guide() {
+    let users = TestUpstream::start("users").await;
+    let config = substitute(
+        &example("rewrites-and-mocks.yaml"),
+        &ephemeral(&["127.0.0.1:8080"], &[("127.0.0.1:9001", &users)]),
+    );
+    let gw = Portico::start_in(&temp_dir("rewrites"), &config);
+    let web = gw.addr("web");
+
+    // Step 1: strip_prefix and header edits both ways.
+    let r = send(
+        &web,
+        "GET",
+        "/users/42",
+        &[("x-api-version", "9"), ("cookie", "session=abc")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "users /42");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let seen = users.last();
+    assert_eq!(seen.uri, "/42");
+    assert_eq!(seen.headers["x-api-version"], "2");
+    assert!(seen.headers.get("cookie").is_none());
+
+    // Step 2: replace_prefix and a regex rewrite.
+    assert_eq!(
+        send(&web, "GET", "/v1/orders?page=2", &[]).await.body,
+        "users /v2/orders?page=2"
+    );
+    assert_eq!(
+        send(&web, "GET", "/items/7/details", &[]).await.body,
+        "users /catalog?item=7"
+    );
+
+    // Step 3: the transformers.
+    let r = send(&web, "GET", "/profile", &[("x-token", "Bearer abc")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        r#"{"n":1,"source":"portico","user":{"email":"a@b"}}"#
+    );
+    assert!(r.header("x-internal").is_none());
+    let seen = users.last();
+    assert_eq!(seen.uri, "/json?format=full");
+    assert_eq!(seen.headers["authorization"], "Bearer abc");
+    assert!(seen.headers.get("x-token").is_none());
+
+    // Step 4: the mock, which never reaches the backend.
+    let before = users.count();
+    let r = send(&web, "GET", "/status", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, r#"{"status": "ok", "version": "1.4.2"}"#);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("cache-control"), Some("max-age=5"));
+    assert_eq!(send(&web, "POST", "/status", &[]).await.status, 404);
+
+    // Step 5: redirects.
+    let r = send(&web, "GET", "/docs/old/install?v=2", &[]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some("https://docs.example.com/docs/old/install?v=2")
+    );
+    let r = send(&web, "GET", "/", &[]).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("/users/"));
+    assert_eq!(users.count(), before);
+}
+
+#[tokio::test]
+async fn canary_and_mirroring_guide() {
+    let stable = TestUpstream::start("stable").await;
+    let canary = TestUpstream::start("canary").await;
+    let shadow = TestUpstream::start("shadow").await;
+    let config = substitute(
+        &example("canary-and-mirroring.yaml"),
+        &ephemeral(
+            &["127.0.0.1:8080"],
+            &[
+                ("127.0.0.1:9001", &stable),
+                ("127.0.0.1:9002", &canary),
+                ("127.0.0.1:9003", &shadow),
+            ],
+        ),
+    );
+    let gw = Portico::start_in(&temp_dir("canary"), &config);
+    let web = gw.addr("web");
+
+    // Step 1: 9 in 10 to stable, 1 in 10 to the canary.
+    let (mut bodies, mut ids) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let r = send(&web, "GET", "/", &[]).await;
+        ids.push(r.header("x-request-id").unwrap().to_owned());
+        bodies.push(r.body);
+    }
+    assert_eq!(bodies.iter().filter(|b| *b == "stable /").count(), 9);
+    assert_eq!(bodies.iter().filter(|b| *b == "canary /").count(), 1);
+
+    // Step 2: chosen clients.
+    assert_eq!(
+        send(&web, "GET", "/orders", &[("x-canary", "1")])
+            .await
+            .body,
+        "canary /orders"
+    );
+    assert_eq!(
+        send(&web, "GET", "/orders", &[("cookie", "canary=yes")])
+            .await
+            .body,
+        "canary /orders"
+    );
+
+    // Step 3: the shadow got a copy of each of the ten, and nothing else.
+    shadow.wait_count(10, Duration::from_secs(5)).await;
+    // ...with the same request ids as the answers the clients got.
+    let mut copied: Vec<String> = shadow
+        .seen()
+        .iter()
+        .map(|s| {
+            assert_eq!(s.uri, "/");
+            s.headers["x-request-id"].to_str().unwrap().to_owned()
+        })
+        .collect();
+    copied.sort();
+    ids.sort();
+    assert_eq!(copied, ids);
+}
