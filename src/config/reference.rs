@@ -375,4 +375,55 @@ mod tests {
             assert!(text.contains(path), "{path} missing");
         }
     }
+
+    /// docs/config.md's plugin table against the schema: a row per plugin, and every setting
+    /// of the plugin named in its row, so the hand-written table cannot miss a key.
+    #[test]
+    fn the_plugin_table_of_config_md_names_every_setting() {
+        let schema = crate::config::schema::schema();
+        let docs = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md"),
+        )
+        .unwrap();
+        let defs = schema["$defs"].as_object().unwrap();
+        let branches = plugin_branches(&defs["PluginSpec"]).expect("plugin branches");
+        assert_eq!(branches.len(), crate::plugins::NAMES.len());
+        let mut missing = Vec::new();
+        for branch in branches {
+            let (name, settings) = branch["properties"]
+                .as_object()
+                .and_then(|p| p.iter().next())
+                .unwrap();
+            let settings = settings["$ref"]
+                .as_str()
+                .and_then(|r| defs.get(r.trim_start_matches("#/$defs/")))
+                .unwrap();
+            // Rows may group plugins: `| `request_headers`, `response_headers` | ...`.
+            let Some(row) = docs.lines().find(|l| {
+                l.starts_with("| `")
+                    && l.split('|')
+                        .nth(1)
+                        .is_some_and(|c| c.contains(&format!("`{name}`")))
+            }) else {
+                missing.push(format!("no row for `{name}`"));
+                continue;
+            };
+            let row = row.replace("\\|", "/");
+            let cell = row.split('|').nth(2).unwrap_or_default();
+            for key in settings["properties"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+            {
+                if !cell.contains(&format!("`{key}`")) {
+                    missing.push(format!("`{name}` row lacks `{key}`"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/config.md plugin table: {missing:#?}"
+        );
+    }
 }

@@ -116,7 +116,24 @@ impl Plugin for Quota {
     }
 
     fn stops(&self) -> Option<&'static str> {
-        Some("429 once the window's quota is used up")
+        Some("429 once the period's quota is used up")
+    }
+
+    fn explain(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &request::Parts,
+        secrets: &crate::config::secret::Credentials,
+    ) -> super::Explained {
+        let key = self.key.describe(ctx, head, secrets);
+        let policy = String::from_utf8_lossy(self.policy.as_bytes());
+        let now = now_secs();
+        let left = (now / self.period + 1) * self.period - now;
+        super::Explained::Run(vec![format!(
+            "{key}; policy {policy} (RateLimit-Policy); the current period ends in {left} s \
+             (periods are multiples of {} s since 1970-01-01 00:00 UTC)",
+            self.period
+        )])
     }
 
     fn phase(&self) -> Phase {

@@ -77,6 +77,35 @@ impl LimitKey {
         }
     }
 
+    /// What `explain` says this request counts as (never a credential's value).
+    pub(crate) fn describe(
+        &self,
+        ctx: &RequestCtx,
+        head: &request::Parts,
+        secrets: &crate::config::secret::Credentials,
+    ) -> String {
+        match self {
+            LimitKey::Ip => format!("counts by ip {}", ctx.client.ip().to_canonical()),
+            LimitKey::Consumer => match &ctx.consumer {
+                Some(c) => format!("counts by consumer {}", c.name),
+                None => "counts by consumer: none authenticated, so one key shared by all \
+                         unauthenticated requests"
+                    .to_owned(),
+            },
+            LimitKey::Route => "counts by route: one budget for every client".to_owned(),
+            LimitKey::Header(name) if secrets.header(name.as_str()) => {
+                format!("counts by header {name} (its value, a credential, is not shown)")
+            }
+            LimitKey::Header(name) => match head.headers.get(name) {
+                Some(value) => format!(
+                    "counts by header {name} = {}",
+                    String::from_utf8_lossy(value.as_bytes())
+                ),
+                None => format!("counts by header {name}: absent, so one shared key"),
+            },
+        }
+    }
+
     /// A limit by consumer needs authentication first; the others run before everything.
     pub(crate) fn phase(&self) -> Phase {
         if *self == LimitKey::Consumer {
@@ -263,26 +292,7 @@ impl Plugin for RateLimit {
         head: &request::Parts,
         secrets: &crate::config::secret::Credentials,
     ) -> super::Explained {
-        let key = match &self.key {
-            LimitKey::Ip => format!("counts by ip {}", ctx.client.ip().to_canonical()),
-            LimitKey::Consumer => match &ctx.consumer {
-                Some(c) => format!("counts by consumer {}", c.name),
-                None => "counts by consumer: none authenticated, so one key shared by all \
-                         unauthenticated requests"
-                    .to_owned(),
-            },
-            LimitKey::Route => "counts by route: one budget for every client".to_owned(),
-            LimitKey::Header(name) if secrets.header(name.as_str()) => {
-                format!("counts by header {name} (its value, a credential, is not shown)")
-            }
-            LimitKey::Header(name) => match head.headers.get(name) {
-                Some(value) => format!(
-                    "counts by header {name} = {}",
-                    String::from_utf8_lossy(value.as_bytes())
-                ),
-                None => format!("counts by header {name}: absent, so one shared key"),
-            },
-        };
+        let key = self.key.describe(ctx, head, secrets);
         let policy = String::from_utf8_lossy(self.policy.as_bytes());
         super::Explained::Run(vec![format!("{key}; policy {policy} (RateLimit-Policy)")])
     }

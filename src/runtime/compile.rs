@@ -75,7 +75,12 @@ pub(crate) fn compile_read(
     match compile(spec, file, env) {
         Ok(snap) if errors.is_empty() => return Ok(snap),
         Ok(snap) => errors.extend(snap.warnings.iter().cloned()),
-        Err(more) => errors.extend(more),
+        // A value the reader found in error (an unset `${VAR}`, say) is not reported again
+        // for what follows from it (too short a key).
+        Err(more) => {
+            let read: Vec<_> = errors.iter().map(|d| d.pos).collect();
+            errors.extend(more.into_iter().filter(|d| !read.contains(&d.pos)));
+        }
     }
     crate::config::sort_diagnostics(&mut errors);
     Err(errors)

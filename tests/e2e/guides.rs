@@ -345,6 +345,11 @@ async fn api_keys_guide() {
         text.contains("examples/api-keys.yaml:15:16: environment variable `ALICE_KEY` is not set"),
         "{text}"
     );
+    assert_eq!(
+        text.matches("api-keys.yaml:15:16").count(),
+        1,
+        "reported once: {text}"
+    );
 
     // Step 1: no key, a wrong key.
     let r = send(&web, "GET", "/api/orders", &[]).await;

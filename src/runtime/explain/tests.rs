@@ -676,3 +676,32 @@ fn urls_lose_their_credentials() {
         );
     }
 }
+
+#[test]
+fn a_quota_says_its_key_policy_and_when_its_period_ends() {
+    let snap = snapshot(
+        "\
+listeners: [ { name: web, bind: 127.0.0.1:8080 } ]
+consumers:
+  - { name: bob, api_keys: [bob-key-1234567], plugins: [ { quota: { limit: 1000, period: 1d } } ] }
+routes:
+  - { name: api, plugins: [ { key_auth: {} } ], respond: { status: 200 } }
+",
+    );
+    let out = ask(
+        &snap,
+        "GET",
+        "http://localhost:8080/x",
+        &[("x-api-key", "bob-key-1234567")],
+        "192.0.2.7",
+    );
+    assert!(
+        out.contains("consumer  bob: in force after authentication: quota [consumer bob]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("counts by consumer bob; policy 1000;w=86400 (RateLimit-Policy); the current period ends in "),
+        "{out}"
+    );
+    assert!(!out.contains("bob-key-1234567"), "{out}");
+}
