@@ -983,6 +983,16 @@ pub(crate) enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over cleartext, prior knowledge.
     Http2,
+    /// gRPC: HTTP/2, over cleartext (h2c) or, with `tls`, over TLS with ALPN `h2` — the same
+    /// wire as `http2`, named for what it carries.
+    Grpc,
+}
+
+impl UpstreamProtocol {
+    /// Whether targets are spoken to in HTTP/2.
+    pub(crate) fn http2(self) -> bool {
+        matches!(self, UpstreamProtocol::Http2 | UpstreamProtocol::Grpc)
+    }
 }
 
 /// `pool:` of an upstream.

@@ -24,8 +24,8 @@ use crate::balance::hash::{Maglev, Ring};
 use crate::balance::{Algorithm, Balancer, HashKey, smooth_sequence};
 use crate::config::spec::{
     BackslashSpec, BalanceSpec, CheckType, EncodedSlashSpec, ListenerProtocol, ListenerSpec,
-    MatchSpec, MatrixParamsSpec, RetryCondition, RetryOnSpec, RetrySpec, RouteSpec,
-    UpstreamProtocol, UpstreamSpec, Workers,
+    MatchSpec, MatrixParamsSpec, RetryCondition, RetryOnSpec, RetrySpec, RouteSpec, UpstreamSpec,
+    Workers,
 };
 use crate::config::{At, Diagnostic, Diagnostics, Pos, Spec};
 use crate::health::PassivePolicy;
@@ -780,7 +780,7 @@ fn compile_upstream(
             ca.as_deref(),
             identity_refs,
             t.verify,
-            spec.protocol == UpstreamProtocol::Http2,
+            spec.protocol.http2(),
         ) {
             Ok(config) => Some(crate::tls::UpstreamTls { config, sni }),
             Err(err) => {
@@ -802,7 +802,7 @@ fn compile_upstream(
     // Checks speak the upstream's protocol: TLS and HTTP/2 as its traffic does.
     let active = active.map(|mut check| {
         check.tls = tls.clone();
-        check.http2 = spec.protocol == UpstreamProtocol::Http2;
+        check.http2 = spec.protocol.http2();
         check
     });
     // A target written twice is one target (one pool, one in-flight count), as it is once
@@ -828,7 +828,7 @@ fn compile_upstream(
             panic: health.panic,
         },
         targets,
-        http2: spec.protocol == UpstreamProtocol::Http2,
+        http2: spec.protocol.http2(),
         pool: PoolSettings {
             max_idle: spec.pool.max_idle,
             idle_timeout: spec.pool.idle_timeout.0,

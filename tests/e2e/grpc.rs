@@ -14,13 +14,13 @@ use crate::support::{Portico, fill, get, temp_dir};
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/grpc/peers.py");
 
 /// A grpcio Echo server (with grpc.health.v1) on 127.0.0.1:0; it exits when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Server {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
@@ -57,7 +57,7 @@ impl Drop for Server {
 }
 
 /// Makes `calls` (see peers.py) with a grpcio client; one result per call.
-fn calls(addr: &str, calls: Value) -> Vec<Value> {
+pub(crate) fn calls(addr: &str, calls: Value) -> Vec<Value> {
     calls_tls(addr, calls, &[])
 }
 
@@ -79,7 +79,7 @@ fn calls_tls(addr: &str, calls: Value, tls: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-fn access_lines(gw: &Portico, path: &str) -> Vec<Value> {
+pub(crate) fn access_lines(gw: &Portico, path: &str) -> Vec<Value> {
     gw.lines()
         .iter()
         .filter_map(|l| l.strip_prefix("ACCESS "))
@@ -98,7 +98,7 @@ listeners: [ { name: web, bind: 127.0.0.1:0 } ]
 routes:
   - { name: echo, match: { path_prefix: /test.Echo/ }, upstream: echo }
 upstreams:
-  echo: { protocol: http2, targets: [ { address: '@S@' } ] }
+  echo: { protocol: grpc, targets: [ { address: '@S@' } ] }
 ",
         &[("S", &server.addr)],
     ));
@@ -325,7 +325,7 @@ routes:
   - { name: echo, match: { path_prefix: /test.Echo/ }, upstream: echo }
 upstreams:
   echo:
-    protocol: http2
+    protocol: grpc
     targets: [ { address: 'localhost:@P@' } ]
     tls: { sni: echo.test, ca_file: '@CA@' }
     health_check: { active: { type: grpc, interval: 100ms, healthy: 1, unhealthy: 1 } }

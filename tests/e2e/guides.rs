@@ -869,3 +869,128 @@ async fn canary_and_mirroring_guide() {
     ids.sort();
     assert_eq!(copied, ids);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_guide() {
+    use crate::grpc::{Server, access_lines, calls};
+    use serde_json::json;
+    let one = Server::start();
+    let two = Server::start();
+    let mut subs = vec![
+        (
+            "bind: 127.0.0.1:8080".to_owned(),
+            "bind: 127.0.0.1:0".to_owned(),
+        ),
+        (
+            "address: 127.0.0.1:50051".to_owned(),
+            format!("address: {}", one.addr),
+        ),
+        (
+            "address: 127.0.0.1:50052".to_owned(),
+            format!("address: {}", two.addr),
+        ),
+    ];
+    subs.push(admin_ephemeral());
+    let config = substitute(&example("grpc.yaml"), &subs);
+    let gw = Portico::start_in(&temp_dir("grpc-guide"), &config);
+    let web = gw.addr("web");
+    let admin = gw.admin.clone().unwrap();
+
+    // Step 1: calls of every kind; the route's 5 s caps the client's 10 s.
+    let r = calls(
+        &web,
+        json!([
+            { "kind": "unary", "text": "hello", "n": 1 },
+            { "kind": "server_stream", "text": "tick", "n": 3 },
+        ]),
+    );
+    assert_eq!(r[0]["text"], "echo:hello");
+    assert_eq!(r[0]["trailers"]["x-trailer"], "yes");
+    let left = r[0]["remaining_ms"].as_i64().unwrap();
+    assert!((4000..=5000).contains(&left), "{left}");
+    assert_eq!(r[1]["items"], json!([0, 1, 2]));
+
+    // Step 2: a method no route takes.
+    let r = calls(
+        &web,
+        json!([{ "kind": "unary", "path": "/test.Nope/Unary" }]),
+    );
+    assert_eq!(r[0]["code"], "UNIMPLEMENTED");
+    assert_eq!(r[0]["details"], "no route matched the request");
+
+    // Step 3: a sick instance is taken out; calls go to the other one.
+    calls(&one.addr, json!([{ "kind": "unary", "text": "sick" }]));
+    assert!(gw.wait_log(
+        &format!("target unhealthy upstream=echo target={}", one.addr),
+        Duration::from_secs(10)
+    ));
+    let targets = get(&admin, "/upstreams/echo/targets").await.json();
+    assert_eq!(targets["targets"][0]["healthy"], false);
+    assert_eq!(targets["targets"][1]["healthy"], true);
+    let r = calls(
+        &web,
+        json!([{ "kind": "unary", "text": "x" }, { "kind": "unary", "text": "y" }]),
+    );
+    assert!(r.iter().all(|c| c["code"] == "OK"), "{r:?}");
+    let before = access_lines(&gw, "/test.Echo/Unary");
+    assert!(
+        before
+            .iter()
+            .rev()
+            .take(2)
+            .all(|l| l["target"] == two.addr.as_str()),
+        "{before:?}"
+    );
+    calls(&one.addr, json!([{ "kind": "unary", "text": "well" }]));
+    assert!(gw.wait_log(
+        &format!("target healthy upstream=echo target={}", one.addr),
+        Duration::from_secs(10)
+    ));
+
+    // Step 4: a browser's call, with curl, byte for byte as the guide shows.
+    let mut curl = Command::new("curl")
+        .args([
+            "-s",
+            "--data-binary",
+            "@-",
+            "-H",
+            "content-type: application/grpc-web+proto",
+        ])
+        .arg(format!("http://{web}/test.Echo/Unary"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    curl.stdin
+        .take()
+        .unwrap()
+        .write_all(b"\x00\x00\x00\x00\x04\x0a\x02hi")
+        .unwrap();
+    let out = curl.wait_with_output().unwrap();
+    let body = out.stdout;
+    assert_eq!(&body[..14], b"\x00\x00\x00\x00\x0c\x0a\x07echo:hi");
+    let trailer = &body[17..];
+    assert_eq!(trailer[0], 0x80);
+    let text = String::from_utf8_lossy(&trailer[5..]);
+    assert!(
+        text.contains("grpc-status:0\r\n") && text.contains("x-trailer:yes\r\n"),
+        "{text}"
+    );
+
+    // Step 5: the access log and the metrics.
+    let lines = access_lines(&gw, "/test.Echo/Unary");
+    assert!(lines.iter().all(|l| l["grpc_status"] == 0), "{lines:?}");
+    let metrics = get(&admin, "/metrics").await.body;
+    assert!(
+        metrics.contains(
+            "portico_grpc_responses_total{route=\"\",upstream=\"\",grpc_status=\"12\"} 1"
+        )
+    );
+
+    // Step 6: nothing left: UNAVAILABLE at once.
+    drop(one);
+    drop(two);
+    let r = calls(&web, json!([{ "kind": "unary", "text": "hi" }]));
+    assert_eq!(r[0]["code"], "UNAVAILABLE", "{r:?}");
+}

@@ -1,8 +1,8 @@
 """Real gRPC peers (grpcio) for the e2e tests.
 
 `python3 peers.py server [CERT KEY]` starts an Echo server (and the standard grpc.health.v1
-service, answered by hand) on 127.0.0.1:0, over TLS when given a certificate, and prints its
-port. `python3 peers.py client ADDR CALLS [CA NAME]` makes the calls given as JSON (over TLS
+service, answered by hand) on 127.0.0.1, on port $PORT or any free one, over TLS when given a
+certificate, and prints its port. `python3 peers.py client ADDR CALLS [CA NAME]` makes the calls given as JSON (over TLS
 trusting CA, for server name NAME, when given) and prints one JSON result per call.
 """
 
@@ -71,11 +71,12 @@ def server(tls):
     s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "grpc.health.v1.Health",
         {"Check": grpc.unary_unary_rpc_method_handler(health_check)}),))
+    addr = "127.0.0.1:" + os.environ.get("PORT", "0")
     if tls:
         cert, key = (open(f, "rb").read() for f in tls)
-        port = s.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+        port = s.add_secure_port(addr, grpc.ssl_server_credentials([(key, cert)]))
     else:
-        port = s.add_insecure_port("127.0.0.1:0")
+        port = s.add_insecure_port(addr)
     s.start()
     print(port, flush=True)
     # Ends with its parent: stdin closes when the test drops the process.
