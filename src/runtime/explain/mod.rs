@@ -144,7 +144,11 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         );
     }
     let Some(index) = winner else {
-        let _ = writeln!(out, "result    404 Not Found — no route matches");
+        // Global plugins still run on a request no route takes (address rules, limits).
+        let _ = writeln!(out, "route     (none): the global plugins run, then 404");
+        if plugins::explain(&snap.global, q, &uri, &mut out, &secrets) == plugins::Outcome::Passed {
+            let _ = writeln!(out, "result    404 Not Found — no route matches");
+        }
         return Ok(out);
     };
     let route = &listener.routes[index].route;

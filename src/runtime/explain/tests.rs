@@ -705,3 +705,36 @@ routes:
     );
     assert!(!out.contains("bob-key-1234567"), "{out}");
 }
+
+#[test]
+fn a_request_no_route_takes_still_meets_the_global_plugins() {
+    let snap = snapshot(
+        "\
+listeners: [ { name: web, bind: 127.0.0.1:8080 } ]
+plugins: [ { ip_restriction: { deny: [192.0.2.0/24] } } ]
+routes:
+  - { name: api, match: { path_prefix: /api/ }, respond: { status: 200 } }
+",
+    );
+    let denied = ask(
+        &snap,
+        "GET",
+        "http://localhost:8080/elsewhere",
+        &[],
+        "192.0.2.7",
+    );
+    assert!(denied.contains("ip_restriction [global]"), "{denied}");
+    assert!(denied.contains("403"), "{denied}");
+    assert!(!denied.contains("404 Not Found"), "{denied}");
+    let unrouted = ask(
+        &snap,
+        "GET",
+        "http://localhost:8080/elsewhere",
+        &[],
+        "198.51.100.1",
+    );
+    assert!(
+        unrouted.contains("result    404 Not Found — no route matches"),
+        "{unrouted}"
+    );
+}
