@@ -56,8 +56,9 @@ pub(crate) trait ChunkFilter: Send + Sync {
 pub(crate) struct Ending {
     /// Whether the filters have seen the end.
     done: bool,
-    /// Trailers to send after the data the filters added.
-    trailers: Option<http::HeaderMap>,
+    /// Trailers to send after the data the filters added (boxed: rare, and a body is moved
+    /// often).
+    trailers: Option<Box<http::HeaderMap>>,
     /// Whether any filter wants to see the end.
     wanted: bool,
 }
@@ -182,7 +183,7 @@ impl http_body::Body for Body {
                 ending,
             } => {
                 if ending.done {
-                    return Poll::Ready(ending.trailers.take().map(|t| Ok(Frame::trailers(t))));
+                    return Poll::Ready(ending.trailers.take().map(|t| Ok(Frame::trailers(*t))));
                 }
                 let trailers = match Pin::new(inner.as_mut()).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -234,7 +235,7 @@ impl http_body::Body for Body {
                 if data.is_empty() {
                     return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                 }
-                ending.trailers = trailers;
+                ending.trailers = trailers.map(Box::new);
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             BodyProj::Watched { inner, watch } => {
