@@ -8,7 +8,7 @@
 //! body: a unary answer is buffered and becomes JSON with the mapped HTTP status, a stream
 //! becomes NDJSON or SSE as it comes.
 
-mod rules;
+pub(crate) mod rules;
 mod status;
 mod stream;
 pub(crate) mod template;
