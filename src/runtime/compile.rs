@@ -1283,7 +1283,10 @@ fn compile_route(
         }
         match plugins::transcode::build(transcode, env.base) {
             Ok(steps) => own.extend(steps),
-            Err(err) => diags.error(transcode.pos, format!("grpc_transcode: {err}")),
+            Err(err) => diags.error(
+                err.pos.unwrap_or(transcode.pos),
+                format!("grpc_transcode: {}", err.message),
+            ),
         }
     }
     let mut on_route = HashMap::new();

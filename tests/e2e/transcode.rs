@@ -403,16 +403,26 @@ upstreams:
             "not a protobuf FileDescriptorSet",
         ),
         (
-            "{ descriptor_set: shop.pb, services: [shop.v1.Nope] }",
-            "service `shop.v1.Nope` is not in the descriptor set",
+            "{ descriptor_set: shop.pb, services: [shop.v1.Shop, shop.v1.Nope] }",
+            "service `shop.v1.Nope` is not in the descriptor set (it has: shop.v1.Shop)",
         ),
     ] {
         let file = dir.join("bad.yaml");
-        std::fs::write(&file, fill(base, &[("T", spec)])).unwrap();
+        let text = fill(base, &[("T", spec)]);
+        std::fs::write(&file, &text).unwrap();
         let (code, out, err) = cli(&["validate", "-c", file.to_str().unwrap()]);
         assert_ne!(code, 0, "{spec}: {out}");
         let all = format!("{out}{err}");
-        assert!(all.contains("bad.yaml:4:"), "{spec}: {all}");
+        // At the key, or at the `services` entry that is wrong.
+        let line = text.lines().nth(3).unwrap();
+        let col = match line.find("shop.v1.Nope") {
+            Some(at) => at + 1,
+            None => line.find('{').unwrap() + 1,
+        };
+        assert!(
+            all.contains(&format!("bad.yaml:4:{col}: ")),
+            "{spec}: {all}"
+        );
         assert!(all.contains(wanted), "{spec}: {all}");
     }
 }

@@ -37,15 +37,39 @@ pub(crate) struct Transcode {
     stream: StreamFormatSpec,
 }
 
-/// Builds the route's two steps from its spec; `base` is the config file's folder. The error
-/// is shown at the `grpc_transcode` key.
+/// Why a `grpc_transcode` cannot be built.
+#[derive(Debug)]
+pub(crate) struct BuildError {
+    /// Where: a `services` entry, or (None) the `grpc_transcode` key.
+    pub(crate) pos: Option<crate::config::node::Pos>,
+    /// What is wrong.
+    pub(crate) message: String,
+}
+
+impl From<String> for BuildError {
+    fn from(message: String) -> Self {
+        BuildError { pos: None, message }
+    }
+}
+
+/// Builds the route's two steps from its spec; `base` is the config file's folder.
 pub(crate) fn build(
     spec: &GrpcTranscodeSpec,
     base: &std::path::Path,
-) -> Result<[Arc<dyn Plugin>; 2], String> {
+) -> Result<[Arc<dyn Plugin>; 2], BuildError> {
     let path = base.join(spec.descriptor_set.as_str());
     let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let pool = rules::pool(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(unknown) = spec
+        .services
+        .iter()
+        .find(|s| pool.get_service_by_name(s).is_none())
+    {
+        return Err(BuildError {
+            pos: Some(unknown.pos),
+            message: rules::unknown_service(&pool, unknown),
+        });
+    }
     let services: Vec<&str> = spec.services.iter().map(|s| s.as_str()).collect();
     let bindings = rules::bindings(&pool, &services)?;
     Ok([

@@ -60,18 +60,9 @@ pub(crate) fn bindings(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<B
         chosen.extend(pool.services());
     } else {
         for name in services {
-            let service = pool.get_service_by_name(name).ok_or_else(|| {
-                let known: Vec<String> =
-                    pool.services().map(|s| s.full_name().to_owned()).collect();
-                format!(
-                    "service `{name}` is not in the descriptor set (it has: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                )
-            })?;
+            let service = pool
+                .get_service_by_name(name)
+                .ok_or_else(|| unknown_service(pool, name))?;
             chosen.push(service);
         }
     }
@@ -123,6 +114,19 @@ pub(crate) fn bindings(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<B
         }
     }
     Ok(out)
+}
+
+/// The message for a `services` entry the set does not have.
+pub(crate) fn unknown_service(pool: &DescriptorPool, name: &str) -> String {
+    let known: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
+    format!(
+        "service `{name}` is not in the descriptor set (it has: {})",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )
 }
 
 fn text(rule: &DynamicMessage, name: &str) -> Option<String> {
