@@ -154,6 +154,18 @@ async fn rules_bind_path_query_and_body() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["id"], "42");
 
+    // The same over HTTP/2 (h2c), with the stream of a server-streaming method.
+    let r = crate::support::client::h2_get(&web, "shop.test", "/v1/books/43").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.json()["id"], "43");
+    let r = crate::support::client::h2_get(&web, "shop.test", "/v1/shelves/s3/books?count=2").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        "{\"id\":\"shelves/s3/books/0\"}\n{\"id\":\"shelves/s3/books/1\",\"pageCount\":1}\n"
+    );
+
     // response_body: only the reply's `title` field.
     let r = send(&web, "GET", "/v1/shelves/s1/books/b1:title", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
