@@ -225,6 +225,19 @@ async fn rules_bind_path_query_and_body() {
     let r = send(&web, "POST", "/shop.v1.Shop/GetBook", r#"{"name":"n1"}"#).await;
     assert_eq!(r.status, 404, "{}", r.body);
 
+    // A gRPC client on a transcoding route passes as it is.
+    let out = Command::new("python3")
+        .arg(Path::new(PROTOS).join("transcode_peer.py"))
+        .args(["call", &web, "g1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "g1 Dune\n");
+
     // No binding: portico's 404.
     let r = send(&web, "DELETE", "/v1/books/42", "").await;
     assert_eq!(r.status, 404, "{}", r.body);

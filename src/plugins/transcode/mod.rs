@@ -132,6 +132,10 @@ impl Plugin for Transcode {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
+        if is_grpc(&head.headers) {
+            // A gRPC client on the same route: its call passes as it is.
+            return Ok(Flow::Continue);
+        }
         let Some((binding, index, vars)) = self.find(&head.method, head.uri.path()) else {
             return Err(ProxyError::NoRoute);
         };

@@ -1,6 +1,8 @@
 """A real gRPC server (grpcio) for the gRPC-JSON transcoding tests: shop.proto's Shop.
 
-`python3 transcode_peer.py` serves on 127.0.0.1:0 and prints its port. Every answer tells
+`python3 transcode_peer.py` serves on 127.0.0.1:0 and prints its port;
+`python3 transcode_peer.py call ADDR NAME` calls GetBook through ADDR as a gRPC client and
+prints the book's id and title. Every answer tells
 what the server received, so the tests see what portico made of the JSON request.
 """
 
@@ -79,5 +81,14 @@ def main():
         s.stop(0)
 
 
+def call(addr, name):
+    with grpc.insecure_channel(addr) as channel:
+        book = rpc.ShopStub(channel).GetBook(pb.GetBookRequest(name=name), timeout=10)
+    print(book.id, book.title, flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["call"]:
+        call(sys.argv[2], sys.argv[3])
+    else:
+        main()
