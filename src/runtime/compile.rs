@@ -1281,6 +1281,12 @@ fn compile_route(
                 "grpc_transcode needs a route that forwards (upstream or split)",
             );
         }
+        if spec.rewrite.is_some() {
+            diags.error(
+                transcode.pos,
+                "grpc_transcode cannot be combined with rewrite: the upstream path is the gRPC method's",
+            );
+        }
         match plugins::transcode::build(transcode, env.base) {
             Ok(steps) => own.extend(steps),
             Err(err) => diags.error(

@@ -428,6 +428,10 @@ upstreams:
             "not a protobuf FileDescriptorSet",
         ),
         (
+            "{ descriptor_set: shop.pb }\n    rewrite: { strip_prefix: /v1 }",
+            "grpc_transcode cannot be combined with rewrite",
+        ),
+        (
             "{ descriptor_set: shop.pb, services: [shop.v1.Shop, shop.v1.Nope] }",
             "service `shop.v1.Nope` is not in the descriptor set (it has: shop.v1.Shop)",
         ),
@@ -450,6 +454,26 @@ upstreams:
         );
         assert!(all.contains(wanted), "{spec}: {all}");
     }
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_descriptor_set_again() {
+    let shop = Shop::start();
+    let dir = temp_dir("transcode-reload");
+    descriptor_set("shop.proto", &dir, "shop.pb");
+    let config = fill(CONFIG, &[("S", &shop.addr), ("EXTRA", "")]);
+    let gw = Portico::start_in(&dir, &config);
+    let web = gw.addr("web");
+    assert_eq!(send(&web, "GET", "/v1/books/1", "").await.status, 200);
+    // A broken set is refused and the running one stays.
+    std::fs::write(dir.join("shop.pb"), b"\xff\xffjunk").unwrap();
+    assert!(!gw.reload(&config));
+    assert_eq!(send(&web, "GET", "/v1/books/1", "").await.status, 200);
+    // A set with other services replaces it: the shop's bindings are gone.
+    descriptor_set("echo.proto", &dir, "shop.pb");
+    let echo_only = config.replace(", services: [shop.v1.Shop]", "");
+    assert!(gw.reload(&echo_only), "{}", gw.log_text());
+    assert_eq!(send(&web, "GET", "/v1/books/1", "").await.status, 404);
 }
 
 #[test]
