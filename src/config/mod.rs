@@ -11,6 +11,7 @@ mod reference;
 pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
+mod spec_transcode;
 pub(crate) mod suggest;
 pub(crate) mod units;
 

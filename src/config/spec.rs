@@ -422,7 +422,13 @@ pub(crate) struct RouteSpec {
     /// Copies of a share of the requests, sent to another upstream and discarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) mirror: Option<MirrorSpec>,
+    /// JSON clients to a gRPC upstream: requests are turned into gRPC calls by the
+    /// `google.api.http` rules of a descriptor set, answers back into JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) grpc_transcode: Option<At<GrpcTranscodeSpec>>,
 }
+
+pub(crate) use super::spec_transcode::{GrpcTranscodeSpec, StreamFormatSpec};
 
 /// `path_policy:` of a route (docs/config.md, "Path normalisation").
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema)]

@@ -31,6 +31,7 @@ pub(crate) mod rate_limit;
 pub(crate) mod request_size_limit;
 pub(crate) mod respond;
 pub(crate) mod state;
+pub(crate) mod transcode;
 pub(crate) mod transform;
 pub(crate) mod validate;
 

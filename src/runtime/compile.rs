@@ -1273,7 +1273,28 @@ fn compile_route(
         );
     }
     let owner = format!("route {}", *spec.name);
-    let own = compile_plugins(&spec.plugins, &owner, env, diags, false);
+    let mut own = compile_plugins(&spec.plugins, &owner, env, diags, false);
+    if let Some(transcode) = &spec.grpc_transcode {
+        if spec.upstream.is_none() && spec.split.is_none() {
+            diags.error(
+                transcode.pos,
+                "grpc_transcode needs a route that forwards (upstream or split)",
+            );
+        }
+        if spec.rewrite.is_some() {
+            diags.error(
+                transcode.pos,
+                "grpc_transcode cannot be combined with rewrite: the upstream path is the gRPC method's",
+            );
+        }
+        match plugins::transcode::build(transcode, env.base) {
+            Ok(steps) => own.extend(steps),
+            Err(err) => diags.error(
+                err.pos.unwrap_or(transcode.pos),
+                format!("grpc_transcode: {}", err.message),
+            ),
+        }
+    }
     let mut on_route = HashMap::new();
     for (consumer, list) in &spec.consumer_plugins {
         if !consumer_names.contains_key(consumer.as_str())

@@ -143,6 +143,9 @@ fn every_example_validates_strictly() {
         certificates(&dir);
         let copy = dir.join(&name);
         std::fs::copy(&file, &copy).unwrap();
+        if name == "grpc-json.yaml" {
+            greeter_descriptor_set(&dir);
+        }
         let out = Command::new(BIN)
             .args(["validate", "--strict", "--config"])
             .arg(&copy)
@@ -158,6 +161,23 @@ fn every_example_validates_strictly() {
             "examples/{name} does not validate with --strict:\n{stdout}{stderr}"
         );
     }
+}
+
+/// Writes `dir/greeter.pb`, the descriptor set examples/grpc-json.yaml reads, as its guide
+/// makes it.
+fn greeter_descriptor_set(dir: &Path) {
+    let status = Command::new("python3")
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(Path::new(ROOT).join("examples"))
+        .arg("--include_imports")
+        .arg(format!(
+            "--descriptor_set_out={}",
+            dir.join("greeter.pb").display()
+        ))
+        .arg(Path::new(ROOT).join("examples/greeter.proto"))
+        .status()
+        .expect("python3 with grpcio-tools (scripts/test.sh installs it)");
+    assert!(status.success(), "protoc failed on examples/greeter.proto");
 }
 
 /// The ```yaml blocks of a markdown page.
@@ -993,4 +1013,116 @@ async fn grpc_guide() {
     drop(two);
     let r = calls(&web, json!([{ "kind": "unary", "text": "hi" }]));
     assert_eq!(r[0]["code"], "UNAVAILABLE", "{r:?}");
+}
+
+#[tokio::test]
+async fn grpc_json_guide() {
+    use std::io::{BufRead, BufReader};
+    // The guide's gRPC server, on a free port.
+    let mut server = Command::new("python3")
+        .arg(Path::new(ROOT).join("examples/greeter_server.py"))
+        .arg("0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with grpcio and grpcio-tools");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().expect("the server prints its port");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(server);
+
+    let dir = temp_dir("grpc-json");
+    greeter_descriptor_set(&dir);
+    let mut subs = ephemeral(&["127.0.0.1:8080"], &[]);
+    subs.push((
+        "address: 127.0.0.1:50051".to_owned(),
+        format!("address: 127.0.0.1:{port}"),
+    ));
+    let config = substitute(&example("grpc-json.yaml"), &subs);
+    let gw = Portico::start_in(&dir, &config);
+    let web = gw.addr("web");
+
+    let r = send(&web, "GET", "/v1/hello/Ada", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        r#"{"at":"2025-01-02T03:04:05Z","message":"Hello, Ada!"}"#
+    );
+
+    let mut h1 = H1::connect(&web).await;
+    let post = |body: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/hello")
+            .header("host", "localhost:8080")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    };
+    let r = h1.send(post(r#"{"name":"Grace"}"#)).await.unwrap();
+    assert_eq!(
+        r.body,
+        r#"{"at":"2025-01-02T03:04:05Z","message":"Hello, Grace!"}"#
+    );
+    let r = h1.send(post(r#"{"name":""}"#)).await.unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.body,
+        r#"{"code":3,"details":[],"message":"name is required"}"#
+    );
+    let r = h1.send(post(r#"{"name":"#)).await.unwrap();
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body
+            .contains("the body is not JSON: EOF while parsing a value at line 1 column 8"),
+        "{}",
+        r.body
+    );
+
+    let r = send(&web, "GET", "/v1/hello/Ada/stream?count=3", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(
+        r.body,
+        "{\"at\":\"2025-01-02T03:04:05Z\",\"message\":\"Hello #1, Ada!\"}\n\
+         {\"at\":\"2025-01-02T03:04:05Z\",\"message\":\"Hello #2, Ada!\"}\n\
+         {\"at\":\"2025-01-02T03:04:05Z\",\"message\":\"Hello #3, Ada!\"}\n"
+    );
+
+    let r = send(&web, "GET", "/v1/hello/nobody", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.body,
+        r#"{"code":5,"details":[],"message":"no one called nobody"}"#
+    );
+    let r = send(&web, "DELETE", "/v1/hello/Ada", &[]).await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no_route"), "{}", r.body);
+
+    // explain, as the guide shows it.
+    let file = dir.join("explain.yaml");
+    std::fs::write(&file, example("grpc-json.yaml")).unwrap();
+    let out = Command::new(BIN)
+        .args(["explain", "-c"])
+        .arg(&file)
+        .args(["GET", "http://localhost:8080/v1/hello/Ada/stream?count=3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for wanted in [
+        "gRPC method /helloworld.Greeter/StreamHellos (server streaming, answered as NDJSON)",
+        "binding GET /v1/hello/{name}/stream",
+        "from the path: name=\"Ada\"",
+        "from the query: count",
+    ] {
+        assert!(text.contains(wanted), "{wanted}: {text}");
+    }
 }

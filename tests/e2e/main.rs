@@ -23,3 +23,4 @@ mod reload;
 mod resilience;
 mod streaming;
 mod tls;
+mod transcode;
