@@ -257,6 +257,28 @@ pub fn client_hello(data: &[u8]) {
     }
 }
 
+/// The XML converter of aggregate calls: never panics; a document it accepts is an object
+/// with one member (the root element), and shaping it never panics either.
+pub fn xml(data: &[u8]) {
+    use crate::aggregate::{convert, shape};
+    let Ok(value) = convert::xml(data) else {
+        return;
+    };
+    let serde_json::Value::Object(top) = &value else {
+        panic!("a converted document is not an object: {value}");
+    };
+    assert_eq!(top.len(), 1, "a converted document has one root: {value}");
+    let root = top.keys().next().cloned().unwrap_or_default();
+    let shaped = shape::Shape {
+        target: Some(vec![root]),
+        deny: vec![shape::path("@id")],
+        rename: vec![(shape::path("#text"), shape::path("text"))],
+        collection: true,
+        ..Default::default()
+    };
+    let _ = shaped.fields(value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +305,7 @@ mod tests {
         assert!(replay("request_head", request_head) > 0);
         assert!(replay("client_hello", client_hello) > 0);
         assert!(replay("path", path) > 0);
+        assert!(replay("xml", xml) > 0);
     }
 
     fn head_like() -> impl Strategy<Value = Vec<u8>> {
@@ -334,6 +357,17 @@ mod tests {
             config(&data);
             client_hello(&data);
             path(&data);
+            xml(&data);
+        }
+
+        #[test]
+        fn xml_like_text_never_panics(
+            pieces in prop::collection::vec(prop::sample::select(vec![
+                "<a>", "</a>", "<b x='1'>", "</b>", "<c/>", "text", "&amp;", "&#65;", "&bad;",
+                "<![CDATA[x]]>", "<!-- c -->", "<?pi?>", "<", ">", "\"", "<a y=\"2\">",
+            ]), 0..24)
+        ) {
+            xml(pieces.concat().as_bytes());
         }
 
         #[test]

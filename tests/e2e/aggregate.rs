@@ -26,7 +26,7 @@ pub struct Log {
 
 /// A backend answering by path:
 /// `/users/ID` JSON user; `/orders?user=ID` a JSON array; `/xml` XML; `/form` a form body;
-/// `/text` plain text; `/fail` 500 with an internal detail; `/slow?ms=N` JSON after N ms;
+/// `/items/A1` XML; `/text` plain text; `/orders?user=13` 500; `/fail` 500 with an internal detail; `/slow?ms=N` JSON after N ms;
 /// `/hang` never answers; `/big` a 4 KiB JSON string; `/bad-xml` broken XML.
 pub struct Backend {
     pub addr: String,
@@ -70,13 +70,16 @@ async fn answer(target: &str) -> Response<Full<Bytes>> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if let Some(id) = path.strip_prefix("/users/") {
         let body = serde_json::json!({"id": id, "name": "Ada", "secret": "s3",
-            "address": {"city": "Paris", "zip": "75001"}});
+            "address": {"city": "Paris", "zip": "75001"}, "favourite": "A1"});
         let mut r = reply(200, "application/json", body.to_string());
         r.headers_mut()
             .insert("cache-control", "max-age=60".parse().unwrap());
         return r;
     }
     match path {
+        "/orders" if query == "user=13" => {
+            reply(500, "text/plain", "orders db at 10.1.2.3 is down")
+        }
         "/orders" => {
             let user = query.strip_prefix("user=").unwrap_or("");
             let body = serde_json::json!([{"order": 1, "user": user, "internal": true},
@@ -87,6 +90,11 @@ async fn answer(target: &str) -> Response<Full<Bytes>> {
             200,
             "application/xml",
             r#"<?xml version="1.0"?><stock sku="A1"><item>x</item><item>y</item><count>3</count></stock>"#,
+        ),
+        "/items/A1" => reply(
+            200,
+            "application/xml",
+            r#"<item sku="A1"><name>Desk lamp</name><stock>3</stock></item>"#,
         ),
         "/bad-xml" => reply(200, "application/xml", "<stock><item></stock>"),
         "/form" => reply(
@@ -287,7 +295,8 @@ async fn a_dependent_call_gets_the_first_calls_field() {
     assert_eq!(
         reply.json(),
         serde_json::json!({
-            "user": {"id": "42", "name": "Ada", "address": {"city": "Paris", "zip": "75001"}},
+            "user": {"id": "42", "name": "Ada", "address": {"city": "Paris", "zip": "75001"},
+                "favourite": "A1"},
             "orders": [{"order": 1, "user": "42"}, {"order": 2, "user": "42"}],
         })
     );
