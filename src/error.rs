@@ -37,6 +37,7 @@ pub(crate) const ERROR_CODES: &[(&str, u16)] = &[
     ("upstream_failed", 502),
     ("upstream_response_too_large", 502),
     ("aggregate_failed", 502),
+    ("upstream_response_invalid", 502),
     ("no_healthy_target", 503),
     ("circuit_open", 503),
     ("upstream_timeout", 504),

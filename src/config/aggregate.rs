@@ -120,3 +120,36 @@ fn one_mib() -> Size {
 fn yes() -> bool {
     true
 }
+
+/// `response_shape:` — the conversion and field operations of aggregate calls, on a plain
+/// route's answer: a 2xx answer is read whole (up to `max_body`), converted to JSON, shaped,
+/// and sent as JSON.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResponseShapeSpec {
+    /// How the answer is read; with `auto`, answers of another content type than JSON, XML,
+    /// form or text pass unchanged.
+    #[serde(default)]
+    pub(crate) format: FormatSpec,
+    /// Keep only the value at this dotted path of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<String>,
+    /// Keep only these dotted paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) allow: Vec<String>,
+    /// Remove these dotted paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) deny: Vec<String>,
+    /// Move fields: a mapping of old dotted path to new dotted path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) rename: BTreeMap<String, String>,
+    /// Put the result under this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<String>,
+    /// The answer is a top-level array whose items are shaped one by one.
+    #[serde(default)]
+    pub(crate) collection: bool,
+    /// Most bytes of answer read; a larger answer is a 502.
+    #[serde(default = "one_mib")]
+    pub(crate) max_body: Size,
+}

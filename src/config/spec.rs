@@ -1061,6 +1061,9 @@ pub(crate) enum PluginSpec {
     RequestTransformer(TransformSpec),
     /// Edits the response: headers, JSON body fields.
     ResponseTransformer(TransformSpec),
+    /// Reads the answer as JSON, XML, a form or text and shapes it into JSON (target, allow,
+    /// deny, rename, group).
+    ResponseShape(super::aggregate::ResponseShapeSpec),
     /// Checks requests against a JSON Schema (bodies) or an OpenAPI 3 document.
     RequestValidator(ValidatorSpec),
     /// Lets gRPC-Web clients (browsers) call gRPC upstreams.

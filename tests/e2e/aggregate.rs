@@ -263,6 +263,12 @@ routes:
     aggregate:
       calls:
         - { name: stuck, upstream: orders, path: /hang }
+  - name: shaped
+    match: { path_prefix: /shaped/ }
+    rewrite: { strip_prefix: /shaped }
+    plugins:
+      - response_shape: { target: stock, deny: [count], rename: { '@sku': sku }, group: stock, max_body: 1KiB }
+    upstream: users
 upstreams:
   users: { targets: [ { address: '@USERS@' } ] }
   orders: { targets: [ { address: '@ORDERS@' } ] }
@@ -509,4 +515,27 @@ upstreams:
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
+}
+
+#[tokio::test]
+async fn response_shape_converts_a_plain_routes_answer() {
+    let (_users, _orders, gw) = start("fail").await;
+    let web = gw.addr("web");
+    let reply = get(&web, "/shaped/xml").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"stock": {"sku": "A1", "item": ["x", "y"]}})
+    );
+    let reply = get(&web, "/shaped/bad-xml").await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "upstream_response_invalid");
+    let reply = get(&web, "/shaped/big").await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "upstream_response_too_large");
+    // A non-2xx answer passes as it is.
+    let reply = get(&web, "/shaped/fail").await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.body, "db at 10.1.2.3 exploded");
 }
