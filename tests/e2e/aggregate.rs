@@ -539,3 +539,52 @@ async fn response_shape_converts_a_plain_routes_answer() {
     assert_eq!(reply.status, 500);
     assert_eq!(reply.body, "db at 10.1.2.3 exploded");
 }
+
+#[tokio::test]
+async fn request_values_claims_and_the_consumer_fill_placeholders() {
+    let users = Backend::start().await;
+    let secret = "a-long-enough-hmac-secret-for-tests";
+    let config = fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: me
+    match: { path_template: '/me/{section}' }
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ] }
+    aggregate:
+      calls:
+        - name: user
+          upstream: users
+          path: '/users/{claim.sub}?c={consumer}&t={claim.tenant}&s={path.section}&q={query.q}&l={header.accept-language}'
+upstreams:
+  users: { targets: [ { address: '@USERS@' } ] }
+",
+        &[("SECRET", secret), ("USERS", &users.addr)],
+    );
+    let gw = Portico::start(&config);
+    let token = crate::jwt::hs(
+        None,
+        &crate::jwt::claims(serde_json::json!({"tenant": 7})),
+        secret.as_bytes(),
+    );
+    let request = Request::get("/me/orders?q=a%20b")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept-language", "fr")
+        .body(Full::default())
+        .unwrap();
+    let mut client = crate::support::H1::connect(&gw.addr("web")).await;
+    let reply = client.send(request).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["id"], "alice");
+    assert_eq!(
+        users.log.lock().unwrap().calls[0].0,
+        "/users/alice?c=alice&t=7&s=orders&q=a%20b&l=fr"
+    );
+    // Without a token the request plugins answer, and no call is made.
+    let reply = get(&gw.addr("web"), "/me/orders").await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(users.log.lock().unwrap().calls.len(), 1);
+}
