@@ -76,6 +76,11 @@ pub(crate) struct CallSpec {
     /// Time allowed to this call, its body included; none but the aggregate's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) timeout: Option<Dur>,
+    /// Hedging, for idempotent methods only: when no answer has come after this long, a
+    /// second try goes out (to the balancer's next pick); the first good answer wins and the
+    /// other try is cancelled. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hedge: Option<At<Dur>>,
     /// Most bytes of the call's answer body; a larger answer fails the call.
     #[serde(default = "one_mib")]
     pub(crate) max_body: Size,

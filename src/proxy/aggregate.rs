@@ -260,7 +260,7 @@ async fn send(
         Ok(head) => head,
         Err(reason) => return (index, Outcome::Failed(Failure::Failed(reason))),
     };
-    let exchange = exchange(call, head, input);
+    let exchange = hedged(call, head, input);
     let result = match call.timeout {
         Some(limit) => tokio::time::timeout(limit, exchange)
             .await
@@ -272,6 +272,40 @@ async fn send(
         Err(failure) => Outcome::Failed(failure),
     };
     (index, outcome)
+}
+
+/// The exchange, hedged when the call says so: a second try after `hedge` unless the first
+/// answered; the first good answer wins, and dropping the other cancels it.
+async fn hedged(
+    call: &Call,
+    head: http::request::Parts,
+    input: &Input<'_>,
+) -> Result<(Value, Option<u64>), Failure> {
+    let Some(delay) = call.hedge else {
+        return exchange(call, head, input).await;
+    };
+    let mut copy = Request::new(());
+    *copy.method_mut() = head.method.clone();
+    *copy.uri_mut() = head.uri.clone();
+    *copy.headers_mut() = head.headers.clone();
+    let (copy, ()) = copy.into_parts();
+    let first = exchange(call, head, input);
+    let second = async {
+        tokio::time::sleep(delay).await;
+        tracing::debug!(call = %call.name, "hedging");
+        exchange(call, copy, input).await
+    };
+    let (mut first, mut second) = (Box::pin(first), Box::pin(second));
+    tokio::select! {
+        result = &mut first => match result {
+            Ok(answer) => Ok(answer),
+            Err(_) => second.await,
+        },
+        result = &mut second => match result {
+            Ok(answer) => Ok(answer),
+            Err(_) => first.await,
+        },
+    }
 }
 
 async fn exchange(

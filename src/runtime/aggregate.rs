@@ -41,6 +41,8 @@ pub(crate) struct Call {
     pub(crate) headers: Vec<(HeaderName, Template)>,
     /// Time allowed to the call, its body included.
     pub(crate) timeout: Option<Duration>,
+    /// Send a second try when no answer came after this long.
+    pub(crate) hedge: Option<Duration>,
     /// Most bytes of answer body.
     pub(crate) max_body: usize,
     /// How the answer is read.

@@ -32,6 +32,8 @@ pub struct Backend {
     pub addr: String,
     pub log: Arc<Mutex<Log>>,
     pub changed: Arc<tokio::sync::Notify>,
+    /// `/hedge` answers after 5 s while this is true.
+    pub slow: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,7 +68,7 @@ fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Fu
         .unwrap()
 }
 
-async fn answer(target: &str) -> Response<Full<Bytes>> {
+async fn answer(target: &str, slow: bool) -> Response<Full<Bytes>> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if let Some(id) = path.strip_prefix("/users/") {
         let body = serde_json::json!({"id": id, "name": "Ada", "secret": "s3",
@@ -113,6 +115,13 @@ async fn answer(target: &str) -> Response<Full<Bytes>> {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             reply(200, "application/json", format!("{{\"slept\": {ms}}}"))
         }
+        "/hedge" => {
+            if slow {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            let from = if slow { "slow" } else { "fast" };
+            reply(200, "application/json", format!("{{\"from\": \"{from}\"}}"))
+        }
         "/hang" => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -127,16 +136,19 @@ impl Backend {
         let addr = listener.local_addr().unwrap().to_string();
         let log: Arc<Mutex<Log>> = Arc::default();
         let changed = Arc::new(tokio::sync::Notify::new());
-        let (log2, changed2) = (Arc::clone(&log), Arc::clone(&changed));
+        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log2, changed2, slow2) = (Arc::clone(&log), Arc::clone(&changed), Arc::clone(&slow));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let (log, changed) = (Arc::clone(&log2), Arc::clone(&changed2));
+                let slow = Arc::clone(&slow2);
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (log, changed) = (Arc::clone(&log), Arc::clone(&changed));
+                        let slow = slow.load(std::sync::atomic::Ordering::Relaxed);
                         async move {
                             let target = req.uri().to_string();
                             let index = {
@@ -151,7 +163,7 @@ impl Backend {
                                 changed: Arc::clone(&changed),
                                 done: false,
                             };
-                            let response = answer(&target).await;
+                            let response = answer(&target, slow).await;
                             guard.done = true;
                             log.lock().unwrap().calls[index].2 = Some(Instant::now());
                             changed.notify_waiters();
@@ -168,6 +180,7 @@ impl Backend {
             addr,
             log,
             changed,
+            slow,
             task,
         }
     }
@@ -587,4 +600,54 @@ upstreams:
     let reply = get(&gw.addr("web"), "/me/orders").await;
     assert_eq!(reply.status, 401);
     assert_eq!(users.log.lock().unwrap().calls.len(), 1);
+}
+
+#[tokio::test]
+async fn a_hedged_call_takes_the_first_good_answer() {
+    let slow = Backend::start().await;
+    slow.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fast = Backend::start().await;
+    let config = fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: hedged
+    match: { path: /hedged }
+    aggregate:
+      calls:
+        - { name: h, upstream: pair, path: /hedge, hedge: 50ms, timeout: 3s }
+upstreams:
+  pair: { targets: [ { address: '@SLOW@' }, { address: '@FAST@' } ] }
+",
+        &[("SLOW", &slow.addr), ("FAST", &fast.addr)],
+    );
+    let gw = Portico::start(&config);
+    // Round robin: over two requests the slow target is asked first at least once.
+    for _ in 0..2 {
+        let started = Instant::now();
+        let reply = get(&gw.addr("web"), "/hedged").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json(), serde_json::json!({"from": "fast"}));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+    // The slow try lost and was cancelled.
+    slow.wait("the slow try to be cancelled", |l| {
+        !l.calls.is_empty() && l.cancelled.len() == l.calls.len()
+    })
+    .await;
+
+    let (code, _, err) = cli(&[
+        "validate",
+        "-c",
+        &write(
+            "hedge.yaml",
+            &config.replace("path: /hedge, hedge", "method: POST, path: /hedge, hedge"),
+        ),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("hedge.yaml:8:") && err.contains("hedge needs an idempotent method"),
+        "{err}"
+    );
 }

@@ -172,6 +172,20 @@ fn compile_call(
     }
     deps.sort_unstable();
     deps.dedup();
+    if let (Some(hedge), Some(method)) = (&call.hedge, &method) {
+        let idempotent = matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        if !idempotent {
+            diags.error(
+                hedge.pos,
+                format!("hedge needs an idempotent method; `{method}` may not be sent twice"),
+            );
+        } else if hedge.0.is_zero() {
+            diags.error(hedge.pos, "hedge must be longer than 0");
+        }
+    }
     if call.max_body.0 == 0 {
         diags.error(call.name.pos, "a call's max_body must be at least 1 byte");
     }
@@ -201,6 +215,7 @@ fn compile_call(
         path: path_template?,
         headers,
         timeout,
+        hedge: call.hedge.as_ref().map(|h| h.0),
         max_body: usize::try_from(call.max_body.0).unwrap_or(usize::MAX),
         format: match call.format {
             FormatSpec::Auto => Format::Auto,

@@ -79,12 +79,15 @@ pub(super) fn explain(out: &mut String, agg: &Aggregate, req: &Request<'_>, secr
             let deps: Vec<&str> = call.deps.iter().map(|&d| &*agg.calls[d].name).collect();
             let _ = writeln!(
                 out,
-                "    call {} → upstream {}: {} {}{}{}",
+                "    call {} → upstream {}: {} {}{}{}{}",
                 call.name,
                 call.upstream.name,
                 call.method,
                 expand(agg, &call.path, req, true),
                 if call.required { "" } else { " (optional)" },
+                call.hedge
+                    .map(|h| format!("; hedged after {}ms", h.as_millis()))
+                    .unwrap_or_default(),
                 if deps.is_empty() {
                     String::new()
                 } else {
