@@ -463,6 +463,7 @@ routes:
       calls:
         - { name: a, upstream: u, path: '/a' }
         - { name: c, upstream: u, path: '/c?x={usr.id}&y={path.id}' }
+        - { name: d, upstream: u, path: '/d e' }
 upstreams:
   u: { targets: [ { address: 127.0.0.1:9 } ] }
 ",
@@ -483,6 +484,10 @@ upstreams:
     );
     assert!(
         err.contains("`{path.id}` needs the route to match with a path_template"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:16:") && err.contains("a call's path is not a valid request target"),
         "{err}"
     );
 }

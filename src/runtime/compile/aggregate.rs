@@ -158,9 +158,28 @@ fn compile_call(
     }
     let mut deps = Vec::new();
     let path_template = template(&call.path, call, names, template_params, &mut deps, diags);
+    // With every placeholder filled, the literal text must make a valid request target.
+    let sample = |t: &Template| t.expand(|_| Some("x".to_owned())).unwrap_or_default();
+    if let Some(t) = &path_template
+        && http::uri::PathAndQuery::try_from(sample(t).as_str()).is_err()
+    {
+        diags.error(
+            call.path.pos,
+            "a call's path is not a valid request target (percent-encode spaces and other \
+             characters a URL may not hold)",
+        );
+    }
     let mut headers = Vec::new();
     for (name, value) in &call.headers {
         let parsed = template(value, call, names, template_params, &mut deps, diags);
+        if let Some(t) = &parsed
+            && http::HeaderValue::from_str(&sample(t)).is_err()
+        {
+            diags.error(
+                value.pos,
+                format!("header `{name}` is not a valid header value"),
+            );
+        }
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(header) => {
                 if let Some(parsed) = parsed {
