@@ -492,3 +492,29 @@ fn merge(agg: &Aggregate, outcomes: Vec<Outcome>) -> Result<Response<Body>, Prox
     headers.insert(header::CACHE_CONTROL, cache_control);
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(header::CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn shared_cache_ages() {
+        assert_eq!(max_age(&headers(&["max-age=60"])), Some(60));
+        assert_eq!(
+            max_age(&headers(&["public, max-age=60, s-maxage=10"])),
+            Some(10)
+        );
+        assert_eq!(max_age(&headers(&["max-age=60", "private"])), None);
+        assert_eq!(max_age(&headers(&["no-store"])), None);
+        assert_eq!(max_age(&headers(&["no-cache, max-age=5"])), None);
+        assert_eq!(max_age(&headers(&[])), None);
+    }
+}

@@ -276,6 +276,12 @@ routes:
     aggregate:
       calls:
         - { name: stuck, upstream: orders, path: /hang }
+  - name: cached
+    match: { path: /cached }
+    aggregate:
+      calls:
+        - { name: a, upstream: users, path: /users/1, group: a }
+        - { name: b, upstream: users, path: /users/2, group: b }
   - name: shaped
     match: { path_prefix: /shaped/ }
     rewrite: { strip_prefix: /shaped }
@@ -321,6 +327,18 @@ async fn a_dependent_call_gets_the_first_calls_field() {
     );
     let log = orders.log.lock().unwrap();
     assert_eq!(log.calls[0].0, "/orders?user=42");
+}
+
+#[tokio::test]
+async fn the_merged_answer_is_cacheable_only_when_every_answer_is() {
+    let (_users, _orders, gw) = start("fail").await;
+    // Both answers say `max-age=60`.
+    let reply = get(&gw.addr("web"), "/cached").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("cache-control"), Some("max-age=60"));
+    assert_eq!(reply.json()["b"]["id"], "2");
+    // No upstream header but the documented ones reaches the client.
+    assert!(reply.header("server").is_none() && reply.header("via").is_none());
 }
 
 #[tokio::test]
