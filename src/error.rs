@@ -36,9 +36,12 @@ pub(crate) const ERROR_CODES: &[(&str, u16)] = &[
     ("upstream_connect_failed", 502),
     ("upstream_failed", 502),
     ("upstream_response_too_large", 502),
+    ("aggregate_failed", 502),
+    ("upstream_response_invalid", 502),
     ("no_healthy_target", 503),
     ("circuit_open", 503),
     ("upstream_timeout", 504),
+    ("aggregate_timeout", 504),
 ];
 
 /// Whether `code` is in [`ERROR_CODES`] with `status`.
@@ -153,6 +156,21 @@ pub(crate) enum ProxyError {
         /// The timeout that fired.
         timeout: std::time::Duration,
     },
+    /// A call of an aggregate failed (its upstream's error, status or answer); the message
+    /// names the call, never its target.
+    #[error("aggregate call `{call}` failed: {reason}")]
+    AggregateFailed {
+        /// The call's name.
+        call: std::sync::Arc<str>,
+        /// What went wrong, in words that name no address.
+        reason: String,
+    },
+    /// A call of an aggregate did not finish in time.
+    #[error("aggregate call `{call}` did not finish in time")]
+    AggregateTimeout {
+        /// The call's name.
+        call: std::sync::Arc<str>,
+    },
 }
 
 impl ProxyError {
@@ -180,6 +198,8 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::AggregateFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::AggregateTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -203,6 +223,8 @@ impl ProxyError {
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::Upstream { .. } | ProxyError::BrokenResponse => "upstream_failed",
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => "upstream_timeout",
+            ProxyError::AggregateFailed { .. } => "aggregate_failed",
+            ProxyError::AggregateTimeout { .. } => "aggregate_timeout",
         }
     }
 

@@ -323,6 +323,28 @@ pub fn transcode_json(data: &[u8]) {
     assert_eq!(rewritten, written, "JSON round trip changed the message");
 }
 
+/// The XML converter of aggregate calls: never panics; a document it accepts is an object
+/// with one member (the root element), and shaping it never panics either.
+pub fn xml(data: &[u8]) {
+    use crate::aggregate::{convert, shape};
+    let Ok(value) = convert::xml(data) else {
+        return;
+    };
+    let serde_json::Value::Object(top) = &value else {
+        panic!("a converted document is not an object: {value}");
+    };
+    assert_eq!(top.len(), 1, "a converted document has one root: {value}");
+    let root = top.keys().next().cloned().unwrap_or_default();
+    let shaped = shape::Shape {
+        target: Some(vec![root]),
+        deny: vec![shape::path("@id")],
+        rename: vec![(shape::path("#text"), shape::path("text"))],
+        collection: true,
+        ..Default::default()
+    };
+    let _ = shaped.fields(value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +372,7 @@ mod tests {
         assert!(replay("client_hello", client_hello) > 0);
         assert!(replay("path", path) > 0);
         assert!(replay("transcode_json", transcode_json) > 0);
+        assert!(replay("xml", xml) > 0);
     }
 
     fn head_like() -> impl Strategy<Value = Vec<u8>> {
@@ -402,6 +425,7 @@ mod tests {
             client_hello(&data);
             path(&data);
             transcode_json(&data);
+            xml(&data);
         }
 
         #[test]
@@ -415,6 +439,16 @@ mod tests {
             data.push(b'\n');
             data.extend_from_slice(body.as_bytes());
             transcode_json(&data);
+        }
+
+        #[test]
+        fn xml_like_text_never_panics(
+            pieces in prop::collection::vec(prop::sample::select(vec![
+                "<a>", "</a>", "<b x='1'>", "</b>", "<c/>", "text", "&amp;", "&#65;", "&bad;",
+                "<![CDATA[x]]>", "<!-- c -->", "<?pi?>", "<", ">", "\"", "<a y=\"2\">",
+            ]), 0..24)
+        ) {
+            xml(pieces.concat().as_bytes());
         }
 
         #[test]

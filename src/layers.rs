@@ -9,6 +9,7 @@ use std::path::Path;
 /// it in that layer (so a layer has no cycle either).
 const LAYERS: &[&[&str]] = &[
     &[
+        "aggregate",
         "random",
         "background",
         "body",

@@ -29,6 +29,7 @@
 //! ```
 
 pub(crate) mod admin;
+pub(crate) mod aggregate;
 pub(crate) mod background;
 pub(crate) mod balance;
 #[doc(hidden)]

@@ -4,6 +4,7 @@
 //! [`Diagnostic`] printed `FILE:LINE:COL: message`. Checks that need the whole file (names,
 //! references) happen later, in `runtime::compile`, with the same diagnostics.
 
+pub(crate) mod aggregate;
 pub(crate) mod de;
 pub(crate) mod node;
 #[cfg(test)]

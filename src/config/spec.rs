@@ -371,6 +371,7 @@ impl Default for LimitsSpec {
     { "required": ["split"] },
     { "required": ["respond"] },
     { "required": ["redirect"] },
+    { "required": ["aggregate"] },
 ]))]
 pub(crate) struct RouteSpec {
     /// Unique name, used by metrics, logs and `explain`.
@@ -392,7 +393,7 @@ pub(crate) struct RouteSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) consumer_plugins: BTreeMap<At<String>, Vec<At<PluginSpec>>>,
     /// Action: forward to the upstream of this name. A route has exactly one action:
-    /// `upstream`, `split`, `respond` or `redirect`.
+    /// `upstream`, `split`, `respond`, `redirect` or `aggregate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,
     /// Action: forward to one of several upstreams, in smooth weighted order.
@@ -404,6 +405,9 @@ pub(crate) struct RouteSpec {
     /// Action: answer with a redirect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) redirect: Option<RedirectSpec>,
+    /// Action: call several upstreams and answer their merged JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) aggregate: Option<super::aggregate::AggregateSpec>,
     /// How the path is rewritten before forwarding: exactly one of `strip_prefix`,
     /// `replace_prefix` and `regex` (with `replace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1073,6 +1077,9 @@ pub(crate) enum PluginSpec {
     RequestTransformer(TransformSpec),
     /// Edits the response: headers, JSON body fields.
     ResponseTransformer(TransformSpec),
+    /// Reads the answer as JSON, XML, a form or text and shapes it into JSON (target, allow,
+    /// deny, rename, group).
+    ResponseShape(super::aggregate::ResponseShapeSpec),
     /// Checks requests against a JSON Schema (bodies) or an OpenAPI 3 document.
     RequestValidator(ValidatorSpec),
     /// Lets gRPC-Web clients (browsers) call gRPC upstreams.

@@ -519,6 +519,12 @@ impl Plugin for Jwt {
                 head.headers.insert(header.clone(), value);
             }
         }
+        ctx.slots.insert(Claims(Arc::new(claims)));
         Ok(Flow::Continue)
     }
 }
+
+/// The claims of the token a `jwt` plugin verified, kept on the request for later stages
+/// (an aggregate's `{claim.NAME}` placeholders).
+#[derive(Debug, Clone)]
+pub(crate) struct Claims(pub(crate) Arc<BTreeMap<String, serde_json::Value>>);

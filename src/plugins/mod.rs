@@ -30,6 +30,7 @@ pub(crate) mod quota;
 pub(crate) mod rate_limit;
 pub(crate) mod request_size_limit;
 pub(crate) mod respond;
+pub(crate) mod shape;
 pub(crate) mod state;
 pub(crate) mod transcode;
 pub(crate) mod transform;
@@ -216,6 +217,7 @@ pub(crate) const NAMES: &[&str] = &[
     "respond",
     "request_transformer",
     "response_transformer",
+    "response_shape",
     "request_validator",
     "grpc_web",
 ];
@@ -433,6 +435,7 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
         PluginSpec::ResponseTransformer(spec) => {
             Arc::new(transform::ResponseTransformer::new(spec)?)
         }
+        PluginSpec::ResponseShape(spec) => Arc::new(shape::ResponseShape::new(spec)),
         PluginSpec::RequestValidator(spec) => {
             Arc::new(validate::RequestValidator::new(spec, env.base)?)
         }

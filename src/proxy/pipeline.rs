@@ -219,6 +219,16 @@ async fn serve<'s>(
                 });
             Served::new(result, plugins, metrics.first())
         }
+        Action::Aggregate(agg) => {
+            let input = super::aggregate::Input {
+                head: &head,
+                ctx,
+                client_value: &conn.client_value,
+                scheme: conn.scheme,
+            };
+            let result = Box::pin(super::aggregate::run(agg, input)).await;
+            Served::new(result, plugins, metrics.first())
+        }
         Action::Forward { arms, .. } => {
             let arm = route.action.pick_arm();
             let upstream = &arms[arm];

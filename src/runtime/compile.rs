@@ -1121,12 +1121,13 @@ fn compile_route(
     let actions = usize::from(spec.upstream.is_some())
         + usize::from(spec.split.is_some())
         + usize::from(spec.respond.is_some())
-        + usize::from(spec.redirect.is_some());
+        + usize::from(spec.redirect.is_some())
+        + usize::from(spec.aggregate.is_some());
     if actions != 1 {
         diags.error(
             spec.name.pos,
             format!(
-                "route `{}` must have exactly one action (upstream, split, respond or redirect), found {actions}",
+                "route `{}` must have exactly one action (upstream, split, respond, redirect or aggregate), found {actions}",
                 *spec.name
             ),
         );
@@ -1260,16 +1261,23 @@ fn compile_route(
 
     let path_policy = compile_path_policy(spec, diags);
     let retry = spec.retry.as_ref().and_then(|r| compile_retry(r, diags));
+    let action = match &spec.aggregate {
+        Some(agg) => aggregate::compile(spec, agg, upstreams, retry.as_ref(), diags),
+        None => action,
+    };
     let mirror = spec.mirror.as_ref().and_then(|m| {
         if !(0.0..=100.0).contains(&*m.percent) {
             diags.error(m.percent.pos, "mirror.percent must be between 0 and 100");
         }
         find(&m.upstream, diags).map(|u| (u, *m.percent / 100.0))
     });
-    if spec.retry.is_some() && !matches!(action, Some(Action::Forward { .. })) && action.is_some() {
+    if spec.retry.is_some()
+        && !matches!(action, Some(Action::Forward { .. } | Action::Aggregate(_)))
+        && action.is_some()
+    {
         diags.error(
             spec.name.pos,
-            "retry applies to routes that forward (upstream or split)",
+            "retry applies to routes that forward (upstream, split or aggregate)",
         );
     }
     let owner = format!("route {}", *spec.name);
@@ -1378,6 +1386,7 @@ fn compile_headers(
     headers
 }
 
+mod aggregate;
 mod checks;
 mod lints;
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! diagnostic it finds. A running portico holds one snapshot in an `ArcSwap`; a reload
 //! compiles the next one and swaps it in, and each request keeps the snapshot it started with.
 
+pub(crate) mod aggregate;
 pub(crate) mod compile;
 pub(crate) mod explain;
 pub(crate) mod shared;
@@ -203,6 +204,8 @@ pub(crate) enum Action {
     Respond(Respond),
     /// Answer with a redirect.
     Redirect(Redirect),
+    /// Call several upstreams and answer their merged JSON.
+    Aggregate(Box<aggregate::Aggregate>),
 }
 
 impl Action {

@@ -1126,3 +1126,75 @@ async fn grpc_json_guide() {
         assert!(text.contains(wanted), "{wanted}: {text}");
     }
 }
+
+#[tokio::test]
+async fn aggregation_guide() {
+    use crate::aggregate::Backend;
+    let users = Backend::start().await;
+    let orders = Backend::start().await;
+    let catalog = Backend::start().await;
+    let config = substitute(
+        &example("aggregation.yaml"),
+        &[
+            (
+                "bind: 127.0.0.1:8080".to_owned(),
+                "bind: 127.0.0.1:0".to_owned(),
+            ),
+            (
+                "address: 127.0.0.1:9001".to_owned(),
+                format!("address: {}", users.addr),
+            ),
+            (
+                "address: 127.0.0.1:9002".to_owned(),
+                format!("address: {}", orders.addr),
+            ),
+            (
+                "address: 127.0.0.1:9003".to_owned(),
+                format!("address: {}", catalog.addr),
+            ),
+        ],
+    );
+    let gw = Portico::start_in(&temp_dir("aggregation"), &config);
+    let web = gw.addr("web");
+
+    // Step 1: three calls, one answer.
+    let r = get(&web, "/profile/42").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-portico-completed"), Some("true"));
+    assert_eq!(
+        r.body,
+        r#"{"favourite":{"name":"Desk lamp","sku":"A1","stock":"3"},"orders":[{"order":1,"user":"42"},{"order":2,"user":"42"}],"user":{"address":{"city":"Paris","zip":"75001"},"favourite":"A1","id":"42","name":"Ada"}}"#
+    );
+    assert_eq!(users.log.lock().unwrap().calls[0].0, "/users/42");
+    assert_eq!(orders.log.lock().unwrap().calls[0].0, "/orders?user=42");
+    assert_eq!(catalog.log.lock().unwrap().calls[0].0, "/items/A1");
+
+    // Step 2: the optional call fails; the answer says so.
+    let r = get(&web, "/profile/13").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-portico-completed"), Some("false"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        r.body,
+        r#"{"errors":[{"call":"orders","error":"aggregate_failed","message":"its upstream answered 500"}],"favourite":{"name":"Desk lamp","sku":"A1","stock":"3"},"user":{"address":{"city":"Paris","zip":"75001"},"favourite":"A1","id":"13","name":"Ada"}}"#
+    );
+
+    // Step 3: the plan, as the guide shows it.
+    let file = Path::new(ROOT).join("examples/aggregation.yaml");
+    let out = Command::new(BIN)
+        .args(["explain", "-c"])
+        .arg(&file)
+        .args(["GET", "http://127.0.0.1:8080/profile/42"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let guide =
+        std::fs::read_to_string(Path::new(ROOT).join("docs/guides/aggregation.md")).unwrap();
+    for line in text.lines() {
+        assert!(guide.contains(line), "the guide does not show `{line}`");
+    }
+    assert!(
+        text.contains("stage 2: orders, favourite (in parallel)"),
+        "{text}"
+    );
+}

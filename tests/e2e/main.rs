@@ -6,6 +6,7 @@
 mod support;
 
 mod acme;
+mod aggregate;
 mod cli;
 mod defects;
 mod discovery;

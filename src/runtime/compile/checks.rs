@@ -200,7 +200,7 @@ pub(super) fn plugin_warnings(spec: &At<crate::config::spec::PluginSpec>, diags:
     }
 }
 
-/// A warning for each upstream no route, split, mirror or listener names.
+/// A warning for each upstream no route, split, mirror, aggregate call or listener names.
 pub(super) fn unused_upstreams(spec: &crate::config::Spec, diags: &mut Diagnostics) {
     let mut used: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for route in &spec.routes {
@@ -212,6 +212,9 @@ pub(super) fn unused_upstreams(spec: &crate::config::Spec, diags: &mut Diagnosti
         }
         if let Some(mirror) = &route.mirror {
             used.insert(mirror.upstream.as_str());
+        }
+        if let Some(aggregate) = &route.aggregate {
+            used.extend(aggregate.calls.iter().map(|c| c.upstream.as_str()));
         }
     }
     for listener in &spec.listeners {

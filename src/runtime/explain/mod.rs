@@ -9,6 +9,7 @@ use super::{Action, Snapshot};
 use crate::config::secret::{Credentials, REDACTED};
 use crate::routing::{Conditions, PathMatch, RequestView, normalize_host, path};
 
+mod aggregate;
 mod plugins;
 mod settings;
 #[cfg(test)]
@@ -176,6 +177,14 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
     match &route.action {
         Action::Respond(r) => {
             let _ = writeln!(out, "action    respond {}", r.status);
+        }
+        Action::Aggregate(agg) => {
+            let req = aggregate::Request {
+                path: &normal,
+                query: uri.query(),
+                headers: &q.headers,
+            };
+            aggregate::explain(&mut out, agg, &req, &secrets);
         }
         Action::Redirect(r) => {
             let _ = writeln!(
