@@ -147,14 +147,17 @@ pub fn run() -> ExitCode {
         }
         Command::Version => {
             println!("portico {}", env!("CARGO_PKG_VERSION"));
-            println!("protocols: http1 h2c h2 tls_passthrough upgrades");
+            println!("protocols: http1 h2c h2 grpc grpc-web tls_passthrough upgrades");
             println!(
                 "tls: rustls, ring provider, TLS 1.2 and 1.3, mTLS, ACME (tls-alpn-01 http-01)"
             );
             println!(
                 "balance: round_robin least_request random p2c_ewma ring_hash maglev ip_hash sticky"
             );
-            println!("resilience: health(active passive) retries circuit_breaker mirror split");
+            println!(
+                "resilience: health(active passive grpc) retries circuit_breaker mirror split"
+            );
+            println!("composition: aggregate (json xml form text) grpc_transcode");
             println!("plugins: {}", crate::plugins::NAMES.join(" "));
             ExitCode::SUCCESS
         }

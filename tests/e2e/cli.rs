@@ -216,6 +216,9 @@ fn version_prints() {
         "plugins: ",
         "jwt",
         "request_validator",
+        "grpc-web",
+        "grpc_transcode",
+        "quota",
     ] {
         assert!(out.contains(wanted), "{wanted} missing: {out}");
     }
