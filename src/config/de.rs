@@ -199,10 +199,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
     ) -> Result<V::Value, DeError> {
         if name == POSITIONED {
             return visitor
-                .visit_seq(PositionedAccess {
-                    node: self,
-                    step: 0,
-                })
+                .visit_seq(PositionedAccess::new(self.pos, self))
                 .map_err(|e| e.at(self.pos));
         }
         visitor
@@ -339,10 +336,7 @@ impl<'de> de::Deserializer<'de> for KeyDeserializer<'de> {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         if name == POSITIONED {
-            visitor.visit_seq(KeyPositioned {
-                key: self.0,
-                step: 0,
-            })
+            visitor.visit_seq(PositionedAccess::new(self.0.pos, KeyDeserializer(self.0)))
         } else {
             visitor.visit_newtype_struct(self)
         }
@@ -366,33 +360,6 @@ impl<'de> de::Deserializer<'de> for KeyDeserializer<'de> {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
         bytes byte_buf option unit unit_struct seq tuple
         tuple_struct map struct identifier ignored_any
-    }
-}
-
-/// `(line, col, text)` of a key, for [`At`].
-struct KeyPositioned<'de> {
-    key: &'de Key,
-    step: u8,
-}
-
-impl<'de> de::SeqAccess<'de> for KeyPositioned<'de> {
-    type Error = DeError;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
-        self.step += 1;
-        match self.step {
-            1 => seed
-                .deserialize(self.key.pos.line.into_deserializer())
-                .map(Some),
-            2 => seed
-                .deserialize(self.key.pos.col.into_deserializer())
-                .map(Some),
-            3 => seed.deserialize(KeyDeserializer(self.key)).map(Some),
-            _ => Ok(None),
-        }
     }
 }
 
@@ -498,12 +465,25 @@ impl<T: serde::Serialize> serde::Serialize for At<T> {
     }
 }
 
-struct PositionedAccess<'de> {
-    node: &'de Node,
+/// `(line, col, value)` of a node or a key, for [`At`]: the value deserializer `V` is used
+/// once, after the position.
+struct PositionedAccess<V> {
+    pos: Pos,
+    value: Option<V>,
     step: u8,
 }
 
-impl<'de> de::SeqAccess<'de> for PositionedAccess<'de> {
+impl<V> PositionedAccess<V> {
+    fn new(pos: Pos, value: V) -> Self {
+        PositionedAccess {
+            pos,
+            value: Some(value),
+            step: 0,
+        }
+    }
+}
+
+impl<'de, V: de::Deserializer<'de, Error = DeError>> de::SeqAccess<'de> for PositionedAccess<V> {
     type Error = DeError;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
@@ -513,13 +493,13 @@ impl<'de> de::SeqAccess<'de> for PositionedAccess<'de> {
         self.step += 1;
         match self.step {
             1 => seed
-                .deserialize(self.node.pos.line.into_deserializer())
+                .deserialize(self.pos.line.into_deserializer())
                 .map(Some),
-            2 => seed
-                .deserialize(self.node.pos.col.into_deserializer())
-                .map(Some),
-            3 => seed.deserialize(self.node).map(Some),
-            _ => Ok(None),
+            2 => seed.deserialize(self.pos.col.into_deserializer()).map(Some),
+            _ => match self.value.take() {
+                Some(value) => seed.deserialize(value).map(Some),
+                None => Ok(None),
+            },
         }
     }
 }

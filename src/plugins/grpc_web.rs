@@ -111,7 +111,7 @@ impl Plugin for GrpcWeb {
             return;
         };
         // What portico or the upstream answered as gRPC goes back as gRPC-Web.
-        if is_grpc_answer(&head.headers) {
+        if is_grpc(&head.headers) {
             head.headers
                 .insert(header::CONTENT_TYPE, call.content_type.clone());
             head.headers.remove(header::CONTENT_LENGTH);
@@ -134,12 +134,34 @@ impl Plugin for GrpcWeb {
     }
 }
 
+/// The flag of the frame that carries trailers in a body (gRPC-Web's last frame).
+pub(crate) const TRAILER_FLAG: u8 = 0x80;
+
+/// Trailer fields as a body frame: the flag, a 4-byte length, then `name:value\r\n` lines.
+pub(crate) fn trailer_frame<'a>(
+    fields: impl IntoIterator<Item = (&'a http::HeaderName, &'a HeaderValue)>,
+) -> BytesMut {
+    let mut block = BytesMut::new();
+    for (name, value) in fields {
+        block.put_slice(name.as_str().as_bytes());
+        block.put_u8(b':');
+        block.put_slice(value.as_bytes());
+        block.put_slice(b"\r\n");
+    }
+    let mut frame = BytesMut::with_capacity(5 + block.len());
+    frame.put_u8(TRAILER_FLAG);
+    frame.put_u32(u32::try_from(block.len()).unwrap_or(u32::MAX));
+    frame.put_slice(&block);
+    frame
+}
+
 /// Marks a response whose body is turned into gRPC-Web.
 #[derive(Debug, Clone, Copy)]
 struct Converting;
 
-/// Whether an answer's `content-type` is gRPC's (`application/grpc...`, not gRPC-Web's).
-fn is_grpc_answer(headers: &HeaderMap) -> bool {
+/// Whether a message's `content-type` is gRPC's: `application/grpc`, alone or with a
+/// `+format` or parameters (gRPC-Web's `application/grpc-web` is not).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
         v.len() >= 16
@@ -227,16 +249,7 @@ impl ChunkFilter for Encode {
             if let Some(status) = trailers.get("grpc-status") {
                 let _ = self.status.0.set(status.clone());
             }
-            let mut block = BytesMut::new();
-            for (name, value) in trailers {
-                block.put_slice(name.as_str().as_bytes());
-                block.put_u8(b':');
-                block.put_slice(value.as_bytes());
-                block.put_slice(b"\r\n");
-            }
-            frame.put_u8(0x80);
-            frame.put_u32(block.len() as u32);
-            frame.put_slice(&block);
+            frame = trailer_frame(trailers);
         }
         let out = match self.mode {
             Mode::Binary => frame.freeze(),

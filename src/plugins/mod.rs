@@ -235,6 +235,20 @@ pub(crate) struct BuildEnv<'a> {
     pub(crate) state: crate::plugins::state::StateScope<'a>,
 }
 
+/// Builds with a fresh environment (no consumers, new metrics and state), for unit tests.
+#[cfg(test)]
+pub(crate) fn with_test_env<R>(build: impl FnOnce(BuildEnv<'_>) -> R) -> R {
+    let metrics = crate::observe::Metrics::new();
+    let states = state::PluginStates::default();
+    let fresh = std::sync::Mutex::new(Vec::new());
+    build(BuildEnv {
+        consumers: &Arc::default(),
+        metrics: &metrics,
+        base: std::path::Path::new("."),
+        state: state::StateScope::new(&states, &fresh),
+    })
+}
+
 /// Why a plugin spec cannot be built; the message is shown at the spec's position.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BuildError {

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, StatusCode, request, response};
 
-use super::rate_limit::{Figures, LimitKey, Limited, refuse};
+use super::rate_limit::{Figures, LimitKey, Limited, verdict};
 use super::{BuildError, Flow, Phase, Plugin};
 use crate::config::spec::QuotaSpec;
 use crate::ctx::RequestCtx;
@@ -146,31 +146,20 @@ impl Plugin for Quota {
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
         let key = self.key.of(ctx, head);
-        match self.check(&key, now_secs()) {
-            Ok((remaining, reset)) => {
-                Figures {
-                    limit: self.limit,
-                    remaining,
-                    reset,
-                    policy: self.policy.clone(),
-                }
-                .note(ctx);
-                Ok(Flow::Continue)
-            }
-            Err(left) => Ok(Flow::Respond(refuse(
-                ctx,
-                &self.limited,
+        Ok(verdict(
+            ctx,
+            self.check(&key, now_secs()),
+            (self.limit, &self.policy),
+            &self.limited,
+            |request_id| {
                 error_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     "quota_exceeded",
                     "quota used up for this period; see Retry-After",
-                    &ctx.request_id,
-                ),
-                self.limit,
-                &self.policy,
-                left,
-            ))),
-        }
+                    request_id,
+                )
+            },
+        ))
     }
 
     fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
@@ -199,16 +188,7 @@ mod tests {
             },
             max_keys,
         };
-        let metrics = crate::observe::Metrics::new();
-        let states = crate::plugins::state::PluginStates::default();
-        let fresh = std::sync::Mutex::new(Vec::new());
-        let env = crate::plugins::BuildEnv {
-            consumers: &Arc::default(),
-            metrics: &metrics,
-            base: std::path::Path::new("."),
-            state: crate::plugins::state::StateScope::new(&states, &fresh),
-        };
-        Quota::new(&spec, env)
+        crate::plugins::with_test_env(|env| Quota::new(&spec, env))
     }
 
     const DAY: u64 = 86_400;

@@ -257,28 +257,43 @@ impl Figures {
     }
 }
 
-/// A limit's 429 (`response`) with `Retry-After` and the `RateLimit-*` fields, counted in
+/// A limit's verdict, in seconds: `Ok((remaining, to reset))` or `Err(to wait)`. Passing
+/// notes the figures for the response; refusing answers the 429 `refusal` makes (given the
+/// request id) with `Retry-After` and the `RateLimit-*` fields, counted in
 /// `portico_rate_limited_total`.
-pub(super) fn refuse(
-    ctx: &RequestCtx,
+pub(super) fn verdict(
+    ctx: &mut RequestCtx,
+    checked: Result<(u32, u64), u64>,
+    (limit, policy): (u32, &HeaderValue),
     limited: &Limited,
-    mut response: http::Response<crate::body::Body>,
-    limit: u32,
-    policy: &HeaderValue,
-    retry_after: u64,
-) -> http::Response<crate::body::Body> {
+    refusal: impl FnOnce(&HeaderValue) -> http::Response<crate::body::Body>,
+) -> Flow {
+    let retry_after = match checked {
+        Ok((remaining, reset)) => {
+            Figures {
+                limit,
+                remaining,
+                reset,
+                policy: policy.clone(),
+            }
+            .note(ctx);
+            return Flow::Continue;
+        }
+        Err(wait) => wait,
+    };
     limited
         .get_or_create(&crate::observe::metrics::RouteLabels {
             route: ctx.route.as_deref().unwrap_or("").to_owned(),
         })
         .inc();
+    let mut response = refusal(&ctx.request_id);
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(limit));
     headers.insert(&RATELIMIT_POLICY, policy.clone());
     headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(0));
     headers.insert(&RATELIMIT_RESET, HeaderValue::from(retry_after));
-    response
+    Flow::Respond(response)
 }
 
 impl Plugin for RateLimit {
@@ -311,34 +326,24 @@ impl Plugin for RateLimit {
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
         let key = self.key.of(ctx, head);
-        match self.check(&key, now_ns()) {
-            Ok((remaining, reset)) => {
-                Figures {
-                    limit: self.limit,
-                    remaining,
-                    reset: Duration::from_nanos(reset).as_secs().max(1),
-                    policy: self.policy.clone(),
-                }
-                .note(ctx);
-                Ok(Flow::Continue)
-            }
-            Err(wait) => {
-                let retry_after = Duration::from_nanos(wait).as_secs_f64().ceil().max(1.0) as u64;
-                Ok(Flow::Respond(refuse(
-                    ctx,
-                    &self.limited,
-                    error_response(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        "too many requests; see Retry-After",
-                        &ctx.request_id,
-                    ),
-                    self.limit,
-                    &self.policy,
-                    retry_after,
-                )))
-            }
-        }
+        let checked = self
+            .check(&key, now_ns())
+            .map(|(remaining, reset)| (remaining, Duration::from_nanos(reset).as_secs().max(1)))
+            .map_err(|wait| Duration::from_nanos(wait).as_secs_f64().ceil().max(1.0) as u64);
+        Ok(verdict(
+            ctx,
+            checked,
+            (self.limit, &self.policy),
+            &self.limited,
+            |request_id| {
+                error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests; see Retry-After",
+                    request_id,
+                )
+            },
+        ))
     }
 
     fn on_response(&self, ctx: &RequestCtx, head: &mut response::Parts) {
@@ -366,16 +371,7 @@ mod tests {
             },
             max_keys,
         };
-        let metrics = crate::observe::Metrics::new();
-        let states = crate::plugins::state::PluginStates::default();
-        let fresh = Mutex::new(Vec::new());
-        let env = crate::plugins::BuildEnv {
-            consumers: &Arc::default(),
-            metrics: &metrics,
-            base: std::path::Path::new("."),
-            state: crate::plugins::state::StateScope::new(&states, &fresh),
-        };
-        RateLimit::new(&spec, env).unwrap()
+        crate::plugins::with_test_env(|env| RateLimit::new(&spec, env).unwrap())
     }
 
     #[test]

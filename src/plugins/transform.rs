@@ -4,6 +4,7 @@
 //! buffered — only for JSON content types, only up to `max_body` (a larger request body is
 //! refused with 413; a larger or unsized response body passes unchanged).
 
+use crate::aggregate::template::encode as encode_component;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -182,18 +183,6 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|t| {
             t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
         })
-}
-
-fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `request_transformer`.

@@ -108,7 +108,7 @@ pub(crate) async fn run(agg: &Aggregate, input: Input<'_>) -> Result<Response<Bo
             .head
             .uri
             .query()
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .map(|q| crate::view::query_pairs(q).collect())
             .unwrap_or_default(),
         headers: &input.head.headers,
         consumer: input.ctx.consumer.as_ref().map(|c| c.name.as_str()),

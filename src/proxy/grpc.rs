@@ -9,6 +9,7 @@
 //! - `grpc-timeout` is honoured: the call's deadline is the earlier of it and the route's
 //!   `timeout`, and the upstream is sent that deadline as its `grpc-timeout`.
 
+pub(crate) use crate::plugins::grpc_web::is_grpc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
@@ -40,23 +41,6 @@ pub(crate) fn call(headers: &HeaderMap) -> Option<Call> {
         return Some(Call::Grpc);
     }
     crate::plugins::grpc_web::mode(headers).map(Call::Web)
-}
-
-/// Whether a request is a gRPC call: `application/grpc`, alone or with a `+format` or
-/// parameters (gRPC-Web's `application/grpc-web` is not).
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return false;
-    };
-    let value = value.as_bytes();
-    let Some(rest) = value
-        .get(..16)
-        .filter(|p| p.eq_ignore_ascii_case(b"application/grpc"))
-        .map(|_| &value[16..])
-    else {
-        return false;
-    };
-    matches!(rest.first(), None | Some(b'+' | b';'))
 }
 
 /// The `grpc-timeout` of a request: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).

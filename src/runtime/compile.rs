@@ -1389,6 +1389,31 @@ fn compile_headers(
 mod aggregate;
 mod checks;
 mod lints;
+/// Runs `f` with a fresh compile environment (registry, metrics, ACME store, plugin state),
+/// for unit tests.
+#[cfg(test)]
+pub(crate) fn with_test_env<R>(f: impl FnOnce(Env<'_>) -> R) -> R {
+    let registry = Registry::default();
+    let metrics = Metrics::new();
+    let acme = crate::tls::acme::Store::default();
+    let states = crate::plugins::state::PluginStates::default();
+    f(Env {
+        registry: &registry,
+        metrics: &metrics,
+        acme: &acme,
+        states: &states,
+    })
+}
+
+/// Reads and compiles `text` as `c.yaml` the way `portico validate` does: the snapshot, or
+/// every error (warnings too) as printed. For unit tests.
+#[cfg(test)]
+pub(crate) fn compile_str(text: &str) -> Result<Snapshot, Vec<String>> {
+    let (spec, errors) = crate::config::read_str("c.yaml", text, &|_| None);
+    with_test_env(|env| compile_read(spec, errors, "c.yaml", env))
+        .map_err(|d| d.iter().map(ToString::to_string).collect())
+}
+
 #[cfg(test)]
 mod precedence_tests;
 #[cfg(test)]

@@ -2,57 +2,36 @@
 //! ends: every streaming kind, trailers, deadlines, portico's own answers as gRPC statuses,
 //! gRPC health checks, and grpc-status in the access log and metrics.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::peer::Peer;
 use crate::support::pki::Ca;
 use crate::support::{Portico, fill, get, temp_dir};
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/grpc/peers.py");
 
 /// A grpcio Echo server (with grpc.health.v1) on 127.0.0.1:0; it exits when dropped.
-pub(crate) struct Server {
-    child: Child,
-    pub(crate) addr: String,
+pub(crate) struct Server(Peer);
+
+impl std::ops::Deref for Server {
+    type Target = Peer;
+
+    fn deref(&self) -> &Peer {
+        &self.0
+    }
 }
 
 impl Server {
     pub(crate) fn start() -> Self {
-        Self::start_with(&[])
+        Server(Peer::python([PEERS, "server"]))
     }
 
     /// Over TLS with this certificate and key.
     fn start_tls(cert: &str, key: &str) -> Self {
-        Self::start_with(&[cert, key])
-    }
-
-    fn start_with(tls: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .args([PEERS, "server"])
-            .args(tls)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with grpcio and grpcio-tools (scripts/test.sh installs them)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the server prints its port");
-        Server {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Server(Peer::python([PEERS, "server", cert, key]))
     }
 }
 

@@ -1017,34 +1017,20 @@ async fn grpc_guide() {
 
 #[tokio::test]
 async fn grpc_json_guide() {
-    use std::io::{BufRead, BufReader};
     // The guide's gRPC server, on a free port.
-    let mut server = Command::new("python3")
-        .arg(Path::new(ROOT).join("examples/greeter_server.py"))
-        .arg("0")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with grpcio and grpcio-tools");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().expect("the server prints its port");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Kill(server);
+    let server = crate::support::peer::Peer::python([
+        Path::new(ROOT)
+            .join("examples/greeter_server.py")
+            .into_os_string(),
+        "0".into(),
+    ]);
 
     let dir = temp_dir("grpc-json");
     greeter_descriptor_set(&dir);
     let mut subs = ephemeral(&["127.0.0.1:8080"], &[]);
     subs.push((
         "address: 127.0.0.1:50051".to_owned(),
-        format!("address: 127.0.0.1:{port}"),
+        format!("address: {}", server.addr),
     ));
     let config = substitute(&example("grpc-json.yaml"), &subs);
     let gw = Portico::start_in(&dir, &config);

@@ -2,9 +2,8 @@
 //! real grpcio server (tests/e2e/grpc/transcode_peer.py, shop.proto) on the other, the
 //! descriptor set made by protoc in the test.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use bytes::Bytes;
 use http::Request;
@@ -12,41 +11,14 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 
 use crate::support::client::H1;
+use crate::support::peer::Peer;
 use crate::support::{Portico, cli, fill, temp_dir};
 
 const PROTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/grpc");
 
 /// The Shop server; it exits when dropped.
-struct Shop {
-    child: Child,
-    addr: String,
-}
-
-impl Shop {
-    fn start() -> Self {
-        let mut child = Command::new("python3")
-            .arg(Path::new(PROTOS).join("transcode_peer.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with grpcio and grpcio-tools (scripts/test.sh installs them)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the server prints its port");
-        Shop {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn shop() -> Peer {
+    Peer::python([Path::new(PROTOS).join("transcode_peer.py")])
 }
 
 /// Writes `dir/NAME` as the descriptor set of `proto` (in tests/e2e/grpc), with its imports.
@@ -78,8 +50,8 @@ upstreams:
   shop: { protocol: http2, targets: [ { address: '@S@' } ] }
 ";
 
-fn start(extra: &str) -> (Shop, Portico) {
-    let shop = Shop::start();
+fn start(extra: &str) -> (Peer, Portico) {
+    let shop = shop();
     let dir = temp_dir("transcode");
     descriptor_set("shop.proto", &dir, "shop.pb");
     let gw = Portico::start_in(&dir, &fill(CONFIG, &[("S", &shop.addr), ("EXTRA", extra)]));
@@ -458,7 +430,7 @@ upstreams:
 
 #[tokio::test]
 async fn a_reload_reads_the_descriptor_set_again() {
-    let shop = Shop::start();
+    let shop = shop();
     let dir = temp_dir("transcode-reload");
     descriptor_set("shop.proto", &dir, "shop.pb");
     let config = fill(CONFIG, &[("S", &shop.addr), ("EXTRA", "")]);

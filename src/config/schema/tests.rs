@@ -42,17 +42,7 @@ fn schema_errors(validator: &jsonschema::Validator, text: &str) -> Vec<String> {
 fn validate(dir: &Path, name: &str, text: &str) -> Result<(), Vec<String>> {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
-    let registry = crate::pool::Registry::default();
-    let metrics = crate::observe::Metrics::new();
-    let acme = crate::tls::acme::Store::default();
-    let states = crate::plugins::state::PluginStates::default();
-    let env = crate::runtime::compile::Env {
-        registry: &registry,
-        metrics: &metrics,
-        acme: &acme,
-        states: &states,
-    };
-    crate::runtime::compile::load(&path, env)
+    crate::runtime::compile::with_test_env(|env| crate::runtime::compile::load(&path, env))
         .map(drop)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }

@@ -15,6 +15,8 @@ pub(crate) mod template;
 
 pub(crate) mod json;
 
+use super::grpc_web::TRAILER_FLAG;
+use super::grpc_web::is_grpc;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -305,16 +307,6 @@ fn explain(transcode: &Transcode, head: &request::Parts) -> Vec<String> {
     notes
 }
 
-/// Whether an answer's `content-type` is gRPC's.
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.len() >= 16
-            && v[..16].eq_ignore_ascii_case(b"application/grpc")
-            && matches!(v.get(16), None | Some(b'+' | b';'))
-    })
-}
-
 /// JSON request to one gRPC message frame.
 struct Encode {
     desc: prost_reflect::MessageDescriptor,
@@ -355,9 +347,6 @@ pub(crate) fn frame(message: &[u8]) -> Bytes {
     out.put_slice(message);
     out.freeze()
 }
-
-/// The flag of the frame [`Trailers`] writes for the trailers.
-const TRAILER_FLAG: u8 = 0x80;
 
 /// A buffered unary answer to JSON, with the HTTP status its `grpc-status` maps to.
 struct Decode {
@@ -512,19 +501,9 @@ impl ChunkFilter for TrailerFrame {
         let Some(trailers) = trailers else {
             return Ok((Bytes::new(), None));
         };
-        let mut block = Vec::new();
-        for name in ["grpc-status", "grpc-message"] {
-            if let Some(value) = trailers.get(name) {
-                block.extend_from_slice(name.as_bytes());
-                block.push(b':');
-                block.extend_from_slice(value.as_bytes());
-                block.extend_from_slice(b"\r\n");
-            }
-        }
-        let mut out = BytesMut::with_capacity(5 + block.len());
-        out.put_u8(TRAILER_FLAG);
-        out.put_u32(u32::try_from(block.len()).unwrap_or(u32::MAX));
-        out.put_slice(&block);
-        Ok((out.freeze(), None))
+        let fields = trailers
+            .iter()
+            .filter(|(name, _)| *name == "grpc-status" || *name == "grpc-message");
+        Ok((super::grpc_web::trailer_frame(fields).freeze(), None))
     }
 }

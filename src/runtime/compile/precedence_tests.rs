@@ -3,19 +3,7 @@
 use super::*;
 
 fn check(text: &str) -> Result<Snapshot, Vec<String>> {
-    let registry = Registry::default();
-    let metrics = Metrics::new();
-    let acme = crate::tls::acme::Store::default();
-    let states = crate::plugins::state::PluginStates::default();
-    let (spec, errors) = crate::config::read_str("c.yaml", text, &|_| None);
-    let env = Env {
-        registry: &registry,
-        metrics: &metrics,
-        acme: &acme,
-        states: &states,
-    };
-    compile_read(spec, errors, "c.yaml", env)
-        .map_err(|d| d.iter().map(ToString::to_string).collect())
+    compile_str(text)
 }
 
 #[test]

@@ -22,18 +22,8 @@ fn compile_text(text: &str) -> Result<Snapshot, Vec<String>> {
 
 /// Reads and compiles like `portico validate`: errors and warnings, as printed.
 fn check_text(text: &str) -> Vec<String> {
-    let registry = Registry::default();
-    let metrics = Metrics::new();
-    let acme = crate::tls::acme::Store::default();
-    let states = crate::plugins::state::PluginStates::default();
     let (spec, errors) = crate::config::read_str("c.yaml", text, &|_| None);
-    let env = Env {
-        registry: &registry,
-        metrics: &metrics,
-        acme: &acme,
-        states: &states,
-    };
-    match compile_read(spec, errors, "c.yaml", env) {
+    match with_test_env(|env| compile_read(spec, errors, "c.yaml", env)) {
         Ok(snap) => snap.warnings.iter().map(ToString::to_string).collect(),
         Err(all) => all.iter().map(ToString::to_string).collect(),
     }

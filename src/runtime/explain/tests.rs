@@ -3,24 +3,9 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use super::{Question, explain};
-use crate::runtime::compile::{Env, compile_read};
 
 fn snapshot(text: &str) -> crate::runtime::Snapshot {
-    let registry = crate::pool::Registry::default();
-    let metrics = crate::observe::Metrics::new();
-    let acme = crate::tls::acme::Store::default();
-    let states = crate::plugins::state::PluginStates::default();
-    let (spec, errors) = crate::config::read_str("c.yaml", text, &|_| None);
-    let env = Env {
-        registry: &registry,
-        metrics: &metrics,
-        acme: &acme,
-        states: &states,
-    };
-    match compile_read(spec, errors, "c.yaml", env) {
-        Ok(snap) => snap,
-        Err(errors) => panic!("{errors:#?}"),
-    }
+    crate::runtime::compile::compile_str(text).unwrap_or_else(|errors| panic!("{errors:#?}"))
 }
 
 fn ask(
@@ -243,22 +228,8 @@ routes:
 
 /// Standard base64, padded (RFC 4648 §4).
 fn base64(data: &[u8]) -> String {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 fn token(secret: &str, claims: serde_json::Value) -> String {
