@@ -562,3 +562,44 @@ upstreams:
     statuses.sort_unstable();
     assert_eq!(statuses, [0, 5]);
 }
+
+#[tokio::test]
+async fn grpc_health_checks_ask_about_the_configured_service() {
+    let server = Server::start();
+    let config = |service: &str| {
+        fill(
+            "\
+listeners: [ { name: web, bind: 127.0.0.1:0 } ]
+routes:
+  - { name: echo, match: { path_prefix: /test.Echo/ }, upstream: echo }
+upstreams:
+  echo:
+    protocol: grpc
+    targets: [ { address: '@S@' } ]
+    health_check:
+      active: { type: grpc, service: '@N@', interval: 100ms, timeout: 1s, healthy: 1, unhealthy: 1 }
+",
+            &[("S", &server.addr), ("N", service)],
+        )
+    };
+    // A service the server knows: the target stays in.
+    let known = Portico::start(&config("test.Echo"));
+    let ok = calls(
+        &known.addr("web"),
+        json!([{ "kind": "unary", "text": "x" }]),
+    );
+    assert_eq!(ok[0]["code"], "OK");
+    // One it does not know (NOT_FOUND): the check fails and takes the target out.
+    let unknown = Portico::start(&config("test.Nope"));
+    assert!(unknown.wait_log("target unhealthy", Duration::from_secs(10)));
+    let refused = calls(
+        &unknown.addr("web"),
+        json!([{ "kind": "unary", "text": "x" }]),
+    );
+    assert_eq!(refused[0]["code"], "UNAVAILABLE");
+    assert!(
+        !known.log_text().contains("target unhealthy"),
+        "{}",
+        known.log_text()
+    );
+}

@@ -61,6 +61,11 @@ class Echo(rpc.EchoServicer):
 
 
 def health_check(request, ctx):
+    # HealthCheckRequest { service = 1 }: the whole server ("") and test.Echo are known, other
+    # services are NOT_FOUND, as grpc.health.v1 says.
+    service = request[2:].decode() if request[:1] == b"\x0a" else ""
+    if service not in ("", "test.Echo"):
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
     # HealthCheckResponse { status = 1: SERVING | 2: NOT_SERVING }
     return b"\x08\x01" if SERVING["value"] else b"\x08\x02"
 
