@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the test peers the suite starts
-# (curl, openssl, pebble, h2load; grpcio for the gRPC tests) when they are missing, then
+# (curl, openssl, pebble, h2load, redis-server, haproxy; grpcio and websockets for the gRPC
+# and WebSocket tests) when they are missing, then
 # `cargo test`.
 # Extra arguments go to `cargo test` (for example a test name filter).
 set -euo pipefail
@@ -13,6 +14,10 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v pebble >/dev/null || need+=(pebble)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+# The layer-4 tests proxy a real Redis; HAProxy sends them the PROXY protocol.
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v haproxy >/dev/null || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then
@@ -29,10 +34,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The gRPC tests run a real gRPC server and client: grpcio, with grpcio-tools for protoc.
-if ! python3 -c "import grpc, grpc_tools" 2>/dev/null; then
-  echo "installing test peers: grpcio grpcio-tools (pip)" >&2
-  python3 -m pip install --quiet grpcio grpcio-tools ||
-    python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
+# The WebSocket tests use the `websockets` package as a real client and server.
+if ! python3 -c "import grpc, grpc_tools, websockets" 2>/dev/null; then
+  echo "installing test peers: grpcio grpcio-tools websockets (pip)" >&2
+  python3 -m pip install --quiet grpcio grpcio-tools websockets ||
+    python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools websockets
 fi
 
 cargo test --locked "$@"
