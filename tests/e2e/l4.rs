@@ -563,3 +563,29 @@ upstreams:
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn explain_says_where_a_tcp_listener_relays() {
+    let dir = temp_dir("l4-explain");
+    let file = dir.join("tcp.yaml");
+    std::fs::write(
+        &file,
+        "\
+listeners:
+  - { name: redis, bind: 127.0.0.1:6390, protocol: tcp, upstream: redis }
+upstreams:
+  redis: { balance: ip_hash, targets: [ { address: 127.0.0.1:6379 }, { address: 127.0.0.1:6380 } ] }
+",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let (code, out, err) = cli(&["explain", "-c", &file, "GET", "http://127.0.0.1:6390/"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listener  redis (127.0.0.1:6390)"), "{out}");
+    assert!(
+        out.contains("action    relay the connection (layer 4) to upstream redis"),
+        "{out}"
+    );
+    assert!(out.contains("target    127.0.0.1:63"), "{out}");
+    assert!(!out.contains("404"), "{out}");
+}
