@@ -684,3 +684,40 @@ upstreams:
         "{lines:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_the_listener_drains_its_connections() {
+    let redis = Redis::start();
+    let config = |listener: &str| {
+        format!(
+            "\
+drain_timeout: 1s
+listeners:
+  - {{ name: web, bind: 127.0.0.1:0 }}
+{listener}routes:
+  - {{ name: r, respond: {{ status: 200 }} }}
+upstreams:
+  redis: {{ targets: [ {{ address: '{}' }} ] }}
+",
+            redis.addr()
+        )
+    };
+    let gw = Portico::start(&config(
+        "  - { name: redis, bind: 127.0.0.1:0, protocol: tcp, upstream: redis }\n",
+    ));
+    let mut client = TcpStream::connect(gw.addr("redis")).await.unwrap();
+    assert_eq!(ping(&mut client).await, "+PONG\r\n");
+    // `redis` unused now: a warning, not an error.
+    assert!(gw.reload(&config("")));
+    assert!(gw.wait_log(
+        "listener removed; draining listener=redis",
+        Duration::from_secs(5)
+    ));
+    // Still served while the drain lasts, closed at its deadline.
+    assert_eq!(ping(&mut client).await, "+PONG\r\n");
+    let held = wait_closed(&mut client, Duration::from_secs(5)).await;
+    assert!(held <= Duration::from_secs(3), "{held:?}");
+    let lines = wait_relay_lines(&gw, "redis", 1);
+    assert_eq!(lines[0]["end"], "drain_timeout");
+    assert_eq!(lines[0]["bytes_out"], 14);
+}
