@@ -160,7 +160,7 @@ pub(crate) struct ListenerSpec {
     /// Per-connection and per-request limits.
     #[serde(default)]
     pub(crate) limits: LimitsSpec,
-    /// Certificates and client authentication (`protocol: https`).
+    /// Certificates and client authentication (`protocol: https` and `tls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Option<ListenerTlsSpec>,
     /// Answer every request with a redirect to https (`protocol: http`).
@@ -172,8 +172,8 @@ pub(crate) struct ListenerSpec {
     /// `tls_passthrough` only: a mapping of server name (exact or `*.suffix`) to upstream name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) sni: BTreeMap<String, At<String>>,
-    /// `tls_passthrough` only: the upstream for connections no `sni` entry matches; without
-    /// it they are closed.
+    /// `tcp` and `tls`: the upstream every connection goes to. `tls_passthrough`: the
+    /// upstream for connections no `sni` entry matches; without it they are closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,
 }
@@ -328,6 +328,21 @@ pub(crate) enum ListenerProtocol {
     Https,
     /// TLS left untouched: routed by the ClientHello's SNI to `sni` upstreams (layer 4).
     TlsPassthrough,
+    /// Plain TCP, each connection relayed to a target of `upstream` (layer 4).
+    Tcp,
+    /// TLS terminated with `tls:` as for https, then the bytes relayed to a target of
+    /// `upstream` over TCP (or TLS again when the upstream has `tls:`).
+    Tls,
+}
+
+impl ListenerProtocol {
+    /// Whether the listener relays connections (layer 4) rather than serving HTTP routes.
+    pub(crate) fn is_l4(self) -> bool {
+        matches!(
+            self,
+            ListenerProtocol::TlsPassthrough | ListenerProtocol::Tcp | ListenerProtocol::Tls
+        )
+    }
 }
 
 /// `limits:` of a listener; the defaults are safe for a public port.
@@ -919,6 +934,11 @@ pub(crate) struct CircuitBreakerSpec {
     /// (none when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_pending: Option<usize>,
+    /// Most relayed connections (`tcp`, `tls` and `tls_passthrough` listeners) open to one
+    /// target at once; a target at it is skipped (no limit when absent).
+    #[schemars(range(min = 1))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections_per_target: Option<At<usize>>,
 }
 
 fn slash() -> String {

@@ -1,27 +1,200 @@
-//! Layer 4: `tls_passthrough` listeners, which route TLS connections by the SNI in the
-//! ClientHello without terminating them, and copy bytes both ways.
+//! Layer 4: listeners that relay connections rather than serve HTTP. `tcp` relays the bytes
+//! as they come, `tls` terminates TLS first (as https does) and `tls_passthrough` routes by
+//! the server name in the ClientHello without terminating. All three pick a target with the
+//! upstream's balancer and connect with a retry ([`pick`]), relay with an idle timeout and a
+//! drain deadline ([`relay`]), and end with metrics and one access-log line.
 
+pub(crate) mod pick;
+pub(crate) mod relay;
 pub(crate) mod sni;
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::runtime::Passthrough;
-use crate::view::RequestView;
+use crate::runtime::{Listener, Shared, Upstream};
+
+/// Either side of a relay: TCP or TLS over it.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A boxed side of a relay.
+pub(crate) type Io = Box<dyn Stream>;
 
 /// The most a ClientHello may take before it is refused.
 const MAX_HELLO: usize = 16 * 1024;
 
-/// Serves one passthrough connection: reads the ClientHello (within `hello_timeout`), picks
-/// the upstream and target, and splices the two connections.
-pub(crate) async fn serve(mut client: TcpStream, routes: &Passthrough, hello_timeout: Duration) {
-    let peer = client.peer_addr().ok();
-    let mut buf = Vec::with_capacity(1024);
-    let read_hello = async {
+/// One relayed connection as far as it got, for its log line and metrics.
+struct Record<'a> {
+    listener: &'a Listener,
+    protocol: &'static str,
+    client: SocketAddr,
+    sni: Option<String>,
+    upstream: Option<&'a Upstream>,
+    target: Option<usize>,
+    attempts: u32,
+    started: Instant,
+}
+
+impl Record<'_> {
+    /// Writes the access-log line and counts the connection.
+    fn finish(&self, shared: &Shared, result: &'static str, bytes: (u64, u64), end: Option<&str>) {
+        let upstream = self.upstream.map_or("", |u| &*u.name);
+        shared
+            .metrics
+            .l4
+            .ended(&self.listener.name, upstream, result, bytes.0, bytes.1);
+        if !shared.access_log.enabled() {
+            return;
+        }
+        let target = self
+            .upstream
+            .zip(self.target)
+            .and_then(|(u, i)| u.targets.get(i))
+            .map(|t| &*t.address);
+        let fields = serde_json::json!({
+            "ts": now(),
+            "client": self.client.to_string(),
+            "listener": &*self.listener.name,
+            "protocol": self.protocol,
+            "sni": self.sni,
+            "upstream": self.upstream.map(|u| &*u.name),
+            "target": target,
+            "attempts": self.attempts,
+            "bytes_in": bytes.0,
+            "bytes_out": bytes.1,
+            "duration_ms": self.started.elapsed().as_millis() as u64,
+            "result": result,
+            "end": end,
+        });
+        let mut line = fields.to_string();
+        line.push('\n');
+        shared.access_log.write(line);
+    }
+}
+
+/// Seconds since the Unix epoch with milliseconds, as the HTTP access log has them.
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_millis() as f64) / 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// Serves one connection of a `tcp`, `tls` or `tls_passthrough` listener. `client` is the
+/// client's address as the accept loop knows it; `stop` resolves when the listener's drain
+/// deadline has passed (the connection is closed then).
+pub(crate) async fn serve(
+    shared: &Shared,
+    listener: &Listener,
+    stream: TcpStream,
+    client: SocketAddr,
+    stop: impl Future<Output = ()>,
+) {
+    let mut record = Record {
+        listener,
+        protocol: "tcp",
+        client,
+        sni: None,
+        upstream: None,
+        target: None,
+        attempts: 0,
+        started: Instant::now(),
+    };
+    let handshake = listener.limits.header_timeout;
+    let mut prefix = Vec::new();
+    let (io, upstream, tls): (Io, _, _) = if let Some(routes) = &listener.passthrough {
+        record.protocol = "tls_passthrough";
+        let mut stream = stream;
+        let name = match read_hello(&mut stream, &mut prefix, handshake).await {
+            Some(name) => name,
+            None => {
+                tracing::debug!(%client, "no usable TLS ClientHello");
+                record.finish(shared, "handshake_failed", (0, 0), None);
+                return;
+            }
+        };
+        record.sni = name.clone();
+        let Some(upstream) = routes.route(name.as_deref()) else {
+            tracing::debug!(%client, sni = ?name, "no passthrough route");
+            record.finish(shared, "no_route", (0, 0), None);
+            return;
+        };
+        (Box::new(stream), upstream, None)
+    } else if let Some(relayed) = &listener.stream {
+        // A `tls` listener has its `tls`; a `tcp` one has none.
+        let io: Io = match &listener.tls {
+            Some(config) => {
+                record.protocol = "tls";
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        record.sni = tls.get_ref().1.server_name().map(str::to_owned);
+                        Box::new(tls)
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(%client, error = %err, "TLS handshake failed");
+                        record.finish(shared, "handshake_failed", (0, 0), None);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%client, "TLS handshake timed out");
+                        record.finish(shared, "handshake_failed", (0, 0), None);
+                        return;
+                    }
+                }
+            }
+            None => Box::new(stream),
+        };
+        (io, &relayed.upstream, relayed.tls.as_ref())
+    } else {
+        return;
+    };
+    record.upstream = Some(upstream);
+    let opened = match pick::open(upstream, tls, client).await {
+        Ok(opened) => opened,
+        Err(refused) => {
+            tracing::warn!(
+                listener = %listener.name,
+                upstream = %upstream.name,
+                %client,
+                attempts = refused.attempts,
+                reason = %refused.reason,
+                "closing client connection: no target took it"
+            );
+            record.attempts = refused.attempts;
+            record.target = refused.target;
+            record.finish(shared, refused.result, (0, 0), None);
+            return;
+        }
+    };
+    record.target = Some(opened.target);
+    record.attempts = opened.attempts;
+    let relayed = relay::relay(io, opened.io, &prefix, listener.limits.idle_timeout, stop).await;
+    if relayed.end == relay::End::Drain {
+        tracing::info!(listener = %listener.name, %client, "drain timeout: relayed connection closed");
+    }
+    record.finish(
+        shared,
+        "relayed",
+        (relayed.bytes_in, relayed.bytes_out),
+        Some(relayed.end.name()),
+    );
+}
+
+/// Reads the ClientHello into `buf` (within `timeout`) and returns its server name, if any;
+/// `None` when it does not come or is not TLS.
+async fn read_hello(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Option<Option<String>> {
+    let read = async {
         loop {
-            match sni::server_name(&buf) {
+            match sni::server_name(buf) {
                 sni::Parsed::Done(name) => return Some(name),
                 sni::Parsed::Invalid => return None,
                 sni::Parsed::NeedMore if buf.len() >= MAX_HELLO => return None,
@@ -34,51 +207,5 @@ pub(crate) async fn serve(mut client: TcpStream, routes: &Passthrough, hello_tim
             }
         }
     };
-    let name = match tokio::time::timeout(hello_timeout, read_hello).await {
-        Ok(Some(name)) => name,
-        _ => {
-            tracing::debug!(?peer, "no usable TLS ClientHello");
-            return;
-        }
-    };
-    let Some(upstream) = routes.route(name.as_deref()) else {
-        tracing::debug!(?peer, sni = ?name, "no passthrough route");
-        return;
-    };
-    let headers = http::HeaderMap::new();
-    let pick = RequestView {
-        client: peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip()),
-        host: "",
-        method: &http::Method::GET,
-        headers: &headers,
-        path: "/",
-        query: None,
-    };
-    let Some(index) = upstream.balancer.select(&upstream.targets, &pick, &[]) else {
-        tracing::warn!(upstream = %upstream.name, "no available target for passthrough");
-        return;
-    };
-    let target = &upstream.targets[index];
-    let Some(addr) = target.addrs.load().first().copied() else {
-        return;
-    };
-    let connect = TcpStream::connect(addr);
-    let mut server = match tokio::time::timeout(upstream.pool.connect_timeout, connect).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            tracing::warn!(upstream = %upstream.name, target = %target.address, "passthrough connect failed");
-            return;
-        }
-    };
-    let _ = server.set_nodelay(true);
-    if server.write_all(&buf).await.is_err() {
-        return;
-    }
-    target
-        .inflight
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-    target
-        .inflight
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::timeout(timeout, read).await.ok().flatten()
 }

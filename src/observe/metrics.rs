@@ -83,6 +83,8 @@ pub(crate) struct Metrics {
     rate_limited: Family<RouteLabels, Counter>,
     grpc: Family<GrpcLabels, Counter>,
     background_tasks: Gauge,
+    /// Relayed (layer 4) connections and bytes.
+    pub(crate) l4: super::l4::L4Metrics,
 }
 
 /// Labels of `portico_grpc_responses_total`.
@@ -152,7 +154,9 @@ impl Metrics {
             "Live background tasks (JWKS refreshers, active health checks, ACME renewals)",
             background_tasks.clone(),
         );
+        let l4 = super::l4::L4Metrics::register(&mut registry);
         Metrics {
+            l4,
             background_tasks,
             rate_limited,
             grpc,

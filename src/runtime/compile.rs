@@ -250,7 +250,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             &mut diags,
         );
         let redirect_https = spec_listener.redirect_https.as_ref().and_then(|r| {
-            if spec_listener.protocol == ListenerProtocol::Https {
+            if spec_listener.protocol != ListenerProtocol::Http {
                 diags.error(
                     r.status.pos,
                     "redirect_https applies to `protocol: http` listeners",
@@ -283,7 +283,10 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             }
             HeaderValue::from_str(&value).ok()
         });
-        let passthrough = compile_passthrough(spec_listener, &by_name, &mut diags);
+        let passthrough =
+            l4::compile_passthrough(spec_listener, &by_name, &spec.upstreams, &mut diags);
+        let stream = l4::compile_stream(spec_listener, &by_name, &spec.upstreams, &mut diags);
+        let listener_tls = l4::listener_alpn(spec_listener, listener_tls);
         let name: Arc<str> = Arc::from(spec_listener.name.as_str());
         let mut attached = Vec::new();
         let mut conditions = Vec::new();
@@ -295,7 +298,11 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                 .as_ref()
                 .is_none_or(|names| names.iter().any(|n| n.as_str() == &*name));
             let Some(cond) = cond else { continue };
-            if !wanted || passthrough.is_some() {
+            if spec_listener.protocol.is_l4() {
+                l4::no_routes(spec_listener, spec_route, &mut diags);
+                continue;
+            }
+            if !wanted {
                 continue;
             }
             let metrics = match &route.action {
@@ -339,8 +346,10 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             redirect_https,
             hsts,
             passthrough,
+            stream,
         });
     }
+    l4::per_target_limits(&spec, &mut diags);
 
     shadows.report(|i| (&*routes[i].0.name, routes[i].2.name.pos), &mut diags);
 
@@ -378,46 +387,6 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     })
 }
 
-/// SNI routing of a `tls_passthrough` listener.
-fn compile_passthrough(
-    spec: &ListenerSpec,
-    upstreams: &Upstreams<'_>,
-    diags: &mut Diagnostics,
-) -> Option<crate::runtime::Passthrough> {
-    if spec.protocol != ListenerProtocol::TlsPassthrough {
-        if !spec.sni.is_empty() || spec.upstream.is_some() {
-            diags.error(
-                spec.name.pos,
-                "`sni` and `upstream` apply to `protocol: tls_passthrough` listeners",
-            );
-        }
-        return None;
-    }
-    let find = |name: &At<String>, diags: &mut Diagnostics| upstreams.find(name, diags);
-    let mut routes = Vec::new();
-    for (pattern, upstream) in &spec.sni {
-        match HostPattern::parse(pattern) {
-            Ok(p) => {
-                if let Some(u) = find(upstream, diags) {
-                    routes.push((p, u));
-                }
-            }
-            Err(err) => diags.error(upstream.pos, err.to_string()),
-        }
-    }
-    // Exact names first, then longer wildcards before shorter ones.
-    routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.rank()));
-    let default = spec.upstream.as_ref().and_then(|u| find(u, diags));
-    // Judged on what was written: an entry naming a broken upstream has its own error.
-    if spec.sni.is_empty() && spec.upstream.is_none() {
-        diags.error(
-            spec.name.pos,
-            "a tls_passthrough listener needs `sni` entries or an `upstream`",
-        );
-    }
-    Some(crate::runtime::Passthrough { routes, default })
-}
-
 /// A path from the config, relative to the config file's folder.
 fn resolve_path(base: &Path, file: &str) -> PathBuf {
     let path = Path::new(file);
@@ -440,18 +409,31 @@ fn compile_listener_tls(
     diags: &mut Diagnostics,
 ) -> Option<Arc<rustls::ServerConfig>> {
     let Some(tls) = &spec.tls else {
-        if spec.protocol == ListenerProtocol::Https {
+        if matches!(
+            spec.protocol,
+            ListenerProtocol::Https | ListenerProtocol::Tls
+        ) {
             diags.error(
                 spec.name.pos,
-                "an https listener needs `tls: { certificates: [...] }`",
+                format!(
+                    "{} listener needs `tls: {{ certificates: [...] }}`",
+                    if spec.protocol == ListenerProtocol::Tls {
+                        "a tls"
+                    } else {
+                        "an https"
+                    }
+                ),
             );
         }
         return None;
     };
-    if spec.protocol != ListenerProtocol::Https {
+    if !matches!(
+        spec.protocol,
+        ListenerProtocol::Https | ListenerProtocol::Tls
+    ) {
         diags.error(
             spec.name.pos,
-            "`tls` applies to `protocol: https` listeners",
+            "`tls` applies to `protocol: https` and `protocol: tls` listeners",
         );
         return None;
     }
@@ -848,6 +830,11 @@ fn compile_upstream(
             .as_ref()
             .and_then(|c| c.max_connections),
         max_pending: spec.circuit_breaker.as_ref().and_then(|c| c.max_pending),
+        max_connections_per_target: spec
+            .circuit_breaker
+            .as_ref()
+            .and_then(|c| c.max_connections_per_target.as_ref())
+            .map(|m| m.value.max(1)),
         tls,
     })
 }
@@ -1388,6 +1375,7 @@ fn compile_headers(
 
 mod aggregate;
 mod checks;
+mod l4;
 mod lints;
 /// Runs `f` with a fresh compile environment (registry, metrics, ACME store, plugin state),
 /// for unit tests.

@@ -88,6 +88,8 @@ pub(crate) struct Listener {
     pub(crate) hsts: Option<http::HeaderValue>,
     /// `tls_passthrough` routing; such a listener serves no HTTP routes.
     pub(crate) passthrough: Option<Passthrough>,
+    /// `tcp` and `tls` listeners: where connections are relayed; no HTTP routes either.
+    pub(crate) stream: Option<Stream>,
 }
 
 impl Listener {
@@ -364,6 +366,8 @@ pub(crate) struct Upstream {
     pub(crate) max_connections: Option<usize>,
     /// Circuit breaker: most requests waiting for a connection.
     pub(crate) max_pending: Option<usize>,
+    /// Circuit breaker: most relayed (layer 4) connections open to one target.
+    pub(crate) max_connections_per_target: Option<usize>,
     /// TLS towards the targets.
     pub(crate) tls: Option<crate::tls::UpstreamTls>,
 }
@@ -404,6 +408,15 @@ mod tests {
         );
         assert_eq!(r.location("a.com", "/x", None), "https://a.com/x");
     }
+}
+
+/// What a `tcp` or `tls` listener relays its connections to.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    /// The upstream whose targets take the connections.
+    pub(crate) upstream: Arc<Upstream>,
+    /// TLS towards the targets: the upstream's `tls`, without ALPN.
+    pub(crate) tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// A compiled passthrough listener's routing.

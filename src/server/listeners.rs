@@ -298,15 +298,21 @@ async fn accept_loop(
         let Some((_, builder, limits)) = cached.as_ref() else {
             continue;
         };
-        if config.passthrough.is_some() {
-            // Layer 4: the snapshot travels with the connection, like a request's does.
-            let snap = shared.snapshot.load_full();
-            let (name, timeout) = (Arc::clone(&name), config.limits.header_timeout);
+        if config.passthrough.is_some() || config.stream.is_some() {
+            // Layer 4: the snapshot travels with the connection, like a request's does; the
+            // connection holds its listener's lifecycle, so a drain waits for it.
+            let (shared, snap, name) = (
+                Arc::clone(&shared),
+                shared.snapshot.load_full(),
+                Arc::clone(&name),
+            );
+            let mut lifecycle = connections.lifecycle();
             let gauge = gauge.clone();
             gauge.inc();
             tokio::spawn(async move {
-                if let Some(routes) = snap.listener(&name).and_then(|l| l.passthrough.as_ref()) {
-                    crate::l4::serve(stream, routes, timeout).await;
+                let stop = async move { while lifecycle.changed().await != Phase::Stop {} };
+                if let Some(listener) = snap.listener(&name) {
+                    crate::l4::serve(&shared, listener, stream, client, stop).await;
                 }
                 gauge.dec();
                 drop(permit);

@@ -1184,3 +1184,66 @@ async fn aggregation_guide() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_tls_guide() {
+    use crate::l4::{Redis, redis_cli};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = Redis::start();
+    let second = Redis::start();
+    let dir = temp_dir("tcp-guide");
+    let ca = certificates(&dir);
+    let mut subs = ephemeral(&["127.0.0.1:6390", "127.0.0.1:6391"], &[]);
+    subs.push((
+        "address: 127.0.0.1:6379".to_owned(),
+        format!("address: {}", first.addr()),
+    ));
+    subs.push((
+        "address: 127.0.0.1:6380".to_owned(),
+        format!("address: {}", second.addr()),
+    ));
+    subs.push(admin_ephemeral());
+    let gw = Portico::start_in(&dir, &substitute(&example("tcp.yaml"), &subs));
+    let port = |name: &str| -> u16 { gw.addr(name).rsplit(':').next().unwrap().parse().unwrap() };
+
+    // Each server marked; new connections take turns (least connections, ties in turn).
+    assert_eq!(redis_cli(first.port, &["SET", "who", "first"]), "OK");
+    assert_eq!(redis_cli(second.port, &["SET", "who", "second"]), "OK");
+    let mut seen: Vec<String> = (0..2)
+        .map(|_| redis_cli(port("redis"), &["GET", "who"]))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["first", "second"]);
+
+    // Over TLS: the real redis-cli, trusting the guide's CA.
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &ca.cert_path().display().to_string()])
+        .args(["--sni", "example.com", "-h", "127.0.0.1"])
+        .args(["-p", &port("redis-tls").to_string(), "PING"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
+    // And a rustls client: no ALPN, RESP inside.
+    let client = pki::client_config(&ca.cert_path(), None, &[]);
+    let mut tls = pki::connect(&gw.addr("redis-tls"), "example.com", client)
+        .await
+        .unwrap();
+    tls.write_all(b"GET who\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"$"), "{:?}", &buf[..n]);
+    drop(tls);
+
+    // One server dies: every new connection is still answered, by the other.
+    first.kill();
+    for _ in 0..3 {
+        assert_eq!(redis_cli(port("redis"), &["GET", "who"]), "second");
+    }
+    assert!(gw.wait_log("relay connect failed", Duration::from_secs(5)));
+    assert!(gw.wait_log("target unhealthy", Duration::from_secs(10)));
+    let metrics = get(gw.admin.as_deref().unwrap(), "/metrics").await.body;
+    assert!(
+        metrics.contains("portico_l4_connections_total{listener=\"redis\",upstream=\"redis\",result=\"relayed\"} 5"),
+        "{metrics}"
+    );
+}

@@ -17,6 +17,7 @@ mod gateway;
 mod grpc;
 mod guides;
 mod jwt;
+mod l4;
 mod levels;
 mod paths;
 mod proxy;

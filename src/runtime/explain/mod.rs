@@ -90,6 +90,10 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         explain_passthrough(&mut out, passthrough, authority.host(), q);
         return Ok(out);
     }
+    if let Some(stream) = &listener.stream {
+        explain_stream(&mut out, listener, stream, q);
+        return Ok(out);
+    }
 
     let host_header = q
         .headers
@@ -300,6 +304,41 @@ fn explain_passthrough(
         query: None,
     };
     target_line(out, upstream, &pick);
+}
+
+/// A `tcp` or `tls` listener: no HTTP, every connection goes to the listener's upstream.
+fn explain_stream(
+    out: &mut String,
+    listener: &super::Listener,
+    stream: &crate::runtime::Stream,
+    q: &Question<'_>,
+) {
+    if listener.tls.is_some() {
+        let _ = writeln!(
+            out,
+            "tls       terminated with the listener's certificates; the bytes inside are relayed"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "action    relay the connection (layer 4) to upstream {}{}",
+        stream.upstream.name,
+        if stream.tls.is_some() {
+            " over TLS"
+        } else {
+            ""
+        }
+    );
+    let headers = HeaderMap::new();
+    let pick = crate::balance::RequestView {
+        client: q.client,
+        host: "",
+        method: &http::Method::GET,
+        headers: &headers,
+        path: "/",
+        query: None,
+    };
+    target_line(out, &stream.upstream, &pick);
 }
 
 fn target_line(
