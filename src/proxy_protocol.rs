@@ -284,7 +284,11 @@ mod tests {
                 );
                 // Every strict prefix is incomplete, never a verdict.
                 for cut in 1..len {
-                    assert_eq!(parse(&bytes[..cut]), Parsed::Incomplete, "{version:?} {cut}");
+                    assert_eq!(
+                        parse(&bytes[..cut]),
+                        Parsed::Incomplete,
+                        "{version:?} {cut}"
+                    );
                 }
             }
         }

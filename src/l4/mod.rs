@@ -15,9 +15,15 @@ use crate::view::RequestView;
 const MAX_HELLO: usize = 16 * 1024;
 
 /// Serves one passthrough connection: reads the ClientHello (within `hello_timeout`), picks
-/// the upstream and target, and splices the two connections.
-pub(crate) async fn serve(mut client: TcpStream, routes: &Passthrough, hello_timeout: Duration) {
-    let peer = client.peer_addr().ok();
+/// the upstream and target, and splices the two connections. `peer` is the client's address
+/// (the one a trusted PROXY protocol header conveyed, if any).
+pub(crate) async fn serve(
+    mut client: TcpStream,
+    peer: std::net::SocketAddr,
+    routes: &Passthrough,
+    hello_timeout: Duration,
+) {
+    let peer = Some(peer);
     let mut buf = Vec::with_capacity(1024);
     let read_hello = async {
         loop {

@@ -83,6 +83,16 @@ pub(crate) struct Metrics {
     rate_limited: Family<RouteLabels, Counter>,
     grpc: Family<GrpcLabels, Counter>,
     background_tasks: Gauge,
+    proxy_refused: Family<RefusedLabels, Counter>,
+}
+
+/// Labels of `portico_proxy_protocol_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusedLabels {
+    /// Listener name.
+    pub(crate) listener: String,
+    /// `untrusted`, `missing`, `invalid` or `timeout`.
+    pub(crate) reason: &'static str,
 }
 
 /// Labels of `portico_grpc_responses_total`.
@@ -152,7 +162,14 @@ impl Metrics {
             "Live background tasks (JWKS refreshers, active health checks, ACME renewals)",
             background_tasks.clone(),
         );
+        let proxy_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "proxy_protocol_refused",
+            "Connections closed by a listener's proxy_protocol, by reason",
+            proxy_refused.clone(),
+        );
         Metrics {
+            proxy_refused,
             background_tasks,
             rate_limited,
             grpc,
@@ -208,6 +225,16 @@ impl Metrics {
                 route: String::new(),
                 upstream: String::new(),
                 status,
+            })
+            .inc();
+    }
+
+    /// Counts a connection closed by a listener's `proxy_protocol`.
+    pub(crate) fn proxy_refused(&self, listener: &str, reason: &'static str) {
+        self.proxy_refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason,
             })
             .inc();
     }

@@ -20,6 +20,7 @@ mod jwt;
 mod levels;
 mod paths;
 mod proxy;
+mod proxy_protocol;
 mod reload;
 mod resilience;
 mod streaming;
