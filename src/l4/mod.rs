@@ -15,14 +15,16 @@ use crate::view::RequestView;
 const MAX_HELLO: usize = 16 * 1024;
 
 /// Serves one passthrough connection: reads the ClientHello (within `hello_timeout`), picks
-/// the upstream and target, and splices the two connections. `peer` is the client's address
-/// (the one a trusted PROXY protocol header conveyed, if any).
+/// the upstream and target, and splices the two connections. `peer` and `local` are the
+/// client's address and the one it connected to (those a trusted PROXY protocol header
+/// conveyed, if any).
 pub(crate) async fn serve(
     mut client: TcpStream,
-    peer: std::net::SocketAddr,
+    (peer, local): (std::net::SocketAddr, std::net::SocketAddr),
     routes: &Passthrough,
     hello_timeout: Duration,
 ) {
+    let conveyed = peer;
     let peer = Some(peer);
     let mut buf = Vec::with_capacity(1024);
     let read_hello = async {
@@ -77,6 +79,12 @@ pub(crate) async fn serve(
         }
     };
     let _ = server.set_nodelay(true);
+    if let Some(version) = upstream.proxy_protocol {
+        let header = crate::proxy_protocol::header(version, conveyed, local);
+        if server.write_all(&header).await.is_err() {
+            return;
+        }
+    }
     if server.write_all(&buf).await.is_err() {
         return;
     }

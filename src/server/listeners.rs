@@ -381,7 +381,7 @@ fn serve_connection(
         let (name, timeout) = (Arc::clone(name), config.limits.header_timeout);
         return Box::pin(async move {
             if let Some(routes) = snap.listener(&name).and_then(|l| l.passthrough.as_ref()) {
-                crate::l4::serve(stream, client, routes, timeout).await;
+                crate::l4::serve(stream, (client, local), routes, timeout).await;
             }
         });
     }

@@ -371,6 +371,48 @@ upstreams:
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
 }
 
+#[tokio::test]
+async fn tls_passthrough_reads_and_sends_headers() {
+    let recorder = Recorder::start("v2").await;
+    let gw = Portico::start(&fill(
+        "\
+listeners:
+  - name: pt
+    bind: 127.0.0.1:0
+    protocol: tls_passthrough
+    upstream: db
+    proxy_protocol: { trusted: [127.0.0.1/32] }
+upstreams:
+  db:
+    targets: [ { address: '@R@' } ]
+    proxy_protocol: v2
+",
+        &[("R", &recorder.addr.to_string())],
+    ));
+    let pt: SocketAddr = gw.addr("pt").parse().unwrap();
+    let claimed: SocketAddr = "203.0.113.5:777".parse().unwrap();
+    let conveyed_destination: SocketAddr = "198.51.100.1:443".parse().unwrap();
+    let mut stream = TcpStream::connect(pt).await.unwrap();
+    stream
+        .write_all(&v2_header(claimed, conveyed_destination))
+        .await
+        .unwrap();
+    let dir = temp_dir("pp-pt");
+    let ca = Ca::new(&dir, "portico test CA");
+    let config = pki::client_config(&ca.cert_path(), None, &[b"http/1.1"]);
+    // The recorder speaks no TLS: the handshake fails once it has read the header.
+    let handshake = tokio_rustls::TlsConnector::from(config)
+        .connect("db.test".try_into().unwrap(), stream)
+        .await;
+    assert!(handshake.is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while recorder.seen().is_empty() {
+        assert!(Instant::now() < deadline, "the target saw no header");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recorder.seen()[0].1, Some((claimed, conveyed_destination)));
+}
+
 /// What the recording upstream saw on one connection: its number and the header's
 /// addresses (`None` for LOCAL / UNKNOWN).
 type Record = (usize, Option<(SocketAddr, SocketAddr)>);
