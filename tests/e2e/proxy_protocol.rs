@@ -226,6 +226,58 @@ async fn a_conveyed_address_is_the_client_everywhere() {
 }
 
 #[tokio::test]
+async fn rate_limits_and_ip_hash_count_conveyed_clients() {
+    let a = TestUpstream::start("A").await;
+    let b = TestUpstream::start("B").await;
+    let gw = Portico::start(&fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0, proxy_protocol: { trusted: [127.0.0.1/32] } }
+routes:
+  - name: limited
+    match: { path_prefix: /limited }
+    upstream: u
+    plugins: [ { rate_limit: { limit: 1, window: 60s, by: ip } } ]
+  - { name: all, upstream: u }
+upstreams:
+  u:
+    balance: ip_hash
+    targets: [ { address: '@A@' }, { address: '@B@' } ]
+",
+        &[("A", &a.addr()), ("B", &b.addr())],
+    ));
+    let web: SocketAddr = gw.addr("web").parse().unwrap();
+    let as_client = |ip: &str, path: &'static str| {
+        let source: SocketAddr = format!("{ip}:1000").parse().unwrap();
+        async move {
+            let mut stream = TcpStream::connect(web).await.unwrap();
+            stream.write_all(&v2_header(source, web)).await.unwrap();
+            get_over(stream, path).await.0
+        }
+    };
+    // One request per conveyed address: a second from the same one is limited, another
+    // address has its own allowance (all arrive from 127.0.0.1).
+    assert_eq!(as_client("198.51.100.1", "/limited").await, 200);
+    assert_eq!(as_client("198.51.100.1", "/limited").await, 429);
+    assert_eq!(as_client("198.51.100.2", "/limited").await, 200);
+
+    // ip_hash: each conveyed address sticks to one target, and different ones spread.
+    let mut targets = std::collections::HashSet::new();
+    for i in 1..=16 {
+        let ip = format!("192.0.2.{i}");
+        let before = (a.count(), b.count());
+        for _ in 0..3 {
+            assert_eq!(as_client(&ip, "/hash").await, 200);
+        }
+        let after = (a.count(), b.count());
+        let to_a = after.0 - before.0;
+        assert!(to_a == 0 || to_a == 3, "{ip} moved between targets");
+        targets.insert(to_a == 3);
+    }
+    assert_eq!(targets.len(), 2, "16 clients all hashed to one target");
+}
+
+#[tokio::test]
 async fn untrusted_headers_and_missing_headers_close_the_connection() {
     let up = TestUpstream::start("A").await;
     let gw = Portico::start(&fill(
