@@ -55,6 +55,7 @@ impl Gateway {
         let client = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
         let conn = ConnInfo {
             client,
+            local: client,
             listener,
             framing: None,
             client_value: crate::proxy::headers::client_value(client.ip()),

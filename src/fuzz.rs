@@ -257,6 +257,27 @@ pub fn client_hello(data: &[u8]) {
     }
 }
 
+/// The PROXY protocol header reader of listeners: never panics, a header's length lies within
+/// the input and its bounds, and bytes after a complete header never change the answer.
+pub fn proxy_protocol(data: &[u8]) {
+    use crate::proxy_protocol::{MAX_V1, MAX_V2, Parsed, parse};
+    let whole = parse(data);
+    if let Parsed::Header { len, .. } = whole {
+        assert!(len <= data.len(), "a header longer than its input");
+        assert!(len <= MAX_V1.max(MAX_V2), "a header past the bounds");
+        assert_eq!(
+            parse(&data[..len]),
+            whole,
+            "the header alone reads otherwise"
+        );
+    }
+    if !matches!(whole, Parsed::Incomplete) {
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(parse(&longer), whole, "trailing bytes changed the answer");
+    }
+}
+
 /// The descriptor set of tests/e2e/grpc/shop.proto (every well-known type, HTTP rules).
 const SHOP: &[u8] = include_bytes!("../fuzz/shop.pb");
 
@@ -373,6 +394,7 @@ mod tests {
         assert!(replay("path", path) > 0);
         assert!(replay("transcode_json", transcode_json) > 0);
         assert!(replay("xml", xml) > 0);
+        assert!(replay("proxy_protocol", proxy_protocol) > 0);
     }
 
     fn head_like() -> impl Strategy<Value = Vec<u8>> {
@@ -426,6 +448,30 @@ mod tests {
             path(&data);
             transcode_json(&data);
             xml(&data);
+            proxy_protocol(&data);
+        }
+
+        #[test]
+        fn proxy_headers_hold_invariants(
+            v2 in any::<bool>(),
+            source in any::<std::net::SocketAddr>(),
+            destination in any::<std::net::SocketAddr>(),
+            cut in any::<prop::sample::Index>(),
+            noise in prop::collection::vec(any::<u8>(), 0..8),
+        ) {
+            use crate::proxy_protocol::{Version, header};
+            let version = if v2 { Version::V2 } else { Version::V1 };
+            let mut bytes = header(version, source, destination);
+            proxy_protocol(&bytes);
+            // A cut header, or one with a byte changed, still never panics.
+            proxy_protocol(&bytes[..cut.index(bytes.len())]);
+            let at = cut.index(bytes.len());
+            for (i, b) in noise.iter().enumerate() {
+                if let Some(byte) = bytes.get_mut(at + i) {
+                    *byte ^= b;
+                }
+            }
+            proxy_protocol(&bytes);
         }
 
         #[test]

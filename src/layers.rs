@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "ctx",
         "error",
         "view",
+        "proxy_protocol",
         "h2frame",
         "config",
         "health",

@@ -20,7 +20,7 @@
 //! and `fuzz` are public:
 //!
 //! ```text
-//! leaves     body ctx error consumer view random background config health   (import nothing of ours but leaves)
+//! leaves     body ctx error consumer view proxy_protocol random background config health
 //! state      observe  tls  pool                                            (pool: its own ConnectError, active checks)
 //! choice     routing  balance  plugins
 //! compiled   runtime (compile, Snapshot, Shared, explain)
@@ -51,6 +51,7 @@ pub(crate) mod observe;
 pub(crate) mod plugins;
 pub(crate) mod pool;
 pub(crate) mod proxy;
+pub(crate) mod proxy_protocol;
 pub(crate) mod random;
 pub(crate) mod routing;
 pub(crate) mod runtime;

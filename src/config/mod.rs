@@ -12,6 +12,7 @@ mod reference;
 pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
+mod spec_proxy_protocol;
 mod spec_transcode;
 pub(crate) mod suggest;
 pub(crate) mod units;

@@ -176,6 +176,9 @@ pub(crate) struct ListenerSpec {
     /// upstream for connections no `sni` entry matches; without it they are closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,
+    /// Read a PROXY protocol v1/v2 header from these trusted sources before anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) proxy_protocol: Option<ProxyProtocolAcceptSpec>,
 }
 
 /// `tls:` of a listener.
@@ -447,6 +450,7 @@ pub(crate) struct RouteSpec {
     pub(crate) grpc_transcode: Option<At<GrpcTranscodeSpec>>,
 }
 
+pub(crate) use super::spec_proxy_protocol::{ProxyProtocolAcceptSpec, ProxyProtocolVersion};
 pub(crate) use super::spec_transcode::{GrpcTranscodeSpec, StreamFormatSpec};
 
 /// `path_policy:` of a route (docs/config.md, "Path normalisation").
@@ -780,6 +784,11 @@ pub(crate) struct UpstreamSpec {
     /// TLS towards the targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Option<UpstreamTlsSpec>,
+    /// Send a PROXY protocol header (`v1` or `v2`) first on every new connection to a
+    /// target, carrying the client's address; such connections are never shared between
+    /// clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 /// `tls:` of an upstream.

@@ -85,13 +85,14 @@ fn now() -> f64 {
 }
 
 /// Serves one connection of a `tcp`, `tls` or `tls_passthrough` listener. `client` is the
-/// client's address as the accept loop knows it; `stop` resolves when the listener's drain
-/// deadline has passed (the connection is closed then).
+/// client's address and `local` the one it connected to, as the accept loop knows them (a
+/// trusted PROXY header's, if any); `stop` resolves when the listener's drain deadline has
+/// passed (the connection is closed then).
 pub(crate) async fn serve(
     shared: &Shared,
     listener: &Listener,
     stream: TcpStream,
-    client: SocketAddr,
+    (client, local): (SocketAddr, SocketAddr),
     stop: impl Future<Output = ()>,
 ) {
     let mut record = Record {
@@ -154,7 +155,7 @@ pub(crate) async fn serve(
         return;
     };
     record.upstream = Some(upstream);
-    let opened = match pick::open(upstream, tls, client).await {
+    let opened = match pick::open(upstream, tls, (client, local)).await {
         Ok(opened) => opened,
         Err(refused) => {
             tracing::warn!(
@@ -174,6 +175,9 @@ pub(crate) async fn serve(
     record.target = Some(opened.target);
     record.attempts = opened.attempts;
     let relayed = relay::relay(io, opened.io, &prefix, listener.limits.idle_timeout, stop).await;
+    // The target's count comes down before the line is logged: whoever reads the line may
+    // count on the target being free.
+    drop(opened._open);
     if relayed.end == relay::End::Drain {
         tracing::info!(listener = %listener.name, %client, "drain timeout: relayed connection closed");
     }

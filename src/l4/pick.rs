@@ -62,12 +62,14 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Opens a TCP connection to `target` within the upstream's `connect_timeout`. Every relayed
-/// connection to an upstream is made here; `client` is the address the connection is for.
+/// Opens a TCP connection to `target` within the upstream's `connect_timeout`, and sends the
+/// upstream's PROXY protocol header first when it has one. Every relayed connection to an
+/// upstream is made here; `client` is the address the connection is for and `local` the one
+/// it was made to (as a trusted PROXY header conveyed them, if any).
 pub(crate) async fn connect(
     upstream: &Upstream,
     target: &TargetState,
-    client: SocketAddr,
+    (client, local): (SocketAddr, SocketAddr),
 ) -> std::io::Result<TcpStream> {
     let Some(addr) = target.addrs.load().first().copied() else {
         return Err(std::io::Error::new(
@@ -88,7 +90,13 @@ pub(crate) async fn connect(
                 ));
             }
         };
+    let mut stream = stream;
     let _ = stream.set_nodelay(true);
+    if let Some(version) = upstream.proxy_protocol {
+        use tokio::io::AsyncWriteExt;
+        let header = crate::proxy_protocol::header(version, client, local);
+        stream.write_all(&header).await?;
+    }
     tracing::trace!(%client, target = %target.address, "relay connected");
     Ok(stream)
 }
@@ -98,9 +106,9 @@ async fn connect_io(
     upstream: &Upstream,
     target: &TargetState,
     tls: Option<&UpstreamTls>,
-    client: SocketAddr,
+    addrs: (SocketAddr, SocketAddr),
 ) -> std::io::Result<Io> {
-    let stream = connect(upstream, target, client).await?;
+    let stream = connect(upstream, target, addrs).await?;
     let Some(tls) = tls else {
         return Ok(Box::new(stream));
     };
@@ -122,12 +130,13 @@ async fn connect_io(
 }
 
 /// Picks a target for `client` and connects, trying up to [`MAX_TRIES`] targets (and no more
-/// than the upstream has).
+/// than the upstream has). `addrs` are the client's address and the one it connected to.
 pub(crate) async fn open(
     upstream: &Upstream,
     tls: Option<&UpstreamTls>,
-    client: SocketAddr,
+    addrs: (SocketAddr, SocketAddr),
 ) -> Result<Opened, Refused> {
+    let client = addrs.0;
     let headers = http::HeaderMap::new();
     let view = RequestView {
         client: client.ip(),
@@ -175,7 +184,7 @@ pub(crate) async fn open(
         tried.push(index);
         // Counted before the connect, so that concurrent picks see it.
         let guard = OpenGuard::new(target);
-        match connect_io(upstream, target, tls, client).await {
+        match connect_io(upstream, target, tls, addrs).await {
             Ok(io) => {
                 record(upstream, index, Outcome::Success);
                 return Ok(Opened {

@@ -85,6 +85,16 @@ pub(crate) struct Metrics {
     background_tasks: Gauge,
     /// Relayed (layer 4) connections and bytes.
     pub(crate) l4: super::l4::L4Metrics,
+    proxy_refused: Family<RefusedLabels, Counter>,
+}
+
+/// Labels of `portico_proxy_protocol_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusedLabels {
+    /// Listener name.
+    pub(crate) listener: String,
+    /// `untrusted`, `missing`, `invalid` or `timeout`.
+    pub(crate) reason: &'static str,
 }
 
 /// Labels of `portico_grpc_responses_total`.
@@ -155,8 +165,15 @@ impl Metrics {
             background_tasks.clone(),
         );
         let l4 = super::l4::L4Metrics::register(&mut registry);
+        let proxy_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "proxy_protocol_refused",
+            "Connections closed by a listener's proxy_protocol, by reason",
+            proxy_refused.clone(),
+        );
         Metrics {
             l4,
+            proxy_refused,
             background_tasks,
             rate_limited,
             grpc,
@@ -212,6 +229,16 @@ impl Metrics {
                 route: String::new(),
                 upstream: String::new(),
                 status,
+            })
+            .inc();
+    }
+
+    /// Counts a connection closed by a listener's `proxy_protocol`.
+    pub(crate) fn proxy_refused(&self, listener: &str, reason: &'static str) {
+        self.proxy_refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason,
             })
             .inc();
     }

@@ -39,6 +39,9 @@ pub(crate) struct ActiveCheck {
     pub(crate) tls: Option<crate::tls::UpstreamTls>,
     /// The upstream speaks HTTP/2: checks do too.
     pub(crate) http2: bool,
+    /// The upstream's `proxy_protocol`: a check starts with a header on portico's own
+    /// behalf (v2 `LOCAL`, v1 `PROXY UNKNOWN`).
+    pub(crate) proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// The probe itself.
@@ -136,7 +139,12 @@ pub(crate) async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
         return false;
     };
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.ok()?;
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        if let Some(version) = check.proxy_protocol {
+            use tokio::io::AsyncWriteExt;
+            let header = crate::proxy_protocol::local_header(version);
+            stream.write_all(&header).await.ok()?;
+        }
         let http2 = check.http2 || matches!(check.kind, CheckKind::Grpc { .. });
         let (method, path, body) = match &check.kind {
             CheckKind::Tcp => return Some(true),

@@ -9,6 +9,10 @@
 //! An idle connection is closed once it has been idle for the pool's `idle_timeout` (see
 //! `idle` for HTTP/1.1, `h2idle` for a shared HTTP/2 connection); every check-in and close wakes the upstream's waiters for a free
 //! connection (see `breaker`).
+//!
+//! For an upstream with `proxy_protocol`, a new connection starts with a PROXY header that
+//! names one client: an HTTP/1.1 connection then belongs to that client address (and port)
+//! and is only reused for it, and HTTP/2 connections are not shared at all.
 
 pub(crate) mod breaker;
 pub(crate) mod check;
@@ -76,6 +80,19 @@ struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
     lease: Arc<Lease>,
+    /// The client whose PROXY header the connection carried; only its requests reuse it.
+    owner: Option<SocketAddr>,
+}
+
+/// The PROXY protocol header a new connection starts with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProxyHeader {
+    /// v1 or v2.
+    pub(crate) version: crate::proxy_protocol::Version,
+    /// The downstream client (the connection is its alone).
+    pub(crate) client: SocketAddr,
+    /// The address the client connected to.
+    pub(crate) local: SocketAddr,
 }
 
 /// Settings that may change on reload without dropping a pool.
@@ -104,6 +121,7 @@ pub(crate) struct Checkin {
     sender: Option<http1::SendRequest<Body>>,
     lease: Arc<Lease>,
     settings: PoolSettings,
+    owner: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Checkin {
@@ -135,6 +153,7 @@ impl Checkin {
                 sender,
                 since: Instant::now(),
                 lease: Arc::clone(&self.lease),
+                owner: self.owner,
             });
             drop(idle);
             self.target.freed.notify_waiters();
@@ -270,14 +289,19 @@ impl TargetState {
         Some(Conn::H2(sender.clone()))
     }
 
-    /// A connection for one request, reused when possible.
+    /// A connection for one request, reused when possible; with `proxy`, a new connection
+    /// starts with that PROXY header and is reused only for the same client.
     pub(crate) async fn connect(
         self: &Arc<Self>,
         http2: bool,
         settings: PoolSettings,
         tls: Option<&UpstreamTls>,
+        proxy: Option<ProxyHeader>,
     ) -> Result<Conn, ConnectError> {
         let worker = worker();
+        if let Some(proxy) = proxy {
+            return Box::pin(self.connect_private(worker, http2, settings, tls, proxy)).await;
+        }
         if http2 {
             if let Some(conn) = self.shared_h2_conn(worker, settings) {
                 return Ok(conn);
@@ -286,20 +310,56 @@ impl TargetState {
             // otherwise be part of every request's future, copied with it.
             return Box::pin(self.connect_h2(worker, settings, tls)).await;
         }
-        if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout) {
-            return Ok(Conn::H1(self.checkin(worker, sender, lease, settings)));
+        if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout, None) {
+            return Ok(Conn::H1(
+                self.checkin(worker, sender, lease, settings, None),
+            ));
         }
-        Box::pin(self.open_new_h1(worker, settings, tls)).await
+        Box::pin(self.open_new_h1(worker, settings, tls, None)).await
     }
 
-    /// A new HTTP/1.1 connection: dial, TLS when configured, handshake.
+    /// A connection that carries `proxy`'s header: an HTTP/1.1 one of the same client when
+    /// one is idle, else a new one; HTTP/2 ones are never shared.
+    async fn connect_private(
+        self: &Arc<Self>,
+        worker: usize,
+        http2: bool,
+        settings: PoolSettings,
+        tls: Option<&UpstreamTls>,
+        proxy: ProxyHeader,
+    ) -> Result<Conn, ConnectError> {
+        if http2 {
+            let stream = self.dial(settings, Some(&proxy)).await?;
+            let activity = Arc::new(Activity::default());
+            activity.handed_out(settings.idle_timeout);
+            let sender = match tls {
+                None => self.open_h2(stream, activity).await?,
+                Some(tls) => {
+                    let stream = self.tls_handshake(tls, stream, settings).await?;
+                    self.open_h2(stream, activity).await?
+                }
+            };
+            return Ok(Conn::H2(sender));
+        }
+        let owner = Some(proxy.client);
+        if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout, owner) {
+            return Ok(Conn::H1(
+                self.checkin(worker, sender, lease, settings, owner),
+            ));
+        }
+        self.open_new_h1(worker, settings, tls, Some(&proxy)).await
+    }
+
+    /// A new HTTP/1.1 connection: dial (and the PROXY header), TLS when configured,
+    /// handshake.
     async fn open_new_h1(
         self: &Arc<Self>,
         worker: usize,
         settings: PoolSettings,
         tls: Option<&UpstreamTls>,
+        proxy: Option<&ProxyHeader>,
     ) -> Result<Conn, ConnectError> {
-        let stream = self.dial(settings).await?;
+        let stream = self.dial(settings, proxy).await?;
         let (sender, lease) = match tls {
             None => self.open_h1(TokioIo::new(stream)).await?,
             Some(tls) => {
@@ -307,7 +367,10 @@ impl TargetState {
                 self.open_h1(TokioIo::new(stream)).await?
             }
         };
-        Ok(Conn::H1(self.checkin(worker, sender, lease, settings)))
+        let owner = proxy.map(|p| p.client);
+        Ok(Conn::H1(
+            self.checkin(worker, sender, lease, settings, owner),
+        ))
     }
 
     async fn open_h1<I>(
@@ -419,6 +482,7 @@ impl TargetState {
         sender: http1::SendRequest<Body>,
         lease: Arc<Lease>,
         settings: PoolSettings,
+        owner: Option<SocketAddr>,
     ) -> Checkin {
         Checkin {
             target: Arc::clone(self),
@@ -426,16 +490,22 @@ impl TargetState {
             sender: Some(sender),
             lease,
             settings,
+            owner,
         }
     }
 
+    /// The most recent idle connection of `owner` (`None`: connections without a PROXY
+    /// header, all of them when the upstream sends none).
     fn checkout(
         &self,
         worker: usize,
         idle_timeout: Duration,
+        owner: Option<SocketAddr>,
     ) -> Option<(http1::SendRequest<Body>, Arc<Lease>)> {
         let mut idle = self.idle.get(worker)?.lock().ok()?;
-        while let Some(entry) = idle.pop() {
+        // Without PROXY headers every entry matches and this is the last one: a pop.
+        while let Some(at) = idle.iter().rposition(|e| e.owner == owner) {
+            let entry = idle.remove(at);
             if entry.sender.is_closed() || entry.since.elapsed() > idle_timeout {
                 continue;
             }
@@ -459,7 +529,7 @@ impl TargetState {
         if let Some(conn) = self.shared_h2_conn(worker, settings) {
             return Ok(conn);
         }
-        let stream = self.dial(settings).await?;
+        let stream = self.dial(settings, None).await?;
         let activity = Arc::new(Activity::default());
         activity.handed_out(settings.idle_timeout);
         let sender = match tls {
@@ -477,15 +547,29 @@ impl TargetState {
         Ok(Conn::H2(sender))
     }
 
-    async fn dial(&self, settings: PoolSettings) -> Result<TcpStream, ConnectError> {
+    /// A TCP connection to one of the target's addresses; with `proxy`, its header is
+    /// written first (before TLS, as the PROXY protocol wants).
+    async fn dial(
+        &self,
+        settings: PoolSettings,
+        proxy: Option<&ProxyHeader>,
+    ) -> Result<TcpStream, ConnectError> {
+        use tokio::io::AsyncWriteExt;
         let target = self.pick_addr().ok_or(ConnectError::NoAddress)?;
-        let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target))
+        let dial = async {
+            let mut stream = TcpStream::connect(target).await?;
+            // Small writes (request heads) must not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            if let Some(p) = proxy {
+                let header = crate::proxy_protocol::header(p.version, p.client, p.local);
+                stream.write_all(&header).await?;
+            }
+            Ok(stream)
+        };
+        tokio::time::timeout(settings.connect_timeout, dial)
             .await
             .map_err(|_| ConnectError::Timeout { target })?
-            .map_err(|source| ConnectError::Connect { target, source })?;
-        // Small writes (request heads) must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+            .map_err(|source| ConnectError::Connect { target, source })
     }
 }
 

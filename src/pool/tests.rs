@@ -60,7 +60,7 @@ async fn an_idle_connection_closes_after_the_idle_timeout_and_one_in_use_does_no
     let upstream = registry.upstream("u");
     let target = registry.target("u", &addr, &upstream.freed);
     let Ok(Conn::H1(checkin)) = target
-        .connect(false, settings(Duration::from_millis(100)), None)
+        .connect(false, settings(Duration::from_millis(100)), None, None)
         .await
     else {
         panic!("no HTTP/1.1 connection");
@@ -82,7 +82,7 @@ async fn a_check_in_and_a_close_wake_a_waiter_for_a_connection() {
     let registry = Registry::default();
     let upstream = registry.upstream("u");
     let target = registry.target("u", &addr, &upstream.freed);
-    let connect = || target.connect(false, settings(Duration::from_secs(60)), None);
+    let connect = || target.connect(false, settings(Duration::from_secs(60)), None, None);
     let Ok(Conn::H1(first)) = connect().await else {
         panic!("no HTTP/1.1 connection");
     };

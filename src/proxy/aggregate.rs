@@ -57,6 +57,8 @@ pub(crate) struct Input<'a> {
     pub(crate) client_value: &'a HeaderValue,
     /// `http` or `https`.
     pub(crate) scheme: &'static str,
+    /// The address the client connected to.
+    pub(crate) local: std::net::SocketAddr,
 }
 
 /// The request values a template may use.
@@ -323,6 +325,7 @@ async fn exchange(
         let hop = Hop {
             client_value: input.client_value,
             scheme: input.scheme,
+            local: input.local,
             host: None,
             info: HopInfo::default(),
         };

@@ -29,6 +29,8 @@ pub(crate) struct Hop<'a> {
     pub(crate) client_value: &'a HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub(crate) scheme: &'static str,
+    /// The address the client connected to (for an upstream's PROXY protocol header).
+    pub(crate) local: std::net::SocketAddr,
     /// The host the client asked for (kept for the upstream).
     pub(crate) host: Option<HeaderValue>,
     /// The hop-by-hop fields the client sent (already removed from the head).
@@ -152,6 +154,7 @@ pub(crate) fn forward<'a>(
     body: Body,
 ) -> Result<Tries<'a>, ProxyError> {
     let slot = breaker(upstream)?;
+    let peers = (ctx.client, hop.local);
     let client_upgrade = prepare_head(&hop, ctx, &mut head);
     let path_and_query = upstream_target(route, &head)?;
 
@@ -168,7 +171,7 @@ pub(crate) fn forward<'a>(
             path_and_query.clone(),
             hop.host.clone(),
         );
-        tokio::spawn(send_mirror(Arc::clone(mirror), copy));
+        tokio::spawn(send_mirror(Arc::clone(mirror), copy, peers));
     }
     let deadline = deadline(route, &mut head.headers);
     let policy = route.retry.as_ref().unwrap_or(&DEFAULT_RETRY);
@@ -183,6 +186,7 @@ pub(crate) fn forward<'a>(
         path_and_query,
         host: hop.host,
         client: ctx.client.ip(),
+        peers,
         idempotent,
         deadline,
         saved,
@@ -303,6 +307,8 @@ pub(crate) struct Tries<'a> {
     path_and_query: PathAndQuery,
     host: Option<HeaderValue>,
     client: std::net::IpAddr,
+    /// The client's address and the one it connected to, for a PROXY protocol header.
+    peers: (std::net::SocketAddr, std::net::SocketAddr),
     /// Retries after a response, a reset or a timeout are allowed.
     idempotent: bool,
     /// The route's timeout, across every try.
@@ -471,7 +477,7 @@ impl Tries<'_> {
             (Some(p), Some(left)) => Some(p.min(left)),
             (p, left) => p.or(left),
         };
-        let exchange = exchange(state, upstream, request);
+        let exchange = exchange(state, upstream, request, self.peers);
         match limit {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
                 Ok(result) => result,
@@ -525,6 +531,7 @@ async fn send_mirror(
         PathAndQuery,
         Option<HeaderValue>,
     ),
+    peers: (std::net::SocketAddr, std::net::SocketAddr),
 ) {
     let pick = RequestView {
         client: std::net::IpAddr::from([0, 0, 0, 0]),
@@ -552,7 +559,7 @@ async fn send_mirror(
     {
         return;
     }
-    let exchange = exchange(state, &upstream, request);
+    let exchange = exchange(state, &upstream, request, peers);
     match tokio::time::timeout(Duration::from_secs(30), exchange).await {
         Ok(Ok((response, checkin))) => {
             let body = match checkin {
@@ -749,12 +756,21 @@ async fn exchange(
     state: &Arc<TargetState>,
     upstream: &Upstream,
     request: Request<Body>,
+    (client, local): (std::net::SocketAddr, std::net::SocketAddr),
 ) -> Result<(Response<Incoming>, Option<Checkin>), (ProxyError, Option<Request<Body>>)> {
     let name = &*upstream.name;
+    // Connections that carry a client's PROXY header are that client's alone.
+    let proxy = upstream
+        .proxy_protocol
+        .map(|version| crate::pool::ProxyHeader {
+            version,
+            client,
+            local,
+        });
     let mut request = request;
     for attempt in 0..2 {
         let conn = match state
-            .connect(upstream.http2, upstream.pool, upstream.tls.as_ref())
+            .connect(upstream.http2, upstream.pool, upstream.tls.as_ref(), proxy)
             .await
             .map_err(|err| connect_error(name, err))
         {

@@ -24,8 +24,10 @@ use crate::runtime::{Action, Listener, ListenerRoute, Snapshot};
 /// What the connection knows about where a request came from.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
-    /// The downstream peer.
+    /// The downstream peer (the one a trusted PROXY protocol header conveyed, if any).
     pub(crate) client: SocketAddr,
+    /// The address the client connected to (likewise).
+    pub(crate) local: SocketAddr,
     /// The listener's name.
     pub(crate) listener: Arc<str>,
     /// What the connection's byte scanner saw of request framing; none in process.
@@ -225,6 +227,7 @@ async fn serve<'s>(
                 ctx,
                 client_value: &conn.client_value,
                 scheme: conn.scheme,
+                local: conn.local,
             };
             let result = Box::pin(super::aggregate::run(agg, input)).await;
             Served::new(result, plugins, metrics.first())
@@ -239,6 +242,7 @@ async fn serve<'s>(
                     let hop = Hop {
                         client_value: &conn.client_value,
                         scheme: conn.scheme,
+                        local: conn.local,
                         host: decoded.host,
                         info: decoded.hop,
                     };

@@ -347,6 +347,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             hsts,
             passthrough,
             stream,
+            proxy_protocol: compile_proxy_accept(spec_listener, &mut diags),
         });
     }
     l4::per_target_limits(&spec, &mut diags);
@@ -703,6 +704,7 @@ fn compile_upstream(
             unhealthy: a.unhealthy.max(1),
             tls: None,
             http2: false,
+            proxy_protocol: None,
         })
     });
     let passive = health.passive.as_ref().map(|p| PassivePolicy {
@@ -785,6 +787,7 @@ fn compile_upstream(
     let active = active.map(|mut check| {
         check.tls = tls.clone();
         check.http2 = spec.protocol.http2();
+        check.proxy_protocol = spec.proxy_protocol.map(proxy_version);
         check
     });
     // A target written twice is one target (one pool, one in-flight count), as it is once
@@ -836,7 +839,42 @@ fn compile_upstream(
             .and_then(|c| c.max_connections_per_target.as_ref())
             .map(|m| m.value.max(1)),
         tls,
+        proxy_protocol: spec.proxy_protocol.map(proxy_version),
     })
+}
+
+fn proxy_version(v: crate::config::spec::ProxyProtocolVersion) -> crate::proxy_protocol::Version {
+    match v {
+        crate::config::spec::ProxyProtocolVersion::V1 => crate::proxy_protocol::Version::V1,
+        crate::config::spec::ProxyProtocolVersion::V2 => crate::proxy_protocol::Version::V2,
+    }
+}
+
+/// A listener's `proxy_protocol`: every trusted block must parse.
+fn compile_proxy_accept(
+    spec: &crate::config::spec::ListenerSpec,
+    diags: &mut Diagnostics,
+) -> Option<Arc<super::ProxyAccept>> {
+    let accept = spec.proxy_protocol.as_ref()?;
+    let mut trusted = Vec::with_capacity(accept.trusted.len());
+    for block in &accept.trusted {
+        match crate::plugins::ip_restriction::Cidr::parse(block) {
+            Ok(cidr) => trusted.push(cidr),
+            Err(err) => diags.error(block.pos, format!("proxy_protocol.trusted: {err}")),
+        }
+    }
+    if accept.trusted.is_empty() {
+        diags.error(
+            spec.name.pos,
+            "proxy_protocol.trusted needs at least one source block (a header from anyone \
+             else is refused)",
+        );
+    }
+    Some(Arc::new(super::ProxyAccept {
+        trusted,
+        optional: accept.optional,
+        timeout: accept.timeout.0,
+    }))
 }
 
 fn compile_retry(spec: &RetrySpec, diags: &mut Diagnostics) -> Option<RetryPolicy> {

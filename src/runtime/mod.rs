@@ -90,6 +90,26 @@ pub(crate) struct Listener {
     pub(crate) passthrough: Option<Passthrough>,
     /// `tcp` and `tls` listeners: where connections are relayed; no HTTP routes either.
     pub(crate) stream: Option<Stream>,
+    /// `proxy_protocol`: read a PROXY header from trusted sources first.
+    pub(crate) proxy_protocol: Option<Arc<ProxyAccept>>,
+}
+
+/// A listener's `proxy_protocol`, compiled.
+#[derive(Debug)]
+pub(crate) struct ProxyAccept {
+    /// Sources whose header is believed.
+    pub(crate) trusted: Vec<crate::plugins::ip_restriction::Cidr>,
+    /// A trusted source may connect without a header.
+    pub(crate) optional: bool,
+    /// Time allowed for the header.
+    pub(crate) timeout: Duration,
+}
+
+impl ProxyAccept {
+    /// Whether a header from `peer` is believed.
+    pub(crate) fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted.iter().any(|c| c.contains(peer))
+    }
 }
 
 impl Listener {
@@ -370,6 +390,8 @@ pub(crate) struct Upstream {
     pub(crate) max_connections_per_target: Option<usize>,
     /// TLS towards the targets.
     pub(crate) tls: Option<crate::tls::UpstreamTls>,
+    /// The PROXY protocol header sent first on every new connection, if any.
+    pub(crate) proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 #[cfg(test)]

@@ -260,6 +260,9 @@ async fn accept_loop(
         }
     };
     let gauge = shared.metrics.connections(&name);
+    let bound = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let connections = Connections::new();
     let mut cached: Option<(usize, Builder<TokioExecutor>, Limits)> = None;
     loop {
@@ -298,95 +301,45 @@ async fn accept_loop(
         let Some((_, builder, limits)) = cached.as_ref() else {
             continue;
         };
-        if config.passthrough.is_some() || config.stream.is_some() {
-            // Layer 4: the snapshot travels with the connection, like a request's does; the
-            // connection holds its listener's lifecycle, so a drain waits for it.
-            let (shared, snap, name) = (
-                Arc::clone(&shared),
-                shared.snapshot.load_full(),
-                Arc::clone(&name),
-            );
-            let mut lifecycle = connections.lifecycle();
-            let gauge = gauge.clone();
-            gauge.inc();
+        let gauge = gauge.clone();
+        gauge.inc();
+        if let Some(accept) = config.proxy_protocol.clone() {
+            // The PROXY header is read on the connection's own task, never in this loop;
+            // its addresses then stand for the socket's from the first byte served.
+            let (shared, name) = (Arc::clone(&shared), Arc::clone(&name));
+            let lifecycle = connections.lifecycle();
             tokio::spawn(async move {
-                let stop = async move { while lifecycle.changed().await != Phase::Stop {} };
-                if let Some(listener) = snap.listener(&name) {
-                    crate::l4::serve(&shared, listener, stream, client, stop).await;
+                let mut stream = stream;
+                let addrs = (client, local_addr(&stream, bound));
+                let conveyed =
+                    super::proxied::accept(&mut stream, &accept, addrs, &name, &shared.metrics);
+                if let Some((client, local)) = conveyed.await {
+                    let snap = shared.snapshot.load_full();
+                    if let Some(config) = snap.listener(&name) {
+                        let (builder, limits) = (conn::builder(&config.limits), config.limits);
+                        let addrs = (client, local);
+                        serve_connection(
+                            &shared, &name, config, stream, addrs, &builder, &limits, lifecycle,
+                        )
+                        .await;
+                    }
                 }
                 gauge.dec();
                 drop(permit);
             });
             continue;
         }
-        let mut info = ConnInfo {
-            client,
-            listener: Arc::clone(&name),
-            framing: None,
-            client_value: crate::proxy::headers::client_value(client.ip()),
-            scheme: "http",
-            client_cert: None,
-        };
-        let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &config.tls {
-            None => Box::pin(conn::serve(
-                Arc::clone(&shared),
-                info,
-                stream,
-                builder,
-                limits,
-                connections.lifecycle(),
-            )),
-            Some(tls) => {
-                // The handshake runs on the connection's own task, bounded by the head timeout.
-                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
-                let (shared, builder, limits) = (Arc::clone(&shared), builder.clone(), *limits);
-                let lifecycle = connections.lifecycle();
-                Box::pin(async move {
-                    let deadline = tokio::time::Instant::now() + limits.header_timeout;
-                    // A plain HTTP request on this port gets a hint instead of a closed
-                    // connection (as nginx's 497 does): a TLS record starts with 0x16, an
-                    // HTTP request with a method's capital letter.
-                    let mut first = [0u8; 1];
-                    if let Ok(Ok(1)) =
-                        tokio::time::timeout_at(deadline, stream.peek(&mut first)).await
-                        && first[0].is_ascii_uppercase()
-                    {
-                        plain_http_hint(stream).await;
-                        return;
-                    }
-                    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            tracing::debug!(client = %client, error = %err, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(client = %client, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    info.scheme = "https";
-                    info.client_cert = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .and_then(|leaf| crate::tls::identity(leaf))
-                        .and_then(|id| {
-                            Some(Arc::new(ClientCert {
-                                subject: http::HeaderValue::from_str(&id.subject).ok()?,
-                                sans: (!id.sans.is_empty())
-                                    .then(|| http::HeaderValue::from_str(&id.sans.join(", ")).ok())
-                                    .flatten(),
-                            }))
-                        });
-                    conn::serve(shared, info, stream, &builder, &limits, lifecycle).await;
-                })
-            }
-        };
-        let gauge = gauge.clone();
-        gauge.inc();
+        let addrs = (client, local_addr(&stream, bound));
+        let served = serve_connection(
+            &shared,
+            &name,
+            config,
+            stream,
+            addrs,
+            builder,
+            limits,
+            connections.lifecycle(),
+        );
         tokio::spawn(async move {
             served.await;
             gauge.dec();
@@ -396,6 +349,111 @@ async fn accept_loop(
     drop(listener);
     let drain = shared.snapshot.load().spec.drain_timeout.0;
     connections.drain(&name, drain).await;
+}
+
+/// The address a connection was made to: the listener's, unless it is bound to every address.
+fn local_addr(stream: &tokio::net::TcpStream, bound: SocketAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        stream.local_addr().unwrap_or(bound)
+    } else {
+        bound
+    }
+}
+
+/// The serving of one accepted connection, by the listener's protocol; `client` and `local`
+/// are the socket's addresses or those a trusted PROXY header conveyed.
+#[allow(clippy::too_many_arguments)]
+fn serve_connection(
+    shared: &Arc<Shared>,
+    name: &Arc<str>,
+    config: &crate::runtime::Listener,
+    stream: tokio::net::TcpStream,
+    (client, local): (SocketAddr, SocketAddr),
+    builder: &Builder<TokioExecutor>,
+    limits: &Limits,
+    lifecycle: Lifecycle,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    if config.passthrough.is_some() || config.stream.is_some() {
+        // Layer 4: the snapshot travels with the connection, like a request's does; the
+        // connection holds its listener's lifecycle, so a drain waits for it.
+        let (shared, snap, name) = (
+            Arc::clone(shared),
+            shared.snapshot.load_full(),
+            Arc::clone(name),
+        );
+        let mut lifecycle = lifecycle;
+        return Box::pin(async move {
+            let stop = async move { while lifecycle.changed().await != Phase::Stop {} };
+            if let Some(listener) = snap.listener(&name) {
+                crate::l4::serve(&shared, listener, stream, (client, local), stop).await;
+            }
+        });
+    }
+    let mut info = ConnInfo {
+        client,
+        local,
+        listener: Arc::clone(name),
+        framing: None,
+        client_value: crate::proxy::headers::client_value(client.ip()),
+        scheme: "http",
+        client_cert: None,
+    };
+    match &config.tls {
+        None => Box::pin(conn::serve(
+            Arc::clone(shared),
+            info,
+            stream,
+            builder,
+            limits,
+            lifecycle,
+        )),
+        Some(tls) => {
+            // The handshake runs on the connection's own task, bounded by the head timeout.
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+            let (shared, builder, limits) = (Arc::clone(shared), builder.clone(), *limits);
+            Box::pin(async move {
+                let deadline = tokio::time::Instant::now() + limits.header_timeout;
+                // A plain HTTP request on this port gets a hint instead of a closed
+                // connection (as nginx's 497 does): a TLS record starts with 0x16, an
+                // HTTP request with a method's capital letter.
+                let mut first = [0u8; 1];
+                if let Ok(Ok(1)) = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await
+                    && first[0].is_ascii_uppercase()
+                {
+                    plain_http_hint(stream).await;
+                    return;
+                }
+                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(client = %client, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %client, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                info.scheme = "https";
+                info.client_cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| crate::tls::identity(leaf))
+                    .and_then(|id| {
+                        Some(Arc::new(ClientCert {
+                            subject: http::HeaderValue::from_str(&id.subject).ok()?,
+                            sans: (!id.sans.is_empty())
+                                .then(|| http::HeaderValue::from_str(&id.sans.join(", ")).ok())
+                                .flatten(),
+                        }))
+                    });
+                conn::serve(shared, info, stream, &builder, &limits, lifecycle).await;
+            })
+        }
+    }
 }
 
 /// Answers a plain HTTP request sent to an HTTPS port with a JSON 400 that says so, then

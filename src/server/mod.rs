@@ -7,6 +7,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod listeners;
+mod proxied;
 pub(crate) mod reload;
 pub(crate) mod scan;
 

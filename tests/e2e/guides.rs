@@ -1247,3 +1247,61 @@ async fn tcp_and_tls_guide() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn proxy_protocol_guide() {
+    use crate::proxy_protocol::{
+        Haproxy, Recorder, get_over, parse_answer, read_to_close, v2_header,
+    };
+    use tokio::io::AsyncWriteExt;
+    let app = TestUpstream::start("app").await;
+    let legacy = Recorder::start("v1").await;
+    let mut subs = ephemeral(&["0.0.0.0:8080"], &[("127.0.0.1:3000", &app)]);
+    subs.push((
+        "address: 127.0.0.1:3001".to_owned(),
+        format!("address: {}", legacy.addr),
+    ));
+    let config = substitute(&example("proxy-protocol.yaml"), &subs);
+    let gw = Portico::start_in(&temp_dir("proxy-protocol"), &config);
+    let web = gw.addr("web");
+    let haproxy = Haproxy::start(&web, "send-proxy-v2").await;
+
+    // Through HAProxy: served, with the client's address.
+    let stream = tokio::net::TcpStream::connect(&haproxy.addr).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    let (status, body) = get_over(stream, "/hello").await;
+    assert_eq!((status, body.as_str()), (200, "app /hello"));
+    assert_eq!(app.last().headers["x-forwarded-for"], "127.0.0.1");
+    assert!(
+        gw.wait_log(&format!("\"client\":\"{me}\""), Duration::from_secs(5)),
+        "{}",
+        gw.log_text()
+    );
+    // The admin route judges that address: not the office network.
+    let stream = tokio::net::TcpStream::connect(&haproxy.addr).await.unwrap();
+    assert_eq!(get_over(stream, "/admin/users").await.0, 403);
+    // A client the balancer saw in the office network passes.
+    let mut stream = tokio::net::TcpStream::connect(&web).await.unwrap();
+    let office = "192.0.2.7:1234".parse().unwrap();
+    stream
+        .write_all(&v2_header(office, web.parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(get_over(stream, "/admin/users").await.0, 200);
+    assert_eq!(app.last().headers["x-forwarded-for"], "192.0.2.7");
+
+    // From a trusted address without a header: closed.
+    let mut stream = tokio::net::TcpStream::connect(&web).await.unwrap();
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut stream).await, b"");
+
+    // The legacy upstream gets a v1 header naming the client.
+    let stream = tokio::net::TcpStream::connect(&haproxy.addr).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    let (status, body) = get_over(stream, "/legacy/x").await;
+    assert_eq!(status, 200);
+    assert_eq!(parse_answer(&body).1, me.to_string());
+}

@@ -21,6 +21,7 @@ mod l4;
 mod levels;
 mod paths;
 mod proxy;
+mod proxy_protocol;
 mod reload;
 mod resilience;
 mod streaming;
