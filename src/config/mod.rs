@@ -13,6 +13,7 @@ pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
 mod spec_transcode;
+mod spec_udp;
 pub(crate) mod suggest;
 pub(crate) mod units;
 

@@ -172,10 +172,13 @@ pub(crate) struct ListenerSpec {
     /// `tls_passthrough` only: a mapping of server name (exact or `*.suffix`) to upstream name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) sni: BTreeMap<String, At<String>>,
-    /// `tls_passthrough` only: the upstream for connections no `sni` entry matches; without
-    /// it they are closed.
+    /// `tls_passthrough`: the upstream for connections no `sni` entry matches; without
+    /// it they are closed. `udp`: the upstream every flow goes to (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,
+    /// `udp` only: sessions (one per client address and port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) udp: Option<UdpSpec>,
 }
 
 /// `tls:` of a listener.
@@ -328,6 +331,8 @@ pub(crate) enum ListenerProtocol {
     Https,
     /// TLS left untouched: routed by the ClientHello's SNI to `sni` upstreams (layer 4).
     TlsPassthrough,
+    /// UDP datagrams balanced by flow (client address and port) to `upstream` (layer 4).
+    Udp,
 }
 
 /// `limits:` of a listener; the defaults are safe for a public port.
@@ -433,6 +438,7 @@ pub(crate) struct RouteSpec {
 }
 
 pub(crate) use super::spec_transcode::{GrpcTranscodeSpec, StreamFormatSpec};
+pub(crate) use super::spec_udp::UdpSpec;
 
 /// `path_policy:` of a route (docs/config.md, "Path normalisation").
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema)]
@@ -856,6 +862,11 @@ pub(crate) struct ActiveCheckSpec {
     /// Up to this much random delay is added to each interval.
     #[serde(default)]
     pub(crate) jitter: Dur,
+    /// Probe this port of the target's address instead of the target's own port (a health
+    /// endpoint beside the service, as for UDP targets).
+    #[schemars(range(min = 1))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<At<u16>>,
 }
 
 /// `type:` of an active check.

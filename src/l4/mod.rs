@@ -2,6 +2,7 @@
 //! ClientHello without terminating them, and copy bytes both ways.
 
 pub(crate) mod sni;
+pub(crate) mod udp;
 
 use std::time::Duration;
 

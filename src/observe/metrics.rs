@@ -83,6 +83,7 @@ pub(crate) struct Metrics {
     rate_limited: Family<RouteLabels, Counter>,
     grpc: Family<GrpcLabels, Counter>,
     background_tasks: Gauge,
+    udp: super::udp::UdpMetrics,
 }
 
 /// Labels of `portico_grpc_responses_total`.
@@ -152,7 +153,9 @@ impl Metrics {
             "Live background tasks (JWKS refreshers, active health checks, ACME renewals)",
             background_tasks.clone(),
         );
+        let udp = super::udp::UdpMetrics::register(&mut registry);
         Metrics {
+            udp,
             background_tasks,
             rate_limited,
             grpc,
@@ -193,6 +196,11 @@ impl Metrics {
     /// `portico_grpc_responses_total`.
     pub(crate) fn grpc_family(&self) -> Family<GrpcLabels, Counter> {
         self.grpc.clone()
+    }
+
+    /// The families of udp listeners.
+    pub(crate) fn udp(&self) -> &super::udp::UdpMetrics {
+        &self.udp
     }
 
     /// The live background task gauge, which [`crate::background::spawn`] moves.

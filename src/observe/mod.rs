@@ -2,6 +2,7 @@
 
 pub(crate) mod access_log;
 pub(crate) mod metrics;
+pub(crate) mod udp;
 
 pub(crate) use access_log::AccessLog;
 pub(crate) use metrics::{Metrics, RouteMetrics};

@@ -39,6 +39,8 @@ pub(crate) struct ActiveCheck {
     pub(crate) tls: Option<crate::tls::UpstreamTls>,
     /// The upstream speaks HTTP/2: checks do too.
     pub(crate) http2: bool,
+    /// Probe this port of the target's address instead of the target's own.
+    pub(crate) port: Option<u16>,
 }
 
 /// The probe itself.
@@ -132,9 +134,12 @@ fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 
 /// Probes `target` once; `true` when healthy.
 pub(crate) async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
-    let Some(addr) = target.addrs.load().first().copied() else {
+    let Some(mut addr) = target.addrs.load().first().copied() else {
         return false;
     };
+    if let Some(port) = check.port {
+        addr.set_port(port);
+    }
     let attempt = async {
         let stream = TcpStream::connect(addr).await.ok()?;
         let http2 = check.http2 || matches!(check.kind, CheckKind::Grpc { .. });

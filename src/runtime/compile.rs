@@ -200,7 +200,8 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     }
     let mut listeners = Vec::new();
     let mut seen_names: HashMap<&str, Pos> = HashMap::new();
-    let mut seen_addrs: Vec<(SocketAddr, Pos)> = Vec::new();
+    // UDP and TCP ports are apart: a udp listener may share a TCP listener's address.
+    let mut seen_addrs: Vec<(SocketAddr, Pos, bool)> = Vec::new();
     for spec_listener in &spec.listeners {
         if let Some(first) = seen_names.insert(&spec_listener.name, spec_listener.name.pos) {
             diags.error(
@@ -214,8 +215,12 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         let Some(addr) = parse_addr(&spec_listener.bind, &mut diags) else {
             continue;
         };
+        let datagrams = spec_listener.protocol == ListenerProtocol::Udp;
         if addr.port() != 0 {
-            if let Some((_, first)) = seen_addrs.iter().find(|(other, _)| overlaps(*other, addr)) {
+            if let Some((_, first, _)) = seen_addrs
+                .iter()
+                .find(|(other, _, udp)| *udp == datagrams && overlaps(*other, addr))
+            {
                 diags.error(
                     spec_listener.bind.pos,
                     format!(
@@ -224,9 +229,10 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                     ),
                 );
             }
-            seen_addrs.push((addr, spec_listener.bind.pos));
+            seen_addrs.push((addr, spec_listener.bind.pos, datagrams));
         }
         if let Some((admin_addr, _)) = admin
+            && !datagrams
             && admin_addr.port() != 0
             && overlaps(admin_addr, addr)
         {
@@ -284,6 +290,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             HeaderValue::from_str(&value).ok()
         });
         let passthrough = compile_passthrough(spec_listener, &by_name, &mut diags);
+        let udp = udp::compile_udp(spec_listener, &spec.upstreams, &by_name, &mut diags);
         let name: Arc<str> = Arc::from(spec_listener.name.as_str());
         let mut attached = Vec::new();
         let mut conditions = Vec::new();
@@ -295,6 +302,17 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                 .as_ref()
                 .is_none_or(|names| names.iter().any(|n| n.as_str() == &*name));
             let Some(cond) = cond else { continue };
+            if udp.is_some() || datagrams {
+                for named in spec_route.listeners.iter().flatten() {
+                    if named.as_str() == &*name {
+                        diags.error(
+                            named.pos,
+                            format!("route `{}` names udp listener `{name}`, which serves no HTTP routes", *spec_route.name),
+                        );
+                    }
+                }
+                continue;
+            }
             if !wanted || passthrough.is_some() {
                 continue;
             }
@@ -339,6 +357,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             redirect_https,
             hsts,
             passthrough,
+            udp,
         });
     }
 
@@ -385,7 +404,9 @@ fn compile_passthrough(
     diags: &mut Diagnostics,
 ) -> Option<crate::runtime::Passthrough> {
     if spec.protocol != ListenerProtocol::TlsPassthrough {
-        if !spec.sni.is_empty() || spec.upstream.is_some() {
+        // A udp listener's `sni` and `upstream` are judged by its own compile.
+        let udp = spec.protocol == ListenerProtocol::Udp;
+        if !udp && (!spec.sni.is_empty() || spec.upstream.is_some()) {
             diags.error(
                 spec.name.pos,
                 "`sni` and `upstream` apply to `protocol: tls_passthrough` listeners",
@@ -701,6 +722,9 @@ fn compile_upstream(
         if !a.path.starts_with('/') {
             diags.error(a.method.pos, "health_check.active.path must start with `/`");
         }
+        if let Some(port) = a.port.as_ref().filter(|p| ***p == 0) {
+            diags.error(port.pos, "health_check.active.port must be 1-65535");
+        }
         Some(ActiveCheck {
             kind: match a.kind {
                 CheckType::Http => CheckKind::Http {
@@ -721,6 +745,7 @@ fn compile_upstream(
             unhealthy: a.unhealthy.max(1),
             tls: None,
             http2: false,
+            port: a.port.as_ref().map(|p| **p),
         })
     });
     let passive = health.passive.as_ref().map(|p| PassivePolicy {
@@ -1389,6 +1414,8 @@ fn compile_headers(
 mod aggregate;
 mod checks;
 mod lints;
+mod udp;
+
 /// Runs `f` with a fresh compile environment (registry, metrics, ACME store, plugin state),
 /// for unit tests.
 #[cfg(test)]

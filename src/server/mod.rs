@@ -9,5 +9,6 @@ pub(crate) mod conn;
 pub(crate) mod listeners;
 pub(crate) mod reload;
 pub(crate) mod scan;
+pub(crate) mod udp;
 
 pub(crate) use crate::runtime::Shared;
