@@ -156,7 +156,7 @@ async fn open_session(udp: &UdpListener, flow: &Flow, cx: &Context<'_>) -> Optio
             return None;
         }
     };
-    let session = Session::new(upstream, target, flow.snapshot);
+    let session = Session::new(upstream, Arc::clone(&udp.upstream), target, flow.snapshot);
     cx.table.insert(flow.client, Arc::clone(&session));
     cx.metrics.sessions.inc();
     cx.metrics.active.inc();

@@ -252,6 +252,60 @@ upstreams:
 }
 
 #[tokio::test]
+async fn udp_unreachable_target_is_ejected_by_passive_checks() {
+    let a = UdpEcho::start("a").await;
+    let b = UdpEcho::start("b").await;
+    let gw = Portico::start(&fill(
+        "
+listeners:
+  - { name: dns, bind: 127.0.0.1:0, protocol: udp, upstream: pair }
+upstreams:
+  pair: { balance: round_robin, targets: [ { address: @A@ }, { address: @B@ } ] }
+",
+        &[("A", &a.addr()), ("B", &b.addr())],
+    ));
+    let addr = gw.addr("dns");
+    // b goes away: datagrams to its port get an ICMP port unreachable.
+    let dead = b.addr();
+    drop(b);
+    let mut lost = 0;
+    let mut answered_in_a_row = 0;
+    for i in 0..30 {
+        let c = client(&addr).await;
+        c.send(format!("{i}").as_bytes()).await.unwrap();
+        match answer(&c, Duration::from_millis(300)).await {
+            Some(got) => {
+                assert_eq!(text(&got), format!("a {i}"));
+                answered_in_a_row += 1;
+            }
+            None => {
+                lost += 1;
+                answered_in_a_row = 0;
+            }
+        }
+        if answered_in_a_row == 6 {
+            break;
+        }
+    }
+    assert_eq!(
+        answered_in_a_row,
+        6,
+        "flows still go to the dead target ({lost} lost)\n{}",
+        gw.log_text()
+    );
+    // The default passive policy: three unreachable datagrams in a row take it out.
+    assert_eq!(lost, 3);
+    assert!(
+        gw.wait_log(
+            &format!("target ejected after failures upstream=pair target={dead}"),
+            Duration::from_secs(1)
+        ),
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[tokio::test]
 async fn udp_max_sessions_drops_datagrams_of_new_flows() {
     let echo = UdpEcho::start("a").await;
     let gw = Portico::start(&fill(

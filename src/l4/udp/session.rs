@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::BUFFER;
+use crate::health::Outcome;
 use crate::observe::udp::UdpListenerMetrics;
 use crate::pool::TargetState;
-use crate::runtime::UdpListener;
+use crate::runtime::{UdpListener, Upstream};
 
 /// Times of activity are kept as milliseconds since this instant, in one atomic.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -41,6 +43,8 @@ pub(super) struct Session {
     socket: UdpSocket,
     /// The target the flow goes to.
     pub(super) target: Arc<TargetState>,
+    /// The upstream it was picked from, whose passive checks hear of an unreachable target.
+    upstream: Arc<Upstream>,
     /// Last datagram either way, as [`now_ms`].
     last: AtomicU64,
     /// The snapshot under which the target was last seen in the listener's upstream.
@@ -51,10 +55,16 @@ pub(super) struct Session {
 
 impl Session {
     /// A session on `socket` to `target`, as of snapshot `snapshot`.
-    pub(super) fn new(socket: UdpSocket, target: Arc<TargetState>, snapshot: usize) -> Arc<Self> {
+    pub(super) fn new(
+        socket: UdpSocket,
+        upstream: Arc<Upstream>,
+        target: Arc<TargetState>,
+        snapshot: usize,
+    ) -> Arc<Self> {
         Arc::new(Session {
             socket,
             target,
+            upstream,
             last: AtomicU64::new(now_ms()),
             checked: AtomicUsize::new(snapshot),
             closed: Notify::new(),
@@ -98,9 +108,49 @@ impl Session {
             // The error of an earlier datagram (an ICMP port unreachable) is reported by this
             // send, which then did not send: once more.
             Err(err) if err.kind() == ErrorKind::ConnectionRefused => {
+                self.observe(Outcome::Failure);
                 self.socket.send(datagram).await.map(drop)
             }
             other => other.map(drop),
+        }
+    }
+
+    /// Reads the socket's pending error (an ICMP port unreachable wakes it with an error
+    /// alone, which a read does not see) and forgets its error readiness.
+    fn take_error(&self) {
+        if let Ok(Some(err)) = self.socket.take_error()
+            && err.kind() == ErrorKind::ConnectionRefused
+        {
+            self.observe(Outcome::Failure);
+        }
+        // Only an operation that would block forgets a readiness; this one always does.
+        let _ = self.socket.try_io(Interest::ERROR, || {
+            Err::<(), _>(ErrorKind::WouldBlock.into())
+        });
+    }
+
+    /// Tells the upstream's passive checks what the target did: an ICMP port unreachable
+    /// counts as a connection that could not be made, an answer as a success.
+    fn observe(&self, outcome: Outcome) {
+        let Some(policy) = &self.upstream.passive else {
+            return;
+        };
+        if matches!(outcome, Outcome::Success) && self.target.health.clean() {
+            return;
+        }
+        let targets = &self.upstream.targets;
+        let may_eject = || {
+            let now = crate::health::now_ms();
+            let ejected = targets.iter().filter(|t| t.health.ejected(now)).count();
+            (ejected + 1) * 100 <= targets.len() * policy.max_ejected_percent as usize
+        };
+        if self.target.health.record(outcome, policy, may_eject) {
+            tracing::warn!(
+                upstream = %self.upstream.name,
+                target = %self.target.address,
+                for_ms = self.target.health.ejected_for_ms(),
+                "target ejected after failures"
+            );
         }
     }
 
@@ -199,9 +249,13 @@ impl Reply {
                         break;
                     }
                 }
-                ready = self.session.socket.readable() => {
-                    if ready.is_err() {
+                // ERROR too: an ICMP port unreachable wakes the socket with an error only.
+                ready = self.session.socket.ready(Interest::READABLE | Interest::ERROR) => {
+                    let Ok(ready) = ready else {
                         break;
+                    };
+                    if ready.is_error() {
+                        self.session.take_error();
                     }
                     match self.pass_on(&mut answers) {
                         Passed::Drained | Passed::More => {}
@@ -232,15 +286,19 @@ impl Reply {
                 let len = match self.session.socket.try_recv(buf) {
                     Ok(len) => len,
                     Err(err) if err.kind() == ErrorKind::WouldBlock => return Passed::Drained,
-                    // An ICMP port unreachable for an earlier datagram: that one is lost, the
-                    // session stays (the target may be restarting).
-                    Err(err) if err.kind() == ErrorKind::ConnectionRefused => continue,
+                    // An ICMP port unreachable for an earlier datagram: that one is lost; the
+                    // session stays, unless passive checks take the target out.
+                    Err(err) if err.kind() == ErrorKind::ConnectionRefused => {
+                        self.session.observe(Outcome::Failure);
+                        continue;
+                    }
                     Err(err) => {
                         tracing::debug!(client = %self.client, error = %err, "udp session socket failed");
                         return Passed::Failed;
                     }
                 };
                 self.session.touch();
+                self.session.observe(Outcome::Success);
                 *answers = answers.saturating_add(1);
                 match self.listener.try_send_to(&buf[..len], self.client) {
                     Ok(_) => self.sent(len),
