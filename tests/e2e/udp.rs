@@ -425,3 +425,42 @@ upstreams:
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn udp_listener_stops_at_once_on_sigterm_and_explain_names_its_upstream() {
+    let echo = UdpEcho::start("a").await;
+    let config = fill(ONE, &[("ECHO", &echo.addr())]);
+    let mut gw = Portico::start(&config);
+    let c = client(&gw.addr("dns")).await;
+    assert_eq!(text(&ask(&c, b"hi").await), "a hi");
+    // An open session holds nothing up: UDP has nothing to drain.
+    let started = Instant::now();
+    let status = gw
+        .terminate(Duration::from_secs(10))
+        .expect("portico exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(gw.wait_log("stopped", Duration::from_secs(1)));
+
+    let dir = temp_dir("udp-explain");
+    let file = dir.join("udp.yaml");
+    std::fs::write(&file, config.replace("127.0.0.1:0", "127.0.0.1:5353")).unwrap();
+    let (code, stdout, stderr) = cli(&[
+        "explain",
+        "-c",
+        file.to_str().unwrap(),
+        "GET",
+        "http://127.0.0.1:5353/",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "udp       not HTTP: each flow (client address and port) goes to upstream `echo` (round_robin), its session ends after 1m idle"
+        ),
+        "{stdout}"
+    );
+}
