@@ -131,6 +131,37 @@ upstreams:
 }
 
 #[tokio::test]
+async fn udp_ip_hash_keeps_every_flow_of_a_client_address_on_one_target() {
+    let a = UdpEcho::start("a").await;
+    let b = UdpEcho::start("b").await;
+    let gw = Portico::start(&fill(
+        "
+listeners:
+  - { name: dns, bind: 127.0.0.1:0, protocol: udp, upstream: pair }
+upstreams:
+  pair: { balance: ip_hash, targets: [ { address: @A@ }, { address: @B@ } ] }
+",
+        &[("A", &a.addr()), ("B", &b.addr())],
+    ));
+    let addr = gw.addr("dns");
+    let mut targets = HashSet::new();
+    for i in 0..8 {
+        // A new port each time, one address: a new flow, the same hash.
+        let c = client(&addr).await;
+        let got = text(&ask(&c, format!("{i}").as_bytes()).await);
+        targets.insert(got.split(' ').next().unwrap().to_owned());
+    }
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    let ports: HashSet<u16> = a
+        .sources()
+        .iter()
+        .chain(b.sources().iter())
+        .map(|s| s.port())
+        .collect();
+    assert_eq!(ports.len(), 8, "eight flows, eight sessions");
+}
+
+#[tokio::test]
 async fn udp_dns_query_is_answered_with_its_transaction_id() {
     let dns = DnsServer::start(&[("www.example.test", Ipv4Addr::new(192, 0, 2, 7))]).await;
     let gw = Portico::start(&fill(
