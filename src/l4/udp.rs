@@ -77,7 +77,7 @@ pub(crate) async fn serve(
         };
         let flow = Flow {
             client,
-            snapshot: Arc::as_ptr(&snap) as usize,
+            snapshot: config.generation,
         };
         let session = match table.find(client) {
             Some(s) if s.still_fits(udp, flow.snapshot) => s,
@@ -115,6 +115,7 @@ pub(crate) async fn serve(
 /// The flow a datagram belongs to, and the config it arrived under.
 struct Flow {
     client: SocketAddr,
+    /// [`Current::generation`] when it arrived.
     snapshot: usize,
 }
 
@@ -213,6 +214,9 @@ async fn connect(target: SocketAddr) -> std::io::Result<UdpSocket> {
 struct Current {
     snapshot: Option<Arc<Snapshot>>,
     index: Option<usize>,
+    /// Counts the snapshots seen. Sessions compare it rather than a snapshot's address,
+    /// which a later snapshot may reuse once the earlier one is freed.
+    generation: usize,
 }
 
 impl Current {
@@ -223,6 +227,7 @@ impl Current {
             Some(snap) if Arc::ptr_eq(snap, &now) => Arc::clone(snap),
             _ => {
                 let snap = arc_swap::Guard::into_inner(now);
+                self.generation = self.generation.wrapping_add(1);
                 self.index = snap.listeners.iter().position(|l| &*l.name == name);
                 self.snapshot = Some(Arc::clone(&snap));
                 snap

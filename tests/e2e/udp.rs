@@ -402,6 +402,15 @@ async fn udp_reload_keeps_sessions_and_removing_the_listener_closes_it() {
     }
     assert!(targets.contains("b"), "{targets:?}");
 
+    // a leaves the upstream: the flow's next datagram picks again, and finds b.
+    let only_b = fill(
+        RELOAD,
+        &[("TARGETS", &format!("{{ address: {} }}", b.addr()))],
+    );
+    assert!(gw.reload(&only_b), "{}", gw.log_text());
+    assert_eq!(text(&ask(&kept, b"moved").await), "b moved");
+    let next = only_b;
+
     // Without the listener, its socket is closed: the address is free again.
     let without = next.replace(
         "  - { name: dns, bind: 127.0.0.1:0, protocol: udp, upstream: echo }\n",

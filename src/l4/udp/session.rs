@@ -47,14 +47,14 @@ pub(super) struct Session {
     upstream: Arc<Upstream>,
     /// Last datagram either way, as [`now_ms`].
     last: AtomicU64,
-    /// The snapshot under which the target was last seen in the listener's upstream.
+    /// The config generation under which the target was last seen in the listener's upstream.
     checked: AtomicUsize,
     /// Told when the session must end now.
     closed: Notify,
 }
 
 impl Session {
-    /// A session on `socket` to `target`, as of snapshot `snapshot`.
+    /// A session on `socket` to `target` of `upstream`, as of config generation `snapshot`.
     pub(super) fn new(
         socket: UdpSocket,
         upstream: Arc<Upstream>,
@@ -85,8 +85,8 @@ impl Session {
         tokio::time::Instant::from_std(last + timeout)
     }
 
-    /// Whether the flow's next datagram may still take this session under `udp` (of
-    /// snapshot `snapshot`): its target is still one of the upstream's, and available — or
+    /// Whether the flow's next datagram may still take this session under `udp` (of config
+    /// generation `snapshot`): its target is still one of the upstream's, and available — or
     /// no other target is.
     pub(super) fn still_fits(&self, udp: &UdpListener, snapshot: usize) -> bool {
         let targets = &udp.upstream.targets;
