@@ -504,3 +504,39 @@ async fn udp_listener_stops_at_once_on_sigterm_and_explain_names_its_upstream() 
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn udp_and_http_listeners_share_a_port() {
+    let echo = UdpEcho::start("a").await;
+    let web = crate::support::TestUpstream::start("web").await;
+    // A port that is free for TCP; UDP's ports are apart, so it is used for both.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let gw = Portico::start(&fill(
+        "
+listeners:
+  - { name: dns, bind: 127.0.0.1:@PORT@, protocol: udp, upstream: echo }
+  - { name: web, bind: 127.0.0.1:@PORT@ }
+routes:
+  - { name: all, upstream: web }
+upstreams:
+  echo: { targets: [ { address: @ECHO@ } ] }
+  web: { targets: [ { address: @WEB@ } ] }
+",
+        &[
+            ("PORT", &port),
+            ("ECHO", &echo.addr()),
+            ("WEB", &web.addr()),
+        ],
+    ));
+    assert_eq!(gw.addr("dns"), gw.addr("web"));
+    let c = client(&gw.addr("dns")).await;
+    assert_eq!(text(&ask(&c, b"over udp").await), "a over udp");
+    let reply = get(&gw.addr("web"), "/over-tcp").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "web /over-tcp");
+}
