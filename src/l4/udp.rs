@@ -153,7 +153,8 @@ async fn open_session(udp: &UdpListener, flow: &Flow, cx: &Context<'_>) -> Optio
         Err(err) => {
             cx.open.fetch_sub(1, Ordering::Relaxed);
             cx.metrics.send_failed.inc();
-            tracing::warn!(upstream = %udp.upstream.name, target = %target.address, error = %err, "cannot open udp session socket");
+            // Debug only: out of file descriptors, every datagram would log; the counter shows it.
+            tracing::debug!(upstream = %udp.upstream.name, target = %target.address, error = %err, "cannot open udp session socket");
             return None;
         }
     };

@@ -70,7 +70,7 @@ impl UdpMetrics {
         );
         registry.register(
             "udp_dropped",
-            "Datagrams from clients a udp listener dropped, by reason",
+            "Datagrams a udp listener dropped, by reason",
             metrics.dropped.clone(),
         );
         metrics
@@ -130,6 +130,6 @@ pub(crate) struct UdpListenerMetrics {
     pub(crate) full: Counter,
     /// Dropped: no available target.
     pub(crate) no_target: Counter,
-    /// Dropped: the datagram could not be sent on.
+    /// Dropped: a datagram (either way) could not be sent on, or no session socket opened.
     pub(crate) send_failed: Counter,
 }
