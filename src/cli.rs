@@ -147,7 +147,7 @@ pub fn run() -> ExitCode {
         }
         Command::Version => {
             println!("portico {}", env!("CARGO_PKG_VERSION"));
-            println!("protocols: http1 h2c h2 grpc grpc-web tcp tls tls_passthrough upgrades");
+            println!("protocols: http1 h2c h2 grpc grpc-web tcp tls tls_passthrough udp upgrades");
             println!(
                 "tls: rustls, ring provider, TLS 1.2 and 1.3, mTLS, ACME (tls-alpn-01 http-01)"
             );

@@ -14,6 +14,7 @@ pub(crate) mod secret;
 pub(crate) mod spec;
 mod spec_proxy_protocol;
 mod spec_transcode;
+mod spec_udp;
 pub(crate) mod suggest;
 pub(crate) mod units;
 

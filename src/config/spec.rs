@@ -172,13 +172,17 @@ pub(crate) struct ListenerSpec {
     /// `tls_passthrough` only: a mapping of server name (exact or `*.suffix`) to upstream name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) sni: BTreeMap<String, At<String>>,
-    /// `tcp` and `tls`: the upstream every connection goes to. `tls_passthrough`: the
-    /// upstream for connections no `sni` entry matches; without it they are closed.
+    /// `tcp`, `tls` and `udp`: the upstream every connection (or flow) goes to (required).
+    /// `tls_passthrough`: the upstream for connections no `sni` entry matches; without it
+    /// they are closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,
     /// Read a PROXY protocol v1/v2 header from these trusted sources before anything else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) proxy_protocol: Option<ProxyProtocolAcceptSpec>,
+    /// `udp` only: sessions (one per client address and port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) udp: Option<UdpSpec>,
 }
 
 /// `tls:` of a listener.
@@ -336,14 +340,20 @@ pub(crate) enum ListenerProtocol {
     /// TLS terminated with `tls:` as for https, then the bytes relayed to a target of
     /// `upstream` over TCP (or TLS again when the upstream has `tls:`).
     Tls,
+    /// UDP datagrams balanced by flow (client address and port) to `upstream` (layer 4).
+    Udp,
 }
 
 impl ListenerProtocol {
-    /// Whether the listener relays connections (layer 4) rather than serving HTTP routes.
+    /// Whether the listener relays connections or datagrams (layer 4) rather than serving HTTP
+    /// routes.
     pub(crate) fn is_l4(self) -> bool {
         matches!(
             self,
-            ListenerProtocol::TlsPassthrough | ListenerProtocol::Tcp | ListenerProtocol::Tls
+            ListenerProtocol::TlsPassthrough
+                | ListenerProtocol::Tcp
+                | ListenerProtocol::Tls
+                | ListenerProtocol::Udp
         )
     }
 }
@@ -452,6 +462,7 @@ pub(crate) struct RouteSpec {
 
 pub(crate) use super::spec_proxy_protocol::{ProxyProtocolAcceptSpec, ProxyProtocolVersion};
 pub(crate) use super::spec_transcode::{GrpcTranscodeSpec, StreamFormatSpec};
+pub(crate) use super::spec_udp::UdpSpec;
 
 /// `path_policy:` of a route (docs/config.md, "Path normalisation").
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema)]
@@ -880,6 +891,11 @@ pub(crate) struct ActiveCheckSpec {
     /// Up to this much random delay is added to each interval.
     #[serde(default)]
     pub(crate) jitter: Dur,
+    /// Probe this port of the target's address instead of the target's own port (a health
+    /// endpoint beside the service, as for UDP targets).
+    #[schemars(range(min = 1))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<At<u16>>,
 }
 
 /// `type:` of an active check.

@@ -7,6 +7,7 @@
 pub(crate) mod pick;
 pub(crate) mod relay;
 pub(crate) mod sni;
+pub(crate) mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -86,6 +86,7 @@ pub(crate) struct Metrics {
     /// Relayed (layer 4) connections and bytes.
     pub(crate) l4: super::l4::L4Metrics,
     proxy_refused: Family<RefusedLabels, Counter>,
+    udp: super::udp::UdpMetrics,
 }
 
 /// Labels of `portico_proxy_protocol_refused_total`.
@@ -171,7 +172,9 @@ impl Metrics {
             "Connections closed by a listener's proxy_protocol, by reason",
             proxy_refused.clone(),
         );
+        let udp = super::udp::UdpMetrics::register(&mut registry);
         Metrics {
+            udp,
             l4,
             proxy_refused,
             background_tasks,
@@ -214,6 +217,11 @@ impl Metrics {
     /// `portico_grpc_responses_total`.
     pub(crate) fn grpc_family(&self) -> Family<GrpcLabels, Counter> {
         self.grpc.clone()
+    }
+
+    /// The families of udp listeners.
+    pub(crate) fn udp(&self) -> &super::udp::UdpMetrics {
+        &self.udp
     }
 
     /// The live background task gauge, which [`crate::background::spawn`] moves.

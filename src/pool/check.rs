@@ -42,6 +42,8 @@ pub(crate) struct ActiveCheck {
     /// The upstream's `proxy_protocol`: a check starts with a header on portico's own
     /// behalf (v2 `LOCAL`, v1 `PROXY UNKNOWN`).
     pub(crate) proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// Probe this port of the target's address instead of the target's own.
+    pub(crate) port: Option<u16>,
 }
 
 /// The probe itself.
@@ -135,9 +137,12 @@ fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 
 /// Probes `target` once; `true` when healthy.
 pub(crate) async fn probe(target: &TargetState, check: &ActiveCheck) -> bool {
-    let Some(addr) = target.addrs.load().first().copied() else {
+    let Some(mut addr) = target.addrs.load().first().copied() else {
         return false;
     };
+    if let Some(port) = check.port {
+        addr.set_port(port);
+    }
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
         if let Some(version) = check.proxy_protocol {

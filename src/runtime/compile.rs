@@ -200,7 +200,8 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     }
     let mut listeners = Vec::new();
     let mut seen_names: HashMap<&str, Pos> = HashMap::new();
-    let mut seen_addrs: Vec<(SocketAddr, Pos)> = Vec::new();
+    // UDP and TCP ports are apart: a udp listener may share a TCP listener's address.
+    let mut seen_addrs: Vec<(SocketAddr, Pos, bool)> = Vec::new();
     for spec_listener in &spec.listeners {
         if let Some(first) = seen_names.insert(&spec_listener.name, spec_listener.name.pos) {
             diags.error(
@@ -214,8 +215,12 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         let Some(addr) = parse_addr(&spec_listener.bind, &mut diags) else {
             continue;
         };
+        let datagrams = spec_listener.protocol == ListenerProtocol::Udp;
         if addr.port() != 0 {
-            if let Some((_, first)) = seen_addrs.iter().find(|(other, _)| overlaps(*other, addr)) {
+            if let Some((_, first, _)) = seen_addrs
+                .iter()
+                .find(|(other, _, udp)| *udp == datagrams && overlaps(*other, addr))
+            {
                 diags.error(
                     spec_listener.bind.pos,
                     format!(
@@ -224,9 +229,10 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                     ),
                 );
             }
-            seen_addrs.push((addr, spec_listener.bind.pos));
+            seen_addrs.push((addr, spec_listener.bind.pos, datagrams));
         }
         if let Some((admin_addr, _)) = admin
+            && !datagrams
             && admin_addr.port() != 0
             && overlaps(admin_addr, addr)
         {
@@ -287,6 +293,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             l4::compile_passthrough(spec_listener, &by_name, &spec.upstreams, &mut diags);
         let stream = l4::compile_stream(spec_listener, &by_name, &spec.upstreams, &mut diags);
         let listener_tls = l4::listener_alpn(spec_listener, listener_tls);
+        let udp = udp::compile_udp(spec_listener, &spec.upstreams, &by_name, &mut diags);
         let name: Arc<str> = Arc::from(spec_listener.name.as_str());
         let mut attached = Vec::new();
         let mut conditions = Vec::new();
@@ -348,6 +355,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             passthrough,
             stream,
             proxy_protocol: compile_proxy_accept(spec_listener, &mut diags),
+            udp,
         });
     }
     l4::per_target_limits(&spec, &mut diags);
@@ -684,6 +692,9 @@ fn compile_upstream(
         if !a.path.starts_with('/') {
             diags.error(a.method.pos, "health_check.active.path must start with `/`");
         }
+        if let Some(port) = a.port.as_ref().filter(|p| ***p == 0) {
+            diags.error(port.pos, "health_check.active.port must be 1-65535");
+        }
         Some(ActiveCheck {
             kind: match a.kind {
                 CheckType::Http => CheckKind::Http {
@@ -705,6 +716,7 @@ fn compile_upstream(
             tls: None,
             http2: false,
             proxy_protocol: None,
+            port: a.port.as_ref().map(|p| **p),
         })
     });
     let passive = health.passive.as_ref().map(|p| PassivePolicy {
@@ -856,6 +868,13 @@ fn compile_proxy_accept(
     diags: &mut Diagnostics,
 ) -> Option<Arc<super::ProxyAccept>> {
     let accept = spec.proxy_protocol.as_ref()?;
+    if spec.protocol == ListenerProtocol::Udp {
+        diags.error(
+            spec.name.pos,
+            "proxy_protocol applies to TCP listeners; a udp listener reads no PROXY header",
+        );
+        return None;
+    }
     let mut trusted = Vec::with_capacity(accept.trusted.len());
     for block in &accept.trusted {
         match crate::plugins::ip_restriction::Cidr::parse(block) {
@@ -1415,6 +1434,8 @@ mod aggregate;
 mod checks;
 mod l4;
 mod lints;
+mod udp;
+
 /// Runs `f` with a fresh compile environment (registry, metrics, ACME store, plugin state),
 /// for unit tests.
 #[cfg(test)]

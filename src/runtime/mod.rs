@@ -92,6 +92,21 @@ pub(crate) struct Listener {
     pub(crate) stream: Option<Stream>,
     /// `proxy_protocol`: read a PROXY header from trusted sources first.
     pub(crate) proxy_protocol: Option<Arc<ProxyAccept>>,
+    /// `protocol: udp`: where flows go; such a listener serves no HTTP routes.
+    pub(crate) udp: Option<UdpListener>,
+}
+
+/// A compiled `protocol: udp` listener.
+#[derive(Debug)]
+pub(crate) struct UdpListener {
+    /// Where flows go.
+    pub(crate) upstream: Arc<Upstream>,
+    /// A session idle this long ends.
+    pub(crate) session_timeout: Duration,
+    /// Most sessions open at once on the listener.
+    pub(crate) max_sessions: usize,
+    /// A session ends after this many datagrams from the upstream.
+    pub(crate) responses: Option<u32>,
 }
 
 /// A listener's `proxy_protocol`, compiled.

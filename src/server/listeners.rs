@@ -27,8 +27,10 @@ pub(crate) struct Bound {
     pub(crate) local: SocketAddr,
     /// The connection limit it was started with; a reload keeps it.
     pub(crate) max_connections: usize,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// A `protocol: udp` listener (UDP sockets; see [`super::udp`]).
+    pub(crate) udp: bool,
+    pub(super) stop: watch::Sender<bool>,
+    pub(super) tasks: Vec<JoinHandle<()>>,
 }
 
 /// Every bound listener, by name; owned by the control thread.
@@ -176,7 +178,7 @@ impl ListenerSet {
     pub(crate) fn holds_port(&self, addr: SocketAddr) -> bool {
         self.bound
             .values()
-            .any(|b| b.local.port() == addr.port() && b.local.is_ipv4() == addr.is_ipv4())
+            .any(|b| !b.udp && b.local.port() == addr.port() && b.local.is_ipv4() == addr.is_ipv4())
     }
 
     /// Starts accept loops for already-bound sockets of listener `name`.
@@ -216,6 +218,7 @@ impl ListenerSet {
                 configured,
                 local,
                 max_connections,
+                udp: false,
                 stop,
                 tasks,
             },

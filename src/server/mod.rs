@@ -10,5 +10,6 @@ pub(crate) mod listeners;
 mod proxied;
 pub(crate) mod reload;
 pub(crate) mod scan;
+pub(crate) mod udp;
 
 pub(crate) use crate::runtime::Shared;

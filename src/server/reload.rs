@@ -211,6 +211,20 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
     let mut listeners = ListenerSet::default();
     let snap = shared.snapshot.load_full();
     for listener in &snap.listeners {
+        if listener.udp.is_some() {
+            let ours = listeners.holds_udp_port(listener.addr);
+            let what = format!(
+                "cannot bind udp listener `{}` to {}",
+                listener.name, listener.addr
+            );
+            let sockets = super::udp::bind(listener.addr, workers.len(), ours)
+                .map_err(io_error(what.clone()))?;
+            let name = Arc::clone(&listener.name);
+            listeners
+                .start_udp(&shared, &workers, name, listener.addr, sockets)
+                .map_err(io_error(what))?;
+            continue;
+        }
         let ours = listeners.holds_port(listener.addr);
         let sockets = bind(listener.addr, workers.len(), ours).map_err(io_error(format!(
             "cannot bind listener `{}` to {}",
@@ -372,12 +386,20 @@ async fn try_reload(
     let pending = restart_required(&shared.started, workers.len(), listeners, &next);
     // Bind what is new before anything changes, so a failure leaves all as it was.
     let mut fresh = Vec::new();
+    let mut fresh_udp = Vec::new();
     for listener in &next.listeners {
         let kept = listeners
             .bound
             .get(&listener.name)
-            .is_some_and(|b| b.configured == listener.addr);
-        if !kept {
+            .is_some_and(|b| b.configured == listener.addr && b.udp == listener.udp.is_some());
+        if !kept && listener.udp.is_some() {
+            let (name, addr) = (Arc::clone(&listener.name), listener.addr);
+            let ours = listeners.holds_udp_port(addr);
+            match super::udp::bind(addr, workers.len(), ours) {
+                Ok(sockets) => fresh_udp.push((name, addr, sockets)),
+                Err(source) => return Err(ReloadError::Bind { name, addr, source }),
+            }
+        } else if !kept {
             let addr = listener.addr;
             // A listener renamed, or moved between addresses of one port, shares with itself.
             let ours = listeners.holds_port(addr);
@@ -417,7 +439,7 @@ async fn try_reload(
             !wanted.contains(&&***name)
                 || next
                     .listener(name)
-                    .is_some_and(|l| l.addr != bound.configured)
+                    .is_some_and(|l| l.addr != bound.configured || l.udp.is_some() != bound.udp)
         })
         .map(|(name, _)| Arc::clone(name))
         .collect();
@@ -427,6 +449,11 @@ async fn try_reload(
     for (name, addr, sockets, max_connections) in fresh {
         listeners
             .start(shared, workers, name, addr, sockets, max_connections)
+            .map_err(ReloadError::Start)?;
+    }
+    for (name, addr, sockets) in fresh_udp {
+        listeners
+            .start_udp(shared, workers, name, addr, sockets)
             .map_err(ReloadError::Start)?;
     }
     Ok(())
@@ -468,6 +495,7 @@ fn restart_required(
     for listener in &next.listeners {
         if let Some(bound) = listeners.bound.get(&listener.name)
             && bound.configured == listener.addr
+            && !bound.udp
             && bound.max_connections != listener.limits.max_connections
         {
             out.push(format!(

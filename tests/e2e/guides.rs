@@ -1305,3 +1305,134 @@ async fn proxy_protocol_guide() {
     assert_eq!(status, 200);
     assert_eq!(parse_answer(&body).1, me.to_string());
 }
+
+/// `python3 examples/udp_demo.py serve 0 ADDRESS`: a stand-in resolver on a free port.
+struct DemoResolver {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl DemoResolver {
+    fn start(address: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(Path::new(ROOT).join("examples/udp_demo.py"))
+            .args(["serve", "0", address])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        // It prints each query it gets: keep reading, so its prints never fail.
+        std::thread::spawn(move || for _ in out.lines() {});
+        // `dns ADDRESS listening on 127.0.0.1:PORT (...)`
+        let addr = line
+            .split(" on ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        DemoResolver {
+            addr: addr.to_owned(),
+            child,
+        }
+    }
+}
+
+impl Drop for DemoResolver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `python3 examples/udp_demo.py ask ADDR www.example.test 4`, as the guide runs it.
+fn ask_demo(addr: &str) -> String {
+    let out = Command::new("python3")
+        .arg(Path::new(ROOT).join("examples/udp_demo.py"))
+        .args(["ask", addr, "www.example.test", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn udp_guide() {
+    let one = DemoResolver::start("192.0.2.1");
+    let mut two = DemoResolver::start("192.0.2.2");
+    let config = substitute(
+        &example("udp.yaml"),
+        &[
+            (
+                "bind: 127.0.0.1:5353".to_owned(),
+                "bind: 127.0.0.1:0".to_owned(),
+            ),
+            admin_ephemeral(),
+            (
+                "address: 127.0.0.1:5301".to_owned(),
+                format!("address: {}", one.addr),
+            ),
+            (
+                "address: 127.0.0.1:5302".to_owned(),
+                format!("address: {}", two.addr),
+            ),
+        ],
+    );
+    let gw = Portico::start_in(&temp_dir("udp"), &config);
+    let dns = gw.addr("dns");
+    let guide = std::fs::read_to_string(Path::new(ROOT).join("docs/guides/udp.md")).unwrap();
+
+    // Step 1: four flows alternate between the resolvers, as the guide shows.
+    let answers = ask_demo(&dns);
+    assert_eq!(
+        answers,
+        "query 1: www.example.test A 192.0.2.1\nquery 2: www.example.test A 192.0.2.2\n\
+         query 3: www.example.test A 192.0.2.1\nquery 4: www.example.test A 192.0.2.2\n"
+    );
+    assert!(guide.contains(&format!("```\n{answers}```")));
+
+    // Step 2: the second resolver stops; once its check fails, every query goes to the first.
+    let _ = two.child.kill();
+    let _ = two.child.wait();
+    assert!(
+        gw.wait_log(
+            &format!("target unhealthy upstream=resolvers target={}", two.addr),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        gw.log_text()
+    );
+    let answers = ask_demo(&dns);
+    let expected: String = (1..=4)
+        .map(|i| format!("query {i}: www.example.test A 192.0.2.1\n"))
+        .collect();
+    assert_eq!(answers, expected);
+    assert!(guide.contains(&format!("```\n{answers}```")));
+
+    // Step 3: the metrics the guide lists, with this run's counts.
+    let metrics = get(gw.admin.as_deref().unwrap(), "/metrics").await.body;
+    let shown: Vec<&str> = guide
+        .lines()
+        .filter(|l| l.starts_with("portico_udp"))
+        .collect();
+    assert_eq!(shown.len(), 9);
+    for line in shown {
+        let series = line.rsplit_once(' ').unwrap().0;
+        assert!(
+            metrics
+                .lines()
+                .any(|m| m.starts_with(&format!("{series} "))),
+            "no {series} in:\n{metrics}"
+        );
+    }
+    for direction in ["in", "out"] {
+        let series =
+            format!(r#"portico_udp_datagrams_total{{listener="dns",direction="{direction}"}} 8"#);
+        assert!(metrics.contains(&series), "{metrics}");
+    }
+    assert!(metrics.contains(r#"portico_udp_sessions_total{listener="dns"} 8"#));
+    assert!(metrics.contains(r#"portico_udp_sessions_active{listener="dns"} 0"#));
+}

@@ -554,7 +554,7 @@ upstreams:
         ":11:",
         "whose connections have no `path` to hash",
         ":6:",
-        "`upstream` applies to `tcp`, `tls` and `tls_passthrough` listeners",
+        "`upstream` applies to `tcp`, `tls`, `udp` and `tls_passthrough` listeners",
         ":8:",
         "route `r` names listener `unknown`, a tcp listener, which relays connections",
         ":13:",

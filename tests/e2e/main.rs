@@ -27,3 +27,4 @@ mod resilience;
 mod streaming;
 mod tls;
 mod transcode;
+mod udp;

@@ -20,6 +20,7 @@ fn protocol_name(protocol: ListenerProtocol) -> &'static str {
         ListenerProtocol::TlsPassthrough => "tls_passthrough",
         ListenerProtocol::Tcp => "tcp",
         ListenerProtocol::Tls => "tls",
+        ListenerProtocol::Udp => "udp",
     }
 }
 
@@ -40,7 +41,7 @@ pub(super) fn compile_passthrough(
         if spec.upstream.is_some() && !spec.protocol.is_l4() {
             diags.error(
                 spec.name.pos,
-                "`upstream` applies to `tcp`, `tls` and `tls_passthrough` listeners",
+                "`upstream` applies to `tcp`, `tls`, `udp` and `tls_passthrough` listeners",
             );
         }
         return None;
@@ -199,11 +200,16 @@ pub(super) fn no_routes(listener: &ListenerSpec, route: &RouteSpec, diags: &mut 
         diags.error(
             name.pos,
             format!(
-                "route `{}` names listener `{}`, a {} listener, which relays connections and \
-                 serves no routes",
+                "route `{}` names listener `{}`, a {} listener, which relays {} and serves no \
+                 routes",
                 *route.name,
                 *listener.name,
-                protocol_name(listener.protocol)
+                protocol_name(listener.protocol),
+                if listener.protocol == ListenerProtocol::Udp {
+                    "datagrams"
+                } else {
+                    "connections"
+                }
             ),
         );
     }

@@ -69,7 +69,12 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
     let secrets = Credentials::of(&snap.spec);
     let query = uri.query().map(|q| secrets.redact_query(q));
 
-    let by_port = snap.listeners.iter().find(|l| l.addr.port() == port);
+    // A URL names a TCP port: a udp listener on the same number is only the last resort.
+    let by_port = snap
+        .listeners
+        .iter()
+        .filter(|l| l.addr.port() == port)
+        .min_by_key(|l| l.udp.is_some());
     let (listener, why) = match by_port {
         Some(l) => (l, format!("its port {port} is the URL's")),
         None => match snap.listeners.first() {
@@ -86,6 +91,18 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         listener.name, listener.addr
     );
 
+    if let Some(udp) = &listener.udp {
+        let upstream = &udp.upstream;
+        let _ = writeln!(
+            out,
+            "udp       not HTTP: each flow (client address and port) goes to upstream `{}` ({}), \
+             its session ends after {} idle",
+            upstream.name,
+            upstream.balancer.name(),
+            crate::config::units::Dur(udp.session_timeout),
+        );
+        return Ok(out);
+    }
     if let Some(passthrough) = &listener.passthrough {
         explain_passthrough(&mut out, passthrough, authority.host(), q);
         return Ok(out);

@@ -4,6 +4,7 @@ pub mod client;
 pub mod peer;
 pub mod pki;
 pub mod portico;
+pub mod udp;
 pub mod upstream;
 
 pub use client::{H1, get, h2_get, raw, statuses};
