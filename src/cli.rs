@@ -132,7 +132,7 @@ pub fn run() -> ExitCode {
             };
             match explain::explain(&snap, &question) {
                 Ok(text) => {
-                    print!("{text}");
+                    out(&text);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -142,23 +142,24 @@ pub fn run() -> ExitCode {
             }
         }
         Command::Schema => {
-            print!("{}", crate::config::schema::text());
+            out(&crate::config::schema::text());
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("portico {}", env!("CARGO_PKG_VERSION"));
-            println!("protocols: http1 h2c h2 grpc grpc-web tcp tls tls_passthrough udp upgrades");
-            println!(
-                "tls: rustls, ring provider, TLS 1.2 and 1.3, mTLS, ACME (tls-alpn-01 http-01)"
+            let text = format!(
+                "portico {}\n\
+                 protocols: http1 h2c h2 grpc grpc-web tcp tls tls_passthrough udp upgrades \
+                 websocket(h1 rfc8441) sse proxy_protocol(v1 v2)\n\
+                 tls: rustls, ring provider, TLS 1.2 and 1.3, mTLS, ACME (tls-alpn-01 http-01)\n\
+                 balance: round_robin least_request random p2c_ewma ring_hash maglev ip_hash \
+                 sticky\n\
+                 resilience: health(active passive grpc) retries circuit_breaker mirror split\n\
+                 composition: aggregate (json xml form text) grpc_transcode\n\
+                 plugins: {}\n",
+                env!("CARGO_PKG_VERSION"),
+                crate::plugins::NAMES.join(" ")
             );
-            println!(
-                "balance: round_robin least_request random p2c_ewma ring_hash maglev ip_hash sticky"
-            );
-            println!(
-                "resilience: health(active passive grpc) retries circuit_breaker mirror split"
-            );
-            println!("composition: aggregate (json xml form text) grpc_transcode");
-            println!("plugins: {}", crate::plugins::NAMES.join(" "));
+            out(&text);
             ExitCode::SUCCESS
         }
     }
@@ -217,4 +218,12 @@ fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+/// Writes `text` to standard output; a reader that went away (`portico version | head -1`)
+/// is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
