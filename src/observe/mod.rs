@@ -4,4 +4,4 @@ pub(crate) mod access_log;
 pub(crate) mod metrics;
 
 pub(crate) use access_log::AccessLog;
-pub(crate) use metrics::{Metrics, RouteMetrics};
+pub(crate) use metrics::{Metrics, RouteMetrics, TunnelMetrics};

@@ -36,6 +36,8 @@ pub(crate) struct ConnInfo {
     pub(crate) scheme: &'static str,
     /// The verified client certificate (mTLS), if any.
     pub(crate) client_cert: Option<Arc<ClientCert>>,
+    /// The server side of this connection's tunnels (its listener's drain, reloads).
+    pub(crate) tunnels: Option<Arc<dyn super::tunnel::TunnelHost>>,
 }
 
 /// The connection's view of the raw request bytes, which hyper does not give the pipeline:
@@ -244,7 +246,19 @@ async fn serve<'s>(
                     };
                     // forward
                     match forward::forward(hop, ctx, route, upstream, first, head, body) {
-                        Ok(tries) => tries.run(ctx).await,
+                        Ok(mut tries) => {
+                            if tries.upgrading() {
+                                tries.tunnel(super::tunnel::Setup {
+                                    host: conn.tunnels.clone(),
+                                    listener: Arc::clone(&conn.listener),
+                                    route: Arc::clone(&route.name),
+                                    upstream: Arc::clone(&upstream.name),
+                                    limits: route.stream,
+                                    metrics: shared.metrics.tunnel(&route.name),
+                                });
+                            }
+                            tries.run(ctx).await
+                        }
                         Err(err) => Err(err),
                     }
                 }

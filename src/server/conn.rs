@@ -10,6 +10,7 @@
 //! (see `early` and `IdleIo::poll_early`).
 
 pub(super) mod early;
+mod stream;
 
 use std::convert::Infallible;
 use std::io;
@@ -36,7 +37,7 @@ use super::scan::{FrameScan, HeadScan};
 use crate::body::{Body, BodyError};
 use crate::error::MAX_HEADER_FIELDS;
 use crate::proxy::pipeline::{ConnInfo, Framing, handle};
-use crate::runtime::Limits;
+use crate::runtime::{Limits, StreamLimits};
 
 /// hyper's cap on header lines in one HTTP/1.1 head. Above portico's own limit
 /// ([`MAX_HEADER_FIELDS`]), so a head a little over it gets portico's
@@ -96,6 +97,10 @@ where
     let conn = Arc::new(ConnShared::default());
     let mut info = info;
     info.framing = Some(Arc::clone(&conn) as Arc<dyn Framing>);
+    info.tunnels = Some(Arc::new(stream::Host::new(
+        Arc::clone(&shared),
+        lifecycle.clone(),
+    )));
     let state = Arc::new(ConnState {
         shared,
         info,
@@ -116,7 +121,13 @@ where
                 state.conn.upgraded.store(true, Ordering::Relaxed);
             }
             let conn = Arc::clone(&state.conn);
-            Ok::<_, Infallible>(response.map(|body| Tracked { body, conn }))
+            let mut response = response;
+            let limits = response.extensions_mut().remove::<StreamLimits>();
+            conn.open.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body: stream::Timed::new(body, limits),
+                conn,
+            }))
         }
     });
     let idle = Arc::clone(&conn);
@@ -185,16 +196,19 @@ impl Drop for Busy<'_> {
 
 pin_project_lite::pin_project! {
     /// A response body that counts itself done when hyper drops it: by then hyper has put all
-    /// of the response into its write buffer (or given up on the connection).
+    /// of the response into its write buffer (or given up on the connection). Until then the
+    /// connection is in use, whatever the listener's idle timeout: the route's stream limits
+    /// time the body instead.
     struct Tracked {
         #[pin]
-        body: Body,
+        body: stream::Timed,
         conn: Arc<ConnShared>,
     }
 
     impl PinnedDrop for Tracked {
         fn drop(this: Pin<&mut Self>) {
             this.conn.finished.fetch_add(1, Ordering::Relaxed);
+            this.conn.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -228,6 +242,8 @@ pub(crate) struct ConnShared {
     pub(crate) started: AtomicUsize,
     /// Responses hyper is done with (their bodies dropped).
     finished: AtomicUsize,
+    /// Response bodies hyper has not finished with yet.
+    open: AtomicUsize,
     /// A response switched protocols: the bytes after it are a tunnel's.
     upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
@@ -315,7 +331,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
 
     fn deadline(&mut self) -> Option<Instant> {
         self.settle_head();
-        if self.conn.busy.load(Ordering::Relaxed) > 0 {
+        // A request in progress, a response body still being sent, or a tunnel: the route's
+        // stream limits govern those, not the listener's idle timeout.
+        if self.conn.busy.load(Ordering::Relaxed) > 0
+            || self.conn.open.load(Ordering::Relaxed) > 0
+            || self.conn.upgraded.load(Ordering::Relaxed)
+        {
             return None;
         }
         if let Some(closing) = self.closing {

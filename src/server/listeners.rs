@@ -320,6 +320,7 @@ async fn accept_loop(
             client_value: crate::proxy::headers::client_value(client.ip()),
             scheme: "http",
             client_cert: None,
+            tunnels: None,
         };
         let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &config.tls {
             None => Box::pin(conn::serve(

@@ -25,3 +25,4 @@ mod resilience;
 mod streaming;
 mod tls;
 mod transcode;
+mod websocket;
