@@ -152,6 +152,10 @@ pub(crate) fn forward<'a>(
     body: Body,
 ) -> Result<Tries<'a>, ProxyError> {
     let slot = breaker(upstream)?;
+    let h2_accept = head
+        .extensions
+        .remove::<super::tunnel::h2::H2WebSocket>()
+        .map(|ws| ws.accept);
     let client_upgrade = prepare_head(&hop, ctx, &mut head);
     let asked_upgrade = client_upgrade
         .is_some()
@@ -194,6 +198,7 @@ pub(crate) fn forward<'a>(
         request: Request::from_parts(head, body),
         client_upgrade,
         asked_upgrade,
+        h2_accept,
         stream: route.stream,
         tunnel: None,
         _slot: slot,
@@ -324,6 +329,8 @@ pub(crate) struct Tries<'a> {
     client_upgrade: Option<OnUpgrade>,
     /// The protocols the client asked to upgrade to.
     asked_upgrade: Option<HeaderValue>,
+    /// For WebSocket over HTTP/2: the `Sec-WebSocket-Accept` the upstream must answer.
+    h2_accept: Option<HeaderValue>,
     /// The route's limits on response bodies and tunnels.
     stream: StreamLimits,
     /// What a tunnel needs, for an upgrade (boxed: most requests have none).
@@ -401,6 +408,7 @@ impl Tries<'_> {
                     let upgrade = Upgrade {
                         client: client_upgrade,
                         asked: self.asked_upgrade.take(),
+                        h2_accept: self.h2_accept.take(),
                         tunnel: self.tunnel.take(),
                     };
                     return respond(
@@ -721,6 +729,8 @@ struct Upgrade {
     client: Option<OnUpgrade>,
     /// The `Upgrade` the client sent.
     asked: Option<HeaderValue>,
+    /// For WebSocket over HTTP/2: the `Sec-WebSocket-Accept` expected.
+    h2_accept: Option<HeaderValue>,
     tunnel: Option<Box<super::tunnel::Setup>>,
 }
 
@@ -751,6 +761,13 @@ fn respond(
                 upstream: upstream.name.to_string(),
             });
         }
+        if let Some(accept) = &upgrade.h2_accept
+            && response.headers().get(header::SEC_WEBSOCKET_ACCEPT) != Some(accept)
+        {
+            return Err(ProxyError::BadUpgrade {
+                upstream: upstream.name.to_string(),
+            });
+        }
         let websocket = super::tunnel::is_websocket(answered);
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         match upgrade.tunnel {
@@ -766,10 +783,17 @@ fn respond(
                 tokio::spawn(bridge(client_upgrade, upstream_upgrade));
             }
         }
-        strip_hop_by_hop(response.headers_mut(), true);
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        let h2 = upgrade.h2_accept.is_some();
+        strip_hop_by_hop(response.headers_mut(), !h2);
+        if h2 {
+            // RFC 8441 §5: the HTTP/2 client is answered 200; the accept value was this hop's.
+            *response.status_mut() = StatusCode::OK;
+            response.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         append_via(response.headers_mut(), Version::HTTP_11);
         // The connection now belongs to the tunnel; never pool it.
         drop(checkin);

@@ -292,11 +292,16 @@ fn decode_request(
     {
         return Err(ProxyError::AmbiguousFraming);
     }
+    // WebSocket over HTTP/2 (RFC 8441) is routed as a GET of its path.
+    let h2_websocket = super::tunnel::h2::accept(head);
     let host = decode(listener, head)?;
     let raw = canonical_path(head)?;
     let wants_upgrade =
         head.version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE);
-    let hop = headers::strip_hop_by_hop(&mut head.headers, wants_upgrade);
+    let mut hop = headers::strip_hop_by_hop(&mut head.headers, wants_upgrade);
+    if h2_websocket {
+        super::tunnel::h2::to_upgrade(head, &mut hop);
+    }
     set_client_cert_headers(conn, head);
     Ok(Decoded { host, hop, raw })
 }

@@ -4,6 +4,7 @@
 //! way (see [`ws`]), so at a deadline both peers get a close frame 1001 (going away) rather
 //! than a reset.
 
+pub(crate) mod h2;
 pub(crate) mod ws;
 
 use std::pin::Pin;

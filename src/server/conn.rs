@@ -63,6 +63,8 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // WebSocket over HTTP/2 (RFC 8441).
+        .enable_connect_protocol()
         .max_header_list_size(
             u32::try_from(limits.max_header_size + limits.max_uri_length).unwrap_or(u32::MAX),
         )
@@ -100,6 +102,7 @@ where
     info.tunnels = Some(Arc::new(stream::Host::new(
         Arc::clone(&shared),
         lifecycle.clone(),
+        Arc::clone(&conn),
     )));
     let state = Arc::new(ConnState {
         shared,

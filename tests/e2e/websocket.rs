@@ -353,3 +353,81 @@ async fn a_route_removed_by_a_reload_closes_its_tunnels_with_1001() {
     // The unchanged route keeps its tunnel.
     assert_eq!(kept.cmd("echo kept"), "echo kept");
 }
+
+/// One masked client frame (RFC 6455 §5.2) with a short payload.
+fn client_frame(opcode: u8, payload: &[u8]) -> bytes::Bytes {
+    assert!(payload.len() < 126);
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out.into()
+}
+
+/// Reads `len` bytes from an HTTP/2 stream.
+async fn read_exactly(recv: &mut h2::RecvStream, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), recv.data())
+            .await
+            .expect("no data from the tunnel")
+            .expect("the stream ended")
+            .unwrap();
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_over_http2_is_bridged_to_an_http11_upgrade() {
+    let log = temp_dir("ws").join("server.log");
+    let echo = echo_server(&log);
+    let gw = Portico::start(&config(&echo.addr, "5m", ""));
+    let web = gw.addr("web");
+    let tcp = tokio::net::TcpStream::connect(&web).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    // A first request: its answer comes after portico's SETTINGS, which enable extended
+    // CONNECT (RFC 8441 §3).
+    let plain = http::Request::get(format!("http://{web}/plain"))
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(plain, true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    assert!(client.is_extended_connect_protocol_enabled());
+
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://{web}/ws/h2"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from("websocket"));
+    let mut client = client.ready().await.unwrap();
+    let (response, mut send) = client.send_request(req, false).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+    assert!(response.headers().get("sec-websocket-accept").is_none());
+    let mut recv = response.into_body();
+
+    let message = b"hello over h2";
+    send.send_data(client_frame(0x1, message), false).unwrap();
+    let echoed = read_exactly(&mut recv, 2 + message.len()).await;
+    assert_eq!(echoed[..2], [0x81, message.len() as u8]);
+    assert_eq!(&echoed[2..], message);
+
+    // A normal close: 1000 both ways.
+    send.send_data(client_frame(0x8, &1000u16.to_be_bytes()), false)
+        .unwrap();
+    let close = read_exactly(&mut recv, 4).await;
+    assert_eq!(close, [0x88, 0x02, 0x03, 0xE8]);
+    // The client's end of the stream closes the tunnel toward the upstream too.
+    send.send_data(bytes::Bytes::new(), true).unwrap();
+    let text = wait_file(&log, "close 1000", 1);
+    assert!(text.contains("close 1000"), "{text}");
+}

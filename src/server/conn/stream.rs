@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -120,18 +121,46 @@ impl http_body::Body for Timed {
 pub(super) struct Host {
     shared: Arc<Shared>,
     lifecycle: Lifecycle,
+    conn: Arc<super::ConnShared>,
 }
 
 impl Host {
-    pub(super) fn new(shared: Arc<Shared>, lifecycle: Lifecycle) -> Self {
-        Host { shared, lifecycle }
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        lifecycle: Lifecycle,
+        conn: Arc<super::ConnShared>,
+    ) -> Self {
+        Host {
+            shared,
+            lifecycle,
+            conn,
+        }
+    }
+}
+
+/// A tunnel open on a connection: like a response body in progress, it keeps the listener's
+/// idle timeout away (an HTTP/2 connection carrying a WebSocket is not idle).
+struct InUse(Arc<super::ConnShared>);
+
+impl InUse {
+    fn new(conn: &Arc<super::ConnShared>) -> Self {
+        conn.open.fetch_add(1, Ordering::Relaxed);
+        InUse(Arc::clone(conn))
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl TunnelHost for Host {
     fn hold(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let mut lifecycle = self.lifecycle.clone();
+        let in_use = InUse::new(&self.conn);
         Box::pin(async move {
+            let _in_use = in_use;
             while lifecycle.phase() != Phase::Stop {
                 if lifecycle.changed().await == Phase::Stop {
                     return;
