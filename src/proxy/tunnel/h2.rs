@@ -70,7 +70,7 @@ mod tests {
         // RFC 6455 §1.3's example.
         assert_eq!(
             super::accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kK5gPPsLKVV6nk="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
