@@ -21,17 +21,17 @@ fn echo_server(log: &Path) -> Peer {
     Peer::python([script().as_os_str(), "server".as_ref(), log.as_os_str()])
 }
 
-/// A WebSocket client process driven line by line.
-struct Client {
+/// A WebSocket client process driven line by line (tests/e2e/ws/peer.py).
+pub(crate) struct Client {
     child: Child,
     stdin: ChildStdin,
     out: BufReader<ChildStdout>,
     /// The first line: `open SUBPROTOCOL` or `refused STATUS`.
-    first: String,
+    pub(crate) first: String,
 }
 
 impl Client {
-    fn connect(url: &str, key: Option<&str>) -> Self {
+    pub(crate) fn connect(url: &str, key: Option<&str>) -> Self {
         let mut command = Command::new("python3");
         command
             .arg(script())
@@ -55,7 +55,7 @@ impl Client {
         }
     }
 
-    fn cmd(&mut self, line: &str) -> String {
+    pub(crate) fn cmd(&mut self, line: &str) -> String {
         writeln!(self.stdin, "{line}").unwrap();
         self.stdin.flush().unwrap();
         let mut answer = String::new();
