@@ -171,6 +171,11 @@ where
                 }
                 phase = lifecycle.changed() => {
                     if phase == Phase::Stop {
+                        if idle.tunnels.load(Ordering::Relaxed) > 0 {
+                            // WebSockets over HTTP/2 send their close frames on this
+                            // connection: a moment for them, then it closes.
+                            let _ = tokio::time::timeout(TUNNEL_CLOSE, conn.as_mut()).await;
+                        }
                         // The drain timeout passed: dropping the connection closes it.
                         return;
                     }
@@ -179,6 +184,10 @@ where
         }
     }
 }
+
+/// How long an HTTP/2 connection carrying tunnels stays after the drain deadline, for their
+/// close frames.
+const TUNNEL_CLOSE: Duration = Duration::from_millis(600);
 
 /// Counts one request in progress on a connection, for as long as its future lives.
 struct Busy<'a>(&'a ConnShared);
@@ -245,8 +254,10 @@ pub(crate) struct ConnShared {
     pub(crate) started: AtomicUsize,
     /// Responses hyper is done with (their bodies dropped).
     finished: AtomicUsize,
-    /// Response bodies hyper has not finished with yet.
+    /// Response bodies hyper has not finished with yet, and open tunnels.
     open: AtomicUsize,
+    /// Open tunnels (HTTP/2 streams among them keep the connection).
+    tunnels: AtomicUsize,
     /// A response switched protocols: the bytes after it are a tunnel's.
     upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.

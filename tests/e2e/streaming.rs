@@ -291,3 +291,24 @@ async fn a_client_gone_closes_the_upstream_request_at_once() {
         gone.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_busy_stream_ends_at_the_routes_max_stream_duration() {
+    let (sse, _closed) = sse_upstream().await;
+    let config = SSE_CONFIG.replace(
+        "  - { name: all, upstream: sse }",
+        "  - { name: capped, match: { path_prefix: /capped }, rewrite: { strip_prefix: /capped }, max_stream_duration: 700ms, upstream: sse }\n  - { name: all, upstream: sse }",
+    );
+    let gw = Portico::start(&fill(&config, &[("SSE", &sse)]));
+    let started = std::time::Instant::now();
+    let (_, mut body) = open_stream(&gw.addr("web"), "/capped/forever").await;
+    let (got, ended) = frames(&mut body).await;
+    assert!(!ended, "a cut stream must not look complete");
+    // An event every 100 ms, never quiet: cut by its length alone.
+    assert!((3..=9).contains(&got.len()), "{} events", got.len());
+    let cut = started.elapsed();
+    assert!(
+        cut >= Duration::from_millis(650) && cut < Duration::from_secs(3),
+        "{cut:?}"
+    );
+}

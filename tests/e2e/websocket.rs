@@ -379,12 +379,8 @@ async fn read_exactly(recv: &mut h2::RecvStream, len: usize) -> Vec<u8> {
     got
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn websocket_over_http2_is_bridged_to_an_http11_upgrade() {
-    let log = temp_dir("ws").join("server.log");
-    let echo = echo_server(&log);
-    let gw = Portico::start(&config(&echo.addr, "5m", ""));
-    let web = gw.addr("web");
+/// Opens a WebSocket over HTTP/2 (RFC 8441) on `web`'s `/ws/h2`: the stream's two halves.
+async fn h2_websocket(web: &str) -> (h2::SendStream<bytes::Bytes>, h2::RecvStream) {
     let tcp = tokio::net::TcpStream::connect(&web).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
@@ -414,6 +410,16 @@ async fn websocket_over_http2_is_bridged_to_an_http11_upgrade() {
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
     assert!(response.headers().get("sec-websocket-accept").is_none());
     let mut recv = response.into_body();
+    (send, recv)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_over_http2_is_bridged_to_an_http11_upgrade() {
+    let log = temp_dir("ws").join("server.log");
+    let echo = echo_server(&log);
+    let gw = Portico::start(&config(&echo.addr, "5m", ""));
+    let web = gw.addr("web");
+    let (mut send, mut recv) = h2_websocket(&web).await;
 
     let message = b"hello over h2";
     send.send_data(client_frame(0x1, message), false).unwrap();
@@ -430,4 +436,46 @@ async fn websocket_over_http2_is_bridged_to_an_http11_upgrade() {
     send.send_data(bytes::Bytes::new(), true).unwrap();
     let text = wait_file(&log, "close 1000", 1);
     assert!(text.contains("close 1000"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_closes_at_the_routes_max_stream_duration_with_1001() {
+    let log = temp_dir("ws").join("server.log");
+    let echo = echo_server(&log);
+    let capped = CONFIG.replace(
+        "    stream_idle_timeout: @IDLE@\n",
+        "    stream_idle_timeout: @IDLE@\n    max_stream_duration: 1s\n",
+    );
+    let gw = Portico::start(&fill(
+        &capped,
+        &[("ECHO", &echo.addr), ("IDLE", "5m"), ("MORE", "")],
+    ));
+    let opened = Instant::now();
+    let mut client = Client::connect(&format!("ws://{}/ws", gw.addr("web")), None);
+    assert_eq!(client.first, "open chat");
+    assert_eq!(client.cmd("echo busy"), "echo busy");
+    assert_eq!(client.cmd("wait_close"), "closed 1001");
+    let lasted = opened.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(900) && lasted < Duration::from_secs(5),
+        "{lasted:?}"
+    );
+    assert!(gw.wait_log("max_stream_duration", Duration::from_secs(2)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_closes_websockets_over_http2_with_1001() {
+    let log = temp_dir("ws").join("server.log");
+    let echo = echo_server(&log);
+    let mut gw = Portico::start(&config(&echo.addr, "5m", ""));
+    let (mut send, mut recv) = h2_websocket(&gw.addr("web")).await;
+    send.send_data(client_frame(0x1, b"before"), false).unwrap();
+    assert_eq!(&read_exactly(&mut recv, 8).await[2..], b"before");
+    gw.signal("TERM");
+    let draining = Instant::now();
+    let close = read_exactly(&mut recv, 4).await;
+    assert_eq!(close, [0x88, 0x02, 0x03, 0xE9]);
+    assert!(draining.elapsed() >= Duration::from_millis(600));
+    assert!(wait_file(&log, "close 1001", 1).contains("close 1001"));
+    assert!(gw.terminate(Duration::from_secs(5)).is_some());
 }

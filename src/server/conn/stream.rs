@@ -145,6 +145,7 @@ struct InUse(Arc<super::ConnShared>);
 impl InUse {
     fn new(conn: &Arc<super::ConnShared>) -> Self {
         conn.open.fetch_add(1, Ordering::Relaxed);
+        conn.tunnels.fetch_add(1, Ordering::Relaxed);
         InUse(Arc::clone(conn))
     }
 }
@@ -152,6 +153,7 @@ impl InUse {
 impl Drop for InUse {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
