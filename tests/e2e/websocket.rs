@@ -404,12 +404,12 @@ async fn h2_websocket(web: &str) -> (h2::SendStream<bytes::Bytes>, h2::RecvStrea
     req.extensions_mut()
         .insert(h2::ext::Protocol::from("websocket"));
     let mut client = client.ready().await.unwrap();
-    let (response, mut send) = client.send_request(req, false).unwrap();
+    let (response, send) = client.send_request(req, false).unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
     assert!(response.headers().get("sec-websocket-accept").is_none());
-    let mut recv = response.into_body();
+    let recv = response.into_body();
     (send, recv)
 }
 
