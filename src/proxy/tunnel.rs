@@ -24,14 +24,21 @@ use crate::runtime::StreamLimits;
 
 /// What the server side gives a tunnel: a hold on its listener's drain, and the reloads.
 pub(crate) trait TunnelHost: Send + Sync + std::fmt::Debug {
-    /// A hold on the listener: its drain waits while the future lives. It resolves when the
-    /// drain deadline has passed.
-    fn hold(&self) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// A hold on the listener (its drain waits while the hold lives), and a future that
+    /// resolves when the drain deadline has passed.
+    fn hold(&self) -> Hold;
     /// Changes with each reload applied.
     fn reloads(&self) -> watch::Receiver<u64>;
     /// After a reload: `None` while the route (on this listener) still forwards to this
     /// upstream, else the drain timeout after which the tunnel is closed.
     fn removed(&self, listener: &str, route: &str, upstream: &str) -> Option<Duration>;
+}
+
+/// A tunnel's hold on its listener: the drain waits while `_guard` lives; `stop` resolves at
+/// the drain deadline.
+pub(crate) struct Hold {
+    pub(crate) _guard: Box<dyn Send + Sync>,
+    pub(crate) stop: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 /// Everything a tunnel needs besides its two ends.
@@ -91,9 +98,26 @@ impl Closing {
     }
 }
 
-/// Runs the tunnel between an upgraded client and upstream until both are done.
-pub(crate) async fn run(setup: Setup, client: OnUpgrade, upstream: OnUpgrade, websocket: bool) {
+/// The tunnel between an upgraded client and upstream, run until both are done. The hold on
+/// the listener is taken at once, before the future first runs: the connection counts the
+/// tunnel from the moment its `101` leaves.
+pub(crate) fn run(
+    setup: Setup,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    websocket: bool,
+) -> impl Future<Output = ()> + Send + 'static {
     let hold = setup.host.as_ref().map(|h| h.hold());
+    relay(setup, hold, client, upstream, websocket)
+}
+
+async fn relay(
+    setup: Setup,
+    hold: Option<Hold>,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    websocket: bool,
+) {
     let (client, upstream) = tokio::join!(client, upstream);
     let (client, upstream) = match (client, upstream) {
         (Ok(client), Ok(upstream)) => (TokioIo::new(client), TokioIo::new(upstream)),
@@ -184,7 +208,7 @@ async fn watchdog(
     setup: &Setup,
     started: Instant,
     activity: &Activity,
-    hold: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    hold: Option<Hold>,
     closing: watch::Sender<Closing>,
 ) -> std::convert::Infallible {
     let mut hold = hold;
@@ -201,7 +225,7 @@ async fn watchdog(
             .unwrap_or(idle_at);
         let held = async {
             match hold.as_mut() {
-                Some(hold) => hold.await,
+                Some(hold) => hold.stop.as_mut().await,
                 None => std::future::pending().await,
             }
         };
@@ -317,12 +341,27 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                 break;
             }
         }
+        let mut closed = false;
         if let Some(close) = &self.close
             && self.frames.as_ref().is_some_and(ws::Frames::at_boundary)
         {
-            let _ = self.write.write_all(close).await;
+            closed = self.write.write_all(close).await.is_ok();
+            let _ = self.write.flush().await;
         }
         let _ = self.write.shutdown().await;
+        if closed {
+            // The closing handshake: the peer's own close frame, then its end, are read and
+            // dropped (briefly), so the close frame sent the other way is not cut off by a
+            // reset of a connection that still has bytes coming in.
+            let drain = async {
+                while let Ok(n) = self.read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+        }
         total
     }
 }

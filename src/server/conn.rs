@@ -162,6 +162,28 @@ where
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "client connection ended");
                     }
+                    // An upgraded HTTP/1.1 connection lives on in its tunnel: it still counts
+                    // as the listener's until the tunnel ends (which the drain bounds).
+                    let mut stop_at = None;
+                    while idle.tunnels.load(Ordering::Relaxed) > 0 {
+                        let grace = async {
+                            match stop_at {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            () = idle.tunnel_done.notified() => {}
+                            // The tunnels close at the drain deadline themselves (close
+                            // frames); a moment for them, no more.
+                            phase = lifecycle.changed(), if stop_at.is_none() => {
+                                if phase == Phase::Stop {
+                                    stop_at = Some(Instant::now() + TUNNEL_CLOSE);
+                                }
+                            }
+                            () = grace => return,
+                        }
+                    }
                     return;
                 }
                 () = idle.idle.notified(), if !closing => {
@@ -258,6 +280,8 @@ pub(crate) struct ConnShared {
     open: AtomicUsize,
     /// Open tunnels (HTTP/2 streams among them keep the connection).
     tunnels: AtomicUsize,
+    /// Told when a tunnel ends.
+    tunnel_done: Notify,
     /// A response switched protocols: the bytes after it are a tunnel's.
     upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.

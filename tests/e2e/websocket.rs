@@ -142,6 +142,12 @@ async fn messages_of_every_kind_pass_both_ways() {
         Some(1.0),
         "{metrics}"
     );
+    // The upgraded connection still counts as the listener's.
+    assert_eq!(
+        metric(&metrics, "portico_connections_active{listener=\"web\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
     let up = metric(
         &metrics,
         "portico_tunnel_bytes_total{route=\"ws\",direction=\"to_upstream\"}",

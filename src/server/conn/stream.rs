@@ -15,7 +15,7 @@ use tokio::time::{Instant, Sleep};
 use super::super::Shared;
 use super::super::listeners::{Lifecycle, Phase};
 use crate::body::{Body, BodyError};
-use crate::proxy::tunnel::TunnelHost;
+use crate::proxy::tunnel::{Hold, TunnelHost};
 use crate::runtime::{Action, StreamLimits};
 
 /// A response body stopped by the route's `stream_idle_timeout` or `max_stream_duration`.
@@ -154,21 +154,25 @@ impl Drop for InUse {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
         self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
+        self.0.tunnel_done.notify_one();
     }
 }
 
 impl TunnelHost for Host {
-    fn hold(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn hold(&self) -> Hold {
+        let guard = (self.lifecycle.clone(), InUse::new(&self.conn));
         let mut lifecycle = self.lifecycle.clone();
-        let in_use = InUse::new(&self.conn);
-        Box::pin(async move {
-            let _in_use = in_use;
+        let stop = Box::pin(async move {
             while lifecycle.phase() != Phase::Stop {
                 if lifecycle.changed().await == Phase::Stop {
                     return;
                 }
             }
-        })
+        });
+        Hold {
+            _guard: Box::new(guard),
+            stop,
+        }
     }
 
     fn reloads(&self) -> watch::Receiver<u64> {
