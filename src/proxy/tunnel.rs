@@ -162,7 +162,7 @@ async fn relay(
     let reason = *closing.borrow();
     let duration_ms = started.elapsed().as_millis() as u64;
     if reason == Closing::Open {
-        tracing::debug!(route = %setup.route, sent, received, duration_ms, "tunnel closed");
+        tracing::info!(route = %setup.route, sent, received, duration_ms, "tunnel closed");
     } else {
         tracing::info!(
             route = %setup.route,

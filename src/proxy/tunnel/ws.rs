@@ -20,7 +20,7 @@ pub(crate) fn masked_close_going_away(mask: [u8; 4]) -> [u8; 8] {
 }
 
 /// Where one direction of a WebSocket connection is: in a frame head or in a payload.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Frames {
     /// The head bytes seen so far of the frame being read (at most 14).
     head: [u8; 14],
@@ -173,6 +173,31 @@ mod tests {
         assert!(!frames.at_boundary());
         assert_eq!(frames.feed(&stream[50..], false), stream.len() - 50);
         assert!(frames.at_boundary());
+    }
+
+    proptest::proptest! {
+        /// Any bytes, split anywhere: the same state as fed whole, and a stop lands exactly on
+        /// a boundary.
+        #[test]
+        fn any_bytes_split_anywhere_agree(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            cut in 0usize..400,
+        ) {
+            let cut = cut.min(data.len());
+            let mut whole = Frames::default();
+            assert_eq!(whole.feed(&data, false), data.len());
+            let mut split = Frames::default();
+            split.feed(&data[..cut], false);
+            split.feed(&data[cut..], false);
+            assert_eq!(whole, split);
+            let mut stopping = Frames::default();
+            stopping.feed(&data[..cut], false);
+            let taken = stopping.feed(&data[cut..], true);
+            assert!(taken <= data.len() - cut);
+            if taken < data.len() - cut {
+                assert!(stopping.at_boundary());
+            }
+        }
     }
 
     #[test]
