@@ -61,6 +61,7 @@ impl Gateway {
             client_value: crate::proxy::headers::client_value(client.ip()),
             scheme: "http",
             client_cert: None,
+            tunnels: None,
         };
         let shared = Shared::new(
             snapshot,

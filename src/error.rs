@@ -126,6 +126,12 @@ pub(crate) enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The upstream switched to a protocol the client did not ask for.
+    #[error("upstream `{upstream}` switched to a protocol the client did not ask for")]
+    BadUpgrade {
+        /// The upstream's name.
+        upstream: String,
+    },
     /// The request body is larger than the route allows.
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -194,6 +200,7 @@ impl ProxyError {
             }
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::BadUpgrade { .. }
             | ProxyError::BrokenResponse => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -221,7 +228,9 @@ impl ProxyError {
             ProxyError::NoTarget { .. } => "no_healthy_target",
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::Connect { .. } => "upstream_connect_failed",
-            ProxyError::Upstream { .. } | ProxyError::BrokenResponse => "upstream_failed",
+            ProxyError::Upstream { .. }
+            | ProxyError::BadUpgrade { .. }
+            | ProxyError::BrokenResponse => "upstream_failed",
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::AggregateFailed { .. } => "aggregate_failed",
             ProxyError::AggregateTimeout { .. } => "aggregate_timeout",

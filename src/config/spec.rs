@@ -251,6 +251,10 @@ pub(crate) enum AcmeChallengeSpec {
     Http01,
 }
 
+fn five_minutes() -> Dur {
+    Dur(std::time::Duration::from_secs(300))
+}
+
 fn thirty_days() -> Dur {
     Dur(std::time::Duration::from_secs(30 * 86_400))
 }
@@ -448,6 +452,14 @@ pub(crate) struct RouteSpec {
     /// default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) timeout: Option<Dur>,
+    /// How long a WebSocket (or other upgraded) tunnel or a streaming response body may go
+    /// without a byte moving either way before it is closed. The listener's `idle_timeout`
+    /// never cuts a response in progress or a tunnel; this does.
+    #[serde(default = "five_minutes")]
+    pub(crate) stream_idle_timeout: Dur,
+    /// The longest a tunnel or a response body may last, however busy; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_stream_duration: Option<Dur>,
     /// Retries. Without it a route retries once on connection failures only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) retry: Option<RetrySpec>,

@@ -57,6 +57,26 @@ pub(crate) struct RouteLabels {
     pub(crate) route: String,
 }
 
+/// Labels of `portico_tunnel_bytes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TunnelBytesLabels {
+    /// Route name.
+    pub(crate) route: String,
+    /// `to_upstream` or `to_client`.
+    pub(crate) direction: &'static str,
+}
+
+/// The metric handles of one tunnel, resolved when it opens.
+#[derive(Debug, Clone)]
+pub(crate) struct TunnelMetrics {
+    /// `portico_tunnels_active{route}`.
+    pub(crate) active: Gauge,
+    /// `portico_tunnel_bytes_total{route,direction="to_upstream"}`.
+    pub(crate) to_upstream: Counter,
+    /// `portico_tunnel_bytes_total{route,direction="to_client"}`.
+    pub(crate) to_client: Counter,
+}
+
 /// Labels of `portico_config_reloads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabels {
@@ -87,6 +107,8 @@ pub(crate) struct Metrics {
     pub(crate) l4: super::l4::L4Metrics,
     proxy_refused: Family<RefusedLabels, Counter>,
     udp: super::udp::UdpMetrics,
+    tunnels: Family<RouteLabels, Gauge>,
+    tunnel_bytes: Family<TunnelBytesLabels, Counter>,
 }
 
 /// Labels of `portico_proxy_protocol_refused_total`.
@@ -173,7 +195,21 @@ impl Metrics {
             proxy_refused.clone(),
         );
         let udp = super::udp::UdpMetrics::register(&mut registry);
+        let tunnels = Family::<RouteLabels, Gauge>::default();
+        registry.register(
+            "tunnels_active",
+            "Open upgraded tunnels (WebSocket and other Upgrade protocols)",
+            tunnels.clone(),
+        );
+        let tunnel_bytes = Family::<TunnelBytesLabels, Counter>::default();
+        registry.register(
+            "tunnel_bytes",
+            "Bytes relayed through tunnels, by direction",
+            tunnel_bytes.clone(),
+        );
         Metrics {
+            tunnels,
+            tunnel_bytes,
             udp,
             l4,
             proxy_refused,
@@ -273,6 +309,28 @@ impl Metrics {
     /// The `portico_rate_limited_total` family.
     pub(crate) fn rate_limited_family(&self) -> Family<RouteLabels, Counter> {
         self.rate_limited.clone()
+    }
+
+    /// The handles of a tunnel on `route`.
+    pub(crate) fn tunnel(&self, route: &str) -> TunnelMetrics {
+        let bytes = |direction| {
+            self.tunnel_bytes
+                .get_or_create(&TunnelBytesLabels {
+                    route: route.to_owned(),
+                    direction,
+                })
+                .clone()
+        };
+        TunnelMetrics {
+            active: self
+                .tunnels
+                .get_or_create(&RouteLabels {
+                    route: route.to_owned(),
+                })
+                .clone(),
+            to_upstream: bytes("to_upstream"),
+            to_client: bytes("to_client"),
+        }
     }
 
     /// Counts a reload attempt.

@@ -322,6 +322,9 @@ impl PluginChain {
             match plugin.response_body(ctx, &head) {
                 None => {}
                 Some(BodyFilter::Chunks(filter)) => body = body.filter(filter),
+                // An event stream has no end to wait for: never buffered, it passes as it
+                // comes, event by event.
+                Some(BodyFilter::Whole { .. }) if super::is_event_stream(&head.headers) => {}
                 Some(BodyFilter::Whole { max, edit }) => {
                     let bytes = buffer(body, max).await.map_err(|err| match err {
                         Buffered::TooLarge(limit) => ProxyError::ResponseTooLarge { limit },

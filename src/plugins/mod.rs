@@ -458,3 +458,13 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a response is a Server-Sent Events stream (`text/event-stream`), which no plugin
+/// buffers.
+pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
+}

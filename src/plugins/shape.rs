@@ -59,10 +59,12 @@ impl ResponseShape {
 fn auto(headers: &HeaderMap) -> Option<Format> {
     let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let essence = content_type.split(';').next()?.trim().to_ascii_lowercase();
-    let known = essence.ends_with("json")
-        || essence.ends_with("xml")
-        || essence == "application/x-www-form-urlencoded"
-        || essence.starts_with("text/");
+    // An event stream never ends: it passes untouched.
+    let known = essence != "text/event-stream"
+        && (essence.ends_with("json")
+            || essence.ends_with("xml")
+            || essence == "application/x-www-form-urlencoded"
+            || essence.starts_with("text/"));
     known.then(|| Format::of(Some(content_type)))
 }
 

@@ -19,7 +19,7 @@ use crate::error::ProxyError;
 use crate::health::Outcome;
 use crate::pool::breaker::Slot;
 use crate::pool::{Checkin, Conn, TargetState};
-use crate::runtime::{RetryPolicy, Route, Upstream};
+use crate::runtime::{RetryPolicy, Route, StreamLimits, Upstream};
 use crate::view::RequestView;
 
 /// What the hop to the upstream needs from the downstream side.
@@ -155,7 +155,15 @@ pub(crate) fn forward<'a>(
 ) -> Result<Tries<'a>, ProxyError> {
     let slot = breaker(upstream)?;
     let peers = (ctx.client, hop.local);
+    let h2_accept = head
+        .extensions
+        .remove::<super::tunnel::h2::H2WebSocket>()
+        .map(|ws| ws.accept);
     let client_upgrade = prepare_head(&hop, ctx, &mut head);
+    let asked_upgrade = client_upgrade
+        .is_some()
+        .then(|| head.headers.get(header::UPGRADE).cloned())
+        .flatten();
     let path_and_query = upstream_target(route, &head)?;
 
     // A body can be sent once: with one, only tries that never reached a target are retried.
@@ -193,6 +201,10 @@ pub(crate) fn forward<'a>(
         first,
         request: Request::from_parts(head, body),
         client_upgrade,
+        asked_upgrade,
+        h2_accept,
+        stream: route.stream,
+        tunnel: None,
         _slot: slot,
     })
 }
@@ -321,6 +333,14 @@ pub(crate) struct Tries<'a> {
     request: Request<Body>,
     /// The client side of an upgrade, when one is asked for.
     client_upgrade: Option<OnUpgrade>,
+    /// The protocols the client asked to upgrade to.
+    asked_upgrade: Option<HeaderValue>,
+    /// For WebSocket over HTTP/2: the `Sec-WebSocket-Accept` the upstream must answer.
+    h2_accept: Option<HeaderValue>,
+    /// The route's limits on response bodies and tunnels.
+    stream: StreamLimits,
+    /// What a tunnel needs, for an upgrade (boxed: most requests have none).
+    tunnel: Option<Box<super::tunnel::Setup>>,
     /// The circuit breaker's request slot, held until the response head is back.
     _slot: Slot<'a>,
 }
@@ -332,6 +352,16 @@ static DEFAULT_RETRY: RetryPolicy = RetryPolicy::DEFAULT;
 const MAX_TRIES: usize = 10;
 
 impl Tries<'_> {
+    /// Whether the request asks for an upgrade the upstream may accept.
+    pub(crate) fn upgrading(&self) -> bool {
+        self.client_upgrade.is_some()
+    }
+
+    /// What the tunnel needs if the upstream accepts the upgrade.
+    pub(crate) fn tunnel(&mut self, setup: super::tunnel::Setup) {
+        self.tunnel = Some(Box::new(setup));
+    }
+
     /// The retry loop: each try goes to a target not tried yet if there is one.
     pub(crate) async fn run(mut self, ctx: &mut RequestCtx) -> Result<Response<Body>, ProxyError> {
         let first = self.first;
@@ -381,13 +411,20 @@ impl Tries<'_> {
                         }
                         ctx.budget_spent = true;
                     }
+                    let upgrade = Upgrade {
+                        client: client_upgrade,
+                        asked: self.asked_upgrade.take(),
+                        h2_accept: self.h2_accept.take(),
+                        tunnel: self.tunnel.take(),
+                    };
                     return respond(
                         upstream,
                         state,
                         !(first.sticky && index == first.index),
                         response,
                         checkin,
-                        client_upgrade,
+                        upgrade,
+                        self.stream,
                     );
                 }
                 Err((err, unsent)) => {
@@ -694,29 +731,76 @@ fn prepare(
     Ok(())
 }
 
+/// The client's side of an upgrade it asked for.
+struct Upgrade {
+    client: Option<OnUpgrade>,
+    /// The `Upgrade` the client sent.
+    asked: Option<HeaderValue>,
+    /// For WebSocket over HTTP/2: the `Sec-WebSocket-Accept` expected.
+    h2_accept: Option<HeaderValue>,
+    tunnel: Option<Box<super::tunnel::Setup>>,
+}
+
 /// Turns the upstream's response into the one sent back: tunnels upgrades, strips hop-by-hop
 /// fields, sets a sticky cookie, and returns the connection to its pool when the body ends.
+#[allow(clippy::too_many_arguments)]
 fn respond(
     upstream: &Upstream,
     state: &TargetState,
     set_sticky: bool,
     mut response: Response<Incoming>,
     checkin: Option<Checkin>,
-    client_upgrade: Option<OnUpgrade>,
+    upgrade: Upgrade,
+    stream: StreamLimits,
 ) -> Result<Response<Body>, ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
+        let (Some(client_upgrade), Some(asked)) = (upgrade.client, upgrade.asked) else {
             // A 101 the client did not ask for cannot be relayed.
-            return Err(ProxyError::BadRequest(
-                "the upstream switched protocols unasked",
-            ));
+            return Err(ProxyError::BadUpgrade {
+                upstream: upstream.name.to_string(),
+            });
         };
+        let answered = response.headers().get(header::UPGRADE);
+        if !super::tunnel::upgrade_matches(&asked, answered) {
+            // Never a tunnel to a protocol the client did not ask for; the connection is
+            // dropped with `checkin`.
+            return Err(ProxyError::BadUpgrade {
+                upstream: upstream.name.to_string(),
+            });
+        }
+        if let Some(accept) = &upgrade.h2_accept
+            && response.headers().get(header::SEC_WEBSOCKET_ACCEPT) != Some(accept)
+        {
+            return Err(ProxyError::BadUpgrade {
+                upstream: upstream.name.to_string(),
+            });
+        }
+        let websocket = super::tunnel::is_websocket(answered);
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(bridge(client_upgrade, upstream_upgrade));
-        strip_hop_by_hop(response.headers_mut(), true);
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        match upgrade.tunnel {
+            Some(setup) => {
+                tokio::spawn(super::tunnel::run(
+                    *setup,
+                    client_upgrade,
+                    upstream_upgrade,
+                    websocket,
+                ));
+            }
+            None => {
+                tokio::spawn(bridge(client_upgrade, upstream_upgrade));
+            }
+        }
+        let h2 = upgrade.h2_accept.is_some();
+        strip_hop_by_hop(response.headers_mut(), !h2);
+        if h2 {
+            // RFC 8441 §5: the HTTP/2 client is answered 200; the accept value was this hop's.
+            *response.status_mut() = StatusCode::OK;
+            response.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         append_via(response.headers_mut(), Version::HTTP_11);
         // The connection now belongs to the tunnel; never pool it.
         drop(checkin);
@@ -739,6 +823,8 @@ fn respond(
     }
     let (mut parts, incoming) = response.into_parts();
     parts.version = Version::HTTP_11;
+    // The server side times the body by the route's limits once the head is out.
+    parts.extensions.insert(stream);
     let body = match checkin {
         Some(checkin) if incoming.is_end_stream() => {
             checkin.release();

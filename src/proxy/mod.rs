@@ -5,3 +5,4 @@ pub(crate) mod forward;
 pub(crate) mod grpc;
 pub(crate) mod headers;
 pub(crate) mod pipeline;
+pub(crate) mod tunnel;

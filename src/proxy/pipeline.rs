@@ -38,6 +38,8 @@ pub(crate) struct ConnInfo {
     pub(crate) scheme: &'static str,
     /// The verified client certificate (mTLS), if any.
     pub(crate) client_cert: Option<Arc<ClientCert>>,
+    /// The server side of this connection's tunnels (its listener's drain, reloads).
+    pub(crate) tunnels: Option<Arc<dyn super::tunnel::TunnelHost>>,
 }
 
 /// The connection's view of the raw request bytes, which hyper does not give the pipeline:
@@ -248,7 +250,19 @@ async fn serve<'s>(
                     };
                     // forward
                     match forward::forward(hop, ctx, route, upstream, first, head, body) {
-                        Ok(tries) => tries.run(ctx).await,
+                        Ok(mut tries) => {
+                            if tries.upgrading() {
+                                tries.tunnel(super::tunnel::Setup {
+                                    host: conn.tunnels.clone(),
+                                    listener: Arc::clone(&conn.listener),
+                                    route: Arc::clone(&route.name),
+                                    upstream: Arc::clone(&upstream.name),
+                                    limits: route.stream,
+                                    metrics: shared.metrics.tunnel(&route.name),
+                                });
+                            }
+                            tries.run(ctx).await
+                        }
                         Err(err) => Err(err),
                     }
                 }
@@ -282,11 +296,16 @@ fn decode_request(
     {
         return Err(ProxyError::AmbiguousFraming);
     }
+    // WebSocket over HTTP/2 (RFC 8441) is routed as a GET of its path.
+    let h2_websocket = super::tunnel::h2::accept(head);
     let host = decode(listener, head)?;
     let raw = canonical_path(head)?;
     let wants_upgrade =
         head.version == Version::HTTP_11 && head.headers.contains_key(header::UPGRADE);
-    let hop = headers::strip_hop_by_hop(&mut head.headers, wants_upgrade);
+    let mut hop = headers::strip_hop_by_hop(&mut head.headers, wants_upgrade);
+    if h2_websocket {
+        super::tunnel::h2::to_upgrade(head, &mut hop);
+    }
     set_client_cert_headers(conn, head);
     Ok(Decoded { host, hop, raw })
 }

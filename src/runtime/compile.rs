@@ -1367,6 +1367,17 @@ fn compile_route(
         on_route.insert(consumer.value.clone(), chain);
     }
 
+    if spec.stream_idle_timeout.0.is_zero()
+        || spec.max_stream_duration.is_some_and(|d| d.0.is_zero())
+    {
+        diags.error(
+            spec.name.pos,
+            format!(
+                "route {}: stream_idle_timeout and max_stream_duration must be longer than 0",
+                *spec.name
+            ),
+        );
+    }
     if diags.list.len() > before {
         return None;
     }
@@ -1379,6 +1390,10 @@ fn compile_route(
         timeout: spec.timeout.map(|t| t.0),
         retry,
         mirror,
+        stream: super::StreamLimits {
+            idle: spec.stream_idle_timeout.0,
+            max: spec.max_stream_duration.map(|d| d.0),
+        },
     })
 }
 

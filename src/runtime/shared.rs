@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) acme: std::sync::Arc<crate::tls::acme::Store>,
     /// Plugin state (rate-limit buckets, JWKS keys), kept across reloads.
     pub(crate) states: crate::plugins::state::PluginStates,
+    /// Counts the reloads applied; tunnels watch it to check their route is still there.
+    pub(crate) generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -63,6 +65,7 @@ impl Shared {
             last_reload_error: Mutex::new(None),
             acme,
             states,
+            generation: tokio::sync::watch::Sender::new(0),
         }
     }
 }

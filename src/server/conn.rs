@@ -10,6 +10,7 @@
 //! (see `early` and `IdleIo::poll_early`).
 
 pub(super) mod early;
+mod stream;
 
 use std::convert::Infallible;
 use std::io;
@@ -36,7 +37,7 @@ use super::scan::{FrameScan, HeadScan};
 use crate::body::{Body, BodyError};
 use crate::error::MAX_HEADER_FIELDS;
 use crate::proxy::pipeline::{ConnInfo, Framing, handle};
-use crate::runtime::Limits;
+use crate::runtime::{Limits, StreamLimits};
 
 /// hyper's cap on header lines in one HTTP/1.1 head. Above portico's own limit
 /// ([`MAX_HEADER_FIELDS`]), so a head a little over it gets portico's
@@ -62,6 +63,8 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // WebSocket over HTTP/2 (RFC 8441).
+        .enable_connect_protocol()
         .max_header_list_size(
             u32::try_from(limits.max_header_size + limits.max_uri_length).unwrap_or(u32::MAX),
         )
@@ -96,6 +99,11 @@ where
     let conn = Arc::new(ConnShared::default());
     let mut info = info;
     info.framing = Some(Arc::clone(&conn) as Arc<dyn Framing>);
+    info.tunnels = Some(Arc::new(stream::Host::new(
+        Arc::clone(&shared),
+        lifecycle.clone(),
+        Arc::clone(&conn),
+    )));
     let state = Arc::new(ConnState {
         shared,
         info,
@@ -116,7 +124,13 @@ where
                 state.conn.upgraded.store(true, Ordering::Relaxed);
             }
             let conn = Arc::clone(&state.conn);
-            Ok::<_, Infallible>(response.map(|body| Tracked { body, conn }))
+            let mut response = response;
+            let limits = response.extensions_mut().remove::<StreamLimits>();
+            conn.open.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body: stream::Timed::new(body, limits),
+                conn,
+            }))
         }
     });
     let idle = Arc::clone(&conn);
@@ -148,6 +162,28 @@ where
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "client connection ended");
                     }
+                    // An upgraded HTTP/1.1 connection lives on in its tunnel: it still counts
+                    // as the listener's until the tunnel ends (which the drain bounds).
+                    let mut stop_at = None;
+                    while idle.tunnels.load(Ordering::Relaxed) > 0 {
+                        let grace = async {
+                            match stop_at {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            () = idle.tunnel_done.notified() => {}
+                            // The tunnels close at the drain deadline themselves (close
+                            // frames); a moment for them, no more.
+                            phase = lifecycle.changed(), if stop_at.is_none() => {
+                                if phase == Phase::Stop {
+                                    stop_at = Some(Instant::now() + TUNNEL_CLOSE);
+                                }
+                            }
+                            () = grace => return,
+                        }
+                    }
                     return;
                 }
                 () = idle.idle.notified(), if !closing => {
@@ -157,6 +193,11 @@ where
                 }
                 phase = lifecycle.changed() => {
                     if phase == Phase::Stop {
+                        if idle.tunnels.load(Ordering::Relaxed) > 0 {
+                            // WebSockets over HTTP/2 send their close frames on this
+                            // connection: a moment for them, then it closes.
+                            let _ = tokio::time::timeout(TUNNEL_CLOSE, conn.as_mut()).await;
+                        }
                         // The drain timeout passed: dropping the connection closes it.
                         return;
                     }
@@ -165,6 +206,10 @@ where
         }
     }
 }
+
+/// How long an HTTP/2 connection carrying tunnels stays after the drain deadline, for their
+/// close frames.
+const TUNNEL_CLOSE: Duration = Duration::from_millis(600);
 
 /// Counts one request in progress on a connection, for as long as its future lives.
 struct Busy<'a>(&'a ConnShared);
@@ -185,16 +230,19 @@ impl Drop for Busy<'_> {
 
 pin_project_lite::pin_project! {
     /// A response body that counts itself done when hyper drops it: by then hyper has put all
-    /// of the response into its write buffer (or given up on the connection).
+    /// of the response into its write buffer (or given up on the connection). Until then the
+    /// connection is in use, whatever the listener's idle timeout: the route's stream limits
+    /// time the body instead.
     struct Tracked {
         #[pin]
-        body: Body,
+        body: stream::Timed,
         conn: Arc<ConnShared>,
     }
 
     impl PinnedDrop for Tracked {
         fn drop(this: Pin<&mut Self>) {
             this.conn.finished.fetch_add(1, Ordering::Relaxed);
+            this.conn.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -228,6 +276,12 @@ pub(crate) struct ConnShared {
     pub(crate) started: AtomicUsize,
     /// Responses hyper is done with (their bodies dropped).
     finished: AtomicUsize,
+    /// Response bodies hyper has not finished with yet, and open tunnels.
+    open: AtomicUsize,
+    /// Open tunnels (HTTP/2 streams among them keep the connection).
+    tunnels: AtomicUsize,
+    /// Told when a tunnel ends.
+    tunnel_done: Notify,
     /// A response switched protocols: the bytes after it are a tunnel's.
     upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
@@ -315,7 +369,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
 
     fn deadline(&mut self) -> Option<Instant> {
         self.settle_head();
-        if self.conn.busy.load(Ordering::Relaxed) > 0 {
+        // A request in progress, a response body still being sent, or a tunnel: the route's
+        // stream limits govern those, not the listener's idle timeout.
+        if self.conn.busy.load(Ordering::Relaxed) > 0
+            || self.conn.open.load(Ordering::Relaxed) > 0
+            || self.conn.upgraded.load(Ordering::Relaxed)
+        {
             return None;
         }
         if let Some(closing) = self.closing {

@@ -400,6 +400,7 @@ fn serve_connection(
         client_value: crate::proxy::headers::client_value(client.ip()),
         scheme: "http",
         client_cert: None,
+        tunnels: None,
     };
     match &config.tls {
         None => Box::pin(conn::serve(

@@ -419,6 +419,8 @@ async fn try_reload(
     start_snapshot(&mut next, &shared.states, &shared.acme, &shared.metrics).await;
     let next = Arc::new(next);
     shared.snapshot.store(Arc::clone(&next));
+    // Tunnels check that their route and upstream are still there.
+    shared.generation.send_modify(|g| *g = g.wrapping_add(1));
     commit_registry(shared);
     log_warnings(&next);
     if !pending.is_empty() {

@@ -29,6 +29,7 @@ const ENV: &[(&str, &str)] = &[
     ("ALICE_KEY", "alice-4f1c2a9e8b7d6c5a"),
     ("BOB_KEY", "bob-9a8b7c6d5e4f3a2b"),
     ("JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!"),
+    ("CHAT_KEY", "chat-3b9f2e71c0a84d56"),
 ];
 
 fn env(name: &str) -> &'static str {
@@ -1435,4 +1436,76 @@ async fn udp_guide() {
     }
     assert!(metrics.contains(r#"portico_udp_sessions_total{listener="dns"} 8"#));
     assert!(metrics.contains(r#"portico_udp_sessions_active{listener="dns"} 0"#));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_and_sse_guide() {
+    let app = Path::new(ROOT).join("examples/realtime_app.py");
+    let chat = crate::support::peer::Peer::python([app.as_os_str(), "chat".as_ref(), "0".as_ref()]);
+    let feed = crate::support::peer::Peer::python([app.as_os_str(), "feed".as_ref(), "0".as_ref()]);
+    let subs = vec![
+        (
+            "bind: 127.0.0.1:8080".to_owned(),
+            "bind: 127.0.0.1:0".to_owned(),
+        ),
+        admin_ephemeral(),
+        (
+            "address: 127.0.0.1:9001".to_owned(),
+            format!("address: {}", chat.addr),
+        ),
+        (
+            "address: 127.0.0.1:9002".to_owned(),
+            format!("address: {}", feed.addr),
+        ),
+    ];
+    let config = substitute(&example("websockets.yaml"), &subs);
+    let gw = Portico::start_in_env(&temp_dir("ws-guide"), &config, ENV);
+    let web = gw.addr("web");
+    let admin = gw.admin.clone().unwrap();
+
+    // Without the key: 401, and no tunnel.
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let r = send(&web, "GET", "/chat", &upgrade).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "an API key is required");
+
+    // With the key: messages echo through the tunnel, which the metrics count.
+    let url = format!("ws://{web}/chat");
+    let mut client = crate::websocket::Client::connect(&url, Some(env("CHAT_KEY")));
+    assert!(client.first.starts_with("open"), "{}", client.first);
+    assert_eq!(
+        client.cmd("echo hello through portico"),
+        "echo hello through portico"
+    );
+    let metrics = get(&admin, "/metrics").await.body;
+    assert!(
+        metrics.contains("portico_tunnels_active{route=\"chat\"} 1"),
+        "{metrics}"
+    );
+
+    // The feed: events one at a time, a second apart.
+    let mut h1 = H1::connect(&web).await;
+    let response = h1.send_raw(request("GET", "/feed", &[])).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut events = Vec::new();
+    let read = async {
+        while events.len() < 2 {
+            let frame = body.frame().await.unwrap().unwrap();
+            if let Ok(data) = frame.into_data() {
+                events.push((std::time::Instant::now(), data));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap();
+    assert_eq!(&events[0].1[..], b"data: tick 0\n\n");
+    assert_eq!(&events[1].1[..], b"data: tick 1\n\n");
+    assert!(events[1].0 - events[0].0 >= Duration::from_millis(500));
 }

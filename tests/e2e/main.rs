@@ -28,3 +28,4 @@ mod streaming;
 mod tls;
 mod transcode;
 mod udp;
+mod websocket;

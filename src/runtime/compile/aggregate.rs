@@ -226,6 +226,7 @@ fn compile_call(
         timeout,
         retry: retry.cloned(),
         mirror: None,
+        stream: crate::runtime::StreamLimits::DEFAULT,
     };
     Some(Call {
         name: Arc::from(call.name.as_str()),
