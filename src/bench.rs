@@ -77,7 +77,7 @@ impl Gateway {
 
     /// The whole pipeline for one request.
     pub async fn request(&self, request: Request<Body>) -> Response<Body> {
-        handle(&self.shared, &self.conn, request).await
+        handle(&self.shared, &self.conn, request).await.0
     }
 
     /// The route the first listener picks for a request (the routing stage alone).

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
@@ -37,6 +37,26 @@ pub(crate) struct RequestCtx {
     /// Typed per-plugin state, one value per type; empty (and unallocated) unless a plugin
     /// needs it.
     pub(crate) slots: http::Extensions,
+    /// The route's limits on the upstream's response body, once one is being passed on.
+    pub(crate) stream: Option<StreamLimits>,
+}
+
+/// A route's `stream_idle_timeout` and `max_stream_duration`: they govern its tunnels and
+/// its response bodies once the head is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamLimits {
+    /// No byte either way for this long: closed.
+    pub(crate) idle: Duration,
+    /// The longest it may last.
+    pub(crate) max: Option<Duration>,
+}
+
+impl StreamLimits {
+    /// The defaults: 5 minutes idle, no maximum.
+    pub(crate) const DEFAULT: StreamLimits = StreamLimits {
+        idle: Duration::from_secs(300),
+        max: None,
+    };
 }
 
 impl RequestCtx {
@@ -54,6 +74,7 @@ impl RequestCtx {
             budget_spent: false,
             consumer: None,
             slots: http::Extensions::new(),
+            stream: None,
         }
     }
 }

@@ -417,6 +417,9 @@ impl Tries<'_> {
                         h2_accept: self.h2_accept.take(),
                         tunnel: self.tunnel.take(),
                     };
+                    // The server side times the body by the route's limits once the head
+                    // is out.
+                    ctx.stream = Some(self.stream);
                     return respond(
                         upstream,
                         state,
@@ -424,7 +427,6 @@ impl Tries<'_> {
                         response,
                         checkin,
                         upgrade,
-                        self.stream,
                     );
                 }
                 Err((err, unsent)) => {
@@ -743,7 +745,6 @@ struct Upgrade {
 
 /// Turns the upstream's response into the one sent back: tunnels upgrades, strips hop-by-hop
 /// fields, sets a sticky cookie, and returns the connection to its pool when the body ends.
-#[allow(clippy::too_many_arguments)]
 fn respond(
     upstream: &Upstream,
     state: &TargetState,
@@ -751,7 +752,6 @@ fn respond(
     mut response: Response<Incoming>,
     checkin: Option<Checkin>,
     upgrade: Upgrade,
-    stream: StreamLimits,
 ) -> Result<Response<Body>, ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(client_upgrade), Some(asked)) = (upgrade.client, upgrade.asked) else {
@@ -823,8 +823,6 @@ fn respond(
     }
     let (mut parts, incoming) = response.into_parts();
     parts.version = Version::HTTP_11;
-    // The server side times the body by the route's limits once the head is out.
-    parts.extensions.insert(stream);
     let body = match checkin {
         Some(checkin) if incoming.is_end_stream() => {
             checkin.release();

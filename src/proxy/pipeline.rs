@@ -88,11 +88,16 @@ struct LogHead {
     path: String,
 }
 
-/// Serves one request; never fails (errors become JSON responses).
+/// Serves one request; never fails (errors become JSON responses). Also returns the route's
+/// stream limits when the answer's body is the upstream's, for the server to time it by.
 ///
 /// The body is portico's own type, so the pipeline runs the same with a request read from
 /// a socket ([`Body::stream`]) and with one made in process ([`Body::full`]).
-pub(crate) async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>) -> Response<Body> {
+pub(crate) async fn handle(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Body>,
+) -> (Response<Body>, Option<crate::ctx::StreamLimits>) {
     // This request keeps this config until it is done, whatever reloads happen meanwhile.
     let snap = shared.snapshot.load_full();
     let (head, body) = req.into_parts();
@@ -128,9 +133,12 @@ pub(crate) async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Body>)
     );
     if grpc.is_some() {
         // A gRPC call's outcome is in its trailers: its line is written when it ends.
-        return super::grpc::watch(response, shared, &ctx, fields);
+        return (
+            super::grpc::watch(response, shared, &ctx, fields),
+            ctx.stream,
+        );
     }
-    response
+    (response, ctx.stream)
 }
 
 /// Every stage up to the answer: decode, route, request plugins, then the route's action.

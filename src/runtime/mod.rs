@@ -183,23 +183,7 @@ pub(crate) struct Route {
     pub(crate) stream: StreamLimits,
 }
 
-/// A route's `stream_idle_timeout` and `max_stream_duration`: they govern its tunnels and
-/// its response bodies once the head is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StreamLimits {
-    /// No byte either way for this long: closed.
-    pub(crate) idle: Duration,
-    /// The longest it may last.
-    pub(crate) max: Option<Duration>,
-}
-
-impl StreamLimits {
-    /// The defaults: 5 minutes idle, no maximum.
-    pub(crate) const DEFAULT: StreamLimits = StreamLimits {
-        idle: Duration::from_secs(300),
-        max: None,
-    };
-}
+pub(crate) use crate::ctx::StreamLimits;
 
 /// A route's compiled `retry:`.
 #[derive(Debug, Clone)]

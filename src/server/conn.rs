@@ -37,7 +37,7 @@ use super::scan::{FrameScan, HeadScan};
 use crate::body::{Body, BodyError};
 use crate::error::MAX_HEADER_FIELDS;
 use crate::proxy::pipeline::{ConnInfo, Framing, handle};
-use crate::runtime::{Limits, StreamLimits};
+use crate::runtime::Limits;
 
 /// hyper's cap on header lines in one HTTP/1.1 head. Above portico's own limit
 /// ([`MAX_HEADER_FIELDS`]), so a head a little over it gets portico's
@@ -117,15 +117,13 @@ where
             let _busy = Busy::enter(&state.conn);
             // Boxed: hyper keeps room for one request future in every connection, idle or
             // not; a box makes that room a pointer instead of a few KiB.
-            let response =
+            let (response, limits) =
                 Box::pin(handle(&state.shared, &state.info, req.map(Body::stream))).await;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // What follows is the tunnel's, never hyper's answer to rewrite.
                 state.conn.upgraded.store(true, Ordering::Relaxed);
             }
             let conn = Arc::clone(&state.conn);
-            let mut response = response;
-            let limits = response.extensions_mut().remove::<StreamLimits>();
             conn.open.fetch_add(1, Ordering::Relaxed);
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body: stream::Timed::new(body, limits),

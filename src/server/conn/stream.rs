@@ -23,11 +23,14 @@ use crate::runtime::{Action, StreamLimits};
 #[error("the response body passed the route's {0}")]
 pub(crate) struct StreamTimeout(&'static str);
 
-/// The timer of a timed body, armed once the body first has to wait.
+/// The timer of a timed body. It costs nothing while the body never has to wait (most
+/// answers): the clock is read and a timer armed only when a poll finds no frame ready.
 struct Timer {
     limits: StreamLimits,
-    /// When the last frame passed (or the body started).
-    last: Instant,
+    /// When the body last had to wait after a frame (or first had to wait).
+    last: Option<Instant>,
+    /// A frame passed since `last`.
+    moved: bool,
     /// `max_stream_duration` from the response head.
     max_at: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -40,7 +43,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct Timed {
         #[pin]
         body: Body,
-        timer: Option<Box<Timer>>,
+        timer: Option<Timer>,
     }
 }
 
@@ -48,15 +51,16 @@ impl Timed {
     /// `body`, timed by `limits` when there are any (portico's own answers have none).
     pub(crate) fn new(body: Body, limits: Option<StreamLimits>) -> Self {
         use http_body::Body as _;
-        let timer = limits.filter(|_| !body.is_end_stream()).map(|limits| {
-            let now = Instant::now();
-            Box::new(Timer {
+        let timer = limits
+            .filter(|_| !body.is_end_stream())
+            .map(|limits| Timer {
                 limits,
-                last: now,
-                max_at: limits.max.map(|max| now + max),
+                last: None,
+                moved: false,
+                // The only clock read a body that never waits pays, and only with a maximum.
+                max_at: limits.max.map(|max| Instant::now() + max),
                 sleep: None,
-            })
-        });
+            });
         Timed { body, timer }
     }
 }
@@ -75,16 +79,22 @@ impl http_body::Body for Timed {
             return polled;
         };
         if polled.is_ready() {
-            timer.last = Instant::now();
+            timer.moved = true;
             if let Some(max_at) = timer.max_at
-                && timer.last >= max_at
+                && Instant::now() >= max_at
             {
                 return Poll::Ready(Some(Err(Box::new(StreamTimeout("max_stream_duration")))));
             }
             return polled;
         }
+        // No frame ready: the body has to wait, idle from now unless it already was.
+        if timer.moved || timer.last.is_none() {
+            timer.last = Some(Instant::now());
+            timer.moved = false;
+        }
         loop {
-            let idle_at = timer.last + timer.limits.idle;
+            let last = timer.last.unwrap_or_else(Instant::now);
+            let idle_at = last + timer.limits.idle;
             let due = timer.max_at.map_or(idle_at, |max| max.min(idle_at));
             let sleep = timer
                 .sleep
