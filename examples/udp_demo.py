@@ -40,13 +40,27 @@ def answer(packet, address):
     return head + question + record, ".".join(labels)
 
 
+def bind_pair(port):
+    """A UDP socket and a TCP one on the same port; with port 0, a port free for both."""
+    for _ in range(50 if port == 0 else 1):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", port))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+        except OSError:
+            # The kernel's free UDP port is taken for TCP: try another one.
+            udp.close()
+            tcp.close()
+            continue
+        return udp, tcp
+    raise SystemExit(f"no port free for both UDP and TCP (asked for {port})")
+
+
 def serve(port, address):
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", port))
+    udp, tcp = bind_pair(port)
     port = udp.getsockname()[1]
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind(("127.0.0.1", port))
     tcp.listen(16)
 
     def accept():

@@ -421,6 +421,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             return;
         }
         self.last = now;
+        if self.conn.upgraded.load(Ordering::Relaxed) {
+            // A tunnel's bytes: no request head to time or scan (the tunnel times itself).
+            return;
+        }
         self.settle_head();
         if self.head_started.is_none() && self.conn.busy.load(Ordering::Relaxed) == 0 {
             self.head_started = Some(now);
