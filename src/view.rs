@@ -23,6 +23,23 @@ pub(crate) struct RequestView<'a> {
     pub(crate) headers: &'a HeaderMap,
 }
 
+impl RequestView<'static> {
+    /// A relayed connection's or datagram flow's view, for balancing: its client address
+    /// and nothing else (no host, path or headers to hash).
+    pub(crate) fn connection(client: IpAddr) -> Self {
+        static NO_HEADERS: std::sync::LazyLock<HeaderMap> =
+            std::sync::LazyLock::new(HeaderMap::new);
+        RequestView {
+            client,
+            host: "",
+            path: "/",
+            query: None,
+            method: &Method::GET,
+            headers: &NO_HEADERS,
+        }
+    }
+}
+
 /// The value of cookie `name` in the request's `Cookie` fields (RFC 6265 §5.4).
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

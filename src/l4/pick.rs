@@ -137,15 +137,7 @@ pub(crate) async fn open(
     addrs: (SocketAddr, SocketAddr),
 ) -> Result<Opened, Refused> {
     let client = addrs.0;
-    let headers = http::HeaderMap::new();
-    let view = RequestView {
-        client: client.ip(),
-        host: "",
-        method: &http::Method::GET,
-        headers: &headers,
-        path: "/",
-        query: None,
-    };
+    let view = RequestView::connection(client.ip());
     let tries = upstream.targets.len().clamp(1, MAX_TRIES);
     let mut tried: Vec<usize> = Vec::new();
     let mut reason = String::from("no available target");
@@ -229,22 +221,5 @@ fn record(upstream: &Upstream, index: usize, outcome: Outcome) {
     if outcome == Outcome::Success && target.health.clean() {
         return;
     }
-    let total = upstream.targets.len();
-    let may_eject = || {
-        let now = crate::health::now_ms();
-        let ejected = upstream
-            .targets
-            .iter()
-            .filter(|t| t.health.ejected(now))
-            .count();
-        (ejected + 1) * 100 <= total * policy.max_ejected_percent as usize
-    };
-    if target.health.record(outcome, policy, may_eject) {
-        tracing::warn!(
-            upstream = %upstream.name,
-            target = %target.address,
-            for_ms = target.health.ejected_for_ms(),
-            "target ejected after failures"
-        );
-    }
+    upstream.record_outcome(target, policy, outcome);
 }

@@ -183,15 +183,7 @@ async fn open_session(udp: &UdpListener, flow: &Flow, cx: &Context<'_>) -> Optio
 /// address as the request (so `ip_hash`, `ring_hash` and `maglev` keep a client on one
 /// target); unavailable targets are skipped.
 fn pick(udp: &UdpListener, client: SocketAddr) -> Option<Arc<crate::pool::TargetState>> {
-    let headers = http::HeaderMap::new();
-    let view = RequestView {
-        client: client.ip(),
-        host: "",
-        method: &http::Method::GET,
-        headers: &headers,
-        path: "/",
-        query: None,
-    };
+    let view = RequestView::connection(client.ip());
     let upstream = &udp.upstream;
     let index = upstream.balancer.select(&upstream.targets, &view, &[])?;
     upstream.targets.get(index).cloned()

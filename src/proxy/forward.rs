@@ -676,24 +676,7 @@ fn record(upstream: &Upstream, index: usize, observed: Observed) {
         Observed::Answered { status } if status < 500 => Outcome::Success,
         Observed::Answered { .. } | Observed::Broke | Observed::NoConnection => Outcome::Failure,
     };
-    let total = upstream.targets.len();
-    let may_eject = || {
-        let now = crate::health::now_ms();
-        let ejected = upstream
-            .targets
-            .iter()
-            .filter(|t| t.health.ejected(now))
-            .count();
-        (ejected + 1) * 100 <= total * policy.max_ejected_percent as usize
-    };
-    if target.health.record(outcome, policy, may_eject) {
-        tracing::warn!(
-            upstream = %upstream.name,
-            target = %target.address,
-            for_ms = target.health.ejected_for_ms(),
-            "target ejected after failures"
-        );
-    }
+    upstream.record_outcome(target, policy, outcome);
 }
 
 /// Sets the version, URI and Host of a request for one target.

@@ -413,6 +413,35 @@ pub(crate) struct Upstream {
     pub(crate) proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
+impl Upstream {
+    /// Feeds passive outlier detection with what `target` just did, ejecting it when
+    /// `policy` says so — never more than `max_ejected_percent` of the targets at once.
+    pub(crate) fn record_outcome(
+        &self,
+        target: &crate::pool::TargetState,
+        policy: &crate::health::PassivePolicy,
+        outcome: crate::health::Outcome,
+    ) {
+        let may_eject = || {
+            let now = crate::health::now_ms();
+            let ejected = self
+                .targets
+                .iter()
+                .filter(|t| t.health.ejected(now))
+                .count();
+            (ejected + 1) * 100 <= self.targets.len() * policy.max_ejected_percent as usize
+        };
+        if target.health.record(outcome, policy, may_eject) {
+            tracing::warn!(
+                upstream = %self.name,
+                target = %target.address,
+                for_ms = target.health.ejected_for_ms(),
+                "target ejected after failures"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

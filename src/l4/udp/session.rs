@@ -138,20 +138,7 @@ impl Session {
         if matches!(outcome, Outcome::Success) && self.target.health.clean() {
             return;
         }
-        let targets = &self.upstream.targets;
-        let may_eject = || {
-            let now = crate::health::now_ms();
-            let ejected = targets.iter().filter(|t| t.health.ejected(now)).count();
-            (ejected + 1) * 100 <= targets.len() * policy.max_ejected_percent as usize
-        };
-        if self.target.health.record(outcome, policy, may_eject) {
-            tracing::warn!(
-                upstream = %self.upstream.name,
-                target = %self.target.address,
-                for_ms = self.target.health.ejected_for_ms(),
-                "target ejected after failures"
-            );
-        }
+        self.upstream.record_outcome(&self.target, policy, outcome);
     }
 
     /// Ends the session at its task's next poll.

@@ -101,6 +101,11 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             upstream.balancer.name(),
             crate::config::units::Dur(udp.session_timeout),
         );
+        target_line(
+            &mut out,
+            upstream,
+            &crate::balance::RequestView::connection(q.client),
+        );
         return Ok(out);
     }
     if let Some(passthrough) = &listener.passthrough {
@@ -311,15 +316,7 @@ fn explain_passthrough(
         "action    pass the TLS bytes through to upstream {}",
         upstream.name
     );
-    let headers = HeaderMap::new();
-    let pick = crate::balance::RequestView {
-        client: q.client,
-        host: "",
-        method: &http::Method::GET,
-        headers: &headers,
-        path: "/",
-        query: None,
-    };
+    let pick = crate::balance::RequestView::connection(q.client);
     target_line(out, upstream, &pick);
 }
 
@@ -346,15 +343,7 @@ fn explain_stream(
             ""
         }
     );
-    let headers = HeaderMap::new();
-    let pick = crate::balance::RequestView {
-        client: q.client,
-        host: "",
-        method: &http::Method::GET,
-        headers: &headers,
-        path: "/",
-        query: None,
-    };
+    let pick = crate::balance::RequestView::connection(q.client);
     target_line(out, &stream.upstream, &pick);
 }
 
