@@ -706,3 +706,40 @@ upstreams:
         gw.log_text()
     );
 }
+
+#[test]
+fn explain_says_whether_the_peer_may_send_a_header() {
+    let dir = temp_dir("pp-explain");
+    let file = dir.join("portico.yaml");
+    std::fs::write(
+        &file,
+        "\
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    proxy_protocol: { trusted: [10.0.0.0/8], timeout: 2s }
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u:
+    targets: [ { address: 127.0.0.1:1 } ]
+",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let url = "http://127.0.0.1:8080/";
+    let (code, out, err) = cli(&["explain", "-c", path, "GET", url, "--peer", "10.1.2.3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "proxy     PROXY protocol v1/v2 first, within 2s; peer 10.1.2.3 is a trusted source"
+        ),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["explain", "-c", path, "GET", url, "--peer", "192.0.2.1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("peer 192.0.2.1 is not a trusted source: a header from it is refused"),
+        "{out}"
+    );
+}

@@ -90,6 +90,24 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         "listener  {} ({}) — {why}",
         listener.name, listener.addr
     );
+    if let Some(accept) = &listener.proxy_protocol {
+        let verdict = if accept.trusts(q.client) {
+            "a trusted source: its header's client address is the client (the peer stands in here)"
+        } else {
+            "not a trusted source: a header from it is refused and the connection closed"
+        };
+        let _ = writeln!(
+            out,
+            "proxy     PROXY protocol v1/v2 first, within {}{}; peer {} is {verdict}",
+            crate::config::units::Dur(accept.timeout),
+            if accept.optional {
+                " (optional from trusted sources)"
+            } else {
+                ""
+            },
+            q.client,
+        );
+    }
 
     if let Some(udp) = &listener.udp {
         let upstream = &udp.upstream;
