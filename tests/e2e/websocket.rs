@@ -388,12 +388,24 @@ async fn read_exactly(recv: &mut h2::RecvStream, len: usize) -> Vec<u8> {
 /// Opens a WebSocket over HTTP/2 (RFC 8441) on `web`'s `/ws/h2`: the stream's two halves.
 async fn h2_websocket(web: &str) -> (h2::SendStream<bytes::Bytes>, h2::RecvStream) {
     let tcp = tokio::net::TcpStream::connect(&web).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    h2_websocket_over(tcp, "http", web).await
+}
+
+/// [`h2_websocket`] over an established stream (h2c, or TLS with ALPN h2).
+async fn h2_websocket_over<S>(
+    io: S,
+    scheme: &str,
+    web: &str,
+) -> (h2::SendStream<bytes::Bytes>, h2::RecvStream)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, conn) = h2::client::handshake(io).await.unwrap();
     tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
     // A first request: its answer comes after portico's SETTINGS, which enable extended
     // CONNECT (RFC 8441 §3).
-    let plain = http::Request::get(format!("http://{web}/plain"))
+    let plain = http::Request::get(format!("{scheme}://{web}/plain"))
         .body(())
         .unwrap();
     let (answer, _) = client.send_request(plain, true).unwrap();
@@ -402,7 +414,7 @@ async fn h2_websocket(web: &str) -> (h2::SendStream<bytes::Bytes>, h2::RecvStrea
 
     let mut req = http::Request::builder()
         .method("CONNECT")
-        .uri(format!("http://{web}/ws/h2"))
+        .uri(format!("{scheme}://{web}/ws/h2"))
         .header("sec-websocket-version", "13")
         .header("sec-websocket-protocol", "chat")
         .body(())
@@ -484,4 +496,35 @@ async fn a_drain_closes_websockets_over_http2_with_1001() {
     assert!(draining.elapsed() >= Duration::from_millis(600));
     assert!(wait_file(&log, "close 1001", 1).contains("close 1001"));
     assert!(gw.terminate(Duration::from_secs(5)).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_over_http2_on_an_https_listener() {
+    use crate::support::pki::{self, Ca};
+    let dir = temp_dir("ws-h2-tls");
+    let log = dir.join("server.log");
+    let echo = echo_server(&log);
+    let ca = Ca::new(&dir, "portico test CA");
+    let pair = ca.leaf("chat", "chat.test", &["chat.test"], false, false);
+    let tls = format!(
+        "  - name: secure\n    bind: 127.0.0.1:0\n    protocol: https\n    tls: {{ certificates: [ {{ cert_file: '{}', key_file: '{}' }} ] }}\n",
+        pair.cert.display(),
+        pair.key.display()
+    );
+    let config = config(&echo.addr, "5m", "").replace(
+        "  - { name: web, bind: 127.0.0.1:0, limits: { idle_timeout: 1s } }\n",
+        &format!("  - {{ name: web, bind: 127.0.0.1:0, limits: {{ idle_timeout: 1s }} }}\n{tls}"),
+    );
+    let gw = Portico::start(&config);
+    let client = pki::client_config(&ca.cert_path(), None, &[b"h2"]);
+    let stream = pki::connect(&gw.addr("secure"), "chat.test", client)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, mut recv) = h2_websocket_over(stream, "https", "chat.test").await;
+    let message = b"hello over h2 and TLS";
+    send.send_data(client_frame(0x2, message), false).unwrap();
+    let echoed = read_exactly(&mut recv, 2 + message.len()).await;
+    assert_eq!(echoed[..2], [0x82, message.len() as u8]);
+    assert_eq!(&echoed[2..], message);
 }
