@@ -5,7 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::Io;
@@ -51,6 +54,9 @@ const BUFFER: usize = 16 * 1024;
 
 /// Relays `client` and `server` until both are done, one fails, nothing moves for `idle`,
 /// or `stop` resolves. `prefix` (bytes already read from the client) goes first.
+///
+/// One future copies both ways (tokio's `copy_bidirectional`: no split halves, no lock per
+/// poll); each side is wrapped to count what is read from it and note when.
 pub(crate) async fn relay(
     client: Io,
     server: Io,
@@ -58,24 +64,27 @@ pub(crate) async fn relay(
     idle: Duration,
     stop: impl Future<Output = ()>,
 ) -> Relayed {
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut server_read, mut server_write) = tokio::io::split(server);
     let start = Instant::now();
     let (bytes_in, bytes_out, last) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let upward = async {
+    let mut client = Counted {
+        io: client,
+        count: &bytes_in,
+        last: &last,
+        start,
+    };
+    let mut server = Counted {
+        io: server,
+        count: &bytes_out,
+        last: &last,
+        start,
+    };
+    let copy = async {
         if !prefix.is_empty() {
-            server_write.write_all(prefix).await?;
+            server.io.write_all(prefix).await?;
             bytes_in.fetch_add(prefix.len() as u64, Ordering::Relaxed);
         }
-        pump(&mut client_read, &mut server_write, &bytes_in, &last, start).await
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER).await
     };
-    let downward = pump(
-        &mut server_read,
-        &mut client_write,
-        &bytes_out,
-        &last,
-        start,
-    );
     let idle_watch = async {
         loop {
             let seen = last.load(Ordering::Relaxed);
@@ -86,7 +95,7 @@ pub(crate) async fn relay(
         }
     };
     let end = tokio::select! {
-        done = async { tokio::try_join!(upward, downward) } => match done {
+        done = copy => match done {
             Ok(_) => End::Closed,
             Err(_) => End::Error,
         },
@@ -100,37 +109,72 @@ pub(crate) async fn relay(
     }
 }
 
-/// Copies `from` to `to` until `from` ends, then closes `to`'s write half (a half-close).
-async fn pump(
-    from: &mut (impl AsyncRead + Unpin),
-    to: &mut (impl AsyncWrite + Unpin),
-    count: &AtomicU64,
-    last: &AtomicU64,
+/// One side of a relay: counts the bytes read from it and notes when anything moved.
+struct Counted<'a> {
+    io: Io,
+    count: &'a AtomicU64,
+    last: &'a AtomicU64,
     start: Instant,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(n) => n,
+}
+
+impl Counted<'_> {
+    fn moved(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Counted<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                this.count.fetch_add(n as u64, Ordering::Relaxed);
+                this.moved();
+                Poll::Ready(Ok(()))
+            }
             // A TLS peer that closes without close_notify: a close all the same.
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(err) => return Err(err),
-        };
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if n == 0 {
-            // The peer may have gone already; its half is closed either way.
-            let _ = to.shutdown().await;
-            return Ok(());
+            Poll::Ready(Err(err)) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                this.moved();
+                Poll::Ready(Ok(()))
+            }
+            other => other,
         }
-        to.write_all(&buf[..n]).await?;
-        to.flush().await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncWrite for Counted<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // The peer may have gone already; its half is closed either way.
+        match Pin::new(&mut self.get_mut().io).poll_shutdown(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
+            other => other,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn copies_both_ways_and_counts() {
