@@ -95,6 +95,7 @@ pub(crate) struct Introspection {
 #[derive(Debug)]
 struct Shared {
     url: http::Uri,
+    client_id: String,
     tls: Option<Arc<rustls::ClientConfig>>,
     /// `Authorization: Basic` for `client_auth: basic`.
     basic: Option<HeaderValue>,
@@ -199,6 +200,7 @@ impl Introspection {
         Ok(Introspection {
             shared: Arc::new(Shared {
                 url,
+                client_id: spec.client_id.value.clone(),
                 tls,
                 basic,
                 post,
@@ -467,11 +469,12 @@ impl Plugin for Introspection {
     ) -> super::Explained {
         match bearer(head) {
             Ok(Some(_)) => super::Explained::Offline(vec![format!(
-                "the bearer token (not shown) would be POSTed to {} as client {}; it is not \
-                 called offline, so whether the token is active is not known here",
+                "the bearer token (not shown) would be POSTed to {} as client {} ({}); the \
+                 endpoint is not called offline, so whether the token is active is not known",
                 self.shared.url,
+                self.shared.client_id,
                 if self.shared.basic.is_some() {
-                    "credentials by HTTP Basic"
+                    "HTTP Basic"
                 } else {
                     "credentials in the form"
                 }
@@ -558,6 +561,7 @@ mod tests {
     fn shared(scopes: &[&str], audience: &[&str]) -> Shared {
         Shared {
             url: "http://127.0.0.1:1/introspect".parse().unwrap(),
+            client_id: "portico".to_owned(),
             tls: None,
             basic: None,
             post: String::new(),
