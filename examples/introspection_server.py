@@ -2,9 +2,10 @@
 """A stand-in OAuth 2.0 token introspection endpoint (RFC 7662) for trying
 docs/guides/oauth2-introspection.md without an authorization server of your own.
 
-    python3 examples/introspection_server.py 9100 portico s3cret
+    python3 examples/introspection_server.py 9100 portico s3cret [CERT.pem KEY.pem]
 
-Listens on 127.0.0.1:PORT (0 picks a free port; the first line on stdout says which) and answers
+Listens on 127.0.0.1:PORT (0 picks a free port; the first line on stdout says which), with
+TLS when a certificate and key are given, and answers
   POST /introspect   form `token=...`, client `portico` / `s3cret` by HTTP Basic or in the form
   GET  /calls        how many introspection calls it got, as a number
 Unknown client credentials get 401. Known tokens (each `tok-` and a name):
@@ -24,6 +25,7 @@ import json
 import sys
 import threading
 import time
+import ssl
 import urllib.parse
 
 
@@ -98,6 +100,10 @@ def main():
     server.client = (sys.argv[2] if len(sys.argv) > 2 else "portico",
                      sys.argv[3] if len(sys.argv) > 3 else "s3cret")
     server.calls = 0
+    if len(sys.argv) > 5:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(sys.argv[4], sys.argv[5])
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.lock = threading.Lock()
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     try:

@@ -102,6 +102,8 @@ struct Shared {
     /// `&client_id=...&client_secret=...` for `client_auth: post`.
     post: String,
     scopes: Vec<String>,
+    /// The 403 challenge, naming the required scopes (RFC 6750 §3).
+    scope_challenge: HeaderValue,
     audience: Vec<String>,
     consumer_claim: String,
     claims_to_headers: Vec<(String, HeaderName)>,
@@ -205,6 +207,11 @@ impl Introspection {
                 basic,
                 post,
                 scopes: spec.scopes.clone(),
+                scope_challenge: HeaderValue::from_str(&format!(
+                    "Bearer realm=\"portico\", error=\"insufficient_scope\", scope=\"{}\"",
+                    spec.scopes.join(" ")
+                ))
+                .unwrap_or_else(|_| challenge("insufficient_scope")),
                 audience: spec.audience.clone(),
                 consumer_claim: spec.consumer_claim.clone(),
                 claims_to_headers: claims_to_headers.clone(),
@@ -397,7 +404,11 @@ fn challenge(error: &str) -> HeaderValue {
 }
 
 /// The answer for a refused token.
-fn refusal(verdict: &Verdict, request_id: &HeaderValue) -> Option<http::Response<Body>> {
+fn refusal(
+    verdict: &Verdict,
+    scope_challenge: &HeaderValue,
+    request_id: &HeaderValue,
+) -> Option<http::Response<Body>> {
     match verdict {
         Verdict::Allow { .. } => None,
         Verdict::Invalid(message) => Some(super::auth::unauthorized(
@@ -414,7 +425,7 @@ fn refusal(verdict: &Verdict, request_id: &HeaderValue) -> Option<http::Response
             );
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge("insufficient_scope"));
+                .insert(header::WWW_AUTHENTICATE, scope_challenge.clone());
             Some(response)
         }
     }
@@ -517,7 +528,8 @@ impl Plugin for Introspection {
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
         if let Some(cached) = self.shared.cache.get(&key) {
-            if let Some(response) = refusal(&cached, &ctx.request_id) {
+            if let Some(response) = refusal(&cached, &self.shared.scope_challenge, &ctx.request_id)
+            {
                 return Ok(Flow::Respond(response));
             }
             if let Verdict::Allow { consumer, headers } = &*cached {
@@ -534,10 +546,10 @@ impl Plugin for Introspection {
         let consumers = Arc::clone(&self.consumers);
         let request_id = ctx.request_id.clone();
         Ok(Flow::Defer(Box::pin(async move {
-            let Some(verdict) = shared.verdict(key, token).await else {
+            let Some(verdict) = Arc::clone(&shared).verdict(key, token).await else {
                 return Deferred::Respond(unavailable(&request_id));
             };
-            if let Some(response) = refusal(&verdict, &request_id) {
+            if let Some(response) = refusal(&verdict, &shared.scope_challenge, &request_id) {
                 return Deferred::Respond(response);
             }
             match &*verdict {
@@ -566,6 +578,7 @@ mod tests {
             basic: None,
             post: String::new(),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            scope_challenge: challenge("insufficient_scope"),
             audience: audience.iter().map(|s| (*s).to_owned()).collect(),
             consumer_claim: "username".to_owned(),
             claims_to_headers: vec![("sub".to_owned(), HeaderName::from_static("x-user-id"))],

@@ -836,7 +836,7 @@ async fn oauth2_introspection_guide() {
     assert_eq!(r.status, 403);
     assert_eq!(
         r.header("www-authenticate"),
-        Some("Bearer realm=\"portico\", error=\"insufficient_scope\"")
+        Some("Bearer realm=\"portico\", error=\"insufficient_scope\", scope=\"write\"")
     );
     assert_eq!(r.json()["message"], "the token lacks a required scope");
     let r = admin("tok-writer").await;

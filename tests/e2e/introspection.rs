@@ -23,9 +23,13 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     pub(crate) fn start(secret: &str) -> Self {
+        Self::start_with(&["0", "portico", secret])
+    }
+
+    fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new("python3")
             .arg(format!("{ROOT}/examples/introspection_server.py"))
-            .args(["0", "portico", secret])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -208,7 +212,7 @@ async fn introspection_decides_caches_and_names_the_consumer() {
         ("tok-inactive", 401, "invalid_token"),
         ("tok-expired", 401, "invalid_token"),
         ("tok-otheraud", 401, "invalid_token"),
-        ("tok-writer", 403, "insufficient_scope"),
+        ("tok-writer", 403, "insufficient_scope\", scope=\"read"),
     ] {
         let r = send(&web, "/api/x", Some(token)).await;
         assert_eq!(r.status, status, "{token}: {}", r.body);
@@ -420,4 +424,41 @@ upstreams:
         !out.contains("opaque-token-value") && !out.contains("very-secret-value"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn introspection_over_https_verifies_the_endpoint() {
+    let dir = temp_dir("introspection-tls");
+    let ca = crate::support::pki::Ca::new(&dir, "idp CA");
+    let pair = ca.leaf("idp", "localhost", &["localhost"], false, false);
+    let endpoint = Endpoint::start_with(&[
+        "0",
+        "portico",
+        SECRET,
+        pair.cert.to_str().unwrap(),
+        pair.key.to_str().unwrap(),
+    ]);
+    let port = endpoint.addr.rsplit(':').next().unwrap().to_owned();
+    let url = format!("https://localhost:{port}/introspect");
+    let up = TestUpstream::start("U").await;
+    // Verified with the configured CA: the token is checked.
+    let gw = Portico::start_in_env(
+        &dir,
+        &config(&url, &up.addr(), "          ca_file: ca.pem"),
+        &[("INTROSPECTION_SECRET", SECRET)],
+    );
+    let r = send(&gw.addr("web"), "/api/x", Some("tok-good")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().headers["x-user-id"], "alice");
+    drop(gw);
+    // With the system roots the private CA is not trusted: fail closed.
+    let gw = Portico::start_in_env(
+        &dir,
+        &config(&url, &up.addr(), ""),
+        &[("INTROSPECTION_SECRET", SECRET)],
+    );
+    let r = send(&gw.addr("web"), "/api/x", Some("tok-good")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "auth_unavailable");
+    assert_eq!(up.count(), 1);
 }
