@@ -368,7 +368,14 @@ impl Shared {
             Ok(mut pending) => Arc::clone(pending.entry(key).or_default()),
             Err(_) => Arc::new(tokio::sync::OnceCell::new()),
         };
-        let verdict = cell
+        // Forgets the call once this request is done with it, even if the request is dropped
+        // while waiting (a client gone), so abandoned calls leave nothing behind.
+        let call = Forget {
+            cache: &self.cache,
+            key,
+            cell,
+        };
+        call.cell
             .get_or_init(|| async {
                 // A call that finished meanwhile cached its answer.
                 if let Some(cached) = self.cache.get(&key) {
@@ -387,13 +394,28 @@ impl Shared {
                 Some(verdict)
             })
             .await
-            .clone();
+            .clone()
+    }
+}
+
+/// Removes a finished or abandoned call from [`Cache::pending`] when dropped.
+struct Forget<'a> {
+    cache: &'a Cache,
+    key: TokenHash,
+    cell: Arc<Pending>,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
         if let Ok(mut pending) = self.cache.pending.lock()
-            && pending.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell))
+            && pending
+                .get(&self.key)
+                .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+            // Unfinished with other requests waiting (each holding it): the last one removes it.
+            && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2)
         {
-            pending.remove(&key);
+            pending.remove(&self.key);
         }
-        verdict
     }
 }
 
@@ -582,7 +604,7 @@ mod tests {
             audience: audience.iter().map(|s| (*s).to_owned()).collect(),
             consumer_claim: "username".to_owned(),
             claims_to_headers: vec![("sub".to_owned(), HeaderName::from_static("x-user-id"))],
-            timeout: Duration::from_secs(1),
+            timeout: Duration::from_millis(200),
             cache_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
             max_entries: 2,
@@ -635,6 +657,29 @@ mod tests {
         ));
         assert!(s.decide(b"[1]").is_none());
         assert!(s.decide(b"not json").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_call_leaves_nothing_behind() {
+        // An endpoint that takes the connection and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut s = shared(&[], &[]);
+        s.url = format!("http://{}/introspect", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let s = Arc::new(s);
+        let waiting = Arc::clone(&s).verdict([7; 32], "t".to_owned());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), waiting)
+                .await
+                .is_err()
+        );
+        assert!(s.cache.pending.lock().unwrap().is_empty());
+        // A call that fails (the endpoint times out) is not cached and is forgotten too.
+        let s2 = Arc::clone(&s);
+        assert!(s2.verdict([8; 32], "t".to_owned()).await.is_none());
+        assert!(s.cache.pending.lock().unwrap().is_empty());
+        assert!(s.cache.get(&[8; 32]).is_none());
     }
 
     #[test]
