@@ -525,7 +525,7 @@ impl Plugin for Introspection {
             Err(()) => {
                 return Ok(Flow::Respond(super::auth::unauthorized(
                     &ctx.request_id,
-                    &challenge("invalid_request"),
+                    &challenge("invalid_token"),
                     "more than one Authorization header",
                 )));
             }

@@ -207,6 +207,22 @@ async fn introspection_decides_caches_and_names_the_consumer() {
     }
     assert_eq!(endpoint.calls().await, before + 1);
 
+    // Two Authorization headers: refused without a call.
+    let before = endpoint.calls().await;
+    let two = Request::get("/api/x")
+        .header("host", "x")
+        .header("authorization", "Bearer tok-good")
+        .header("authorization", "Bearer tok-readonly")
+        .body(Full::default())
+        .unwrap();
+    let r = H1::connect(&web).await.send(two).await.unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\", error=\"invalid_token\"")
+    );
+    assert_eq!(endpoint.calls().await, before);
+
     // Refusals, with RFC 6750 errors.
     for (token, status, error) in [
         ("tok-inactive", 401, "invalid_token"),
