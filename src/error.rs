@@ -40,6 +40,7 @@ pub(crate) const ERROR_CODES: &[(&str, u16)] = &[
     ("upstream_response_invalid", 502),
     ("no_healthy_target", 503),
     ("circuit_open", 503),
+    ("auth_unavailable", 503),
     ("upstream_timeout", 504),
     ("aggregate_timeout", 504),
 ];

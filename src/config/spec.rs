@@ -1124,6 +1124,8 @@ pub(crate) enum PluginSpec {
     RequestSizeLimit(RequestSizeLimitSpec),
     /// Authenticates a bearer JSON Web Token.
     Jwt(JwtSpec),
+    /// Checks an opaque bearer token at an OAuth 2.0 introspection endpoint (RFC 7662).
+    Oauth2Introspection(super::spec_introspection::IntrospectionSpec),
     /// Authenticates `Authorization: Basic` against consumers' password hashes.
     BasicAuth(BasicAuthSpec),
     /// Maps a verified client certificate to a consumer (needs `client_auth` on the listener).

@@ -373,6 +373,15 @@ pub(crate) async fn run_on_request(
                 }
                 Ok(None)
             }
+            Deferred::ContinueWith(consumer, headers) => {
+                if consumer.is_some() {
+                    ctx.consumer = consumer;
+                }
+                for (name, value) in headers {
+                    head.headers.insert(name, value);
+                }
+                Ok(None)
+            }
             Deferred::Respond(response) => Ok(Some(response)),
         },
     }

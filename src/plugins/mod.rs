@@ -22,6 +22,7 @@ mod chain;
 pub(crate) mod cors;
 pub(crate) mod grpc_web;
 pub(crate) mod headers;
+pub(crate) mod introspection;
 pub(crate) mod ip_restriction;
 pub(crate) mod jwt;
 pub(crate) mod key_auth;
@@ -68,6 +69,11 @@ pub(crate) enum Flow {
 pub(crate) enum Deferred {
     /// Go on, as this consumer (if any).
     Continue(Option<Arc<auth::Consumer>>),
+    /// Go on, as this consumer (if any), with these headers set on the request.
+    ContinueWith(
+        Option<Arc<auth::Consumer>>,
+        Vec<(http::HeaderName, http::HeaderValue)>,
+    ),
     /// Answer now.
     Respond(http::Response<Body>),
 }
@@ -212,6 +218,7 @@ pub(crate) const NAMES: &[&str] = &[
     "ip_restriction",
     "request_size_limit",
     "jwt",
+    "oauth2_introspection",
     "basic_auth",
     "mtls_auth",
     "respond",
@@ -410,9 +417,26 @@ pub(crate) enum BuildError {
     /// A `request_validator` with nothing to check.
     #[error("request_validator needs `body_schema` or `openapi_file`")]
     NothingToValidate,
+    /// A setting that is wrong, shown at its own position.
+    #[error("{message}")]
+    At {
+        /// Where the setting was written.
+        pos: crate::config::Pos,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl BuildError {
+    /// The position of the setting the error is about, when it knows better than the
+    /// plugin's.
+    pub(crate) fn pos(&self) -> Option<crate::config::Pos> {
+        match self {
+            BuildError::At { pos, .. } => Some(*pos),
+            _ => None,
+        }
+    }
+
     /// An invalid header name, kept with the text it was built from.
     pub(crate) fn header_name(name: &str, source: http::header::InvalidHeaderName) -> Self {
         BuildError::HeaderName {
@@ -442,6 +466,9 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
             Arc::new(request_size_limit::RequestSizeLimit(spec.max.0))
         }
         PluginSpec::Jwt(spec) => Arc::new(jwt::Jwt::new(spec, env)?),
+        PluginSpec::Oauth2Introspection(spec) => {
+            Arc::new(introspection::Introspection::new(spec, env)?)
+        }
         PluginSpec::BasicAuth(spec) => Arc::new(basic_auth::BasicAuth::new(spec, env.consumers)),
         PluginSpec::MtlsAuth(spec) => Arc::new(mtls_auth::MtlsAuth::new(spec, env.consumers)),
         PluginSpec::Respond(spec) => Arc::new(respond::Mock::new(spec)?),

@@ -1031,7 +1031,7 @@ fn compile_plugins(
                 );
             }
             Ok(plugin) => chain.push(plugin),
-            Err(err) => diags.error(spec.pos, err.to_string()),
+            Err(err) => diags.error(err.pos().unwrap_or(spec.pos), err.to_string()),
         }
         checks::plugin_warnings(spec, diags);
     }

@@ -614,31 +614,82 @@ pub(crate) async fn fetch(
     timeout: std::time::Duration,
     max: usize,
 ) -> Result<bytes::Bytes, FetchError> {
-    use http_body_util::BodyExt;
     let uri: http::Uri = url.parse().map_err(FetchError::Url)?;
+    let tls = match uri.scheme_str() == Some("https") {
+        true => Some(client_config(None, None, true, false)?),
+        false => None,
+    };
+    let request = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+    exchange(&uri, tls, request, timeout, max).await
+}
+
+/// POSTs `form` (already `application/x-www-form-urlencoded`) to `url` with the extra
+/// `headers`, for small exchanges such as token introspection. An `https` URL is verified with
+/// `tls` (from [`client_config`]); a non-2xx answer is an error.
+pub(crate) async fn post_form(
+    url: &http::Uri,
+    tls: Option<Arc<ClientConfig>>,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    form: bytes::Bytes,
+    timeout: std::time::Duration,
+    max: usize,
+) -> Result<bytes::Bytes, FetchError> {
+    let mut request = http::Request::post(url.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json");
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request.body(http_body_util::Full::new(form))?;
+    exchange(url, tls, request, timeout, max).await
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection to `uri`'s host (TLS when `tls` is
+/// given) and reads a successful answer's body, at most `max` bytes, all within `timeout`.
+async fn exchange(
+    uri: &http::Uri,
+    tls: Option<Arc<ClientConfig>>,
+    mut request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    timeout: std::time::Duration,
+    max: usize,
+) -> Result<bytes::Bytes, FetchError> {
+    use http_body_util::BodyExt;
     let host = uri.host().ok_or(FetchError::NoHost)?.to_owned();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
+    let host_value =
+        http::HeaderValue::from_str(authority).map_err(|e| FetchError::Request(e.into()))?;
+    request.headers_mut().insert(http::header::HOST, host_value);
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        let request = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(http::header::HOST, host.as_str())
-            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-        let response = if https {
-            let config = client_config(None, None, true, false)?;
-            let name = ServerName::try_from(host.clone())?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-            tokio::spawn(conn);
-            sender.send_request(request).await?
-        } else {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            sender.send_request(request).await?
+        let response = match (https, tls) {
+            (true, tls) => {
+                let config = match tls {
+                    Some(config) => config,
+                    None => client_config(None, None, true, false)?,
+                };
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                        .await?;
+                tokio::spawn(conn);
+                sender.send_request(request).await?
+            }
+            (false, _) => {
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                        .await?;
+                tokio::spawn(conn);
+                sender.send_request(request).await?
+            }
         };
         if !response.status().is_success() {
             return Err(FetchError::Status(response.status()));

@@ -30,6 +30,7 @@ const ENV: &[(&str, &str)] = &[
     ("BOB_KEY", "bob-9a8b7c6d5e4f3a2b"),
     ("JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!"),
     ("CHAT_KEY", "chat-3b9f2e71c0a84d56"),
+    ("INTROSPECTION_SECRET", "s3cret"),
 ];
 
 fn env(name: &str) -> &'static str {
@@ -759,6 +760,118 @@ async fn jwt_cors_guide() {
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "cors_forbidden");
     assert_eq!(api.count(), 2);
+}
+
+#[tokio::test]
+async fn oauth2_introspection_guide() {
+    let endpoint = crate::introspection::Endpoint::start(env("INTROSPECTION_SECRET"));
+    let api = TestUpstream::start("api").await;
+    let mut subs = ephemeral(&["127.0.0.1:8080"], &[("127.0.0.1:9001", &api)]);
+    subs.push((
+        "http://127.0.0.1:9100/introspect".to_owned(),
+        endpoint.url(),
+    ));
+    let config = substitute(&example("oauth2-introspection.yaml"), &subs);
+    let gw = Portico::start_in_env(&temp_dir("oauth2-introspection"), &config, ENV);
+    let web = gw.addr("web");
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let r = send(&web, "GET", "/api/orders", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\"")
+    );
+    assert_eq!(r.json()["message"], "a bearer token is required");
+
+    let r = send(
+        &web,
+        "GET",
+        "/api/orders",
+        &[("authorization", &bearer("tok-good"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "api /orders");
+    assert_eq!(r.header("ratelimit-policy"), Some("100;w=60"));
+    let seen = api.last();
+    assert_eq!(seen.headers["x-user-id"], "alice");
+    assert_eq!(seen.headers["x-scopes"], "read write");
+    assert_eq!(seen.headers["x-consumer-name"], "alice");
+    assert_eq!(seen.headers["x-consumer-groups"], "admins");
+    assert!(seen.headers.get("authorization").is_none());
+
+    for (token, message) in [
+        ("tok-inactive", "the token is not active"),
+        ("tok-expired", "the token has expired"),
+    ] {
+        let r = send(
+            &web,
+            "GET",
+            "/api/orders",
+            &[("authorization", &bearer(token))],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"portico\", error=\"invalid_token\"")
+        );
+        assert_eq!(r.json()["message"], message);
+    }
+
+    let admin = |token: &'static str| {
+        let web = web.clone();
+        async move {
+            send(
+                &web,
+                "GET",
+                "/admin/users",
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await
+        }
+    };
+    let r = admin("tok-readonly").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\", error=\"insufficient_scope\", scope=\"write\"")
+    );
+    assert_eq!(r.json()["message"], "the token lacks a required scope");
+    let r = admin("tok-writer").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["message"],
+        "the consumer is in no group allowed on this route"
+    );
+    let r = admin("tok-good").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "api /admin/users"));
+
+    assert_eq!(endpoint.calls().await, 6);
+    for _ in 0..5 {
+        let r = send(
+            &web,
+            "GET",
+            "/api/orders",
+            &[("authorization", &bearer("tok-good"))],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(endpoint.calls().await, 6, "answers come from the cache");
+
+    drop(endpoint);
+    let r = send(
+        &web,
+        "GET",
+        "/api/orders",
+        &[("authorization", &bearer("tok-otheraud"))],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "auth_unavailable");
+    assert!(gw.wait_log("token introspection failed", Duration::from_secs(5)));
 }
 
 #[tokio::test]

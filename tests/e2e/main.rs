@@ -16,6 +16,7 @@ mod exit;
 mod gateway;
 mod grpc;
 mod guides;
+mod introspection;
 mod jwt;
 mod l4;
 mod levels;

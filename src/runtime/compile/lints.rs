@@ -32,8 +32,8 @@ fn unused_consumers(spec: &Spec, diags: &mut Diagnostics) {
     let key_auth = has(|p| matches!(p, PluginSpec::KeyAuth(_)));
     let basic_auth = has(|p| matches!(p, PluginSpec::BasicAuth(_)));
     let mtls_auth = has(|p| matches!(p, PluginSpec::MtlsAuth(_)));
-    // A JWT names its consumer by a claim: any consumer may be one.
-    if has(|p| matches!(p, PluginSpec::Jwt(_))) {
+    // A JWT or an introspection answer names its consumer by a claim: any consumer may be one.
+    if has(|p| matches!(p, PluginSpec::Jwt(_) | PluginSpec::Oauth2Introspection(_))) {
         return;
     }
     for consumer in &spec.consumers {
@@ -63,7 +63,7 @@ fn unused_consumers(spec: &Spec, diags: &mut Diagnostics) {
             .collect();
         let why = if given.is_empty() {
             "it has no credentials (`api_keys`, `basic_auth`, `cert_subject`) and no `jwt` \
-             plugin names consumers"
+             or `oauth2_introspection` plugin names consumers"
                 .to_owned()
         } else {
             format!("{}, and no route or global list has one", given.join("; "))

@@ -388,8 +388,8 @@ upstreams:
             "c.yaml:5:13: warning: consumer `basic` can never be authenticated: its \
              `basic_auth` would need a `basic_auth` plugin, and no route or global list has one",
             "c.yaml:6:13: warning: consumer `bare` can never be authenticated: it has no \
-             credentials (`api_keys`, `basic_auth`, `cert_subject`) and no `jwt` plugin names \
-             consumers",
+             credentials (`api_keys`, `basic_auth`, `cert_subject`) and no `jwt` or \
+             `oauth2_introspection` plugin names consumers",
         ],
         "{lines:#?}"
     );
