@@ -14,6 +14,7 @@ pub(crate) mod secret;
 pub(crate) mod spec;
 mod spec_proxy_protocol;
 mod spec_transcode;
+mod spec_trusted;
 mod spec_udp;
 pub(crate) mod suggest;
 pub(crate) mod units;
@@ -340,6 +341,7 @@ pub(crate) fn read_str(
                 })
             }
             "access_log" => spec.access_log = diags.take(value).unwrap_or_default(),
+            "trusted_proxies" => spec.trusted_proxies = diags.take(value),
             "listeners" => {
                 let list = take_list(&mut diags, value, "listeners", &mut unparsed);
                 for item in list {
@@ -428,6 +430,7 @@ const TOP_LEVEL: &[&str] = &[
     "drain_timeout",
     "admin",
     "access_log",
+    "trusted_proxies",
     "listeners",
     "routes",
     "upstreams",
