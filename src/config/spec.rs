@@ -1316,6 +1316,18 @@ pub(crate) struct JwtSpec {
     /// default.
     #[serde(default)]
     pub(crate) required_claims: Vec<String>,
+    /// Also read the token from this cookie when there is no `Authorization: Bearer` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cookie: Option<String>,
+    /// Also read the token from this query parameter when neither the header nor the cookie
+    /// carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) query: Option<String>,
+    /// Remove the token before forwarding: the `Authorization: Bearer` header, the `cookie`
+    /// from `Cookie` and the `query` parameter. Off by default (the upstream can check the
+    /// token again).
+    #[serde(default)]
+    pub(crate) hide_credentials: bool,
 }
 
 /// One `jwt.keys` entry.
