@@ -55,6 +55,11 @@ pub(crate) struct Decision {
 }
 
 impl TrustedProxies {
+    /// These blocks.
+    pub(crate) fn new(blocks: Vec<Cidr>) -> Self {
+        TrustedProxies { blocks }
+    }
+
     /// Whether `ip` is one of the trusted proxies.
     pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         self.blocks.iter().any(|c| c.contains(ip))

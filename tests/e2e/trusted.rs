@@ -308,3 +308,48 @@ upstreams:
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn ip_hash_balances_by_the_decided_client() {
+    let a = TestUpstream::start("A").await;
+    let b = TestUpstream::start("B").await;
+    let config = "
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+  - { name: open, bind: 127.0.0.1:0, trusted_proxies: [127.0.0.1/32] }
+trusted_proxies: []
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u:
+    balance: ip_hash
+    targets: [ { address: '@A@' }, { address: '@B@' } ]
+";
+    let gw = Portico::start(&fill(config, &[("A", &a.addr()), ("B", &b.addr())]));
+    // Forged addresses from an untrusted peer: one client, one target.
+    for listener in ["web", "open"] {
+        for i in 0..20 {
+            let mut conn = H1::connect(&gw.addr(listener)).await;
+            let req = Request::get(format!("/{listener}/{i}"))
+                .header("host", "trusted.test")
+                .header("x-forwarded-for", format!("198.51.100.{i}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            assert_eq!(conn.send(req).await.unwrap().status, 200);
+        }
+    }
+    let on = |up: &TestUpstream, prefix: &str| {
+        up.seen()
+            .iter()
+            .filter(|s| s.uri.path().starts_with(prefix))
+            .count()
+    };
+    let web = (on(&a, "/web/"), on(&b, "/web/"));
+    assert!(web == (20, 0) || web == (0, 20), "{web:?}");
+    // Through a trusted peer: twenty clients, spread over both targets.
+    let open = (on(&a, "/open/"), on(&b, "/open/"));
+    assert!(
+        open.0 > 0 && open.1 > 0 && open.0 + open.1 == 20,
+        "{open:?}"
+    );
+}
