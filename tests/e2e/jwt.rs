@@ -673,3 +673,52 @@ upstreams:
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(up.last().headers.get("authorization").is_none());
 }
+
+#[test]
+fn explain_names_the_cookie_or_parameter_a_token_came_from() {
+    let dir = temp_dir("jwt-explain");
+    let file = dir.join("jwt.yaml");
+    std::fs::write(
+        &file,
+        fill(
+            "\
+listeners:
+  - { name: web, bind: 127.0.0.1:8080 }
+routes:
+  - name: r
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ], cookie: session, query: access_token }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: 127.0.0.1:1 } ] }
+",
+            &[("SECRET", SECRET)],
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let token = hs(None, &claims(serde_json::json!({})), SECRET.as_bytes());
+    let cookie = format!("Cookie: session={token}");
+    let (code, out, err) = crate::support::cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        "http://localhost:8080/",
+        "-H",
+        &cookie,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("token from cookie session, alg HS256 (token and signature not shown)"),
+        "{out}"
+    );
+    assert!(out.contains("→ passes"), "{out}");
+    let url = format!("http://localhost:8080/?access_token={token}");
+    let (_, out, _) = crate::support::cli(&["explain", "-c", &file, "GET", &url]);
+    assert!(
+        out.contains("token from query parameter access_token, alg HS256"),
+        "{out}"
+    );
+    assert!(!out.contains(&token), "{out}");
+}
