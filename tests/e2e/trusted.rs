@@ -353,3 +353,54 @@ upstreams:
         "{open:?}"
     );
 }
+
+#[tokio::test]
+async fn a_proxy_protocol_address_is_the_peer_that_is_judged() {
+    use crate::proxy_protocol::{read_to_close, v2_header};
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start("A").await;
+    let gw = Portico::start(&fill(
+        "
+trusted_proxies: [203.0.113.0/24]
+listeners:
+  - { name: web, bind: 127.0.0.1:0, proxy_protocol: { trusted: [127.0.0.1/32] } }
+routes:
+  - { name: all, upstream: u }
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("U", &up.addr())],
+    ));
+    let web: std::net::SocketAddr = gw.addr("web").parse().unwrap();
+    for (source, path, xff, client) in [
+        // The conveyed source is a trusted proxy: its X-Forwarded-For names the client.
+        (
+            "203.0.113.7:4000",
+            "/via-proxy",
+            "198.51.100.9, 203.0.113.7",
+            "198.51.100.9",
+        ),
+        // The conveyed source is not: it is the client, and its claim is dropped.
+        (
+            "198.51.100.50:4000",
+            "/direct",
+            "198.51.100.50",
+            "198.51.100.50:4000",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+        let mut bytes = v2_header(source.parse().unwrap(), web);
+        bytes.extend_from_slice(
+            format!(
+                "GET {path} HTTP/1.1\r\nhost: t\r\nx-forwarded-for: 198.51.100.9\r\n\
+                 connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        stream.write_all(&bytes).await.unwrap();
+        let answer = String::from_utf8(read_to_close(&mut stream).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(up.last().headers["x-forwarded-for"], xff, "{path}");
+        assert_eq!(access_entry(&gw, path)["client"], client, "{path}");
+    }
+}
