@@ -278,6 +278,50 @@ pub fn proxy_protocol(data: &[u8]) {
     }
 }
 
+/// `trusted_proxies`: `X-FORWARDED-FOR\nFORWARDED` as a trusted peer (127.0.0.1, with
+/// 10.0.0.0/8 trusted too) and an untrusted one sent them. Never panics; the untrusted peer is
+/// always its own client and loses the headers; the trusted one's client is the peer or an
+/// address the headers named, untrusted unless every named hop was trusted.
+pub fn forwarded_for(data: &[u8]) {
+    use crate::plugins::ip_restriction::Cidr;
+    use crate::runtime::client_addr::{Source, TrustedProxies};
+    let blocks = ["127.0.0.1/32", "10.0.0.0/8"];
+    let trusted = TrustedProxies::new(blocks.iter().filter_map(|b| Cidr::parse(b).ok()).collect());
+    let (xff, fwd) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_bytes(xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_bytes(fwd) {
+        headers.insert("forwarded", v);
+    }
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 4000));
+    let decision = trusted.decide(peer, &headers);
+    match decision.source {
+        Source::UntrustedPeer => panic!("the trusted peer was not trusted"),
+        Source::TrustedPeer => assert_eq!(decision.client, peer),
+        Source::XForwardedFor | Source::Forwarded => {
+            assert!(
+                !trusted.trusts(decision.client.ip()),
+                "a trusted hop was taken"
+            )
+        }
+        Source::XForwardedForLeftmost | Source::ForwardedLeftmost => {
+            assert!(
+                trusted.trusts(decision.client.ip()),
+                "an untrusted hop was passed over"
+            )
+        }
+    }
+    let outsider = std::net::SocketAddr::from(([192, 0, 2, 1], 4000));
+    let mut scrubbed = headers.clone();
+    assert_eq!(trusted.apply(outsider, &mut scrubbed), outsider);
+    assert!(!scrubbed.contains_key("x-forwarded-for") && !scrubbed.contains_key("forwarded"));
+}
+
 /// The descriptor set of tests/e2e/grpc/shop.proto (every well-known type, HTTP rules).
 const SHOP: &[u8] = include_bytes!("../fuzz/shop.pb");
 
@@ -395,6 +439,7 @@ mod tests {
         assert!(replay("transcode_json", transcode_json) > 0);
         assert!(replay("xml", xml) > 0);
         assert!(replay("proxy_protocol", proxy_protocol) > 0);
+        assert!(replay("forwarded_for", forwarded_for) > 0);
     }
 
     fn head_like() -> impl Strategy<Value = Vec<u8>> {
@@ -449,6 +494,7 @@ mod tests {
             transcode_json(&data);
             xml(&data);
             proxy_protocol(&data);
+            forwarded_for(&data);
         }
 
         #[test]

@@ -15,6 +15,7 @@ pub(crate) mod spec;
 pub(crate) mod spec_introspection;
 mod spec_proxy_protocol;
 mod spec_transcode;
+mod spec_trusted;
 mod spec_udp;
 pub(crate) mod suggest;
 pub(crate) mod units;
@@ -341,6 +342,7 @@ pub(crate) fn read_str(
                 })
             }
             "access_log" => spec.access_log = diags.take(value).unwrap_or_default(),
+            "trusted_proxies" => spec.trusted_proxies = diags.take(value),
             "listeners" => {
                 let list = take_list(&mut diags, value, "listeners", &mut unparsed);
                 for item in list {
@@ -429,6 +431,7 @@ const TOP_LEVEL: &[&str] = &[
     "drain_timeout",
     "admin",
     "access_log",
+    "trusted_proxies",
     "listeners",
     "routes",
     "upstreams",

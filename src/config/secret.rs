@@ -19,11 +19,13 @@ pub(crate) fn is_credential_name(name: &str) -> bool {
 }
 
 /// The names a config reads credentials from: every name [`is_credential_name`] accepts, plus
-/// the headers and query parameters its `key_auth` plugins read, wherever they are.
+/// the headers and query parameters its `key_auth` plugins read and the cookies and query
+/// parameters its `jwt` plugins read, wherever they are.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Credentials {
     headers: Vec<String>,
     query: Vec<String>,
+    cookies: Vec<String>,
 }
 
 impl Credentials {
@@ -44,6 +46,10 @@ impl Credentials {
                 out.headers.push(key.header.to_ascii_lowercase());
                 out.query.extend(key.query.clone());
             }
+            if let PluginSpec::Jwt(jwt) = &plugin.value {
+                out.query.extend(jwt.query.clone());
+                out.cookies.extend(jwt.cookie.clone());
+            }
         }
         out
     }
@@ -60,7 +66,7 @@ impl Credentials {
 
     /// Whether a cookie carries a credential.
     pub(crate) fn cookie(&self, name: &str) -> bool {
-        is_credential_name(name)
+        is_credential_name(name) || self.cookies.iter().any(|c| c == name)
     }
 
     /// Replaces, in a serialized config (`GET /config`), what the typed serializers cannot

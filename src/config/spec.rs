@@ -23,6 +23,10 @@ pub(crate) struct Spec {
     pub(crate) admin: Option<AdminSpec>,
     /// The access log: one JSON line per request. Read at start only.
     pub(crate) access_log: AccessLogSpec,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` name the client (off when absent: the
+    /// client is the peer and `X-Forwarded-For` is appended to as it came).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) trusted_proxies: Option<TrustedProxiesSpec>,
     /// Where portico accepts traffic.
     pub(crate) listeners: Vec<ListenerSpec>,
     /// How requests are matched and what is done with them.
@@ -47,6 +51,7 @@ impl Default for Spec {
             drain_timeout: Dur(std::time::Duration::from_secs(30)),
             admin: None,
             access_log: AccessLogSpec::default(),
+            trusted_proxies: None,
             listeners: Vec::new(),
             routes: Vec::new(),
             upstreams: Vec::new(),
@@ -180,6 +185,10 @@ pub(crate) struct ListenerSpec {
     /// Read a PROXY protocol v1/v2 header from these trusted sources before anything else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) proxy_protocol: Option<ProxyProtocolAcceptSpec>,
+    /// `http` and `https`: this listener's trusted proxies, replacing the top-level
+    /// `trusted_proxies` (`[]` trusts no one here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trusted_proxies: Option<TrustedProxiesSpec>,
     /// `udp` only: sessions (one per client address and port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) udp: Option<UdpSpec>,
@@ -474,6 +483,7 @@ pub(crate) struct RouteSpec {
 
 pub(crate) use super::spec_proxy_protocol::{ProxyProtocolAcceptSpec, ProxyProtocolVersion};
 pub(crate) use super::spec_transcode::{GrpcTranscodeSpec, StreamFormatSpec};
+pub(crate) use super::spec_trusted::TrustedProxiesSpec;
 pub(crate) use super::spec_udp::UdpSpec;
 
 /// `path_policy:` of a route (docs/config.md, "Path normalisation").
@@ -1308,6 +1318,18 @@ pub(crate) struct JwtSpec {
     /// default.
     #[serde(default)]
     pub(crate) required_claims: Vec<String>,
+    /// Also read the token from this cookie when there is no `Authorization: Bearer` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cookie: Option<String>,
+    /// Also read the token from this query parameter when neither the header nor the cookie
+    /// carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) query: Option<String>,
+    /// Remove the token before forwarding: the `Authorization: Bearer` header, the `cookie`
+    /// from `Cookie` and the `query` parameter. Off by default (the upstream can check the
+    /// token again).
+    #[serde(default)]
+    pub(crate) hide_credentials: bool,
 }
 
 /// One `jwt.keys` entry.

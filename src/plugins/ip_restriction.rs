@@ -120,7 +120,7 @@ impl Plugin for IpRestriction {
         let peer = ctx.client.ip();
         let ip = client_ip(peer, &head.headers, &self.trusted);
         let note = if ip == peer {
-            format!("client {ip} (the peer)")
+            format!("client {ip} (the request's client address)")
         } else {
             format!("client {ip} (from X-Forwarded-For: the peer {peer} is a trusted proxy)")
         };

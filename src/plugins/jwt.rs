@@ -30,6 +30,8 @@ use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 use crate::plugins::state::{Kept, StartWork};
 
+mod source;
+
 /// Time allowed for one JWKS fetch, the first one (which start-up and reloads wait for)
 /// included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,6 +66,8 @@ pub(crate) struct Jwt {
     /// `exp` and the configured `required_claims`.
     required: std::collections::HashSet<String>,
     consumers: Arc<super::auth::Consumers>,
+    /// Where tokens are read from, and whether they are hidden from the upstream.
+    sources: source::Sources,
 }
 
 /// The keys of a `jwks_url`, kept across reloads, and their refresher.
@@ -249,6 +253,11 @@ impl Jwt {
                 .chain(spec.required_claims.iter().cloned())
                 .collect(),
             consumers: Arc::clone(env.consumers),
+            sources: source::Sources {
+                cookie: spec.cookie.clone(),
+                query: spec.query.clone(),
+                hide: spec.hide_credentials,
+            },
         })
     }
 
@@ -301,23 +310,16 @@ impl Plugin for Jwt {
         head: &request::Parts,
         _secrets: &crate::config::secret::Credentials,
     ) -> super::Explained {
-        let Some(token) = head
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-        else {
+        let Some((token, from)) = self.sources.find(head) else {
             return super::Explained::Run(vec!["no bearer token sent".to_owned()]);
         };
+        let token = token.as_str();
         let Ok(token_header) = jsonwebtoken::decode_header(token) else {
             return super::Explained::Run(Vec::new());
         };
         let mut notes = vec![format!(
-            "token alg {:?}{} (token and signature not shown)",
+            "token {}alg {:?}{} (token and signature not shown)",
+            from.describe(&self.sources),
             token_header.alg,
             token_header
                 .kid
@@ -414,21 +416,19 @@ impl Plugin for Jwt {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
-        let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
-        let value = values.next();
-        if values.next().is_some() {
+        if head
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
             return Ok(self.unauthorized(ctx, "more than one Authorization header"));
         }
-        let Some(token) = value
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-        else {
+        let Some((token, _)) = self.sources.find(head) else {
             return Ok(self.challenge(ctx));
         };
+        let token = token.as_str();
         let Ok(token_header) = jsonwebtoken::decode_header(token) else {
             return Ok(self.unauthorized(
                 ctx,
@@ -519,6 +519,7 @@ impl Plugin for Jwt {
                 head.headers.insert(header.clone(), value);
             }
         }
+        self.sources.hide(head);
         ctx.slots.insert(Claims(Arc::new(claims)));
         Ok(Flow::Continue)
     }

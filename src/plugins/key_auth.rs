@@ -44,7 +44,7 @@ impl KeyAuth {
 
 /// Removes every `name=…` pair (compared decoded) from the query, keeping the other pairs as
 /// written and in their order; a query left empty goes away with its `?`.
-fn hide_query_parameter(uri: &mut http::Uri, name: &str) {
+pub(crate) fn hide_query_parameter(uri: &mut http::Uri, name: &str) {
     let Some(query) = uri.query() else { return };
     let pairs: Vec<&str> = query.split('&').collect();
     let kept: Vec<&str> = pairs

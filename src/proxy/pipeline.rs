@@ -157,6 +157,10 @@ async fn serve<'s>(
         Ok(decoded) => decoded,
         Err(err) => return Served::new(Err(err), global, None),
     };
+    // The client address, once: every later stage, the log and the upstream see this one.
+    if let Some(trusted) = &listener.trusted_proxies {
+        ctx.client = trusted.apply(conn.client, &mut head.headers);
+    }
     let host_name = decoded
         .host
         .as_ref()
@@ -651,7 +655,7 @@ fn access_fields(
     let serde_json::Value::Object(mut fields) = serde_json::json!({
         "ts": humantime_now(),
         "request_id": ctx.request_id.to_str().unwrap_or(""),
-        "client": ctx.client.to_string(),
+        "client": crate::runtime::client_addr::shown(ctx.client),
         "listener": &*ctx.listener,
         "route": ctx.route.as_deref(),
         "upstream": ctx.upstream.as_deref(),

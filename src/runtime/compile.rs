@@ -202,6 +202,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     let mut seen_names: HashMap<&str, Pos> = HashMap::new();
     // UDP and TCP ports are apart: a udp listener may share a TCP listener's address.
     let mut seen_addrs: Vec<(SocketAddr, Pos, bool)> = Vec::new();
+    let trusted_proxies = super::client_addr::compile(spec.trusted_proxies.as_ref(), &mut diags);
     for spec_listener in &spec.listeners {
         if let Some(first) = seen_names.insert(&spec_listener.name, spec_listener.name.pos) {
             diags.error(
@@ -355,6 +356,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             passthrough,
             stream,
             proxy_protocol: compile_proxy_accept(spec_listener, &mut diags),
+            trusted_proxies: listener_trusted(spec_listener, trusted_proxies.as_ref(), &mut diags),
             udp,
         });
     }
@@ -859,6 +861,26 @@ fn proxy_version(v: crate::config::spec::ProxyProtocolVersion) -> crate::proxy_p
     match v {
         crate::config::spec::ProxyProtocolVersion::V1 => crate::proxy_protocol::Version::V1,
         crate::config::spec::ProxyProtocolVersion::V2 => crate::proxy_protocol::Version::V2,
+    }
+}
+
+/// A listener's `trusted_proxies`: its own list, else the top level's.
+fn listener_trusted(
+    spec: &ListenerSpec,
+    top: Option<&Arc<super::client_addr::TrustedProxies>>,
+    diags: &mut Diagnostics,
+) -> Option<Arc<super::client_addr::TrustedProxies>> {
+    if spec.trusted_proxies.is_some() && spec.protocol.is_l4() {
+        diags.error(
+            spec.name.pos,
+            "trusted_proxies applies to http and https listeners (a layer 4 listener reads no \
+             forwarding headers)",
+        );
+        return None;
+    }
+    match &spec.trusted_proxies {
+        Some(own) => super::client_addr::compile(Some(own), diags),
+        None => top.cloned(),
     }
 }
 

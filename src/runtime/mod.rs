@@ -5,6 +5,7 @@
 //! compiles the next one and swaps it in, and each request keeps the snapshot it started with.
 
 pub(crate) mod aggregate;
+pub(crate) mod client_addr;
 pub(crate) mod compile;
 pub(crate) mod explain;
 pub(crate) mod shared;
@@ -92,6 +93,8 @@ pub(crate) struct Listener {
     pub(crate) stream: Option<Stream>,
     /// `proxy_protocol`: read a PROXY header from trusted sources first.
     pub(crate) proxy_protocol: Option<Arc<ProxyAccept>>,
+    /// `trusted_proxies` (the listener's, else the top level's); `None` when neither is set.
+    pub(crate) trusted_proxies: Option<Arc<client_addr::TrustedProxies>>,
     /// `protocol: udp`: where flows go; such a listener serves no HTTP routes.
     pub(crate) udp: Option<UdpListener>,
 }

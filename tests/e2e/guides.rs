@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::support::client::Reply;
 use crate::support::pki::{self, Ca};
 use crate::support::portico::BIN;
-use crate::support::{H1, Portico, TestUpstream, get, temp_dir};
+use crate::support::{H1, Portico, TestUpstream, cli, get, temp_dir};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -1621,4 +1621,116 @@ async fn websockets_and_sse_guide() {
     assert_eq!(&events[0].1[..], b"data: tick 0\n\n");
     assert_eq!(&events[1].1[..], b"data: tick 1\n\n");
     assert!(events[1].0 - events[0].0 >= Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn behind_a_load_balancer_guide() {
+    let app = TestUpstream::start("app").await;
+    let subs = ephemeral(
+        &["0.0.0.0:8080", "0.0.0.0:8081"],
+        &[("127.0.0.1:3000", &app)],
+    );
+    let text = example("trusted-proxies.yaml");
+    let config = substitute(&text, &subs);
+    let gw = Portico::start_in(&temp_dir("trusted-proxies"), &config);
+    let (web, direct) = (gw.addr("web"), gw.addr("direct"));
+
+    // Through the balancer (this host): the right-most untrusted hop is the client.
+    let office = [("x-forwarded-for", "198.51.100.4, 192.0.2.7")];
+    let r = send(&web, "GET", "/admin/users", &office).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "app /admin/users"));
+    assert_eq!(
+        app.last().headers["x-forwarded-for"],
+        "198.51.100.4, 192.0.2.7, 127.0.0.1"
+    );
+    assert!(
+        gw.wait_log("\"client\":\"192.0.2.7\"", Duration::from_secs(5)),
+        "{}",
+        gw.log_text()
+    );
+    let outside = [("x-forwarded-for", "203.0.113.9")];
+    assert_eq!(
+        send(&web, "GET", "/admin/users", &outside).await.status,
+        403
+    );
+
+    // The direct listener trusts no one: the claim is ignored and not forwarded.
+    assert_eq!(
+        send(
+            &direct,
+            "GET",
+            "/admin/users",
+            &[("x-forwarded-for", "192.0.2.7")]
+        )
+        .await
+        .status,
+        403
+    );
+    let forged = [
+        ("x-forwarded-for", "192.0.2.7"),
+        ("x-real-ip", "192.0.2.7"),
+        ("forwarded", "for=192.0.2.7"),
+    ];
+    let r = send(&direct, "GET", "/hello", &forged).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "app /hello"));
+    let seen = app.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert!(seen.headers.get("x-real-ip").is_none());
+    assert!(seen.headers.get("forwarded").is_none());
+
+    // Limits count clients, not the balancer.
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(send(&web, "GET", "/api/x", &outside).await.status);
+        }
+        out
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+    let other = [("x-forwarded-for", "203.0.113.10")];
+    assert_eq!(send(&web, "GET", "/api/x", &other).await.status, 200);
+
+    // explain, as the guide shows it.
+    let file = Path::new(ROOT).join("examples/trusted-proxies.yaml");
+    let file = file.display().to_string();
+    let url = "http://localhost:8080/admin/users";
+    let (code, out, err) = cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        url,
+        "-H",
+        "X-Forwarded-For: 192.0.2.7, 10.0.0.3",
+        "--peer",
+        "10.0.0.2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "client    192.0.2.7 (from X-Forwarded-For: the right-most hop not in \
+             trusted_proxies; the peer 10.0.0.2 is a trusted proxy); 1 trusted hop(s) passed over"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("→ passes"), "{out}");
+    let (_, out, _) = cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        url,
+        "-H",
+        "X-Forwarded-For: 192.0.2.7",
+        "--peer",
+        "203.0.113.50",
+    ]);
+    assert!(
+        out.contains("client    203.0.113.50 (the peer: it is not in trusted_proxies"),
+        "{out}"
+    );
+    assert!(
+        out.contains("→ answers 403 Forbidden — the client address may not use this route"),
+        "{out}"
+    );
 }

@@ -552,3 +552,173 @@ async fn an_unreachable_jwks_url_does_not_stop_the_start() {
         .unwrap();
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn tokens_from_a_cookie_or_a_query_parameter_and_hidden_when_configured() {
+    let up = TestUpstream::start("U").await;
+    let config = fill(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: hidden
+    match: { path_prefix: /hidden/ }
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ], cookie: session, query: access_token, hide_credentials: true }
+    upstream: u
+  - name: kept
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ], cookie: session, query: access_token }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: '@U@' } ] }
+",
+        &[("SECRET", SECRET), ("U", &up.addr())],
+    );
+    let gw = Portico::start(&config);
+    let mut c = H1::connect(&gw.addr("web")).await;
+    let token = hs(None, &claims(serde_json::json!({})), SECRET.as_bytes());
+    let send = |path: String, headers: Vec<(&'static str, String)>| {
+        let mut r = Request::get(path).header("host", "x");
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.body(Full::default()).unwrap()
+    };
+
+    // From a cookie: verified, the consumer known, the cookie forwarded unless hidden.
+    let cookie = format!("theme=dark; session={token}; lang=en");
+    let r = c
+        .send(send("/kept/a".into(), vec![("cookie", cookie.clone())]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-consumer-name"], "alice");
+    assert_eq!(seen.headers["cookie"], cookie.as_str());
+    let r = c
+        .send(send("/hidden/a".into(), vec![("cookie", cookie.clone())]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.last();
+    assert_eq!(seen.uri.path(), "/hidden/a");
+    assert_eq!(seen.headers["cookie"], "theme=dark; lang=en");
+    assert_eq!(seen.headers["x-consumer-name"], "alice");
+
+    // From the query: the parameter goes when hidden, the others stay in order.
+    let r = c
+        .send(send(format!("/kept/q?x=1&access_token={token}"), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        up.last().uri.query(),
+        Some(format!("x=1&access_token={token}").as_str())
+    );
+    let r = c
+        .send(send(
+            format!("/hidden/q?x=1&access_token={token}&y=2"),
+            vec![],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().uri.query(), Some("x=1&y=2"));
+
+    // The header comes first: a bad header token is not rescued by a good cookie.
+    let r = c
+        .send(send(
+            "/kept/order".into(),
+            vec![
+                ("authorization", "Bearer not.a.token".into()),
+                ("cookie", format!("session={token}")),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    // A bad cookie token is refused as invalid_token, and no token at all is a bare challenge.
+    let r = c
+        .send(send(
+            "/kept/bad".into(),
+            vec![("cookie", "session=not.a.token".into())],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\", error=\"invalid_token\"")
+    );
+    assert!(!r.body.contains("not.a.token"), "{}", r.body);
+    let r = c
+        .send(send("/kept/none?session=x".into(), vec![]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\"")
+    );
+
+    // Hidden from the header too.
+    let r = c
+        .send(send(
+            "/hidden/h".into(),
+            vec![("authorization", format!("Bearer {token}"))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(up.last().headers.get("authorization").is_none());
+}
+
+#[test]
+fn explain_names_the_cookie_or_parameter_a_token_came_from() {
+    let dir = temp_dir("jwt-explain");
+    let file = dir.join("jwt.yaml");
+    std::fs::write(
+        &file,
+        fill(
+            "\
+listeners:
+  - { name: web, bind: 127.0.0.1:8080 }
+routes:
+  - name: r
+    plugins:
+      - jwt: { keys: [ { alg: HS256, secret: '@SECRET@' } ], cookie: session, query: access_token }
+    upstream: u
+upstreams:
+  u: { targets: [ { address: 127.0.0.1:1 } ] }
+",
+            &[("SECRET", SECRET)],
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let token = hs(None, &claims(serde_json::json!({})), SECRET.as_bytes());
+    let cookie = format!("Cookie: session={token}");
+    let (code, out, err) = crate::support::cli(&[
+        "explain",
+        "-c",
+        &file,
+        "GET",
+        "http://localhost:8080/",
+        "-H",
+        &cookie,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("token from cookie session, alg HS256 (token and signature not shown)"),
+        "{out}"
+    );
+    assert!(out.contains("→ passes"), "{out}");
+    let url = format!("http://localhost:8080/?access_token={token}");
+    let (_, out, _) = crate::support::cli(&["explain", "-c", &file, "GET", &url]);
+    assert!(
+        out.contains("token from query parameter access_token, alg HS256"),
+        "{out}"
+    );
+    assert!(!out.contains(&token), "{out}");
+}

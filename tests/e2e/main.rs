@@ -28,5 +28,6 @@ mod resilience;
 mod streaming;
 mod tls;
 mod transcode;
+mod trusted;
 mod udp;
 mod websocket;

@@ -135,6 +135,25 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         return Ok(out);
     }
 
+    // The client address, as the proxy decides it before routing.
+    let resolved;
+    let q = match &listener.trusted_proxies {
+        Some(trusted) => {
+            let peer = std::net::SocketAddr::new(q.client, 0);
+            let decision = trusted.decide(peer, &q.headers);
+            let _ = writeln!(out, "client    {}", decision.describe(q.client));
+            let mut headers = q.headers.clone();
+            trusted.apply(peer, &mut headers);
+            resolved = Question {
+                method: q.method.clone(),
+                url: q.url,
+                headers,
+                client: decision.client.ip(),
+            };
+            &resolved
+        }
+        None => q,
+    };
     let host_header = q
         .headers
         .get(http::header::HOST)

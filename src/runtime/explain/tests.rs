@@ -457,7 +457,10 @@ fn preflights_and_addresses_are_judged() {
         &foreign,
         "203.0.113.9",
     );
-    assert!(out.contains("client 203.0.113.9 (the peer)"), "{out}");
+    assert!(
+        out.contains("client 203.0.113.9 (the request's client address)"),
+        "{out}"
+    );
     assert!(out.contains("origin not allowed"), "{out}");
     assert!(
         out.contains("answers 403 Forbidden — this origin may not call this route"),
@@ -472,7 +475,10 @@ fn preflights_and_addresses_are_judged() {
         &[("x-forwarded-for", "203.0.113.5")],
         "198.51.100.1",
     );
-    assert!(out.contains("client 198.51.100.1 (the peer)"), "{out}");
+    assert!(
+        out.contains("client 198.51.100.1 (the request's client address)"),
+        "{out}"
+    );
     assert!(
         out.contains("answers 403 Forbidden — the client address may not use this route"),
         "{out}"
