@@ -182,3 +182,16 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// A `claims_to_headers` map (claim name → header name), its header names checked.
+pub(crate) fn claim_headers(
+    map: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, HeaderName)>, super::BuildError> {
+    map.iter()
+        .map(|(claim, h)| {
+            HeaderName::from_bytes(h.as_bytes())
+                .map(|name| (claim.clone(), name))
+                .map_err(|e| super::BuildError::header_name(h, e))
+        })
+        .collect()
+}

@@ -190,15 +190,7 @@ impl Introspection {
                 ),
             ),
         };
-        let claims_to_headers: Vec<(String, HeaderName)> = spec
-            .claims_to_headers
-            .iter()
-            .map(|(claim, h)| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map(|name| (claim.clone(), name))
-                    .map_err(|e| BuildError::header_name(h, e))
-            })
-            .collect::<Result<_, _>>()?;
+        let claims_to_headers = super::auth::claim_headers(&spec.claims_to_headers)?;
         Ok(Introspection {
             shared: Arc::new(Shared {
                 url,

@@ -212,15 +212,7 @@ impl Jwt {
         if keys.is_empty() && spec.jwks_url.is_none() {
             return Err(BuildError::NoKeys);
         }
-        let claims_to_headers = spec
-            .claims_to_headers
-            .iter()
-            .map(|(claim, h)| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map(|name| (claim.clone(), name))
-                    .map_err(|e| BuildError::header_name(h, e))
-            })
-            .collect::<Result<_, _>>()?;
+        let claims_to_headers = super::auth::claim_headers(&spec.claims_to_headers)?;
         Ok(Jwt {
             keys,
             jwks: spec.jwks_url.as_ref().map(|url| {

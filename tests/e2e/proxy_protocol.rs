@@ -57,22 +57,6 @@ pub async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-/// The access-log entry of the request to `path`.
-fn access_entry(gw: &Portico, path: &str) -> serde_json::Value {
-    let needle = format!("\"path\":\"{path}\"");
-    assert!(
-        gw.wait_log(&needle, Duration::from_secs(5)),
-        "{}",
-        gw.log_text()
-    );
-    let line = gw
-        .lines()
-        .into_iter()
-        .find(|l| l.starts_with("ACCESS ") && l.contains(&needle))
-        .unwrap();
-    serde_json::from_str(line.trim_start_matches("ACCESS ")).unwrap()
-}
-
 /// HAProxy in the foreground, in `mode tcp`, forwarding to `server` with `option`.
 pub struct Haproxy {
     child: std::process::Child,
@@ -159,7 +143,7 @@ async fn haproxy_send_proxy_v2_and_v1_convey_the_client() {
         assert_eq!(seen.uri.path(), path);
         assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
         // The port tells HAProxy's client (this test) from HAProxy's own connection.
-        let entry = access_entry(&gw, path);
+        let entry = gw.access_entry(path);
         assert_eq!(entry["client"], me.to_string(), "{option}");
     }
 }
@@ -181,14 +165,14 @@ async fn a_conveyed_address_is_the_client_everywhere() {
     let seen = up.last();
     assert_eq!(seen.uri.path(), "/open");
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7");
-    assert_eq!(access_entry(&gw, "/open")["client"], "203.0.113.7:4000");
+    assert_eq!(gw.access_entry("/open")["client"], "203.0.113.7:4000");
 
     // ip_restriction sees the conveyed address.
     let mut stream = TcpStream::connect(web).await.unwrap();
     stream.write_all(&v2_header(claimed, web)).await.unwrap();
     let (status, body) = get_over(stream, "/guarded").await;
     assert_eq!(status, 403, "{body}");
-    assert_eq!(access_entry(&gw, "/guarded")["client"], "203.0.113.7:4000");
+    assert_eq!(gw.access_entry("/guarded")["client"], "203.0.113.7:4000");
 
     // A v1 header split over several writes still parses.
     let mut stream = TcpStream::connect(web).await.unwrap();
@@ -207,7 +191,7 @@ async fn a_conveyed_address_is_the_client_everywhere() {
     let answer = String::from_utf8(read_to_close(&mut stream).await).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(up.last().headers["x-forwarded-for"], "203.0.113.8");
-    assert_eq!(access_entry(&gw, "/split")["client"], "203.0.113.8:5000");
+    assert_eq!(gw.access_entry("/split")["client"], "203.0.113.8:5000");
 
     // v2 LOCAL (a health check of the balancer in front): the socket address stands.
     let mut stream = TcpStream::connect(web).await.unwrap();
@@ -222,7 +206,7 @@ async fn a_conveyed_address_is_the_client_everywhere() {
     let me = stream.local_addr().unwrap();
     let (status, _) = get_over(stream, "/local").await;
     assert_eq!(status, 200);
-    assert_eq!(access_entry(&gw, "/local")["client"], me.to_string());
+    assert_eq!(gw.access_entry("/local")["client"], me.to_string());
 }
 
 #[tokio::test]

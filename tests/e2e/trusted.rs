@@ -1,8 +1,6 @@
 //! `trusted_proxies`: the client address from `X-Forwarded-For` / `Forwarded` of trusted
 //! peers only; forged headers from anyone else are ignored and not forwarded.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -45,22 +43,6 @@ async fn send(gw: &Portico, path: &str, headers: &[(&str, &str)]) -> u16 {
     reply.status
 }
 
-/// The access-log entry of the request to `path`.
-fn access_entry(gw: &Portico, path: &str) -> serde_json::Value {
-    let needle = format!("\"path\":\"{path}\"");
-    assert!(
-        gw.wait_log(&needle, Duration::from_secs(5)),
-        "{}",
-        gw.log_text()
-    );
-    let line = gw
-        .lines()
-        .into_iter()
-        .find(|l| l.starts_with("ACCESS ") && l.contains(&needle))
-        .unwrap();
-    serde_json::from_str(line.trim_start_matches("ACCESS ")).unwrap()
-}
-
 #[tokio::test]
 async fn forged_headers_from_an_untrusted_peer_are_ignored() {
     let up = TestUpstream::start("A").await;
@@ -100,7 +82,7 @@ async fn forged_headers_from_an_untrusted_peer_are_ignored() {
         "{:?}",
         seen.headers
     );
-    let client = access_entry(&gw, "/open")["client"]
+    let client = gw.access_entry("/open")["client"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -117,7 +99,7 @@ async fn a_trusted_peer_names_the_right_most_untrusted_hop() {
     let chain = [("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.0.0.5")];
     // 10.0.0.5 and the peer are trusted: the client is 203.0.113.7, which is denied.
     assert_eq!(send(&gw, "/guarded/a", &chain).await, 403);
-    assert_eq!(access_entry(&gw, "/guarded/a")["client"], "203.0.113.7");
+    assert_eq!(gw.access_entry("/guarded/a")["client"], "203.0.113.7");
     assert_eq!(
         send(&gw, "/guarded/b", &[("x-forwarded-for", "203.0.113.8")]).await,
         200
@@ -134,12 +116,12 @@ async fn a_trusted_peer_names_the_right_most_untrusted_hop() {
         "198.51.100.1, 203.0.113.7, 10.0.0.5, 127.0.0.1"
     );
     assert_eq!(seen.headers["x-real-ip"], "203.0.113.7");
-    assert_eq!(access_entry(&gw, "/chain")["client"], "203.0.113.7");
+    assert_eq!(gw.access_entry("/chain")["client"], "203.0.113.7");
 
     // Several trusted hops and nothing else: the left-most.
     let all_trusted = [("x-forwarded-for", "10.0.0.9, 10.0.0.5")];
     assert_eq!(send(&gw, "/all-trusted", &all_trusted).await, 200);
-    assert_eq!(access_entry(&gw, "/all-trusted")["client"], "10.0.0.9");
+    assert_eq!(gw.access_entry("/all-trusted")["client"], "10.0.0.9");
 
     // Forwarded (RFC 7239) with a quoted IPv6 node, when there is no X-Forwarded-For.
     let forwarded = [(
@@ -148,14 +130,14 @@ async fn a_trusted_peer_names_the_right_most_untrusted_hop() {
     )];
     assert_eq!(send(&gw, "/forwarded", &forwarded).await, 200);
     assert_eq!(
-        access_entry(&gw, "/forwarded")["client"],
+        gw.access_entry("/forwarded")["client"],
         "[2001:db8::1]:4711"
     );
 
     // Garbage is skipped, never a 500: with nothing usable the client is the peer.
     let garbage = [("x-forwarded-for", "garbage, , 300.1.1.1, [::1, 1.2.3:80")];
     assert_eq!(send(&gw, "/garbage", &garbage).await, 200);
-    let client = access_entry(&gw, "/garbage")["client"]
+    let client = gw.access_entry("/garbage")["client"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -202,8 +184,8 @@ upstreams:
         assert_eq!(conn.send(req).await.unwrap().status, 200);
         assert_eq!(up.last().headers["x-forwarded-for"], xff, "{listener}");
     }
-    assert_eq!(access_entry(&gw, "/own")["client"], "203.0.113.7");
-    let top = access_entry(&gw, "/top")["client"]
+    assert_eq!(gw.access_entry("/own")["client"], "203.0.113.7");
+    let top = gw.access_entry("/top")["client"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -401,6 +383,6 @@ upstreams:
         let answer = String::from_utf8(read_to_close(&mut stream).await).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert_eq!(up.last().headers["x-forwarded-for"], xff, "{path}");
-        assert_eq!(access_entry(&gw, path)["client"], client, "{path}");
+        assert_eq!(gw.access_entry(path)["client"], client, "{path}");
     }
 }

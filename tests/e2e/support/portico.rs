@@ -153,6 +153,22 @@ impl Portico {
         self.log.0.lock().unwrap().lines.clone()
     }
 
+    /// The access-log entry of the (first) request to `path`, once it is logged.
+    pub fn access_entry(&self, path: &str) -> serde_json::Value {
+        let needle = format!("\"path\":\"{path}\"");
+        assert!(
+            self.wait_log(&needle, Duration::from_secs(5)),
+            "{}",
+            self.log_text()
+        );
+        let line = self
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with("ACCESS ") && l.contains(&needle))
+            .unwrap();
+        serde_json::from_str(line.trim_start_matches("ACCESS ")).unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         self.lines().join("\n")
     }
