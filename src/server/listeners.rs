@@ -129,19 +129,12 @@ pub(crate) fn bind(
     ours: bool,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     if !ours {
-        probe(addr)?;
+        probe(addr, Kind::Tcp)?;
     }
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
+        let socket = worker_socket(addr, Kind::Tcp)?;
         socket.listen(4096)?;
         let listener: std::net::TcpListener = socket.into();
         addr = listener.local_addr()?;
@@ -150,23 +143,56 @@ pub(crate) fn bind(
     Ok(sockets)
 }
 
-/// Fails with `AddrInUse` when another socket listens on `addr`. `SO_REUSEADDR` without
-/// `SO_REUSEPORT` conflicts with any listening socket on the address but not with
-/// connections left in TIME_WAIT by an earlier run. A port 0 is always free.
-fn probe(addr: SocketAddr) -> std::io::Result<()> {
+/// Which sockets a listener binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Tcp,
+    Udp,
+}
+
+impl Kind {
+    fn socket(self, addr: SocketAddr) -> std::io::Result<Socket> {
+        let (ty, protocol) = match self {
+            Kind::Tcp => (Type::STREAM, Protocol::TCP),
+            Kind::Udp => (Type::DGRAM, Protocol::UDP),
+        };
+        let socket = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
+        if self == Kind::Tcp {
+            // Never refused for connections an earlier run left in TIME_WAIT.
+            socket.set_reuse_address(true)?;
+        }
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        Ok(socket)
+    }
+}
+
+/// One worker's socket on `addr`: `SO_REUSEPORT`, non-blocking, bound.
+pub(super) fn worker_socket(addr: SocketAddr, kind: Kind) -> std::io::Result<Socket> {
+    let socket = kind.socket(addr)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Fails with `AddrInUse` when another socket holds `addr`: a bind without `SO_REUSEPORT`
+/// conflicts with any listening TCP socket (`SO_REUSEADDR` keeps TIME_WAIT out of it) or any
+/// bound UDP socket (UDP has no TIME_WAIT). A port 0 is always free.
+pub(super) fn probe(addr: SocketAddr, kind: Kind) -> std::io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
+    let socket = kind.socket(addr)?;
     // The probe socket closes on return, before the real ones bind.
     match socket.bind(&addr.into()) {
         Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
-            format!("{addr} is already in use by another process"),
+            match kind {
+                Kind::Tcp => format!("{addr} is already in use by another process"),
+                Kind::Udp => format!("{addr} (udp) is already in use by another process"),
+            },
         )),
         other => other,
     }

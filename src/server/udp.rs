@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::Shared;
-use super::listeners::{Bound, ListenerSet};
+use super::listeners::{Bound, Kind, ListenerSet, probe, worker_socket};
 
 /// Opens `count` UDP sockets on `addr` with `SO_REUSEPORT`; a port 0 is chosen once and
 /// shared. Unless `ours`, a probe bind without `SO_REUSEPORT` goes first, so an address
@@ -21,40 +20,17 @@ pub(crate) fn bind(
     count: usize,
     ours: bool,
 ) -> std::io::Result<Vec<std::net::UdpSocket>> {
-    if !ours && addr.port() != 0 {
-        probe(addr)?;
+    if !ours {
+        probe(addr, Kind::Udp)?;
     }
     let mut sockets = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        socket.set_reuse_port(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        let socket: std::net::UdpSocket = socket.into();
+        let socket: std::net::UdpSocket = worker_socket(addr, Kind::Udp)?.into();
         addr = socket.local_addr()?;
         sockets.push(socket);
     }
     Ok(sockets)
-}
-
-/// Fails with `AddrInUse` when another socket is bound to `addr`: UDP has no TIME_WAIT, so a
-/// plain bind says it exactly.
-fn probe(addr: SocketAddr) -> std::io::Result<()> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    match socket.bind(&addr.into()) {
-        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!("{addr} (udp) is already in use by another process"),
-        )),
-        other => other,
-    }
 }
 
 impl ListenerSet {
