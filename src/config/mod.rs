@@ -13,6 +13,7 @@ pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
 pub(crate) mod spec_introspection;
+pub(crate) mod spec_oidc;
 mod spec_proxy_protocol;
 mod spec_transcode;
 mod spec_trusted;

@@ -46,6 +46,9 @@ impl Credentials {
                 out.headers.push(key.header.to_ascii_lowercase());
                 out.query.extend(key.query.clone());
             }
+            if let PluginSpec::Oidc(oidc) = &plugin.value {
+                out.cookies.push(oidc.session.cookie.value.clone());
+            }
             if let PluginSpec::Jwt(jwt) = &plugin.value {
                 out.query.extend(jwt.query.clone());
                 out.cookies.extend(jwt.cookie.clone());
@@ -66,7 +69,12 @@ impl Credentials {
 
     /// Whether a cookie carries a credential.
     pub(crate) fn cookie(&self, name: &str) -> bool {
-        is_credential_name(name) || self.cookies.iter().any(|c| c == name)
+        // An `oidc` session split into `NAME.0`, `NAME.1`..., and its `NAME_tx_...` logins.
+        is_credential_name(name)
+            || self.cookies.iter().any(|c| {
+                name.strip_prefix(c.as_str())
+                    .is_some_and(|r| r.is_empty() || r.starts_with('.') || r.starts_with("_tx_"))
+            })
     }
 
     /// Replaces, in a serialized config (`GET /config`), what the typed serializers cannot

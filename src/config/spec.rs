@@ -1153,6 +1153,8 @@ pub(crate) enum PluginSpec {
     RequestValidator(ValidatorSpec),
     /// Lets gRPC-Web clients (browsers) call gRPC upstreams.
     GrpcWeb(GrpcWebSpec),
+    /// Logs browser users in at an OpenID Provider; keeps them in a sealed session cookie.
+    Oidc(Box<super::spec_oidc::OidcSpec>),
 }
 
 /// `grpc_web:` — no settings (`grpc_web: {}`).

@@ -383,6 +383,10 @@ pub(crate) async fn run_on_request(
                 Ok(None)
             }
             Deferred::Respond(response) => Ok(Some(response)),
+            Deferred::Apply(edit) => {
+                edit(ctx, head);
+                Ok(None)
+            }
         },
     }
 }

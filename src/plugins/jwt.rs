@@ -38,7 +38,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A verification key and the one algorithm it verifies.
 #[derive(Clone)]
-struct Key {
+pub(crate) struct Key {
     kid: Option<String>,
     alg: Algorithm,
     key: DecodingKey,
@@ -148,6 +148,185 @@ fn from_jwks(set: &JwkSet) -> Vec<Key> {
             })
         })
         .collect()
+}
+
+/// The public keys of a provider's JWKS, each for the algorithms in `allowed` it can verify:
+/// a key naming its `alg` only for that one, a key without `alg` for every allowed algorithm
+/// of its type. HMAC algorithms and symmetric (`oct`) keys are never taken.
+pub(crate) fn public_keys(set: &JwkSet, allowed: &[Algorithm]) -> Vec<Key> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    let mut out = Vec::new();
+    for jwk in &set.keys {
+        let fits: &[Algorithm] = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => &[
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ],
+            AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                EllipticCurve::P256 => &[Algorithm::ES256],
+                EllipticCurve::P384 => &[Algorithm::ES384],
+                _ => &[],
+            },
+            AlgorithmParameters::OctetKeyPair(_) => &[Algorithm::EdDSA],
+            AlgorithmParameters::OctetKey(_) => &[],
+        };
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
+        {
+            continue;
+        }
+        let named = jwk
+            .common
+            .key_algorithm
+            .map(|a| Algorithm::from_str(&a.to_string()).ok());
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        for alg in allowed {
+            let wanted = match named {
+                Some(Some(named)) => named == *alg,
+                // An `alg` jsonwebtoken does not know (an encryption one): not for signatures.
+                Some(None) => false,
+                None => true,
+            };
+            if wanted && fits.contains(alg) {
+                out.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    alg: *alg,
+                    key: key.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Why a token was refused, in the words of the 401 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// No key has the token's `kid` (a JWKS refresh may help).
+    NoKey,
+    /// The token is not acceptable; the message says why.
+    Invalid(&'static str),
+}
+
+impl Refused {
+    /// The message for the client.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Refused::NoKey => "no key matches the token",
+            Refused::Invalid(message) => message,
+        }
+    }
+}
+
+/// What a token is checked against besides its signature.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Checks<'a> {
+    /// Accepted `iss` values; any when empty.
+    pub(crate) issuers: &'a [String],
+    /// Accepted `aud` values; any when empty.
+    pub(crate) audiences: &'a [String],
+    /// Seconds of clock skew allowed on `exp`, `nbf`.
+    pub(crate) leeway: u64,
+    /// Claims that must be there (`exp` among them, if wanted).
+    pub(crate) required: Option<&'a std::collections::HashSet<String>>,
+}
+
+/// Verifies `token` with the key of its `kid` and exactly its algorithm among `keys`, and
+/// its registered claims against `checks`; the claims when it holds.
+pub(crate) fn verify(
+    token: &str,
+    keys: &[&Key],
+    checks: &Checks<'_>,
+) -> Result<BTreeMap<String, serde_json::Value>, Refused> {
+    let Ok(token_header) = jsonwebtoken::decode_header(token) else {
+        return Err(Refused::Invalid(
+            "the token is malformed or uses an unaccepted algorithm",
+        ));
+    };
+    let total = keys.len();
+    let candidates: Vec<&Key> = keys
+        .iter()
+        .copied()
+        .filter(|k| match &token_header.kid {
+            Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
+            None => k.kid.is_none() || total == 1 || keys.iter().all(|o| o.kid == k.kid),
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Err(if token_header.kid.is_some() {
+            Refused::NoKey
+        } else {
+            Refused::Invalid("no key matches the token")
+        });
+    }
+    // The key decides the algorithm: a token claiming another one is refused.
+    let Some(key) = candidates.into_iter().find(|k| k.alg == token_header.alg) else {
+        return Err(Refused::Invalid(
+            "the token's algorithm does not match its key",
+        ));
+    };
+    let mut validation = Validation::new(key.alg);
+    validation.leeway = checks.leeway;
+    validation.validate_nbf = true;
+    // jsonwebtoken checks the registered claims it knows (RFC 7519 §4.1); the others are
+    // checked below, once the claims are decoded.
+    let exp_only: std::collections::HashSet<String> = std::iter::once("exp".to_owned()).collect();
+    let required = checks.required.unwrap_or(&exp_only);
+    validation.required_spec_claims = required.clone();
+    if checks.audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(checks.audiences);
+    }
+    if !checks.issuers.is_empty() {
+        validation.set_issuer(checks.issuers);
+    }
+    let claims = match jsonwebtoken::decode::<BTreeMap<String, serde_json::Value>>(
+        token,
+        &key.key,
+        &validation,
+    ) {
+        Ok(data) => data.claims,
+        Err(err) => {
+            use jsonwebtoken::errors::ErrorKind;
+            return Err(Refused::Invalid(match err.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired",
+                ErrorKind::ImmatureSignature => "the token is not valid yet",
+                ErrorKind::InvalidAudience => "the token is not for this audience",
+                ErrorKind::InvalidIssuer => "the token is from an unaccepted issuer",
+                ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                _ => "the token is not valid",
+            }));
+        }
+    };
+    if required
+        .iter()
+        .any(|name| claims.get(name).is_none_or(serde_json::Value::is_null))
+    {
+        return Err(Refused::Invalid("the token lacks a required claim"));
+    }
+    Ok(claims)
+}
+
+/// The text of a string or number claim.
+pub(crate) fn claim_text(
+    claims: &BTreeMap<String, serde_json::Value>,
+    name: &str,
+) -> Option<String> {
+    match claims.get(name) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 impl Jwt {
@@ -421,78 +600,25 @@ impl Plugin for Jwt {
             return Ok(self.challenge(ctx));
         };
         let token = token.as_str();
-        let Ok(token_header) = jsonwebtoken::decode_header(token) else {
-            return Ok(self.unauthorized(
-                ctx,
-                "the token is malformed or uses an unaccepted algorithm",
-            ));
-        };
         let guard = self.jwks.as_ref().map(|jwks| jwks.keys.load());
         let fetched: &[Key] = guard.as_ref().map_or(&[], |keys| keys.as_slice());
-        let candidates: Vec<&Key> = self
-            .keys
-            .iter()
-            .chain(fetched.iter())
-            .filter(|k| match &token_header.kid {
-                Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
-                None => k.kid.is_none() || self.keys.len() + fetched.len() == 1,
-            })
-            .collect();
-        if candidates.is_empty() {
-            if token_header.kid.is_some() {
-                self.refresh_soon();
-            }
-            return Ok(self.unauthorized(ctx, "no key matches the token"));
-        }
-        // The key decides the algorithm: a token claiming another one is refused.
-        let Some(key) = candidates.into_iter().find(|k| k.alg == token_header.alg) else {
-            return Ok(self.unauthorized(ctx, "the token's algorithm does not match its key"));
+        let keys: Vec<&Key> = self.keys.iter().chain(fetched.iter()).collect();
+        let checks = Checks {
+            issuers: &self.issuers,
+            audiences: &self.audiences,
+            leeway: self.leeway,
+            required: Some(&self.required),
         };
-        let mut validation = Validation::new(key.alg);
-        validation.leeway = self.leeway;
-        validation.validate_nbf = true;
-        // jsonwebtoken checks the registered claims it knows (RFC 7519 §4.1); the others are
-        // checked below, once the claims are decoded.
-        validation.required_spec_claims = self.required.clone();
-        if self.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&self.audiences);
-        }
-        if !self.issuers.is_empty() {
-            validation.set_issuer(&self.issuers);
-        }
-        let claims = match jsonwebtoken::decode::<BTreeMap<String, serde_json::Value>>(
-            token,
-            &key.key,
-            &validation,
-        ) {
-            Ok(data) => data.claims,
-            Err(err) => {
-                use jsonwebtoken::errors::ErrorKind;
-                let message = match err.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired",
-                    ErrorKind::ImmatureSignature => "the token is not valid yet",
-                    ErrorKind::InvalidAudience => "the token is not for this audience",
-                    ErrorKind::InvalidIssuer => "the token is from an unaccepted issuer",
-                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
-                    _ => "the token is not valid",
-                };
-                return Ok(self.unauthorized(ctx, message));
+        let claims = match verify(token, &keys, &checks) {
+            Ok(claims) => claims,
+            Err(refused) => {
+                if refused == Refused::NoKey {
+                    self.refresh_soon();
+                }
+                return Ok(self.unauthorized(ctx, refused.message()));
             }
         };
-        if self
-            .required
-            .iter()
-            .any(|name| claims.get(name).is_none_or(serde_json::Value::is_null))
-        {
-            return Ok(self.unauthorized(ctx, "the token lacks a required claim"));
-        }
-        let claim_text = |name: &str| match claims.get(name) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
+        let claim_text = |name: &str| claim_text(&claims, name);
         if let Some(subject) = claim_text(&self.consumer_claim) {
             let consumer = self.consumers.by_name(&subject).unwrap_or_else(|| {
                 Arc::new(Consumer {

@@ -27,6 +27,7 @@ pub(crate) mod ip_restriction;
 pub(crate) mod jwt;
 pub(crate) mod key_auth;
 pub(crate) mod mtls_auth;
+pub(crate) mod oidc;
 pub(crate) mod quota;
 pub(crate) mod rate_limit;
 pub(crate) mod request_size_limit;
@@ -76,7 +77,15 @@ pub(crate) enum Deferred {
     ),
     /// Answer now.
     Respond(http::Response<Body>),
+    /// Go on, after this edit of the context and the head (a consumer, claims and a note
+    /// for the response step).
+    Apply(Box<dyn EditRequest>),
 }
+
+/// A deferred edit of the context and request head ([`Deferred::Apply`]).
+pub(crate) trait EditRequest: FnOnce(&mut RequestCtx, &mut request::Parts) + Send {}
+
+impl<F: FnOnce(&mut RequestCtx, &mut request::Parts) + Send> EditRequest for F {}
 
 /// What a plugin does with a body it wants to see.
 pub(crate) enum BodyFilter {
@@ -227,6 +236,7 @@ pub(crate) const NAMES: &[&str] = &[
     "response_shape",
     "request_validator",
     "grpc_web",
+    "oidc",
 ];
 
 /// What plugins are built with: the consumers, and metric families.
@@ -480,6 +490,7 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
         PluginSpec::RequestValidator(spec) => {
             Arc::new(validate::RequestValidator::new(spec, env.base)?)
         }
+        PluginSpec::Oidc(spec) => Arc::new(oidc::Oidc::new(spec, env)?),
     })
 }
 

@@ -624,6 +624,20 @@ pub(crate) async fn fetch(
     exchange(&uri, tls, request, timeout, max).await
 }
 
+/// GETs `url` with the client TLS config `tls` for an `https` URL (system roots when
+/// `None`), for small documents such as a provider's discovery document.
+pub(crate) async fn get(
+    url: &http::Uri,
+    tls: Option<Arc<ClientConfig>>,
+    timeout: std::time::Duration,
+    max: usize,
+) -> Result<bytes::Bytes, FetchError> {
+    let request = http::Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
+        .header(http::header::ACCEPT, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+    exchange(url, tls, request, timeout, max).await
+}
+
 /// POSTs `form` (already `application/x-www-form-urlencoded`) to `url` with the extra
 /// `headers`, for small exchanges such as token introspection. An `https` URL is verified with
 /// `tls` (from [`client_config`]); a non-2xx answer is an error.

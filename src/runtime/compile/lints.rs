@@ -33,7 +33,12 @@ fn unused_consumers(spec: &Spec, diags: &mut Diagnostics) {
     let basic_auth = has(|p| matches!(p, PluginSpec::BasicAuth(_)));
     let mtls_auth = has(|p| matches!(p, PluginSpec::MtlsAuth(_)));
     // A JWT or an introspection answer names its consumer by a claim: any consumer may be one.
-    if has(|p| matches!(p, PluginSpec::Jwt(_) | PluginSpec::Oauth2Introspection(_))) {
+    if has(|p| {
+        matches!(
+            p,
+            PluginSpec::Jwt(_) | PluginSpec::Oauth2Introspection(_) | PluginSpec::Oidc(_)
+        )
+    }) {
         return;
     }
     for consumer in &spec.consumers {
