@@ -257,6 +257,13 @@ async fn login_by_hand_with_pkce_state_nonce_and_refresh() {
         .expect("the provider's session cookie");
     assert!(session.http_only && !session.secure && session.path == "/");
     assert_eq!(session.domain, "127.0.0.1");
+    // It expires with ttl.Session (3600 s here).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    let left = session.expires.expect("a persistent cookie") - now_ms;
+    assert!((3_500_000.0..=3_700_000.0).contains(&left), "{left} ms");
     let tokens = exchange(&op, &cb, &auth).await;
     // Without a resource indicator the access token is opaque and good at userinfo.
     assert_eq!(
@@ -409,4 +416,19 @@ async fn login_in_headless_chromium() {
     assert_eq!(reused.status, 200);
     assert_eq!(cb.last("state").as_deref(), Some(second.state.as_str()));
     exchange(&op, &cb, &second).await;
+}
+
+#[tokio::test]
+async fn stopped_and_back_on_the_same_issuer() {
+    let cb = Callback::start().await;
+    let mut op = Provider::start(config(&cb.redirect_uri(), json!({})));
+    let (issuer, port) = (op.issuer().to_owned(), op.port());
+    op.stop();
+    assert!(tokio::net::TcpStream::connect(op.addr()).await.is_err());
+    assert!(op.requests().is_empty());
+    let back = Provider::start(config(&cb.redirect_uri(), json!({ "port": port })));
+    assert_eq!(back.issuer(), issuer);
+    let auth = auth_request(&back, &cb.redirect_uri());
+    assert_eq!(login(&auth.url, &LoginOpts::default()).await.status, 200);
+    exchange(&back, &cb, &auth).await;
 }
