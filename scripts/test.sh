@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the test peers the suite starts
 # (curl, openssl, pebble, h2load, redis-server, haproxy; grpcio and websockets for the gRPC
-# and WebSocket tests) when they are missing, then
-# `cargo test`.
+# and WebSocket tests; node, Chromium and the OpenID Provider's npm packages for the OIDC tests)
+# when they are missing, then `cargo test`.
 # Extra arguments go to `cargo test` (for example a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,10 @@ command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v haproxy >/dev/null || need+=(haproxy)
+# The OIDC tests run a real OpenID Provider (oidc-provider) under node, and log in through it
+# with headless Chromium driven by playwright-core.
+command -v node >/dev/null || need+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then
@@ -39,6 +43,16 @@ if ! python3 -c "import grpc, grpc_tools, websockets" 2>/dev/null; then
   echo "installing test peers: grpcio grpcio-tools websockets (pip)" >&2
   python3 -m pip install --quiet grpcio grpcio-tools websockets ||
     python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools websockets
+fi
+
+# The OpenID Provider and its clients (tests/e2e/oidc): the npm packages pinned by its lockfile.
+# playwright-core drives Debian's Chromium and must never download a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+oidc=tests/e2e/oidc
+if [ ! -d "$oidc/node_modules" ] || [ "$oidc/package-lock.json" -nt "$oidc/node_modules" ]; then
+  echo "installing test peers: oidc-provider playwright-core (npm ci in $oidc)" >&2
+  (cd "$oidc" && npm ci --no-audit --no-fund)
+  touch "$oidc/node_modules"
 fi
 
 cargo test --locked "$@"

@@ -1,6 +1,7 @@
 //! Test support: real upstreams, the real binary, real clients. Everything on 127.0.0.1:0.
 
 pub mod client;
+pub mod oidc;
 pub mod peer;
 pub mod pki;
 pub mod portico;
