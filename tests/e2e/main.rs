@@ -20,6 +20,7 @@ mod introspection;
 mod jwt;
 mod l4;
 mod levels;
+mod oidc;
 mod oidc_attacks;
 mod oidc_provider;
 mod paths;
