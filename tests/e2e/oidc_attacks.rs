@@ -114,7 +114,7 @@ pub(crate) struct OpState {
     pub(crate) refresh_status: u16,
     pub(crate) end_session: bool,
     pub(crate) jwks_calls: usize,
-    /// An access token the test wants signed (a JWT for bearer tests): its claims.
+    /// Codes and tokens issued so far.
     pub(crate) counter: u64,
 }
 
@@ -475,10 +475,6 @@ struct Bodies(Vec<String>);
 impl Bodies {
     fn keep(&mut self, r: &Reply) -> &mut Self {
         self.0.push(r.body.clone());
-        for (_, v, _) in set_cookies(r) {
-            // Cookie values are compared below; keep only the body here.
-            let _ = v;
-        }
         self
     }
 
@@ -740,7 +736,7 @@ async fn bad_session_cookies_mean_a_new_login_and_old_keys_still_open() {
         assert_eq!(r.json()["error"], "unauthorized");
         bodies.keep(&r);
     }
-    bodies.check(&op, &[cookie.clone()]);
+    bodies.check(&op, std::slice::from_ref(&cookie));
 
     // Rotation: a new key first, the old one second: the old session still opens, and a new
     // login is sealed with the new key.
@@ -792,7 +788,7 @@ async fn redirects_stay_on_relative_paths_and_allowed_origins() {
         assert_eq!(start.status, 302);
         let uri: http::Uri = start.header("location").unwrap().parse().unwrap();
         let back = send(
-            &uri.authority().unwrap().to_string(),
+            uri.authority().unwrap().as_ref(),
             uri.path_and_query().unwrap().as_str(),
             &[],
         )
