@@ -31,6 +31,11 @@ const ENV: &[(&str, &str)] = &[
     ("JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!"),
     ("CHAT_KEY", "chat-3b9f2e71c0a84d56"),
     ("INTROSPECTION_SECRET", "s3cret"),
+    ("OIDC_CLIENT_SECRET", crate::oidc_attacks::SECRET),
+    (
+        "OIDC_COOKIE_KEY",
+        "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=",
+    ),
 ];
 
 fn env(name: &str) -> &'static str {
@@ -872,6 +877,138 @@ async fn oauth2_introspection_guide() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "auth_unavailable");
     assert!(gw.wait_log("token introspection failed", Duration::from_secs(5)));
+}
+
+#[tokio::test]
+async fn oidc_login_guide() {
+    use crate::support::oidc::{LoginOpts, Provider, login};
+    // The provider must know portico's callback and portico the provider's issuer: the
+    // provider starts, portico starts on it, and the provider starts again on its port with
+    // the same keys and portico's callback registered.
+    let jwks = serde_json::json!({ "keys": [crate::oidc::private_jwk()] });
+    let extra = serde_json::json!({});
+    let first = Provider::start(crate::oidc::op_config(None, &jwks, None, &extra));
+    let (issuer, port) = (first.issuer().to_owned(), first.port());
+    let app = TestUpstream::start("app").await;
+    let mut subs = ephemeral(&["127.0.0.1:8080"], &[("127.0.0.1:9001", &app)]);
+    subs.push((
+        "issuer: http://127.0.0.1:9200".to_owned(),
+        format!("issuer: {issuer}"),
+    ));
+    let config = substitute(&example("oidc.yaml"), &subs);
+    let gw = Portico::start_in_env(&temp_dir("oidc-guide"), &config, ENV);
+    let web = gw.addr("web");
+    drop(first);
+    let _op = Provider::start(crate::oidc::op_config(
+        Some(&web),
+        &jwks,
+        Some(port),
+        &extra,
+    ));
+
+    // An API client: 401; a browser: to the provider, with PKCE.
+    let r = send(&web, "GET", "/hello", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portico\"")
+    );
+    assert_eq!(r.json()["message"], "a login or a bearer token is required");
+    let r = send(&web, "GET", "/hello", &[("accept", "text/html")]).await;
+    assert_eq!(r.status, 302);
+    let location = r.header("location").unwrap();
+    assert!(location.starts_with(&format!(
+        "{issuer}/auth?response_type=code&client_id=portico"
+    )));
+    assert!(
+        location.contains("scope=openid+email+profile")
+            && location.contains("code_challenge_method=S256")
+    );
+    let tx = r.header("set-cookie").unwrap();
+    assert!(tx.starts_with("portico_session_tx_"));
+    assert!(
+        tx.ends_with("; Path=/oauth2/callback; Max-Age=600; HttpOnly; SameSite=Lax"),
+        "{tx}"
+    );
+
+    // The login, then the app with the identity headers and without portico's cookie.
+    let jar = temp_dir("oidc-guide-jar").join("jar.json");
+    let done = login(
+        &format!("http://{web}/hello"),
+        &LoginOpts::default().jar(&jar),
+    )
+    .await;
+    assert_eq!((done.status, done.body.as_str()), (200, "app /hello"));
+    let seen = app.last();
+    assert_eq!(seen.headers["x-user-email"], "alice@example.com");
+    assert_eq!(seen.headers["x-user-name"], "Alice");
+    assert_eq!(seen.headers["x-consumer-name"], "alice-sub");
+    assert_eq!(seen.headers["x-consumer-groups"], "admins");
+    let forwarded = seen
+        .headers
+        .get("cookie")
+        .map_or("", |c| c.to_str().unwrap());
+    assert!(!forwarded.contains("portico_session"), "{forwarded}");
+    let session = done.cookie("portico_session").unwrap();
+    assert!(session.http_only && session.value.len() < 3800);
+    assert_eq!(session.same_site.as_deref(), Some("Lax"));
+    let cookie = format!("portico_session={}", session.value);
+    let r = send(&web, "GET", "/admin/users", &[("cookie", &cookie)]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "app /admin/users"));
+    let bob = login(
+        &format!("http://{web}/admin/users"),
+        &LoginOpts::user("bob"),
+    )
+    .await;
+    assert_eq!(bob.status, 403);
+
+    // A cookie cut short: cleared, 401.
+    let short = format!("portico_session={}", &session.value[..16]);
+    let r = send(&web, "GET", "/admin/users", &[("cookie", &short)]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("set-cookie"),
+        Some("portico_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")
+    );
+
+    // Logout, here and at the provider, back to `/`, which asks for a login again.
+    let out = login(
+        &format!("http://{web}/oauth2/logout"),
+        &LoginOpts::default()
+            .jar(&jar)
+            .stop_at(format!("http://{web}/")),
+    )
+    .await;
+    assert!(out.url.starts_with(&format!("http://{web}/")), "{out:?}");
+    assert!(
+        out.hops
+            .iter()
+            .any(|h| h.url.contains("/session/end?id_token_hint="))
+    );
+    assert!(out.cookie("portico_session").is_none());
+
+    // explain, offline.
+    let out = Command::new(BIN)
+        .arg("explain")
+        .arg("-c")
+        .arg(Path::new(ROOT).join("examples/oidc.yaml"))
+        .args([
+            "-H",
+            "Accept: text/html",
+            "GET",
+            "http://localhost:8080/admin/users",
+        ])
+        .envs(ENV.iter().copied())
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{explained}");
+    for line in [
+        "plugins   oidc [global] → acl [route] (by phase; level in brackets)",
+        "no session: the browser would be sent to http://127.0.0.1:9200's authorization endpoint (discovery is not fetched offline)",
+    ] {
+        assert!(explained.contains(line), "{line}\n{explained}");
+    }
 }
 
 #[tokio::test]

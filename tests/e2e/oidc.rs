@@ -16,7 +16,7 @@ use crate::support::{H1, Portico, TestUpstream, fill, temp_dir};
 
 /// A private RSA JWK for the provider, made by node (the provider is started twice on one
 /// port, and keeps its keys across).
-fn private_jwk() -> Value {
+pub(crate) fn private_jwk() -> Value {
     let out = std::process::Command::new("node")
         .args([
             "-e",
@@ -30,14 +30,19 @@ fn private_jwk() -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn op_config(web: Option<&str>, jwks: &Value, port: Option<u16>, extra: &Value) -> Value {
+pub(crate) fn op_config(
+    web: Option<&str>,
+    jwks: &Value,
+    port: Option<u16>,
+    extra: &Value,
+) -> Value {
     let web = web.unwrap_or("127.0.0.1:9");
     let mut config = json!({
         "clients": [{
             "client_id": "portico",
             "client_secret": SECRET,
             "redirect_uris": [format!("http://{web}/oauth2/callback")],
-            "post_logout_redirect_uris": [format!("http://{web}/bye")],
+            "post_logout_redirect_uris": [format!("http://{web}/bye"), format!("http://{web}/")],
             "token_endpoint_auth_method": "client_secret_basic",
         }],
         "accounts": {
