@@ -97,12 +97,15 @@ pub(crate) enum Mint {
     Hs256WithPublicKey,
     OtherKey,
     UnknownKid,
+    /// A good token with a 6000-byte claim (a long group list): the session takes chunks.
+    Big,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct OpState {
     pub(crate) mint: Mint,
-    pub(crate) nonce: Option<String>,
+    /// The nonce of each code's authorization request.
+    pub(crate) nonces: std::collections::HashMap<String, String>,
     pub(crate) auth_queries: Vec<String>,
     pub(crate) token_forms: Vec<String>,
     pub(crate) token_auth: Vec<String>,
@@ -226,6 +229,10 @@ fn id_token(issuer: &str, mint: Mint, nonce: &str) -> String {
         | Mint::Hs256WithPublicKey
         | Mint::OtherKey
         | Mint::UnknownKid => {}
+        Mint::Big => {
+            let groups: Vec<String> = (0..400).map(|i| format!("group-{i:08}")).collect();
+            claims["groups"] = json!(groups);
+        }
         Mint::WrongNonce => claims["nonce"] = json!("not-the-nonce"),
         Mint::NoNonce => {
             claims.as_object_mut().unwrap().remove("nonce");
@@ -314,9 +321,10 @@ async fn serve(
                     .collect();
             let mut s = st.lock().unwrap();
             s.auth_queries.push(query.clone());
-            s.nonce = params.get("nonce").cloned();
             s.counter += 1;
             let code = format!("code-{}-{}", s.counter, now());
+            let nonce = params.get("nonce").cloned().unwrap_or_default();
+            s.nonces.insert(code.clone(), nonce);
             s.issued.push(code.clone());
             let location = format!(
                 "{}?code={code}&state={}",
@@ -345,7 +353,11 @@ async fn serve(
                 return json_response(s.refresh_status, json!({"error": "invalid_grant"}));
             }
             s.counter += 1;
-            let nonce = s.nonce.clone().unwrap_or_default();
+            let code = form_urlencoded::parse(form.as_bytes())
+                .find(|(k, _)| k == "code")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            let nonce = s.nonces.get(&code).cloned().unwrap_or_default();
             let id = id_token(issuer, s.mint, &nonce);
             let access = format!("AT-secret-{}", s.counter);
             let refresh = format!("RT-secret-{}", s.counter);
@@ -366,6 +378,17 @@ async fn serve(
 }
 
 pub(crate) fn config(issuer: &str, upstream: &str, keys: &[&str], extra: &[&str]) -> String {
+    config_session(issuer, upstream, keys, "", extra)
+}
+
+/// `config` with more `session` settings (`, lifetime: 2s`).
+fn config_session(
+    issuer: &str,
+    upstream: &str,
+    keys: &[&str],
+    session: &str,
+    extra: &[&str],
+) -> String {
     let keys: Vec<String> = keys.iter().map(|k| format!("'{k}'")).collect();
     let mut extra_lines = String::new();
     for line in extra {
@@ -386,7 +409,7 @@ routes:
           issuer: '@ISSUER@'
           client_id: portico
           client_secret: @SECRET@
-          session: { keys: [@KEYS@], secure: false }
+          session: { keys: [@KEYS@], secure: false@SESSION@ }
           claims_to_headers: { email: x-user-email }
           allowed_redirect_origins: [https://allowed.example]@EXTRA@
       - acl: { allow: [admins] }
@@ -398,6 +421,7 @@ upstreams:
             ("ISSUER", issuer),
             ("SECRET", SECRET),
             ("KEYS", &keys.join(", ")),
+            ("SESSION", session),
             ("EXTRA", &extra_lines),
             ("UP", upstream),
         ],
@@ -978,4 +1002,100 @@ async fn the_provider_down_fails_closed() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(up.count(), 0);
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+#[tokio::test]
+async fn concurrent_logins_long_sessions_and_the_lifetime() {
+    let op = Evil::start().await;
+    let up = TestUpstream::start("u").await;
+    let gw = Portico::start(&config_session(
+        &op.issuer,
+        &up.addr(),
+        &[KEY_A],
+        ", lifetime: 2s",
+        &[],
+    ));
+    let web = gw.addr("web");
+
+    // Two tabs start a login each, in one browser; both finish, in either order.
+    let (cb1, tx1, _) = to_callback(&web, "/one").await;
+    let (cb2, tx2, _) = to_callback(&web, "/two").await;
+    let both = format!("{tx1}; {tx2}");
+    let r2 = send(&web, &cb2, &[("cookie", &both)]).await;
+    assert_eq!(
+        (r2.status, r2.header("location")),
+        (302, Some("/two")),
+        "{}",
+        r2.body
+    );
+    let r1 = send(&web, &cb1, &[("cookie", &both)]).await;
+    assert_eq!(
+        (r1.status, r1.header("location")),
+        (302, Some("/one")),
+        "{}",
+        r1.body
+    );
+
+    // The session ends after its lifetime, whatever the cookie says.
+    let cookie = cookie_header(&r1);
+    assert_eq!(send(&web, "/x", &[("cookie", &cookie)]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(send(&web, "/x", &[("cookie", &cookie)]).await.status, 401);
+
+    // A session too long for one cookie is split, read back whole, and cleared whole.
+    op.set(|s| s.mint = Mint::Big);
+    let (big, done) = log_in(&web, "/big").await;
+    let names: Vec<String> = set_cookies(&done)
+        .into_iter()
+        .filter(|(n, v, _)| n.starts_with("portico_session") && !v.is_empty())
+        .map(|(n, _, _)| n)
+        .collect();
+    // The claims and the ID token both hold the long list: three chunks.
+    let want: Vec<String> = (0..names.len())
+        .map(|i| format!("portico_session.{i}"))
+        .collect();
+    assert!(names.len() >= 2 && names == want, "{names:?}");
+    assert!(set_cookies(&done).iter().all(|(_, v, _)| v.len() <= 3800));
+    let r = send(&web, "/big", &[("cookie", &format!("{big}; other=1"))]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().headers["cookie"], "other=1");
+    let out = send(&web, "/oauth2/logout", &[("cookie", &big)]).await;
+    let cleared: Vec<String> = set_cookies(&out)
+        .into_iter()
+        .filter(|(_, v, t)| v.is_empty() && t.contains("Max-Age=0"))
+        .map(|(n, _, _)| n)
+        .collect();
+    for name in std::iter::once("portico_session".to_owned()).chain(want) {
+        assert!(cleared.contains(&name), "{name} not cleared: {cleared:?}");
+    }
+    // One chunk alone does not open.
+    let first = big.split("; ").next().unwrap();
+    assert_eq!(send(&web, "/big", &[("cookie", first)]).await.status, 401);
+}
+
+#[tokio::test]
+async fn requests_together_share_one_refresh() {
+    let op = Evil::start().await;
+    op.set(|s| s.expires_in = 5);
+    let up = TestUpstream::start("u").await;
+    let gw = Portico::start(&config(&op.issuer, &up.addr(), &[KEY_A], &[]));
+    let web = gw.addr("web");
+    let (cookie, _) = log_in(&web, "/app").await;
+    let before = op.get(|s| s.token_forms.len());
+    let sends = (0..8).map(|i| {
+        let (web, cookie) = (web.clone(), cookie.clone());
+        tokio::spawn(
+            async move { send(&web, &format!("/asset/{i}"), &[("cookie", &cookie)]).await },
+        )
+    });
+    for r in futures_util::future::join_all(sends).await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(cookie_header(&r).starts_with("portico_session="));
+    }
+    assert_eq!(
+        op.get(|s| s.token_forms.len()),
+        before + 1,
+        "one refresh grant for eight requests"
+    );
 }

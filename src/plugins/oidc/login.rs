@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, header, request};
 
+use super::provider::Refreshed;
 use super::redirect::{self, Use};
 use super::session::{self, Session, Transaction};
 use super::{
@@ -332,61 +333,88 @@ impl Shared {
         Ok(claims)
     }
 
-    /// The session needs a fresh access token: the refresh grant, then on.
+    /// The session needs a fresh access token: the refresh grant, then on. Requests that
+    /// arrive together with one session (a page and its assets) share one grant, and its
+    /// outcome serves the requests still sending the old cookie for a little while.
     pub(super) fn refresh(
         self: Arc<Self>,
         ctx: &RequestCtx,
         head: &request::Parts,
-        mut session: Session,
+        session: Session,
     ) -> Flow {
         let request_id = ctx.request_id.clone();
         let headers = head.headers.clone();
         let unauth_head = copy_head(head);
         Flow::Defer(Box::pin(async move {
-            let Some(discovered) = self.provider.current.load_full() else {
-                return Deferred::Respond(unavailable(&request_id));
-            };
             let Some(refresh_token) = session.refresh_token.clone() else {
                 return Deferred::Respond(unavailable(&request_id));
             };
-            let form = form_urlencoded::Serializer::new(String::new())
-                .append_pair("grant_type", "refresh_token")
-                .append_pair("refresh_token", &refresh_token)
-                .finish();
-            let ended = |this: &Shared| {
-                let clear = session::clear(&this.attrs, &headers, &this.cookie);
-                Deferred::Respond(this.unauthenticated(&unauth_head, &request_id, clear))
-            };
-            let tokens = match self.token_call(&discovered.token_endpoint, form).await {
-                Ok(tokens) => tokens,
-                Err(Failed::Refused) => return ended(&self),
-                Err(Failed::Unavailable) => return Deferred::Respond(unavailable(&request_id)),
-            };
-            if let Some(id_token) = tokens.id_token.as_deref() {
-                // OpenID Connect Core §12.2: the same subject, else the session ends.
-                match self.verify_id_token(&discovered, id_token, None) {
-                    Ok(claims) if claims.get("sub") == session.claims.get("sub") => {
-                        session.claims = keep(claims);
-                        session.id_token = Some(id_token.to_owned());
-                    }
-                    _ => return ended(&self),
-                }
-            }
-            let now = now_secs();
-            session.access_expires = tokens.expires_in.map(|s| now + s);
-            if tokens.refresh_token.is_some() {
-                session.refresh_token = tokens.refresh_token;
-            }
-            let Some(cookies) = self.seal_session(&headers, session.clone()) else {
-                return ended(&self);
-            };
             let this = Arc::clone(&self);
+            let outcome = self
+                .provider
+                .refreshes
+                .run(
+                    &refresh_token,
+                    async move { this.refresh_grant(session).await },
+                )
+                .await;
+            let session = match outcome {
+                Refreshed::Session(session) => session,
+                Refreshed::Ended => {
+                    let clear = session::clear(&self.attrs, &headers, &self.cookie);
+                    return Deferred::Respond(self.unauthenticated(
+                        &unauth_head,
+                        &request_id,
+                        clear,
+                    ));
+                }
+                Refreshed::Unavailable => return Deferred::Respond(unavailable(&request_id)),
+            };
+            let Some(cookies) = self.seal_session(&headers, (*session).clone()) else {
+                let clear = session::clear(&self.attrs, &headers, &self.cookie);
+                return Deferred::Respond(self.unauthenticated(&unauth_head, &request_id, clear));
+            };
             Deferred::Apply(Box::new(move |ctx, head| {
-                session::strip(&mut head.headers, &this.cookie);
+                session::strip(&mut head.headers, &self.cookie);
                 ctx.slots.insert(SetCookies(cookies));
-                this.apply(ctx, head, session.claims);
+                self.apply(ctx, head, session.claims.clone());
             }))
         }))
+    }
+
+    /// One refresh grant for `session`.
+    async fn refresh_grant(&self, mut session: Session) -> Refreshed {
+        let Some(discovered) = self.provider.current.load_full() else {
+            return Refreshed::Unavailable;
+        };
+        let Some(refresh_token) = session.refresh_token.clone() else {
+            return Refreshed::Ended;
+        };
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", &refresh_token)
+            .finish();
+        let tokens = match self.token_call(&discovered.token_endpoint, form).await {
+            Ok(tokens) => tokens,
+            Err(Failed::Refused) => return Refreshed::Ended,
+            Err(Failed::Unavailable) => return Refreshed::Unavailable,
+        };
+        if let Some(id_token) = tokens.id_token.as_deref() {
+            // OpenID Connect Core §12.2: the same subject, else the session ends.
+            match self.verify_id_token(&discovered, id_token, None) {
+                Ok(claims) if claims.get("sub") == session.claims.get("sub") => {
+                    session.claims = keep(claims);
+                    session.id_token = Some(id_token.to_owned());
+                }
+                _ => return Refreshed::Ended,
+            }
+        }
+        let now = now_secs();
+        session.access_expires = tokens.expires_in.map(|s| now + s);
+        if tokens.refresh_token.is_some() {
+            session.refresh_token = tokens.refresh_token;
+        }
+        Refreshed::Session(Arc::new(session))
     }
 
     /// Logout: the session cookies cleared, then the provider's end-session endpoint or

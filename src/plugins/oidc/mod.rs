@@ -248,6 +248,7 @@ impl Oidc {
                     .and_then(|old| old.current.load_full()),
             )),
             used: redirect::UsedStates::new(MAX_USED_STATES),
+            refreshes: provider::Flights::default(),
             wake: Arc::new(tokio::sync::Notify::new()),
             last_forced: AtomicU64::new(0),
             live_tasks: env.metrics.background_tasks().clone(),
@@ -640,33 +641,34 @@ impl Plugin for Oidc {
             }
         }
         let found_session = s.session(head);
+        if let Some(session) = &found_session
+            && s.refresh
+            && session.refresh_token.is_some()
+            && session
+                .access_expires
+                .is_some_and(|at| at <= now_secs() + s.refresh_before.as_secs())
+        {
+            // The refresh strips portico's cookies once done: it needs them to reseal.
+            return Ok(Arc::clone(s).refresh(ctx, head, session.clone()));
+        }
         let had_cookie = found_session.is_none() && s.has_session_cookie(head);
+        let clear = if had_cookie {
+            session::clear(&s.attrs, &head.headers, &s.cookie)
+        } else {
+            Vec::new()
+        };
         session::strip(&mut head.headers, &s.cookie);
         let Some(session) = found_session else {
             if s.provider.current.load().is_none() {
                 return Ok(Flow::Respond(unavailable(&ctx.request_id)));
             }
             // A cookie that does not open (another key, tampered, ended) is cleared.
-            let clear = if had_cookie {
-                session::clear(&s.attrs, &head.headers, &s.cookie)
-            } else {
-                Vec::new()
-            };
             return Ok(Flow::Respond(s.unauthenticated(
                 head,
                 &ctx.request_id,
                 clear,
             )));
         };
-        let now = now_secs();
-        if s.refresh
-            && session.refresh_token.is_some()
-            && session
-                .access_expires
-                .is_some_and(|at| at <= now + s.refresh_before.as_secs())
-        {
-            return Ok(Arc::clone(s).refresh(ctx, head, session));
-        }
         s.apply(ctx, head, session.claims);
         Ok(Flow::Continue)
     }
