@@ -31,7 +31,7 @@ const ENV: &[(&str, &str)] = &[
     ("JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!"),
     ("CHAT_KEY", "chat-3b9f2e71c0a84d56"),
     ("INTROSPECTION_SECRET", "s3cret"),
-    ("OIDC_CLIENT_SECRET", crate::oidc_attacks::SECRET),
+    ("OIDC_CLIENT_SECRET", crate::oidc_op::SECRET),
     (
         "OIDC_COOKIE_KEY",
         "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=",

@@ -22,6 +22,7 @@ mod l4;
 mod levels;
 mod oidc;
 mod oidc_attacks;
+mod oidc_op;
 mod oidc_provider;
 mod paths;
 mod proxy;

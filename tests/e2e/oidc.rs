@@ -10,7 +10,7 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::oidc_attacks::{KEY_A, SECRET, send};
+use crate::oidc_op::{KEY_A, SECRET, send};
 use crate::support::oidc::{LoginOpts, Provider, browser, login};
 use crate::support::{H1, Portico, TestUpstream, fill, temp_dir};
 
