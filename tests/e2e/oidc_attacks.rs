@@ -1,7 +1,7 @@
-//! `oidc` against a provider that misbehaves on purpose (`oidc_op.rs`): replayed and unknown states, wrong nonces, ID tokens for another client, expired, or
-//! signed with `none` or HS256 keyed by the public key; tampered, truncated and foreign session
-//! cookies; key rotation; open redirects; the provider down; refresh; and no secret in any
-//! error body.
+//! `oidc` against a provider that misbehaves on purpose (`oidc_op.rs`): replayed and unknown
+//! states, wrong nonces, ID tokens for another client, expired, or signed with `none` or HS256
+//! keyed by the public key; tampered, truncated and foreign session cookies; key rotation; open
+//! redirects; the provider down; refresh; chunked sessions; and no secret in any error body.
 
 use std::time::Duration;
 
