@@ -681,3 +681,6 @@ impl Plugin for Oidc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
