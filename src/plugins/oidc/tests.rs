@@ -29,7 +29,7 @@ fn build(spec: &OidcSpec) -> Result<Oidc, BuildError> {
 }
 
 fn error(extra: &str) -> String {
-    build(&spec(extra)).err().expect("refused").to_string()
+    build(&spec(extra)).expect_err("refused").to_string()
 }
 
 #[test]
@@ -38,7 +38,7 @@ fn settings_are_checked() {
     let mut bad = spec("");
     bad.session.keys.value[0].value = "c2hvcnQ=".to_owned();
     assert_eq!(
-        build(&bad).err().unwrap().to_string(),
+        build(&bad).expect_err("refused").to_string(),
         "a session key must be 32 bytes, this one has 5"
     );
     bad.session.keys.value.clear();
@@ -52,13 +52,13 @@ fn settings_are_checked() {
     let mut bad = spec("");
     bad.client_secret.value.clear();
     assert_eq!(
-        build(&bad).err().unwrap().to_string(),
+        build(&bad).expect_err("refused").to_string(),
         "client_secret must not be empty"
     );
     let mut bad = spec("");
     bad.issuer.value = "ftp://id.example.com".to_owned();
     assert_eq!(
-        build(&bad).err().unwrap().to_string(),
+        build(&bad).expect_err("refused").to_string(),
         "issuer must be http:// or https://"
     );
     let mut bad = spec("");
