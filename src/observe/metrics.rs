@@ -109,6 +109,16 @@ pub(crate) struct Metrics {
     udp: super::udp::UdpMetrics,
     tunnels: Family<RouteLabels, Gauge>,
     tunnel_bytes: Family<TunnelBytesLabels, Counter>,
+    oidc: Family<OidcLabels, Counter>,
+}
+
+/// Labels of `portico_oidc_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OidcLabels {
+    /// `login`, `refresh` or `logout`.
+    pub(crate) event: &'static str,
+    /// `success` or why not (`invalid_state`, `replayed`, `id_token_invalid`...).
+    pub(crate) result: &'static str,
 }
 
 /// Labels of `portico_proxy_protocol_refused_total`.
@@ -207,7 +217,14 @@ impl Metrics {
             "Bytes relayed through tunnels, by direction",
             tunnel_bytes.clone(),
         );
+        let oidc = Family::<OidcLabels, Counter>::default();
+        registry.register(
+            "oidc_events",
+            "oidc logins, refreshes and logouts, by result",
+            oidc.clone(),
+        );
         Metrics {
+            oidc,
             tunnels,
             tunnel_bytes,
             udp,
@@ -304,6 +321,11 @@ impl Metrics {
                 target: target.to_owned(),
             })
             .set(i64::from(healthy));
+    }
+
+    /// The `portico_oidc_events_total` family.
+    pub(crate) fn oidc_family(&self) -> Family<OidcLabels, Counter> {
+        self.oidc.clone()
     }
 
     /// The `portico_rate_limited_total` family.

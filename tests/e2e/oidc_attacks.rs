@@ -218,6 +218,18 @@ async fn logs_in_and_every_callback_attack_is_refused() {
     bodies.keep(&r);
 
     bodies.check(&op, &[cookie, tx]);
+
+    // Logins by result.
+    let metrics = crate::support::get(gw.admin.as_deref().unwrap(), "/metrics").await.body;
+    for line in [
+        "portico_oidc_events_total{event=\"login\",result=\"success\"} 1",
+        "portico_oidc_events_total{event=\"login\",result=\"replayed\"} 1",
+        "portico_oidc_events_total{event=\"login\",result=\"invalid_state\"} 3",
+        "portico_oidc_events_total{event=\"login\",result=\"id_token_invalid\"} 12",
+        "portico_oidc_events_total{event=\"login\",result=\"provider_error\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
     assert!(!gw.log_text().contains("panicked"));
 }
 

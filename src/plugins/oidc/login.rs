@@ -138,10 +138,14 @@ impl Shared {
     /// The callback: the provider sent the browser back with a code (or an error).
     pub(super) fn callback(self: Arc<Self>, ctx: &RequestCtx, head: &request::Parts) -> Flow {
         let request_id = ctx.request_id.clone();
-        let bad = |message: &str| Flow::Respond(login_invalid(message, &request_id));
+        let bad = |result: &'static str, message: &str| {
+            self.count("login", result);
+            Flow::Respond(login_invalid(message, &request_id))
+        };
         if let Some(error) = query_param(head, "error") {
             let name = error_name(&error);
             let message = format!("the identity provider refused the login: {name}");
+            self.count("login", "provider_error");
             return Flow::Respond(if name == "access_denied" {
                 login_denied(&message, &request_id)
             } else {
@@ -155,7 +159,7 @@ impl Shared {
                 let target = query_param(head, "rd").unwrap_or_else(|| "/".to_owned());
                 return Flow::Respond(self.start_login(head, &request_id, &target, Vec::new()));
             }
-            _ => return bad("the callback needs a code and a state"),
+            _ => return bad("invalid_callback", "the callback needs a code and a state"),
         };
         let name = self.tx_cookie(&state);
         let clear_tx = self.tx_attrs.set(&name, "", 0);
@@ -166,21 +170,25 @@ impl Shared {
         let Some(tx) = tx.filter(|tx| {
             crate::plugins::auth::constant_time_eq(tx.state.as_bytes(), state.as_bytes())
         }) else {
-            return bad("no login is under way for this state");
+            return bad("invalid_state", "no login is under way for this state");
         };
         let now = now_secs();
         if tx.created + LOGIN_TTL.as_secs() < now {
-            return bad("the login took too long; try again");
+            return bad("expired", "the login took too long; try again");
         }
         match self.provider.used.use_once(&state, LOGIN_TTL) {
             Use::First => {}
-            Use::Again => return bad("this login was already used"),
-            Use::Full => return Flow::Respond(unavailable(&request_id)),
+            Use::Again => return bad("replayed", "this login was already used"),
+            Use::Full => {
+                self.count("login", "unavailable");
+                return Flow::Respond(unavailable(&request_id));
+            }
         }
         let headers = head.headers.clone();
         Flow::Defer(Box::pin(async move {
             let clear_tx: Vec<HeaderValue> = clear_tx.into_iter().collect();
             let Some(discovered) = self.provider.current.load_full() else {
+                self.count("login", "unavailable");
                 return Deferred::Respond(unavailable(&request_id));
             };
             let form = form_urlencoded::Serializer::new(String::new())
@@ -189,23 +197,30 @@ impl Shared {
                 .append_pair("redirect_uri", &tx.redirect_uri)
                 .append_pair("code_verifier", &tx.verifier)
                 .finish();
-            let failed = |message: &str| {
+            let failed = |result: &'static str, message: &str| {
+                self.count("login", result);
                 Deferred::Respond(login_failed(message, &request_id, clear_tx.clone()))
             };
             let tokens = match self.token_call(&discovered.token_endpoint, form).await {
                 Ok(tokens) => tokens,
                 Err(Failed::Refused) => {
-                    return failed("the identity provider did not accept the login");
+                    return failed(
+                        "code_refused",
+                        "the identity provider did not accept the login",
+                    );
                 }
-                Err(Failed::Unavailable) => return Deferred::Respond(unavailable(&request_id)),
+                Err(Failed::Unavailable) => {
+                    self.count("login", "unavailable");
+                    return Deferred::Respond(unavailable(&request_id));
+                }
             };
             let Some(id_token) = tokens.id_token.as_deref() else {
-                return failed("the identity provider sent no ID token");
+                return failed("id_token_invalid", "the identity provider sent no ID token");
             };
             let claims = match self.verify_id_token(&discovered, id_token, Some(&tx.nonce)) {
                 Ok(claims) => claims,
                 Err(message) => {
-                    return failed(message);
+                    return failed("id_token_invalid", message);
                 }
             };
             let now = now_secs();
@@ -218,9 +233,10 @@ impl Shared {
                 id_token: Some(id_token.to_owned()),
             };
             let Some(mut cookies) = self.seal_session(&headers, session) else {
-                return failed("the session does not fit in its cookies");
+                return failed("too_large", "the session does not fit in its cookies");
             };
             cookies.extend(clear_tx.iter().cloned());
+            self.count("login", "success");
             Deferred::Respond(found(&tx.target, cookies))
         }))
     }
@@ -382,8 +398,21 @@ impl Shared {
         }))
     }
 
-    /// One refresh grant for `session`.
-    async fn refresh_grant(&self, mut session: Session) -> Refreshed {
+    /// One refresh grant for `session`, counted.
+    async fn refresh_grant(&self, session: Session) -> Refreshed {
+        let outcome = self.refresh_once(session).await;
+        self.count(
+            "refresh",
+            match outcome {
+                Refreshed::Session(_) => "success",
+                Refreshed::Ended => "refused",
+                Refreshed::Unavailable => "unavailable",
+            },
+        );
+        outcome
+    }
+
+    async fn refresh_once(&self, mut session: Session) -> Refreshed {
         let Some(discovered) = self.provider.current.load_full() else {
             return Refreshed::Unavailable;
         };
@@ -432,8 +461,10 @@ impl Shared {
             .and_then(|d| d.end_session_endpoint.as_deref())
             .filter(|_| self.logout_provider);
         let Some(end_session) = end_session else {
+            self.count("logout", "local");
             return found(&target, cookies);
         };
+        self.count("logout", "provider");
         let mut query = form_urlencoded::Serializer::new(String::new());
         if let Some(hint) = session.as_ref().and_then(|s| s.id_token.as_deref()) {
             query.append_pair("id_token_hint", hint);

@@ -80,6 +80,11 @@ struct Shared {
     consumers: Arc<super::auth::Consumers>,
     /// When the session cookie is `Secure`, redirect URIs built from the request are `https`.
     https: bool,
+    /// `portico_oidc_events_total`.
+    events: prometheus_client::metrics::family::Family<
+        crate::observe::metrics::OidcLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 fn invalid(pos: crate::config::Pos, message: impl Into<String>) -> BuildError {
@@ -287,6 +292,7 @@ impl Oidc {
                 provider,
                 consumers: Arc::clone(env.consumers),
                 https: spec.session.secure,
+                events: env.metrics.oidc_family(),
             }),
         })
     }
@@ -383,6 +389,13 @@ fn query_param(head: &request::Parts, name: &str) -> Option<String> {
 }
 
 impl Shared {
+    /// Counts a login, refresh or logout by its result.
+    fn count(&self, event: &'static str, result: &'static str) {
+        self.events
+            .get_or_create(&crate::observe::metrics::OidcLabels { event, result })
+            .inc();
+    }
+
     /// `scheme://host` of the request: where callbacks and logout targets are built.
     fn origin(&self, head: &request::Parts) -> String {
         let scheme = head
