@@ -184,6 +184,21 @@ async fn logs_in_and_every_callback_attack_is_refused() {
         );
         bodies.keep(&r);
     }
+    // The unknown `kid` asked for one early JWKS fetch (start-up made the first); another
+    // unknown `kid` within the minute asks for none.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while op.get(|s| s.jwks_calls) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(op.get(|s| s.jwks_calls), 2);
+    let (cb, tx, _) = to_callback(&web, "/app").await;
+    assert_eq!(send(&web, &cb, &[("cookie", &tx)]).await.status, 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        op.get(|s| s.jwks_calls),
+        2,
+        "at most one early refresh a minute"
+    );
     op.set(|s| s.mint = Mint::Good);
 
     // The provider's own refusal: its error name only.
@@ -220,12 +235,14 @@ async fn logs_in_and_every_callback_attack_is_refused() {
     bodies.check(&op, &[cookie, tx]);
 
     // Logins by result.
-    let metrics = crate::support::get(gw.admin.as_deref().unwrap(), "/metrics").await.body;
+    let metrics = crate::support::get(gw.admin.as_deref().unwrap(), "/metrics")
+        .await
+        .body;
     for line in [
         "portico_oidc_events_total{event=\"login\",result=\"success\"} 1",
         "portico_oidc_events_total{event=\"login\",result=\"replayed\"} 1",
         "portico_oidc_events_total{event=\"login\",result=\"invalid_state\"} 3",
-        "portico_oidc_events_total{event=\"login\",result=\"id_token_invalid\"} 12",
+        "portico_oidc_events_total{event=\"login\",result=\"id_token_invalid\"} 13",
         "portico_oidc_events_total{event=\"login\",result=\"provider_error\"} 2",
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
