@@ -175,6 +175,33 @@ impl Oidc {
                 }
             }
         }
+        let at = spec.session.keys.pos;
+        if let Some(domain) = &spec.session.domain
+            && (domain.is_empty()
+                || !domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        {
+            return Err(invalid(at, "session.domain must be a host name"));
+        }
+        let plain_path = |p: &str| {
+            p.starts_with('/')
+                && !p
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b';' || b == b' ')
+        };
+        if !plain_path(&spec.session.path) {
+            return Err(invalid(at, "session.path must be a path starting with `/`"));
+        }
+        if !plain_path(&spec.logout.path) {
+            return Err(invalid(pos, "logout.path must be a path starting with `/`"));
+        }
+        if redirect::safe_target(&spec.logout.redirect, &origins) != spec.logout.redirect {
+            return Err(invalid(
+                pos,
+                "logout.redirect must be a relative path or a URL on an allowed_redirect_origins origin",
+            ));
+        }
         if spec.session.same_site == SameSite::None && !spec.session.secure {
             return Err(invalid(
                 spec.session.keys.pos,

@@ -92,6 +92,16 @@ fn settings_are_checked() {
             .to_string()
             .contains("needs session.secure")
     );
+    let mut bad = spec("");
+    bad.session.domain = Some("x; Secure=no".to_owned());
+    assert_eq!(
+        build(&bad).expect_err("refused").to_string(),
+        "session.domain must be a host name"
+    );
+    assert_eq!(
+        error("      logout: { redirect: 'https://evil.example/' }\n"),
+        "logout.redirect must be a relative path or a URL on an allowed_redirect_origins origin"
+    );
     // The secrets are never serialized (GET /config).
     let json = serde_json::to_string(&spec("")).unwrap();
     assert!(!json.contains("s3cret") && !json.contains(KEY), "{json}");
