@@ -131,7 +131,12 @@ async fn logs_in_and_every_callback_attack_is_refused() {
     );
     assert_eq!(op.get(|s| s.token_forms.len()), tokens_before);
 
-    // The same callback again, with the same transaction cookie: refused (the state was used).
+    // The same callback again, with the same transaction cookie: refused (the state was used),
+    // across a reload too.
+    assert!(gw.reload(&format!(
+        "{}\n# reloaded\n",
+        config(&op.issuer, &up.addr(), &[KEY_A], &["client_auth: post"])
+    )));
     let again = send(&web, &callback, &[("cookie", &tx)]).await;
     assert_eq!(again.status, 400, "{}", again.body);
     assert_eq!(again.json()["error"], "login_invalid");

@@ -302,3 +302,22 @@ fn logout_goes_to_the_provider_with_a_safe_return() {
         "{location}"
     );
 }
+
+#[test]
+fn unauthenticated_decides_between_redirect_and_401() {
+    for (setting, accept, want) in [
+        ("deny", "text/html", StatusCode::UNAUTHORIZED),
+        ("redirect", "application/json", StatusCode::FOUND),
+        ("auto", "*/*", StatusCode::UNAUTHORIZED),
+        ("auto", "text/html;q=0.9", StatusCode::FOUND),
+    ] {
+        let plugin = build(&spec(&format!("      unauthenticated: {setting}\n"))).unwrap();
+        discovered(&plugin);
+        let r = respond(
+            plugin
+                .on_request(&mut ctx(), &mut head("/", &[("accept", accept)]))
+                .unwrap(),
+        );
+        assert_eq!(r.status(), want, "{setting} {accept}");
+    }
+}
