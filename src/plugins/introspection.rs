@@ -224,7 +224,8 @@ impl Introspection {
     }
 }
 
-fn consumer(consumers: &super::auth::Consumers, name: &str) -> Arc<Consumer> {
+/// The consumer of this name: the config's, or one made up for a name it does not list.
+pub(crate) fn consumer(consumers: &super::auth::Consumers, name: &str) -> Arc<Consumer> {
     consumers.by_name(name).unwrap_or_else(|| {
         Arc::new(Consumer {
             name_value: HeaderValue::from_str(name)
