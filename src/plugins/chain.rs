@@ -372,21 +372,21 @@ pub(crate) async fn run_on_request(
         Flow::Subrequest(start) => start(ctx, calls),
     };
     match work.await {
-            Deferred::Continue(consumer) => {
-                if consumer.is_some() {
-                    ctx.consumer = consumer;
-                }
-                Ok(None)
+        Deferred::Continue(consumer) => {
+            if consumer.is_some() {
+                ctx.consumer = consumer;
             }
-            Deferred::ContinueWith(consumer, headers) => {
-                if consumer.is_some() {
-                    ctx.consumer = consumer;
-                }
-                for (name, value) in headers {
-                    head.headers.insert(name, value);
-                }
-                Ok(None)
+            Ok(None)
+        }
+        Deferred::ContinueWith(consumer, headers) => {
+            if consumer.is_some() {
+                ctx.consumer = consumer;
             }
+            for (name, value) in headers {
+                head.headers.insert(name, value);
+            }
+            Ok(None)
+        }
         Deferred::Respond(response) => Ok(Some(response)),
     }
 }

@@ -98,7 +98,10 @@ fn name(text: &At<String>) -> Result<HeaderName, BuildError> {
 
 impl ForwardAuth {
     /// Checks the settings and finds the upstream.
-    pub(crate) fn new(spec: &ForwardAuthSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
+    pub(crate) fn new(
+        spec: &ForwardAuthSpec,
+        env: super::BuildEnv<'_>,
+    ) -> Result<Self, BuildError> {
         let target = (env.upstreams.0)(&spec.upstream)
             .map_err(|message| invalid(spec.upstream.pos, message))?;
         let path = spec
@@ -230,7 +233,7 @@ impl Shared {
         let answer = match answer {
             Ok(answer) => answer,
             Err(err) => {
-                tracing::warn!(upstream = %self.target.name, error = ?err, "forward_auth: the auth service gave no usable answer");
+                tracing::warn!(upstream = %self.target.name, error = %err, "forward_auth: the auth service gave no usable answer");
                 return None;
             }
         };
@@ -282,7 +285,9 @@ impl Shared {
     ) -> Option<(Decision, Duration)> {
         let answer = tokio::time::timeout(self.timeout, call)
             .await
-            .unwrap_or(Err(super::SubError::Failed("the auth service did not answer in time")));
+            .unwrap_or(Err(super::SubError::Failed(
+                "the auth service did not answer in time",
+            )));
         self.decide(answer)
     }
 }
@@ -308,7 +313,11 @@ fn unavailable(request_id: &HeaderValue) -> http::Response<Body> {
 }
 
 /// The auth service's refusal, as the client gets it.
-fn refusal(status: StatusCode, headers: &[(HeaderName, HeaderValue)], body: &Bytes) -> http::Response<Body> {
+fn refusal(
+    status: StatusCode,
+    headers: &[(HeaderName, HeaderValue)],
+    body: &Bytes,
+) -> http::Response<Body> {
     let mut response = http::Response::new(Body::full(body.clone()));
     *response.status_mut() = status;
     let map: &mut HeaderMap = response.headers_mut();
@@ -366,7 +375,11 @@ impl Plugin for ForwardAuth {
             if names.is_empty() {
                 "none".to_owned()
             } else {
-                names.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", ")
+                names
+                    .iter()
+                    .map(HeaderName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         };
         let mut notes = vec![format!(

@@ -69,7 +69,10 @@ pub(crate) enum Flow {
 }
 
 /// The work of a [`Flow::Subrequest`].
-pub(crate) type SubrequestWork = dyn FnOnce(&RequestCtx, &dyn Subrequests) -> std::pin::Pin<Box<dyn Future<Output = Deferred> + Send>>
+pub(crate) type SubrequestWork = dyn FnOnce(
+        &RequestCtx,
+        &dyn Subrequests,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Deferred> + Send>>
     + Send;
 
 /// An upstream a plugin calls, found by name when the config compiled. What it holds is the
@@ -95,6 +98,15 @@ pub(crate) enum SubError {
     Failed(&'static str),
     /// A body longer than allowed.
     TooLarge,
+}
+
+impl std::fmt::Display for SubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubError::Failed(why) => f.write_str(why),
+            SubError::TooLarge => f.write_str("the answer is longer than max_body"),
+        }
+    }
 }
 
 /// An upstream's answer to a plugin's call, its body read whole (bounded).
@@ -135,7 +147,9 @@ impl Subrequests for NoSubrequests {
 /// Finds an upstream of the config by name, for plugins that call one; the error is shown
 /// at the name's position.
 #[derive(Clone, Copy)]
-pub(crate) struct UpstreamLookup<'a>(pub(crate) &'a (dyn Fn(&str) -> Result<SubTarget, String> + Sync));
+pub(crate) struct UpstreamLookup<'a>(
+    pub(crate) &'a (dyn Fn(&str) -> Result<SubTarget, String> + Sync),
+);
 
 impl std::fmt::Debug for UpstreamLookup<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

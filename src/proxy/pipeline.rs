@@ -427,7 +427,10 @@ async fn request_plugins(
     // Boxed: the steps' state would otherwise be part of every request's future, plugins or
     // not, and copied with it; a route with plugins pays one allocation instead.
     Box::pin(async {
-        if let Some(response) = plugins.on_request(ctx, head, &super::subrequest::Calls { conn }).await? {
+        if let Some(response) = plugins
+            .on_request(ctx, head, &super::subrequest::Calls { conn })
+            .await?
+        {
             return Ok(BodyStep::Respond(response));
         }
         plugins.request_body(ctx, head, body).await

@@ -44,7 +44,12 @@ impl AuthService {
 
     /// How many checks it got.
     pub(crate) async fn calls(&self) -> u64 {
-        get(&self.addr, "/_calls").await.body.trim().parse().unwrap()
+        get(&self.addr, "/_calls")
+            .await
+            .body
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// The last check: method, path, and each header's values.
@@ -203,22 +208,35 @@ async fn forward_auth_allows_relays_refusals_and_describes_the_request() {
 
     // What the auth service was told.
     let check = auth.last().await;
-    assert_eq!((check.method.as_str(), check.path.as_str()), ("GET", "/check"));
+    assert_eq!(
+        (check.method.as_str(), check.path.as_str()),
+        ("GET", "/check")
+    );
     assert_eq!(check.header("x-forwarded-method"), Some("DELETE"));
-    assert_eq!(check.header("x-forwarded-uri"), Some("/orders/7?full=1&x=%2F"));
+    assert_eq!(
+        check.header("x-forwarded-uri"),
+        Some("/orders/7?full=1&x=%2F")
+    );
     assert_eq!(check.header("x-forwarded-host"), Some("app.example"));
     assert_eq!(check.header("x-forwarded-proto"), Some("http"));
     // Not from a trusted proxy: the forged hop is not believed.
     assert_eq!(check.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(check.header("authorization"), Some("Bearer tok-bob"));
     assert_eq!(check.header("cookie"), None, "not listed");
-    assert_eq!(check.header("x-user"), None, "the forged header is not sent either");
+    assert_eq!(
+        check.header("x-user"),
+        None,
+        "the forged header is not sent either"
+    );
     assert_eq!(check.header("content-length"), None, "no body");
 
     // Refused: the auth service's status, listed headers and body.
     let r = send(&web, "GET", "/orders", &[("x-user", "alice")]).await;
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"example\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"example\"")
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert!(r.header("x-auth-debug").is_none(), "not a client header");
     assert_eq!(r.json()["message"], "sign in first");
@@ -234,19 +252,37 @@ async fn forward_auth_allows_relays_refusals_and_describes_the_request() {
     );
 
     // The consumer named by the answer feeds acl.
-    let r = send(&web, "GET", "/admin/users", &[("authorization", "Bearer tok-alice")]).await;
+    let r = send(
+        &web,
+        "GET",
+        "/admin/users",
+        &[("authorization", "Bearer tok-alice")],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let seen = up.last();
     assert_eq!(seen.headers["x-user"], "alice");
     assert_eq!(seen.headers["x-consumer-name"], "alice");
     assert_eq!(seen.headers["x-consumer-groups"], "admins");
     // Bob passes the auth service's check of /admin? No: it refuses with 403 itself.
-    let r = send(&web, "GET", "/admin/users", &[("authorization", "Bearer tok-bob")]).await;
+    let r = send(
+        &web,
+        "GET",
+        "/admin/users",
+        &[("authorization", "Bearer tok-bob")],
+    )
+    .await;
     assert_eq!((r.status, r.body.as_str()), (403, "admins only\n"));
     assert_eq!(up.count(), count + 1);
 
     // A refusal longer than max_body fails closed, and shows no credential.
-    let r = send(&web, "GET", "/orders", &[("authorization", "Bearer tok-big")]).await;
+    let r = send(
+        &web,
+        "GET",
+        "/orders",
+        &[("authorization", "Bearer tok-big")],
+    )
+    .await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "auth_unavailable");
     clean(&r);

@@ -165,7 +165,10 @@ mod tests {
             d.shared([5; 32], call()),
             d.shared([5; 32], call())
         );
-        assert_eq!((a.as_deref(), b.as_deref(), c.as_deref()), (Some(&7), Some(&7), Some(&7)));
+        assert_eq!(
+            (a.as_deref(), b.as_deref(), c.as_deref()),
+            (Some(&7), Some(&7), Some(&7))
+        );
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(d.pending.lock().unwrap().is_empty());
         // A failed call is not kept, and is forgotten.
@@ -174,7 +177,11 @@ mod tests {
         assert!(d.pending.lock().unwrap().is_empty());
         // An abandoned call leaves nothing behind.
         let waiting = d.shared([8; 32], std::future::pending());
-        assert!(tokio::time::timeout(Duration::from_millis(20), waiting).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting)
+                .await
+                .is_err()
+        );
         assert!(d.pending.lock().unwrap().is_empty());
     }
 }

@@ -6,8 +6,12 @@ use crate::plugins::{BuildEnv, SubError, Subrequests, UpstreamLookup};
 
 fn spec(yaml: &str) -> ForwardAuthSpec {
     let text = format!("plugins:\n  - forward_auth: {yaml}\n");
-    let spec = crate::config::load_str("c.yaml", &text, &|_| None)
-        .unwrap_or_else(|d| panic!("{:?}", d.iter().map(ToString::to_string).collect::<Vec<_>>()));
+    let spec = crate::config::load_str("c.yaml", &text, &|_| None).unwrap_or_else(|d| {
+        panic!(
+            "{:?}",
+            d.iter().map(ToString::to_string).collect::<Vec<_>>()
+        )
+    });
     match &spec.plugins[0].value {
         PluginSpec::ForwardAuth(s) => s.clone(),
         other => panic!("{other:?}"),
@@ -59,14 +63,21 @@ fn settings_are_checked_at_their_position() {
     let err = build("{ upstream: nope }").unwrap_err();
     assert_eq!(err.to_string(), "upstream `nope` is not defined");
     assert_eq!(err.pos().map(|p| (p.line, p.col)), Some((2, 31)));
-    let err = build("{ upstream: auth, request_headers: [authorization, 'bad name'] }").unwrap_err();
+    let err =
+        build("{ upstream: auth, request_headers: [authorization, 'bad name'] }").unwrap_err();
     assert_eq!(err.to_string(), "invalid header name `bad name`");
     assert_eq!(err.pos().map(|p| p.line), Some(2));
     for (yaml, want) in [
-        ("{ upstream: auth, path: check }", "path must be an absolute path"),
+        (
+            "{ upstream: auth, path: check }",
+            "path must be an absolute path",
+        ),
         ("{ upstream: auth, method: 'G T' }", "method `G T`"),
         ("{ upstream: auth, cache: { key: [] } }", "cache.key needs"),
-        ("{ upstream: auth, cache: { key: [cookie], ttl: 0s } }", "cache.ttl must"),
+        (
+            "{ upstream: auth, cache: { key: [cookie], ttl: 0s } }",
+            "cache.ttl must",
+        ),
     ] {
         let err = build(yaml).unwrap_err().to_string();
         assert!(err.starts_with(want), "{yaml}: {err}");
@@ -111,10 +122,16 @@ fn keys_hash_the_listed_headers_and_the_target() {
     let cache = auth.shared.cache.as_ref().unwrap();
     let key = |uri: &str, h: &[(&str, &str)]| auth.shared.key(cache, &request(uri, h));
     let a = key("/a", &[("authorization", "Bearer 1")]);
-    assert_eq!(a, key("/a", &[("authorization", "Bearer 1"), ("x-other", "y")]));
+    assert_eq!(
+        a,
+        key("/a", &[("authorization", "Bearer 1"), ("x-other", "y")])
+    );
     assert_ne!(a, key("/a", &[("authorization", "Bearer 2")]));
     assert_ne!(a, key("/b", &[("authorization", "Bearer 1")]));
-    assert_ne!(a, key("/a", &[("authorization", "Bearer 1"), ("cookie", "")]));
+    assert_ne!(
+        a,
+        key("/a", &[("authorization", "Bearer 1"), ("cookie", "")])
+    );
     // Values cannot slide from one header to the next.
     assert_ne!(
         key("/a", &[("authorization", "ab"), ("cookie", "c")]),
@@ -132,7 +149,13 @@ fn answers_decide() {
     let s = &auth.shared;
     match s.decide(answer(204, &[("x-user", "alice"), ("x-other", "1")], "")) {
         Some((Decision::Allow { headers, consumer }, ttl)) => {
-            assert_eq!(headers, [(HeaderName::from_static("x-user"), HeaderValue::from_static("alice"))]);
+            assert_eq!(
+                headers,
+                [(
+                    HeaderName::from_static("x-user"),
+                    HeaderValue::from_static("alice")
+                )]
+            );
             assert_eq!(consumer.as_deref(), Some("alice"));
             assert_eq!(ttl, Duration::from_secs(5));
         }
@@ -140,10 +163,21 @@ fn answers_decide() {
     }
     match s.decide(answer(
         401,
-        &[("www-authenticate", "Basic"), ("x-debug", "1"), ("content-type", "text/plain")],
+        &[
+            ("www-authenticate", "Basic"),
+            ("x-debug", "1"),
+            ("content-type", "text/plain"),
+        ],
         "who?",
     )) {
-        Some((Decision::Deny { status, headers, body }, ttl)) => {
+        Some((
+            Decision::Deny {
+                status,
+                headers,
+                body,
+            },
+            ttl,
+        )) => {
             assert_eq!(status, 401);
             assert_eq!(headers.len(), 2);
             assert_eq!(body, "who?");
@@ -152,7 +186,11 @@ fn answers_decide() {
         other => panic!("{other:?}"),
     }
     // A refusal that sets a cookie is never reused.
-    match s.decide(answer(302, &[("location", "/login"), ("set-cookie", "state=1")], "")) {
+    match s.decide(answer(
+        302,
+        &[("location", "/login"), ("set-cookie", "state=1")],
+        "",
+    )) {
         Some((Decision::Deny { .. }, ttl)) => assert_eq!(ttl, Duration::ZERO),
         other => panic!("{other:?}"),
     }
@@ -225,7 +263,10 @@ async fn the_chain_runs_the_check_and_reuses_decisions() {
         .expect("relayed");
     assert_eq!(answered.status(), 403);
     assert_eq!(answered.headers()["www-authenticate"], "Bearer");
-    assert!(answered.headers().get("x-user").is_none(), "not a client header");
+    assert!(
+        answered.headers().get("x-user").is_none(),
+        "not a client header"
+    );
 
     // No call possible: 503, never through.
     let mut head = request("/", &[("authorization", "Bearer 3")]);
