@@ -10,8 +10,6 @@
 //! other answer is the client's: status, `client_headers` and body. No answer in time, no
 //! healthy target, a broken or too long answer: 503 `auth_unavailable`, never through.
 
-mod cache;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +18,13 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request};
 
 use super::auth::Consumers;
+use super::decisions::{Decisions, Key};
 use super::{BuildError, Deferred, Flow, Phase, Plugin, SubResult, SubTarget};
 use crate::body::Body;
 use crate::config::At;
 use crate::config::spec_forward_auth::ForwardAuthSpec;
 use crate::ctx::RequestCtx;
 use crate::error::{ProxyError, error_response};
-use cache::{Decisions, Key};
 
 /// `x-forwarded-method`.
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -362,7 +360,7 @@ impl Plugin for ForwardAuth {
 
     fn explain(
         &self,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
         head: &request::Parts,
         _secrets: &crate::config::secret::Credentials,
     ) -> super::Explained {
@@ -404,7 +402,6 @@ impl Plugin for ForwardAuth {
                 listed(&cache.key)
             ));
         }
-        let _ = ctx;
         super::Explained::Offline(notes)
     }
 

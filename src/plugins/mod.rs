@@ -20,6 +20,7 @@ pub(crate) mod auth;
 pub(crate) mod basic_auth;
 mod chain;
 pub(crate) mod cors;
+pub(crate) mod decisions;
 pub(crate) mod forward_auth;
 pub(crate) mod grpc_web;
 pub(crate) mod headers;

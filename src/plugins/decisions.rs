@@ -1,19 +1,20 @@
-//! The decisions `forward_auth` keeps: by a SHA-256 key, until an instant, bounded; and the
-//! calls under way, so concurrent requests with one key share one call.
+//! Decisions an authentication plugin keeps (`oauth2_introspection`, `forward_auth`): by a
+//! SHA-256 key (never the credential itself), until an instant, bounded; and the calls under
+//! way, so concurrent requests with one key share one call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A SHA-256: the cache key (no credential is ever kept).
-pub(super) type Key = [u8; 32];
+pub(crate) type Key = [u8; 32];
 
 /// One call under way: every request for its key waits on it; `None` if the call failed.
 type Pending<V> = tokio::sync::OnceCell<Option<Arc<V>>>;
 
 /// Decisions by key, until an instant; and the calls under way.
 #[derive(Debug)]
-pub(super) struct Decisions<V> {
+pub(crate) struct Decisions<V> {
     kept: Mutex<HashMap<Key, (Arc<V>, Instant)>>,
     pending: Mutex<HashMap<Key, Arc<Pending<V>>>>,
     max: usize,
@@ -21,7 +22,7 @@ pub(super) struct Decisions<V> {
 
 impl<V> Decisions<V> {
     /// At most `max` decisions (at least 1).
-    pub(super) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Decisions {
             kept: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -30,7 +31,7 @@ impl<V> Decisions<V> {
     }
 
     /// The live decision for `key`.
-    pub(super) fn get(&self, key: &Key) -> Option<Arc<V>> {
+    pub(crate) fn get(&self, key: &Key) -> Option<Arc<V>> {
         let mut kept = self.kept.lock().ok()?;
         match kept.get(key) {
             Some((value, until)) if *until > Instant::now() => Some(Arc::clone(value)),
@@ -44,7 +45,7 @@ impl<V> Decisions<V> {
 
     /// Keeps `value` for `ttl`; when full, expired decisions are dropped first and, if none
     /// had expired, the decision is not kept.
-    pub(super) fn put(&self, key: Key, value: Arc<V>, ttl: Duration) {
+    pub(crate) fn put(&self, key: Key, value: Arc<V>, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
@@ -63,14 +64,20 @@ impl<V> Decisions<V> {
 
     /// How many decisions are kept (expired ones included until looked up or pushed out).
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.kept.lock().map_or(0, |k| k.len())
+    }
+
+    /// Whether no call is under way.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
+        self.pending.lock().is_ok_and(|p| p.is_empty())
     }
 
     /// The decision for `key`: kept, or from one call shared by every request waiting for
     /// the same key. `call` runs only if this request is the one that makes the call; it
     /// gives the decision and how long it may be kept.
-    pub(super) async fn shared<F>(&self, key: Key, call: F) -> Option<Arc<V>>
+    pub(crate) async fn shared<F>(&self, key: Key, call: F) -> Option<Arc<V>>
     where
         F: Future<Output = Option<(V, Duration)>>,
     {
