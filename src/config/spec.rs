@@ -1153,6 +1153,9 @@ pub(crate) enum PluginSpec {
     RequestValidator(ValidatorSpec),
     /// Lets gRPC-Web clients (browsers) call gRPC upstreams.
     GrpcWeb(GrpcWebSpec),
+    /// Asks an auth service (an upstream) about each request: a 2xx lets it on, anything
+    /// else is the answer.
+    ForwardAuth(super::spec_forward_auth::ForwardAuthSpec),
 }
 
 /// `grpc_web:` — no settings (`grpc_web: {}`).
