@@ -1153,6 +1153,9 @@ pub(crate) enum PluginSpec {
     RequestValidator(ValidatorSpec),
     /// Lets gRPC-Web clients (browsers) call gRPC upstreams.
     GrpcWeb(GrpcWebSpec),
+    /// Asks an auth service (an upstream) about each request: a 2xx lets it on, anything
+    /// else is the answer.
+    ForwardAuth(super::spec_forward_auth::ForwardAuthSpec),
     /// Logs browser users in at an OpenID Provider; keeps them in a sealed session cookie.
     Oidc(Box<super::spec_oidc::OidcSpec>),
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, request, response};
 
-use super::{BodyFilter, Deferred, Flow, LogRecord, Phase, Plugin};
+use super::{BodyFilter, Deferred, Flow, LogRecord, Phase, Plugin, Subrequests};
 use crate::body::Body;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
@@ -251,6 +251,7 @@ impl PluginChain {
         &self,
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
+        calls: &dyn Subrequests,
     ) -> Result<Option<http::Response<Body>>, ProxyError> {
         for plugin in &self.base.steps {
             plugin.observe(ctx, head);
@@ -258,13 +259,13 @@ impl PluginChain {
         // Up to authentication, what every request meets; then, once the consumer is known,
         // what is in force for it. Both share the same plugins before authentication.
         for plugin in &self.base.steps[..self.base.authenticated] {
-            if let Some(response) = run_on_request(plugin, ctx, head).await? {
+            if let Some(response) = run_on_request(plugin, ctx, head, calls).await? {
                 return Ok(Some(response));
             }
         }
         let in_force = self.steps(ctx);
         for plugin in &in_force.steps[in_force.authenticated..] {
-            if let Some(response) = run_on_request(plugin, ctx, head).await? {
+            if let Some(response) = run_on_request(plugin, ctx, head, calls).await? {
                 return Ok(Some(response));
             }
         }
@@ -362,32 +363,35 @@ pub(crate) async fn run_on_request(
     plugin: &Arc<dyn Plugin>,
     ctx: &mut RequestCtx,
     head: &mut request::Parts,
+    calls: &dyn Subrequests,
 ) -> Result<Option<http::Response<Body>>, ProxyError> {
-    match plugin.on_request(ctx, head)? {
-        Flow::Continue => Ok(None),
-        Flow::Respond(response) => Ok(Some(response)),
-        Flow::Defer(work) => match work.await {
-            Deferred::Continue(consumer) => {
-                if consumer.is_some() {
-                    ctx.consumer = consumer;
-                }
-                Ok(None)
+    let work = match plugin.on_request(ctx, head)? {
+        Flow::Continue => return Ok(None),
+        Flow::Respond(response) => return Ok(Some(response)),
+        Flow::Defer(work) => work,
+        Flow::Subrequest(start) => start(ctx, calls),
+    };
+    match work.await {
+        Deferred::Continue(consumer) => {
+            if consumer.is_some() {
+                ctx.consumer = consumer;
             }
-            Deferred::ContinueWith(consumer, headers) => {
-                if consumer.is_some() {
-                    ctx.consumer = consumer;
-                }
-                for (name, value) in headers {
-                    head.headers.insert(name, value);
-                }
-                Ok(None)
+            Ok(None)
+        }
+        Deferred::ContinueWith(consumer, headers) => {
+            if consumer.is_some() {
+                ctx.consumer = consumer;
             }
-            Deferred::Respond(response) => Ok(Some(response)),
-            Deferred::Apply(edit) => {
-                edit(ctx, head);
-                Ok(None)
+            for (name, value) in headers {
+                head.headers.insert(name, value);
             }
-        },
+            Ok(None)
+        }
+        Deferred::Respond(response) => Ok(Some(response)),
+        Deferred::Apply(edit) => {
+            edit(ctx, head);
+            Ok(None)
+        }
     }
 }
 

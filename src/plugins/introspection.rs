@@ -9,13 +9,13 @@
 //! that cannot be reached, is too slow, or answers anything but a 2xx JSON object fails closed
 //! with 503 `auth_unavailable`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, header, request};
 
 use super::auth::Consumer;
+use super::decisions::Decisions;
 use super::{BuildError, Deferred, Flow, Phase, Plugin};
 use crate::body::Body;
 use crate::config::spec_introspection::{ClientAuth, IntrospectionSpec};
@@ -40,46 +40,6 @@ enum Verdict {
     Invalid(&'static str),
     /// 403 `insufficient_scope`.
     Scope,
-}
-
-/// One call under way: every request for its token waits on it; `None` if the endpoint failed.
-type Pending = tokio::sync::OnceCell<Option<Arc<Verdict>>>;
-
-/// Answers by token hash, until an instant; and the calls under way.
-#[derive(Debug, Default)]
-struct Cache {
-    answers: Mutex<HashMap<TokenHash, (Arc<Verdict>, Instant)>>,
-    pending: Mutex<HashMap<TokenHash, Arc<Pending>>>,
-}
-
-impl Cache {
-    fn get(&self, key: &TokenHash) -> Option<Arc<Verdict>> {
-        let mut answers = self.answers.lock().ok()?;
-        match answers.get(key) {
-            Some((verdict, until)) if *until > Instant::now() => Some(Arc::clone(verdict)),
-            Some(_) => {
-                answers.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Keeps `verdict` until `until`; when `max` answers are kept, expired ones are dropped
-    /// first and, if none had expired, the answer is not kept.
-    fn put(&self, key: TokenHash, verdict: Arc<Verdict>, until: Instant, max: usize) {
-        let Ok(mut answers) = self.answers.lock() else {
-            return;
-        };
-        if answers.len() >= max && !answers.contains_key(&key) {
-            let now = Instant::now();
-            answers.retain(|_, (_, until)| *until > now);
-            if answers.len() >= max {
-                return;
-            }
-        }
-        answers.insert(key, (verdict, until));
-    }
 }
 
 /// A compiled `oauth2_introspection`.
@@ -110,8 +70,7 @@ struct Shared {
     timeout: Duration,
     cache_ttl: Duration,
     negative_ttl: Duration,
-    max_entries: usize,
-    cache: Cache,
+    cache: Decisions<Verdict>,
 }
 
 fn invalid(pos: crate::config::Pos, message: &str) -> BuildError {
@@ -210,8 +169,7 @@ impl Introspection {
                 timeout: spec.timeout.0.max(Duration::from_millis(1)),
                 cache_ttl: spec.cache_ttl.0,
                 negative_ttl: spec.negative_cache_ttl.0,
-                max_entries: spec.cache_max_entries.max(1),
-                cache: Cache::default(),
+                cache: Decisions::new(spec.cache_max_entries),
             }),
             hide: spec.hide_credentials,
             claims_to_headers,
@@ -224,7 +182,8 @@ impl Introspection {
     }
 }
 
-fn consumer(consumers: &super::auth::Consumers, name: &str) -> Arc<Consumer> {
+/// The consumer of this name: the config's, or one made up for a name it does not list.
+pub(crate) fn consumer(consumers: &super::auth::Consumers, name: &str) -> Arc<Consumer> {
     consumers.by_name(name).unwrap_or_else(|| {
         Arc::new(Consumer {
             name_value: HeaderValue::from_str(name)
@@ -353,61 +312,7 @@ impl Shared {
     /// The verdict for `token`: cached, or from one call shared by every request waiting for
     /// the same token.
     async fn verdict(self: Arc<Self>, key: TokenHash, token: String) -> Option<Arc<Verdict>> {
-        if let Some(cached) = self.cache.get(&key) {
-            return Some(cached);
-        }
-        let cell = match self.cache.pending.lock() {
-            Ok(mut pending) => Arc::clone(pending.entry(key).or_default()),
-            Err(_) => Arc::new(tokio::sync::OnceCell::new()),
-        };
-        // Forgets the call once this request is done with it, even if the request is dropped
-        // while waiting (a client gone), so abandoned calls leave nothing behind.
-        let call = Forget {
-            cache: &self.cache,
-            key,
-            cell,
-        };
-        call.cell
-            .get_or_init(|| async {
-                // A call that finished meanwhile cached its answer.
-                if let Some(cached) = self.cache.get(&key) {
-                    return Some(cached);
-                }
-                let (verdict, ttl) = self.introspect(&token).await?;
-                let verdict = Arc::new(verdict);
-                if !ttl.is_zero() {
-                    self.cache.put(
-                        key,
-                        Arc::clone(&verdict),
-                        Instant::now() + ttl,
-                        self.max_entries,
-                    );
-                }
-                Some(verdict)
-            })
-            .await
-            .clone()
-    }
-}
-
-/// Removes a finished or abandoned call from [`Cache::pending`] when dropped.
-struct Forget<'a> {
-    cache: &'a Cache,
-    key: TokenHash,
-    cell: Arc<Pending>,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut pending) = self.cache.pending.lock()
-            && pending
-                .get(&self.key)
-                .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
-            // Unfinished with other requests waiting (each holding it): the last one removes it.
-            && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2)
-        {
-            pending.remove(&self.key);
-        }
+        self.cache.shared(key, self.introspect(&token)).await
     }
 }
 
@@ -599,8 +504,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             cache_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
-            max_entries: 2,
-            cache: Cache::default(),
+            cache: Decisions::new(2),
         }
     }
 
@@ -666,27 +570,11 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert!(s.cache.pending.lock().unwrap().is_empty());
+        assert!(s.cache.idle());
         // A call that fails (the endpoint times out) is not cached and is forgotten too.
         let s2 = Arc::clone(&s);
         assert!(s2.verdict([8; 32], "t".to_owned()).await.is_none());
-        assert!(s.cache.pending.lock().unwrap().is_empty());
+        assert!(s.cache.idle());
         assert!(s.cache.get(&[8; 32]).is_none());
-    }
-
-    #[test]
-    fn the_cache_is_bounded() {
-        let s = shared(&[], &[]);
-        let later = Instant::now() + Duration::from_secs(60);
-        let v = || Arc::new(Verdict::Scope);
-        s.cache.put([1; 32], v(), later, 2);
-        s.cache.put([2; 32], v(), Instant::now(), 2);
-        // Full: the expired answer makes room.
-        s.cache.put([3; 32], v(), later, 2);
-        assert!(s.cache.get(&[3; 32]).is_some());
-        // Full of live answers: a new one is not kept.
-        s.cache.put([4; 32], v(), later, 2);
-        assert!(s.cache.get(&[4; 32]).is_none());
-        assert!(s.cache.get(&[1; 32]).is_some());
     }
 }

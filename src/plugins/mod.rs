@@ -20,6 +20,8 @@ pub(crate) mod auth;
 pub(crate) mod basic_auth;
 mod chain;
 pub(crate) mod cors;
+pub(crate) mod decisions;
+pub(crate) mod forward_auth;
 pub(crate) mod grpc_web;
 pub(crate) mod headers;
 pub(crate) mod introspection;
@@ -63,6 +65,98 @@ pub(crate) enum Flow {
     /// the chain awaits it, applies it, and goes on. The hot path never allocates for this:
     /// only plugins that need it return it.
     Defer(std::pin::Pin<Box<dyn Future<Output = Deferred> + Send>>),
+    /// Like [`Flow::Defer`], for work that calls an upstream: the chain hands the closure the
+    /// proxy's way of calling one ([`Subrequests`]), then awaits the work.
+    Subrequest(Box<SubrequestWork>),
+}
+
+/// The work of a [`Flow::Subrequest`].
+pub(crate) type SubrequestWork = dyn FnOnce(
+        &RequestCtx,
+        &dyn Subrequests,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Deferred> + Send>>
+    + Send;
+
+/// An upstream a plugin calls, found by name when the config compiled. What it holds is the
+/// proxy's business: plugins only pass it back to [`Subrequests::call`].
+#[derive(Clone)]
+pub(crate) struct SubTarget {
+    /// The upstream's name.
+    pub(crate) name: Arc<str>,
+    /// What the proxy needs to call it.
+    pub(crate) inner: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for SubTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SubTarget({})", self.name)
+    }
+}
+
+/// Why a call to an upstream has no usable answer; the words name no address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubError {
+    /// No answer (no healthy target, refused, reset, timed out, broken).
+    Failed(&'static str),
+    /// A body longer than allowed.
+    TooLarge,
+}
+
+impl std::fmt::Display for SubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubError::Failed(why) => f.write_str(why),
+            SubError::TooLarge => f.write_str("the answer is longer than max_body"),
+        }
+    }
+}
+
+/// An upstream's answer to a plugin's call, its body read whole (bounded).
+pub(crate) type SubResult = Result<http::Response<Bytes>, SubError>;
+
+/// How plugins call upstreams: through the proxy's own select and forward stages, so
+/// balancing, health, retries, pools and upstream TLS apply.
+pub(crate) trait Subrequests: Sync {
+    /// Sends `head` (no body) to `target` for the request of `ctx`; the answer's body is read
+    /// up to `max_body` bytes (past it, a 2xx answer's body is dropped and any other answer
+    /// fails with [`SubError::TooLarge`]). The future owns what it needs.
+    fn call(
+        &self,
+        ctx: &RequestCtx,
+        target: &SubTarget,
+        head: request::Parts,
+        max_body: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = SubResult> + Send>>;
+}
+
+/// No upstream can be called (`explain`, unit tests): every call fails.
+pub(crate) struct NoSubrequests;
+
+impl Subrequests for NoSubrequests {
+    fn call(
+        &self,
+        _ctx: &RequestCtx,
+        _target: &SubTarget,
+        _head: request::Parts,
+        _max_body: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = SubResult> + Send>> {
+        Box::pin(std::future::ready(Err(SubError::Failed(
+            "no upstream can be called here",
+        ))))
+    }
+}
+
+/// Finds an upstream of the config by name, for plugins that call one; the error is shown
+/// at the name's position.
+#[derive(Clone, Copy)]
+pub(crate) struct UpstreamLookup<'a>(
+    pub(crate) &'a (dyn Fn(&str) -> Result<SubTarget, String> + Sync),
+);
+
+impl std::fmt::Debug for UpstreamLookup<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamLookup")
+    }
 }
 
 /// The outcome of a [`Flow::Defer`].
@@ -236,6 +330,7 @@ pub(crate) const NAMES: &[&str] = &[
     "response_shape",
     "request_validator",
     "grpc_web",
+    "forward_auth",
     "oidc",
 ];
 
@@ -250,6 +345,8 @@ pub(crate) struct BuildEnv<'a> {
     pub(crate) base: &'a std::path::Path,
     /// State kept across reloads, under this plugin's identity.
     pub(crate) state: crate::plugins::state::StateScope<'a>,
+    /// The config's upstreams, for plugins that call one.
+    pub(crate) upstreams: UpstreamLookup<'a>,
 }
 
 /// Builds with a fresh environment (no consumers, new metrics and state), for unit tests.
@@ -263,6 +360,7 @@ pub(crate) fn with_test_env<R>(build: impl FnOnce(BuildEnv<'_>) -> R) -> R {
         metrics: &metrics,
         base: std::path::Path::new("."),
         state: state::StateScope::new(&states, &fresh),
+        upstreams: UpstreamLookup(&|name| Err(format!("upstream `{name}` is not defined"))),
     })
 }
 
@@ -470,6 +568,7 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
         PluginSpec::RateLimit(spec) => Arc::new(rate_limit::RateLimit::new(spec, env)?),
         PluginSpec::Quota(spec) => Arc::new(quota::Quota::new(spec, env)?),
         PluginSpec::GrpcWeb(_) => Arc::new(grpc_web::GrpcWeb),
+        PluginSpec::ForwardAuth(spec) => Arc::new(forward_auth::ForwardAuth::new(spec, env)?),
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
         PluginSpec::IpRestriction(spec) => Arc::new(ip_restriction::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => {

@@ -5,4 +5,5 @@ pub(crate) mod forward;
 pub(crate) mod grpc;
 pub(crate) mod headers;
 pub(crate) mod pipeline;
+pub(crate) mod subrequest;
 pub(crate) mod tunnel;

@@ -190,7 +190,7 @@ async fn serve<'s>(
     };
     let Some(ListenerRoute { route, metrics }) = listener.find(&view) else {
         // Global plugins still run: address rules and limits hold for unknown paths too.
-        let result = match request_plugins(global, ctx, &mut head, body).await {
+        let result = match request_plugins(global, conn, ctx, &mut head, body).await {
             Ok(BodyStep::Respond(response)) => Ok(response),
             Ok(BodyStep::Continue(_)) => Err(ProxyError::NoRoute),
             Err(err) => Err(err),
@@ -211,7 +211,7 @@ async fn serve<'s>(
     }
 
     // request plugins
-    let body = match request_plugins(plugins, ctx, &mut head, body).await {
+    let body = match request_plugins(plugins, conn, ctx, &mut head, body).await {
         Ok(BodyStep::Continue(body)) => body,
         Ok(BodyStep::Respond(response)) => {
             return Served::new(Ok(response), plugins, metrics.first());
@@ -416,6 +416,7 @@ fn set_consumer_headers(ctx: &RequestCtx, head: &mut http::request::Parts) {
 /// Stage `request plugins`: the head steps, then the body steps.
 async fn request_plugins(
     plugins: &PluginChain,
+    conn: &ConnInfo,
     ctx: &mut RequestCtx,
     head: &mut http::request::Parts,
     body: Body,
@@ -426,7 +427,10 @@ async fn request_plugins(
     // Boxed: the steps' state would otherwise be part of every request's future, plugins or
     // not, and copied with it; a route with plugins pays one allocation instead.
     Box::pin(async {
-        if let Some(response) = plugins.on_request(ctx, head).await? {
+        if let Some(response) = plugins
+            .on_request(ctx, head, &super::subrequest::Calls { conn })
+            .await?
+        {
             return Ok(BodyStep::Respond(response));
         }
         plugins.request_body(ctx, head, body).await

@@ -74,3 +74,42 @@ impl PathParams {
         matched.params.get(name).map(str::to_owned)
     }
 }
+
+/// An upstream a plugin calls (`forward_auth`), as [`crate::plugins::SubTarget`] carries it:
+/// the proxy calls it through its forward stage like an aggregate call.
+#[derive(Debug)]
+pub(crate) struct PluginCall {
+    /// The upstream.
+    pub(crate) upstream: Arc<Upstream>,
+    /// What the forwarding stage needs of a route: no rewrite, no retries but the
+    /// upstream's own, no timeout of its own (the plugin times the whole call).
+    pub(crate) route: Route,
+}
+
+impl PluginCall {
+    /// The call target of `upstream`.
+    pub(crate) fn target(upstream: &Arc<Upstream>) -> crate::plugins::SubTarget {
+        let route = Route {
+            name: Arc::from(format!("forward_auth:{}", upstream.name)),
+            action: super::Action::Forward {
+                arms: vec![Arc::clone(upstream)],
+                sequence: vec![0],
+                next: std::sync::atomic::AtomicUsize::new(0),
+            },
+            plugins: crate::plugins::PluginChain::default(),
+            rewrite: None,
+            path_policy: Default::default(),
+            timeout: None,
+            retry: None,
+            mirror: None,
+            stream: super::StreamLimits::DEFAULT,
+        };
+        crate::plugins::SubTarget {
+            name: Arc::clone(&upstream.name),
+            inner: Arc::new(PluginCall {
+                upstream: Arc::clone(upstream),
+                route,
+            }),
+        }
+    }
+}

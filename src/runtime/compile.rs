@@ -134,11 +134,24 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         .unwrap_or(Path::new("."))
         .to_owned();
     let fresh = std::sync::Mutex::new(Vec::new());
+    let find_upstream = |name: &str| {
+        if let Some(u) = by_name.compiled.get(name) {
+            return Ok(super::aggregate::PluginCall::target(u));
+        }
+        if by_name.declared.contains(&name) || by_name.unparsed.declares("upstreams", name) {
+            return Err(format!("upstream `{name}` has errors (see above)"));
+        }
+        Err(format!(
+            "upstream `{name}` is not defined{}",
+            checks::did_you_mean(name, by_name.declared.iter().copied())
+        ))
+    };
     let build_env = plugins::BuildEnv {
         consumers: &consumers,
         metrics: env.metrics,
         base: &config_dir,
         state: crate::plugins::state::StateScope::new(env.states, &fresh),
+        upstreams: plugins::UpstreamLookup(&find_upstream),
     };
     let global_plugins = compile_plugins(&spec.plugins, "global", build_env, &mut diags, false);
     let consumer_plugins = compile_consumer_plugins(&spec.consumers, build_env, &mut diags);

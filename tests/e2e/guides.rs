@@ -1012,6 +1012,124 @@ async fn oidc_login_guide() {
 }
 
 #[tokio::test]
+async fn forward_auth_guide() {
+    let auth = crate::forward_auth::AuthService::start();
+    let app = TestUpstream::start("app").await;
+    let mut subs = ephemeral(&["127.0.0.1:8080"], &[("127.0.0.1:9001", &app)]);
+    subs.push((
+        "address: 127.0.0.1:9200".to_owned(),
+        format!("address: {}", auth.addr),
+    ));
+    let config = substitute(&example("forward-auth.yaml"), &subs);
+    let gw = Portico::start_in(&temp_dir("forward-auth"), &config);
+    let web = gw.addr("web");
+    let bearer = |who: &str| format!("Bearer tok-{who}");
+
+    let r = send(&web, "GET", "/orders", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"example\"")
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["message"], "sign in first");
+
+    let r = send(&web, "GET", "/orders", &[("accept", "text/html")]).await;
+    assert_eq!(r.status, 302);
+    let location = r.header("location").unwrap();
+    assert!(
+        location.starts_with("http://login.example/login?rd=http%3A%2F%2F"),
+        "{location}"
+    );
+
+    let r = send(&web, "GET", "/orders", &[("authorization", &bearer("bob"))]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "app /orders"));
+    assert_eq!(r.header("ratelimit-policy"), Some("100;w=60"));
+    let seen = app.last();
+    assert_eq!(seen.headers["x-user"], "bob");
+    assert_eq!(seen.headers["x-consumer-name"], "bob");
+    assert!(seen.headers.get("x-auth-debug").is_none());
+    let check = auth.last().await;
+    assert_eq!(check.header("x-forwarded-method"), Some("GET"));
+    assert_eq!(check.header("x-forwarded-uri"), Some("/orders"));
+    assert_eq!(check.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(check.header("x-forwarded-for"), Some("127.0.0.1"));
+
+    let r = send(
+        &web,
+        "GET",
+        "/orders",
+        &[("authorization", &bearer("bob")), ("x-user", "alice")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        app.last().headers["x-user"],
+        "bob",
+        "a client cannot forge it"
+    );
+
+    let r = send(
+        &web,
+        "GET",
+        "/admin/users",
+        &[("authorization", &bearer("bob"))],
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (403, "admins only\n"));
+    let r = send(
+        &web,
+        "GET",
+        "/reports/q3",
+        &[("authorization", &bearer("bob"))],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["message"],
+        "the consumer is in no group allowed on this route"
+    );
+    let r = send(
+        &web,
+        "GET",
+        "/reports/q3",
+        &[("authorization", &bearer("alice"))],
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (200, "app /reports/q3"));
+    assert_eq!(app.last().headers["x-consumer-groups"], "admins");
+
+    assert_eq!(auth.calls().await, 6);
+    for _ in 0..3 {
+        let r = send(
+            &web,
+            "GET",
+            "/reports/q3",
+            &[("authorization", &bearer("alice"))],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(auth.calls().await, 6, "decisions come from the cache");
+
+    drop(auth);
+    let r = send(
+        &web,
+        "GET",
+        "/orders?page=2",
+        &[("authorization", &bearer("alice"))],
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "auth_unavailable");
+    assert!(!r.body.contains("tok-alice"));
+    assert!(gw.wait_log(
+        "the auth service gave no usable answer",
+        Duration::from_secs(5)
+    ));
+}
+
+#[tokio::test]
 async fn rewrites_and_mocks_guide() {
     let users = TestUpstream::start("users").await;
     let config = substitute(

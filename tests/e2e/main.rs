@@ -13,6 +13,7 @@ mod discovery;
 mod early;
 mod edge;
 mod exit;
+mod forward_auth;
 mod gateway;
 mod grpc;
 mod guides;

@@ -365,18 +365,20 @@ impl Shared {
             let Some(refresh_token) = session.refresh_token.clone() else {
                 return Deferred::Respond(unavailable(&request_id));
             };
-            let this = Arc::clone(&self);
+            let digest = ring::digest::digest(&ring::digest::SHA256, refresh_token.as_bytes());
+            let mut key = [0u8; 32];
+            key.copy_from_slice(digest.as_ref());
             let outcome = self
                 .provider
                 .refreshes
-                .run(
-                    &refresh_token,
-                    async move { this.refresh_grant(session).await },
-                )
+                .shared(key, async {
+                    let outcome = self.refresh_grant(session).await?;
+                    Some((outcome, super::provider::SHARED_FOR))
+                })
                 .await;
-            let session = match outcome {
-                Refreshed::Session(session) => session,
-                Refreshed::Ended => {
+            let session = match outcome.as_deref() {
+                Some(Refreshed::Session(session)) => Arc::clone(session),
+                Some(Refreshed::Ended) => {
                     let clear = session::clear(&self.attrs, &headers, &self.cookie);
                     return Deferred::Respond(self.unauthenticated(
                         &unauth_head,
@@ -384,7 +386,7 @@ impl Shared {
                         clear,
                     ));
                 }
-                Refreshed::Unavailable => return Deferred::Respond(unavailable(&request_id)),
+                None => return Deferred::Respond(unavailable(&request_id)),
             };
             let Some(cookies) = self.seal_session(&headers, (*session).clone()) else {
                 let clear = session::clear(&self.attrs, &headers, &self.cookie);
@@ -398,26 +400,24 @@ impl Shared {
         }))
     }
 
-    /// One refresh grant for `session`, counted.
-    async fn refresh_grant(&self, session: Session) -> Refreshed {
+    /// One refresh grant for `session`, counted; `None` when the provider cannot be asked.
+    async fn refresh_grant(&self, session: Session) -> Option<Refreshed> {
         let outcome = self.refresh_once(session).await;
         self.count(
             "refresh",
             match outcome {
-                Refreshed::Session(_) => "success",
-                Refreshed::Ended => "refused",
-                Refreshed::Unavailable => "unavailable",
+                Some(Refreshed::Session(_)) => "success",
+                Some(Refreshed::Ended) => "refused",
+                None => "unavailable",
             },
         );
         outcome
     }
 
-    async fn refresh_once(&self, mut session: Session) -> Refreshed {
-        let Some(discovered) = self.provider.current.load_full() else {
-            return Refreshed::Unavailable;
-        };
+    async fn refresh_once(&self, mut session: Session) -> Option<Refreshed> {
+        let discovered = self.provider.current.load_full()?;
         let Some(refresh_token) = session.refresh_token.clone() else {
-            return Refreshed::Ended;
+            return Some(Refreshed::Ended);
         };
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "refresh_token")
@@ -425,8 +425,8 @@ impl Shared {
             .finish();
         let tokens = match self.token_call(&discovered.token_endpoint, form).await {
             Ok(tokens) => tokens,
-            Err(Failed::Refused) => return Refreshed::Ended,
-            Err(Failed::Unavailable) => return Refreshed::Unavailable,
+            Err(Failed::Refused) => return Some(Refreshed::Ended),
+            Err(Failed::Unavailable) => return None,
         };
         if let Some(id_token) = tokens.id_token.as_deref() {
             // OpenID Connect Core §12.2: the same subject, else the session ends.
@@ -435,7 +435,7 @@ impl Shared {
                     session.claims = keep(claims);
                     session.id_token = Some(id_token.to_owned());
                 }
-                _ => return Refreshed::Ended,
+                _ => return Some(Refreshed::Ended),
             }
         }
         let now = now_secs();
@@ -443,7 +443,7 @@ impl Shared {
         if tokens.refresh_token.is_some() {
             session.refresh_token = tokens.refresh_token;
         }
-        Refreshed::Session(Arc::new(session))
+        Some(Refreshed::Session(Arc::new(session)))
     }
 
     /// Logout: the session cookies cleared, then the provider's end-session endpoint or

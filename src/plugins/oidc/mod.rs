@@ -280,7 +280,7 @@ impl Oidc {
                     .and_then(|old| old.current.load_full()),
             )),
             used: redirect::UsedStates::new(MAX_USED_STATES),
-            refreshes: provider::Flights::default(),
+            refreshes: crate::plugins::decisions::Decisions::new(provider::MAX_REFRESHES),
             wake: Arc::new(tokio::sync::Notify::new()),
             last_forced: AtomicU64::new(0),
             live_tasks: env.metrics.background_tasks().clone(),

@@ -39,7 +39,9 @@ pub(super) struct Provider {
     pub(super) refresh: Duration,
     pub(super) current: Arc<ArcSwapOption<Discovered>>,
     pub(super) used: UsedStates,
-    pub(super) refreshes: Flights,
+    /// Refresh outcomes by the SHA-256 of the refresh token: one grant per session however
+    /// many requests need it at once.
+    pub(super) refreshes: crate::plugins::decisions::Decisions<Refreshed>,
     pub(super) wake: Arc<tokio::sync::Notify>,
     pub(super) last_forced: AtomicU64,
     pub(super) live_tasks: prometheus_client::metrics::gauge::Gauge,
@@ -182,74 +184,16 @@ impl Fetcher {
     }
 }
 
-/// What a refresh grant came to.
+/// What a refresh grant came to (a provider that could not be asked is no outcome).
 #[derive(Debug, Clone)]
 pub(super) enum Refreshed {
     /// The renewed session.
     Session(Arc<super::session::Session>),
     /// Refused: the session is over.
     Ended,
-    /// The provider could not be asked.
-    Unavailable,
 }
-
-/// A refresh token's SHA-256.
-type TokenHash = [u8; 32];
 
 /// How long a refresh's outcome serves requests still sending the old cookie.
-const SHARED_FOR: Duration = Duration::from_secs(30);
-/// Most refreshes remembered at once.
-const MAX_FLIGHTS: usize = 10_000;
-
-type Flight = Arc<tokio::sync::OnceCell<Refreshed>>;
-
-/// Refresh grants under way or just done, by refresh token hash: one grant per session
-/// however many requests need it at once.
-#[derive(Debug, Default)]
-pub(super) struct Flights {
-    map: std::sync::Mutex<std::collections::HashMap<TokenHash, (Flight, std::time::Instant)>>,
-}
-
-impl Flights {
-    /// The outcome for `token`: the one shared with other requests, or `grant`'s.
-    pub(super) async fn run(
-        &self,
-        token: &str,
-        grant: impl std::future::Future<Output = Refreshed>,
-    ) -> Refreshed {
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
-        let now = std::time::Instant::now();
-        let flight = {
-            let mut map = match self.map.lock() {
-                Ok(m) => m,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            if map.len() >= MAX_FLIGHTS {
-                map.retain(|_, (_, until)| *until > now);
-            }
-            match map.get(&key) {
-                Some((flight, until)) if *until > now => Some(Arc::clone(flight)),
-                _ if map.len() >= MAX_FLIGHTS => None,
-                _ => {
-                    let flight: Flight = Arc::default();
-                    map.insert(key, (Arc::clone(&flight), now + SHARED_FOR));
-                    Some(flight)
-                }
-            }
-        };
-        let Some(flight) = flight else {
-            return grant.await;
-        };
-        let outcome = flight.get_or_init(|| grant).await.clone();
-        if matches!(outcome, Refreshed::Unavailable)
-            && let Ok(mut map) = self.map.lock()
-            && map.get(&key).is_some_and(|(f, _)| Arc::ptr_eq(f, &flight))
-        {
-            // A failure to reach the provider is not remembered: the next request tries again.
-            map.remove(&key);
-        }
-        outcome
-    }
-}
+pub(super) const SHARED_FOR: Duration = Duration::from_secs(30);
+/// Most refresh outcomes kept at once.
+pub(super) const MAX_REFRESHES: usize = 10_000;

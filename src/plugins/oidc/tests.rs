@@ -140,7 +140,7 @@ fn respond(flow: Flow) -> http::Response<crate::body::Body> {
     match flow {
         Flow::Respond(r) => r,
         Flow::Continue => panic!("went on"),
-        Flow::Defer(_) => panic!("deferred"),
+        _ => panic!("deferred"),
     }
 }
 

@@ -217,6 +217,14 @@ pub(super) fn unused_upstreams(spec: &crate::config::Spec, diags: &mut Diagnosti
             used.extend(aggregate.calls.iter().map(|c| c.upstream.as_str()));
         }
     }
+    let plugin_lists = std::iter::once(&spec.plugins)
+        .chain(spec.routes.iter().map(|r| &r.plugins))
+        .chain(spec.consumers.iter().map(|c| &c.plugins));
+    for plugin in plugin_lists.flatten() {
+        if let crate::config::spec::PluginSpec::ForwardAuth(auth) = &plugin.value {
+            used.insert(auth.upstream.as_str());
+        }
+    }
     for listener in &spec.listeners {
         if let Some(u) = &listener.upstream {
             used.insert(u.as_str());

@@ -32,11 +32,15 @@ fn unused_consumers(spec: &Spec, diags: &mut Diagnostics) {
     let key_auth = has(|p| matches!(p, PluginSpec::KeyAuth(_)));
     let basic_auth = has(|p| matches!(p, PluginSpec::BasicAuth(_)));
     let mtls_auth = has(|p| matches!(p, PluginSpec::MtlsAuth(_)));
-    // A JWT or an introspection answer names its consumer by a claim: any consumer may be one.
+    // A JWT, an introspection answer or an auth service names its consumer: any consumer may
+    // be one.
     if has(|p| {
         matches!(
             p,
-            PluginSpec::Jwt(_) | PluginSpec::Oauth2Introspection(_) | PluginSpec::Oidc(_)
+            PluginSpec::Jwt(_)
+                | PluginSpec::Oauth2Introspection(_)
+                | PluginSpec::ForwardAuth(_)
+                | PluginSpec::Oidc(_)
         )
     }) {
         return;

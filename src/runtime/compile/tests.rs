@@ -474,3 +474,52 @@ upstreams:
     assert!(check_text(&config("/healthz")).is_empty());
     assert!(check_text(&config("/usersfoo")).is_empty());
 }
+
+#[test]
+fn forward_auth_names_an_upstream_of_the_config() {
+    let lines = check_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: a
+    match: { path: / }
+    upstream: app
+    plugins:
+      - forward_auth: { upstream: auht }
+  - name: b
+    match: { path: /b }
+    upstream: app
+    plugins:
+      - forward_auth: { upstream: auth, response_headers: ['x user'] }
+upstreams:
+  app: { targets: [ { address: 127.0.0.1:1 } ] }
+  auth: { targets: [ { address: 127.0.0.1:2 } ] }
+",
+    );
+    assert_eq!(
+        lines,
+        [
+            "c.yaml:8:35: upstream `auht` is not defined: did you mean `auth`?",
+            "c.yaml:13:60: invalid header name `x user`",
+        ],
+        "{lines:#?}"
+    );
+    // An upstream only forward_auth calls is used.
+    let lines = check_text(
+        "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: a
+    match: { path: / }
+    upstream: app
+    plugins:
+      - forward_auth: { upstream: auth }
+upstreams:
+  app: { targets: [ { address: 127.0.0.1:1 } ] }
+  auth: { targets: [ { address: 127.0.0.1:2 } ] }
+",
+    );
+    assert!(lines.is_empty(), "{lines:#?}");
+}

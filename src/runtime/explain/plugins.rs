@@ -197,7 +197,7 @@ async fn step(
         );
         return Outcome::Passed;
     }
-    match run_on_request(plugin, ctx, head).await {
+    match run_on_request(plugin, ctx, head, &crate::plugins::NoSubrequests).await {
         Ok(None) => {
             let _ = writeln!(out, "          → passes{}", gained(ctx));
             Outcome::Passed
