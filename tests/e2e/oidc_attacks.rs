@@ -657,3 +657,43 @@ async fn requests_together_share_one_refresh() {
         "one refresh grant for eight requests"
     );
 }
+
+#[tokio::test]
+async fn a_strict_session_cookie_moves_on_from_a_page_of_its_own() {
+    let op = Evil::start().await;
+    let up = TestUpstream::start("u").await;
+    let gw = Portico::start(&config_session(
+        &op.issuer,
+        &up.addr(),
+        &[KEY_A],
+        ", same_site: strict",
+        &[],
+    ));
+    let web = gw.addr("web");
+    let (cb, tx, start) = to_callback(&web, "/a?b=1&c='x'%22").await;
+    // The login's own cookie stays Lax: it must come back from the provider's site.
+    assert!(set_cookies(&start)[0].2.contains("SameSite=Lax"));
+    let done = send(&web, &cb, &[("cookie", &tx)]).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(
+        done.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        done.body.contains("content=\"0;url=/a?b=1&amp;c=&#39;x&#39;%22\""),
+        "{}",
+        done.body
+    );
+    let session = set_cookies(&done)
+        .into_iter()
+        .find(|(n, _, _)| n == "portico_session")
+        .unwrap();
+    assert!(session.2.contains("SameSite=Strict"));
+    let r = send(
+        &web,
+        "/a",
+        &[("cookie", &format!("portico_session={}", session.1))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}

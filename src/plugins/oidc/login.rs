@@ -237,6 +237,11 @@ impl Shared {
             };
             cookies.extend(clear_tx.iter().cloned());
             self.count("login", "success");
+            if self.attrs.same_site == crate::config::spec_oidc::SameSite::Strict {
+                // The browser came from the provider's site: a `SameSite=Strict` cookie would
+                // not go with a redirect from here. A page of portico's own moves on instead.
+                return Deferred::Respond(moving_on(&tx.target, cookies));
+            }
             Deferred::Respond(found(&tx.target, cookies))
         }))
     }
@@ -530,4 +535,34 @@ fn copy_head(head: &request::Parts) -> request::Parts {
     copy.version = head.version;
     copy.headers = head.headers.clone();
     copy
+}
+
+/// A 200 page that sends the browser on to `target` (a checked one) by itself.
+fn moving_on(target: &str, cookies: Vec<HeaderValue>) -> http::Response<Body> {
+    let mut escaped = String::with_capacity(target.len());
+    for c in target.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            c => escaped.push(c),
+        }
+    }
+    let page = format!(
+        "<!doctype html><meta http-equiv=\"refresh\" content=\"0;url={escaped}\">\
+         <a href=\"{escaped}\">Continue</a>\n"
+    );
+    let mut response = http::Response::new(Body::full(bytes::Bytes::from(page)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for c in cookies {
+        headers.append(header::SET_COOKIE, c);
+    }
+    response
 }
