@@ -680,7 +680,8 @@ async fn a_strict_session_cookie_moves_on_from_a_page_of_its_own() {
         Some("text/html; charset=utf-8")
     );
     assert!(
-        done.body.contains("content=\"0;url=/a?b=1&amp;c=&#39;x&#39;%22\""),
+        done.body
+            .contains("content=\"0;url=/a?b=1&amp;c=&#39;x&#39;%22\""),
         "{}",
         done.body
     );
