@@ -59,6 +59,21 @@
 #              req/CPU-s and p99, and the proxy CPU time the plugins add per request
 #              (1/req-per-CPU-s difference, µs). nginx, HAProxy and Traefik sit this test out.
 #              `TESTS=plugins PROXIES=portico bash bench/compare.sh` (+ 2 runs per round).
+#       identity (opt-in, portico only, like `plugins`) the `root` load with identity checks on
+#              the route: "portico-plain" (no plugins), "portico-introspection"
+#              (`oauth2_introspection` against examples/introspection_server.py on CPU 1, every
+#              request with `Authorization: Bearer tok-good`, an active token: after the first
+#              call the answer is served from portico's cache, so the figure is the cached
+#              path) and "portico-oidc" (`oidc` against the node `oidc-provider` of
+#              tests/e2e/oidc/ on CPU 1; before the measurement tests/e2e/oidc/login.mjs logs
+#              in once through portico, and wrk sends the session cookie it got on every
+#              request: the figure is the cookie path — open and check the sealed session, add
+#              the identity headers). The plain run gets both headers too. Before each
+#              measurement curl checks the run: 200 with the credential, 401 without it.
+#              Reported like `plugins`: each run against portico-plain (req/CPU-s, p99) and the
+#              proxy CPU each adds per request. Needs node (and `npm ci` in tests/e2e/oidc,
+#              which bash scripts/test.sh does) for the oidc run.
+#              `TESTS=identity PROXIES=portico bash bench/compare.sh`.
 #       TLS tests (opt-in, not in the default TESTS; e.g. `TESTS="tls tls_close" bash
 #       bench/compare.sh`): each proxy terminates TLS on an extra `https` port and proxies to
 #       the same plain-HTTP upstreams as above.
@@ -153,7 +168,7 @@
 #   ROUNDS [3]  DURATION [10] (s)  WARMUP [2] (s)  IDLE_CONNS [2000]  IDLE_SETTLE [1] (s)
 #   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
 #   PROXIES        ["portico nginx haproxy traefik"]   TESTS ["root 16k h2c close idle"];
-#                  also: slow, plugins, tls, tls_h2, tls_close, tls_resume, tcp_bulk,
+#                  also: slow, plugins, identity, tls, tls_h2, tls_close, tls_resume, tcp_bulk,
 #                  tcp_conn, ws
 #   SLOW_DELAY_MS [20]  delay of the slow upstream in the `slow` test
 #   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
@@ -211,7 +226,7 @@ die() {
 [[ $SLOW_DELAY_MS =~ ^[0-9]+$ ]] || die "SLOW_DELAY_MS must be a whole number of milliseconds"
 for test in $TESTS; do
     case $test in
-    root | 16k | h2c | close | idle | slow | plugins | tls | tls_h2 | tls_close | tls_resume) ;;
+    root | 16k | h2c | close | idle | slow | plugins | identity | tls | tls_h2 | tls_close | tls_resume) ;;
     tcp_bulk | tcp_conn | ws) ;;
     *) die "unknown test '$test' in TESTS" ;;
     esac
@@ -441,6 +456,38 @@ UPSTREAM_BIN=${UPSTREAM_BIN:-$ROOT/target/release/examples/bench_upstream}
 L4_BIN=${L4_BIN:-$ROOT/target/release/examples/bench_l4}
 ((L4_TESTS == 0)) || [[ -x $L4_BIN ]] || die "$L4_BIN not found (cargo build --release --example bench_l4)"
 
+# The `identity` test's peers: the client secret portico uses at both, and the OpenID Provider
+# (tests/e2e/oidc/provider.mjs, the node `oidc-provider`) with one client for portico.
+IDP_SECRET=bench-client-secret
+IDP_COOKIE_KEY=$(printf 'portico-bench-session-key-32byte' | base64) # 32 bytes, base64
+start_oidc_provider() { # → sets IDP_ISSUER, or leaves it empty (the oidc run is then skipped)
+    local dir=$ROOT/tests/e2e/oidc line
+    if ! have node || [[ ! -d $dir/node_modules ]]; then
+        log "identity: no node or no tests/e2e/oidc/node_modules (run bash scripts/test.sh once); no oidc run"
+        return 0
+    fi
+    cat >"$TMP/provider.json" <<EOF
+{
+  "clients": [ { "client_id": "portico", "client_secret": "$IDP_SECRET",
+                 "redirect_uris": ["http://127.0.0.1:$IDP_PORT/oauth2/callback"] } ],
+  "accounts": { "bench": { "sub": "bench", "email": "bench@example.com" } },
+  "issueRefreshToken": true
+}
+EOF
+    # The provider exits when its stdin closes: this script holds the FIFO open until it exits.
+    mkfifo "$TMP/provider.in"
+    exec 7<>"$TMP/provider.in"
+    taskset -c "$LOAD_CPU" node "$dir/provider.mjs" "$TMP/provider.json" \
+        >"$TMP/provider.out" 2>"$TMP/provider.err" <"$TMP/provider.in" &
+    STARTED+=("$!")
+    if ! line=$(wait_line "$TMP/provider.out" '^issuer ' "$!" 20); then
+        log "identity: the OpenID Provider did not start: $(tail -n 5 "$TMP/provider.err"); no oidc run"
+        return 0
+    fi
+    IDP_ISSUER=${line#issuer }
+    log "identity: OpenID Provider $IDP_ISSUER (CPU $LOAD_CPU)"
+}
+
 UPSTREAM_PORTS=()
 UPSTREAM_PIDS=()
 UPSTREAM_CMD=() # the upstream command when not UPSTREAM_BIN
@@ -479,6 +526,18 @@ if ((L4_TESTS)); then
     L2=${UPSTREAM_PORTS[n + 1]}
     log "layer-4/WebSocket servers on 127.0.0.1:$L1 and 127.0.0.1:$L2 (CPU $LOAD_CPU)"
 fi
+IDP_INTROSPECT= IDP_ISSUER= # the `identity` test's introspection endpoint and OpenID Provider
+if [[ " $TESTS " == *" identity "* ]]; then
+    IDP_PORT=$(free_ports 1)
+    taskset -c "$LOAD_CPU" python3 "$ROOT/examples/introspection_server.py" 0 portico "$IDP_SECRET" \
+        >"$TMP/introspect.out" 2>"$TMP/introspect.err" &
+    STARTED+=("$!")
+    line=$(wait_line "$TMP/introspect.out" '^listening ' "$!" 10) ||
+        die "the introspection endpoint did not start: $(cat "$TMP/introspect.err")"
+    IDP_INTROSPECT=http://127.0.0.1:${line##*:}/introspect
+    log "identity: introspection endpoint $IDP_INTROSPECT (CPU $LOAD_CPU)"
+    start_oidc_provider
+fi
 
 # ---------------------------------------------------------------- proxies
 # Each start_<proxy> writes its config, starts it pinned to PROXY_CPU and sets PROXY_PID,
@@ -490,6 +549,9 @@ fi
 BACKENDS=()
 PORTICO_BALANCE=
 PORTICO_PLUGINS=0
+PORTICO_IDENTITY= # introspection | oidc | plain: the `identity` test's route (empty: another test)
+IDP_PORT=${IDP_PORT:-} # the `identity` test's portico port, the same in every run (the OpenID
+#                   Provider knows its redirect URI)
 API_KEY=bench-key-0123456789 # the `plugins` test's consumer key, sent by wrk as x-api-key
 NGINX_BALANCE=
 WITH_TLS=0
@@ -518,6 +580,30 @@ consumers:
       - key_auth: {}
       - rate_limit: { limit: 100000000, window: 1s, burst: 1000000, by: consumer }
     upstream: bench"
+    fi
+    if [[ -n $PORTICO_IDENTITY ]]; then
+        PORT=$IDP_PORT PORT_H2=$IDP_PORT
+        case $PORTICO_IDENTITY in
+        introspection) route="  - name: all
+    plugins:
+      - oauth2_introspection:
+          introspection_url: $IDP_INTROSPECT
+          client_id: portico
+          client_secret: $IDP_SECRET
+          cache_ttl: 60s
+    upstream: bench" ;;
+        oidc) route="  - name: all
+    plugins:
+      - oidc:
+          issuer: $IDP_ISSUER
+          client_id: portico
+          client_secret: $IDP_SECRET
+          redirect_uri: http://127.0.0.1:$PORT/oauth2/callback
+          scopes: [openid, email]
+          session: { keys: ['$IDP_COOKIE_KEY'], secure: false }
+          claims_to_headers: { email: x-user-email }
+    upstream: bench" ;;
+        esac
     fi
     if ((WITH_TLS)); then
         tls="
@@ -847,6 +933,13 @@ done
 # The `plugins` test's runs: portico without and with the plugin pipeline.
 PLUGINS_RUNS=()
 [[ " ${ACTIVE[*]} " == *" portico "* ]] && PLUGINS_RUNS=(portico-plain portico-plugins)
+# The `identity` test's runs, each plugin run before the plain run with the same headers (the
+# oidc run logs in and leaves the session cookie for its plain run).
+IDENTITY_RUNS=()
+if [[ " ${ACTIVE[*]} " == *" portico "* && " $TESTS " == *" identity "* ]]; then
+    IDENTITY_RUNS=(portico-introspection portico-plain-bearer)
+    [[ -n $IDP_ISSUER ]] && IDENTITY_RUNS+=(portico-oidc portico-plain-cookie)
+fi
 
 configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BALANCE, WITH_TLS,
     #                                PORTICO_PLUGINS, PORTICO_EXE
@@ -854,6 +947,7 @@ configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BA
     PORTICO_BALANCE=round_robin
     NGINX_BALANCE=
     PORTICO_PLUGINS=0
+    PORTICO_IDENTITY=
     PROXY=$2
     PORTICO_EXE=$PORTICO_BIN
     [[ $2 == portico-base ]] && PROXY=portico PORTICO_EXE=$PORTICO_BASE_BIN
@@ -868,6 +962,16 @@ configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BA
         case $2 in
         portico-plain) PROXY=portico ;;
         portico-plugins) PROXY=portico PORTICO_PLUGINS=1 ;;
+        *) die "unknown run '$2' for test $1" ;;
+        esac
+        return 0
+    fi
+    if [[ $1 == identity ]]; then
+        PROXY=portico
+        case $2 in
+        portico-introspection) PORTICO_IDENTITY=introspection ;;
+        portico-oidc) PORTICO_IDENTITY=oidc ;;
+        portico-plain-bearer | portico-plain-cookie) PORTICO_IDENTITY=plain ;;
         *) die "unknown run '$2' for test $1" ;;
         esac
         return 0
@@ -1159,6 +1263,44 @@ run_plugins() { # TEST RUN ROUND → check that key_auth does its job, then the 
     fi
 }
 
+IDP_COOKIE= # the oidc run's session cookie (`name=value; ...`), for its plain run too
+run_identity() { # TEST RUN ROUND → check that the route's identity plugin does its job, then the root load
+    local url="http://127.0.0.1:$PORT/" with without= login
+    local -a cred
+    case $2 in
+    portico-introspection | portico-plain-bearer) cred=(-H "Authorization: Bearer tok-good") ;;
+    portico-oidc)
+        login=$(node "$ROOT/tests/e2e/oidc/login.mjs" "$url" --user bench 2>"$TMP/login.err") || {
+            log "$1 $2: the login through portico failed: $(tail -n 5 "$TMP/login.err")"
+            return 1
+        }
+        IDP_COOKIE=$(python3 -c '
+import json, sys
+jar = json.loads(sys.stdin.read())["cookies"]
+print("; ".join(c["name"] + "=" + c["value"] for c in jar if c["name"].startswith("portico_session")))
+' <<<"$login")
+        [[ -n $IDP_COOKIE ]] || { log "$1 $2: the login set no session cookie: $login"; return 1; }
+        log "$1 $2: logged in; session cookie ${#IDP_COOKIE} bytes"
+        cred=(-H "Cookie: $IDP_COOKIE")
+        ;;
+    portico-plain-cookie)
+        [[ -n $IDP_COOKIE ]] || { log "$1 $2: no session cookie from an oidc run"; return 1; }
+        cred=(-H "Cookie: $IDP_COOKIE")
+        ;;
+    esac
+    with=$(http_status "$url" "${cred[@]}")
+    [[ $PORTICO_IDENTITY == plain ]] || without=$(http_status "$url")
+    if [[ $with != 200 || ($PORTICO_IDENTITY != plain && $without != 401) ]]; then
+        log "$1 $2: GET / answered $with with the credential${without:+ and $without without it}" \
+            "(want 200${without:+ and 401}); config and log tail:"
+        cat "$TMP/portico.yaml" >&2
+        tail -n 20 "$PROXY_LOG" >&2 || true
+        return 1
+    fi
+    log "$1 $2: GET / → $with with the credential${without:+, $without without it}"
+    run_wrk "$1" "$2" "$3" / "${cred[@]}"
+}
+
 # What the proxy's TLS port negotiates with OpenSSL's client defaults, how many TLS 1.3
 # tickets it sends, and whether it resumes a session it handed out: two `openssl s_client`
 # connections, the second offering the session (ticket) saved by the first. Once per proxy.
@@ -1197,6 +1339,7 @@ run_test() { # TEST PROXY ROUND
     root) run_wrk "$1" "$2" "$3" / ;;
     slow) run_slow "$1" "$2" "$3" ;;
     plugins) run_plugins "$1" "$2" "$3" ;;
+    identity) run_identity "$1" "$2" "$3" ;;
     16k) run_wrk "$1" "$2" "$3" /16k ;;
     close) run_wrk "$1" "$2" "$3" / -H 'Connection: close' ;;
     h2c) run_h2load "$1" "$2" "$3" ;;
@@ -1237,6 +1380,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         runs=("${ACTIVE[@]}")
         [[ $test == slow ]] && runs=("${SLOW_RUNS[@]}")
         [[ $test == plugins ]] && runs=("${PLUGINS_RUNS[@]}")
+        [[ $test == identity ]] && runs=("${IDENTITY_RUNS[@]}")
         if [[ $test == tcp_* ]]; then
             # Traefik sits the TCP tests out.
             runs=()
@@ -1271,12 +1415,12 @@ fi
 
 # ---------------------------------------------------------------- summary
 python3 - "$RESULTS_TSV" "$IDLE_TSV" "$TESTS" "${ACTIVE[*]}" "$ROUNDS" "$SLOW_TSV" \
-    "$SLOW_DELAY_MS" "${SLOW_RUNS[*]}" "${PLUGINS_RUNS[*]}" <<'EOF'
+    "$SLOW_DELAY_MS" "${SLOW_RUNS[*]}" "${PLUGINS_RUNS[*]}" "${IDENTITY_RUNS[*]}" <<'EOF'
 import sys
 from statistics import median
 
-res_path, idle_path, tests, proxies, rounds, slow_path, slow_delay, slow_runs, plugins_runs = \
-    sys.argv[1:]
+(res_path, idle_path, tests, proxies, rounds, slow_path, slow_delay, slow_runs, plugins_runs,
+ identity_runs) = sys.argv[1:]
 tests, proxies = tests.split(), proxies.split()
 
 def rows(path):
@@ -1324,14 +1468,14 @@ def f2(v):
     return "-" if v != v else f"{v:.2f}"
 
 print()
-main_tests = [t for t in tests if t not in ("slow", "plugins")]  # own sections below
+main_tests = [t for t in tests if t not in ("slow", "plugins", "identity")]  # own sections below
 if main_tests:
     print(f"Medians over {rounds} round(s); proxy on CPU 0, load generator and upstreams on CPU 1.")
 hdr = ["test", "proxy", "req/s", "req/CPU-s", "spread", "proxy CPU%", "p50 ms", "p99 ms",
        "peak RSS KiB", "errors", "other CPU%", "conns/req"]
 table = []
 for t in tests:
-    if t in ("idle", "slow", "plugins"):
+    if t in ("idle", "slow", "plugins", "identity"):
         continue
     for p in proxies:
         d = data.get((t, p))
@@ -1508,6 +1652,38 @@ if "plugins" in tests:
                   f"(+{1e6 / a - 1e6 / b:.2f} µs)")
     else:
         print("plugins / plain = n/a (a portico run has no result; see the log above)")
+    print()
+
+if "identity" in tests:
+    print("identity: the root load (wrk -t1 -c50 GET /), each identity plugin against portico "
+          f"without plugins sent the same headers; medians over {rounds} round(s)")
+    phdr = ["run", "req/s", "req/CPU-s", "spread", "proxy CPU%", "p50 ms", "p99 ms",
+            "peak RSS KiB", "errors", "other CPU%"]
+    ptab = []
+    for run in identity_runs.split():
+        d = data.get(("identity", run))
+        if not d:
+            ptab.append([run, "no result"] + ["-"] * 8)
+            continue
+        ptab.append([run, f0(med(d, "req_s")), f0(med(d, "rpcs")), spread(d["rpcs"]),
+                     f0(med(d, "cpu")), f2(med(d, "p50")), f2(med(d, "p99")), f0(med(d, "hwm")),
+                     f0(sum(d["errors"])), f0(max(d["other"]))])
+    show(phdr, ptab)
+    for plug_run, plain_run, what in (("portico-introspection", "portico-plain-bearer",
+                                       "oauth2_introspection (cached)"),
+                                      ("portico-oidc", "portico-plain-cookie",
+                                       "oidc (session cookie)")):
+        plug, plain = data.get(("identity", plug_run)), data.get(("identity", plain_run))
+        if not (plug and plain):
+            print(f"{what}: n/a (a run has no result; see the log above)")
+            continue
+        a, b = med(plug, "rpcs"), med(plain, "rpcs")
+        pa, pb = med(plug, "p99"), med(plain, "p99")
+        if a == a and b == b and a > 0 and b > 0:
+            print(f"{what}: req/CPU-s {a / b:.3f} of plain ({f0(a)} / {f0(b)}), "
+                  f"p99 {f2(pa)} / {f2(pb)} ms, +{1e6 / a - 1e6 / b:.2f} µs proxy CPU per request")
+        else:
+            print(f"{what}: n/a")
     print()
 
 if excluded:
