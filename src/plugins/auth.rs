@@ -195,3 +195,59 @@ pub(crate) fn claim_headers(
         })
         .collect()
 }
+
+/// How a client of an authorization server sends its credentials (RFC 6749 §2.3.1): an
+/// `Authorization: Basic` value for `basic`, or `&client_id=…&client_secret=…` to append to the
+/// form for `post` (the other one empty).
+pub(crate) fn client_credentials(
+    how: crate::config::spec_introspection::ClientAuth,
+    client_id: &crate::config::de::At<String>,
+    client_secret: &str,
+) -> Result<(Option<HeaderValue>, String), super::BuildError> {
+    use crate::config::spec_introspection::ClientAuth;
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    Ok(match how {
+        ClientAuth::Basic => {
+            use base64::Engine;
+            // The id and secret are form-encoded before base64.
+            let pair = format!("{}:{}", encode(client_id), encode(client_secret));
+            let value = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            );
+            let value = HeaderValue::from_str(&value).map_err(|_| super::BuildError::At {
+                pos: client_id.pos,
+                message: "client_id cannot be sent".to_owned(),
+            })?;
+            (Some(value), String::new())
+        }
+        ClientAuth::Post => (
+            None,
+            format!(
+                "&client_id={}&client_secret={}",
+                encode(client_id),
+                encode(client_secret)
+            ),
+        ),
+    })
+}
+
+/// The TLS client for an `https` authorization server (`None` for `http`): the system roots,
+/// or those of `ca_file` (relative to the config's folder).
+pub(crate) fn server_tls(
+    https: bool,
+    ca_file: Option<&String>,
+    env: &super::BuildEnv<'_>,
+    pos: crate::config::Pos,
+) -> Result<Option<Arc<rustls::ClientConfig>>, super::BuildError> {
+    if !https {
+        return Ok(None);
+    }
+    let ca = ca_file.map(|file| env.base.join(file));
+    crate::tls::client_config(ca.as_deref(), None, true, false)
+        .map(Some)
+        .map_err(|e| super::BuildError::At {
+            pos,
+            message: format!("cannot set up TLS: {e}"),
+        })
+}

@@ -23,7 +23,6 @@ use http::{HeaderName, HeaderValue, StatusCode, header, request, response};
 
 use super::auth::Consumer;
 use super::{BuildError, Flow, Phase, Plugin};
-use crate::config::spec_introspection::ClientAuth;
 use crate::config::spec_oidc::{OidcSpec, SameSite, Unauthenticated};
 use crate::ctx::RequestCtx;
 use crate::error::{ProxyError, error_response};
@@ -208,42 +207,12 @@ impl Oidc {
                 "session.same_site: none needs session.secure: true",
             ));
         }
-        let tls = if https {
-            let ca = spec.ca_file.as_ref().map(|file| env.base.join(file));
-            Some(
-                crate::tls::client_config(ca.as_deref(), None, true, false)
-                    .map_err(|e| invalid(pos, format!("cannot set up TLS: {e}")))?,
-            )
-        } else {
-            None
-        };
-        let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let (basic, post) = match spec.client_auth {
-            ClientAuth::Basic => {
-                use base64::Engine;
-                // RFC 6749 §2.3.1: the id and secret are form-encoded before base64.
-                let pair = format!(
-                    "{}:{}",
-                    encode(&spec.client_id),
-                    encode(&spec.client_secret)
-                );
-                let value = format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                );
-                let value = HeaderValue::from_str(&value)
-                    .map_err(|_| invalid(spec.client_id.pos, "client_id cannot be sent"))?;
-                (Some(value), String::new())
-            }
-            ClientAuth::Post => (
-                None,
-                format!(
-                    "&client_id={}&client_secret={}",
-                    encode(&spec.client_id),
-                    encode(&spec.client_secret)
-                ),
-            ),
-        };
+        let tls = super::auth::server_tls(https, spec.ca_file.as_ref(), &env, pos)?;
+        let (basic, post) = super::auth::client_credentials(
+            spec.client_auth,
+            &spec.client_id,
+            &spec.client_secret,
+        )?;
         let mut scopes = vec!["openid".to_owned()];
         for s in &spec.scopes {
             if !scopes.contains(s) {
