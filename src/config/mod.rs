@@ -15,6 +15,7 @@ pub(crate) mod spec;
 pub(crate) mod spec_forward_auth;
 pub(crate) mod spec_introspection;
 mod spec_proxy_protocol;
+pub(crate) mod spec_static;
 mod spec_transcode;
 mod spec_trusted;
 mod spec_udp;
