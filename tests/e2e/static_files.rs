@@ -243,6 +243,11 @@ async fn index_mime_fallback_head_and_methods() {
         assert_eq!(r.status, 200);
         assert_eq!(r.body, r#"{"ok": true}"#);
     }
+    // HTTP/2 (prior knowledge) gets the same file.
+    let r = crate::support::h2_get(&web, "x", "/app.js").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.body.as_bytes(), file(&dir, "app.js"));
     // The route's usual request metrics count these answers.
     let metrics = get(gw.admin.as_ref().unwrap(), "/metrics").await.body;
     let line = r#"portico_requests_total{listener="web",route="site",upstream="",status="200"}"#;
@@ -714,4 +719,27 @@ async fn a_browser_loads_the_single_page_app_and_its_deep_links() {
     assert!(texts[1].1.contains("User 42: Ada"), "{texts:?}");
     assert!(texts[2].1.contains("User 7: Grace"), "{texts:?}");
     assert!(texts.iter().all(|(status, _)| *status == 200), "{texts:?}");
+}
+
+#[test]
+fn bad_static_config_is_refused_with_its_position() {
+    let dir = site();
+    let path = dir.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - { name: web, bind: 127.0.0.1:0, protocol: http }\nroutes:\n  - name: a\n    match: { path_prefix: /a/ }\n    static: { root: ./nowhere }\n  - name: b\n    match: { path_prefix: /b/ }\n    static: { root: ./site, fallback: ../secret.txt, precompressed: [deflate], strip_prefix: b }\n  - name: c\n    rewrite: { strip_prefix: /c }\n    static: { root: ./site }\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = crate::support::cli(&["validate", "-c", path.to_str().unwrap()]);
+    let text = format!("{stdout}{stderr}");
+    assert_ne!(code, 0, "{text}");
+    for want in [
+        "bad.yaml:6:21: static.root `./nowhere` cannot be used",
+        "bad.yaml:9:39: static.fallback must be a relative file name under root",
+        "bad.yaml:9:70: static.precompressed: `deflate` is not br, zstd or gzip",
+        "bad.yaml:9:94: static.strip_prefix must start with `/`",
+        "rewrite applies to routes that forward; a static route takes static.strip_prefix",
+    ] {
+        assert!(text.contains(want), "{want} in:\n{text}");
+    }
 }

@@ -91,7 +91,15 @@ pub(crate) async fn serve(
             lookup::lookup(&site, &segments, slash, &shown, &accepted, fallback)
         })
         .await
-        .map_err(|_| ProxyError::BrokenResponse)?
+    };
+    let Ok(found) = found else {
+        // The lookup task panicked or was cancelled at shutdown.
+        return Ok(error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the file could not be looked up",
+            request_id,
+        ));
     };
     let found = match found {
         Lookup::File(found) => found,
