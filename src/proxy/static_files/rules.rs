@@ -48,28 +48,47 @@ pub(super) fn http_date(secs: u64) -> String {
     )
 }
 
-/// An IMF-fixdate as seconds since the epoch; `None` for anything else (the obsolete
-/// formats included), which a precondition then ignores.
+/// A date in any of RFC 9110 §5.6.7's three forms (IMF-fixdate, the obsolete RFC 850 form
+/// with a two-digit year, and asctime) as seconds since the epoch; `None` for anything
+/// else, which a precondition then ignores.
 pub(super) fn parse_http_date(text: &str) -> Option<u64> {
-    let b = text.trim().as_bytes();
-    if b.len() != 29 || &b[3..5] != b", " || &b[25..] != b" GMT" {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        std::str::from_utf8(&b[r]).ok()?.parse().ok()
+    let words: Vec<&str> = text.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+    let (day, month, year, time) = match words.as_slice() {
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        [_, day, month, year, time, "GMT"] => (*day, *month, *year, *time),
+        // Sunday, 06-Nov-94 08:49:37 GMT
+        [_, date, time, "GMT"] => {
+            let mut parts = date.split('-');
+            let (d, m, y) = (parts.next()?, parts.next()?, parts.next()?);
+            (d, m, y, *time)
+        }
+        // Sun Nov  6 08:49:37 1994
+        [_, month, day, time, year] => (*day, *month, *year, *time),
+        _ => return None,
     };
-    let day = num(5..7)?;
-    let month = MONTHS.iter().position(|m| m.as_bytes() == &b[8..11])? as u32 + 1;
-    let year = num(12..16)?;
-    if b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || b[19] != b':' || b[22] != b':' {
+    let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
+        (n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    let day = digits(day, 1..=2)?;
+    let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
+    let mut year = i64::from(digits(year, 2..=4)?);
+    if year < 100 {
+        // A two-digit year more than 50 years ahead is in the past (RFC 9110 §5.6.7).
+        year += if year < 70 { 2000 } else { 1900 };
+    }
+    let mut hms = time.split(':');
+    let (h, m, sec) = (
+        digits(hms.next()?, 2..=2)?,
+        digits(hms.next()?, 2..=2)?,
+        digits(hms.next()?, 2..=2)?,
+    );
+    if hms.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
         return None;
     }
-    let (h, m, s) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = days_from_civil(i64::from(year), month, day);
-    u64::try_from(days * 86_400 + i64::from(h * 3600 + m * 60 + s)).ok()
+    let days = days_from_civil(year, month, day);
+    u64::try_from(days * 86_400 + i64::from(h * 3600 + m * 60 + sec)).ok()
 }
 
 /// The entity tags of an `If-Match`/`If-None-Match` value; `None` for `*`.
@@ -282,8 +301,17 @@ mod tests {
         for secs in [0, 951_782_400, 1_767_225_599, 4_102_444_800] {
             assert_eq!(parse_http_date(&http_date(secs)), Some(secs));
         }
-        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert_eq!(
+            parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Sun Nov  6 08:49:37 1994"),
+            Some(784_111_777)
+        );
         assert_eq!(parse_http_date("garbage"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49 GMT"), None);
+        assert_eq!(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"), None);
     }
 
     #[test]
