@@ -53,8 +53,7 @@ fn site() -> PathBuf {
     std::os::unix::fs::symlink("../secret.txt", root.join("link-out")).unwrap();
     std::os::unix::fs::symlink("..", root.join("dir-out")).unwrap();
     std::os::unix::fs::symlink("app.js", root.join("link-in.js")).unwrap();
-    // Precompressed siblings: real gzip and zstd (their bytes checked after decoding), and
-    // a stand-in for brotli (no encoder here; only its choice and bytes are checked).
+    // Precompressed siblings, real ones: gzip and zstd by their tools, brotli by node's zlib.
     for (tool, args) in [("gzip", &["-k", "-9"][..]), ("zstd", &["-q", "-k"][..])] {
         let ok = Command::new(tool)
             .args(args)
@@ -64,7 +63,16 @@ fn site() -> PathBuf {
             .success();
         assert!(ok, "{tool} failed");
     }
-    w("app.js.br", b"not really brotli, only the br sibling");
+    let js = root.join("app.js");
+    let brotli = "const z = require('zlib'), fs = require('fs'); \
+        fs.writeFileSync(process.argv[1] + '.br', z.brotliCompressSync(fs.readFileSync(process.argv[1])))";
+    let ok = Command::new("node")
+        .args(["-e", brotli])
+        .arg(&js)
+        .status()
+        .expect("node (run scripts/test.sh, which installs nodejs)")
+        .success();
+    assert!(ok, "node could not write app.js.br");
     dir
 }
 
@@ -481,7 +489,7 @@ async fn precompressed_siblings_by_accept_encoding() {
         None
     );
     // curl decodes what it is sent to the file's exact bytes.
-    for accept in ["gzip", "zstd"] {
+    for accept in ["gzip", "zstd", "br"] {
         let r = curl(
             &url,
             &["--compressed", "-H", &format!("accept-encoding: {accept}")],
