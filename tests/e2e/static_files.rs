@@ -751,3 +751,24 @@ fn bad_static_config_is_refused_with_its_position() {
         assert!(text.contains(want), "{want} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_release_switched_by_symlink_is_served_after_a_reload() {
+    let dir = temp_dir("static-release");
+    for (release, text) in [("v1", "first release"), ("v2", "second release")] {
+        std::fs::create_dir_all(dir.join(release)).unwrap();
+        std::fs::write(dir.join(release).join("index.html"), text).unwrap();
+    }
+    std::os::unix::fs::symlink("v1", dir.join("current")).unwrap();
+    let config = "listeners:\n  - { name: web, bind: 127.0.0.1:0, protocol: http }\nroutes:\n  - name: site\n    static: { root: ./current }\n";
+    let gw = Portico::start_in(&dir, config);
+    let web = gw.addr("web");
+    assert_eq!(get(&web, "/").await.body, "first release");
+    // The link is switched atomically (a new link renamed over the old one).
+    std::os::unix::fs::symlink("v2", dir.join("next")).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("current")).unwrap();
+    // The root was resolved when the config was loaded.
+    assert_eq!(get(&web, "/").await.body, "first release");
+    assert!(gw.reload(config));
+    assert_eq!(get(&web, "/").await.body, "second release");
+}
