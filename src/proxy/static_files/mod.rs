@@ -209,7 +209,12 @@ fn answer(
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let len = found.meta.len();
-    let modified = u64::try_from(found.meta.mtime()).unwrap_or(0);
+    // Never later than now (RFC 9110 §8.8.2.1): a file stamped in the future is as new as
+    // the answer.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let modified = u64::try_from(found.meta.mtime()).unwrap_or(0).min(now);
     let tag = etag(&found);
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&tag) {
