@@ -18,6 +18,8 @@ command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v haproxy >/dev/null || need+=(haproxy)
+# The static-file tests make precompressed siblings with gzip and zstd.
+command -v zstd >/dev/null || need+=(zstd)
 # The OIDC tests run a real OpenID Provider (oidc-provider) under node, and log in through it
 # with headless Chromium driven by playwright-core.
 command -v node >/dev/null || need+=(nodejs npm)

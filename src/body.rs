@@ -79,6 +79,8 @@ pin_project_lite::pin_project! {
         Pooled { #[pin] inner: Incoming, checkin: Option<Box<dyn Checkin>> },
         /// A body whose end (with its trailers, if any) someone waits for.
         Watched { inner: Box<Body>, watch: Option<Box<dyn Watch>> },
+        /// A body portico produces piece by piece (a file read in bounded chunks).
+        Local { inner: Pin<Box<dyn http_body::Body<Data = Bytes, Error = BodyError> + Send + Sync>> },
     }
 }
 
@@ -111,6 +113,15 @@ impl Body {
         Body::Pooled {
             inner,
             checkin: Some(Box::new(checkin)),
+        }
+    }
+
+    /// A body produced by `inner`, piece by piece.
+    pub(crate) fn local(
+        inner: impl http_body::Body<Data = Bytes, Error = BodyError> + Send + Sync + 'static,
+    ) -> Self {
+        Body::Local {
+            inner: Box::pin(inner),
         }
     }
 
@@ -160,6 +171,7 @@ impl std::fmt::Debug for Body {
             Body::Filtered { .. } => "Filtered",
             Body::Pooled { .. } => "Pooled",
             Body::Watched { .. } => "Watched",
+            Body::Local { .. } => "Local",
         };
         f.write_str(kind)
     }
@@ -286,6 +298,7 @@ impl http_body::Body for Body {
                 }
                 polled.map_err(Into::into)
             }
+            BodyProj::Local { inner } => inner.as_mut().poll_frame(cx),
         }
     }
 
@@ -302,6 +315,7 @@ impl http_body::Body for Body {
                 }
             }
             Body::Watched { inner, .. } => inner.is_end_stream(),
+            Body::Local { inner } => inner.is_end_stream(),
         }
     }
 
@@ -318,6 +332,7 @@ impl http_body::Body for Body {
             }
             Body::Filtered { .. } => SizeHint::default(),
             Body::Watched { inner, .. } => inner.size_hint(),
+            Body::Local { inner } => inner.size_hint(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod spec_forward_auth;
 pub(crate) mod spec_introspection;
 pub(crate) mod spec_oidc;
 mod spec_proxy_protocol;
+pub(crate) mod spec_static;
 mod spec_transcode;
 mod spec_trusted;
 mod spec_udp;

@@ -413,6 +413,7 @@ impl Default for LimitsSpec {
     { "required": ["respond"] },
     { "required": ["redirect"] },
     { "required": ["aggregate"] },
+    { "required": ["static"] },
 ]))]
 pub(crate) struct RouteSpec {
     /// Unique name, used by metrics, logs and `explain`.
@@ -434,7 +435,7 @@ pub(crate) struct RouteSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) consumer_plugins: BTreeMap<At<String>, Vec<At<PluginSpec>>>,
     /// Action: forward to the upstream of this name. A route has exactly one action:
-    /// `upstream`, `split`, `respond`, `redirect` or `aggregate`.
+    /// `upstream`, `split`, `respond`, `redirect`, `aggregate` or `static`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<At<String>>,
     /// Action: forward to one of several upstreams, in smooth weighted order.
@@ -449,6 +450,9 @@ pub(crate) struct RouteSpec {
     /// Action: call several upstreams and answer their merged JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) aggregate: Option<super::aggregate::AggregateSpec>,
+    /// Action: answer with files under a folder.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub(crate) static_files: Option<super::spec_static::StaticSpec>,
     /// How the path is rewritten before forwarding: exactly one of `strip_prefix`,
     /// `replace_prefix` and `regex` (with `replace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

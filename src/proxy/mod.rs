@@ -5,5 +5,6 @@ pub(crate) mod forward;
 pub(crate) mod grpc;
 pub(crate) mod headers;
 pub(crate) mod pipeline;
+pub(crate) mod static_files;
 pub(crate) mod subrequest;
 pub(crate) mod tunnel;

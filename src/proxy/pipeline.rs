@@ -235,6 +235,17 @@ async fn serve<'s>(
                 });
             Served::new(result, plugins, metrics.first())
         }
+        Action::Static(site) => {
+            // Boxed: its state would otherwise be part of every request's future.
+            let result = Box::pin(super::static_files::serve(
+                site,
+                &head,
+                decoded.raw.as_ref(),
+                &ctx.request_id,
+            ))
+            .await;
+            Served::new(result, plugins, metrics.first())
+        }
         Action::Aggregate(agg) => {
             let input = super::aggregate::Input {
                 head: &head,

@@ -1201,12 +1201,13 @@ fn compile_route(
         + usize::from(spec.split.is_some())
         + usize::from(spec.respond.is_some())
         + usize::from(spec.redirect.is_some())
-        + usize::from(spec.aggregate.is_some());
+        + usize::from(spec.aggregate.is_some())
+        + usize::from(spec.static_files.is_some());
     if actions != 1 {
         diags.error(
             spec.name.pos,
             format!(
-                "route `{}` must have exactly one action (upstream, split, respond, redirect or aggregate), found {actions}",
+                "route `{}` must have exactly one action (upstream, split, respond, redirect, aggregate or static), found {actions}",
                 *spec.name
             ),
         );
@@ -1291,6 +1292,17 @@ fn compile_route(
                 to: redirect.to.value.clone(),
             })
         })
+    } else if let Some(site) = &spec.static_files {
+        if spec.rewrite.is_some() {
+            diags.error(
+                spec.name.pos,
+                "rewrite applies to routes that forward; a static route takes static.strip_prefix",
+            );
+        }
+        if spec.mirror.is_some() {
+            diags.error(spec.name.pos, "mirror applies to routes that forward");
+        }
+        super::static_files::compile(site, env.base, diags).map(|s| Action::Static(Arc::new(s)))
     } else {
         None
     };

@@ -9,6 +9,7 @@ pub(crate) mod client_addr;
 pub(crate) mod compile;
 pub(crate) mod explain;
 pub(crate) mod shared;
+pub(crate) mod static_files;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -250,6 +251,8 @@ pub(crate) enum Action {
     Redirect(Redirect),
     /// Call several upstreams and answer their merged JSON.
     Aggregate(Box<aggregate::Aggregate>),
+    /// Answer with files under a folder.
+    Static(Arc<static_files::StaticSite>),
 }
 
 impl Action {

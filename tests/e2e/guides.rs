@@ -153,6 +153,10 @@ fn every_example_validates_strictly() {
         if name == "grpc-json.yaml" {
             greeter_descriptor_set(&dir);
         }
+        if name == "static-site.yaml" {
+            std::os::unix::fs::symlink(Path::new(ROOT).join("examples/site"), dir.join("site"))
+                .unwrap();
+        }
         let out = Command::new(BIN)
             .args(["validate", "--strict", "--config"])
             .arg(&copy)
@@ -1988,4 +1992,72 @@ async fn behind_a_load_balancer_guide() {
         out.contains("→ answers 403 Forbidden — the client address may not use this route"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn static_sites_guide() {
+    let dir = temp_dir("static-site");
+    std::os::unix::fs::symlink(Path::new(ROOT).join("examples/site"), dir.join("site")).unwrap();
+    let config = substitute(
+        &example("static-site.yaml"),
+        &ephemeral(&["127.0.0.1:8080"], &[]),
+    );
+    let gw = Portico::start_in(&dir, &config);
+    let web = gw.addr("web");
+    let index = std::fs::read_to_string(Path::new(ROOT).join("examples/site/index.html")).unwrap();
+
+    // The app at `/` and at a deep link.
+    for path in ["/", "/users/42"] {
+        let r = send(&web, "GET", path, &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.body, index);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(r.header("cache-control"), Some("no-cache"));
+    }
+    // A missing asset is 404.
+    let r = send(&web, "GET", "/logo.png", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "not_found");
+    // Revalidation.
+    let etag = send(&web, "GET", "/", &[])
+        .await
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    let r = send(&web, "GET", "/", &[("if-none-match", &etag)]).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    // The gzip sibling, with the asset route's caching.
+    let r = send(
+        &web,
+        "HEAD",
+        "/assets/app.js",
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    let gz = std::fs::metadata(Path::new(ROOT).join("examples/site/assets/app.js.gz")).unwrap();
+    assert_eq!(
+        r.header("content-length"),
+        Some(gz.len().to_string().as_str())
+    );
+    // A range.
+    let r = send(&web, "GET", "/assets/style.css", &[("range", "bytes=0-15")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, "body { font-fami");
+    assert_eq!(r.header("content-range"), Some("bytes 0-15/80"));
+    // Only GET and HEAD, and no way out.
+    let r = send(&web, "POST", "/", &[]).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let r = send(&web, "GET", "/../static-site.yaml", &[]).await;
+    assert_eq!(r.status, 400);
 }

@@ -30,6 +30,7 @@ mod proxy;
 mod proxy_protocol;
 mod reload;
 mod resilience;
+mod static_files;
 mod streaming;
 mod tls;
 mod transcode;

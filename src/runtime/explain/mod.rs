@@ -241,6 +241,9 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         Action::Respond(r) => {
             let _ = writeln!(out, "action    respond {}", r.status);
         }
+        Action::Static(site) => {
+            let _ = writeln!(out, "action    static files under {}", site.root.display());
+        }
         Action::Aggregate(agg) => {
             let req = aggregate::Request {
                 path: &normal,
