@@ -1156,6 +1156,8 @@ pub(crate) enum PluginSpec {
     /// Asks an auth service (an upstream) about each request: a 2xx lets it on, anything
     /// else is the answer.
     ForwardAuth(super::spec_forward_auth::ForwardAuthSpec),
+    /// Stores answers and serves them while fresh (an RFC 9111 shared cache).
+    Cache(super::spec_cache::CacheSpec),
 }
 
 /// `grpc_web:` — no settings (`grpc_web: {}`).

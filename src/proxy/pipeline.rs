@@ -487,6 +487,7 @@ async fn exit(
     let Served {
         result, plugins, ..
     } = served;
+    let result = plugins.on_answer(ctx, result);
     let (mut response, close) = match result {
         Ok(response) => (response, false),
         Err(err) => (error_answer(&err, ctx), err.closes_connection()),
