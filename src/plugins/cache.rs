@@ -7,8 +7,10 @@
 //! is teed into the store as it streams to the client (never buffered for it), an
 //! upstream's 304 to portico's own revalidation becomes the stored answer, and a failure
 //! (the upstream's 5xx or portico's own error) becomes the stale answer within its
-//! `stale-if-error` window. Answers are stored as the route's action gave them: response
-//! steps run on hits as on fresh answers, and portico's own errors are never stored.
+//! `stale-if-error` window. A stale answer within its `stale-while-revalidate` window is
+//! served at once while one background request ([`super::Subrequests::call_route`])
+//! refreshes it. Answers are stored as the route's action gave them: response steps run on
+//! hits as on fresh answers, and portico's own errors are never stored.
 //!
 //! The key is the host, the canonical path and the query, and the configured
 //! `key_headers`; `Vary` selects among the answers of one key. Nothing else of a request
@@ -46,8 +48,7 @@ struct FromCache;
 #[derive(Debug)]
 pub(crate) struct Cache {
     store: Arc<Store>,
-    heuristic: Option<Duration>,
-    max_object: usize,
+    policy: Policy,
     key_headers: Vec<HeaderName>,
     lock_timeout: Duration,
     requests: Family<CacheLabels, Counter>,
@@ -99,8 +100,10 @@ impl Cache {
         let store = env.state.keep(|| Store::new(max_bytes, gauge));
         Ok(Cache {
             store,
-            heuristic: spec.ttl.map(|t| t.0),
-            max_object: usize::try_from(spec.max_object_size.0).unwrap_or(usize::MAX),
+            policy: Policy {
+                heuristic: spec.ttl.map(|t| t.0),
+                max_object: usize::try_from(spec.max_object_size.0).unwrap_or(usize::MAX),
+            },
             key_headers,
             lock_timeout: spec.lock_timeout.0,
             requests: env.metrics.cache_requests(),
@@ -130,48 +133,68 @@ impl Cache {
         Arc::from(key)
     }
 
-    /// Whether an answer may be stored, and for how long it is fresh.
-    fn storable(&self, miss: &Miss, head: &response::Parts) -> Option<Timing> {
-        let status = head.status;
-        if !miss.get
-            || status == StatusCode::PARTIAL_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-            || status.is_informational()
-            || head.headers.contains_key(header::SET_COOKIE)
-        {
-            return None;
+    /// `stale-while-revalidate`: the stale answer now (`x-cache: STALE`), and one refresh of
+    /// it in the background (none when a request of the key is already fetching).
+    fn refresh_later(
+        &self,
+        ctx: &mut RequestCtx,
+        head: &request::Parts,
+        key: Arc<str>,
+        url: Arc<str>,
+        stale: Arc<Stored>,
+        now: Instant,
+    ) -> Flow {
+        self.count(ctx, "stale");
+        let head_only = head.method == Method::HEAD;
+        let response = serve(&stale, &head.headers, head_only, "STALE", now);
+        let Begin::Fill(fill) = self.store.begin(&key) else {
+            return Flow::Respond(response);
+        };
+        let mut fetch = http::Request::new(()).into_parts().0;
+        fetch.uri = head.uri.clone();
+        fetch.headers = head.headers.clone();
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::CACHE_CONTROL,
+        ] {
+            fetch.headers.remove(name);
         }
-        let cc = Directives::parse(&head.headers);
-        if cc.no_store || cc.private {
-            return None;
+        let revalidating = stale.validators;
+        if let Some(etag) = stale.headers.get(header::ETAG) {
+            fetch.headers.insert(header::IF_NONE_MATCH, etag.clone());
         }
-        if miss.authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
-            return None;
+        if let Some(modified) = stale.headers.get(header::LAST_MODIFIED) {
+            fetch
+                .headers
+                .insert(header::IF_MODIFIED_SINCE, modified.clone());
         }
-        if vary_names(&head.headers).any(|n| n.is_none()) {
-            // `Vary: *` (or a name that is not one): no request is ever the same.
-            return None;
-        }
-        if content_length(&head.headers).is_some_and(|len| len > self.max_object as u64) {
-            return None;
-        }
-        let heuristic = self.heuristic;
-        let mut lifetime =
-            rules::lifetime(status, &head.headers, &cc, heuristic, store::wall_now())?;
-        if cc.no_cache {
-            lifetime = Duration::ZERO;
-        }
-        let validators = head.headers.contains_key(header::ETAG)
-            || head.headers.contains_key(header::LAST_MODIFIED);
-        let stale_if_error = Duration::from_secs(cc.stale_if_error.unwrap_or(0));
-        if lifetime.is_zero() && !validators && stale_if_error.is_zero() {
-            return None;
-        }
-        Some(Timing {
-            lifetime,
-            stale_if_error,
-            must_revalidate: cc.must_revalidate,
-        })
+        let miss = Miss {
+            key,
+            url,
+            request: head.headers.clone(),
+            get: true,
+            authorized: head.headers.contains_key(header::AUTHORIZATION),
+            stale: Some(stale),
+            revalidating,
+            fill: None,
+        };
+        let policy = self.policy;
+        let store = Arc::clone(&self.store);
+        Flow::Subrequest(Box::new(move |ctx, calls| {
+            let call = calls.call_route(ctx, fetch, policy.max_object);
+            tokio::spawn(async move {
+                // Waiters look again once the refresh is stored (or failed).
+                let _fill = fill;
+                if let Ok(answer) = call.await {
+                    policy.absorb(&store, &miss, answer);
+                }
+            });
+            Box::pin(std::future::ready(Deferred::Respond(response)))
+        }))
     }
 
     /// The request step's answer for a miss: fetch (with validators when a stale answer
@@ -250,6 +273,127 @@ impl Cache {
     }
 }
 
+/// What decides whether and how long answers are stored.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    /// `ttl`: freshness for answers that say nothing.
+    heuristic: Option<Duration>,
+    /// `max_object_size`.
+    max_object: usize,
+}
+
+impl Policy {
+    /// Whether an answer may be stored, and for how long it is fresh.
+    fn storable(&self, miss: &Miss, head: &response::Parts) -> Option<Timing> {
+        let status = head.status;
+        if !miss.get
+            || status == StatusCode::PARTIAL_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+            || head.headers.contains_key(header::SET_COOKIE)
+        {
+            return None;
+        }
+        let cc = Directives::parse(&head.headers);
+        if cc.no_store || cc.private {
+            return None;
+        }
+        if miss.authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+            return None;
+        }
+        if vary_names(&head.headers).any(|n| n.is_none()) {
+            // `Vary: *` (or a name that is not one): no request is ever the same.
+            return None;
+        }
+        if content_length(&head.headers).is_some_and(|len| len > self.max_object as u64) {
+            return None;
+        }
+        let lifetime = rules::lifetime(
+            status,
+            &head.headers,
+            &cc,
+            self.heuristic,
+            store::wall_now(),
+        )?;
+        let timing = Timing::of(&cc, lifetime);
+        let validators = head.headers.contains_key(header::ETAG)
+            || head.headers.contains_key(header::LAST_MODIFIED);
+        if timing.lifetime.is_zero() && !validators && timing.stale_if_error.is_zero() {
+            return None;
+        }
+        Some(timing)
+    }
+
+    /// A stale answer refreshed by the upstream's 304 (RFC 9111 §4.3.4), and whether it
+    /// may be stored (not when the 304 says `no-store`).
+    fn refresh(&self, stale: &Stored, update: &HeaderMap) -> (Arc<Stored>, bool) {
+        let cc = Directives::parse(update);
+        let mut merged = stale.headers.clone();
+        for name in update.keys() {
+            merged.remove(name);
+            for v in update.get_all(name) {
+                merged.append(name.clone(), v.clone());
+            }
+        }
+        let wall = store::wall_now();
+        let lifetime = rules::lifetime(stale.status, &merged, &cc, self.heuristic, wall)
+            .unwrap_or(Duration::ZERO);
+        let refreshed = Arc::new(stale.refreshed(
+            update,
+            Timing::of(&cc, lifetime),
+            rules::initial_age(update, wall),
+        ));
+        (refreshed, !cc.no_store)
+    }
+
+    /// What an answer to `miss` is stored as, when it is storable; `None` else.
+    fn pending(&self, miss: &Miss, head: &response::Parts, now: Instant) -> Option<Pending> {
+        let timing = self.storable(miss, head)?;
+        let vary = vary_names(&head.headers)
+            .flatten()
+            .map(|name| {
+                let value = store::joined(&miss.request, &name);
+                (name, value)
+            })
+            .collect();
+        let mut headers = head.headers.clone();
+        headers.remove(&X_CACHE);
+        headers.remove(header::AGE);
+        Some(Pending {
+            key: Arc::clone(&miss.key),
+            url: Arc::clone(&miss.url),
+            status: head.status,
+            headers,
+            vary,
+            received: now,
+            initial_age: rules::initial_age(&head.headers, store::wall_now()),
+            timing,
+        })
+    }
+
+    /// Stores the answer of a background refresh: a 304 refreshes the stale answer, a
+    /// storable answer replaces it, anything else leaves it.
+    fn absorb(&self, store: &Store, miss: &Miss, answer: http::Response<Bytes>) {
+        let (head, body) = answer.into_parts();
+        if head.status == StatusCode::NOT_MODIFIED {
+            if let Some(stale) = miss.stale.as_ref().filter(|_| miss.revalidating) {
+                let (refreshed, keep) = self.refresh(stale, &head.headers);
+                if keep {
+                    store.put(Arc::clone(&miss.key), refreshed);
+                }
+            }
+            return;
+        }
+        if head.status.is_server_error() {
+            return;
+        }
+        if let Some(pending) = self.pending(miss, &head, Instant::now()) {
+            let (key, stored) = pending.into_stored(body);
+            store.put(key, Arc::new(stored));
+        }
+    }
+}
+
 /// The names of the `Vary` fields; `None` for `*` or a name that is not one.
 fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = Option<HeaderName>> + '_ {
     headers
@@ -306,9 +450,11 @@ fn serve(
 }
 
 fn mark(response: &mut http::Response<Body>, result: &'static str) {
-    response
-        .headers_mut()
-        .insert(&X_CACHE, HeaderValue::from_static(result));
+    mark_head(response.headers_mut(), result);
+}
+
+fn mark_head(headers: &mut HeaderMap, result: &'static str) {
+    headers.insert(&X_CACHE, HeaderValue::from_static(result));
 }
 
 /// The host (normalised) and the target, as keys and purges name them: `host/path?query`.
@@ -415,6 +561,13 @@ impl Plugin for Cache {
                 )));
             }
         }
+        if let Some(stale) = found
+            .as_ref()
+            .filter(|s| !cc.no_cache && s.serves_while_revalidating(now))
+        {
+            let stale = Arc::clone(stale);
+            return Ok(self.refresh_later(ctx, head, key, url, stale, now));
+        }
         Ok(self.miss(ctx, head, key, url, found))
     }
 
@@ -471,32 +624,8 @@ impl Plugin for Cache {
             && miss.revalidating
             && let Some(stale) = &miss.stale
         {
-            let cc = Directives::parse(&head.headers);
-            let mut merged = stale.headers.clone();
-            for name in head.headers.keys() {
-                merged.remove(name);
-                for v in head.headers.get_all(name) {
-                    merged.append(name.clone(), v.clone());
-                }
-            }
-            let wall = store::wall_now();
-            let lifetime = rules::lifetime(stale.status, &merged, &cc, self.heuristic, wall)
-                .unwrap_or(Duration::ZERO);
-            let timing = Timing {
-                lifetime: if cc.no_cache {
-                    Duration::ZERO
-                } else {
-                    lifetime
-                },
-                stale_if_error: Duration::from_secs(cc.stale_if_error.unwrap_or(0)),
-                must_revalidate: cc.must_revalidate,
-            };
-            let refreshed = Arc::new(stale.refreshed(
-                &head.headers,
-                timing,
-                rules::initial_age(&head.headers, wall),
-            ));
-            if !cc.no_store {
+            let (refreshed, keep) = self.policy.refresh(stale, &head.headers);
+            if keep {
                 self.store
                     .put(Arc::clone(&miss.key), Arc::clone(&refreshed));
             }
@@ -510,37 +639,18 @@ impl Plugin for Cache {
             ));
         }
         self.count(ctx, "miss");
-        head.headers
-            .insert(&X_CACHE, HeaderValue::from_static("MISS"));
-        let Some(timing) = self.storable(miss, &head) else {
+        let Some(pending) = self.policy.pending(miss, &head, now) else {
+            mark_head(&mut head.headers, "MISS");
             return Ok(http::Response::from_parts(head, body));
         };
-        let vary = vary_names(&head.headers)
-            .flatten()
-            .map(|name| {
-                let value = store::joined(&miss.request, &name);
-                (name, value)
-            })
-            .collect();
-        let mut headers = head.headers.clone();
-        headers.remove(&X_CACHE);
-        headers.remove(header::AGE);
+        mark_head(&mut head.headers, "MISS");
         let tee = Tee {
             store: Arc::clone(&self.store),
-            max: self.max_object,
+            max: self.policy.max_object,
             buf: Vec::new(),
             len: 0,
             expected: content_length(&head.headers),
-            entry: Some(Pending {
-                key: Arc::clone(&miss.key),
-                url: Arc::clone(&miss.url),
-                status: head.status,
-                headers,
-                vary,
-                received: now,
-                initial_age: rules::initial_age(&head.headers, store::wall_now()),
-                timing,
-            }),
+            entry: Some(pending),
             _fill: miss.fill.clone(),
         };
         Ok(http::Response::from_parts(head, body.filter(Box::new(tee))))
@@ -557,6 +667,32 @@ struct Pending {
     received: Instant,
     initial_age: Duration,
     timing: Timing,
+}
+
+impl Pending {
+    /// The stored answer, with its whole body, and its key.
+    fn into_stored(self, body: Bytes) -> (Arc<str>, Stored) {
+        let mut headers = self.headers;
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let validators =
+            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+        let stored = Stored {
+            url: self.url,
+            status: self.status,
+            headers,
+            body,
+            vary: self.vary,
+            received: self.received,
+            initial_age: self.initial_age,
+            lifetime: self.timing.lifetime,
+            stale_while_revalidate: self.timing.stale_while_revalidate,
+            stale_if_error: self.timing.stale_if_error,
+            must_revalidate: self.timing.must_revalidate,
+            validators,
+        };
+        (self.key, stored)
+    }
 }
 
 /// Copies the body's chunks as they pass to the client (shared bytes, no copy), up to the
@@ -615,25 +751,8 @@ impl Tee {
             for chunk in self.buf.drain(..) {
                 body.extend_from_slice(&chunk);
             }
-            let mut headers = entry.headers;
-            headers.remove(header::TRANSFER_ENCODING);
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-            let validators =
-                headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
-            let stored = Stored {
-                url: entry.url,
-                status: entry.status,
-                headers,
-                body: body.freeze(),
-                vary: entry.vary,
-                received: entry.received,
-                initial_age: entry.initial_age,
-                lifetime: entry.timing.lifetime,
-                stale_if_error: entry.timing.stale_if_error,
-                must_revalidate: entry.timing.must_revalidate,
-                validators,
-            };
-            self.store.put(entry.key, Arc::new(stored));
+            let (key, stored) = entry.into_stored(body.freeze());
+            self.store.put(key, Arc::new(stored));
         }
         self._fill = None;
     }

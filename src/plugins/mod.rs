@@ -128,6 +128,22 @@ pub(crate) trait Subrequests: Sync {
         head: request::Parts,
         max_body: usize,
     ) -> std::pin::Pin<Box<dyn Future<Output = SubResult> + Send>>;
+
+    /// Sends `head` (no body) to the upstream of the request's own route, as a forward of
+    /// it would go (rewrite, balancing, retries); the answer's body is read up to
+    /// `max_body` bytes, past it the call fails with [`SubError::TooLarge`] whatever the
+    /// status. Fails when the route does not forward (`cache` refreshes a stale answer in
+    /// the background with it).
+    fn call_route(
+        &self,
+        _ctx: &RequestCtx,
+        _head: request::Parts,
+        _max_body: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = SubResult> + Send>> {
+        Box::pin(std::future::ready(Err(SubError::Failed(
+            "the route does not forward",
+        ))))
+    }
 }
 
 /// No upstream can be called (`explain`, unit tests): every call fails.

@@ -1,6 +1,7 @@
 //! The `cache` plugin against an upstream that counts its requests and sets
 //! `Cache-Control`, `ETag` and `Vary` per path: freshness and `Age`, expiry, revalidation
-//! (304 from the upstream), `Vary`, collapsing, stale-if-error with the upstream down,
+//! (304 from the upstream), `Vary`, collapsing, stale-while-revalidate, stale-if-error with
+//! the upstream down,
 //! purge through the admin API, what is never stored, `HEAD` from a `GET` entry, and a
 //! poisoning attempt through an unkeyed header.
 
@@ -83,6 +84,7 @@ fn answer(path: &str, req: &Request<Incoming>, n: usize) -> Response<Full<Bytes>
             body = format!("host={} #{n}", header("x-forwarded-host"));
         }
         "sie" => b = b.header("cache-control", "max-age=1, stale-if-error=60"),
+        "swr" => b = b.header("cache-control", "max-age=1, stale-while-revalidate=30"),
         "heuristic" => {}
         _ => {}
     }
@@ -450,4 +452,38 @@ async fn cache_serves_stale_when_the_upstream_is_down_and_purges_through_the_adm
     // Nothing stored: portico's error.
     let r = fetch(&web, "/fresh").await;
     assert_eq!(r.status, 502);
+}
+
+#[tokio::test]
+async fn cache_serves_stale_while_it_revalidates_in_the_background() {
+    let origin = Origin::start().await;
+    let gw = Portico::start(&config(&origin.addr.to_string()));
+    let web = gw.addr("web");
+    assert_eq!(cache_header(&fetch(&web, "/swr").await), "MISS");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Stale, within stale-while-revalidate=30: served at once, refreshed behind it.
+    let r = fetch(&web, "/swr").await;
+    assert_eq!((cache_header(&r), r.body.as_str()), ("STALE", "/swr #1"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while origin.count("/swr") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = fetch(&web, "/swr").await;
+        if r.body == "/swr #2" {
+            assert_eq!(cache_header(&r), "HIT");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.count("/swr"), 2);
 }

@@ -23,6 +23,8 @@ pub(crate) struct Directives {
     pub(crate) s_maxage: Option<u64>,
     /// `min-fresh` (requests).
     pub(crate) min_fresh: Option<u64>,
+    /// `stale-while-revalidate` (RFC 5861).
+    pub(crate) stale_while_revalidate: Option<u64>,
     /// `stale-if-error` (RFC 5861).
     pub(crate) stale_if_error: Option<u64>,
 }
@@ -56,6 +58,7 @@ impl Directives {
                     "max-age" => out.max_age = Some(seconds().unwrap_or(0)),
                     "s-maxage" => out.s_maxage = Some(seconds().unwrap_or(0)),
                     "min-fresh" => out.min_fresh = seconds(),
+                    "stale-while-revalidate" => out.stale_while_revalidate = seconds(),
                     "stale-if-error" => out.stale_if_error = seconds(),
                     _ => {}
                 }

@@ -35,6 +35,8 @@ pub(crate) struct Stored {
     pub(crate) initial_age: Duration,
     /// Its freshness lifetime.
     pub(crate) lifetime: Duration,
+    /// How long past its lifetime it may be served while a refresh runs.
+    pub(crate) stale_while_revalidate: Duration,
     /// How long past its lifetime it may be served when the upstream fails.
     pub(crate) stale_if_error: Duration,
     /// `must-revalidate`: never served stale.
@@ -57,6 +59,11 @@ impl Stored {
     /// Whether it is fresh, with `min_fresh` seconds to spare.
     pub(crate) fn fresh(&self, now: Instant, min_fresh: u64) -> bool {
         self.age(now) + Duration::from_secs(min_fresh) < self.lifetime
+    }
+
+    /// Whether it may be served stale while it is refreshed (RFC 5861 §3).
+    pub(crate) fn serves_while_revalidating(&self, now: Instant) -> bool {
+        !self.must_revalidate && self.staleness(now) <= self.stale_while_revalidate
     }
 
     /// Whether it may be served stale because the upstream failed (RFC 5861 §4).
@@ -108,6 +115,7 @@ impl Stored {
             received: Instant::now(),
             initial_age,
             lifetime: timing.lifetime,
+            stale_while_revalidate: timing.stale_while_revalidate,
             stale_if_error: timing.stale_if_error,
             must_revalidate: timing.must_revalidate,
             validators: self.validators,
@@ -119,8 +127,26 @@ impl Stored {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timing {
     pub(crate) lifetime: Duration,
+    pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
     pub(crate) must_revalidate: bool,
+}
+
+impl Timing {
+    /// What `cc` says, with this freshness lifetime.
+    pub(crate) fn of(cc: &super::rules::Directives, lifetime: Duration) -> Self {
+        let secs = |s: Option<u64>| Duration::from_secs(s.unwrap_or(0));
+        Timing {
+            lifetime: if cc.no_cache {
+                Duration::ZERO
+            } else {
+                lifetime
+            },
+            stale_while_revalidate: secs(cc.stale_while_revalidate),
+            stale_if_error: secs(cc.stale_if_error),
+            must_revalidate: cc.must_revalidate,
+        }
+    }
 }
 
 /// Every value of one request field, joined as one list (`None` when absent).

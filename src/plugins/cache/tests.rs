@@ -37,6 +37,10 @@ fn directives_parse_case_insensitively_with_quoted_commas_and_bad_ages() {
     assert_eq!(cc("max-age=-1").max_age, Some(0));
     assert_eq!(cc("max-age=99999999999999999999").max_age, Some(1 << 31));
     assert_eq!(cc("stale-if-error=30").stale_if_error, Some(30));
+    assert_eq!(
+        cc("max-age=1, stale-while-revalidate=9").stale_while_revalidate,
+        Some(9)
+    );
     // Several fields add up.
     let d = Directives::parse(&headers(&[
         ("cache-control", "no-store"),
@@ -138,6 +142,7 @@ fn stored(url: &str, body: usize, vary: Vec<(HeaderName, Option<HeaderValue>)>) 
         received: Instant::now(),
         initial_age: Duration::ZERO,
         lifetime: Duration::from_secs(60),
+        stale_while_revalidate: Duration::ZERO,
         stale_if_error: Duration::ZERO,
         must_revalidate: false,
         validators: false,
