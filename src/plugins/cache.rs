@@ -521,6 +521,10 @@ impl Plugin for Cache {
         true
     }
 
+    fn stops(&self) -> Option<&'static str> {
+        Some("answers from its store while it holds a fresh answer for the request")
+    }
+
     fn on_request(
         &self,
         ctx: &mut RequestCtx,

@@ -53,7 +53,7 @@ fn answer(path: &str, req: &Request<Incoming>, n: usize) -> Response<Full<Bytes>
         "fresh" | "purge" | "head" | "slow" => b = b.header("cache-control", "max-age=60"),
         "short" => {
             b = b
-                .header("cache-control", "max-age=1")
+                .header("cache-control", "max-age=2")
                 .header("etag", "\"v1\"");
             if header("if-none-match") == "\"v1\"" {
                 return b.status(304).body(Full::new(Bytes::new())).unwrap();
@@ -84,7 +84,11 @@ fn answer(path: &str, req: &Request<Incoming>, n: usize) -> Response<Full<Bytes>
             body = format!("host={} #{n}", header("x-forwarded-host"));
         }
         "sie" => b = b.header("cache-control", "max-age=1, stale-if-error=60"),
-        "swr" => b = b.header("cache-control", "max-age=1, stale-while-revalidate=30"),
+        "swr" => b = b.header("cache-control", "max-age=2, stale-while-revalidate=30"),
+        "big" => {
+            b = b.header("cache-control", "max-age=60");
+            body = "x".repeat(2 << 20);
+        }
         "heuristic" => {}
         _ => {}
     }
@@ -233,13 +237,13 @@ async fn cache_serves_fresh_answers_with_age_and_expires_them() {
     let r = fetch(&web, "/fresh?page=2").await;
     assert_eq!(cache_header(&r), "MISS");
 
-    // Past max-age=1 the answer is stale: the next request goes upstream again, with the
+    // Past max-age=2 the answer is stale: the next request goes upstream again, with the
     // stored ETag; the 304 refreshes the entry and the client gets the whole body.
     let r = fetch(&web, "/short").await;
     assert_eq!((cache_header(&r), r.body.as_str()), ("MISS", "/short #1"));
     let r = fetch(&web, "/short").await;
     assert_eq!(cache_header(&r), "HIT");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = fetch(&web, "/short").await;
     assert_eq!(
         (r.status, cache_header(&r), r.body.as_str()),
@@ -356,6 +360,16 @@ async fn cache_never_stores_private_answers_or_its_own_errors() {
         }
         assert_eq!(origin.count(path), 2, "{path} is not stored");
     }
+    // Over max_object_size (1MiB by default): passed on whole, not stored.
+    for _ in 0..2 {
+        let r = fetch(&web, "/big").await;
+        assert_eq!(
+            (r.status, r.body.len(), cache_header(&r)),
+            (200, 2 << 20, "MISS")
+        );
+    }
+    assert_eq!(origin.count("/big"), 2);
+
     // `public` lets an answer to a request with Authorization be stored (RFC 9111 §3.5).
     let auth = [("authorization", "Bearer t")];
     send(&web, "GET", "/authpublic", &auth).await;
@@ -460,8 +474,9 @@ async fn cache_serves_stale_while_it_revalidates_in_the_background() {
     let gw = Portico::start(&config(&origin.addr.to_string()));
     let web = gw.addr("web");
     assert_eq!(cache_header(&fetch(&web, "/swr").await), "MISS");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    // Stale, within stale-while-revalidate=30: served at once, refreshed behind it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Stale, within stale-while-revalidate=30: served at once, refreshed behind it. (The
+    // upstream's Date has whole seconds: an answer may arrive up to 1 s old.)
     let r = fetch(&web, "/swr").await;
     assert_eq!((cache_header(&r), r.body.as_str()), ("STALE", "/swr #1"));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
