@@ -597,12 +597,14 @@ impl Plugin for Cache {
                 });
             }
             Slot::Invalidate(url) => {
-                if let Ok(r) = &answer
-                    && (r.status().is_success() || r.status().is_redirection())
-                {
-                    self.store.purge(|u| u == &**url);
-                }
-                return answer;
+                self.count(ctx, "bypass");
+                return answer.map(|mut r| {
+                    if r.status().is_success() || r.status().is_redirection() {
+                        self.store.purge(|u| u == &**url);
+                    }
+                    mark(&mut r, "BYPASS");
+                    r
+                });
             }
             Slot::Miss(miss) => miss,
         };
