@@ -1,4 +1,5 @@
-//! The admin API on `admin.listen`: `/metrics`, `/health`, `/config`, `/upstreams/{name}/targets`.
+//! The admin API on `admin.listen`: `/metrics`, `/health`, `/config`, `/upstreams/{name}/targets`,
+//! and `POST /cache/purge`.
 //!
 //! When a token is configured every request needs `Authorization: Bearer <token>`.
 
@@ -28,7 +29,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(answer(&shared, req)) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/cache/purge" {
+                        return Ok::<_, Infallible>(cache_purge(&shared, req).await);
+                    }
+                    Ok::<_, Infallible>(answer(&shared, req))
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -47,12 +53,11 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     response
 }
 
-fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    let snap = shared.snapshot.load_full();
+/// The bearer token check when one is configured: the refusal, if any.
+fn refused(snap: &crate::runtime::Snapshot, headers: &http::HeaderMap) -> Option<Response<Body>> {
     if let Some((_, Some(token))) = &snap.admin {
         let expected = format!("Bearer {token}");
-        let given = req
-            .headers()
+        let given = headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
         if !given.is_some_and(|g| crate::plugins::auth::constant_time_eq(g, expected.as_bytes())) {
@@ -65,8 +70,65 @@ fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return Some(response);
         }
+    }
+    None
+}
+
+/// Largest `POST /cache/purge` body read.
+const MAX_PURGE_BODY: usize = 64 * 1024;
+
+/// `POST /cache/purge` with `{"key": URL}` or `{"prefix": URL}`: drops those answers from
+/// every cache store; answers with how many entries and bytes were dropped.
+async fn cache_purge(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let snap = shared.snapshot.load_full();
+    if let Some(refusal) = refused(&snap, req.headers()) {
+        return refusal;
+    }
+    let bad = |message: &str| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            message,
+            &new_request_id(),
+        )
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_PURGE_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return bad("the body is unreadable or longer than 64 KiB"),
+    };
+    let Ok(serde_json::Value::Object(asked)) = serde_json::from_slice(&body) else {
+        return bad("expected a JSON object: {\"key\": URL} or {\"prefix\": URL}");
+    };
+    let (which, url) = match (asked.get("key"), asked.get("prefix")) {
+        (Some(serde_json::Value::String(url)), None) => ("key", url),
+        (None, Some(serde_json::Value::String(url))) => ("prefix", url),
+        _ => return bad("expected exactly one of `key` and `prefix`, a URL string"),
+    };
+    let Some(target) = crate::plugins::cache::purge_url(url) else {
+        return bad("the URL must start with http:// or https://");
+    };
+    let purge = if which == "key" {
+        crate::plugins::cache::Purge::Key(target)
+    } else {
+        crate::plugins::cache::Purge::Prefix(target)
+    };
+    let (entries, bytes) = crate::plugins::cache::purge(&shared.states, &purge);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ which: url, "purged": entries, "bytes": bytes }),
+    )
+}
+
+fn answer(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let snap = shared.snapshot.load_full();
+    if let Some(refusal) = refused(&snap, req.headers()) {
+        return refusal;
     }
     if req.method() != Method::GET {
         return error_response(

@@ -1162,6 +1162,8 @@ pub(crate) enum PluginSpec {
     ForwardAuth(super::spec_forward_auth::ForwardAuthSpec),
     /// Logs browser users in at an OpenID Provider; keeps them in a sealed session cookie.
     Oidc(Box<super::spec_oidc::OidcSpec>),
+    /// Stores answers and serves them while fresh (an RFC 9111 shared cache).
+    Cache(super::spec_cache::CacheSpec),
 }
 
 /// `grpc_web:` — no settings (`grpc_web: {}`).

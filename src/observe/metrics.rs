@@ -84,6 +84,15 @@ pub(crate) struct ResultLabels {
     pub(crate) result: String,
 }
 
+/// Labels of `portico_cache_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CacheLabels {
+    /// Route name.
+    pub(crate) route: String,
+    /// `hit`, `miss`, `stale`, `revalidated` or `bypass`.
+    pub(crate) result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -109,6 +118,8 @@ pub(crate) struct Metrics {
     udp: super::udp::UdpMetrics,
     tunnels: Family<RouteLabels, Gauge>,
     tunnel_bytes: Family<TunnelBytesLabels, Counter>,
+    cache_requests: Family<CacheLabels, Counter>,
+    cache_bytes: Gauge,
     oidc: Family<OidcLabels, Counter>,
 }
 
@@ -223,8 +234,22 @@ impl Metrics {
             "oidc logins, refreshes and logouts, by result",
             oidc.clone(),
         );
+        let cache_requests = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Requests on routes with a cache, by what the cache did",
+            cache_requests.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_stored_bytes",
+            "Bytes held by the cache stores",
+            cache_bytes.clone(),
+        );
         Metrics {
             oidc,
+            cache_requests,
+            cache_bytes,
             tunnels,
             tunnel_bytes,
             udp,
@@ -270,6 +295,16 @@ impl Metrics {
     /// `portico_grpc_responses_total`.
     pub(crate) fn grpc_family(&self) -> Family<GrpcLabels, Counter> {
         self.grpc.clone()
+    }
+
+    /// `portico_cache_requests_total`.
+    pub(crate) fn cache_requests(&self) -> Family<CacheLabels, Counter> {
+        self.cache_requests.clone()
+    }
+
+    /// `portico_cache_stored_bytes`.
+    pub(crate) fn cache_bytes(&self) -> &Gauge {
+        &self.cache_bytes
     }
 
     /// The families of udp listeners.

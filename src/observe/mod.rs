@@ -6,4 +6,4 @@ pub(crate) mod metrics;
 pub(crate) mod udp;
 
 pub(crate) use access_log::AccessLog;
-pub(crate) use metrics::{Metrics, RouteMetrics, TunnelMetrics};
+pub(crate) use metrics::{CacheLabels, Metrics, RouteMetrics, TunnelMetrics};

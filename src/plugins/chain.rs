@@ -161,6 +161,8 @@ pub(crate) struct ConsumerPlugins(pub Arc<HashMap<String, Vec<Arc<dyn Plugin>>>>
 pub(crate) struct PluginChain {
     base: InForce,
     consumers: Arc<HashMap<String, InForce>>,
+    /// Whether any plugin in force has an answer step ([`Plugin::takes_answers`]).
+    answers: bool,
 }
 
 /// How the request-body step of a chain ended.
@@ -216,10 +218,16 @@ impl PluginChain {
                     .collect();
                 (name.clone(), InForce::resolve(all))
             })
-            .collect();
+            .collect::<HashMap<String, InForce>>();
+        let answers = base
+            .steps
+            .iter()
+            .chain(merged.values().flat_map(|f| f.steps.iter()))
+            .any(|p| p.takes_answers());
         PluginChain {
             base,
             consumers: Arc::new(merged),
+            answers,
         }
     }
 
@@ -301,6 +309,25 @@ impl PluginChain {
             }
         }
         Ok(BodyStep::Continue(body))
+    }
+
+    /// Runs `on_answer` of each plugin that takes answers, last first; a chain without one
+    /// returns the answer as it came.
+    #[inline]
+    pub(crate) fn on_answer(
+        &self,
+        ctx: &RequestCtx,
+        mut answer: Result<http::Response<Body>, ProxyError>,
+    ) -> Result<http::Response<Body>, ProxyError> {
+        if !self.answers {
+            return answer;
+        }
+        for plugin in self.steps(ctx).steps.iter().rev() {
+            if plugin.takes_answers() {
+                answer = plugin.on_answer(ctx, answer);
+            }
+        }
+        answer
     }
 
     /// Runs `on_response` of each plugin, last first.

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`Plugin::on_request`] | on the request head, in chain order | edit the head, answer now ([`Flow`]) |
 //! | [`Plugin::request_body`] | once every head step went on | see the body chunk by chunk, or whole (bounded) |
+//! | [`Plugin::on_answer`] | on the route's answer (or error) before the response steps, last plugin first; only chains with a plugin that [takes answers](Plugin::takes_answers) | replace the answer |
 //! | [`Plugin::on_response`] | on every response head, upstream's or portico's own, last plugin first | edit the head |
 //! | [`Plugin::response_body`] | after the response heads | see the response body, like the request body |
 //! | [`Plugin::log`] | once the response head left | record what happened |
@@ -18,6 +19,7 @@
 pub(crate) mod acl;
 pub(crate) mod auth;
 pub(crate) mod basic_auth;
+pub(crate) mod cache;
 mod chain;
 pub(crate) mod cors;
 pub(crate) mod decisions;
@@ -127,6 +129,22 @@ pub(crate) trait Subrequests: Sync {
         head: request::Parts,
         max_body: usize,
     ) -> std::pin::Pin<Box<dyn Future<Output = SubResult> + Send>>;
+
+    /// Sends `head` (no body) to the upstream of the request's own route, as a forward of
+    /// it would go (rewrite, balancing, retries); the answer's body is read up to
+    /// `max_body` bytes, past it the call fails with [`SubError::TooLarge`] whatever the
+    /// status. Fails when the route does not forward (`cache` refreshes a stale answer in
+    /// the background with it).
+    fn call_route(
+        &self,
+        _ctx: &RequestCtx,
+        _head: request::Parts,
+        _max_body: usize,
+    ) -> std::pin::Pin<Box<dyn Future<Output = SubResult> + Send>> {
+        Box::pin(std::future::ready(Err(SubError::Failed(
+            "the route does not forward",
+        ))))
+    }
 }
 
 /// No upstream can be called (`explain`, unit tests): every call fails.
@@ -273,6 +291,25 @@ pub(crate) trait Plugin: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether it has an [`Plugin::on_answer`] step; chains without such a plugin skip the
+    /// step entirely.
+    fn takes_answers(&self) -> bool {
+        false
+    }
+
+    /// The answer as the route's action (or a plugin, or portico's own error) gave it,
+    /// before any response step, last plugin first: returns it, or another answer in its
+    /// place (`cache` tees a storable body into its store, turns an upstream 304 into the
+    /// stored answer, and a failure into a stale one). Runs only when
+    /// [`Plugin::takes_answers`].
+    fn on_answer(
+        &self,
+        _ctx: &RequestCtx,
+        answer: Result<http::Response<Body>, ProxyError>,
+    ) -> Result<http::Response<Body>, ProxyError> {
+        answer
+    }
+
     /// The response head, last plugin first, on portico's own responses too.
     fn on_response(&self, _ctx: &RequestCtx, _head: &mut response::Parts) {}
 
@@ -332,6 +369,7 @@ pub(crate) const NAMES: &[&str] = &[
     "grpc_web",
     "forward_auth",
     "oidc",
+    "cache",
 ];
 
 /// What plugins are built with: the consumers, and metric families.
@@ -569,6 +607,7 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
         PluginSpec::Quota(spec) => Arc::new(quota::Quota::new(spec, env)?),
         PluginSpec::GrpcWeb(_) => Arc::new(grpc_web::GrpcWeb),
         PluginSpec::ForwardAuth(spec) => Arc::new(forward_auth::ForwardAuth::new(spec, env)?),
+        PluginSpec::Cache(spec) => Arc::new(cache::Cache::new(spec, env)?),
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
         PluginSpec::IpRestriction(spec) => Arc::new(ip_restriction::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => {

@@ -97,6 +97,18 @@ impl PluginStates {
         }
     }
 
+    /// Every live state of type `T` (the admin API's cache purge reaches every store).
+    pub(crate) fn all<T: Kept>(&self) -> Vec<Arc<T>> {
+        let map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.values()
+            .filter_map(Weak::upgrade)
+            .filter_map(|state| state.downcast::<T>().ok())
+            .collect()
+    }
+
     /// How many states are alive (for tests).
     #[cfg(test)]
     pub(crate) fn live(&self) -> usize {

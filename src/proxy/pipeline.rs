@@ -190,7 +190,7 @@ async fn serve<'s>(
     };
     let Some(ListenerRoute { route, metrics }) = listener.find(&view) else {
         // Global plugins still run: address rules and limits hold for unknown paths too.
-        let result = match request_plugins(global, conn, ctx, &mut head, body).await {
+        let result = match request_plugins(global, conn, None, ctx, &mut head, body).await {
             Ok(BodyStep::Respond(response)) => Ok(response),
             Ok(BodyStep::Continue(_)) => Err(ProxyError::NoRoute),
             Err(err) => Err(err),
@@ -211,7 +211,7 @@ async fn serve<'s>(
     }
 
     // request plugins
-    let body = match request_plugins(plugins, conn, ctx, &mut head, body).await {
+    let body = match request_plugins(plugins, conn, Some(route), ctx, &mut head, body).await {
         Ok(BodyStep::Continue(body)) => body,
         Ok(BodyStep::Respond(response)) => {
             return Served::new(Ok(response), plugins, metrics.first());
@@ -428,6 +428,7 @@ fn set_consumer_headers(ctx: &RequestCtx, head: &mut http::request::Parts) {
 async fn request_plugins(
     plugins: &PluginChain,
     conn: &ConnInfo,
+    route: Option<&Arc<crate::runtime::Route>>,
     ctx: &mut RequestCtx,
     head: &mut http::request::Parts,
     body: Body,
@@ -439,7 +440,7 @@ async fn request_plugins(
     // not, and copied with it; a route with plugins pays one allocation instead.
     Box::pin(async {
         if let Some(response) = plugins
-            .on_request(ctx, head, &super::subrequest::Calls { conn })
+            .on_request(ctx, head, &super::subrequest::Calls { conn, route })
             .await?
         {
             return Ok(BodyStep::Respond(response));
@@ -498,6 +499,7 @@ async fn exit(
     let Served {
         result, plugins, ..
     } = served;
+    let result = plugins.on_answer(ctx, result);
     let (mut response, close) = match result {
         Ok(response) => (response, false),
         Err(err) => (error_answer(&err, ctx), err.closes_connection()),

@@ -21,6 +21,8 @@ use crate::runtime::aggregate::PluginCall;
 pub(crate) struct Calls<'a> {
     /// The connection the requests came on.
     pub(crate) conn: &'a ConnInfo,
+    /// The request's route, once routed.
+    pub(crate) route: Option<&'a Arc<crate::runtime::Route>>,
 }
 
 impl Subrequests for Calls<'_> {
@@ -76,6 +78,66 @@ impl Subrequests for Calls<'_> {
                 Err(SubError::TooLarge) if parts.status.is_success() => Bytes::new(),
                 Err(err) => return Err(err),
             };
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+
+    fn call_route(
+        &self,
+        ctx: &RequestCtx,
+        head: request::Parts,
+        max_body: usize,
+    ) -> Pin<Box<dyn Future<Output = SubResult> + Send>> {
+        self.route_call(ctx, head, max_body)
+    }
+}
+
+impl Calls<'_> {
+    /// [`Subrequests::call_route`]: the route's upstream (its arm in turn, when split).
+    fn route_call(
+        &self,
+        ctx: &RequestCtx,
+        head: request::Parts,
+        max_body: usize,
+    ) -> Pin<Box<dyn Future<Output = SubResult> + Send>> {
+        let Some(route) = self.route else {
+            return Box::pin(std::future::ready(Err(SubError::Failed("no route"))));
+        };
+        let crate::runtime::Action::Forward { arms, .. } = &route.action else {
+            return Box::pin(std::future::ready(Err(SubError::Failed(
+                "the route does not forward",
+            ))));
+        };
+        let upstream = Arc::clone(&arms[route.action.pick_arm()]);
+        let route = Arc::clone(route);
+        let mut sub = RequestCtx::new(
+            ctx.request_id.clone(),
+            ctx.client,
+            Arc::clone(&ctx.listener),
+        );
+        let client = client_value(ctx.client.ip());
+        let scheme = self.conn.scheme;
+        let local = self.conn.local;
+        Box::pin(async move {
+            let host = head.headers.get(http::header::HOST).cloned();
+            let tried = async {
+                let first = forward::select(&upstream, &sub, &head)?;
+                let hop = Hop {
+                    client_value: &client,
+                    scheme,
+                    local,
+                    host,
+                    info: HopInfo::default(),
+                };
+                let tries =
+                    forward::forward(hop, &sub, &route, &upstream, first, head, Body::Empty)?;
+                tries.run(&mut sub).await
+            };
+            let response = Box::pin(tried)
+                .await
+                .map_err(|_| SubError::Failed("the upstream failed to answer"))?;
+            let (parts, body) = response.into_parts();
+            let body = collect(body, max_body).await?;
             Ok(Response::from_parts(parts, body))
         })
     }

@@ -2061,3 +2061,84 @@ async fn static_sites_guide() {
     let r = send(&web, "GET", "/../static-site.yaml", &[]).await;
     assert_eq!(r.status, 400);
 }
+
+#[tokio::test]
+async fn http_cache_guide() {
+    let app = TestUpstream::start("app").await;
+    let mut subs = ephemeral(&["127.0.0.1:8080"], &[("127.0.0.1:9001", &app)]);
+    subs.push(admin_ephemeral());
+    let config = substitute(&example("http-cache.yaml"), &subs);
+    let gw = Portico::start_in(&temp_dir("http-cache"), &config);
+    let web = gw.addr("web");
+    let admin = gw.admin.clone().unwrap();
+    let reached = |path: &str| app.seen().iter().filter(|s| s.uri.path() == path).count();
+
+    let r = send(&web, "GET", "/catalog/items", &[]).await;
+    assert_eq!(
+        (r.header("x-cache"), r.body.as_str()),
+        (Some("MISS"), "app /catalog/items")
+    );
+    let r = send(&web, "GET", "/catalog/items", &[]).await;
+    assert_eq!(
+        (r.header("x-cache"), r.body.as_str()),
+        (Some("HIT"), "app /catalog/items")
+    );
+    assert!(r.header("age").is_some());
+    assert_eq!(reached("/catalog/items"), 1);
+
+    // Another language, another answer.
+    let fr = [("accept-language", "fr")];
+    assert_eq!(
+        send(&web, "GET", "/catalog/items", &fr)
+            .await
+            .header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        send(&web, "GET", "/catalog/items", &fr)
+            .await
+            .header("x-cache"),
+        Some("HIT")
+    );
+    assert_eq!(reached("/catalog/items"), 2);
+
+    // No cache on /account.
+    for _ in 0..2 {
+        let r = send(&web, "GET", "/account/me", &[]).await;
+        assert_eq!((r.status, r.header("x-cache")), (200, None));
+    }
+    assert_eq!(reached("/account/me"), 2);
+
+    // Purge one URL (both languages), then a prefix.
+    let purge = |body: &str| {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/cache/purge")
+            .header("host", "127.0.0.1:9901")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let admin = admin.clone();
+        async move { H1::connect(&admin).await.send(req).await.unwrap() }
+    };
+    let r = purge(r#"{"key": "http://localhost/catalog/items"}"#).await;
+    assert_eq!(r.json()["purged"], 2, "{}", r.body);
+    assert!(r.json()["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        send(&web, "GET", "/catalog/items", &[])
+            .await
+            .header("x-cache"),
+        Some("MISS")
+    );
+    let r = purge(r#"{"prefix": "http://localhost/catalog/"}"#).await;
+    assert_eq!(r.json()["purged"], 1, "{}", r.body);
+
+    let metrics = get(&admin, "/metrics").await.body;
+    assert!(
+        metrics.contains("portico_cache_requests_total{route=\"catalog\",result=\"hit\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portico_cache_stored_bytes 0"),
+        "{metrics}"
+    );
+}

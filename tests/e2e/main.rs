@@ -7,6 +7,7 @@ mod support;
 
 mod acme;
 mod aggregate;
+mod cache;
 mod cli;
 mod defects;
 mod discovery;
