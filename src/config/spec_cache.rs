@@ -34,6 +34,32 @@ pub(crate) struct CacheSpec {
     /// to the upstream itself.
     #[serde(default = "five_seconds")]
     pub(crate) lock_timeout: Dur,
+    /// A disk store behind the memory one, so that answers survive a restart: every answer
+    /// stored is also written (in the background) to one file per key, and a memory miss
+    /// looks there. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) disk: Option<At<CacheDiskSpec>>,
+}
+
+/// `cache: { disk: }` — where and how much the disk store keeps.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheDiskSpec {
+    /// The folder of the entry files, relative to the config file's folder; created (mode
+    /// 0700) when missing. Two `cache` plugins cannot share one, nor two portico processes.
+    #[serde(default = "dot_cache")]
+    pub(crate) path: String,
+    /// Most bytes of entry files in the folder; past it the oldest entries are removed.
+    #[serde(default = "one_gibibyte")]
+    pub(crate) max_size: Size,
+}
+
+fn dot_cache() -> String {
+    "./cache".to_owned()
+}
+
+fn one_gibibyte() -> Size {
+    Size(1 << 30)
 }
 
 fn sixty_four_mebibytes() -> Size {

@@ -16,6 +16,7 @@
 //! `key_headers`; `Vary` selects among the answers of one key. Nothing else of a request
 //! changes what it is served.
 
+mod disk;
 mod rules;
 mod store;
 
@@ -97,7 +98,27 @@ impl Cache {
             .collect::<Result<Vec<_>, _>>()?;
         let max_bytes = usize::try_from(spec.max_size.0).unwrap_or(usize::MAX);
         let gauge = env.metrics.cache_bytes().clone();
-        let store = env.state.keep(|| Store::new(max_bytes, gauge));
+        let disk = match &spec.disk {
+            Some(d) => {
+                let dir = env.base.join(&d.value.path);
+                disk::prepare(&dir).map_err(|message| BuildError::At {
+                    pos: d.pos,
+                    message,
+                })?;
+                Some((dir, d.value.max_size.0))
+            }
+            None => None,
+        };
+        let store = env.state.keep(|| {
+            let disk = disk.and_then(|(dir, max)| match disk::Disk::open(dir, max) {
+                Ok(disk) => Some(disk),
+                Err(e) => {
+                    tracing::warn!(target: "portico::cache", error = %e, "disk store not started");
+                    None
+                }
+            });
+            Store::new(max_bytes, gauge, disk)
+        });
         Ok(Cache {
             store,
             policy: Policy {
@@ -197,6 +218,54 @@ impl Cache {
         }))
     }
 
+    /// A memory miss of a key that may be on disk: the file is read on the blocking pool; a
+    /// valid one is promoted into memory and served when fresh, or revalidated (or kept for
+    /// `stale-if-error`) like a stale answer in memory; anything else is a miss.
+    fn from_disk(
+        &self,
+        ctx: &RequestCtx,
+        head: &request::Parts,
+        key: Arc<str>,
+        url: Arc<str>,
+        cc: Directives,
+    ) -> Flow {
+        let store = Arc::clone(&self.store);
+        let requests = self.requests.clone();
+        let route = ctx.route.as_deref().unwrap_or("").to_owned();
+        let request = head.headers.clone();
+        let head_only = head.method == Method::HEAD;
+        Flow::Defer(Box::pin(async move {
+            let (load_store, load_key) = (Arc::clone(&store), Arc::clone(&key));
+            let loaded = tokio::task::spawn_blocking(move || {
+                load_store.disk().and_then(|d| d.load(&load_key))
+            })
+            .await
+            .ok()
+            .flatten();
+            let now = Instant::now();
+            let found = loaded.filter(|s| s.selected_by(&request)).map(Arc::new);
+            if let Some(stored) = &found {
+                store.put_memory(Arc::clone(&key), Arc::clone(stored));
+                if serves_fresh(stored, &cc, now) {
+                    requests
+                        .get_or_create(&CacheLabels {
+                            route,
+                            result: "hit",
+                        })
+                        .inc();
+                    return Deferred::Respond(serve(stored, &request, head_only, "HIT", now));
+                }
+            }
+            let stale = found.filter(|s| s.validators || s.serves_on_error(now));
+            Deferred::Apply(Box::new(
+                move |ctx: &mut RequestCtx, head: &mut request::Parts| {
+                    let (miss, _) = prepare_miss(&store, head, key, url, stale);
+                    ctx.slots.insert(Slot::Miss(Arc::new(miss)));
+                },
+            ))
+        }))
+    }
+
     /// The request step's answer for a miss: fetch (with validators when a stale answer
     /// has some), or wait for the request already fetching.
     fn miss(
@@ -208,41 +277,7 @@ impl Cache {
         stale: Option<Arc<Stored>>,
     ) -> Flow {
         let get = head.method == Method::GET;
-        let mut miss = Miss {
-            key: Arc::clone(&key),
-            url,
-            request: head.headers.clone(),
-            get,
-            authorized: head.headers.contains_key(header::AUTHORIZATION),
-            stale,
-            revalidating: false,
-            fill: None,
-        };
-        let wait = if get {
-            match self.store.begin(&key) {
-                Begin::Fill(fill) => {
-                    miss.fill = Some(fill);
-                    None
-                }
-                Begin::Wait(rx) => Some(rx),
-            }
-        } else {
-            None
-        };
-        if let Some(stale) = miss.stale.as_ref().filter(|s| s.validators) {
-            // Portico's own validators replace the client's: the client's are checked
-            // against the answer it gets.
-            head.headers.remove(header::IF_NONE_MATCH);
-            head.headers.remove(header::IF_MODIFIED_SINCE);
-            if let Some(etag) = stale.headers.get(header::ETAG) {
-                head.headers.insert(header::IF_NONE_MATCH, etag.clone());
-            }
-            if let Some(modified) = stale.headers.get(header::LAST_MODIFIED) {
-                head.headers
-                    .insert(header::IF_MODIFIED_SINCE, modified.clone());
-            }
-            miss.revalidating = true;
-        }
+        let (miss, wait) = prepare_miss(&self.store, head, key, url, stale);
         let miss = Arc::new(miss);
         ctx.slots.insert(Slot::Miss(Arc::clone(&miss)));
         let Some(mut rx) = wait else {
@@ -271,6 +306,62 @@ impl Cache {
             }
         }))
     }
+}
+
+/// Whether `stored` may be served as it is to a request with these directives.
+fn serves_fresh(stored: &Stored, cc: &Directives, now: Instant) -> bool {
+    let within_max_age = cc
+        .max_age
+        .is_none_or(|max| stored.age(now) <= Duration::from_secs(max));
+    !cc.no_cache && within_max_age && stored.fresh(now, cc.min_fresh.unwrap_or(0))
+}
+
+/// A miss of `key`: claims its fetch (or learns who fetches it) and puts portico's own
+/// validators on the request when a stale answer has some.
+fn prepare_miss(
+    store: &Arc<Store>,
+    head: &mut request::Parts,
+    key: Arc<str>,
+    url: Arc<str>,
+    stale: Option<Arc<Stored>>,
+) -> (Miss, Option<tokio::sync::watch::Receiver<()>>) {
+    let get = head.method == Method::GET;
+    let mut miss = Miss {
+        key: Arc::clone(&key),
+        url,
+        request: head.headers.clone(),
+        get,
+        authorized: head.headers.contains_key(header::AUTHORIZATION),
+        stale,
+        revalidating: false,
+        fill: None,
+    };
+    let wait = if get {
+        match store.begin(&key) {
+            Begin::Fill(fill) => {
+                miss.fill = Some(fill);
+                None
+            }
+            Begin::Wait(rx) => Some(rx),
+        }
+    } else {
+        None
+    };
+    if let Some(stale) = miss.stale.as_ref().filter(|s| s.validators) {
+        // Portico's own validators replace the client's: the client's are checked
+        // against the answer it gets.
+        head.headers.remove(header::IF_NONE_MATCH);
+        head.headers.remove(header::IF_MODIFIED_SINCE);
+        if let Some(etag) = stale.headers.get(header::ETAG) {
+            head.headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = stale.headers.get(header::LAST_MODIFIED) {
+            head.headers
+                .insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+        miss.revalidating = true;
+    }
+    (miss, wait)
 }
 
 /// What decides whether and how long answers are stored.
@@ -549,11 +640,14 @@ impl Plugin for Cache {
         let key = self.key(&url, &head.headers);
         let now = Instant::now();
         let found = self.store.find(&key, &head.headers);
+        if found.is_none()
+            && let Some(disk) = self.store.disk()
+            && disk.may_have(&key)
+        {
+            return Ok(self.from_disk(ctx, head, key, url, cc));
+        }
         if let Some(stored) = &found {
-            let within_max_age = cc
-                .max_age
-                .is_none_or(|max| stored.age(now) <= Duration::from_secs(max));
-            if !cc.no_cache && within_max_age && stored.fresh(now, cc.min_fresh.unwrap_or(0)) {
+            if serves_fresh(stored, &cc, now) {
                 self.count(ctx, "hit");
                 let head_only = head.method == Method::HEAD;
                 return Ok(Flow::Respond(serve(
@@ -764,5 +858,7 @@ impl Tee {
     }
 }
 
+#[cfg(test)]
+mod disk_tests;
 #[cfg(test)]
 mod tests;

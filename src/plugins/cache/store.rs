@@ -283,6 +283,8 @@ pub(crate) struct Store {
     max_bytes: usize,
     /// `portico_cache_stored_bytes`, shared by every store.
     gauge: Gauge,
+    /// The disk store behind the memory one, when configured.
+    disk: Option<super::disk::Disk>,
 }
 
 impl std::fmt::Debug for Store {
@@ -302,14 +304,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Store {
     /// An empty store of at most `max_bytes`.
-    pub(crate) fn new(max_bytes: usize, gauge: Gauge) -> Self {
+    pub(crate) fn new(max_bytes: usize, gauge: Gauge, disk: Option<super::disk::Disk>) -> Self {
         Store {
             lru: Mutex::new(Lru::new()),
             pending: Mutex::new(HashMap::new()),
             next_fill: std::sync::atomic::AtomicU64::new(0),
             max_bytes,
             gauge,
+            disk,
         }
+    }
+
+    /// The disk store, when configured.
+    pub(crate) fn disk(&self) -> Option<&super::disk::Disk> {
+        self.disk.as_ref()
     }
 
     /// Bytes stored.
@@ -332,9 +340,17 @@ impl Store {
         found
     }
 
-    /// Stores `stored` under `key`, replacing the variant it matches; drops the least
-    /// recently used entries past the store's size.
+    /// Stores `stored` under `key` in memory and (queued, off the worker) on disk.
     pub(crate) fn put(&self, key: Arc<str>, stored: Arc<Stored>) {
+        if let Some(disk) = &self.disk {
+            disk.write(Arc::clone(&key), Arc::clone(&stored));
+        }
+        self.put_memory(key, stored);
+    }
+
+    /// Stores `stored` under `key` in memory, replacing the variant it matches; drops the
+    /// least recently used entries past the store's size.
+    pub(crate) fn put_memory(&self, key: Arc<str>, stored: Arc<Stored>) {
         let size = stored.size();
         if size > self.max_bytes {
             return;
@@ -383,8 +399,10 @@ impl Store {
         self.account(before, lru.bytes);
     }
 
-    /// Drops the entries whose URL `matches`; returns how many and their bytes.
+    /// Drops the entries whose URL `matches`, in memory and on disk; returns how many (the
+    /// larger of the two counts) and the bytes freed in memory.
     pub(crate) fn purge(&self, matches: impl Fn(&str) -> bool) -> (usize, usize) {
+        let on_disk = self.disk.as_ref().map_or(0, |d| d.purge(&matches));
         let mut lru = lock(&self.lru);
         let before = lru.bytes;
         let found: Vec<usize> = lru
@@ -403,7 +421,7 @@ impl Store {
             bytes += lru.remove_at(*at);
         }
         self.account(before, lru.bytes);
-        (found.len(), bytes)
+        (found.len().max(on_disk), bytes)
     }
 
     fn account(&self, before: usize, after: usize) {

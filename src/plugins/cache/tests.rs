@@ -152,7 +152,7 @@ fn stored(url: &str, body: usize, vary: Vec<(HeaderName, Option<HeaderValue>)>) 
 #[test]
 fn the_store_is_bounded_in_bytes_and_drops_the_least_recently_used() {
     let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
-    let store = Store::new(10_000, gauge.clone());
+    let store = Store::new(10_000, gauge.clone(), None);
     let none = HeaderMap::new();
     for i in 0..3 {
         store.put(
@@ -186,7 +186,7 @@ fn the_store_is_bounded_in_bytes_and_drops_the_least_recently_used() {
 
 #[test]
 fn variants_are_selected_by_the_request_fields_vary_names() {
-    let store = Store::new(1 << 20, Default::default());
+    let store = Store::new(1 << 20, Default::default(), None);
     let lang = HeaderName::from_static("accept-language");
     let variant = |v: Option<&str>| {
         stored(
@@ -215,7 +215,7 @@ fn variants_are_selected_by_the_request_fields_vary_names() {
 
 #[tokio::test]
 async fn one_fill_per_key_and_waiters_wake_when_it_ends() {
-    let store = Arc::new(Store::new(1 << 20, Default::default()));
+    let store = Arc::new(Store::new(1 << 20, Default::default(), None));
     let key: Arc<str> = Arc::from("k");
     let Begin::Fill(fill) = store.begin(&key) else {
         panic!("the first miss fills")
