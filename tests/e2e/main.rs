@@ -8,6 +8,7 @@ mod support;
 mod acme;
 mod aggregate;
 mod cache;
+mod cache_disk;
 mod cli;
 mod defects;
 mod discovery;

@@ -256,9 +256,13 @@ fn writer(shared: &Shared, jobs: &Receiver<Job>) {
 }
 
 fn write_entry(shared: &Shared, key: &Arc<str>, stored: &Stored) -> std::io::Result<()> {
-    let now = unix_now();
+    // In milliseconds first: the whole seconds of the age read back are never fewer than
+    // the time that really passed.
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let elapsed = Instant::now().saturating_duration_since(stored.received);
-    let stored_at = now.saturating_sub(elapsed.as_secs());
+    let stored_at = u64::try_from(now_ms.saturating_sub(elapsed.as_millis()) / 1000).unwrap_or(0);
     let bytes = encode(key, stored, stored_at);
     let size = bytes.len() as u64;
     if size > shared.max_bytes {

@@ -68,7 +68,8 @@ impl Portico {
             .unwrap_or_else(|log| panic!("portico did not become ready:\n{log}"))
     }
 
-    fn try_start_in(dir: &std::path::Path, config: &str) -> Result<Self, String> {
+    /// Like `try_start`, with the config file written in `dir`.
+    pub fn try_start_in(dir: &std::path::Path, config: &str) -> Result<Self, String> {
         Self::try_start_in_env(dir, config, &[])
     }
 
