@@ -105,6 +105,16 @@ impl Cache {
                     pos: d.pos,
                     message,
                 })?;
+                let folder = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+                if !env.state.claim(format!("cache folder {}", folder.display())) {
+                    return Err(BuildError::At {
+                        pos: d.pos,
+                        message: format!(
+                            "the cache folder `{}` is used by another `cache` plugin",
+                            folder.display()
+                        ),
+                    });
+                }
                 Some((dir, d.value.max_size.0))
             }
             None => None,

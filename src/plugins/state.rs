@@ -126,6 +126,8 @@ pub(crate) struct StateScope<'a> {
     states: &'a PluginStates,
     key: Option<&'a StateKey>,
     fresh: &'a Mutex<Vec<Fresh>>,
+    /// What the plugins of one compile hold alone (a cache folder).
+    claims: Option<&'a Mutex<Vec<String>>>,
 }
 
 impl<'a> StateScope<'a> {
@@ -135,7 +137,33 @@ impl<'a> StateScope<'a> {
             states,
             key: None,
             fresh,
+            claims: None,
         }
+    }
+
+    /// The same scope, noting in `claims` what plugins of this compile hold alone.
+    pub(crate) fn with_claims(self, claims: &'a Mutex<Vec<String>>) -> Self {
+        StateScope {
+            claims: Some(claims),
+            ..self
+        }
+    }
+
+    /// Claims `what` for this plugin alone in this compile: false when another plugin of
+    /// the compile already claimed it.
+    pub(crate) fn claim(&self, what: String) -> bool {
+        let Some(claims) = self.claims else {
+            return true;
+        };
+        let mut claims = match claims.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if claims.contains(&what) {
+            return false;
+        }
+        claims.push(what);
+        true
     }
 
     /// The same scope for the plugin with identity `key`.

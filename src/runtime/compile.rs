@@ -134,6 +134,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         .unwrap_or(Path::new("."))
         .to_owned();
     let fresh = std::sync::Mutex::new(Vec::new());
+    let claims = std::sync::Mutex::new(Vec::new());
     let find_upstream = |name: &str| {
         if let Some(u) = by_name.compiled.get(name) {
             return Ok(super::aggregate::PluginCall::target(u));
@@ -150,7 +151,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         consumers: &consumers,
         metrics: env.metrics,
         base: &config_dir,
-        state: crate::plugins::state::StateScope::new(env.states, &fresh),
+        state: crate::plugins::state::StateScope::new(env.states, &fresh).with_claims(&claims),
         upstreams: plugins::UpstreamLookup(&find_upstream),
     };
     let global_plugins = compile_plugins(&spec.plugins, "global", build_env, &mut diags, false);

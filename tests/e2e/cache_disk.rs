@@ -312,3 +312,28 @@ fn an_unusable_folder_is_a_config_error_at_its_line() {
     assert!(err.contains("portico.yaml:7:"), "{err}");
     assert!(err.contains("cache folder"), "{err}");
 }
+
+#[test]
+fn two_cache_plugins_cannot_share_a_folder() {
+    let dir = temp_dir("cache-disk-shared");
+    let conf = "\
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+routes:
+  - name: a
+    match: { path_prefix: /a }
+    plugins:
+      - cache: { disk: { path: store } }
+    respond: { status: 200 }
+  - name: b
+    plugins:
+      - cache: { disk: { path: ./store/ } }
+    respond: { status: 200 }
+";
+    let err = match Portico::try_start_in(&dir, conf) {
+        Ok(_) => panic!("portico started with one cache folder for two plugins"),
+        Err(log) => log,
+    };
+    assert!(err.contains("portico.yaml:11:"), "{err}");
+    assert!(err.contains("is used by another `cache` plugin"), "{err}");
+}
