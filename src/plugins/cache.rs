@@ -1,4 +1,5 @@
-//! `cache`: an RFC 9111 shared cache of a route's answers, in memory, bounded in bytes.
+//! `cache`: an RFC 9111 shared cache of a route's answers, in memory, bounded in bytes, and
+//! optionally on disk too ([`disk`]: written through, read on a memory miss).
 //!
 //! The request step looks the key up: a fresh answer is served from the store (`x-cache:
 //! HIT`, with its `Age`); a miss goes on to the upstream, and concurrent misses of one key
@@ -19,17 +20,18 @@
 mod disk;
 mod rules;
 mod store;
+mod tee;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request, response};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use super::{BuildEnv, BuildError, Deferred, Flow, Phase, Plugin};
-use crate::body::{Body, BodyError, ChunkFilter};
+use crate::body::Body;
 use crate::config::spec_cache::CacheSpec;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
@@ -37,6 +39,7 @@ use crate::observe::CacheLabels;
 use rules::Directives;
 pub(crate) use store::Store;
 use store::{Begin, Fill, Stored, Timing};
+use tee::{Pending, Tee};
 
 /// `x-cache`: what the cache did with the request.
 pub(crate) static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -106,7 +109,10 @@ impl Cache {
                     message,
                 })?;
                 let folder = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
-                if !env.state.claim(format!("cache folder {}", folder.display())) {
+                if !env
+                    .state
+                    .claim(format!("cache folder {}", folder.display()))
+                {
                     return Err(BuildError::At {
                         pos: d.pos,
                         message: format!(
@@ -231,7 +237,7 @@ impl Cache {
     /// A memory miss of a key that may be on disk: the file is read on the blocking pool; a
     /// valid one is promoted into memory and served when fresh, or revalidated (or kept for
     /// `stale-if-error`) like a stale answer in memory; anything else is a miss.
-    fn from_disk(
+    fn look_on_disk(
         &self,
         ctx: &RequestCtx,
         head: &request::Parts,
@@ -654,20 +660,20 @@ impl Plugin for Cache {
             && let Some(disk) = self.store.disk()
             && disk.may_have(&key)
         {
-            return Ok(self.from_disk(ctx, head, key, url, cc));
+            return Ok(self.look_on_disk(ctx, head, key, url, cc));
         }
-        if let Some(stored) = &found {
-            if serves_fresh(stored, &cc, now) {
-                self.count(ctx, "hit");
-                let head_only = head.method == Method::HEAD;
-                return Ok(Flow::Respond(serve(
-                    stored,
-                    &head.headers,
-                    head_only,
-                    "HIT",
-                    now,
-                )));
-            }
+        if let Some(stored) = &found
+            && serves_fresh(stored, &cc, now)
+        {
+            self.count(ctx, "hit");
+            let head_only = head.method == Method::HEAD;
+            return Ok(Flow::Respond(serve(
+                stored,
+                &head.headers,
+                head_only,
+                "HIT",
+                now,
+            )));
         }
         if let Some(stale) = found
             .as_ref()
@@ -764,107 +770,6 @@ impl Plugin for Cache {
             _fill: miss.fill.clone(),
         };
         Ok(http::Response::from_parts(head, body.filter(Box::new(tee))))
-    }
-}
-
-/// An answer on its way into the store, once its body has all passed.
-struct Pending {
-    key: Arc<str>,
-    url: Arc<str>,
-    status: StatusCode,
-    headers: HeaderMap,
-    vary: Vec<(HeaderName, Option<HeaderValue>)>,
-    received: Instant,
-    initial_age: Duration,
-    timing: Timing,
-}
-
-impl Pending {
-    /// The stored answer, with its whole body, and its key.
-    fn into_stored(self, body: Bytes) -> (Arc<str>, Stored) {
-        let mut headers = self.headers;
-        headers.remove(header::TRANSFER_ENCODING);
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let validators =
-            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
-        let stored = Stored {
-            url: self.url,
-            status: self.status,
-            headers,
-            body,
-            vary: self.vary,
-            received: self.received,
-            initial_age: self.initial_age,
-            lifetime: self.timing.lifetime,
-            stale_while_revalidate: self.timing.stale_while_revalidate,
-            stale_if_error: self.timing.stale_if_error,
-            must_revalidate: self.timing.must_revalidate,
-            validators,
-        };
-        (self.key, stored)
-    }
-}
-
-/// Copies the body's chunks as they pass to the client (shared bytes, no copy), up to the
-/// largest object; at the body's end the answer is stored. A body that breaks, or is
-/// dropped before its end, is not.
-struct Tee {
-    store: Arc<Store>,
-    max: usize,
-    buf: Vec<Bytes>,
-    len: usize,
-    /// The `Content-Length`, when the answer has one.
-    expected: Option<u64>,
-    entry: Option<Pending>,
-    /// Held until the answer is stored (or given up): waiters then look again.
-    _fill: Option<Arc<Fill>>,
-}
-
-impl ChunkFilter for Tee {
-    fn chunk(&mut self, data: Bytes) -> Result<Bytes, BodyError> {
-        if self.entry.is_some() {
-            self.len += data.len();
-            if self.len > self.max {
-                self.entry = None;
-                self.buf = Vec::new();
-                self._fill = None;
-            } else {
-                self.buf.push(data.clone());
-                // A server stops reading a body once its `Content-Length` is sent: the
-                // answer is stored as soon as all of it passed.
-                if self.expected == Some(self.len as u64) {
-                    self.finish();
-                }
-            }
-        }
-        Ok(data)
-    }
-
-    fn wants_end(&self) -> bool {
-        true
-    }
-
-    fn end(
-        &mut self,
-        trailers: Option<HeaderMap>,
-    ) -> Result<(Bytes, Option<HeaderMap>), BodyError> {
-        self.finish();
-        Ok((Bytes::new(), trailers))
-    }
-}
-
-impl Tee {
-    /// Stores the answer, once.
-    fn finish(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            let mut body = BytesMut::with_capacity(self.len);
-            for chunk in self.buf.drain(..) {
-                body.extend_from_slice(&chunk);
-            }
-            let (key, stored) = entry.into_stored(body.freeze());
-            self.store.put(key, Arc::new(stored));
-        }
-        self._fill = None;
     }
 }
 
