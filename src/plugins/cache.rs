@@ -250,6 +250,7 @@ impl Cache {
         let route = ctx.route.as_deref().unwrap_or("").to_owned();
         let request = head.headers.clone();
         let head_only = head.method == Method::HEAD;
+        let timeout = self.lock_timeout;
         Flow::Defer(Box::pin(async move {
             let (load_store, load_key) = (Arc::clone(&store), Arc::clone(&key));
             let loaded = tokio::task::spawn_blocking(move || {
@@ -273,9 +274,29 @@ impl Cache {
                 }
             }
             let stale = found.filter(|s| s.validators || s.serves_on_error(now));
+            // Concurrent misses of the key collapse here as in memory: one fetches, the
+            // others wait for its answer (bounded), then go to the upstream too.
+            let begun = (!head_only).then(|| store.begin(&key));
+            let begun = match begun {
+                Some(Begin::Wait(mut rx)) => {
+                    let _ = tokio::time::timeout(timeout, rx.changed()).await;
+                    let now = Instant::now();
+                    if let Some(found) = store.find(&key, &request).filter(|f| f.fresh(now, 0)) {
+                        requests
+                            .get_or_create(&CacheLabels {
+                                route,
+                                result: "hit",
+                            })
+                            .inc();
+                        return Deferred::Respond(serve(&found, &request, head_only, "HIT", now));
+                    }
+                    Some(Begin::Wait(rx))
+                }
+                other => other,
+            };
             Deferred::Apply(Box::new(
                 move |ctx: &mut RequestCtx, head: &mut request::Parts| {
-                    let (miss, _) = prepare_miss(&store, head, key, url, stale);
+                    let (miss, _) = prepare_miss(&store, head, key, url, stale, begun);
                     ctx.slots.insert(Slot::Miss(Arc::new(miss)));
                 },
             ))
@@ -293,7 +314,7 @@ impl Cache {
         stale: Option<Arc<Stored>>,
     ) -> Flow {
         let get = head.method == Method::GET;
-        let (miss, wait) = prepare_miss(&self.store, head, key, url, stale);
+        let (miss, wait) = prepare_miss(&self.store, head, key, url, stale, None);
         let miss = Arc::new(miss);
         ctx.slots.insert(Slot::Miss(Arc::clone(&miss)));
         let Some(mut rx) = wait else {
@@ -332,14 +353,16 @@ fn serves_fresh(stored: &Stored, cc: &Directives, now: Instant) -> bool {
     !cc.no_cache && within_max_age && stored.fresh(now, cc.min_fresh.unwrap_or(0))
 }
 
-/// A miss of `key`: claims its fetch (or learns who fetches it) and puts portico's own
-/// validators on the request when a stale answer has some.
+/// A miss of `key`: claims its fetch (or learns who fetches it; `begun` when the caller
+/// already did) and puts portico's own validators on the request when a stale answer has
+/// some.
 fn prepare_miss(
     store: &Arc<Store>,
     head: &mut request::Parts,
     key: Arc<str>,
     url: Arc<str>,
     stale: Option<Arc<Stored>>,
+    begun: Option<Begin>,
 ) -> (Miss, Option<tokio::sync::watch::Receiver<()>>) {
     let get = head.method == Method::GET;
     let mut miss = Miss {
@@ -352,16 +375,17 @@ fn prepare_miss(
         revalidating: false,
         fill: None,
     };
-    let wait = if get {
-        match store.begin(&key) {
-            Begin::Fill(fill) => {
-                miss.fill = Some(fill);
-                None
-            }
-            Begin::Wait(rx) => Some(rx),
+    let begun = match begun {
+        Some(begun) => Some(begun),
+        None => get.then(|| store.begin(&key)),
+    };
+    let wait = match begun {
+        Some(Begin::Fill(fill)) => {
+            miss.fill = Some(fill);
+            None
         }
-    } else {
-        None
+        Some(Begin::Wait(rx)) => Some(rx),
+        None => None,
     };
     if let Some(stale) = miss.stale.as_ref().filter(|s| s.validators) {
         // Portico's own validators replace the client's: the client's are checked

@@ -20,8 +20,9 @@ use tokio::net::TcpListener;
 use crate::support::client::Reply;
 use crate::support::{H1, Portico, fill, temp_dir};
 
-/// An origin that counts requests per path and answers `max-age=600` with a body of
-/// `size` bytes when the path is `/size/N/...`.
+/// An origin that counts requests per path and answers `max-age=600` (`max-age=1` when
+/// the path has `short`) with a body of `size` bytes when the path is `/size/N/...`, 300 ms
+/// late when it is `/slow...`.
 struct Origin {
     addr: String,
     counts: Arc<Mutex<HashMap<String, usize>>>,
@@ -62,10 +63,18 @@ impl Origin {
                             }
                             None => format!("{path} #{n}"),
                         };
+                        let max_age = if path.contains("short") {
+                            "max-age=1"
+                        } else {
+                            "max-age=600"
+                        };
                         async move {
+                            if path.starts_with("/slow") {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
                             Ok::<_, Infallible>(
                                 Response::builder()
-                                    .header("cache-control", "max-age=600")
+                                    .header("cache-control", max_age)
                                     .body(Full::new(Bytes::from(body)))
                                     .unwrap(),
                             )
@@ -298,6 +307,57 @@ async fn purge_by_prefix_removes_the_files() {
     assert_eq!(x_cache(&fetch(&web, "/q/c").await), "HIT");
     assert_eq!(x_cache(&fetch(&web, "/p/a").await), "MISS");
     assert_eq!(origin.count("/p/a"), 2);
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_upstream_request_with_a_disk_store() {
+    let origin = Origin::start().await;
+    let dir = temp_dir("cache-disk-collapse");
+    let conf = config(&origin.addr, "{ path: store }");
+    let mut gw = Portico::start_in(&dir, &conf);
+    let web = gw.addr("web");
+    let many = |path: &'static str| {
+        let web = web.clone();
+        async move {
+            let tasks: Vec<_> = (0..50)
+                .map(|_| {
+                    let web = web.clone();
+                    tokio::spawn(async move { fetch(&web, path).await })
+                })
+                .collect();
+            for t in tasks {
+                let r = t.await.unwrap();
+                assert_eq!(
+                    (r.status, r.body.as_str()),
+                    (200, format!("{path} #1").as_str())
+                );
+            }
+        }
+    };
+    many("/slow/a").await;
+    assert_eq!(origin.count("/slow/a"), 1);
+    // A stale entry on disk, not in memory, after a restart: every miss of it reads the disk
+    // first, and they still make one upstream request.
+    assert_eq!(fetch(&web, "/slow/short").await.body, "/slow/short #1");
+    until("the files", || entries(&dir.join("store")).len() == 2).await;
+    assert!(gw.terminate(Duration::from_secs(10)).is_some());
+    let gw = Portico::start_in(&dir, &conf);
+    let web = gw.addr("web");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let web = web.clone();
+            tokio::spawn(async move { fetch(&web, "/slow/short").await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "/slow/short #2");
+    }
+    assert_eq!(origin.count("/slow/short"), 2);
+    assert_eq!(x_cache(&fetch(&web, "/slow/a").await), "HIT");
+    assert_eq!(origin.count("/slow/a"), 1);
 }
 
 #[test]
