@@ -360,6 +360,28 @@ async fn concurrent_misses_make_one_upstream_request_with_a_disk_store() {
     assert_eq!(origin.count("/slow/a"), 1);
 }
 
+#[tokio::test]
+async fn a_reload_keeps_the_disk_store_and_a_changed_plugin_reads_it() {
+    let origin = Origin::start().await;
+    let dir = temp_dir("cache-disk-reload");
+    let store = dir.join("store");
+    let gw = Portico::start_in(&dir, &config(&origin.addr, "{ path: store }"));
+    let web = gw.addr("web");
+    assert_eq!(x_cache(&fetch(&web, "/r").await), "MISS");
+    until("the file", || entries(&store).len() == 1).await;
+    // The same settings: the same stores.
+    assert!(gw.reload(&format!("{}\n", config(&origin.addr, "{ path: store }"))));
+    assert_eq!(x_cache(&fetch(&web, "/r").await), "HIT");
+    // Other settings: a new (empty) memory store, and the disk store read again.
+    assert!(gw.reload(&config(&origin.addr, "{ path: store, max_size: 512MiB }")));
+    let r = fetch(&web, "/r").await;
+    assert_eq!((x_cache(&r), r.body.as_str()), ("HIT", "/r #1"));
+    assert_eq!(origin.count("/r"), 1);
+    // A folder that cannot be used refuses the reload; the running config stays.
+    assert!(!gw.reload(&config(&origin.addr, "{ path: portico.yaml }")));
+    assert_eq!(x_cache(&fetch(&web, "/r").await), "HIT");
+}
+
 #[test]
 fn an_unusable_folder_is_a_config_error_at_its_line() {
     let dir = temp_dir("cache-disk-unusable");
