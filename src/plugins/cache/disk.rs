@@ -7,8 +7,8 @@
 //! or key-mismatching file is deleted and read as a miss. Files are written to a temporary
 //! name and renamed, so a crash never leaves a half file under an entry's name.
 //!
-//! All file work runs on one writer thread fed by a bounded queue (a full queue drops the
-//! write: a request never waits for the disk) or, for reads, on tokio's blocking pool. The
+//! All file work runs on one writer thread fed by a bounded queue (1024 writes, 64 MiB of
+//! bodies: a full queue drops the write, a request never waits for the disk) or, for reads, on tokio's blocking pool. The
 //! thread first scans the folder: it learns the entries (key → file, size, stored-at time)
 //! from their headers and removes the oldest past `max_size`; writes keep the folder under
 //! it by removing the oldest too. One process per folder.
@@ -34,6 +34,8 @@ const VERSION: u16 = 1;
 const TMP: &str = ".tmp-";
 /// Writes (and removals) waiting for the writer thread; past it writes are dropped.
 const QUEUE: usize = 1024;
+/// Body bytes of the writes waiting; past it writes are dropped.
+const QUEUE_BYTES: u64 = 64 << 20;
 /// Largest header read when scanning (a bigger one is not an entry of this format).
 const MAX_HEADER: usize = 1 << 20;
 const DIGEST: usize = 32;
@@ -69,6 +71,8 @@ struct Shared {
     /// Whether the start-up scan is done: before it, any key may be on disk.
     scanned: AtomicBool,
     tmp_seq: AtomicU64,
+    /// Body bytes of the writes queued.
+    queued: AtomicU64,
 }
 
 enum Job {
@@ -126,6 +130,7 @@ impl Disk {
             index: Mutex::new(Index::default()),
             scanned: AtomicBool::new(false),
             tmp_seq: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
         });
         let (queue, jobs) = std::sync::mpsc::sync_channel(QUEUE);
         let thread_shared = Arc::clone(&shared);
@@ -141,9 +146,15 @@ impl Disk {
             || lock(&self.shared.index).entries.contains_key(key)
     }
 
-    /// Queues the write of `stored` under `key`; dropped when the queue is full.
+    /// Queues the write of `stored` under `key`; dropped when the queue is full (in
+    /// writes or in bytes).
     pub(crate) fn write(&self, key: Arc<str>, stored: Arc<Stored>) {
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(Job::Write(key, stored)) {
+        let size = stored.body.len() as u64;
+        let queued = &self.shared.queued;
+        if queued.fetch_add(size, Ordering::AcqRel) + size > QUEUE_BYTES
+            || self.queue.try_send(Job::Write(key, stored)).is_err()
+        {
+            queued.fetch_sub(size, Ordering::AcqRel);
             tracing::debug!(target: "portico::cache", "disk write queue full: write dropped");
         }
     }
@@ -244,6 +255,9 @@ fn writer(shared: &Shared, jobs: &Receiver<Job>) {
                 if let Err(e) = write_entry(shared, &key, &stored) {
                     tracing::warn!(target: "portico::cache", dir = %shared.dir.display(), error = %e, "cache file not written");
                 }
+                shared
+                    .queued
+                    .fetch_sub(stored.body.len() as u64, Ordering::AcqRel);
             }
             Job::Remove(keys) => {
                 for key in &keys {
@@ -273,8 +287,8 @@ fn write_entry(shared: &Shared, key: &Arc<str>, stored: &Stored) -> std::io::Res
     let tmp = shared.dir.join(format!("{TMP}{name}-{seq}"));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
+        // No fsync: a file cut short by a power loss fails its digest and is read as a miss.
         file.write_all(&bytes)?;
-        file.sync_data()?;
         std::fs::rename(&tmp, shared.dir.join(&name))
     })();
     if result.is_err() {
