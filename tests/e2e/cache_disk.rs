@@ -1,7 +1,8 @@
 //! The `cache` plugin's disk store through the real binary: answers that survive a
 //! SIGTERM and a new start (a HIT, the upstream not called, `Age` counting the time in
 //! between), a garbage or truncated file read as a miss and replaced, the folder kept under
-//! `max_size`, purge by prefix removing files, and an unusable folder refused at its line.
+//! `max_size`, purge by prefix and unsafe methods removing files, collapsing of misses that
+//! read the disk, reloads, and unusable or shared folders refused at their line.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -307,6 +308,30 @@ async fn purge_by_prefix_removes_the_files() {
     assert_eq!(x_cache(&fetch(&web, "/q/c").await), "HIT");
     assert_eq!(x_cache(&fetch(&web, "/p/a").await), "MISS");
     assert_eq!(origin.count("/p/a"), 2);
+}
+
+#[tokio::test]
+async fn an_unsafe_method_removes_the_file_of_its_url() {
+    let origin = Origin::start().await;
+    let dir = temp_dir("cache-disk-invalidate");
+    let store = dir.join("store");
+    let gw = Portico::start_in(&dir, &config(&origin.addr, "{ path: store }"));
+    let web = gw.addr("web");
+    assert_eq!(x_cache(&fetch(&web, "/doc").await), "MISS");
+    assert_eq!(x_cache(&fetch(&web, "/other").await), "MISS");
+    until("the files", || entries(&store).len() == 2).await;
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/doc")
+        .header("host", "example.test")
+        .body(Full::new(Bytes::from_static(b"new")))
+        .unwrap();
+    let r = H1::connect(&web).await.send(req).await.unwrap();
+    assert_eq!((r.status, x_cache(&r)), (200, "BYPASS"));
+    until("the file of /doc removed", || entries(&store).len() == 1).await;
+    let r = fetch(&web, "/doc").await;
+    assert_eq!((x_cache(&r), r.body.as_str()), ("MISS", "/doc #3"));
+    assert_eq!(x_cache(&fetch(&web, "/other").await), "HIT");
 }
 
 #[tokio::test]
