@@ -108,7 +108,7 @@ impl Cache {
                     pos: d.pos,
                     message,
                 })?;
-                let folder = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+                let folder = std::fs::canonicalize(&dir).unwrap_or(dir);
                 if !env
                     .state
                     .claim(format!("cache folder {}", folder.display()))
@@ -121,16 +121,26 @@ impl Cache {
                         ),
                     });
                 }
-                Some((dir, d.value.max_size.0))
+                Some((folder, d.value.max_size.0))
             }
             None => None,
         };
         let store = env.state.keep(|| {
-            let disk = disk.and_then(|(dir, max)| match disk::Disk::open(dir, max) {
-                Ok(disk) => Some(disk),
-                Err(e) => {
-                    tracing::warn!(target: "portico::cache", error = %e, "disk store not started");
-                    None
+            let disk = disk.and_then(|(dir, max)| {
+                // A changed plugin on the same folder keeps its disk store (and what it
+                // knows): one writer per folder.
+                let live = env.state.live::<Store>();
+                if let Some(kept) = live.iter().find_map(|s| s.disk().filter(|d| d.dir() == dir))
+                {
+                    kept.resize(max);
+                    return Some(Arc::clone(kept));
+                }
+                match disk::Disk::open(dir, max) {
+                    Ok(disk) => Some(Arc::new(disk)),
+                    Err(e) => {
+                        tracing::warn!(target: "portico::cache", error = %e, "disk store not started");
+                        None
+                    }
                 }
             });
             Store::new(max_bytes, gauge, disk)

@@ -66,7 +66,7 @@ impl Index {
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
-    max_bytes: u64,
+    max_bytes: AtomicU64,
     index: Mutex<Index>,
     /// Whether the start-up scan is done: before it, any key may be on disk.
     scanned: AtomicBool,
@@ -126,7 +126,7 @@ impl Disk {
     pub(crate) fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             dir,
-            max_bytes,
+            max_bytes: AtomicU64::new(max_bytes),
             index: Mutex::new(Index::default()),
             scanned: AtomicBool::new(false),
             tmp_seq: AtomicU64::new(0),
@@ -138,6 +138,19 @@ impl Disk {
             .name("portico-cache-disk".into())
             .spawn(move || writer(&thread_shared, &jobs))?;
         Ok(Disk { shared, queue })
+    }
+
+    /// Its folder.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Makes `max_bytes` its size from now on (a changed spec on the same folder keeps the
+    /// store); past it, the oldest entries are removed soon.
+    pub(crate) fn resize(&self, max_bytes: u64) {
+        if self.shared.max_bytes.swap(max_bytes, Ordering::Relaxed) > max_bytes {
+            let _ = self.queue.try_send(Job::Remove(Vec::new()));
+        }
     }
 
     /// Whether `key` may have a file (always, until the scan is done).
@@ -264,6 +277,7 @@ fn writer(shared: &Shared, jobs: &Receiver<Job>) {
                     lock(&shared.index).remove(key);
                     let _ = std::fs::remove_file(shared.dir.join(file_name(key)));
                 }
+                evict(shared, &mut lock(&shared.index));
             }
         }
     }
@@ -279,7 +293,7 @@ fn write_entry(shared: &Shared, key: &Arc<str>, stored: &Stored) -> std::io::Res
     let stored_at = u64::try_from(now_ms.saturating_sub(elapsed.as_millis()) / 1000).unwrap_or(0);
     let bytes = encode(key, stored, stored_at);
     let size = bytes.len() as u64;
-    if size > shared.max_bytes {
+    if size > shared.max_bytes.load(Ordering::Relaxed) {
         return Ok(());
     }
     let name = file_name(key);
@@ -307,7 +321,8 @@ fn write_entry(shared: &Shared, key: &Arc<str>, stored: &Stored) -> std::io::Res
 
 /// Removes the oldest entries until the folder is under its size.
 fn evict(shared: &Shared, index: &mut Index) {
-    if index.bytes <= shared.max_bytes {
+    let max = shared.max_bytes.load(Ordering::Relaxed);
+    if index.bytes <= max {
         return;
     }
     let mut by_age: Vec<(u64, Arc<str>)> = index
@@ -317,7 +332,7 @@ fn evict(shared: &Shared, index: &mut Index) {
         .collect();
     by_age.sort_unstable();
     for (_, key) in by_age {
-        if index.bytes <= shared.max_bytes {
+        if index.bytes <= max {
             break;
         }
         index.remove(&key);

@@ -284,7 +284,7 @@ pub(crate) struct Store {
     /// `portico_cache_stored_bytes`, shared by every store.
     gauge: Gauge,
     /// The disk store behind the memory one, when configured.
-    disk: Option<super::disk::Disk>,
+    disk: Option<Arc<super::disk::Disk>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -304,7 +304,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Store {
     /// An empty store of at most `max_bytes`.
-    pub(crate) fn new(max_bytes: usize, gauge: Gauge, disk: Option<super::disk::Disk>) -> Self {
+    pub(crate) fn new(
+        max_bytes: usize,
+        gauge: Gauge,
+        disk: Option<Arc<super::disk::Disk>>,
+    ) -> Self {
         Store {
             lru: Mutex::new(Lru::new()),
             pending: Mutex::new(HashMap::new()),
@@ -316,7 +320,7 @@ impl Store {
     }
 
     /// The disk store, when configured.
-    pub(crate) fn disk(&self) -> Option<&super::disk::Disk> {
+    pub(crate) fn disk(&self) -> Option<&Arc<super::disk::Disk>> {
         self.disk.as_ref()
     }
 
