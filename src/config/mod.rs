@@ -12,6 +12,7 @@ mod reference;
 pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
+pub(crate) mod spec_compression;
 pub(crate) mod spec_forward_auth;
 pub(crate) mod spec_introspection;
 mod spec_proxy_protocol;

@@ -1156,6 +1156,9 @@ pub(crate) enum PluginSpec {
     /// Asks an auth service (an upstream) about each request: a 2xx lets it on, anything
     /// else is the answer.
     ForwardAuth(super::spec_forward_auth::ForwardAuthSpec),
+    /// Compresses answers (zstd, brotli, gzip) as the client accepts; optionally decodes
+    /// compressed request bodies.
+    Compression(super::spec_compression::CompressionSpec),
 }
 
 /// `grpc_web:` — no settings (`grpc_web: {}`).

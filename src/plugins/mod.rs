@@ -19,6 +19,7 @@ pub(crate) mod acl;
 pub(crate) mod auth;
 pub(crate) mod basic_auth;
 mod chain;
+pub(crate) mod compression;
 pub(crate) mod cors;
 pub(crate) mod decisions;
 pub(crate) mod forward_auth;
@@ -273,6 +274,17 @@ pub(crate) trait Plugin: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// [`Plugin::response_body`] for a plugin that also edits the head as it takes the body
+    /// (`compression` sets `Content-Encoding` only once every plugin after it has had the
+    /// body). What the chain calls; by default [`Plugin::response_body`].
+    fn response_body_head(
+        &self,
+        ctx: &RequestCtx,
+        head: &mut response::Parts,
+    ) -> Option<BodyFilter> {
+        self.response_body(ctx, head)
+    }
+
     /// Once the response head has been sent on its way.
     fn log(&self, _ctx: &RequestCtx, _record: &LogRecord) {}
 
@@ -322,6 +334,7 @@ pub(crate) const NAMES: &[&str] = &[
     "request_validator",
     "grpc_web",
     "forward_auth",
+    "compression",
 ];
 
 /// What plugins are built with: the consumers, and metric families.
@@ -559,6 +572,7 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
         PluginSpec::Quota(spec) => Arc::new(quota::Quota::new(spec, env)?),
         PluginSpec::GrpcWeb(_) => Arc::new(grpc_web::GrpcWeb),
         PluginSpec::ForwardAuth(spec) => Arc::new(forward_auth::ForwardAuth::new(spec, env)?),
+        PluginSpec::Compression(spec) => Arc::new(compression::Compression::new(spec)?),
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
         PluginSpec::IpRestriction(spec) => Arc::new(ip_restriction::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => {

@@ -8,6 +8,7 @@ mod support;
 mod acme;
 mod aggregate;
 mod cli;
+mod compression;
 mod defects;
 mod discovery;
 mod early;
