@@ -187,14 +187,14 @@ async fn start() -> Portico {
 }
 
 /// What curl got: status, headers (names lower case), the body as it came.
-struct Got {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Got {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -207,7 +207,7 @@ impl Got {
 }
 
 /// Runs curl (off the runtime's thread, which serves the upstream) on `url` with `args`.
-async fn curl(args: &[&str], url: String) -> Got {
+pub(crate) async fn curl(args: &[&str], url: String) -> Got {
     let dir = temp_dir("curl");
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
@@ -258,7 +258,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes a body in `encoding` with the crates portico encodes with.
-fn decode(encoding: &str, data: &[u8]) -> Vec<u8> {
+pub(crate) fn decode(encoding: &str, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match encoding {
         "gzip" => {
@@ -574,6 +574,21 @@ async fn request_bodies_are_decoded() {
         assert_eq!(got.header("x-got-length"), Some("none"), "{encoding}");
         assert_eq!(got.body, plain, "{encoding}");
     }
+    // A body that is not what its Content-Encoding says: a broken request body.
+    let file = write(&dir, "garbage", b"this is not gzip at all, not even close");
+    let got = curl(
+        &[
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            &format!("@{file}"),
+        ],
+        format!("http://{web}/up/echo"),
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    let error: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(error["error"], "bad_request", "{error}");
     // Where decoding is off, the body goes on as it came.
     let file = write(&dir, "as-is", &encoded[0].1);
     let got = curl(

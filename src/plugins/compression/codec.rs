@@ -31,10 +31,12 @@ impl Levels {
                 br: 4,
                 zstd: 3,
             },
+            // Not brotli 11 or zstd 19: they compress at well under 1 MiB/s, too slow for
+            // answers compressed as they stream.
             Level::Best => Levels {
                 gzip: 9,
-                br: 11,
-                zstd: 19,
+                br: 5,
+                zstd: 6,
             },
         }
     }
