@@ -28,10 +28,10 @@ pub(crate) struct Compression {
     decompress: Option<u64>,
 }
 
-/// What the request said that the response steps need: the encoding chosen, if the answer
+/// What the request said that the response steps need: the encoding chosen, when the answer
 /// may be compressed at all.
 #[derive(Debug, Clone, Copy)]
-struct Chosen(Option<Encoding>);
+struct Chosen(Encoding);
 
 /// The request body's encoding, decoded on its way upstream.
 #[derive(Debug, Clone, Copy)]
@@ -121,13 +121,13 @@ impl Plugin for Compression {
 
     fn observe(&self, ctx: &mut RequestCtx, head: &request::Parts) {
         // A HEAD has no body to compress; a range is of the bytes as the upstream has them.
-        let chosen =
-            if head.method == http::Method::HEAD || head.headers.contains_key(header::RANGE) {
-                None
-            } else {
-                choose(&head.headers, &self.encodings)
-            };
-        ctx.slots.insert(Chosen(chosen));
+        if head.method == http::Method::HEAD || head.headers.contains_key(header::RANGE) {
+            return;
+        }
+        // Nothing noted (no allocation) when the answer goes as it is anyway.
+        if let Some(encoding) = choose(&head.headers, &self.encodings) {
+            ctx.slots.insert(Chosen(encoding));
+        }
     }
 
     fn on_request(
@@ -178,9 +178,7 @@ impl Plugin for Compression {
         ctx: &RequestCtx,
         head: &mut response::Parts,
     ) -> Option<BodyFilter> {
-        let Chosen(Some(encoding)) = *ctx.slots.get::<Chosen>()? else {
-            return None;
-        };
+        let Chosen(encoding) = *ctx.slots.get::<Chosen>()?;
         if !self.compressible(&head.headers) || self.untouchable(head) {
             return None;
         }
