@@ -9,6 +9,7 @@ mod acme;
 mod aggregate;
 mod cache;
 mod cli;
+mod compression;
 mod defects;
 mod discovery;
 mod early;
