@@ -168,12 +168,12 @@
 #                  plugin `compression: { encodings: [gzip], level: L }`, nginx `gzip on;
 #                  gzip_comp_level N; gzip_types application/json; gzip_vary on`. portico
 #                  names its levels: `fastest` is gzip level 1 (gzip1) and `default` gzip level
-#                  6 (gzip6) — the same zlib levels as nginx's 1 and 6, so the map is exact. Both
-#                  stream the answer chunked (no Content-Length). Before the run curl checks
-#                  that the answer has `Content-Encoding: gzip` and decodes to the upstream's
-#                  exact bytes, and logs the compressed size of each (the encoders are
-#                  different builds of deflate, and portico flushes per chunk, so sizes
-#                  differ a little).
+#                  6 (gzip6), the level numbers nginx is given. The encoders differ: portico's
+#                  gzip is flate2 on miniz_oxide (a Rust deflate), nginx's is zlib, so the same
+#                  level number does not make the same bytes, size or speed; and portico
+#                  flushes per chunk. Both stream the answer chunked (no Content-Length).
+#                  Before the run curl checks that the answer has `Content-Encoding: gzip` and
+#                  decodes to the upstream's exact bytes, and logs its compressed size.
 #   * root, 16k, close, the wrk-based TLS tests and the edge-serving tests report wrk's
 #     (corrected) percentiles as wrk prints them.
 #   * "other CPU%" is the CPU time used during a run by processes outside the benchmark (from
