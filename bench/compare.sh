@@ -3,8 +3,9 @@
 # /work/shared/BENCHMARKS.md.
 #
 # Method
-#   * Two upstreams (examples/bench_upstream.rs: GET / → 13 B, GET /16k → 16 KiB, POST /echo;
-#     a third, slow one only for the `slow` test),
+#   * Two upstreams (examples/bench_upstream.rs: GET / → 13 B, GET /16k → 16 KiB of one byte,
+#     GET /json → a fixed 16.3 KB JSON document, POST /echo; a third, slow one only for the
+#     `slow` test),
 #     each proxy round-robins over both, keeps an upstream keep-alive pool, logs nothing and
 #     runs one worker (portico `workers: 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`,
 #     Traefik `GOMAXPROCS=1`).
@@ -134,8 +135,47 @@
 #                  no server-side cache; 1 TLS 1.3 ticket per handshake. TLS on a second
 #                  entrypoint, one router with `tls: {}`, the certificate as the default one.
 #       Only `tls_resume` lets the client use them.
-#   * root, 16k, close and the wrk-based TLS tests report wrk's (corrected) percentiles as wrk
-#     prints them.
+#       Edge-serving tests (opt-in; e.g. `TESTS="static_small static_1m cache_hit gzip1 gzip6"
+#       PROXIES="portico nginx"`): portico's `static` route action and its `cache` and
+#       `compression` plugins against nginx doing the same, each run a fresh proxy and reported
+#       in the main table and the ratios like any other test. HAProxy and Traefik sit them out:
+#       neither serves files from a folder; Traefik (open source) has no HTTP cache and its
+#       `compress` middleware offers no level; HAProxy's small in-memory `cache` section and its
+#       `compression` (one global `tune.comp.maxlevel`) are not set up here.
+#       static_small wrk -t1 -c50 --latency GET /small.txt, a 1 KiB text file. The file and
+#                  static_1m's live in one folder of the temp dir, served by portico with
+#                  `static: { root: DIR }` (every other key at its default) and by nginx with
+#                  `location / { root DIR; }` and `sendfile on` (`open_file_cache` off, its
+#                  default). Before the run curl checks that the answer is the file's bytes.
+#       static_1m  the same with /1m.bin, 1 MiB of random bytes, and wrk -c10: each answer is
+#                  1 MiB, so 10 connections already keep the proxy busy (and keep wrk, which
+#                  must read every byte on CPU 1, the smaller share of CPU 1); 50 would only
+#                  queue more answers behind each other in the socket buffers and turn p99 into a
+#                  measure of that queue. req/s × 1 MiB is the throughput.
+#       cache_hit  wrk -t1 -c50 --latency GET /16k, answered from the proxy's cache: portico
+#                  with the route's plugin `cache: { ttl: 60s }` (memory store, defaults
+#                  otherwise; the upstream sends no Cache-Control, so the ttl makes it fresh),
+#                  nginx with `proxy_cache` on a `proxy_cache_path` in the temp dir (a fresh
+#                  folder per run; keys_zone 10m, use_temp_path=off), `proxy_cache_valid 200
+#                  60s`, `sendfile on` and `add_header X-Cache-Status $upstream_cache_status`.
+#                  Before the run: 4 GETs warm the cache, then curl checks that the next one is
+#                  a hit (portico `x-cache: HIT`, nginx `X-Cache-Status: HIT`) and that the
+#                  upstreams wrote nothing for it. bench_upstream counts no requests, so the
+#                  bytes the upstreams write (/proc/PID/io wchar, as for `slow`) stand for them:
+#                  they must not grow during the measured run (logged; a warning otherwise).
+#       gzip1, gzip6  wrk -t1 -c50 --latency -H 'Accept-Encoding: gzip' GET /json, the
+#                  upstream's 16.3 KB JSON answer compressed by the proxy: portico's route
+#                  plugin `compression: { encodings: [gzip], level: L }`, nginx `gzip on;
+#                  gzip_comp_level N; gzip_types application/json; gzip_vary on`. portico
+#                  names its levels: `fastest` is gzip level 1 (gzip1) and `default` gzip level
+#                  6 (gzip6), the level numbers nginx is given. The encoders differ: portico's
+#                  gzip is flate2 on miniz_oxide (a Rust deflate), nginx's is zlib, so the same
+#                  level number does not make the same bytes, size or speed; and portico
+#                  flushes per chunk. Both stream the answer chunked (no Content-Length).
+#                  Before the run curl checks that the answer has `Content-Encoding: gzip` and
+#                  decodes to the upstream's exact bytes, and logs its compressed size.
+#   * root, 16k, close, the wrk-based TLS tests and the edge-serving tests report wrk's
+#     (corrected) percentiles as wrk prints them.
 #   * "other CPU%" is the CPU time used during a run by processes outside the benchmark (from
 #     /proc/stat minus the proxy, the upstreams and the load generator), in % of one CPU. The
 #     machine is shared; runs with more than a few % of it are noisy and get a warning.
@@ -169,7 +209,7 @@
 #   QUICK=1        smoke test: ROUNDS=1 DURATION=3 WARMUP=1 (explicit ROUNDS/... still win)
 #   PROXIES        ["portico nginx haproxy traefik"]   TESTS ["root 16k h2c close idle"];
 #                  also: slow, plugins, identity, tls, tls_h2, tls_close, tls_resume, tcp_bulk,
-#                  tcp_conn, ws
+#                  tcp_conn, ws, static_small, static_1m, cache_hit, gzip1, gzip6
 #   SLOW_DELAY_MS [20]  delay of the slow upstream in the `slow` test
 #   SKIP_BUILD=1   do not run cargo; use the binaries already in target/release
 #   PORTICO_BIN, UPSTREAM_BIN, L4_BIN   use these binaries (setting any skips the cargo build;
@@ -227,6 +267,7 @@ die() {
 for test in $TESTS; do
     case $test in
     root | 16k | h2c | close | idle | slow | plugins | identity | tls | tls_h2 | tls_close | tls_resume) ;;
+    static_small | static_1m | cache_hit | gzip1 | gzip6) ;;
     tcp_bulk | tcp_conn | ws) ;;
     *) die "unknown test '$test' in TESTS" ;;
     esac
@@ -375,6 +416,19 @@ if ((TLS_TESTS)); then
         cc -O2 -shared -fPIC -o "$TLS_SHIM" "$ROOT/bench/wrk_tls_shim.c" -ldl \
             >"$TMP/cc.log" 2>&1 || die "cannot build bench/wrk_tls_shim.c: $(cat "$TMP/cc.log")"
     fi
+fi
+
+# ---------------------------------------------------------------- edge-serving material
+# The static tests' files, served by portico's `static` route action and nginx's `root` from
+# the same folder: a 1 KiB text file and a 1 MiB file of random bytes.
+WWW=$TMP/www
+if [[ " $TESTS " == *" static_"* ]]; then
+    mkdir -p "$WWW"
+    python3 -c 'import os, sys
+line = b"portico static file benchmark: 64-byte lines of plain text....\n"
+open(sys.argv[1], "wb").write(line * 16)
+open(sys.argv[2], "wb").write(os.urandom(1 << 20))' "$WWW/small.txt" "$WWW/1m.bin"
+    chmod 755 "$WWW" && chmod 644 "$WWW/small.txt" "$WWW/1m.bin"
 fi
 
 free_ports() { # N → N distinct free TCP ports on 127.0.0.1, space-separated
@@ -557,6 +611,7 @@ NGINX_BALANCE=
 WITH_TLS=0
 PORT_TLS=
 L4_MODE= # tcp: proxy TCP connections (tcp_bulk, tcp_conn); ws: HTTP with WebSocket upgrades
+EDGE=    # static | cache | gzip1 | gzip6: the edge-serving tests' route (empty: another test)
 
 find_bin() { command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/usr/sbin/$1"; }; }
 
@@ -605,6 +660,21 @@ consumers:
     upstream: bench" ;;
         esac
     fi
+    case $EDGE in
+    static) route="  - { name: all, static: { root: $WWW } }" ;;
+    cache) route="  - name: all
+    plugins:
+      - cache: { ttl: 60s }
+    upstream: bench" ;;
+    gzip1 | gzip6)
+        local level=fastest # gzip level 1
+        [[ $EDGE == gzip6 ]] && level=default # gzip level 6
+        route="  - name: all
+    plugins:
+      - compression: { encodings: [gzip], level: $level }
+    upstream: bench"
+        ;;
+    esac
     if ((WITH_TLS)); then
         tls="
   - name: tls
@@ -668,6 +738,33 @@ start_nginx() {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }'
+    local edge_http=""
+    case $EDGE in
+    static)
+        edge_http="sendfile on;"
+        location="location / { root $WWW; }"
+        ;;
+    cache)
+        # A fresh cache folder per run: every run starts cold and is warmed by run_cache_hit.
+        rm -rf "$TMP/nginx-cache"
+        edge_http="sendfile on;
+    proxy_cache_path $TMP/nginx-cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=10m use_temp_path=off;"
+        location='location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 60s;
+            add_header X-Cache-Status $upstream_cache_status;
+        }'
+        ;;
+    gzip1 | gzip6)
+        edge_http="gzip on;
+    gzip_comp_level ${EDGE#gzip};
+    gzip_types application/json;
+    gzip_vary on;"
+        ;;
+    esac
     if [[ $L4_MODE == ws ]]; then
         location='location / {
             proxy_pass http://bench;
@@ -735,6 +832,7 @@ http {
     fastcgi_temp_path $TMP/nginx-fastcgi;
     uwsgi_temp_path $TMP/nginx-uwsgi;
     scgi_temp_path $TMP/nginx-scgi;
+    $edge_http
     upstream bench {
         $NGINX_BALANCE
         $servers
@@ -954,6 +1052,12 @@ configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BA
     WITH_TLS=0
     [[ $1 == tls* ]] && WITH_TLS=1
     L4_MODE=
+    EDGE=
+    case $1 in
+    static_*) EDGE=static ;;
+    cache_hit) EDGE=cache ;;
+    gzip1 | gzip6) EDGE=$1 ;;
+    esac
     case $1 in
     tcp_*) L4_MODE=tcp BACKENDS=("$L1" "$L2") ;;
     ws) L4_MODE=ws BACKENDS=("$L1" "$L2") ;;
@@ -1092,9 +1196,10 @@ run_wrk() { # TEST PROXY ROUND PATH [wrk args...]
         wrk=(env LD_PRELOAD="$TLS_SHIM" WRK_NO_RESUME="$WRK_NO_RESUME" WRK_TLS_STATS="$stats" wrk)
     fi
     shift 4
-    taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c50 -d"${WARMUP}s" "$@" "$url" >/dev/null
+    local conns=${WRK_CONNS:-50}
+    taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c"$conns" -d"${WARMUP}s" "$@" "$url" >/dev/null
     rm -f "$stats"
-    measured taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c50 -d"${DURATION}s" --latency "$@" "$url" >"$out"
+    measured taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c"$conns" -d"${DURATION}s" --latency "$@" "$url" >"$out"
     if ((WRK_SHIM)); then
         local full resumed
         { read -r _ full _ resumed <"$stats"; } 2>/dev/null || { full="?" resumed="?"; }
@@ -1185,7 +1290,7 @@ run_idle() { # TEST PROXY ROUND
 }
 
 run_slow() { # TEST RUN ROUND → run_wrk, then the slow target's share and raw percentiles
-    WRK_CONNECTIONS=50 run_wrk "$1" "$2" "$3" / -s "$ROOT/bench/wrk_raw_latency.lua" || return 1
+    WRK_CONNS=50 run_wrk "$1" "$2" "$3" / -s "$ROOT/bench/wrk_raw_latency.lua" || return 1
     local share raw_n raw_p50=nan raw_p99=nan requests
     requests=$(awk '/ requests in / { print $1 }' "$TMP/wrk.out")
     raw_n=$(awk '$1 == "raw" && $2 == "n" { print $3 }' "$TMP/wrk.out")
@@ -1301,6 +1406,73 @@ print("; ".join(c["name"] + "=" + c["value"] for c in jar if c["name"].startswit
     run_wrk "$1" "$2" "$3" / "${cred[@]}"
 }
 
+# The edge-serving tests: each checks with curl that the proxy does what is measured, then runs
+# wrk; a failed check fails the run (no result), with the proxy's config and log tail.
+edge_fail() { # TEST RUN MESSAGE → log, show the config and the log tail, return 1
+    log "$1 $2: $3; config and log tail:"
+    if [[ $PROXY == portico ]]; then cat "$TMP/portico.yaml" >&2; else cat "$TMP/nginx.conf" >&2; fi
+    tail -n 20 "$PROXY_LOG" >&2 || true
+    return 1
+}
+
+run_static() { # TEST RUN ROUND FILE [wrk args...] → the file's bytes through the proxy, then wrk
+    local test=$1 run=$2 round=$3 file=$4 got=$TMP/static.body
+    shift 4
+    curl -s -m 10 -o "$got" "http://127.0.0.1:$PORT/$file" || true
+    cmp -s "$got" "$WWW/$file" ||
+        edge_fail "$test" "$run" "GET /$file did not answer the file's bytes" || return 1
+    log "$test $run: GET /$file → the file's $(wc -c <"$WWW/$file") bytes"
+    run_wrk "$test" "$run" "$round" "/$file" "$@"
+}
+
+sum_delta() { # "A1 A2 ..." "B1 B2 ..." → Σ (Bi − Ai)
+    awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) t += y[i] - x[i]; print t + 0 }'
+}
+
+run_cache_hit() { # TEST RUN ROUND → warm the cache, check a HIT, run wrk, check the upstreams idle
+    local url="http://127.0.0.1:$PORT/16k" hdr=$TMP/cache.headers field want i w0 w1 up
+    field=x-cache
+    [[ $PROXY == nginx ]] && field=x-cache-status
+    # Both upstreams once each (round robin) and more: every later request should be a hit.
+    for ((i = 0; i < 4; i++)); do curl -s -m 5 -o /dev/null "$url" || true; done
+    w0=$(upstream_wchar)
+    curl -s -m 5 -D "$hdr" -o /dev/null "$url" || true
+    want=$(awk -v f="$field:" 'tolower($1) == f { sub(/\r$/, "", $2); print $2 }' "$hdr")
+    w1=$(upstream_wchar)
+    [[ $want == HIT ]] || edge_fail "$1" "$2" "GET /16k after warming: $field '${want:-none}' (want HIT)" ||
+        return 1
+    [[ $(sum_delta "$w0" "$w1") == 0 ]] ||
+        edge_fail "$1" "$2" "a cache HIT still reached an upstream" || return 1
+    log "$1 $2: GET /16k → $field: HIT, the upstreams wrote nothing for it"
+    run_wrk "$1" "$2" "$3" /16k || return 1
+    # W0/W1: the upstreams' bytes written around the measured run (measured()).
+    up=$(sum_delta "$W0" "$W1")
+    if [[ $up == 0 ]]; then
+        log "$1 $2: the upstreams wrote 0 bytes during the measured run: every request was a hit"
+    else
+        log "warning: $1 $2: the upstreams wrote $up bytes during the measured run" \
+            "(~$((up / 16500)) answers of /16k): not every request was a hit"
+    fi
+}
+
+run_gzip() { # TEST RUN ROUND → check a gzip answer that decodes to the upstream's bytes, then wrk
+    local url="http://127.0.0.1:$PORT/json" hdr=$TMP/gzip.headers body=$TMP/gzip.body enc size
+    curl -s -m 5 -o "$TMP/json.plain" "http://127.0.0.1:$U1/json" || true
+    curl -s -m 5 -H 'Accept-Encoding: gzip' -D "$hdr" -o "$body" "$url" || true
+    enc=$(awk 'tolower($1) == "content-encoding:" { sub(/\r$/, "", $2); print $2 }' "$hdr")
+    [[ $enc == gzip ]] || edge_fail "$1" "$2" "GET /json: Content-Encoding '${enc:-none}' (want gzip)" ||
+        return 1
+    python3 -c 'import gzip, sys
+sys.exit(gzip.decompress(open(sys.argv[1], "rb").read()) != open(sys.argv[2], "rb").read())' \
+        "$body" "$TMP/json.plain" ||
+        edge_fail "$1" "$2" "GET /json: the gzip answer does not decode to the upstream's bytes" ||
+        return 1
+    size=$(wc -c <"$body")
+    log "$1 $2: GET /json → gzip, $size bytes for $(wc -c <"$TMP/json.plain"), decodes to the upstream's bytes"
+    run_wrk "$1" "$2" "$3" /json -H 'Accept-Encoding: gzip'
+}
+
 # What the proxy's TLS port negotiates with OpenSSL's client defaults, how many TLS 1.3
 # tickets it sends, and whether it resumes a session it handed out: two `openssl s_client`
 # connections, the second offering the session (ticket) saved by the first. Once per proxy.
@@ -1344,6 +1516,10 @@ run_test() { # TEST PROXY ROUND
     close) run_wrk "$1" "$2" "$3" / -H 'Connection: close' ;;
     h2c) run_h2load "$1" "$2" "$3" ;;
     idle) run_idle "$1" "$2" "$3" ;;
+    static_small) run_static "$1" "$2" "$3" small.txt ;;
+    static_1m) WRK_CONNS=10 run_static "$1" "$2" "$3" 1m.bin ;;
+    cache_hit) run_cache_hit "$1" "$2" "$3" ;;
+    gzip1 | gzip6) run_gzip "$1" "$2" "$3" ;;
     tcp_bulk) run_l4 "$1" "$2" "$3" bulk 10 ;;
     tcp_conn) run_l4 "$1" "$2" "$3" connect 50 ;;
     ws) run_l4 "$1" "$2" "$3" ws 50 ;;
@@ -1385,6 +1561,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
             # Traefik sits the TCP tests out.
             runs=()
             for run in "${ACTIVE[@]}"; do [[ $run == traefik ]] || runs+=("$run"); done
+        fi
+        if [[ $test == static_* || $test == cache_hit || $test == gzip* ]]; then
+            # HAProxy and Traefik sit the edge-serving tests out (see the header).
+            runs=()
+            for run in "${ACTIVE[@]}"; do [[ $run == haproxy || $run == traefik ]] || runs+=("$run"); done
         fi
         for run in "${runs[@]}"; do
             for pid in "${UPSTREAM_PIDS[@]}"; do
@@ -1546,6 +1727,14 @@ if "portico" in proxies and others and main_tests:
     if any(t in tests for t in ("tcp_bulk", "tcp_conn", "ws")):
         print("  tcp_bulk: req = one MiB through the proxy; tcp_conn: req = one proxied TCP "
               "connection; ws: req = one WebSocket message round trip")
+    if "static_1m" in tests:
+        print("  static_1m: one 1 MiB file per request, wrk -c10 (req/s x 1 MiB = MiB/s)")
+    if "cache_hit" in tests:
+        print("  cache_hit: GET /16k answered from the proxy's cache (portico cache plugin, "
+              "nginx proxy_cache)")
+    if "gzip1" in tests or "gzip6" in tests:
+        print("  gzip1/gzip6: the upstream's 16.3 KB JSON gzipped at level 1/6 (portico "
+              "level fastest/default)")
     if "tls_resume" in tests:
         print("  tls_resume: one TLS handshake per request, resumed (TLS 1.3 PSK) where the proxy "
               "resumes (see the log)")

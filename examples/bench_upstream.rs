@@ -4,7 +4,10 @@
 //! single-threaded tokio runtime. Routes:
 //!
 //! - `GET /`      → 200, 13-byte body `Hello, world!`
-//! - `GET /16k`   → 200, 16,384-byte body
+//! - `GET /16k`   → 200, 16,384-byte body (one repeated byte: compresses to almost nothing)
+//! - `GET /json`  → 200, a ~16 KiB JSON document (`application/json`): records with
+//!   pseudo-random but fixed values, compressible as typical API answers are (gzip 1 and 6 to
+//!   ~22% and ~17% of its size); the same bytes on every run
 //! - `POST /echo` → 200, the request body streamed back
 //! - anything else → 404
 //!
@@ -32,6 +35,43 @@ use tokio::net::TcpListener;
 const HELLO: &[u8] = b"Hello, world!";
 static BODY_16K: [u8; 16 * 1024] = [b'x'; 16 * 1024];
 
+/// The `/json` body: 136 records (16.3 KB), values from a fixed linear congruential sequence.
+fn json_body() -> Bytes {
+    const WORDS: [&str; 12] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima",
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        x >> 33
+    };
+    let mut out = String::from("[");
+    for id in 0..136u64 {
+        let (a, b, c, d) = (next(), next(), next(), next());
+        if id > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{\"id\":{id},\"name\":\"{} {}\",\"email\":\"{}.{}@example.com\",\
+             \"active\":{},\"score\":{}.{:02},\"tags\":[\"{}\",\"{}\"]}}",
+            WORDS[(a % 12) as usize],
+            WORDS[(b % 12) as usize],
+            WORDS[(a % 12) as usize],
+            a % 100_000,
+            c % 2 == 0,
+            b % 1000,
+            c % 100,
+            WORDS[(d % 12) as usize],
+            WORDS[((d >> 8) % 12) as usize],
+        ));
+    }
+    out.push(']');
+    Bytes::from(out)
+}
+
 type ResBody = Either<Full<Bytes>, Incoming>;
 
 fn full(status: StatusCode, body: &'static [u8]) -> Response<ResBody> {
@@ -45,6 +85,7 @@ fn full(status: StatusCode, body: &'static [u8]) -> Response<ResBody> {
 async fn handle(
     req: Request<Incoming>,
     delay: Option<Duration>,
+    json: Bytes,
 ) -> Result<Response<ResBody>, Infallible> {
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -52,6 +93,12 @@ async fn handle(
     let res = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => full(StatusCode::OK, HELLO),
         (&Method::GET, "/16k") => full(StatusCode::OK, &BODY_16K),
+        (&Method::GET, "/json") => {
+            let mut res = Response::new(Either::Left(Full::new(json)));
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            res
+        }
         (&Method::POST, "/echo") => {
             // Stream the request body straight back; hyper forwards the frames as they arrive.
             let mut res = Response::new(Either::Right(req.into_body()));
@@ -119,6 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let json = json_body();
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -132,12 +180,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Best effort: a failure only costs latency, not correctness.
         let _ = stream.set_nodelay(true);
         let builder = Arc::clone(&builder);
+        let json = json.clone();
         tokio::spawn(async move {
             // Connection errors (peer resets, aborted requests) are normal under load.
             let _ = builder
                 .serve_connection(
                     TokioIo::new(stream),
-                    service_fn(move |req| handle(req, delay)),
+                    service_fn(move |req| handle(req, delay, json.clone())),
                 )
                 .await;
         });

@@ -13,6 +13,7 @@ pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
 pub(crate) mod spec_cache;
+pub(crate) mod spec_compression;
 pub(crate) mod spec_forward_auth;
 pub(crate) mod spec_introspection;
 pub(crate) mod spec_oidc;

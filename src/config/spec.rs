@@ -1164,6 +1164,9 @@ pub(crate) enum PluginSpec {
     Oidc(Box<super::spec_oidc::OidcSpec>),
     /// Stores answers and serves them while fresh (an RFC 9111 shared cache).
     Cache(super::spec_cache::CacheSpec),
+    /// Compresses answers (zstd, brotli, gzip) as the client accepts; optionally decodes
+    /// compressed request bodies.
+    Compression(super::spec_compression::CompressionSpec),
 }
 
 /// `grpc_web:` — no settings (`grpc_web: {}`).

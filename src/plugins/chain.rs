@@ -347,7 +347,7 @@ impl PluginChain {
     ) -> Result<http::Response<Body>, ProxyError> {
         let steps = &self.steps(ctx).steps;
         for plugin in steps.iter().rev() {
-            match plugin.response_body(ctx, &head) {
+            match plugin.response_body_head(ctx, &mut head) {
                 None => {}
                 Some(BodyFilter::Chunks(filter)) => body = body.filter(filter),
                 // An event stream has no end to wait for: never buffered, it passes as it

@@ -21,6 +21,7 @@ pub(crate) mod auth;
 pub(crate) mod basic_auth;
 pub(crate) mod cache;
 mod chain;
+pub(crate) mod compression;
 pub(crate) mod cors;
 pub(crate) mod decisions;
 pub(crate) mod forward_auth;
@@ -319,6 +320,17 @@ pub(crate) trait Plugin: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// [`Plugin::response_body`] for a plugin that also edits the head as it takes the body
+    /// (`compression` sets `Content-Encoding` only once every plugin after it has had the
+    /// body). What the chain calls; by default [`Plugin::response_body`].
+    fn response_body_head(
+        &self,
+        ctx: &RequestCtx,
+        head: &mut response::Parts,
+    ) -> Option<BodyFilter> {
+        self.response_body(ctx, head)
+    }
+
     /// Once the response head has been sent on its way.
     fn log(&self, _ctx: &RequestCtx, _record: &LogRecord) {}
 
@@ -370,6 +382,7 @@ pub(crate) const NAMES: &[&str] = &[
     "forward_auth",
     "oidc",
     "cache",
+    "compression",
 ];
 
 /// What plugins are built with: the consumers, and metric families.
@@ -608,6 +621,7 @@ pub(crate) fn build(spec: &PluginSpec, env: BuildEnv<'_>) -> Result<Arc<dyn Plug
         PluginSpec::GrpcWeb(_) => Arc::new(grpc_web::GrpcWeb),
         PluginSpec::ForwardAuth(spec) => Arc::new(forward_auth::ForwardAuth::new(spec, env)?),
         PluginSpec::Cache(spec) => Arc::new(cache::Cache::new(spec, env)?),
+        PluginSpec::Compression(spec) => Arc::new(compression::Compression::new(spec)?),
         PluginSpec::Cors(spec) => Arc::new(cors::Cors::new(spec)?),
         PluginSpec::IpRestriction(spec) => Arc::new(ip_restriction::IpRestriction::new(spec)?),
         PluginSpec::RequestSizeLimit(spec) => {

@@ -2142,3 +2142,94 @@ async fn http_cache_guide() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn compression_guide() {
+    use crate::compression::{curl, decode};
+    let script = Path::new(ROOT).join("examples/compression_app.py");
+    let app = crate::support::peer::Peer::python([script.as_os_str(), "0".as_ref()]);
+    let subs = vec![
+        (
+            "bind: 127.0.0.1:8080".to_owned(),
+            "bind: 127.0.0.1:0".to_owned(),
+        ),
+        (
+            "address: 127.0.0.1:9001".to_owned(),
+            format!("address: {}", app.addr),
+        ),
+    ];
+    let config = substitute(&example("compression.yaml"), &subs);
+    let gw = Portico::start_in(&temp_dir("compression-guide"), &config);
+    let web = gw.addr("web");
+
+    // Step 1: the same JSON, smaller, with the head edits.
+    let plain = curl(&[], format!("http://{web}/api/items")).await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.body.len(), 26726);
+    let got = curl(
+        &["-H", "Accept-Encoding: zstd, br, gzip"],
+        format!("http://{web}/api/items"),
+    )
+    .await;
+    assert_eq!(got.header("content-encoding"), Some("zstd"));
+    assert_eq!(got.header("etag"), Some("W/\"items-v1\""));
+    assert_eq!(got.header("vary"), Some("Accept-Encoding"));
+    assert!(got.body.len() < 2500, "{}", got.body.len());
+    assert_eq!(decode("zstd", &got.body), plain.body);
+
+    // Step 2: q-values first.
+    let got = curl(
+        &["-H", "Accept-Encoding: gzip;q=1, br;q=0.5"],
+        format!("http://{web}/api/items"),
+    )
+    .await;
+    assert_eq!(got.header("content-encoding"), Some("gzip"));
+    let got = curl(
+        &["-H", "Accept-Encoding: *;q=0"],
+        format!("http://{web}/api/items"),
+    )
+    .await;
+    assert_eq!(got.header("content-encoding"), None);
+
+    // Step 3: the image goes as it is.
+    let got = curl(
+        &["-H", "Accept-Encoding: gzip, br"],
+        format!("http://{web}/logo.png"),
+    )
+    .await;
+    assert_eq!(got.header("content-encoding"), None);
+    assert_eq!(got.header("content-length"), Some("8192"));
+
+    // Step 4: the events, compressed, whole.
+    let got = curl(&["-N", "--compressed"], format!("http://{web}/events")).await;
+    let events: String = (0..5).map(|i| format!("data: tick {i}\n\n")).collect();
+    assert_eq!(String::from_utf8(got.body).unwrap(), events);
+
+    // Step 5: a compressed upload decoded; a bomb refused.
+    let dir = temp_dir("compression-guide-bodies");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &[b'x'; 100_000]).unwrap();
+    std::fs::write(dir.join("up.gz"), gz.finish().unwrap()).unwrap();
+    let upload = format!("@{}", dir.join("up.gz").display());
+    let got = curl(
+        &["-H", "Content-Encoding: gzip", "--data-binary", &upload],
+        format!("http://{web}/upload"),
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8(got.body).unwrap(),
+        "received 100000 bytes, content-encoding none\n"
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &vec![0u8; 50_000_000]).unwrap();
+    std::fs::write(dir.join("bomb.gz"), gz.finish().unwrap()).unwrap();
+    let bomb = format!("@{}", dir.join("bomb.gz").display());
+    let got = curl(
+        &["-H", "Content-Encoding: gzip", "--data-binary", &bomb],
+        format!("http://{web}/upload"),
+    )
+    .await;
+    assert_eq!(got.status, 413);
+    let error: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(error["error"], "payload_too_large");
+}

@@ -10,6 +10,7 @@ mod aggregate;
 mod cache;
 mod cache_disk;
 mod cli;
+mod compression;
 mod defects;
 mod discovery;
 mod early;
