@@ -251,3 +251,21 @@ pub(crate) fn server_tls(
             message: format!("cannot set up TLS: {e}"),
         })
 }
+
+/// The bearer token of the only `Authorization` header (RFC 6750 §2.1); `Err` when the request
+/// has several `Authorization` headers.
+pub(crate) fn bearer(head: &http::request::Parts) -> Result<Option<&str>, ()> {
+    let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next();
+    if values.next().is_some() {
+        return Err(());
+    }
+    Ok(value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty()))
+}

@@ -330,24 +330,6 @@ fn unavailable(request_id: &HeaderValue) -> http::Response<Body> {
     )
 }
 
-/// The bearer token of the only `Authorization` header; `Err` for several headers.
-fn bearer(head: &request::Parts) -> Result<Option<String>, ()> {
-    let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next();
-    if values.next().is_some() {
-        return Err(());
-    }
-    Ok(value
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned))
-}
-
 impl Plugin for Introspection {
     fn name(&self) -> &'static str {
         "oauth2_introspection"
@@ -367,7 +349,7 @@ impl Plugin for Introspection {
         head: &request::Parts,
         _secrets: &crate::config::secret::Credentials,
     ) -> super::Explained {
-        match bearer(head) {
+        match super::auth::bearer(head) {
             Ok(Some(_)) => super::Explained::Offline(vec![format!(
                 "the bearer token (not shown) would be POSTed to {} as client {} ({}); the \
                  endpoint is not called offline, so whether the token is active is not known",
@@ -388,7 +370,7 @@ impl Plugin for Introspection {
         ctx: &mut RequestCtx,
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
-        let token = match bearer(head) {
+        let token = match super::auth::bearer(head) {
             Err(()) => {
                 return Ok(Flow::Respond(super::auth::unauthorized(
                     &ctx.request_id,
@@ -405,7 +387,7 @@ impl Plugin for Introspection {
                     "a bearer token is required",
                 )));
             }
-            Ok(Some(token)) => token,
+            Ok(Some(token)) => token.to_owned(),
         };
         if self.hide {
             head.headers.remove(header::AUTHORIZATION);

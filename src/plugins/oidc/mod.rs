@@ -528,23 +528,6 @@ impl Shared {
     }
 }
 
-/// The bearer token of the only `Authorization` header; `Err` for several headers.
-fn bearer(head: &request::Parts) -> Result<Option<&str>, ()> {
-    let mut values = head.headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next();
-    if values.next().is_some() {
-        return Err(());
-    }
-    Ok(value
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty()))
-}
-
 impl Plugin for Oidc {
     fn name(&self) -> &'static str {
         "oidc"
@@ -584,7 +567,7 @@ impl Plugin for Oidc {
                     ""
                 }
             )
-        } else if s.bearer && matches!(bearer(head), Ok(Some(_))) {
+        } else if s.bearer && matches!(super::auth::bearer(head), Ok(Some(_))) {
             format!(
                 "the bearer token (not shown) would be verified with {}'s keys (iss {}, aud \
                  one of {}), which are not fetched offline",
@@ -632,7 +615,7 @@ impl Plugin for Oidc {
             return Ok(Flow::Respond(s.logout(head)));
         }
         if s.bearer {
-            match bearer(head) {
+            match super::auth::bearer(head) {
                 Err(()) => {
                     return Ok(Flow::Respond(super::auth::unauthorized(
                         &ctx.request_id,
