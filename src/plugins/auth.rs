@@ -196,15 +196,52 @@ pub(crate) fn claim_headers(
         .collect()
 }
 
+/// The URL of an authorization server, named `key` in the config: absolute, `http` or `https`,
+/// with a host; and whether it is `https`.
+pub(crate) fn server_url(
+    url: &crate::config::de::At<String>,
+    key: &str,
+) -> Result<(http::Uri, bool), super::BuildError> {
+    let invalid = |message: String| super::BuildError::At {
+        pos: url.pos,
+        message,
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| invalid(format!("{key} is not a URL")))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(invalid(format!("{key} must be http:// or https://"))),
+    };
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid(format!("{key} has no host")));
+    }
+    Ok((uri, https))
+}
+
 /// How a client of an authorization server sends its credentials (RFC 6749 §2.3.1): an
 /// `Authorization: Basic` value for `basic`, or `&client_id=…&client_secret=…` to append to the
 /// form for `post` (the other one empty).
 pub(crate) fn client_credentials(
     how: crate::config::spec_introspection::ClientAuth,
     client_id: &crate::config::de::At<String>,
-    client_secret: &str,
+    client_secret: &crate::config::de::At<String>,
 ) -> Result<(Option<HeaderValue>, String), super::BuildError> {
     use crate::config::spec_introspection::ClientAuth;
+    let invalid = |pos, message: &str| super::BuildError::At {
+        pos,
+        message: message.to_owned(),
+    };
+    if client_id.trim().is_empty() {
+        return Err(invalid(client_id.pos, "client_id must not be empty"));
+    }
+    if client_secret.is_empty() {
+        return Err(invalid(
+            client_secret.pos,
+            "client_secret must not be empty",
+        ));
+    }
     let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     Ok(match how {
         ClientAuth::Basic => {

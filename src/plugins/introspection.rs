@@ -73,13 +73,6 @@ struct Shared {
     cache: Decisions<Verdict>,
 }
 
-fn invalid(pos: crate::config::Pos, message: &str) -> BuildError {
-    BuildError::At {
-        pos,
-        message: message.to_owned(),
-    }
-}
-
 impl Introspection {
     /// Checks the settings and builds the client; `ca_file` is relative to the config.
     pub(crate) fn new(
@@ -87,32 +80,7 @@ impl Introspection {
         env: super::BuildEnv<'_>,
     ) -> Result<Self, BuildError> {
         let url_pos = spec.introspection_url.pos;
-        let url: http::Uri = spec
-            .introspection_url
-            .parse()
-            .map_err(|_| invalid(url_pos, "introspection_url is not a URL"))?;
-        let https = match url.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(invalid(
-                    url_pos,
-                    "introspection_url must be http:// or https://",
-                ));
-            }
-        };
-        if url.host().is_none_or(str::is_empty) {
-            return Err(invalid(url_pos, "introspection_url has no host"));
-        }
-        if spec.client_id.trim().is_empty() {
-            return Err(invalid(spec.client_id.pos, "client_id must not be empty"));
-        }
-        if spec.client_secret.is_empty() {
-            return Err(invalid(
-                spec.client_secret.pos,
-                "client_secret must not be empty",
-            ));
-        }
+        let (url, https) = super::auth::server_url(&spec.introspection_url, "introspection_url")?;
         let tls = super::auth::server_tls(https, spec.ca_file.as_ref(), &env, url_pos)?;
         let (basic, post) = super::auth::client_credentials(
             spec.client_auth,

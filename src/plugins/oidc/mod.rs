@@ -97,27 +97,7 @@ impl Oidc {
     /// Checks the settings; `ca_file` is relative to the config.
     pub(crate) fn new(spec: &OidcSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
         let pos = spec.issuer.pos;
-        let issuer_uri: http::Uri = spec
-            .issuer
-            .parse()
-            .map_err(|_| invalid(pos, "issuer is not a URL"))?;
-        let https = match issuer_uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(invalid(pos, "issuer must be http:// or https://")),
-        };
-        if issuer_uri.host().is_none_or(str::is_empty) {
-            return Err(invalid(pos, "issuer has no host"));
-        }
-        if spec.client_id.trim().is_empty() {
-            return Err(invalid(spec.client_id.pos, "client_id must not be empty"));
-        }
-        if spec.client_secret.is_empty() {
-            return Err(invalid(
-                spec.client_secret.pos,
-                "client_secret must not be empty",
-            ));
-        }
+        let (_, https) = super::auth::server_url(&spec.issuer, "issuer")?;
         let mut keys = Vec::new();
         for key in spec.session.keys.iter() {
             keys.push(session::decode_key(key).map_err(|e| invalid(key.pos, e.to_string()))?);
