@@ -490,7 +490,7 @@ async fn sse_arrives_event_by_event_compressed() {
 
 /// A decoder fed frame by frame, counting the complete events decoded so far.
 enum Streaming {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
     Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
 }
@@ -498,7 +498,7 @@ enum Streaming {
 impl Streaming {
     fn new(encoding: &str) -> Self {
         match encoding {
-            "gzip" => Streaming::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "gzip" => Streaming::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
             "br" => Streaming::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             _ => Streaming::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
         }

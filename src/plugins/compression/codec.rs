@@ -171,7 +171,7 @@ impl Write for Bounded {
 
 /// One request body's decoder, bounded in decoded bytes.
 pub(crate) enum Decoder {
-    Gzip(flate2::write::GzDecoder<Bounded>),
+    Gzip(Box<flate2::write::GzDecoder<Bounded>>),
     Br(Box<brotli::DecompressorWriter<Bounded>>),
     Zstd(zstd::stream::write::Decoder<'static, Bounded>),
     /// The decoder could not be made (no memory for its context): the body fails.
@@ -187,7 +187,7 @@ impl Decoder {
             limit,
         };
         match encoding {
-            Encoding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(sink)),
+            Encoding::Gzip => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(sink))),
             Encoding::Br => Decoder::Br(Box::new(brotli::DecompressorWriter::new(
                 sink,
                 BROTLI_BUFFER,

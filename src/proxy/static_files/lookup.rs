@@ -1,6 +1,7 @@
-//! Finding the file a request names, on the blocking pool: every candidate is resolved to
-//! its canonical path, which must stay under the canonical root (unless `follow_symlinks`),
-//! and opened without following a last link, so no request reaches outside the root.
+//! Finding the file a request names, on the blocking pool, when the fast lookup
+//! (`beneath.rs`) could not: a path with a link on the way, or a folder listing. Every candidate is resolved to its canonical path, which must stay under the
+//! canonical root (unless `follow_symlinks`), and opened without following a last link, so no
+//! request reaches outside the root.
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};

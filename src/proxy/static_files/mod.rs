@@ -3,9 +3,12 @@
 //!
 //! The path is the canonical one (routing/path.rs) and is decoded once here; a client path
 //! that held an encoded or raw separator (`%2F`, `%5C`, `\`) is refused outright, as is a
-//! decoded segment with a NUL, a separator or a dot-segment. Lookup and opening run on the
-//! blocking pool, the body is read there in 64 KiB chunks.
+//! decoded segment with a NUL, a separator or a dot-segment. Paths without links are opened
+//! on the worker with `openat2` beneath the root (`beneath.rs`); the rest, and listings, are
+//! looked up on the blocking pool (`lookup.rs`). File contents are read without blocking the
+//! worker (`body.rs`): from the page cache at once, else on the blocking pool.
 
+mod beneath;
 mod body;
 mod lookup;
 mod mime;
@@ -84,22 +87,26 @@ pub(crate) async fn serve(
     let fallback = site.fallback.is_some()
         && (text(header::ACCEPT).is_some_and(|a| a.contains("text/html"))
             || segments.last().is_none_or(|s| !s[1..].contains(&b'.')));
-    let found = {
-        let site = Arc::clone(site);
-        let shown = path.to_owned();
-        tokio::task::spawn_blocking(move || {
-            lookup::lookup(&site, &segments, slash, &shown, &accepted, fallback)
-        })
-        .await
-    };
-    let Ok(found) = found else {
-        // The lookup task panicked or was cancelled at shutdown.
-        return Ok(error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the file could not be looked up",
-            request_id,
-        ));
+    let found = match beneath::lookup(site, &segments, slash, &accepted, fallback) {
+        Some(found) => found,
+        None => {
+            let site = Arc::clone(site);
+            let shown = path.to_owned();
+            let slow = tokio::task::spawn_blocking(move || {
+                lookup::lookup(&site, &segments, slash, &shown, &accepted, fallback)
+            })
+            .await;
+            let Ok(found) = slow else {
+                // The lookup task panicked or was cancelled at shutdown.
+                return Ok(error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the file could not be looked up",
+                    request_id,
+                ));
+            };
+            found
+        }
     };
     let found = match found {
         Lookup::File(found) => found,
@@ -324,11 +331,16 @@ fn answer(
     let body = FileBody::new(found.file, pieces);
     let length = http_body::Body::size_hint(&body).exact().unwrap_or(len);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    let mut response = Response::new(if is_head || length == 0 {
+    let body = if is_head || length == 0 {
         Body::Empty
+    } else if status == StatusCode::OK
+        && let Some(data) = body.read_small()
+    {
+        Body::full(data)
     } else {
         Body::local(body)
-    });
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response

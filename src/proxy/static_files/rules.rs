@@ -239,6 +239,12 @@ pub(super) fn ranges(value: &str, len: u64) -> Ranges {
     if out.is_empty() {
         return Ranges::Unsatisfiable;
     }
+    // Overlapping ranges that add up to more than the file are an amplification attempt
+    // (RFC 9110 §14.2 lets a server ignore them): the whole file is cheaper, as nginx does.
+    let total: u64 = out.iter().map(|(first, last)| last - first + 1).sum();
+    if out.len() > 1 && total > len {
+        return Ranges::Whole;
+    }
     Ranges::Parts(out)
 }
 
@@ -382,6 +388,15 @@ mod tests {
         assert_eq!(ranges("bytes=5-1", 100), Ranges::Whole);
         assert_eq!(ranges("items=0-1", 100), Ranges::Whole);
         assert_eq!(ranges("bytes=x-1", 100), Ranges::Whole);
+        assert_eq!(
+            ranges("bytes=0-99,0-99", 100),
+            Ranges::Whole,
+            "amplification"
+        );
+        assert_eq!(
+            ranges("bytes=0-9,5-14", 100),
+            Ranges::Parts(vec![(0, 9), (5, 14)])
+        );
         let many = format!("bytes={}", vec!["0-0"; MAX_RANGES + 1].join(","));
         assert_eq!(ranges(&many, 100), Ranges::Whole);
     }
