@@ -389,6 +389,12 @@ pub(crate) struct LimitsSpec {
     pub(crate) max_connections: usize,
     /// Most concurrent HTTP/2 streams per client connection.
     pub(crate) max_concurrent_streams: u32,
+    /// A client that accepts none of a response's bytes for this long is closed (a reader
+    /// that stopped).
+    pub(crate) send_timeout: Dur,
+    /// Most bytes of a response held for a client that reads slowly: per HTTP/1.1
+    /// connection, and per HTTP/2 stream; at least `16KiB`.
+    pub(crate) send_buffer: Size,
 }
 
 impl Default for LimitsSpec {
@@ -400,6 +406,8 @@ impl Default for LimitsSpec {
             idle_timeout: Dur(std::time::Duration::from_secs(60)),
             max_connections: 10_000,
             max_concurrent_streams: 256,
+            send_timeout: Dur(std::time::Duration::from_secs(60)),
+            send_buffer: Size(64 << 10),
         }
     }
 }

@@ -37,6 +37,11 @@ use crate::tls::UpstreamTls;
 use h2idle::{Activity, Tracked};
 use idle::Lease;
 
+/// Most bytes read ahead of the client from an HTTP/1.1 upstream connection (hyper's read
+/// buffer; its default is about 400 KiB). A client that reads slowly holds at most this much
+/// of the upstream's answer here; the rest waits in the kernel and at the upstream.
+const UPSTREAM_READ_AHEAD: usize = 32 << 10;
+
 std::thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
@@ -381,6 +386,7 @@ impl TargetState {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_AHEAD)
             .handshake(io)
             .await
             .map_err(ConnectError::Handshake)?;

@@ -263,6 +263,18 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                 "limits.max_header_size must be at least 1KiB",
             );
         }
+        if limits.send_buffer.0 < 16 << 10 {
+            diags.error(
+                spec_listener.bind.pos,
+                "limits.send_buffer must be at least 16KiB",
+            );
+        }
+        if limits.send_timeout.0.is_zero() {
+            diags.error(
+                spec_listener.bind.pos,
+                "limits.send_timeout must be longer than 0",
+            );
+        }
         let listener_tls = compile_listener_tls(
             spec_listener,
             base,
@@ -361,6 +373,8 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                 idle_timeout: limits.idle_timeout.0,
                 max_connections: limits.max_connections.max(1),
                 max_concurrent_streams: limits.max_concurrent_streams.max(1),
+                send_timeout: limits.send_timeout.0,
+                send_buffer: limits.send_buffer.bytes(),
             },
             routes: attached,
             table,

@@ -162,6 +162,10 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub(crate) max_concurrent_streams: u32,
+    /// Longest a client may leave a response's bytes unaccepted.
+    pub(crate) send_timeout: Duration,
+    /// Most response bytes held for one HTTP/1.1 connection or HTTP/2 stream.
+    pub(crate) send_buffer: usize,
 }
 
 /// A compiled route.

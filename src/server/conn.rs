@@ -10,6 +10,8 @@
 //! (see `early` and `IdleIo::poll_early`).
 
 pub(super) mod early;
+mod flood;
+mod gate;
 mod stream;
 
 use std::convert::Infallible;
@@ -63,6 +65,15 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // Rapid reset (CVE-2023-44487): streams the client resets before they are accepted
+        // are kept only this many at once, beyond which the connection gets a GOAWAY. The
+        // flood guard (`flood`) weighs the resets of accepted streams.
+        .max_pending_accept_reset_streams(PENDING_ACCEPT_RESETS)
+        // MadeYouReset (CVE-2025-8671): streams the server must reset because of the
+        // client's errors; past this many the connection gets a GOAWAY.
+        .max_local_error_reset_streams(LOCAL_ERROR_RESETS)
+        // Response bytes held per stream for a client that leaves its window closed.
+        .max_send_buf_size(limits.send_buffer)
         // WebSocket over HTTP/2 (RFC 8441).
         .enable_connect_protocol()
         .max_header_list_size(
@@ -72,6 +83,11 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(keep_alive_interval(limits.idle_timeout)));
     builder
 }
+
+/// Streams reset by the client before hyper accepted them, kept at once (h2's default).
+const PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server may reset for the client's protocol errors on one connection.
+const LOCAL_ERROR_RESETS: usize = 200;
 
 /// HTTP/2 keep-alive PING interval: half the idle timeout, at most 30 s.
 fn keep_alive_interval(idle: Duration) -> Duration {
@@ -96,7 +112,10 @@ pub(crate) fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(ConnShared::default());
+    let conn = Arc::new(ConnShared {
+        gate: gate::SendGate::new(limits.send_buffer),
+        ..ConnShared::default()
+    });
     let mut info = info;
     info.framing = Some(Arc::clone(&conn) as Arc<dyn Framing>);
     info.tunnels = Some(Arc::new(stream::Host::new(
@@ -132,12 +151,7 @@ where
         }
     });
     let idle = Arc::clone(&conn);
-    let io = TokioIo::new(IdleIo::new(
-        stream,
-        limits.idle_timeout,
-        limits.header_timeout,
-        conn,
-    ));
+    let io = TokioIo::new(IdleIo::new(stream, limits, conn));
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
@@ -253,7 +267,18 @@ impl http_body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        // A slow reader: hyper's write buffer already holds the send buffer's worth.
+        if this.conn.gate.full(cx) {
+            return Poll::Pending;
+        }
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.conn.gate.taken(data.len());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -286,6 +311,8 @@ pub(crate) struct ConnShared {
     pub(crate) scan: Mutex<HeadScan>,
     /// Woken when an HTTP/2 connection has been idle for the idle timeout.
     idle: Notify,
+    /// Bounds the response bytes hyper buffers for a slow HTTP/1.1 reader.
+    gate: gate::SendGate,
 }
 
 impl Framing for ConnShared {
@@ -321,6 +348,14 @@ pub(crate) struct IdleIo<S> {
     early: Option<usize>,
     /// portico's answer being written in place of hyper's.
     replacing: Option<Replacing>,
+    /// Longest a write may wait for the client to accept bytes.
+    send: Duration,
+    /// Runs while a write waits, from the first refusal: the send timeout.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    /// A write is waiting on the client.
+    send_stalled: bool,
+    /// The HTTP/2 flood guard, once the connection speaks HTTP/2.
+    flood: Option<flood::Flood>,
 }
 
 /// portico's answer in place of hyper's canned one, as far as it is written.
@@ -337,7 +372,8 @@ struct H2Frames {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
-    fn new(inner: S, idle: Duration, header: Duration, conn: Arc<ConnShared>) -> Self {
+    fn new(inner: S, limits: &Limits, conn: Arc<ConnShared>) -> Self {
+        let (idle, header) = (limits.idle_timeout, limits.header_timeout);
         let now = Instant::now();
         IdleIo {
             inner,
@@ -354,6 +390,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             // Nothing written and no request started: hyper's first write may be its own.
             early: Some(0),
             replacing: None,
+            send: limits.send_timeout,
+            send_timer: None,
+            send_stalled: false,
+            flood: None,
         }
     }
 
@@ -412,18 +452,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
         }
     }
 
-    fn received(&mut self, bytes: &[u8]) {
+    /// Notes bytes read from the client; the reason to close an HTTP/2 flood, if any.
+    fn received(&mut self, bytes: &[u8]) -> Option<&'static str> {
         let now = Instant::now();
         if let Some(frames) = &mut self.frames {
             if frames.read.feed(bytes) {
                 self.last = now;
             }
-            return;
+            return self
+                .flood
+                .as_mut()
+                .and_then(|f| f.check(&frames.read.counts, &frames.write.counts, now));
         }
         self.last = now;
         if self.conn.upgraded.load(Ordering::Relaxed) {
             // A tunnel's bytes: no request head to time or scan (the tunnel times itself).
-            return;
+            return None;
         }
         self.settle_head();
         if self.head_started.is_none() && self.conn.busy.load(Ordering::Relaxed) == 0 {
@@ -440,9 +484,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
                     read,
                     write: FrameScan::server(),
                 });
+                self.flood = Some(flood::Flood::new(now));
+                self.conn.gate.off();
                 self.head_started = None;
             }
         }
+        None
     }
 
     /// Notes `n` bytes written from `bufs`.
@@ -450,8 +497,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
         if n == 0 {
             return;
         }
+        self.send_stalled = false;
         let Some(frames) = &mut self.frames else {
             self.last = Instant::now();
+            self.conn.gate.sent(n);
             return;
         };
         let mut used = false;
@@ -537,6 +586,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
+    /// A write the client refused: pending until the send timeout passes with no byte
+    /// accepted, then an error that closes the connection. One clock read per stall.
+    fn poll_send_timeout(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if !self.send_stalled {
+            self.send_stalled = true;
+            let at = Instant::now() + self.send;
+            match &mut self.send_timer {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let expired = match &mut self.send_timer {
+            Some(timer) => timer.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        if expired {
+            tracing::debug!("client accepted no bytes within the send timeout");
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout")));
+        }
+        Poll::Pending
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -547,8 +620,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<S> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.received(&buf.filled()[before..]);
+                if buf.filled().len() > before
+                    && let Some(why) = this.received(&buf.filled()[before..])
+                {
+                    tracing::debug!(reason = why, "HTTP/2 flood: connection closed");
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
                 }
                 Poll::Ready(result)
             }
@@ -572,8 +648,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
             return polled;
         }
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            this.sent(&bufs, n);
+        match polled {
+            Poll::Ready(Ok(n)) => this.sent(&bufs, n),
+            Poll::Pending => return this.poll_send_timeout(cx),
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }
@@ -588,8 +666,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
             return polled;
         }
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            this.sent(bufs, n);
+        match polled {
+            Poll::Ready(Ok(n)) => this.sent(bufs, n),
+            Poll::Pending => return this.poll_send_timeout(cx),
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }

@@ -100,14 +100,39 @@ const PREFACE_LEN: usize = 24;
 /// PING frame type (RFC 9113 §6.7).
 const PING: u8 = 0x6;
 
+/// HEADERS frame type (RFC 9113 §6.2).
+const HEADERS: u8 = 0x1;
+/// PRIORITY frame type (RFC 9113 §6.3).
+const PRIORITY: u8 = 0x2;
+/// RST_STREAM frame type (RFC 9113 §6.4).
+const RST_STREAM: u8 = 0x3;
+/// SETTINGS frame type (RFC 9113 §6.5).
+const SETTINGS: u8 = 0x4;
+/// The ACK flag of SETTINGS and PING.
+const ACK: u8 = 0x1;
+
 /// Follows HTTP/2 frame boundaries in one direction of a connection and tells whether the
 /// bytes carried anything but PINGs. Keep-alive PINGs (portico's own and the client's) must
-/// not keep an idle connection open; every other frame is use.
+/// not keep an idle connection open; every other frame is use. It also counts the frames the
+/// flood guard weighs (see `conn::flood`).
 #[derive(Debug)]
 pub(crate) struct FrameScan {
     frames: crate::h2frame::Frames,
     /// The payload being read belongs to a frame that counts as use.
     in_use: bool,
+    /// Counts of frames seen so far.
+    pub(crate) counts: FrameCounts,
+}
+
+/// Frames seen in one direction, by what they cost the server.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FrameCounts {
+    /// HEADERS frames: streams opened (and trailers).
+    pub(crate) headers: u64,
+    /// RST_STREAM frames.
+    pub(crate) resets: u64,
+    /// Frames that ask for work and carry none: PING and SETTINGS (not their ACKs), PRIORITY.
+    pub(crate) control: u64,
 }
 
 impl FrameScan {
@@ -116,6 +141,7 @@ impl FrameScan {
         FrameScan {
             frames: crate::h2frame::Frames::skipping(PREFACE_LEN),
             in_use: true,
+            counts: FrameCounts::default(),
         }
     }
 
@@ -124,6 +150,7 @@ impl FrameScan {
         FrameScan {
             frames: crate::h2frame::Frames::default(),
             in_use: true,
+            counts: FrameCounts::default(),
         }
     }
 
@@ -131,10 +158,18 @@ impl FrameScan {
     pub(crate) fn feed(&mut self, data: &[u8]) -> bool {
         let mut used = false;
         let in_use = &mut self.in_use;
+        let counts = &mut self.counts;
         self.frames.feed(data, |piece| match piece {
-            crate::h2frame::Piece::Header { kind, .. } => {
+            crate::h2frame::Piece::Header { kind, flags, .. } => {
                 *in_use = kind != PING;
                 used |= *in_use;
+                match kind {
+                    HEADERS => counts.headers += 1,
+                    RST_STREAM => counts.resets += 1,
+                    PING | SETTINGS if flags & ACK == 0 => counts.control += 1,
+                    PRIORITY => counts.control += 1,
+                    _ => {}
+                }
             }
             crate::h2frame::Piece::Payload => used |= *in_use,
         });

@@ -2233,3 +2233,36 @@ async fn compression_guide() {
     let error: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
     assert_eq!(error["error"], "payload_too_large");
 }
+
+#[tokio::test]
+async fn hardening_guide() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestUpstream::start("app").await;
+    let config = substitute(
+        &example("hardening.yaml"),
+        &ephemeral(&["0.0.0.0:8080"], &[("127.0.0.1:3000", &app)]),
+    );
+    let gw = Portico::start_in(&temp_dir("hardening"), &config);
+    let web = gw.addr("web");
+    let reply = get(&web, "/hello").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "app /hello"));
+    // A head that never ends is closed at the 5 s header_timeout, not before.
+    let mut stream = tokio::net::TcpStream::connect(&web).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    let after = start.elapsed();
+    assert!(
+        after >= Duration::from_millis(4500) && after < Duration::from_secs(10),
+        "{after:?}"
+    );
+    // A 16 KiB head limit: a bigger head gets 431.
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = crate::support::raw(&web, big.as_bytes(), Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}

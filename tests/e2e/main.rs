@@ -20,6 +20,8 @@ mod forward_auth;
 mod gateway;
 mod grpc;
 mod guides;
+mod h2flood;
+mod hardening;
 mod introspection;
 mod jwt;
 mod l4;

@@ -1,5 +1,6 @@
 //! Test support: real upstreams, the real binary, real clients. Everything on 127.0.0.1:0.
 
+pub mod attack;
 pub mod client;
 pub mod oidc;
 pub mod peer;
