@@ -58,6 +58,9 @@ pub(crate) struct StaticSite {
     pub(crate) dotfiles: bool,
     /// Whether links out of the root are followed.
     pub(crate) follow_symlinks: bool,
+    /// An index or fallback name holds a dot-segment the site hides (which only the slow
+    /// lookup refuses).
+    pub(crate) hidden_names: bool,
     /// Precompressed siblings, by preference.
     pub(crate) precompressed: Vec<Encoding>,
     /// Extra media types by lower-case extension.
@@ -161,7 +164,14 @@ pub(crate) fn compile(
     if diags.list.len() > before {
         return None;
     }
+    let hidden = |name: &[u8]| name.split(|&b| b == b'/').any(|c| c.starts_with(b"."));
+    let hidden_names = !spec.dotfiles
+        && (index.iter().any(|i| hidden(i.as_bytes()))
+            || fallback
+                .as_ref()
+                .is_some_and(|f: &PathBuf| hidden(f.as_os_str().as_encoded_bytes())));
     Some(StaticSite {
+        hidden_names,
         root: root?,
         strip_prefix,
         index,

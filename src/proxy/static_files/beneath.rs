@@ -64,12 +64,6 @@ fn open(root: &File, rel: &[u8]) -> Open {
     }
 }
 
-/// A name from the config (an index or the fallback) that the fast lookup leaves to the slow
-/// one: it names a dot-file the site hides, which only the slow lookup refuses.
-fn hidden(site: &StaticSite, name: &[u8]) -> bool {
-    !site.dotfiles && name.split(|&b| b == b'/').any(|c| c.starts_with(b"."))
-}
-
 /// The regular file `rel` (already opened as `file`), or its best precompressed sibling.
 fn with_sibling(
     root: &File,
@@ -126,7 +120,8 @@ pub(super) fn lookup(
     accepted: &[Encoding],
     fallback: bool,
 ) -> Option<Lookup> {
-    if !AVAILABLE.load(Ordering::Relaxed) {
+    // A hidden index or fallback name: only the slow lookup refuses it.
+    if site.hidden_names || !AVAILABLE.load(Ordering::Relaxed) {
         return None;
     }
     let root = rustix::fs::open(
@@ -150,9 +145,6 @@ pub(super) fn lookup(
             }
             let mut found = Lookup::Missing;
             for index in &site.index {
-                if hidden(site, index.as_bytes()) {
-                    return None;
-                }
                 let mut path = rel.clone();
                 if !path.is_empty() {
                     path.push(b'/');
@@ -176,11 +168,8 @@ pub(super) fn lookup(
     };
     Some(match (found, &site.fallback) {
         (Lookup::Missing, Some(name)) if fallback => {
-            let name = name.as_os_str().as_bytes();
-            if hidden(site, name) {
-                return None;
-            }
-            named(&root, name, accepted)?.map_or(Lookup::Missing, Lookup::File)
+            named(&root, name.as_os_str().as_bytes(), accepted)?
+                .map_or(Lookup::Missing, Lookup::File)
         }
         (found, _) => found,
     })

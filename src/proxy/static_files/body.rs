@@ -137,6 +137,18 @@ impl FileBody {
         }
     }
 
+    /// Puts back what is left of the span `offset..offset + len` once `done` bytes of it are
+    /// read (or being read).
+    fn rest(&mut self, offset: u64, len: u64, done: usize) {
+        let done = done as u64;
+        if len > done {
+            self.pieces.push_front(Piece::Span {
+                offset: offset + done,
+                len: len - done,
+            });
+        }
+    }
+
     /// The whole body at once, when it is one span of at most a chunk and in the page cache:
     /// a small file's answer then needs no body task at all.
     pub(super) fn read_small(&self) -> Option<Bytes> {
@@ -202,12 +214,7 @@ impl http_body::Body for FileBody {
                             ));
                         }
                         Some(Ok(k)) => {
-                            if len > k as u64 {
-                                this.pieces.push_front(Piece::Span {
-                                    offset: offset + k as u64,
-                                    len: len - k as u64,
-                                });
-                            }
+                            this.rest(offset, len, k);
                             this.left = this.left.saturating_sub(k as u64);
                             let data = Bytes::from_owner(Chunk { buf, len: k });
                             return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -215,12 +222,7 @@ impl http_body::Body for FileBody {
                         Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
                         None => {}
                     }
-                    if len > n as u64 {
-                        this.pieces.push_front(Piece::Span {
-                            offset: offset + n as u64,
-                            len: len - n as u64,
-                        });
-                    }
+                    this.rest(offset, len, n);
                     let file = Arc::clone(&this.file);
                     this.reading = Some(tokio::task::spawn_blocking(move || {
                         let k = read_blocking(&file, offset, &mut buf[..n])?;
