@@ -14,6 +14,10 @@
 #     (requests completed ÷ CPU seconds the proxy used in the measured window, summed over all
 #     its processes and threads from /proc/PID/stat utime+stime; the "proxy CPU%" column shows
 #     which side was the bottleneck).
+#   * What one request costs, printed per test and proxy under "Per request": the proxy's user
+#     and kernel CPU (µs per request, from utime and stime of the timed run), and the syscalls
+#     and heap allocations it makes per request, counted by `perf stat -p` in a separate
+#     COUNT_S-second run of the same load (see "counts per request" below; COUNTS=0 skips it).
 #   * Tests (each: WARMUP s of the same load, then DURATION s measured):
 #       root   wrk -t1 -c50 --latency  GET /
 #       16k    wrk -t1 -c50 --latency  GET /16k
@@ -221,6 +225,9 @@
 #                  table gains a portico/portico-base column (new ÷ base). Put `portico-base`
 #                  in PROXIES to choose its place; otherwise it follows portico.
 #   RESULTS=FILE   also save the raw per-run results (TSV) to FILE
+#   COUNTS [1]  COUNT_S [2] (s)   count syscalls and allocations per request in an extra
+#                  COUNT_S-second run after each timed wrk/h2load run (needs perf: linux-perf,
+#                  run as root for the libc uprobes)
 #   TRAEFIK_BIN    the traefik binary to use (default: found as described below)
 #   INSTALL [1]    0: never install anything; a missing reference proxy is then skipped with a
 #                  message, a missing load generator stops the script
@@ -309,6 +316,7 @@ if [[ ${INSTALL:-1} == 1 ]]; then
     have wrk || apt_need+=(wrk)
     have h2load || apt_need+=(nghttp2-client)
     have curl || apt_need+=(curl)
+    [[ ${COUNTS:-1} == 1 ]] && ! have perf && apt_need+=(linux-perf)
     [[ " $PROXIES " == *" nginx "* ]] && ! have nginx && apt_need+=(nginx-light)
     [[ " $PROXIES " == *" haproxy "* ]] && ! have haproxy && apt_need+=(haproxy)
     [[ " $PROXIES " == *" nginx "* && " $TESTS " == *" tcp_"* && ! -e $NGINX_STREAM_SO ]] &&
@@ -390,8 +398,10 @@ stop_tree() { # PID → TERM it (and descendants), KILL whatever is left after ~
 cleanup() {
     local pid
     for pid in "${STARTED[@]}"; do stop_tree "$pid"; done
+    ((PROBES_ADDED)) && perf probe -q -d 'probe_libc:*' 2>/dev/null
     rm -rf "$TMP"
 }
+PROBES_ADDED=0
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -471,6 +481,18 @@ cpu_ticks() { # PID → utime+stime (clock ticks) summed over the process tree, 
         total=$((total + f[11] + f[12]))
     done
     echo "$total"
+}
+
+cpu_split() { # PID → "utime stime" (clock ticks) summed over the process tree, all threads
+    local p stat user=0 sys=0
+    local -a f
+    for p in $(descendants "$1"); do
+        stat=$(cat /proc/"$p"/stat 2>/dev/null) || continue
+        read -r -a f <<<"${stat##*) }"
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
+    done
+    echo "$user $sys"
 }
 
 mem_kib() { # PID FIELD(VmRSS|VmHWM) → KiB summed over the process tree
@@ -1095,7 +1117,7 @@ configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BA
     log "traefik: $("$TRAEFIK" version | awk '$1 == "Version:" { print $2 }') ($TRAEFIK), GOMAXPROCS=1"
 
 # ---------------------------------------------------------------- load generators
-RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req valid
+RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req user_us sys_us syscalls allocs valid
 IDLE_TSV=$TMP/idle.tsv       # proxy round conns_held rss_before rss_held bytes_per_conn closed hwm_kib
 SLOW_TSV=$TMP/slow.tsv       # run round slow_share_pct raw_p50_ms raw_p99_ms
 
@@ -1137,10 +1159,11 @@ upstream_wchar() {
 # benchmark (e.g. a compiler), in % of one CPU — anything above a few % means noise.
 # W0/W1: upstream_wchar before and after.
 measured() {
-    local c0 c1 t0 t1 k0 k1 b0 b1
+    local c0 c1 t0 t1 k0 k1 b0 b1 u0 u1 s0 s1
     W0=$(upstream_wchar)
     OPENS=$(passive_opens)
     c0=$(cpu_ticks "$PROXY_PID")
+    read -r u0 s0 < <(cpu_split "$PROXY_PID")
     k0=$(known_ticks)
     b0=$(busy_ticks)
     t0=$(now)
@@ -1149,6 +1172,9 @@ measured() {
     b1=$(busy_ticks)
     k1=$(known_ticks)
     c1=$(cpu_ticks "$PROXY_PID")
+    read -r u1 s1 < <(cpu_split "$PROXY_PID")
+    USER_S=$(awk -v a="$u0" -v b="$u1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')
+    SYS_S=$(awk -v a="$s0" -v b="$s1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')
     OPENS=$(($(passive_opens) - OPENS))
     W1=$(upstream_wchar)
     CPU_S=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')
@@ -1158,7 +1184,7 @@ measured() {
 }
 
 record() { # TEST PROXY ROUND REQUESTS RPS P50 P99 ERRORS
-    local rpcs cpu_pct hwm cpr valid=1
+    local rpcs cpu_pct hwm cpr usr sys valid=1
     if ! alive "$PROXY_PID"; then
         log "$1 $2: the proxy exited during the run; not recorded"
         return 1
@@ -1167,18 +1193,99 @@ record() { # TEST PROXY ROUND REQUESTS RPS P50 P99 ERRORS
     cpr=$(awk -v o="$OPENS" -v n="$4" 'BEGIN { printf "%.2f", (n > 0 ? o / n : 0) }')
     rpcs=$(awk -v n="$4" -v c="$CPU_S" 'BEGIN { if (c > 0) printf "%.0f", n / c; else print "nan" }')
     cpu_pct=$(awk -v c="$CPU_S" -v w="$WALL_S" 'BEGIN { printf "%.0f", 100 * c / w }')
+    # Proxy CPU per request, user and kernel, in µs.
+    usr=$(awk -v n="$4" -v c="${USER_S:-nan}" 'BEGIN { if (n > 0 && c != "nan") printf "%.2f", 1e6 * c / n; else print "nan" }')
+    sys=$(awk -v n="$4" -v c="${SYS_S:-nan}" 'BEGIN { if (n > 0 && c != "nan") printf "%.2f", 1e6 * c / n; else print "nan" }')
     # More than 1% failed requests (a broken proxy answers 5xx fast): keep out of the medians.
     (($8 * 100 <= $4)) || valid=0
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" \
-        "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr" "$valid" >>"$RESULTS_TSV"
-    log "$(printf '%-10s %-12s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%  conns/req %s' \
-        "$1" "$2" "$5" "$rpcs" "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$5" "$rpcs" \
+        "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr" "$usr" "$sys" "$SYSC_PR" "$ALLOC_PR" \
+        "$valid" >>"$RESULTS_TSV"
+    log "$(printf '%-10s %-12s %7.0f req/s %7s req/CPU-s  CPU %3s%%  p50 %5.2f ms  p99 %6.2f ms  peak RSS %6s KiB  errors %s  other CPU %s%%  conns/req %s  µs/req user %s sys %s  syscalls/req %s  allocs/req %s' \
+        "$1" "$2" "$5" "$rpcs" "$cpu_pct" "$6" "$7" "$hwm" "$8" "$OTHER_PCT" "$cpr" "$usr" "$sys" "$SYSC_PR" "$ALLOC_PR")"
+    SYSC_PR=nan
+    ALLOC_PR=nan
     if ((OTHER_PCT > 5)); then
         log "warning: other processes used ${OTHER_PCT}% of a CPU during this run — it is noisy"
     fi
     if ((!valid)); then
         log "warning: $8 of $4 requests failed — run excluded from the medians"
     fi
+}
+
+# ---------------------------------------------------------------- counts per request
+# After each timed wrk/h2load run, a second, shorter run of the same load (COUNT_S seconds)
+# under `perf stat -p` on every thread of the proxy's processes counts the syscalls they make
+# (tracepoint raw_syscalls:sys_enter) and their heap allocations (uprobes on libc's malloc,
+# calloc, realloc, posix_memalign and aligned_alloc). Uprobes slow every allocation down, so
+# the timed run is never the counted one. Counts ÷ requests completed in the counted run are
+# stable whatever else the machine does. Go's allocator (Traefik) does not call malloc: its
+# allocation figure stays "-". COUNTS=0 skips the pass; without perf the figures are "-".
+COUNTS=${COUNTS:-1}
+COUNT_S=${COUNT_S:-2}
+COUNT_EVENTS=
+SYSC_PR=nan
+ALLOC_PR=nan
+setup_counts() {
+    ((COUNTS)) || return 0
+    if ! command -v perf >/dev/null || ! perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
+        log "counts: perf with the raw_syscalls tracepoint is not available (apt-get install linux-perf, run as root); syscalls and allocations per request are not measured"
+        COUNTS=0
+        return 0
+    fi
+    COUNT_EVENTS=raw_syscalls:sys_enter
+    local libc fn
+    libc=$(ldd "$PORTICO_BIN" 2>/dev/null | awk '$1 ~ /^libc\.so/ { print $3; exit }')
+    if [[ -n $libc ]]; then
+        perf probe -q -d 'probe_libc:*' >/dev/null 2>&1 || true
+        for fn in malloc calloc realloc posix_memalign aligned_alloc; do
+            if perf probe -q -x "$libc" --add "$fn" >/dev/null 2>&1; then
+                PROBES_ADDED=1
+                COUNT_EVENTS+=",probe_libc:$fn"
+            fi
+        done
+    fi
+    ((PROBES_ADDED)) || log "counts: no uprobes on libc's malloc ($libc); allocations per request are not measured"
+    log "counts: $COUNT_S s counted run after each timed one; events $COUNT_EVENTS"
+}
+# Runs CMD... (which writes the load generator's output to OUT) with perf counting the proxy;
+# sets COUNT_SYSCALLS and COUNT_ALLOCS (totals, or nan).
+count_run() { # OUT CMD...
+    local out=$1 pids csv=$TMP/perf.csv
+    shift
+    COUNT_SYSCALLS=nan COUNT_ALLOCS=nan
+    pids=$(descendants "$PROXY_PID" | paste -sd, -)
+    if ! perf stat -x, -o "$csv" -e "$COUNT_EVENTS" -p "$pids" -- "$@" >"$out" 2>/dev/null; then
+        return 1
+    fi
+    read -r COUNT_SYSCALLS COUNT_ALLOCS < <(awk -F, -v probes="$PROBES_ADDED" '
+        $3 ~ /sys_enter/ { if ($1 ~ /^[0-9]+$/) s += $1; else bad = 1 }
+        $3 ~ /probe_libc/ { if ($1 ~ /^[0-9]+$/) a += $1; else abad = 1 }
+        END { printf "%s %s\n", (bad ? "nan" : s + 0), ((abad || !probes) ? "nan" : a + 0) }' "$csv")
+}
+per_request() { # TOTAL REQUESTS → TOTAL/REQUESTS with 1 decimal, or nan
+    awk -v t="$1" -v n="$2" 'BEGIN { if (t == "nan" || n + 0 <= 0) print "nan"; else printf "%.1f", t / n }'
+}
+count_wrk() { # PROXY URL [wrk args...] → sets SYSC_PR and ALLOC_PR
+    local proxy=$1 url=$2 out=$TMP/count.out requests
+    shift 2
+    ((COUNTS)) || return 0
+    local -a wrk=(wrk)
+    if ((WRK_SHIM)); then
+        wrk=(env LD_PRELOAD="$TLS_SHIM" WRK_NO_RESUME="$WRK_NO_RESUME" WRK_TLS_STATS=/dev/null wrk)
+    fi
+    count_run "$out" taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c"${WRK_CONNS:-50}" -d"${COUNT_S}s" "$@" "$url" || return 0
+    requests=$(awk '/ requests in / { print $1 }' "$out")
+    SYSC_PR=$(per_request "$COUNT_SYSCALLS" "${requests:-0}")
+    [[ $proxy == traefik* ]] || ALLOC_PR=$(per_request "$COUNT_ALLOCS" "${requests:-0}")
+}
+count_h2load() { # PROXY URL → sets SYSC_PR and ALLOC_PR
+    local proxy=$1 url=$2 out=$TMP/count.out requests
+    ((COUNTS)) || return 0
+    count_run "$out" taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$COUNT_S" "$url" || return 0
+    requests=$(awk '/^requests:/ { print $8 }' "$out")
+    SYSC_PR=$(per_request "$COUNT_SYSCALLS" "${requests:-0}")
+    [[ $proxy == traefik* ]] || ALLOC_PR=$(per_request "$COUNT_ALLOCS" "${requests:-0}")
 }
 
 # run_wrk and run_h2load send their requests to BASE_URL when it is set (the TLS tests), else
@@ -1200,6 +1307,7 @@ run_wrk() { # TEST PROXY ROUND PATH [wrk args...]
     taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c"$conns" -d"${WARMUP}s" "$@" "$url" >/dev/null
     rm -f "$stats"
     measured taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c"$conns" -d"${DURATION}s" --latency "$@" "$url" >"$out"
+    count_wrk "$proxy" "$url" "$@"
     if ((WRK_SHIM)); then
         local full resumed
         { read -r _ full _ resumed <"$stats"; } 2>/dev/null || { full="?" resumed="?"; }
@@ -1229,6 +1337,7 @@ run_h2load() { # TEST PROXY ROUND
     taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$WARMUP" "$url" >/dev/null
     rm -f "$lat"
     measured taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$DURATION" --log-file="$lat" "$url" >"$out"
+    count_h2load "$2" "$url"
     local requests rps errors p50 p99
     # finished in 3.00s, 47262.00 req/s, ...
     rps=$(awk '/^finished in/ { print $4 }' "$out")
@@ -1550,6 +1659,7 @@ if [[ " $TESTS " == *" plugins "* ]]; then
     log "plugins: runs ${PLUGINS_RUNS[*]:-none}"
 fi
 touch "$RESULTS_TSV" "$IDLE_TSV" "$SLOW_TSV"
+setup_counts
 for ((round = 1; round <= ROUNDS; round++)); do
     log "---- round $round/$ROUNDS"
     for test in $TESTS; do
@@ -1584,7 +1694,7 @@ done
 
 if [[ -n ${RESULTS:-} ]]; then
     {
-        printf '# test\tproxy\tround\treq_s\treq_per_cpu_s\tproxy_cpu_pct\tp50_ms\tp99_ms\tpeak_rss_kib\terrors\tother_cpu_pct\tconns_per_req\tvalid\n'
+        printf '# test\tproxy\tround\treq_s\treq_per_cpu_s\tproxy_cpu_pct\tp50_ms\tp99_ms\tpeak_rss_kib\terrors\tother_cpu_pct\tconns_per_req\tuser_us_per_req\tsys_us_per_req\tsyscalls_per_req\tallocs_per_req\tvalid\n'
         cat "$RESULTS_TSV"
         printf '# idle\tproxy\tround\tconns\trss_before_kib\trss_held_kib\tbytes_per_conn\tclosed\tpeak_rss_kib\n'
         sed 's/^/idle\t/' "$IDLE_TSV"
@@ -1615,7 +1725,8 @@ def num(s):
         return float("nan")
 
 # (test, proxy) -> column -> [values over rounds]
-cols = ["req_s", "rpcs", "cpu", "p50", "p99", "hwm", "errors", "other", "cpr"]
+cols = ["req_s", "rpcs", "cpu", "p50", "p99", "hwm", "errors", "other", "cpr", "usr", "sys",
+        "sysc", "allocs"]
 data = {}
 excluded = []
 for r in rows(res_path):
@@ -1685,6 +1796,24 @@ def show(hdr, table):
     print()
 
 show(hdr, table)
+
+# What one request costs the proxy: CPU in user space and in the kernel (from the timed runs),
+# syscalls and heap allocations (from the counted runs; see "counts per request").
+chdr = ["test", "proxy", "user µs/req", "kernel µs/req", "syscalls/req", "allocs/req"]
+ctab = []
+for t in tests:
+    if t in ("idle", "slow", "plugins", "identity"):
+        continue
+    for p in proxies:
+        d = data.get((t, p))
+        if d:
+            ctab.append([t, p, f2(med(d, "usr")), f2(med(d, "sys")),
+                         "-" if med(d, "sysc") != med(d, "sysc") else f"{med(d, 'sysc'):.1f}",
+                         "-" if med(d, "allocs") != med(d, "allocs") else f"{med(d, 'allocs'):.1f}"])
+if ctab:
+    print("Per request (medians): proxy CPU split from the timed runs; syscalls and allocations")
+    print("from a separate counted run of the same load.")
+    show(chdr, ctab)
 
 if "idle" in tests and idle:
     ihdr = ["idle", "proxy", "conns held", "RSS before KiB", "RSS held KiB", "bytes/conn",
