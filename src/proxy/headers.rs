@@ -1,9 +1,10 @@
 //! Header rules for a proxy hop (RFC 9110 §7.6): hop-by-hop fields, `Via`, `X-Forwarded-*`,
 //! and the request id.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`.
@@ -194,8 +195,25 @@ pub(crate) fn new_request_id() -> HeaderValue {
         *byte = HEX[(bits & 0xf) as usize];
         bits >>= 4;
     }
+    // The id's bytes are cut from a per-thread arena, so that making one, and every clone of
+    // it (request header, response header, log), shares one buffer instead of allocating.
+    let id = ID_ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < out.len() {
+            *arena = BytesMut::with_capacity(ID_ARENA_SIZE);
+        }
+        arena.extend_from_slice(&out);
+        arena.split().freeze()
+    });
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Room for 256 request ids: a fresh arena (one allocation, and one more when it is first
+/// shared) every 256 requests of a thread. An arena lives while any of its ids does.
+const ID_ARENA_SIZE: usize = 32 * 256;
+
+thread_local! {
+    static ID_ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 #[cfg(test)]

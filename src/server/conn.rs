@@ -41,12 +41,12 @@ use crate::error::MAX_HEADER_FIELDS;
 use crate::proxy::pipeline::{ConnInfo, Framing, handle};
 use crate::runtime::Limits;
 
-/// hyper's cap on header lines in one HTTP/1.1 head. Above portico's own limit
-/// ([`MAX_HEADER_FIELDS`]), so a head a little over it gets portico's
-/// JSON 431; a flood past this cap gets hyper's 431, rewritten by `IdleIo`. hyper keeps room
-/// for this many lines on every head it parses (64 bytes each), so it stays modest.
-const HYPER_MAX_HEADERS: usize = 256;
-const _: () = assert!(HYPER_MAX_HEADERS > MAX_HEADER_FIELDS);
+/// hyper's cap on header lines in one HTTP/1.1 head: portico's own limit
+/// ([`MAX_HEADER_FIELDS`]). A head over it gets hyper's 431, which `IdleIo` rewrites into
+/// portico's JSON one. hyper keeps room for this many lines on every head it parses; up to
+/// its default of 100 that room is on the stack, above it two heap allocations per head.
+const HYPER_MAX_HEADERS: usize = MAX_HEADER_FIELDS;
+const _: () = assert!(HYPER_MAX_HEADERS <= 100);
 
 /// Builds hyper's server settings from a listener's limits.
 pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
