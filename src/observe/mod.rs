@@ -3,6 +3,7 @@
 pub(crate) mod access_log;
 pub(crate) mod l4;
 pub(crate) mod metrics;
+pub(crate) mod sharded;
 pub(crate) mod udp;
 
 pub(crate) use access_log::AccessLog;

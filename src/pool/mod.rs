@@ -51,7 +51,7 @@ pub(crate) fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-fn worker() -> usize {
+pub(crate) fn worker() -> usize {
     WORKER.with(std::cell::Cell::get)
 }
 

@@ -99,7 +99,7 @@ pub(crate) async fn handle(
     req: Request<Body>,
 ) -> (Response<Body>, Option<crate::ctx::StreamLimits>) {
     // This request keeps this config until it is done, whatever reloads happen meanwhile.
-    let snap = shared.snapshot.load_full();
+    let snap = shared.pin();
     let (head, body) = req.into_parts();
     let mut ctx = RequestCtx::new(
         headers::request_id(&head.headers),

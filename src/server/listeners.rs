@@ -230,7 +230,9 @@ impl ListenerSet {
             .map(|(handle, socket)| {
                 handle.spawn(accept_loop(
                     Arc::clone(shared),
-                    Arc::clone(&name),
+                    // Each worker's own copy: every connection and request clones it, and
+                    // its count is then written by that worker alone.
+                    Arc::from(&*name),
                     socket,
                     stopped.clone(),
                     Arc::clone(&limit),

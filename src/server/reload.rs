@@ -419,6 +419,10 @@ async fn try_reload(
     start_snapshot(&mut next, &shared.states, &shared.acme, &shared.metrics).await;
     let next = Arc::new(next);
     shared.snapshot.store(Arc::clone(&next));
+    // Each worker lets go of the old config (requests still on it keep it until they end).
+    for worker in workers {
+        worker.spawn(async { crate::runtime::shared::unpin() });
+    }
     // Tunnels check that their route and upstream are still there.
     shared.generation.send_modify(|g| *g = g.wrapping_add(1));
     commit_registry(shared);
