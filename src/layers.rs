@@ -11,6 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "aggregate",
         "random",
+        "worker",
         "background",
         "body",
         "consumer",

@@ -20,7 +20,7 @@
 //! and `fuzz` are public:
 //!
 //! ```text
-//! leaves     body ctx error consumer view proxy_protocol random background config health
+//! leaves     body ctx error consumer view proxy_protocol random worker background config health
 //! state      observe  tls  pool                                            (pool: its own ConnectError, active checks)
 //! choice     routing  balance  plugins
 //! compiled   runtime (compile, Snapshot, Shared, explain)
@@ -58,3 +58,4 @@ pub(crate) mod runtime;
 pub(crate) mod server;
 pub(crate) mod tls;
 pub(crate) mod view;
+pub(crate) mod worker;

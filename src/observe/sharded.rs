@@ -2,7 +2,7 @@
 //! path no cache line is written by more than one worker, and the exposition is the same as
 //! prometheus-client's own types give.
 //!
-//! A thread writes the shard of its worker (see [`crate::pool::set_worker`]); the control
+//! A thread writes the shard of its worker (see [`crate::worker`]); the control
 //! thread, the blocking pool and the admin API share shard 0. Each shard sits on its own
 //! cache lines.
 
@@ -18,7 +18,7 @@ pub(crate) const SHARDS: usize = 8;
 
 /// The shard the current thread writes.
 fn shard() -> usize {
-    crate::pool::worker() % SHARDS
+    crate::worker::index() % SHARDS
 }
 
 /// One cache line of counters.
@@ -228,7 +228,7 @@ mod tests {
             for worker in 1..=4 {
                 let (counter, gauge) = (counter.clone(), gauge.clone());
                 s.spawn(move || {
-                    crate::pool::set_worker(worker);
+                    crate::worker::set(worker);
                     for _ in 0..1000 {
                         counter.inc();
                         gauge.inc();

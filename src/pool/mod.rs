@@ -42,17 +42,13 @@ use idle::Lease;
 /// of the upstream's answer here; the rest waits in the kernel and at the upstream.
 const UPSTREAM_READ_AHEAD: usize = 32 << 10;
 
-std::thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 /// Marks the current thread as worker `index` (0 is the control thread).
 pub(crate) fn set_worker(index: usize) {
-    WORKER.with(|w| w.set(index));
+    crate::worker::set(index);
 }
 
-pub(crate) fn worker() -> usize {
-    WORKER.with(std::cell::Cell::get)
+fn worker() -> usize {
+    crate::worker::index()
 }
 
 /// Live state of one target: its addresses, its load and its idle connections.
