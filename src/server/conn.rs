@@ -79,8 +79,9 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(
             u32::try_from(limits.max_header_size + limits.max_uri_length).unwrap_or(u32::MAX),
         )
-        // Dead peers are found within the idle timeout; pings are not use (see `IdleIo`).
-        .keep_alive_interval(Some(keep_alive_interval(limits.idle_timeout)));
+        // No keep-alive PINGs (and no timer for them on every connection): the idle timeout
+        // ends an unused connection, the route's stream limits a stream in progress.
+        .keep_alive_interval(None);
     builder
 }
 
@@ -88,11 +89,6 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 const PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the server may reset for the client's protocol errors on one connection.
 const LOCAL_ERROR_RESETS: usize = 200;
-
-/// HTTP/2 keep-alive PING interval: half the idle timeout, at most 30 s.
-fn keep_alive_interval(idle: Duration) -> Duration {
-    (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(30))
-}
 
 struct ConnState {
     shared: Arc<Shared>,
