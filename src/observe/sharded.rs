@@ -108,6 +108,59 @@ impl EncodeMetric for Gauge {
     }
 }
 
+/// A position that every worker advances on its own (a round-robin cursor), on a cache line
+/// of its own. Every worker starts at 0: a lone worker picks in the configured order.
+#[derive(Debug, Default)]
+pub(crate) struct Cursor(Box<[Line; SHARDS]>);
+
+impl Cursor {
+    /// This worker's position, moved on by one.
+    pub(crate) fn advance(&self) -> usize {
+        Self::wide(self.0[shard()].0[0].fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// This worker's position, unmoved.
+    pub(crate) fn get(&self) -> usize {
+        Self::wide(self.0[shard()].0[0].load(Ordering::Relaxed))
+    }
+
+    fn wide(position: u64) -> usize {
+        // Positions are taken modulo a table length: the low bits are the ones that matter.
+        #[allow(clippy::cast_possible_truncation)]
+        let position = position as usize;
+        position
+    }
+}
+
+/// Requests counted per second for a ratio (the retry budget): each worker counts in its
+/// own line, tagged with the second it counts for; a line from an earlier second counts 0.
+#[derive(Debug, Default)]
+pub(crate) struct PerSecond(Box<[Line; SHARDS]>);
+
+impl PerSecond {
+    /// Counts one in second `second`.
+    pub(crate) fn inc(&self, second: u64) {
+        let line = &self.0[shard()].0;
+        if line[0].load(Ordering::Relaxed) == second {
+            line[1].fetch_add(1, Ordering::Relaxed);
+        } else {
+            // A new second: a worker sharing the shard may race this reset, and a count is
+            // then lost. The budget is a ratio; one request more or less does not move it.
+            line[1].store(1, Ordering::Relaxed);
+            line[0].store(second, Ordering::Relaxed);
+        }
+    }
+
+    /// The count of second `second`, over every worker.
+    pub(crate) fn get(&self, second: u64) -> u64 {
+        self.0
+            .iter()
+            .filter(|line| line.0[0].load(Ordering::Relaxed) == second)
+            .map(|line| line.0[1].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
 /// A histogram of durations. Each shard keeps its bucket counts, its count and its sum in
 /// nanoseconds (an integer add, no compare-and-swap on a float) on cache lines of its own.
 #[derive(Debug, Clone)]
@@ -264,6 +317,35 @@ mod tests {
         let mut b = Registry::default();
         b.register("d", "Durations", theirs);
         assert_eq!(text(&a), text(&b));
+    }
+
+    #[test]
+    fn cursors_and_per_second_counts_are_per_worker() {
+        let cursor = Cursor::default();
+        assert_eq!(
+            (cursor.advance(), cursor.advance(), cursor.get()),
+            (0, 1, 2)
+        );
+        let counts = PerSecond::default();
+        std::thread::scope(|s| {
+            for worker in 1..=3 {
+                let (cursor, counts) = (&cursor, &counts);
+                s.spawn(move || {
+                    crate::worker::set(worker);
+                    assert_eq!(cursor.advance(), 0);
+                    for _ in 0..10 {
+                        counts.inc(7);
+                    }
+                    counts.inc(8);
+                    counts.inc(8);
+                });
+            }
+        });
+        counts.inc(7);
+        assert_eq!(counts.get(8), 6);
+        // Shard 0 still counts second 7; the workers moved on to 8.
+        assert_eq!(counts.get(7), 1);
+        assert_eq!(counts.get(9), 0);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -670,7 +669,7 @@ fn compile_upstream(
         BalanceSpec::RoundRobin => match smooth_sequence(&weights) {
             Some(sequence) => Algorithm::RoundRobin {
                 sequence,
-                next: AtomicUsize::new(0),
+                next: Default::default(),
             },
             None => {
                 diags.error(
@@ -686,7 +685,7 @@ fn compile_upstream(
             }
         },
         BalanceSpec::LeastRequest => Algorithm::LeastRequest {
-            next: AtomicUsize::new(0),
+            next: Default::default(),
         },
         BalanceSpec::Random => Algorithm::Random,
         BalanceSpec::P2cEwma => Algorithm::P2cEwma,
@@ -1233,7 +1232,7 @@ fn compile_route(
         find(name, diags).map(|u| Action::Forward {
             arms: vec![u],
             sequence: vec![0],
-            next: AtomicUsize::new(0),
+            next: Default::default(),
         })
     } else if let Some(split) = &spec.split {
         let mut arms = Vec::new();
@@ -1251,7 +1250,7 @@ fn compile_route(
             Some(sequence) if arms.len() == split.len() => Some(Action::Forward {
                 arms,
                 sequence,
-                next: AtomicUsize::new(0),
+                next: Default::default(),
             }),
             Some(_) => None,
             None => {
