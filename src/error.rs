@@ -271,7 +271,8 @@ impl ProxyError {
 
     /// The JSON error response.
     pub(crate) fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
-        let mut response = error_response(self.status(), self.code(), &self.to_string(), request_id);
+        let mut response =
+            error_response(self.status(), self.code(), &self.to_string(), request_id);
         let retry_after = match self {
             ProxyError::ClientRateLimited { retry_after } => Some(*retry_after),
             // A place opens within moments; a second is the shortest the field says.

@@ -126,7 +126,10 @@ impl Shed {
                 Err(now) => now,
             };
         }
-        limit.clamp(adaptive.min_limit, overload.max_in_flight.max(adaptive.min_limit))
+        limit.clamp(
+            adaptive.min_limit,
+            overload.max_in_flight.max(adaptive.min_limit),
+        )
     }
 
     fn take(&self, admission: &Arc<Admission>, overload: &Overload) -> Option<InFlight> {
@@ -166,7 +169,11 @@ impl Shed {
     }
 
     /// A place now, unless others are already waiting (they go first) or none is free.
-    pub(super) fn admit(&self, admission: &Arc<Admission>, overload: &Overload) -> Option<InFlight> {
+    pub(super) fn admit(
+        &self,
+        admission: &Arc<Admission>,
+        overload: &Overload,
+    ) -> Option<InFlight> {
         if self.queued.load(Ordering::Acquire) > 0 && !overload.queue_timeout.is_zero() {
             return None;
         }
@@ -210,7 +217,12 @@ impl Shed {
         let interval = u64::try_from(adaptive.interval.as_nanos()).unwrap_or(u64::MAX);
         if self
             .next_update
-            .compare_exchange(due, now.saturating_add(interval), Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                due,
+                now.saturating_add(interval),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_err()
         {
             return;

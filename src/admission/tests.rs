@@ -108,7 +108,11 @@ fn the_request_rate_is_gcra_per_address() {
         let _ = rates.check(IpAddr::from(n.to_be_bytes()), &small, 16, ms);
     }
     assert!(rates.tracked() <= 16);
-    assert!(rates.check(ip("198.51.100.1"), &small, 16, 1000 * ms).is_ok());
+    assert!(
+        rates
+            .check(ip("198.51.100.1"), &small, 16, 1000 * ms)
+            .is_ok()
+    );
 }
 
 #[test]

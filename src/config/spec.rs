@@ -517,10 +517,10 @@ pub(crate) struct RouteSpec {
     pub(crate) grpc_transcode: Option<At<GrpcTranscodeSpec>>,
 }
 
+pub(crate) use super::spec_admission::{OverloadSpec, RequestsPerIpSpec};
 pub(crate) use super::spec_proxy_protocol::{ProxyProtocolAcceptSpec, ProxyProtocolVersion};
 pub(crate) use super::spec_transcode::{GrpcTranscodeSpec, StreamFormatSpec};
 pub(crate) use super::spec_trusted::TrustedProxiesSpec;
-pub(crate) use super::spec_admission::{OverloadSpec, RequestsPerIpSpec};
 pub(crate) use super::spec_udp::UdpSpec;
 
 /// `path_policy:` of a route (docs/config.md, "Path normalisation").

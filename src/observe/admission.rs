@@ -139,12 +139,19 @@ impl ListenerAdmissionMetrics {
         self.handles.requests[reason.index()]
             .get_or_init(|| {
                 let labels = self.labels(reason);
-                self.families.requests_refused.get_or_create(&labels).clone()
+                self.families
+                    .requests_refused
+                    .get_or_create(&labels)
+                    .clone()
             })
             .inc();
     }
 
-    fn gauge<'a>(&'a self, cell: &'a OnceLock<Gauge>, family: &Family<ListenerLabels, Gauge>) -> &'a Gauge {
+    fn gauge<'a>(
+        &'a self,
+        cell: &'a OnceLock<Gauge>,
+        family: &Family<ListenerLabels, Gauge>,
+    ) -> &'a Gauge {
         cell.get_or_init(|| {
             family
                 .get_or_create(&ListenerLabels {

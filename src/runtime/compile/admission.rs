@@ -71,7 +71,10 @@ pub(super) fn overload(spec: &ListenerSpec, diags: &mut Diagnostics) -> Option<O
     }
     let adaptive = overload.adaptive.as_ref().map(|a| {
         if *a.min_limit == 0 {
-            diags.error(a.min_limit.pos, "overload.adaptive.min_limit must be at least 1");
+            diags.error(
+                a.min_limit.pos,
+                "overload.adaptive.min_limit must be at least 1",
+            );
         }
         if *a.min_limit > *overload.max_in_flight {
             diags.error(
@@ -96,7 +99,10 @@ pub(super) fn overload(spec: &ListenerSpec, diags: &mut Diagnostics) -> Option<O
             );
         }
         if !(a.tolerance.is_finite() && *a.tolerance >= 1.0) {
-            diags.error(a.tolerance.pos, "overload.adaptive.tolerance must be at least 1");
+            diags.error(
+                a.tolerance.pos,
+                "overload.adaptive.tolerance must be at least 1",
+            );
         }
         Adaptive {
             initial_limit: *a.initial_limit,
