@@ -371,3 +371,44 @@ async fn the_adaptive_limit_falls_when_upstream_latency_rises_and_recovers_when_
         assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     }
 }
+
+#[test]
+fn bad_admission_keys_are_refused_with_their_place() {
+    let dir = crate::support::temp_dir("admission-keys");
+    let file = dir.join("portico.yaml");
+    std::fs::write(
+        &file,
+        "\
+listeners:
+  - name: web
+    bind: 127.0.0.1:0
+    limits: { ipv6_prefix: 0, requests_per_ip: { limit: 0, window: 1s } }
+    overload: { max_in_flight: 2, adaptive: { min_limit: 5 } }
+  - name: db
+    bind: 127.0.0.1:0
+    protocol: tcp
+    upstream: u
+    overload: { max_in_flight: 2 }
+routes:
+  - { name: all, respond: { status: 200 } }
+upstreams:
+  u: { targets: [ { address: '127.0.0.1:1' } ] }
+",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let (code, _, stderr) = crate::support::cli(&["validate", "-c", &file]);
+    assert_ne!(code, 0);
+    for want in [
+        format!("{file}:3:11: limits.ipv6_prefix must be from 1 to 128"),
+        format!("{file}:4:57: requests_per_ip.limit must be at least 1"),
+        format!("{file}:5:58: overload.adaptive.min_limit (5) is above max_in_flight (2)"),
+        format!("{file}:6:11: overload applies to http and https listeners"),
+    ] {
+        assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains(":0:0:"),
+        "an error without its place:\n{stderr}"
+    );
+}

@@ -2,8 +2,8 @@
 //! `limits.requests_per_ip`, `limits.ipv6_prefix`, `limits.max_clients` and `overload`.
 
 use crate::admission::{Adaptive, Overload, PerIp, Rate};
-use crate::config::Diagnostics;
 use crate::config::spec::{ListenerProtocol, ListenerSpec};
+use crate::config::{Diagnostics, Pos};
 
 /// The per-address limits; `None` when the listener sets neither.
 pub(super) fn per_ip(spec: &ListenerSpec, diags: &mut Diagnostics) -> Option<PerIp> {
@@ -59,7 +59,15 @@ pub(super) fn per_ip(spec: &ListenerSpec, diags: &mut Diagnostics) -> Option<Per
 /// The listener's load shedding, if any.
 pub(super) fn overload(spec: &ListenerSpec, diags: &mut Diagnostics) -> Option<Overload> {
     let overload = spec.overload.as_ref()?;
-    let at = overload.max_in_flight.pos;
+    // A key left to its default has no place of its own: its listener's name stands for it.
+    let place = |pos: Pos| {
+        if pos == Pos::default() {
+            spec.name.pos
+        } else {
+            pos
+        }
+    };
+    let at = place(overload.max_in_flight.pos);
     if spec.protocol.is_l4() {
         diags.error(
             spec.name.pos,
@@ -70,22 +78,25 @@ pub(super) fn overload(spec: &ListenerSpec, diags: &mut Diagnostics) -> Option<O
         diags.error(at, "overload.max_in_flight must be at least 1");
     }
     let adaptive = overload.adaptive.as_ref().map(|a| {
+        let max = *overload.max_in_flight;
         if *a.min_limit == 0 {
             diags.error(
-                a.min_limit.pos,
+                place(a.min_limit.pos),
                 "overload.adaptive.min_limit must be at least 1",
             );
         }
-        if *a.min_limit > *overload.max_in_flight {
+        if *a.min_limit > max {
             diags.error(
-                a.min_limit.pos,
+                place(a.min_limit.pos),
                 format!(
                     "overload.adaptive.min_limit ({}) is above max_in_flight ({})",
                     *a.min_limit, *overload.max_in_flight
                 ),
             );
         }
-        if !(*a.min_limit..=*overload.max_in_flight).contains(&*a.initial_limit) {
+        // The default initial limit fits itself into the range; one written must be in it.
+        let explicit = a.initial_limit.pos != Pos::default();
+        if explicit && !(*a.min_limit..=max).contains(&*a.initial_limit) {
             diags.error(
                 a.initial_limit.pos,
                 "overload.adaptive.initial_limit must be from min_limit to max_in_flight",
@@ -93,19 +104,19 @@ pub(super) fn overload(spec: &ListenerSpec, diags: &mut Diagnostics) -> Option<O
         }
         if a.interval.0.is_zero() || a.min_rtt_interval.0 < a.interval.0 {
             diags.error(
-                a.min_limit.pos,
+                spec.name.pos,
                 "overload.adaptive needs an interval longer than 0 and a min_rtt_interval at \
                  least as long",
             );
         }
         if !(a.tolerance.is_finite() && *a.tolerance >= 1.0) {
             diags.error(
-                a.tolerance.pos,
+                place(a.tolerance.pos),
                 "overload.adaptive.tolerance must be at least 1",
             );
         }
         Adaptive {
-            initial_limit: *a.initial_limit,
+            initial_limit: (*a.initial_limit).min(max).max((*a.min_limit).max(1)),
             min_limit: (*a.min_limit).max(1),
             interval: a.interval.0,
             min_rtt_interval: a.min_rtt_interval.0,
