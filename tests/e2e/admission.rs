@@ -412,3 +412,23 @@ upstreams:
         "an error without its place:\n{stderr}"
     );
 }
+
+#[tokio::test]
+async fn connection_counts_hold_across_a_reload() {
+    let up = TestUpstream::start("up").await;
+    let config = |limits: &str| fill(PER_IP, &[("UP", &up.addr()), ("LIMITS", limits)]);
+    let gw = Portico::start(&config("{ connections_per_ip: 1 }"));
+    let addr = gw.addr("web");
+    let mut held = h1_on(connect_from([127, 0, 0, 1], &addr).await).await;
+    assert_eq!(send(&mut held, "/a").await.status, 200);
+    // A reload that changes other limits keeps the count: the connection opened before it
+    // still holds the address's one place.
+    assert!(gw.reload(&config("{ connections_per_ip: 1, idle_timeout: 30s }")));
+    let mut second = connect_from([127, 0, 0, 1], &addr).await;
+    assert!(closed_unanswered(&mut second, Duration::from_secs(5)).await);
+    // A reload that raises the limit lets a second one in.
+    assert!(gw.reload(&config("{ connections_per_ip: 2 }")));
+    let mut third = h1_on(connect_from([127, 0, 0, 1], &addr).await).await;
+    assert_eq!(send(&mut third, "/b").await.status, 200);
+    assert_eq!(send(&mut held, "/c").await.status, 200);
+}
