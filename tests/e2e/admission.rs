@@ -198,6 +198,41 @@ async fn the_request_rate_per_ip_answers_429_with_retry_after_and_recovers() {
     );
 }
 
+#[tokio::test]
+async fn each_http2_stream_counts_as_a_request() {
+    let up = TestUpstream::start("up").await;
+    let gw = Portico::start(&fill(
+        PER_IP,
+        &[
+            ("UP", &up.addr()),
+            ("LIMITS", "{ requests_per_ip: { limit: 2, window: 10s } }"),
+        ],
+    ));
+    let addr = gw.addr("web");
+    let stream = TcpStream::connect(&addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for n in 0..3 {
+        let req = Request::get(format!("http://example.com/h2/{n}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let reply = read(sender.send_request(req).await.unwrap()).await;
+        statuses.push(reply.status);
+        if reply.status == 429 {
+            assert_eq!(reply.json()["error"], "rate_limited");
+            let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+            assert!((1..=5).contains(&retry_after), "Retry-After: {retry_after}");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
 const OVERLOAD: &str = "\
 admin: { listen: 127.0.0.1:0 }
 listeners:
@@ -244,7 +279,7 @@ async fn past_max_in_flight_a_request_waits_the_queue_timeout_then_gets_503_over
     // A health check is never shed.
     let started = Instant::now();
     assert_eq!(get(&addr, "/healthz").await.status, 200);
-    assert!(started.elapsed() < Duration::from_millis(250));
+    assert!(started.elapsed() < Duration::from_secs(1));
     // The third waits in the queue, then is refused.
     let started = Instant::now();
     let third = get(&addr, "/slow/10").await;
