@@ -62,6 +62,7 @@ impl Gateway {
             scheme: "http",
             client_cert: None,
             tunnels: None,
+            admission: None,
         };
         let shared = Shared::new(
             snapshot,

@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
         "config",
         "health",
     ],
-    &["observe", "tls", "pool"],
+    &["observe", "admission", "tls", "pool"],
     &["routing", "balance", "plugins"],
     &["runtime"],
     &["proxy", "l4"],

@@ -21,7 +21,7 @@
 //!
 //! ```text
 //! leaves     body ctx error consumer view proxy_protocol random worker background config health
-//! state      observe  tls  pool                                            (pool: its own ConnectError, active checks)
+//! state      observe  admission  tls  pool                                      (pool: its own ConnectError, active checks)
 //! choice     routing  balance  plugins
 //! compiled   runtime (compile, Snapshot, Shared, explain)
 //! request    proxy (pipeline, forward, headers)  l4
@@ -29,6 +29,7 @@
 //! ```
 
 pub(crate) mod admin;
+pub(crate) mod admission;
 pub(crate) mod aggregate;
 pub(crate) mod background;
 pub(crate) mod balance;

@@ -12,6 +12,7 @@ mod reference;
 pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
+mod spec_admission;
 pub(crate) mod spec_cache;
 pub(crate) mod spec_compression;
 pub(crate) mod spec_forward_auth;

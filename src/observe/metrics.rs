@@ -124,6 +124,7 @@ pub(crate) struct Metrics {
     cache_requests: Family<CacheLabels, Counter>,
     cache_bytes: Gauge,
     oidc: Family<OidcLabels, Counter>,
+    admission: super::admission::AdmissionMetrics,
 }
 
 /// Labels of `portico_oidc_events_total`.
@@ -249,7 +250,9 @@ impl Metrics {
             "Bytes held by the cache stores",
             cache_bytes.clone(),
         );
+        let admission = super::admission::AdmissionMetrics::register(&mut registry);
         Metrics {
+            admission,
             oidc,
             cache_requests,
             cache_bytes,
@@ -359,6 +362,11 @@ impl Metrics {
                 target: target.to_owned(),
             })
             .set(i64::from(healthy));
+    }
+
+    /// The admission series of one listener (per-address limits and overload).
+    pub(crate) fn admission(&self, listener: &str) -> super::admission::ListenerAdmissionMetrics {
+        self.admission.listener(listener)
     }
 
     /// The `portico_oidc_events_total` family.

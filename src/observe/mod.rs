@@ -1,6 +1,7 @@
 //! Stage `log`: metrics and the access log.
 
 pub(crate) mod access_log;
+pub(crate) mod admission;
 pub(crate) mod l4;
 pub(crate) mod metrics;
 pub(crate) mod sharded;

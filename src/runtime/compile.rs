@@ -374,7 +374,9 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                 max_concurrent_streams: limits.max_concurrent_streams.max(1),
                 send_timeout: limits.send_timeout.0,
                 send_buffer: limits.send_buffer.bytes(),
+                per_ip: admission::per_ip(spec_listener, &mut diags),
             },
+            overload: admission::overload(spec_listener, &mut diags),
             routes: attached,
             table,
             tls: listener_tls,
@@ -1506,6 +1508,7 @@ fn compile_headers(
     headers
 }
 
+mod admission;
 mod aggregate;
 mod checks;
 mod l4;

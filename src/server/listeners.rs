@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::Shared;
 use super::conn;
+use crate::admission::Admission;
 use crate::proxy::pipeline::{ClientCert, ConnInfo};
 use crate::runtime::Limits;
 
@@ -224,6 +225,9 @@ impl ListenerSet {
             .unwrap_or(configured);
         let (stop, stopped) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(max_connections));
+        // Shared by every worker's loop and kept for the listener's life: counts and rates
+        // per client address hold across workers and reloads.
+        let admission = Arc::new(Admission::new(shared.metrics.admission(&name)));
         let tasks = workers
             .iter()
             .zip(sockets)
@@ -235,7 +239,7 @@ impl ListenerSet {
                     Arc::from(&*name),
                     socket,
                     stopped.clone(),
-                    Arc::clone(&limit),
+                    (Arc::clone(&limit), Arc::clone(&admission)),
                 ))
             })
             .collect();
@@ -281,7 +285,7 @@ async fn accept_loop(
     name: Arc<str>,
     socket: std::net::TcpListener,
     mut stopped: watch::Receiver<bool>,
-    limit: Arc<Semaphore>,
+    (limit, admission): (Arc<Semaphore>, Arc<Admission>),
 ) {
     let listener = match tokio::net::TcpListener::from_std(socket) {
         Ok(l) => l,
@@ -332,6 +336,17 @@ async fn accept_loop(
         let Some((_, builder, limits)) = cached.as_ref() else {
             continue;
         };
+        // Per client address, before anything is spent on the connection (a PROXY header's
+        // address is checked on the connection's task, once read).
+        let slot = match &limits.per_ip {
+            Some(per_ip) if config.proxy_protocol.is_none() => {
+                match admission.connect(client.ip(), per_ip) {
+                    Ok(slot) => slot,
+                    Err(_) => continue,
+                }
+            }
+            _ => None,
+        };
         let gauge = gauge.clone();
         gauge.inc();
         if let Some(accept) = config.proxy_protocol.clone() {
@@ -339,6 +354,7 @@ async fn accept_loop(
             // its addresses then stand for the socket's from the first byte served.
             let (shared, name) = (Arc::clone(&shared), Arc::clone(&name));
             let lifecycle = connections.lifecycle();
+            let admission = Arc::clone(&admission);
             tokio::spawn(async move {
                 let mut stream = stream;
                 let addrs = (client, local_addr(&stream, bound));
@@ -347,12 +363,20 @@ async fn accept_loop(
                 if let Some((client, local)) = conveyed.await {
                     let snap = shared.snapshot.load_full();
                     if let Some(config) = snap.listener(&name) {
-                        let (builder, limits) = (conn::builder(&config.limits), config.limits);
-                        let addrs = (client, local);
-                        serve_connection(
-                            &shared, &name, config, stream, addrs, &builder, &limits, lifecycle,
-                        )
-                        .await;
+                        let slot = match &config.limits.per_ip {
+                            Some(per_ip) => admission.connect(client.ip(), per_ip),
+                            None => Ok(None),
+                        };
+                        if let Ok(slot) = slot {
+                            let (builder, limits) = (conn::builder(&config.limits), config.limits);
+                            let addrs = (client, local);
+                            let served = serve_connection(
+                                &shared, &name, config, stream, addrs, &builder, &limits,
+                                lifecycle, admission,
+                            );
+                            served.await;
+                            drop(slot);
+                        }
                     }
                 }
                 gauge.dec();
@@ -370,11 +394,12 @@ async fn accept_loop(
             builder,
             limits,
             connections.lifecycle(),
+            Arc::clone(&admission),
         );
         tokio::spawn(async move {
             served.await;
             gauge.dec();
-            drop(permit);
+            drop((permit, slot));
         });
     }
     drop(listener);
@@ -403,6 +428,7 @@ fn serve_connection(
     builder: &Builder<TokioExecutor>,
     limits: &Limits,
     lifecycle: Lifecycle,
+    admission: Arc<Admission>,
 ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     if config.passthrough.is_some() || config.stream.is_some() {
         // Layer 4: the snapshot travels with the connection, like a request's does; the
@@ -429,6 +455,7 @@ fn serve_connection(
         scheme: "http",
         client_cert: None,
         tunnels: None,
+        admission: Some(admission),
     };
     match &config.tls {
         None => Box::pin(conn::serve(

@@ -6,6 +6,7 @@
 mod support;
 
 mod acme;
+mod admission;
 mod aggregate;
 mod cache;
 mod cache_disk;
