@@ -158,10 +158,18 @@ where
     async move {
         let mut conn = std::pin::pin!(conn);
         let mut closing = false;
+        let mut awaiting_first = false;
         loop {
             // Also checked here: a TLS handshake may end after the listener changed phase.
             match lifecycle.phase() {
                 Phase::Run => {}
+                // Accepted just before the drain, with no request read yet: hyper would close
+                // it unread (its protocol is not known yet) and the client, whose request is
+                // on the way, would see a reset. Its first request is served first; then it
+                // closes (HTTP/1.1: keep-alive off; HTTP/2: GOAWAY after that stream).
+                Phase::Drain if !closing && idle.started.load(Ordering::Relaxed) == 0 => {
+                    awaiting_first = true;
+                }
                 Phase::Drain if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -198,6 +206,8 @@ where
                     }
                     return;
                 }
+                // Looks again for that first request; only while draining such a connection.
+                () = tokio::time::sleep(FIRST_REQUEST_POLL), if awaiting_first && !closing => {}
                 () = idle.idle.notified(), if !closing => {
                     // HTTP/2 went idle: GOAWAY, then hyper closes once no stream is open.
                     closing = true;
@@ -218,6 +228,9 @@ where
         }
     }
 }
+
+/// How often a draining connection that has not sent its first request yet is looked at.
+const FIRST_REQUEST_POLL: Duration = Duration::from_millis(5);
 
 /// How long an HTTP/2 connection carrying tunnels stays after the drain deadline, for their
 /// close frames.

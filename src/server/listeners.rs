@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub(crate) struct Bound {
     pub(crate) udp: bool,
     pub(super) stop: watch::Sender<bool>,
     pub(super) tasks: Vec<JoinHandle<()>>,
+    /// Duplicates of its sockets, kept to hand to a new process when `upgrade` is on (empty
+    /// otherwise); closed with the listener, so a removed listener's sockets do close.
+    pub(super) fds: Vec<OwnedFd>,
 }
 
 /// Every bound listener, by name; owned by the control thread.
@@ -38,6 +42,9 @@ pub(crate) struct Bound {
 pub(crate) struct ListenerSet {
     /// Bound listeners by name.
     pub(crate) bound: HashMap<Arc<str>, Bound>,
+    /// Whether each listener keeps duplicates of its sockets for a handover
+    /// ([`super::upgrade`]).
+    pub(crate) keep_fds: bool,
 }
 
 /// Where a listener's connections are in their life.
@@ -224,8 +231,12 @@ impl ListenerSet {
             .unwrap_or(configured);
         let (stop, stopped) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(max_connections));
+        let fds = self.keep(&sockets, std::net::TcpListener::try_clone)?;
+        // Sockets handed over by a process with more workers are all served: a socket left
+        // unaccepted would hold the connections the kernel gives it.
         let tasks = workers
             .iter()
+            .cycle()
             .zip(sockets)
             .map(|(handle, socket)| {
                 handle.spawn(accept_loop(
@@ -247,9 +258,22 @@ impl ListenerSet {
                 udp: false,
                 stop,
                 tasks,
+                fds,
             },
         );
         Ok(local)
+    }
+
+    /// Duplicates of `sockets` when they are kept for a handover; none otherwise.
+    pub(super) fn keep<S: Into<OwnedFd>>(
+        &self,
+        sockets: &[S],
+        dup: impl Fn(&S) -> std::io::Result<S>,
+    ) -> std::io::Result<Vec<OwnedFd>> {
+        if !self.keep_fds {
+            return Ok(Vec::new());
+        }
+        sockets.iter().map(|s| dup(s).map(Into::into)).collect()
     }
 
     /// Stops accepting on `name` and drains its connections in the background.
@@ -309,12 +333,17 @@ async fn accept_loop(
             },
         };
         // Over the limit, an accepted connection waits here, unserved, until another closes.
-        let permit = tokio::select! {
-            biased;
-            _ = stopped.changed() => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+        // Under it, the connection is served even if the listener stops right now: its client
+        // already sent its request, and the drain lets it finish.
+        let permit = match Arc::clone(&limit).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                biased;
+                _ = stopped.changed() => break,
+                permit = Arc::clone(&limit).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
             },
         };
         let _ = stream.set_nodelay(true);
