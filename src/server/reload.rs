@@ -217,7 +217,9 @@ fn bind_offer(path: &Path, replacing: bool) -> Result<upgrade::Offer, StartError
 }
 
 /// The next process on the upgrade socket; never, without one.
-async fn accept_upgrade(offer: Option<&upgrade::Offer>) -> Option<io::Result<tokio::net::UnixStream>> {
+async fn accept_upgrade(
+    offer: Option<&upgrade::Offer>,
+) -> Option<io::Result<tokio::net::UnixStream>> {
     match offer {
         Some(offer) => Some(offer.accept().await),
         None => std::future::pending().await,

@@ -157,7 +157,8 @@ impl Conn {
     async fn send(&mut self, message: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
         line.push(b'\n');
-        let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut space =
+            vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
         let stream = &self.stream;
         let sent = stream
             .async_io(Interest::WRITABLE, || {
@@ -193,9 +194,13 @@ impl Conn {
                 .async_io(Interest::READABLE, || {
                     let mut control = RecvAncillaryBuffer::new(&mut space);
                     let mut iov = [IoSliceMut::new(&mut chunk)];
-                    let got =
-                        rustix::net::recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
-                            .map_err(io::Error::from)?;
+                    let got = rustix::net::recvmsg(
+                        stream,
+                        &mut iov,
+                        &mut control,
+                        RecvFlags::CMSG_CLOEXEC,
+                    )
+                    .map_err(io::Error::from)?;
                     let mut fds = Vec::new();
                     for message in control.drain() {
                         if let RecvAncillaryMessage::ScmRights(received) = message {
@@ -327,12 +332,19 @@ pub(crate) async fn hand_over(
     let mut conn = Conn::new(stream);
     match offer(&mut conn, &sockets).await {
         Ok(pid) => {
-            tracing::info!(pid, "upgrade: the new process is serving; this one stops accepting and drains");
+            tracing::info!(
+                pid,
+                "upgrade: the new process is serving; this one stops accepting and drains"
+            );
             let _ = serving.send(pid);
-            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn.send(&Message::Draining, &[])).await;
+            let _ =
+                tokio::time::timeout(EXCHANGE_TIMEOUT, conn.send(&Message::Draining, &[])).await;
         }
         Err(reason) => {
-            tracing::warn!(peer_pid = peer, "upgrade abandoned, still serving: {reason}");
+            tracing::warn!(
+                peer_pid = peer,
+                "upgrade abandoned, still serving: {reason}"
+            );
         }
     }
 }
@@ -385,7 +397,9 @@ async fn offer(conn: &mut Conn, sockets: &[Offered]) -> Result<u32, String> {
         "upgrade: sockets handed over; waiting for the new process to serve"
     );
     match tokio::time::timeout(SERVING_TIMEOUT, conn.recv()).await {
-        Err(_) => Err(format!("the new process did not serve within {SERVING_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "the new process did not serve within {SERVING_TIMEOUT:?}"
+        )),
         Ok(Ok(Message::Serving { pid })) => Ok(pid),
         Ok(Ok(other)) => Err(format!("unexpected {other:?}")),
         Ok(Err(RecvError::Closed)) => {
@@ -614,7 +628,10 @@ impl Handover {
         };
         match tokio::time::timeout(EXCHANGE_TIMEOUT, told).await {
             Ok(Some(())) => {
-                tracing::info!(old_pid, "upgrade: the old process stopped accepting and drains")
+                tracing::info!(
+                    old_pid,
+                    "upgrade: the old process stopped accepting and drains"
+                )
             }
             _ => tracing::warn!(
                 old_pid,
@@ -646,7 +663,10 @@ mod tests {
         };
         a.send(&message, &fds).await.unwrap();
         a.send(&Message::End { pid: 1 }, &[]).await.unwrap();
-        assert!(matches!(b.recv().await.unwrap(), Message::Sockets { fds: 3, .. }));
+        assert!(matches!(
+            b.recv().await.unwrap(),
+            Message::Sockets { fds: 3, .. }
+        ));
         assert!(matches!(b.recv().await.unwrap(), Message::End { pid: 1 }));
         assert_eq!(b.fds.len(), 3);
         let received = std::net::TcpListener::from(b.fds.pop_front().unwrap());
@@ -662,7 +682,10 @@ mod tests {
         let other = UnixListener::bind(&path).unwrap();
         let server = tokio::spawn(async move {
             let (mut stream, _) = other.accept().await.unwrap();
-            stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                .await
+                .unwrap();
         });
         let err = take(&path).await.unwrap_err();
         assert!(matches!(err, UpgradeError::NotPortico { .. }), "{err}");

@@ -160,7 +160,11 @@ async fn kept(addr: &str, sender: &mut Option<Sender>, tally: &Tally) {
                 }
                 // Closed before an answer (the drain closing an idle connection as the
                 // request went out): sent again once, on a new connection.
-                Err(e) if reused && round == 0 && (e.is_canceled() || e.is_incomplete_message() || e.is_closed()) => {
+                Err(e)
+                    if reused
+                        && round == 0
+                        && (e.is_canceled() || e.is_incomplete_message() || e.is_closed()) =>
+                {
                     tally.retried.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => return Err(format!("keep-alive request: {e}")),
@@ -177,7 +181,11 @@ async fn kept(addr: &str, sender: &mut Option<Sender>, tally: &Tally) {
 
 /// 8 clients, 4 with a fresh connection per request and 4 on keep-alive connections, until
 /// `stop` (bounded: 20,000 requests each, 60 s).
-fn load(addr: String, tally: Arc<Tally>, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+fn load(
+    addr: String,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..8)
         .map(|i| {
             let (addr, tally, stop) = (addr.clone(), Arc::clone(&tally), Arc::clone(&stop));
@@ -227,7 +235,11 @@ async fn under_load_no_request_fails_and_the_old_process_exits_0() {
     let new = tokio::task::spawn_blocking(move || upgrade(&new_dir, &next))
         .await
         .unwrap();
-    assert_eq!(new.addr("web"), addr, "the new process serves the same address");
+    assert_eq!(
+        new.addr("web"),
+        addr,
+        "the new process serves the same address"
+    );
     // The old one exits 0 once drained (its keep-alive connections close at once).
     let exited = tokio::task::spawn_blocking(move || {
         let status = old.wait_exit(Duration::from_secs(10));
@@ -235,7 +247,10 @@ async fn under_load_no_request_fails_and_the_old_process_exits_0() {
     });
     let (status, old) = exited.await.unwrap();
     let after = tally.new.load(Ordering::Relaxed);
-    assert!(reach(&tally.new, after + 300).await, "no load on the new process");
+    assert!(
+        reach(&tally.new, after + 300).await,
+        "no load on the new process"
+    );
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();
@@ -246,8 +261,16 @@ async fn under_load_no_request_fails_and_the_old_process_exits_0() {
         tally.failed.load(Ordering::Relaxed),
         tally.retried.load(Ordering::Relaxed),
     );
-    eprintln!("upgrade under load: {o} answers from the old process, {n} from the new, {f} failed, {r} keep-alive requests sent again");
-    assert_eq!(f, 0, "{:?}\n{}", tally.errors.lock().unwrap(), old.log_text());
+    eprintln!(
+        "upgrade under load: {o} answers from the old process, {n} from the new, {f} failed, {r} keep-alive requests sent again"
+    );
+    assert_eq!(
+        f,
+        0,
+        "{:?}\n{}",
+        tally.errors.lock().unwrap(),
+        old.log_text()
+    );
     assert!(o > 0 && n > 0);
     assert!(
         status.is_some_and(|s| s.success()),
@@ -315,7 +338,10 @@ async fn a_long_response_keeps_going_after_the_handover_until_the_drain_deadline
         closed >= Duration::from_millis(1500) && closed < Duration::from_secs(5),
         "closed {closed:?} after the handover"
     );
-    assert!(after_handover >= 10 * 5, "{after_handover} bytes after the handover");
+    assert!(
+        after_handover >= 10 * 5,
+        "{after_handover} bytes after the handover"
+    );
     let status = tokio::task::spawn_blocking(move || {
         let status = old.wait_exit(Duration::from_secs(5));
         (status, old.log_text())
@@ -371,4 +397,19 @@ async fn an_invalid_new_config_changes_nothing() {
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("another process listens on"), "{stderr}");
     assert_eq!(get(&old.addr("web"), "/").await.body, "old");
+}
+
+#[test]
+fn the_flag_and_the_key_are_documented() {
+    let (code, help, _) = cli(&["run", "--help"]);
+    assert_eq!(code, 0);
+    assert!(help.contains("--upgrade-from <PATH>"), "{help}");
+    let (code, schema, _) = cli(&["schema"]);
+    assert_eq!(code, 0);
+    let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+    assert!(
+        schema["properties"]["upgrade"].is_object(),
+        "{}",
+        schema["properties"]
+    );
 }
