@@ -272,84 +272,153 @@ fn offered(listeners: &ListenerSet, admin: Option<&Admin>) -> io::Result<Vec<upg
     Ok(out)
 }
 
-/// Binds (or takes from `handover`) and starts every listener of the config in force.
+/// A listener's sockets, bound or taken over, not yet accepted on.
+struct Opened {
+    name: Arc<str>,
+    configured: std::net::SocketAddr,
+    local: Option<std::net::SocketAddr>,
+    sockets: Sockets,
+    max_connections: usize,
+}
+
+enum Sockets {
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(Vec<std::net::UdpSocket>),
+}
+
+impl Opened {
+    /// Whether a socket of this set is on `addr`'s port (same family and protocol).
+    fn holds_port(&self, addr: std::net::SocketAddr, udp: bool) -> bool {
+        matches!(self.sockets, Sockets::Udp(_)) == udp
+            && self
+                .local
+                .is_some_and(|l| l.port() == addr.port() && l.is_ipv4() == addr.is_ipv4())
+    }
+}
+
+/// Binds (or takes from `handover`) the sockets of every listener of the config in force,
+/// starting none: a failure leaves nothing accepting (in an upgrade, not one connection is
+/// taken from the queues the old process keeps serving).
 fn open_listeners(
     shared: &Arc<Shared>,
     workers: &[Handle],
-    listeners: &mut ListenerSet,
+    listeners: &ListenerSet,
     mut handover: Option<&mut upgrade::Handover>,
-) -> Result<(), StartError> {
+) -> Result<Vec<Opened>, StartError> {
     let snap = shared.snapshot.load_full();
+    let mut opened: Vec<Opened> = Vec::new();
     for listener in &snap.listeners {
-        let kind = match listener.udp {
-            Some(_) => SocketKind::Udp,
-            None => SocketKind::Tcp,
+        let udp = listener.udp.is_some();
+        let kind = if udp {
+            SocketKind::Udp
+        } else {
+            SocketKind::Tcp
         };
         let handed = handover
             .as_deref_mut()
             .and_then(|h| h.claim(&listener.name, kind, listener.addr));
-        if listener.udp.is_some() {
-            let what = format!(
+        let ours = opened.iter().any(|o| o.holds_port(listener.addr, udp))
+            || if udp {
+                listeners.holds_udp_port(listener.addr)
+            } else {
+                listeners.holds_port(listener.addr)
+            };
+        let what = if udp {
+            format!(
                 "cannot bind udp listener `{}` to {}",
                 listener.name, listener.addr
-            );
-            let sockets = match handed {
-                Some(handed) => {
-                    let local = handed.local;
-                    let mut sockets = handed.into_udp().map_err(StartError::Upgrade)?;
-                    // More workers than the old process had: the rest join the same port.
-                    let more = workers.len().saturating_sub(sockets.len());
-                    if more > 0 {
-                        sockets.extend(
-                            super::udp::bind(local, more, true).map_err(io_error(what.clone()))?,
-                        );
-                    }
-                    sockets
+            )
+        } else {
+            format!(
+                "cannot bind listener `{}` to {}",
+                listener.name, listener.addr
+            )
+        };
+        let sockets = match (handed, udp) {
+            (Some(handed), true) => {
+                let local = handed.local;
+                let mut sockets = handed.into_udp().map_err(StartError::Upgrade)?;
+                // More workers than the old process had: the rest join the same port.
+                let more = workers.len().saturating_sub(sockets.len());
+                if more > 0 {
+                    sockets.extend(super::udp::bind(local, more, true).map_err(io_error(what))?);
                 }
-                None => {
-                    let ours = listeners.holds_udp_port(listener.addr);
-                    super::udp::bind(listener.addr, workers.len(), ours)
-                        .map_err(io_error(what.clone()))?
-                }
-            };
-            let name = Arc::clone(&listener.name);
-            listeners
-                .start_udp(shared, workers, name, listener.addr, sockets)
-                .map_err(io_error(what))?;
-            continue;
-        }
-        let what = format!(
-            "cannot bind listener `{}` to {}",
-            listener.name, listener.addr
-        );
-        let sockets = match handed {
-            Some(handed) => {
+                Sockets::Udp(sockets)
+            }
+            (Some(handed), false) => {
                 let local = handed.local;
                 let mut sockets = handed.into_tcp().map_err(StartError::Upgrade)?;
                 let more = workers.len().saturating_sub(sockets.len());
                 if more > 0 {
-                    sockets.extend(bind(local, more, true).map_err(io_error(what.clone()))?);
+                    sockets.extend(bind(local, more, true).map_err(io_error(what))?);
                 }
-                sockets
+                Sockets::Tcp(sockets)
             }
-            None => {
-                let ours = listeners.holds_port(listener.addr);
-                bind(listener.addr, workers.len(), ours).map_err(io_error(what))?
+            (None, true) => Sockets::Udp(
+                super::udp::bind(listener.addr, workers.len(), ours).map_err(io_error(what))?,
+            ),
+            (None, false) => {
+                Sockets::Tcp(bind(listener.addr, workers.len(), ours).map_err(io_error(what))?)
             }
         };
-        listeners
-            .start(
-                shared,
-                workers,
-                Arc::clone(&listener.name),
-                listener.addr,
-                sockets,
-                listener.limits.max_connections,
-            )
-            .map_err(io_error(format!(
-                "cannot start listener `{}`",
-                listener.name
-            )))?;
+        let local = match &sockets {
+            Sockets::Tcp(s) => s.first().and_then(|s| s.local_addr().ok()),
+            Sockets::Udp(s) => s.first().and_then(|s| s.local_addr().ok()),
+        };
+        opened.push(Opened {
+            name: Arc::clone(&listener.name),
+            configured: listener.addr,
+            local,
+            sockets,
+            max_connections: listener.limits.max_connections,
+        });
+    }
+    Ok(opened)
+}
+
+/// The admin API's socket: taken from `handover`, or bound.
+fn admin_socket(
+    addr: std::net::SocketAddr,
+    handover: Option<&mut upgrade::Handover>,
+) -> Result<std::net::TcpListener, StartError> {
+    match handover.and_then(|h| h.claim("admin", SocketKind::Admin, addr)) {
+        Some(handed) => {
+            let mut sockets = handed.into_tcp().map_err(StartError::Upgrade)?;
+            sockets.pop().ok_or_else(|| StartError::Io {
+                what: "the admin API's handed-over socket".to_owned(),
+                source: io::ErrorKind::NotFound.into(),
+            })
+        }
+        None => std::net::TcpListener::bind(addr)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(io_error(format!("cannot bind the admin API to {addr}"))),
+    }
+}
+
+/// Starts accepting on every opened listener.
+fn start_listeners(
+    shared: &Arc<Shared>,
+    workers: &[Handle],
+    listeners: &mut ListenerSet,
+    opened: Vec<Opened>,
+) -> Result<(), StartError> {
+    for o in opened {
+        let what = format!("cannot start listener `{}`", o.name);
+        match o.sockets {
+            Sockets::Tcp(sockets) => listeners
+                .start(
+                    shared,
+                    workers,
+                    o.name,
+                    o.configured,
+                    sockets,
+                    o.max_connections,
+                )
+                .map_err(io_error(what))?,
+            Sockets::Udp(sockets) => listeners
+                .start_udp(shared, workers, o.name, o.configured, sockets)
+                .map_err(io_error(what))?,
+        };
     }
     Ok(())
 }
@@ -390,24 +459,14 @@ async fn control_loop(
         Some(path) => Some(upgrade::take(path).await.map_err(StartError::Upgrade)?),
         None => None,
     };
-    open_listeners(&shared, &workers, &mut listeners, handover.as_mut())?;
+    let opened = open_listeners(&shared, &workers, &listeners, handover.as_mut())?;
+    let admin_socket = match snap.admin {
+        Some((addr, _)) => Some((addr, admin_socket(addr, handover.as_mut())?)),
+        None => None,
+    };
+    start_listeners(&shared, &workers, &mut listeners, opened)?;
     let mut admin = None;
-    if let Some((addr, _)) = snap.admin {
-        let handed = handover
-            .as_mut()
-            .and_then(|h| h.claim("admin", SocketKind::Admin, addr));
-        let socket = match handed {
-            Some(handed) => {
-                let mut sockets = handed.into_tcp().map_err(StartError::Upgrade)?;
-                sockets.pop().ok_or_else(|| StartError::Io {
-                    what: "the admin API's handed-over socket".to_owned(),
-                    source: io::ErrorKind::NotFound.into(),
-                })?
-            }
-            None => std::net::TcpListener::bind(addr)
-                .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                .map_err(io_error(format!("cannot bind the admin API to {addr}")))?,
-        };
+    if let Some((addr, socket)) = admin_socket {
         let local = socket.local_addr().map_err(io_error("admin address"))?;
         let kept = match listeners.keep_fds {
             true => Some(socket.try_clone().map_err(io_error("admin socket"))?),
