@@ -76,8 +76,8 @@ async fn drip_upstream() -> String {
 /// What the load saw.
 #[derive(Default)]
 struct Tally {
-    old: AtomicUsize,
-    new: AtomicUsize,
+    /// Answers by body (each process answers with its own).
+    answers: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Requests that got no answer (or a wrong one): must stay 0.
     failed: AtomicUsize,
     /// Keep-alive requests sent again on a fresh connection because the server closed the
@@ -88,14 +88,20 @@ struct Tally {
 
 impl Tally {
     fn count(&self, body: &str) {
-        match body {
-            "old" => self.old.fetch_add(1, Ordering::Relaxed),
-            "new" => self.new.fetch_add(1, Ordering::Relaxed),
-            other => {
-                self.fail(format!("unexpected body {other:?}"));
-                0
-            }
-        };
+        if body.starts_with('v') {
+            *self
+                .answers
+                .lock()
+                .unwrap()
+                .entry(body.to_owned())
+                .or_default() += 1;
+        } else {
+            self.fail(format!("unexpected body {body:?}"));
+        }
+    }
+
+    fn of(&self, body: &str) -> usize {
+        self.answers.lock().unwrap().get(body).copied().unwrap_or(0)
     }
 
     fn fail(&self, why: String) {
@@ -207,10 +213,10 @@ fn load(
         .collect()
 }
 
-/// Waits (bounded) until `counter` reaches `n`.
-async fn reach(counter: &AtomicUsize, n: usize) -> bool {
+/// Waits (bounded) until `n` answers came with `body`.
+async fn reach(tally: &Tally, body: &str, n: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while counter.load(Ordering::Relaxed) < n {
+    while tally.of(body) < n {
         if Instant::now() > deadline {
             return false;
         }
@@ -219,91 +225,85 @@ async fn reach(counter: &AtomicUsize, n: usize) -> bool {
     true
 }
 
+/// Upgrades a serving process this many times while the load runs.
+const UPGRADES: usize = 5;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_no_request_fails_and_the_old_process_exits_0() {
     let drip = drip_upstream().await;
     let dir = temp_dir("upgrade-load");
-    let mut old = Portico::start_in(&dir, &config("old", "2s", &drip));
-    let addr = old.addr("web");
+    let mut current = Portico::start_in(&dir, &config("v0", "2s", &drip));
+    let addr = current.addr("web");
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(addr.clone(), Arc::clone(&tally), Arc::clone(&stop));
-    assert!(reach(&tally.old, 200).await, "no load on the old process");
-
-    let next = config("new", "2s", &drip);
-    let new_dir = dir.clone();
-    let new = tokio::task::spawn_blocking(move || upgrade(&new_dir, &next))
-        .await
-        .unwrap();
-    assert_eq!(
-        new.addr("web"),
-        addr,
-        "the new process serves the same address"
-    );
-    // The old one exits 0 once drained (its keep-alive connections close at once).
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = old.wait_exit(Duration::from_secs(10));
-        (status, old)
-    });
-    let (status, old) = exited.await.unwrap();
-    let after = tally.new.load(Ordering::Relaxed);
     assert!(
-        reach(&tally.new, after + 300).await,
-        "no load on the new process"
+        reach(&tally, "v0", 200).await,
+        "no load on the first process"
     );
+    for round in 1..=UPGRADES {
+        let body = format!("v{round}");
+        let next = config(&body, "2s", &drip);
+        let new_dir = dir.clone();
+        let new = tokio::task::spawn_blocking(move || upgrade(&new_dir, &next))
+            .await
+            .unwrap();
+        assert_eq!(
+            new.addr("web"),
+            addr,
+            "the new process serves the same address"
+        );
+        // The old one exits 0 once drained (its keep-alive connections close at once).
+        let mut old = std::mem::replace(&mut current, new);
+        let exited = tokio::task::spawn_blocking(move || {
+            let status = old.wait_exit(Duration::from_secs(10));
+            (status, old)
+        });
+        let (status, old) = exited.await.unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the old process did not exit 0: {status:?}\n{}",
+            old.log_text()
+        );
+        let log = old.log_text();
+        assert!(log.contains("upgrade: sockets handed over"), "{log}");
+        assert!(log.contains("listeners=web(2)"), "{log}");
+        assert!(
+            current.log_text().contains("upgrade: sockets taken over"),
+            "{}",
+            current.log_text()
+        );
+        assert!(
+            reach(&tally, &body, 200).await,
+            "no load on process {round}"
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();
     }
-    let (o, n, f, r) = (
-        tally.old.load(Ordering::Relaxed),
-        tally.new.load(Ordering::Relaxed),
+    let answers = tally.answers.lock().unwrap().clone();
+    let (f, r) = (
         tally.failed.load(Ordering::Relaxed),
         tally.retried.load(Ordering::Relaxed),
     );
+    let mut counts: Vec<_> = answers.iter().collect();
+    counts.sort();
     eprintln!(
-        "upgrade under load: {o} answers from the old process, {n} from the new, {f} failed, {r} keep-alive requests sent again"
+        "upgrade under load, {UPGRADES} upgrades: answers {counts:?}, {f} failed, {r} keep-alive requests sent again"
     );
-    assert_eq!(
-        f,
-        0,
-        "{:?}\n{}",
-        tally.errors.lock().unwrap(),
-        old.log_text()
-    );
-    assert!(o > 0 && n > 0);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the old process did not exit 0: {status:?}\n{}",
-        old.log_text()
-    );
-    let log = old.log_text();
-    assert!(log.contains("upgrade: sockets handed over"), "{log}");
-    assert!(log.contains("listeners=web(2)"), "{log}");
-    assert!(
-        new.log_text().contains("upgrade: sockets taken over"),
-        "{}",
-        new.log_text()
-    );
-    // The new process took the upgrade socket over: a further upgrade works.
-    let third = config("new", "2s", &drip);
-    let mut new = new;
-    let third_dir = dir.clone();
-    let third = tokio::task::spawn_blocking(move || upgrade(&third_dir, &third))
-        .await
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || new.wait_exit(Duration::from_secs(10)))
-        .await
-        .unwrap();
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
-    assert_eq!(get(&third.addr("web"), "/").await.body, "new");
+    assert_eq!(f, 0, "{:?}", tally.errors.lock().unwrap());
+    for round in 0..=UPGRADES {
+        assert!(tally.of(&format!("v{round}")) > 0, "{counts:?}");
+    }
+    assert_eq!(get(&addr, "/").await.body, format!("v{UPGRADES}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_response_keeps_going_after_the_handover_until_the_drain_deadline() {
     let drip = drip_upstream().await;
     let dir = temp_dir("upgrade-long");
-    let mut old = Portico::start_in(&dir, &config("old", "2s", &drip));
+    let mut old = Portico::start_in(&dir, &config("v-old", "2s", &drip));
     let addr = old.addr("web");
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     stream
@@ -317,13 +317,13 @@ async fn a_long_response_keeps_going_after_the_handover_until_the_drain_deadline
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 
-    let next = config("new", "2s", &drip);
+    let next = config("v-new", "2s", &drip);
     let new_dir = dir.clone();
     let new = tokio::task::spawn_blocking(move || upgrade(&new_dir, &next))
         .await
         .unwrap();
     let handed = Instant::now();
-    assert_eq!(get(&new.addr("web"), "/").await.body, "new");
+    assert_eq!(get(&new.addr("web"), "/").await.body, "v-new");
     // The response keeps flowing from the old process, then ends at its drain deadline.
     let mut after_handover = 0usize;
     let closed = loop {
@@ -355,12 +355,12 @@ async fn a_long_response_keeps_going_after_the_handover_until_the_drain_deadline
 async fn an_invalid_new_config_changes_nothing() {
     let drip = drip_upstream().await;
     let dir = temp_dir("upgrade-invalid");
-    let old = Portico::start_in(&dir, &config("old", "2s", &drip));
+    let old = Portico::start_in(&dir, &config("v-old", "2s", &drip));
     let socket = dir.join("portico.sock");
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        config("new", "2s", &drip).replace("respond:", "respnd:"),
+        config("v-new", "2s", &drip).replace("respond:", "respnd:"),
     )
     .unwrap();
     let (code, _, stderr) = cli(&[
@@ -373,12 +373,12 @@ async fn an_invalid_new_config_changes_nothing() {
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("bad.yaml:9:"), "{stderr}");
     // Nothing was asked of the old process, which keeps serving.
-    assert_eq!(get(&old.addr("web"), "/").await.body, "old");
+    assert_eq!(get(&old.addr("web"), "/").await.body, "v-old");
     assert!(!old.log_text().contains("upgrade:"), "{}", old.log_text());
 
     // A socket nobody listens on: a clear error, and nothing bound.
     let good = dir.join("good.yaml");
-    std::fs::write(&good, config("new", "2s", &drip)).unwrap();
+    std::fs::write(&good, config("v-new", "2s", &drip)).unwrap();
     let (code, _, stderr) = cli(&[
         "run",
         "--config",
@@ -396,7 +396,7 @@ async fn an_invalid_new_config_changes_nothing() {
     let (code, _, stderr) = cli(&["run", "--config", good.to_str().unwrap()]);
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("another process listens on"), "{stderr}");
-    assert_eq!(get(&old.addr("web"), "/").await.body, "old");
+    assert_eq!(get(&old.addr("web"), "/").await.body, "v-old");
 }
 
 #[test]
