@@ -158,21 +158,22 @@ where
     async move {
         let mut conn = std::pin::pin!(conn);
         let mut closing = false;
-        let mut awaiting_first = false;
+        let mut first_by: Option<Instant> = None;
         loop {
             // Also checked here: a TLS handshake may end after the listener changed phase.
             match lifecycle.phase() {
                 Phase::Run => {}
-                // Accepted just before the drain, with no request read yet: hyper would close
-                // it unread (its protocol is not known yet) and the client, whose request is
-                // on the way, would see a reset. Its first request is served first; then it
-                // closes (HTTP/1.1: keep-alive off; HTTP/2: GOAWAY after that stream).
-                Phase::Drain if !closing && idle.started.load(Ordering::Relaxed) == 0 => {
-                    awaiting_first = true;
-                }
                 Phase::Drain if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    // Accepted just before the drain, with no request read yet: hyper would
+                    // close it unread (its protocol is not known yet) and a client whose
+                    // request is on the way would see a reset. So its first request gets a
+                    // moment to arrive and is served; then it closes (HTTP/1.1: keep-alive
+                    // off; HTTP/2: GOAWAY after that stream).
+                    let by = *first_by.get_or_insert_with(|| Instant::now() + FIRST_REQUEST_GRACE);
+                    if idle.started.load(Ordering::Relaxed) > 0 || Instant::now() >= by {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
                 Phase::Drain => {}
                 Phase::Stop => return,
@@ -207,7 +208,7 @@ where
                     return;
                 }
                 // Looks again for that first request; only while draining such a connection.
-                () = tokio::time::sleep(FIRST_REQUEST_POLL), if awaiting_first && !closing => {}
+                () = tokio::time::sleep(FIRST_REQUEST_POLL), if first_by.is_some() && !closing => {}
                 () = idle.idle.notified(), if !closing => {
                     // HTTP/2 went idle: GOAWAY, then hyper closes once no stream is open.
                     closing = true;
@@ -231,6 +232,10 @@ where
 
 /// How often a draining connection that has not sent its first request yet is looked at.
 const FIRST_REQUEST_POLL: Duration = Duration::from_millis(5);
+
+/// How long a draining connection that has not sent its first request yet is given for it: a
+/// request already on its way when the connection was accepted arrives well within this.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// How long an HTTP/2 connection carrying tunnels stays after the drain deadline, for their
 /// close frames.

@@ -288,13 +288,11 @@ impl ListenerSet {
         }))
     }
 
-    /// Stops every listener and waits for their connections to drain.
-    pub(crate) async fn drain_all(&mut self) {
+    /// Tells every listener to stop accepting; each returned task ends when its connections
+    /// have drained.
+    pub(crate) fn stop_all(&mut self) -> Vec<JoinHandle<()>> {
         let names: Vec<Arc<str>> = self.bound.keys().cloned().collect();
-        let drains: Vec<_> = names.iter().filter_map(|n| self.remove(n)).collect();
-        for drain in drains {
-            let _ = drain.await;
-        }
+        names.iter().filter_map(|n| self.remove(n)).collect()
     }
 }
 

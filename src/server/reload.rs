@@ -227,14 +227,16 @@ async fn accept_upgrade(
 }
 
 /// The pid of the new process, once it serves; never, without a handover under way.
-async fn handed_over(serving: &mut Option<tokio::sync::oneshot::Receiver<u32>>) -> Option<u32> {
+async fn handed_over(
+    serving: &mut Option<tokio::sync::oneshot::Receiver<upgrade::Serving>>,
+) -> Option<upgrade::Serving> {
     let Some(told) = serving.as_mut() else {
         return std::future::pending().await;
     };
-    let pid = told.await.ok();
+    let told = told.await.ok();
     // An abandoned exchange drops its sender: wait for the next one.
     *serving = None;
-    pid
+    told
 }
 
 /// Duplicates of every listening socket, described for a new process.
@@ -499,8 +501,8 @@ async fn control_loop(
     let mut stamps = file_stamps(&shared.snapshot.load());
     let mut file_tick = tokio::time::interval(Duration::from_secs(1));
     let mut exchange: Option<tokio::task::JoinHandle<()>> = None;
-    let mut serving: Option<tokio::sync::oneshot::Receiver<u32>> = None;
-    let mut handed = false;
+    let mut serving: Option<tokio::sync::oneshot::Receiver<upgrade::Serving>> = None;
+    let mut handed = None;
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -537,9 +539,9 @@ async fn control_loop(
                     }
                 }
             }
-            Some(pid) = handed_over(&mut serving) => {
-                tracing::info!(new_pid = pid, "upgrade: handed over");
-                handed = true;
+            Some(told) = handed_over(&mut serving) => {
+                tracing::info!(new_pid = told.pid, "upgrade: handed over");
+                handed = Some(told.stopped);
                 break;
             }
             _ = file_tick.tick() => {
@@ -557,14 +559,18 @@ async fn control_loop(
         }
     }
     tracing::info!("draining");
-    if handed {
+    let drains = listeners.stop_all();
+    drop(offer);
+    if let Some(stopped) = handed {
         // The admin API stops accepting too: the new process answers it now.
         if let Some(admin) = admin {
             admin.task.abort();
         }
+        let _ = stopped.send(());
     }
-    drop(offer);
-    listeners.drain_all().await;
+    for drain in drains {
+        let _ = drain.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -308,6 +308,15 @@ pub(crate) struct Offered {
     pub(crate) fds: Vec<OwnedFd>,
 }
 
+/// The new process serves: the control loop stops accepting, then says so on `stopped`.
+#[derive(Debug)]
+pub(crate) struct Serving {
+    /// The new process.
+    pub(crate) pid: u32,
+    /// Told once every listener was told to stop accepting.
+    pub(crate) stopped: tokio::sync::oneshot::Sender<()>,
+}
+
 /// Tells a process that connects while a handover is under way that it must wait.
 pub(crate) async fn refuse(stream: UnixStream, reason: &str) {
     let mut conn = Conn::new(stream);
@@ -318,11 +327,12 @@ pub(crate) async fn refuse(stream: UnixStream, reason: &str) {
 }
 
 /// The old process's side of one exchange: sends `sockets` and, once the new process says it
-/// is serving, reports its pid on `serving`. Any failure leaves this process serving as before.
+/// is serving, reports it on `serving`; confirms to the new process once told on
+/// [`Serving::stopped`]. Any failure leaves this process serving as before.
 pub(crate) async fn hand_over(
     stream: UnixStream,
     sockets: Vec<Offered>,
-    serving: tokio::sync::oneshot::Sender<u32>,
+    serving: tokio::sync::oneshot::Sender<Serving>,
 ) {
     let peer = stream
         .peer_cred()
@@ -336,9 +346,18 @@ pub(crate) async fn hand_over(
                 pid,
                 "upgrade: the new process is serving; this one stops accepting and drains"
             );
-            let _ = serving.send(pid);
-            let _ =
-                tokio::time::timeout(EXCHANGE_TIMEOUT, conn.send(&Message::Draining, &[])).await;
+            let (stopped, accepting_stopped) = tokio::sync::oneshot::channel();
+            if serving.send(Serving { pid, stopped }).is_err() {
+                return;
+            }
+            // Confirmed once every listener was told to stop accepting.
+            if tokio::time::timeout(EXCHANGE_TIMEOUT, accepting_stopped)
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                let draining = conn.send(&Message::Draining, &[]);
+                let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, draining).await;
+            }
         }
         Err(reason) => {
             tracing::warn!(
