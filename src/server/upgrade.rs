@@ -693,6 +693,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_socket_file_is_private_replaces_a_stale_one_and_refuses_a_live_one() {
+        let dir = std::env::temp_dir().join(format!("portico-offer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("upgrade.sock");
+        let _ = std::fs::remove_file(&path);
+        // A stale socket file (nobody listens) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let offer = Offer::bind(&path, false).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A live one is refused, unless this process upgrades from it.
+        let err = Offer::bind(&path, false).unwrap_err();
+        assert!(err.to_string().contains("another process listens"), "{err}");
+        let next = Offer::bind(&path, true).unwrap();
+        // The first one's exit leaves the file, now the second one's, alone.
+        drop(offer);
+        assert!(path.exists());
+        drop(next);
+        assert!(!path.exists());
+        // A file that is not a socket is never replaced.
+        std::fs::write(&path, "data").unwrap();
+        let err = Offer::bind(&path, true).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn a_peer_that_is_not_portico_is_an_error() {
         let dir = std::env::temp_dir().join(format!("portico-upgrade-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
