@@ -23,6 +23,10 @@ pub(crate) struct Spec {
     pub(crate) admin: Option<AdminSpec>,
     /// The access log: one JSON line per request. Read at start only.
     pub(crate) access_log: AccessLogSpec,
+    /// Zero-downtime binary upgrade: the Unix socket a new portico process takes the
+    /// listening sockets from (`portico run --upgrade-from PATH`); off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) upgrade: Option<UpgradeSpec>,
     /// Proxies whose `X-Forwarded-For` / `Forwarded` name the client (off when absent: the
     /// client is the peer and `X-Forwarded-For` is appended to as it came).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +55,7 @@ impl Default for Spec {
             drain_timeout: Dur(std::time::Duration::from_secs(30)),
             admin: None,
             access_log: AccessLogSpec::default(),
+            upgrade: None,
             trusted_proxies: None,
             listeners: Vec::new(),
             routes: Vec::new(),
@@ -120,6 +125,16 @@ pub(crate) struct AdminSpec {
 
 fn redact<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("<redacted>")
+}
+
+/// `upgrade:` — handing the listening sockets to a new portico process.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpgradeSpec {
+    /// Path of the Unix socket (mode 0600) a new process connects to with
+    /// `portico run --upgrade-from PATH`; relative to the config file's folder. Read at
+    /// start only.
+    pub(crate) socket: At<String>,
 }
 
 /// `access_log:` — one JSON line per request.

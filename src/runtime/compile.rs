@@ -203,6 +203,13 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     let mut shadows = Shadows::default();
 
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
+    let upgrade = spec.upgrade.as_ref().and_then(|upgrade| {
+        if upgrade.socket.trim().is_empty() {
+            diags.error(upgrade.socket.pos, "`upgrade.socket` must be a file path");
+            return None;
+        }
+        Some(resolve_path(base, &upgrade.socket))
+    });
     let mut tls_files = Vec::new();
     let mut acme = Vec::new();
     // A lint for a file that reads and compiles cleanly so far: with a route that did not
@@ -419,6 +426,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         upstreams,
         workers,
         admin,
+        upgrade,
         tls_files,
         global: PluginChain::build(&global_plugins, &[], &consumer_plugins, &HashMap::new()),
         warnings,

@@ -44,6 +44,8 @@ pub(crate) struct Snapshot {
     pub(crate) workers: usize,
     /// Admin listener address and token.
     pub(crate) admin: Option<(SocketAddr, Option<String>)>,
+    /// The upgrade socket's path (`upgrade.socket`), resolved against the config's folder.
+    pub(crate) upgrade: Option<std::path::PathBuf>,
     /// Certificate and key files in use, watched for changes.
     pub(crate) tls_files: Vec<std::path::PathBuf>,
     /// The global plugins alone, for requests that match no route.

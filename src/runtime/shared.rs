@@ -53,6 +53,7 @@ impl Shared {
         let started = Started {
             access_log: snapshot.spec.access_log.clone(),
             admin: snapshot.admin.as_ref().map(|(addr, _)| *addr),
+            upgrade: snapshot.upgrade.clone(),
         };
         Shared {
             started,
@@ -124,4 +125,6 @@ pub(crate) struct Started {
     pub(crate) access_log: crate::config::spec::AccessLogSpec,
     /// The admin API's configured address, if it was started.
     pub(crate) admin: Option<std::net::SocketAddr>,
+    /// The upgrade socket it listens on, if any.
+    pub(crate) upgrade: Option<std::path::PathBuf>,
 }

@@ -154,13 +154,26 @@ where
     async move {
         let mut conn = std::pin::pin!(conn);
         let mut closing = false;
+        let mut by: Option<Instant> = None;
         loop {
             // Also checked here: a TLS handshake may end after the listener changed phase.
             match lifecycle.phase() {
                 Phase::Run => {}
                 Phase::Drain if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    // With no request in progress, hyper would close the connection at once:
+                    // one accepted just before the drain unread (its protocol is not known
+                    // yet), an idle keep-alive one as its client may be sending. Either way
+                    // that client would see a reset. So such a connection gets a moment for
+                    // its next request, which is served and then closes it (HTTP/1.1:
+                    // keep-alive off; HTTP/2: GOAWAY). A request starting wakes `idle`.
+                    if by.is_none() {
+                        idle.drain_wait.store(true, Ordering::Relaxed);
+                    }
+                    let at = *by.get_or_insert_with(|| Instant::now() + DRAIN_GRACE);
+                    if idle.busy.load(Ordering::Relaxed) > 0 || Instant::now() >= at {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
                 Phase::Drain => {}
                 Phase::Stop => return,
@@ -194,8 +207,11 @@ where
                     }
                     return;
                 }
+                // The drain's moment for a next request is over.
+                () = grace(by), if !closing => {}
                 () = idle.idle.notified(), if !closing => {
-                    // HTTP/2 went idle: GOAWAY, then hyper closes once no stream is open.
+                    // HTTP/2 went idle, or a request started on a draining connection:
+                    // GOAWAY (HTTP/2) or keep-alive off, then hyper closes once done.
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -215,6 +231,18 @@ where
     }
 }
 
+/// How long a draining connection with no request in progress is given for its next one: a
+/// request already on its way when the drain began arrives well within this.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends at `at`; never without it.
+async fn grace(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How long an HTTP/2 connection carrying tunnels stays after the drain deadline, for their
 /// close frames.
 const TUNNEL_CLOSE: Duration = Duration::from_millis(600);
@@ -226,6 +254,10 @@ impl<'a> Busy<'a> {
     fn enter(conn: &'a ConnShared) -> Self {
         conn.started.fetch_add(1, Ordering::Relaxed);
         conn.busy.fetch_add(1, Ordering::Relaxed);
+        if conn.drain_wait.load(Ordering::Relaxed) {
+            // A draining connection waited for this request: it closes once it is answered.
+            conn.idle.notify_one();
+        }
         Busy(conn)
     }
 }
@@ -305,8 +337,11 @@ pub(crate) struct ConnShared {
     upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
     pub(crate) scan: Mutex<HeadScan>,
-    /// Woken when an HTTP/2 connection has been idle for the idle timeout.
+    /// Woken when the connection should close gracefully: an HTTP/2 connection idle for the
+    /// idle timeout, or a request started on a connection draining (`drain_wait`).
     idle: Notify,
+    /// The listener drains and this connection waits for a next request to close after.
+    drain_wait: AtomicBool,
     /// Bounds the response bytes hyper buffers for a slow HTTP/1.1 reader.
     gate: gate::SendGate,
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ pub(crate) struct Bound {
     pub(crate) udp: bool,
     pub(super) stop: watch::Sender<bool>,
     pub(super) tasks: Vec<JoinHandle<()>>,
+    /// Duplicates of its sockets, kept to hand to a new process when `upgrade` is on (empty
+    /// otherwise); closed with the listener, so a removed listener's sockets do close.
+    pub(super) fds: Vec<OwnedFd>,
 }
 
 /// Every bound listener, by name; owned by the control thread.
@@ -39,6 +43,9 @@ pub(crate) struct Bound {
 pub(crate) struct ListenerSet {
     /// Bound listeners by name.
     pub(crate) bound: HashMap<Arc<str>, Bound>,
+    /// Whether each listener keeps duplicates of its sockets for a handover
+    /// ([`super::upgrade`]).
+    pub(crate) keep_fds: bool,
 }
 
 /// Where a listener's connections are in their life.
@@ -228,8 +235,12 @@ impl ListenerSet {
         // Shared by every worker's loop and kept for the listener's life: counts and rates
         // per client address hold across workers and reloads.
         let admission = Arc::new(Admission::new(shared.metrics.admission(&name)));
+        let fds = self.keep(&sockets, std::net::TcpListener::try_clone)?;
+        // Sockets handed over by a process with more workers are all served: a socket left
+        // unaccepted would hold the connections the kernel gives it.
         let tasks = workers
             .iter()
+            .cycle()
             .zip(sockets)
             .map(|(handle, socket)| {
                 handle.spawn(accept_loop(
@@ -253,9 +264,22 @@ impl ListenerSet {
                 udp: false,
                 stop,
                 tasks,
+                fds,
             },
         );
         Ok(local)
+    }
+
+    /// Duplicates of `sockets` when they are kept for a handover; none otherwise.
+    pub(super) fn keep<S: Into<OwnedFd>>(
+        &self,
+        sockets: &[S],
+        dup: impl Fn(&S) -> std::io::Result<S>,
+    ) -> std::io::Result<Vec<OwnedFd>> {
+        if !self.keep_fds {
+            return Ok(Vec::new());
+        }
+        sockets.iter().map(|s| dup(s).map(Into::into)).collect()
     }
 
     /// Stops accepting on `name` and drains its connections in the background.
@@ -270,13 +294,11 @@ impl ListenerSet {
         }))
     }
 
-    /// Stops every listener and waits for their connections to drain.
-    pub(crate) async fn drain_all(&mut self) {
+    /// Tells every listener to stop accepting; each returned task ends when its connections
+    /// have drained.
+    pub(crate) fn stop_all(&mut self) -> Vec<JoinHandle<()>> {
         let names: Vec<Arc<str>> = self.bound.keys().cloned().collect();
-        let drains: Vec<_> = names.iter().filter_map(|n| self.remove(n)).collect();
-        for drain in drains {
-            let _ = drain.await;
-        }
+        names.iter().filter_map(|n| self.remove(n)).collect()
     }
 }
 
@@ -315,12 +337,17 @@ async fn accept_loop(
             },
         };
         // Over the limit, an accepted connection waits here, unserved, until another closes.
-        let permit = tokio::select! {
-            biased;
-            _ = stopped.changed() => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+        // Under it, the connection is served even if the listener stops right now: its client
+        // already sent its request, and the drain lets it finish.
+        let permit = match Arc::clone(&limit).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                biased;
+                _ = stopped.changed() => break,
+                permit = Arc::clone(&limit).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
             },
         };
         let _ = stream.set_nodelay(true);

@@ -2299,3 +2299,50 @@ async fn hardening_guide() {
     }
     assert_eq!(closed, 1, "connections closed of 65 from 127.0.0.3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_downtime_upgrade_guide() {
+    let app = TestUpstream::start("app").await;
+    let mut subs = ephemeral(&["0.0.0.0:8080"], &[("127.0.0.1:3000", &app)]);
+    subs.push(admin_ephemeral());
+    let config = substitute(&example("zero-downtime-upgrade.yaml"), &subs);
+    let dir = temp_dir("zero-downtime-upgrade");
+    let mut old = Portico::start_in(&dir, &config);
+    let web = old.addr("web");
+    let admin = old.admin.clone().unwrap();
+    assert_eq!(get(&web, "/hello").await.body, "app /hello");
+    assert!(dir.join("portico.sock").exists());
+
+    // Step 3: the same config, a new process, the sockets taken over.
+    let socket = dir.join("portico.sock").to_str().unwrap().to_owned();
+    let new_dir = dir.clone();
+    let new = tokio::task::spawn_blocking(move || {
+        Portico::try_start_args(
+            &new_dir,
+            "portico.yaml",
+            &config,
+            &["--upgrade-from", &socket],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|log| panic!("the new process did not start:\n{log}"));
+    assert_eq!(
+        (new.addr("web"), new.admin.clone().unwrap()),
+        (web.clone(), admin.clone())
+    );
+    // Step 4: the old one drains and exits 0; the new one answers on the same addresses.
+    let status = tokio::task::spawn_blocking(move || old.wait_exit(Duration::from_secs(35)))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(get(&web, "/hello").await.body, "app /hello");
+    assert_eq!(get(&admin, "/health").await.status, 200);
+    // Step 5: the new process listens on the upgrade socket in turn.
+    assert!(
+        new.log_text().contains("upgrade socket listening"),
+        "{}",
+        new.log_text()
+    );
+    assert!(new.log_text().contains("listeners="), "{}", new.log_text());
+}

@@ -42,4 +42,5 @@ mod tls;
 mod transcode;
 mod trusted;
 mod udp;
+mod upgrade;
 mod websocket;
