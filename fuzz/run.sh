@@ -6,8 +6,8 @@
 # SECONDS_PER_TARGET defaults to 60; no TARGET means all of them (`cargo fuzz list`). Each
 # target runs in one libFuzzer process for that long, from its saved corpus (corpus/TARGET,
 # never written to) and a working corpus (target/corpus/TARGET, kept between runs, not in
-# git). With --keep, the inputs of the working corpus that add coverage are merged into
-# corpus/TARGET afterwards. Crashing, hanging (FUZZ_TIMEOUT seconds, default 10) and
+# git). With --keep, the fewest inputs of the working corpus that cover the edges the saved
+# corpus misses are added to corpus/TARGET afterwards. Crashing, hanging (FUZZ_TIMEOUT seconds, default 10) and
 # out-of-memory inputs are left in artifacts/TARGET/. Prints a summary, and exits 1 when any
 # target crashed.
 #
@@ -82,7 +82,8 @@ for t in "${targets[@]}"; do
     corp=$(sed -nE 's/.* corp: ([0-9]+\/[^ ]+).*/\1/p' <<<"$last")
     if [[ $keep -eq 1 && $status -eq 0 ]]; then
         cargo fuzz run "${build[@]}" "$t" "corpus/$t" "target/corpus/$t" -- \
-            -merge=1 -timeout="${FUZZ_TIMEOUT:-10}" >>"$log" 2>&1 || failed=1
+            -set_cover_merge=1 -use_counters=0 -use_value_profile=0 \
+            -timeout="${FUZZ_TIMEOUT:-10}" >>"$log" 2>&1 || failed=1
     fi
     saved=$(find "corpus/$t" -type f | wc -l)
     summary+=("$(printf '%-16s %6s %10s %6s %7s %12s %6s %7s' "$t" "$seconds" "${runs:-?}" \

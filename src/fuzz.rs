@@ -530,11 +530,16 @@ pub fn cache_control(data: &[u8]) {
         assert_eq!(timing.lifetime, Duration::ZERO);
     }
     let _ = cache::vary_names(&response).count();
-    // The key of a request and the key of its purge URL agree.
+    // The key of a request and the key of its purge URL agree. (A Host that is not visible
+    // ASCII is no host at all, to routing and to keys alike; a purge URL cannot name one.)
     let (Ok(host), Ok(target)) = (std::str::from_utf8(host), std::str::from_utf8(target)) else {
         return;
     };
-    if host.is_empty() || host.contains(['/', '?', '#', '@']) || !target.starts_with('/') {
+    if host.is_empty()
+        || !host.bytes().all(|b| b.is_ascii_graphic())
+        || host.contains(['/', '?', '#', '@'])
+        || !target.starts_with('/')
+    {
         return;
     }
     let (Ok(uri), Ok(host_value)) = (target.parse::<Uri>(), HeaderValue::from_str(host)) else {
