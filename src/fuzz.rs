@@ -1,6 +1,6 @@
 //! Entry points for fuzzing the parsers portico owns, as plain functions over bytes.
 //!
-//! `fuzz/` (a separate crate for `cargo +nightly fuzz`) calls these; on stable, proptest drives
+//! `fuzz/` (a separate cargo-fuzz crate, run by `fuzz/run.sh`) calls these; on stable, proptest drives
 //! the same functions below, and every saved input under `fuzz/corpus/` is replayed by a normal
 //! test. Each function panics only when an invariant breaks.
 
@@ -410,6 +410,448 @@ pub fn xml(data: &[u8]) {
     let _ = shaped.fields(value);
 }
 
+/// `Range`, `If-Range` and the preconditions of `static`: the first 8 bytes are the file's
+/// length, the rest `RANGE\nIF-RANGE\nIF-MATCH\nIF-NONE-MATCH\nDATE\nACCEPT-ENCODING`. Every
+/// range served lies within the file, in order first..=last, at most `MAX_RANGES` of them, and
+/// several never add up to more than the file; a date reads back from its own printing.
+pub fn range(data: &[u8]) {
+    use crate::proxy::static_files::rules::{self, Ranges};
+    use crate::runtime::static_files::Encoding;
+    let (len, rest) = match data.split_first_chunk::<8>() {
+        Some((len, rest)) => (u64::from_be_bytes(*len), rest),
+        None => (data.len() as u64, data),
+    };
+    let text = String::from_utf8_lossy(rest);
+    let mut fields = text.split('\n');
+    let mut field = || fields.next().unwrap_or("");
+    let (range, if_range, if_match, if_none_match, date, accept) =
+        (field(), field(), field(), field(), field(), field());
+    match rules::ranges(range, len) {
+        Ranges::Whole | Ranges::Unsatisfiable => {}
+        Ranges::Parts(parts) => {
+            assert!(!parts.is_empty() && parts.len() <= rules::MAX_RANGES);
+            for &(first, last) in &parts {
+                assert!(
+                    first <= last && last < len,
+                    "{first}-{last} of {len}: {range:?}"
+                );
+            }
+            if parts.len() > 1 {
+                let total = parts
+                    .iter()
+                    .try_fold(0u64, |sum, (first, last)| sum.checked_add(last - first + 1));
+                assert!(total.is_some_and(|t| t <= len), "ranges past the file");
+            }
+        }
+    }
+    let modified = len % (253_402_300_800); // before year 10000
+    let etag = "\"abc\"";
+    let _ = rules::if_range(if_range, etag, modified);
+    assert!(rules::if_range(&rules::http_date(modified), etag, modified));
+    assert!(rules::if_range(etag, etag, modified));
+    let conditions = rules::Conditions {
+        if_match: Some(if_match).filter(|s| !s.is_empty()),
+        if_unmodified_since: Some(date),
+        if_none_match: Some(if_none_match).filter(|s| !s.is_empty()),
+        if_modified_since: Some(date),
+    };
+    let _ = rules::evaluate(&conditions, etag, modified);
+    if let Some(secs) = rules::parse_http_date(date)
+        && secs < 253_402_300_800
+    {
+        let printed = rules::http_date(secs);
+        assert_eq!(
+            rules::parse_http_date(&printed),
+            Some(secs),
+            "{date:?} -> {printed}"
+        );
+    }
+    let offered = [Encoding::Zstd, Encoding::Br, Encoding::Gzip];
+    let chosen = rules::accepted(Some(accept), &offered);
+    let mut seen = Vec::new();
+    for e in &chosen {
+        assert!(!seen.contains(e), "an encoding chosen twice: {accept:?}");
+        seen.push(*e);
+    }
+}
+
+/// `Cache-Control`, `Vary`, `Expires`/`Age` and the conditionals of `cache`, from
+/// `CACHE-CONTROL\nVARY\nEXPIRES\nAGE\nIF-NONE-MATCH\nETAG\nHOST\nTARGET`. Directives stay
+/// within RFC 9111's bounds, freshness arithmetic never overflows, and the key of a request
+/// is the key its purge URL names.
+pub fn cache_control(data: &[u8]) {
+    use crate::plugins::cache::{self, rules};
+    use std::time::{Duration, SystemTime};
+    let mut fields = data.split(|&b| b == b'\n');
+    let mut field = || fields.next().unwrap_or(b"");
+    let mut response = http::HeaderMap::new();
+    let mut request = http::HeaderMap::new();
+    let put = |map: &mut http::HeaderMap, name: http::HeaderName, value: &[u8]| {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            map.append(name, v);
+        }
+    };
+    let cc = field();
+    put(&mut response, http::header::CACHE_CONTROL, cc);
+    put(&mut request, http::header::CACHE_CONTROL, cc);
+    put(&mut response, http::header::VARY, field());
+    put(&mut response, http::header::EXPIRES, field());
+    put(&mut response, http::header::AGE, field());
+    put(&mut request, http::header::IF_NONE_MATCH, field());
+    put(&mut response, http::header::ETAG, field());
+    let host = field();
+    let target = field();
+    let directives = rules::Directives::parse(&response);
+    for d in [
+        directives.max_age,
+        directives.s_maxage,
+        directives.min_fresh,
+        directives.stale_while_revalidate,
+        directives.stale_if_error,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(d <= 1 << 31, "a delta past 2^31: {d}");
+    }
+    assert_eq!(rules::Directives::parse(&request), directives);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let lifetime = rules::lifetime(
+        http::StatusCode::OK,
+        &response,
+        &directives,
+        Some(Duration::from_secs(60)),
+        now,
+    );
+    let _ = rules::initial_age(&response, now);
+    let _ = rules::not_modified(&request, &response);
+    let timing = cache::store::Timing::of(&directives, lifetime.unwrap_or_default());
+    if directives.no_cache {
+        assert_eq!(timing.lifetime, Duration::ZERO);
+    }
+    let _ = cache::vary_names(&response).count();
+    // The key of a request and the key of its purge URL agree. (A Host that is not visible
+    // ASCII is no host at all, to routing and to keys alike; a purge URL cannot name one.)
+    let (Ok(host), Ok(target)) = (std::str::from_utf8(host), std::str::from_utf8(target)) else {
+        return;
+    };
+    if host.is_empty()
+        || !host.bytes().all(|b| b.is_ascii_graphic())
+        || host.contains(['/', '?', '#', '@'])
+        || !target.starts_with('/')
+    {
+        return;
+    }
+    let (Ok(uri), Ok(host_value)) = (target.parse::<Uri>(), HeaderValue::from_str(host)) else {
+        return;
+    };
+    if uri.path_and_query().map(|p| p.as_str()) != Some(target) {
+        return;
+    }
+    let Ok(request) = Request::builder()
+        .uri(uri)
+        .header(http::header::HOST, host_value)
+        .body(())
+    else {
+        return;
+    };
+    let (head, ()) = request.into_parts();
+    let key = cache::url_of(&head);
+    assert_eq!(
+        cache::purge_url(&format!("http://{host}{target}")).as_deref(),
+        Some(&*key),
+        "a purge names another key"
+    );
+}
+
+/// A disk cache entry's file as `cache` reads it back: the raw bytes, and the bytes under a
+/// correct magic, version and digest (a file of another build, or one changed on disk).
+/// Never panics; an entry that reads writes back to a file that reads the same.
+pub fn cache_entry(data: &[u8]) {
+    use crate::plugins::cache::disk;
+    use std::time::Instant;
+    const KEY: &str = "example.com/a\naccept:";
+    const NOW: u64 = 1_800_000_000;
+    let _ = disk::decode(data, KEY, NOW);
+    let mut file = b"PCDE\x00\x01".to_vec();
+    file.extend_from_slice(data);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &file);
+    file.extend_from_slice(digest.as_ref());
+    let Ok(stored) = disk::decode(&file, KEY, NOW) else {
+        return;
+    };
+    let now = Instant::now();
+    let _ = (stored.age(now), stored.staleness(now), stored.size());
+    let _ = stored.fresh(now, 1 << 31);
+    let _ = (
+        stored.serves_while_revalidating(now),
+        stored.serves_on_error(now),
+    );
+    let again = disk::encode(KEY, &stored, NOW);
+    let back = disk::decode(&again, KEY, NOW).expect("a written entry reads back");
+    assert_eq!(
+        (back.status, &back.headers, &back.body, &back.vary),
+        (stored.status, &stored.headers, &stored.body, &stored.vary)
+    );
+    assert_eq!(
+        (back.initial_age, back.lifetime, back.stale_while_revalidate),
+        (
+            stored.initial_age,
+            stored.lifetime,
+            stored.stale_while_revalidate
+        )
+    );
+    assert_eq!(
+        (back.stale_if_error, back.must_revalidate, back.validators),
+        (
+            stored.stale_if_error,
+            stored.must_revalidate,
+            stored.validators
+        )
+    );
+}
+
+/// `Accept-Encoding` negotiation of `compression` and the media ranges of `content_types`,
+/// from `ACCEPT-ENCODING\nMEDIA-RANGE\nCONTENT-TYPE`: the coding chosen is one offered that
+/// the client accepts, and a media range that parses prints a range that matches the same.
+pub fn accept_encoding(data: &[u8]) {
+    use crate::config::spec_compression::Encoding;
+    use crate::plugins::compression::negotiate::{MediaRange, choose};
+    let mut fields = data.split(|&b| b == b'\n');
+    let mut field = || fields.next().unwrap_or(b"");
+    let accept = field();
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_bytes(accept) {
+        headers.insert(http::header::ACCEPT_ENCODING, v);
+    }
+    let orders: [&[Encoding]; 4] = [
+        &[Encoding::Zstd, Encoding::Br, Encoding::Gzip],
+        &[Encoding::Gzip, Encoding::Br],
+        &[Encoding::Gzip],
+        &[],
+    ];
+    for offered in orders {
+        if let Some(chosen) = choose(&headers, offered) {
+            assert!(offered.contains(&chosen), "{chosen:?} was not offered");
+            // Asking for the chosen coding alone never turns it down.
+            let token = match chosen {
+                Encoding::Zstd => "zstd",
+                Encoding::Br => "br",
+                Encoding::Gzip => "gzip",
+            };
+            let mut only = http::HeaderMap::new();
+            only.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static(token),
+            );
+            assert_eq!(choose(&only, offered), Some(chosen));
+        }
+    }
+    let (Ok(range), Ok(essence)) = (std::str::from_utf8(field()), std::str::from_utf8(field()))
+    else {
+        return;
+    };
+    if let Some(parsed) = MediaRange::parse(range) {
+        let _ = parsed.matches(essence);
+        if let MediaRange::Exact(exact) = &parsed {
+            assert!(parsed.matches(exact), "{exact} does not match itself");
+        }
+    }
+}
+
+/// The templates of aggregate calls: a template that parses prints back to text that parses
+/// to the same template, and `encode` leaves only unreserved bytes and escapes.
+pub fn template(data: &[u8]) {
+    use crate::aggregate::template::{Template, encode};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(parsed) = Template::parse(text) {
+        let printed: String = parsed.0.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            Template::parse(&printed).as_ref(),
+            Ok(&parsed),
+            "{text:?} printed as {printed:?}"
+        );
+        let expanded = parsed.expand(|p| Some(format!("<{p}>")));
+        assert!(expanded.is_some());
+    }
+    let encoded = encode(text);
+    assert!(
+        encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
+    );
+    let decoded: Vec<u8> = percent_decode(encoded.as_bytes());
+    assert_eq!(decoded, text.as_bytes(), "encode does not decode back");
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push(hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The HTTP/2 frame scanner (`h2frame`, `server::scan::FrameScan`): the first byte picks how
+/// the rest is cut into reads. However cut, it finds the same frame headers as a plain walk
+/// of the bytes, the same counts, and the same answer to "was anything but PING sent".
+pub fn h2_frames(data: &[u8]) {
+    use crate::h2frame::{Frames, Piece};
+    use crate::server::scan::FrameScan;
+    let Some((&cut, data)) = data.split_first() else {
+        return;
+    };
+    let cut = usize::from(cut % 32) + 1;
+    // The plain walk: a 9-byte header, then its payload.
+    let mut expected = Vec::new();
+    let mut at = 0;
+    while at + 9 <= data.len() {
+        let h = &data[at..at + 9];
+        let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        expected.push((h[3], h[4], stream));
+        at += 9 + len;
+    }
+    let mut found = Vec::new();
+    let mut frames = Frames::default();
+    for piece in data.chunks(cut) {
+        frames.feed(piece, |p| {
+            if let Piece::Header {
+                kind,
+                flags,
+                stream,
+            } = p
+            {
+                found.push((kind, flags, stream));
+            }
+        });
+    }
+    assert_eq!(found, expected, "frames depend on read boundaries");
+    let mut whole = FrameScan::server();
+    let used = whole.feed(data);
+    let mut pieces = FrameScan::server();
+    let used_in_pieces = data
+        .chunks(cut)
+        .fold(false, |used, piece| pieces.feed(piece) | used);
+    assert_eq!(used, used_in_pieces, "use depends on read boundaries");
+    let (a, b) = (whole.counts, pieces.counts);
+    assert_eq!(
+        (a.headers, a.resets, a.control),
+        (b.headers, b.resets, b.control)
+    );
+    assert_eq!(
+        a.headers,
+        expected.iter().filter(|f| f.0 == 0x1).count() as u64
+    );
+    let mut client = FrameScan::client();
+    let _ = client.feed(data);
+}
+
+/// The converters of aggregate calls' answers: `CONTENT-TYPE\nBODY`. Never panics; a form
+/// keeps every value it was given, text keeps the body.
+pub fn convert(data: &[u8]) {
+    use crate::aggregate::convert::{self, Format};
+    let (content_type, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (std::str::from_utf8(&data[..at]).ok(), &data[at + 1..]),
+        None => (None, data),
+    };
+    let format = Format::of(content_type);
+    let _ = convert::convert(body, format);
+    let serde_json::Value::Object(form) = convert::form(body) else {
+        panic!("a form is not an object");
+    };
+    let values: usize = form
+        .values()
+        .map(|v| match v {
+            serde_json::Value::Array(items) => items.len(),
+            _ => 1,
+        })
+        .sum();
+    assert_eq!(
+        values,
+        form_urlencoded::parse(body).count(),
+        "a form value was lost"
+    );
+    if let Ok(text) = std::str::from_utf8(body) {
+        let value = convert::convert(body, Format::Text).expect("text converts");
+        assert_eq!(value["text"].as_str(), Some(text));
+    }
+}
+
+/// Durations and sizes of the config: one that parses prints as text that parses to the same.
+pub fn units(data: &[u8]) {
+    use crate::config::units::{Dur, Size};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(d) = Dur::parse(text) {
+        assert_eq!(Dur::parse(&d.to_string()), Ok(d), "{text:?} printed as {d}");
+    }
+    if let Ok(s) = Size::parse(text) {
+        assert_eq!(
+            Size::parse(&s.to_string()),
+            Ok(s),
+            "{text:?} printed as {s}"
+        );
+    }
+}
+
+/// The cookies and redirect targets of `oidc`, from `COOKIE\nTARGET`: after `strip` no cookie
+/// of the session is left for the upstream, and a login target is `/`, a relative path that
+/// stays on the site, or a URL on an allowed origin.
+pub fn oidc(data: &[u8]) {
+    use crate::plugins::oidc::{redirect, session};
+    const NAME: &str = "portico_session";
+    let (cookie, target) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_bytes(cookie) {
+        headers.insert(http::header::COOKIE, v);
+    }
+    let _ = session::read_sealed(&headers, NAME);
+    let others: Vec<(String, String)> = session::cookies(&headers)
+        .filter(|(c, _)| !session::is_ours(NAME, c))
+        .map(|(c, v)| (c.to_owned(), v.to_owned()))
+        .collect();
+    session::strip(&mut headers, NAME);
+    assert!(
+        !session::cookies(&headers).any(|(c, _)| session::is_ours(NAME, c)),
+        "a session cookie reached the upstream"
+    );
+    let kept: Vec<(String, String)> = session::cookies(&headers)
+        .map(|(c, v)| (c.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(kept, others, "another cookie was changed");
+    let Ok(target) = std::str::from_utf8(target) else {
+        return;
+    };
+    let origins = ["https://app.example.com".to_owned()];
+    let safe = redirect::safe_target(target, &origins);
+    if safe != "/" {
+        assert_eq!(safe, target);
+        let relative = safe.starts_with('/')
+            && !safe.starts_with("//")
+            && !safe.bytes().any(|b| b == b'\\' || b.is_ascii_control());
+        let on_origin = redirect::origin_of(&safe).is_some_and(|o| o == origins[0]);
+        assert!(relative || on_origin, "{safe:?} leaves the site");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,6 +882,15 @@ mod tests {
         assert!(replay("xml", xml) > 0);
         assert!(replay("proxy_protocol", proxy_protocol) > 0);
         assert!(replay("forwarded_for", forwarded_for) > 0);
+        assert!(replay("range", range) > 0);
+        assert!(replay("cache_control", cache_control) > 0);
+        assert!(replay("cache_entry", cache_entry) > 0);
+        assert!(replay("accept_encoding", accept_encoding) > 0);
+        assert!(replay("template", template) > 0);
+        assert!(replay("h2_frames", h2_frames) > 0);
+        assert!(replay("convert", convert) > 0);
+        assert!(replay("units", units) > 0);
+        assert!(replay("oidc", oidc) > 0);
     }
 
     fn head_like() -> impl Strategy<Value = Vec<u8>> {
@@ -495,6 +946,15 @@ mod tests {
             xml(&data);
             proxy_protocol(&data);
             forwarded_for(&data);
+            range(&data);
+            cache_control(&data);
+            cache_entry(&data);
+            accept_encoding(&data);
+            template(&data);
+            h2_frames(&data);
+            convert(&data);
+            units(&data);
+            oidc(&data);
         }
 
         #[test]
@@ -541,6 +1001,116 @@ mod tests {
             ]), 0..24)
         ) {
             xml(pieces.concat().as_bytes());
+        }
+
+        #[test]
+        fn ranges_hold_invariants(
+            len in prop_oneof![0u64..2048, Just(u64::MAX), Just(u64::MAX / 2 + 1)],
+            parts in prop::collection::vec(
+                "(-?[0-9]{0,4}|[0-9]{1,4}-[0-9]{0,4}|184467440737095516[0-9]{2}-)", 0..6),
+            date in prop::sample::select(vec![
+                "Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
+                "Sun Nov  6 08:49:37 1994", "Fri, 31 Dec 9999 23:59:60 GMT", "x", "",
+            ]),
+            accept in "([a-z*-]{0,6}(;q=[0-9.]{0,5})?, ?){0,4}",
+        ) {
+            let mut data = len.to_be_bytes().to_vec();
+            data.extend_from_slice(format!("bytes={}\n\n\n\n{date}\n{accept}", parts.join(",")).as_bytes());
+            range(&data);
+        }
+
+        #[test]
+        fn cache_fields_hold_invariants(
+            directives in prop::collection::vec(prop::sample::select(vec![
+                "max-age=60", "s-maxage=\"5\"", "no-cache=\"a, b\"", "private", "no-store",
+                "stale-while-revalidate=99999999999999999999", "min-fresh=x", "public", "max-age",
+            ]), 0..5),
+            vary in "([a-z*-]{0,8}, ?){0,3}",
+            host in "[a-zA-Z0-9.:\\[\\]-]{1,16}",
+            target in "/[a-z/?=&%.]{0,16}",
+        ) {
+            let data = format!("{}\n{vary}\nThu, 01 Jan 2026 00:00:00 GMT\n5\n\"a\"\n\"a\"\n{host}\n{target}", directives.join(", "));
+            cache_control(data.as_bytes());
+        }
+
+        #[test]
+        fn cache_entries_hold_invariants(
+            cut in any::<prop::sample::Index>(),
+            flip in any::<u8>(),
+            secs in prop_oneof![Just(u64::MAX), any::<u64>(), 0u64..1000],
+        ) {
+            // A valid entry (as in corpus/cache_entry), one of its durations set, a byte changed.
+            let mut data = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/cache_entry/entry")).unwrap();
+            // initial_age sits after head length, key and stored_at.
+            let at = 4 + 4 + "example.com/a\naccept:".len() + 8;
+            data[at..at + 8].copy_from_slice(&secs.to_be_bytes());
+            cache_entry(&data);
+            let i = cut.index(data.len());
+            data[i] ^= flip;
+            cache_entry(&data);
+        }
+
+        #[test]
+        fn negotiation_holds_invariants(
+            accept in "(([a-zA-Z*-]{0,6}|gzip|br|zstd|identity)(;q=(0(\\.[0-9]{0,4})?|1(\\.0{0,3})?|[a-z]))?, ?){0,5}",
+            range in "[a-z*+]{0,8}/[a-z*+]{0,8}",
+        ) {
+            accept_encoding(format!("{accept}\n{range}\n{range}").as_bytes());
+        }
+
+        #[test]
+        fn templates_hold_invariants(
+            pieces in prop::collection::vec(prop::sample::select(vec![
+                "{path.id}", "{query.q}", "{header.X-A}", "{consumer}", "{claim.sub}", "{a.b.c}",
+                "{{", "}}", "{", "}", "/", "x", "é", "{.}", "{a..b}", "{consumer.x}", "%",
+            ]), 0..12)
+        ) {
+            template(pieces.concat().as_bytes());
+        }
+
+        #[test]
+        fn frames_hold_invariants(
+            cut in any::<u8>(),
+            frames in prop::collection::vec((0u8..10, any::<u8>(), 0u32..8, 0usize..20), 0..8),
+        ) {
+            let mut data = vec![cut];
+            for (kind, flags, stream, len) in frames {
+                data.extend_from_slice(&[0, 0, len as u8, kind, flags]);
+                data.extend_from_slice(&stream.to_be_bytes());
+                data.extend(std::iter::repeat_n(0u8, len));
+            }
+            h2_frames(&data);
+        }
+
+        #[test]
+        fn conversions_hold_invariants(
+            content_type in prop::sample::select(vec![
+                "application/x-www-form-urlencoded", "text/plain", "application/xml", "", "x+json",
+            ]),
+            body in "([a-z%+=&;]{0,6}){0,6}",
+        ) {
+            convert(format!("{content_type}\n{body}").as_bytes());
+        }
+
+        #[test]
+        fn units_hold_invariants(number in "[0-9]{1,21}", unit in prop::sample::select(vec![
+            "", "ms", "s", "m", "h", "d", "B", "KB", "MB", "GB", "KiB", "MiB", "GiB", " s", "x",
+        ])) {
+            units(format!("{number}{unit}").as_bytes());
+        }
+
+        #[test]
+        fn oidc_inputs_hold_invariants(
+            cookies in prop::collection::vec(prop::sample::select(vec![
+                "portico_session=a", "portico_session.0=b", "portico_session.3=c", "x=1",
+                "portico_session_tx_s=d", "portico_sessionx=e", "\"q\"=\"v\"", "bare", " ", "=z",
+            ]), 0..6),
+            target in prop::sample::select(vec![
+                "/", "//evil", "/\\evil", "/%2fevil", "/a/b?c", "https://app.example.com/x",
+                "https://APP.example.com", "http://app.example.com/", "https://evil/", "a", "/\t/x",
+            ]),
+        ) {
+            oidc(format!("{}\n{target}", cookies.join("; ")).as_bytes());
         }
 
         #[test]

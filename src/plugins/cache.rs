@@ -17,9 +17,9 @@
 //! `key_headers`; `Vary` selects among the answers of one key. Nothing else of a request
 //! changes what it is served.
 
-mod disk;
-mod rules;
-mod store;
+pub(crate) mod disk;
+pub(crate) mod rules;
+pub(crate) mod store;
 mod tee;
 
 use std::sync::Arc;
@@ -536,7 +536,7 @@ impl Policy {
 }
 
 /// The names of the `Vary` fields; `None` for `*` or a name that is not one.
-fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = Option<HeaderName>> + '_ {
+pub(crate) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = Option<HeaderName>> + '_ {
     headers
         .get_all(header::VARY)
         .iter()
@@ -599,7 +599,7 @@ fn mark_head(headers: &mut HeaderMap, result: &'static str) {
 }
 
 /// The host (normalised) and the target, as keys and purges name them: `host/path?query`.
-fn url_of(head: &request::Parts) -> Arc<str> {
+pub(crate) fn url_of(head: &request::Parts) -> Arc<str> {
     let host = head
         .headers
         .get(header::HOST)

@@ -10,6 +10,8 @@
 const CONTENT_LENGTH: &[u8] = b"content-length:";
 const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
 const LONGEST: usize = 18;
+/// How an HTTP/2 connection starts (the preface, RFC 9113 §3.4, up to its version).
+const H2_START: &[u8] = b"PRI * HTTP/2";
 
 /// Scanner state for one connection.
 #[derive(Debug, Default)]
@@ -21,8 +23,9 @@ pub(crate) struct HeadScan {
     saw_te: bool,
     /// Header blocks seen with both fields, not yet claimed by a request.
     pub(crate) ambiguous: u32,
-    /// Bytes seen so far (capped), to recognise the HTTP/2 preface.
-    seen: u8,
+    /// Leading bytes that matched the start of the HTTP/2 preface so far; `u8::MAX` once one
+    /// did not (the preface is recognised across reads, however they are cut).
+    preface: u8,
     /// The connection speaks HTTP/2: nothing to scan.
     pub(crate) http2: bool,
 }
@@ -30,10 +33,20 @@ pub(crate) struct HeadScan {
 impl HeadScan {
     /// Feeds the next bytes read from the client.
     pub(crate) fn feed(&mut self, mut data: &[u8]) {
-        if self.seen == 0 && data.starts_with(b"PRI * HTTP/2") {
-            self.http2 = true;
+        // The bytes before the first line feed are never scanned (the request line), and the
+        // preface start holds none, so matching it needs no buffering.
+        let have = usize::from(self.preface);
+        if have < H2_START.len() {
+            let n = (H2_START.len() - have).min(data.len());
+            self.preface = if data[..n] == H2_START[have..have + n] {
+                (have + n) as u8
+            } else {
+                u8::MAX
+            };
+            if usize::from(self.preface) == H2_START.len() {
+                self.http2 = true;
+            }
         }
-        self.seen = self.seen.saturating_add(1);
         if self.http2 {
             return;
         }
@@ -205,6 +218,34 @@ mod tests {
         );
         assert_eq!(scan(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"]), 0);
         assert_eq!(scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", BOTH]), 0);
+    }
+
+    #[test]
+    fn the_http2_preface_is_recognised_across_reads() {
+        // Found by fuzzing (corpus/request_head/preface-split): the preface start in the first
+        // read switched the scanner off, and the same bytes cut into smaller reads did not.
+        for cut in 0..=12 {
+            let mut s = HeadScan::default();
+            s.feed(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..cut]);
+            s.feed(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[cut..]);
+            assert!(s.http2, "cut at {cut}");
+        }
+        let input =
+            b"PRI * HTTP/2POST / HTTP/1.1\r\nContent-Length: 8\r\nTransfer-Encoding: x\r\n\r\n";
+        let mut whole = HeadScan::default();
+        whole.feed(input);
+        let mut pieces = HeadScan::default();
+        for chunk in input.chunks(7) {
+            pieces.feed(chunk);
+        }
+        assert_eq!(
+            (whole.http2, whole.ambiguous),
+            (pieces.http2, pieces.ambiguous)
+        );
+        // Not the preface: scanned as HTTP/1.
+        let mut other = HeadScan::default();
+        other.feed(b"PRI * HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((other.http2, other.ambiguous), (false, 1));
     }
 
     proptest! {

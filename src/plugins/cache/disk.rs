@@ -507,8 +507,8 @@ pub(crate) fn decode(bytes: &[u8], key: &str, now: u64) -> Result<Stored, &'stat
         return Err("another key");
     }
     let stored_at = h.u64().ok_or(bad)?;
+    let initial_age = h.u64().ok_or(bad)?;
     let mut secs = || h.u64().map(Duration::from_secs).ok_or(bad);
-    let initial_age = secs()?;
     let lifetime = secs()?;
     let stale_while_revalidate = secs()?;
     let stale_if_error = secs()?;
@@ -543,7 +543,8 @@ pub(crate) fn decode(bytes: &[u8], key: &str, now: u64) -> Result<Stored, &'stat
         body: Bytes::copy_from_slice(body),
         vary,
         received: Instant::now(),
-        initial_age: initial_age + Duration::from_secs(now.saturating_sub(stored_at)),
+        // In whole seconds, saturating: a file is read as it is, durations of any size included.
+        initial_age: Duration::from_secs(initial_age.saturating_add(now.saturating_sub(stored_at))),
         lifetime,
         stale_while_revalidate,
         stale_if_error,

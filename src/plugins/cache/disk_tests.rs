@@ -202,3 +202,18 @@ fn an_unusable_folder_is_refused() {
     assert!(disk::prepare(&file.join("below")).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_file_with_an_age_past_any_clock_reads_without_overflow() {
+    // Found by fuzzing (corpus/cache_entry/overflow-initial-age): a file with a valid digest
+    // and an initial age of 2^64 - 1 seconds panicked adding the time since it was stored.
+    let mut stored = entry(b"x");
+    stored.initial_age = Duration::from_secs(u64::MAX);
+    let bytes = disk::encode(KEY, &stored, 1_000);
+    let back = disk::decode(&bytes, KEY, 2_000).unwrap();
+    assert_eq!(back.initial_age, Duration::from_secs(u64::MAX));
+    let now = Instant::now();
+    assert!(back.age(now) >= Duration::from_secs(u64::MAX));
+    assert!(!back.fresh(now, 1 << 31));
+    assert!(!back.serves_on_error(now));
+}

@@ -48,7 +48,8 @@ pub(crate) struct Stored {
 impl Stored {
     /// Its current age (RFC 9111 §4.2.3).
     pub(crate) fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.received)
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.received))
     }
 
     /// How long it has been stale (zero while fresh).
@@ -58,7 +59,7 @@ impl Stored {
 
     /// Whether it is fresh, with `min_fresh` seconds to spare.
     pub(crate) fn fresh(&self, now: Instant, min_fresh: u64) -> bool {
-        self.age(now) + Duration::from_secs(min_fresh) < self.lifetime
+        self.age(now).saturating_add(Duration::from_secs(min_fresh)) < self.lifetime
     }
 
     /// Whether it may be served stale while it is refreshed (RFC 5861 §3).

@@ -6,7 +6,7 @@
 //! run last (they go last plugin first), after every plugin that edits the body or its head.
 
 mod codec;
-mod negotiate;
+pub(crate) mod negotiate;
 
 use http::{HeaderMap, HeaderValue, StatusCode, header, request, response};
 

@@ -10,8 +10,8 @@
 
 mod login;
 mod provider;
-mod redirect;
-mod session;
+pub(crate) mod redirect;
+pub(crate) mod session;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;

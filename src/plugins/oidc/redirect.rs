@@ -13,7 +13,7 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL
 /// `/` or `\`, no control characters or backslashes anywhere, and no percent-encoded slash or
 /// backslash right after the first `/`), or an absolute `http(s)` URL on one of `origins`.
 /// Anything else is `/`.
-pub(super) fn safe_target(target: &str, origins: &[String]) -> String {
+pub(crate) fn safe_target(target: &str, origins: &[String]) -> String {
     if is_relative(target) {
         return target.to_owned();
     }
@@ -51,7 +51,7 @@ fn is_relative(target: &str) -> bool {
 }
 
 /// `scheme://host[:port]` of an absolute `http`/`https` URL, lowercased; `None` otherwise.
-pub(super) fn origin_of(url: &str) -> Option<String> {
+pub(crate) fn origin_of(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
     if scheme != "http" && scheme != "https" {

@@ -216,7 +216,7 @@ impl Attributes {
 }
 
 /// Every `name=value` pair of the request's `Cookie` headers.
-pub(super) fn cookies(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn cookies(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -230,14 +230,14 @@ pub(super) fn cookies(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, 
 
 /// Whether `cookie` is one of portico's for session name `name`: the session, a chunk of it,
 /// or a login transaction.
-pub(super) fn is_ours(name: &str, cookie: &str) -> bool {
+pub(crate) fn is_ours(name: &str, cookie: &str) -> bool {
     cookie
         .strip_prefix(name)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with("_tx_"))
 }
 
 /// The sealed session the request carries: `NAME`, or `NAME.0`, `NAME.1`... joined.
-pub(super) fn read_sealed(headers: &http::HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn read_sealed(headers: &http::HeaderMap, name: &str) -> Option<String> {
     let mut whole = None;
     let mut chunks: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
     for (cookie, value) in cookies(headers) {
@@ -326,7 +326,7 @@ pub(super) fn clear(attrs: &Attributes, headers: &http::HeaderMap, name: &str) -
 
 /// Removes portico's cookies from the request's `Cookie` headers (the upstream never sees
 /// them); the header goes when nothing is left.
-pub(super) fn strip(headers: &mut http::HeaderMap, name: &str) {
+pub(crate) fn strip(headers: &mut http::HeaderMap, name: &str) {
     if !cookies(headers).any(|(c, _)| is_ours(name, c)) {
         return;
     }

@@ -12,7 +12,7 @@ mod beneath;
 mod body;
 mod lookup;
 mod mime;
-mod rules;
+pub(crate) mod rules;
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;

@@ -34,7 +34,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// `secs` as an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub(super) fn http_date(secs: u64) -> String {
+pub(crate) fn http_date(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rest = secs % 86_400;
     let (year, month, day) = civil(days);
@@ -51,7 +51,7 @@ pub(super) fn http_date(secs: u64) -> String {
 /// A date in any of RFC 9110 §5.6.7's three forms (IMF-fixdate, the obsolete RFC 850 form
 /// with a two-digit year, and asctime) as seconds since the epoch; `None` for anything
 /// else, which a precondition then ignores.
-pub(super) fn parse_http_date(text: &str) -> Option<u64> {
+pub(crate) fn parse_http_date(text: &str) -> Option<u64> {
     let words: Vec<&str> = text.split([' ', ',']).filter(|w| !w.is_empty()).collect();
     let (day, month, year, time) = match words.as_slice() {
         // Sun, 06 Nov 1994 08:49:37 GMT
@@ -110,18 +110,18 @@ fn tags(value: &str) -> Option<Vec<(bool, &str)>> {
 }
 
 /// `If-Match`: strong comparison; `*` matches any current file.
-pub(super) fn if_match(value: &str, etag: &str) -> bool {
+pub(crate) fn if_match(value: &str, etag: &str) -> bool {
     tags(value).is_none_or(|list| list.iter().any(|(weak, t)| !weak && *t == etag))
 }
 
 /// `If-None-Match`: whether the file matches (weak comparison), so the condition fails.
-pub(super) fn none_match_hits(value: &str, etag: &str) -> bool {
+pub(crate) fn none_match_hits(value: &str, etag: &str) -> bool {
     tags(value).is_none_or(|list| list.iter().any(|(_, t)| *t == etag))
 }
 
 /// What the preconditions decide (RFC 9110 §13.2.2).
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Precondition {
+pub(crate) enum Precondition {
     /// Answer normally.
     Pass,
     /// 304 Not Modified.
@@ -132,15 +132,15 @@ pub(super) enum Precondition {
 
 /// The request's precondition fields, as strings.
 #[derive(Debug, Default)]
-pub(super) struct Conditions<'a> {
-    pub(super) if_match: Option<&'a str>,
-    pub(super) if_unmodified_since: Option<&'a str>,
-    pub(super) if_none_match: Option<&'a str>,
-    pub(super) if_modified_since: Option<&'a str>,
+pub(crate) struct Conditions<'a> {
+    pub(crate) if_match: Option<&'a str>,
+    pub(crate) if_unmodified_since: Option<&'a str>,
+    pub(crate) if_none_match: Option<&'a str>,
+    pub(crate) if_modified_since: Option<&'a str>,
 }
 
 /// Evaluates the preconditions of a GET or HEAD in RFC 9110 §13.2.2's order.
-pub(super) fn evaluate(c: &Conditions<'_>, etag: &str, modified: u64) -> Precondition {
+pub(crate) fn evaluate(c: &Conditions<'_>, etag: &str, modified: u64) -> Precondition {
     if let Some(value) = c.if_match {
         if !if_match(value, etag) {
             return Precondition::Failed;
@@ -164,7 +164,7 @@ pub(super) fn evaluate(c: &Conditions<'_>, etag: &str, modified: u64) -> Precond
 
 /// `If-Range`: whether the range may be served (a strong tag equal to the file's, or a date
 /// equal to its `Last-Modified`).
-pub(super) fn if_range(value: &str, etag: &str, modified: u64) -> bool {
+pub(crate) fn if_range(value: &str, etag: &str, modified: u64) -> bool {
     let value = value.trim();
     if value.starts_with('"') {
         return value == etag;
@@ -173,11 +173,11 @@ pub(super) fn if_range(value: &str, etag: &str, modified: u64) -> bool {
 }
 
 /// Most ranges one request may ask for; more and the whole file is sent.
-pub(super) const MAX_RANGES: usize = 32;
+pub(crate) const MAX_RANGES: usize = 32;
 
 /// What a `Range` field asks of a file of `len` bytes.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Ranges {
+pub(crate) enum Ranges {
     /// No usable `Range`: send the whole file.
     Whole,
     /// These inclusive byte ranges, each within the file.
@@ -188,7 +188,7 @@ pub(super) enum Ranges {
 
 /// Parses `bytes=a-b, c-, -n` against a file of `len` bytes. A field that does not parse,
 /// another unit, or more than [`MAX_RANGES`] ranges is ignored (RFC 9110 §14.2).
-pub(super) fn ranges(value: &str, len: u64) -> Ranges {
+pub(crate) fn ranges(value: &str, len: u64) -> Ranges {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return Ranges::Whole;
     };
@@ -241,15 +241,18 @@ pub(super) fn ranges(value: &str, len: u64) -> Ranges {
     }
     // Overlapping ranges that add up to more than the file are an amplification attempt
     // (RFC 9110 §14.2 lets a server ignore them): the whole file is cheaper, as nginx does.
-    let total: u64 = out.iter().map(|(first, last)| last - first + 1).sum();
-    if out.len() > 1 && total > len {
+    // Checked: with a file of (nearly) 2^64 bytes the sum must not wrap back under its length.
+    let total = out
+        .iter()
+        .try_fold(0u64, |sum, (first, last)| sum.checked_add(last - first + 1));
+    if out.len() > 1 && total.is_none_or(|total| total > len) {
         return Ranges::Whole;
     }
     Ranges::Parts(out)
 }
 
 /// The site's encodings the client accepts, best first (higher `q`, then the site's order).
-pub(super) fn accepted(value: Option<&str>, offered: &[Encoding]) -> Vec<Encoding> {
+pub(crate) fn accepted(value: Option<&str>, offered: &[Encoding]) -> Vec<Encoding> {
     let Some(value) = value else {
         return Vec::new();
     };
@@ -399,6 +402,16 @@ mod tests {
         );
         let many = format!("bytes={}", vec!["0-0"; MAX_RANGES + 1].join(","));
         assert_eq!(ranges(&many, 100), Ranges::Whole);
+    }
+
+    #[test]
+    fn overlapping_ranges_of_a_huge_file_do_not_wrap_the_sum() {
+        // Found by fuzzing (corpus/range/overflow-huge-file): 2^64 - 1 bytes twice overflowed.
+        assert_eq!(ranges("bytes=0-10,0-", u64::MAX), Ranges::Whole);
+        assert_eq!(
+            ranges("bytes=0-", u64::MAX),
+            Ranges::Parts(vec![(0, u64::MAX - 1)])
+        );
     }
 
     #[test]
