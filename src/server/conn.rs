@@ -83,7 +83,7 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// hyper's HTTP/1.1 settings for a connection back from parking (see [`builder`]).
-fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+fn http1_builder(max_buf: usize) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -92,7 +92,7 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
         .header_read_timeout(None)
         .keep_alive(true)
         .max_headers(HYPER_MAX_HEADERS)
-        .max_buf_size(http1_max_buf(limits));
+        .max_buf_size(max_buf);
     builder
 }
 
@@ -354,10 +354,10 @@ where
             .serve_connection_with_upgrades(TokioIo::new(lease), service())
             .into_owned(),
     );
-    let limits = *limits;
+    let max_buf = http1_max_buf(limits);
     // hyper's HTTP/1.1 connection for a stream back from parking.
     let resume = move |lease: Lease<S>| {
-        http1_builder(&limits)
+        http1_builder(max_buf)
             .serve_connection(TokioIo::new(lease), service())
             .with_upgrades()
     };
