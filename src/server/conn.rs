@@ -414,10 +414,11 @@ where
                             if !park(&slot, &mut lifecycle).await {
                                 return;
                             }
-                            let Some(io) = slot.io.lock().ok().and_then(|mut io| io.take())
+                            let Some(mut io) = slot.io.lock().ok().and_then(|mut io| io.take())
                             else {
                                 return;
                             };
+                            io.resumed();
                             let lease = Lease {
                                 io: Some(io),
                                 slot: Arc::clone(&slot),
@@ -742,6 +743,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    /// Back from parking: a head is likely to start now, and its timeout must be kept (the
+    /// timer was armed for the idle timeout alone).
+    fn resumed(&mut self) {
+        self.park_asked = false;
+        let now = Instant::now();
+        self.rearm(now, now + self.idle);
     }
 
     /// Parked: ready when the client sends something or closes, an error when the idle
