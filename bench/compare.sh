@@ -225,6 +225,10 @@
 #                  table gains a portico/portico-base column (new ÷ base). Put `portico-base`
 #                  in PROXIES to choose its place; otherwise it follows portico.
 #   RESULTS=FILE   also save the raw per-run results (TSV) to FILE
+#   WORKERS [1]    workers per proxy; the proxy runs on CPUs 0..WORKERS-1 (PROXY_CPUS), the
+#                  load generator with one thread per CPU and the upstreams on the next
+#                  WORKERS CPUs (LOAD_CPUS); connections scale with it (wrk 50, h2load 10 per
+#                  worker). bench/scaling.sh runs the bench for WORKERS=1..N.
 #   COUNTS [1]  COUNT_S [2] (s)   count syscalls and allocations per request in an extra
 #                  COUNT_S-second run after each timed wrk/h2load run (needs perf: linux-perf,
 #                  run as root for the libc uprobes)
@@ -262,8 +266,25 @@ PROXIES=${PROXIES:-portico nginx haproxy traefik}
 TESTS=${TESTS:-root 16k h2c close idle}
 SLOW_DELAY_MS=${SLOW_DELAY_MS:-20}
 
-PROXY_CPU=0 # CPU for the proxy under test
-LOAD_CPU=1  # CPU for wrk/h2load/idle client and both upstreams
+# Workers per proxy (portico `workers`, nginx `worker_processes`, HAProxy `nbthread`, Traefik
+# GOMAXPROCS); bench/scaling.sh runs the bench for 1..N. The proxy gets CPUs 0..WORKERS-1,
+# the load generator (one thread per CPU) and the upstreams the next WORKERS CPUs.
+WORKERS=${WORKERS:-1}
+[[ $WORKERS =~ ^[1-9][0-9]*$ ]] || { echo "WORKERS must be a whole number >= 1" >&2; exit 1; }
+CPUS=$(nproc)
+if ((2 * WORKERS <= CPUS)); then
+    PROXY_CPU=$([[ $WORKERS == 1 ]] && echo 0 || echo "0-$((WORKERS - 1))")
+    LOAD_CPU=$([[ $WORKERS == 1 ]] && echo 1 || echo "$WORKERS-$((2 * WORKERS - 1))")
+else
+    # Too few CPUs to keep them apart: the proxy on its first WORKERS, the load on all.
+    echo "[compare] warning: WORKERS=$WORKERS needs $((2 * WORKERS)) CPUs (proxy and load apart); this machine has $CPUS: they share" >&2
+    PROXY_CPU="0-$((WORKERS < CPUS ? WORKERS - 1 : CPUS - 1))"
+    LOAD_CPU="0-$((CPUS - 1))"
+fi
+PROXY_CPU=${PROXY_CPUS:-$PROXY_CPU} # CPUs of the proxy under test
+LOAD_CPU=${LOAD_CPUS:-$LOAD_CPU}    # CPUs of wrk/h2load/idle client and the upstreams
+# One load-generator thread per load CPU.
+LOAD_THREADS=$(taskset -c "$LOAD_CPU" nproc 2>/dev/null || echo 1)
 
 log() { printf '[compare] %s\n' "$*" >&2; }
 die() {
@@ -713,7 +734,7 @@ consumers:
         route="  []"
     fi
     cat >"$TMP/portico.yaml" <<EOF
-workers: 1
+workers: $WORKERS
 access_log: { enabled: false }
 listeners:
   - $listener$tls$consumers
@@ -800,7 +821,7 @@ start_nginx() {
         PORT_H2=$PORT PORT_TLS=
         cat >"$TMP/nginx.conf" <<EOF
 load_module $NGINX_STREAM_SO;
-worker_processes 1;
+worker_processes $WORKERS;
 daemon off;
 master_process on;
 pid $TMP/nginx.pid;
@@ -838,7 +859,7 @@ EOF
         PORT_TLS=
     fi
     cat >"$TMP/nginx.conf" <<EOF
-worker_processes 1;
+worker_processes $WORKERS;
 daemon off;
 master_process on;
 pid $TMP/nginx.pid;
@@ -903,7 +924,7 @@ start_haproxy() {
     fi
     cat >"$TMP/haproxy.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $WORKERS
     maxconn $maxconn
 defaults
     mode $mode
@@ -973,7 +994,7 @@ http:
   routers:
     all: { rule: "PathPrefix(\`/\`)", entryPoints: [web], service: bench }$tls_dyn
 EOF
-    taskset -c "$PROXY_CPU" env GOMAXPROCS=1 "$TRAEFIK" --configFile="$TMP/traefik.yml" \
+    taskset -c "$PROXY_CPU" env GOMAXPROCS="$WORKERS" "$TRAEFIK" --configFile="$TMP/traefik.yml" \
         >"$TMP/traefik.log" 2>&1 &
     PROXY_PID=$!
     STARTED+=("$PROXY_PID")
@@ -1114,7 +1135,7 @@ configure_run() { # TEST RUN → sets PROXY, BACKENDS, PORTICO_BALANCE, NGINX_BA
 [[ -n $NGINX ]] && log "nginx: $("$NGINX" -v 2>&1 | sed 's/.*: //'), h2c via $(nginx_h2_style) style"
 [[ -n $HAPROXY ]] && log "haproxy: $("$HAPROXY" -v | head -n1 | cut -d' ' -f1-3)"
 [[ -n $TRAEFIK ]] &&
-    log "traefik: $("$TRAEFIK" version | awk '$1 == "Version:" { print $2 }') ($TRAEFIK), GOMAXPROCS=1"
+    log "traefik: $("$TRAEFIK" version | awk '$1 == "Version:" { print $2 }') ($TRAEFIK), GOMAXPROCS=$WORKERS"
 
 # ---------------------------------------------------------------- load generators
 RESULTS_TSV=$TMP/results.tsv # test proxy round rps req_per_cpu_s cpu_pct p50 p99 hwm_kib errors other_pct conns_per_req user_us sys_us syscalls allocs valid
@@ -1274,7 +1295,7 @@ count_wrk() { # PROXY URL [wrk args...] → sets SYSC_PR and ALLOC_PR
     if ((WRK_SHIM)); then
         wrk=(env LD_PRELOAD="$TLS_SHIM" WRK_NO_RESUME="$WRK_NO_RESUME" WRK_TLS_STATS=/dev/null wrk)
     fi
-    count_run "$out" taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c"${WRK_CONNS:-50}" -d"${COUNT_S}s" "$@" "$url" || return 0
+    count_run "$out" taskset -c "$LOAD_CPU" "${wrk[@]}" -t"$LOAD_THREADS" -c"${WRK_CONNS:-$((50 * WORKERS))}" -d"${COUNT_S}s" "$@" "$url" || return 0
     requests=$(awk '/ requests in / { print $1 }' "$out")
     SYSC_PR=$(per_request "$COUNT_SYSCALLS" "${requests:-0}")
     [[ $proxy == traefik* ]] || ALLOC_PR=$(per_request "$COUNT_ALLOCS" "${requests:-0}")
@@ -1282,7 +1303,7 @@ count_wrk() { # PROXY URL [wrk args...] → sets SYSC_PR and ALLOC_PR
 count_h2load() { # PROXY URL → sets SYSC_PR and ALLOC_PR
     local proxy=$1 url=$2 out=$TMP/count.out requests
     ((COUNTS)) || return 0
-    count_run "$out" taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$COUNT_S" "$url" || return 0
+    count_run "$out" taskset -c "$LOAD_CPU" h2load -t"$LOAD_THREADS" -c"$((10 * WORKERS))" -m5 -D "$COUNT_S" "$url" || return 0
     requests=$(awk '/^requests:/ { print $8 }' "$out")
     SYSC_PR=$(per_request "$COUNT_SYSCALLS" "${requests:-0}")
     [[ $proxy == traefik* ]] || ALLOC_PR=$(per_request "$COUNT_ALLOCS" "${requests:-0}")
@@ -1303,10 +1324,10 @@ run_wrk() { # TEST PROXY ROUND PATH [wrk args...]
         wrk=(env LD_PRELOAD="$TLS_SHIM" WRK_NO_RESUME="$WRK_NO_RESUME" WRK_TLS_STATS="$stats" wrk)
     fi
     shift 4
-    local conns=${WRK_CONNS:-50}
-    taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c"$conns" -d"${WARMUP}s" "$@" "$url" >/dev/null
+    local conns=${WRK_CONNS:-$((50 * WORKERS))}
+    taskset -c "$LOAD_CPU" "${wrk[@]}" -t"$LOAD_THREADS" -c"$conns" -d"${WARMUP}s" "$@" "$url" >/dev/null
     rm -f "$stats"
-    measured taskset -c "$LOAD_CPU" "${wrk[@]}" -t1 -c"$conns" -d"${DURATION}s" --latency "$@" "$url" >"$out"
+    measured taskset -c "$LOAD_CPU" "${wrk[@]}" -t"$LOAD_THREADS" -c"$conns" -d"${DURATION}s" --latency "$@" "$url" >"$out"
     count_wrk "$proxy" "$url" "$@"
     if ((WRK_SHIM)); then
         local full resumed
@@ -1334,9 +1355,9 @@ run_wrk() { # TEST PROXY ROUND PATH [wrk args...]
 
 run_h2load() { # TEST PROXY ROUND
     local url="${BASE_URL:-http://127.0.0.1:$PORT_H2}/" out=$TMP/h2load.out lat=$TMP/h2load.log
-    taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$WARMUP" "$url" >/dev/null
+    taskset -c "$LOAD_CPU" h2load -t"$LOAD_THREADS" -c"$((10 * WORKERS))" -m5 -D "$WARMUP" "$url" >/dev/null
     rm -f "$lat"
-    measured taskset -c "$LOAD_CPU" h2load -t1 -c10 -m5 -D "$DURATION" --log-file="$lat" "$url" >"$out"
+    measured taskset -c "$LOAD_CPU" h2load -t"$LOAD_THREADS" -c"$((10 * WORKERS))" -m5 -D "$DURATION" --log-file="$lat" "$url" >"$out"
     count_h2load "$2" "$url"
     local requests rps errors p50 p99
     # finished in 3.00s, 47262.00 req/s, ...

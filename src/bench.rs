@@ -62,6 +62,7 @@ impl Gateway {
             scheme: "http",
             client_cert: None,
             tunnels: None,
+            admission: None,
         };
         let shared = Shared::new(
             snapshot,
@@ -119,5 +120,5 @@ impl Gateway {
 /// Runs the server on the config file at `config`, as `portico run` does, until the process
 /// ends: for tests that measure the whole process (`tests/idle_memory.rs`).
 pub fn run_server(config: &std::path::Path) -> Result<(), String> {
-    crate::server::reload::run(config).map_err(|err| err.to_string())
+    crate::server::reload::run(config, None).map_err(|err| err.to_string())
 }

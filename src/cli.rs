@@ -28,6 +28,12 @@ enum Command {
         /// The config file (YAML or JSON).
         #[arg(short, long)]
         config: PathBuf,
+        /// Zero-downtime upgrade: take the listening sockets from the portico serving this
+        /// upgrade socket (its `upgrade.socket`); once this process serves, that one stops
+        /// accepting and drains. The config is compiled first: if it is invalid, nothing
+        /// changes.
+        #[arg(long, value_name = "PATH")]
+        upgrade_from: Option<PathBuf>,
     },
     /// Checks a config; prints every error as FILE:LINE:COL: message, and warnings as
     /// FILE:LINE:COL: warning: message.
@@ -71,9 +77,12 @@ enum Command {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            upgrade_from,
+        } => {
             init_logging();
-            match crate::server::reload::run(&config) {
+            match crate::server::reload::run(&config, upgrade_from.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err}");

@@ -45,6 +45,7 @@ pub(crate) const ERROR_CODES: &[(&str, u16)] = &[
     ("upstream_response_invalid", 502),
     ("no_healthy_target", 503),
     ("circuit_open", 503),
+    ("overloaded", 503),
     ("auth_unavailable", 503),
     ("upstream_timeout", 504),
     ("aggregate_timeout", 504),
@@ -103,6 +104,18 @@ pub(crate) enum ProxyError {
         upstream: String,
         /// Which limit: `max_requests` or `max_connections`.
         limit: &'static str,
+    },
+    /// The client address is over its listener's `limits.requests_per_ip`.
+    #[error("too many requests from this address; see Retry-After")]
+    ClientRateLimited {
+        /// Seconds until the next request is allowed.
+        retry_after: u64,
+    },
+    /// The listener is at its `overload` limit and the wait for a place ran out.
+    #[error("the listener is overloaded ({limit} requests in flight); retry later")]
+    Overloaded {
+        /// The limit in force.
+        limit: usize,
     },
     /// The TCP connection to the target could not be made.
     #[error("connecting to upstream `{upstream}` target {target} failed")]
@@ -201,9 +214,10 @@ impl ProxyError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoTarget { .. } | ProxyError::CircuitOpen { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoTarget { .. }
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ClientRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade { .. }
@@ -233,6 +247,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::NoTarget { .. } => "no_healthy_target",
             ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::ClientRateLimited { .. } => "rate_limited",
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade { .. }
@@ -255,7 +271,20 @@ impl ProxyError {
 
     /// The JSON error response.
     pub(crate) fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
-        error_response(self.status(), self.code(), &self.to_string(), request_id)
+        let mut response =
+            error_response(self.status(), self.code(), &self.to_string(), request_id);
+        let retry_after = match self {
+            ProxyError::ClientRateLimited { retry_after } => Some(*retry_after),
+            // A place opens within moments; a second is the shortest the field says.
+            ProxyError::Overloaded { .. } => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

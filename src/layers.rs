@@ -11,6 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "aggregate",
         "random",
+        "worker",
         "background",
         "body",
         "consumer",
@@ -22,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
         "config",
         "health",
     ],
-    &["observe", "tls", "pool"],
+    &["observe", "admission", "tls", "pool"],
     &["routing", "balance", "plugins"],
     &["runtime"],
     &["proxy", "l4"],

@@ -20,8 +20,8 @@
 //! and `fuzz` are public:
 //!
 //! ```text
-//! leaves     body ctx error consumer view proxy_protocol random background config health
-//! state      observe  tls  pool                                            (pool: its own ConnectError, active checks)
+//! leaves     body ctx error consumer view proxy_protocol random worker background config health
+//! state      observe  admission  tls  pool                                      (pool: its own ConnectError, active checks)
 //! choice     routing  balance  plugins
 //! compiled   runtime (compile, Snapshot, Shared, explain)
 //! request    proxy (pipeline, forward, headers)  l4
@@ -29,6 +29,7 @@
 //! ```
 
 pub(crate) mod admin;
+pub(crate) mod admission;
 pub(crate) mod aggregate;
 pub(crate) mod background;
 pub(crate) mod balance;
@@ -58,3 +59,4 @@ pub(crate) mod runtime;
 pub(crate) mod server;
 pub(crate) mod tls;
 pub(crate) mod view;
+pub(crate) mod worker;

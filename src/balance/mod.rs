@@ -9,7 +9,9 @@
 pub(crate) mod hash;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::observe::sharded::Cursor;
 use std::time::Duration;
 
 pub(crate) use crate::view::RequestView;
@@ -24,13 +26,13 @@ pub(crate) enum Algorithm {
     RoundRobin {
         /// One cycle of picks.
         sequence: Vec<u32>,
-        /// Position in the cycle.
-        next: AtomicUsize,
+        /// Position in the cycle, per worker.
+        next: Cursor,
     },
     /// Fewest in-flight requests per unit of weight; ties go round robin.
     LeastRequest {
-        /// Tie breaker.
-        next: AtomicUsize,
+        /// Tie breaker, per worker.
+        next: Cursor,
     },
     /// Weighted random.
     Random,
@@ -171,12 +173,8 @@ impl Balancer {
         advance: bool,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let step = |next: &AtomicUsize| {
-            if advance {
-                next.fetch_add(1, Ordering::Relaxed)
-            } else {
-                next.load(Ordering::Relaxed)
-            }
+        let step = |next: &Cursor| {
+            if advance { next.advance() } else { next.get() }
         };
         let weight = |i: usize| f64::from(self.weights[i].max(1)) * self.warmth(&targets[i]);
         match &self.algorithm {

@@ -12,6 +12,7 @@ mod reference;
 pub(crate) mod schema;
 pub(crate) mod secret;
 pub(crate) mod spec;
+mod spec_admission;
 pub(crate) mod spec_cache;
 pub(crate) mod spec_compression;
 pub(crate) mod spec_forward_auth;
@@ -347,6 +348,7 @@ pub(crate) fn read_str(
                 })
             }
             "access_log" => spec.access_log = diags.take(value).unwrap_or_default(),
+            "upgrade" => spec.upgrade = diags.take(value),
             "trusted_proxies" => spec.trusted_proxies = diags.take(value),
             "listeners" => {
                 let list = take_list(&mut diags, value, "listeners", &mut unparsed);
@@ -436,6 +438,7 @@ const TOP_LEVEL: &[&str] = &[
     "drain_timeout",
     "admin",
     "access_log",
+    "upgrade",
     "trusted_proxies",
     "listeners",
     "routes",

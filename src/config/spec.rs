@@ -23,6 +23,10 @@ pub(crate) struct Spec {
     pub(crate) admin: Option<AdminSpec>,
     /// The access log: one JSON line per request. Read at start only.
     pub(crate) access_log: AccessLogSpec,
+    /// Zero-downtime binary upgrade: the Unix socket a new portico process takes the
+    /// listening sockets from (`portico run --upgrade-from PATH`); off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) upgrade: Option<UpgradeSpec>,
     /// Proxies whose `X-Forwarded-For` / `Forwarded` name the client (off when absent: the
     /// client is the peer and `X-Forwarded-For` is appended to as it came).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +55,7 @@ impl Default for Spec {
             drain_timeout: Dur(std::time::Duration::from_secs(30)),
             admin: None,
             access_log: AccessLogSpec::default(),
+            upgrade: None,
             trusted_proxies: None,
             listeners: Vec::new(),
             routes: Vec::new(),
@@ -122,6 +127,16 @@ fn redact<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Er
     s.serialize_str("<redacted>")
 }
 
+/// `upgrade:` — handing the listening sockets to a new portico process.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpgradeSpec {
+    /// Path of the Unix socket (mode 0600) a new process connects to with
+    /// `portico run --upgrade-from PATH`; relative to the config file's folder. Read at
+    /// start only.
+    pub(crate) socket: At<String>,
+}
+
 /// `access_log:` — one JSON line per request.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +180,9 @@ pub(crate) struct ListenerSpec {
     /// Per-connection and per-request limits.
     #[serde(default)]
     pub(crate) limits: LimitsSpec,
+    /// `http` and `https`: load shedding — a limit on requests in flight, fixed or adaptive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) overload: Option<OverloadSpec>,
     /// Certificates and client authentication (`protocol: https` and `tls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Option<ListenerTlsSpec>,
@@ -395,6 +413,23 @@ pub(crate) struct LimitsSpec {
     /// Most bytes of a response held for a client that reads slowly: per HTTP/1.1
     /// connection, and per HTTP/2 stream; at least `16KiB`.
     pub(crate) send_buffer: Size,
+    /// Most open connections from one client address (IPv6: one `ipv6_prefix`); more are
+    /// closed at accept, before any TLS handshake.
+    #[schemars(range(min = 1))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) connections_per_ip: Option<usize>,
+    /// A request rate per client address (IPv6: per `ipv6_prefix`); beyond it: 429
+    /// `rate_limited` with `Retry-After`, before routing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) requests_per_ip: Option<RequestsPerIpSpec>,
+    /// IPv6 clients are counted by this prefix length (1–128), so that one host cannot dodge
+    /// the per-address limits by rotating addresses; IPv4-mapped addresses count as IPv4.
+    #[schemars(range(min = 1, max = 128))]
+    pub(crate) ipv6_prefix: u8,
+    /// Most client addresses tracked at once by each per-address limit (a memory bound);
+    /// past it, new addresses are refused until some are forgotten.
+    #[schemars(range(min = 1))]
+    pub(crate) max_clients: usize,
 }
 
 impl Default for LimitsSpec {
@@ -408,6 +443,10 @@ impl Default for LimitsSpec {
             max_concurrent_streams: 256,
             send_timeout: Dur(std::time::Duration::from_secs(60)),
             send_buffer: Size(64 << 10),
+            connections_per_ip: None,
+            requests_per_ip: None,
+            ipv6_prefix: 64,
+            max_clients: 100_000,
         }
     }
 }
@@ -493,6 +532,7 @@ pub(crate) struct RouteSpec {
     pub(crate) grpc_transcode: Option<At<GrpcTranscodeSpec>>,
 }
 
+pub(crate) use super::spec_admission::{OverloadSpec, RequestsPerIpSpec};
 pub(crate) use super::spec_proxy_protocol::{ProxyProtocolAcceptSpec, ProxyProtocolVersion};
 pub(crate) use super::spec_transcode::{GrpcTranscodeSpec, StreamFormatSpec};
 pub(crate) use super::spec_trusted::TrustedProxiesSpec;

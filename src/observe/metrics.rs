@@ -9,8 +9,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+
+use super::sharded;
 
 /// Labels of `portico_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,20 +95,21 @@ pub(crate) struct CacheLabels {
     pub(crate) result: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, sharded::DurationHistogram, fn() -> sharded::DurationHistogram>;
 
-fn duration_histogram() -> Histogram {
+fn duration_histogram() -> sharded::DurationHistogram {
     // 0.25 ms to ~16 s.
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+    sharded::DurationHistogram::new(exponential_buckets(0.000_25, 2.0, 17))
 }
 
 /// Every metric portico exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    // The request path's series are written per worker (see `sharded`).
+    requests: Family<RequestLabels, sharded::Counter>,
     durations: HistogramFamily<DurationLabels>,
-    connections: Family<ListenerLabels, Gauge>,
+    connections: Family<ListenerLabels, sharded::Gauge>,
     reloads: Family<ResultLabels, Counter>,
     healthy: Family<TargetLabels, Gauge>,
     rate_limited: Family<RouteLabels, Counter>,
@@ -121,6 +124,7 @@ pub(crate) struct Metrics {
     cache_requests: Family<CacheLabels, Counter>,
     cache_bytes: Gauge,
     oidc: Family<OidcLabels, Counter>,
+    admission: super::admission::AdmissionMetrics,
 }
 
 /// Labels of `portico_oidc_events_total`.
@@ -162,10 +166,10 @@ impl Metrics {
     /// Creates and registers every family.
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("portico");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, sharded::Counter>::default();
         let durations: HistogramFamily<DurationLabels> =
-            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
-        let connections = Family::<ListenerLabels, Gauge>::default();
+            Family::new_with_constructor(duration_histogram as fn() -> sharded::DurationHistogram);
+        let connections = Family::<ListenerLabels, sharded::Gauge>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
@@ -246,7 +250,9 @@ impl Metrics {
             "Bytes held by the cache stores",
             cache_bytes.clone(),
         );
+        let admission = super::admission::AdmissionMetrics::register(&mut registry);
         Metrics {
+            admission,
             oidc,
             cache_requests,
             cache_bytes,
@@ -340,7 +346,7 @@ impl Metrics {
     }
 
     /// The open-connections gauge of a listener.
-    pub(crate) fn connections(&self, listener: &str) -> Gauge {
+    pub(crate) fn connections(&self, listener: &str) -> sharded::Gauge {
         self.connections
             .get_or_create(&ListenerLabels {
                 listener: listener.to_owned(),
@@ -356,6 +362,11 @@ impl Metrics {
                 target: target.to_owned(),
             })
             .set(i64::from(healthy));
+    }
+
+    /// The admission series of one listener (per-address limits and overload).
+    pub(crate) fn admission(&self, listener: &str) -> super::admission::ListenerAdmissionMetrics {
+        self.admission.listener(listener)
     }
 
     /// The `portico_oidc_events_total` family.
@@ -410,11 +421,11 @@ const FAST_STATUSES: [u16; 16] = [
 pub(crate) struct RouteMetrics {
     labels: Arc<RequestLabels>,
     /// Counters for common statuses, created on first use so unused series stay absent.
-    fast: Arc<[OnceLock<Counter>; FAST_STATUSES.len()]>,
+    fast: Arc<[OnceLock<sharded::Counter>; FAST_STATUSES.len()]>,
     /// The duration series, created on first use like the counters.
-    duration: Arc<OnceLock<Histogram>>,
+    duration: Arc<OnceLock<sharded::DurationHistogram>>,
     durations: HistogramFamily<DurationLabels>,
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, sharded::Counter>,
 }
 
 impl RouteMetrics {
@@ -437,10 +448,10 @@ impl RouteMetrics {
                     })
                     .clone()
             })
-            .observe(elapsed.as_secs_f64());
+            .observe(elapsed);
     }
 
-    fn counter(&self, status: u16) -> Counter {
+    fn counter(&self, status: u16) -> sharded::Counter {
         let mut labels = (*self.labels).clone();
         labels.status = status;
         self.requests.get_or_create(&labels).clone()

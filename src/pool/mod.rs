@@ -42,17 +42,13 @@ use idle::Lease;
 /// of the upstream's answer here; the rest waits in the kernel and at the upstream.
 const UPSTREAM_READ_AHEAD: usize = 32 << 10;
 
-std::thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 /// Marks the current thread as worker `index` (0 is the control thread).
 pub(crate) fn set_worker(index: usize) {
-    WORKER.with(|w| w.set(index));
+    crate::worker::set(index);
 }
 
 fn worker() -> usize {
-    WORKER.with(std::cell::Cell::get)
+    crate::worker::index()
 }
 
 /// Live state of one target: its addresses, its load and its idle connections.
@@ -640,31 +636,30 @@ pub(crate) struct UpstreamState {
     pub(crate) pending: AtomicUsize,
     /// Notified when a connection to any of its targets is checked in or closes.
     pub(crate) freed: Arc<breaker::Freed>,
+    /// This second's first tries, counted per worker (every request counts: no line
+    /// shared by the workers is written for it).
+    budget_requests: crate::observe::sharded::PerSecond,
+    /// The second `budget_retries` counts for; both are written on retries only.
     budget_second: std::sync::atomic::AtomicU64,
-    budget_requests: std::sync::atomic::AtomicU32,
     budget_retries: std::sync::atomic::AtomicU32,
 }
 
 impl UpstreamState {
-    fn roll(&self) {
-        let second = crate::health::now_ms() / 1000;
-        if self.budget_second.swap(second, Ordering::Relaxed) != second {
-            self.budget_requests.store(0, Ordering::Relaxed);
-            self.budget_retries.store(0, Ordering::Relaxed);
-        }
-    }
-
     /// Counts a first try, for the retry budget.
     pub(crate) fn count_request(&self) {
-        self.roll();
-        self.budget_requests.fetch_add(1, Ordering::Relaxed);
+        self.budget_requests.inc(crate::health::now_ms() / 1000);
     }
 
     /// Takes one retry from this second's budget: `percent` of this second's requests, but
     /// at least `min`. `false` when the budget is spent.
     pub(crate) fn take_retry(&self, percent: u32, min: u32) -> bool {
-        self.roll();
-        let requests = self.budget_requests.load(Ordering::Relaxed);
+        let second = crate::health::now_ms() / 1000;
+        if self.budget_second.load(Ordering::Relaxed) != second
+            && self.budget_second.swap(second, Ordering::Relaxed) != second
+        {
+            self.budget_retries.store(0, Ordering::Relaxed);
+        }
+        let requests = u32::try_from(self.budget_requests.get(second)).unwrap_or(u32::MAX);
         let allowed = (requests.saturating_mul(percent) / 100).max(min);
         self.budget_retries.fetch_add(1, Ordering::Relaxed) < allowed
     }

@@ -106,7 +106,11 @@ pub(crate) fn status_of(code: &str, status: StatusCode) -> Code {
             return Code::ResourceExhausted;
         }
         "request_invalid" => return Code::InvalidArgument,
-        "no_healthy_target" | "circuit_open" | "upstream_connect_failed" | "upstream_failed" => {
+        "no_healthy_target"
+        | "circuit_open"
+        | "overloaded"
+        | "upstream_connect_failed"
+        | "upstream_failed" => {
             return Code::Unavailable;
         }
         _ => {}

@@ -1,9 +1,10 @@
 //! Header rules for a proxy hop (RFC 9110 §7.6): hop-by-hop fields, `Via`, `X-Forwarded-*`,
 //! and the request id.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`.
@@ -52,25 +53,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> HopInfo 
     if !any {
         return info;
     }
-    // Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if name == header::UPGRADE {
+    // Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1). The values are
+    // clones (of shared bytes: no copy) so that the names can be removed while they are read,
+    // and a name is looked up as text: no allocation for the usual `close` or `upgrade`.
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    let first = connection.next().cloned();
+    let rest: Vec<HeaderValue> = connection.cloned().collect();
+    for value in first.iter().chain(&rest) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for token in value.split(',').map(str::trim) {
+            if token.is_empty() {
+                continue;
+            }
+            if token.eq_ignore_ascii_case("upgrade") {
                 info.connection_upgrade = true;
                 if keep_upgrade {
                     continue;
                 }
             }
             // Never let a client drop our own end-to-end fields this way.
-            if name != X_REQUEST_ID && name != header::HOST {
-                headers.remove(&name);
+            if !token.eq_ignore_ascii_case(X_REQUEST_ID.as_str())
+                && !token.eq_ignore_ascii_case(header::HOST.as_str())
+            {
+                headers.remove(token);
             }
         }
     }
@@ -104,9 +111,14 @@ pub(crate) fn append_via(headers: &mut HeaderMap, version: http::Version) {
 
 /// The client address as a header value, made once per connection.
 pub(crate) fn client_value(client: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    // The longest address (IPv6 with an embedded IPv4 part) is 45 bytes.
+    let mut text = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = write!(cursor, "{}", client.to_canonical());
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
     // An IP address always prints as a valid header value.
-    HeaderValue::from_str(&client.to_canonical().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    arena_value(&text[..len]).unwrap_or_else(|| HeaderValue::from_static("unknown"))
 }
 
 /// Sets `X-Forwarded-For` (appending the client to every prior entry), `-Proto` and `-Host`.
@@ -195,7 +207,33 @@ pub(crate) fn new_request_id() -> HeaderValue {
         bits >>= 4;
     }
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    arena_value(&out).unwrap_or_else(|| HeaderValue::from_static("0"))
+}
+
+/// A short header value made per request or connection (a request id, a client address),
+/// its bytes cut from a per-thread arena: making it, and every clone of it (request header,
+/// response header, log), shares one buffer instead of allocating. `None` if the bytes are
+/// not a valid header value.
+fn arena_value(bytes: &[u8]) -> Option<HeaderValue> {
+    if bytes.len() > ARENA_SIZE / 16 {
+        return HeaderValue::from_bytes(bytes).ok();
+    }
+    let cut = ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < bytes.len() {
+            *arena = BytesMut::with_capacity(ARENA_SIZE);
+        }
+        arena.extend_from_slice(bytes);
+        arena.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(cut).ok()
+}
+
+/// An arena holds 256 request ids: a fresh one (one allocation, and one more when it is first
+/// shared) every 256 requests of a thread. An arena lives while any value cut from it does.
+const ARENA_SIZE: usize = 32 * 256;
+
+thread_local! {
+    static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 #[cfg(test)]

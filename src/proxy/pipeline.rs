@@ -11,6 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 
 use super::forward::{self, Hop};
 use super::headers::{self, HopInfo, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
+use crate::admission::{Admission, InFlight};
 use crate::body::Body;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
@@ -40,6 +41,8 @@ pub(crate) struct ConnInfo {
     pub(crate) client_cert: Option<Arc<ClientCert>>,
     /// The server side of this connection's tunnels (its listener's drain, reloads).
     pub(crate) tunnels: Option<Arc<dyn super::tunnel::TunnelHost>>,
+    /// The listener's admission state (per-address rates, overload); none in process.
+    pub(crate) admission: Option<Arc<Admission>>,
 }
 
 /// The connection's view of the raw request bytes, which hyper does not give the pipeline:
@@ -99,7 +102,7 @@ pub(crate) async fn handle(
     req: Request<Body>,
 ) -> (Response<Body>, Option<crate::ctx::StreamLimits>) {
     // This request keeps this config until it is done, whatever reloads happen meanwhile.
-    let snap = shared.snapshot.load_full();
+    let snap = shared.pin();
     let (head, body) = req.into_parts();
     let mut ctx = RequestCtx::new(
         headers::request_id(&head.headers),
@@ -152,6 +155,12 @@ async fn serve<'s>(
     body: Body,
 ) -> Served<'s> {
     let global = &snap.global;
+    // admission: the client address's request rate, before anything is spent on the request
+    if let (Some(per_ip), Some(admission)) = (&listener.limits.per_ip, &conn.admission)
+        && let Err(err) = admission.request(conn.client.ip(), per_ip)
+    {
+        return Served::new(Err(err), global, None);
+    }
     // decode
     let decoded = match decode_request(listener, conn, &mut head) {
         Ok(decoded) => decoded,
@@ -199,6 +208,14 @@ async fn serve<'s>(
     };
     ctx.route = Some(Arc::clone(&route.name));
     let plugins = &route.plugins;
+    // shed: a place in flight, held until the answer's head is ready
+    let _in_flight = match shed(conn, listener, route) {
+        Ok(in_flight) => in_flight,
+        Err(wait) => match wait.await {
+            Ok(in_flight) => Some(in_flight),
+            Err(err) => return Served::new(Err(err), plugins, metrics.first()),
+        },
+    };
     if let Err(err) = apply_path_policy(
         listener,
         route,
@@ -293,6 +310,29 @@ async fn serve<'s>(
             };
             Served::new(result, plugins, metrics.get(arm))
         }
+    }
+}
+
+/// A wait for a place in flight, boxed: only requests that queue pay for it.
+type Wait = std::pin::Pin<Box<dyn Future<Output = Result<InFlight, ProxyError>> + Send>>;
+
+/// Stage `route`, its admission: a place in flight under the listener's `overload`, now or
+/// after a wait. Answers portico makes itself (`respond` and `redirect` routes, such as a load
+/// balancer's health check) are never shed.
+fn shed(
+    conn: &ConnInfo,
+    listener: &Listener,
+    route: &crate::runtime::Route,
+) -> Result<Option<InFlight>, Wait> {
+    let (Some(overload), Some(admission)) = (&listener.overload, &conn.admission) else {
+        return Ok(None);
+    };
+    if matches!(route.action, Action::Respond(_) | Action::Redirect(_)) {
+        return Ok(None);
+    }
+    match admission.admit(overload) {
+        Some(in_flight) => Ok(Some(in_flight)),
+        None => Err(Box::pin(Arc::clone(admission).queue(*overload))),
     }
 }
 

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -204,6 +203,13 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     let mut shadows = Shadows::default();
 
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
+    let upgrade = spec.upgrade.as_ref().and_then(|upgrade| {
+        if upgrade.socket.trim().is_empty() {
+            diags.error(upgrade.socket.pos, "`upgrade.socket` must be a file path");
+            return None;
+        }
+        Some(resolve_path(base, &upgrade.socket))
+    });
     let mut tls_files = Vec::new();
     let mut acme = Vec::new();
     // A lint for a file that reads and compiles cleanly so far: with a route that did not
@@ -375,7 +381,9 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                 max_concurrent_streams: limits.max_concurrent_streams.max(1),
                 send_timeout: limits.send_timeout.0,
                 send_buffer: limits.send_buffer.bytes(),
+                per_ip: admission::per_ip(spec_listener, &mut diags),
             },
+            overload: admission::overload(spec_listener, &mut diags),
             routes: attached,
             table,
             tls: listener_tls,
@@ -418,6 +426,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         upstreams,
         workers,
         admin,
+        upgrade,
         tls_files,
         global: PluginChain::build(&global_plugins, &[], &consumer_plugins, &HashMap::new()),
         warnings,
@@ -670,7 +679,7 @@ fn compile_upstream(
         BalanceSpec::RoundRobin => match smooth_sequence(&weights) {
             Some(sequence) => Algorithm::RoundRobin {
                 sequence,
-                next: AtomicUsize::new(0),
+                next: Default::default(),
             },
             None => {
                 diags.error(
@@ -686,7 +695,7 @@ fn compile_upstream(
             }
         },
         BalanceSpec::LeastRequest => Algorithm::LeastRequest {
-            next: AtomicUsize::new(0),
+            next: Default::default(),
         },
         BalanceSpec::Random => Algorithm::Random,
         BalanceSpec::P2cEwma => Algorithm::P2cEwma,
@@ -1233,7 +1242,7 @@ fn compile_route(
         find(name, diags).map(|u| Action::Forward {
             arms: vec![u],
             sequence: vec![0],
-            next: AtomicUsize::new(0),
+            next: Default::default(),
         })
     } else if let Some(split) = &spec.split {
         let mut arms = Vec::new();
@@ -1251,7 +1260,7 @@ fn compile_route(
             Some(sequence) if arms.len() == split.len() => Some(Action::Forward {
                 arms,
                 sequence,
-                next: AtomicUsize::new(0),
+                next: Default::default(),
             }),
             Some(_) => None,
             None => {
@@ -1507,6 +1516,7 @@ fn compile_headers(
     headers
 }
 
+mod admission;
 mod aggregate;
 mod checks;
 mod l4;

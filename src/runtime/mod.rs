@@ -44,6 +44,8 @@ pub(crate) struct Snapshot {
     pub(crate) workers: usize,
     /// Admin listener address and token.
     pub(crate) admin: Option<(SocketAddr, Option<String>)>,
+    /// The upgrade socket's path (`upgrade.socket`), resolved against the config's folder.
+    pub(crate) upgrade: Option<std::path::PathBuf>,
     /// Certificate and key files in use, watched for changes.
     pub(crate) tls_files: Vec<std::path::PathBuf>,
     /// The global plugins alone, for requests that match no route.
@@ -78,6 +80,8 @@ pub(crate) struct Listener {
     pub(crate) addr: SocketAddr,
     /// Limits for new connections and requests.
     pub(crate) limits: Limits,
+    /// `overload`: load shedding.
+    pub(crate) overload: Option<crate::admission::Overload>,
     /// Routes attached to this listener, indexed like `table`.
     pub(crate) routes: Vec<ListenerRoute>,
     /// The route matcher.
@@ -166,6 +170,8 @@ pub(crate) struct Limits {
     pub(crate) send_timeout: Duration,
     /// Most response bytes held for one HTTP/1.1 connection or HTTP/2 stream.
     pub(crate) send_buffer: usize,
+    /// Per-client-address limits; `None` (one branch) when the listener sets none.
+    pub(crate) per_ip: Option<crate::admission::PerIp>,
 }
 
 /// A compiled route.

@@ -53,6 +53,7 @@ impl Shared {
         let started = Started {
             access_log: snapshot.spec.access_log.clone(),
             admin: snapshot.admin.as_ref().map(|(addr, _)| *addr),
+            upgrade: snapshot.upgrade.clone(),
         };
         Shared {
             started,
@@ -70,6 +71,52 @@ impl Shared {
     }
 }
 
+std::thread_local! {
+    /// This thread's hold on the config in force (see [`Shared::pin`]).
+    static PINNED: std::cell::RefCell<Option<std::sync::Arc<Pinned>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The config in force, held by one worker: requests on that worker count themselves in
+/// this allocation of its own, so starting and ending a request writes no cache line that
+/// other workers write too (an `Arc<Snapshot>` clone per request would: its count is shared
+/// by every worker).
+#[derive(Debug)]
+pub(crate) struct Pinned(std::sync::Arc<Snapshot>);
+
+impl std::ops::Deref for Pinned {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
+}
+
+impl Shared {
+    /// The config in force, for one request to keep until it is done, whatever reloads
+    /// happen meanwhile. Checking that this thread's hold is still the config in force reads
+    /// the shared pointer without writing it.
+    pub(crate) fn pin(&self) -> std::sync::Arc<Pinned> {
+        let current = self.snapshot.load();
+        PINNED.with_borrow_mut(|slot| match slot {
+            Some(pinned) if std::sync::Arc::ptr_eq(&pinned.0, &current) => {
+                std::sync::Arc::clone(pinned)
+            }
+            _ => {
+                let fresh = std::sync::Arc::new(Pinned(arc_swap::Guard::into_inner(current)));
+                *slot = Some(std::sync::Arc::clone(&fresh));
+                fresh
+            }
+        })
+    }
+}
+
+/// Lets go of this thread's hold on a config (after a reload, so that the old config is
+/// dropped once its last request ends, even on a worker that gets no new request).
+pub(crate) fn unpin() {
+    PINNED.with_borrow_mut(Option::take);
+}
+
 /// Settings read once at start: a reload that changes them is reported as waiting for a
 /// restart, never applied half-way.
 #[derive(Debug, Clone)]
@@ -78,4 +125,6 @@ pub(crate) struct Started {
     pub(crate) access_log: crate::config::spec::AccessLogSpec,
     /// The admin API's configured address, if it was started.
     pub(crate) admin: Option<std::net::SocketAddr>,
+    /// The upgrade socket it listens on, if any.
+    pub(crate) upgrade: Option<std::path::PathBuf>,
 }

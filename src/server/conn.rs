@@ -41,12 +41,12 @@ use crate::error::MAX_HEADER_FIELDS;
 use crate::proxy::pipeline::{ConnInfo, Framing, handle};
 use crate::runtime::Limits;
 
-/// hyper's cap on header lines in one HTTP/1.1 head. Above portico's own limit
-/// ([`MAX_HEADER_FIELDS`]), so a head a little over it gets portico's
-/// JSON 431; a flood past this cap gets hyper's 431, rewritten by `IdleIo`. hyper keeps room
-/// for this many lines on every head it parses (64 bytes each), so it stays modest.
-const HYPER_MAX_HEADERS: usize = 256;
-const _: () = assert!(HYPER_MAX_HEADERS > MAX_HEADER_FIELDS);
+/// hyper's cap on header lines in one HTTP/1.1 head: portico's own limit
+/// ([`MAX_HEADER_FIELDS`]). A head over it gets hyper's 431, which `IdleIo` rewrites into
+/// portico's JSON one. hyper keeps room for this many lines on every head it parses; up to
+/// its default of 100 that room is on the stack, above it two heap allocations per head.
+const HYPER_MAX_HEADERS: usize = MAX_HEADER_FIELDS;
+const _: () = assert!(HYPER_MAX_HEADERS <= 100);
 
 /// Builds hyper's server settings from a listener's limits.
 pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -77,8 +77,9 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(
             u32::try_from(limits.max_header_size + limits.max_uri_length).unwrap_or(u32::MAX),
         )
-        // Dead peers are found within the idle timeout; pings are not use (see `IdleIo`).
-        .keep_alive_interval(Some(keep_alive_interval(limits.idle_timeout)));
+        // No keep-alive PINGs (and no timer for them on every connection): the idle timeout
+        // ends an unused connection, the route's stream limits a stream in progress.
+        .keep_alive_interval(None);
     builder
 }
 
@@ -270,11 +271,6 @@ const PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the server may reset for the client's protocol errors on one connection.
 const LOCAL_ERROR_RESETS: usize = 200;
 
-/// HTTP/2 keep-alive PING interval: half the idle timeout, at most 30 s.
-fn keep_alive_interval(idle: Duration) -> Duration {
-    (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(30))
-}
-
 struct ConnState {
     shared: Arc<Shared>,
     info: ConnInfo,
@@ -364,16 +360,29 @@ where
     async move {
         let mut conn = Hyper::first(first, &resume);
         let mut closing = false;
+        let mut by: Option<Instant> = None;
         loop {
             // Also checked here: a TLS handshake may end after the listener changed phase.
             match lifecycle.phase() {
                 Phase::Run => {}
                 Phase::Drain if !closing => {
-                    closing = true;
-                    match &mut conn {
-                        Hyper::Auto(c) => c.as_mut().graceful_shutdown(),
-                        Hyper::Http1(c) => c.as_mut().graceful_shutdown(),
-                        Hyper::Parked => {}
+                    // With no request in progress, hyper would close the connection at once:
+                    // one accepted just before the drain unread (its protocol is not known
+                    // yet), an idle keep-alive one as its client may be sending. Either way
+                    // that client would see a reset. So such a connection gets a moment for
+                    // its next request, which is served and then closes it (HTTP/1.1:
+                    // keep-alive off; HTTP/2: GOAWAY). A request starting wakes `idle`.
+                    if by.is_none() {
+                        idle.drain_wait.store(true, Ordering::Relaxed);
+                    }
+                    let at = *by.get_or_insert_with(|| Instant::now() + DRAIN_GRACE);
+                    if idle.busy.load(Ordering::Relaxed) > 0 || Instant::now() >= at {
+                        closing = true;
+                        match &mut conn {
+                            Hyper::Auto(c) => c.as_mut().graceful_shutdown(),
+                            Hyper::Http1(c) => c.as_mut().graceful_shutdown(),
+                            Hyper::Parked => {}
+                        }
                     }
                 }
                 Phase::Drain => {}
@@ -390,11 +399,16 @@ where
                     }
                     return;
                 }
+                // The drain's moment for a next request is over.
+                () = grace(by), if !closing => {}
                 () = idle.idle.notified(), if !closing => {
                     match idle.signal.swap(SIGNAL_NONE, Ordering::Relaxed) {
-                        SIGNAL_H2_IDLE => {
-                            // HTTP/2 went idle: GOAWAY, then hyper closes once no stream is
-                            // open.
+                        // HTTP/2 went idle, or a request started on a draining connection:
+                        // GOAWAY (HTTP/2) or keep-alive off, then hyper closes once done.
+                        signal
+                            if signal == SIGNAL_H2_IDLE
+                                || (by.is_some() && idle.busy.load(Ordering::Relaxed) > 0) =>
+                        {
                             closing = true;
                             match &mut conn {
                                 Hyper::Auto(c) => c.as_mut().graceful_shutdown(),
@@ -404,8 +418,11 @@ where
                         }
                         // Nothing happened on the connection since `IdleIo` asked (any byte
                         // either way withdraws the signal), and nothing is in progress.
-                        SIGNAL_PARK if idle.busy.load(Ordering::Relaxed) == 0
-                            && idle.open.load(Ordering::Relaxed) == 0 =>
+                        // Not while draining: the drain's moment for a next request goes on.
+                        SIGNAL_PARK
+                            if by.is_none()
+                                && idle.busy.load(Ordering::Relaxed) == 0
+                                && idle.open.load(Ordering::Relaxed) == 0 =>
                         {
                             slot.parking.store(true, Ordering::Relaxed);
                             // Frees hyper's buffers and state; the stream goes to the slot.
@@ -445,14 +462,17 @@ where
 }
 
 /// Waits, parked, with the stream in its slot, until the client sends something (or
-/// closes); `false` when the connection is to close instead: its idle timeout passed, or its
-/// listener drains.
+/// closes) or the listener drains (the drain gives the connection its moment for a next
+/// request, unparked); `false` when the connection is to close instead: its idle timeout
+/// passed, or the drain timeout.
 async fn park<S: AsyncRead + AsyncWrite + Park + Unpin>(
     slot: &Slot<S>,
     lifecycle: &mut Lifecycle,
 ) -> bool {
-    if lifecycle.phase() != Phase::Run {
-        return false;
+    match lifecycle.phase() {
+        Phase::Run => {}
+        Phase::Drain => return true,
+        Phase::Stop => return false,
     }
     // Locked only here and when parking: by this task alone.
     let readable = std::future::poll_fn(|cx| match slot.io.lock() {
@@ -470,8 +490,7 @@ async fn park<S: AsyncRead + AsyncWrite + Park + Unpin>(
                 false
             }
         },
-        // Draining or stopping: a parked connection has nothing in flight; it just closes.
-        _ = lifecycle.changed() => false,
+        phase = lifecycle.changed() => phase == Phase::Drain,
     }
 }
 
@@ -500,6 +519,19 @@ async fn tunnels_end(conn: &ConnShared, lifecycle: &mut Lifecycle) {
     }
 }
 
+/// How long a draining connection with no request in progress is given for its next one: a
+/// request already on its way when the drain began arrives well within this.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Ends at `at`; never without it. The timer is boxed, made only while draining: every
+/// connection's future, parked ones too, would otherwise hold room for it.
+async fn grace(at: Option<Instant>) {
+    match at {
+        Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How long an HTTP/2 connection carrying tunnels stays after the drain deadline, for their
 /// close frames.
 const TUNNEL_CLOSE: Duration = Duration::from_millis(600);
@@ -511,6 +543,10 @@ impl<'a> Busy<'a> {
     fn enter(conn: &'a ConnShared) -> Self {
         conn.started.fetch_add(1, Ordering::Relaxed);
         conn.busy.fetch_add(1, Ordering::Relaxed);
+        if conn.drain_wait.load(Ordering::Relaxed) {
+            // A draining connection waited for this request: it closes once it is answered.
+            conn.idle.notify_one();
+        }
         Busy(conn)
     }
 }
@@ -590,10 +626,13 @@ pub(crate) struct ConnShared {
     upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
     pub(crate) scan: Mutex<HeadScan>,
-    /// Woken when `IdleIo` asks `serve` for something: what, in `signal`.
+    /// Woken when `IdleIo` asks `serve` for something (what, in `signal`), or when a request
+    /// started on a connection draining (`drain_wait`).
     idle: Notify,
     /// `SIGNAL_PARK`, `SIGNAL_H2_IDLE` or `SIGNAL_NONE`.
     signal: AtomicU8,
+    /// The listener drains and this connection waits for a next request to close after.
+    drain_wait: AtomicBool,
     /// Bounds the response bytes hyper buffers for a slow HTTP/1.1 reader.
     gate: gate::SendGate,
 }

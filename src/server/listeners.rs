@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::Shared;
 use super::conn;
+use crate::admission::Admission;
 use crate::proxy::pipeline::{ClientCert, ConnInfo};
 use crate::runtime::Limits;
 
@@ -31,6 +33,9 @@ pub(crate) struct Bound {
     pub(crate) udp: bool,
     pub(super) stop: watch::Sender<bool>,
     pub(super) tasks: Vec<JoinHandle<()>>,
+    /// Duplicates of its sockets, kept to hand to a new process when `upgrade` is on (empty
+    /// otherwise); closed with the listener, so a removed listener's sockets do close.
+    pub(super) fds: Vec<OwnedFd>,
 }
 
 /// Every bound listener, by name; owned by the control thread.
@@ -38,6 +43,9 @@ pub(crate) struct Bound {
 pub(crate) struct ListenerSet {
     /// Bound listeners by name.
     pub(crate) bound: HashMap<Arc<str>, Bound>,
+    /// Whether each listener keeps duplicates of its sockets for a handover
+    /// ([`super::upgrade`]).
+    pub(crate) keep_fds: bool,
 }
 
 /// Where a listener's connections are in their life.
@@ -224,16 +232,25 @@ impl ListenerSet {
             .unwrap_or(configured);
         let (stop, stopped) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(max_connections));
+        // Shared by every worker's loop and kept for the listener's life: counts and rates
+        // per client address hold across workers and reloads.
+        let admission = Arc::new(Admission::new(shared.metrics.admission(&name)));
+        let fds = self.keep(&sockets, std::net::TcpListener::try_clone)?;
+        // Sockets handed over by a process with more workers are all served: a socket left
+        // unaccepted would hold the connections the kernel gives it.
         let tasks = workers
             .iter()
+            .cycle()
             .zip(sockets)
             .map(|(handle, socket)| {
                 handle.spawn(accept_loop(
                     Arc::clone(shared),
-                    Arc::clone(&name),
+                    // Each worker's own copy: every connection and request clones it, and
+                    // its count is then written by that worker alone.
+                    Arc::from(&*name),
                     socket,
                     stopped.clone(),
-                    Arc::clone(&limit),
+                    (Arc::clone(&limit), Arc::clone(&admission)),
                 ))
             })
             .collect();
@@ -247,9 +264,22 @@ impl ListenerSet {
                 udp: false,
                 stop,
                 tasks,
+                fds,
             },
         );
         Ok(local)
+    }
+
+    /// Duplicates of `sockets` when they are kept for a handover; none otherwise.
+    pub(super) fn keep<S: Into<OwnedFd>>(
+        &self,
+        sockets: &[S],
+        dup: impl Fn(&S) -> std::io::Result<S>,
+    ) -> std::io::Result<Vec<OwnedFd>> {
+        if !self.keep_fds {
+            return Ok(Vec::new());
+        }
+        sockets.iter().map(|s| dup(s).map(Into::into)).collect()
     }
 
     /// Stops accepting on `name` and drains its connections in the background.
@@ -264,13 +294,11 @@ impl ListenerSet {
         }))
     }
 
-    /// Stops every listener and waits for their connections to drain.
-    pub(crate) async fn drain_all(&mut self) {
+    /// Tells every listener to stop accepting; each returned task ends when its connections
+    /// have drained.
+    pub(crate) fn stop_all(&mut self) -> Vec<JoinHandle<()>> {
         let names: Vec<Arc<str>> = self.bound.keys().cloned().collect();
-        let drains: Vec<_> = names.iter().filter_map(|n| self.remove(n)).collect();
-        for drain in drains {
-            let _ = drain.await;
-        }
+        names.iter().filter_map(|n| self.remove(n)).collect()
     }
 }
 
@@ -279,7 +307,7 @@ async fn accept_loop(
     name: Arc<str>,
     socket: std::net::TcpListener,
     mut stopped: watch::Receiver<bool>,
-    limit: Arc<Semaphore>,
+    (limit, admission): (Arc<Semaphore>, Arc<Admission>),
 ) {
     let listener = match tokio::net::TcpListener::from_std(socket) {
         Ok(l) => l,
@@ -309,12 +337,17 @@ async fn accept_loop(
             },
         };
         // Over the limit, an accepted connection waits here, unserved, until another closes.
-        let permit = tokio::select! {
-            biased;
-            _ = stopped.changed() => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+        // Under it, the connection is served even if the listener stops right now: its client
+        // already sent its request, and the drain lets it finish.
+        let permit = match Arc::clone(&limit).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                biased;
+                _ = stopped.changed() => break,
+                permit = Arc::clone(&limit).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
             },
         };
         let _ = stream.set_nodelay(true);
@@ -330,6 +363,17 @@ async fn accept_loop(
         let Some((_, builder, limits)) = cached.as_ref() else {
             continue;
         };
+        // Per client address, before anything is spent on the connection (a PROXY header's
+        // address is checked on the connection's task, once read).
+        let slot = match &limits.per_ip {
+            Some(per_ip) if config.proxy_protocol.is_none() => {
+                match admission.connect(client.ip(), per_ip) {
+                    Ok(slot) => slot,
+                    Err(_) => continue,
+                }
+            }
+            _ => None,
+        };
         let gauge = gauge.clone();
         gauge.inc();
         if let Some(accept) = config.proxy_protocol.clone() {
@@ -337,6 +381,7 @@ async fn accept_loop(
             // its addresses then stand for the socket's from the first byte served.
             let (shared, name) = (Arc::clone(&shared), Arc::clone(&name));
             let lifecycle = connections.lifecycle();
+            let admission = Arc::clone(&admission);
             tokio::spawn(async move {
                 let mut stream = stream;
                 let addrs = (client, local_addr(&stream, bound));
@@ -345,12 +390,20 @@ async fn accept_loop(
                 if let Some((client, local)) = conveyed.await {
                     let snap = shared.snapshot.load_full();
                     if let Some(config) = snap.listener(&name) {
-                        let (builder, limits) = (conn::builder(&config.limits), config.limits);
-                        let addrs = (client, local);
-                        serve_connection(
-                            &shared, &name, config, stream, addrs, &builder, &limits, lifecycle,
-                        )
-                        .await;
+                        let slot = match &config.limits.per_ip {
+                            Some(per_ip) => admission.connect(client.ip(), per_ip),
+                            None => Ok(None),
+                        };
+                        if let Ok(slot) = slot {
+                            let (builder, limits) = (conn::builder(&config.limits), config.limits);
+                            let addrs = (client, local);
+                            let served = serve_connection(
+                                &shared, &name, config, stream, addrs, &builder, &limits,
+                                lifecycle, admission,
+                            );
+                            served.await;
+                            drop(slot);
+                        }
                     }
                 }
                 gauge.dec();
@@ -368,11 +421,12 @@ async fn accept_loop(
             builder,
             limits,
             connections.lifecycle(),
+            Arc::clone(&admission),
         );
         tokio::spawn(async move {
             served.await;
             gauge.dec();
-            drop(permit);
+            drop((permit, slot));
         });
     }
     drop(listener);
@@ -401,6 +455,7 @@ fn serve_connection(
     builder: &Builder<TokioExecutor>,
     limits: &Limits,
     lifecycle: Lifecycle,
+    admission: Arc<Admission>,
 ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     if config.passthrough.is_some() || config.stream.is_some() {
         // Layer 4: the snapshot travels with the connection, like a request's does; the
@@ -427,6 +482,7 @@ fn serve_connection(
         scheme: "http",
         client_cert: None,
         tunnels: None,
+        admission: Some(admission),
     };
     match &config.tls {
         None => Box::pin(conn::serve(

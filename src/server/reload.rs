@@ -20,6 +20,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Shared;
 use super::listeners::{ListenerSet, bind};
+use super::open::{admin_socket, open_listeners, start_listeners};
+use super::upgrade::{self, SocketKind};
 use crate::background::{self, BackgroundTask};
 use crate::config;
 use crate::observe::{AccessLog, Metrics};
@@ -34,6 +36,9 @@ pub(crate) enum StartError {
     /// The config is invalid; every problem is listed.
     #[error("invalid config:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<config::Diagnostic>),
+    /// The sockets could not be taken from the running process, which keeps serving.
+    #[error("upgrade failed; the running process keeps serving")]
+    Upgrade(#[source] upgrade::UpgradeError),
     /// A socket or thread could not be set up.
     #[error("{what}")]
     Io {
@@ -67,7 +72,7 @@ pub(crate) enum ReloadError {
     Start(#[source] io::Error),
 }
 
-fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+pub(super) fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     let what = what.into();
     move |source| StartError::Io { what, source }
 }
@@ -96,8 +101,10 @@ fn log_warnings(snap: &Snapshot) {
     }
 }
 
-/// Runs portico on the config at `path` until SIGTERM or SIGINT; returns after draining.
-pub(crate) fn run(path: &Path) -> Result<(), StartError> {
+/// Runs portico on the config at `path` until SIGTERM or SIGINT, or until a new process took
+/// its sockets; returns after draining. With `upgrade_from`, the listening sockets are taken
+/// from the process serving that upgrade socket.
+pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartError> {
     // Pools are sized by worker count, which the spec tells before anything is compiled
     // (errors, if any, are reported by the compile below, all at once).
     let workers = runtime::compile::worker_count(&config::read(path).0.workers);
@@ -133,7 +140,7 @@ pub(crate) fn run(path: &Path) -> Result<(), StartError> {
             states,
         ));
         commit_registry(&shared);
-        control_loop(shared, handles).await
+        control_loop(shared, handles, upgrade_from).await
     });
     for stop in stops {
         let _ = stop.send(());
@@ -191,7 +198,88 @@ fn start_workers(count: usize) -> Result<(Vec<Handle>, Vec<WorkerStop>), StartEr
     Ok((handles, stops))
 }
 
-async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), StartError> {
+/// The admin API's socket and task.
+struct Admin {
+    configured: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    /// A duplicate of its socket, for a handover.
+    kept: Option<std::net::TcpListener>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Listens on the upgrade socket at `path`.
+fn bind_offer(path: &Path, replacing: bool) -> Result<upgrade::Offer, StartError> {
+    let offer = upgrade::Offer::bind(path, replacing).map_err(io_error(format!(
+        "cannot listen on the upgrade socket {}",
+        path.display()
+    )))?;
+    tracing::info!(path = %offer.path().display(), "upgrade socket listening");
+    Ok(offer)
+}
+
+/// The next process on the upgrade socket; never, without one.
+async fn accept_upgrade(
+    offer: Option<&upgrade::Offer>,
+) -> Option<io::Result<tokio::net::UnixStream>> {
+    match offer {
+        Some(offer) => Some(offer.accept().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// The pid of the new process, once it serves; never, without a handover under way.
+async fn handed_over(
+    serving: &mut Option<tokio::sync::oneshot::Receiver<upgrade::Serving>>,
+) -> Option<upgrade::Serving> {
+    let Some(told) = serving.as_mut() else {
+        return std::future::pending().await;
+    };
+    let told = told.await.ok();
+    // An abandoned exchange drops its sender: wait for the next one.
+    *serving = None;
+    told
+}
+
+/// Duplicates of every listening socket, described for a new process.
+fn offered(listeners: &ListenerSet, admin: Option<&Admin>) -> io::Result<Vec<upgrade::Offered>> {
+    let mut out = Vec::new();
+    for (name, bound) in &listeners.bound {
+        let fds = bound
+            .fds
+            .iter()
+            .map(std::os::fd::OwnedFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
+        out.push(upgrade::Offered {
+            name: Arc::clone(name),
+            kind: if bound.udp {
+                SocketKind::Udp
+            } else {
+                SocketKind::Tcp
+            },
+            configured: bound.configured,
+            local: bound.local,
+            fds,
+        });
+    }
+    if let Some(admin) = admin
+        && let Some(kept) = &admin.kept
+    {
+        out.push(upgrade::Offered {
+            name: Arc::from("admin"),
+            kind: SocketKind::Admin,
+            configured: admin.configured,
+            local: admin.local,
+            fds: vec![kept.try_clone()?.into()],
+        });
+    }
+    Ok(out)
+}
+
+async fn control_loop(
+    shared: Arc<Shared>,
+    workers: Vec<Handle>,
+    upgrade_from: Option<&Path>,
+) -> Result<(), StartError> {
     let mut hangup = signal(SignalKind::hangup()).map_err(io_error("cannot handle SIGHUP"))?;
     let mut terminate =
         signal(SignalKind::terminate()).map_err(io_error("cannot handle SIGTERM"))?;
@@ -208,55 +296,63 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
         _ = interrupt.recv() => return Ok(()),
     }
 
-    let mut listeners = ListenerSet::default();
     let snap = shared.snapshot.load_full();
-    for listener in &snap.listeners {
-        if listener.udp.is_some() {
-            let ours = listeners.holds_udp_port(listener.addr);
-            let what = format!(
-                "cannot bind udp listener `{}` to {}",
-                listener.name, listener.addr
-            );
-            let sockets = super::udp::bind(listener.addr, workers.len(), ours)
-                .map_err(io_error(what.clone()))?;
-            let name = Arc::clone(&listener.name);
-            listeners
-                .start_udp(&shared, &workers, name, listener.addr, sockets)
-                .map_err(io_error(what))?;
-            continue;
-        }
-        let ours = listeners.holds_port(listener.addr);
-        let sockets = bind(listener.addr, workers.len(), ours).map_err(io_error(format!(
-            "cannot bind listener `{}` to {}",
-            listener.name, listener.addr
-        )))?;
-        listeners
-            .start(
-                &shared,
-                &workers,
-                Arc::clone(&listener.name),
-                listener.addr,
-                sockets,
-                listener.limits.max_connections,
-            )
-            .map_err(io_error(format!(
-                "cannot start listener `{}`",
-                listener.name
-            )))?;
-    }
-    if let Some((addr, _)) = snap.admin {
-        let socket = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(io_error(format!("cannot bind the admin API to {addr}")))?;
+    let mut listeners = ListenerSet {
+        keep_fds: snap.upgrade.is_some(),
+        ..ListenerSet::default()
+    };
+    // A fresh start claims its upgrade socket before binding anything, so a conflict there
+    // leaves no listener half-open; an upgrade takes the old process's sockets first.
+    let mut offer = match (&snap.upgrade, upgrade_from) {
+        (Some(path), None) => Some(bind_offer(path, false)?),
+        _ => None,
+    };
+    let mut handover = match upgrade_from {
+        Some(path) => Some(upgrade::take(path).await.map_err(StartError::Upgrade)?),
+        None => None,
+    };
+    let opened = open_listeners(&shared, &workers, &listeners, handover.as_mut())?;
+    let admin_socket = match snap.admin {
+        Some((addr, _)) => Some((addr, admin_socket(addr, handover.as_mut())?)),
+        None => None,
+    };
+    start_listeners(&shared, &workers, &mut listeners, opened)?;
+    let mut admin = None;
+    if let Some((addr, socket)) = admin_socket {
         let local = socket.local_addr().map_err(io_error("admin address"))?;
+        let kept = match listeners.keep_fds {
+            true => Some(socket.try_clone().map_err(io_error("admin socket"))?),
+            false => None,
+        };
+        let socket = tokio::net::TcpListener::from_std(socket)
+            .map_err(io_error(format!("cannot start the admin API on {addr}")))?;
         tracing::info!(addr = %local, "admin listening");
-        tokio::spawn(crate::admin::serve(Arc::clone(&shared), socket));
+        let task = tokio::spawn(crate::admin::serve(Arc::clone(&shared), socket));
+        admin = Some(Admin {
+            configured: addr,
+            local,
+            kept,
+            task,
+        });
+    }
+    if let Some(handover) = handover.take() {
+        handover.serving().await;
+        if let Some(path) = &snap.upgrade {
+            // Serving already: a socket that cannot be placed costs the next upgrade, not this.
+            match bind_offer(path, upgrade_from == Some(path.as_path())) {
+                Ok(o) => offer = Some(o),
+                Err(err) => tracing::error!("{err}; the next upgrade needs a restart"),
+            }
+        }
     }
     drop(snap);
     tracing::info!(workers = workers.len(), "ready");
 
     let mut stamps = file_stamps(&shared.snapshot.load());
     let mut file_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut exchange: Option<tokio::task::JoinHandle<()>> = None;
+    let mut serving: Option<tokio::sync::oneshot::Receiver<upgrade::Serving>> = None;
+    let mut handed = None;
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -268,6 +364,36 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            Some(accepted) = accept_upgrade(offer.as_ref()) => {
+                let stream = match accepted {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "upgrade socket accept failed");
+                        continue;
+                    }
+                };
+                if exchange.as_ref().is_some_and(|e| !e.is_finished()) {
+                    tokio::spawn(upgrade::refuse(stream, "an upgrade is already under way"));
+                    continue;
+                }
+                match offered(&listeners, admin.as_ref()) {
+                    Ok(sockets) => {
+                        tracing::info!("upgrade: a new process asks for the sockets");
+                        let (tell, told) = tokio::sync::oneshot::channel();
+                        exchange = Some(tokio::spawn(upgrade::hand_over(stream, sockets, tell)));
+                        serving = Some(told);
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "upgrade: cannot duplicate the sockets");
+                        tokio::spawn(upgrade::refuse(stream, "cannot duplicate the sockets"));
+                    }
+                }
+            }
+            Some(told) = handed_over(&mut serving) => {
+                tracing::info!(new_pid = told.pid, "upgrade: handed over");
+                handed = Some(told.stopped);
+                break;
+            }
             _ = file_tick.tick() => {
                 // A changed certificate or key file reloads the config: new handshakes use it.
                 let now = file_stamps(&shared.snapshot.load());
@@ -283,7 +409,18 @@ async fn control_loop(shared: Arc<Shared>, workers: Vec<Handle>) -> Result<(), S
         }
     }
     tracing::info!("draining");
-    listeners.drain_all().await;
+    let drains = listeners.stop_all();
+    drop(offer);
+    if let Some(stopped) = handed {
+        // The admin API stops accepting too: the new process answers it now.
+        if let Some(admin) = admin {
+            admin.task.abort();
+        }
+        let _ = stopped.send(());
+    }
+    for drain in drains {
+        let _ = drain.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -419,6 +556,10 @@ async fn try_reload(
     start_snapshot(&mut next, &shared.states, &shared.acme, &shared.metrics).await;
     let next = Arc::new(next);
     shared.snapshot.store(Arc::clone(&next));
+    // Each worker lets go of the old config (requests still on it keep it until they end).
+    for worker in workers {
+        worker.spawn(async { crate::runtime::shared::unpin() });
+    }
     // Tunnels check that their route and upstream are still there.
     shared.generation.send_modify(|g| *g = g.wrapping_add(1));
     commit_registry(shared);
@@ -492,6 +633,17 @@ fn restart_required(
             "admin.listen: {} -> {}",
             show(started.admin),
             show(admin)
+        ));
+    }
+    if next.upgrade != started.upgrade {
+        let show = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map_or("none".to_owned(), |p| p.display().to_string())
+        };
+        out.push(format!(
+            "upgrade.socket: {} -> {}",
+            show(&started.upgrade),
+            show(&next.upgrade)
         ));
     }
     for listener in &next.listeners {

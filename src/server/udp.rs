@@ -58,8 +58,10 @@ impl ListenerSet {
         let (stop, stopped) = watch::channel(false);
         // The listener's session count, over its sockets; kept while the listener is.
         let open = Arc::new(AtomicUsize::new(0));
+        let fds = self.keep(&sockets, std::net::UdpSocket::try_clone)?;
         let tasks = workers
             .iter()
+            .cycle()
             .zip(sockets)
             .map(|(handle, socket)| {
                 handle.spawn(crate::l4::udp::serve(
@@ -81,6 +83,7 @@ impl ListenerSet {
                 udp: true,
                 stop,
                 tasks,
+                fds,
             },
         );
         Ok(local)

@@ -197,12 +197,12 @@ async fn floods_and_huge_heads_answer_json() {
     .await;
     assert_eq!(statuses(&raw), vec![200], "{raw}");
 
-    // 101: portico's own 431, like a head over max_header_size; the head was read whole, so
-    // the connection stays usable.
+    // 101: refused while the head is read (the parser keeps room for 100 lines on the
+    // stack), in portico's JSON, and the connection closes: what follows is not answered.
     let mut two = flood(100);
     two.push_str("GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let (raw, _) = exchange(&web, two.as_bytes()).await;
-    assert_eq!(statuses(&raw), vec![431, 200], "{raw}");
+    assert_eq!(statuses(&raw), vec![431], "{raw}");
     let first = Answer::parse(&raw);
     assert_eq!(
         first.header("content-type"),
@@ -210,12 +210,7 @@ async fn floods_and_huge_heads_answer_json() {
         "{raw}"
     );
     assert!(first.header("x-request-id").is_some(), "{raw}");
-    assert!(
-        raw.contains(
-            r#""error":"headers_too_large","message":"the request has more than 100 header fields""#
-        ),
-        "{raw}"
-    );
+    assert!(raw.contains(r#""error":"headers_too_large""#), "{raw}");
 
     let got = exchange(&web, flood(1000).as_bytes()).await;
     assert_json("1001 fields", &got, 431, "headers_too_large");
@@ -231,7 +226,7 @@ async fn floods_and_huge_heads_answer_json() {
     let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(70 * 1024));
     let got = exchange(&gw.addr("wide"), long.as_bytes()).await;
     assert_json("target past hyper's cap", &got, 414, "uri_too_long");
-    assert_eq!(a.count(), 2);
+    assert_eq!(a.count(), 1);
 }
 
 /// After answered requests on a keep-alive connection, hyper's answer to a malformed head

@@ -2265,4 +2265,84 @@ async fn hardening_guide() {
     );
     let answer = crate::support::raw(&web, big.as_bytes(), Duration::from_secs(2)).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // requests_per_ip: 40 at once, then 20 a second; the rest get 429 with Retry-After.
+    let mut client = crate::support::H1::connect(&web).await;
+    let mut statuses = Vec::new();
+    let mut refused = None;
+    for _ in 0..80 {
+        let reply = client.get("example.com", "/burst").await;
+        statuses.push(reply.status);
+        if reply.status == 429 && refused.is_none() {
+            refused = Some(reply);
+        }
+    }
+    let refused = refused.unwrap_or_else(|| panic!("no 429 in {statuses:?}"));
+    assert_eq!(refused.json()["error"], "rate_limited");
+    assert!(refused.header("retry-after").is_some());
+    assert!(statuses[..35].iter().all(|&s| s == 200), "{statuses:?}");
+    // connections_per_ip: of 65 connections from one address, one is closed unanswered.
+    let mut streams = Vec::new();
+    for _ in 0..65 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        streams.push(socket.connect(web.parse().unwrap()).await.unwrap());
+    }
+    let mut closed = 0;
+    for stream in &mut streams {
+        let _ = stream
+            .write_all(b"GET /conn HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .await;
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "connections closed of 65 from 127.0.0.3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_downtime_upgrade_guide() {
+    let app = TestUpstream::start("app").await;
+    let mut subs = ephemeral(&["0.0.0.0:8080"], &[("127.0.0.1:3000", &app)]);
+    subs.push(admin_ephemeral());
+    let config = substitute(&example("zero-downtime-upgrade.yaml"), &subs);
+    let dir = temp_dir("zero-downtime-upgrade");
+    let mut old = Portico::start_in(&dir, &config);
+    let web = old.addr("web");
+    let admin = old.admin.clone().unwrap();
+    assert_eq!(get(&web, "/hello").await.body, "app /hello");
+    assert!(dir.join("portico.sock").exists());
+
+    // Step 3: the same config, a new process, the sockets taken over.
+    let socket = dir.join("portico.sock").to_str().unwrap().to_owned();
+    let new_dir = dir.clone();
+    let new = tokio::task::spawn_blocking(move || {
+        Portico::try_start_args(
+            &new_dir,
+            "portico.yaml",
+            &config,
+            &["--upgrade-from", &socket],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|log| panic!("the new process did not start:\n{log}"));
+    assert_eq!(
+        (new.addr("web"), new.admin.clone().unwrap()),
+        (web.clone(), admin.clone())
+    );
+    // Step 4: the old one drains and exits 0; the new one answers on the same addresses.
+    let status = tokio::task::spawn_blocking(move || old.wait_exit(Duration::from_secs(35)))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(get(&web, "/hello").await.body, "app /hello");
+    assert_eq!(get(&admin, "/health").await.status, 200);
+    // Step 5: the new process listens on the upgrade socket in turn.
+    assert!(
+        new.log_text().contains("upgrade socket listening"),
+        "{}",
+        new.log_text()
+    );
+    assert!(new.log_text().contains("listeners="), "{}", new.log_text());
 }

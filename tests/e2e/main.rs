@@ -6,6 +6,7 @@
 mod support;
 
 mod acme;
+mod admission;
 mod aggregate;
 mod cache;
 mod cache_disk;
@@ -42,4 +43,5 @@ mod tls;
 mod transcode;
 mod trusted;
 mod udp;
+mod upgrade;
 mod websocket;

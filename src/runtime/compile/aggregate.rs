@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use http::{HeaderName, Method};
 
@@ -218,7 +217,7 @@ fn compile_call(
         action: Action::Forward {
             arms: vec![Arc::clone(&upstream)],
             sequence: vec![0],
-            next: AtomicUsize::new(0),
+            next: Default::default(),
         },
         plugins: PluginChain::default(),
         rewrite: None,

@@ -108,6 +108,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             q.client,
         );
     }
+    explain_admission(&mut out, listener, q.client);
 
     if let Some(udp) = &listener.udp {
         let upstream = &udp.upstream;
@@ -470,4 +471,47 @@ fn why_not(cond: &Conditions, view: &RequestView<'_>) -> Option<String> {
     cond.check_rest(view)
         .err()
         .map(|what| format!("{what} does not match"))
+}
+
+/// The listener's per-address limits and load shedding, and what this client counts as.
+fn explain_admission(out: &mut String, listener: &super::Listener, client: std::net::IpAddr) {
+    use crate::config::units::Dur;
+    if let Some(per_ip) = &listener.limits.per_ip {
+        let mut limits = Vec::new();
+        if let Some(n) = per_ip.connections {
+            limits.push(format!("{n} connections at once"));
+        }
+        if let Some(rate) = &per_ip.rate {
+            limits.push(format!(
+                "a request every {} ({} at once), then 429",
+                Dur(std::time::Duration::from_nanos(rate.interval)),
+                rate.tolerance / rate.interval.max(1) + 1,
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "per ip    {} per client address; this client counts as {} (IPv6 by /{})",
+            limits.join(", "),
+            crate::admission::client_key(client, per_ip.ipv6_prefix),
+            per_ip.ipv6_prefix,
+        );
+    }
+    if let Some(overload) = &listener.overload {
+        let limit = match &overload.adaptive {
+            Some(a) => format!(
+                "an adaptive limit from {} (between {} and {}, recomputed every {})",
+                a.initial_limit,
+                a.min_limit,
+                overload.max_in_flight,
+                Dur(a.interval)
+            ),
+            None => format!("at most {}", overload.max_in_flight),
+        };
+        let _ = writeln!(
+            out,
+            "overload  {limit} requests in flight; beyond it a request waits up to {}, then 503 \
+             overloaded (respond and redirect routes are never shed)",
+            Dur(overload.queue_timeout),
+        );
+    }
 }

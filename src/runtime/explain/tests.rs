@@ -715,3 +715,42 @@ routes:
         "{unrouted}"
     );
 }
+
+#[test]
+fn admission_says_the_limits_and_what_the_client_counts_as() {
+    let snap = snapshot(
+        "\
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    limits: { connections_per_ip: 8, requests_per_ip: { limit: 10, window: 1s, burst: 20 }, ipv6_prefix: 48 }
+    overload: { max_in_flight: 100, queue_timeout: 50ms, adaptive: { initial_limit: 10 } }
+routes:
+  - { name: all, respond: { status: 200 } }
+",
+    );
+    let out = ask(
+        &snap,
+        "GET",
+        "http://example.com:8080/",
+        &[],
+        "2001:db8:1:2::9",
+    );
+    assert!(
+        out.contains(
+            "per ip    8 connections at once, a request every 100ms (20 at once), then 429 per \
+             client address; this client counts as 2001:db8:1:: (IPv6 by /48)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "overload  an adaptive limit from 10 (between 3 and 100, recomputed every 100ms)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("waits up to 50ms, then 503 overloaded"),
+        "{out}"
+    );
+}

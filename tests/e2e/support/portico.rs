@@ -78,11 +78,33 @@ impl Portico {
         config: &str,
         env: &[(&str, &str)],
     ) -> Result<Self, String> {
-        let path = dir.join("portico.yaml");
+        Self::try_start_with(dir, "portico.yaml", config, env, &[])
+    }
+
+    /// Like `try_start_in`, with the config written as `file` in `dir` and extra `run`
+    /// arguments (a second process next to a first, as in an upgrade).
+    pub fn try_start_args(
+        dir: &std::path::Path,
+        file: &str,
+        config: &str,
+        args: &[&str],
+    ) -> Result<Self, String> {
+        Self::try_start_with(dir, file, config, &[], args)
+    }
+
+    fn try_start_with(
+        dir: &std::path::Path,
+        file: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Self, String> {
+        let path = dir.join(file);
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -231,6 +253,11 @@ impl Portico {
     /// Sends SIGTERM and waits for the exit (bounded).
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit on its own (bounded).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
