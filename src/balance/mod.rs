@@ -9,9 +9,7 @@
 pub(crate) mod hash;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-
-use crate::observe::sharded::Cursor;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub(crate) use crate::view::RequestView;
@@ -26,13 +24,14 @@ pub(crate) enum Algorithm {
     RoundRobin {
         /// One cycle of picks.
         sequence: Vec<u32>,
-        /// Position in the cycle, per worker.
-        next: Cursor,
+        /// Position in the cycle. Shared by the workers (one atomic add per pick): clients see
+        /// one rotation over the targets, whichever worker their connection landed on.
+        next: AtomicUsize,
     },
     /// Fewest in-flight requests per unit of weight; ties go round robin.
     LeastRequest {
-        /// Tie breaker, per worker.
-        next: Cursor,
+        /// Tie breaker.
+        next: AtomicUsize,
     },
     /// Weighted random.
     Random,
@@ -173,8 +172,12 @@ impl Balancer {
         advance: bool,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let step = |next: &Cursor| {
-            if advance { next.advance() } else { next.get() }
+        let step = |next: &AtomicUsize| {
+            if advance {
+                next.fetch_add(1, Ordering::Relaxed)
+            } else {
+                next.load(Ordering::Relaxed)
+            }
         };
         let weight = |i: usize| f64::from(self.weights[i].max(1)) * self.warmth(&targets[i]);
         match &self.algorithm {

@@ -99,7 +99,7 @@ fn every_algorithm_spreads_by_weight() {
     let algorithms = vec![
         Algorithm::RoundRobin {
             sequence: smooth_sequence(&weights).unwrap(),
-            next: Default::default(),
+            next: AtomicUsize::new(0),
         },
         Algorithm::Random,
         Algorithm::RingHash {
@@ -154,7 +154,7 @@ fn least_request_and_p2c_avoid_busy_and_slow_targets() {
     t[0].inflight.store(5, Ordering::Relaxed);
     let lr = balancer(
         Algorithm::LeastRequest {
-            next: Default::default(),
+            next: AtomicUsize::new(0),
         },
         vec![1, 1],
     );
@@ -188,7 +188,7 @@ fn unhealthy_targets_are_skipped_and_panic_mode_spreads() {
     let rr = balancer(
         Algorithm::RoundRobin {
             sequence: smooth_sequence(&[1, 1, 1]).unwrap(),
-            next: Default::default(),
+            next: AtomicUsize::new(0),
         },
         vec![1, 1, 1],
     );
@@ -222,7 +222,7 @@ fn slow_start_ramps_a_new_target() {
     let mut rr = balancer(
         Algorithm::RoundRobin {
             sequence: smooth_sequence(&[1, 1]).unwrap(),
-            next: Default::default(),
+            next: AtomicUsize::new(0),
         },
         vec![1, 1],
     );

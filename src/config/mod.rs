@@ -332,6 +332,7 @@ pub(crate) fn read_str(
     for (key, value) in entries {
         match key.name.as_str() {
             "workers" => spec.workers = diags.take(value).unwrap_or_default(),
+            "pin_workers" => spec.pin_workers = diags.take(value).unwrap_or_default(),
             "drain_timeout" => {
                 if let Some(t) = diags.take(value) {
                     spec.drain_timeout = t;
@@ -435,6 +436,7 @@ pub(crate) fn read_str(
 
 const TOP_LEVEL: &[&str] = &[
     "workers",
+    "pin_workers",
     "drain_timeout",
     "admin",
     "access_log",

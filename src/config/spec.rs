@@ -17,6 +17,9 @@ use super::units::{Dur, Size};
 pub(crate) struct Spec {
     /// Worker threads: `auto` is one per CPU the process may use. Read at start only.
     pub(crate) workers: Workers,
+    /// Pins worker `i` to the `i`-th CPU the process may use (round the list when there are
+    /// more workers than CPUs). Read at start only.
+    pub(crate) pin_workers: bool,
     /// How long SIGTERM (or a removed listener) waits for in-flight requests.
     pub(crate) drain_timeout: Dur,
     /// The admin API and `/metrics`; off when absent.
@@ -52,6 +55,7 @@ impl Default for Spec {
     fn default() -> Self {
         Spec {
             workers: Workers::Auto,
+            pin_workers: false,
             drain_timeout: Dur(std::time::Duration::from_secs(30)),
             admin: None,
             access_log: AccessLogSpec::default(),

@@ -108,30 +108,6 @@ impl EncodeMetric for Gauge {
     }
 }
 
-/// A position that every worker advances on its own (a round-robin cursor), on a cache line
-/// of its own. Every worker starts at 0: a lone worker picks in the configured order.
-#[derive(Debug, Default)]
-pub(crate) struct Cursor(Box<[Line; SHARDS]>);
-
-impl Cursor {
-    /// This worker's position, moved on by one.
-    pub(crate) fn advance(&self) -> usize {
-        Self::wide(self.0[shard()].0[0].fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// This worker's position, unmoved.
-    pub(crate) fn get(&self) -> usize {
-        Self::wide(self.0[shard()].0[0].load(Ordering::Relaxed))
-    }
-
-    fn wide(position: u64) -> usize {
-        // Positions are taken modulo a table length: the low bits are the ones that matter.
-        #[allow(clippy::cast_possible_truncation)]
-        let position = position as usize;
-        position
-    }
-}
-
 /// Requests counted per second for a ratio (the retry budget): each worker counts in its
 /// own line, tagged with the second it counts for; a line from an earlier second counts 0.
 #[derive(Debug, Default)]
@@ -320,19 +296,13 @@ mod tests {
     }
 
     #[test]
-    fn cursors_and_per_second_counts_are_per_worker() {
-        let cursor = Cursor::default();
-        assert_eq!(
-            (cursor.advance(), cursor.advance(), cursor.get()),
-            (0, 1, 2)
-        );
+    fn per_second_counts_are_per_worker() {
         let counts = PerSecond::default();
         std::thread::scope(|s| {
             for worker in 1..=3 {
-                let (cursor, counts) = (&cursor, &counts);
+                let counts = &counts;
                 s.spawn(move || {
                     crate::worker::set(worker);
-                    assert_eq!(cursor.advance(), 0);
                     for _ in 0..10 {
                         counts.inc(7);
                     }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -679,7 +680,7 @@ fn compile_upstream(
         BalanceSpec::RoundRobin => match smooth_sequence(&weights) {
             Some(sequence) => Algorithm::RoundRobin {
                 sequence,
-                next: Default::default(),
+                next: AtomicUsize::new(0),
             },
             None => {
                 diags.error(
@@ -695,7 +696,7 @@ fn compile_upstream(
             }
         },
         BalanceSpec::LeastRequest => Algorithm::LeastRequest {
-            next: Default::default(),
+            next: AtomicUsize::new(0),
         },
         BalanceSpec::Random => Algorithm::Random,
         BalanceSpec::P2cEwma => Algorithm::P2cEwma,
@@ -1242,7 +1243,7 @@ fn compile_route(
         find(name, diags).map(|u| Action::Forward {
             arms: vec![u],
             sequence: vec![0],
-            next: Default::default(),
+            next: AtomicUsize::new(0),
         })
     } else if let Some(split) = &spec.split {
         let mut arms = Vec::new();
@@ -1260,7 +1261,7 @@ fn compile_route(
             Some(sequence) if arms.len() == split.len() => Some(Action::Forward {
                 arms,
                 sequence,
-                next: Default::default(),
+                next: AtomicUsize::new(0),
             }),
             Some(_) => None,
             None => {

@@ -52,6 +52,7 @@ impl Shared {
     ) -> Self {
         let started = Started {
             access_log: snapshot.spec.access_log.clone(),
+            pin_workers: snapshot.spec.pin_workers,
             admin: snapshot.admin.as_ref().map(|(addr, _)| *addr),
             upgrade: snapshot.upgrade.clone(),
         };
@@ -123,6 +124,8 @@ pub(crate) fn unpin() {
 pub(crate) struct Started {
     /// The access log that was opened.
     pub(crate) access_log: crate::config::spec::AccessLogSpec,
+    /// Whether the workers were pinned to CPUs.
+    pub(crate) pin_workers: bool,
     /// The admin API's configured address, if it was started.
     pub(crate) admin: Option<std::net::SocketAddr>,
     /// The upgrade socket it listens on, if any.

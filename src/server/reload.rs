@@ -126,7 +126,7 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
         .enable_all()
         .build()
         .map_err(io_error("cannot start the control runtime"))?;
-    let (handles, stops) = start_workers(workers)?;
+    let (handles, stops) = start_workers(workers, snapshot.spec.pin_workers)?;
     let result = control.block_on(async move {
         let mut snapshot = snapshot;
         start_snapshot(&mut snapshot, &states, &acme, &metrics).await;
@@ -174,12 +174,26 @@ fn commit_registry(shared: &Shared) {
 
 type WorkerStop = tokio::sync::oneshot::Sender<()>;
 
-fn start_workers(count: usize) -> Result<(Vec<Handle>, Vec<WorkerStop>), StartError> {
+fn start_workers(count: usize, pin: bool) -> Result<(Vec<Handle>, Vec<WorkerStop>), StartError> {
     let mut handles = Vec::with_capacity(count);
     let mut stops = Vec::with_capacity(count);
+    let cpus = if pin { allowed_cpus() } else { Vec::new() };
+    if pin && cpus.is_empty() {
+        tracing::warn!(
+            "pin_workers: the CPUs this process may use are unknown; workers are not pinned"
+        );
+    }
     for index in 0..count {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+        let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        if cpu.is_some() {
+            // A worker's blocking threads (file reads, name lookups) are started by the
+            // pinned worker and would inherit its one CPU: they get every CPU back.
+            let all = cpus.clone();
+            builder.on_thread_start(move || pin_to_set(&all));
+        }
+        let runtime = builder
             .build()
             .map_err(io_error("cannot start a worker runtime"))?;
         handles.push(runtime.handle().clone());
@@ -188,6 +202,9 @@ fn start_workers(count: usize) -> Result<(Vec<Handle>, Vec<WorkerStop>), StartEr
         std::thread::Builder::new()
             .name(format!("portico-worker-{index}"))
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_to(index, cpu);
+                }
                 pool::set_worker(index + 1);
                 runtime.block_on(async {
                     let _ = stopped.await;
@@ -273,6 +290,37 @@ fn offered(listeners: &ListenerSet, admin: Option<&Admin>) -> io::Result<Vec<upg
         });
     }
     Ok(out)
+}
+
+/// The CPUs this process may run on, in order (empty if the kernel does not say).
+fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&cpu| set.is_set(cpu))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Pins the calling thread (worker `index`) to `cpu`.
+fn pin_to(index: usize, cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => tracing::debug!(worker = index, cpu, "worker pinned"),
+        Err(err) => tracing::warn!(worker = index, cpu, error = %err, "cannot pin the worker"),
+    }
+}
+
+/// Lets the calling thread run on any of `cpus`.
+fn pin_to_set(cpus: &[usize]) {
+    let mut set = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu);
+    }
+    if let Err(err) = rustix::thread::sched_setaffinity(None, &set) {
+        tracing::warn!(error = %err, "cannot widen a blocking thread's CPUs");
+    }
 }
 
 async fn control_loop(
@@ -614,6 +662,12 @@ fn restart_required(
     let mut out = Vec::new();
     if next.workers != workers {
         out.push(format!("workers: {workers} -> {}", next.workers));
+    }
+    if next.spec.pin_workers != started.pin_workers {
+        out.push(format!(
+            "pin_workers: {} -> {}",
+            started.pin_workers, next.spec.pin_workers
+        ));
     }
     let log = |a: &crate::config::spec::AccessLogSpec| {
         if a.enabled {

@@ -470,6 +470,65 @@ async fn reload_reports_settings_that_need_a_restart() {
     );
 }
 
+/// The CPUs a thread may run on, from /proc (`Cpus_allowed_list`, like `0-1` or `1`).
+fn allowed_cpus(pid: u32, tid: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// `pin_workers: true`: worker `i` runs on the `i`-th CPU the process may use, the other
+/// threads keep them all; a reload that turns it off is reported as needing a restart.
+#[tokio::test]
+async fn pinned_workers_run_on_one_cpu_each() {
+    let config = |pin: bool| {
+        format!(
+            "workers: 2\npin_workers: {pin}\nadmin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: web, bind: 127.0.0.1:0 }}\nroutes:\n  - {{ name: r, respond: {{ status: 200 }} }}\n"
+        )
+    };
+    let gw = Portico::start(&config(true));
+    let pid = gw.pid();
+    let all = allowed_cpus(pid, &pid.to_string());
+    let cpus: Vec<usize> = all
+        .split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().unwrap()..=b.parse().unwrap()).collect::<Vec<_>>(),
+            None => vec![part.parse().unwrap()],
+        })
+        .collect();
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = task.unwrap().file_name().into_string().unwrap();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
+        // Thread names are cut to 15 bytes: `portico-worker-` without its number. Workers
+        // start in order, so their thread ids are in order too.
+        if name.trim().starts_with("portico-worker") {
+            workers.push((tid.parse::<u32>().unwrap(), allowed_cpus(pid, &tid)));
+        } else {
+            assert_eq!(allowed_cpus(pid, &tid), all, "thread {}", name.trim());
+        }
+    }
+    workers.sort();
+    let pinned: Vec<String> = workers.into_iter().map(|(_, cpus)| cpus).collect();
+    let want: Vec<String> = (0..2).map(|i| cpus[i % cpus.len()].to_string()).collect();
+    assert_eq!(pinned, want);
+    assert_eq!(crate::support::get(&gw.addr("web"), "/").await.status, 200);
+
+    assert!(gw.reload(&config(false)));
+    let health = crate::support::get(&gw.admin.clone().unwrap(), "/health")
+        .await
+        .json();
+    assert_eq!(
+        health["restart_required"],
+        serde_json::json!(["pin_workers: true -> false"]),
+        "{health}"
+    );
+}
+
 #[test]
 fn explain_lists_the_consumers_that_carry_plugins() {
     let file = write(

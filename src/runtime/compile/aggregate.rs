@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use http::{HeaderName, Method};
 
@@ -217,7 +218,7 @@ fn compile_call(
         action: Action::Forward {
             arms: vec![Arc::clone(&upstream)],
             sequence: vec![0],
-            next: Default::default(),
+            next: AtomicUsize::new(0),
         },
         plugins: PluginChain::default(),
         rewrite: None,
