@@ -116,3 +116,9 @@ impl Gateway {
         upstream.balancer.select(&upstream.targets, &ctx, &[])
     }
 }
+
+/// Runs the server on the config file at `config`, as `portico run` does, until the process
+/// ends: for tests that measure the whole process (`tests/idle_memory.rs`).
+pub fn run_server(config: &std::path::Path) -> Result<(), String> {
+    crate::server::reload::run(config, None).map_err(|err| err.to_string())
+}

