@@ -161,12 +161,10 @@ impl Rates {
                 return Err((Refusal::MaxClients, SWEEP_EVERY_NS));
             }
         }
-        let tat = known.unwrap_or(now).max(now);
-        let allow_at = tat.saturating_sub(rate.tolerance);
-        if now < allow_at {
-            return Err((Refusal::PerIp, allow_at - now));
-        }
-        shard.tats.insert(key, tat.saturating_add(rate.interval));
+        let next = rate
+            .step(known, now)
+            .map_err(|wait| (Refusal::PerIp, wait))?;
+        shard.tats.insert(key, next);
         Ok(())
     }
 

@@ -56,6 +56,18 @@ impl Rate {
             tolerance: interval.saturating_mul(u64::from(burst - 1)),
         })
     }
+
+    /// One GCRA step at `now` (ns) for a key whose theoretical arrival time is `tat` (`None`
+    /// for a key not seen yet): its next arrival time when the request may go, else how long
+    /// it must wait (ns).
+    pub(crate) fn step(&self, tat: Option<u64>, now: u64) -> Result<u64, u64> {
+        let tat = tat.unwrap_or(now).max(now);
+        let allow_at = tat.saturating_sub(self.tolerance);
+        if now < allow_at {
+            return Err(allow_at - now);
+        }
+        Ok(tat.saturating_add(self.interval))
+    }
 }
 
 /// A listener's `overload:`, compiled.
@@ -94,7 +106,7 @@ pub(crate) struct Admission {
 }
 
 /// Nanoseconds on a process-wide monotonic clock, never 0.
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let elapsed = START.get_or_init(Instant::now).elapsed().as_nanos();
     u64::try_from(elapsed).unwrap_or(u64::MAX).saturating_add(1)

@@ -9,12 +9,13 @@
 //! buckets are kept across reloads while the plugin's spec and place stay the same.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, header, request, response};
 
 use super::{BuildError, Flow, Phase, Plugin};
+use crate::admission::Rate;
 use crate::config::spec::RateLimitSpec;
 use crate::ctx::RequestCtx;
 use crate::error::{ProxyError, error_response};
@@ -126,10 +127,8 @@ pub(crate) struct RateLimit {
     /// `RateLimit-Policy`: the configured policy, e.g. `5;w=10` (IETF httpapi ratelimit
     /// headers).
     policy: HeaderValue,
-    /// Emission interval `window / limit`, in nanoseconds.
-    interval: u64,
-    /// Tolerance `(burst - 1) × interval`.
-    tolerance: u64,
+    /// The GCRA rate: `window / limit` apart, `burst` at once.
+    rate: Rate,
     shard_cap: usize,
     shards: Arc<Buckets>,
     limited: Limited,
@@ -147,11 +146,6 @@ struct Buckets(Vec<Mutex<HashMap<String, u64>>>);
 
 impl crate::plugins::state::Kept for Buckets {}
 
-fn now_ns() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
-}
-
 impl RateLimit {
     /// Checks the spec.
     pub(crate) fn new(spec: &RateLimitSpec, env: super::BuildEnv<'_>) -> Result<Self, BuildError> {
@@ -166,7 +160,7 @@ impl RateLimit {
         if burst == 0 {
             return Err(BuildError::ZeroBurst);
         }
-        let interval = (spec.window.0.as_nanos() / u128::from(*spec.limit)).max(1) as u64;
+        let rate = Rate::new(*spec.limit, spec.window.0, burst).ok_or(BuildError::ZeroLimit)?;
         let window = spec.window.0.as_secs().max(1);
         let policy = if burst == *spec.limit {
             format!("{};w={window}", *spec.limit)
@@ -178,8 +172,7 @@ impl RateLimit {
             limit: *spec.limit,
             burst,
             policy: HeaderValue::from_str(&policy).map_err(|_| BuildError::ZeroBurst)?,
-            interval,
-            tolerance: interval.saturating_mul(u64::from(burst - 1)),
+            rate,
             shard_cap: (spec.max_keys / SHARDS).max(1),
             shards: env
                 .state
@@ -202,14 +195,9 @@ impl RateLimit {
                 map.clear();
             }
         }
-        let tat = map.get(key).copied().unwrap_or(now).max(now);
-        let allow_at = tat.saturating_sub(self.tolerance);
-        if now < allow_at {
-            return Err(allow_at - now);
-        }
-        let next = tat + self.interval;
+        let next = self.rate.step(map.get(key).copied(), now)?;
         map.insert(key.to_owned(), next);
-        let used = (next - now).div_ceil(self.interval);
+        let used = (next - now).div_ceil(self.rate.interval);
         let remaining = u64::from(self.burst).saturating_sub(used) as u32;
         Ok((remaining, next - now))
     }
@@ -327,7 +315,7 @@ impl Plugin for RateLimit {
     ) -> Result<Flow, ProxyError> {
         let key = self.key.of(ctx, head);
         let checked = self
-            .check(&key, now_ns())
+            .check(&key, crate::admission::now_ns())
             .map(|(remaining, reset)| (remaining, Duration::from_nanos(reset).as_secs().max(1)))
             .map_err(|wait| Duration::from_nanos(wait).as_secs_f64().ceil().max(1.0) as u64);
         Ok(verdict(
