@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the test peers the suite starts
 # (curl, openssl, pebble, h2load, redis-server, haproxy; grpcio and websockets for the gRPC
-# and WebSocket tests; node, Chromium and the OpenID Provider's npm packages for the OIDC tests)
+# and WebSocket tests; opentelemetry-proto for the tracing tests; node, Chromium and the OpenID Provider's npm packages for the OIDC tests)
 # when they are missing, then `cargo test`.
 # Extra arguments go to `cargo test` (for example a test name filter).
 set -euo pipefail
@@ -41,10 +41,12 @@ fi
 
 # The gRPC tests run a real gRPC server and client: grpcio, with grpcio-tools for protoc.
 # The WebSocket tests use the `websockets` package as a real client and server.
-if ! python3 -c "import grpc, grpc_tools, websockets" 2>/dev/null; then
-  echo "installing test peers: grpcio grpcio-tools websockets (pip)" >&2
-  python3 -m pip install --quiet grpcio grpcio-tools websockets ||
-    python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools websockets
+# The tracing tests decode OTLP exports with opentelemetry-proto's messages.
+if ! python3 -c "import grpc, grpc_tools, websockets, opentelemetry.proto" 2>/dev/null; then
+  echo "installing test peers: grpcio grpcio-tools websockets opentelemetry-proto (pip)" >&2
+  python3 -m pip install --quiet grpcio grpcio-tools websockets opentelemetry-proto ||
+    python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools websockets \
+      opentelemetry-proto
 fi
 
 # The OpenID Provider and its clients (tests/e2e/oidc): the npm packages pinned by its lockfile.

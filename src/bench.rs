@@ -61,6 +61,7 @@ impl Gateway {
             client_value: crate::proxy::headers::client_value(client.ip()),
             scheme: "http",
             client_cert: None,
+            tls: None,
             tunnels: None,
             admission: None,
         };
@@ -68,7 +69,7 @@ impl Gateway {
             snapshot,
             registry,
             metrics,
-            AccessLog::disabled(),
+            (AccessLog::disabled(), None),
             "bench.yaml".into(),
             acme,
             states,

@@ -88,6 +88,8 @@ pin_project_lite::pin_project! {
 /// before its end (the client went away) or broken never calls it: the watcher's own
 /// `Drop` sees to that case.
 pub(crate) trait Watch: Send + Sync {
+    /// A data chunk of `len` bytes passed.
+    fn data(&mut self, _len: usize) {}
     /// The body ended.
     fn end(self: Box<Self>, trailers: Option<&http::HeaderMap>);
 }
@@ -254,6 +256,9 @@ impl http_body::Body for Body {
                 let polled = Pin::new(inner.as_mut()).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(watch)) = (frame.data_ref(), watch.as_mut()) {
+                            watch.data(data.len());
+                        }
                         if let Some(trailers) = frame.trailers_ref() {
                             if let Some(watch) = watch.take() {
                                 watch.end(Some(trailers));

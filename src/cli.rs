@@ -1,10 +1,11 @@
-//! The command line: `run`, `validate`, `explain`, `schema`, `version`.
+//! The command line: `run`, `validate`, `explain`, `test`, `plan`, `schema`, `version`.
+
+mod plan;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::observe::Metrics;
 use crate::pool::Registry;
@@ -66,6 +67,33 @@ enum Command {
             default_value = "127.0.0.1"
         )]
         client: std::net::IpAddr,
+    },
+    /// Checks golden route cases against a config, without traffic: exits 0 when every case
+    /// gets what it expects, 1 when one does not, 2 when the config or the cases are invalid.
+    Test {
+        /// The config file (YAML or JSON).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The cases: a YAML list of `{ request: { method, url, headers, client }, expect: {
+        /// listener, route, upstream, targets, status, path } }`.
+        cases: PathBuf,
+    },
+    /// Says what a reload to a new config would change (listeners, routes, upstreams and
+    /// their targets and weights, certificates, plugins, consumers, settings), each change
+    /// labelled `hitless`, `drains connections` or `needs a restart`. Exits 0 with or
+    /// without changes, 2 when the new config is invalid, 1 when the old one cannot be had.
+    Plan {
+        /// The new config file (YAML or JSON).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The config to compare with; without it, the running portico's, read from the
+        /// admin API at the new config's `admin.listen`.
+        #[arg(long, value_name = "OLD")]
+        from: Option<PathBuf>,
+        /// The admin API's bearer token (default: the PORTICO_ADMIN_TOKEN environment
+        /// variable).
+        #[arg(long, value_name = "TOKEN")]
+        admin_token: Option<String>,
     },
     /// Prints the JSON Schema (draft 2020-12) of the config file, for editors and tools.
     Schema,
@@ -129,7 +157,7 @@ pub fn run() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let question = match question(&method, &url, &headers) {
+            let question = match explain::Question::parse(&method, &url, &headers) {
                 Ok(mut q) => {
                     q.client = client;
                     q
@@ -150,6 +178,36 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Command::Test { config, cases } => {
+            let snap = match compile(&config) {
+                Ok(s) => s,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            match crate::route_tests::run(&snap, &cases) {
+                Ok(report) => {
+                    out(&report.text);
+                    if report.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(err) => {
+                    eprintln!("{err}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Plan {
+            config,
+            from,
+            admin_token,
+        } => plan_command(&config, from.as_deref(), admin_token),
         Command::Schema => {
             out(&crate::config::schema::text());
             ExitCode::SUCCESS
@@ -174,6 +232,78 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// `portico plan`.
+fn plan_command(
+    config: &std::path::Path,
+    from: Option<&std::path::Path>,
+    token: Option<String>,
+) -> ExitCode {
+    let print_errors = |errors: Vec<crate::config::Diagnostic>| {
+        for e in errors {
+            eprintln!("{e}");
+        }
+    };
+    let new = match compile(config) {
+        Ok(snap) => snap,
+        Err(errors) => {
+            print_errors(errors);
+            return ExitCode::from(2);
+        }
+    };
+    let redacted = |snap: &runtime::Snapshot| -> Result<serde_json::Value, String> {
+        let mut value = serde_json::to_value(&snap.spec).map_err(|e| e.to_string())?;
+        crate::config::secret::Credentials::of(&snap.spec).redact(&mut value);
+        Ok(value)
+    };
+    let new_value = match redacted(&new) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (old_value, from_label) = match from {
+        Some(old_path) => match compile(old_path) {
+            Ok(old) => match redacted(&old) {
+                Ok(v) => (v, format!("{} ({})", old_path.display(), old.hash)),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(errors) => {
+                eprintln!(
+                    "{}: the config to compare with is invalid:",
+                    old_path.display()
+                );
+                print_errors(errors);
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            let Some((addr, _)) = &new.admin else {
+                eprintln!(
+                    "{} has no admin.listen to ask the running portico at; pass --from OLD",
+                    config.display()
+                );
+                return ExitCode::FAILURE;
+            };
+            let token = token.or_else(|| std::env::var("PORTICO_ADMIN_TOKEN").ok());
+            match plan::running_config(&addr.to_string(), token.as_deref()) {
+                Ok((value, hash)) => (value, format!("running at {addr} ({hash})")),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let changes = plan::diff(&old_value, &new_value);
+    let to = format!("{} ({})", config.display(), new.hash);
+    out(&plan::render(&from_label, &to, &changes));
+    ExitCode::SUCCESS
+}
+
 fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::config::Diagnostic>> {
     let registry = Registry::default();
     let metrics = Metrics::new();
@@ -188,33 +318,6 @@ fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::confi
             states: &states,
         },
     )
-}
-
-fn question<'a>(
-    method: &str,
-    url: &'a str,
-    headers: &[String],
-) -> Result<explain::Question<'a>, String> {
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("invalid method `{method}`"))?;
-    let mut map = HeaderMap::new();
-    for h in headers {
-        let (name, value) = h
-            .split_once(':')
-            .ok_or_else(|| "invalid header: expected `Name: value`".to_owned())?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| format!("invalid header name `{}`", name.trim()))?;
-        // The value may be a credential: never repeated.
-        let value = HeaderValue::from_str(value.trim())
-            .map_err(|_| format!("invalid value for header `{name}`"))?;
-        map.append(name, value);
-    }
-    Ok(explain::Question {
-        method,
-        url,
-        headers: map,
-        client: std::net::IpAddr::from([127, 0, 0, 1]),
-    })
 }
 
 fn init_logging() {

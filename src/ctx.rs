@@ -30,6 +30,15 @@ pub(crate) struct RequestCtx {
     pub(crate) target: Option<Arc<str>>,
     /// Tries sent to targets (retries included).
     pub(crate) attempts: u32,
+    /// Microseconds spent waiting on targets for answer heads, over every try (a `u64`, not
+    /// a `Duration`: this state is part of every request's future).
+    pub(crate) upstream_us: u64,
+    /// The plugin whose request step answered or refused the request, if one did: its
+    /// index in the plugin name list (a byte, not a name: this state is part of every
+    /// request's future).
+    pub(crate) answered_by: Option<u8>,
+    /// This request's trace, when tracing is configured.
+    pub(crate) trace: Option<Box<crate::trace::RequestTrace>>,
     /// A retry was wanted but the upstream's retry budget was spent.
     pub(crate) budget_spent: bool,
     /// The authenticated consumer, once a plugin found one.
@@ -60,6 +69,11 @@ impl StreamLimits {
 }
 
 impl RequestCtx {
+    /// Time spent waiting on targets for answer heads, over every try.
+    pub(crate) fn upstream_time(&self) -> Duration {
+        Duration::from_micros(self.upstream_us)
+    }
+
     /// The state of a request that just arrived.
     pub(crate) fn new(request_id: HeaderValue, client: SocketAddr, listener: Arc<str>) -> Self {
         RequestCtx {
@@ -71,6 +85,9 @@ impl RequestCtx {
             upstream: None,
             target: None,
             attempts: 0,
+            upstream_us: 0,
+            answered_by: None,
+            trace: None,
             budget_spent: false,
             consumer: None,
             slots: http::Extensions::new(),

@@ -11,6 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "aggregate",
         "random",
+        "trace",
         "worker",
         "background",
         "body",
@@ -27,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
     &["routing", "balance", "plugins"],
     &["runtime"],
     &["proxy", "l4"],
-    &["admin", "server", "cli", "bench", "fuzz"],
+    &["admin", "server", "route_tests", "cli", "bench", "fuzz"],
 ];
 
 /// (layer, position in it) of a top-level module.

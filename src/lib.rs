@@ -20,7 +20,7 @@
 //! and `fuzz` are public:
 //!
 //! ```text
-//! leaves     body ctx error consumer view proxy_protocol random worker background config health
+//! leaves     body ctx error consumer view proxy_protocol random trace worker background config health
 //! state      observe  admission  tls  pool                                      (pool: its own ConnectError, active checks)
 //! choice     routing  balance  plugins
 //! compiled   runtime (compile, Snapshot, Shared, explain)
@@ -54,9 +54,11 @@ pub(crate) mod pool;
 pub(crate) mod proxy;
 pub(crate) mod proxy_protocol;
 pub(crate) mod random;
+pub(crate) mod route_tests;
 pub(crate) mod routing;
 pub(crate) mod runtime;
 pub(crate) mod server;
 pub(crate) mod tls;
+pub(crate) mod trace;
 pub(crate) mod view;
 pub(crate) mod worker;

@@ -351,6 +351,9 @@ pub(crate) fn read_str(
             "access_log" => spec.access_log = diags.take(value).unwrap_or_default(),
             "upgrade" => spec.upgrade = diags.take(value),
             "trusted_proxies" => spec.trusted_proxies = diags.take(value),
+            "debug" => spec.debug = diags.take(value),
+            "tracing" => spec.tracing = diags.take(value),
+            "cluster" => spec.cluster = diags.take(value),
             "listeners" => {
                 let list = take_list(&mut diags, value, "listeners", &mut unparsed);
                 for item in list {
@@ -442,6 +445,9 @@ const TOP_LEVEL: &[&str] = &[
     "access_log",
     "upgrade",
     "trusted_proxies",
+    "debug",
+    "tracing",
+    "cluster",
     "listeners",
     "routes",
     "upstreams",

@@ -34,6 +34,17 @@ pub(crate) struct Spec {
     /// client is the peer and `X-Forwarded-For` is appended to as it came).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) trusted_proxies: Option<TrustedProxiesSpec>,
+    /// The debug header: a summary of the decision on answers to requests that carry the
+    /// token (off when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) debug: Option<DebugSpec>,
+    /// Distributed tracing: W3C trace context and spans exported over OTLP/HTTP (off when
+    /// absent). Read at start only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tracing: Option<TracingSpec>,
+    /// Scale-out: what several portico nodes share (off when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster: Option<ClusterSpec>,
     /// Where portico accepts traffic.
     pub(crate) listeners: Vec<ListenerSpec>,
     /// How requests are matched and what is done with them.
@@ -61,6 +72,9 @@ impl Default for Spec {
             access_log: AccessLogSpec::default(),
             upgrade: None,
             trusted_proxies: None,
+            debug: None,
+            tracing: None,
+            cluster: None,
             listeners: Vec::new(),
             routes: Vec::new(),
             upstreams: Vec::new(),
@@ -117,14 +131,32 @@ impl Serialize for Workers {
 pub(crate) struct AdminSpec {
     /// `IP:PORT` to listen on, like `127.0.0.1:9901`. Read at start only.
     pub(crate) listen: At<String>,
-    /// Bearer token every admin request must carry (`Authorization: Bearer TOKEN`); required
-    /// when `listen` is not a loopback address. Use `${ENV}`.
+    /// Bearer token every admin request must carry (`Authorization: Bearer TOKEN`), but the
+    /// dashboard page's own files, which hold no data; required when `listen` is not a
+    /// loopback address. Use `${ENV}`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "redact"
     )]
     pub(crate) token: Option<String>,
+    /// What the admin API does with writes (`PUT /config`, `PUT` and `DELETE` of routes,
+    /// upstreams and consumers): `apply` puts them in force (the running config is then
+    /// reported as diverging from the file until the next SIGHUP reads the file again);
+    /// `refuse` answers every write with 403.
+    #[serde(default)]
+    pub(crate) writes: AdminWrites,
+}
+
+/// `admin.writes`: whether admin API writes apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AdminWrites {
+    /// Writes are validated, compiled and put in force.
+    #[default]
+    Apply,
+    /// Every write is answered 403.
+    Refuse,
 }
 
 fn redact<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -139,6 +171,110 @@ pub(crate) struct UpgradeSpec {
     /// `portico run --upgrade-from PATH`; relative to the config file's folder. Read at
     /// start only.
     pub(crate) socket: At<String>,
+}
+
+/// `debug:` — requests carrying the token get a response header that summarises the route
+/// decision, the plugins in force, the target, the tries and the timings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DebugSpec {
+    /// The request header that carries the token, and the response header the summary is
+    /// written in. Never forwarded upstream.
+    #[serde(default = "debug_header")]
+    pub(crate) header: String,
+    /// The token, 16 characters or more; use `${ENV}`.
+    #[serde(serialize_with = "redact_at")]
+    #[schemars(with = "String")]
+    pub(crate) token: At<String>,
+}
+
+fn debug_header() -> String {
+    "x-portico-debug".to_owned()
+}
+
+fn redact_at<S: serde::Serializer>(_: &At<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
+}
+
+/// `tracing:` — W3C trace context continued or created, and the spans of sampled requests
+/// exported over OTLP/HTTP.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TracingSpec {
+    /// The OTLP/HTTP traces endpoint (protobuf), like `http://127.0.0.1:4318/v1/traces`.
+    pub(crate) endpoint: At<String>,
+    /// Share of new traces sampled, from 0 to 1; a request that carries a `traceparent`
+    /// follows its sampled flag.
+    #[serde(default = "all")]
+    pub(crate) sample_ratio: f64,
+    /// The `service.name` the spans are exported under.
+    #[serde(default = "portico")]
+    pub(crate) service_name: String,
+    /// Most time one export may take.
+    #[serde(default = "two_seconds")]
+    pub(crate) timeout: Dur,
+}
+
+fn all() -> f64 {
+    1.0
+}
+
+fn portico() -> String {
+    "portico".to_owned()
+}
+
+fn two_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+
+/// `cluster:` — what several portico nodes share.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterSpec {
+    /// The Redis that `rate_limit` with `scope: cluster` counts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) redis: Option<RedisSpec>,
+}
+
+/// `cluster.redis:` — a Redis (5 or later) shared by the nodes.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedisSpec {
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`; use `${ENV}` for a password.
+    #[serde(serialize_with = "redact_at")]
+    #[schemars(with = "String")]
+    pub(crate) url: At<String>,
+    /// Most time one decision may take in Redis; past it, `fallback` decides.
+    #[serde(default = "redis_timeout")]
+    pub(crate) timeout: Dur,
+    /// What decides while Redis cannot: `local` (this node's own limiter, with the same
+    /// limit), `open` (let requests pass) or `closed` (refuse them with 503).
+    #[serde(default)]
+    pub(crate) fallback: RedisFallback,
+    /// Prefix of every key portico writes.
+    #[serde(default = "redis_prefix")]
+    pub(crate) prefix: String,
+}
+
+/// `cluster.redis.fallback`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RedisFallback {
+    /// This node's own limiter, with the same limit.
+    #[default]
+    Local,
+    /// Requests pass.
+    Open,
+    /// Requests are refused with 503.
+    Closed,
+}
+
+fn redis_timeout() -> Dur {
+    Dur(std::time::Duration::from_millis(100))
+}
+
+fn redis_prefix() -> String {
+    "portico:".to_owned()
 }
 
 /// `access_log:` — one JSON line per request.
@@ -1136,6 +1272,10 @@ pub(crate) struct PoolSpec {
     pub(crate) max_idle: usize,
     /// An idle connection unused for this long is closed.
     pub(crate) idle_timeout: Dur,
+    /// HTTP/1.1: a worker keeps no more connections to a target, in use and idle together,
+    /// than its requests held at once over this window; the oldest idle ones beyond are
+    /// closed. `0s` keeps up to `max_idle` until `idle_timeout`.
+    pub(crate) demand_window: Dur,
 }
 
 impl Default for PoolSpec {
@@ -1143,6 +1283,7 @@ impl Default for PoolSpec {
         PoolSpec {
             max_idle: 128,
             idle_timeout: Dur(std::time::Duration::from_secs(60)),
+            demand_window: Dur(std::time::Duration::from_secs(10)),
         }
     }
 }
@@ -1483,6 +1624,21 @@ pub(crate) struct RateLimitSpec {
     /// Most keys tracked at once (a memory bound).
     #[serde(default = "max_keys")]
     pub(crate) max_keys: usize,
+    /// `local` (each node counts alone) or `cluster` (the nodes count together in
+    /// `cluster.redis`, with the same limit and headers).
+    #[serde(default)]
+    pub(crate) scope: LimitScope,
+}
+
+/// `rate_limit.scope`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LimitScope {
+    /// This node counts alone.
+    #[default]
+    Local,
+    /// The nodes count together in `cluster.redis`.
+    Cluster,
 }
 
 /// `quota:` — a count per key over fixed windows of wall-clock time.

@@ -134,15 +134,18 @@ pub(crate) async fn serve(
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
                 match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
+                        shared.metrics.tls_handshake(&listener.name, "ok");
                         record.sni = tls.get_ref().1.server_name().map(str::to_owned);
                         Box::new(tls)
                     }
                     Ok(Err(err)) => {
+                        shared.metrics.tls_handshake(&listener.name, "failed");
                         tracing::debug!(%client, error = %err, "TLS handshake failed");
                         record.finish(shared, "handshake_failed", (0, 0), None);
                         return;
                     }
                     Err(_) => {
+                        shared.metrics.tls_handshake(&listener.name, "timeout");
                         tracing::debug!(%client, "TLS handshake timed out");
                         record.finish(shared, "handshake_failed", (0, 0), None);
                         return;

@@ -9,7 +9,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 use super::sharded;
@@ -86,6 +85,13 @@ pub(crate) struct ResultLabels {
     pub(crate) result: String,
 }
 
+/// Labels of `portico_config_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HashLabels {
+    /// The config's content hash.
+    pub(crate) hash: String,
+}
+
 /// Labels of `portico_cache_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CacheLabels {
@@ -95,22 +101,108 @@ pub(crate) struct CacheLabels {
     pub(crate) result: &'static str,
 }
 
+/// Labels of `portico_cluster_limit_decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DecisionLabels {
+    /// `redis`, or the fallback that decided: `local`, `open`, `closed`.
+    pub(crate) by: &'static str,
+}
+
+/// Labels of `portico_tls_handshakes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HandshakeLabels {
+    /// Listener name.
+    pub(crate) listener: String,
+    /// `ok`, `failed` or `timeout`.
+    pub(crate) result: &'static str,
+}
+
+/// Labels of `portico_plugin_answers_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PluginAnswerLabels {
+    /// Route name; empty for a request no route took (global plugins).
+    pub(crate) route: String,
+    /// The plugin's name (`key_auth`, `rate_limit`, ...).
+    pub(crate) plugin: &'static str,
+    /// The status it answered with.
+    pub(crate) status: u16,
+}
+
+/// Labels of `portico_upstream_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TargetOutcomeLabels {
+    /// Upstream name.
+    pub(crate) upstream: String,
+    /// Target address as configured.
+    pub(crate) target: String,
+    /// `1xx` .. `5xx`, `connect_failure`, `timeout` or `failed`.
+    pub(crate) outcome: &'static str,
+}
+
+/// Labels of `portico_upstream_connections`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PoolLabels {
+    /// Upstream name.
+    pub(crate) upstream: String,
+    /// Target address as configured.
+    pub(crate) target: String,
+    /// `open` (all connections) or `idle` (pooled, waiting for a request).
+    pub(crate) state: &'static str,
+}
+
+/// What a scrape reads of one upstream target.
+#[derive(Debug)]
+pub(crate) struct TargetReading<'a> {
+    /// Upstream name.
+    pub(crate) upstream: &'a str,
+    /// Target address as configured.
+    pub(crate) target: &'a str,
+    /// Takes traffic.
+    pub(crate) healthy: bool,
+    /// Tries by outcome label, cumulative.
+    pub(crate) outcomes: [(&'static str, u64); 8],
+    /// Open connections.
+    pub(crate) open: usize,
+    /// Idle pooled connections.
+    pub(crate) idle: usize,
+    /// Requests in flight.
+    pub(crate) in_flight: usize,
+}
+
 type HistogramFamily<L> = Family<L, sharded::DurationHistogram, fn() -> sharded::DurationHistogram>;
 
+/// Upper bounds of `portico_request_duration_seconds`, in seconds: from 100 µs (a proxied
+/// request on loopback takes tens of µs of portico's time) to 30 s, in 1-2.5-5 steps, so that
+/// dashboards read round numbers.
+pub(crate) const DURATION_BUCKETS: [f64; 17] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
 fn duration_histogram() -> sharded::DurationHistogram {
-    // 0.25 ms to ~16 s.
-    sharded::DurationHistogram::new(exponential_buckets(0.000_25, 2.0, 17))
+    sharded::DurationHistogram::new(DURATION_BUCKETS)
 }
 
 /// Every metric portico exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
+    access_log_dropped: Counter,
+    trace_spans_dropped: Counter,
+    cluster_decisions: Family<DecisionLabels, Counter>,
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+    plugin_answers: Family<PluginAnswerLabels, Counter>,
+    upstream_requests: Family<TargetOutcomeLabels, Counter>,
+    upstream_connections: Family<PoolLabels, Gauge>,
+    upstream_in_flight: Family<TargetLabels, Gauge>,
+    /// One scrape at a time brings the upstream counters up to date.
+    scrape: std::sync::Mutex<()>,
     registry: Registry,
     // The request path's series are written per worker (see `sharded`).
     requests: Family<RequestLabels, sharded::Counter>,
     durations: HistogramFamily<DurationLabels>,
     connections: Family<ListenerLabels, sharded::Gauge>,
     reloads: Family<ResultLabels, Counter>,
+    config_info: Family<HashLabels, Gauge>,
     healthy: Family<TargetLabels, Gauge>,
     rate_limited: Family<RouteLabels, Counter>,
     grpc: Family<GrpcLabels, Counter>,
@@ -187,6 +279,12 @@ impl Metrics {
             "Config reloads by result",
             reloads.clone(),
         );
+        let config_info = Family::<HashLabels, Gauge>::default();
+        registry.register(
+            "config_info",
+            "1, labelled with the content hash of the config in force",
+            config_info.clone(),
+        );
         let healthy = Family::<TargetLabels, Gauge>::default();
         registry.register(
             "upstream_target_healthy",
@@ -251,7 +349,64 @@ impl Metrics {
             cache_bytes.clone(),
         );
         let admission = super::admission::AdmissionMetrics::register(&mut registry);
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was 64k lines behind",
+            access_log_dropped.clone(),
+        );
+        let trace_spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped because the trace exporter was 4096 requests behind",
+            trace_spans_dropped.clone(),
+        );
+        let cluster_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "cluster_limit_decisions",
+            "rate_limit decisions of scope cluster, by what decided: redis, or the fallback",
+            cluster_decisions.clone(),
+        );
+        let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on https and tls listeners, by result",
+            tls_handshakes.clone(),
+        );
+        let plugin_answers = Family::<PluginAnswerLabels, Counter>::default();
+        registry.register(
+            "plugin_answers",
+            "Requests a plugin answered or refused itself (auth, limits, respond), by status",
+            plugin_answers.clone(),
+        );
+        let upstream_requests = Family::<TargetOutcomeLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Tries sent to upstream targets (retries included), by outcome",
+            upstream_requests.clone(),
+        );
+        let upstream_connections = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "upstream_connections",
+            "Connections to upstream targets: open, and idle in the pool",
+            upstream_connections.clone(),
+        );
+        let upstream_in_flight = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "upstream_in_flight",
+            "Requests in flight to a target",
+            upstream_in_flight.clone(),
+        );
         Metrics {
+            access_log_dropped,
+            trace_spans_dropped,
+            cluster_decisions,
+            tls_handshakes,
+            plugin_answers,
+            upstream_requests,
+            upstream_connections,
+            upstream_in_flight,
+            scrape: std::sync::Mutex::new(()),
             admission,
             oidc,
             cache_requests,
@@ -269,6 +424,7 @@ impl Metrics {
             durations,
             connections,
             reloads,
+            config_info,
             healthy,
         }
     }
@@ -354,14 +510,92 @@ impl Metrics {
             .clone()
     }
 
-    /// Sets a target's health gauge.
-    pub(crate) fn target_healthy(&self, upstream: &str, target: &str, healthy: bool) {
-        self.healthy
-            .get_or_create(&TargetLabels {
-                upstream: upstream.to_owned(),
-                target: target.to_owned(),
+    /// Open client connections on a listener now (0 before its first), read without making
+    /// the series.
+    pub(crate) fn open_connections(&self, listener: &str) -> i64 {
+        self.connections
+            .get(&ListenerLabels {
+                listener: listener.to_owned(),
             })
-            .set(i64::from(healthy));
+            .map_or(0, |g| g.get())
+    }
+
+    /// Brings the series of the targets read up to date, for the exposition that follows.
+    pub(crate) fn scrape_targets<'a>(&self, readings: impl IntoIterator<Item = TargetReading<'a>>) {
+        let _one = self.scrape.lock();
+        for t in readings {
+            let target = TargetLabels {
+                upstream: t.upstream.to_owned(),
+                target: t.target.to_owned(),
+            };
+            self.healthy
+                .get_or_create(&target)
+                .set(i64::from(t.healthy));
+            self.upstream_in_flight
+                .get_or_create(&target)
+                .set(t.in_flight as i64);
+            for (state, n) in [("open", t.open), ("idle", t.idle)] {
+                self.upstream_connections
+                    .get_or_create(&PoolLabels {
+                        upstream: target.upstream.clone(),
+                        target: target.target.clone(),
+                        state,
+                    })
+                    .set(n as i64);
+            }
+            // Series appear with the first try of their outcome; a target the config made
+            // anew counts from zero, which a series already past that waits for.
+            for (outcome, count) in t.outcomes {
+                if count == 0 {
+                    continue;
+                }
+                let series = self.upstream_requests.get_or_create(&TargetOutcomeLabels {
+                    upstream: target.upstream.clone(),
+                    target: target.target.clone(),
+                    outcome,
+                });
+                let shown = series.get();
+                if count > shown {
+                    series.inc_by(count - shown);
+                }
+            }
+        }
+    }
+
+    /// The counter of access log lines dropped.
+    pub(crate) fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
+    }
+
+    /// `portico_cluster_limit_decisions_total`.
+    pub(crate) fn cluster_decisions(&self) -> Family<DecisionLabels, Counter> {
+        self.cluster_decisions.clone()
+    }
+
+    /// The counter of spans dropped.
+    pub(crate) fn trace_spans_dropped(&self) -> Counter {
+        self.trace_spans_dropped.clone()
+    }
+
+    /// Counts a TLS handshake on `listener`: `ok`, `failed` or `timeout`.
+    pub(crate) fn tls_handshake(&self, listener: &str, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&HandshakeLabels {
+                listener: listener.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a request that `plugin`'s request step answered with `status`.
+    pub(crate) fn plugin_answer(&self, route: &str, plugin: &'static str, status: u16) {
+        self.plugin_answers
+            .get_or_create(&PluginAnswerLabels {
+                route: route.to_owned(),
+                plugin,
+                status,
+            })
+            .inc();
     }
 
     /// The admission series of one listener (per-address limits and overload).
@@ -399,6 +633,16 @@ impl Metrics {
             to_upstream: bytes("to_upstream"),
             to_client: bytes("to_client"),
         }
+    }
+
+    /// The config in force is the one with `hash`: the info series carries it alone.
+    pub(crate) fn config_hash(&self, hash: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&HashLabels {
+                hash: hash.to_owned(),
+            })
+            .set(1);
     }
 
     /// Counts a reload attempt.
@@ -451,9 +695,70 @@ impl RouteMetrics {
             .observe(elapsed);
     }
 
+    /// The upstream's name (`""` when the route answers itself).
+    pub(crate) fn upstream_name(&self) -> &str {
+        &self.labels.upstream
+    }
+
+    /// Answers with a 5xx status so far on this listener, route and upstream (read for the
+    /// admin dashboard; the request path is untouched).
+    pub(crate) fn errors(&self) -> u64 {
+        let mut labels = (*self.labels).clone();
+        (500..600)
+            .map(|status| {
+                labels.status = status;
+                self.requests.get(&labels).map_or(0, |c| c.get())
+            })
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// The duration histogram of this route and upstream so far, `None` before a first
+    /// answer. It is shared by every listener the route is on (its labels have no listener),
+    /// and its count is that of answers: every answer is observed.
+    pub(crate) fn durations(&self) -> Option<sharded::HistogramReading> {
+        self.durations
+            .get(&DurationLabels {
+                route: self.labels.route.clone(),
+                upstream: self.labels.upstream.clone(),
+            })
+            .map(|h| h.read())
+    }
+
     fn counter(&self, status: u16) -> sharded::Counter {
         let mut labels = (*self.labels).clone();
         labels.status = status;
         self.requests.get_or_create(&labels).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_readings_follow_what_was_recorded() {
+        let metrics = Metrics::new();
+        let web = metrics.route("web", "api", "app");
+        assert_eq!(web.errors(), 0);
+        assert!(web.durations().is_none());
+        let ms = Duration::from_millis;
+        for status in [200, 503, 599, 404, 418] {
+            web.record(status, ms(2));
+        }
+        let internal = metrics.route("internal", "api", "app");
+        internal.record(500, ms(20));
+        assert_eq!(web.errors(), 2);
+        assert_eq!(internal.errors(), 1);
+        // One histogram for the route and upstream, whatever the listener.
+        let durations = web.durations().unwrap();
+        assert_eq!(durations.count, 6);
+        assert_eq!(internal.durations(), Some(durations));
+        // Handles compiled again (a reload) read the same series.
+        assert_eq!(metrics.route("web", "api", "app").errors(), 2);
+        // Reading makes no series.
+        let text = metrics.encode();
+        assert!(!text.contains("status=\"501\""), "{text}");
+        assert_eq!(metrics.open_connections("web"), 0);
+        assert!(!metrics.encode().contains("connections_active{"));
     }
 }

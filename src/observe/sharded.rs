@@ -55,6 +55,29 @@ impl Counter {
     }
 }
 
+/// Eight monotonic counters of one thing (an upstream target's outcomes), one cache line per
+/// shard holding all eight: the request path adds to its own line only.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters8(Arc<[Line; SHARDS]>);
+
+impl Counters8 {
+    /// Adds one to counter `which` (0..8).
+    pub(crate) fn inc(&self, which: usize) {
+        if let Some(cell) = self.0[shard()].0.get(which) {
+            cell.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The sum over the shards of counter `which`.
+    pub(crate) fn get(&self, which: usize) -> u64 {
+        self.0
+            .iter()
+            .filter_map(|line| line.0.get(which))
+            .map(|cell| cell.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
 impl TypedMetric for Counter {
     const TYPE: MetricType = MetricType::Counter;
 }
@@ -221,6 +244,84 @@ impl DurationHistogram {
         let sum_s = sum as f64 / 1e9;
         (count, sum_s, out)
     }
+    /// The histogram as it stands, for readers other than the exposition (the admin
+    /// dashboard): a sum over the shards, no write.
+    pub(crate) fn read(&self) -> HistogramReading {
+        let (count, sum_s, buckets) = self.snapshot();
+        HistogramReading {
+            count,
+            sum_s,
+            buckets,
+        }
+    }
+}
+
+/// A histogram read at one moment: cumulative since the series was made.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct HistogramReading {
+    /// Observations.
+    pub(crate) count: u64,
+    /// Their sum, in seconds.
+    pub(crate) sum_s: f64,
+    /// Each bucket's upper bound in seconds (`+Inf` last) and its own count (not cumulative).
+    pub(crate) buckets: Vec<(f64, u64)>,
+}
+
+impl HistogramReading {
+    /// Adds `other`'s observations; its buckets must have the same bounds (those of another
+    /// series of the same family), else the buckets are left as they are.
+    pub(crate) fn add(&mut self, other: &HistogramReading) {
+        if self.buckets.is_empty() && self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        self.count = self.count.wrapping_add(other.count);
+        self.sum_s += other.sum_s;
+        let same = self.buckets.len() == other.buckets.len()
+            && self
+                .buckets
+                .iter()
+                .zip(&other.buckets)
+                .all(|(a, b)| a.0.total_cmp(&b.0).is_eq());
+        if same {
+            for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+                mine.1 = mine.1.wrapping_add(theirs.1);
+            }
+        }
+    }
+
+    /// The `q` quantile (0 to 1), in seconds, by linear interpolation within the bucket it
+    /// falls in, as Prometheus' `histogram_quantile` does: the first bucket starts at 0, and
+    /// a rank in the `+Inf` bucket answers the highest finite bound. `None` without
+    /// observations.
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().map(|b| b.1).sum();
+        if total == 0 || !q.is_finite() {
+            return None;
+        }
+        let q = q.clamp(0.0, 1.0);
+        // Precision: counts beyond 2^53 are rounded; a quantile does not notice.
+        #[allow(clippy::cast_precision_loss)]
+        let rank = q * total as f64;
+        let (mut below, mut lower) = (0u64, 0.0f64);
+        for &(upper, count) in &self.buckets {
+            #[allow(clippy::cast_precision_loss)]
+            let reached = (below + count) as f64;
+            if count > 0 && reached >= rank {
+                if upper.is_infinite() {
+                    return Some(lower);
+                }
+                #[allow(clippy::cast_precision_loss)]
+                let within = (rank - below as f64) / count as f64;
+                return Some(lower + (upper - lower) * within.clamp(0.0, 1.0));
+            }
+            below += count;
+            if upper.is_finite() {
+                lower = upper;
+            }
+        }
+        Some(lower)
+    }
 }
 
 impl TypedMetric for DurationHistogram {
@@ -326,5 +427,33 @@ mod tests {
         // 17 bounds + Inf + count + sum = 20 cells: 3 lines per shard.
         assert_eq!(h.0.stride, 3);
         assert_eq!(h.0.lines.len(), 3 * SHARDS);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = DurationHistogram::new([0.001, 0.01, 0.1]);
+        assert_eq!(h.read().quantile(0.5), None);
+        // 10 in (0, 1 ms], 10 in (1 ms, 10 ms].
+        for _ in 0..10 {
+            h.observe(Duration::from_micros(500));
+            h.observe(Duration::from_millis(5));
+        }
+        let r = h.read();
+        assert_eq!(r.count, 20);
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(close(r.quantile(0.25), 0.0005), "{:?}", r.quantile(0.25));
+        assert!(close(r.quantile(0.5), 0.001), "{:?}", r.quantile(0.5));
+        assert!(close(r.quantile(0.75), 0.0055), "{:?}", r.quantile(0.75));
+        // A rank in +Inf answers the highest finite bound.
+        h.observe(Duration::from_secs(3));
+        h.observe(Duration::from_secs(3));
+        assert!(close(h.read().quantile(0.99), 0.1));
+        // Two series of one family add up.
+        let mut sum = HistogramReading::default();
+        sum.add(&r);
+        sum.add(&r);
+        assert_eq!(sum.count, 40);
+        assert_eq!(sum.buckets[1], (0.01, 20));
+        assert!(close(sum.quantile(0.5), 0.001));
     }
 }

@@ -254,6 +254,12 @@ impl PluginChain {
         self.in_force(ctx.consumer.as_ref().map(|c| c.name.as_str()))
     }
 
+    /// The names of the plugins in force for this request (its consumer's, once known), in
+    /// chain order.
+    pub(crate) fn names<'a>(&'a self, ctx: &RequestCtx) -> impl Iterator<Item = &'static str> + 'a {
+        self.steps(ctx).steps.iter().map(|p| p.name())
+    }
+
     /// Runs `on_request` of each plugin until one answers; the answer, if any.
     pub(crate) async fn on_request(
         &self,
@@ -392,11 +398,15 @@ pub(crate) async fn run_on_request(
     head: &mut request::Parts,
     calls: &dyn Subrequests,
 ) -> Result<Option<http::Response<Body>>, ProxyError> {
-    let work = match plugin.on_request(ctx, head)? {
-        Flow::Continue => return Ok(None),
-        Flow::Respond(response) => return Ok(Some(response)),
-        Flow::Defer(work) => work,
-        Flow::Subrequest(start) => start(ctx, calls),
+    let work = match plugin.on_request(ctx, head) {
+        Ok(Flow::Continue) => return Ok(None),
+        Ok(Flow::Respond(response)) => return Ok(Some(answered(plugin, ctx, response))),
+        Ok(Flow::Defer(work)) => work,
+        Ok(Flow::Subrequest(start)) => start(ctx, calls),
+        Err(err) => {
+            ctx.answered_by = super::name_index(plugin.name());
+            return Err(err);
+        }
     };
     match work.await {
         Deferred::Continue(consumer) => {
@@ -414,12 +424,22 @@ pub(crate) async fn run_on_request(
             }
             Ok(None)
         }
-        Deferred::Respond(response) => Ok(Some(response)),
+        Deferred::Respond(response) => Ok(Some(answered(plugin, ctx, response))),
         Deferred::Apply(edit) => {
             edit(ctx, head);
             Ok(None)
         }
     }
+}
+
+/// Notes which plugin answered, for the log and `portico_plugin_answers_total`.
+fn answered(
+    plugin: &Arc<dyn Plugin>,
+    ctx: &mut RequestCtx,
+    response: http::Response<Body>,
+) -> http::Response<Body> {
+    ctx.answered_by = super::name_index(plugin.name());
+    response
 }
 
 /// Why a body could not be buffered.

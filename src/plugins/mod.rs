@@ -21,6 +21,7 @@ pub(crate) mod auth;
 pub(crate) mod basic_auth;
 pub(crate) mod cache;
 mod chain;
+pub(crate) mod cluster;
 pub(crate) mod compression;
 pub(crate) mod cors;
 pub(crate) mod decisions;
@@ -357,6 +358,21 @@ pub(crate) enum Explained {
     Offline(Vec<String>),
 }
 
+/// The index of plugin `name` in [`NAMES`], as [`RequestCtx::answered_by`] keeps it.
+pub(crate) fn name_index(name: &str) -> Option<u8> {
+    NAMES
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| u8::try_from(i).ok())
+}
+
+/// The plugin that answered or refused the request itself, if one did.
+pub(crate) fn answered_by(ctx: &RequestCtx) -> Option<&'static str> {
+    ctx.answered_by
+        .and_then(|i| NAMES.get(usize::from(i)))
+        .copied()
+}
+
 /// Every plugin name the config accepts (`portico version` lists them; a test checks the
 /// list against the config parser).
 pub(crate) const NAMES: &[&str] = &[
@@ -398,6 +414,8 @@ pub(crate) struct BuildEnv<'a> {
     pub(crate) state: crate::plugins::state::StateScope<'a>,
     /// The config's upstreams, for plugins that call one.
     pub(crate) upstreams: UpstreamLookup<'a>,
+    /// `cluster.redis`, for limits of scope `cluster`.
+    pub(crate) redis: Option<&'a Arc<cluster::Redis>>,
 }
 
 /// Builds with a fresh environment (no consumers, new metrics and state), for unit tests.
@@ -412,6 +430,7 @@ pub(crate) fn with_test_env<R>(build: impl FnOnce(BuildEnv<'_>) -> R) -> R {
         base: std::path::Path::new("."),
         state: state::StateScope::new(&states, &fresh),
         upstreams: UpstreamLookup(&|name| Err(format!("upstream `{name}` is not defined"))),
+        redis: None,
     })
 }
 
@@ -472,6 +491,11 @@ pub(crate) enum BuildError {
     /// `rate_limit.burst` of 0.
     #[error("rate_limit.burst is the bucket's capacity: at least 1")]
     ZeroBurst,
+    /// `scope: cluster` without `cluster.redis`.
+    #[error(
+        "rate_limit scope `cluster` counts in Redis: set `cluster.redis` (url) at the top level"
+    )]
+    NoClusterRedis,
     /// `rate_limit.by` or `quota.by` is none of the known keys.
     #[error("by `{by}`: expected ip, consumer, route or header:NAME")]
     LimitKey {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, header, request, response};
 
-use super::{BuildError, Flow, Phase, Plugin};
+use super::{BuildError, Deferred, Flow, Phase, Plugin};
 use crate::admission::Rate;
 use crate::config::spec::RateLimitSpec;
 use crate::ctx::RequestCtx;
@@ -132,6 +132,8 @@ pub(crate) struct RateLimit {
     shard_cap: usize,
     shards: Arc<Buckets>,
     limited: Limited,
+    /// With `scope: cluster`: the shared Redis and this limiter's name there.
+    cluster: Option<(Arc<super::cluster::Redis>, Arc<str>)>,
 }
 
 /// `portico_rate_limited_total`, by route.
@@ -161,6 +163,17 @@ impl RateLimit {
             return Err(BuildError::ZeroBurst);
         }
         let rate = Rate::new(*spec.limit, spec.window.0, burst).ok_or(BuildError::ZeroLimit)?;
+        let cluster = match spec.scope {
+            crate::config::spec::LimitScope::Local => None,
+            crate::config::spec::LimitScope::Cluster => {
+                let redis = env.redis.ok_or(BuildError::NoClusterRedis)?;
+                let id = env
+                    .state
+                    .id("rate_limit")
+                    .unwrap_or_else(|| "rate_limit".into());
+                Some((Arc::clone(redis), Arc::from(id)))
+            }
+        };
         let window = spec.window.0.as_secs().max(1);
         let policy = if burst == *spec.limit {
             format!("{};w={window}", *spec.limit)
@@ -178,29 +191,163 @@ impl RateLimit {
                 .state
                 .keep(|| Buckets((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect())),
             limited: env.metrics.rate_limited_family(),
+            cluster,
         })
     }
 
     /// One GCRA step: `Ok(remaining)` or `Err(wait)`.
     pub(crate) fn check(&self, key: &str, now: u64) -> Result<(u32, u64), u64> {
-        let shard = &self.shards.0[crate::balance::hash::hash64(key.as_bytes()) as usize % SHARDS];
-        let mut map = match shard.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if map.len() >= self.shard_cap && !map.contains_key(key) {
-            // Forget keys whose allowance is whole again; under a flood of new keys, start over.
-            map.retain(|_, tat| *tat > now);
-            if map.len() >= self.shard_cap {
-                map.clear();
-            }
-        }
-        let next = self.rate.step(map.get(key).copied(), now)?;
-        map.insert(key.to_owned(), next);
-        let used = (next - now).div_ceil(self.rate.interval);
-        let remaining = u64::from(self.burst).saturating_sub(used) as u32;
-        Ok((remaining, next - now))
+        gcra(
+            &self.shards,
+            self.shard_cap,
+            &self.rate,
+            self.burst,
+            key,
+            now,
+        )
     }
+}
+
+/// A verdict in ns as the headers give it, in whole seconds (at least 1).
+fn in_seconds(checked: Result<(u32, u64), u64>) -> Result<(u32, u64), u64> {
+    checked
+        .map(|(remaining, reset)| (remaining, Duration::from_nanos(reset).as_secs().max(1)))
+        .map_err(|wait| Duration::from_nanos(wait).as_secs_f64().ceil().max(1.0) as u64)
+}
+
+/// The 429 of a limit.
+fn refusal(request_id: &HeaderValue) -> http::Response<crate::body::Body> {
+    error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests; see Retry-After",
+        request_id,
+    )
+}
+
+impl RateLimit {
+    /// A decision of scope `cluster`: the step runs in Redis; when Redis cannot decide in
+    /// time, the configured fallback does (this node's own buckets for `local`).
+    fn in_cluster(
+        &self,
+        ctx: &RequestCtx,
+        redis: Arc<super::cluster::Redis>,
+        redis_key: String,
+        key: String,
+    ) -> Flow {
+        let (interval, tolerance, burst) = (self.rate.interval, self.rate.tolerance, self.burst);
+        let local = Local {
+            rate: self.rate,
+            burst,
+            shard_cap: self.shard_cap,
+            shards: Arc::clone(&self.shards),
+        };
+        let (limit, policy, limited) = (self.limit, self.policy.clone(), self.limited.clone());
+        let (request_id, route) = (ctx.request_id.clone(), ctx.route.clone());
+        Flow::Defer(Box::pin(async move {
+            use crate::config::spec::RedisFallback;
+            let checked = match redis.step(&redis_key, interval, tolerance).await {
+                Ok(step) => {
+                    redis.decided("redis");
+                    step.map(|next| {
+                        let used = next.div_ceil(interval);
+                        (u64::from(burst).saturating_sub(used) as u32, next)
+                    })
+                }
+                Err(_) => match redis.fallback {
+                    RedisFallback::Local => {
+                        redis.decided("local");
+                        local.check(&key, crate::admission::now_ns())
+                    }
+                    RedisFallback::Open => {
+                        redis.decided("open");
+                        return Deferred::Continue(None);
+                    }
+                    RedisFallback::Closed => {
+                        redis.decided("closed");
+                        return Deferred::Respond(error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "rate_limit_unavailable",
+                            "the shared rate limit cannot be checked now; try again",
+                            &request_id,
+                        ));
+                    }
+                },
+            };
+            match in_seconds(checked) {
+                Ok((remaining, reset)) => Deferred::Apply(Box::new(move |ctx, _| {
+                    Figures {
+                        limit,
+                        remaining,
+                        reset,
+                        policy,
+                    }
+                    .note(ctx);
+                })),
+                Err(wait) => {
+                    let mut ctx = RequestCtx::new(
+                        request_id,
+                        std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                        Arc::from(""),
+                    );
+                    ctx.route = route;
+                    match verdict(&mut ctx, Err(wait), (limit, &policy), &limited, refusal) {
+                        Flow::Respond(response) => Deferred::Respond(response),
+                        _ => Deferred::Continue(None),
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// What the local fallback of a cluster limit needs of its limiter.
+struct Local {
+    rate: Rate,
+    burst: u32,
+    shard_cap: usize,
+    shards: Arc<Buckets>,
+}
+
+impl Local {
+    fn check(&self, key: &str, now: u64) -> Result<(u32, u64), u64> {
+        gcra(
+            &self.shards,
+            self.shard_cap,
+            &self.rate,
+            self.burst,
+            key,
+            now,
+        )
+    }
+}
+
+/// One GCRA step on `shards`: `Ok((remaining, next - now))` or `Err(wait)` (ns).
+fn gcra(
+    shards: &Buckets,
+    shard_cap: usize,
+    rate: &Rate,
+    burst: u32,
+    key: &str,
+    now: u64,
+) -> Result<(u32, u64), u64> {
+    let shard = &shards.0[crate::balance::hash::hash64(key.as_bytes()) as usize % SHARDS];
+    let mut map = match shard.lock() {
+        Ok(m) => m,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if map.len() >= shard_cap && !map.contains_key(key) {
+        // Forget keys whose allowance is whole again; under a flood of new keys, start over.
+        map.retain(|_, tat| *tat > now);
+        if map.len() >= shard_cap {
+            map.clear();
+        }
+    }
+    let next = rate.step(map.get(key).copied(), now)?;
+    map.insert(key.to_owned(), next);
+    let used = (next - now).div_ceil(rate.interval);
+    let remaining = u64::from(burst).saturating_sub(used) as u32;
+    Ok((remaining, next - now))
 }
 
 /// `RateLimit-*` values for the response: limit, remaining, seconds to reset, and every
@@ -314,23 +461,16 @@ impl Plugin for RateLimit {
         head: &mut request::Parts,
     ) -> Result<Flow, ProxyError> {
         let key = self.key.of(ctx, head);
-        let checked = self
-            .check(&key, crate::admission::now_ns())
-            .map(|(remaining, reset)| (remaining, Duration::from_nanos(reset).as_secs().max(1)))
-            .map_err(|wait| Duration::from_nanos(wait).as_secs_f64().ceil().max(1.0) as u64);
+        if let Some((redis, id)) = &self.cluster {
+            return Ok(self.in_cluster(ctx, Arc::clone(redis), redis.key(id, &key), key));
+        }
+        let checked = self.check(&key, crate::admission::now_ns());
         Ok(verdict(
             ctx,
-            checked,
+            in_seconds(checked),
             (self.limit, &self.policy),
             &self.limited,
-            |request_id| {
-                error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many requests; see Retry-After",
-                    request_id,
-                )
-            },
+            refusal,
         ))
     }
 
@@ -358,6 +498,7 @@ mod tests {
                 value: "ip".into(),
             },
             max_keys,
+            scope: Default::default(),
         };
         crate::plugins::with_test_env(|env| RateLimit::new(&spec, env).unwrap())
     }

@@ -188,6 +188,14 @@ impl<'a> StateScope<'a> {
     }
 
     /// The plugin's kept state: the live one of the same identity, or a new one from `make`.
+    /// A name of this plugin's place that every node compiling the same config gives it
+    /// (`route users/rate_limit#0/1a2b3c4d`); none outside a config.
+    pub(crate) fn id(&self, kind: &str) -> Option<String> {
+        let key = self.key?;
+        let digest: String = key.spec[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Some(format!("{}/{kind}#{}/{digest}", key.owner, key.nth))
+    }
+
     pub(crate) fn keep<T: Kept>(&self, make: impl FnOnce() -> T) -> Arc<T> {
         let Some(key) = self.key else {
             return Arc::new(make());
@@ -237,6 +245,7 @@ mod tests {
                 value: "ip".into(),
             },
             max_keys: 100,
+            scope: Default::default(),
         })
     }
 

@@ -56,6 +56,13 @@ impl Lease {
             .is_ok()
     }
 
+    /// Trimmed from the idle list: never handed out again, and not waited on by its driver.
+    pub(crate) fn close(&self) {
+        let _ = self
+            .state
+            .compare_exchange(IDLE, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// Resolves once the connection has been idle for its timeout (and is marked closed).
     /// Wakes at most once per timeout while the connection is in use, and once when the idle
     /// time of its last check-in runs out.

@@ -8,7 +8,9 @@
 //!
 //! An idle connection is closed once it has been idle for the pool's `idle_timeout` (see
 //! `idle` for HTTP/1.1, `h2idle` for a shared HTTP/2 connection); every check-in and close wakes the upstream's waiters for a free
-//! connection (see `breaker`).
+//! connection (see `breaker`). A worker's HTTP/1.1 idle list is also trimmed to recent demand:
+//! it keeps no more connections than its requests held at once over the pool's
+//! `demand_window`, closing the oldest idle ones first (see `trim`).
 //!
 //! For an upstream with `proxy_protocol`, a new connection starts with a PROXY header that
 //! names one client: an HTTP/1.1 connection then belongs to that client address (and port)
@@ -18,6 +20,7 @@ pub(crate) mod breaker;
 pub(crate) mod check;
 mod h2idle;
 mod idle;
+mod trim;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,17 +67,87 @@ pub(crate) struct TargetState {
     pub(crate) open: Arc<AtomicUsize>,
     /// Health, ejection, slow start and latency.
     pub(crate) health: crate::health::TargetHealth,
+    /// What the tries sent here came to, counted by [`TargetOutcome`].
+    pub(crate) outcomes: crate::observe::sharded::Counters8,
     /// The running active check, while the config in force has one.
     checker: Mutex<Option<Checker>>,
     /// The upstream's "a connection was checked in or closed" signal.
     freed: Arc<breaker::Freed>,
     next_addr: AtomicUsize,
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    idle: Box<[Mutex<Slot>]>,
     shared_h2: Box<[Mutex<Option<SharedH2>>]>,
+}
+
+/// What one try sent to a target came to: its index in [`TargetState::outcomes`] and its
+/// `outcome` label in `portico_upstream_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetOutcome {
+    /// An answer with a 1xx status (a protocol switch).
+    Informational,
+    /// 2xx.
+    Success,
+    /// 3xx.
+    Redirection,
+    /// 4xx.
+    ClientError,
+    /// 5xx.
+    ServerError,
+    /// No connection could be made.
+    ConnectFailure,
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection broke or the answer could not be read.
+    Failed,
+}
+
+impl TargetOutcome {
+    /// Every outcome, in counter order.
+    pub(crate) const ALL: [TargetOutcome; 8] = [
+        TargetOutcome::Informational,
+        TargetOutcome::Success,
+        TargetOutcome::Redirection,
+        TargetOutcome::ClientError,
+        TargetOutcome::ServerError,
+        TargetOutcome::ConnectFailure,
+        TargetOutcome::Timeout,
+        TargetOutcome::Failed,
+    ];
+
+    /// The outcome of an answer with `status`.
+    pub(crate) fn of_status(status: u16) -> Self {
+        match status {
+            ..200 => TargetOutcome::Informational,
+            200..300 => TargetOutcome::Success,
+            300..400 => TargetOutcome::Redirection,
+            400..500 => TargetOutcome::ClientError,
+            _ => TargetOutcome::ServerError,
+        }
+    }
+
+    /// The label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            TargetOutcome::Informational => "1xx",
+            TargetOutcome::Success => "2xx",
+            TargetOutcome::Redirection => "3xx",
+            TargetOutcome::ClientError => "4xx",
+            TargetOutcome::ServerError => "5xx",
+            TargetOutcome::ConnectFailure => "connect_failure",
+            TargetOutcome::Timeout => "timeout",
+            TargetOutcome::Failed => "failed",
+        }
+    }
 }
 
 /// A worker's shared HTTP/2 connection and what its driver reads of its use.
 type SharedH2 = (http2::SendRequest<Body>, Arc<Activity>);
+
+/// A worker's idle HTTP/1.1 connections (oldest first) and the demand they are trimmed to.
+#[derive(Debug, Default)]
+struct Slot {
+    list: Vec<Idle>,
+    demand: trim::Demand,
+}
 
 #[derive(Debug)]
 struct Idle {
@@ -99,12 +172,16 @@ pub(crate) struct ProxyHeader {
 /// Settings that may change on reload without dropping a pool.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PoolSettings {
-    /// Most idle connections per worker.
-    pub(crate) max_idle: usize,
+    /// Most idle connections per worker (the settings are copied into every request's
+    /// future: kept small).
+    pub(crate) max_idle: u32,
     /// Idle connections older than this are closed.
     pub(crate) idle_timeout: Duration,
     /// TCP connect timeout.
     pub(crate) connect_timeout: Duration,
+    /// Idle connections beyond the peak in use over this window (in milliseconds: the
+    /// settings are copied into every request's future) are closed; zero: none.
+    pub(crate) demand_window_ms: u32,
 }
 
 /// A ready connection for one exchange.
@@ -114,6 +191,9 @@ pub(crate) enum Conn {
     /// A shared HTTP/2 connection.
     H2(http2::SendRequest<Body>),
 }
+
+/// `Checkin::worker` once the check-in was counted back into its slot's demand.
+const RELEASED: usize = usize::MAX;
 
 /// Returns an HTTP/1.1 connection to its pool.
 pub(crate) struct Checkin {
@@ -142,29 +222,73 @@ impl crate::body::Checkin for Checkin {
 impl Checkin {
     /// The exchange is complete: keep the connection for the next request.
     pub(crate) fn release(mut self) {
-        if let Some(sender) = self.sender.take()
-            && !sender.is_closed()
-            && let Some(slot) = self.target.idle.get(self.worker)
-            && let Ok(mut idle) = slot.lock()
-            && idle.len() < self.settings.max_idle
-        {
-            // Idle from now: its driver closes it after `idle_timeout` unless taken first.
-            self.lease.check_in(self.settings.idle_timeout);
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-                lease: Arc::clone(&self.lease),
-                owner: self.owner,
-            });
-            drop(idle);
-            self.target.freed.notify_waiters();
+        let sender = self.sender.take().filter(|s| !s.is_closed());
+        let Some(slot) = self.target.idle.get(self.worker) else {
+            return;
+        };
+        let mut idle = match slot.lock() {
+            Ok(idle) => idle,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Counted back into the slot's demand here, not again on drop.
+        self.worker = RELEASED;
+        let now = crate::health::now_ms();
+        let window = u64::from(self.settings.demand_window_ms);
+        idle.demand.returned(now, window);
+        let Some(sender) = sender else {
+            // Closed: dropping the sender ends its driver, and its close wakes waiters.
+            return;
+        };
+        if idle.list.len() >= self.settings.max_idle as usize {
+            return;
         }
-        // Not kept: dropping the sender closes the connection, and its close wakes waiters.
+        // Idle from now: its driver closes it after `idle_timeout` unless taken first.
+        self.lease.check_in(self.settings.idle_timeout);
+        idle.list.push(Idle {
+            sender,
+            since: Instant::now(),
+            lease: Arc::clone(&self.lease),
+            owner: self.owner,
+        });
+        let keep = idle.demand.keep_idle(now, window);
+        let closing = trim::surplus(&mut idle.list, keep);
+        drop(idle);
+        close_surplus(closing);
+        self.target.freed.notify_waiters();
     }
 
     /// The connection, to send the request on.
     pub(crate) fn sender(&mut self) -> Option<&mut http1::SendRequest<Body>> {
         self.sender.as_mut()
+    }
+}
+
+impl Drop for Checkin {
+    /// Not released (the exchange failed or was cancelled): the request no longer holds a
+    /// connection, whatever becomes of it.
+    fn drop(&mut self) {
+        if self.worker == RELEASED {
+            return;
+        }
+        if let Some(slot) = self.target.idle.get(self.worker) {
+            let mut idle = match slot.lock() {
+                Ok(idle) => idle,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            idle.demand.returned(
+                crate::health::now_ms(),
+                u64::from(self.settings.demand_window_ms),
+            );
+        }
+    }
+}
+
+/// Closes idle connections trimmed from a list: marked closed so that their driver does not
+/// wait for the idle timeout, and dropped (dropping a sender ends its connection).
+fn close_surplus(closing: Vec<Idle>) {
+    for entry in closing {
+        entry.lease.close();
+        tracing::debug!("surplus idle upstream connection closed");
     }
 }
 
@@ -252,10 +376,11 @@ impl TargetState {
             inflight: AtomicUsize::new(0),
             open: Arc::default(),
             health: crate::health::TargetHealth::default(),
+            outcomes: Default::default(),
             checker: Mutex::new(None),
             freed,
             next_addr: AtomicUsize::new(0),
-            idle: (0..slots).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..slots).map(|_| Mutex::default()).collect(),
             shared_h2: (0..slots).map(|_| Mutex::new(None)).collect(),
         }
     }
@@ -264,7 +389,7 @@ impl TargetState {
     pub(crate) fn idle_count(&self) -> usize {
         self.idle
             .iter()
-            .map(|slot| slot.lock().map(|l| l.len()).unwrap_or(0))
+            .map(|slot| slot.lock().map(|l| l.list.len()).unwrap_or(0))
             .sum()
     }
 
@@ -311,7 +436,7 @@ impl TargetState {
             // otherwise be part of every request's future, copied with it.
             return Box::pin(self.connect_h2(worker, settings, tls)).await;
         }
-        if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout, None) {
+        if let Some((sender, lease)) = self.checkout(worker, settings, None) {
             return Ok(Conn::H1(
                 self.checkin(worker, sender, lease, settings, None),
             ));
@@ -343,7 +468,7 @@ impl TargetState {
             return Ok(Conn::H2(sender));
         }
         let owner = Some(proxy.client);
-        if let Some((sender, lease)) = self.checkout(worker, settings.idle_timeout, owner) {
+        if let Some((sender, lease)) = self.checkout(worker, settings, owner) {
             return Ok(Conn::H1(
                 self.checkin(worker, sender, lease, settings, owner),
             ));
@@ -369,6 +494,16 @@ impl TargetState {
             }
         };
         let owner = proxy.map(|p| p.client);
+        if let Some(slot) = self.idle.get(worker) {
+            let mut idle = match slot.lock() {
+                Ok(idle) => idle,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            idle.demand.took(
+                crate::health::now_ms(),
+                u64::from(settings.demand_window_ms),
+            );
+        }
         Ok(Conn::H1(
             self.checkin(worker, sender, lease, settings, owner),
         ))
@@ -497,18 +632,21 @@ impl TargetState {
     }
 
     /// The most recent idle connection of `owner` (`None`: connections without a PROXY
-    /// header, all of them when the upstream sends none).
+    /// header, all of them when the upstream sends none). Counts the connection the request
+    /// takes (a reused one here, or the new one it opens instead) in the slot's demand, and
+    /// trims the idle list to it.
     fn checkout(
         &self,
         worker: usize,
-        idle_timeout: Duration,
+        settings: PoolSettings,
         owner: Option<SocketAddr>,
     ) -> Option<(http1::SendRequest<Body>, Arc<Lease>)> {
         let mut idle = self.idle.get(worker)?.lock().ok()?;
+        let mut found = None;
         // Without PROXY headers every entry matches and this is the last one: a pop.
-        while let Some(at) = idle.iter().rposition(|e| e.owner == owner) {
-            let entry = idle.remove(at);
-            if entry.sender.is_closed() || entry.since.elapsed() > idle_timeout {
+        while let Some(at) = idle.list.iter().rposition(|e| e.owner == owner) {
+            let entry = idle.list.remove(at);
+            if entry.sender.is_closed() || entry.since.elapsed() > settings.idle_timeout {
                 continue;
             }
             // Lost the race with its idle close: that one is closing, try the next.
@@ -516,10 +654,27 @@ impl TargetState {
                 continue;
             }
             if entry.sender.is_ready() {
-                return Some((entry.sender, entry.lease));
+                found = Some((entry.sender, entry.lease));
+                break;
             }
         }
-        None
+        let now = crate::health::now_ms();
+        let window = u64::from(settings.demand_window_ms);
+        if found.is_some() {
+            idle.demand.took(now, window);
+        }
+        let keep = idle.demand.keep_idle(now, window);
+        // After a reuse the request's connection is counted; before a new one is opened it
+        // is not yet, so one more idle entry than the peak allows would be kept: none is.
+        let keep = if found.is_some() {
+            keep
+        } else {
+            keep.map(|k| k.saturating_sub(1))
+        };
+        let closing = trim::surplus(&mut idle.list, keep);
+        drop(idle);
+        close_surplus(closing);
+        found
     }
 
     async fn connect_h2(

@@ -13,14 +13,18 @@ use tokio::time::Instant;
 
 use super::{Conn, PoolSettings, Registry};
 
-/// An HTTP/1.1 server without an idle timeout of its own; counts open connections.
-async fn server() -> (String, Arc<AtomicUsize>) {
+/// An HTTP/1.1 server without an idle timeout of its own; counts open connections, and
+/// every connection it accepted.
+async fn server() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let open = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&open);
+    let accepts = Arc::clone(&accepted);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            accepts.fetch_add(1, Ordering::Relaxed);
             counted.fetch_add(1, Ordering::Relaxed);
             let counted = Arc::clone(&counted);
             tokio::spawn(async move {
@@ -34,7 +38,7 @@ async fn server() -> (String, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, open)
+    (addr, open, accepted)
 }
 
 fn settings(idle_timeout: Duration) -> PoolSettings {
@@ -42,6 +46,7 @@ fn settings(idle_timeout: Duration) -> PoolSettings {
         max_idle: 8,
         idle_timeout,
         connect_timeout: Duration::from_secs(2),
+        demand_window_ms: 0,
     }
 }
 
@@ -55,7 +60,7 @@ async fn until(what: &str, deadline: Duration, done: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn an_idle_connection_closes_after_the_idle_timeout_and_one_in_use_does_not() {
-    let (addr, server_open) = server().await;
+    let (addr, server_open, _) = server().await;
     let registry = Registry::default();
     let upstream = registry.upstream("u");
     let target = registry.target("u", &addr, &upstream.freed);
@@ -78,7 +83,7 @@ async fn an_idle_connection_closes_after_the_idle_timeout_and_one_in_use_does_no
 
 #[tokio::test]
 async fn a_check_in_and_a_close_wake_a_waiter_for_a_connection() {
-    let (addr, _) = server().await;
+    let (addr, _, _) = server().await;
     let registry = Registry::default();
     let upstream = registry.upstream("u");
     let target = registry.target("u", &addr, &upstream.freed);
@@ -108,6 +113,77 @@ async fn a_check_in_and_a_close_wake_a_waiter_for_a_connection() {
         async { drop(second) },
     );
     assert!(free && waited.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn after_a_burst_the_pool_shrinks_to_recent_demand_and_a_steady_load_keeps_its_own() {
+    let (addr, server_open, accepted) = server().await;
+    let registry = Registry::default();
+    let upstream = registry.upstream("u");
+    let target = registry.target("u", &addr, &upstream.freed);
+    let settings = PoolSettings {
+        demand_window_ms: 400,
+        ..settings(Duration::from_secs(60))
+    };
+    let take = || async {
+        match target.connect(false, settings, None, None).await {
+            Ok(Conn::H1(checkin)) => checkin,
+            _ => panic!("no HTTP/1.1 connection"),
+        }
+    };
+    // A burst of 8 at once: all kept idle (max_idle is 8) while the window remembers it.
+    let mut burst = Vec::new();
+    for _ in 0..8 {
+        burst.push(take().await);
+    }
+    for checkin in burst {
+        checkin.release();
+    }
+    assert_eq!(target.idle_count(), 8);
+    assert_eq!(target.open.load(Ordering::Relaxed), 8);
+
+    // Then two at a time: within about a window (and a quarter) the surplus is closed.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (a, b) = (take().await, take().await);
+        a.release();
+        b.release();
+        if target.open.load(Ordering::Relaxed) == 2 && server_open.load(Ordering::Relaxed) == 2 {
+            break;
+        }
+        assert!(Instant::now() < end, "the pool did not shrink to 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(target.idle_count(), 2);
+
+    // The same load for three more windows: no connection is closed or opened.
+    let before = accepted.load(Ordering::Relaxed);
+    let end = Instant::now() + Duration::from_millis(1_200);
+    while Instant::now() < end {
+        let (a, b) = (take().await, take().await);
+        a.release();
+        b.release();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        before,
+        "steady load churned"
+    );
+    assert_eq!(target.open.load(Ordering::Relaxed), 2);
+
+    // A request whose exchange fails (its check-in dropped) no longer counts as in use.
+    drop(take().await);
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let a = take().await;
+        a.release();
+        if target.open.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        assert!(Instant::now() < end, "the pool did not shrink to 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[test]

@@ -320,6 +320,7 @@ async fn exchange(
         input.ctx.client,
         Arc::clone(&input.ctx.listener),
     );
+    ctx.trace = input.ctx.trace.as_ref().map(|t| Box::new(t.child()));
     let tried = async {
         let first = forward::select(&call.upstream, &ctx, &head)?;
         let hop = Hop {
@@ -340,7 +341,24 @@ async fn exchange(
         )?;
         tries.run(&mut ctx).await
     };
-    let response = Box::pin(tried).await.map_err(|err| {
+    let tried = Box::pin(tried).await;
+    if let (Some(trace), Some(call_trace)) = (&input.ctx.trace, ctx.trace.take()) {
+        use crate::trace::Value;
+        let mut attributes = vec![("portico.call", Value::Str(call.name.to_string()))];
+        let failed = match &tried {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                attributes.push(("http.response.status_code", Value::Int(status.into())));
+                !response.status().is_success()
+            }
+            Err(err) => {
+                attributes.push(("error.type", Value::Str(err.to_string())));
+                true
+            }
+        };
+        trace.adopt(*call_trace, "aggregate call", attributes, failed);
+    }
+    let response = tried.map_err(|err| {
         tracing::debug!(call = %call.name, error = %err, "aggregate call failed");
         failure(&err)
     })?;

@@ -18,7 +18,7 @@ use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 use crate::health::Outcome;
 use crate::pool::breaker::Slot;
-use crate::pool::{Checkin, Conn, TargetState};
+use crate::pool::{Checkin, Conn, TargetOutcome, TargetState};
 use crate::runtime::{RetryPolicy, Route, StreamLimits, Upstream};
 use crate::view::RequestView;
 
@@ -395,12 +395,49 @@ impl Tries<'_> {
                 &self.path_and_query,
                 self.host.as_ref(),
             )?;
+            // The try's own span: its id is the parent the target sees.
+            let span = ctx.trace.as_ref().map(|trace| {
+                let id = crate::trace::span_id();
+                let headers = request.headers_mut();
+                headers.insert(&crate::trace::TRACEPARENT, trace.header(id));
+                if let Some(state) = &trace.state {
+                    headers.insert("tracestate", state.clone());
+                }
+                (id, std::time::Instant::now())
+            });
             let started = tokio::time::Instant::now();
             let more = attempt + 1 < attempts;
-            match self.attempt(state, request).await {
+            let tried = self.attempt(state, request).await;
+            let took = started.elapsed();
+            ctx.upstream_us += u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            if let (Some(trace), Some((id, start))) = (&ctx.trace, span) {
+                use crate::trace::Value;
+                let mut attributes = vec![
+                    ("server.address", Value::Str(state.address.to_string())),
+                    ("portico.upstream", Value::Str(upstream.name.to_string())),
+                    ("portico.attempt", Value::Int(attempt as i64 + 1)),
+                ];
+                let failed = match &tried {
+                    Ok((response, _)) => {
+                        let status = response.status().as_u16();
+                        attributes.push(("http.response.status_code", Value::Int(status.into())));
+                        status >= 500
+                    }
+                    Err((err, _)) => {
+                        attributes.push(("error.type", Value::Str(err.to_string())));
+                        true
+                    }
+                };
+                let kind = crate::trace::Kind::Client;
+                trace.span("upstream attempt", kind, start, id, attributes, failed);
+            }
+            match tried {
                 Ok((response, checkin)) => {
-                    state.health.observe_latency(started.elapsed());
+                    state.health.observe_latency(took);
                     let status = response.status().as_u16();
+                    state
+                        .outcomes
+                        .inc(TargetOutcome::of_status(status) as usize);
                     record(upstream, index, Observed::Answered { status });
                     let retry_status = self.idempotent && self.policy.on_status.contains(&status);
                     if retry_status && more && self.saved.is_some() {
@@ -431,6 +468,14 @@ impl Tries<'_> {
                 }
                 Err((err, unsent)) => {
                     let condition = condition(&err);
+                    let outcome = match condition {
+                        Condition::ConnectFailure => TargetOutcome::ConnectFailure,
+                        Condition::Timeout => TargetOutcome::Timeout,
+                        Condition::Reset | Condition::Status | Condition::Other => {
+                            TargetOutcome::Failed
+                        }
+                    };
+                    state.outcomes.inc(outcome as usize);
                     match condition {
                         Condition::ConnectFailure => {
                             record(upstream, index, Observed::NoConnection)

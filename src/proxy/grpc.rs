@@ -168,19 +168,17 @@ pub(crate) fn answer(response: Response<Body>, call: Call) -> Response<Body> {
 /// What is written when a gRPC call ends: its access-log line (with `grpc_status` and the
 /// whole call's duration) and its count in `portico_grpc_responses_total`.
 struct CallEnd {
-    fields: Option<serde_json::Map<String, serde_json::Value>>,
-    log: Option<crate::observe::access_log::LogHandle>,
+    tail: Option<super::access::Tail>,
     counter: Family<GrpcLabels, Counter>,
     route: Option<std::sync::Arc<str>>,
     upstream: Option<std::sync::Arc<str>>,
-    start: std::time::Instant,
     /// Where a gRPC-Web answer's status goes, its trailers having become a frame.
     web_status: Option<TrailerStatus>,
     done: bool,
 }
 
 impl CallEnd {
-    fn finish(&mut self, status: Option<&HeaderValue>) {
+    fn finish(&mut self, status: Option<&HeaderValue>, aborted: bool) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
@@ -196,24 +194,25 @@ impl CallEnd {
                 grpc_status: status.to_owned(),
             })
             .inc();
-        if let (Some(mut fields), Some(log)) = (self.fields.take(), self.log.as_ref()) {
+        if let Some(tail) = self.tail.as_mut() {
             let status = status
                 .parse::<u32>()
                 .map_or(serde_json::Value::Null, Into::into);
-            fields.insert("grpc_status".into(), status);
-            let elapsed = self.start.elapsed();
-            fields.insert(
-                "duration_ms".into(),
-                super::pipeline::duration_ms(elapsed).into(),
-            );
-            log.write(super::pipeline::line(&fields));
+            tail.write(aborted, |fields| {
+                fields.insert("grpc_status".into(), status);
+            });
         }
     }
 }
 
 impl Watch for CallEnd {
+    fn data(&mut self, len: usize) {
+        if let Some(tail) = self.tail.as_mut() {
+            tail.sent(len);
+        }
+    }
     fn end(mut self: Box<Self>, trailers: Option<&HeaderMap>) {
-        self.finish(trailers.and_then(|t| t.get(&GRPC_STATUS)));
+        self.finish(trailers.and_then(|t| t.get(&GRPC_STATUS)), false);
     }
 }
 
@@ -221,35 +220,33 @@ impl Drop for CallEnd {
     /// A call whose response never ended: the client went away (or the stream broke), which
     /// gRPC calls CANCELLED.
     fn drop(&mut self) {
-        self.finish(Some(&HeaderValue::from_static("1")));
+        self.finish(Some(&HeaderValue::from_static("1")), true);
     }
 }
 
-/// For a gRPC call: counts it and writes its access-log line (`fields`, when the log is on)
+/// For a gRPC call: counts it and writes its access-log line (`tail`, when the log is on)
 /// once it ends — now, when the answer carries its status in the head (trailers-only) or has
 /// no body; else when the body's trailers pass.
 pub(crate) fn watch(
     response: Response<Body>,
     shared: &crate::runtime::Shared,
     ctx: &crate::ctx::RequestCtx,
-    fields: Option<serde_json::Map<String, serde_json::Value>>,
+    tail: Option<super::access::Tail>,
 ) -> Response<Body> {
     let mut end = CallEnd {
-        log: fields.as_ref().and_then(|_| shared.access_log.handle()),
-        fields,
+        tail,
         counter: shared.metrics.grpc_family(),
         route: ctx.route.clone(),
         upstream: ctx.upstream.clone(),
-        start: ctx.start,
         web_status: ctx.slots.get::<TrailerStatus>().cloned(),
         done: false,
     };
     if let Some(status) = response.headers().get(&GRPC_STATUS) {
-        end.finish(Some(status));
+        end.finish(Some(status), false);
         return response;
     }
     if http_body::Body::is_end_stream(response.body()) {
-        end.finish(None);
+        end.finish(None, false);
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -1,5 +1,6 @@
 //! Stages `forward` and `respond`: the request pipeline and everything it sends upstream.
 
+pub(crate) mod access;
 pub(crate) mod aggregate;
 pub(crate) mod forward;
 pub(crate) mod grpc;

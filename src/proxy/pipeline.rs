@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 
+use super::access;
 use super::forward::{self, Hop};
 use super::headers::{self, HopInfo, X_CLIENT_CERT_SAN, X_CLIENT_CERT_SUBJECT, X_REQUEST_ID};
 use crate::admission::{Admission, InFlight};
@@ -16,6 +17,7 @@ use crate::body::Body;
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 use crate::observe::RouteMetrics;
+use crate::observe::access_log::LogHandle;
 use crate::plugins::auth::{X_CONSUMER_GROUPS, X_CONSUMER_NAME};
 use crate::plugins::{BodyStep, LogRecord, PluginChain};
 use crate::routing::{RequestView, normalize_host, path};
@@ -39,10 +41,21 @@ pub(crate) struct ConnInfo {
     pub(crate) scheme: &'static str,
     /// The verified client certificate (mTLS), if any.
     pub(crate) client_cert: Option<Arc<ClientCert>>,
+    /// The TLS session's version and SNI, on https listeners.
+    pub(crate) tls: Option<Arc<TlsInfo>>,
     /// The server side of this connection's tunnels (its listener's drain, reloads).
     pub(crate) tunnels: Option<Arc<dyn super::tunnel::TunnelHost>>,
     /// The listener's admission state (per-address rates, overload); none in process.
     pub(crate) admission: Option<Arc<Admission>>,
+}
+
+/// What the access log tells of a connection's TLS session.
+#[derive(Debug)]
+pub(crate) struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub(crate) version: &'static str,
+    /// The server name the client asked for, if it sent one.
+    pub(crate) sni: Option<Box<str>>,
 }
 
 /// The connection's view of the raw request bytes, which hyper does not give the pipeline:
@@ -84,13 +97,6 @@ impl<'s> Served<'s> {
     }
 }
 
-/// What the access log needs of the request head, taken before the head moves on.
-struct LogHead {
-    method: Method,
-    version: Version,
-    path: String,
-}
-
 /// Serves one request; never fails (errors become JSON responses). Also returns the route's
 /// stream limits when the answer's body is the upstream's, for the server to time it by.
 ///
@@ -103,18 +109,31 @@ pub(crate) async fn handle(
 ) -> (Response<Body>, Option<crate::ctx::StreamLimits>) {
     // This request keeps this config until it is done, whatever reloads happen meanwhile.
     let snap = shared.pin();
-    let (head, body) = req.into_parts();
+    let (mut head, mut body) = req.into_parts();
     let mut ctx = RequestCtx::new(
         headers::request_id(&head.headers),
         conn.client,
         Arc::clone(&conn.listener),
     );
+    if let Some(tracer) = &shared.tracer {
+        ctx.trace = Some(Box::new(tracer.begin(&head)));
+    }
     let is_head = head.method == Method::HEAD;
     let grpc = super::grpc::call(&head.headers);
-    let log_head = shared.access_log.enabled().then(|| LogHead {
-        method: head.method.clone(),
-        version: head.version,
-        path: head.uri.path().to_owned(),
+    let log_head = match shared.access_log.handle() {
+        Some(log) => {
+            let (taken, counted) = access::LogHead::take(&head, body);
+            body = counted;
+            // Boxed: the request future carries it across every stage.
+            Some(Box::new((taken, log)))
+        }
+        None => None,
+    };
+    // The debug token is never forwarded, whether or not it is the right one.
+    let debug = snap.debug.as_ref().is_some_and(|debug| {
+        let asked = debug.asked(&head.headers);
+        head.headers.remove(&debug.name);
+        asked
     });
     let listener = snap.listener(&conn.listener);
     let served = match listener {
@@ -124,23 +143,27 @@ pub(crate) async fn handle(
     };
     let plugins = served.plugins;
     let metrics = served.metrics;
-    let response = exit(served, &ctx, listener, is_head, grpc).await;
-    let fields = log(
+    let mut response = exit(served, &ctx, listener, is_head, grpc).await;
+    if let Some(header) = snap.debug.as_ref().filter(|_| debug) {
+        debug_summary(&mut response, &header.name, &ctx, plugins);
+    }
+    let tail = log(
         shared,
         &ctx,
         plugins,
         metrics,
         log_head,
+        conn.tls.as_deref(),
         response.status(),
-        grpc.is_some(),
     );
-    if grpc.is_some() {
+    let response = match grpc {
         // A gRPC call's outcome is in its trailers: its line is written when it ends.
-        return (
-            super::grpc::watch(response, shared, &ctx, fields),
-            ctx.stream,
-        );
-    }
+        Some(_) => super::grpc::watch(response, shared, &ctx, tail),
+        None => match tail {
+            Some(tail) => access::at_end(response, tail),
+            None => response,
+        },
+    };
     (response, ctx.stream)
 }
 
@@ -479,13 +502,21 @@ async fn request_plugins(
     // Boxed: the steps' state would otherwise be part of every request's future, plugins or
     // not, and copied with it; a route with plugins pays one allocation instead.
     Box::pin(async {
-        if let Some(response) = plugins
-            .on_request(ctx, head, &super::subrequest::Calls { conn, route })
-            .await?
-        {
-            return Ok(BodyStep::Respond(response));
+        let start = std::time::Instant::now();
+        let step = async {
+            if let Some(response) = plugins
+                .on_request(ctx, head, &super::subrequest::Calls { conn, route })
+                .await?
+            {
+                return Ok(BodyStep::Respond(response));
+            }
+            plugins.request_body(ctx, head, body).await
         }
-        plugins.request_body(ctx, head, body).await
+        .await;
+        if let Some(trace) = &ctx.trace {
+            trace_plugins(trace, "plugins request", start, plugins, ctx, step.is_err());
+        }
+        step
     })
     .await
 }
@@ -548,19 +579,8 @@ async fn exit(
         response = super::grpc::answer(response, call);
     }
     if !plugins.is_empty() {
-        let (mut parts, body) = response.into_parts();
-        plugins.on_response(ctx, &mut parts);
-        response = if is_head || !may_have_body(parts.status) {
-            Response::from_parts(parts, body)
-        } else {
-            match Box::pin(plugins.response_body(ctx, parts, body)).await {
-                Ok(response) => response,
-                Err(err) => match grpc {
-                    Some(call) => super::grpc::answer(error_answer(&err, ctx), call),
-                    None => error_answer(&err, ctx),
-                },
-            }
-        };
+        // Boxed, like the request steps: their state stays out of every request's future.
+        response = Box::pin(response_plugins(plugins, ctx, response, is_head, grpc)).await;
     }
     let headers = response.headers_mut();
     headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
@@ -569,6 +589,35 @@ async fn exit(
     }
     if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The response steps of a route's plugins, timed as a span when the request is traced.
+async fn response_plugins(
+    plugins: &PluginChain,
+    ctx: &RequestCtx,
+    mut response: Response<Body>,
+    is_head: bool,
+    grpc: Option<super::grpc::Call>,
+) -> Response<Body> {
+    let start = std::time::Instant::now();
+    let (mut parts, body) = response.into_parts();
+    plugins.on_response(ctx, &mut parts);
+    response = if is_head || !may_have_body(parts.status) {
+        Response::from_parts(parts, body)
+    } else {
+        match plugins.response_body(ctx, parts, body).await {
+            Ok(response) => response,
+            Err(err) => match grpc {
+                Some(call) => super::grpc::answer(error_answer(&err, ctx), call),
+                None => error_answer(&err, ctx),
+            },
+        }
+    };
+    if let Some(trace) = &ctx.trace {
+        let failed = response.status().is_server_error();
+        trace_plugins(trace, "plugins response", start, plugins, ctx, failed);
     }
     response
 }
@@ -593,44 +642,120 @@ fn error_answer(err: &ProxyError, ctx: &RequestCtx) -> Response<Body> {
     err.to_response(&ctx.request_id)
 }
 
-/// Stage `log`: metrics, the access-log line, and the plugins' log steps. For a gRPC call
-/// the line's fields are handed back, to be written when the call ends.
+/// A span of one plugin phase, naming the plugins in force.
+fn trace_plugins(
+    trace: &crate::trace::RequestTrace,
+    name: &'static str,
+    start: std::time::Instant,
+    plugins: &PluginChain,
+    ctx: &RequestCtx,
+    failed: bool,
+) {
+    let names: Vec<&str> = plugins.names(ctx).collect();
+    let attributes = vec![("portico.plugins", crate::trace::Value::Str(names.join(",")))];
+    let id = crate::trace::span_id();
+    trace.span(
+        name,
+        crate::trace::Kind::Internal,
+        start,
+        id,
+        attributes,
+        failed,
+    );
+}
+
+/// The debug header's value: `route=NAME; upstream=NAME; target=ADDR; attempts=N;
+/// plugins=A,B; answered_by=P; consumer=C; head_ms=X; upstream_ms=Y` (parts that do not
+/// apply left out).
+fn debug_summary(
+    response: &mut Response<Body>,
+    name: &http::HeaderName,
+    ctx: &RequestCtx,
+    plugins: &PluginChain,
+) {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(160);
+    let mut part = |key: &str, value: &dyn std::fmt::Display| {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        let _ = write!(out, "{key}={value}");
+    };
+    part("route", &ctx.route.as_deref().unwrap_or("-"));
+    if let Some(upstream) = &ctx.upstream {
+        part("upstream", upstream);
+    }
+    if let Some(target) = &ctx.target {
+        part("target", target);
+    }
+    part("attempts", &ctx.attempts);
+    let names: Vec<&str> = plugins.names(ctx).collect();
+    if !names.is_empty() {
+        part("plugins", &names.join(","));
+    }
+    if let Some(plugin) = crate::plugins::answered_by(ctx) {
+        part("answered_by", &plugin);
+    }
+    if let Some(consumer) = &ctx.consumer {
+        part("consumer", &consumer.name);
+    }
+    if ctx.budget_spent {
+        part("retry_budget_spent", &true);
+    }
+    part("head_ms", &access::duration_ms(ctx.start.elapsed()));
+    if ctx.attempts > 0 {
+        part("upstream_ms", &access::duration_ms(ctx.upstream_time()));
+    }
+    // Names from the config are header-safe in practice; a value that is not is left out.
+    if let Ok(value) = HeaderValue::from_str(&out) {
+        response.headers_mut().insert(name.clone(), value);
+    }
+}
+
+/// Stage `log`: metrics, the plugins' log steps, and the access-log line's fields, whose
+/// line is written when the answer ends.
+#[allow(clippy::too_many_arguments)]
 fn log(
     shared: &Shared,
     ctx: &RequestCtx,
     plugins: &PluginChain,
     metrics: Option<&RouteMetrics>,
-    log_head: Option<LogHead>,
+    log_head: Option<Box<(access::LogHead, LogHandle)>>,
+    tls: Option<&TlsInfo>,
     status: StatusCode,
-    grpc: bool,
-) -> Option<serde_json::Map<String, serde_json::Value>> {
+) -> Option<access::Tail> {
     let elapsed = ctx.start.elapsed();
     match metrics {
         Some(m) => m.record(status.as_u16(), elapsed),
         None => shared.metrics.unrouted(&ctx.listener, status.as_u16()),
     }
+    if let Some(plugin) = crate::plugins::answered_by(ctx) {
+        let route = ctx.route.as_deref().unwrap_or("");
+        shared.metrics.plugin_answer(route, plugin, status.as_u16());
+    }
     if !plugins.is_empty() {
         plugins.log(ctx, &LogRecord { status, elapsed });
     }
-    let mut fields = access_fields(ctx, &log_head?, status.as_u16());
-    if grpc {
-        return Some(fields);
+    if let (Some(tracer), Some(trace)) = (&shared.tracer, &ctx.trace) {
+        use crate::trace::Value;
+        let mut attributes = vec![
+            (
+                "http.response.status_code",
+                Value::Int(i64::from(status.as_u16())),
+            ),
+            ("portico.listener", Value::Str(ctx.listener.to_string())),
+        ];
+        if let Some(route) = &ctx.route {
+            attributes.push(("http.route", Value::Str(route.to_string())));
+        }
+        if let Some(plugin) = crate::plugins::answered_by(ctx) {
+            attributes.push(("portico.answered_by", Value::Str(plugin.to_owned())));
+        }
+        tracer.end(trace, "request", attributes, status.is_server_error());
     }
-    fields.insert("duration_ms".into(), duration_ms(elapsed).into());
-    shared.access_log.write(line(&fields));
-    None
-}
-
-/// Milliseconds with three decimals, as the access log gives durations.
-pub(super) fn duration_ms(elapsed: std::time::Duration) -> f64 {
-    (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
-}
-
-/// One access-log line of these fields.
-pub(super) fn line(fields: &serde_json::Map<String, serde_json::Value>) -> String {
-    let mut line = serde_json::to_string(fields).unwrap_or_default();
-    line.push('\n');
-    line
+    let (head, handle) = *log_head?;
+    let fields = access::fields(ctx, &head, tls, status.as_u16());
+    Some(access::Tail::new(fields, handle, ctx.start, &head))
 }
 
 /// Checks the request head for what a proxy must refuse; returns the host (the `Host` header,
@@ -701,43 +826,6 @@ pub(crate) fn decode(
         (Version::HTTP_11, None, None) => Err(ProxyError::BadRequest("missing Host header")),
         _ => Ok(None),
     }
-}
-
-/// The access-log fields of a request, but its duration.
-fn access_fields(
-    ctx: &RequestCtx,
-    head: &LogHead,
-    status: u16,
-) -> serde_json::Map<String, serde_json::Value> {
-    let serde_json::Value::Object(mut fields) = serde_json::json!({
-        "ts": humantime_now(),
-        "request_id": ctx.request_id.to_str().unwrap_or(""),
-        "client": crate::runtime::client_addr::shown(ctx.client),
-        "listener": &*ctx.listener,
-        "route": ctx.route.as_deref(),
-        "upstream": ctx.upstream.as_deref(),
-        "target": ctx.target.as_deref(),
-        "attempts": ctx.attempts,
-        "consumer": ctx.consumer.as_ref().map(|c| c.name.as_str()),
-        "method": head.method.as_str(),
-        "path": head.path,
-        "protocol": format!("{:?}", head.version),
-        "status": status,
-    }) else {
-        return serde_json::Map::new();
-    };
-    if ctx.budget_spent {
-        fields.insert("retry_budget_spent".into(), serde_json::Value::Bool(true));
-    }
-    fields
-}
-
-/// Seconds since the Unix epoch with milliseconds, as a JSON-friendly number string.
-fn humantime_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| (d.as_millis() as f64) / 1000.0)
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

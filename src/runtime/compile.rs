@@ -103,6 +103,63 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         Some((addr, admin.token.clone()))
     });
 
+    let debug = spec.debug.as_ref().and_then(|debug| {
+        let name = match http::HeaderName::from_bytes(debug.header.as_bytes()) {
+            Ok(name) => name,
+            Err(_) => {
+                diags.error(
+                    debug.token.pos,
+                    format!("debug.header `{}` is not a valid header name", debug.header),
+                );
+                return None;
+            }
+        };
+        if debug.token.chars().count() < 16 {
+            diags.error(
+                debug.token.pos,
+                "debug.token must be 16 characters or more (use `${ENV}`)",
+            );
+            return None;
+        }
+        Some(super::DebugHeader {
+            name,
+            token: debug.token.as_bytes().into(),
+        })
+    });
+
+    let tracing = spec.tracing.as_ref().and_then(|t| {
+        let endpoint = match t.endpoint.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => uri,
+            _ => {
+                diags.error(
+                    t.endpoint.pos,
+                    format!(
+                        "tracing.endpoint `{}` must be an http:// URL with a host, like \
+                         http://127.0.0.1:4318/v1/traces",
+                        *t.endpoint
+                    ),
+                );
+                return None;
+            }
+        };
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            diags.error(
+                t.endpoint.pos,
+                format!(
+                    "tracing.sample_ratio must be from 0 to 1, not {}",
+                    t.sample_ratio
+                ),
+            );
+            return None;
+        }
+        Some(crate::trace::Settings {
+            endpoint,
+            ratio: t.sample_ratio,
+            service: t.service_name.clone(),
+            timeout: t.timeout.0,
+        })
+    });
+
     let upstreams = compile_upstreams(&spec.upstreams, env, &mut diags);
     let by_name = Upstreams {
         compiled: upstreams.iter().map(|u| (&*u.name, u)).collect(),
@@ -147,12 +204,33 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
             checks::did_you_mean(name, by_name.declared.iter().copied())
         ))
     };
+    let redis = spec
+        .cluster
+        .as_ref()
+        .and_then(|c| c.redis.as_ref())
+        .and_then(|r| {
+            let made = crate::plugins::cluster::Redis::new(
+                &r.url,
+                r.timeout.0,
+                r.fallback,
+                &r.prefix,
+                env.metrics.cluster_decisions(),
+            );
+            match made {
+                Ok(redis) => Some(Arc::new(redis)),
+                Err(err) => {
+                    diags.error(r.url.pos, format!("cluster.redis.url: {err}"));
+                    None
+                }
+            }
+        });
     let build_env = plugins::BuildEnv {
         consumers: &consumers,
         metrics: env.metrics,
         base: &config_dir,
         state: crate::plugins::state::StateScope::new(env.states, &fresh).with_claims(&claims),
         upstreams: plugins::UpstreamLookup(&find_upstream),
+        redis: redis.as_ref(),
     };
     let global_plugins = compile_plugins(&spec.plugins, "global", build_env, &mut diags, false);
     let consumer_plugins = compile_consumer_plugins(&spec.consumers, build_env, &mut diags);
@@ -422,11 +500,14 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     };
     let ((), warnings) = diags.finish(())?;
     Ok(Snapshot {
+        hash: super::history::config_hash(&spec),
         spec,
         listeners,
         upstreams,
         workers,
         admin,
+        tracing,
+        debug,
         upgrade,
         tls_files,
         global: PluginChain::build(&global_plugins, &[], &consumer_plugins, &HashMap::new()),
@@ -867,9 +948,11 @@ fn compile_upstream(
         targets,
         http2: spec.protocol.http2(),
         pool: PoolSettings {
-            max_idle: spec.pool.max_idle,
+            max_idle: u32::try_from(spec.pool.max_idle).unwrap_or(u32::MAX),
             idle_timeout: spec.pool.idle_timeout.0,
             connect_timeout: spec.connect_timeout.0,
+            demand_window_ms: u32::try_from(spec.pool.demand_window.0.as_millis())
+                .unwrap_or(u32::MAX),
         },
         resolve_every: spec.resolve_every.0,
         state,

@@ -8,8 +8,10 @@ pub(crate) mod aggregate;
 pub(crate) mod client_addr;
 pub(crate) mod compile;
 pub(crate) mod explain;
+pub(crate) mod history;
 pub(crate) mod shared;
 pub(crate) mod static_files;
+pub(crate) mod writes;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -36,6 +38,8 @@ use crate::routing::{HostPattern, RequestView, RouteTable};
 pub(crate) struct Snapshot {
     /// The spec it was compiled from (served, redacted, by `GET /config`).
     pub(crate) spec: Spec,
+    /// The spec's content hash (see [`history::config_hash`]).
+    pub(crate) hash: Arc<str>,
     /// Listeners in file order.
     pub(crate) listeners: Vec<Listener>,
     /// Upstreams by name, in file order.
@@ -44,6 +48,10 @@ pub(crate) struct Snapshot {
     pub(crate) workers: usize,
     /// Admin listener address and token.
     pub(crate) admin: Option<(SocketAddr, Option<String>)>,
+    /// Where and how spans are exported, when tracing is configured.
+    pub(crate) tracing: Option<crate::trace::Settings>,
+    /// The debug header, when configured.
+    pub(crate) debug: Option<DebugHeader>,
     /// The upgrade socket's path (`upgrade.socket`), resolved against the config's folder.
     pub(crate) upgrade: Option<std::path::PathBuf>,
     /// Certificate and key files in use, watched for changes.
@@ -57,6 +65,24 @@ pub(crate) struct Snapshot {
     /// ACME listeners' state and the settings this config gives them, applied when the
     /// snapshot is started.
     pub(crate) acme: Vec<(Arc<crate::tls::acme::AcmeState>, crate::tls::acme::Settings)>,
+}
+
+/// `debug:` compiled: the header that carries the token and takes the summary.
+#[derive(Debug)]
+pub(crate) struct DebugHeader {
+    /// Request and response header name.
+    pub(crate) name: http::HeaderName,
+    /// The token a request must carry.
+    pub(crate) token: Box<[u8]>,
+}
+
+impl DebugHeader {
+    /// Whether `headers` carry the token (compared in constant time).
+    pub(crate) fn asked(&self, headers: &http::HeaderMap) -> bool {
+        headers.get(&self.name).is_some_and(|given| {
+            crate::plugins::auth::constant_time_eq(given.as_bytes(), &self.token)
+        })
+    }
 }
 
 impl Snapshot {

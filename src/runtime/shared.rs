@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// The access log.
     pub(crate) access_log: AccessLog,
+    /// The span exporter and sampler, when tracing is configured (read at start only).
+    pub(crate) tracer: Option<crate::trace::Tracer>,
     /// The config file, re-read on reload.
     pub(crate) config_path: PathBuf,
     /// Why the last reload failed, if it did (served by the admin API).
@@ -36,6 +38,12 @@ pub(crate) struct Shared {
     pub(crate) states: crate::plugins::state::PluginStates,
     /// Counts the reloads applied; tunnels watch it to check their route is still there.
     pub(crate) generation: tokio::sync::watch::Sender<u64>,
+    /// The start and the most recent reloads, with their result and config hash.
+    pub(crate) history: crate::runtime::history::History,
+    /// The document of the config in force and where it came from (file or admin writes).
+    pub(crate) source: Mutex<crate::runtime::writes::Source>,
+    /// Admin API writes on their way to the control thread.
+    pub(crate) writes: crate::runtime::writes::Queue,
 }
 
 impl Shared {
@@ -45,29 +53,41 @@ impl Shared {
         snapshot: Snapshot,
         registry: Registry,
         metrics: Metrics,
-        access_log: AccessLog,
+        (access_log, tracer): (AccessLog, Option<crate::trace::Tracer>),
         config_path: PathBuf,
         acme: std::sync::Arc<crate::tls::acme::Store>,
         states: crate::plugins::state::PluginStates,
     ) -> Self {
         let started = Started {
             access_log: snapshot.spec.access_log.clone(),
+            tracing: snapshot
+                .spec
+                .tracing
+                .as_ref()
+                .map(|t| serde_json::json!(t).to_string()),
             pin_workers: snapshot.spec.pin_workers,
             admin: snapshot.admin.as_ref().map(|(addr, _)| *addr),
             upgrade: snapshot.upgrade.clone(),
         };
+        let history = crate::runtime::history::History::default();
+        history.record("start", Some(std::sync::Arc::clone(&snapshot.hash)), None);
+        metrics.config_hash(&snapshot.hash);
         Shared {
+            history,
             started,
             restart_required: Mutex::new(Vec::new()),
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
             access_log,
+            tracer,
             config_path,
             last_reload_error: Mutex::new(None),
             acme,
             states,
             generation: tokio::sync::watch::Sender::new(0),
+            source: Mutex::new(crate::runtime::writes::Source::default()),
+            writes: crate::runtime::writes::Queue::default(),
         }
     }
 }
@@ -124,6 +144,8 @@ pub(crate) fn unpin() {
 pub(crate) struct Started {
     /// The access log that was opened.
     pub(crate) access_log: crate::config::spec::AccessLogSpec,
+    /// `tracing` as started, as JSON (`None`: off).
+    pub(crate) tracing: Option<String>,
     /// Whether the workers were pinned to CPUs.
     pub(crate) pin_workers: bool,
     /// The admin API's configured address, if it was started.

@@ -428,6 +428,8 @@ where
                             // Frees hyper's buffers and state; the stream goes to the slot.
                             drop(std::mem::replace(&mut conn, Hyper::Parked));
                             slot.parking.store(false, Ordering::Relaxed);
+                            // The freed buffers go back to the kernel soon (see `memtrim`).
+                            super::memtrim::parked();
                             if !park(&slot, &mut lifecycle).await {
                                 return;
                             }

@@ -481,6 +481,7 @@ fn serve_connection(
         client_value: crate::proxy::headers::client_value(client.ip()),
         scheme: "http",
         client_cert: None,
+        tls: None,
         tunnels: None,
         admission: Some(admission),
     };
@@ -513,15 +514,23 @@ fn serve_connection(
                 let stream = match handshake.await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(err)) => {
+                        shared.metrics.tls_handshake(&info.listener, "failed");
                         tracing::debug!(client = %client, error = %err, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        shared.metrics.tls_handshake(&info.listener, "timeout");
                         tracing::debug!(client = %client, "TLS handshake timed out");
                         return;
                     }
                 };
+                shared.metrics.tls_handshake(&info.listener, "ok");
                 info.scheme = "https";
+                let session = stream.get_ref().1;
+                info.tls = Some(Arc::new(crate::proxy::pipeline::TlsInfo {
+                    version: crate::tls::version_name(session.protocol_version()),
+                    sni: session.server_name().map(Box::from),
+                }));
                 info.client_cert = stream
                     .get_ref()
                     .1

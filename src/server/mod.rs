@@ -8,6 +8,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod listeners;
+mod memtrim;
 mod open;
 mod proxied;
 pub(crate) mod reload;

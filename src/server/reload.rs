@@ -27,6 +27,7 @@ use crate::config;
 use crate::observe::{AccessLog, Metrics};
 use crate::plugins::state::PluginStates;
 use crate::pool::{self, Registry};
+use crate::runtime::writes::{self, Refusal, Write, Written};
 use crate::runtime::{self, Snapshot, compile::Env};
 use crate::tls::acme::Store as AcmeStore;
 
@@ -56,6 +57,9 @@ pub(crate) enum ReloadError {
     /// The new config is invalid; every problem is listed, one a line.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<config::Diagnostic>),
+    /// The config the admin API wrote no longer compiles (a file it names changed).
+    #[error("{0}")]
+    Document(String),
     /// A new listener's address could not be bound.
     #[error("cannot bind listener `{name}` to {addr}: {source}")]
     Bind {
@@ -77,21 +81,32 @@ pub(super) fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Sta
     move |source| StartError::Io { what, source }
 }
 
-/// Loads and compiles the file at `path` against live state, changing none of it.
+/// Reads the file at `path` once and compiles it against live state, changing none of it:
+/// the snapshot and the document it was written as.
 pub(crate) fn load(
     path: &Path,
     registry: &Registry,
     metrics: &Metrics,
     acme: &AcmeStore,
     states: &PluginStates,
-) -> Result<Snapshot, Vec<config::Diagnostic>> {
+) -> Result<(Snapshot, config::node::Node), Vec<config::Diagnostic>> {
     let env = Env {
         registry,
         metrics,
         acme,
         states,
     };
-    runtime::load(path, env)
+    writes::load_file(path, env)
+}
+
+/// The compile environment of the running process.
+fn env_of(shared: &Shared) -> Env<'_> {
+    Env {
+        registry: &shared.registry,
+        metrics: &shared.metrics,
+        acme: &shared.acme,
+        states: &shared.states,
+    }
 }
 
 /// Logs what the config does that is likely not meant; it runs all the same.
@@ -112,15 +127,25 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
     let metrics = Metrics::new();
     let acme = Arc::new(AcmeStore::default());
     let states = PluginStates::default();
-    let snapshot = load(path, &registry, &metrics, &acme, &states).map_err(StartError::Config)?;
+    let (snapshot, document) =
+        load(path, &registry, &metrics, &acme, &states).map_err(StartError::Config)?;
     log_warnings(&snapshot);
     let access_log = if snapshot.spec.access_log.enabled {
-        AccessLog::open(&snapshot.spec.access_log.path).map_err(io_error(format!(
-            "cannot open access log {}",
-            snapshot.spec.access_log.path
-        )))?
+        AccessLog::open(&snapshot.spec.access_log.path, metrics.access_log_dropped()).map_err(
+            io_error(format!(
+                "cannot open access log {}",
+                snapshot.spec.access_log.path
+            )),
+        )?
     } else {
         AccessLog::disabled()
+    };
+    let tracer = match &snapshot.tracing {
+        Some(settings) => Some(
+            crate::trace::Tracer::start(settings.clone(), metrics.trace_spans_dropped())
+                .map_err(io_error("cannot start the trace exporter"))?,
+        ),
+        None => None,
     };
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,11 +159,12 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
             snapshot,
             registry,
             metrics,
-            access_log,
+            (access_log, tracer),
             path.to_owned(),
             acme,
             states,
         ));
+        set_source(&shared, document, writes::Origin::File);
         commit_registry(&shared);
         control_loop(shared, handles, upgrade_from).await
     });
@@ -333,11 +359,15 @@ async fn control_loop(
         signal(SignalKind::terminate()).map_err(io_error("cannot handle SIGTERM"))?;
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(io_error("cannot handle SIGINT"))?;
+    let mut reopen =
+        signal(SignalKind::user_defined1()).map_err(io_error("cannot handle SIGUSR1"))?;
 
     // Names are resolved before the listeners open, but a signal is heard meanwhile.
     let resolve_now = Arc::new(tokio::sync::Notify::new());
     let (first_pass, resolved) = tokio::sync::oneshot::channel();
     let _resolver = spawn_resolver(Arc::clone(&shared), Arc::clone(&resolve_now), first_pass);
+    // Runs until the control runtime ends with the process.
+    drop(tokio::spawn(super::memtrim::run()));
     tokio::select! {
         _ = resolved => {}
         _ = terminate.recv() => return Ok(()),
@@ -401,17 +431,33 @@ async fn control_loop(
     let mut exchange: Option<tokio::task::JoinHandle<()>> = None;
     let mut serving: Option<tokio::sync::oneshot::Receiver<upgrade::Serving>> = None;
     let mut handed = None;
+    let mut admin_writes = shared.writes.rx.lock().ok().and_then(|mut rx| rx.take());
     loop {
         tokio::select! {
+            Some(write) = next_write(admin_writes.as_mut()) => {
+                let started = std::time::SystemTime::now();
+                let Write { edit, if_match, reply } = write;
+                let outcome =
+                    admin_write(&shared, &workers, &mut listeners, &edit, if_match.as_deref()).await;
+                if outcome.is_ok() {
+                    resolve_now.notify_one();
+                    stamps = stamps_after(&shared.snapshot.load(), started);
+                }
+                let _ = reply.send(outcome);
+            }
             _ = hangup.recv() => {
                 let started = std::time::SystemTime::now();
-                if reload(&shared, &workers, &mut listeners).await {
+                if reload(&shared, &workers, &mut listeners, "signal").await {
                     resolve_now.notify_one();
                 }
                 stamps = stamps_after(&shared.snapshot.load(), started);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = reopen.recv() => {
+                tracing::info!("SIGUSR1: reopening the access log");
+                shared.access_log.reopen();
+            }
             Some(accepted) = accept_upgrade(offer.as_ref()) => {
                 let stream = match accepted {
                     Ok(stream) => stream,
@@ -448,7 +494,7 @@ async fn control_loop(
                 if now != stamps {
                     tracing::info!("certificate files changed; reloading");
                     let started = std::time::SystemTime::now();
-                    if reload(&shared, &workers, &mut listeners).await {
+                    if reload(&shared, &workers, &mut listeners, "files").await {
                         resolve_now.notify_one();
                     }
                     stamps = stamps_after(&shared.snapshot.load(), started);
@@ -474,29 +520,52 @@ async fn control_loop(
 }
 
 /// Re-reads the config file and applies it, or keeps the running one; `true` when applied.
+/// `trigger` says what asked (`signal`, `files`), for the reload history. SIGHUP always
+/// reads the file, so it replaces what admin API writes changed.
 pub(crate) async fn reload(
     shared: &Arc<Shared>,
     workers: &[Handle],
     listeners: &mut ListenerSet,
+    trigger: &'static str,
 ) -> bool {
-    match try_reload(shared, workers, listeners).await {
-        Ok(()) => {
-            shared.metrics.reload(true);
-            if let Ok(mut last) = shared.last_reload_error.lock() {
-                *last = None;
-            }
-            tracing::info!("config reloaded");
-            true
+    let mut compiled = None;
+    let outcome = try_reload(shared, workers, listeners, trigger, &mut compiled).await;
+    record_reload(
+        shared,
+        trigger,
+        compiled,
+        outcome.err().map(|e| e.to_string()),
+    )
+}
+
+/// Logs, counts and records the end of a reload attempt; `true` when it applied. `hash` is
+/// that of the config it compiled, if it compiled; `refused` says why it did not apply.
+pub(crate) fn record_reload(
+    shared: &Shared,
+    trigger: &'static str,
+    hash: Option<Arc<str>>,
+    refused: Option<String>,
+) -> bool {
+    let applied = refused.is_none();
+    shared.metrics.reload(applied);
+    match &refused {
+        None => {
+            let hash = hash.as_deref().unwrap_or("");
+            shared.metrics.config_hash(hash);
+            tracing::info!(trigger, config_hash = hash, "config reloaded");
         }
-        Err(reason) => {
-            shared.metrics.reload(false);
-            tracing::error!("reload refused, the running config stays:\n{reason}");
-            if let Ok(mut last) = shared.last_reload_error.lock() {
-                *last = Some(reason.to_string());
-            }
-            false
+        Some(reason) => {
+            tracing::error!(
+                trigger,
+                "reload refused, the running config stays:\n{reason}"
+            );
         }
     }
+    if let Ok(mut last) = shared.last_reload_error.lock() {
+        last.clone_from(&refused);
+    }
+    shared.history.record(trigger, hash, refused);
+    applied
 }
 
 /// The stamps to compare the next look with, after a reload that began at `started`.
@@ -559,8 +628,20 @@ async fn try_reload(
     shared: &Arc<Shared>,
     workers: &[Handle],
     listeners: &mut ListenerSet,
+    trigger: &'static str,
+    compiled: &mut Option<Arc<str>>,
 ) -> Result<(), ReloadError> {
-    let mut next = load(
+    let source = current_source(shared);
+    if trigger == "files" && source.origin == writes::Origin::Admin {
+        // A certificate changed under a config the admin API wrote: that config is compiled
+        // again (so it reads the new files), not the file it replaced.
+        let (next, _) =
+            writes::compile_document(&source.document, &shared.config_path, env_of(shared))
+                .map_err(|problems| ReloadError::Document(describe(&problems)))?;
+        *compiled = Some(Arc::clone(&next.hash));
+        return apply(shared, workers, listeners, next).await;
+    }
+    let (next, document) = load(
         &shared.config_path,
         &shared.registry,
         &shared.metrics,
@@ -568,6 +649,122 @@ async fn try_reload(
         &shared.states,
     )
     .map_err(ReloadError::Config)?;
+    *compiled = Some(Arc::clone(&next.hash));
+    apply(shared, workers, listeners, next).await?;
+    set_source(shared, document, writes::Origin::File);
+    Ok(())
+}
+
+/// The document of the config in force.
+fn current_source(shared: &Shared) -> writes::Source {
+    match shared.source.lock() {
+        Ok(source) => source.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Records the document of the config just put in force.
+fn set_source(shared: &Shared, document: config::node::Node, origin: writes::Origin) {
+    let mut source = match shared.source.lock() {
+        Ok(source) => source,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    source.writes = match origin {
+        writes::Origin::File => 0,
+        writes::Origin::Admin => source.writes + 1,
+    };
+    source.document = Arc::new(document);
+    source.origin = origin;
+}
+
+/// The errors among `problems`, one a line: `body:LINE:COL: message` or `PATH: message`.
+fn describe(problems: &[writes::Problem]) -> String {
+    problems
+        .iter()
+        .filter(|p| p.severity == "error")
+        .map(|p| match (&p.path, p.line) {
+            (_, Some(line)) => format!("body:{line}:{}: {}", p.col.unwrap_or(0), p.message),
+            (Some(path), None) => format!("{path}: {}", p.message),
+            (None, None) => p.message.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The next admin write; never, without the queue.
+async fn next_write(queue: Option<&mut tokio::sync::mpsc::Receiver<Write>>) -> Option<Write> {
+    match queue {
+        Some(queue) => queue.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies one admin API write as a reload is applied (recorded with trigger `admin`), or
+/// says why not; the running config stays on any refusal.
+async fn admin_write(
+    shared: &Arc<Shared>,
+    workers: &[Handle],
+    listeners: &mut ListenerSet,
+    edit: &writes::Edit,
+    if_match: Option<&[String]>,
+) -> Result<Written, Refusal> {
+    let current = shared.snapshot.load_full();
+    let source = current_source(shared);
+    let prepared = match writes::prepare(
+        &current,
+        &source.document,
+        edit,
+        if_match,
+        &shared.config_path,
+        env_of(shared),
+    ) {
+        Ok(prepared) => prepared,
+        Err(Refusal::Invalid(problems)) => {
+            let reason = describe(&problems);
+            record_reload(shared, "admin", None, Some(reason));
+            return Err(Refusal::Invalid(problems));
+        }
+        Err(other) => return Err(other),
+    };
+    let hash = Arc::clone(&prepared.snapshot.hash);
+    let writes::Prepared {
+        snapshot,
+        document,
+        created,
+        warnings,
+    } = prepared;
+    match apply(shared, workers, listeners, snapshot).await {
+        Ok(()) => {
+            set_source(shared, document, writes::Origin::Admin);
+            record_reload(shared, "admin", Some(Arc::clone(&hash)), None);
+            let restart_required = shared
+                .restart_required
+                .lock()
+                .map(|list| list.clone())
+                .unwrap_or_default();
+            Ok(Written {
+                hash,
+                created,
+                restart_required,
+                warnings,
+            })
+        }
+        Err(err) => {
+            let reason = err.to_string();
+            record_reload(shared, "admin", Some(hash), Some(reason.clone()));
+            Err(Refusal::Apply(reason))
+        }
+    }
+}
+
+/// Puts a compiled snapshot in force: binds its new listeners, starts it, swaps it in and
+/// stops the listeners it no longer has. A failure before the swap changes nothing.
+pub(crate) async fn apply(
+    shared: &Arc<Shared>,
+    workers: &[Handle],
+    listeners: &mut ListenerSet,
+    mut next: Snapshot,
+) -> Result<(), ReloadError> {
     let pending = restart_required(&shared.started, workers.len(), listeners, &next);
     // Bind what is new before anything changes, so a failure leaves all as it was.
     let mut fresh = Vec::new();
@@ -679,6 +876,19 @@ fn restart_required(
     let (running, wanted) = (log(&started.access_log), log(&next.spec.access_log));
     if running != wanted {
         out.push(format!("access_log: {running} -> {wanted}"));
+    }
+    let tracing = next
+        .spec
+        .tracing
+        .as_ref()
+        .map(|t| serde_json::json!(t).to_string());
+    if tracing != started.tracing {
+        let show = |t: &Option<String>| t.clone().unwrap_or_else(|| "off".to_owned());
+        out.push(format!(
+            "tracing: {} -> {}",
+            show(&started.tracing),
+            show(&tracing)
+        ));
     }
     let admin = next.admin.as_ref().map(|(addr, _)| *addr);
     if admin != started.admin {

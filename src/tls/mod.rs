@@ -224,6 +224,16 @@ pub(crate) fn load_pair(cert_file: &Path, key_file: &Path) -> Result<LoadedCert,
     })
 }
 
+/// A negotiated TLS version as logs write it.
+pub(crate) fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
+    match version {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
 /// Every certificate in a PEM file.
 pub(crate) fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)

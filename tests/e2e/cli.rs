@@ -1,4 +1,4 @@
-//! `validate`, `run` on bad files, `explain`, `schema`, `version`.
+//! `validate`, `run` on bad files, `explain`, `test`, `schema`, `version`.
 
 use crate::support::{Portico, cli, temp_dir};
 
@@ -723,4 +723,64 @@ fn schema_prints_the_config_schema() {
     assert!(errors.is_empty(), "{errors:#?}");
     let typo: serde_json::Value = serde_json::json!({ "listners": [] });
     assert!(!validator.is_valid(&typo));
+}
+
+#[test]
+fn route_tests_pass_on_the_quickstart_and_fail_readably() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let quickstart = format!("{root}/examples/quickstart.yaml");
+    let cases = format!("{root}/examples/quickstart.cases.yaml");
+    let (code, stdout, stderr) = cli(&["test", "--config", &quickstart, &cases]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.ends_with("4 cases: 4 passed, 0 failed\n"),
+        "{stdout}"
+    );
+
+    let wrong = write(
+        "wrong.cases.yaml",
+        "- request: { url: \"http://localhost:8080/x\" }\n  expect: { route: b1, targets: [127.0.0.1:9001] }\n\
+         - request: { url: \"http://localhost:8080/y\" }\n  expect: { route: app }\n",
+    );
+    let (code, stdout, _) = cli(&["test", "-c", &quickstart, &wrong]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("FAIL  GET http://localhost:8080/x (case 1)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("route: expected `b1`, got `app`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "targets: expected [127.0.0.1:9001], got [127.0.0.1:9001, 127.0.0.1:9002, 127.0.0.1:9003]"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    GET http://localhost:8080/y"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("2 cases: 1 passed, 1 failed\n"),
+        "{stdout}"
+    );
+
+    let typo = write(
+        "typo.cases.yaml",
+        "- request: { url: \"http://localhost:8080/\" }\n  expect: { stauts: 200 }\n",
+    );
+    let (code, _, stderr) = cli(&["test", "-c", &quickstart, &typo]);
+    assert_eq!(code, 2);
+    assert!(stderr.starts_with(&format!("{typo}:2:")), "{stderr}");
+    assert!(stderr.contains("stauts"), "{stderr}");
+
+    let bad = write("bad-for-test.yaml", BAD);
+    let (code, _, stderr) = cli(&["test", "-c", &bad, &cases]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("upstream `nope` is not defined"),
+        "{stderr}"
+    );
 }

@@ -30,6 +30,8 @@ const ENV: &[(&str, &str)] = &[
     ("BOB_KEY", "bob-9a8b7c6d5e4f3a2b"),
     ("JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!"),
     ("CHAT_KEY", "chat-3b9f2e71c0a84d56"),
+    ("PORTICO_ADMIN_TOKEN", "change-me-to-a-long-random-string"),
+    ("DEBUG_TOKEN", "5e6f0a9c1d2b3e4f7a8b"),
     ("INTROSPECTION_SECRET", "s3cret"),
     ("OIDC_CLIENT_SECRET", crate::oidc_op::SECRET),
     (
@@ -48,6 +50,8 @@ fn example_files() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        // Route cases for `portico test` are not configs; cli.rs runs them.
+        .filter(|p| !p.to_string_lossy().ends_with(".cases.yaml"))
         .collect();
     files.sort();
     files
@@ -349,6 +353,50 @@ async fn load_balancing_guide() {
             .any(|l| l.starts_with("ACCESS") && l.contains("\"attempts\":2")),
         "{}",
         gw.log_text()
+    );
+}
+
+#[tokio::test]
+async fn cluster_rate_limits_guide() {
+    let mut redis = crate::l4::Redis::start();
+    let api = TestUpstream::start("api").await;
+    let mut subs = ephemeral(&["127.0.0.1:8080"], &[("127.0.0.1:9001", &api)]);
+    subs.push(admin_ephemeral());
+    subs.push((
+        "url: redis://127.0.0.1:6379".to_owned(),
+        format!("url: redis://127.0.0.1:{}", redis.port),
+    ));
+    let config = substitute(&example("cluster-rate-limit.yaml"), &subs);
+    let nodes = [
+        Portico::start_in_env(&temp_dir("cluster-a"), &config, ENV),
+        Portico::start_in_env(&temp_dir("cluster-b"), &config, ENV),
+    ];
+    let key = env("ALICE_KEY");
+    let headers = [("x-api-key", key)];
+
+    // Step 1: five pass, alternating nodes; the sixth is refused on either.
+    for i in 0..5 {
+        let r = send(&nodes[i % 2].addr("web"), "GET", "/api/x", &headers).await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let r = send(&nodes[1].addr("web"), "GET", "/api/x", &headers).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("ratelimit-policy"), Some("5;w=60"));
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=12).contains(&wait), "{wait}");
+
+    // Step 2: Redis away; the node limits on its own.
+    redis.kill();
+    let r = send(&nodes[0].addr("web"), "GET", "/api/x", &headers).await;
+    assert_eq!(r.status, 200);
+    let metrics = get(nodes[0].admin.as_ref().unwrap(), "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"portico_cluster_limit_decisions_total{by="local"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"portico_cluster_limit_decisions_total{by="redis"} 3"#),
+        "{metrics}"
     );
 }
 
@@ -1131,6 +1179,104 @@ async fn forward_auth_guide() {
         "the auth service gave no usable answer",
         Duration::from_secs(5)
     ));
+}
+
+#[tokio::test]
+async fn debugging_guide() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let mut subs = ephemeral(
+        &["127.0.0.1:8080"],
+        &[("127.0.0.1:9001", &a), ("127.0.0.1:9002", &b)],
+    );
+    subs.push(admin_ephemeral());
+    let receiver = crate::tracing::Receiver::start();
+    subs.push((
+        "endpoint: http://127.0.0.1:4318/v1/traces".to_owned(),
+        format!("endpoint: http://127.0.0.1:{}/v1/traces", receiver.port),
+    ));
+    let config = substitute(&example("debugging.yaml"), &subs);
+    let gw = Portico::start_in_env(&temp_dir("debugging"), &config, ENV);
+    let web = gw.addr("web");
+    let (token, alice) = (env("DEBUG_TOKEN"), env("ALICE_KEY"));
+
+    // Step 1: the decision, for the token only; the header never reaches the backend.
+    let r = send(
+        &web,
+        "GET",
+        "/api/users",
+        &[("x-api-key", alice), ("x-portico-debug", token)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let summary = r.header("x-portico-debug").unwrap().to_owned();
+    let target = if r.body.starts_with("a ") {
+        a.addr()
+    } else {
+        b.addr()
+    };
+    let want = format!(
+        "route=api; upstream=app; target={target}; attempts=1; plugins=key_auth; consumer=alice; head_ms="
+    );
+    assert!(summary.starts_with(&want), "{summary}");
+    assert!(summary.contains("; upstream_ms="), "{summary}");
+    let seen = if r.body.starts_with("a ") {
+        a.last()
+    } else {
+        b.last()
+    };
+    assert!(seen.headers.get("x-portico-debug").is_none());
+
+    let r = send(&web, "GET", "/api/users", &[("x-portico-debug", token)]).await;
+    assert_eq!(r.status, 401);
+    let summary = r.header("x-portico-debug").unwrap();
+    assert!(
+        summary
+            .starts_with("route=api; attempts=0; plugins=key_auth; answered_by=key_auth; head_ms="),
+        "{summary}"
+    );
+
+    for wrong in [None, Some("not-the-token-at-all")] {
+        let mut headers = vec![("x-api-key", alice)];
+        headers.extend(wrong.map(|w| ("x-portico-debug", w)));
+        let r = send(&web, "GET", "/api/users", &headers).await;
+        assert_eq!(r.status, 200);
+        assert!(r.header("x-portico-debug").is_none());
+        let seen = if r.body.starts_with("a ") {
+            a.last()
+        } else {
+            b.last()
+        };
+        assert!(seen.headers.get("x-portico-debug").is_none());
+    }
+    let config = get(gw.admin.as_ref().unwrap(), "/config").await.body;
+    assert!(config.contains(r#""token":"<redacted>""#), "{config}");
+    assert!(!config.contains(token));
+
+    // Step 2: the access line, with the trace id.
+    let r = send(
+        &web,
+        "GET",
+        "/page",
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let line = gw.access_entry("/page");
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["bytes_out"], 7);
+    assert_eq!(line["route"], "site");
+    assert!(line["duration_ms"].as_f64().unwrap() >= line["head_ms"].as_f64().unwrap());
+
+    // Step 4: the caller sampled that trace, so portico exported its part of it.
+    let spans = receiver.trace("4bf92f3577b34da6a3ce929d0e0e4736", 2).await;
+    let server = spans.iter().find(|s| s["name"] == "request").unwrap();
+    assert_eq!(server["parent"], "00f067aa0ba902b7");
+    assert_eq!(server["service"], "portico");
+    assert!(spans.iter().any(|s| s["name"] == "upstream attempt"));
 }
 
 #[tokio::test]
@@ -2345,4 +2491,155 @@ async fn zero_downtime_upgrade_guide() {
         new.log_text()
     );
     assert!(new.log_text().contains("listeners="), "{}", new.log_text());
+}
+
+/// An admin API answer as the guide prints it: config hashes and request ids written as
+/// placeholders, so that this run's values compare.
+fn admin_answer_shape(text: &str) -> String {
+    let request_id = regex::Regex::new(r#""request_id":"[0-9a-f]{32}""#).unwrap();
+    let hash = regex::Regex::new(r"\b[0-9a-f]{16}\b").unwrap();
+    let text = request_id.replace_all(text.trim(), r#""request_id":"...""#);
+    hash.replace_all(&text, "HASH").into_owned()
+}
+
+/// Whether `got` is what the guide shows: equal, or, where the guide elides with `...`, the
+/// shown pieces in order.
+fn shows(expected: &str, got: &str) -> bool {
+    let (expected, got) = (admin_answer_shape(expected), admin_answer_shape(got));
+    if !expected.contains("...") {
+        return expected == got;
+    }
+    let mut rest = got.as_str();
+    for piece in expected.split("...").filter(|p| !p.is_empty()) {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+// The commands run on a blocking thread while the test upstreams answer on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_guide_runs_as_written() {
+    let app = TestUpstream::start("app").await;
+    let users = TestUpstream::start("users").await;
+    let token = env("PORTICO_ADMIN_TOKEN");
+    let mut subs = ephemeral(&["0.0.0.0:8080"], &[("127.0.0.1:9001", &app)]);
+    subs.push(admin_ephemeral());
+    let config = substitute(&example("admin-api.yaml"), &subs);
+    let dir = temp_dir("admin-guide");
+    let gw = Portico::start_in_env(&dir, &config, &[("PORTICO_ADMIN_TOKEN", token)]);
+    let (web, admin) = (gw.addr("web"), gw.admin.clone().unwrap());
+
+    let guide = std::fs::read_to_string(Path::new(ROOT).join("docs/guides/admin-api.md")).unwrap();
+    // The shell lines of the guide after portico is started, each with the answer it shows.
+    let mut steps: Vec<(String, Option<String>)> = Vec::new();
+    let (mut in_sh, mut in_text) = (false, false);
+    for line in guide.lines() {
+        match line.trim_end() {
+            "```sh" => in_sh = true,
+            "```text" => in_text = true,
+            "```" => (in_sh, in_text) = (false, false),
+            // A text block shows what the command before it prints.
+            shown if in_text => {
+                if let Some(last) = steps.last_mut() {
+                    let block = last.1.get_or_insert_with(String::new);
+                    block.push_str(shown);
+                    block.push('\n');
+                }
+            }
+            shown if in_sh => {
+                if let Some(answer) = shown.strip_prefix("# ") {
+                    if let Some(last) = steps.last_mut() {
+                        last.1 = Some(answer.to_owned());
+                    }
+                } else if shown.starts_with("curl ")
+                    || shown.starts_with("ETAG=")
+                    || shown.starts_with("portico plan")
+                    || shown.starts_with("kill -HUP")
+                {
+                    steps.push((shown.to_owned(), None));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(steps.len() >= 12, "{steps:?}");
+    let config_path = gw.config.display().to_string();
+    let mut etag = String::new();
+    for (command, shown) in &steps {
+        if command.starts_with("kill -HUP") {
+            // As `kill -HUP $(pidof portico)` would, for this portico only.
+            assert!(gw.reload(&config), "{}", gw.log_text());
+            continue;
+        }
+        if command.starts_with("portico plan") {
+            // The file, with the admin address the running portico has, as the plan reads
+            // it from there.
+            let plan_config = dir.join("plan.yaml");
+            std::fs::write(
+                &plan_config,
+                config.replace("listen: 127.0.0.1:0", &format!("listen: {admin}")),
+            )
+            .unwrap();
+            let out = Command::new(BIN)
+                .args(["plan", "-c"])
+                .arg(&plan_config)
+                .env("PORTICO_ADMIN_TOKEN", token)
+                .output()
+                .unwrap();
+            let got = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(out.status.code(), Some(0), "{got}");
+            let squeeze = |l: &str| l.split_whitespace().collect::<Vec<_>>().join(" ");
+            let lines: Vec<String> = got.lines().map(squeeze).collect();
+            let shown = shown.as_deref().unwrap_or_default();
+            let changes: Vec<&str> = shown
+                .lines()
+                .filter(|l| l.starts_with("  - ") || l.starts_with("  + ") || l.starts_with("  ~ "))
+                .collect();
+            assert!(changes.len() >= 2, "{shown}");
+            for change in changes {
+                assert!(
+                    lines.contains(&squeeze(change)),
+                    "the guide shows `{change}`; portico plan printed:\n{got}"
+                );
+            }
+            continue;
+        }
+        let line = command
+            .replace("localhost:9901", &admin)
+            .replace("localhost:8080", &web)
+            .replace("127.0.0.1:9002", &users.addr())
+            .replace("@examples/admin-api.yaml", &format!("@{config_path}"));
+        let script = if line.starts_with("ETAG=") {
+            format!("{line}; printf %s \"$ETAG\"")
+        } else {
+            line
+        };
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .env("PORTICO_ADMIN_TOKEN", token)
+            .env("ETAG", &etag)
+            .output()
+            .unwrap();
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{command}: {got}");
+        if command.starts_with("ETAG=") {
+            etag = got.trim().to_owned();
+            assert!(etag.starts_with('"') && etag.len() == 18, "{etag}");
+            continue;
+        }
+        if let Some(shown) = shown {
+            assert!(
+                shows(shown, &got),
+                "{command}\nthe guide shows: {shown}\nportico answered: {got}"
+            );
+        }
+    }
+    // The whole file, sent last, came through the admin API.
+    let bearer = format!("Bearer {token}");
+    let health = send(&admin, "GET", "/health", &[("authorization", &bearer)]).await;
+    assert_eq!(health.json()["source"], "admin", "{}", health.body);
+    assert_eq!(get(&admin, "/health").await.status, 401);
 }

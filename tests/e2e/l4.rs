@@ -27,7 +27,11 @@ pub struct Redis {
 impl Redis {
     /// Starts one and waits until it answers PING.
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// Starts one on `port` (again, after a kill) and waits until it answers PING.
+    pub fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])

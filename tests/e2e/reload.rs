@@ -146,11 +146,41 @@ async fn invalid_reload_is_refused_and_the_old_config_stays() {
             .contains("ghost"),
         "{health}"
     );
+    let hash = health["config_hash"].as_str().unwrap().to_owned();
+    assert_eq!(hash.len(), 16, "{health}");
+    // The history has the start and the refusal; the hash in force is that of the start.
+    let reloads = get(&admin, "/reloads").await.json();
+    let list = reloads["reloads"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{reloads}");
+    assert_eq!(list[0]["trigger"], "start");
+    assert_eq!(list[0]["result"], "applied");
+    assert_eq!(list[0]["hash"], hash.as_str());
+    assert_eq!(list[1]["trigger"], "signal");
+    assert_eq!(list[1]["result"], "refused");
+    assert!(list[1]["hash"].is_null(), "{reloads}");
+    assert!(list[1]["error"].as_str().unwrap().contains("ghost"));
+    // A good reload changes the hash everywhere.
+    let v2 = fill(V1, &[("A", &a.addr())]).replace("v1", "v2");
+    assert!(gw.reload(&v2), "{}", gw.log_text());
+    let health = get(&admin, "/health").await.json();
+    let new_hash = health["config_hash"].as_str().unwrap().to_owned();
+    assert_ne!(new_hash, hash);
+    let reloads = get(&admin, "/reloads").await.json();
+    assert_eq!(reloads["reloads"][2]["hash"], new_hash.as_str());
+    assert_eq!(reloads["reloads"][2]["result"], "applied");
+    let metrics = get(&admin, "/metrics").await.body;
+    assert!(
+        metrics.contains(&format!("portico_config_info{{hash=\"{new_hash}\"}} 1")),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&hash), "the old hash is gone: {metrics}");
+    assert!(health["last_reload_error"].is_null(), "{health}");
     let metrics = get(&admin, "/metrics").await.body;
     assert!(
         metrics.contains(r#"portico_config_reloads_total{result="failure"} 1"#),
         "{metrics}"
     );
+    assert_eq!(get(&web, "/version").await.body, "v2");
 }
 
 #[tokio::test]

@@ -109,7 +109,10 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             yaml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+            // Route cases for `portico test` are not configs.
+            && !path.to_string_lossy().ends_with(".cases.yaml")
+        {
             out.push(path);
         }
     }

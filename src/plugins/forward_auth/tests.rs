@@ -36,6 +36,7 @@ fn build(yaml: &str) -> Result<ForwardAuth, BuildError> {
             &spec,
             BuildEnv {
                 upstreams: UpstreamLookup(&lookup),
+                redis: None,
                 ..env
             },
         )

@@ -28,6 +28,32 @@ pub(crate) struct Question<'a> {
     pub(crate) client: std::net::IpAddr,
 }
 
+impl<'a> Question<'a> {
+    /// A question from the words a user typed: a method, a URL and `Name: value` headers.
+    pub(crate) fn parse(method: &str, url: &'a str, headers: &[String]) -> Result<Self, String> {
+        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("invalid method `{method}`"))?;
+        let mut map = HeaderMap::new();
+        for h in headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| "invalid header: expected `Name: value`".to_owned())?;
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| format!("invalid header name `{}`", name.trim()))?;
+            // The value may be a credential: never repeated.
+            let value = http::HeaderValue::from_str(value.trim())
+                .map_err(|_| format!("invalid value for header `{name}`"))?;
+            map.append(name, value);
+        }
+        Ok(Question {
+            method,
+            url,
+            headers: map,
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+        })
+    }
+}
+
 /// A question that cannot be answered.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum QuestionError {
@@ -48,8 +74,59 @@ pub(crate) enum QuestionError {
     NoListeners,
 }
 
+/// What `explain` decided, in fields (for `portico test`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Decision {
+    /// The listener that takes the request.
+    pub(crate) listener: Option<String>,
+    /// The route chosen; `None` when no route matches (or the listener has no routes).
+    pub(crate) route: Option<String>,
+    /// The upstream the request (or connection) goes to.
+    pub(crate) upstream: Option<String>,
+    /// That upstream's targets, as written in the config.
+    pub(crate) targets: Vec<String>,
+    /// The status portico decides: that of `respond`, `redirect`, a refusal (400, 404, a
+    /// plugin's), or 200 when it lets the request through to its action. `None` on layer 4.
+    pub(crate) status: Option<u16>,
+    /// The path sent upstream (after `path_policy` and `rewrite`).
+    pub(crate) path: Option<String>,
+}
+
 /// The answer, as lines of text; `Err` when the question itself is malformed.
 pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, QuestionError> {
+    decide(snap, q).map(|(text, _)| text)
+}
+
+/// The answer, as lines of text and as fields.
+pub(crate) fn decide(
+    snap: &Snapshot,
+    q: &Question<'_>,
+) -> Result<(String, Decision), QuestionError> {
+    let mut decision = Decision::default();
+    let text = explain_into(snap, q, &mut decision)?;
+    Ok((text, decision))
+}
+
+/// The status of the `result` line a plugin that answered wrote last.
+fn stopped_status(out: &str) -> Option<u16> {
+    let line = out.lines().rev().find(|l| l.starts_with("result    "))?;
+    line["result    ".len()..].get(..3)?.parse().ok()
+}
+
+fn set_upstream(decision: &mut Decision, upstream: &super::Upstream) {
+    decision.upstream = Some(upstream.name.to_string());
+    decision.targets = upstream
+        .targets
+        .iter()
+        .map(|t| t.address.to_string())
+        .collect();
+}
+
+fn explain_into(
+    snap: &Snapshot,
+    q: &Question<'_>,
+    decision: &mut Decision,
+) -> Result<String, QuestionError> {
     let uri: http::Uri = q.url.parse().map_err(|source| QuestionError::Url {
         url: shown_url(q.url),
         source,
@@ -90,6 +167,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         "listener  {} ({}) — {why}",
         listener.name, listener.addr
     );
+    decision.listener = Some(listener.name.to_string());
     if let Some(accept) = &listener.proxy_protocol {
         let verdict = if accept.trusts(q.client) {
             "a trusted source: its header's client address is the client (the peer stands in here)"
@@ -112,6 +190,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
 
     if let Some(udp) = &listener.udp {
         let upstream = &udp.upstream;
+        set_upstream(decision, upstream);
         let _ = writeln!(
             out,
             "udp       not HTTP: each flow (client address and port) goes to upstream `{}` ({}), \
@@ -128,10 +207,13 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         return Ok(out);
     }
     if let Some(passthrough) = &listener.passthrough {
-        explain_passthrough(&mut out, passthrough, authority.host(), q);
+        if let Some(upstream) = explain_passthrough(&mut out, passthrough, authority.host(), q) {
+            set_upstream(decision, upstream);
+        }
         return Ok(out);
     }
     if let Some(stream) = &listener.stream {
+        set_upstream(decision, &stream.upstream);
         explain_stream(&mut out, listener, stream, q);
         return Ok(out);
     }
@@ -166,6 +248,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         Ok(p) => p.into_owned(),
         Err(err) => {
             let _ = writeln!(out, "result    400 Bad Request — {err}");
+            decision.status = Some(400);
             return Ok(out);
         }
     };
@@ -177,6 +260,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
 
     if let Some((port, status)) = listener.redirect_https {
         let location = super::https_location(port, &host, &normal, query.as_deref());
+        decision.status = Some(status.as_u16());
         let _ = writeln!(
             out,
             "action    redirect {status} to {location} — the listener sends every request to \
@@ -213,11 +297,15 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         let _ = writeln!(out, "route     (none): the global plugins run, then 404");
         if plugins::explain(&snap.global, q, &uri, &mut out, &secrets) == plugins::Outcome::Passed {
             let _ = writeln!(out, "result    404 Not Found — no route matches");
+            decision.status = Some(404);
+        } else {
+            decision.status = stopped_status(&out);
         }
         return Ok(out);
     };
     let route = &listener.routes[index].route;
     let _ = writeln!(out, "route     {}", route.name);
+    decision.route = Some(route.name.to_string());
     // The route's path policy, as the proxy applies it (routing/path.rs).
     let same_route = |kept: &str| {
         let kept = RequestView { path: kept, ..view };
@@ -231,16 +319,22 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
         Ok(None) => normal,
         Err(err) => {
             let _ = writeln!(out, "result    400 Bad Request — {err}");
+            decision.status = Some(400);
             return Ok(out);
         }
     };
     match plugins::explain(&route.plugins, q, &uri, &mut out, &secrets) {
-        plugins::Outcome::Stopped => return Ok(out),
+        plugins::Outcome::Stopped => {
+            decision.status = stopped_status(&out);
+            return Ok(out);
+        }
         plugins::Outcome::Passed => {}
     }
+    decision.status = Some(200);
     match &route.action {
         Action::Respond(r) => {
             let _ = writeln!(out, "action    respond {}", r.status);
+            decision.status = Some(r.status.as_u16());
         }
         Action::Static(site) => {
             let _ = writeln!(out, "action    static files under {}", site.root.display());
@@ -254,6 +348,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             aggregate::explain(&mut out, agg, &req, &secrets);
         }
         Action::Redirect(r) => {
+            decision.status = Some(r.status.as_u16());
             let _ = writeln!(
                 out,
                 "action    redirect {} to {}",
@@ -269,6 +364,7 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             let arm =
                 sequence[next.load(std::sync::atomic::Ordering::Relaxed) % sequence.len()] as usize;
             let upstream = &arms[arm];
+            set_upstream(decision, upstream);
             if arms.len() > 1 {
                 let names: Vec<&str> = arms.iter().map(|u| &*u.name).collect();
                 let _ = writeln!(
@@ -282,6 +378,9 @@ pub(crate) fn explain(snap: &Snapshot, q: &Question<'_>) -> Result<String, Quest
             }
             if let Some(rewrite) = &route.rewrite {
                 let _ = writeln!(out, "rewrite   {normal} → {}", rewrite.apply(&normal));
+                decision.path = Some(rewrite.apply(&normal).into_owned());
+            } else {
+                decision.path = Some(normal.clone());
             }
             let pick = crate::balance::RequestView {
                 client: q.client,
@@ -315,12 +414,12 @@ fn shown_url(url: &str) -> String {
 }
 
 /// A `tls_passthrough` listener: no HTTP, the ClientHello's server name picks the upstream.
-fn explain_passthrough(
+fn explain_passthrough<'a>(
     out: &mut String,
-    passthrough: &crate::runtime::Passthrough,
+    passthrough: &'a crate::runtime::Passthrough,
     host: &str,
     q: &Question<'_>,
-) {
+) -> Option<&'a super::Upstream> {
     // The client sends the URL's host as SNI (RFC 6066 §3); a Host header never reaches us.
     let name = host.trim_end_matches('.').to_ascii_lowercase();
     let _ = writeln!(
@@ -349,7 +448,7 @@ fn explain_passthrough(
                 out,
                 "result    connection closed — no sni entry matches {name} and the listener has no `upstream`"
             );
-            return;
+            return None;
         }
     };
     let _ = writeln!(
@@ -359,6 +458,7 @@ fn explain_passthrough(
     );
     let pick = crate::balance::RequestView::connection(q.client);
     target_line(out, upstream, &pick);
+    Some(upstream)
 }
 
 /// A `tcp` or `tls` listener: no HTTP, every connection goes to the listener's upstream.
