@@ -73,6 +73,7 @@ impl Gateway {
             "bench.yaml".into(),
             acme,
             states,
+            None,
         );
         Gateway { shared, conn }
     }

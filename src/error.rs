@@ -40,6 +40,7 @@ pub(crate) const ERROR_CODES: &[(&str, u16)] = &[
     ("rate_limited", 429),
     ("host_not_allowed", 403),
     ("rate_limit_unavailable", 503),
+    ("cluster_unavailable", 503),
     ("quota_exceeded", 429),
     ("range_not_satisfiable", 416),
     ("headers_too_large", 431),

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "proxy_protocol",
         "h2frame",
         "config",
+        "cluster",
         "health",
     ],
     &["observe", "admission", "tls", "pool"],

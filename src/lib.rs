@@ -37,6 +37,7 @@ pub(crate) mod balance;
 pub mod bench;
 pub(crate) mod body;
 pub mod cli;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod consumer;
 pub(crate) mod ctx;

@@ -51,6 +51,7 @@ pub(crate) const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/dashboard/app.css"),
     ("GET", "/stats"),
     ("POST", "/explain"),
+    ("GET", "/cluster/nodes"),
 ];
 
 /// The OpenAPI 3.1 document of the admin API.
@@ -70,6 +71,7 @@ pub(crate) fn template(path: &str) -> Option<(&'static str, Option<&str>)> {
         dashboard::STYLE_PATH,
         "/stats",
         "/explain",
+        "/cluster/nodes",
     ];
     if let Some(found) = fixed.iter().find(|f| **f == path) {
         return Some((found, None));
@@ -178,6 +180,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         ("POST", "/explain") => dashboard::explain(shared, req).await,
         ("POST", _) => cache_purge(shared, req).await,
         ("GET", "/stats") => dashboard::stats(shared, &snap),
+        ("GET", "/cluster/nodes") => cluster_nodes(shared).await,
         ("PUT" | "DELETE", _) => write::write(shared, &snap, req, section, name.as_deref()).await,
         ("GET", "/config") => write::get_config(shared, &snap, req.uri().query()),
         ("GET", "/openapi.json") => {
@@ -193,6 +196,47 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             (_, name) => answer(shared, &snap, tpl, name.as_deref()),
         },
     }
+}
+
+/// `GET /cluster/nodes`: every node's entry, and whether each runs the shared config
+/// revision this node last saw.
+async fn cluster_nodes(shared: &Shared) -> Response<Body> {
+    let Some(cluster) = shared.cluster.as_deref() else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this node is not in a cluster (no cluster.etcd in its config)",
+            &new_request_id(),
+        );
+    };
+    let nodes = match crate::cluster::nodes::list(cluster).await {
+        Ok(nodes) => nodes,
+        Err(err) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                &err.to_string(),
+                &new_request_id(),
+            );
+        }
+    };
+    let newest = cluster.status.seen();
+    let listed: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|node| {
+            let mut value = serde_json::json!(node);
+            value["same_revision"] = serde_json::json!(node.config_revision == newest);
+            value
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "revision": newest,
+            "all_same_revision": nodes.iter().all(|n| n.config_revision == newest),
+            "nodes": listed,
+        }),
+    )
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -365,6 +409,10 @@ fn answer(shared: &Shared, snap: &Snapshot, tpl: &str, name: Option<&str>) -> Re
                     "source": source.name(),
                     "diverged_from_file": source == crate::runtime::writes::Origin::Admin,
                     "admin_writes": writes,
+                    "cluster": shared.cluster.as_ref().map(|c| serde_json::json!({
+                        "node_id": &c.node_id,
+                        "etcd": c.view(),
+                    })),
                 }),
             )
         }

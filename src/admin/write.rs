@@ -437,6 +437,15 @@ fn answer(
             ),
             hash,
         ),
+        Err(Refusal::Unavailable(reason)) => with_etag(
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                &format!("the write was not applied: {reason}"),
+                &new_request_id(),
+            ),
+            hash,
+        ),
         Err(Refusal::Stopping) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",

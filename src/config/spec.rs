@@ -231,9 +231,47 @@ fn two_seconds() -> Dur {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClusterSpec {
+    /// The etcd the nodes keep their shared config in (off when absent: the file is the
+    /// whole config). Read at start only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd: Option<EtcdSpec>,
     /// The Redis that `rate_limit` with `scope: cluster` counts in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) redis: Option<RedisSpec>,
+    /// This node's name in the cluster's node list (default: the host name, then `:` and
+    /// the admin port, or the process id without an admin API). Read at start only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) node_id: Option<At<String>>,
+}
+
+/// `cluster.etcd:` — an etcd (3.4 or later, v3 API) that holds the config every node runs.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EtcdSpec {
+    /// Client URLs of the etcd members, `http://HOST:PORT`; calls fail over between them.
+    pub(crate) endpoints: Vec<At<String>>,
+    /// Prefix of every key portico reads and writes: the shared config is at
+    /// `PREFIX` + `config`, the node list under `PREFIX` + `nodes/`.
+    #[serde(default = "etcd_prefix")]
+    pub(crate) prefix: At<String>,
+    /// Most time one etcd call may take (a watch's opening included).
+    #[serde(default = "two_seconds")]
+    pub(crate) timeout: Dur,
+    /// Time to live of this node's entry in the node list: it disappears this long after the
+    /// node stops renewing it (renewed every third of it).
+    #[serde(default = "ten_seconds")]
+    pub(crate) lease_ttl: Dur,
+}
+
+fn etcd_prefix() -> At<String> {
+    At {
+        pos: super::node::Pos::default(),
+        value: "/portico/".to_owned(),
+    }
+}
+
+fn ten_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
 }
 
 /// `cluster.redis:` — a Redis (5 or later) shared by the nodes.

@@ -224,6 +224,9 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
                 }
             }
         });
+    if let Some(etcd) = spec.cluster.as_ref().and_then(|c| c.etcd.as_ref()) {
+        crate::cluster::check(etcd, &mut diags);
+    }
     let build_env = plugins::BuildEnv {
         consumers: &consumers,
         metrics: env.metrics,

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) source: Mutex<crate::runtime::writes::Source>,
     /// Admin API writes on their way to the control thread.
     pub(crate) writes: crate::runtime::writes::Queue,
+    /// The cluster's etcd, when `cluster.etcd` is set (read at start only).
+    pub(crate) cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -57,6 +59,7 @@ impl Shared {
         config_path: PathBuf,
         acme: std::sync::Arc<crate::tls::acme::Store>,
         states: crate::plugins::state::PluginStates,
+        cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
     ) -> Self {
         let started = Started {
             access_log: snapshot.spec.access_log.clone(),
@@ -88,6 +91,7 @@ impl Shared {
             generation: tokio::sync::watch::Sender::new(0),
             source: Mutex::new(crate::runtime::writes::Source::default()),
             writes: crate::runtime::writes::Queue::default(),
+            cluster,
         }
     }
 }

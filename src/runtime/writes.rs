@@ -22,6 +22,8 @@ pub(crate) enum Origin {
     File,
     /// Admin API writes since the file was last read.
     Admin,
+    /// The node's file merged with the shared config in etcd (`cluster.etcd`).
+    Etcd,
 }
 
 impl Origin {
@@ -30,6 +32,7 @@ impl Origin {
         match self {
             Origin::File => "file",
             Origin::Admin => "admin",
+            Origin::Etcd => "etcd",
         }
     }
 }
@@ -43,17 +46,25 @@ pub(crate) struct Source {
     pub(crate) origin: Origin,
     /// Admin writes applied since the file was last read.
     pub(crate) writes: u64,
+    /// The node's config file as written (in cluster mode, its node-specific sections
+    /// are merged with etcd's).
+    pub(crate) file: Arc<Node>,
+    /// With origin `etcd`: the config key's revision in force.
+    pub(crate) revision: i64,
 }
 
 impl Default for Source {
     fn default() -> Self {
+        let empty = Arc::new(Node {
+            pos: Pos::default(),
+            value: Value::Null,
+        });
         Source {
-            document: Arc::new(Node {
-                pos: Pos::default(),
-                value: Value::Null,
-            }),
+            document: Arc::clone(&empty),
             origin: Origin::File,
             writes: 0,
+            file: empty,
+            revision: 0,
         }
     }
 }
@@ -190,6 +201,8 @@ pub(crate) enum Refusal {
     Apply(String),
     /// The control thread is gone (the process is stopping).
     Stopping,
+    /// The cluster's etcd could not be reached or did not take the write.
+    Unavailable(String),
 }
 
 /// A write ready to apply: the compiled snapshot and the document it came from.

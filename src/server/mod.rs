@@ -6,6 +6,7 @@
 //! runtime: signals, reload, DNS, the admin API, and handing the sockets to a new process
 //! ([`upgrade`]).
 
+mod cluster;
 pub(crate) mod conn;
 pub(crate) mod listeners;
 mod memtrim;

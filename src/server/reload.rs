@@ -100,7 +100,7 @@ pub(crate) fn load(
 }
 
 /// The compile environment of the running process.
-fn env_of(shared: &Shared) -> Env<'_> {
+pub(super) fn env_of(shared: &Shared) -> Env<'_> {
     Env {
         registry: &shared.registry,
         metrics: &shared.metrics,
@@ -129,6 +129,29 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
     let states = PluginStates::default();
     let (snapshot, document) =
         load(path, &registry, &metrics, &acme, &states).map_err(StartError::Config)?;
+    let cluster = match snapshot.spec.cluster.as_ref().and_then(|c| c.etcd.as_ref()) {
+        Some(etcd) => {
+            let id = snapshot
+                .spec
+                .cluster
+                .as_ref()
+                .and_then(|c| c.node_id.as_ref())
+                .map_or_else(
+                    || {
+                        crate::cluster::default_node_id(
+                            snapshot.admin.as_ref().map(|(a, _)| a.port()),
+                        )
+                    },
+                    |id| id.value.clone(),
+                );
+            let made = crate::cluster::Cluster::new(etcd, id).map_err(|e| StartError::Io {
+                what: "cluster.etcd".into(),
+                source: io::Error::other(e),
+            })?;
+            Some(Arc::new(made))
+        }
+        None => None,
+    };
     log_warnings(&snapshot);
     let access_log = if snapshot.spec.access_log.enabled {
         AccessLog::open(&snapshot.spec.access_log.path, metrics.access_log_dropped()).map_err(
@@ -154,6 +177,22 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
     let (handles, stops) = start_workers(workers, snapshot.spec.pin_workers)?;
     let result = control.block_on(async move {
         let mut snapshot = snapshot;
+        let mut merged = None;
+        if let Some(cluster) = &cluster {
+            let env = Env {
+                registry: &registry,
+                metrics: &metrics,
+                acme: &acme,
+                states: &states,
+            };
+            if let Some((from_etcd, document)) =
+                super::cluster::start_config(cluster, &document, path, env).await
+            {
+                log_warnings(&from_etcd);
+                snapshot = from_etcd;
+                merged = Some(document);
+            }
+        }
         start_snapshot(&mut snapshot, &states, &acme, &metrics).await;
         let shared = Arc::new(Shared::new(
             snapshot,
@@ -163,8 +202,12 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
             path.to_owned(),
             acme,
             states,
+            cluster,
         ));
         set_source(&shared, document, writes::Origin::File);
+        if let (Some(merged), Some(cluster)) = (merged, &shared.cluster) {
+            super::cluster::set_source(&shared, merged, cluster.status.applied());
+        }
         commit_registry(&shared);
         control_loop(shared, handles, upgrade_from).await
     });
@@ -432,8 +475,31 @@ async fn control_loop(
     let mut serving: Option<tokio::sync::oneshot::Receiver<upgrade::Serving>> = None;
     let mut handed = None;
     let mut admin_writes = shared.writes.rx.lock().ok().and_then(|mut rx| rx.take());
+    let mut etcd_changes = shared.cluster.as_ref().map(|cluster| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        drop(tokio::spawn(crate::cluster::watch::run(
+            Arc::clone(cluster),
+            tx,
+        )));
+        let address = admin
+            .as_ref()
+            .map(|a| a.local.to_string())
+            .unwrap_or_default();
+        drop(tokio::spawn(crate::cluster::nodes::run(
+            Arc::clone(cluster),
+            address,
+        )));
+        rx
+    });
     loop {
         tokio::select! {
+            Some(change) = next_change(etcd_changes.as_mut()) => {
+                let started = std::time::SystemTime::now();
+                if super::cluster::apply_change(&shared, &workers, &mut listeners, change).await {
+                    resolve_now.notify_one();
+                    stamps = stamps_after(&shared.snapshot.load(), started);
+                }
+            }
             Some(write) = next_write(admin_writes.as_mut()) => {
                 let started = std::time::SystemTime::now();
                 let Write { edit, if_match, reply } = write;
@@ -632,7 +698,7 @@ async fn try_reload(
     compiled: &mut Option<Arc<str>>,
 ) -> Result<(), ReloadError> {
     let source = current_source(shared);
-    if trigger == "files" && source.origin == writes::Origin::Admin {
+    if trigger == "files" && source.origin != writes::Origin::File {
         // A certificate changed under a config the admin API wrote: that config is compiled
         // again (so it reads the new files), not the file it replaced.
         let (next, _) =
@@ -649,6 +715,17 @@ async fn try_reload(
         &shared.states,
     )
     .map_err(ReloadError::Config)?;
+    if source.origin == writes::Origin::Etcd {
+        // The file's node-specific sections, with the shared config in force from etcd.
+        let merged = crate::cluster::merge(&document, &crate::cluster::shared_of(&source.document));
+        let (next, _) = writes::compile_document(&merged, &shared.config_path, env_of(shared))
+            .map_err(|problems| ReloadError::Document(describe(&problems)))?;
+        *compiled = Some(Arc::clone(&next.hash));
+        apply(shared, workers, listeners, next).await?;
+        set_source(shared, document, writes::Origin::File);
+        super::cluster::set_source(shared, merged, source.revision);
+        return Ok(());
+    }
     *compiled = Some(Arc::clone(&next.hash));
     apply(shared, workers, listeners, next).await?;
     set_source(shared, document, writes::Origin::File);
@@ -656,7 +733,7 @@ async fn try_reload(
 }
 
 /// The document of the config in force.
-fn current_source(shared: &Shared) -> writes::Source {
+pub(super) fn current_source(shared: &Shared) -> writes::Source {
     match shared.source.lock() {
         Ok(source) => source.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
@@ -670,15 +747,19 @@ fn set_source(shared: &Shared, document: config::node::Node, origin: writes::Ori
         Err(poisoned) => poisoned.into_inner(),
     };
     source.writes = match origin {
-        writes::Origin::File => 0,
+        writes::Origin::File | writes::Origin::Etcd => 0,
         writes::Origin::Admin => source.writes + 1,
     };
     source.document = Arc::new(document);
+    if origin == writes::Origin::File {
+        source.file = Arc::clone(&source.document);
+        source.revision = 0;
+    }
     source.origin = origin;
 }
 
 /// The errors among `problems`, one a line: `body:LINE:COL: message` or `PATH: message`.
-fn describe(problems: &[writes::Problem]) -> String {
+pub(super) fn describe(problems: &[writes::Problem]) -> String {
     problems
         .iter()
         .filter(|p| p.severity == "error")
@@ -689,6 +770,16 @@ fn describe(problems: &[writes::Problem]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The next change of the shared config in etcd; never, without a cluster.
+async fn next_change(
+    changes: Option<&mut tokio::sync::mpsc::Receiver<crate::cluster::watch::Change>>,
+) -> Option<crate::cluster::watch::Change> {
+    match changes {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next admin write; never, without the queue.
@@ -708,6 +799,9 @@ async fn admin_write(
     edit: &writes::Edit,
     if_match: Option<&[String]>,
 ) -> Result<Written, Refusal> {
+    if shared.cluster.is_some() {
+        return super::cluster::write(shared, workers, listeners, edit, if_match).await;
+    }
     let current = shared.snapshot.load_full();
     let source = current_source(shared);
     let prepared = match writes::prepare(
