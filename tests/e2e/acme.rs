@@ -24,13 +24,7 @@ impl Drop for Pebble {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub(crate) use crate::support::free_port;
 
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -10,7 +10,7 @@ use crate::support::client::Reply;
 use crate::support::{H1, Portico, TestUpstream, get};
 
 /// One admin request on a fresh connection.
-async fn call(
+pub(crate) async fn call(
     admin: &str,
     method: &str,
     path: &str,

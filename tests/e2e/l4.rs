@@ -12,11 +12,7 @@ use tokio::net::TcpStream;
 use crate::support::pki::{self, Ca};
 use crate::support::{Portico, cli, fill, get, temp_dir};
 
-/// A port that was free a moment ago (bound on port 0, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+pub use crate::support::free_port;
 
 /// A real `redis-server` on 127.0.0.1, without persistence; killed on drop.
 pub struct Redis {
