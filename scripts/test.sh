@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the test peers the suite starts
-# (curl, openssl, pebble, h2load, redis-server, haproxy; grpcio and websockets for the gRPC
+# (curl, openssl, pebble, h2load, redis-server, etcd, haproxy; grpcio and websockets for the gRPC
 # and WebSocket tests; opentelemetry-proto for the tracing tests; node, Chromium and the OpenID Provider's npm packages for the OIDC tests)
 # when they are missing, then `cargo test`.
 # Extra arguments go to `cargo test` (for example a test name filter).
@@ -18,6 +18,8 @@ command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v haproxy >/dev/null || need+=(haproxy)
+# The cluster tests run portico nodes on a real etcd.
+command -v etcd >/dev/null || need+=(etcd-server)
 # The static-file tests make precompressed siblings with gzip and zstd.
 command -v zstd >/dev/null || need+=(zstd)
 # The OIDC tests run a real OpenID Provider (oidc-provider) under node, and log in through it

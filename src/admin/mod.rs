@@ -364,6 +364,11 @@ async fn cache_purge(shared: &Shared, req: Request<Incoming>) -> Response<Body> 
 fn answer(shared: &Shared, snap: &Snapshot, tpl: &str, name: Option<&str>) -> Response<Body> {
     match tpl {
         "/metrics" => {
+            if let Some(cluster) = &shared.cluster {
+                shared
+                    .metrics
+                    .cluster(cluster.status.connected(), cluster.status.applied());
+            }
             // Targets are read at scrape time, so their series are exact whatever moved them.
             shared
                 .metrics

@@ -189,6 +189,8 @@ pub(crate) struct Metrics {
     access_log_dropped: Counter,
     trace_spans_dropped: Counter,
     cluster_decisions: Family<DecisionLabels, Counter>,
+    etcd_connected: Gauge,
+    etcd_revision: Gauge,
     tls_handshakes: Family<HandshakeLabels, Counter>,
     plugin_answers: Family<PluginAnswerLabels, Counter>,
     upstream_requests: Family<TargetOutcomeLabels, Counter>,
@@ -304,6 +306,18 @@ impl Metrics {
             "gRPC calls ended, by grpc-status",
             grpc.clone(),
         );
+        let etcd_connected = Gauge::default();
+        registry.register(
+            "cluster_etcd_connected",
+            "1 while the last call to the cluster's etcd succeeded (cluster.etcd), else 0",
+            etcd_connected.clone(),
+        );
+        let etcd_revision = Gauge::default();
+        registry.register(
+            "cluster_config_revision",
+            "The etcd revision of the shared config in force (0: none from etcd)",
+            etcd_revision.clone(),
+        );
         let background_tasks = Gauge::default();
         registry.register(
             "background_tasks",
@@ -401,6 +415,8 @@ impl Metrics {
             access_log_dropped,
             trace_spans_dropped,
             cluster_decisions,
+            etcd_connected,
+            etcd_revision,
             tls_handshakes,
             plugin_answers,
             upstream_requests,
@@ -472,6 +488,12 @@ impl Metrics {
     /// The families of udp listeners.
     pub(crate) fn udp(&self) -> &super::udp::UdpMetrics {
         &self.udp
+    }
+
+    /// What the node knows of the cluster's etcd, set at scrape.
+    pub(crate) fn cluster(&self, connected: bool, revision: i64) {
+        self.etcd_connected.set(i64::from(connected));
+        self.etcd_revision.set(revision);
     }
 
     /// The live background task gauge, which [`crate::background::spawn`] moves.

@@ -20,6 +20,7 @@ mod defects;
 mod discovery;
 mod early;
 mod edge;
+mod etcd;
 mod exit;
 mod forward_auth;
 mod gateway;

@@ -42,8 +42,18 @@ impl Etcd {
         let child = Command::new("etcd")
             .arg("--data-dir")
             .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("default={peer}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,7 +68,8 @@ impl Etcd {
     }
 
     fn healthy(&self) -> bool {
-        self.call("/health", "").is_some_and(|v| v["health"] == "true")
+        self.call("/health", "")
+            .is_some_and(|v| v["health"] == "true")
     }
 
     /// Stops it (SIGKILL); its data stays for [`Etcd::restart`].
@@ -69,12 +80,16 @@ impl Etcd {
         }
     }
 
-    /// Posts `body` to the JSON gateway at `path`; the answer, if any.
+    /// Posts `body` to the JSON gateway at `path` (a GET without a body); the answer, if
+    /// any.
     pub fn call(&self, path: &str, body: &str) -> Option<serde_json::Value> {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "5", "-X", "POST"])
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "--max-time", "5"]);
+        if !body.is_empty() {
+            curl.args(["-X", "POST", "-d", body]);
+        }
+        let out = curl
             .arg(format!("{}{path}", self.url()))
-            .args(["-d", body])
             .stdin(Stdio::null())
             .output()
             .ok()?;
@@ -84,7 +99,9 @@ impl Etcd {
     /// Writes `value` at `key`; the new revision.
     pub fn put(&self, key: &str, value: &str) -> i64 {
         let body = serde_json::json!({ "key": B64.encode(key), "value": B64.encode(value) });
-        let answer = self.call("/v3/kv/put", &body.to_string()).expect("etcd answers");
+        let answer = self
+            .call("/v3/kv/put", &body.to_string())
+            .expect("etcd answers");
         number(&answer["header"]["revision"])
     }
 
@@ -94,10 +111,7 @@ impl Etcd {
         let answer = self.call("/v3/kv/range", &body.to_string())?;
         let kv = answer["kvs"].get(0)?;
         let value = B64.decode(kv["value"].as_str()?).ok()?;
-        Some((
-            String::from_utf8(value).ok()?,
-            number(&kv["mod_revision"]),
-        ))
+        Some((String::from_utf8(value).ok()?, number(&kv["mod_revision"])))
     }
 
     /// Compacts the history up to `revision`.

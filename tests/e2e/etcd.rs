@@ -1,0 +1,371 @@
+//! `cluster.etcd` against a real etcd: three portico nodes run the shared config etcd holds,
+//! a route written through one node's admin API serves on all three, conflicting writes on
+//! two nodes lose nothing (one 412), an invalid config is refused by every node, and nodes
+//! keep serving while etcd is away and catch up after, even past a compaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::admin_api::call;
+use crate::support::etcd::Etcd;
+use crate::support::{Portico, TestUpstream, fill, get};
+
+fn node(etcd: &str, id: &str) -> String {
+    fill(
+        "\
+workers: 1
+admin: { listen: 127.0.0.1:0 }
+cluster:
+  node_id: @ID@
+  etcd: { endpoints: [ '@ETCD@' ], timeout: 1s, lease_ttl: 3s }
+listeners:
+  - { name: web, bind: 127.0.0.1:0 }
+",
+        &[("ETCD", etcd), ("ID", id)],
+    )
+}
+
+fn shared(a: &str, b: &str) -> String {
+    shared_with(a, b, "")
+}
+
+/// The shared config with route `a`, then `more` routes (YAML list items).
+fn shared_with(a: &str, b: &str, more: &str) -> String {
+    fill(
+        "\
+routes:
+  - { name: a, match: { path_prefix: /a }, upstream: a }
+@MORE@upstreams:
+  a: { targets: [ { address: '@A@' } ] }
+  b: { targets: [ { address: '@B@' } ] }
+",
+        &[("A", a), ("B", b), ("MORE", more)],
+    )
+}
+
+fn admin(node: &Portico) -> String {
+    node.admin.clone().expect("an admin address")
+}
+
+async fn health(node: &Portico) -> serde_json::Value {
+    get(&admin(node), "/health").await.json()
+}
+
+/// Waits until `check` holds, or fails after `limit`; how long it took.
+async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn status_of(node: &Portico, path: &str) -> u16 {
+    get(&node.addr("web"), path).await.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_run_the_config_in_etcd_and_writes_on_one_serve_on_all() {
+    let etcd = Etcd::start();
+    let a = TestUpstream::start("A").await;
+    let b = TestUpstream::start("B").await;
+    let revision = etcd.put("/portico/config", &shared(&a.addr(), &b.addr()));
+    let nodes: Vec<Portico> = (0..3)
+        .map(|i| Portico::start(&node(&etcd.url(), &format!("n{i}"))))
+        .collect();
+    for node in &nodes {
+        let reply = get(&node.addr("web"), "/a").await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "A /a"));
+        let health = health(node).await;
+        assert_eq!(health["source"], "etcd", "{health}");
+        assert_eq!(health["cluster"]["etcd"]["connected"], true, "{health}");
+        assert_eq!(health["cluster"]["etcd"]["revision"], revision, "{health}");
+    }
+
+    // A route written through node 0 serves on all three.
+    let route = r#"{ "match": { "path_prefix": "/b" }, "upstream": "b" }"#;
+    let written = call(&admin(&nodes[0]), "PUT", "/routes/b", &[], route).await;
+    assert_eq!(written.status, 201, "{}", written.body);
+    let took = until(Duration::from_secs(5), "route b on every node", || async {
+        let mut all = true;
+        for node in &nodes {
+            all &= status_of(node, "/b").await == 200;
+        }
+        all
+    })
+    .await;
+    println!("a route written on one node served on all three after {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (text, _) = etcd.get("/portico/config").expect("the config in etcd");
+    assert!(text.contains("\"b\""), "{text}");
+
+    // Every node lists the three, on one revision.
+    let listed = until(
+        Duration::from_secs(5),
+        "three nodes on one revision",
+        || async {
+            let nodes = get(&admin(&nodes[0]), "/cluster/nodes").await.json();
+            nodes["nodes"].as_array().is_some_and(|l| l.len() == 3)
+                && nodes["all_same_revision"] == true
+        },
+    )
+    .await;
+    println!("node list agreed after {listed:?}");
+    let list = get(&admin(&nodes[2]), "/cluster/nodes").await.json();
+    let ids: Vec<&str> = list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["n0", "n1", "n2"], "{list}");
+    assert_eq!(list["nodes"][1]["address"], admin(&nodes[1]), "{list}");
+
+    // Two admins, two nodes, one base: one write applies, the other is told (412).
+    let etag = |node: &Portico| {
+        let admin = admin(node);
+        async move {
+            get(&admin, "/config")
+                .await
+                .header("etag")
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (tag1, tag2) = (etag(&nodes[1]).await, etag(&nodes[2]).await);
+    let (admin1, admin2) = (admin(&nodes[1]), admin(&nodes[2]));
+    let (match1, match2) = ([("if-match", tag1.as_str())], [("if-match", tag2.as_str())]);
+    let one = call(
+        &admin1,
+        "PUT",
+        "/routes/c1",
+        &match1,
+        r#"{ "match": { "path": "/c1" }, "upstream": "a" }"#,
+    );
+    let two = call(
+        &admin2,
+        "PUT",
+        "/routes/c2",
+        &match2,
+        r#"{ "match": { "path": "/c2" }, "upstream": "b" }"#,
+    );
+    let (one, two) = tokio::join!(one, two);
+    let mut statuses = [one.status, two.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 412], "{} / {}", one.body, two.body);
+    let (text, _) = etcd.get("/portico/config").unwrap();
+    assert_eq!(
+        [text.contains("\"c1\""), text.contains("\"c2\"")],
+        [one.status == 201, two.status == 201],
+        "{text}"
+    );
+    // The loser retries on a fresh read and both stand.
+    let (loser, path, upstream) = if one.status == 412 {
+        (&nodes[1], "c1", "a")
+    } else {
+        (&nodes[2], "c2", "b")
+    };
+    until(
+        Duration::from_secs(5),
+        "the loser's node catches up",
+        || async {
+            health(loser).await["cluster"]["etcd"]["revision"]
+                == health(&nodes[0]).await["cluster"]["etcd"]["revision"]
+        },
+    )
+    .await;
+    let tag = etag(loser).await;
+    let body = format!(r#"{{ "match": {{ "path": "/{path}" }}, "upstream": "{upstream}" }}"#);
+    let retried = call(
+        &admin(loser),
+        "PUT",
+        &format!("/routes/{path}"),
+        &[("if-match", &tag)],
+        &body,
+    )
+    .await;
+    assert_eq!(retried.status, 201, "{}", retried.body);
+    until(
+        Duration::from_secs(5),
+        "c1 and c2 on every node",
+        || async {
+            let mut all = true;
+            for node in &nodes {
+                all &= status_of(node, "/c1").await == 200 && status_of(node, "/c2").await == 200;
+            }
+            all
+        },
+    )
+    .await;
+
+    // An invalid config in etcd: every node refuses it, says why and keeps serving.
+    let bad = etcd.put(
+        "/portico/config",
+        "routes:\n  - { name: a, match: { path_prefix: /a }, upstream: nowhere }\n",
+    );
+    for node in &nodes {
+        until(Duration::from_secs(5), "the refusal in /health", || async {
+            health(node).await["cluster"]["etcd"]["refused_revision"] == bad
+        })
+        .await;
+        let health = health(node).await;
+        let reason = health["cluster"]["etcd"]["refused_reason"]
+            .as_str()
+            .unwrap();
+        assert!(reason.contains("nowhere"), "{reason}");
+        assert!(reason.contains(&format!("revision {bad}")), "{reason}");
+        assert_eq!(status_of(node, "/b").await, 200);
+    }
+    let nodes_view = get(&admin(&nodes[0]), "/cluster/nodes").await.json();
+    assert_eq!(nodes_view["nodes"][0]["health"], "degraded", "{nodes_view}");
+    // Node-specific sections never come from etcd.
+    let node_section = etcd.put("/portico/config", "listeners: []\n");
+    until(Duration::from_secs(5), "a node section refused", || async {
+        health(&nodes[1]).await["cluster"]["etcd"]["refused_revision"] == node_section
+    })
+    .await;
+    assert_eq!(status_of(&nodes[1], "/b").await, 200);
+}
+
+/// A TCP relay to etcd that the test can cut (closing what it relays and refusing new
+/// connections) and mend: one node losing etcd while the others do not.
+struct Relay {
+    addr: String,
+    cut: Arc<AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(to: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let (flag, watch) = (Arc::clone(&cut), cuts.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let to = to.clone();
+                let mut cut_now = watch.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_now.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut, cuts }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_serving_without_etcd_and_catch_up_after_it_and_after_a_compaction() {
+    let mut etcd = Etcd::start();
+    let a = TestUpstream::start("A").await;
+    let b = TestUpstream::start("B").await;
+    etcd.put("/portico/config", &shared(&a.addr(), &b.addr()));
+    let relay = Relay::start(format!("127.0.0.1:{}", etcd.port)).await;
+    let direct = Portico::start(&node(&etcd.url(), "direct"));
+    let relayed = Portico::start(&node(&format!("http://{}", relay.addr), "relayed"));
+    for node in [&direct, &relayed] {
+        assert_eq!(status_of(node, "/a").await, 200);
+    }
+
+    // etcd stopped: both keep serving and say so.
+    etcd.kill();
+    for node in [&direct, &relayed] {
+        until(
+            Duration::from_secs(10),
+            "disconnected in /health",
+            || async { health(node).await["cluster"]["etcd"]["connected"] == false },
+        )
+        .await;
+        assert_eq!(status_of(node, "/a").await, 200);
+        let metrics = get(&admin(node), "/metrics").await.body;
+        assert!(
+            metrics.contains("portico_cluster_etcd_connected 0"),
+            "{metrics}"
+        );
+        let refused = call(
+            &admin(node),
+            "PUT",
+            "/routes/x",
+            &[],
+            r#"{ "upstream": "a" }"#,
+        )
+        .await;
+        assert_eq!(refused.status, 503, "{}", refused.body);
+        assert_eq!(refused.json()["error"], "cluster_unavailable");
+    }
+
+    // Restarted: a change made meanwhile reaches both.
+    etcd.restart();
+    let with_b = shared_with(
+        &a.addr(),
+        &b.addr(),
+        "  - { name: b, match: { path_prefix: /b }, upstream: b }\n",
+    );
+    let revision = etcd.put("/portico/config", &with_b);
+    for node in [&direct, &relayed] {
+        until(
+            Duration::from_secs(15),
+            "caught up after etcd came back",
+            || async { status_of(node, "/b").await == 200 },
+        )
+        .await;
+        assert_eq!(health(node).await["cluster"]["etcd"]["revision"], revision);
+    }
+
+    // One node cut off while the config moves on and the history is compacted past it.
+    relay.cut();
+    until(
+        Duration::from_secs(10),
+        "the relayed node disconnected",
+        || async { health(&relayed).await["cluster"]["etcd"]["connected"] == false },
+    )
+    .await;
+    etcd.put("/portico/config", &shared(&a.addr(), &b.addr()));
+    let last = etcd.put("/portico/config", &with_b.replace("/b", "/c"));
+    etcd.compact(last);
+    relay.mend();
+    until(
+        Duration::from_secs(15),
+        "caught up past the compaction",
+        || async { status_of(&relayed, "/c").await == 200 },
+    )
+    .await;
+    assert_eq!(status_of(&relayed, "/b").await, 404);
+    assert_eq!(health(&relayed).await["cluster"]["etcd"]["revision"], last);
+    assert!(
+        relayed.wait_log("compacted", Duration::from_secs(1)),
+        "{}",
+        relayed.log_text()
+    );
+    assert_eq!(status_of(&direct, "/c").await, 200);
+}
