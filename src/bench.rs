@@ -73,7 +73,6 @@ impl Gateway {
             "bench.yaml".into(),
             acme,
             states,
-            None,
         );
         Gateway { shared, conn }
     }

@@ -1,5 +1,7 @@
-//! The command line: `run`, `validate`, `explain`, `test`, `plan`, `schema`, `version`.
+//! The command line: `run`, `validate`, `explain`, `test`, `plan`, `config`, `schema`,
+//! `version`.
 
+mod etcd;
 mod plan;
 
 use std::path::PathBuf;
@@ -94,6 +96,22 @@ enum Command {
         /// variable).
         #[arg(long, value_name = "TOKEN")]
         admin_token: Option<String>,
+        /// Compare with the shared config a cluster's etcd holds: the new config is then a
+        /// shared config (as `config push` takes). Repeat for several members.
+        #[arg(long = "etcd", value_name = "URL", conflicts_with = "from")]
+        etcd: Vec<String>,
+        /// With --etcd: the key prefix (default: the node file's, else /portico/).
+        #[arg(long, value_name = "PREFIX", conflicts_with = "from")]
+        prefix: Option<String>,
+        /// With --etcd (or instead of it): a node's own config file; both sides are merged
+        /// into it, and its `cluster.etcd` names etcd when --etcd is not given.
+        #[arg(long, value_name = "NODE.yaml", conflicts_with = "from")]
+        node: Option<PathBuf>,
+    },
+    /// The shared config of a cluster in etcd (`cluster.etcd`): `push`, `pull`, `history`.
+    Config {
+        #[command(subcommand)]
+        action: etcd::Action,
     },
     /// Prints the JSON Schema (draft 2020-12) of the config file, for editors and tools.
     Schema,
@@ -207,7 +225,17 @@ pub fn run() -> ExitCode {
             config,
             from,
             admin_token,
-        } => plan_command(&config, from.as_deref(), admin_token),
+            etcd,
+            prefix,
+            node,
+        } => {
+            if etcd.is_empty() && node.is_none() {
+                plan_command(&config, from.as_deref(), admin_token)
+            } else {
+                plan_etcd(&config, &etcd::Target::new(etcd, prefix, node))
+            }
+        }
+        Command::Config { action } => etcd::run(action),
         Command::Schema => {
             out(&crate::config::schema::text());
             ExitCode::SUCCESS
@@ -305,19 +333,40 @@ fn plan_command(
 }
 
 fn compile(path: &std::path::Path) -> Result<runtime::Snapshot, Vec<crate::config::Diagnostic>> {
+    with_env(|env| runtime::load(path, env))
+}
+
+/// Runs `work` with a compile environment of its own (no process to share state with).
+fn with_env<T>(work: impl FnOnce(Env<'_>) -> T) -> T {
     let registry = Registry::default();
     let metrics = Metrics::new();
     let acme = crate::tls::acme::Store::default();
     let states = crate::plugins::state::PluginStates::default();
-    runtime::load(
-        path,
-        Env {
-            registry: &registry,
-            metrics: &metrics,
-            acme: &acme,
-            states: &states,
-        },
-    )
+    work(Env {
+        registry: &registry,
+        metrics: &metrics,
+        acme: &acme,
+        states: &states,
+    })
+}
+
+/// `portico plan --etcd ...`: the shared config etcd holds against a new one.
+fn plan_etcd(config: &std::path::Path, target: &etcd::Target) -> ExitCode {
+    let ((old, from), (new, to)) = match etcd::plan_sides(config, target) {
+        Ok(sides) => sides,
+        Err((code, message)) => {
+            eprintln!("{message}");
+            return ExitCode::from(code);
+        }
+    };
+    let value = |snap: &runtime::Snapshot| {
+        let mut value = serde_json::to_value(&snap.spec).unwrap_or_default();
+        crate::config::secret::Credentials::of(&snap.spec).redact(&mut value);
+        value
+    };
+    let changes = plan::diff(&value(&old), &value(&new));
+    out(&plan::render(&from, &to, &changes));
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {

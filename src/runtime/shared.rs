@@ -59,7 +59,6 @@ impl Shared {
         config_path: PathBuf,
         acme: std::sync::Arc<crate::tls::acme::Store>,
         states: crate::plugins::state::PluginStates,
-        cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
     ) -> Self {
         let started = Started {
             access_log: snapshot.spec.access_log.clone(),
@@ -91,8 +90,17 @@ impl Shared {
             generation: tokio::sync::watch::Sender::new(0),
             source: Mutex::new(crate::runtime::writes::Source::default()),
             writes: crate::runtime::writes::Queue::default(),
-            cluster,
+            cluster: None,
         }
+    }
+
+    /// The same, in the cluster whose etcd `cluster` links to.
+    pub(crate) fn with_cluster(
+        mut self,
+        cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    ) -> Self {
+        self.cluster = cluster;
+        self
     }
 }
 

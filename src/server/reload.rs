@@ -194,16 +194,18 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
             }
         }
         start_snapshot(&mut snapshot, &states, &acme, &metrics).await;
-        let shared = Arc::new(Shared::new(
-            snapshot,
-            registry,
-            metrics,
-            (access_log, tracer),
-            path.to_owned(),
-            acme,
-            states,
-            cluster,
-        ));
+        let shared = Arc::new(
+            Shared::new(
+                snapshot,
+                registry,
+                metrics,
+                (access_log, tracer),
+                path.to_owned(),
+                acme,
+                states,
+            )
+            .with_cluster(cluster),
+        );
         set_source(&shared, document, writes::Origin::File);
         if let (Some(merged), Some(cluster)) = (merged, &shared.cluster) {
             super::cluster::set_source(&shared, merged, cluster.status.applied());

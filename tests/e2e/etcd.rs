@@ -369,3 +369,114 @@ async fn nodes_keep_serving_without_etcd_and_catch_up_after_it_and_after_a_compa
     );
     assert_eq!(status_of(&direct, "/c").await, 200);
 }
+
+#[test]
+fn config_push_pull_history_and_plan_move_the_shared_config_through_etcd() {
+    let etcd = Etcd::start();
+    let dir = crate::support::temp_dir("etcd-cli");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let node = write("node.yaml", &node(&etcd.url(), "n0"));
+    let v1 = write(
+        "v1.yaml",
+        "routes:\n  - { name: a, match: { path: /a }, respond: { status: 200, body: one } }\n",
+    );
+    let v2 = write(
+        "v2.yaml",
+        "routes:\n  - { name: a, match: { path: /a }, respond: { status: 200, body: two } }\n  \
+         - { name: b, match: { path: /b }, respond: { status: 204 } }\n",
+    );
+    let dangling = write(
+        "bad.yaml",
+        "routes:\n  - { name: a, match: { path: /a }, upstream: nowhere }\n",
+    );
+    let node_only = write("listeners.yaml", "listeners: []\n");
+
+    // The node file names etcd; a push is checked before it is written.
+    let (code, out, err) = crate::support::cli(&["config", "push", &v1, "--config", &node]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revision"), "{out}");
+    let (_, first) = etcd.get("/portico/config").unwrap();
+    let (code, _, err) = crate::support::cli(&["config", "push", &dangling, "--etcd", &etcd.url()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.yaml:2:") && err.contains("nowhere"),
+        "{err}"
+    );
+    let (code, _, err) =
+        crate::support::cli(&["config", "push", &node_only, "--etcd", &etcd.url()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("listeners.yaml:1:1: `listeners` is node-specific"),
+        "{err}"
+    );
+    assert_eq!(
+        etcd.get("/portico/config").unwrap().1,
+        first,
+        "nothing written"
+    );
+
+    // plan against etcd labels each change.
+    let (code, out, err) = crate::support::cli(&["plan", "--config", &v2, "--node", &node]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("revision {first}")), "{out}");
+    assert!(
+        out.contains("+ route b") && out.contains("~ route a"),
+        "{out}"
+    );
+
+    // A guarded push refuses when someone wrote meanwhile.
+    let stale = (first - 1).to_string();
+    let (code, _, err) = crate::support::cli(&[
+        "config",
+        "push",
+        &v2,
+        "--config",
+        &node,
+        "--if-revision",
+        &stale,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no longer at revision"), "{err}");
+    let current = first.to_string();
+    let (code, _, err) = crate::support::cli(&[
+        "config",
+        "push",
+        &v2,
+        "--config",
+        &node,
+        "--if-revision",
+        &current,
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    // pull gives back what was pushed, now and at the first revision; history lists both.
+    let (code, out, _) = crate::support::cli(&["config", "pull", "--config", &node]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, std::fs::read_to_string(&v2).unwrap().as_str())
+    );
+    let (code, out, _) =
+        crate::support::cli(&["config", "pull", "--config", &node, "--revision", &current]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, std::fs::read_to_string(&v1).unwrap().as_str())
+    );
+    let (code, out, _) = crate::support::cli(&["config", "history", "--config", &node]);
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(
+        rows[0].contains("routes 2") && rows[1].contains("routes 1"),
+        "{out}"
+    );
+    assert_eq!(rows[2], "(the first version)");
+
+    // Without etcd: a clear error, exit 1.
+    let (code, _, err) = crate::support::cli(&["config", "pull", "--etcd", "http://127.0.0.1:9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("etcd is unreachable"), "{err}");
+}
