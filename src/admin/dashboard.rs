@@ -221,6 +221,10 @@ pub(super) fn stats(shared: &Shared, snap: &Snapshot) -> Response<Body> {
             "routes": routes,
             "upstreams": upstreams,
             "reloads": reloads,
+            "cluster": shared.cluster.as_ref().map(|c| serde_json::json!({
+                "node_id": &c.node_id,
+                "etcd": c.view(),
+            })),
         }),
     )
 }

@@ -249,8 +249,9 @@ async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Opt
         .flatten()
 }
 
-/// The node script, run with the oidc suite's playwright-core and Debian's Chromium.
-fn browser_script() -> Command {
+/// The node script `name` (under support/), run with the oidc suite's playwright-core and
+/// Debian's Chromium.
+pub(crate) fn browser_script(name: &str) -> Command {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
     assert!(
         Path::new("/usr/bin/chromium").exists(),
@@ -265,7 +266,7 @@ fn browser_script() -> Command {
     let mut cmd = Command::new("node");
     cmd.current_dir(dir)
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-        .arg(format!("{dir}/support/dashboard.mjs"));
+        .arg(format!("{dir}/support/{name}"));
     cmd
 }
 
@@ -293,7 +294,7 @@ async fn headless_chromium_shows_routes_a_target_going_down_and_explains() {
     };
 
     let shot = temp_dir("dashboard").join("dashboard.png");
-    let mut child = browser_script()
+    let mut child = browser_script("dashboard.mjs")
         .args([
             &format!("http://{adm}/"),
             TOKEN,

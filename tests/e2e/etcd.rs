@@ -480,3 +480,50 @@ fn config_push_pull_history_and_plan_move_the_shared_config_through_etcd() {
     assert_eq!(code, 1);
     assert!(err.contains("etcd is unreachable"), "{err}");
 }
+
+#[test]
+fn the_dashboard_lists_the_nodes_and_shows_etcd_lost() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut etcd = Etcd::start();
+    etcd.put("/portico/config", "routes: []\n");
+    let nodes: Vec<Portico> = (0..2)
+        .map(|i| Portico::start(&node(&etcd.url(), &format!("d{i}"))))
+        .collect();
+    let mut child = crate::dashboard::browser_script("dashboard_cluster.mjs")
+        .args([format!("http://{}/", admin(&nodes[0])), "2".to_owned()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> serde_json::Value {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the page answers");
+        serde_json::from_str(&line).unwrap()
+    };
+    let listed = next();
+    assert_eq!(listed["step"], "listed", "{listed}");
+    let text = listed["nodes"].as_str().unwrap();
+    assert!(text.contains("d0") && text.contains("d1"), "{text}");
+    assert!(
+        listed["etcd"].as_str().unwrap().contains("connected"),
+        "{listed}"
+    );
+
+    etcd.kill();
+    writeln!(stdin, "go").unwrap();
+    let lost = next();
+    assert_eq!(lost["step"], "lost", "{lost}");
+    assert_eq!(lost["pageErrors"], serde_json::json!([]), "{lost}");
+    assert!(child.wait().unwrap().success());
+}

@@ -240,6 +240,48 @@
     }
   }
 
+  // With cluster.etcd: what this node knows of etcd, and the node list (GET /cluster/nodes).
+  async function drawCluster(stats) {
+    const box = $('cluster');
+    if (!stats.cluster) {
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    const e = stats.cluster.etcd;
+    let text = `this node: ${stats.cluster.node_id} · etcd ${e.endpoint} · ` +
+      (e.connected ? 'connected' : `unreachable: ${e.error || 'no answer'}`) +
+      ` · shared config revision ${e.revision}`;
+    if (e.refused_revision) text += ` · revision ${e.refused_revision} refused: ${e.refused_reason}`;
+    const line = $('cluster-etcd');
+    line.textContent = text;
+    line.dataset.state = e.connected && !e.refused_revision ? 'ok' : 'trouble';
+    const body = $('cluster-nodes').tBodies[0];
+    try {
+      const res = await fetch('/cluster/nodes', { headers: headers(), cache: 'no-store' });
+      if (!res.ok) throw new Error(`answered ${res.status}`);
+      const list = await res.json();
+      body.replaceChildren();
+      for (const n of list.nodes) {
+        const health = el('td');
+        health.appendChild(el('span', n.health, `badge ${n.health === 'ok' ? 'applied' : 'refused'}`));
+        const tr = row([
+          el('td', n.id, 'mono'),
+          el('td', n.address || '–', 'mono'),
+          el('td', n.version),
+          num(n.config_revision),
+          el('td', n.same_revision ? 'yes' : 'no'),
+          health,
+          el('td', new Date(n.started * 1000).toLocaleString(), 'mono'),
+        ]);
+        tr.dataset.node = n.id;
+        body.appendChild(tr);
+      }
+    } catch (err) {
+      body.replaceChildren(row([el('td', `node list unavailable: ${err.message}`)]));
+    }
+  }
+
   function draw(stats) {
     bounds = stats.bounds_s || bounds;
     remember(stats);
@@ -249,6 +291,7 @@
     drawUpstreams(stats);
     drawListeners(stats);
     drawReloads(stats);
+    drawCluster(stats);
   }
 
   async function poll() {
