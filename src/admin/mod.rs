@@ -404,9 +404,7 @@ fn answer(shared: &Shared, snap: &Snapshot, tpl: &str, name: Option<&str>) -> Re
                 .map(|list| list.clone())
                 .unwrap_or_default();
             let (source, writes) = write::origin(shared);
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
+            let mut health = serde_json::json!({
                     "status": "ok",
                     "config_hash": &*snap.hash,
                     "last_reload_error": last_error,
@@ -414,12 +412,14 @@ fn answer(shared: &Shared, snap: &Snapshot, tpl: &str, name: Option<&str>) -> Re
                     "source": source.name(),
                     "diverged_from_file": source == crate::runtime::writes::Origin::Admin,
                     "admin_writes": writes,
-                    "cluster": shared.cluster.as_ref().map(|c| serde_json::json!({
-                        "node_id": &c.node_id,
-                        "etcd": c.view(),
-                    })),
-                }),
-            )
+            });
+            if let Some(cluster) = &shared.cluster {
+                health["cluster"] = serde_json::json!({
+                    "node_id": &cluster.node_id,
+                    "etcd": cluster.view(),
+                });
+            }
+            json(StatusCode::OK, &health)
         }
         "/reloads" => json(
             StatusCode::OK,

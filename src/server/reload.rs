@@ -139,7 +139,12 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
                 .map_or_else(
                     || {
                         crate::cluster::default_node_id(
-                            snapshot.admin.as_ref().map(|(a, _)| a.port()),
+                            // Port 0 is no name: nodes on ephemeral ports take the pid.
+                            snapshot
+                                .admin
+                                .as_ref()
+                                .map(|(a, _)| a.port())
+                                .filter(|p| *p != 0),
                         )
                     },
                     |id| id.value.clone(),

@@ -2643,3 +2643,108 @@ async fn admin_api_guide_runs_as_written() {
     assert_eq!(health.json()["source"], "admin", "{}", health.body);
     assert_eq!(get(&admin, "/health").await.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_config_guide() {
+    let etcd = crate::support::etcd::Etcd::start();
+    let (one, two) = (
+        TestUpstream::start("app-1").await,
+        TestUpstream::start("app-2").await,
+    );
+    let dir = temp_dir("cluster-config");
+    let endpoint = (
+        "endpoints: [ http://127.0.0.1:2379 ]".to_owned(),
+        format!("endpoints: [ {} ]", etcd.url()),
+    );
+    let mut subs = ephemeral(&["127.0.0.1:8080"], &[]);
+    subs.push(admin_ephemeral());
+    subs.push(endpoint);
+    let node_1 = substitute(&example("cluster-node.yaml"), &subs);
+    let node_2 = node_1.replace("node_id: node-1", "node_id: node-2");
+    std::fs::write(dir.join("node-1.yaml"), &node_1).unwrap();
+    let shared = substitute(
+        &example("cluster-shared.yaml"),
+        &ephemeral(&[], &[("127.0.0.1:9001", &one), ("127.0.0.1:9002", &two)]),
+    );
+    std::fs::write(dir.join("shared.yaml"), &shared).unwrap();
+    let node_file = dir.join("node-1.yaml").display().to_string();
+    let shared_file = dir.join("shared.yaml").display().to_string();
+
+    // Step 3: the push is checked, then written.
+    let (code, out, err) =
+        crate::support::cli(&["config", "push", &shared_file, "--config", &node_file]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("written to etcd at /portico/config, revision"),
+        "{out}"
+    );
+    std::fs::write(dir.join("bad.yaml"), "listeners: []\n").unwrap();
+    let bad = dir.join("bad.yaml").display().to_string();
+    let (code, _, err) = crate::support::cli(&["config", "push", &bad, "--config", &node_file]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.yaml:1:1:"), "{err}");
+
+    // Step 4: both nodes serve the shared routes, from etcd.
+    let nodes = [Portico::start(&node_1), Portico::start(&node_2)];
+    let mut bodies = Vec::new();
+    for node in &nodes {
+        for _ in 0..2 {
+            let r = get(&node.addr("web"), "/").await;
+            assert_eq!(r.status, 200);
+            bodies.push(r.body.split(' ').next().unwrap().to_owned());
+        }
+        let health = get(node.admin.as_ref().unwrap(), "/health").await.json();
+        assert_eq!(health["source"], "etcd");
+        assert_eq!(health["cluster"]["etcd"]["connected"], true);
+    }
+    assert!(bodies.contains(&"app-1".to_owned()) && bodies.contains(&"app-2".to_owned()));
+
+    // Step 5: a route through node 1 serves on node 2.
+    let written = crate::admin_api::call(
+        nodes[0].admin.as_ref().unwrap(),
+        "PUT",
+        "/routes/health",
+        &[],
+        r#"{ "match": { "path": "/healthz" }, "respond": { "status": 200, "body": "ok" } }"#,
+    )
+    .await;
+    assert_eq!(written.status, 201, "{}", written.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = get(&nodes[1].addr("web"), "/healthz").await;
+        if r.status == 200 {
+            assert_eq!(r.body, "ok");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 never served /healthz"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // Step 6: the node list and the history.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let list = get(nodes[1].admin.as_ref().unwrap(), "/cluster/nodes")
+            .await
+            .json();
+        let ids: Vec<&str> = list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["id"].as_str())
+            .collect();
+        if ids == ["node-1", "node-2"] && list["all_same_revision"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, out, _) = crate::support::cli(&["config", "history", "--config", &node_file]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("routes 2, upstreams 1") && out.contains("routes 1, upstreams 1"),
+        "{out}"
+    );
+}
