@@ -278,11 +278,7 @@ fn plan_command(
             return ExitCode::from(2);
         }
     };
-    let redacted = |snap: &runtime::Snapshot| -> Result<serde_json::Value, String> {
-        let mut value = serde_json::to_value(&snap.spec).map_err(|e| e.to_string())?;
-        crate::config::secret::Credentials::of(&snap.spec).redact(&mut value);
-        Ok(value)
-    };
+    let redacted = |snap: &runtime::Snapshot| crate::admin::write::redacted(&snap.spec);
     let new_value = match redacted(&new) {
         Ok(v) => v,
         Err(e) => {
@@ -359,12 +355,17 @@ fn plan_etcd(config: &std::path::Path, target: &etcd::Target) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let value = |snap: &runtime::Snapshot| {
-        let mut value = serde_json::to_value(&snap.spec).unwrap_or_default();
-        crate::config::secret::Credentials::of(&snap.spec).redact(&mut value);
-        value
+    let (old_value, new_value) = match (
+        crate::admin::write::redacted(&old.spec),
+        crate::admin::write::redacted(&new.spec),
+    ) {
+        (Ok(old), Ok(new)) => (old, new),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let changes = plan::diff(&value(&old), &value(&new));
+    let changes = plan::diff(&old_value, &new_value);
     out(&plan::render(&from, &to, &changes));
     ExitCode::SUCCESS
 }

@@ -95,26 +95,26 @@ pub(crate) async fn run(cluster: Arc<Cluster>, changes: tokio::sync::mpsc::Sende
                             break;
                         }
                         Err(err) => {
-                            if err.compacted() {
-                                from = None;
-                            } else {
-                                cluster.status.lost(&err.to_string());
-                            }
+                            failed(&cluster, &err, &mut from);
                             break;
                         }
                     }
                 }
             }
-            Err(err) => {
-                if err.compacted() {
-                    from = None;
-                } else {
-                    cluster.status.lost(&err.to_string());
-                }
-            }
+            Err(err) => failed(&cluster, &err, &mut from),
         }
         failures = failures.saturating_add(1);
         tokio::time::sleep(super::backoff(failures, FIRST_PAUSE, MAX_PAUSE)).await;
+    }
+}
+
+/// After a failed watch: a compacted start revision means reading the key afresh; any other
+/// failure means etcd is unreachable.
+fn failed(cluster: &Cluster, err: &super::etcd::Error, from: &mut Option<i64>) {
+    if err.compacted() {
+        *from = None;
+    } else {
+        cluster.status.lost(&err.to_string());
     }
 }
 

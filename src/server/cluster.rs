@@ -228,30 +228,24 @@ pub(super) async fn write(
             continue;
         };
         cluster.status.saw(new_revision);
-        let hash = Arc::clone(&snapshot.hash);
-        return match super::reload::apply(shared, workers, listeners, snapshot).await {
-            Ok(()) => {
+        let written = Written {
+            hash: Arc::clone(&snapshot.hash),
+            created,
+            restart_required: Vec::new(),
+            warnings,
+        };
+        return super::reload::put_write_in_force(
+            shared,
+            workers,
+            listeners,
+            snapshot,
+            written,
+            |shared| {
                 set_source(shared, merged, new_revision);
                 cluster.status.set_applied(new_revision);
-                super::reload::record_reload(shared, "admin", Some(Arc::clone(&hash)), None);
-                let restart_required = shared
-                    .restart_required
-                    .lock()
-                    .map(|list| list.clone())
-                    .unwrap_or_default();
-                Ok(Written {
-                    hash,
-                    created,
-                    restart_required,
-                    warnings,
-                })
-            }
-            Err(err) => {
-                let reason = err.to_string();
-                super::reload::record_reload(shared, "admin", Some(hash), Some(reason.clone()));
-                Err(Refusal::Apply(reason))
-            }
-        };
+            },
+        )
+        .await;
     }
     Err(Refusal::Unavailable(format!(
         "other writes kept getting in first ({WRITE_TRIES} tries); retry"

@@ -827,28 +827,46 @@ async fn admin_write(
         }
         Err(other) => return Err(other),
     };
-    let hash = Arc::clone(&prepared.snapshot.hash);
     let writes::Prepared {
         snapshot,
         document,
         created,
         warnings,
     } = prepared;
+    let written = Written {
+        hash: Arc::clone(&snapshot.hash),
+        created,
+        restart_required: Vec::new(),
+        warnings,
+    };
+    put_write_in_force(shared, workers, listeners, snapshot, written, |shared| {
+        set_source(shared, document, writes::Origin::Admin);
+    })
+    .await
+}
+
+/// Puts the snapshot of an admin write in force as a reload is (recorded with trigger
+/// `admin`); `in_force` records where it came from once it applied. The answer is `written`
+/// with the settings that wait for a restart.
+pub(super) async fn put_write_in_force(
+    shared: &Arc<Shared>,
+    workers: &[Handle],
+    listeners: &mut ListenerSet,
+    snapshot: Snapshot,
+    mut written: Written,
+    in_force: impl FnOnce(&Shared),
+) -> Result<Written, Refusal> {
+    let hash = Arc::clone(&written.hash);
     match apply(shared, workers, listeners, snapshot).await {
         Ok(()) => {
-            set_source(shared, document, writes::Origin::Admin);
-            record_reload(shared, "admin", Some(Arc::clone(&hash)), None);
-            let restart_required = shared
+            in_force(shared);
+            record_reload(shared, "admin", Some(hash), None);
+            written.restart_required = shared
                 .restart_required
                 .lock()
                 .map(|list| list.clone())
                 .unwrap_or_default();
-            Ok(Written {
-                hash,
-                created,
-                restart_required,
-                warnings,
-            })
+            Ok(written)
         }
         Err(err) => {
             let reason = err.to_string();
