@@ -206,6 +206,27 @@ async fn three_nodes_run_the_config_in_etcd_and_writes_on_one_serve_on_all() {
     )
     .await;
 
+    // PUT /config takes the shared config alone: node sections are refused at their line.
+    let whole = call(
+        &admin(&nodes[2]),
+        "PUT",
+        "/config",
+        &[],
+        "routes: []\nlisteners: []\n",
+    )
+    .await;
+    assert_eq!(whole.status, 400, "{}", whole.body);
+    assert!(
+        whole.body.contains("body:2:1") && whole.body.contains("node-specific"),
+        "{}",
+        whole.body
+    );
+    let (before, _) = etcd.get("/portico/config").unwrap();
+    let replaced = format!("{before}\n");
+    let whole = call(&admin(&nodes[2]), "PUT", "/config", &[], &replaced).await;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    assert_eq!(etcd.get("/portico/config").unwrap().0, replaced);
+
     // An invalid config in etcd: every node refuses it, says why and keeps serving.
     let bad = etcd.put(
         "/portico/config",
