@@ -75,6 +75,8 @@ pub(crate) struct Cluster {
     pub(crate) node_id: String,
     /// The lease time of this node's entry.
     pub(crate) lease_ttl: Duration,
+    /// Where the last shared config applied is kept (`cluster.etcd.cache`).
+    pub(crate) cache: Option<std::path::PathBuf>,
     /// What this node knows of etcd.
     pub(crate) status: Status,
 }
@@ -190,16 +192,43 @@ impl Status {
 }
 
 impl Cluster {
-    /// The link `spec` describes for the node `node_id`.
-    pub(crate) fn new(spec: &EtcdSpec, node_id: String) -> Result<Self, String> {
+    /// The link `spec` describes for the node `node_id`; a relative cache path is taken
+    /// from `base`.
+    pub(crate) fn new(
+        spec: &EtcdSpec,
+        node_id: String,
+        base: &std::path::Path,
+    ) -> Result<Self, String> {
         let endpoints: Vec<String> = spec.endpoints.iter().map(|e| e.value.clone()).collect();
         Ok(Cluster {
             client: etcd::Client::new(&endpoints, spec.timeout.0)?,
             prefix: spec.prefix.value.clone(),
             node_id,
             lease_ttl: spec.lease_ttl.0,
+            cache: spec.cache.as_ref().map(|c| base.join(&c.value)),
             status: Status::default(),
         })
+    }
+
+    /// Keeps `text` (the shared config at `revision`, just applied) in the cache file, if
+    /// there is one: written beside it, then renamed over it, so a crash leaves the old copy.
+    pub(crate) fn remember(&self, text: &str, revision: i64) {
+        let Some(path) = &self.cache else {
+            return;
+        };
+        let fresh = path.with_extension("tmp");
+        let written = std::fs::write(&fresh, format!("{revision}\n{text}"))
+            .and_then(|()| std::fs::rename(&fresh, path));
+        if let Err(err) = written {
+            tracing::warn!(path = %path.display(), error = %err, "etcd: cannot write the config cache");
+        }
+    }
+
+    /// The shared config the cache file keeps and its revision, if it holds one.
+    pub(crate) fn remembered(&self) -> Option<(String, i64)> {
+        let text = std::fs::read_to_string(self.cache.as_ref()?).ok()?;
+        let (revision, config) = text.split_once('\n')?;
+        Some((config.to_owned(), revision.parse().ok()?))
     }
 
     /// The key of the shared config.

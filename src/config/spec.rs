@@ -261,6 +261,11 @@ pub(crate) struct EtcdSpec {
     /// node stops renewing it (renewed every third of it).
     #[serde(default = "ten_seconds")]
     pub(crate) lease_ttl: Dur,
+    /// A file where the node keeps a copy of the last shared config it applied (relative
+    /// to the config file's folder), so that it starts on it when etcd cannot be reached at
+    /// start; none: it then starts on its file's own sections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cache: Option<At<String>>,
 }
 
 fn etcd_prefix() -> At<String> {

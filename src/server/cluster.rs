@@ -25,21 +25,32 @@ pub(super) async fn start_config(
     path: &std::path::Path,
     env: Env<'_>,
 ) -> Option<(Snapshot, Node)> {
-    let (found, _) = match cluster.fetch().await {
-        Ok(found) => found,
-        Err(err) => {
-            tracing::error!(
-                error = %err,
-                "etcd: cannot read the shared config at start; serving the file's own \
-                 sections until etcd answers"
-            );
-            return None;
-        }
+    let (text, revision) = match cluster.fetch().await {
+        Ok((found, _)) => found?,
+        Err(err) => match cluster.remembered() {
+            Some(kept) => {
+                tracing::warn!(
+                    error = %err,
+                    revision = kept.1,
+                    "etcd: cannot read the shared config at start; serving the copy kept in \
+                     cluster.etcd.cache until etcd answers"
+                );
+                kept
+            }
+            None => {
+                tracing::error!(
+                    error = %err,
+                    "etcd: cannot read the shared config at start; serving the file's own \
+                     sections until etcd answers"
+                );
+                return None;
+            }
+        },
     };
-    let (text, revision) = found?;
     match compile(cluster, file, &text, revision, path, env) {
         Ok((snapshot, merged)) => {
             cluster.status.set_applied(revision);
+            cluster.remember(&text, revision);
             tracing::info!(revision, "etcd: serving the shared config");
             Some((snapshot, merged))
         }
@@ -115,6 +126,9 @@ pub(super) async fn apply_change(
         Ok(()) => {
             set_source(shared, merged, change.revision);
             cluster.status.set_applied(change.revision);
+            if let Some(text) = &change.text {
+                cluster.remember(text, change.revision);
+            }
             tracing::info!(revision = change.revision, "etcd: config change applied");
             super::reload::record_reload(shared, "etcd", Some(hash), None)
         }
@@ -243,6 +257,7 @@ pub(super) async fn write(
             |shared| {
                 set_source(shared, merged, new_revision);
                 cluster.status.set_applied(new_revision);
+                cluster.remember(&text, new_revision);
             },
         )
         .await;

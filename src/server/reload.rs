@@ -149,10 +149,12 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
                     },
                     |id| id.value.clone(),
                 );
-            let made = crate::cluster::Cluster::new(etcd, id).map_err(|e| StartError::Io {
-                what: "cluster.etcd".into(),
-                source: io::Error::other(e),
-            })?;
+            let base = path.parent().unwrap_or(Path::new("."));
+            let made =
+                crate::cluster::Cluster::new(etcd, id, base).map_err(|e| StartError::Io {
+                    what: "cluster.etcd".into(),
+                    source: io::Error::other(e),
+                })?;
             Some(Arc::new(made))
         }
         None => None,

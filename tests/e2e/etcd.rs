@@ -317,6 +317,16 @@ async fn nodes_keep_serving_without_etcd_and_catch_up_after_it_and_after_a_compa
     for node in [&direct, &relayed] {
         assert_eq!(status_of(node, "/a").await, 200);
     }
+    // A node that keeps a copy of the config it runs (cluster.etcd.cache).
+    let cached_dir = crate::support::temp_dir("etcd-cache");
+    let cached_config = node(&etcd.url(), "cached").replace(
+        "lease_ttl: 3s }",
+        "lease_ttl: 3s, cache: last-config.yaml }",
+    );
+    let mut cached = Portico::start_in(&cached_dir, &cached_config);
+    assert_eq!(status_of(&cached, "/a").await, 200);
+    let kept = std::fs::read_to_string(cached_dir.join("last-config.yaml")).unwrap();
+    assert!(kept.contains("name: a"), "{kept}");
 
     // etcd stopped: both keep serving and say so.
     etcd.kill();
@@ -345,7 +355,16 @@ async fn nodes_keep_serving_without_etcd_and_catch_up_after_it_and_after_a_compa
         assert_eq!(refused.json()["error"], "cluster_unavailable");
     }
 
-    // Restarted: a change made meanwhile reaches both.
+    // Started again while etcd is away, it serves the copy it kept.
+    cached.terminate(Duration::from_secs(10));
+    let cached = Portico::start_in(&cached_dir, &cached_config);
+    assert_eq!(status_of(&cached, "/a").await, 200);
+    let seen = health(&cached).await;
+    assert_eq!(seen["cluster"]["etcd"]["connected"], false, "{seen}");
+    assert_eq!(seen["source"], "etcd", "{seen}");
+    assert!(cached.wait_log("serving the copy kept", Duration::from_secs(1)));
+
+    // Restarted: a change made meanwhile reaches every node.
     etcd.restart();
     let with_b = shared_with(
         &a.addr(),
@@ -353,7 +372,7 @@ async fn nodes_keep_serving_without_etcd_and_catch_up_after_it_and_after_a_compa
         "  - { name: b, match: { path_prefix: /b }, upstream: b }\n",
     );
     let revision = etcd.put("/portico/config", &with_b);
-    for node in [&direct, &relayed] {
+    for node in [&direct, &relayed, &cached] {
         until(
             Duration::from_secs(15),
             "caught up after etcd came back",
