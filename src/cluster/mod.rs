@@ -97,6 +97,8 @@ pub(crate) struct Status {
     pub(crate) lost_now: tokio::sync::Notify,
     /// Woken when the revision in force changes (or one is refused), for the node list.
     pub(crate) changed: tokio::sync::Notify,
+    /// The lease of this node's entry in the node list (0: none yet).
+    pub(crate) lease: AtomicI64,
 }
 
 /// A view of [`Status`] at one moment.

@@ -64,6 +64,10 @@ pub(crate) async fn run(cluster: Arc<Cluster>, address: String) {
                 lease = cluster.client.grant(cluster.lease_ttl).await?;
                 written = None;
             }
+            cluster
+                .status
+                .lease
+                .store(lease, std::sync::atomic::Ordering::Relaxed);
             if written.as_ref() != Some(&now) {
                 let value = serde_json::to_vec(&now).unwrap_or_default();
                 cluster.client.put(&key, &value, lease).await?;
@@ -85,6 +89,19 @@ pub(crate) async fn run(cluster: Arc<Cluster>, address: String) {
         };
         // Woken early when the config revision changes, so the list shows it at once.
         let _ = tokio::time::timeout(pause, cluster.status.changed.notified()).await;
+    }
+}
+
+/// Takes this node out of the list at once (its lease revoked), as the process stops.
+pub(crate) async fn leave(cluster: &Cluster) {
+    let lease = cluster
+        .status
+        .lease
+        .swap(0, std::sync::atomic::Ordering::Relaxed);
+    if lease != 0
+        && let Err(err) = cluster.client.revoke(lease).await
+    {
+        tracing::warn!(error = %err, "etcd: could not leave the node list; the entry expires by itself");
     }
 }
 

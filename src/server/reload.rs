@@ -579,6 +579,9 @@ async fn control_loop(
     }
     tracing::info!("draining");
     let drains = listeners.stop_all();
+    if let Some(cluster) = &shared.cluster {
+        crate::cluster::nodes::leave(cluster).await;
+    }
     drop(offer);
     if let Some(stopped) = handed {
         // The admin API stops accepting too: the new process answers it now.

@@ -247,6 +247,13 @@ async fn three_nodes_run_the_config_in_etcd_and_writes_on_one_serve_on_all() {
     }
     let nodes_view = get(&admin(&nodes[0]), "/cluster/nodes").await.json();
     assert_eq!(nodes_view["nodes"][0]["health"], "degraded", "{nodes_view}");
+    // A node that stops leaves the list at once (before its lease would expire).
+    let mut nodes = nodes;
+    let mut gone = nodes.pop().unwrap();
+    gone.terminate(Duration::from_secs(10));
+    let list = get(&admin(&nodes[0]), "/cluster/nodes").await.json();
+    assert_eq!(list["nodes"].as_array().unwrap().len(), 2, "{list}");
+
     // Node-specific sections never come from etcd.
     let node_section = etcd.put("/portico/config", "listeners: []\n");
     until(Duration::from_secs(5), "a node section refused", || async {
