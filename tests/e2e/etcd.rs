@@ -78,8 +78,19 @@ async fn three_nodes_run_the_config_in_etcd_and_writes_on_one_serve_on_all() {
     let a = TestUpstream::start("A").await;
     let b = TestUpstream::start("B").await;
     let revision = etcd.put("/portico/config", &shared(&a.addr(), &b.addr()));
+    // n2 names a dead endpoint first: its calls fail over to the live one.
     let nodes: Vec<Portico> = (0..3)
-        .map(|i| Portico::start(&node(&etcd.url(), &format!("n{i}"))))
+        .map(|i| {
+            let endpoints = match i {
+                2 => format!(
+                    "http://127.0.0.1:{}', '{}",
+                    crate::support::free_port(),
+                    etcd.url()
+                ),
+                _ => etcd.url(),
+            };
+            Portico::start(&node(&endpoints, &format!("n{i}")))
+        })
         .collect();
     for node in &nodes {
         let reply = get(&node.addr("web"), "/a").await;
