@@ -272,6 +272,16 @@ async fn three_nodes_run_the_config_in_etcd_and_writes_on_one_serve_on_all() {
     })
     .await;
     assert_eq!(status_of(&nodes[1], "/b").await, 200);
+
+    // SIGHUP re-reads the node's own file and keeps the shared config in force.
+    let more = node(&etcd.url(), "n1").replace(
+        "listeners:\n",
+        "listeners:\n  - { name: web2, bind: 127.0.0.1:0 }\n",
+    );
+    assert!(nodes[1].reload(&more), "{}", nodes[1].log_text());
+    let reply = get(&nodes[1].bound("web2").unwrap(), "/b").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "B /b"));
+    assert_eq!(health(&nodes[1]).await["source"], "etcd");
 }
 
 /// A TCP relay to etcd that the test can cut (closing what it relays and refusing new

@@ -97,15 +97,7 @@ async fn reload_swaps_config_and_keeps_connections_and_pools() {
     assert_eq!(&buf[..n], b"still here");
     // The added listener serves; the removed one takes no new connections.
     assert!(gw.wait_log("listening listener=new", Duration::from_secs(5)));
-    let new_addr = gw
-        .lines()
-        .iter()
-        .find_map(|l| {
-            l.split("listening listener=new addr=")
-                .nth(1)
-                .map(str::to_owned)
-        })
-        .unwrap();
+    let new_addr = gw.bound("new").unwrap();
     assert_eq!(get(&new_addr, "/version").await.body, "v2");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

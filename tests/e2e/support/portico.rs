@@ -171,6 +171,16 @@ impl Portico {
             .clone()
     }
 
+    /// The address listener `name` was last bound to, read from the log (so a listener a
+    /// reload added counts), if it was.
+    pub fn bound(&self, name: &str) -> Option<String> {
+        let needle = format!("listening listener={name} addr=");
+        self.lines()
+            .iter()
+            .rev()
+            .find_map(|l| l.split(&needle).nth(1).map(|a| a.trim().to_owned()))
+    }
+
     /// Every log line so far.
     pub fn lines(&self) -> Vec<String> {
         self.log.0.lock().unwrap().lines.clone()
