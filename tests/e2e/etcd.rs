@@ -595,3 +595,42 @@ fn the_dashboard_lists_the_nodes_and_shows_etcd_lost() {
     assert_eq!(lost["pageErrors"], serde_json::json!([]), "{lost}");
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_runs_the_file_until_the_first_write_puts_it_in_etcd() {
+    let etcd = Etcd::start();
+    let bootstrap = format!(
+        "{}routes:\n  - {{ name: ping, match: {{ path: /ping }}, respond: {{ status: 200, body: pong }} }}\n",
+        node(&etcd.url(), "first")
+    );
+    let first = Portico::start(&bootstrap);
+    assert_eq!(get(&first.addr("web"), "/ping").await.body, "pong");
+    assert!(etcd.get("/portico/config").is_none());
+    assert_eq!(health(&first).await["cluster"]["etcd"]["revision"], 0);
+
+    // The first write creates the key from the file's shared sections and the change.
+    let written = call(
+        &admin(&first),
+        "PUT",
+        "/routes/pong",
+        &[],
+        r#"{ "match": { "path": "/pong" }, "respond": { "status": 200, "body": "ping" } }"#,
+    )
+    .await;
+    assert_eq!(written.status, 201, "{}", written.body);
+    let (text, revision) = etcd.get("/portico/config").expect("created");
+    assert!(
+        text.contains("\"ping\"") && text.contains("\"pong\""),
+        "{text}"
+    );
+    assert!(!text.contains("listeners"), "{text}");
+    assert_eq!(
+        health(&first).await["cluster"]["etcd"]["revision"],
+        revision
+    );
+
+    // A node joining later runs it, whatever its own file says.
+    let second = Portico::start(&node(&etcd.url(), "second"));
+    assert_eq!(get(&second.addr("web"), "/ping").await.body, "pong");
+    assert_eq!(get(&second.addr("web"), "/pong").await.body, "ping");
+}
