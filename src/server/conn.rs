@@ -683,6 +683,22 @@ pub(crate) struct IdleIo<S> {
     park_after: Option<Duration>,
     /// Parking was considered since the last activity (and asked for, if it could be).
     park_asked: bool,
+    /// The stream was read from (see [`FIRST_READ`]).
+    read_once: bool,
+    /// Bytes of the first read that hyper's short first read had no room for, served to
+    /// hyper before the stream is read again.
+    ahead: Option<Box<Ahead>>,
+}
+
+/// The first read takes up to this many bytes, whatever room hyper's read has: hyper's
+/// version detection reads 24 bytes, and the rest of a small request then comes from here
+/// instead of a second read call.
+const FIRST_READ: usize = 4096;
+
+/// Bytes read ahead of hyper, and how many of them it took.
+struct Ahead {
+    bytes: Vec<u8>,
+    at: usize,
 }
 
 /// portico's answer in place of hyper's canned one, as far as it is written.
@@ -726,6 +742,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
             send_stalled: false,
             park_after,
             park_asked: false,
+            read_once: false,
+            ahead: None,
         }
     }
 
@@ -747,7 +765,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> IdleIo<S> {
     /// [`HeadScan::settled`]). Then its connection can be dropped and a new one built later.
     fn settled(&self) -> bool {
         let started = self.conn.started.load(Ordering::Relaxed);
-        self.frames.is_none()
+        self.ahead.is_none()
+            && self.frames.is_none()
             && self.closing.is_none()
             && self.head_started.is_none()
             && self.replacing.is_none()
@@ -1058,7 +1077,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let polled = if let Some(ahead) = this.ahead.as_mut() {
+            let rest = &ahead.bytes[ahead.at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            ahead.at += n;
+            if ahead.at >= ahead.bytes.len() {
+                this.ahead = None;
+            }
+            Poll::Ready(Ok(()))
+        } else if !this.read_once && buf.remaining() < FIRST_READ {
+            let mut room = [0u8; FIRST_READ];
+            let mut first = ReadBuf::new(&mut room);
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut first);
+            if let Poll::Ready(Ok(())) = polled {
+                this.read_once = true;
+                let got = first.filled();
+                let fit = got.len().min(buf.remaining());
+                buf.put_slice(&got[..fit]);
+                if got.len() > fit {
+                    this.ahead = Some(Box::new(Ahead {
+                        bytes: got[fit..].to_vec(),
+                        at: 0,
+                    }));
+                }
+            }
+            polled
+        } else {
+            this.read_once = true;
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
+        match polled {
             Poll::Ready(result) => {
                 if buf.filled().len() > before
                     && let Some(why) = this.received(&buf.filled()[before..])
@@ -1131,5 +1180,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_header_size: 16 * 1024,
+            max_uri_length: 8 * 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10,
+            max_concurrent_streams: 100,
+            send_timeout: Duration::from_secs(10),
+            send_buffer: 64 * 1024,
+            per_ip: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_first_read_takes_the_whole_request_in_one_read() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let conn = Arc::new(ConnShared {
+            gate: gate::SendGate::new(64 * 1024),
+            ..ConnShared::default()
+        });
+        let mut io = IdleIo::new(server, &limits(), conn, None);
+        let request = b"GET /a/long/enough/path HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        client.write_all(request).await.unwrap();
+
+        // hyper's version detection reads 24 bytes; the rest is kept, not left in the stream.
+        let mut first = [0u8; 24];
+        io.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, &request[..24]);
+        assert!(io.ahead.is_some());
+        assert!(!io.settled(), "bytes kept ahead of hyper: never parked");
+        // The stream is read only once the kept bytes are all taken, in order.
+        client.write_all(b"NEXT").await.unwrap();
+        let mut rest = vec![0u8; request.len() - 24];
+        io.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, &request[24..]);
+        assert!(io.ahead.is_none());
+        let mut next = [0u8; 4];
+        io.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"NEXT");
     }
 }
