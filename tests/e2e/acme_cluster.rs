@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::acme::{pebble_directory, pebble_root, start_pebble_on};
+use crate::acme::{Pebble, pebble_directory, pebble_root, start_pebble_on};
 use crate::support::etcd::Etcd;
 use crate::support::pki::{self, Ca};
 use crate::support::{Portico, fill, free_port, temp_dir};
@@ -35,6 +35,7 @@ listeners:
         directory: '@DIR@'
         directory_ca_file: '@CA@'
         domains: [alpn.cluster.test]
+        renew_before: @RENEW@
         check_every: 1s
   - name: viahttp
     bind: 127.0.0.1:0
@@ -45,6 +46,7 @@ listeners:
         directory_ca_file: '@CA@'
         domains: [http.cluster.test]
         challenge: http_01
+        renew_before: @RENEW@
         check_every: 1s
   - { name: web, bind: 127.0.0.1:@WEB@ }
 routes:
@@ -57,7 +59,7 @@ struct Node {
 }
 
 impl Node {
-    fn new(id: &str, etcd: &Etcd, directory: &str, ca: &Ca) -> Self {
+    fn new(id: &str, etcd: &Etcd, directory: &str, ca: &Ca, renew: &str) -> Self {
         let config = fill(
             NODE,
             &[
@@ -67,6 +69,7 @@ impl Node {
                 ("CA", &ca.cert_path().display().to_string()),
                 ("ALPN", &free_port().to_string()),
                 ("WEB", &free_port().to_string()),
+                ("RENEW", renew),
             ],
         );
         Node {
@@ -98,6 +101,22 @@ async fn serial(addr: &str, name: &str, client: &Arc<rustls::ClientConfig>) -> S
     }
 }
 
+fn logs(nodes: &[Portico]) -> String {
+    nodes
+        .iter()
+        .map(Portico::log_text)
+        .collect::<Vec<_>>()
+        .join("\n----\n")
+}
+
+/// How many certificates pebble (logging in `dir`) issued.
+fn issued(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("pebble.log"))
+        .unwrap()
+        .matches("Issued certificate serial")
+        .count()
+}
+
 fn orders(nodes: &[&Portico]) -> usize {
     nodes
         .iter()
@@ -105,29 +124,41 @@ fn orders(nodes: &[&Portico]) -> usize {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_node_orders_and_every_node_serves_the_certificate() {
-    let dir = temp_dir("acme-cluster");
-    let ca = Ca::new(&dir, "directory CA");
-    let etcd = Etcd::start();
-    let (http_port, tls_port, directory_port) = (free_port(), free_port(), free_port());
-    let directory = pebble_directory(directory_port);
-    let specs: Vec<Node> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|id| Node::new(id, &etcd, &directory, &ca))
-        .collect();
-    // The nodes start before the CA does: their first tries fail before any order, and they
-    // try again (one at a time, under the lock) once pebble answers.
-    let nodes: Vec<Portico> = specs.iter().map(Node::start).collect();
-    let targets = |listener: &str| {
-        nodes
+/// Three nodes on one etcd, the L4 front, and pebble, started in that order.
+struct Rig {
+    dir: std::path::PathBuf,
+    ca: Ca,
+    etcd: Etcd,
+    directory: String,
+    specs: Vec<Node>,
+    nodes: Vec<Portico>,
+    front: Portico,
+    pebble: Pebble,
+}
+
+impl Rig {
+    fn start(tag: &str, renew: &str) -> Self {
+        let dir = temp_dir(tag);
+        let ca = Ca::new(&dir, "directory CA");
+        let etcd = Etcd::start();
+        let (http_port, tls_port, directory_port) = (free_port(), free_port(), free_port());
+        let directory = pebble_directory(directory_port);
+        let specs: Vec<Node> = ["n1", "n2", "n3"]
             .iter()
-            .map(|n| format!("{{ address: '{}' }}", n.addr(listener)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let front = Portico::start(&fill(
-        "\
+            .map(|id| Node::new(id, &etcd, &directory, &ca, renew))
+            .collect();
+        // The nodes start before the CA does: their first tries fail before any order, and
+        // they try again (one at a time, under the lock) once pebble answers.
+        let nodes: Vec<Portico> = specs.iter().map(Node::start).collect();
+        let targets = |listener: &str| {
+            nodes
+                .iter()
+                .map(|n| format!("{{ address: '{}' }}", n.addr(listener)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let front = Portico::start(&fill(
+            "\
 listeners:
   - { name: alpn, bind: 127.0.0.1:@TLS@, protocol: tcp, upstream: alpn }
   - { name: http, bind: 127.0.0.1:@HTTP@, protocol: tcp, upstream: http }
@@ -135,14 +166,39 @@ upstreams:
   alpn: { targets: [ @ALPN@ ] }
   http: { targets: [ @WEB@ ] }
 ",
-        &[
-            ("TLS", &tls_port.to_string()),
-            ("HTTP", &http_port.to_string()),
-            ("ALPN", &targets("alpn")),
-            ("WEB", &targets("web")),
-        ],
-    ));
-    let pebble = start_pebble_on(&dir, &ca, http_port, tls_port, directory_port);
+            &[
+                ("TLS", &tls_port.to_string()),
+                ("HTTP", &http_port.to_string()),
+                ("ALPN", &targets("alpn")),
+                ("WEB", &targets("web")),
+            ],
+        ));
+        let pebble = start_pebble_on(&dir, &ca, http_port, tls_port, directory_port);
+        Rig {
+            dir,
+            ca,
+            etcd,
+            directory,
+            specs,
+            nodes,
+            front,
+            pebble,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_orders_and_every_node_serves_the_certificate() {
+    let Rig {
+        dir,
+        ca,
+        etcd,
+        directory,
+        specs,
+        nodes,
+        front,
+        pebble,
+    } = Rig::start("acme-cluster", "30d");
 
     // Both certificates end up served by all three nodes.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -154,11 +210,7 @@ upstreams:
         assert!(
             Instant::now() < deadline,
             "not every node got both certificates:\n{}",
-            nodes
-                .iter()
-                .map(Portico::log_text)
-                .collect::<Vec<_>>()
-                .join("\n----\n")
+            logs(&nodes)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -177,13 +229,7 @@ upstreams:
     // Exactly one order per certificate, by the nodes' logs and by the CA's.
     let all: Vec<&Portico> = nodes.iter().collect();
     assert_eq!(orders(&all), 2);
-    let issued = || {
-        std::fs::read_to_string(dir.join("pebble.log"))
-            .unwrap()
-            .matches("Issued certificate serial")
-            .count()
-    };
-    assert_eq!(issued(), 2);
+    assert_eq!(issued(&dir), 2);
     // The two nodes that did not order held each challenge too, ready for the CA; and the
     // CA's HTTP-01 requests, spread by the front, were answered by more than the one node.
     for kind in ["an HTTP-01", "a TLS-ALPN-01"] {
@@ -213,7 +259,7 @@ upstreams:
     assert!(!stored.contains("BEGIN"));
 
     // A node started later, with nothing on disk, serves them without ordering.
-    let late_spec = Node::new("n4", &etcd, &directory, &ca);
+    let late_spec = Node::new("n4", &etcd, &directory, &ca, "30d");
     let late = late_spec.start();
     assert_eq!(
         serial(&late.addr("alpn"), "alpn.cluster.test", &client).await,
@@ -229,10 +275,10 @@ upstreams:
         "{}",
         late.log_text()
     );
-    assert_eq!(issued(), 2);
+    assert_eq!(issued(&dir), 2);
 
     // A node with another key can open nothing in etcd: it says so, and orders nothing.
-    let wrong_spec = Node::new("n5", &etcd, &directory, &ca);
+    let wrong_spec = Node::new("n5", &etcd, &directory, &ca, "30d");
     let wrong = Portico::start_in_env(
         &wrong_spec.dir,
         &wrong_spec.config,
@@ -251,7 +297,7 @@ upstreams:
     );
     assert_eq!(wrong.count_lines("ordering a certificate"), 0);
     drop(wrong);
-    assert_eq!(issued(), 2);
+    assert_eq!(issued(&dir), 2);
 
     // Restarted, every node serves the same certificate again, and none orders: the CA is
     // gone and the files on disk too, so it comes from etcd.
@@ -309,4 +355,60 @@ listeners:
         err.contains("portico.yaml:2:") && err.contains("must be 32 bytes in base64, not 5"),
         "{err}"
     );
+}
+
+/// Each order's span on one node, `(start, end)` as log timestamps (RFC 3339, fixed width, so
+/// they compare as text): from "ordering" to its outcome, for the certificate of `domain`.
+fn order_spans(node: &Portico, domain: &str) -> Vec<(String, String)> {
+    let tag = format!(r#"domains=["{domain}"]"#);
+    let mut spans = Vec::new();
+    let mut open: Option<String> = None;
+    for line in node.lines().iter().filter(|l| l.contains(&tag)) {
+        let at = line
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if line.contains("ordering a certificate for the cluster") {
+            open = Some(at);
+        } else if (line.contains("certificate issued") || line.contains("certificate order failed"))
+            && let Some(start) = open.take()
+        {
+            spans.push((start, at));
+        }
+    }
+    spans
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_happen_one_node_at_a_time() {
+    // Renewing long before expiry makes every check of every node find the certificate due:
+    // the nodes renew over and over, and only the lock keeps them one at a time.
+    let rig = Rig::start("acme-cluster-renew", "3650d");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while issued(&rig.dir) < 8 {
+        assert!(Instant::now() < deadline, "{}", logs(&rig.nodes));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for domain in ["alpn.cluster.test", "http.cluster.test"] {
+        let mut spans: Vec<(String, String)> = rig
+            .nodes
+            .iter()
+            .flat_map(|n| order_spans(n, domain))
+            .collect();
+        spans.sort();
+        assert!(spans.len() >= 3, "{domain}: {spans:?}");
+        for pair in spans.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].0,
+                "{domain}: overlapping orders {pair:?}"
+            );
+        }
+    }
+    // Every node serves one certificate of the same CA (the newest it has seen).
+    let root = pebble_root(&rig.pebble, &rig.dir);
+    let client = pki::client_config(&root, None, &[b"http/1.1"]);
+    for node in &rig.nodes {
+        serial(&node.addr("alpn"), "alpn.cluster.test", &client).await;
+    }
 }

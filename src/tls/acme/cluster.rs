@@ -185,20 +185,25 @@ pub(super) async fn check(
         return Ok(Checked::Fresh);
     }
     let client = &link.cluster.client;
+    let lock_at = link.key(&format!("locks/{name}"));
+    // The holder's certificate comes through the watch; a crashed holder's lock goes when
+    // its lease does.
+    let busy = Checked::Busy(link.cluster.lease_ttl / 2);
+    let (holder, _) = client.get(&lock_at, None).await.map_err(AcmeError::Etcd)?;
+    if holder.is_some() {
+        return Ok(busy);
+    }
     let lease = client
         .grant(link.cluster.lease_ttl)
         .await
         .map_err(AcmeError::Etcd)?;
-    let lock_at = link.key(&format!("locks/{name}"));
     let node = link.cluster.node_id.as_bytes();
     let taken = client.put_if(&lock_at, node, 0, lease).await;
     if !matches!(taken, Ok(Some(_))) {
         let _ = client.revoke(lease).await;
         return match taken {
             Err(err) => Err(AcmeError::Etcd(err)),
-            // The holder's certificate comes through the watch; a crashed holder's lock goes
-            // when its lease does.
-            _ => Ok(Checked::Busy(link.cluster.lease_ttl / 2)),
+            _ => Ok(busy),
         };
     }
     let keeper = KeepAlive::start(&link.cluster, lease);
