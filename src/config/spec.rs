@@ -266,6 +266,20 @@ pub(crate) struct EtcdSpec {
     /// start; none: it then starts on its file's own sections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cache: Option<At<String>>,
+    /// Key that seals what ACME keeps in etcd (certificates, their keys, the account):
+    /// 32 bytes in base64 (`openssl rand -base64 32`), the same on every node; use `${ENV}`.
+    /// Required when a listener uses `tls.acme`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact_opt_at"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub(crate) secret_key: Option<At<String>>,
+}
+
+fn redact_opt_at<S: serde::Serializer>(_: &Option<At<String>>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
 }
 
 fn etcd_prefix() -> At<String> {

@@ -294,6 +294,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
     });
     let mut tls_files = Vec::new();
     let mut acme = Vec::new();
+    let acme_cluster = crate::tls::acme::seal::cluster_key(spec.cluster.as_ref(), &mut diags);
     // A lint for a file that reads and compiles cleanly so far: with a route that did not
     // parse whole, "not used" would only repeat its error.
     if diags.list.is_empty() && spec.unparsed.partial.is_empty() {
@@ -366,7 +367,7 @@ pub(crate) fn compile(spec: Spec, file: &str, env: Env<'_>) -> Result<Snapshot, 
         let listener_tls = compile_listener_tls(
             spec_listener,
             base,
-            (env.acme, &mut acme),
+            (env.acme, &mut acme, &acme_cluster),
             &mut tls_files,
             &mut diags,
         );
@@ -534,9 +535,10 @@ fn resolve_path(base: &Path, file: &str) -> PathBuf {
 fn compile_listener_tls(
     spec: &ListenerSpec,
     base: &Path,
-    (acme_store, acme_listeners): (
+    (acme_store, acme_listeners, acme_cluster): (
         &crate::tls::acme::Store,
         &mut Vec<(Arc<crate::tls::acme::AcmeState>, crate::tls::acme::Settings)>,
+        &crate::tls::acme::seal::ClusterKey,
     ),
     tls_files: &mut Vec<PathBuf>,
     diags: &mut Diagnostics,
@@ -579,7 +581,21 @@ fn compile_listener_tls(
     }
     let acme = tls.acme.as_ref().and_then(|a| {
         use crate::config::spec::AcmeChallengeSpec;
+        use crate::tls::acme::seal::ClusterKey;
         use crate::tls::acme::{Challenge, Settings};
+        let seal = match acme_cluster {
+            ClusterKey::Off | ClusterKey::Invalid => None,
+            ClusterKey::Key(key) => Some(Arc::clone(key)),
+            ClusterKey::Missing => {
+                diags.error(
+                    a.directory.pos,
+                    "tls.acme with cluster.etcd: the nodes share certificates through etcd, \
+                     sealed with `cluster.etcd.secret_key` (32 bytes in base64, the same on \
+                     every node; make one with `openssl rand -base64 32`), which is not set",
+                );
+                None
+            }
+        };
         if !a.directory.starts_with("https://") && !a.directory.starts_with("http://") {
             diags.error(a.directory.pos, "acme.directory must be an http(s) URL");
         }
@@ -609,6 +625,7 @@ fn compile_listener_tls(
             directory_ca: a.directory_ca_file.as_ref().map(|f| resolve_path(base, f)),
             renew_before: a.renew_before.0,
             check_every: a.check_every.0.max(std::time::Duration::from_millis(100)),
+            seal,
         };
         // Two listeners sharing a storage folder share one state (and one renewal).
         let state = match acme_listeners

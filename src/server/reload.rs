@@ -155,7 +155,10 @@ pub(crate) fn run(path: &Path, upgrade_from: Option<&Path>) -> Result<(), StartE
                     what: "cluster.etcd".into(),
                     source: io::Error::other(e),
                 })?;
-            Some(Arc::new(made))
+            let made = Arc::new(made);
+            // ACME listeners share their certificates through this etcd.
+            acme.join(Arc::clone(&made));
+            Some(made)
         }
         None => None,
     };

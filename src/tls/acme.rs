@@ -11,6 +11,9 @@
 //! when that config is about to serve ([`Store::start`]). The store holds weak references
 //! and the renewal task belongs to the state, so a listener removed by a reload takes its
 //! state and its task with it.
+//!
+//! With `cluster.etcd`, the nodes share their certificates through etcd instead
+//! ([`cluster`]): one node at a time orders, under a lock, and every node serves the result.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,11 @@ use instant_acme::{
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+mod cluster;
+pub(crate) mod seal;
+
+pub(crate) use cluster::Link;
 
 /// The ALPN protocol of TLS-ALPN-01 validation connections.
 pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -60,6 +68,9 @@ pub(crate) struct Settings {
     pub(crate) renew_before: Duration,
     /// How often to check.
     pub(crate) check_every: Duration,
+    /// With `cluster.etcd`: the key that seals what is kept in etcd (none: this node orders
+    /// and keeps its certificates alone).
+    pub(crate) seal: Option<Arc<seal::SealKey>>,
 }
 
 /// An issued certificate and its expiry, swapped as one so they always match.
@@ -107,9 +118,17 @@ impl AcmeState {
 pub(crate) struct Store {
     states: Mutex<HashMap<PathBuf, Weak<AcmeState>>>,
     tokens: Mutex<HashMap<String, String>>,
+    /// The cluster's etcd, when `cluster.etcd` is set (joined once, at start).
+    link: OnceLock<Arc<Link>>,
 }
 
 impl Store {
+    /// This node shares certificates through `cluster`'s etcd: states whose settings carry a
+    /// sealing key are kept there from now on. Called once, before any config starts.
+    pub(crate) fn join(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.link.set(Arc::new(Link::new(cluster)));
+    }
+
     /// The live state kept in `storage`, or a new one loaded from disk (not yet in the store:
     /// a config that is never started leaves the store as it was).
     pub(crate) fn state(&self, settings: &Settings) -> Arc<AcmeState> {
@@ -147,8 +166,12 @@ impl Store {
         states.retain(|_, state| state.strong_count() > 0);
         for (state, settings) in wanted {
             states.insert(settings.storage.clone(), Arc::downgrade(&state));
+            let link = settings.seal.as_ref().and(self.link.get());
             if let Ok(mut current) = state.settings.lock() {
                 *current = settings;
+            }
+            if let Some(link) = link {
+                link.start_watch(self, live_tasks);
             }
             state.renewal.get_or_init(|| {
                 crate::background::spawn(
@@ -246,6 +269,30 @@ pub(crate) enum AcmeError {
     /// The certificate stored by an earlier run is unusable.
     #[error(transparent)]
     Stored(#[from] super::PairError),
+    /// etcd cannot be reached, or refused a call.
+    #[error("{0}")]
+    Etcd(crate::cluster::etcd::Error),
+    /// What etcd holds does not open with `cluster.etcd.secret_key`.
+    #[error("{}: {source}", String::from_utf8_lossy(at))]
+    Sealed {
+        /// The etcd key.
+        at: Vec<u8>,
+        /// Why it does not open.
+        #[source]
+        source: seal::SealError,
+    },
+    /// What etcd holds at a key opens but is not what portico keeps there.
+    #[error(
+        "{}: not a stored certificate or account: {source}",
+        String::from_utf8_lossy(at)
+    )]
+    Unreadable {
+        /// The etcd key.
+        at: Vec<u8>,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> AcmeError + '_ {
@@ -278,52 +325,77 @@ async fn maintain(store: Arc<Store>, state: Weak<AcmeState>) {
             Ok(s) => s.clone(),
             Err(_) => return,
         };
-        let left = live
-            .cert
-            .load()
-            .as_ref()
-            .map(|issued| issued.not_after - now_unix());
-        let due = left.is_none_or(|left| left < settings.renew_before.as_secs() as i64);
-        let wait = if due {
-            match issue(&store, &live, &settings).await {
-                Ok(()) => {
-                    failures = 0;
-                    tracing::info!(domains = ?settings.domains, "certificate issued");
-                    settings.check_every
-                }
-                Err(err) => {
-                    failures += 1;
-                    tracing::warn!(domains = ?settings.domains, error = %err, "certificate order failed; the current certificate stays");
-                    // 2 s, 4 s, ... up to an hour.
-                    Duration::from_secs(1 << failures.min(11)).min(Duration::from_secs(3600))
-                }
+        let checked = match (store.link.get(), &settings.seal) {
+            (Some(link), Some(key)) => cluster::check(&store, link, &live, &settings, key).await,
+            _ if due(&live, &settings) => issue(&store, &live, &settings)
+                .await
+                .map(|()| Checked::Issued),
+            _ => Ok(Checked::Fresh),
+        };
+        let wait = match checked {
+            Ok(Checked::Fresh) => {
+                failures = 0;
+                settings.check_every
             }
-        } else {
-            settings.check_every
+            Ok(Checked::Issued) => {
+                failures = 0;
+                tracing::info!(domains = ?settings.domains, "certificate issued");
+                settings.check_every
+            }
+            Ok(Checked::Busy(wait)) => {
+                failures = 0;
+                wait.min(settings.check_every)
+            }
+            Err(err) => {
+                failures += 1;
+                tracing::warn!(domains = ?settings.domains, error = %err, "certificate order failed; the current certificate stays");
+                // 2 s, 4 s, ... up to an hour.
+                Duration::from_secs(1 << failures.min(11)).min(Duration::from_secs(3600))
+            }
         };
         drop(live);
         tokio::time::sleep(wait).await;
     }
 }
 
-async fn account(settings: &Settings) -> Result<Account, AcmeError> {
-    let builder = match &settings.directory_ca {
+/// What one check of a certificate came to.
+enum Checked {
+    /// The certificate in force is good for longer than `renew_before`.
+    Fresh,
+    /// This node ordered a new one (and, in a cluster, stored it in etcd).
+    Issued,
+    /// Another node of the cluster holds the lock (it orders now, or crashed and its lease
+    /// runs out): look again after this long.
+    Busy(Duration),
+}
+
+/// Whether `state` has no certificate, or one with less than `renew_before` left.
+fn due(state: &AcmeState, settings: &Settings) -> bool {
+    state
+        .cert
+        .load()
+        .as_ref()
+        .map(|issued| issued.not_after - now_unix())
+        .is_none_or(|left| left < settings.renew_before.as_secs() as i64)
+}
+
+/// A client of the configured directory.
+fn builder(settings: &Settings) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    match &settings.directory_ca {
         Some(ca) => Account::builder_with_root(ca),
         None => Account::builder(),
     }
-    .map_err(AcmeError::Client)?;
-    let path = settings.storage.join("account.json");
-    if let Ok(text) = std::fs::read_to_string(&path)
-        && let Ok(credentials) = serde_json::from_str::<AccountCredentials>(&text)
-    {
-        return builder
-            .from_credentials(credentials)
-            .await
-            .map_err(AcmeError::Account);
-    }
+    .map_err(AcmeError::Client)
+}
+
+/// The account to order with and its credentials to keep, made at the directory.
+async fn new_account(
+    builder: instant_acme::AccountBuilder,
+    settings: &Settings,
+) -> Result<(Account, AccountCredentials), AcmeError> {
     let contact = settings.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-    let (account, credentials) = builder
+    builder
         .create(
             &NewAccount {
                 contact: &contacts,
@@ -334,7 +406,21 @@ async fn account(settings: &Settings) -> Result<Account, AcmeError> {
             None,
         )
         .await
-        .map_err(AcmeError::Account)?;
+        .map_err(AcmeError::Account)
+}
+
+async fn account(settings: &Settings) -> Result<Account, AcmeError> {
+    let builder = builder(settings)?;
+    let path = settings.storage.join("account.json");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(credentials) = serde_json::from_str::<AccountCredentials>(&text)
+    {
+        return builder
+            .from_credentials(credentials)
+            .await
+            .map_err(AcmeError::Account);
+    }
+    let (account, credentials) = new_account(builder, settings).await?;
     let text = serde_json::to_string(&credentials)?;
     write_private(&path, text.as_bytes())?;
     Ok(account)
@@ -355,12 +441,38 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), AcmeError> {
     std::fs::rename(&tmp, path).map_err(write_error(path))
 }
 
-async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<(), AcmeError> {
+fn create_storage(settings: &Settings) -> Result<(), AcmeError> {
     std::fs::create_dir_all(&settings.storage).map_err(|source| AcmeError::CreateDir {
         path: settings.storage.clone(),
         source,
-    })?;
+    })
+}
+
+async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<(), AcmeError> {
+    create_storage(settings)?;
     let account = account(settings).await?;
+    let pems = order(store, state, settings, &account, None).await?;
+    install(state, settings, &pems)
+}
+
+/// An issued certificate chain and its key, as PEM.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Pems {
+    /// The private key.
+    key: String,
+    /// The chain, leaf first.
+    chain: String,
+}
+
+/// Places one order for `settings`' names and sees it through: challenges answered here (and,
+/// with `holder`, published to the cluster's nodes), the order finalized; the chain and key.
+async fn order(
+    store: &Store,
+    state: &AcmeState,
+    settings: &Settings,
+    account: &Account,
+    holder: Option<&cluster::Holder<'_>>,
+) -> Result<Pems, AcmeError> {
     let identifiers: Vec<Identifier> = settings
         .domains
         .iter()
@@ -395,11 +507,18 @@ async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<
                         t.insert(challenge.token.clone(), key_auth.as_str().to_owned());
                     }
                     tokens.push(challenge.token.clone());
+                    if let Some(holder) = holder {
+                        holder.http01(&challenge.token, key_auth.as_str()).await?;
+                    }
                 }
                 Challenge::TlsAlpn01 => {
-                    let cert = alpn_certificate(&name, key_auth.digest().as_ref())?;
+                    let digest = key_auth.digest();
+                    let cert = alpn_certificate(&name, digest.as_ref())?;
                     if let Ok(mut a) = state.alpn.lock() {
                         a.insert(name.clone(), cert);
+                    }
+                    if let Some(holder) = holder {
+                        holder.tls_alpn01(&name, digest.as_ref()).await?;
                     }
                     alpn_names.push(name);
                 }
@@ -433,22 +552,39 @@ async fn issue(store: &Store, state: &AcmeState, settings: &Settings) -> Result<
             a.remove(name);
         }
     }
-    let (key_pem, chain_pem) = result?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+    let (key, chain) = result?;
+    Ok(Pems { key, chain })
+}
+
+/// The certificate in `pems`, ready to serve.
+fn certified(pems: &Pems) -> Result<Issued, AcmeError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pems.chain.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(AcmeError::BadChain)?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(AcmeError::BadKey)?;
+    let key = PrivateKeyDer::from_pem_slice(pems.key.as_bytes()).map_err(AcmeError::BadKey)?;
     let certified = CertifiedKey::from_der(chain.clone(), key, &super::provider())?;
     let not_after = chain
         .first()
         .and_then(|leaf| super::identity(leaf))
         .map_or(0, |id| id.not_after);
-    write_private(&settings.storage.join("key.pem"), key_pem.as_bytes())?;
-    write_private(&settings.storage.join("cert.pem"), chain_pem.as_bytes())?;
-    state.cert.store(Some(Arc::new(Issued {
+    Ok(Issued {
         key: Arc::new(certified),
         not_after,
-    })));
+    })
+}
+
+/// Keeps `pems` in the storage folder, where a restart finds them.
+fn keep_on_disk(settings: &Settings, pems: &Pems) -> Result<(), AcmeError> {
+    create_storage(settings)?;
+    write_private(&settings.storage.join("key.pem"), pems.key.as_bytes())?;
+    write_private(&settings.storage.join("cert.pem"), pems.chain.as_bytes())
+}
+
+/// The certificate in `pems` is served from now on, and kept on disk.
+fn install(state: &AcmeState, settings: &Settings, pems: &Pems) -> Result<(), AcmeError> {
+    let issued = certified(pems)?;
+    keep_on_disk(settings, pems)?;
+    state.cert.store(Some(Arc::new(issued)));
     Ok(())
 }
 
@@ -480,6 +616,7 @@ mod tests {
             directory_ca: None,
             renew_before: Duration::from_secs(30 * 86400),
             check_every: Duration::from_secs(3600),
+            seal: None,
         }
     }
 

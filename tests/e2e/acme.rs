@@ -40,6 +40,23 @@ pub(crate) fn start_pebble(
     http_port: u16,
     tls_port: u16,
 ) -> Pebble {
+    start_pebble_on(dir, ca, http_port, tls_port, free_port())
+}
+
+/// Pebble's directory URL when it listens on `port`.
+pub(crate) fn pebble_directory(port: u16) -> String {
+    format!("https://localhost:{port}/dir")
+}
+
+/// Like [`start_pebble`], with the directory on `listen` ([`pebble_directory`]) and pebble's
+/// log in `dir/pebble.log`.
+pub(crate) fn start_pebble_on(
+    dir: &std::path::Path,
+    ca: &Ca,
+    http_port: u16,
+    tls_port: u16,
+    listen: u16,
+) -> Pebble {
     let server = ca.leaf(
         "pebble",
         "localhost",
@@ -47,8 +64,7 @@ pub(crate) fn start_pebble(
         false,
         false,
     );
-    let (listen, management, dns, dns_management) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (management, dns, dns_management) = (free_port(), free_port(), free_port());
     let config = format!(
         r#"{{"pebble": {{"listenAddress": "127.0.0.1:{listen}", "managementListenAddress": "127.0.0.1:{management}",
             "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls_port},
@@ -81,6 +97,7 @@ pub(crate) fn start_pebble(
         .stderr(Stdio::null())
         .spawn()
         .expect("pebble-challtestsrv (apt-get install pebble)");
+    let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
     let pebble = Command::new("pebble")
         .args([
             "-config",
@@ -91,13 +108,13 @@ pub(crate) fn start_pebble(
         ])
         // Quick validations; nonce rejection stays on (5%), so the client's retries are exercised.
         .env("PEBBLE_VA_NOSLEEP", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .expect("pebble (apt-get install pebble)");
     let mut started = Pebble {
         children: vec![dns_server, pebble],
-        directory: format!("https://localhost:{listen}/dir"),
+        directory: pebble_directory(listen),
         management,
     };
     wait_port(listen);

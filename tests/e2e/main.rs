@@ -7,6 +7,7 @@ mod support;
 
 mod access_log;
 mod acme;
+mod acme_cluster;
 mod admin_api;
 mod admission;
 mod aggregate;
