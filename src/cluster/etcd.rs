@@ -234,21 +234,6 @@ impl Client {
         Ok(truthy(&answer["succeeded"]).then(|| header_revision(&answer)))
     }
 
-    /// Deletes `key` if it is bound to `lease` (so a node removes only what it holds).
-    pub(crate) async fn delete_if_lease(&self, key: &[u8], lease: i64) -> Result<bool, Error> {
-        let ask = json!({
-            "compare": [{
-                "key": B64.encode(key),
-                "target": "LEASE",
-                "result": "EQUAL",
-                "lease": lease.to_string(),
-            }],
-            "success": [{ "request_delete_range": { "key": B64.encode(key) } }],
-        });
-        let answer = self.call("/v3/kv/txn", &ask).await?;
-        Ok(truthy(&answer["succeeded"]))
-    }
-
     /// A lease of `ttl`; its id.
     pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64, Error> {
         let ask = json!({ "TTL": ttl.as_secs().max(1).to_string() });
