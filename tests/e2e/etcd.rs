@@ -256,8 +256,11 @@ async fn three_nodes_run_the_config_in_etcd_and_writes_on_one_serve_on_all() {
         assert!(reason.contains(&format!("revision {bad}")), "{reason}");
         assert_eq!(status_of(node, "/b").await, 200);
     }
-    let nodes_view = get(&admin(&nodes[0]), "/cluster/nodes").await.json();
-    assert_eq!(nodes_view["nodes"][0]["health"], "degraded", "{nodes_view}");
+    until(Duration::from_secs(5), "n0 listed degraded", || async {
+        let list = get(&admin(&nodes[0]), "/cluster/nodes").await.json();
+        list["nodes"][0]["health"] == "degraded"
+    })
+    .await;
     // A node that stops leaves the list at once (before its lease would expire).
     let mut nodes = nodes;
     let mut gone = nodes.pop().unwrap();
