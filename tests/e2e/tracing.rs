@@ -52,7 +52,7 @@ impl Receiver {
         Receiver { child, port, spans }
     }
 
-    /// The spans of `trace`, once `count` of them arrived.
+    /// The spans of `trace`, once `count` of them arrived, its `request` span among them.
     pub async fn trace(&self, trace: &str, count: usize) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -64,7 +64,9 @@ impl Receiver {
                 .filter(|s| s["trace_id"] == trace)
                 .cloned()
                 .collect();
-            if spans.len() >= count {
+            // The receiver writes a batch's spans one line at a time, and a request's own
+            // span comes after its children: wait for it too.
+            if spans.len() >= count && spans.iter().any(|s| s["name"] == "request") {
                 return spans;
             }
             assert!(
