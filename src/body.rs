@@ -2,7 +2,8 @@
 //!
 //! An enum rather than a boxed trait object: no allocation per message for the common kinds,
 //! and the upstream connection goes back to its pool the moment its response body ends. A
-//! leaf: it names nothing else of portico, so every stage can use it.
+//! leaf but for the upstream HTTP/1.1 client's response body (`pool::h1`), so every stage can
+//! use it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -77,6 +78,9 @@ pin_project_lite::pin_project! {
         Filtered { inner: Box<Body>, filters: Vec<Box<dyn ChunkFilter>>, ending: Ending },
         /// An upstream response body; its connection returns to the pool when it ends.
         Pooled { #[pin] inner: Incoming, checkin: Option<Box<dyn Checkin>> },
+        /// An upstream response body read by portico's own HTTP/1.1 client; its connection
+        /// returns to the pool when it ends.
+        Upstream { inner: crate::pool::h1::ResponseBody },
         /// A body whose end (with its trailers, if any) someone waits for.
         Watched { inner: Box<Body>, watch: Option<Box<dyn Watch>> },
         /// A body portico produces piece by piece (a file read in bounded chunks).
@@ -172,6 +176,7 @@ impl std::fmt::Debug for Body {
             Body::Stream { .. } => "Stream",
             Body::Filtered { .. } => "Filtered",
             Body::Pooled { .. } => "Pooled",
+            Body::Upstream { .. } => "Upstream",
             Body::Watched { .. } => "Watched",
             Body::Local { .. } => "Local",
         };
@@ -303,6 +308,7 @@ impl http_body::Body for Body {
                 }
                 polled.map_err(Into::into)
             }
+            BodyProj::Upstream { inner } => inner.poll_frame(cx),
             BodyProj::Local { inner } => inner.as_mut().poll_frame(cx),
         }
     }
@@ -320,6 +326,7 @@ impl http_body::Body for Body {
                 }
             }
             Body::Watched { inner, .. } => inner.is_end_stream(),
+            Body::Upstream { inner } => inner.is_end_stream(),
             Body::Local { inner } => inner.is_end_stream(),
         }
     }
@@ -337,6 +344,7 @@ impl http_body::Body for Body {
             }
             Body::Filtered { .. } => SizeHint::default(),
             Body::Watched { inner, .. } => inner.size_hint(),
+            Body::Upstream { inner } => inner.size_hint(),
             Body::Local { inner } => inner.size_hint(),
         }
     }

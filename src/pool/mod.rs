@@ -18,6 +18,7 @@
 
 pub(crate) mod breaker;
 pub(crate) mod check;
+pub(crate) mod h1;
 mod h2idle;
 mod idle;
 mod trim;
@@ -149,9 +150,37 @@ struct Slot {
     demand: trim::Demand,
 }
 
+/// An HTTP/1.1 connection: driven by hyper's client on a task of its own (TLS), or by the
+/// request's task itself (plain TCP, see [`h1`]).
+#[derive(Debug)]
+pub(crate) enum H1 {
+    /// hyper's client.
+    Hyper(http1::SendRequest<Body>),
+    /// portico's own client.
+    Raw(Box<h1::RawConn>),
+}
+
+impl H1 {
+    /// The upstream closed it (as far as is known without waiting).
+    fn is_closed(&self) -> bool {
+        match self {
+            H1::Hyper(sender) => sender.is_closed(),
+            H1::Raw(conn) => !conn.alive(),
+        }
+    }
+
+    /// It can take a request now.
+    fn is_ready(&self) -> bool {
+        match self {
+            H1::Hyper(sender) => sender.is_ready(),
+            H1::Raw(_) => true,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    sender: H1,
     since: Instant,
     lease: Arc<Lease>,
     /// The client whose PROXY header the connection carried; only its requests reuse it.
@@ -199,7 +228,7 @@ const RELEASED: usize = usize::MAX;
 pub(crate) struct Checkin {
     target: Arc<TargetState>,
     worker: usize,
-    sender: Option<http1::SendRequest<Body>>,
+    sender: Option<H1>,
     lease: Arc<Lease>,
     settings: PoolSettings,
     owner: Option<SocketAddr>,
@@ -257,9 +286,51 @@ impl Checkin {
         self.target.freed.notify_waiters();
     }
 
-    /// The connection, to send the request on.
+    /// A connection of portico's own client, back from a clean exchange.
+    fn put_back(mut self, conn: Box<h1::RawConn>) {
+        self.sender = Some(H1::Raw(conn));
+        self.release();
+    }
+
+    /// The connection, when hyper's client drives it.
     pub(crate) fn sender(&mut self) -> Option<&mut http1::SendRequest<Body>> {
-        self.sender.as_mut()
+        match self.sender.as_mut()? {
+            H1::Hyper(sender) => Some(sender),
+            H1::Raw(_) => None,
+        }
+    }
+
+    /// The connection, when portico's own client drives it: taken for the exchange, which
+    /// brings it back (see [`h1::exchange`]).
+    pub(crate) fn take_raw(&mut self) -> Option<Box<h1::RawConn>> {
+        match self.sender.take()? {
+            H1::Raw(conn) => Some(conn),
+            other => {
+                self.sender = Some(other);
+                None
+            }
+        }
+    }
+
+    /// Hands a connection of portico's own client to hyper's client (for an exchange that
+    /// may upgrade the connection); a hyper connection stays as it is.
+    pub(crate) async fn hyper(&mut self) -> Result<(), ConnectError> {
+        let Some(conn) = self.take_raw() else {
+            return Ok(());
+        };
+        let (stream, open) = conn.into_parts();
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_AHEAD)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        drive(
+            conn.with_upgrades(),
+            Expiry::Lease(Arc::clone(&self.lease)),
+            open,
+        );
+        self.sender = Some(H1::Hyper(sender));
+        Ok(())
     }
 }
 
@@ -487,7 +558,13 @@ impl TargetState {
     ) -> Result<Conn, ConnectError> {
         let stream = self.dial(settings, proxy).await?;
         let (sender, lease) = match tls {
-            None => self.open_h1(TokioIo::new(stream)).await?,
+            None => {
+                let lease = Arc::new(Lease::new());
+                let open = OpenConn::new(&self.open, &self.freed);
+                self.watch_idle(worker, Arc::clone(&lease));
+                let conn = h1::RawConn::new(stream, Arc::clone(&lease), open);
+                (H1::Raw(conn), lease)
+            }
             Some(tls) => {
                 let stream = self.tls_handshake(tls, stream, settings).await?;
                 self.open_h1(TokioIo::new(stream)).await?
@@ -509,10 +586,7 @@ impl TargetState {
         ))
     }
 
-    async fn open_h1<I>(
-        &self,
-        io: I,
-    ) -> Result<(http1::SendRequest<Body>, Arc<Lease>), ConnectError>
+    async fn open_h1<I>(&self, io: I) -> Result<(H1, Arc<Lease>), ConnectError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -522,39 +596,78 @@ impl TargetState {
             .await
             .map_err(ConnectError::Handshake)?;
         let lease = Arc::new(Lease::new());
-        self.drive(conn.with_upgrades(), Expiry::Lease(Arc::clone(&lease)));
-        Ok((sender, lease))
+        let open = OpenConn::new(&self.open, &self.freed);
+        drive(
+            conn.with_upgrades(),
+            Expiry::Lease(Arc::clone(&lease)),
+            open,
+        );
+        Ok((H1::Hyper(sender), lease))
     }
 
-    /// Runs a connection's I/O on this worker, counted as open while it lives, until it has
-    /// been idle for its timeout (dropping the connection closes it).
-    fn drive(
-        &self,
-        conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
-        expiry: Expiry,
-    ) {
-        let open = OpenConn::new(&self.open, &self.freed);
+    /// Closes a connection of portico's own client once it has been idle for its timeout:
+    /// nothing drives it between exchanges, so this task only waits on its lease (waking
+    /// once per timeout while it is in use) and takes it out of the idle list.
+    fn watch_idle(self: &Arc<Self>, worker: usize, lease: Arc<Lease>) {
+        let target = Arc::clone(self);
         tokio::spawn(async move {
-            let idle = async {
-                match expiry {
-                    Expiry::Lease(lease) => lease.expired().await,
-                    Expiry::Streams(activity) => activity.expired().await,
-                }
+            lease.expired().await;
+            let Some(slot) = target.idle.get(worker) else {
+                return;
             };
-            let ended = tokio::select! {
-                ended = conn => ended,
-                () = idle => {
-                    tracing::debug!("idle upstream connection closed");
-                    Ok(())
-                }
+            let expired = {
+                let mut idle = match slot.lock() {
+                    Ok(idle) => idle,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let at = idle.list.iter().position(|e| Arc::ptr_eq(&e.lease, &lease));
+                at.map(|at| idle.list.remove(at))
             };
-            if let Err(err) = ended {
-                tracing::debug!(error = %err, "upstream connection ended");
+            if expired.is_some() {
+                tracing::debug!("idle upstream connection closed");
             }
-            drop(open);
         });
     }
+}
 
+/// Runs a connection's I/O on this worker, counted as open (by `open`) while it lives, until
+/// it has been idle for its timeout (dropping the connection closes it).
+fn drive(
+    conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    expiry: Expiry,
+    open: OpenConn,
+) {
+    // A connection handed over from portico's own client has a task waiting on its lease:
+    // told when the connection is gone (an upgrade takes it for good).
+    let lease = match &expiry {
+        Expiry::Lease(lease) => Some(Arc::clone(lease)),
+        Expiry::Streams(_) => None,
+    };
+    tokio::spawn(async move {
+        let idle = async {
+            match expiry {
+                Expiry::Lease(lease) => lease.expired().await,
+                Expiry::Streams(activity) => activity.expired().await,
+            }
+        };
+        let ended = tokio::select! {
+            ended = conn => ended,
+            () = idle => {
+                tracing::debug!("idle upstream connection closed");
+                Ok(())
+            }
+        };
+        if let Err(err) = ended {
+            tracing::debug!(error = %err, "upstream connection ended");
+        }
+        if let Some(lease) = lease {
+            lease.gone();
+        }
+        drop(open);
+    });
+}
+
+impl TargetState {
     async fn open_h2<I>(
         &self,
         io: I,
@@ -570,7 +683,11 @@ impl TargetState {
             .handshake(io)
             .await
             .map_err(ConnectError::Handshake)?;
-        self.drive(conn, Expiry::Streams(activity));
+        drive(
+            conn,
+            Expiry::Streams(activity),
+            OpenConn::new(&self.open, &self.freed),
+        );
         Ok(sender)
     }
 
@@ -616,7 +733,7 @@ impl TargetState {
     fn checkin(
         self: &Arc<Self>,
         worker: usize,
-        sender: http1::SendRequest<Body>,
+        sender: H1,
         lease: Arc<Lease>,
         settings: PoolSettings,
         owner: Option<SocketAddr>,
@@ -640,7 +757,7 @@ impl TargetState {
         worker: usize,
         settings: PoolSettings,
         owner: Option<SocketAddr>,
-    ) -> Option<(http1::SendRequest<Body>, Arc<Lease>)> {
+    ) -> Option<(H1, Arc<Lease>)> {
         let mut idle = self.idle.get(worker)?.lock().ok()?;
         let mut found = None;
         // Without PROXY headers every entry matches and this is the last one: a pop.
