@@ -2,8 +2,7 @@
 //!
 //! An enum rather than a boxed trait object: no allocation per message for the common kinds,
 //! and the upstream connection goes back to its pool the moment its response body ends. A
-//! leaf but for the upstream HTTP/1.1 client's response body (`pool::h1`), so every stage can
-//! use it.
+//! leaf: it names nothing else of portico, so every stage can use it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,6 +24,20 @@ pub(crate) struct TooLarge(pub u64);
 pub(crate) trait Checkin: Send + Sync {
     /// The body ended cleanly: the connection may serve the next request.
     fn release(self: Box<Self>);
+}
+
+/// An upstream connection that reads a response body itself (portico's own HTTP/1.1 client):
+/// the body is read from it as it is polled, and it is handed back when the body ends.
+pub(crate) trait Source: Send + Sync {
+    /// The next frame; `None` at the end.
+    fn poll_frame(&mut self, cx: &mut Context<'_>)
+    -> Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+    /// Whether the body has ended (after its last frame).
+    fn ended(&self) -> bool;
+    /// The bytes left, when known.
+    fn size_hint(&self) -> SizeHint;
+    /// The body ended: the connection goes back to its pool if the exchange ended cleanly.
+    fn finish(self: Box<Self>);
 }
 
 /// Sees each data chunk of a body as it passes: the streaming body phase of a plugin.
@@ -80,7 +93,7 @@ pin_project_lite::pin_project! {
         Pooled { #[pin] inner: Incoming, checkin: Option<Box<dyn Checkin>> },
         /// An upstream response body read by portico's own HTTP/1.1 client; its connection
         /// returns to the pool when it ends.
-        Upstream { inner: crate::pool::h1::ResponseBody },
+        Upstream { source: Option<Box<dyn Source>> },
         /// A body whose end (with its trailers, if any) someone waits for.
         Watched { inner: Box<Body>, watch: Option<Box<dyn Watch>> },
         /// A body portico produces piece by piece (a file read in bounded chunks).
@@ -308,7 +321,29 @@ impl http_body::Body for Body {
                 }
                 polled.map_err(Into::into)
             }
-            BodyProj::Upstream { inner } => inner.poll_frame(cx),
+            BodyProj::Upstream { source } => {
+                let Some(inner) = source.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let polled = inner.poll_frame(cx);
+                match &polled {
+                    // Handed back the moment it ends, not when the body is dropped.
+                    Poll::Ready(Some(Ok(_))) if inner.ended() => {
+                        if let Some(inner) = source.take() {
+                            inner.finish();
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(inner) = source.take() {
+                            inner.finish();
+                        }
+                    }
+                    // A broken body leaves the connection in an unknown state: closed.
+                    Poll::Ready(Some(Err(_))) => *source = None,
+                    _ => {}
+                }
+                polled
+            }
             BodyProj::Local { inner } => inner.as_mut().poll_frame(cx),
         }
     }
@@ -326,7 +361,7 @@ impl http_body::Body for Body {
                 }
             }
             Body::Watched { inner, .. } => inner.is_end_stream(),
-            Body::Upstream { inner } => inner.is_end_stream(),
+            Body::Upstream { source } => source.is_none(),
             Body::Local { inner } => inner.is_end_stream(),
         }
     }
@@ -344,7 +379,10 @@ impl http_body::Body for Body {
             }
             Body::Filtered { .. } => SizeHint::default(),
             Body::Watched { inner, .. } => inner.size_hint(),
-            Body::Upstream { inner } => inner.size_hint(),
+            Body::Upstream { source: None } => SizeHint::with_exact(0),
+            Body::Upstream {
+                source: Some(inner),
+            } => inner.size_hint(),
             Body::Local { inner } => inner.size_hint(),
         }
     }

@@ -193,7 +193,6 @@ pub(crate) fn forward<'a>(
         policy,
         path_and_query,
         host: hop.host,
-        client: ctx.client.ip(),
         peers,
         idempotent,
         deadline,
@@ -318,8 +317,8 @@ pub(crate) struct Tries<'a> {
     policy: &'a RetryPolicy,
     path_and_query: PathAndQuery,
     host: Option<HeaderValue>,
-    client: std::net::IpAddr,
-    /// The client's address and the one it connected to, for a PROXY protocol header.
+    /// The client's address (the balancer's on a retry) and the one it connected to (for a
+    /// PROXY protocol header).
     peers: (std::net::SocketAddr, std::net::SocketAddr),
     /// Retries after a response, a reset or a timeout are allowed.
     idempotent: bool,
@@ -508,7 +507,7 @@ impl Tries<'_> {
     /// A target not tried yet if there is one, else any (a lone target gets retried).
     fn next_target(&self, tried: &[usize]) -> Option<usize> {
         let pick = RequestView {
-            client: self.client,
+            client: self.peers.0.ip(),
             host: "",
             method: &http::Method::GET,
             headers: &EMPTY_HEADERS,
@@ -909,12 +908,14 @@ async fn exchange(
                 if !upgrade && let Some(conn) = checkin.take_raw() {
                     let sent = match crate::pool::h1::send(conn, checkin, request) {
                         Ok(sent) => sent,
-                        Err((err, Some(unsent))) if attempt == 0 => {
-                            tracing::debug!(error = %err, "pooled upstream connection closed");
-                            request = unsent;
-                            continue;
-                        }
-                        Err((err, unsent)) => return Err((h1_error(name, err), unsent)),
+                        Err(failed) => match *failed {
+                            (err, Some(unsent)) if attempt == 0 => {
+                                tracing::debug!(error = %err, "pooled upstream connection closed");
+                                request = unsent;
+                                continue;
+                            }
+                            (err, unsent) => return Err((h1_error(name, err), unsent)),
+                        },
                     };
                     return match sent.await {
                         Ok(response) => Ok((response, None)),

@@ -172,7 +172,7 @@ impl RawConn {
     }
 
     /// The exchange is over: back to the pool when it ended cleanly, else closed.
-    fn finish(mut self: Box<Self>) {
+    fn hand_back(mut self: Box<Self>) {
         let clean =
             self.reusable && self.upload.is_none() && self.buf.is_empty() && self.decoder.done();
         let Some(home) = self.home.take() else {
@@ -290,7 +290,7 @@ impl RawConn {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         // Room for a read of `read_size`, or for what the body still has when that is less.
         let want = match self.decoder.remaining() {
-            Some(left) if left > 0 && !self.buf.is_empty() => self
+            Some(left) if left > 0 => self
                 .read_size
                 .min(usize::try_from(left).unwrap_or(usize::MAX)),
             _ => self.read_size,
@@ -447,9 +447,9 @@ fn encode_head(out: &mut Vec<u8>, head: &http::request::Parts, body: &mut Body) 
     sending
 }
 
-/// What a failed exchange leaves: the error, and the request when none of it was sent (it
-/// may then go out on another connection).
-pub(crate) type Failed = (Error, Option<Request<Body>>);
+/// What a failed send leaves: the error, and the request when none of it was sent (it may
+/// then go out on another connection). Boxed: rare, and large.
+pub(crate) type Failed = Box<(Error, Option<Request<Body>>)>;
 
 /// One exchange on `conn`, which goes back to the pool through `home` when it ends cleanly:
 /// the request is sent by [`send`], which does not wait, and the [`Sent`] it returns waits
@@ -522,7 +522,8 @@ impl RawConn {
                 if let Sending::Inline(data) = sending {
                     body = Body::full(data);
                 }
-                return Err((Error::Io(err), Some(Request::from_parts(head, body))));
+                let unsent = Request::from_parts(head, body);
+                return Err(Box::new((Error::Io(err), Some(unsent))));
             }
         }
         self.upload = match sending {
@@ -570,81 +571,40 @@ impl RawConn {
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
         if self.decoder.done() {
-            self.finish();
+            self.hand_back();
         } else {
-            *response.body_mut() = Body::Upstream {
-                inner: ResponseBody(Some(self)),
-            };
+            *response.body_mut() = Body::Upstream { source: Some(self) };
         }
         Ok(response)
     }
 }
 
-/// A response body read from its connection as it is polled; the connection goes back to
-/// its pool when the body ends cleanly.
-pub(crate) struct ResponseBody(Option<Box<RawConn>>);
-
-impl std::fmt::Debug for ResponseBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResponseBody")
-    }
-}
-
-impl ResponseBody {
-    /// The next frame, as `http_body::Body::poll_frame`.
-    pub(crate) fn poll_frame(
+impl crate::body::Source for RawConn {
+    fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Some(conn) = self.0.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let step = match ready!(conn.poll_body(cx)) {
-            Ok(step) => step,
-            Err(err) => {
-                // A broken body leaves the connection in an unknown state: closed.
-                self.0 = None;
-                return Poll::Ready(Some(Err(Box::new(err))));
-            }
-        };
-        let frame = match step {
-            Step::Data(data) => {
-                if conn.decoder.done() {
-                    self.end();
-                }
-                Frame::data(data)
-            }
-            Step::Trailers(trailers) => {
-                self.end();
-                Frame::trailers(trailers)
-            }
-            Step::End | Step::More => {
-                self.end();
-                return Poll::Ready(None);
-            }
+        let frame = match ready!(self.poll_body(cx)) {
+            Ok(Step::Data(data)) => Frame::data(data),
+            Ok(Step::Trailers(trailers)) => Frame::trailers(trailers),
+            Ok(Step::End | Step::More) => return Poll::Ready(None),
+            Err(err) => return Poll::Ready(Some(Err(Box::new(err)))),
         };
         Poll::Ready(Some(Ok(frame)))
     }
 
-    /// The body has ended: the connection goes back (or closes) now, not when the body is
-    /// dropped.
-    fn end(&mut self) {
-        if let Some(conn) = self.0.take() {
-            conn.finish();
+    fn ended(&self) -> bool {
+        self.decoder.done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 
-    /// Whether the body has ended.
-    pub(crate) fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
-
-    /// The bytes left, when the framing says.
-    pub(crate) fn size_hint(&self) -> SizeHint {
-        match self.0.as_ref().map(|c| c.decoder.remaining()) {
-            None => SizeHint::with_exact(0),
-            Some(Some(n)) => SizeHint::with_exact(n),
-            Some(None) => SizeHint::default(),
-        }
+    fn finish(self: Box<Self>) {
+        self.hand_back();
     }
 }

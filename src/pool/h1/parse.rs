@@ -62,9 +62,16 @@ pub(crate) enum Framing {
 /// Parses a response head from the start of `buf`, taking it out of `buf` once complete.
 /// `Ok(None)`: more bytes are needed (and `buf` is shorter than `max_head`).
 pub(crate) fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, ParseError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(buf) {
+    // Not zeroed first: httparse writes the fields it finds.
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
             return Err(ParseError::TooLarge);
@@ -85,18 +92,27 @@ pub(crate) fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<H
         Some(1) => Version::HTTP_11,
         _ => return Err(ParseError::Head),
     };
-    // Where each field sits in the head, so the values can share its bytes.
+    // Where each field sits in the head (within `max_head`, below 64 KiB), so the values can
+    // share its bytes.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let count = response.headers.len();
+    let offset = |p: *const u8| u16::try_from(p as usize - base).map_err(|_| ParseError::TooLarge);
     for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        *span = (name, field.name.len(), value, field.value.len());
+        let name_len = u16::try_from(field.name.len()).map_err(|_| ParseError::TooLarge)?;
+        let value_len = u16::try_from(field.value.len()).map_err(|_| ParseError::TooLarge)?;
+        *span = (
+            offset(field.name.as_ptr())?,
+            name_len,
+            offset(field.value.as_ptr())?,
+            value_len,
+        );
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(name, name_len, value, value_len) in &spans[..count] {
+        let (name, name_len) = (usize::from(name), usize::from(name_len));
+        let (value, value_len) = (usize::from(value), usize::from(value_len));
         let name =
             HeaderName::from_bytes(&head[name..name + name_len]).map_err(|_| ParseError::Head)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
