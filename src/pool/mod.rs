@@ -1,8 +1,9 @@
 //! Upstream connections: one pool per target, split per worker thread.
 //!
-//! A connection is driven by a task on the worker that opened it, so each worker keeps its own
-//! idle list: a request never hands a connection to another thread, and the per-worker lock is
-//! never contended. HTTP/1.1 connections are checked out for one exchange and checked back in
+//! A connection stays on the worker that opened it, so each worker keeps its own idle list: a
+//! request never hands a connection to another thread, and the per-worker lock is never
+//! contended. A plain-TCP HTTP/1.1 connection is driven by the request that holds it (see
+//! `h1`); a TLS one, an upgrade and HTTP/2 by hyper's client, on a task of the worker. HTTP/1.1 connections are checked out for one exchange and checked back in
 //! when the response body ends; an HTTP/2 connection is shared by all requests of its worker.
 //! Pools live in a registry keyed by upstream and target, so a reload keeps them.
 //!
@@ -20,6 +21,8 @@ pub(crate) mod breaker;
 pub(crate) mod check;
 pub(crate) mod h1;
 mod h2idle;
+
+use h1::H1;
 mod idle;
 mod trim;
 
@@ -150,34 +153,6 @@ struct Slot {
     demand: trim::Demand,
 }
 
-/// An HTTP/1.1 connection: driven by hyper's client on a task of its own (TLS), or by the
-/// request's task itself (plain TCP, see [`h1`]).
-#[derive(Debug)]
-pub(crate) enum H1 {
-    /// hyper's client.
-    Hyper(http1::SendRequest<Body>),
-    /// portico's own client.
-    Raw(Box<h1::RawConn>),
-}
-
-impl H1 {
-    /// The upstream closed it (as far as is known without waiting).
-    fn is_closed(&self) -> bool {
-        match self {
-            H1::Hyper(sender) => sender.is_closed(),
-            H1::Raw(conn) => !conn.alive(),
-        }
-    }
-
-    /// It can take a request now.
-    fn is_ready(&self) -> bool {
-        match self {
-            H1::Hyper(sender) => sender.is_ready(),
-            H1::Raw(_) => true,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Idle {
     sender: H1,
@@ -286,51 +261,12 @@ impl Checkin {
         self.target.freed.notify_waiters();
     }
 
-    /// A connection of portico's own client, back from a clean exchange.
-    fn put_back(mut self, conn: Box<h1::RawConn>) {
-        self.sender = Some(H1::Raw(conn));
-        self.release();
-    }
-
     /// The connection, when hyper's client drives it.
     pub(crate) fn sender(&mut self) -> Option<&mut http1::SendRequest<Body>> {
         match self.sender.as_mut()? {
             H1::Hyper(sender) => Some(sender),
             H1::Raw(_) => None,
         }
-    }
-
-    /// The connection, when portico's own client drives it: taken for the exchange, which
-    /// brings it back (see [`h1::exchange`]).
-    pub(crate) fn take_raw(&mut self) -> Option<Box<h1::RawConn>> {
-        match self.sender.take()? {
-            H1::Raw(conn) => Some(conn),
-            other => {
-                self.sender = Some(other);
-                None
-            }
-        }
-    }
-
-    /// Hands a connection of portico's own client to hyper's client (for an exchange that
-    /// may upgrade the connection); a hyper connection stays as it is.
-    pub(crate) async fn hyper(&mut self) -> Result<(), ConnectError> {
-        let Some(conn) = self.take_raw() else {
-            return Ok(());
-        };
-        let (stream, open) = conn.into_parts();
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(UPSTREAM_READ_AHEAD)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        drive(
-            conn.with_upgrades(),
-            Expiry::Lease(Arc::clone(&self.lease)),
-            open,
-        );
-        self.sender = Some(H1::Hyper(sender));
-        Ok(())
     }
 }
 
@@ -603,30 +539,6 @@ impl TargetState {
             open,
         );
         Ok((H1::Hyper(sender), lease))
-    }
-
-    /// Closes a connection of portico's own client once it has been idle for its timeout:
-    /// nothing drives it between exchanges, so this task only waits on its lease (waking
-    /// once per timeout while it is in use) and takes it out of the idle list.
-    fn watch_idle(self: &Arc<Self>, worker: usize, lease: Arc<Lease>) {
-        let target = Arc::clone(self);
-        tokio::spawn(async move {
-            lease.expired().await;
-            let Some(slot) = target.idle.get(worker) else {
-                return;
-            };
-            let expired = {
-                let mut idle = match slot.lock() {
-                    Ok(idle) => idle,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                let at = idle.list.iter().position(|e| Arc::ptr_eq(&e.lease, &lease));
-                at.map(|at| idle.list.remove(at))
-            };
-            if expired.is_some() {
-                tracing::debug!("idle upstream connection closed");
-            }
-        });
     }
 }
 

@@ -3,7 +3,7 @@
 //! A pooled connection is a [`RawConn`]: the socket, its read buffer and the state of the
 //! exchange in progress, in one allocation made when the connection opens. The request's
 //! task writes the head (and a small body in the same write), parses the response head with
-//! `httparse` (see [`parse`]) and hands back a response whose body ([`ResponseBody`]) reads
+//! `httparse` (see [`parse`]) and hands back a response whose body (`Body::Upstream`) reads
 //! the rest from the socket as the client takes it. A streamed request body is sent while the
 //! response is read, by whoever polls: the head's wait, then the response body. No task and no
 //! channel stand between the request and the socket.
@@ -34,8 +34,10 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::idle::Lease;
-use super::{Checkin, OpenConn};
+use super::{Checkin, ConnectError, Expiry, OpenConn, TargetState, UPSTREAM_READ_AHEAD, drive};
 use crate::body::{Body, BodyError};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use parse::{Decoder, Step};
 
 /// What a connection's first read asks the socket for (hyper's client starts at 8 KiB too);
@@ -75,6 +77,101 @@ impl Drop for Gone {
         if let Some(lease) = self.0.take() {
             lease.gone();
         }
+    }
+}
+
+/// An HTTP/1.1 connection: driven by hyper's client on a task of its own (TLS), or by the
+/// request's task itself (plain TCP, see this module).
+#[derive(Debug)]
+pub(crate) enum H1 {
+    /// hyper's client.
+    Hyper(http1::SendRequest<Body>),
+    /// portico's own client.
+    Raw(Box<RawConn>),
+}
+
+impl H1 {
+    /// The upstream closed it (as far as is known without waiting).
+    pub(super) fn is_closed(&self) -> bool {
+        match self {
+            H1::Hyper(sender) => sender.is_closed(),
+            H1::Raw(conn) => !conn.alive(),
+        }
+    }
+
+    /// It can take a request now.
+    pub(super) fn is_ready(&self) -> bool {
+        match self {
+            H1::Hyper(sender) => sender.is_ready(),
+            H1::Raw(_) => true,
+        }
+    }
+}
+
+impl Checkin {
+    /// A connection of portico's own client, back from a clean exchange.
+    pub(super) fn put_back(mut self, conn: Box<RawConn>) {
+        self.sender = Some(H1::Raw(conn));
+        self.release();
+    }
+
+    /// The connection, when portico's own client drives it: taken for the exchange, which
+    /// brings it back (see [`h1::exchange`]).
+    pub(crate) fn take_raw(&mut self) -> Option<Box<RawConn>> {
+        match self.sender.take()? {
+            H1::Raw(conn) => Some(conn),
+            other => {
+                self.sender = Some(other);
+                None
+            }
+        }
+    }
+
+    /// Hands a connection of portico's own client to hyper's client (for an exchange that
+    /// may upgrade the connection); a hyper connection stays as it is.
+    pub(crate) async fn hyper(&mut self) -> Result<(), ConnectError> {
+        let Some(conn) = self.take_raw() else {
+            return Ok(());
+        };
+        let (stream, open) = conn.into_parts();
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_AHEAD)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        drive(
+            conn.with_upgrades(),
+            Expiry::Lease(Arc::clone(&self.lease)),
+            open,
+        );
+        self.sender = Some(H1::Hyper(sender));
+        Ok(())
+    }
+}
+
+impl TargetState {
+    /// Closes a connection of portico's own client once it has been idle for its timeout:
+    /// nothing drives it between exchanges, so this task only waits on its lease (waking
+    /// once per timeout while it is in use) and takes it out of the idle list.
+    pub(super) fn watch_idle(self: &Arc<Self>, worker: usize, lease: Arc<Lease>) {
+        let target = Arc::clone(self);
+        tokio::spawn(async move {
+            lease.expired().await;
+            let Some(slot) = target.idle.get(worker) else {
+                return;
+            };
+            let expired = {
+                let mut idle = match slot.lock() {
+                    Ok(idle) => idle,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let at = idle.list.iter().position(|e| Arc::ptr_eq(&e.lease, &lease));
+                at.map(|at| idle.list.remove(at))
+            };
+            if expired.is_some() {
+                tracing::debug!("idle upstream connection closed");
+            }
+        });
     }
 }
 
