@@ -26,6 +26,20 @@ pub(crate) trait Checkin: Send + Sync {
     fn release(self: Box<Self>);
 }
 
+/// An upstream connection that reads a response body itself (portico's own HTTP/1.1 client):
+/// the body is read from it as it is polled, and it is handed back when the body ends.
+pub(crate) trait Source: Send + Sync {
+    /// The next frame; `None` at the end.
+    fn poll_frame(&mut self, cx: &mut Context<'_>)
+    -> Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+    /// Whether the body has ended (after its last frame).
+    fn ended(&self) -> bool;
+    /// The bytes left, when known.
+    fn size_hint(&self) -> SizeHint;
+    /// The body ended: the connection goes back to its pool if the exchange ended cleanly.
+    fn finish(self: Box<Self>);
+}
+
 /// Sees each data chunk of a body as it passes: the streaming body phase of a plugin.
 ///
 /// A filter that changes the length of the body must remove `Content-Length` from the head
@@ -77,6 +91,9 @@ pin_project_lite::pin_project! {
         Filtered { inner: Box<Body>, filters: Vec<Box<dyn ChunkFilter>>, ending: Ending },
         /// An upstream response body; its connection returns to the pool when it ends.
         Pooled { #[pin] inner: Incoming, checkin: Option<Box<dyn Checkin>> },
+        /// An upstream response body read by portico's own HTTP/1.1 client; its connection
+        /// returns to the pool when it ends.
+        Upstream { source: Option<Box<dyn Source>> },
         /// A body whose end (with its trailers, if any) someone waits for.
         Watched { inner: Box<Body>, watch: Option<Box<dyn Watch>> },
         /// A body portico produces piece by piece (a file read in bounded chunks).
@@ -172,6 +189,7 @@ impl std::fmt::Debug for Body {
             Body::Stream { .. } => "Stream",
             Body::Filtered { .. } => "Filtered",
             Body::Pooled { .. } => "Pooled",
+            Body::Upstream { .. } => "Upstream",
             Body::Watched { .. } => "Watched",
             Body::Local { .. } => "Local",
         };
@@ -303,6 +321,29 @@ impl http_body::Body for Body {
                 }
                 polled.map_err(Into::into)
             }
+            BodyProj::Upstream { source } => {
+                let Some(inner) = source.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let polled = inner.poll_frame(cx);
+                match &polled {
+                    // Handed back the moment it ends, not when the body is dropped.
+                    Poll::Ready(Some(Ok(_))) if inner.ended() => {
+                        if let Some(inner) = source.take() {
+                            inner.finish();
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(inner) = source.take() {
+                            inner.finish();
+                        }
+                    }
+                    // A broken body leaves the connection in an unknown state: closed.
+                    Poll::Ready(Some(Err(_))) => *source = None,
+                    _ => {}
+                }
+                polled
+            }
             BodyProj::Local { inner } => inner.as_mut().poll_frame(cx),
         }
     }
@@ -320,6 +361,7 @@ impl http_body::Body for Body {
                 }
             }
             Body::Watched { inner, .. } => inner.is_end_stream(),
+            Body::Upstream { source } => source.is_none(),
             Body::Local { inner } => inner.is_end_stream(),
         }
     }
@@ -337,6 +379,10 @@ impl http_body::Body for Body {
             }
             Body::Filtered { .. } => SizeHint::default(),
             Body::Watched { inner, .. } => inner.size_hint(),
+            Body::Upstream { source: None } => SizeHint::with_exact(0),
+            Body::Upstream {
+                source: Some(inner),
+            } => inner.size_hint(),
             Body::Local { inner } => inner.size_hint(),
         }
     }

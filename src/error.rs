@@ -150,7 +150,7 @@ pub(crate) enum ProxyError {
         upstream: String,
         /// The cause.
         #[source]
-        source: hyper::Error,
+        source: crate::body::BodyError,
     },
     /// The upstream switched to a protocol the client did not ask for.
     #[error("upstream `{upstream}` switched to a protocol the client did not ask for")]

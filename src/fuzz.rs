@@ -705,6 +705,15 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An upstream's HTTP/1.1 response, read by portico's own client parser (`pool::h1::parse`)
+/// and by hyper's client: the first byte says whether the request was HEAD (odd), the second
+/// how portico's parser is fed (in pieces of that many bytes). Both read the same status,
+/// fields, body, trailers and end of message, or portico's parser refuses a response whose
+/// framing is ambiguous.
+pub fn h1_response(data: &[u8]) {
+    crate::pool::h1::differential::check(data);
+}
+
 /// The HTTP/2 frame scanner (`h2frame`, `server::scan::FrameScan`): the first byte picks how
 /// the rest is cut into reads. However cut, it finds the same frame headers as a plain walk
 /// of the bytes, the same counts, and the same answer to "was anything but PING sent".
@@ -888,6 +897,7 @@ mod tests {
         assert!(replay("accept_encoding", accept_encoding) > 0);
         assert!(replay("template", template) > 0);
         assert!(replay("h2_frames", h2_frames) > 0);
+        assert!(replay("h1_response", h1_response) > 0);
         assert!(replay("convert", convert) > 0);
         assert!(replay("units", units) > 0);
         assert!(replay("oidc", oidc) > 0);

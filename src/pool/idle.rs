@@ -17,6 +17,8 @@ const IN_USE: u8 = 0;
 const IDLE: u8 = 1;
 /// Closed by its idle timeout: never handed out again.
 const CLOSED: u8 = 2;
+/// The connection is gone (dropped): nothing waits for its idle time any more.
+const GONE: u8 = 3;
 
 /// Who has a pooled connection right now, and since when it is idle.
 #[derive(Debug)]
@@ -63,7 +65,13 @@ impl Lease {
             .compare_exchange(IDLE, CLOSED, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Resolves once the connection has been idle for its timeout (and is marked closed).
+    /// The connection was dropped, wherever it was.
+    pub(crate) fn gone(&self) {
+        self.state.store(GONE, Ordering::Release);
+    }
+
+    /// Resolves once the connection has been idle for its timeout (and is marked closed),
+    /// or is closed or gone already.
     /// Wakes at most once per timeout while the connection is in use, and once when the idle
     /// time of its last check-in runs out.
     pub(crate) async fn expired(&self) {
@@ -73,7 +81,11 @@ impl Lease {
                 0 => 1_000,
                 ms => ms,
             };
-            let wait = if self.state.load(Ordering::Acquire) == IDLE {
+            let state = self.state.load(Ordering::Acquire);
+            if state == CLOSED || state == GONE {
+                return;
+            }
+            let wait = if state == IDLE {
                 let idle_for = now_ms().saturating_sub(self.idle_since_ms.load(Ordering::Relaxed));
                 if idle_for >= timeout {
                     if self

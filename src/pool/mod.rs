@@ -1,8 +1,9 @@
 //! Upstream connections: one pool per target, split per worker thread.
 //!
-//! A connection is driven by a task on the worker that opened it, so each worker keeps its own
-//! idle list: a request never hands a connection to another thread, and the per-worker lock is
-//! never contended. HTTP/1.1 connections are checked out for one exchange and checked back in
+//! A connection stays on the worker that opened it, so each worker keeps its own idle list: a
+//! request never hands a connection to another thread, and the per-worker lock is never
+//! contended. A plain-TCP HTTP/1.1 connection is driven by the request that holds it (see
+//! `h1`); a TLS one, an upgrade and HTTP/2 by hyper's client, on a task of the worker. HTTP/1.1 connections are checked out for one exchange and checked back in
 //! when the response body ends; an HTTP/2 connection is shared by all requests of its worker.
 //! Pools live in a registry keyed by upstream and target, so a reload keeps them.
 //!
@@ -18,7 +19,10 @@
 
 pub(crate) mod breaker;
 pub(crate) mod check;
+pub(crate) mod h1;
 mod h2idle;
+
+use h1::H1;
 mod idle;
 mod trim;
 
@@ -151,7 +155,7 @@ struct Slot {
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    sender: H1,
     since: Instant,
     lease: Arc<Lease>,
     /// The client whose PROXY header the connection carried; only its requests reuse it.
@@ -199,7 +203,7 @@ const RELEASED: usize = usize::MAX;
 pub(crate) struct Checkin {
     target: Arc<TargetState>,
     worker: usize,
-    sender: Option<http1::SendRequest<Body>>,
+    sender: Option<H1>,
     lease: Arc<Lease>,
     settings: PoolSettings,
     owner: Option<SocketAddr>,
@@ -257,9 +261,12 @@ impl Checkin {
         self.target.freed.notify_waiters();
     }
 
-    /// The connection, to send the request on.
+    /// The connection, when hyper's client drives it.
     pub(crate) fn sender(&mut self) -> Option<&mut http1::SendRequest<Body>> {
-        self.sender.as_mut()
+        match self.sender.as_mut()? {
+            H1::Hyper(sender) => Some(sender),
+            H1::Raw(_) => None,
+        }
     }
 }
 
@@ -487,7 +494,13 @@ impl TargetState {
     ) -> Result<Conn, ConnectError> {
         let stream = self.dial(settings, proxy).await?;
         let (sender, lease) = match tls {
-            None => self.open_h1(TokioIo::new(stream)).await?,
+            None => {
+                let lease = Arc::new(Lease::new());
+                let open = OpenConn::new(&self.open, &self.freed);
+                self.watch_idle(worker, Arc::clone(&lease));
+                let conn = h1::RawConn::new(stream, Arc::clone(&lease), open);
+                (H1::Raw(conn), lease)
+            }
             Some(tls) => {
                 let stream = self.tls_handshake(tls, stream, settings).await?;
                 self.open_h1(TokioIo::new(stream)).await?
@@ -509,10 +522,7 @@ impl TargetState {
         ))
     }
 
-    async fn open_h1<I>(
-        &self,
-        io: I,
-    ) -> Result<(http1::SendRequest<Body>, Arc<Lease>), ConnectError>
+    async fn open_h1<I>(&self, io: I) -> Result<(H1, Arc<Lease>), ConnectError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -522,39 +532,54 @@ impl TargetState {
             .await
             .map_err(ConnectError::Handshake)?;
         let lease = Arc::new(Lease::new());
-        self.drive(conn.with_upgrades(), Expiry::Lease(Arc::clone(&lease)));
-        Ok((sender, lease))
-    }
-
-    /// Runs a connection's I/O on this worker, counted as open while it lives, until it has
-    /// been idle for its timeout (dropping the connection closes it).
-    fn drive(
-        &self,
-        conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
-        expiry: Expiry,
-    ) {
         let open = OpenConn::new(&self.open, &self.freed);
-        tokio::spawn(async move {
-            let idle = async {
-                match expiry {
-                    Expiry::Lease(lease) => lease.expired().await,
-                    Expiry::Streams(activity) => activity.expired().await,
-                }
-            };
-            let ended = tokio::select! {
-                ended = conn => ended,
-                () = idle => {
-                    tracing::debug!("idle upstream connection closed");
-                    Ok(())
-                }
-            };
-            if let Err(err) = ended {
-                tracing::debug!(error = %err, "upstream connection ended");
-            }
-            drop(open);
-        });
+        drive(
+            conn.with_upgrades(),
+            Expiry::Lease(Arc::clone(&lease)),
+            open,
+        );
+        Ok((H1::Hyper(sender), lease))
     }
+}
 
+/// Runs a connection's I/O on this worker, counted as open (by `open`) while it lives, until
+/// it has been idle for its timeout (dropping the connection closes it).
+fn drive(
+    conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    expiry: Expiry,
+    open: OpenConn,
+) {
+    // A connection handed over from portico's own client has a task waiting on its lease:
+    // told when the connection is gone (an upgrade takes it for good).
+    let lease = match &expiry {
+        Expiry::Lease(lease) => Some(Arc::clone(lease)),
+        Expiry::Streams(_) => None,
+    };
+    tokio::spawn(async move {
+        let idle = async {
+            match expiry {
+                Expiry::Lease(lease) => lease.expired().await,
+                Expiry::Streams(activity) => activity.expired().await,
+            }
+        };
+        let ended = tokio::select! {
+            ended = conn => ended,
+            () = idle => {
+                tracing::debug!("idle upstream connection closed");
+                Ok(())
+            }
+        };
+        if let Err(err) = ended {
+            tracing::debug!(error = %err, "upstream connection ended");
+        }
+        if let Some(lease) = lease {
+            lease.gone();
+        }
+        drop(open);
+    });
+}
+
+impl TargetState {
     async fn open_h2<I>(
         &self,
         io: I,
@@ -570,7 +595,11 @@ impl TargetState {
             .handshake(io)
             .await
             .map_err(ConnectError::Handshake)?;
-        self.drive(conn, Expiry::Streams(activity));
+        drive(
+            conn,
+            Expiry::Streams(activity),
+            OpenConn::new(&self.open, &self.freed),
+        );
         Ok(sender)
     }
 
@@ -616,7 +645,7 @@ impl TargetState {
     fn checkin(
         self: &Arc<Self>,
         worker: usize,
-        sender: http1::SendRequest<Body>,
+        sender: H1,
         lease: Arc<Lease>,
         settings: PoolSettings,
         owner: Option<SocketAddr>,
@@ -640,7 +669,7 @@ impl TargetState {
         worker: usize,
         settings: PoolSettings,
         owner: Option<SocketAddr>,
-    ) -> Option<(http1::SendRequest<Body>, Arc<Lease>)> {
+    ) -> Option<(H1, Arc<Lease>)> {
         let mut idle = self.idle.get(worker)?.lock().ok()?;
         let mut found = None;
         // Without PROXY headers every entry matches and this is the last one: a pop.

@@ -193,7 +193,6 @@ pub(crate) fn forward<'a>(
         policy,
         path_and_query,
         host: hop.host,
-        client: ctx.client.ip(),
         peers,
         idempotent,
         deadline,
@@ -318,8 +317,8 @@ pub(crate) struct Tries<'a> {
     policy: &'a RetryPolicy,
     path_and_query: PathAndQuery,
     host: Option<HeaderValue>,
-    client: std::net::IpAddr,
-    /// The client's address and the one it connected to, for a PROXY protocol header.
+    /// The client's address (the balancer's on a retry) and the one it connected to (for a
+    /// PROXY protocol header).
     peers: (std::net::SocketAddr, std::net::SocketAddr),
     /// Retries after a response, a reset or a timeout are allowed.
     idempotent: bool,
@@ -432,7 +431,7 @@ impl Tries<'_> {
                 trace.span("upstream attempt", kind, start, id, attributes, failed);
             }
             match tried {
-                Ok((response, checkin)) => {
+                Ok((response, upstream_upgrade)) => {
                     state.health.observe_latency(took);
                     let status = response.status().as_u16();
                     state
@@ -462,7 +461,7 @@ impl Tries<'_> {
                         state,
                         !(first.sticky && index == first.index),
                         response,
-                        checkin,
+                        upstream_upgrade,
                         upgrade,
                     );
                 }
@@ -508,7 +507,7 @@ impl Tries<'_> {
     /// A target not tried yet if there is one, else any (a lone target gets retried).
     fn next_target(&self, tried: &[usize]) -> Option<usize> {
         let pick = RequestView {
-            client: self.client,
+            client: self.peers.0.ip(),
             host: "",
             method: &http::Method::GET,
             headers: &EMPTY_HEADERS,
@@ -600,8 +599,9 @@ impl Tries<'_> {
     }
 }
 
-/// What one try came to.
-type Tried = Result<(Response<Incoming>, Option<Checkin>), (ProxyError, Option<Request<Body>>)>;
+/// What one try came to: the response (its body returns the connection to its pool) and, for
+/// a 101, the upstream's side of the upgrade.
+type Tried = Result<(Response<Body>, Option<OnUpgrade>), (ProxyError, Option<Request<Body>>)>;
 
 /// Headers the balancer sees on a retry: the request's are gone with it.
 static EMPTY_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
@@ -645,13 +645,9 @@ async fn send_mirror(
     }
     let exchange = exchange(state, &upstream, request, peers);
     match tokio::time::timeout(Duration::from_secs(30), exchange).await {
-        Ok(Ok((response, checkin))) => {
-            let body = match checkin {
-                Some(checkin) => Body::pooled(response.into_body(), checkin),
-                None => Body::stream(response.into_body()),
-            };
+        Ok(Ok((response, _))) => {
             // Drained so the connection can go back to its pool.
-            let _ = http_body_util::BodyExt::collect(body).await;
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
         }
         Ok(Err((err, _))) => {
             tracing::debug!(upstream = %upstream.name, error = %err, "mirror failed")
@@ -777,12 +773,14 @@ fn respond(
     upstream: &Upstream,
     state: &TargetState,
     set_sticky: bool,
-    mut response: Response<Incoming>,
-    checkin: Option<Checkin>,
+    mut response: Response<Body>,
+    upstream_upgrade: Option<OnUpgrade>,
     upgrade: Upgrade,
 ) -> Result<Response<Body>, ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(client_upgrade), Some(asked)) = (upgrade.client, upgrade.asked) else {
+        let (Some(client_upgrade), Some(asked), Some(upstream_upgrade)) =
+            (upgrade.client, upgrade.asked, upstream_upgrade)
+        else {
             // A 101 the client did not ask for cannot be relayed.
             return Err(ProxyError::BadUpgrade {
                 upstream: upstream.name.to_string(),
@@ -791,7 +789,7 @@ fn respond(
         let answered = response.headers().get(header::UPGRADE);
         if !super::tunnel::upgrade_matches(&asked, answered) {
             // Never a tunnel to a protocol the client did not ask for; the connection is
-            // dropped with `checkin`.
+            // dropped with the response.
             return Err(ProxyError::BadUpgrade {
                 upstream: upstream.name.to_string(),
             });
@@ -804,7 +802,6 @@ fn respond(
             });
         }
         let websocket = super::tunnel::is_websocket(answered);
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
         match upgrade.tunnel {
             Some(setup) => {
                 tokio::spawn(super::tunnel::run(
@@ -830,8 +827,7 @@ fn respond(
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         append_via(response.headers_mut(), Version::HTTP_11);
-        // The connection now belongs to the tunnel; never pool it.
-        drop(checkin);
+        // The connection now belongs to the tunnel (it was never pooled again).
         let (parts, _) = response.into_parts();
         return Ok(Response::from_parts(parts, Body::Empty));
     }
@@ -849,8 +845,23 @@ fn respond(
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
-    let (mut parts, incoming) = response.into_parts();
-    parts.version = Version::HTTP_11;
+    *response.version_mut() = Version::HTTP_11;
+    Ok(response)
+}
+
+/// hyper's response as the one passed on: its body returns the connection with `checkin`
+/// when it ends (at once when it has none). A 101's connection belongs to the tunnel and is
+/// never pooled: its upstream side comes back with it.
+fn hyper_response(
+    mut response: Response<Incoming>,
+    checkin: Option<Checkin>,
+) -> (Response<Body>, Option<OnUpgrade>) {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upgraded = hyper::upgrade::on(&mut response);
+        let (parts, _) = response.into_parts();
+        return (Response::from_parts(parts, Body::Empty), Some(upgraded));
+    }
+    let (parts, incoming) = response.into_parts();
     let body = match checkin {
         Some(checkin) if incoming.is_end_stream() => {
             checkin.release();
@@ -859,7 +870,7 @@ fn respond(
         Some(checkin) => Body::pooled(incoming, checkin),
         None => Body::stream(incoming),
     };
-    Ok(Response::from_parts(parts, body))
+    (Response::from_parts(parts, body), None)
 }
 
 /// Sends the request on a pooled connection; a pooled connection that turns out closed before
@@ -869,7 +880,7 @@ async fn exchange(
     upstream: &Upstream,
     request: Request<Body>,
     (client, local): (std::net::SocketAddr, std::net::SocketAddr),
-) -> Result<(Response<Incoming>, Option<Checkin>), (ProxyError, Option<Request<Body>>)> {
+) -> Tried {
     let name = &*upstream.name;
     // Connections that carry a client's PROXY header are that client's alone.
     let proxy = upstream
@@ -892,6 +903,29 @@ async fn exchange(
         };
         match conn {
             Conn::H1(mut checkin) => {
+                // An upgrade goes through hyper's client, which hands over the connection.
+                let upgrade = request.headers().contains_key(header::UPGRADE);
+                if !upgrade && let Some(conn) = checkin.take_raw() {
+                    let sent = match crate::pool::h1::send(conn, checkin, request) {
+                        Ok(sent) => sent,
+                        Err(failed) => match *failed {
+                            (err, Some(unsent)) if attempt == 0 => {
+                                tracing::debug!(error = %err, "pooled upstream connection closed");
+                                request = unsent;
+                                continue;
+                            }
+                            (err, unsent) => return Err((h1_error(name, err), unsent)),
+                        },
+                    };
+                    return match sent.await {
+                        Ok(response) => Ok((response, None)),
+                        Err(err) => Err((h1_error(name, err), None)),
+                    };
+                }
+                // Boxed: rare, and its handshake state would be part of every request's future.
+                if let Err(err) = Box::pin(checkin.hyper()).await {
+                    return Err((connect_error(name, err), Some(request)));
+                }
                 let Some(sender) = checkin.sender() else {
                     let err = ProxyError::NoTarget {
                         upstream: name.to_owned(),
@@ -899,7 +933,7 @@ async fn exchange(
                     return Err((err, Some(request)));
                 };
                 match sender.try_send_request(request).await {
-                    Ok(response) => return Ok((response, Some(checkin))),
+                    Ok(response) => return Ok(hyper_response(response, Some(checkin))),
                     Err(mut err) => match err.take_message() {
                         Some(unsent) if attempt == 0 => request = unsent,
                         unsent => return Err((upstream_error(name, err.into_error()), unsent)),
@@ -910,7 +944,7 @@ async fn exchange(
                 return sender
                     .send_request(request)
                     .await
-                    .map(|response| (response, None))
+                    .map(|response| hyper_response(response, None))
                     .map_err(|err| (upstream_error(name, err), None));
             }
         }
@@ -933,7 +967,10 @@ fn connect_error(upstream: &str, err: crate::pool::ConnectError) -> ProxyError {
             source,
         },
         ConnectError::Timeout { target } => ProxyError::ConnectTimeout { upstream, target },
-        ConnectError::Handshake(source) => ProxyError::Upstream { upstream, source },
+        ConnectError::Handshake(source) => ProxyError::Upstream {
+            upstream,
+            source: Box::new(source),
+        },
     }
 }
 
@@ -951,7 +988,24 @@ fn upstream_error(upstream: &str, source: hyper::Error) -> ProxyError {
     }
     ProxyError::Upstream {
         upstream: upstream.to_owned(),
-        source,
+        source: Box::new(source),
+    }
+}
+
+/// portico's own client's failure, as the client's error: a failing request body is the
+/// client's doing, as with hyper's.
+fn h1_error(upstream: &str, err: crate::pool::h1::Error) -> ProxyError {
+    use crate::pool::h1::Error;
+    match err {
+        Error::Body(source) => match source.downcast_ref::<crate::body::TooLarge>() {
+            Some(too_large) => ProxyError::PayloadTooLarge { limit: too_large.0 },
+            None => ProxyError::ClientBody,
+        },
+        Error::BodyLength => ProxyError::ClientBody,
+        err => ProxyError::Upstream {
+            upstream: upstream.to_owned(),
+            source: Box::new(err),
+        },
     }
 }
 

@@ -54,4 +54,5 @@ mod transcode;
 mod trusted;
 mod udp;
 mod upgrade;
+mod upstream_h1;
 mod websocket;
