@@ -135,7 +135,7 @@ pub(crate) async fn handle(
         head.headers.remove(&debug.name);
         asked
     });
-    let listener = snap.listener(&conn.listener);
+    let listener = snap.listener_at(&conn.listener, conn.local);
     let served = match listener {
         Some(listener) => serve(shared, conn, &snap, listener, &mut ctx, head, body).await,
         // The listener was removed by a reload; this connection is draining.

@@ -91,6 +91,19 @@ impl Snapshot {
         self.listeners.iter().find(|l| &*l.name == name)
     }
 
+    /// The listener named `name`, or, when a reload renamed it, the TCP listener bound where
+    /// the connection was made (`local`): a connection accepted under the old name is the
+    /// new name's.
+    pub(crate) fn listener_at(&self, name: &str, local: std::net::SocketAddr) -> Option<&Listener> {
+        self.listener(name).or_else(|| {
+            self.listeners.iter().find(|l| {
+                l.udp.is_none()
+                    && l.addr.port() == local.port()
+                    && (l.addr.ip() == local.ip() || l.addr.ip().is_unspecified())
+            })
+        })
+    }
+
     /// The upstream named `name`.
     pub(crate) fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| &*u.name == name)

@@ -322,19 +322,32 @@ async fn accept_loop(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let connections = Connections::new();
     let mut cached: Option<(usize, Builder<TokioExecutor>, Limits)> = None;
+    let mut stopping = false;
     loop {
-        let (stream, client) = tokio::select! {
-            biased;
-            _ = stopped.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stream, client) = if stopping {
+            // Told to stop: the connections already in the socket's queue are served (a
+            // closed listening socket resets them), taken without waiting, then it closes.
+            match queued(&listener) {
+                Some(accepted) => accepted,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = stopped.changed() => {
+                    stopping = true;
                     continue;
                 }
-            },
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(err) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = %name, error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            }
         };
         // Over the limit, an accepted connection waits here, unserved, until another closes.
         // Under it, the connection is served even if the listener stops right now: its client
@@ -353,9 +366,12 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         // Settings follow the config in force when the connection arrives.
         let snap = shared.snapshot.load();
-        let Some(config) = snap.listener(&name) else {
+        // A listener renamed on its own address binds a new socket beside this one: what
+        // this one still accepts is the new name's.
+        let Some(config) = snap.listener_at(&name, bound) else {
             continue;
         };
+        let name = Arc::clone(&config.name);
         let key = Arc::as_ptr(&*snap) as usize;
         if cached.as_ref().is_none_or(|(k, _, _)| *k != key) {
             cached = Some((key, conn::builder(&config.limits), config.limits));
@@ -432,6 +448,16 @@ async fn accept_loop(
     drop(listener);
     let drain = shared.snapshot.load().spec.drain_timeout.0;
     connections.drain(&name, drain).await;
+}
+
+/// A connection already waiting in `listener`'s queue, taken with one non-blocking accept
+/// (not through the runtime's readiness, which may not have seen it yet).
+fn queued(listener: &tokio::net::TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let (socket, peer) = socket2::SockRef::from(listener).accept().ok()?;
+    let peer = peer.as_socket()?;
+    socket.set_nonblocking(true).ok()?;
+    let stream = tokio::net::TcpStream::from_std(socket.into()).ok()?;
+    Some((stream, peer))
 }
 
 /// The address a connection was made to: the listener's, unless it is bound to every address.
