@@ -193,11 +193,11 @@ upstreams:
     let left = |i: usize| results[i]["remaining_ms"].as_i64().unwrap();
     assert!((1..=800).contains(&left(0)), "{}", left(0));
     assert!((1..=1000).contains(&left(1)), "{}", left(1));
+    // portico sends the capped deadline on, so the upstream's own DEADLINE_EXCEEDED may
+    // arrive in the same instant as portico's: either ends the call at 1 s.
+    let details = results[2]["details"].as_str().unwrap();
     assert!(
-        results[2]["details"]
-            .as_str()
-            .unwrap()
-            .contains("did not answer within"),
+        details.contains("did not answer within") || details == "Deadline Exceeded",
         "{results:#?}"
     );
     assert_eq!(results[3]["details"], "an API key is required");
