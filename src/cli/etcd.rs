@@ -23,7 +23,7 @@ pub(crate) struct Target {
     prefix: Option<String>,
     /// A node's own config file: its `cluster.etcd` says where etcd is, and the shared
     /// config is checked merged into it (so the routes' listeners resolve).
-    #[arg(long = "config", value_name = "NODE.yaml")]
+    #[arg(short = 'c', long = "config", value_name = "NODE.yaml")]
     node: Option<PathBuf>,
 }
 
