@@ -3,61 +3,14 @@
 //! idle, and the test fails when, once they are parked, the live heap grew by more than
 //! 2 KiB per connection. Its own test binary, so that nothing else allocates meanwhile.
 
-// A global allocator is `unsafe` by its trait's contract; this one only passes every call to
-// the system allocator and counts.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is passed to the system allocator unchanged; only the count is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract, passed on.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract, passed on.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller's contract, passed on.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        new
-    }
-}
+mod counting;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 const CONNS: usize = 500;
 const LIMIT: isize = 2048;
@@ -189,19 +142,19 @@ fn an_idle_keep_alive_connection_holds_at_most_2_kib() {
         assert!(get_and_close(port), "warm-up GET");
     }
     let mut conns = Vec::with_capacity(CONNS);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
 
     for _ in 0..CONNS {
         let mut stream = connect(port).expect("connect");
         assert!(get(&mut stream), "GET on a fresh connection");
         conns.push(stream);
     }
-    let busy = (LIVE.load(Ordering::Relaxed) - before) / CONNS as isize;
+    let busy = (counting::live() - before) / CONNS as isize;
 
     // Parking follows a short idle delay: wait (bounded) for the heap to come down.
     let deadline = Instant::now() + Duration::from_secs(10);
     let per_conn = loop {
-        let per = (LIVE.load(Ordering::Relaxed) - before) / CONNS as isize;
+        let per = (counting::live() - before) / CONNS as isize;
         if per <= LIMIT || Instant::now() > deadline {
             break per;
         }

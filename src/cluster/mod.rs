@@ -329,34 +329,15 @@ pub(crate) fn parse_shared(text: &str) -> Result<Node, String> {
 
 /// The file's shared sections alone (what a cluster without a config in etcd runs).
 pub(crate) fn shared_of(file: &Node) -> Node {
-    let entries = file
-        .as_map()
-        .map(|entries| {
-            entries
-                .iter()
-                .filter(|(k, _)| !NODE_SECTIONS.contains(&k.name.as_str()))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
     Node {
         pos: file.pos,
-        value: Value::Map(entries),
+        value: Value::Map(sections(file, false)),
     }
 }
 
 /// The config a node runs: its file's node-specific sections, then `shared`'s.
 pub(crate) fn merge(file: &Node, shared: &Node) -> Node {
-    let mut entries: Vec<_> = file
-        .as_map()
-        .map(|entries| {
-            entries
-                .iter()
-                .filter(|(k, _)| NODE_SECTIONS.contains(&k.name.as_str()))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut entries = sections(file, true);
     if let Some(more) = shared.as_map() {
         entries.extend(more.iter().cloned());
     }
@@ -364,6 +345,19 @@ pub(crate) fn merge(file: &Node, shared: &Node) -> Node {
         pos: file.pos,
         value: Value::Map(entries),
     }
+}
+
+/// The node-specific sections of `file` (`node`), or the others.
+fn sections(file: &Node, node: bool) -> Vec<(crate::config::node::Key, Node)> {
+    file.as_map()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|(k, _)| NODE_SECTIONS.contains(&k.name.as_str()) == node)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A jittered back-off: `base` doubled per failure up to `cap`, then spread over ±50%.

@@ -122,15 +122,11 @@ impl LimitKey {
 pub(crate) struct RateLimit {
     key: LimitKey,
     limit: u32,
-    /// The bucket's capacity.
-    burst: u32,
     /// `RateLimit-Policy`: the configured policy, e.g. `5;w=10` (IETF httpapi ratelimit
     /// headers).
     policy: HeaderValue,
-    /// The GCRA rate: `window / limit` apart, `burst` at once.
-    rate: Rate,
-    shard_cap: usize,
-    shards: Arc<Buckets>,
+    /// This node's buckets (also the fallback of a cluster limit).
+    local: Arc<Local>,
     limited: Limited,
     /// With `scope: cluster`: the shared Redis and this limiter's name there.
     cluster: Option<(Arc<super::cluster::Redis>, Arc<str>)>,
@@ -183,13 +179,15 @@ impl RateLimit {
         Ok(RateLimit {
             key,
             limit: *spec.limit,
-            burst,
             policy: HeaderValue::from_str(&policy).map_err(|_| BuildError::ZeroBurst)?,
-            rate,
-            shard_cap: (spec.max_keys / SHARDS).max(1),
-            shards: env
-                .state
-                .keep(|| Buckets((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect())),
+            local: Arc::new(Local {
+                rate,
+                burst,
+                shard_cap: (spec.max_keys / SHARDS).max(1),
+                shards: env
+                    .state
+                    .keep(|| Buckets((0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect())),
+            }),
             limited: env.metrics.rate_limited_family(),
             cluster,
         })
@@ -197,14 +195,7 @@ impl RateLimit {
 
     /// One GCRA step: `Ok(remaining)` or `Err(wait)`.
     pub(crate) fn check(&self, key: &str, now: u64) -> Result<(u32, u64), u64> {
-        gcra(
-            &self.shards,
-            self.shard_cap,
-            &self.rate,
-            self.burst,
-            key,
-            now,
-        )
+        self.local.check(key, now)
     }
 }
 
@@ -235,13 +226,8 @@ impl RateLimit {
         redis_key: String,
         key: String,
     ) -> Flow {
-        let (interval, tolerance, burst) = (self.rate.interval, self.rate.tolerance, self.burst);
-        let local = Local {
-            rate: self.rate,
-            burst,
-            shard_cap: self.shard_cap,
-            shards: Arc::clone(&self.shards),
-        };
+        let local = Arc::clone(&self.local);
+        let (interval, tolerance, burst) = (local.rate.interval, local.rate.tolerance, local.burst);
         let (limit, policy, limited) = (self.limit, self.policy.clone(), self.limited.clone());
         let (request_id, route) = (ctx.request_id.clone(), ctx.route.clone());
         Flow::Defer(Box::pin(async move {
@@ -301,9 +287,13 @@ impl RateLimit {
     }
 }
 
-/// What the local fallback of a cluster limit needs of its limiter.
+/// A limiter's buckets on this node: the whole limiter with `scope: local`, the fallback
+/// of one with `scope: cluster`.
+#[derive(Debug)]
 struct Local {
+    /// The GCRA rate: `window / limit` apart, `burst` at once.
     rate: Rate,
+    /// The bucket's capacity.
     burst: u32,
     shard_cap: usize,
     shards: Arc<Buckets>,
@@ -554,7 +544,13 @@ mod tests {
         for i in 0..10_000 {
             let _ = rl.check(&format!("key-{i}"), 1);
         }
-        let total: usize = rl.shards.0.iter().map(|s| s.lock().unwrap().len()).sum();
+        let total: usize = rl
+            .local
+            .shards
+            .0
+            .iter()
+            .map(|s| s.lock().unwrap().len())
+            .sum();
         assert!(total <= 160, "{total}");
     }
 }

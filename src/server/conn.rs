@@ -1087,8 +1087,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<S> {
             }
             Poll::Ready(Ok(()))
         } else if !this.read_once && buf.remaining() < FIRST_READ {
-            let mut room = [0u8; FIRST_READ];
-            let mut first = ReadBuf::new(&mut room);
+            let mut room = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+            let mut first = ReadBuf::uninit(&mut room);
             let polled = Pin::new(&mut this.inner).poll_read(cx, &mut first);
             if let Poll::Ready(Ok(())) = polled {
                 this.read_once = true;
