@@ -637,3 +637,43 @@ async fn a_new_cluster_runs_the_file_until_the_first_write_puts_it_in_etcd() {
     assert_eq!(get(&second.addr("web"), "/ping").await.body, "pong");
     assert_eq!(get(&second.addr("web"), "/pong").await.body, "ping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_under_its_own_prefix_reads_and_writes_only_there() {
+    let etcd = Etcd::start();
+    etcd.put(
+        "/portico/config",
+        "routes:\n  - { name: other, respond: { status: 200, body: other-cluster } }\n",
+    );
+    etcd.put(
+        "/shop/config",
+        "routes:\n  - { name: shop, match: { path: /s }, respond: { status: 200, body: shop } }\n",
+    );
+    let shop = Portico::start(
+        &node(&etcd.url(), "s0").replace("lease_ttl: 3s }", "lease_ttl: 3s, prefix: /shop/ }"),
+    );
+    assert_eq!(get(&shop.addr("web"), "/s").await.body, "shop");
+    let written = call(
+        &admin(&shop),
+        "PUT",
+        "/routes/t",
+        &[],
+        r#"{ "match": { "path": "/t" }, "respond": { "status": 200, "body": "t" } }"#,
+    )
+    .await;
+    assert_eq!(written.status, 201, "{}", written.body);
+    assert!(etcd.get("/shop/config").unwrap().0.contains("\"t\""));
+    assert!(!etcd.get("/portico/config").unwrap().0.contains("\"t\""));
+    let list = get(&admin(&shop), "/cluster/nodes").await.json();
+    assert_eq!(list["nodes"][0]["id"], "s0", "{list}");
+    let (code, out, _) = crate::support::cli(&[
+        "config",
+        "pull",
+        "--etcd",
+        &etcd.url(),
+        "--prefix",
+        "/shop/",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"t\""), "{out}");
+}
